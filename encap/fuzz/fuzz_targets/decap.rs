@@ -1,0 +1,28 @@
+//! Decapsulation of arbitrary uplink packets, VXLAN and Geneve: never
+//! panics, and an accepted packet's inner frame lies inside it.
+#![no_main]
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use libfuzzer_sys::fuzz_target;
+use podswitch_encap::{Decapsulator, TunnelKind, Vni};
+
+fuzz_target!(|packet: &[u8]| {
+    let vni = Vni::new(1).unwrap();
+    let locals = [
+        IpAddr::V4(Ipv4Addr::new(10, 1, 0, 12)),
+        IpAddr::V6(Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x12)),
+    ];
+    for kind in [TunnelKind::Vxlan, TunnelKind::Geneve] {
+        for local in locals {
+            let mut decap = Decapsulator::new(kind, local, vni);
+            decap.known_critical_options.push((0x0102, 0x85));
+            if let Ok(d) = decap.decapsulate(packet) {
+                assert!(d.inner.end <= packet.len());
+                assert!(d.inner.len() >= 14);
+                assert!(d.options.end <= d.inner.start);
+                assert_eq!(d.vni, vni);
+            }
+        }
+    }
+});

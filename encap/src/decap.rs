@@ -1,0 +1,485 @@
+//! Decapsulation: validate a tunnel packet's outer headers and find the
+//! frame it carries, or say why it must be dropped.
+
+use core::net::IpAddr;
+use core::ops::Range;
+
+use smoltcp::wire::{
+    IPV4_HEADER_LEN, IPV6_HEADER_LEN, IpProtocol, Ipv4Packet, Ipv6Packet, UDP_HEADER_LEN, UdpPacket,
+};
+
+use crate::checksum::{self, ipv4_header_sum};
+use crate::drop_reason::DropReason;
+use crate::error::WireError;
+use crate::ethernet::{LinkHeader, is_vlan_tpid};
+use crate::geneve;
+use crate::template::TunnelKind;
+use crate::vni::Vni;
+use crate::vxlan;
+
+const ETHERNET_HEADER_LEN: usize = smoltcp::wire::ETHERNET_HEADER_LEN;
+
+/// What a valid tunnel packet carries, with offsets into the packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decapsulated {
+    /// Where the inner Ethernet frame lies in the packet.
+    pub inner: Range<usize>,
+    /// The packet's network identifier (the configured one).
+    pub vni: Vni,
+    /// The sending VTEP: the outer source address.
+    pub sender: IpAddr,
+    /// The outer UDP source port (the sender's flow hash).
+    pub source_port: u16,
+    /// Where the Geneve options lie (empty for VXLAN).
+    pub options: Range<usize>,
+}
+
+/// The checks a node applies to tunnel packets arriving on its uplink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decapsulator {
+    /// VXLAN or Geneve.
+    pub kind: TunnelKind,
+    /// This node's VTEP address: the only outer destination accepted.
+    pub local_vtep: IpAddr,
+    /// The tunnel's UDP destination port.
+    pub udp_port: u16,
+    /// The only network identifier accepted.
+    pub vni: Vni,
+    /// Verify UDP checksums that are present (IPv4) and required (IPv6).
+    pub verify_udp_checksum: bool,
+    /// Critical Geneve options (class, type with its critical bit) this node
+    /// understands; a packet with any other critical option is dropped.
+    pub known_critical_options: Vec<(u16, u8)>,
+}
+
+impl Decapsulator {
+    /// A decapsulator for `kind` on its IANA port, checksums verified, no
+    /// critical Geneve options understood.
+    pub fn new(kind: TunnelKind, local_vtep: IpAddr, vni: Vni) -> Decapsulator {
+        Decapsulator {
+            kind,
+            local_vtep,
+            udp_port: kind.default_udp_port(),
+            vni,
+            verify_udp_checksum: true,
+            known_critical_options: Vec::new(),
+        }
+    }
+
+    /// Validate the outer headers of `packet` and return where its inner
+    /// frame is, or the reason to drop it. Reads only; allocates nothing.
+    pub fn decapsulate(&self, packet: &[u8]) -> Result<Decapsulated, DropReason> {
+        let (ip_offset, ethertype) = link_payload(packet)?;
+        let ip = &packet[ip_offset..];
+        let (udp_range, sender, destination) = match ethertype {
+            ETHERTYPE_IPV4 => outer_ipv4(ip)?,
+            ETHERTYPE_IPV6 => outer_ipv6(ip)?,
+            _ => return Err(DropReason::NotIp),
+        };
+        if destination != self.local_vtep {
+            return Err(DropReason::NotForUs);
+        }
+        let udp_offset = ip_offset + udp_range.start;
+        let udp = &ip[udp_range];
+        if udp.len() < UDP_HEADER_LEN {
+            return Err(DropReason::TruncatedUdp);
+        }
+        let datagram = UdpPacket::new_unchecked(udp);
+        if datagram.dst_port() != self.udp_port {
+            return Err(DropReason::WrongUdpPort);
+        }
+        let udp_len = usize::from(datagram.len());
+        if udp_len < UDP_HEADER_LEN || udp_len > udp.len() {
+            return Err(DropReason::BadUdpLength);
+        }
+        let datagram = UdpPacket::new_unchecked(&udp[..udp_len]);
+        // A zero UDP checksum means "none" over IPv4 but is not allowed over IPv6.
+        let unchecked_ok = datagram.checksum() == 0 && sender.is_ipv4();
+        if self.verify_udp_checksum
+            && !unchecked_ok
+            && (datagram.checksum() == 0
+                || !datagram.verify_checksum(&sender.into(), &destination.into()))
+        {
+            return Err(DropReason::BadUdpChecksum);
+        }
+
+        let tunnel_offset = udp_offset + UDP_HEADER_LEN;
+        let tunnel = &udp[UDP_HEADER_LEN..udp_len];
+        let (header_len, vni, options) = match self.kind {
+            TunnelKind::Vxlan => self.vxlan(tunnel)?,
+            TunnelKind::Geneve => self.geneve(tunnel)?,
+        };
+        if vni != self.vni {
+            return Err(DropReason::UnknownVni);
+        }
+        if tunnel.len() - header_len < ETHERNET_HEADER_LEN {
+            return Err(DropReason::TruncatedInner);
+        }
+        Ok(Decapsulated {
+            inner: tunnel_offset + header_len..tunnel_offset + tunnel.len(),
+            vni,
+            sender,
+            source_port: datagram.src_port(),
+            options: tunnel_offset + options.start..tunnel_offset + options.end,
+        })
+    }
+
+    fn vxlan(&self, tunnel: &[u8]) -> Result<(usize, Vni, Range<usize>), DropReason> {
+        let header = vxlan::Packet::new_checked(tunnel).map_err(|_| DropReason::TruncatedTunnel)?;
+        if !header.vni_valid() {
+            return Err(DropReason::VxlanBadFlags);
+        }
+        Ok((
+            vxlan::HEADER_LEN,
+            header.vni(),
+            vxlan::HEADER_LEN..vxlan::HEADER_LEN,
+        ))
+    }
+
+    fn geneve(&self, tunnel: &[u8]) -> Result<(usize, Vni, Range<usize>), DropReason> {
+        let header =
+            geneve::Packet::new_checked(tunnel).map_err(|_| DropReason::TruncatedTunnel)?;
+        if header.version() != geneve::VERSION {
+            return Err(DropReason::GeneveBadVersion);
+        }
+        if header.protocol_type() != geneve::PROTOCOL_ETHERNET {
+            return Err(DropReason::GeneveBadProtocol);
+        }
+        if header.oam() {
+            return Err(DropReason::GeneveOam);
+        }
+        for option in header.option_iter() {
+            let option = option.map_err(|_| DropReason::GeneveBadOptions)?;
+            if option.critical()
+                && !self
+                    .known_critical_options
+                    .contains(&(option.class(), option.option_type()))
+            {
+                return Err(DropReason::GeneveCriticalOption);
+            }
+        }
+        Ok((
+            header.header_len(),
+            header.vni(),
+            geneve::HEADER_LEN..header.header_len(),
+        ))
+    }
+}
+
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_IPV6: u16 = 0x86dd;
+const IPV4_PROTOCOL: usize = 9;
+const IPPROTO_UDP: u8 = 17;
+
+/// Where the outer IP header starts and its EtherType. Untagged frames, the
+/// usual case, take a fast path; tagged ones go through [`LinkHeader`].
+fn link_payload(packet: &[u8]) -> Result<(usize, u16), DropReason> {
+    let Some(&[high, low]) = packet.get(12..14) else {
+        return Err(DropReason::TruncatedEthernet);
+    };
+    let ethertype = u16::from_be_bytes([high, low]);
+    if !is_vlan_tpid(ethertype) {
+        return Ok((ETHERNET_HEADER_LEN, ethertype));
+    }
+    match LinkHeader::parse(packet) {
+        Ok(link) => Ok((link.header_len, link.ethertype.into())),
+        Err(WireError::Truncated { .. }) => Err(DropReason::TruncatedEthernet),
+        // More tags than 802.1ad allows: not an IP packet we can take.
+        Err(WireError::BadField { .. }) => Err(DropReason::NotIp),
+    }
+}
+
+/// Whether an IPv4 header's checksum verifies; options go the long way.
+fn ipv4_checksum_ok(header: &[u8]) -> bool {
+    if cfg!(fuzzing) {
+        return true;
+    }
+    match header.first_chunk::<IPV4_HEADER_LEN>() {
+        Some(fixed) if header.len() == IPV4_HEADER_LEN => ipv4_header_sum(fixed) == 0xffff,
+        _ => checksum::data(header) == 0xffff,
+    }
+}
+
+/// Check an outer IPv4 header; return the UDP datagram's range within
+/// `ip`, the source and the destination.
+fn outer_ipv4(ip: &[u8]) -> Result<(Range<usize>, IpAddr, IpAddr), DropReason> {
+    if ip.len() < IPV4_HEADER_LEN {
+        return Err(DropReason::TruncatedIpv4);
+    }
+    let packet = Ipv4Packet::new_unchecked(ip);
+    let header_len = usize::from(packet.header_len());
+    let total_len = usize::from(packet.total_len());
+    if packet.version() != 4 || header_len < IPV4_HEADER_LEN || total_len < header_len {
+        return Err(DropReason::BadIpv4Header);
+    }
+    if header_len > ip.len() || total_len > ip.len() {
+        return Err(DropReason::TruncatedIpv4);
+    }
+    if !ipv4_checksum_ok(&ip[..header_len]) {
+        return Err(DropReason::BadIpv4Checksum);
+    }
+    if packet.more_frags() || packet.frag_offset() != 0 {
+        return Err(DropReason::Ipv4Fragment);
+    }
+    // The raw byte: smoltcp's `next_header()` maps it through an enum first.
+    if ip[IPV4_PROTOCOL] != IPPROTO_UDP {
+        return Err(DropReason::NotUdp);
+    }
+    Ok((
+        header_len..total_len,
+        IpAddr::V4(packet.src_addr()),
+        IpAddr::V4(packet.dst_addr()),
+    ))
+}
+
+/// Check an outer IPv6 header, as [`outer_ipv4`]. Extension headers are
+/// not walked: a tunnel packet's next header must be UDP.
+fn outer_ipv6(ip: &[u8]) -> Result<(Range<usize>, IpAddr, IpAddr), DropReason> {
+    if ip.len() < IPV6_HEADER_LEN {
+        return Err(DropReason::TruncatedIpv6);
+    }
+    let packet = Ipv6Packet::new_unchecked(ip);
+    if packet.version() != 6 {
+        return Err(DropReason::BadIpv6Header);
+    }
+    let end = IPV6_HEADER_LEN + usize::from(packet.payload_len());
+    if end > ip.len() {
+        return Err(DropReason::TruncatedIpv6);
+    }
+    if packet.next_header() != IpProtocol::Udp {
+        return Err(DropReason::NotUdp);
+    }
+    Ok((
+        IPV6_HEADER_LEN..end,
+        IpAddr::V6(packet.src_addr()),
+        IpAddr::V6(packet.dst_addr()),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use core::net::{Ipv4Addr, Ipv6Addr};
+
+    use smoltcp::wire::EthernetAddress;
+
+    use super::*;
+    use crate::checksum::data;
+    use crate::geneve::GeneveOptionRepr;
+    use crate::template::{OuterTemplate, TunnelSpec};
+
+    const HEADROOM: usize = 128;
+    const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 12);
+    const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 11);
+
+    fn spec(
+        kind: TunnelKind,
+        options: &'static [GeneveOptionRepr<'static>],
+    ) -> TunnelSpec<'static> {
+        TunnelSpec {
+            kind,
+            vni: Vni::new(7).unwrap(),
+            udp_port: kind.default_udp_port(),
+            local_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            next_hop_mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
+            vlan: None,
+            local_ip: IpAddr::V4(REMOTE),
+            remote_ip: IpAddr::V4(LOCAL),
+            ttl: 64,
+            geneve_options: options,
+            underlay_mtu: 1500,
+        }
+    }
+
+    /// A tunnel packet as the peer at REMOTE would send it to LOCAL.
+    fn packet(spec: &TunnelSpec) -> (Vec<u8>, Vec<u8>) {
+        let inner: Vec<u8> = (0..60u8).collect();
+        let mut buf = vec![0u8; HEADROOM];
+        buf.extend_from_slice(&inner);
+        let end = buf.len();
+        let out = OuterTemplate::new(spec)
+            .unwrap()
+            .encapsulate(&mut buf, HEADROOM..end)
+            .unwrap();
+        (buf[out].to_vec(), inner)
+    }
+
+    fn decapsulator(kind: TunnelKind) -> Decapsulator {
+        Decapsulator::new(kind, IpAddr::V4(LOCAL), Vni::new(7).unwrap())
+    }
+
+    fn fix_ipv4_checksum(p: &mut [u8]) {
+        p[24..26].fill(0);
+        let sum = !data(&p[14..34]);
+        p[24..26].copy_from_slice(&sum.to_be_bytes());
+    }
+
+    #[test]
+    fn accepts_vxlan_and_returns_inner_frame() {
+        let (p, inner) = packet(&spec(TunnelKind::Vxlan, &[]));
+        let d = decapsulator(TunnelKind::Vxlan).decapsulate(&p).unwrap();
+        assert_eq!(&p[d.inner.clone()], &inner[..]);
+        assert_eq!(d.inner, 50..110);
+        assert_eq!(d.vni.get(), 7);
+        assert_eq!(d.sender, IpAddr::V4(REMOTE));
+        assert!(d.source_port >= 49152);
+        assert_eq!(d.options, 50..50);
+    }
+
+    #[test]
+    fn accepts_geneve_with_known_critical_option() {
+        static OPTIONS: [GeneveOptionRepr<'static>; 1] = [GeneveOptionRepr {
+            class: 0x0105,
+            option_type: 0x81,
+            data: &[9, 9, 9, 9],
+        }];
+        let (p, inner) = packet(&spec(TunnelKind::Geneve, &OPTIONS));
+        let mut decap = decapsulator(TunnelKind::Geneve);
+        assert_eq!(decap.decapsulate(&p), Err(DropReason::GeneveCriticalOption));
+        decap.known_critical_options.push((0x0105, 0x81));
+        let d = decap.decapsulate(&p).unwrap();
+        assert_eq!(&p[d.inner], &inner[..]);
+        assert_eq!(&p[d.options], &[0x01, 0x05, 0x81, 0x01, 9, 9, 9, 9]);
+    }
+
+    #[test]
+    fn drop_reasons_for_outer_headers() {
+        let (good, _) = packet(&spec(TunnelKind::Vxlan, &[]));
+        let decap = decapsulator(TunnelKind::Vxlan);
+        let reason = |edit: &dyn Fn(&mut Vec<u8>)| {
+            let mut p = good.clone();
+            edit(&mut p);
+            decap.decapsulate(&p).unwrap_err()
+        };
+        assert_eq!(reason(&|p| p.truncate(13)), DropReason::TruncatedEthernet);
+        assert_eq!(reason(&|p| p[12] = 0x88), DropReason::NotIp);
+        assert_eq!(reason(&|p| p.truncate(30)), DropReason::TruncatedIpv4);
+        assert_eq!(reason(&|p| p[14] = 0x44), DropReason::BadIpv4Header);
+        assert_eq!(reason(&|p| p.truncate(100)), DropReason::TruncatedIpv4);
+        assert_eq!(reason(&|p| p[22] = 1), DropReason::BadIpv4Checksum);
+        let fragment = |p: &mut Vec<u8>| {
+            p[20] |= 0x20;
+            fix_ipv4_checksum(p);
+        };
+        assert_eq!(reason(&fragment), DropReason::Ipv4Fragment);
+        let tcp = |p: &mut Vec<u8>| {
+            p[23] = 6;
+            fix_ipv4_checksum(p);
+        };
+        assert_eq!(reason(&tcp), DropReason::NotUdp);
+        let other_dst = |p: &mut Vec<u8>| {
+            p[33] = 99;
+            fix_ipv4_checksum(p);
+        };
+        assert_eq!(reason(&other_dst), DropReason::NotForUs);
+        assert_eq!(
+            reason(&|p| p[36..38].copy_from_slice(&[0, 53])),
+            DropReason::WrongUdpPort
+        );
+        assert_eq!(
+            reason(&|p| p[38..40].copy_from_slice(&[0, 7])),
+            DropReason::BadUdpLength
+        );
+        assert_eq!(
+            reason(&|p| p[38..40].copy_from_slice(&[9, 0])),
+            DropReason::BadUdpLength
+        );
+        assert_eq!(
+            reason(&|p| p[40..42].copy_from_slice(&[0, 1])),
+            DropReason::BadUdpChecksum
+        );
+        assert_eq!(reason(&|p| p[42] = 0), DropReason::VxlanBadFlags);
+        assert_eq!(reason(&|p| p[48] = 8), DropReason::UnknownVni);
+        let short_inner = |p: &mut Vec<u8>| {
+            // UDP length covering only 8 + 8 + 13 bytes: inner frame too short.
+            let udp_len: u16 = 8 + 8 + 13;
+            p[38..40].copy_from_slice(&udp_len.to_be_bytes());
+        };
+        assert_eq!(reason(&short_inner), DropReason::TruncatedInner);
+        let short_tunnel = |p: &mut Vec<u8>| p[38..40].copy_from_slice(&12u16.to_be_bytes());
+        assert_eq!(reason(&short_tunnel), DropReason::TruncatedTunnel);
+    }
+
+    #[test]
+    fn drop_reasons_for_geneve() {
+        let (good, _) = packet(&spec(TunnelKind::Geneve, &[]));
+        let decap = decapsulator(TunnelKind::Geneve);
+        let reason = |edit: &dyn Fn(&mut Vec<u8>)| {
+            let mut p = good.clone();
+            edit(&mut p);
+            decap.decapsulate(&p).unwrap_err()
+        };
+        assert_eq!(reason(&|p| p[42] = 0x40), DropReason::GeneveBadVersion);
+        assert_eq!(
+            reason(&|p| p[44..46].copy_from_slice(&[0x08, 0x00])),
+            DropReason::GeneveBadProtocol
+        );
+        assert_eq!(reason(&|p| p[43] = 0x80), DropReason::GeneveOam);
+        // Opt Len 1 makes the first inner bytes an option whose length overruns.
+        let bad_options = |p: &mut Vec<u8>| {
+            p[42] = 0x01;
+            p[50..54].copy_from_slice(&[0, 1, 2, 0x1f]);
+        };
+        assert_eq!(reason(&bad_options), DropReason::GeneveBadOptions);
+        let too_long = |p: &mut Vec<u8>| p[42] = 0x3f; // 252 option bytes, 60 present
+        assert_eq!(reason(&too_long), DropReason::TruncatedTunnel);
+        assert_eq!(
+            reason(&|p| p[36..38].copy_from_slice(&4789u16.to_be_bytes())),
+            DropReason::WrongUdpPort
+        );
+    }
+
+    #[test]
+    fn ipv6_outer_and_its_checksum() {
+        let local = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 12);
+        let s = TunnelSpec {
+            local_ip: IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 11)),
+            remote_ip: IpAddr::V6(local),
+            ..spec(TunnelKind::Vxlan, &[])
+        };
+        let (good, inner) = packet(&s);
+        let decap = Decapsulator::new(TunnelKind::Vxlan, IpAddr::V6(local), Vni::new(7).unwrap());
+        let d = decap.decapsulate(&good).unwrap();
+        assert_eq!(&good[d.inner], &inner[..]);
+
+        let mut zero = good.clone();
+        zero[60..62].fill(0); // UDP checksum at 14 + 40 + 6
+        assert_eq!(decap.decapsulate(&zero), Err(DropReason::BadUdpChecksum));
+        let mut corrupt = good.clone();
+        *corrupt.last_mut().unwrap() ^= 0xff;
+        assert_eq!(decap.decapsulate(&corrupt), Err(DropReason::BadUdpChecksum));
+        let lenient = Decapsulator {
+            verify_udp_checksum: false,
+            ..decap.clone()
+        };
+        assert!(lenient.decapsulate(&corrupt).is_ok());
+
+        let mut short = good.clone();
+        short.truncate(50);
+        assert_eq!(decap.decapsulate(&short), Err(DropReason::TruncatedIpv6));
+        let mut v = good.clone();
+        v[14] = 0x40;
+        assert_eq!(decap.decapsulate(&v), Err(DropReason::BadIpv6Header));
+        let mut hop_by_hop = good.clone();
+        hop_by_hop[20] = 0;
+        assert_eq!(decap.decapsulate(&hop_by_hop), Err(DropReason::NotUdp));
+    }
+
+    #[test]
+    fn ethernet_padding_is_not_part_of_the_inner_frame() {
+        let (mut p, inner) = packet(&spec(TunnelKind::Vxlan, &[]));
+        p.extend_from_slice(&[0u8; 6]);
+        let d = decapsulator(TunnelKind::Vxlan).decapsulate(&p).unwrap();
+        assert_eq!(&p[d.inner], &inner[..]);
+    }
+
+    #[test]
+    fn vlan_tagged_underlay() {
+        let s = TunnelSpec {
+            vlan: Some(30),
+            ..spec(TunnelKind::Vxlan, &[])
+        };
+        let (p, inner) = packet(&s);
+        let d = decapsulator(TunnelKind::Vxlan).decapsulate(&p).unwrap();
+        assert_eq!(&p[d.inner], &inner[..]);
+    }
+}

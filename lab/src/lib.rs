@@ -1,0 +1,26 @@
+//! Network-namespace testbeds for podswitch's tests, demos and benchmarks.
+//!
+//! Everything a [`Lab`] creates carries a prefix unique to the process and
+//! the lab, and is removed when the lab is dropped — after a test failure
+//! (panic) too. Traffic only ever flows between namespaces the lab made.
+
+pub mod capture;
+pub mod kernel_node;
+pub mod netns;
+pub mod process;
+
+pub use capture::RawLink;
+pub use kernel_node::KernelVxlan;
+pub use netns::{Lab, Netns, format_mac, parse_mac};
+pub use process::Process;
+
+/// Fail with a clear message unless running as root, which labs need.
+pub fn require_root() -> anyhow::Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "this needs root: it builds network namespaces (run it with sudo, as the README says)"
+        )
+    }
+}

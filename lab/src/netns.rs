@@ -1,0 +1,188 @@
+//! Network namespaces made with iproute2 and removed on drop.
+
+use std::fs::File;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{Context, Result, bail};
+use nix::sched::{CloneFlags, setns};
+
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+/// A set of namespaces sharing one unique prefix; dropping the lab deletes
+/// every namespace it made, newest first.
+pub struct Lab {
+    prefix: String,
+    namespaces: Vec<Netns>,
+}
+
+impl Lab {
+    /// A lab whose namespaces are named `ps-<tag>-<pid>-<n>-<name>`.
+    pub fn new(tag: &str) -> Result<Lab> {
+        crate::require_root()?;
+        let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
+        Ok(Lab {
+            prefix: format!("ps-{tag}-{}-{n}-", std::process::id()),
+            namespaces: Vec::new(),
+        })
+    }
+
+    /// The prefix every namespace of this lab starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Create the namespace `<prefix><name>` with its loopback up.
+    pub fn netns(&mut self, name: &str) -> Result<Netns> {
+        let ns = Netns::create(&format!("{}{name}", self.prefix))?;
+        self.namespaces.push(ns.handle());
+        Ok(ns)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        while let Some(ns) = self.namespaces.pop() {
+            ns.delete();
+        }
+    }
+}
+
+/// A named network namespace. Handles are cheap clones of the name; the
+/// [`Lab`] that made it deletes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn create(name: &str) -> Result<Netns> {
+        run_checked(Command::new("ip").args(["netns", "add", name]))
+            .with_context(|| format!("creating network namespace {name}"))?;
+        let ns = Netns {
+            name: name.to_string(),
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    fn handle(&self) -> Netns {
+        self.clone()
+    }
+
+    fn delete(&self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+
+    /// The namespace's name, as `ip netns` lists it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+
+    /// Run `program args…` inside the namespace; its stdout, or an error
+    /// with its stderr when it fails.
+    pub fn run(&self, program: &str, args: &[&str]) -> Result<String> {
+        let output = run_checked(self.command(program).args(args))
+            .with_context(|| format!("in {}: {program} {}", self.name, args.join(" ")))?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Run `ip args…` against the namespace.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        let output = run_checked(Command::new("ip").args(&full))
+            .with_context(|| format!("ip {}", full.join(" ")))?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Run a shell script inside the namespace.
+    pub fn sh(&self, script: &str) -> Result<String> {
+        self.run("sh", &["-ec", script])
+    }
+
+    /// The MAC address of `ifname` in this namespace.
+    pub fn mac(&self, ifname: &str) -> Result<[u8; 6]> {
+        let text = self.run("cat", &[&format!("/sys/class/net/{ifname}/address")])?;
+        parse_mac(text.trim()).with_context(|| format!("MAC of {ifname} in {}", self.name))
+    }
+
+    /// Run `f` on a thread that has entered this namespace, so sockets it
+    /// opens belong here (they stay here when handed back).
+    pub fn enter<R: Send>(&self, f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
+        let path = format!("/var/run/netns/{}", self.name);
+        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+        let path = &path;
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    setns(&file, CloneFlags::CLONE_NEWNET)
+                        .with_context(|| format!("entering network namespace {path}"))?;
+                    f()
+                })
+                .join()
+                .unwrap_or_else(|_| bail!("thread inside {path} panicked"))
+        })
+    }
+}
+
+/// Parse `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> Result<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next().context("MAC has fewer than 6 bytes")?;
+        *byte = u8::from_str_radix(part, 16).with_context(|| format!("bad MAC byte {part:?}"))?;
+    }
+    if parts.next().is_some() {
+        bail!("MAC {text:?} has more than 6 bytes");
+    }
+    Ok(mac)
+}
+
+/// Format a MAC as iproute2 writes it: `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// Run a command to completion; an error carrying its stderr if it fails.
+pub fn run_checked(cmd: &mut Command) -> Result<Output> {
+    let output = cmd
+        .output()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    if !output.status.success() {
+        bail!(
+            "{:?} failed ({}): {}",
+            cmd,
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_macs() {
+        assert_eq!(
+            parse_mac("02:00:0a:ff:00:01").unwrap(),
+            [2, 0, 10, 255, 0, 1]
+        );
+        assert!(parse_mac("02:00:0a").is_err());
+        assert!(parse_mac("02:00:0a:ff:00:01:02").is_err());
+        assert!(parse_mac("zz:00:0a:ff:00:01").is_err());
+        assert_eq!(format_mac([2, 0, 10, 255, 0, 1]), "02:00:0a:ff:00:01");
+    }
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Install every Debian package podswitch needs to build, test and benchmark.
+# Idempotent: packages already present are skipped, and apt runs only when
+# something is missing. Run as root on Debian 12 (bookworm) or newer.
+set -euo pipefail
+
+PACKAGES=(
+  # lab testbed and traffic
+  iproute2 ethtool iperf3 tcpdump tshark netsniff-ng python3-scapy procps psmisc
+  # XDP/BPF programs: clang builds switch/bpf/*.c, libxdp/libbpf load them
+  clang llvm libelf-dev zlib1g-dev pkg-config libbpf-dev libxdp-dev m4 make
+  # profiling the switch (perf has no hardware counters here)
+  valgrind
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # tshark asks whether non-root users may capture; answer for it.
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  echo "install-deps: all ${#PACKAGES[@]} packages present"
+fi
+
+# cargo-fuzz runs the fuzz targets on the nightly toolchain.
+if ! cargo fuzz --help >/dev/null 2>&1; then
+  echo "install-deps: installing cargo-fuzz"
+  cargo install --locked cargo-fuzz
+fi
