@@ -8,7 +8,7 @@ use smoltcp::wire::{
     IPV4_HEADER_LEN, IPV6_HEADER_LEN, IpProtocol, Ipv4Packet, Ipv6Packet, UDP_HEADER_LEN, UdpPacket,
 };
 
-use crate::checksum::{self, ipv4_header_sum};
+use crate::checksum::ipv4_header_ok;
 use crate::drop_reason::DropReason;
 use crate::error::WireError;
 use crate::ethernet::{LinkHeader, is_vlan_tpid};
@@ -189,17 +189,6 @@ fn link_payload(packet: &[u8]) -> Result<(usize, u16), DropReason> {
     }
 }
 
-/// Whether an IPv4 header's checksum verifies; options go the long way.
-fn ipv4_checksum_ok(header: &[u8]) -> bool {
-    if cfg!(fuzzing) {
-        return true;
-    }
-    match header.first_chunk::<IPV4_HEADER_LEN>() {
-        Some(fixed) if header.len() == IPV4_HEADER_LEN => ipv4_header_sum(fixed) == 0xffff,
-        _ => checksum::data(header) == 0xffff,
-    }
-}
-
 /// Check an outer IPv4 header; return the UDP datagram's range within
 /// `ip`, the source and the destination.
 fn outer_ipv4(ip: &[u8]) -> Result<(Range<usize>, IpAddr, IpAddr), DropReason> {
@@ -215,7 +204,7 @@ fn outer_ipv4(ip: &[u8]) -> Result<(Range<usize>, IpAddr, IpAddr), DropReason> {
     if header_len > ip.len() || total_len > ip.len() {
         return Err(DropReason::TruncatedIpv4);
     }
-    if !ipv4_checksum_ok(&ip[..header_len]) {
+    if !ipv4_header_ok(&ip[..header_len]) {
         return Err(DropReason::BadIpv4Checksum);
     }
     if packet.more_frags() || packet.frag_offset() != 0 {

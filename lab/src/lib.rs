@@ -5,9 +5,13 @@
 //! (panic) too. Traffic only ever flows between namespaces the lab made.
 
 pub mod capture;
+pub mod cluster;
+pub mod cpu;
+pub mod interrupt;
 pub mod kernel_node;
 pub mod netns;
 pub mod process;
+pub mod traffic;
 
 pub use capture::RawLink;
 pub use kernel_node::KernelVxlan;

@@ -27,6 +27,27 @@ impl Lab {
         })
     }
 
+    /// A lab with a fixed prefix (`<prefix>-`), for a testbed that outlives
+    /// the program that built it; fails if namespaces with it exist.
+    pub fn named(prefix: &str) -> Result<Lab> {
+        crate::require_root()?;
+        let prefix = format!("{prefix}-");
+        if list_namespaces()?.iter().any(|n| n.starts_with(&prefix)) {
+            bail!("namespaces named {prefix}* already exist: take that testbed down first");
+        }
+        Ok(Lab {
+            prefix,
+            namespaces: Vec::new(),
+        })
+    }
+
+    /// Keep every namespace after the lab is dropped; the prefix to find
+    /// them by.
+    pub fn keep(mut self) -> String {
+        self.namespaces.clear();
+        std::mem::take(&mut self.prefix)
+    }
+
     /// The prefix every namespace of this lab starts with.
     pub fn prefix(&self) -> &str {
         &self.prefix
@@ -46,6 +67,27 @@ impl Drop for Lab {
             ns.delete();
         }
     }
+}
+
+/// The names of every network namespace.
+pub fn list_namespaces() -> Result<Vec<String>> {
+    let output = run_checked(Command::new("ip").args(["netns", "list"]))?;
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .collect())
+}
+
+/// Delete every namespace whose name starts with `prefix`; how many.
+pub fn delete_namespaces(prefix: &str) -> Result<usize> {
+    let doomed: Vec<String> = list_namespaces()?
+        .into_iter()
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    for name in &doomed {
+        run_checked(Command::new("ip").args(["netns", "del", name]))?;
+    }
+    Ok(doomed.len())
 }
 
 /// A named network namespace. Handles are cheap clones of the name; the

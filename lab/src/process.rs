@@ -29,9 +29,31 @@ impl Process {
         })
     }
 
+    /// Start `cmd` with its stdout and stderr going to `log`.
+    pub fn spawn_logged(cmd: &mut Command, what: &str, log: std::fs::File) -> Result<Process> {
+        let err = log.try_clone().context("duplicating the log file")?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .with_context(|| format!("starting {what}"))?;
+        Ok(Process {
+            child,
+            what: what.to_string(),
+        })
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Let the process run on after this value is dropped; its PID.
+    pub fn detach(self) -> u32 {
+        let pid = self.child.id();
+        std::mem::forget(self);
+        pid
     }
 
     /// Whether the process is still running.

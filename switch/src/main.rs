@@ -1,1 +1,362 @@
-fn main() {}
+//! `podswitch`: the daemon (`podswitch daemon --config FILE`) and the CLI
+//! that talks to it over the control socket.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use ipnet::Ipv4Net;
+use podswitch::config::{Config, DEFAULT_CONTROL_SOCKET, PeerConfig};
+use podswitch::control::protocol::{
+    Info, PeerStatus, PortKind, PortSpec, PortStatus, RouteEntry, StatsReport,
+};
+use podswitch::control::{Client, Request};
+use podswitch::mac::MacAddr;
+use serde::de::DeserializeOwned;
+
+/// A userspace pod network switch: AF_XDP and TAP ports, VXLAN/Geneve overlay.
+#[derive(Parser)]
+#[command(name = "podswitch", version)]
+struct Cli {
+    /// The daemon's control socket.
+    #[arg(long, global = true, env = "PODSWITCH_SOCKET", default_value = DEFAULT_CONTROL_SOCKET)]
+    socket: PathBuf,
+    /// Print the daemon's answer as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the switch on this node.
+    Daemon {
+        /// The configuration file (TOML; see docs/operations.md).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a configuration file and print it with defaults filled in.
+    CheckConfig {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// The node's network: pod CIDR, gateway, pod MTU, router MAC.
+    Info,
+    /// Ports with their modes and counters.
+    Ports,
+    /// Add or remove a pod port.
+    Port {
+        #[command(subcommand)]
+        action: PortAction,
+    },
+    /// Peers with their underlay next hops.
+    Peers,
+    /// Add or remove a peer node.
+    Peer {
+        #[command(subcommand)]
+        action: PeerAction,
+    },
+    /// The forwarding table.
+    Routes,
+    /// Add or remove a route to the host port.
+    Route {
+        #[command(subcommand)]
+        action: RouteAction,
+    },
+    /// Counters: ports, drops by reason, workers, frames.
+    Stats,
+}
+
+#[derive(Subcommand)]
+enum PortAction {
+    /// Attach an interface (a pod veth's host end) or create a TAP port.
+    Add {
+        /// Interface name in this namespace.
+        name: String,
+        /// The pod's IPv4 address.
+        #[arg(long)]
+        ip: Ipv4Addr,
+        /// The pod's MAC.
+        #[arg(long)]
+        mac: MacAddr,
+        /// afxdp (an existing interface) or tap (created by the daemon).
+        #[arg(long, value_enum, default_value = "afxdp")]
+        kind: KindArg,
+        /// Who owns the port (e.g. a container id).
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Detach a pod port.
+    Del {
+        /// Interface name.
+        name: String,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KindArg {
+    Afxdp,
+    Tap,
+}
+
+#[derive(Subcommand)]
+enum PeerAction {
+    /// Route a remote node's pod CIDR through the tunnel.
+    Add {
+        /// The peer's underlay address.
+        node_ip: IpAddr,
+        /// The peer's pod CIDR.
+        pod_cidr: Ipv4Net,
+        /// The MAC inner frames are addressed to (kernel VXLAN peers only).
+        #[arg(long)]
+        vtep_mac: Option<MacAddr>,
+    },
+    /// Forget a peer.
+    Del {
+        /// The peer's underlay address.
+        node_ip: IpAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum RouteAction {
+    /// Send a prefix to the node's own stack.
+    Add {
+        /// The prefix.
+        prefix: Ipv4Net,
+    },
+    /// Remove a host route.
+    Del {
+        /// The prefix.
+        prefix: Ipv4Net,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("podswitch: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let request = match cli.command {
+        Command::Daemon { config } => return podswitch::daemon::run(Config::load(&config)?),
+        Command::CheckConfig { config } => {
+            let config = Config::load(&config)?;
+            print!("{}", toml::to_string_pretty(&config)?);
+            return Ok(());
+        }
+        Command::Info => Request::Info,
+        Command::Ports => Request::Ports,
+        Command::Peers => Request::Peers,
+        Command::Routes => Request::Routes,
+        Command::Stats => Request::Stats,
+        Command::Port {
+            action:
+                PortAction::Add {
+                    name,
+                    ip,
+                    mac,
+                    kind,
+                    owner,
+                },
+        } => Request::PortAdd(PortSpec {
+            name,
+            ip,
+            mac,
+            kind: match kind {
+                KindArg::Afxdp => PortKind::Afxdp,
+                KindArg::Tap => PortKind::Tap,
+            },
+            owner,
+        }),
+        Command::Port {
+            action: PortAction::Del { name },
+        } => Request::PortDel { name },
+        Command::Peer {
+            action:
+                PeerAction::Add {
+                    node_ip,
+                    pod_cidr,
+                    vtep_mac,
+                },
+        } => Request::PeerAdd(PeerConfig {
+            node_ip,
+            pod_cidr,
+            vtep_mac,
+        }),
+        Command::Peer {
+            action: PeerAction::Del { node_ip },
+        } => Request::PeerDel { node_ip },
+        Command::Route {
+            action: RouteAction::Add { prefix },
+        } => Request::RouteAdd { prefix },
+        Command::Route {
+            action: RouteAction::Del { prefix },
+        } => Request::RouteDel { prefix },
+    };
+    let mut client = Client::connect(&cli.socket)?;
+    let answer = client.call(&request)?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    match request {
+        Request::Info => print_info(&decode(answer)?),
+        Request::Ports => print_ports(&decode::<Vec<PortStatus>>(answer)?),
+        Request::PortAdd(_) => print_ports(&[decode::<PortStatus>(answer)?]),
+        Request::Peers => print_peers(&decode::<Vec<PeerStatus>>(answer)?),
+        Request::Routes => print_routes(&decode::<Vec<RouteEntry>>(answer)?),
+        Request::Stats => print_stats(&decode(answer)?),
+        _ => println!("ok"),
+    }
+    Ok(())
+}
+
+fn decode<T: DeserializeOwned>(value: serde_json::Value) -> Result<T> {
+    serde_json::from_value(value).context("unexpected answer from the daemon")
+}
+
+fn print_info(info: &Info) {
+    println!("node ip      {}", info.node_ip);
+    println!("pod cidr     {}", info.pod_cidr);
+    println!("gateway      {}", info.gateway);
+    println!("pod mtu      {}", info.pod_mtu);
+    println!("router mac   {}", info.router_mac);
+    println!(
+        "encap        {:?} vni {} udp port {}",
+        info.encap, info.vni, info.udp_port
+    );
+    println!("uplink       {}", info.uplink);
+    println!("host port    {}", info.host_port.as_deref().unwrap_or("-"));
+    println!("poll mode    {:?}", info.poll_mode);
+    println!("version      {}", info.version);
+}
+
+fn print_ports(ports: &[PortStatus]) {
+    println!(
+        "{:<4} {:<15} {:<6} {:<6} {:<8} {:<9} {:<2} {:<15} {:<17} {:>10} {:>10} {:>8}",
+        "id", "name", "role", "kind", "xdp", "copy", "q", "ip", "mac", "rx", "tx", "drops"
+    );
+    for p in ports {
+        let drops: u64 = p.counters.drops.values().sum();
+        println!(
+            "{:<4} {:<15} {:<6} {:<6} {:<8} {:<9} {:<2} {:<15} {:<17} {:>10} {:>10} {:>8}",
+            p.id,
+            p.name,
+            format!("{:?}", p.role).to_lowercase(),
+            format!("{:?}", p.kind).to_lowercase(),
+            p.xdp_mode.as_deref().unwrap_or("-"),
+            p.copy_mode.as_deref().unwrap_or("-"),
+            p.queues,
+            p.ip.map_or("-".into(), |ip| ip.to_string()),
+            p.mac,
+            p.counters.rx_packets,
+            p.counters.tx_packets,
+            drops
+        );
+    }
+}
+
+fn print_peers(peers: &[PeerStatus]) {
+    println!(
+        "{:<24} {:<18} {:<17} {:<24} {:<17}",
+        "node ip", "pod cidr", "vtep mac", "next hop", "next hop mac"
+    );
+    for p in peers {
+        println!(
+            "{:<24} {:<18} {:<17} {:<24} {:<17}",
+            p.node_ip,
+            p.pod_cidr,
+            p.vtep_mac,
+            p.next_hop.map_or("-".into(), |h| h.to_string()),
+            p.next_hop_mac
+                .map_or("unresolved".into(), |m| m.to_string())
+        );
+    }
+}
+
+fn print_routes(routes: &[RouteEntry]) {
+    for r in routes {
+        println!("{:<18} {}", r.prefix, r.target);
+    }
+}
+
+fn print_stats(stats: &StatsReport) {
+    println!(
+        "{:<15} {:>12} {:>14} {:>12} {:>14}",
+        "port", "rx packets", "rx bytes", "tx packets", "tx bytes"
+    );
+    for (name, c) in &stats.ports {
+        println!(
+            "{:<15} {:>12} {:>14} {:>12} {:>14}",
+            name, c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes
+        );
+    }
+    println!();
+    println!("drops by reason:");
+    let mut any = false;
+    for (name, c) in &stats.ports {
+        let k = &c.kernel;
+        let kernel = [
+            ("kernel: rx_dropped", k.rx_dropped),
+            ("kernel: rx_ring_full", k.rx_ring_full),
+            ("kernel: fill_ring_empty", k.fill_ring_empty),
+            ("kernel: invalid_descs", k.invalid_descs),
+            ("interface: rx_dropped", c.interface_rx_dropped),
+        ];
+        let all = c
+            .drops
+            .iter()
+            .map(|(reason, n)| (reason.as_str(), *n))
+            .chain(kernel.into_iter().filter(|(_, n)| *n > 0));
+        for (reason, n) in all {
+            println!("  {name:<15} {reason:<24} {n:>10}");
+            any = true;
+        }
+    }
+    if !any {
+        println!("  none");
+    }
+    println!();
+    for (i, w) in stats.workers.iter().enumerate() {
+        println!(
+            "worker {i}: {} busy polls, {} idle polls, {} sleeps; batches by size [1,2-3,4-7,8-15,16-31,32-63,64]: {:?}",
+            w.busy_polls, w.idle_polls, w.sleeps, w.batches
+        );
+    }
+    let f = &stats.frames;
+    println!(
+        "frames: {} total = {} free + {} fill + {} rx + {} in flight + {} tx + {} completion + {} queued; {} accounting violations{}",
+        f.total,
+        f.free,
+        f.fill,
+        f.rx,
+        f.in_flight,
+        f.tx,
+        f.completion,
+        f.queued,
+        f.violations,
+        if f.checked { "" } else { " (check_frames off)" }
+    );
+    println!(
+        "uplink XDP: {} tunnel packets to the switch, {} other packets to the kernel",
+        stats.uplink_redirected, stats.uplink_passed
+    );
+}

@@ -1,0 +1,265 @@
+//! FIB costs: longest-prefix-match lookups in tables of 1k, 100k and 1M
+//! routes, one address at a time and in batches of 64 (as the switch looks
+//! them up), and the cost of a control-plane update (a pod's /32 added and
+//! removed through `SharedFib`) with the table full. Run with
+//! `cargo bench -p podswitch-bench --bench fib`.
+//!
+//! The tables mix what a pod network routes: a few short prefixes (a default
+//! route, the service and link-local ranges), /24 pod CIDRs (three routes in
+//! four) and /32 pod routes, 200 to a /24. The pod CIDRs are handed out in
+//! order from 10.0.0.0 up, as Kubernetes' node IPAM does, with one in ten
+//! left unused (nodes that left); `fib/lookup-scattered` scatters them at
+//! random over the whole unicast space instead, the worst case for the cache.
+//! `fib/lookup` and `fib/lookup-batch64` look up random addresses inside
+//! random routes, `fib/lookup-any` uniformly random addresses.
+
+use std::collections::HashSet;
+use std::hint::black_box;
+use std::net::Ipv4Addr;
+use std::time::Instant;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use podswitch::fib::{Ipv4Net, SharedFib};
+
+/// The switch's route targets, roughly: what the table stores.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Target {
+    Local { port: u16, mac: [u8; 6] },
+    Peer(u32),
+    Host,
+}
+
+/// Where the /24 pod CIDRs are.
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    /// In order from 10.0.0.0, with one in ten left unused.
+    Allocated,
+    /// At random in 1.0.0.0–223.255.255.255.
+    Scattered,
+}
+
+const TABLES: [(&str, usize, Layout); 4] = [
+    ("1k", 1_000, Layout::Allocated),
+    ("100k", 100_000, Layout::Allocated),
+    ("1m", 1_000_000, Layout::Allocated),
+    ("1m", 1_000_000, Layout::Scattered),
+];
+/// Addresses looked up per table, cycled through (a power of two).
+const ADDRESSES: usize = 1 << 20;
+const BATCH: usize = 64;
+/// /32 pod routes per /24 that has them.
+const PODS_PER_24: u32 = 200;
+
+/// SplitMix64: a fixed, seeded sequence, so every run builds the same tables.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn prefix(addr: u32, len: u8) -> Ipv4Net {
+    Ipv4Net::new(Ipv4Addr::from(addr), len).expect("length ≤ 32")
+}
+
+/// `n` routes: 7 short prefixes, n/4 pod /32s (200 to a /24, in pod CIDRs
+/// picked at random) and the rest /24 pod CIDRs placed as `layout` says.
+fn routes(n: usize, layout: Layout, rng: &mut Rng) -> Vec<(Ipv4Net, Target)> {
+    let mut routes: Vec<(Ipv4Net, Target)> = [
+        ("0.0.0.0/0", Target::Host),
+        ("10.0.0.0/8", Target::Host),
+        ("10.96.0.0/12", Target::Host),
+        ("100.64.0.0/10", Target::Peer(1)),
+        ("169.254.0.0/16", Target::Host),
+        ("172.16.0.0/12", Target::Peer(2)),
+        ("192.168.0.0/16", Target::Host),
+    ]
+    .into_iter()
+    .map(|(p, t)| (p.parse().expect("valid prefix"), t))
+    .collect();
+    let hosts = n / 4;
+    let mut seen = HashSet::new();
+    let mut slash24s = Vec::new();
+    let mut next = u32::from(Ipv4Addr::new(10, 0, 0, 0));
+    while slash24s.len() < n - routes.len() - hosts {
+        let net = match layout {
+            Layout::Allocated => {
+                next += 1 << 8;
+                next - (1 << 8)
+            }
+            Layout::Scattered => {
+                (1 + rng.below(223) as u32) << 24 | (rng.below(1 << 16) as u32) << 8
+            }
+        };
+        let unused = matches!(layout, Layout::Allocated) && rng.below(10) == 0;
+        if !unused && seen.insert(net) {
+            slash24s.push(net);
+        }
+    }
+    for (i, &net) in slash24s.iter().enumerate() {
+        routes.push((prefix(net, 24), Target::Peer(i as u32 % 5000)));
+    }
+    let mut picked = HashSet::new();
+    let mut with_pods = Vec::new();
+    while with_pods.len() < hosts.div_ceil(PODS_PER_24 as usize) {
+        let net = slash24s[rng.below(slash24s.len() as u64) as usize];
+        if picked.insert(net) {
+            with_pods.push(net);
+        }
+    }
+    for i in 0..hosts as u32 {
+        let addr = with_pods[(i / PODS_PER_24) as usize] | (1 + i % PODS_PER_24);
+        let mac = [0x02, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+        routes.push((
+            prefix(addr, 32),
+            Target::Local {
+                port: i as u16,
+                mac,
+            },
+        ));
+    }
+    routes
+}
+
+/// Random addresses inside random routes.
+fn routed_addresses(routes: &[(Ipv4Net, Target)], rng: &mut Rng) -> Vec<Ipv4Addr> {
+    (0..ADDRESSES)
+        .map(|_| {
+            let (net, _) = routes[rng.below(routes.len() as u64) as usize];
+            let host = rng.next() as u32 & !u32::from(net.netmask());
+            Ipv4Addr::from(u32::from(net.network()) | host)
+        })
+        .collect()
+}
+
+fn uniform_addresses(rng: &mut Rng) -> Vec<Ipv4Addr> {
+    (0..ADDRESSES)
+        .map(|_| Ipv4Addr::from(rng.next() as u32))
+        .collect()
+}
+
+struct Table {
+    name: &'static str,
+    layout: Layout,
+    fib: SharedFib<Target>,
+    routed: Vec<Ipv4Addr>,
+    uniform: Vec<Ipv4Addr>,
+    /// A free address in a /24 that has pod routes: the next pod's /32.
+    new_pod: Ipv4Net,
+}
+
+fn tables() -> Vec<Table> {
+    let mut rng = Rng(0x5eed);
+    TABLES
+        .iter()
+        .map(|&(name, n, layout)| {
+            let routes = routes(n, layout, &mut rng);
+            let started = Instant::now();
+            let fib = SharedFib::new();
+            fib.update(|t| {
+                for &(p, v) in &routes {
+                    t.insert(p, v);
+                }
+            });
+            let table = fib.load();
+            assert_eq!(table.len(), n);
+            eprintln!(
+                "fib {name} {}: {} routes built in {:.2} s, {:.1} MiB",
+                match layout {
+                    Layout::Allocated => "allocated",
+                    Layout::Scattered => "scattered",
+                },
+                table.len(),
+                started.elapsed().as_secs_f64(),
+                table.memory_bytes() as f64 / (1 << 20) as f64
+            );
+            let last_pod = u32::from(routes.last().expect("routes").0.network());
+            let new_pod = prefix(last_pod & !0xff | 250, 32);
+            assert_eq!(table.get(new_pod), None);
+            Table {
+                name,
+                layout,
+                routed: routed_addresses(&routes, &mut rng),
+                uniform: uniform_addresses(&mut rng),
+                fib,
+                new_pod,
+            }
+        })
+        .collect()
+}
+
+fn fib(c: &mut Criterion) {
+    let tables = tables();
+    let (allocated, scattered): (Vec<&Table>, Vec<&Table>) =
+        tables.iter().partition(|t| t.layout == Layout::Allocated);
+    for (group, tables, pick) in [
+        (
+            "fib/lookup",
+            &allocated,
+            (|t| &t.routed) as fn(&Table) -> &Vec<Ipv4Addr>,
+        ),
+        ("fib/lookup-scattered", &scattered, |t| &t.routed),
+        ("fib/lookup-any", &allocated, |t| &t.uniform),
+    ] {
+        let mut group = c.benchmark_group(group);
+        group.throughput(Throughput::Elements(1));
+        for table in tables {
+            let (snapshot, addresses) = (table.fib.load(), pick(table));
+            let mut i = 0;
+            group.bench_function(table.name, |b| {
+                b.iter(|| {
+                    i = (i + 1) & (ADDRESSES - 1);
+                    snapshot.lookup(black_box(addresses[i]))
+                })
+            });
+        }
+        group.finish();
+    }
+
+    // As the switch does it: one snapshot per batch of frames.
+    let mut group = c.benchmark_group("fib/lookup-batch64");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for table in &allocated {
+        let mut found = [None; BATCH];
+        let mut i = 0;
+        group.bench_function(table.name, |b| {
+            b.iter(|| {
+                i = (i + BATCH) & (ADDRESSES - 1);
+                let snapshot = table.fib.load();
+                for (out, &addr) in found.iter_mut().zip(&table.routed[i..i + BATCH]) {
+                    *out = snapshot.lookup(addr);
+                }
+                black_box(&found);
+            })
+        });
+    }
+    group.finish();
+
+    // A pod added and removed: two updates, each publishing a snapshot.
+    let mut group = c.benchmark_group("fib/update");
+    for table in &allocated {
+        let pod = Target::Local {
+            port: 7,
+            mac: [0x02, 0, 0, 0, 0, 7],
+        };
+        group.bench_function(table.name, |b| {
+            b.iter(|| {
+                table.fib.update(|t| t.insert(table.new_pod, pod));
+                table.fib.update(|t| t.remove(table.new_pod))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, fib);
+criterion_main!(benches);

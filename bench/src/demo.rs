@@ -1,0 +1,287 @@
+//! The demo: a two-node pod lab running podswitch, traffic across it, and a
+//! summary of what happened and what it measured. Everything lives in
+//! network namespaces named `ps-demo-…` and is removed at the end, on
+//! failure and on Ctrl-C too.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use podswitch_lab::cluster::{Pod, SwitchNode, SwitchOptions, SwitchPair, node_ip, ping_stats};
+use podswitch_lab::cpu::CpuMeter;
+use podswitch_lab::interrupt::{catch_interrupts, check_interrupted};
+use podswitch_lab::traffic::{IPERF_PORT, IperfClient, iperf_server};
+use podswitch_lab::{Lab, Netns};
+
+/// How the lab's podswitch nodes run.
+#[derive(clap::Args)]
+pub struct SwitchArgs {
+    /// Overlay encapsulation: vxlan or geneve.
+    #[arg(long, default_value = "vxlan")]
+    encap: String,
+    /// Worker poll mode: adaptive or busy.
+    #[arg(long, default_value = "adaptive")]
+    poll_mode: String,
+    /// XDP mode on the switch's interfaces: auto, native or generic.
+    #[arg(long, default_value = "auto")]
+    xdp_mode: String,
+}
+
+impl SwitchArgs {
+    /// The lab's options for them.
+    pub fn options(&self) -> SwitchOptions {
+        SwitchOptions {
+            encap: self.encap.clone(),
+            poll_mode: self.poll_mode.clone(),
+            xdp_mode: self.xdp_mode.clone(),
+        }
+    }
+}
+
+/// Options of `podswitch-bench demo`.
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    switch: SwitchArgs,
+    /// Seconds of each iperf3 run.
+    #[arg(long, default_value_t = 3)]
+    seconds: u32,
+}
+
+/// One line of the summary.
+struct Row {
+    what: String,
+    result: String,
+}
+
+/// The `podswitch` executable next to this one.
+pub fn podswitch_binary() -> Result<PathBuf> {
+    let me = std::env::current_exe().context("locating podswitch-bench")?;
+    let binary = me.with_file_name("podswitch");
+    anyhow::ensure!(
+        binary.exists(),
+        "{} not found: build the workspace first (cargo build --release)",
+        binary.display()
+    );
+    Ok(binary)
+}
+
+fn step(what: &str) -> Result<()> {
+    check_interrupted()?;
+    eprintln!("  … {what}");
+    Ok(())
+}
+
+/// Run the demo.
+pub fn run(args: &DemoArgs) -> Result<()> {
+    podswitch_lab::require_root()?;
+    catch_interrupts()?;
+    let binary = podswitch_binary()?;
+    let mut lab = Lab::new("demo")?;
+    let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
+    println!(
+        "podswitch demo: two nodes, two pods each, {} overlay, {} polling",
+        args.switch.encap, args.switch.poll_mode
+    );
+    println!("  namespaces {}*, removed at the end\n", lab.prefix());
+
+    step(
+        "building nodes 10.1.0.11 and 10.1.0.12 on a veth underlay, podswitch on both, two pods each",
+    )?;
+    let options = args.switch.options();
+    let SwitchPair {
+        nodes: [mut node1, mut node2],
+        pods,
+    } = SwitchPair::build(&mut lab, &binary, &dir, &options)?;
+    let info = node1.cli_json(&["info"])?;
+    let pod_mtu = info["pod_mtu"].as_u64().unwrap_or(1450);
+    let pods: Vec<Pod> = pods.into_iter().flatten().collect();
+    let ports = node1.cli_json(&["ports"])?;
+    let uplink_mode = ports
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["role"] == "uplink"))
+        .map(|p| {
+            format!(
+                "{} XDP, {} mode",
+                p["xdp_mode"].as_str().unwrap_or("?"),
+                p["copy_mode"].as_str().unwrap_or("?")
+            )
+        })
+        .unwrap_or_default();
+
+    let mut rows = Vec::new();
+    step("pinging: same node, across nodes, node to pod")?;
+    let pings: [(&Netns, Ipv4Addr, String); 4] = [
+        (
+            &pods[0].ns,
+            pods[1].ip,
+            format!("pod {} -> pod {} (same node)", pods[0].ip, pods[1].ip),
+        ),
+        (
+            &pods[0].ns,
+            pods[2].ip,
+            format!("pod {} -> pod {} (across nodes)", pods[0].ip, pods[2].ip),
+        ),
+        (
+            &pods[3].ns,
+            pods[1].ip,
+            format!("pod {} -> pod {} (across nodes)", pods[3].ip, pods[1].ip),
+        ),
+        (
+            &node1.ns,
+            pods[3].ip,
+            format!(
+                "node {} -> pod {} (host port, tunnel)",
+                node_ip(1),
+                pods[3].ip
+            ),
+        ),
+    ];
+    for (from, to, what) in pings {
+        let p = ping_stats(from, to, 5)?;
+        rows.push(Row {
+            what,
+            result: format!(
+                "{}/{} replies, {:.3} ms average round trip",
+                p.received, p.sent, p.avg_ms
+            ),
+        });
+    }
+
+    let daemons: Vec<u32> = [&mut node1, &mut node2]
+        .into_iter()
+        .filter_map(|n| n.daemon().map(|d| d.pid()))
+        .collect();
+    let tcp = IperfClient {
+        seconds: args.seconds,
+        ..IperfClient::default()
+    };
+    let flows: [(&Pod, &Pod, &str, IperfClient); 3] = [
+        (&pods[0], &pods[1], "TCP, same node", tcp),
+        (&pods[0], &pods[2], "TCP, across nodes", tcp),
+        (
+            &pods[0],
+            &pods[2],
+            "UDP 1400 B at 1 Gbit/s offered, across nodes",
+            IperfClient {
+                udp: Some((1_000_000_000, 1400)),
+                ..tcp
+            },
+        ),
+    ];
+    for (from, to, what, client) in flows {
+        step(&format!("iperf3 {what} ({} s)", args.seconds))?;
+        let _server = iperf_server(&to.ns, IPERF_PORT)?;
+        let buffer_errors = udp_receive_buffer_errors(&to.ns)?;
+        let meter = CpuMeter::start(&daemons)?;
+        let result = client.run(&from.ns, to.ip)?;
+        let cpu = meter.stop()?;
+        let loss = if client.udp.is_some() {
+            let overflowed = udp_receive_buffer_errors(&to.ns)? - buffer_errors;
+            format!(
+                ", {:.2}% lost ({overflowed} of {} overflowed the receiving socket's buffer)",
+                100.0 * result.lost_packets as f64 / result.packets.max(1) as f64,
+                result.lost_packets
+            )
+        } else {
+            format!(", {} retransmits", result.retransmits)
+        };
+        rows.push(Row {
+            what: format!("{what}: {} -> {}", from.ip, to.ip),
+            result: format!(
+                "{:.2} Gbit/s{loss}; switches used {:.0}% of a core, kernel softirq {:.0}%",
+                result.gbps(),
+                cpu.processes * 100.0,
+                cpu.kernel_softirq * 100.0
+            ),
+        });
+    }
+
+    println!("\nSetup");
+    println!(
+        "  node 1  10.1.0.11  pod CIDR 10.244.1.0/24  router MAC {}",
+        info["router_mac"].as_str().unwrap_or("?")
+    );
+    println!("  node 2  10.1.0.12  pod CIDR 10.244.2.0/24");
+    println!("  pod MTU {pod_mtu}; uplink {uplink_mode}; pods on veth ports, offloads off");
+    println!("\nWhat happened");
+    let width = rows.iter().map(|r| r.what.len()).max().unwrap_or(0);
+    for row in &rows {
+        println!("  {:<width$}  {}", row.what, row.result);
+    }
+    println!("\nSwitch counters");
+    for node in [&node1, &node2] {
+        summarize_node(node)?;
+    }
+    println!(
+        "\nRun `podswitch-bench demo --help` for options; docs/operations.md explains each counter."
+    );
+    Ok(())
+}
+
+/// The kernel's count of UDP datagrams dropped in `ns` because a socket's
+/// receive buffer was full (the receiving application fell behind).
+fn udp_receive_buffer_errors(ns: &Netns) -> Result<u64> {
+    let snmp = ns.run("cat", &["/proc/net/snmp"])?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return Ok(0);
+    };
+    Ok(names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0))
+}
+
+/// Print a node's traffic, drops by reason and frame accounting.
+fn summarize_node(node: &SwitchNode) -> Result<()> {
+    let stats = node.cli_json(&["stats"])?;
+    let mut rx = 0;
+    let mut tx = 0;
+    let mut drops: Vec<String> = Vec::new();
+    if let Some(ports) = stats["ports"].as_object() {
+        for (name, port) in ports {
+            rx += port["rx_packets"].as_u64().unwrap_or(0);
+            tx += port["tx_packets"].as_u64().unwrap_or(0);
+            if let Some(reasons) = port["drops"].as_object() {
+                for (reason, n) in reasons {
+                    drops.push(format!("{reason} {n} on {name}"));
+                }
+            }
+            if let Some(n) = port["interface_rx_dropped"].as_u64().filter(|&n| n > 0) {
+                drops.push(format!("interface rx_dropped {n} on {name}"));
+            }
+            if let Some(kernel) = port["kernel"].as_object() {
+                for (reason, n) in kernel {
+                    if n.as_u64() > Some(0) {
+                        drops.push(format!("kernel {reason} {n} on {name}"));
+                    }
+                }
+            }
+        }
+    }
+    let frames = &stats["frames"];
+    println!(
+        "  node {}: {rx} frames received, {tx} sent; drops: {}",
+        node.index,
+        if drops.is_empty() {
+            "none".to_string()
+        } else {
+            drops.join(", ")
+        }
+    );
+    println!(
+        "          buffer frames: {} total = {} free + {} on fill rings + {} in flight/queued; {} accounting violations",
+        frames["total"],
+        frames["free"],
+        frames["fill"].as_u64().unwrap_or(0) + frames["rx"].as_u64().unwrap_or(0),
+        frames["in_flight"].as_u64().unwrap_or(0)
+            + frames["queued"].as_u64().unwrap_or(0)
+            + frames["tx"].as_u64().unwrap_or(0)
+            + frames["completion"].as_u64().unwrap_or(0),
+        frames["violations"]
+    );
+    Ok(())
+}

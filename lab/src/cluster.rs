@@ -1,0 +1,529 @@
+//! The lab testbed of the design brief: nodes are namespaces joined by an
+//! underlay (a veth pair for two nodes, a bridge in a fabric namespace for
+//! more); node i has `10.1.0.(10+i)/24` and pod CIDR `10.244.i.0/24`. A
+//! node runs a podswitch daemon, or is a kernel node (bridge + vxlan,
+//! Flannel-style). Pods are namespaces with a veth into their node.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::kernel_node::KernelVxlan;
+use crate::netns::{Lab, Netns, format_mac};
+use crate::process::Process;
+
+/// The underlay interface of every node.
+pub const UPLINK: &str = "ul0";
+/// VNI of the lab overlay.
+pub const VNI: u32 = 1;
+
+/// Node `i`'s underlay address.
+pub fn node_ip(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 1, 0, 10 + i)
+}
+
+/// Node `i`'s pod CIDR.
+pub fn pod_cidr(i: u8) -> String {
+    format!("10.244.{i}.0/24")
+}
+
+/// Node `i`'s pod gateway.
+pub fn pod_gateway(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, i, 1)
+}
+
+/// The router MAC podswitch derives for node `i` (`0a:70` + node IP).
+pub fn router_mac(i: u8) -> String {
+    let [a, b, c, d] = node_ip(i).octets();
+    format_mac([0x0a, 0x70, a, b, c, d])
+}
+
+/// The MAC a kernel node gives its vxlan device (its VtepMAC).
+pub fn kernel_vtep_mac(i: u8) -> String {
+    format_mac([0x02, 0x6b, 0x76, 0, 0, i])
+}
+
+/// Join node namespaces `a` and `b` by a veth pair named [`UPLINK`] on both
+/// sides, addressed as nodes `ia` and `ib`, offloads off (frames must cross
+/// as the wire would carry them: no partial checksums, no super-frames).
+pub fn connect_underlay(a: &Netns, ia: u8, b: &Netns, ib: u8, mtu: u32) -> Result<()> {
+    a.ip(&[
+        "link",
+        "add",
+        UPLINK,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        UPLINK,
+        "netns",
+        b.name(),
+    ])?;
+    for (ns, i) in [(a, ia), (b, ib)] {
+        let cidr = format!("{}/24", node_ip(i));
+        ns.ip(&["addr", "add", &cidr, "dev", UPLINK])?;
+        ns.ip(&["link", "set", UPLINK, "mtu", &mtu.to_string(), "up"])?;
+        offloads_off(ns, UPLINK)?;
+    }
+    Ok(())
+}
+
+/// Turn off TX checksum offload, TSO and GSO on `ifname`.
+pub fn offloads_off(ns: &Netns, ifname: &str) -> Result<()> {
+    ns.run(
+        "ethtool",
+        &["-K", ifname, "tx", "off", "tso", "off", "gso", "off"],
+    )
+    .map(drop)
+}
+
+/// Settings of a podswitch node beyond the lab's fixed layout.
+#[derive(Debug, Clone)]
+pub struct SwitchOptions {
+    /// "vxlan" or "geneve".
+    pub encap: String,
+    /// "adaptive" or "busy".
+    pub poll_mode: String,
+    /// "auto", "native" or "generic".
+    pub xdp_mode: String,
+}
+
+impl Default for SwitchOptions {
+    fn default() -> SwitchOptions {
+        SwitchOptions {
+            encap: "vxlan".into(),
+            poll_mode: "adaptive".into(),
+            xdp_mode: "auto".into(),
+        }
+    }
+}
+
+/// A peer as a podswitch node's configuration lists it.
+#[derive(Debug, Clone)]
+pub struct PeerEntry {
+    /// The peer's node index.
+    pub index: u8,
+    /// Its VTEP MAC, for kernel peers.
+    pub vtep_mac: Option<String>,
+}
+
+/// A podswitch daemon running in a node namespace.
+pub struct SwitchNode {
+    /// The node's namespace.
+    pub ns: Netns,
+    /// The node's index.
+    pub index: u8,
+    /// The daemon's control socket.
+    pub socket: PathBuf,
+    binary: PathBuf,
+    dir: PathBuf,
+    daemon: Option<Process>,
+}
+
+impl SwitchNode {
+    /// Write node `index`'s configuration into `dir` and start `binary`
+    /// (the `podswitch` executable) as its daemon inside `ns`, its worker
+    /// pinned to CPU `index - 1` (modulo the CPUs there are); returns once
+    /// the daemon answers on its control socket.
+    pub fn start(
+        ns: Netns,
+        index: u8,
+        binary: &Path,
+        dir: &Path,
+        options: &SwitchOptions,
+        peers: &[PeerEntry],
+    ) -> Result<SwitchNode> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let core = usize::from(index.saturating_sub(1)) % cpus;
+        std::fs::create_dir_all(dir)?;
+        let socket = dir.join(format!("node{index}.sock"));
+        let mut config = format!(
+            "node_ip = \"{}\"\nuplink = \"{UPLINK}\"\npod_cidr = \"{}\"\nvni = {VNI}\n\
+             encap = \"{}\"\npoll_mode = \"{}\"\nxdp_mode = \"{}\"\ncores = [{}]\n\
+             control_socket = \"{}\"\nstate_dir = \"{}\"\ncheck_frames = true\nframe_count = 16384\n",
+            node_ip(index),
+            pod_cidr(index),
+            options.encap,
+            options.poll_mode,
+            options.xdp_mode,
+            core,
+            socket.display(),
+            dir.join(format!("node{index}-state")).display(),
+        );
+        for peer in peers {
+            config.push_str(&format!(
+                "[[peers]]\nnode_ip = \"{}\"\npod_cidr = \"{}\"\n",
+                node_ip(peer.index),
+                pod_cidr(peer.index)
+            ));
+            if let Some(mac) = &peer.vtep_mac {
+                config.push_str(&format!("vtep_mac = \"{mac}\"\n"));
+            }
+        }
+        let config_path = dir.join(format!("node{index}.toml"));
+        std::fs::write(&config_path, config)?;
+        let mut node = SwitchNode {
+            ns,
+            index,
+            socket,
+            binary: binary.into(),
+            dir: dir.into(),
+            daemon: None,
+        };
+        node.launch()?;
+        Ok(node)
+    }
+
+    /// Start (or restart) the daemon and wait for it to answer.
+    pub fn launch(&mut self) -> Result<()> {
+        let config = self.dir.join(format!("node{}.toml", self.index));
+        let log = std::fs::File::create(self.log_path())?;
+        let mut cmd = self.ns.command(&self.binary.to_string_lossy());
+        cmd.args(["daemon", "--config"]).arg(&config);
+        let daemon =
+            Process::spawn_logged(&mut cmd, &format!("podswitch on node {}", self.index), log)?;
+        self.daemon = Some(daemon);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if self.cli(&["info"]).is_ok() {
+                return Ok(());
+            }
+            if !self.daemon.as_mut().is_some_and(Process::is_running) {
+                bail!(
+                    "podswitch on node {} exited at startup:\n{}",
+                    self.index,
+                    self.log()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "podswitch on node {} did not answer within 15 s:\n{}",
+                    self.index,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The daemon process, while it runs.
+    pub fn daemon(&mut self) -> Option<&mut Process> {
+        self.daemon.as_mut()
+    }
+
+    /// Stop the daemon with SIGTERM; true if it exited within 10 s.
+    pub fn stop(&mut self) -> bool {
+        match self.daemon.take() {
+            Some(mut d) => {
+                d.signal_and_wait(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10))
+            }
+            None => true,
+        }
+    }
+
+    /// Path of the daemon's log.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join(format!("node{}.log", self.index))
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Run the `podswitch` CLI against this node; its stdout.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let output = Command::new(&self.binary)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .context("running the podswitch CLI")?;
+        if !output.status.success() {
+            bail!(
+                "podswitch {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Create pod number `host` on this node (a veth pod, see [`veth_pod`])
+    /// and add its port to the switch.
+    pub fn add_veth_pod(&self, lab: &mut Lab, host: u8, mtu: u32) -> Result<Pod> {
+        let pod = veth_pod(lab, &self.ns, self.index, host, mtu)?;
+        self.cli(&[
+            "port",
+            "add",
+            &pod.host_ifname,
+            "--ip",
+            &pod.ip.to_string(),
+            "--mac",
+            &pod.mac,
+        ])?;
+        Ok(pod)
+    }
+
+    /// The process id of the running daemon.
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Process::pid)
+    }
+
+    /// Leave the daemon running after this value is dropped; its PID.
+    pub fn detach(&mut self) -> Option<u32> {
+        self.daemon.take().map(Process::detach)
+    }
+
+    /// The CLI's JSON answer.
+    pub fn cli_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        Ok(serde_json::from_str(&self.cli(&full)?)?)
+    }
+}
+
+/// The lab of the demo and the tests: podswitch nodes 1 and 2 on a veth
+/// underlay, peered with each other, with pods 2 and 3 on each.
+pub struct SwitchPair {
+    /// Nodes 1 and 2.
+    pub nodes: [SwitchNode; 2],
+    /// Pods 10.244.1.2, 10.244.1.3 and 10.244.2.2, 10.244.2.3.
+    pub pods: [[Pod; 2]; 2],
+}
+
+impl SwitchPair {
+    /// Build it in `lab`, running `binary`, keeping files in `dir`.
+    pub fn build(
+        lab: &mut Lab,
+        binary: &Path,
+        dir: &Path,
+        options: &SwitchOptions,
+    ) -> Result<SwitchPair> {
+        let n1 = lab.netns("n1")?;
+        let n2 = lab.netns("n2")?;
+        connect_underlay(&n1, 1, &n2, 2, 1500)?;
+        let peer = |index| {
+            [PeerEntry {
+                index,
+                vtep_mac: None,
+            }]
+        };
+        let node1 = SwitchNode::start(n1, 1, binary, dir, options, &peer(2))?;
+        let node2 = SwitchNode::start(n2, 2, binary, dir, options, &peer(1))?;
+        let mtu = node1.cli_json(&["info"])?["pod_mtu"]
+            .as_u64()
+            .unwrap_or(1450) as u32;
+        let pods = [
+            [
+                node1.add_veth_pod(lab, 2, mtu)?,
+                node1.add_veth_pod(lab, 3, mtu)?,
+            ],
+            [
+                node2.add_veth_pod(lab, 2, mtu)?,
+                node2.add_veth_pod(lab, 3, mtu)?,
+            ],
+        ];
+        Ok(SwitchPair {
+            nodes: [node1, node2],
+            pods,
+        })
+    }
+}
+
+/// A pod: a namespace with one interface, `eth0`, into its node.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    /// The pod's namespace.
+    pub ns: Netns,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Its MAC.
+    pub mac: String,
+    /// Its interface's name on the node's side.
+    pub host_ifname: String,
+}
+
+/// Create pod number `host` of node `node` (its namespace `node_ns`): a
+/// namespace holding `eth0`, a veth whose other end `host_ifname` stays in
+/// the node, the pod's address, MAC, MTU and default route via the
+/// gateway. The node end is left for the caller to attach.
+fn pod_namespace(
+    lab: &mut Lab,
+    node_ns: &Netns,
+    node: u8,
+    host: u8,
+    host_ifname: String,
+    mtu: u32,
+) -> Result<Pod> {
+    let ns = lab.netns(&format!("pod{node}{host}"))?;
+    let ip = Ipv4Addr::new(10, 244, node, host);
+    let mac = format_mac([0x0a, 0x58, 10, 244, node, host]);
+    let mtu = mtu.to_string();
+    node_ns.ip(&[
+        "link",
+        "add",
+        &host_ifname,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns.name(),
+    ])?;
+    node_ns.ip(&["link", "set", &host_ifname, "mtu", &mtu])?;
+    ns.ip(&["link", "set", "eth0", "address", &mac, "mtu", &mtu, "up"])?;
+    ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+    ns.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        &pod_gateway(node).to_string(),
+        "dev",
+        "eth0",
+    ])?;
+    Ok(Pod {
+        ns,
+        ip,
+        mac,
+        host_ifname,
+    })
+}
+
+/// Create a pod for a podswitch node (see [`pod_namespace`]): its node end
+/// `vp<node>x<host>` up and its offloads off, as AF_XDP needs.
+pub fn veth_pod(lab: &mut Lab, node_ns: &Netns, node: u8, host: u8, mtu: u32) -> Result<Pod> {
+    let pod = pod_namespace(lab, node_ns, node, host, format!("vp{node}x{host}"), mtu)?;
+    node_ns.ip(&["link", "set", &pod.host_ifname, "up"])?;
+    offloads_off(&pod.ns, "eth0")?;
+    Ok(pod)
+}
+
+/// A Flannel-style kernel node: bridge `cni0` with the gateway address,
+/// `vxlan0` as its VTEP, and routes to its peers.
+pub struct KernelNode {
+    /// The node's namespace.
+    pub ns: Netns,
+    /// The node's index.
+    pub index: u8,
+    /// Its VXLAN device.
+    pub vxlan: KernelVxlan,
+}
+
+impl KernelNode {
+    /// Set up node `index` in `ns`, whose underlay is already connected.
+    pub fn create(ns: Netns, index: u8, underlay_mtu: u32) -> Result<KernelNode> {
+        ns.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        let vxlan = KernelVxlan {
+            name: "vxlan0".into(),
+            vni: VNI,
+            udp_port: 4789,
+            local: node_ip(index).into(),
+            underlay: UPLINK.into(),
+            mac: kernel_vtep_mac(index),
+            address: format!("10.244.{index}.0/32"),
+            mtu: underlay_mtu - 50,
+        };
+        vxlan.create(&ns)?;
+        ns.ip(&["link", "add", "cni0", "type", "bridge"])?;
+        ns.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", pod_gateway(index)),
+            "dev",
+            "cni0",
+        ])?;
+        ns.ip(&[
+            "link",
+            "set",
+            "cni0",
+            "mtu",
+            &(underlay_mtu - 50).to_string(),
+            "up",
+        ])?;
+        Ok(KernelNode { ns, index, vxlan })
+    }
+
+    /// Route peer node `peer`'s pod CIDR through the tunnel to its VTEP
+    /// MAC (a podswitch node's router MAC, or a kernel node's vxlan MAC).
+    pub fn add_peer(&self, peer: u8, vtep_mac: &str) -> Result<()> {
+        self.vxlan.add_peer(
+            &self.ns,
+            &pod_cidr(peer),
+            &format!("10.244.{peer}.0"),
+            vtep_mac,
+            node_ip(peer).into(),
+        )
+    }
+
+    /// Add a pod on the bridge, with offloads on (what Flannel users get)
+    /// or off.
+    pub fn add_pod(&self, lab: &mut Lab, host: u8, offloads: bool) -> Result<Pod> {
+        let ifname = format!("vk{}x{host}", self.index);
+        let pod = pod_namespace(lab, &self.ns, self.index, host, ifname, self.vxlan.mtu)?;
+        self.ns
+            .ip(&["link", "set", &pod.host_ifname, "master", "cni0", "up"])?;
+        if !offloads {
+            offloads_off(&pod.ns, "eth0")?;
+        }
+        Ok(pod)
+    }
+}
+
+/// What a ping run saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PingResult {
+    /// Echo requests sent.
+    pub sent: u32,
+    /// Replies received.
+    pub received: u32,
+    /// Average round trip, milliseconds (0 without replies).
+    pub avg_ms: f64,
+}
+
+/// Ping `to` from namespace `from` `count` times, 200 ms apart, waiting
+/// at most a second for each reply.
+pub fn ping_stats(from: &Netns, to: Ipv4Addr, count: u32) -> Result<PingResult> {
+    let output = from
+        .command("ping")
+        .args([
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-q",
+            &to.to_string(),
+        ])
+        .output()
+        .context("running ping")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let received = text
+        .split(',')
+        .find_map(|part| part.trim().strip_suffix(" received"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    // "rtt min/avg/max/mdev = 0.045/0.061/0.083/0.013 ms"
+    let avg_ms = text
+        .lines()
+        .find_map(|l| l.split_once(" = "))
+        .and_then(|(_, v)| v.split('/').nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    Ok(PingResult {
+        sent: count,
+        received,
+        avg_ms,
+    })
+}
+
+/// Ping `to` from `from` `count` times; how many replies came back.
+pub fn ping(from: &Netns, to: Ipv4Addr, count: u32) -> Result<u32> {
+    Ok(ping_stats(from, to, count)?.received)
+}

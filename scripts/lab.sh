@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Bring the two-node podswitch testbed up (left running) or take it down.
+#   sudo scripts/lab.sh up [--encap vxlan|geneve] [--poll-mode adaptive|busy] [--xdp-mode auto|native|generic]
+#   sudo scripts/lab.sh down
+# A failed "up" takes down whatever it had built.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -q -p podswitch -p podswitch-bench
+case "${1:-}" in
+  up)
+    shift
+    trap 'target/release/podswitch-bench testbed down >/dev/null 2>&1 || true' ERR
+    target/release/podswitch-bench testbed up "$@"
+    ;;
+  down)
+    target/release/podswitch-bench testbed down
+    ;;
+  *)
+    echo "usage: $0 up [--encap vxlan|geneve] [--poll-mode adaptive|busy] [--xdp-mode auto|native|generic] | down" >&2
+    exit 2
+    ;;
+esac

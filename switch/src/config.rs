@@ -1,0 +1,475 @@
+//! The daemon's configuration file (TOML), and its validation: a bad file
+//! gets one clear error that names the key and says how to fix it.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use podswitch_encap::{TunnelKind, Vni};
+use serde::{Deserialize, Serialize};
+
+use crate::mac::MacAddr;
+use crate::xdp::XdpModeChoice;
+
+/// Where the control socket lives unless configured.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/podswitch/podswitch.sock";
+/// Where ports, peers and routes are persisted unless configured.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/podswitch";
+/// Name of the host port (a TAP device) unless configured.
+pub const DEFAULT_HOST_PORT: &str = "podsw0";
+
+/// How the workers wait for traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PollMode {
+    /// Spin while there is work, then sleep in poll() until traffic comes.
+    #[default]
+    Adaptive,
+    /// Spin always: lowest latency, one whole core per worker.
+    Busy,
+}
+
+/// The tunnel, as configuration spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encap {
+    /// VXLAN, UDP port 4789 by default.
+    #[default]
+    Vxlan,
+    /// Geneve, UDP port 6081 by default.
+    Geneve,
+}
+
+impl From<Encap> for TunnelKind {
+    fn from(encap: Encap) -> TunnelKind {
+        match encap {
+            Encap::Vxlan => TunnelKind::Vxlan,
+            Encap::Geneve => TunnelKind::Geneve,
+        }
+    }
+}
+
+/// A remote node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The peer's underlay address: its VTEP.
+    pub node_ip: IpAddr,
+    /// The peer's pod CIDR, routed to it.
+    pub pod_cidr: Ipv4Net,
+    /// The MAC inner frames are addressed to. Podswitch peers derive it
+    /// from their node IP (leave it out); a kernel VXLAN peer (Flannel)
+    /// needs its vxlan device's MAC here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_mac: Option<MacAddr>,
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node's underlay address, the local VTEP.
+    pub node_ip: IpAddr,
+    /// The underlay interface carrying tunnel traffic.
+    pub uplink: String,
+    /// This node's pod CIDR; its first address is the pods' gateway.
+    pub pod_cidr: Ipv4Net,
+    /// The overlay's network identifier.
+    #[serde(default = "default_vni")]
+    pub vni: u32,
+    /// VXLAN or Geneve.
+    #[serde(default)]
+    pub encap: Encap,
+    /// Tunnel UDP port; the encapsulation's IANA port when left out.
+    #[serde(default)]
+    pub udp_port: Option<u16>,
+    /// Underlay IP MTU; the uplink's MTU when left out.
+    #[serde(default)]
+    pub underlay_mtu: Option<u16>,
+    /// Remote nodes.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    /// CPU cores for the polling workers, one worker per core.
+    #[serde(default = "default_cores")]
+    pub cores: Vec<usize>,
+    /// adaptive (default) or busy.
+    #[serde(default)]
+    pub poll_mode: PollMode,
+    /// XDP attach mode: auto (native where the driver has it), native or generic.
+    #[serde(default)]
+    pub xdp_mode: XdpModeChoice,
+    /// The Unix socket the CLI and the CNI plugin talk to.
+    #[serde(default = "default_control_socket")]
+    pub control_socket: PathBuf,
+    /// Where ports, peers and routes are persisted across restarts.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Name of the TAP device joining the node's own stack to the pods.
+    #[serde(default = "default_host_port")]
+    pub host_port: String,
+    /// Prefixes routed to the host port besides the gateway address, e.g.
+    /// `["0.0.0.0/0"]` so pods reach the node and, through its routing and
+    /// NAT, the world.
+    #[serde(default = "default_host_routes")]
+    pub host_routes: Vec<Ipv4Net>,
+    /// This node's router MAC (pod gateway and VTEP); derived from
+    /// `node_ip` when left out.
+    #[serde(default)]
+    pub router_mac: Option<MacAddr>,
+    /// Buffer frames (4 KiB each) shared by every port.
+    #[serde(default = "default_frame_count")]
+    pub frame_count: u32,
+    /// Check every frame's movement between rings and lists, and count any
+    /// impossible one (tests turn this on; costs a little per frame).
+    #[serde(default)]
+    pub check_frames: bool,
+}
+
+fn default_vni() -> u32 {
+    1
+}
+fn default_cores() -> Vec<usize> {
+    vec![0]
+}
+fn default_control_socket() -> PathBuf {
+    DEFAULT_CONTROL_SOCKET.into()
+}
+fn default_state_dir() -> PathBuf {
+    DEFAULT_STATE_DIR.into()
+}
+fn default_host_port() -> String {
+    DEFAULT_HOST_PORT.into()
+}
+fn default_host_routes() -> Vec<Ipv4Net> {
+    vec![Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0 is a valid prefix")]
+}
+fn default_frame_count() -> u32 {
+    16384
+}
+
+/// A configuration problem: the key at fault and what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, which names the key and the line.
+        message: String,
+    },
+    /// A value is well-formed but unusable.
+    #[error("config key `{key}`: {problem}; {fix}")]
+    Invalid {
+        /// The key at fault.
+        key: String,
+        /// What is wrong.
+        problem: String,
+        /// How to fix it.
+        fix: String,
+    },
+}
+
+fn invalid(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+        fix: fix.into(),
+    }
+}
+
+/// Longest interface name Linux accepts.
+const IFNAME_MAX: usize = 15;
+
+impl Config {
+    /// Read and validate a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|err| match err {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.into(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parse and validate configuration text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: err.to_string().trim_end().to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check what the types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_ifname("uplink", &self.uplink)?;
+        check_ifname("host_port", &self.host_port)?;
+        if Vni::new(self.vni).is_none() {
+            return Err(invalid(
+                "vni",
+                format!("{} does not fit in 24 bits", self.vni),
+                "use a VNI from 0 to 16777215",
+            ));
+        }
+        if self.udp_port == Some(0) {
+            return Err(invalid(
+                "udp_port",
+                "0 is not a port",
+                "leave it out for the IANA port (4789 VXLAN, 6081 Geneve)",
+            ));
+        }
+        if self.pod_cidr.prefix_len() > 30 {
+            return Err(invalid(
+                "pod_cidr",
+                format!("{} leaves no room for pods", self.pod_cidr),
+                "use a prefix of /30 or shorter, e.g. 10.244.1.0/24",
+            ));
+        }
+        if self.pod_cidr.trunc() != self.pod_cidr {
+            return Err(invalid(
+                "pod_cidr",
+                format!("{} has host bits set", self.pod_cidr),
+                format!("write the network address: {}", self.pod_cidr.trunc()),
+            ));
+        }
+        if let Some(mtu) = self.underlay_mtu
+            && !(576..=9216).contains(&mtu)
+        {
+            return Err(invalid(
+                "underlay_mtu",
+                format!("{mtu} is out of range"),
+                "use the underlay's IP MTU, 576 to 9216 (1500 on most networks)",
+            ));
+        }
+        if self.cores.is_empty() {
+            return Err(invalid(
+                "cores",
+                "no cores listed",
+                "list at least one CPU core, e.g. cores = [1]",
+            ));
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if let Some(&core) = self.cores.iter().find(|&&c| c >= cpus) {
+            return Err(invalid(
+                "cores",
+                format!("core {core} does not exist (this machine has {cpus})"),
+                format!("use cores from 0 to {}", cpus - 1),
+            ));
+        }
+        if !(1024..=1 << 20).contains(&self.frame_count) {
+            return Err(invalid(
+                "frame_count",
+                format!("{} is out of range", self.frame_count),
+                "use 1024 to 1048576 frames (16384 = 64 MiB is the default)",
+            ));
+        }
+        for (i, peer) in self.peers.iter().enumerate() {
+            let key = format!("peers[{i}]");
+            if peer.node_ip.is_ipv4() != self.node_ip.is_ipv4() {
+                return Err(invalid(
+                    &format!("{key}.node_ip"),
+                    format!(
+                        "{} is not the same IP family as node_ip {}",
+                        peer.node_ip, self.node_ip
+                    ),
+                    "give every node an underlay address of one family",
+                ));
+            }
+            if peer.node_ip == self.node_ip {
+                return Err(invalid(
+                    &format!("{key}.node_ip"),
+                    format!("{} is this node's own address", peer.node_ip),
+                    "list only the other nodes as peers",
+                ));
+            }
+            if peer.pod_cidr.trunc() != peer.pod_cidr {
+                return Err(invalid(
+                    &format!("{key}.pod_cidr"),
+                    format!("{} has host bits set", peer.pod_cidr),
+                    format!("write the network address: {}", peer.pod_cidr.trunc()),
+                ));
+            }
+            if peer.pod_cidr.contains(&self.pod_cidr) || self.pod_cidr.contains(&peer.pod_cidr) {
+                return Err(invalid(
+                    &format!("{key}.pod_cidr"),
+                    format!(
+                        "{} overlaps this node's pod_cidr {}",
+                        peer.pod_cidr, self.pod_cidr
+                    ),
+                    "give every node its own pod CIDR",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The tunnel's UDP port.
+    pub fn tunnel_udp_port(&self) -> u16 {
+        self.udp_port
+            .unwrap_or_else(|| TunnelKind::from(self.encap).default_udp_port())
+    }
+
+    /// The validated VNI.
+    pub fn vni(&self) -> Vni {
+        Vni::new(self.vni).unwrap_or_default()
+    }
+
+    /// The pods' gateway: the first address of the pod CIDR.
+    pub fn gateway(&self) -> Ipv4Addr {
+        pod_gateway(self.pod_cidr)
+    }
+
+    /// The router MAC: configured, or derived from the node IP.
+    pub fn router_mac(&self) -> MacAddr {
+        self.router_mac
+            .unwrap_or_else(|| MacAddr::derived_from(self.node_ip))
+    }
+}
+
+/// The gateway of a pod CIDR: its first host address.
+pub fn pod_gateway(pod_cidr: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(pod_cidr.network()) + 1)
+}
+
+fn check_ifname(key: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || name.len() > IFNAME_MAX || name.contains(['/', ' ', '\0']) {
+        return Err(invalid(
+            key,
+            format!("{name:?} is not an interface name"),
+            "use 1 to 15 characters without '/' or spaces",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+node_ip = "10.1.0.11"
+uplink = "eth0"
+pod_cidr = "10.244.1.0/24"
+"#;
+
+    fn error(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.vni, 1);
+        assert_eq!(c.encap, Encap::Vxlan);
+        assert_eq!(c.tunnel_udp_port(), 4789);
+        assert_eq!(c.poll_mode, PollMode::Adaptive);
+        assert_eq!(c.cores, vec![0]);
+        assert_eq!(c.gateway(), Ipv4Addr::new(10, 244, 1, 1));
+        assert_eq!(c.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+        assert_eq!(c.host_routes, vec!["0.0.0.0/0".parse::<Ipv4Net>().unwrap()]);
+        assert_eq!(c.router_mac().to_string(), "0a:70:0a:01:00:0b");
+    }
+
+    #[test]
+    fn full_config() {
+        let text = format!(
+            "{MINIMAL}{}",
+            r#"
+vni = 42
+encap = "geneve"
+udp_port = 6082
+cores = [0]
+poll_mode = "busy"
+xdp_mode = "generic"
+control_socket = "/tmp/ps.sock"
+host_routes = []
+[[peers]]
+node_ip = "10.1.0.12"
+pod_cidr = "10.244.2.0/24"
+[[peers]]
+node_ip = "10.1.0.13"
+pod_cidr = "10.244.3.0/24"
+vtep_mac = "02:00:00:00:00:13"
+"#
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.encap, Encap::Geneve);
+        assert_eq!(c.tunnel_udp_port(), 6082);
+        assert_eq!(c.peers.len(), 2);
+        assert_eq!(
+            c.peers[1].vtep_mac.unwrap().to_string(),
+            "02:00:00:00:00:13"
+        );
+        assert_eq!(c.xdp_mode, XdpModeChoice::Generic);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_fix() {
+        let e = error("node_ip = \"10.1.0.11\"\nuplink = \"eth0\"\n");
+        assert!(e.contains("pod_cidr"), "{e}");
+
+        let e = error(&MINIMAL.replace("10.244.1.0/24", "10.244.1.0/33"));
+        assert!(e.contains("pod_cidr"), "{e}");
+
+        let e = error(&format!("{MINIMAL}vni = 16777216\n"));
+        assert!(e.contains("`vni`") && e.contains("0 to 16777215"), "{e}");
+
+        let e = error(&format!("{MINIMAL}encap = \"gre\"\n"));
+        assert!(e.contains("encap") && e.contains("vxlan"), "{e}");
+
+        let e = error(&format!("{MINIMAL}colour = \"blue\"\n"));
+        assert!(e.contains("colour"), "{e}");
+
+        let e = error(&MINIMAL.replace("10.244.1.0/24", "10.244.1.7/24"));
+        assert!(
+            e.contains("host bits") && e.contains("10.244.1.0/24"),
+            "{e}"
+        );
+
+        let e = error(&MINIMAL.replace("eth0", "an-interface-name-too-long"));
+        assert!(e.contains("`uplink`"), "{e}");
+
+        let e = error(&format!("{MINIMAL}cores = [4096]\n"));
+        assert!(e.contains("`cores`") && e.contains("does not exist"), "{e}");
+
+        let e = error(&format!(
+            "{MINIMAL}[[peers]]\nnode_ip = \"10.1.0.12\"\npod_cidr = \"10.244.0.0/16\"\n"
+        ));
+        assert!(
+            e.contains("peers[0].pod_cidr") && e.contains("overlaps"),
+            "{e}"
+        );
+
+        let e = error(&format!(
+            "{MINIMAL}[[peers]]\nnode_ip = \"fd00::12\"\npod_cidr = \"10.244.2.0/24\"\n"
+        ));
+        assert!(
+            e.contains("peers[0].node_ip") && e.contains("family"),
+            "{e}"
+        );
+
+        let e = error(&format!("{MINIMAL}underlay_mtu = 100\n"));
+        assert!(e.contains("underlay_mtu"), "{e}");
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let e = Config::load(Path::new("/nonexistent/podswitch.toml")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/podswitch.toml"));
+    }
+}

@@ -1,0 +1,358 @@
+//! The control protocol: one JSON object per line each way over the
+//! daemon's Unix socket. `docs/operations.md` documents it with examples.
+//!
+//! A request names its operation in `"op"`:
+//! `{"op":"port_add","name":"veth1a2b","ip":"10.244.1.5","mac":"0a:58:0a:f4:01:05"}`.
+//! The answer is `{"ok":true,"result":…}` or `{"ok":false,"error":"…"}`.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Encap, PeerConfig, PollMode};
+use crate::frames::Census;
+use crate::mac::MacAddr;
+use crate::stats::{PortReport, WorkerReport};
+use crate::topology::PortRole;
+
+/// Longest request line the daemon reads; a longer one is refused.
+pub const MAX_REQUEST_LEN: usize = 64 * 1024;
+
+/// How a pod port is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortKind {
+    /// An existing interface (the host end of a pod's veth), read and
+    /// written through AF_XDP.
+    #[default]
+    Afxdp,
+    /// A TAP device the daemon creates; move it into the pod's namespace.
+    Tap,
+}
+
+/// A pod port to add.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    /// Interface name in the node's namespace (created, for a TAP).
+    pub name: String,
+    /// The pod's address: routed to this port, and the only source it may use.
+    pub ip: Ipv4Addr,
+    /// The pod's MAC: frames to the pod carry it, and the only source it may use.
+    pub mac: MacAddr,
+    /// AF_XDP on an existing interface (default) or a new TAP device.
+    #[serde(default)]
+    pub kind: PortKind,
+    /// Who the port belongs to (the CNI puts the container id here), so
+    /// attachments can be checked and garbage-collected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// A request to the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// The node's network parameters: pod CIDR, gateway, MTU, …
+    Info,
+    /// Every port with its mode and counters.
+    Ports,
+    /// Add a pod port.
+    PortAdd(PortSpec),
+    /// Remove a pod port.
+    PortDel {
+        /// Its interface name.
+        name: String,
+    },
+    /// Every peer with its next-hop state.
+    Peers,
+    /// Add (or replace) a peer.
+    PeerAdd(PeerConfig),
+    /// Remove a peer.
+    PeerDel {
+        /// Its node IP.
+        node_ip: IpAddr,
+    },
+    /// The whole FIB.
+    Routes,
+    /// Route a prefix to the host port.
+    RouteAdd {
+        /// The prefix.
+        prefix: Ipv4Net,
+    },
+    /// Remove a host route added with `route_add` or configured.
+    RouteDel {
+        /// The prefix.
+        prefix: Ipv4Net,
+    },
+    /// Counters: ports, workers, frames.
+    Stats,
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// Whether the request was carried out.
+    pub ok: bool,
+    /// What it returned, when it worked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// Why not, when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    /// A success carrying `result`.
+    pub fn success(result: impl Serialize) -> Response {
+        match serde_json::to_value(result) {
+            Ok(value) => Response {
+                ok: true,
+                result: Some(value),
+                error: None,
+            },
+            Err(e) => Response::failure(format!("cannot encode the result: {e}")),
+        }
+    }
+
+    /// A refusal, with what to do about it.
+    pub fn failure(error: impl Into<String>) -> Response {
+        Response {
+            ok: false,
+            result: None,
+            error: Some(error.into()),
+        }
+    }
+}
+
+/// The node's network parameters (`info`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Info {
+    /// The node's underlay address (VTEP).
+    pub node_ip: IpAddr,
+    /// The node's pod CIDR.
+    pub pod_cidr: Ipv4Net,
+    /// The pods' gateway.
+    pub gateway: Ipv4Addr,
+    /// The MTU to give pod interfaces.
+    pub pod_mtu: u32,
+    /// The router MAC: the gateway's, and the VTEP MAC kernel peers need.
+    pub router_mac: MacAddr,
+    /// VXLAN or Geneve.
+    pub encap: Encap,
+    /// The overlay's VNI.
+    pub vni: u32,
+    /// The tunnel's UDP port.
+    pub udp_port: u16,
+    /// The uplink interface.
+    pub uplink: String,
+    /// The host port, if any.
+    pub host_port: Option<String>,
+    /// Adaptive or busy polling.
+    pub poll_mode: PollMode,
+    /// The daemon's version.
+    pub version: String,
+}
+
+/// One port (`ports`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortStatus {
+    /// Port index.
+    pub id: u16,
+    /// Interface name.
+    pub name: String,
+    /// Pod, uplink or host.
+    pub role: PortRole,
+    /// `afxdp` or `tap`.
+    pub kind: PortKind,
+    /// XDP attach mode for AF_XDP ports: `native` or `generic`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdp_mode: Option<String>,
+    /// `zero-copy` or `copy` for AF_XDP ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_mode: Option<String>,
+    /// RX queues with a socket bound.
+    pub queues: u32,
+    /// The worker polling it.
+    pub worker: usize,
+    /// A pod's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    /// The pod's MAC, or the host port's kernel-side MAC.
+    pub mac: MacAddr,
+    /// Who added it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Its counters.
+    pub counters: PortReport,
+}
+
+/// One peer (`peers`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// The peer's VTEP.
+    pub node_ip: IpAddr,
+    /// Its pod CIDR.
+    pub pod_cidr: Ipv4Net,
+    /// The MAC inner frames are addressed to.
+    pub vtep_mac: MacAddr,
+    /// The underlay neighbour packets to it go through.
+    pub next_hop: Option<IpAddr>,
+    /// That neighbour's MAC, once resolved.
+    pub next_hop_mac: Option<MacAddr>,
+}
+
+/// One FIB entry (`routes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteEntry {
+    /// The prefix.
+    pub prefix: Ipv4Net,
+    /// `pod <port>`, `peer <node ip>` or `host`.
+    pub target: String,
+}
+
+/// Frame accounting (`stats`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrameReport {
+    /// Frames the switch owns.
+    pub total: u64,
+    /// On the free list.
+    pub free: u64,
+    /// Given to the kernel for receiving.
+    pub fill: u64,
+    /// Received, waiting on RX rings.
+    pub rx: u64,
+    /// Held by workers.
+    pub in_flight: u64,
+    /// On TX rings.
+    pub tx: u64,
+    /// Sent, waiting on completion rings.
+    pub completion: u64,
+    /// Between workers.
+    pub queued: u64,
+    /// Moves that did not start where the frame was (0 unless broken).
+    pub violations: u64,
+    /// Whether moves are checked (`check_frames`).
+    pub checked: bool,
+}
+
+impl FrameReport {
+    /// Split a census using the ring levels the workers last saw.
+    pub fn new(
+        census: Census,
+        rx: u64,
+        completion: u64,
+        violations: u64,
+        checked: bool,
+    ) -> FrameReport {
+        let rx = rx.min(census.fill_or_rx);
+        let completion = completion.min(census.tx_or_completion);
+        FrameReport {
+            total: census.total(),
+            free: census.free,
+            fill: census.fill_or_rx - rx,
+            rx,
+            in_flight: census.in_flight,
+            tx: census.tx_or_completion - completion,
+            completion,
+            queued: census.queued,
+            violations,
+            checked,
+        }
+    }
+}
+
+/// Counters (`stats`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsReport {
+    /// Per port, by name.
+    pub ports: std::collections::BTreeMap<String, PortReport>,
+    /// Per worker.
+    pub workers: Vec<WorkerReport>,
+    /// Where the frames are.
+    pub frames: FrameReport,
+    /// The uplink XDP program's verdicts: tunnel packets redirected to the
+    /// switch, other packets passed to the kernel.
+    pub uplink_redirected: u64,
+    /// See `uplink_redirected`.
+    pub uplink_passed: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_read_as_documented() {
+        let r: Request = serde_json::from_str(
+            r#"{"op":"port_add","name":"veth1","ip":"10.244.1.5","mac":"0a:58:0a:f4:01:05"}"#,
+        )
+        .unwrap();
+        let Request::PortAdd(spec) = r else { panic!() };
+        assert_eq!(spec.kind, PortKind::Afxdp);
+        assert_eq!(spec.ip, Ipv4Addr::new(10, 244, 1, 5));
+
+        let r: Request = serde_json::from_str(
+            r#"{"op":"peer_add","node_ip":"10.1.0.12","pod_cidr":"10.244.2.0/24"}"#,
+        )
+        .unwrap();
+        assert!(matches!(r, Request::PeerAdd(_)));
+        for op in ["info", "ports", "peers", "routes", "stats"] {
+            serde_json::from_str::<Request>(&format!(r#"{{"op":"{op}"}}"#)).unwrap();
+        }
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        let cases = [
+            (r#"{"op":"explode"}"#, "explode"),
+            (r#"{"name":"x"}"#, "op"),
+            (
+                r#"{"op":"port_add","name":"v","ip":"10.244.1.500","mac":"0a:58:0a:f4:01:05"}"#,
+                "IP",
+            ),
+            (
+                r#"{"op":"port_add","name":"v","ip":"10.244.1.5","mac":"nope"}"#,
+                "MAC",
+            ),
+            (
+                r#"{"op":"port_add","name":"v","ip":"10.244.1.5","mac":"0a:58:0a:f4:01:05","colour":1}"#,
+                "colour",
+            ),
+            (r#"{"op":"peer_del"}"#, "node_ip"),
+        ];
+        for (text, needle) in cases {
+            let err = serde_json::from_str::<Request>(text)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn frame_report_splits_rings() {
+        let census = Census {
+            free: 10,
+            fill_or_rx: 20,
+            in_flight: 1,
+            tx_or_completion: 5,
+            queued: 0,
+        };
+        let r = FrameReport::new(census, 4, 2, 0, true);
+        assert_eq!(
+            (r.fill, r.rx, r.tx, r.completion, r.total),
+            (16, 4, 3, 2, 36)
+        );
+        let r = FrameReport::new(census, 99, 99, 0, true);
+        assert_eq!((r.fill, r.rx, r.tx, r.completion), (0, 20, 0, 5));
+    }
+
+    #[test]
+    fn responses() {
+        let ok = serde_json::to_string(&Response::success(1)).unwrap();
+        assert_eq!(ok, r#"{"ok":true,"result":1}"#);
+        let err = serde_json::to_string(&Response::failure("no")).unwrap();
+        assert_eq!(err, r#"{"ok":false,"error":"no"}"#);
+    }
+}

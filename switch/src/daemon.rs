@@ -1,0 +1,310 @@
+//! `podswitch daemon`: bring the switch up from its configuration, serve
+//! the control socket, and on SIGTERM or SIGINT take everything down again
+//! — XDP programs detached, sockets closed, the host port removed, every
+//! frame returned — and exit 0.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
+use crossbeam::channel::{bounded, unbounded};
+use crossbeam::queue::ArrayQueue;
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::signal::{SigSet, Signal};
+use podswitch_encap::Decapsulator;
+
+use crate::afxdp::{CopyMode, Umem, UmemConfig, XskConfig, XskSocket, active_rx_queues};
+use crate::config::Config;
+use crate::control::ControlServer;
+use crate::control::protocol::PortKind;
+use crate::control_plane::{
+    ControlPlane, ControlPlaneParts, HOST_PORT, PortRecordSeed, UPLINK_PORT, WorkerHandle,
+    describe, fill_max_for, overhead, uplink_filter,
+};
+use crate::fib::SharedFib;
+use crate::frames::FrameLedger;
+use crate::netlink::Netlink;
+use crate::stats::WorkerStats;
+use crate::tap::TapDevice;
+use crate::topology::{PortRole, Topology};
+use crate::worker::{
+    AfXdpPort, Command, FillBudget, INBOX_CAPACITY, PortIo, Worker, WorkerContext, WorkerPort,
+};
+use crate::xdp::XdpProgram;
+
+/// Size of a buffer frame: a page, which holds a 1500-byte frame with
+/// room for any outer header in front of it.
+pub const FRAME_SIZE: u32 = 4096;
+/// How often peers' underlay next hops are re-resolved.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Run the daemon until SIGTERM or SIGINT.
+pub fn run(config: Config) -> Result<()> {
+    // Block the stop signals in every thread; the main thread waits for them.
+    let mut stop_signals = SigSet::empty();
+    stop_signals.add(Signal::SIGTERM);
+    stop_signals.add(Signal::SIGINT);
+    stop_signals
+        .thread_block()
+        .context("blocking SIGTERM/SIGINT")?;
+
+    let netlink = Netlink::open()?;
+    let uplink = netlink.require_link(&config.uplink)?;
+    let uplink_mac = uplink
+        .mac
+        .with_context(|| format!("uplink {} has no MAC address", config.uplink))?;
+    let underlay_mtu = config.underlay_mtu.map_or(uplink.mtu, u32::from);
+    let pod_mtu = underlay_mtu
+        .checked_sub(overhead(&config))
+        .filter(|&m| m >= 576)
+        .with_context(|| format!("underlay MTU {underlay_mtu} leaves no room for pod frames"))?;
+    let server = ControlServer::bind(&config.control_socket)?;
+
+    let umem = Arc::new(
+        Umem::new(&UmemConfig {
+            frame_count: config.frame_count,
+            frame_size: FRAME_SIZE,
+            headroom: 0,
+        })
+        .context("allocating the buffer area (UMEM)")?,
+    );
+    let ledger = Arc::new(FrameLedger::new(
+        config.frame_count,
+        FRAME_SIZE,
+        config.check_frames,
+    ));
+
+    // The uplink: its XDP program passes the node's own traffic to the
+    // kernel and redirects tunnel packets to a socket per RX queue; the
+    // first socket registers the buffer area that every other shares.
+    let uplink_program =
+        XdpProgram::attach_uplink(&config.uplink, config.xdp_mode, &uplink_filter(&config))
+            .with_context(|| format!("attaching the uplink XDP program to {}", config.uplink))?;
+    let uplink_sockets = bind_uplink(&umem, &config.uplink, uplink.index)?;
+    let umem_owner = uplink_sockets[0].umem_share().context("sharing the UMEM")?;
+    let (xdp_mode, copy_mode, queues) = describe(&uplink_program, &uplink_sockets);
+    let uplink_program = Arc::new(Mutex::new(uplink_program));
+    let uplink_seed = PortRecordSeed {
+        name: config.uplink.clone(),
+        role: PortRole::Uplink,
+        kind: PortKind::Afxdp,
+        mac: uplink_mac,
+        worker: 0,
+        xdp_mode: Some(xdp_mode),
+        copy_mode: Some(copy_mode),
+        queues,
+    };
+
+    // The host port: a TAP device carrying the gateway address, so the
+    // node reaches its pods and pods reach the node.
+    let host_tap = TapDevice::create(&config.host_port)
+        .with_context(|| format!("creating the host port {}", config.host_port))?;
+    let host = netlink.require_link(&config.host_port)?;
+    disable_ipv6(&config.host_port);
+    netlink.set_link_up(host.index, Some(pod_mtu), None)?;
+    netlink.add_address(
+        host.index,
+        config.gateway().into(),
+        config.pod_cidr.prefix_len(),
+    )?;
+    let host_mac = netlink
+        .require_link(&config.host_port)?
+        .mac
+        .context("the host port has no MAC")?;
+    let host_seed = PortRecordSeed {
+        name: config.host_port.clone(),
+        role: PortRole::Host,
+        kind: PortKind::Tap,
+        mac: host_mac,
+        worker: 0,
+        xdp_mode: None,
+        copy_mode: None,
+        queues: 1,
+    };
+
+    let mut decapsulator = Decapsulator::new(config.encap.into(), config.node_ip, config.vni());
+    decapsulator.udp_port = config.tunnel_udp_port();
+    let topology = Arc::new(ArcSwap::from_pointee(Topology::empty(
+        config.router_mac(),
+        config.gateway(),
+        decapsulator,
+    )));
+    let fib = Arc::new(SharedFib::new());
+    let inboxes: Arc<[ArrayQueue<_>]> = config
+        .cores
+        .iter()
+        .map(|_| ArrayQueue::new(INBOX_CAPACITY))
+        .collect();
+
+    let mut handles = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in &config.cores {
+        let (commands, receiver) = unbounded();
+        handles.push(WorkerHandle {
+            commands,
+            wake: Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK).context("eventfd")?),
+            stats: Arc::new(WorkerStats::new()),
+        });
+        receivers.push(receiver);
+    }
+    let worker_contexts: Vec<WorkerContext> = handles
+        .iter()
+        .enumerate()
+        .map(|(index, h)| WorkerContext {
+            umem: umem.clone(),
+            ledger: ledger.clone(),
+            topology: topology.clone(),
+            fib: fib.clone(),
+            inboxes: inboxes.clone(),
+            stats: h.stats.clone(),
+            wake: h.wake.clone(),
+            poll_mode: config.poll_mode,
+            index,
+        })
+        .collect();
+
+    let parts = ControlPlaneParts {
+        config: config.clone(),
+        umem: umem.clone(),
+        ledger: ledger.clone(),
+        umem_owner,
+        topology,
+        fib,
+        workers: handles,
+        uplink_mac,
+        uplink_index: uplink.index,
+        host_index: host.index,
+        pod_mtu,
+        uplink_program: uplink_program.clone(),
+    };
+    let plane = Arc::new(ControlPlane::new(parts, uplink_seed, Some(host_seed))?);
+
+    let workers: Vec<JoinHandle<()>> = worker_contexts
+        .into_iter()
+        .zip(receivers)
+        .zip(config.cores.iter().copied())
+        .map(|((ctx, receiver), core)| spawn_worker(ctx, receiver, core))
+        .collect::<Result<_>>()?;
+
+    // The uplink carries every node's traffic: its fill rings stay full.
+    let uplink_fill = fill_max_for(config.frame_count);
+    let uplink_port = PortIo::AfXdp(AfXdpPort::new(
+        uplink_program,
+        uplink_sockets,
+        FillBudget::new(uplink_fill, uplink_fill),
+    ));
+    start_port(&plane, UPLINK_PORT, uplink_port)?;
+    start_port(&plane, HOST_PORT, PortIo::Tap(host_tap))?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let maintenance = spawn_maintenance(plane.clone(), stop.clone())?;
+    let control = server.serve(plane.clone(), stop.clone());
+
+    tracing::info!(
+        node_ip = %config.node_ip,
+        uplink = %config.uplink,
+        pod_cidr = %config.pod_cidr,
+        pod_mtu,
+        router_mac = %config.router_mac(),
+        encap = ?config.encap,
+        workers = config.cores.len(),
+        poll_mode = ?config.poll_mode,
+        socket = %config.control_socket.display(),
+        "podswitch is running"
+    );
+
+    let signal = stop_signals.wait().context("waiting for a signal")?;
+    tracing::info!(?signal, "stopping");
+    stop.store(true, Ordering::Relaxed);
+    for handle in plane.workers() {
+        let _ = handle.send(Command::Stop);
+    }
+    for worker in workers {
+        let _ = worker.join();
+    }
+    let _ = maintenance.join();
+    let _ = control.join();
+    let census = ledger.census();
+    tracing::info!(
+        free = census.free,
+        total = census.total(),
+        violations = ledger.violations(),
+        "stopped; every port closed and its frames returned"
+    );
+    Ok(())
+}
+
+/// Bind a socket on every active RX queue of the uplink; the first one
+/// registers the buffer area, in copy mode: the UMEM is all copy or all
+/// zero-copy, and veth and TAP pod ports have no zero-copy.
+fn bind_uplink(umem: &Umem, ifname: &str, ifindex: u32) -> Result<Vec<XskSocket>> {
+    let queues = active_rx_queues(ifname).unwrap_or(1).max(1);
+    let owner_config = XskConfig {
+        copy_mode: CopyMode::Copy,
+        ..XskConfig::default()
+    };
+    let owner = XskSocket::bind(umem, ifindex, 0, &owner_config, None)
+        .with_context(|| format!("binding an AF_XDP socket to {ifname} queue 0"))?;
+    let share = owner.umem_share()?;
+    let mut sockets = vec![owner];
+    for queue in 1..queues {
+        sockets.push(
+            XskSocket::bind(umem, ifindex, queue, &XskConfig::default(), Some(&share))
+                .with_context(|| format!("binding an AF_XDP socket to {ifname} queue {queue}"))?,
+        );
+    }
+    Ok(sockets)
+}
+
+/// Hand a port the daemon opened itself to worker 0 and wait until it runs.
+fn start_port(plane: &ControlPlane, id: crate::topology::PortId, io: PortIo) -> Result<()> {
+    let (done, answer) = bounded(1);
+    plane.workers()[0].send(Command::Add(WorkerPort { id, io }, done))?;
+    answer
+        .recv_timeout(Duration::from_secs(5))
+        .context("worker 0 did not start")?
+}
+
+fn spawn_worker(
+    ctx: WorkerContext,
+    receiver: crossbeam::channel::Receiver<Command>,
+    core: usize,
+) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("worker-{}", ctx.index))
+        .spawn(move || {
+            if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                tracing::warn!(core, "could not pin the worker to its core");
+            }
+            Worker::new(ctx, receiver).run();
+        })
+        .context("spawning a worker thread")
+}
+
+fn spawn_maintenance(plane: Arc<ControlPlane>, stop: Arc<AtomicBool>) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("maintenance".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                plane.maintain();
+                let mut slept = Duration::ZERO;
+                while slept < MAINTENANCE_INTERVAL && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    slept += Duration::from_millis(50);
+                }
+            }
+        })
+        .context("spawning the maintenance thread")
+}
+
+/// The host port carries IPv4 pod traffic only; without IPv6 the kernel
+/// does not send router solicitations and MLD reports into the switch.
+fn disable_ipv6(ifname: &str) {
+    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    if let Err(e) = std::fs::write(&path, "1") {
+        tracing::debug!("{path}: {e}");
+    }
+}

@@ -1,0 +1,120 @@
+//! Every reason the switch drops a frame: the wire-level reasons of
+//! `podswitch-encap` plus the switch's own, counted per port.
+
+use std::fmt;
+
+use podswitch_encap::DropReason;
+
+macro_rules! switch_drops {
+    ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)*) => {
+        /// Why the switch dropped a frame. Closed: each drop has one reason.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum DropCause {
+            /// Malformed or unacceptable on the wire (decap/encap).
+            Wire(DropReason),
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        const OWN: &[DropCause] = &[$(DropCause::$variant,)*];
+        const OWN_NAMES: &[&str] = &[$($name,)*];
+    };
+}
+
+switch_drops! {
+    /// Shorter than an Ethernet header.
+    Runt => "runt",
+    /// Addressed to a MAC that is not the switch's router MAC.
+    NotOurMac => "not_our_mac",
+    /// A broadcast other than ARP.
+    Broadcast => "broadcast",
+    /// A multicast frame (IPv6 neighbour discovery, mDNS, …).
+    Multicast => "multicast",
+    /// Neither IPv4 nor ARP (the pod network routes IPv4).
+    NotIpv4 => "not_ipv4",
+    /// An ARP packet that is not a request, or is malformed.
+    BadArp => "bad_arp",
+    /// An ARP request the switch does not answer (gratuitous, or for an
+    /// address it does not route).
+    ArpUnanswered => "arp_unanswered",
+    /// The inner IPv4 header is truncated or inconsistent, or its
+    /// checksum fails.
+    BadIpv4 => "bad_ipv4",
+    /// TTL 0 or 1: routing it would expire it.
+    TtlExpired => "ttl_expired",
+    /// No route to the destination address.
+    NoRoute => "no_route",
+    /// The route points at a port that is gone.
+    PortGone => "port_gone",
+    /// The route points at a peer whose underlay next hop is not resolved yet.
+    PeerUnresolved => "peer_unresolved",
+    /// A tunnel packet from an address that is not a configured peer.
+    UnknownPeer => "unknown_peer",
+    /// A frame from the tunnel routed back into the tunnel.
+    TunnelHairpin => "tunnel_hairpin",
+    /// A pod sent with a MAC or IPv4 source that is not its own.
+    Spoofed => "spoofed",
+    /// The destination port's TX ring was full.
+    TxRingFull => "tx_ring_full",
+    /// The destination device refused the frame (TAP write failed).
+    TxError => "tx_error",
+}
+
+/// How many drop reasons there are, wire and own.
+pub const DROP_COUNT: usize = DropReason::COUNT + OWN.len();
+
+impl DropCause {
+    /// Every reason, in counter order.
+    pub fn all() -> impl Iterator<Item = DropCause> {
+        DropReason::ALL
+            .iter()
+            .copied()
+            .map(DropCause::Wire)
+            .chain(OWN.iter().copied())
+    }
+
+    /// The reason's position in a counter array of [`DROP_COUNT`].
+    pub fn index(self) -> usize {
+        match self {
+            DropCause::Wire(reason) => reason.index(),
+            own => DropReason::COUNT + OWN.iter().position(|&d| d == own).unwrap_or(0),
+        }
+    }
+
+    /// The reason's stable snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropCause::Wire(reason) => reason.as_str(),
+            own => OWN_NAMES[own.index() - DropReason::COUNT],
+        }
+    }
+}
+
+impl From<DropReason> for DropCause {
+    fn from(reason: DropReason) -> DropCause {
+        DropCause::Wire(reason)
+    }
+}
+
+impl fmt::Display for DropCause {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indexes_cover_every_reason_once() {
+        let all: Vec<DropCause> = DropCause::all().collect();
+        assert_eq!(all.len(), DROP_COUNT);
+        for (i, d) in all.iter().enumerate() {
+            assert_eq!(d.index(), i, "{d}");
+        }
+        let mut names: Vec<_> = all.iter().map(|d| d.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DROP_COUNT, "names are unique");
+    }
+}

@@ -1,0 +1,731 @@
+//! The forwarding decision for one frame: where it goes, rewritten in
+//! place, or why it is dropped. No I/O here — the workers move frames
+//! between rings and call [`Forwarder::forward`] on each one of a batch.
+//!
+//! The switch is a router for IPv4: pods send to the router MAC (answered
+//! for their gateway and every routed address by proxy ARP), and every hop
+//! through the switch rewrites the MACs and decrements the TTL, as a
+//! kernel node (bridge + routing + vxlan) does.
+
+use std::net::Ipv4Addr;
+use std::ops::Range;
+
+use podswitch_encap::checksum::{adjust, ipv4_header_ok};
+use podswitch_encap::neighbor::{ARP_REPLY_LEN, ArpRequest, emit_arp_reply};
+use podswitch_encap::wire::{
+    ETHERNET_HEADER_LEN, EthernetAddress, EthernetFrame, EthernetProtocol, IPV4_HEADER_LEN,
+    Ipv4Packet,
+};
+
+use crate::drops::DropCause;
+use crate::fib::Ipv4Lpm;
+use crate::mac::MacAddr;
+use crate::topology::{PortId, PortRole, PortView, RouteTarget, Topology};
+
+/// What to do with a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send `frame` (offsets into the same buffer) out of `port`.
+    Transmit {
+        /// The output port.
+        port: PortId,
+        /// Where the frame now lies in its buffer (encapsulation and
+        /// decapsulation move its start).
+        frame: Range<usize>,
+    },
+    /// DropCause it, for this reason.
+    Drop(DropCause),
+}
+
+/// One batch's view of the switch: the topology and FIB snapshots.
+pub struct Forwarder<'a> {
+    /// Ports and peers.
+    pub topology: &'a Topology,
+    /// Routes.
+    pub fib: &'a Ipv4Lpm<RouteTarget>,
+}
+
+/// Where a routed frame came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// A pod, which may only send from its own address.
+    Pod {
+        /// The pod's address.
+        address: Ipv4Addr,
+    },
+    /// The node's own stack.
+    Host,
+    /// A peer, through the tunnel.
+    Tunnel,
+}
+
+/// Offset of the TTL within an IPv4 header; the protocol follows it.
+const IPV4_TTL: usize = 8;
+/// Offset of the header checksum within an IPv4 header.
+const IPV4_CHECKSUM: usize = 10;
+
+impl Forwarder<'_> {
+    /// Decide the fate of the frame at `buf[frame]`, received on `in_port`,
+    /// rewriting it in place (MACs, TTL, encapsulation, ARP reply). `buf` is
+    /// the frame's whole buffer: the space before `frame.start` is headroom.
+    pub fn forward(&self, in_port: PortId, buf: &mut [u8], frame: Range<usize>) -> Verdict {
+        let Some(port) = self.topology.port(in_port) else {
+            return Verdict::Drop(DropCause::PortGone);
+        };
+        let result = match port.role {
+            PortRole::Uplink => self.tunnel_frame(buf, frame),
+            PortRole::Pod | PortRole::Host => self.local_frame(in_port, port, buf, frame),
+        };
+        result.unwrap_or_else(Verdict::Drop)
+    }
+
+    /// A frame from a pod or the host port.
+    fn local_frame(
+        &self,
+        in_port: PortId,
+        port: &PortView,
+        buf: &mut [u8],
+        frame: Range<usize>,
+    ) -> Result<Verdict, DropCause> {
+        let bytes = &buf[frame.clone()];
+        if bytes.len() < ETHERNET_HEADER_LEN {
+            return Err(DropCause::Runt);
+        }
+        let eth = EthernetFrame::new_unchecked(bytes);
+        let (dst, src, ethertype) = (eth.dst_addr(), eth.src_addr(), eth.ethertype());
+        if port.role == PortRole::Pod && MacAddr::from(src) != port.mac {
+            return Err(DropCause::Spoofed);
+        }
+        if ethertype == EthernetProtocol::Arp {
+            return self.answer_arp(in_port, port, buf, frame);
+        }
+        self.check_unicast_to_router(dst)?;
+        if ethertype != EthernetProtocol::Ipv4 {
+            return Err(DropCause::NotIpv4);
+        }
+        let origin = match port.role {
+            PortRole::Pod => Origin::Pod {
+                address: port.ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            },
+            _ => Origin::Host,
+        };
+        self.route(buf, frame, origin)
+    }
+
+    /// A tunnel packet from the uplink: decapsulate, check the sender, route
+    /// the inner frame.
+    fn tunnel_frame(&self, buf: &mut [u8], frame: Range<usize>) -> Result<Verdict, DropCause> {
+        let topology = self.topology;
+        let decapsulated = topology.decapsulator.decapsulate(&buf[frame.clone()])?;
+        if !topology.peer_by_vtep.contains_key(&decapsulated.sender) {
+            return Err(DropCause::UnknownPeer);
+        }
+        let inner = frame.start + decapsulated.inner.start..frame.start + decapsulated.inner.end;
+        let eth = EthernetFrame::new_unchecked(&buf[inner.clone()]);
+        self.check_unicast_to_router(eth.dst_addr())?;
+        if eth.ethertype() != EthernetProtocol::Ipv4 {
+            return Err(DropCause::NotIpv4);
+        }
+        self.route(buf, inner, Origin::Tunnel)
+    }
+
+    fn check_unicast_to_router(&self, dst: EthernetAddress) -> Result<(), DropCause> {
+        if dst.is_broadcast() {
+            Err(DropCause::Broadcast)
+        } else if dst.is_multicast() {
+            Err(DropCause::Multicast)
+        } else if MacAddr::from(dst) != self.topology.router_mac {
+            Err(DropCause::NotOurMac)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Route an IPv4 frame: check its header (and, from a pod, its source),
+    /// look up its destination, rewrite the MACs, decrement the TTL, and
+    /// encapsulate it when it leaves through the tunnel.
+    fn route(
+        &self,
+        buf: &mut [u8],
+        frame: Range<usize>,
+        origin: Origin,
+    ) -> Result<Verdict, DropCause> {
+        let ip_start = frame.start + ETHERNET_HEADER_LEN;
+        let header = ipv4_header(&buf[ip_start..frame.end])?;
+        let packet = Ipv4Packet::new_unchecked(header);
+        if let Origin::Pod { address } = origin
+            && packet.src_addr() != address
+        {
+            return Err(DropCause::Spoofed);
+        }
+        if packet.hop_limit() <= 1 {
+            return Err(DropCause::TtlExpired);
+        }
+        let target = self
+            .fib
+            .lookup(packet.dst_addr())
+            .ok_or(DropCause::NoRoute)?;
+        let router_mac = self.topology.router_mac.into();
+        let (out_port, next_mac) = match target {
+            RouteTarget::Pod(id) => (id, self.topology.port(id).ok_or(DropCause::PortGone)?.mac),
+            RouteTarget::Host => {
+                let id = self.topology.host.ok_or(DropCause::NoRoute)?;
+                (id, self.topology.port(id).ok_or(DropCause::PortGone)?.mac)
+            }
+            RouteTarget::Peer(id) => {
+                if origin == Origin::Tunnel {
+                    return Err(DropCause::TunnelHairpin);
+                }
+                let peer = self.topology.peer(id).ok_or(DropCause::NoRoute)?;
+                let template = peer.template.as_ref().ok_or(DropCause::PeerUnresolved)?;
+                rewrite_macs(&mut buf[frame.clone()], peer.vtep_mac.into(), router_mac);
+                decrement_ttl(&mut buf[ip_start..frame.end]);
+                let packet = template.encapsulate(buf, frame)?;
+                return Ok(Verdict::Transmit {
+                    port: self.topology.uplink,
+                    frame: packet,
+                });
+            }
+        };
+        rewrite_macs(&mut buf[frame.clone()], next_mac.into(), router_mac);
+        decrement_ttl(&mut buf[ip_start..frame.end]);
+        Ok(Verdict::Transmit {
+            port: out_port,
+            frame,
+        })
+    }
+
+    /// Answer an ARP request for the gateway or for any address the switch
+    /// routes to a pod or a peer, by turning the request around in place.
+    fn answer_arp(
+        &self,
+        in_port: PortId,
+        port: &PortView,
+        buf: &mut [u8],
+        frame: Range<usize>,
+    ) -> Result<Verdict, DropCause> {
+        let request = ArpRequest::parse(&buf[frame.clone()]).map_err(|_| DropCause::BadArp)?;
+        if port.role == PortRole::Pod
+            && (Some(request.sender_ip) != port.ip || MacAddr::from(request.sender_mac) != port.mac)
+        {
+            return Err(DropCause::Spoofed);
+        }
+        let target = request.target_ip;
+        let routed = matches!(
+            self.fib.lookup(target),
+            Some(RouteTarget::Pod(_) | RouteTarget::Peer(_))
+        );
+        if request.is_gratuitous() || !(target == self.topology.gateway || routed) {
+            return Err(DropCause::ArpUnanswered);
+        }
+        let reply = frame.start..frame.start + ARP_REPLY_LEN;
+        emit_arp_reply(
+            &request,
+            self.topology.router_mac.into(),
+            &mut buf[reply.clone()],
+        )
+        .map_err(|_| DropCause::BadArp)?;
+        Ok(Verdict::Transmit {
+            port: in_port,
+            frame: reply,
+        })
+    }
+}
+
+/// The IPv4 header of `ip`, checked: version 4, IHL ≥ 5, Total Length
+/// within the frame, checksum correct.
+fn ipv4_header(ip: &[u8]) -> Result<&[u8], DropCause> {
+    if ip.len() < IPV4_HEADER_LEN {
+        return Err(DropCause::BadIpv4);
+    }
+    let packet = Ipv4Packet::new_unchecked(ip);
+    let header_len = usize::from(packet.header_len());
+    if packet.version() != 4
+        || header_len < IPV4_HEADER_LEN
+        || header_len > ip.len()
+        || usize::from(packet.total_len()) < header_len
+        || usize::from(packet.total_len()) > ip.len()
+    {
+        return Err(DropCause::BadIpv4);
+    }
+    let header = &ip[..header_len];
+    if !ipv4_header_ok(header) {
+        return Err(DropCause::BadIpv4);
+    }
+    Ok(header)
+}
+
+fn rewrite_macs(frame: &mut [u8], dst: EthernetAddress, src: EthernetAddress) {
+    let mut eth = EthernetFrame::new_unchecked(frame);
+    eth.set_dst_addr(dst);
+    eth.set_src_addr(src);
+}
+
+/// Decrement the TTL of a checked IPv4 header (TTL > 1), updating the
+/// checksum incrementally (RFC 1624).
+fn decrement_ttl(ip: &mut [u8]) {
+    let old = u16::from_be_bytes([ip[IPV4_TTL], ip[IPV4_TTL + 1]]);
+    let new = old - 0x0100;
+    let checksum = u16::from_be_bytes([ip[IPV4_CHECKSUM], ip[IPV4_CHECKSUM + 1]]);
+    ip[IPV4_TTL] -= 1;
+    ip[IPV4_CHECKSUM..IPV4_CHECKSUM + 2].copy_from_slice(&adjust(checksum, old, new).to_be_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::net::IpAddr;
+
+    use podswitch_encap::wire::{ArpOperation, ArpPacket, ArpRepr, IpProtocol, Ipv4Repr};
+    use podswitch_encap::{Decapsulator, DropReason, OuterTemplate, TunnelKind, TunnelSpec, Vni};
+    use smoltcp::phy::ChecksumCapabilities;
+
+    use super::*;
+    use crate::topology::{PeerId, PeerView};
+    use podswitch_encap::checksum::data;
+
+    const HEADROOM: usize = 256;
+    const ROUTER: MacAddr = MacAddr([0x0a, 0x70, 10, 1, 0, 11]);
+    const POD_A_MAC: MacAddr = MacAddr([0x0a, 0x58, 10, 244, 1, 5]);
+    const POD_B_MAC: MacAddr = MacAddr([0x0a, 0x58, 10, 244, 1, 6]);
+    const HOST_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x99]);
+    const PEER_VTEP_MAC: MacAddr = MacAddr([0x0a, 0x70, 10, 1, 0, 12]);
+    const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
+    const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 6);
+    const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 7);
+    const NODE: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 11);
+    const PEER_NODE: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 12);
+    const UPLINK: PortId = PortId(0);
+    const HOST: PortId = PortId(1);
+    const POD_A_PORT: PortId = PortId(2);
+    const POD_B_PORT: PortId = PortId(3);
+
+    fn template(local: Ipv4Addr, remote: Ipv4Addr) -> OuterTemplate {
+        OuterTemplate::new(&TunnelSpec {
+            kind: TunnelKind::Vxlan,
+            vni: Vni::new(1).unwrap(),
+            udp_port: 4789,
+            local_mac: EthernetAddress([2, 0, 0, 0, 0, 11]),
+            next_hop_mac: EthernetAddress([2, 0, 0, 0, 0, 12]),
+            vlan: None,
+            local_ip: IpAddr::V4(local),
+            remote_ip: IpAddr::V4(remote),
+            ttl: 64,
+            geneve_options: &[],
+            underlay_mtu: 1500,
+        })
+        .unwrap()
+    }
+
+    fn port(name: &str, role: PortRole, mac: MacAddr, ip: Option<Ipv4Addr>) -> Option<PortView> {
+        Some(PortView {
+            name: name.into(),
+            role,
+            mac,
+            ip,
+            worker: 0,
+        })
+    }
+
+    fn topology() -> Topology {
+        let mut peer_by_vtep = HashMap::default();
+        peer_by_vtep.insert(IpAddr::V4(PEER_NODE), PeerId(0));
+        Topology {
+            router_mac: ROUTER,
+            gateway: Ipv4Addr::new(10, 244, 1, 1),
+            decapsulator: Decapsulator::new(
+                TunnelKind::Vxlan,
+                IpAddr::V4(NODE),
+                Vni::new(1).unwrap(),
+            ),
+            uplink: UPLINK,
+            host: Some(HOST),
+            ports: vec![
+                port("ul0", PortRole::Uplink, MacAddr([2, 0, 0, 0, 0, 11]), None),
+                port("podsw0", PortRole::Host, HOST_MAC, None),
+                port("veth-a", PortRole::Pod, POD_A_MAC, Some(POD_A)),
+                port("veth-b", PortRole::Pod, POD_B_MAC, Some(POD_B)),
+            ],
+            peers: vec![Some(PeerView {
+                node_ip: IpAddr::V4(PEER_NODE),
+                vtep_mac: PEER_VTEP_MAC,
+                template: Some(template(NODE, PEER_NODE)),
+            })],
+            peer_by_vtep,
+        }
+    }
+
+    fn fib() -> Ipv4Lpm<RouteTarget> {
+        let mut fib = Ipv4Lpm::new();
+        fib.insert("0.0.0.0/0".parse().unwrap(), RouteTarget::Host);
+        fib.insert("10.244.1.1/32".parse().unwrap(), RouteTarget::Host);
+        fib.insert(
+            "10.244.1.5/32".parse().unwrap(),
+            RouteTarget::Pod(POD_A_PORT),
+        );
+        fib.insert(
+            "10.244.1.6/32".parse().unwrap(),
+            RouteTarget::Pod(POD_B_PORT),
+        );
+        fib.insert(
+            "10.244.2.0/24".parse().unwrap(),
+            RouteTarget::Peer(PeerId(0)),
+        );
+        fib
+    }
+
+    /// A buffer with HEADROOM, then an Ethernet + IPv4 + UDP frame.
+    fn ipv4_frame(
+        src_mac: MacAddr,
+        dst_mac: MacAddr,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        ttl: u8,
+    ) -> (Vec<u8>, Range<usize>) {
+        let payload = b"hello pods";
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Udp,
+            payload_len: 8 + payload.len(),
+            hop_limit: ttl,
+        };
+        let len = 14 + 20 + 8 + payload.len();
+        let mut buf = vec![0u8; HEADROOM + len];
+        let f = &mut buf[HEADROOM..];
+        let mut eth = EthernetFrame::new_unchecked(&mut f[..]);
+        eth.set_dst_addr(dst_mac.into());
+        eth.set_src_addr(src_mac.into());
+        eth.set_ethertype(EthernetProtocol::Ipv4);
+        ip.emit(
+            &mut Ipv4Packet::new_unchecked(&mut f[14..]),
+            &ChecksumCapabilities::default(),
+        );
+        f[34..36].copy_from_slice(&1234u16.to_be_bytes());
+        f[36..38].copy_from_slice(&5678u16.to_be_bytes());
+        f[38..40].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        f[42..].copy_from_slice(payload);
+        (buf, HEADROOM..HEADROOM + len)
+    }
+
+    fn forward(in_port: PortId, buf: &mut [u8], frame: Range<usize>) -> Verdict {
+        let topology = topology();
+        let fib = fib();
+        Forwarder {
+            topology: &topology,
+            fib: &fib,
+        }
+        .forward(in_port, buf, frame)
+    }
+
+    fn check_routed(bytes: &[u8], dst_mac: MacAddr, ttl: u8) {
+        let eth = EthernetFrame::new_checked(bytes).unwrap();
+        assert_eq!(MacAddr::from(eth.dst_addr()), dst_mac);
+        assert_eq!(MacAddr::from(eth.src_addr()), ROUTER);
+        let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+        assert_eq!(ip.hop_limit(), ttl);
+        assert!(
+            ip.verify_checksum(),
+            "TTL decrement keeps the checksum valid"
+        );
+    }
+
+    #[test]
+    fn pod_to_local_pod() {
+        let (mut buf, frame) = ipv4_frame(POD_A_MAC, ROUTER, POD_A, POD_B, 64);
+        let verdict = forward(POD_A_PORT, &mut buf, frame.clone());
+        assert_eq!(
+            verdict,
+            Verdict::Transmit {
+                port: POD_B_PORT,
+                frame: frame.clone()
+            }
+        );
+        check_routed(&buf[frame], POD_B_MAC, 63);
+    }
+
+    #[test]
+    fn pod_to_host_and_world() {
+        for dst in [
+            Ipv4Addr::new(10, 244, 1, 1),
+            NODE,
+            Ipv4Addr::new(192, 0, 2, 1),
+        ] {
+            let (mut buf, frame) = ipv4_frame(POD_A_MAC, ROUTER, POD_A, dst, 64);
+            let verdict = forward(POD_A_PORT, &mut buf, frame.clone());
+            assert_eq!(
+                verdict,
+                Verdict::Transmit {
+                    port: HOST,
+                    frame: frame.clone()
+                }
+            );
+            check_routed(&buf[frame], HOST_MAC, 63);
+        }
+    }
+
+    #[test]
+    fn pod_to_remote_pod_is_encapsulated_and_decaps_at_the_peer() {
+        let (mut buf, frame) = ipv4_frame(POD_A_MAC, ROUTER, POD_A, REMOTE_POD, 64);
+        let Verdict::Transmit {
+            port,
+            frame: packet,
+        } = forward(POD_A_PORT, &mut buf, frame.clone())
+        else {
+            panic!("not transmitted");
+        };
+        assert_eq!(port, UPLINK);
+        assert_eq!(packet, frame.start - 50..frame.end);
+        let peer = Decapsulator::new(
+            TunnelKind::Vxlan,
+            IpAddr::V4(PEER_NODE),
+            Vni::new(1).unwrap(),
+        );
+        let d = peer.decapsulate(&buf[packet.clone()]).unwrap();
+        assert_eq!(d.sender, IpAddr::V4(NODE));
+        check_routed(&buf[packet.start..][d.inner], PEER_VTEP_MAC, 63);
+    }
+
+    #[test]
+    fn tunnel_to_local_pod() {
+        // What the peer sends: a frame for POD_B addressed to our router MAC.
+        let (mut buf, frame) = ipv4_frame(PEER_VTEP_MAC, ROUTER, REMOTE_POD, POD_B, 63);
+        let packet = template(PEER_NODE, NODE)
+            .encapsulate(&mut buf, frame.clone())
+            .unwrap();
+        let Verdict::Transmit { port, frame: inner } = forward(UPLINK, &mut buf, packet) else {
+            panic!("not transmitted");
+        };
+        assert_eq!(port, POD_B_PORT);
+        assert_eq!(inner, frame);
+        check_routed(&buf[inner], POD_B_MAC, 62);
+    }
+
+    #[test]
+    fn tunnel_drops() {
+        let tunnel = |src_node: Ipv4Addr, dst_mac: MacAddr, dst: Ipv4Addr| {
+            let (mut buf, frame) = ipv4_frame(PEER_VTEP_MAC, dst_mac, REMOTE_POD, dst, 63);
+            let packet = template(src_node, NODE)
+                .encapsulate(&mut buf, frame)
+                .unwrap();
+            forward(UPLINK, &mut buf, packet)
+        };
+        assert_eq!(
+            tunnel(Ipv4Addr::new(10, 1, 0, 99), ROUTER, POD_B),
+            Verdict::Drop(DropCause::UnknownPeer)
+        );
+        assert_eq!(
+            tunnel(PEER_NODE, POD_B_MAC, POD_B),
+            Verdict::Drop(DropCause::NotOurMac)
+        );
+        assert_eq!(
+            tunnel(PEER_NODE, ROUTER, REMOTE_POD),
+            Verdict::Drop(DropCause::TunnelHairpin)
+        );
+        let (mut buf, frame) = ipv4_frame(POD_A_MAC, ROUTER, POD_A, POD_B, 64);
+        assert_eq!(
+            forward(UPLINK, &mut buf, frame),
+            Verdict::Drop(DropCause::Wire(DropReason::NotForUs))
+        );
+    }
+
+    #[test]
+    fn local_drops() {
+        let cases = [
+            (
+                ipv4_frame(POD_A_MAC, ROUTER, POD_A, POD_B, 1),
+                DropCause::TtlExpired,
+            ),
+            (
+                ipv4_frame(POD_A_MAC, POD_B_MAC, POD_A, POD_B, 64),
+                DropCause::NotOurMac,
+            ),
+            (
+                ipv4_frame(POD_B_MAC, ROUTER, POD_A, POD_B, 64),
+                DropCause::Spoofed,
+            ),
+            (
+                ipv4_frame(POD_A_MAC, ROUTER, POD_B, POD_B, 64),
+                DropCause::Spoofed,
+            ),
+            (
+                ipv4_frame(POD_A_MAC, MacAddr([0xff; 6]), POD_A, POD_B, 64),
+                DropCause::Broadcast,
+            ),
+            (
+                ipv4_frame(
+                    POD_A_MAC,
+                    MacAddr([0x33, 0x33, 0, 0, 0, 1]),
+                    POD_A,
+                    POD_B,
+                    64,
+                ),
+                DropCause::Multicast,
+            ),
+        ];
+        for ((mut buf, frame), expected) in cases {
+            assert_eq!(
+                forward(POD_A_PORT, &mut buf, frame),
+                Verdict::Drop(expected)
+            );
+        }
+
+        let (mut buf, frame) = ipv4_frame(POD_A_MAC, ROUTER, POD_A, POD_B, 64);
+        buf[frame.start + 14 + 10] ^= 1; // header checksum
+        assert_eq!(
+            forward(POD_A_PORT, &mut buf, frame),
+            Verdict::Drop(DropCause::BadIpv4)
+        );
+        let (mut buf, frame) = ipv4_frame(POD_A_MAC, ROUTER, POD_A, POD_B, 64);
+        buf[frame.start + 12] = 0x86; // EtherType 0x86dd
+        buf[frame.start + 13] = 0xdd;
+        assert_eq!(
+            forward(POD_A_PORT, &mut buf, frame),
+            Verdict::Drop(DropCause::NotIpv4)
+        );
+        let (mut buf, frame) = ipv4_frame(POD_A_MAC, ROUTER, POD_A, POD_B, 64);
+        assert_eq!(
+            forward(POD_A_PORT, &mut buf, frame.start..frame.start + 10),
+            Verdict::Drop(DropCause::Runt)
+        );
+        let (mut buf, frame) = ipv4_frame(POD_A_MAC, ROUTER, POD_A, POD_B, 64);
+        assert_eq!(
+            forward(PortId(9), &mut buf, frame),
+            Verdict::Drop(DropCause::PortGone)
+        );
+    }
+
+    #[test]
+    fn no_route_without_a_default() {
+        let topology = topology();
+        let mut fib = fib();
+        fib.remove("0.0.0.0/0".parse().unwrap());
+        let (mut buf, frame) =
+            ipv4_frame(POD_A_MAC, ROUTER, POD_A, Ipv4Addr::new(192, 0, 2, 1), 64);
+        let verdict = Forwarder {
+            topology: &topology,
+            fib: &fib,
+        }
+        .forward(POD_A_PORT, &mut buf, frame);
+        assert_eq!(verdict, Verdict::Drop(DropCause::NoRoute));
+    }
+
+    fn arp_request(
+        sender_mac: MacAddr,
+        sender: Ipv4Addr,
+        target: Ipv4Addr,
+    ) -> (Vec<u8>, Range<usize>) {
+        let mut buf = vec![0u8; HEADROOM + 60];
+        let f = &mut buf[HEADROOM..];
+        let mut eth = EthernetFrame::new_unchecked(&mut f[..]);
+        eth.set_dst_addr(EthernetAddress::BROADCAST);
+        eth.set_src_addr(sender_mac.into());
+        eth.set_ethertype(EthernetProtocol::Arp);
+        ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: sender_mac.into(),
+            source_protocol_addr: sender,
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: target,
+        }
+        .emit(&mut ArpPacket::new_unchecked(&mut f[14..42]));
+        (buf, HEADROOM..HEADROOM + 60)
+    }
+
+    #[test]
+    fn proxy_arp_for_gateway_and_routed_addresses() {
+        for target in [Ipv4Addr::new(10, 244, 1, 1), POD_B, REMOTE_POD] {
+            let (mut buf, frame) = arp_request(POD_A_MAC, POD_A, target);
+            let verdict = forward(POD_A_PORT, &mut buf, frame.clone());
+            let reply = frame.start..frame.start + 42;
+            assert_eq!(
+                verdict,
+                Verdict::Transmit {
+                    port: POD_A_PORT,
+                    frame: reply.clone()
+                }
+            );
+            let eth = EthernetFrame::new_checked(&buf[reply]).unwrap();
+            assert_eq!(MacAddr::from(eth.dst_addr()), POD_A_MAC);
+            let Ok(ArpRepr::EthernetIpv4 {
+                operation,
+                source_hardware_addr,
+                source_protocol_addr,
+                ..
+            }) = ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).unwrap())
+            else {
+                panic!("no ARP reply");
+            };
+            assert_eq!(operation, ArpOperation::Reply);
+            assert_eq!(MacAddr::from(source_hardware_addr), ROUTER);
+            assert_eq!(source_protocol_addr, target);
+        }
+        // The node's kernel asks through the host port for a pod.
+        let (mut buf, frame) = arp_request(HOST_MAC, Ipv4Addr::new(10, 244, 1, 1), POD_A);
+        assert!(matches!(
+            forward(HOST, &mut buf, frame),
+            Verdict::Transmit { port: HOST, .. }
+        ));
+    }
+
+    #[test]
+    fn arp_not_answered() {
+        let cases = [
+            (
+                arp_request(POD_A_MAC, POD_A, POD_A),
+                DropCause::ArpUnanswered,
+            ),
+            (
+                arp_request(POD_A_MAC, POD_A, Ipv4Addr::new(192, 0, 2, 1)),
+                DropCause::ArpUnanswered,
+            ),
+            (arp_request(POD_A_MAC, POD_B, POD_B), DropCause::Spoofed),
+        ];
+        for ((mut buf, frame), expected) in cases {
+            assert_eq!(
+                forward(POD_A_PORT, &mut buf, frame),
+                Verdict::Drop(expected)
+            );
+        }
+        let (mut buf, frame) = arp_request(POD_A_MAC, POD_A, POD_B);
+        buf[frame.start + 21] = 2; // a reply, not a request
+        assert_eq!(
+            forward(POD_A_PORT, &mut buf, frame),
+            Verdict::Drop(DropCause::BadArp)
+        );
+    }
+
+    #[test]
+    fn oversize_and_unresolved_peer() {
+        let mut topology = topology();
+        let fib = fib();
+        let (mut buf, frame) = ipv4_frame(POD_A_MAC, ROUTER, POD_A, REMOTE_POD, 64);
+        let mut big = vec![0u8; HEADROOM];
+        big.extend_from_slice(&buf[frame.clone()]);
+        big.resize(HEADROOM + 1465, 0);
+        // Total Length must cover the frame for the header to pass.
+        let ip_len = (1465 - 14) as u16;
+        big[HEADROOM + 16..HEADROOM + 18].copy_from_slice(&ip_len.to_be_bytes());
+        big[HEADROOM + 24..HEADROOM + 26].fill(0);
+        let sum = !data(&big[HEADROOM + 14..HEADROOM + 34]);
+        big[HEADROOM + 24..HEADROOM + 26].copy_from_slice(&sum.to_be_bytes());
+        let forwarder = Forwarder {
+            topology: &topology,
+            fib: &fib,
+        };
+        assert_eq!(
+            forwarder.forward(POD_A_PORT, &mut big, HEADROOM..HEADROOM + 1465),
+            Verdict::Drop(DropCause::Wire(DropReason::Oversize))
+        );
+
+        topology.peers[0].as_mut().unwrap().template = None;
+        let forwarder = Forwarder {
+            topology: &topology,
+            fib: &fib,
+        };
+        assert_eq!(
+            forwarder.forward(POD_A_PORT, &mut buf, frame),
+            Verdict::Drop(DropCause::PeerUnresolved)
+        );
+    }
+}

@@ -1,0 +1,30 @@
+//! podswitch: a userspace pod network switch. The daemon (`podswitch
+//! daemon`) and its CLI are in `main.rs`; this library holds the parts,
+//! from the wire up:
+//!
+//! - [`afxdp`], [`xdp`], [`tap`]: ports — AF_XDP sockets on a shared buffer
+//!   area with the project's XDP programs, and TAP devices;
+//! - [`frames`]: where every buffer frame is;
+//! - [`fib`], [`topology`]: what the workers read without locks;
+//! - [`forward`]: the decision for one frame; [`drops`]: why frames die;
+//! - [`worker`]: the pinned polling loops; [`stats`]: their counters;
+//! - [`control_plane`], [`control`], [`netlink`]: ports, peers and routes,
+//!   the control socket, and the kernel state the switch reads and writes;
+//! - [`config`], [`daemon`], [`mac`]: configuration and startup.
+
+pub mod afxdp;
+pub mod config;
+pub mod control;
+pub mod control_plane;
+pub mod daemon;
+pub mod drops;
+pub mod fib;
+pub mod forward;
+pub mod frames;
+pub mod mac;
+pub mod netlink;
+pub mod stats;
+pub mod tap;
+pub mod topology;
+pub mod worker;
+pub mod xdp;

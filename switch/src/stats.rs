@@ -1,0 +1,336 @@
+//! Counters: per port (packets, bytes, drops by reason) and per worker
+//! (polls, batches, ring levels). Each worker writes only its own block,
+//! with plain stores — no locked instructions on the packet path — and the
+//! control plane sums the blocks when asked.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::drops::{DROP_COUNT, DropCause};
+use crate::topology::PortId;
+
+/// Most ports a switch can have (pods, uplink and host port).
+pub const MAX_PORTS: usize = 1024;
+
+/// Batch size histogram buckets: 1, 2–3, 4–7, 8–15, 16–31, 32–63, 64.
+pub const BATCH_BUCKETS: usize = 7;
+
+/// Add to a counter only its owner writes.
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+}
+
+/// One worker's counters for one port.
+pub struct PortCounters {
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
+    drops: [AtomicU64; DROP_COUNT],
+    kernel: [AtomicU64; KERNEL_DROP_COUNT],
+}
+
+/// How many kernel-side AF_XDP counters a port has.
+const KERNEL_DROP_COUNT: usize = 4;
+
+impl PortCounters {
+    fn new() -> PortCounters {
+        PortCounters {
+            rx_packets: AtomicU64::new(0),
+            rx_bytes: AtomicU64::new(0),
+            tx_packets: AtomicU64::new(0),
+            tx_bytes: AtomicU64::new(0),
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+            kernel: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    fn reset(&self) {
+        for c in [
+            &self.rx_packets,
+            &self.rx_bytes,
+            &self.tx_packets,
+            &self.tx_bytes,
+        ]
+        .into_iter()
+        .chain(self.drops.iter())
+        .chain(self.kernel.iter())
+        {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Counters a worker keeps about its own polling.
+#[derive(Default)]
+struct PollCounters {
+    busy_polls: AtomicU64,
+    idle_polls: AtomicU64,
+    sleeps: AtomicU64,
+    batches: [AtomicU64; BATCH_BUCKETS],
+    fill_ring: AtomicU64,
+    rx_ring: AtomicU64,
+    tx_ring: AtomicU64,
+    completion_ring: AtomicU64,
+}
+
+/// Everything one worker counts.
+pub struct WorkerStats {
+    ports: Box<[PortCounters]>,
+    poll: PollCounters,
+}
+
+/// Ring occupancy a worker last saw on its sockets, summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingLevelsTotal {
+    /// Frames on fill rings.
+    pub fill: u64,
+    /// Frames received and not yet taken off RX rings.
+    pub rx: u64,
+    /// Frames on TX rings not yet sent.
+    pub tx: u64,
+    /// Frames sent, not yet taken off completion rings.
+    pub completion: u64,
+}
+
+impl WorkerStats {
+    /// Zeroed counters.
+    pub fn new() -> WorkerStats {
+        WorkerStats {
+            ports: (0..MAX_PORTS).map(|_| PortCounters::new()).collect(),
+            poll: PollCounters::default(),
+        }
+    }
+
+    fn port(&self, port: PortId) -> Option<&PortCounters> {
+        self.ports.get(usize::from(port.0))
+    }
+
+    /// A frame received on `port`.
+    pub fn rx(&self, port: PortId, bytes: usize) {
+        if let Some(c) = self.port(port) {
+            bump(&c.rx_packets, 1);
+            bump(&c.rx_bytes, bytes as u64);
+        }
+    }
+
+    /// A frame sent on `port`.
+    pub fn tx(&self, port: PortId, bytes: usize) {
+        if let Some(c) = self.port(port) {
+            bump(&c.tx_packets, 1);
+            bump(&c.tx_bytes, bytes as u64);
+        }
+    }
+
+    /// A frame received on `port` and dropped for `reason`.
+    pub fn dropped(&self, port: PortId, reason: DropCause) {
+        if let Some(c) = self.port(port) {
+            bump(&c.drops[reason.index()], 1);
+        }
+    }
+
+    /// Publish the kernel's counters for a port's AF_XDP sockets (summed).
+    pub fn kernel_drops(&self, port: PortId, drops: KernelDrops) {
+        if let Some(c) = self.port(port) {
+            let values = [
+                drops.rx_dropped,
+                drops.rx_ring_full,
+                drops.fill_ring_empty,
+                drops.invalid_descs,
+            ];
+            for (counter, value) in c.kernel.iter().zip(values) {
+                counter.store(value, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Zero a port's counters (its id is being reused).
+    pub fn reset_port(&self, port: PortId) {
+        if let Some(c) = self.port(port) {
+            c.reset();
+        }
+    }
+
+    /// One pass of the poll loop that found work (`true`) or none.
+    pub fn poll(&self, busy: bool) {
+        bump(
+            if busy {
+                &self.poll.busy_polls
+            } else {
+                &self.poll.idle_polls
+            },
+            1,
+        );
+    }
+
+    /// The worker went to sleep waiting for traffic.
+    pub fn slept(&self) {
+        bump(&self.poll.sleeps, 1);
+    }
+
+    /// A batch of `size` frames received from one socket.
+    pub fn batch(&self, size: usize) {
+        let bucket = (usize::BITS - size.max(1).leading_zeros()) as usize - 1;
+        bump(&self.poll.batches[bucket.min(BATCH_BUCKETS - 1)], 1);
+    }
+
+    /// Publish the ring occupancy seen this pass.
+    pub fn ring_levels(&self, levels: RingLevelsTotal) {
+        let p = &self.poll;
+        p.fill_ring.store(levels.fill, Ordering::Relaxed);
+        p.rx_ring.store(levels.rx, Ordering::Relaxed);
+        p.tx_ring.store(levels.tx, Ordering::Relaxed);
+        p.completion_ring
+            .store(levels.completion, Ordering::Relaxed);
+    }
+}
+
+impl Default for WorkerStats {
+    fn default() -> WorkerStats {
+        WorkerStats::new()
+    }
+}
+
+/// What the kernel counted on a port's AF_XDP sockets: frames lost before
+/// the switch saw them, or descriptors it refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelDrops {
+    /// Dropped on receive: no fill-ring frame, or too big for a frame.
+    pub rx_dropped: u64,
+    /// Dropped on receive because the RX ring was full (the worker fell behind).
+    pub rx_ring_full: u64,
+    /// Times the kernel found the fill ring empty.
+    pub fill_ring_empty: u64,
+    /// Invalid descriptors on the fill or TX ring (a switch bug if not 0).
+    pub invalid_descs: u64,
+}
+
+impl std::ops::AddAssign for KernelDrops {
+    fn add_assign(&mut self, other: KernelDrops) {
+        self.rx_dropped += other.rx_dropped;
+        self.rx_ring_full += other.rx_ring_full;
+        self.fill_ring_empty += other.fill_ring_empty;
+        self.invalid_descs += other.invalid_descs;
+    }
+}
+
+/// A port's counters summed over workers, as `podswitch stats` shows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortReport {
+    /// Frames received.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Frames sent.
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Drops by reason name; reasons with no drops are left out.
+    pub drops: std::collections::BTreeMap<String, u64>,
+    /// The kernel's AF_XDP counters (zero for TAP ports).
+    pub kernel: KernelDrops,
+    /// Frames the kernel dropped at the port's interface itself, before
+    /// any XDP program or socket saw them (a veth whose receive queue was
+    /// full) — `ip -s link`'s RX dropped.
+    pub interface_rx_dropped: u64,
+}
+
+/// A worker's polling summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerReport {
+    /// Loop passes that found work.
+    pub busy_polls: u64,
+    /// Loop passes that found none.
+    pub idle_polls: u64,
+    /// Times it slept waiting for traffic.
+    pub sleeps: u64,
+    /// Batches by size bucket: 1, 2–3, 4–7, 8–15, 16–31, 32–63, 64.
+    pub batches: [u64; BATCH_BUCKETS],
+    /// Ring occupancy last seen.
+    pub rings: RingLevelsTotal,
+}
+
+/// Sum `port`'s counters over every worker's block.
+pub fn port_report(blocks: &[&WorkerStats], port: PortId) -> PortReport {
+    let mut report = PortReport::default();
+    for block in blocks {
+        let Some(c) = block.port(port) else { continue };
+        report.rx_packets += c.rx_packets.load(Ordering::Relaxed);
+        report.rx_bytes += c.rx_bytes.load(Ordering::Relaxed);
+        report.tx_packets += c.tx_packets.load(Ordering::Relaxed);
+        report.tx_bytes += c.tx_bytes.load(Ordering::Relaxed);
+        let k = |i: usize| c.kernel[i].load(Ordering::Relaxed);
+        report.kernel += KernelDrops {
+            rx_dropped: k(0),
+            rx_ring_full: k(1),
+            fill_ring_empty: k(2),
+            invalid_descs: k(3),
+        };
+        for (reason, counter) in DropCause::all().zip(c.drops.iter()) {
+            let n = counter.load(Ordering::Relaxed);
+            if n > 0 {
+                *report.drops.entry(reason.as_str().to_string()).or_default() += n;
+            }
+        }
+    }
+    report
+}
+
+/// A worker's polling summary.
+pub fn worker_report(block: &WorkerStats) -> WorkerReport {
+    let p = &block.poll;
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    WorkerReport {
+        busy_polls: load(&p.busy_polls),
+        idle_polls: load(&p.idle_polls),
+        sleeps: load(&p.sleeps),
+        batches: std::array::from_fn(|i| load(&p.batches[i])),
+        rings: RingLevelsTotal {
+            fill: load(&p.fill_ring),
+            rx: load(&p.rx_ring),
+            tx: load(&p.tx_ring),
+            completion: load(&p.completion_ring),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use podswitch_encap::DropReason;
+
+    #[test]
+    fn reports_sum_workers_and_skip_zero_drops() {
+        let a = WorkerStats::new();
+        let b = WorkerStats::new();
+        let port = PortId(3);
+        a.rx(port, 100);
+        b.rx(port, 50);
+        b.tx(port, 60);
+        a.dropped(port, DropCause::NoRoute);
+        a.dropped(port, DropCause::Wire(DropReason::UnknownVni));
+        a.dropped(port, DropCause::NoRoute);
+        let r = port_report(&[&a, &b], port);
+        assert_eq!(
+            (r.rx_packets, r.rx_bytes, r.tx_packets, r.tx_bytes),
+            (2, 150, 1, 60)
+        );
+        assert_eq!(r.drops.len(), 2);
+        assert_eq!(r.drops["no_route"], 2);
+        assert_eq!(r.drops["unknown_vni"], 1);
+        a.reset_port(port);
+        assert_eq!(port_report(&[&a], port), PortReport::default());
+        // Out-of-range ports are ignored, not a panic.
+        a.rx(PortId(u16::MAX), 1);
+    }
+
+    #[test]
+    fn batch_buckets() {
+        let s = WorkerStats::new();
+        for size in [1, 2, 3, 4, 63, 64, 64, 0] {
+            s.batch(size);
+        }
+        assert_eq!(worker_report(&s).batches, [2, 2, 1, 0, 0, 1, 2]);
+    }
+}

@@ -1,0 +1,117 @@
+//! What the workers need to know about ports and peers, published by the
+//! control plane as one immutable snapshot (swapped atomically, read
+//! without locks) beside the FIB.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use foldhash::fast::RandomState;
+use podswitch_encap::{Decapsulator, OuterTemplate};
+use serde::{Deserialize, Serialize};
+
+use crate::mac::MacAddr;
+
+/// A port's index in the port table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PortId(pub u16);
+
+/// A peer's index in the peer table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PeerId(pub u16);
+
+/// Where a route sends a packet: the FIB's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteTarget {
+    /// A local pod, on its port.
+    Pod(PortId),
+    /// A remote node, through the tunnel.
+    Peer(PeerId),
+    /// The node's own stack, through the host port.
+    Host,
+}
+
+/// What a port is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortRole {
+    /// A pod's interface.
+    Pod,
+    /// The underlay interface carrying the tunnel.
+    Uplink,
+    /// The TAP device into the node's own network stack.
+    Host,
+}
+
+/// A port as the forwarding code sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortView {
+    /// Interface name.
+    pub name: String,
+    /// Pod, uplink or host.
+    pub role: PortRole,
+    /// The MAC frames to this port are addressed to: the pod's, or the
+    /// host port's kernel side.
+    pub mac: MacAddr,
+    /// A pod's address, the only source it may send from.
+    pub ip: Option<Ipv4Addr>,
+    /// Index of the worker that owns the port.
+    pub worker: usize,
+}
+
+/// A peer as the forwarding code sees it.
+#[derive(Debug, Clone)]
+pub struct PeerView {
+    /// The peer's VTEP address.
+    pub node_ip: IpAddr,
+    /// The MAC inner frames to it are addressed to.
+    pub vtep_mac: MacAddr,
+    /// Its outer header, once the underlay next hop is resolved.
+    pub template: Option<OuterTemplate>,
+}
+
+/// One consistent view of the switch's ports and peers.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// The MAC pods use for their gateway, and kernel peers for our VTEP.
+    pub router_mac: MacAddr,
+    /// The pods' gateway address.
+    pub gateway: Ipv4Addr,
+    /// Checks for tunnel packets arriving on the uplink.
+    pub decapsulator: Decapsulator,
+    /// The uplink port.
+    pub uplink: PortId,
+    /// The host port, if there is one.
+    pub host: Option<PortId>,
+    /// Ports by [`PortId`].
+    pub ports: Vec<Option<PortView>>,
+    /// Peers by [`PeerId`].
+    pub peers: Vec<Option<PeerView>>,
+    /// Peers by VTEP address, for checking who sent a tunnel packet.
+    pub peer_by_vtep: HashMap<IpAddr, PeerId, RandomState>,
+}
+
+impl Topology {
+    /// A topology with no ports and no peers yet.
+    pub fn empty(router_mac: MacAddr, gateway: Ipv4Addr, decapsulator: Decapsulator) -> Topology {
+        Topology {
+            router_mac,
+            gateway,
+            decapsulator,
+            uplink: PortId(0),
+            host: None,
+            ports: Vec::new(),
+            peers: Vec::new(),
+            peer_by_vtep: HashMap::default(),
+        }
+    }
+
+    /// The port `id`, if it exists.
+    pub fn port(&self, id: PortId) -> Option<&PortView> {
+        self.ports.get(usize::from(id.0)).and_then(Option::as_ref)
+    }
+
+    /// The peer `id`, if it exists.
+    pub fn peer(&self, id: PeerId) -> Option<&PeerView> {
+        self.peers.get(usize::from(id.0)).and_then(Option::as_ref)
+    }
+}

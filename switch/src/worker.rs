@@ -1,0 +1,720 @@
+//! Polling workers. Each worker owns some ports and moves their frames in
+//! batches of up to 64, as VPP and OVS's dpif-netdev do: take completions
+//! back, top up fill rings, receive a batch per socket, decide each frame
+//! ([`Forwarder`]), then send everything bound for a port with one kick.
+//! Frames bound for another worker's port cross over as descriptors
+//! through that worker's inbox; the buffer memory is shared.
+//!
+//! In adaptive mode (the default) a worker that finds no work for a short
+//! while sleeps in `poll()` on its sockets, TAP devices and wake-up event,
+//! so an idle node does not burn a core; in busy mode it always spins.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use crossbeam::channel::{Receiver, Sender};
+use crossbeam::queue::ArrayQueue;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::EventFd;
+
+use crate::afxdp::{Desc, Umem, XskSocket};
+use crate::config::PollMode;
+use crate::drops::DropCause;
+use crate::fib::SharedFib;
+use crate::forward::{Forwarder, Verdict};
+use crate::frames::{FrameCache, FrameLedger, Location};
+use crate::stats::{KernelDrops, RingLevelsTotal, WorkerStats};
+use crate::tap::TapDevice;
+use crate::topology::{PortId, RouteTarget, Topology};
+use crate::xdp::XdpProgram;
+
+/// Most frames taken from one socket (or TAP device) per pass.
+pub const BATCH: usize = 64;
+/// Idle passes an adaptive worker spins through before it sleeps.
+const SPIN_PASSES: u32 = 256;
+/// Longest sleep; the worker also wakes on traffic and on commands.
+const SLEEP: Duration = Duration::from_millis(100);
+/// Longest wait for a removed port's in-flight transmissions to complete.
+const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
+/// Passes between readings of the kernel's socket counters.
+const KERNEL_STATS_PASSES: u64 = 4096;
+/// Frames handed between workers that may wait in one inbox.
+pub const INBOX_CAPACITY: usize = 4096;
+
+/// An AF_XDP port: its XDP program and a socket per RX queue.
+pub struct AfXdpPort {
+    /// The program redirecting the port's frames to the sockets (shared
+    /// with the control plane, which reads the uplink's counters).
+    pub program: Arc<Mutex<XdpProgram>>,
+    /// One socket per active RX queue, in queue order.
+    pub sockets: Vec<XskSocket>,
+    /// How many frames to keep on each socket's fill ring, per socket.
+    fill: Vec<FillBudget>,
+    /// Frames put on TX rings, per socket.
+    sent: Vec<u64>,
+    /// Frames whose completion was read, per socket.
+    completed: Vec<u64>,
+}
+
+/// How many frames a socket keeps on its fill ring. A socket that keeps
+/// receiving full batches gets more (a burst must not find the ring empty
+/// while frames sit free elsewhere); one that goes quiet gives them back
+/// (a hundred idle pods must not hold the switch's frames).
+#[derive(Debug, Clone, Copy)]
+pub struct FillBudget {
+    target: u32,
+    min: u32,
+    max: u32,
+    received: u64,
+}
+
+/// The least a socket keeps on its fill ring.
+const FILL_MIN: u32 = 2 * BATCH as u32;
+
+impl FillBudget {
+    /// A budget between `min` (at least [`FILL_MIN`]) and `max` frames.
+    pub fn new(min: u32, max: u32) -> FillBudget {
+        let max = max.max(FILL_MIN);
+        let min = min.clamp(FILL_MIN, max);
+        FillBudget {
+            target: (4 * FILL_MIN).clamp(min, max),
+            min,
+            max,
+            received: 0,
+        }
+    }
+
+    /// The socket received `n` frames in one batch.
+    fn received(&mut self, n: usize) {
+        self.received += n as u64;
+        if n == BATCH {
+            self.target = (self.target + self.target / 2).min(self.max);
+        }
+    }
+
+    /// Once in a while: shrink toward the minimum if the socket received
+    /// less than its target since the last look.
+    fn decay(&mut self) {
+        if self.received < u64::from(self.target) {
+            self.target = (self.target - self.target / 8).max(self.min);
+        }
+        self.received = 0;
+    }
+}
+
+impl AfXdpPort {
+    /// A port from its program and bound sockets (not yet registered in
+    /// the program's XSKMAP: the worker does that once the fill rings hold
+    /// frames); each socket keeps between `fill.min` and `fill.max` frames
+    /// on its fill ring.
+    pub fn new(
+        program: Arc<Mutex<XdpProgram>>,
+        sockets: Vec<XskSocket>,
+        fill: FillBudget,
+    ) -> AfXdpPort {
+        let n = sockets.len();
+        AfXdpPort {
+            program,
+            sockets,
+            fill: vec![fill; n],
+            sent: vec![0; n],
+            completed: vec![0; n],
+        }
+    }
+}
+
+/// How a port moves frames.
+pub enum PortIo {
+    /// Through AF_XDP sockets sharing the switch's buffer area.
+    AfXdp(AfXdpPort),
+    /// Through a TAP device: frames are read into and written from buffer
+    /// frames.
+    Tap(TapDevice),
+}
+
+/// A port handed to a worker.
+pub struct WorkerPort {
+    /// The port's id.
+    pub id: PortId,
+    /// Its I/O.
+    pub io: PortIo,
+}
+
+/// What the control plane asks of a worker.
+pub enum Command {
+    /// Start polling a port; the answer says whether it is live.
+    Add(WorkerPort, Sender<anyhow::Result<()>>),
+    /// Stop polling a port and return all its frames; answered when done.
+    Remove(PortId, Sender<()>),
+    /// Remove every port and exit.
+    Stop,
+}
+
+/// A frame bound for another worker's port.
+#[derive(Debug, Clone, Copy)]
+pub struct Handoff {
+    /// The output port.
+    pub port: PortId,
+    /// The frame.
+    pub desc: Desc,
+}
+
+/// Frames to send this pass, by port, parallel to the worker's port list.
+#[derive(Default)]
+struct TxQueues {
+    ids: Vec<PortId>,
+    pending: Vec<Vec<Desc>>,
+}
+
+impl TxQueues {
+    fn add(&mut self, id: PortId) {
+        self.ids.push(id);
+        self.pending.push(Vec::with_capacity(BATCH));
+    }
+
+    /// Remove port `i`'s queue (as `Vec::swap_remove` does), returning its
+    /// unsent frames.
+    fn swap_remove(&mut self, i: usize) -> Vec<Desc> {
+        self.ids.swap_remove(i);
+        self.pending.swap_remove(i)
+    }
+
+    fn push(&mut self, id: PortId, desc: Desc) -> bool {
+        match self.ids.iter().position(|&p| p == id) {
+            Some(i) => {
+                self.pending[i].push(desc);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// What a worker shares with the rest of the switch.
+pub struct WorkerContext {
+    /// The buffer area.
+    pub umem: Arc<Umem>,
+    /// Where every frame is.
+    pub ledger: Arc<FrameLedger>,
+    /// Ports and peers.
+    pub topology: Arc<ArcSwap<Topology>>,
+    /// Routes.
+    pub fib: Arc<SharedFib<RouteTarget>>,
+    /// Every worker's inbox, by worker index.
+    pub inboxes: Arc<[ArrayQueue<Handoff>]>,
+    /// This worker's counters.
+    pub stats: Arc<WorkerStats>,
+    /// Written to wake the worker when it sleeps.
+    pub wake: Arc<EventFd>,
+    /// Adaptive or busy.
+    pub poll_mode: PollMode,
+    /// The worker's index.
+    pub index: usize,
+}
+
+/// A polling worker.
+pub struct Worker {
+    ctx: WorkerContext,
+    commands: Receiver<Command>,
+    cache: FrameCache,
+    ports: Vec<WorkerPort>,
+    queues: TxQueues,
+    rx_scratch: Vec<Desc>,
+    addr_scratch: Vec<u64>,
+}
+
+impl Worker {
+    /// A worker with no ports yet.
+    pub fn new(ctx: WorkerContext, commands: Receiver<Command>) -> Worker {
+        Worker {
+            ctx,
+            commands,
+            cache: FrameCache::new(),
+            ports: Vec::new(),
+            queues: TxQueues::default(),
+            rx_scratch: Vec::with_capacity(BATCH),
+            addr_scratch: Vec::with_capacity(4 * BATCH),
+        }
+    }
+
+    /// Poll until told to stop; then return every frame.
+    pub fn run(mut self) {
+        let mut idle_passes = 0u32;
+        let mut passes = 0u64;
+        loop {
+            if !self.run_commands() {
+                break;
+            }
+            passes += 1;
+            if passes.is_multiple_of(KERNEL_STATS_PASSES) {
+                self.publish_kernel_drops();
+                for port in &mut self.ports {
+                    if let PortIo::AfXdp(afxdp) = &mut port.io {
+                        afxdp.fill.iter_mut().for_each(FillBudget::decay);
+                    }
+                }
+            }
+            let worked = self.pass();
+            self.ctx.stats.poll(worked);
+            if worked {
+                idle_passes = 0;
+            } else {
+                idle_passes += 1;
+                if self.ctx.poll_mode == PollMode::Adaptive && idle_passes >= SPIN_PASSES {
+                    self.publish_kernel_drops();
+                    self.sleep();
+                    idle_passes = 0;
+                }
+            }
+        }
+        let ids: Vec<PortId> = self.ports.iter().map(|p| p.id).collect();
+        for id in ids {
+            self.remove_port(id);
+        }
+        self.cache.flush(&self.ctx.ledger);
+    }
+
+    /// Carry out pending commands; false once told to stop.
+    fn run_commands(&mut self) -> bool {
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                Command::Add(port, done) => {
+                    let result = self.add_port(port);
+                    let _ = done.send(result);
+                }
+                Command::Remove(id, done) => {
+                    self.remove_port(id);
+                    let _ = done.send(());
+                }
+                Command::Stop => return false,
+            }
+        }
+        true
+    }
+
+    fn add_port(&mut self, mut port: WorkerPort) -> anyhow::Result<()> {
+        if let PortIo::AfXdp(afxdp) = &mut port.io {
+            for i in 0..afxdp.sockets.len() {
+                refill(&mut self.cache, &self.ctx.ledger, afxdp, i);
+            }
+            let mut program = afxdp.program.lock().unwrap_or_else(|e| e.into_inner());
+            for socket in &afxdp.sockets {
+                program.register_socket(socket.queue(), socket.as_raw_fd())?;
+            }
+        }
+        self.queues.add(port.id);
+        self.ports.push(port);
+        Ok(())
+    }
+
+    /// Stop polling a port and put every frame it holds back on the free
+    /// list: those in its rings (after in-flight transmissions complete)
+    /// and those waiting to be sent.
+    fn remove_port(&mut self, id: PortId) {
+        let Some(i) = self.ports.iter().position(|p| p.id == id) else {
+            return;
+        };
+        let port = self.ports.swap_remove(i);
+        let pending = self.queues.swap_remove(i);
+        let ledger = &self.ctx.ledger;
+        for desc in pending {
+            free(&mut self.cache, ledger, desc.addr, Location::InFlight);
+        }
+        if let PortIo::AfXdp(mut afxdp) = port.io {
+            {
+                let mut program = afxdp.program.lock().unwrap_or_else(|e| e.into_inner());
+                for socket in &afxdp.sockets {
+                    let _ = program.unregister_socket(socket.queue());
+                }
+            }
+            let deadline = Instant::now() + DRAIN_TIMEOUT;
+            while (0..afxdp.sockets.len()).any(|s| in_kernel_tx(&afxdp, s) > 0)
+                && Instant::now() < deadline
+            {
+                for s in 0..afxdp.sockets.len() {
+                    reclaim_completions(
+                        &mut self.cache,
+                        ledger,
+                        &mut afxdp,
+                        s,
+                        &mut self.addr_scratch,
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            for socket in afxdp.sockets.drain(..) {
+                self.addr_scratch.clear();
+                socket.reclaim(&mut self.addr_scratch);
+                for &addr in &self.addr_scratch {
+                    let base = ledger.chunk_base(addr);
+                    ledger.reclaimed(base);
+                    self.cache.put(ledger, base);
+                }
+            }
+        }
+        self.ctx.stats.reset_port(id);
+    }
+
+    /// Read the kernel's counters of every AF_XDP socket into the stats.
+    fn publish_kernel_drops(&self) {
+        for port in &self.ports {
+            let PortIo::AfXdp(afxdp) = &port.io else {
+                continue;
+            };
+            let mut total = KernelDrops::default();
+            for socket in &afxdp.sockets {
+                if let Ok(s) = socket.statistics() {
+                    total += KernelDrops {
+                        rx_dropped: s.rx_dropped,
+                        rx_ring_full: s.rx_ring_full,
+                        fill_ring_empty: s.rx_fill_ring_empty_descs,
+                        invalid_descs: s.rx_invalid_descs + s.tx_invalid_descs,
+                    };
+                }
+            }
+            self.ctx.stats.kernel_drops(port.id, total);
+        }
+    }
+
+    /// One pass over every port. True if any frame moved.
+    fn pass(&mut self) -> bool {
+        let topology = self.ctx.topology.load();
+        let fib = self.ctx.fib.load();
+        let forwarder = Forwarder {
+            topology: &topology,
+            fib: &fib,
+        };
+        let mut work = 0;
+        let mut levels = RingLevelsTotal::default();
+        for i in 0..self.ports.len() {
+            work += self.service_rings(i, &mut levels);
+            work += self.receive(i, &forwarder, &topology);
+        }
+        work += self.drain_inbox();
+        work += self.flush_tx();
+        self.ctx.stats.ring_levels(levels);
+        work > 0
+    }
+
+    /// Take completions back and top up fill rings on port `i`.
+    fn service_rings(&mut self, i: usize, levels: &mut RingLevelsTotal) -> usize {
+        let PortIo::AfXdp(afxdp) = &mut self.ports[i].io else {
+            return 0;
+        };
+        let mut work = 0;
+        for s in 0..afxdp.sockets.len() {
+            work += reclaim_completions(
+                &mut self.cache,
+                &self.ctx.ledger,
+                afxdp,
+                s,
+                &mut self.addr_scratch,
+            );
+            refill(&mut self.cache, &self.ctx.ledger, afxdp, s);
+            let l = afxdp.sockets[s].ring_levels();
+            if l.tx > 0 {
+                // Copy mode sends at most 32 frames per kick: keep kicking
+                // while frames wait, and count it as work so the worker
+                // does not sleep on them.
+                let _ = afxdp.sockets[s].kick_tx();
+                work += 1;
+            }
+            levels.fill += u64::from(l.fill);
+            levels.rx += u64::from(l.rx);
+            levels.tx += u64::from(l.tx);
+            levels.completion += u64::from(l.completion);
+        }
+        work
+    }
+
+    /// Receive a batch on every socket of port `i` and decide each frame.
+    fn receive(&mut self, i: usize, forwarder: &Forwarder, topology: &Topology) -> usize {
+        let in_port = self.ports[i].id;
+        let dispatch = Dispatch {
+            ctx: &self.ctx,
+            forwarder,
+            topology,
+            in_port,
+        };
+        let mut received = 0;
+        match &mut self.ports[i].io {
+            PortIo::AfXdp(afxdp) => {
+                for (socket, budget) in afxdp.sockets.iter_mut().zip(afxdp.fill.iter_mut()) {
+                    self.rx_scratch.clear();
+                    let n = socket.recv(&mut self.rx_scratch, BATCH);
+                    if n == 0 {
+                        continue;
+                    }
+                    budget.received(n);
+                    if socket.fill_needs_wakeup() {
+                        socket.kick_rx();
+                    }
+                    self.ctx.stats.batch(n);
+                    received += n;
+                    for &desc in &self.rx_scratch[..n] {
+                        self.ctx
+                            .ledger
+                            .moved(desc.addr, Location::Fill, Location::InFlight);
+                        dispatch.frame(&mut self.cache, &mut self.queues, desc);
+                    }
+                }
+            }
+            PortIo::Tap(tap) => {
+                let offset = self.ctx.umem.rx_data_offset() as usize;
+                let mut batch = 0;
+                while batch < BATCH {
+                    let Some(base) = self.cache.get(&self.ctx.ledger) else {
+                        break;
+                    };
+                    self.ctx
+                        .ledger
+                        .moved(base, Location::Free, Location::InFlight);
+                    // SAFETY: `base` came off the free list: no ring and no
+                    // other reference holds this frame.
+                    let chunk = unsafe { self.ctx.umem.chunk_mut(base) };
+                    match tap.recv(&mut chunk[offset..]) {
+                        Ok(Some(len)) => {
+                            batch += 1;
+                            let desc = Desc {
+                                addr: base + offset as u64,
+                                len: len as u32,
+                                options: 0,
+                            };
+                            dispatch.frame(&mut self.cache, &mut self.queues, desc);
+                        }
+                        Ok(None) | Err(_) => {
+                            free(&mut self.cache, &self.ctx.ledger, base, Location::InFlight);
+                            break;
+                        }
+                    }
+                }
+                if batch > 0 {
+                    self.ctx.stats.batch(batch);
+                }
+                received += batch;
+            }
+        }
+        received
+    }
+
+    /// Take frames other workers handed over for this worker's ports.
+    fn drain_inbox(&mut self) -> usize {
+        let mut n = 0;
+        let inbox = &self.ctx.inboxes[self.ctx.index];
+        while let Some(handoff) = inbox.pop() {
+            n += 1;
+            self.ctx
+                .ledger
+                .moved(handoff.desc.addr, Location::Queued, Location::InFlight);
+            if !self.queues.push(handoff.port, handoff.desc) {
+                free(
+                    &mut self.cache,
+                    &self.ctx.ledger,
+                    handoff.desc.addr,
+                    Location::InFlight,
+                );
+            }
+        }
+        n
+    }
+
+    /// Send what this pass queued for each port, one kick per port.
+    fn flush_tx(&mut self) -> usize {
+        let mut sent_total = 0;
+        for (port, pending) in self.ports.iter_mut().zip(self.queues.pending.iter_mut()) {
+            if pending.is_empty() {
+                continue;
+            }
+            sent_total += pending.len();
+            match &mut port.io {
+                PortIo::AfXdp(afxdp) => {
+                    let socket = &mut afxdp.sockets[0];
+                    let sent = socket.send(pending);
+                    afxdp.sent[0] += sent as u64;
+                    for desc in &pending[..sent] {
+                        self.ctx
+                            .ledger
+                            .moved(desc.addr, Location::InFlight, Location::Tx);
+                        self.ctx.stats.tx(port.id, desc.len as usize);
+                    }
+                    for desc in &pending[sent..] {
+                        self.ctx.stats.dropped(port.id, DropCause::TxRingFull);
+                        free(
+                            &mut self.cache,
+                            &self.ctx.ledger,
+                            desc.addr,
+                            Location::InFlight,
+                        );
+                    }
+                    if sent > 0 && socket.tx_needs_wakeup() {
+                        let _ = socket.kick_tx();
+                    }
+                }
+                PortIo::Tap(tap) => {
+                    for desc in pending.iter() {
+                        let base = self.ctx.ledger.chunk_base(desc.addr);
+                        let offset = (desc.addr - base) as usize;
+                        // SAFETY: the frame is in flight in this worker: no
+                        // ring and no other reference holds it.
+                        let chunk = unsafe { self.ctx.umem.chunk_mut(base) };
+                        match tap.send(&chunk[offset..offset + desc.len as usize]) {
+                            Ok(()) => self.ctx.stats.tx(port.id, desc.len as usize),
+                            Err(_) => self.ctx.stats.dropped(port.id, DropCause::TxError),
+                        }
+                        free(&mut self.cache, &self.ctx.ledger, base, Location::InFlight);
+                    }
+                }
+            }
+            pending.clear();
+        }
+        sent_total
+    }
+
+    /// Sleep until a socket or TAP device has a frame, a command arrives,
+    /// or [`SLEEP`] passes.
+    fn sleep(&mut self) {
+        self.ctx.stats.slept();
+        let mut fds: Vec<PollFd> = Vec::with_capacity(self.ports.len() + 1);
+        fds.push(PollFd::new(self.ctx.wake.as_fd(), PollFlags::POLLIN));
+        for port in &self.ports {
+            match &port.io {
+                PortIo::AfXdp(afxdp) => {
+                    for socket in &afxdp.sockets {
+                        fds.push(PollFd::new(borrow(socket), PollFlags::POLLIN));
+                    }
+                }
+                PortIo::Tap(tap) => fds.push(PollFd::new(borrow(tap), PollFlags::POLLIN)),
+            }
+        }
+        let timeout = PollTimeout::try_from(SLEEP).unwrap_or(PollTimeout::NONE);
+        if poll(&mut fds, timeout).is_ok()
+            && fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLIN))
+        {
+            let _ = self.ctx.wake.read();
+        }
+    }
+}
+
+fn borrow(fd: &impl AsRawFd) -> BorrowedFd<'_> {
+    // SAFETY: the descriptor belongs to `fd`, which outlives the borrow.
+    unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) }
+}
+
+/// What deciding a received frame's fate needs, for one port's batch.
+struct Dispatch<'a> {
+    ctx: &'a WorkerContext,
+    forwarder: &'a Forwarder<'a>,
+    topology: &'a Topology,
+    in_port: PortId,
+}
+
+impl Dispatch<'_> {
+    /// Decide the fate of a received frame (in flight in this worker), then
+    /// queue it for its output port — this worker's, or another's through
+    /// its inbox — or drop it.
+    fn frame(&self, cache: &mut FrameCache, queues: &mut TxQueues, desc: Desc) {
+        let ctx = self.ctx;
+        ctx.stats.rx(self.in_port, desc.len as usize);
+        let base = ctx.ledger.chunk_base(desc.addr);
+        let offset = (desc.addr - base) as usize;
+        // SAFETY: the frame just came off an RX ring or the free list into
+        // this worker: no ring and no other reference holds it.
+        let chunk = unsafe { ctx.umem.chunk_mut(base) };
+        let end = (offset + desc.len as usize).min(chunk.len());
+        let (out_port, frame) = match self.forwarder.forward(self.in_port, chunk, offset..end) {
+            Verdict::Transmit { port, frame } => (port, frame),
+            Verdict::Drop(reason) => {
+                ctx.stats.dropped(self.in_port, reason);
+                free(cache, &ctx.ledger, base, Location::InFlight);
+                return;
+            }
+        };
+        let out = Desc {
+            addr: base + frame.start as u64,
+            len: frame.len() as u32,
+            options: 0,
+        };
+        if queues.push(out_port, out) {
+            return;
+        }
+        let owner = self.topology.port(out_port).map(|p| p.worker);
+        match owner.and_then(|w| ctx.inboxes.get(w)) {
+            Some(inbox) => {
+                ctx.ledger.moved(base, Location::InFlight, Location::Queued);
+                if inbox
+                    .push(Handoff {
+                        port: out_port,
+                        desc: out,
+                    })
+                    .is_err()
+                {
+                    ctx.stats.dropped(self.in_port, DropCause::TxRingFull);
+                    free(cache, &ctx.ledger, base, Location::Queued);
+                }
+            }
+            None => {
+                ctx.stats.dropped(self.in_port, DropCause::PortGone);
+                free(cache, &ctx.ledger, base, Location::InFlight);
+            }
+        }
+    }
+}
+
+fn free(cache: &mut FrameCache, ledger: &FrameLedger, addr: u64, from: Location) {
+    let base = ledger.chunk_base(addr);
+    ledger.moved(base, from, Location::Free);
+    cache.put(ledger, base);
+}
+
+/// Frames socket `s` handed to the kernel for sending that have not come
+/// back on its completion ring yet.
+fn in_kernel_tx(port: &AfXdpPort, s: usize) -> u64 {
+    port.sent[s] - port.completed[s]
+}
+
+/// Take socket `s`'s completed transmissions back onto the free list.
+fn reclaim_completions(
+    cache: &mut FrameCache,
+    ledger: &FrameLedger,
+    port: &mut AfXdpPort,
+    s: usize,
+    scratch: &mut Vec<u64>,
+) -> usize {
+    scratch.clear();
+    let n = port.sockets[s].complete(scratch, 4 * BATCH);
+    port.completed[s] += n as u64;
+    for &addr in scratch.iter() {
+        free(cache, ledger, addr, Location::Tx);
+    }
+    n
+}
+
+/// Top up socket `s`'s fill ring to the port's target.
+fn refill(cache: &mut FrameCache, ledger: &FrameLedger, port: &mut AfXdpPort, s: usize) {
+    let socket = &mut port.sockets[s];
+    let on_ring = socket.frames_held_for_rx();
+    let want = port.fill[s]
+        .target
+        .saturating_sub(on_ring)
+        .min(socket.fill_free_slots()) as usize;
+    if want < BATCH / 4 {
+        return;
+    }
+    let mut frames = [0u64; 4 * BATCH];
+    let mut n = 0;
+    while n < want.min(frames.len()) {
+        let Some(base) = cache.get(ledger) else { break };
+        ledger.moved(base, Location::Free, Location::Fill);
+        frames[n] = base;
+        n += 1;
+    }
+    let given = socket.fill(&frames[..n]);
+    for &base in &frames[given..n] {
+        ledger.moved(base, Location::Fill, Location::Free);
+        cache.put(ledger, base);
+    }
+}

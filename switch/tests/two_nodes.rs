@@ -1,0 +1,313 @@
+//! The switch through the real path: podswitch daemons in node namespaces
+//! joined by a veth underlay, pods on veth ports, real ping and iperf3 —
+//! same node and across nodes, VXLAN and Geneve, against a kernel VXLAN
+//! node, with routes and peers changed under load, the node's own traffic
+//! kept, and every frame accounted for afterwards. Needs root.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use anyhow::{Context, Result, ensure};
+use podswitch_lab::Lab;
+use podswitch_lab::cluster::{
+    KernelNode, PeerEntry, Pod, SwitchNode, SwitchOptions, SwitchPair, connect_underlay,
+    kernel_vtep_mac, node_ip, ping, router_mac,
+};
+use podswitch_lab::traffic::{IPERF_PORT, IperfClient, iperf_server};
+
+const UNDERLAY_MTU: u32 = 1500;
+const POD_MTU: u32 = 1450;
+
+/// Lab tests push real traffic: one at a time on a 2-core machine.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_podswitch"))
+}
+
+fn scratch(lab: &Lab) -> PathBuf {
+    std::env::temp_dir().join(lab.prefix().trim_end_matches('-'))
+}
+
+/// Two podswitch nodes peered with each other, two pods each.
+struct TwoNodes {
+    lab: Lab,
+    nodes: [SwitchNode; 2],
+    pods: [[Pod; 2]; 2],
+}
+
+impl TwoNodes {
+    fn new(tag: &str, encap: &str) -> Result<TwoNodes> {
+        let mut lab = Lab::new(tag)?;
+        let options = SwitchOptions {
+            encap: encap.into(),
+            ..SwitchOptions::default()
+        };
+        let dir = scratch(&lab);
+        let SwitchPair { nodes, pods } = SwitchPair::build(&mut lab, binary(), &dir, &options)?;
+        Ok(TwoNodes { lab, nodes, pods })
+    }
+}
+
+/// Every frame is somewhere, and no move was impossible.
+fn check_frames(node: &SwitchNode) -> Result<()> {
+    let stats = node.cli_json(&["stats"])?;
+    let frames = &stats["frames"];
+    ensure!(frames["checked"] == true, "frame checking is off: {frames}");
+    ensure!(
+        frames["violations"] == 0,
+        "frame accounting violations on node {}: {frames}",
+        node.index
+    );
+    ensure!(
+        frames["total"] == 16384,
+        "frames missing on node {}: {frames}",
+        node.index
+    );
+    Ok(())
+}
+
+fn expect_pings(from: &Pod, to: std::net::Ipv4Addr, what: &str) -> Result<()> {
+    let replies = ping(&from.ns, to, 5)?;
+    ensure!(
+        replies >= 4,
+        "{what}: {replies}/5 ping replies from {} to {to}",
+        from.ip
+    );
+    Ok(())
+}
+
+fn expect_tcp(from: &Pod, to: &Pod, what: &str) -> Result<f64> {
+    let _server = iperf_server(&to.ns, IPERF_PORT)?;
+    let result = IperfClient::default()
+        .run(&from.ns, to.ip)
+        .with_context(|| format!("{what}: iperf3 TCP"))?;
+    ensure!(
+        result.gbps() > 0.05,
+        "{what}: TCP at only {:.3} Gbit/s",
+        result.gbps()
+    );
+    Ok(result.gbps())
+}
+
+fn pods_talk(tb: &TwoNodes) -> Result<()> {
+    let [[a, b], [c, _]] = &tb.pods;
+    expect_pings(a, b.ip, "same node")?;
+    expect_pings(a, c.ip, "across nodes")?;
+    expect_pings(c, a.ip, "across nodes, back")?;
+    let local = expect_tcp(a, b, "same node")?;
+    let remote = expect_tcp(a, c, "across nodes")?;
+    let _server = iperf_server(&c.ns, IPERF_PORT)?;
+    let udp = IperfClient {
+        seconds: 1,
+        udp: Some((200_000_000, 1400)),
+        ..IperfClient::default()
+    }
+    .run(&a.ns, c.ip)?;
+    ensure!(udp.packets > 0, "no UDP datagrams were sent");
+    ensure!(
+        udp.lost_packets * 10 < udp.packets,
+        "UDP across nodes lost {} of {}",
+        udp.lost_packets,
+        udp.packets
+    );
+    eprintln!(
+        "TCP same node {local:.2} Gbit/s, across nodes {remote:.2} Gbit/s, UDP loss {}/{}",
+        udp.lost_packets, udp.packets
+    );
+    for node in &tb.nodes {
+        check_frames(node)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn pods_talk_over_vxlan() -> Result<()> {
+    let _serial = serial();
+    pods_talk(&TwoNodes::new("sw-vxlan", "vxlan")?)
+}
+
+#[test]
+fn pods_talk_over_geneve() -> Result<()> {
+    let _serial = serial();
+    pods_talk(&TwoNodes::new("sw-geneve", "geneve")?)
+}
+
+/// The uplink keeps the node's own traffic, and the node reaches local and
+/// remote pods through the host port (and pods reach the node).
+#[test]
+fn node_traffic_and_host_port() -> Result<()> {
+    let _serial = serial();
+    let tb = TwoNodes::new("sw-host", "vxlan")?;
+    let [n1, n2] = &tb.nodes;
+    // TCP between the nodes' own underlay addresses, not a tunnel packet.
+    let _server = podswitch_lab::Process::spawn(
+        n2.ns.command("iperf3").args(["-s", "-p", "5301"]),
+        "iperf3 on node 2",
+    )?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let node_tcp = IperfClient {
+        port: 5301,
+        ..IperfClient::default()
+    }
+    .run(&n1.ns, node_ip(2))?;
+    ensure!(
+        node_tcp.gbps() > 0.05,
+        "node-to-node TCP at {:.3} Gbit/s",
+        node_tcp.gbps()
+    );
+    // The node pings a local pod and a remote pod through the host port.
+    let [[a, _], [c, _]] = &tb.pods;
+    for (to, what) in [(a.ip, "local pod"), (c.ip, "remote pod")] {
+        let replies = ping(&n1.ns, to, 5)?;
+        ensure!(
+            replies >= 4,
+            "node 1 to its {what} {to}: {replies}/5 replies"
+        );
+    }
+    // A pod reaches its node's underlay address and its gateway.
+    expect_pings(a, node_ip(1), "pod to its node")?;
+    expect_pings(a, "10.244.1.1".parse()?, "pod to its gateway")?;
+    let stats = n1.cli_json(&["stats"])?;
+    ensure!(
+        stats["uplink_passed"].as_u64() > Some(0),
+        "the uplink passed nothing to the kernel: {stats}"
+    );
+    ensure!(
+        stats["uplink_redirected"].as_u64() > Some(0),
+        "no tunnel packet reached the switch: {stats}"
+    );
+    check_frames(n1)
+}
+
+/// Routes, peers and ports change while iperf3 runs: nothing crashes,
+/// traffic follows the change and resumes.
+#[test]
+fn changes_under_load() -> Result<()> {
+    let _serial = serial();
+    let mut tb = TwoNodes::new("sw-churn", "vxlan")?;
+    let [[a, _], [c, _]] = &tb.pods;
+    let (a, c) = (a.clone(), c.clone());
+    let _server = iperf_server(&c.ns, IPERF_PORT)?;
+    let client = std::thread::spawn(move || {
+        IperfClient {
+            seconds: 6,
+            ..IperfClient::default()
+        }
+        .run(&a.ns, c.ip)
+    });
+    let [n1, n2] = &tb.nodes;
+    let peer2 = node_ip(2).to_string();
+    for round in 0..5 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        n1.cli(&["route", "add", "192.0.2.0/24"])?;
+        n1.cli(&["route", "del", "192.0.2.0/24"])?;
+        let extra = n2.add_veth_pod(&mut tb.lab, 10 + round, POD_MTU)?;
+        n2.cli(&["port", "del", &extra.host_ifname])?;
+        if round == 2 {
+            n1.cli(&["peer", "del", &peer2])?;
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            n1.cli(&["peer", "add", &peer2, "10.244.2.0/24"])?;
+        }
+    }
+    let result = client.join().expect("iperf3 thread")?;
+    ensure!(
+        result.gbps() > 0.01,
+        "the long flow died: {:.3} Gbit/s",
+        result.gbps()
+    );
+    // Traffic follows the peer's removal: the remote pods fall under the
+    // default host route, so frames go to the node's own stack (which has
+    // no route for them) instead of the tunnel.
+    let host_tx =
+        |stats: &serde_json::Value| stats["ports"]["podsw0"]["tx_packets"].as_u64().unwrap_or(0);
+    let tunnel_tx =
+        |stats: &serde_json::Value| stats["ports"]["ul0"]["tx_packets"].as_u64().unwrap_or(0);
+    n1.cli(&["peer", "del", &peer2])?;
+    let before = n1.cli_json(&["stats"])?;
+    let [[a, _], [c, _]] = &tb.pods;
+    ensure!(
+        ping(&a.ns, c.ip, 2)? == 0,
+        "pings crossed after the peer was removed"
+    );
+    let after = n1.cli_json(&["stats"])?;
+    ensure!(
+        host_tx(&after) >= host_tx(&before) + 2,
+        "pings did not go to the host port: {after}"
+    );
+    ensure!(
+        tunnel_tx(&after) == tunnel_tx(&before),
+        "pings still went into the tunnel: {after}"
+    );
+    n1.cli(&["peer", "add", &peer2, "10.244.2.0/24"])?;
+    expect_pings(a, c.ip, "after re-adding the peer")?;
+    for node in &tb.nodes {
+        check_frames(node)?;
+    }
+    Ok(())
+}
+
+/// One podswitch node and one kernel node (bridge + vxlan, Flannel-style):
+/// ping and TCP both ways.
+#[test]
+fn interop_with_kernel_vxlan_node() -> Result<()> {
+    let _serial = serial();
+    let mut lab = Lab::new("sw-interop")?;
+    let n1 = lab.netns("n1")?;
+    let n2 = lab.netns("n2")?;
+    connect_underlay(&n1, 1, &n2, 2, UNDERLAY_MTU)?;
+    let kernel = KernelNode::create(n2, 2, UNDERLAY_MTU)?;
+    kernel.add_peer(1, &router_mac(1))?;
+    let peers = [PeerEntry {
+        index: 2,
+        vtep_mac: Some(kernel_vtep_mac(2)),
+    }];
+    let dir = scratch(&lab);
+    let node1 = SwitchNode::start(n1, 1, binary(), &dir, &SwitchOptions::default(), &peers)?;
+    let a = node1.add_veth_pod(&mut lab, 2, POD_MTU)?;
+    let k = kernel.add_pod(&mut lab, 2, false)?;
+    expect_pings(&a, k.ip, "podswitch pod to kernel pod")?;
+    expect_pings(&k, a.ip, "kernel pod to podswitch pod")?;
+    expect_tcp(&a, &k, "podswitch to kernel")?;
+    expect_tcp(&k, &a, "kernel to podswitch")?;
+    check_frames(&node1)
+}
+
+/// SIGTERM: the daemon exits 0, detaches its XDP programs and removes its
+/// host port; a daemon killed with SIGKILL is replaced by a new one.
+#[test]
+fn clean_stop_and_restart_after_kill() -> Result<()> {
+    let _serial = serial();
+    let mut tb = TwoNodes::new("sw-stop", "vxlan")?;
+    let node = &mut tb.nodes[0];
+    let daemon = node.daemon().context("no daemon")?;
+    let pid = nix::unistd::Pid::from_raw(daemon.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL)?;
+    ensure!(
+        daemon.signal_and_wait(
+            nix::sys::signal::Signal::SIGKILL,
+            std::time::Duration::from_secs(5)
+        ),
+        "SIGKILL did not stop the daemon"
+    );
+    node.launch()?;
+    ensure!(node.stop(), "the daemon did not exit on SIGTERM");
+    ensure!(
+        node.log().contains("stopped; every port closed"),
+        "no clean-stop message in the log:\n{}",
+        node.log()
+    );
+    let links = node.ns.ip(&["-d", "link", "show"])?;
+    ensure!(
+        !links.contains("xdp"),
+        "an XDP program is still attached:\n{links}"
+    );
+    ensure!(
+        !links.contains("podsw0"),
+        "the host port is still there:\n{links}"
+    );
+    Ok(())
+}
