@@ -40,6 +40,21 @@ pub enum Encap {
     Geneve,
 }
 
+impl std::fmt::Display for Encap {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(TunnelKind::from(*self).as_str())
+    }
+}
+
+impl std::fmt::Display for PollMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            PollMode::Adaptive => "adaptive",
+            PollMode::Busy => "busy",
+        })
+    }
+}
+
 impl From<Encap> for TunnelKind {
     fn from(encap: Encap) -> TunnelKind {
         match encap {

@@ -477,7 +477,17 @@ impl ControlPlane {
     /// Bind a socket on every active RX queue of `ifname`, sharing the UMEM.
     fn bind_sockets(&self, ifname: &str, ifindex: u32) -> Result<Vec<XskSocket>> {
         let queues = active_rx_queues(ifname).unwrap_or(1).max(1);
-        (0..queues)
+        self.bind_queues(ifname, ifindex, 0..queues)
+    }
+
+    /// Bind a socket on each of `queues` of `ifname`, sharing the UMEM.
+    fn bind_queues(
+        &self,
+        ifname: &str,
+        ifindex: u32,
+        queues: std::ops::Range<u32>,
+    ) -> Result<Vec<XskSocket>> {
+        queues
             .map(|queue| {
                 XskSocket::bind(
                     &self.parts.umem,
@@ -690,10 +700,52 @@ impl ControlPlane {
         })?)
     }
 
-    /// Re-resolve every peer's next hop (routes and neighbours change, and
-    /// the kernel's entries go stale since the switch's traffic bypasses
-    /// them); publish the peers whose template changed.
+    /// Follow the world: bind sockets on RX queues AF_XDP ports gained (an
+    /// XDP program redirects by queue, so a queue without a socket loses
+    /// its frames), and re-resolve every peer's next hop (routes and
+    /// neighbours change, and the kernel's entries go stale since the
+    /// switch's traffic bypasses them).
     pub fn maintain(&self) {
+        self.follow_queues();
+        self.refresh_peers();
+    }
+
+    fn follow_queues(&self) {
+        let mut state = self.lock();
+        for (slot, record) in state.ports.iter_mut().enumerate() {
+            let Some(record) = record.as_mut().filter(|r| r.kind == PortKind::Afxdp) else {
+                continue;
+            };
+            let name = record.view.name.clone();
+            let Ok(active) = active_rx_queues(&name) else {
+                continue;
+            };
+            if active <= record.queues {
+                continue;
+            }
+            let added = self.netlink().require_link(&name).and_then(|link| {
+                let sockets = self.bind_queues(&name, link.index, record.queues..active)?;
+                let (done, answer) = bounded(1);
+                self.parts.workers[record.view.worker].send(Command::AddSockets(
+                    PortId(slot as u16),
+                    sockets,
+                    done,
+                ))?;
+                answer
+                    .recv_timeout(WORKER_TIMEOUT)
+                    .context("the worker did not take the sockets in time")?
+            });
+            match added {
+                Ok(()) => {
+                    tracing::info!(port = %name, from = record.queues, to = active, "port gained RX queues");
+                    record.queues = active;
+                }
+                Err(e) => tracing::warn!(port = %name, "binding new RX queues: {e:#}"),
+            }
+        }
+    }
+
+    fn refresh_peers(&self) {
         let mut state = self.lock();
         let mut changed = false;
         for peer in state.peers.iter_mut().flatten() {

@@ -245,7 +245,7 @@ fn print_info(info: &Info) {
     );
     println!("uplink       {}", info.uplink);
     println!("host port    {}", info.host_port.as_deref().unwrap_or("-"));
-    println!("poll mode    {:?}", info.poll_mode);
+    println!("poll mode    {}", info.poll_mode);
     println!("version      {}", info.version);
 }
 
@@ -266,7 +266,7 @@ fn print_ports(ports: &[PortStatus]) {
             p.copy_mode.as_deref().unwrap_or("-"),
             p.queues,
             p.ip.map_or("-".into(), |ip| ip.to_string()),
-            p.mac,
+            p.mac.to_string(),
             p.counters.rx_packets,
             p.counters.tx_packets,
             drops
@@ -282,9 +282,9 @@ fn print_peers(peers: &[PeerStatus]) {
     for p in peers {
         println!(
             "{:<24} {:<18} {:<17} {:<24} {:<17}",
-            p.node_ip,
-            p.pod_cidr,
-            p.vtep_mac,
+            p.node_ip.to_string(),
+            p.pod_cidr.to_string(),
+            p.vtep_mac.to_string(),
             p.next_hop.map_or("-".into(), |h| h.to_string()),
             p.next_hop_mac
                 .map_or("unresolved".into(), |m| m.to_string())
@@ -294,7 +294,7 @@ fn print_peers(peers: &[PeerStatus]) {
 
 fn print_routes(routes: &[RouteEntry]) {
     for r in routes {
-        println!("{:<18} {}", r.prefix, r.target);
+        println!("{:<18} {}", r.prefix.to_string(), r.target);
     }
 }
 

@@ -148,6 +148,8 @@ pub enum Command {
     Add(WorkerPort, Sender<anyhow::Result<()>>),
     /// Stop polling a port and return all its frames; answered when done.
     Remove(PortId, Sender<()>),
+    /// Poll these new sockets too: an AF_XDP port gained RX queues.
+    AddSockets(PortId, Vec<XskSocket>, Sender<anyhow::Result<()>>),
     /// Remove every port and exit.
     Stop,
 }
@@ -288,6 +290,9 @@ impl Worker {
                     self.remove_port(id);
                     let _ = done.send(());
                 }
+                Command::AddSockets(id, sockets, done) => {
+                    let _ = done.send(self.add_sockets(id, sockets));
+                }
                 Command::Stop => return false,
             }
         }
@@ -296,17 +301,42 @@ impl Worker {
 
     fn add_port(&mut self, mut port: WorkerPort) -> anyhow::Result<()> {
         if let PortIo::AfXdp(afxdp) = &mut port.io {
-            for i in 0..afxdp.sockets.len() {
-                refill(&mut self.cache, &self.ctx.ledger, afxdp, i);
-            }
-            let mut program = afxdp.program.lock().unwrap_or_else(|e| e.into_inner());
-            for socket in &afxdp.sockets {
-                program.register_socket(socket.queue(), socket.as_raw_fd())?;
-            }
+            start_sockets(&mut self.cache, &self.ctx.ledger, afxdp, 0)?;
         }
         self.queues.add(port.id);
         self.ports.push(port);
         Ok(())
+    }
+
+    fn add_sockets(&mut self, id: PortId, sockets: Vec<XskSocket>) -> anyhow::Result<()> {
+        let port = self
+            .ports
+            .iter_mut()
+            .find(|p| p.id == id)
+            .ok_or_else(|| anyhow::anyhow!("no port {id:?} on this worker"))?;
+        let PortIo::AfXdp(afxdp) = &mut port.io else {
+            anyhow::bail!("port {id:?} is not an AF_XDP port");
+        };
+        let first_new = afxdp.sockets.len();
+        let budget = afxdp.fill[0];
+        for socket in sockets {
+            afxdp.sockets.push(socket);
+            afxdp.fill.push(budget);
+            afxdp.sent.push(0);
+            afxdp.completed.push(0);
+        }
+        start_sockets(&mut self.cache, &self.ctx.ledger, afxdp, first_new)?;
+        // Only a program installed after the queues appeared covers them.
+        let registered: Vec<(u32, std::os::fd::RawFd)> = afxdp
+            .sockets
+            .iter()
+            .map(|s| (s.queue(), s.as_raw_fd()))
+            .collect();
+        afxdp
+            .program
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reinstall(&registered)
     }
 
     /// Stop polling a port and put every frame it holds back on the free
@@ -691,6 +721,24 @@ fn reclaim_completions(
         free(cache, ledger, addr, Location::Tx);
     }
     n
+}
+
+/// Fill the rings of sockets `first..` of `port`, then register them in
+/// its XDP program, so frames are redirected only where frames can land.
+fn start_sockets(
+    cache: &mut FrameCache,
+    ledger: &FrameLedger,
+    port: &mut AfXdpPort,
+    first: usize,
+) -> anyhow::Result<()> {
+    for s in first..port.sockets.len() {
+        refill(cache, ledger, port, s);
+    }
+    let mut program = port.program.lock().unwrap_or_else(|e| e.into_inner());
+    for socket in &port.sockets[first..] {
+        program.register_socket(socket.queue(), socket.as_raw_fd())?;
+    }
+    Ok(())
 }
 
 /// Top up socket `s`'s fill ring to the port's target.

@@ -27,6 +27,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::Ebpf;
 use aya::maps::{Array, MapData, PerCpuArray, XskMap};
 use aya::programs::Xdp;
+use aya::programs::xdp::XdpLinkId;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage, LinkXdp};
 use rtnetlink::packet_core::{
@@ -171,12 +172,62 @@ struct UplinkMaps {
 /// One of our XDP programs attached to one interface; dropping it detaches
 /// the program.
 pub struct XdpProgram {
-    /// The loaded program and its bpf_link: dropping it detaches.
-    _ebpf: Ebpf,
-    sockets: XskMap<MapData>,
-    uplink: Option<UplinkMaps>,
+    loaded: Loaded,
+    /// The link the program is attached through (`None` only if a
+    /// reinstall failed half way, which leaves the interface without it).
+    link: Option<XdpLinkId>,
+    object: &'static [u8],
+    program: &'static str,
+    filter: Option<UplinkFilter>,
     ifname: String,
     mode: XdpMode,
+}
+
+/// A loaded, verified instance of one of our programs and its maps.
+struct Loaded {
+    /// The program and its link: dropping it detaches.
+    ebpf: Ebpf,
+    sockets: XskMap<MapData>,
+    uplink: Option<UplinkMaps>,
+}
+
+impl Loaded {
+    /// Load and verify `program` from `object`; an uplink program starts
+    /// with `filter`.
+    fn load(object: &[u8], program: &str, filter: Option<&UplinkFilter>) -> Result<Loaded> {
+        let mut ebpf =
+            Ebpf::load(object).with_context(|| format!("loading XDP object {program}"))?;
+        let sockets = XskMap::try_from(take_map(&mut ebpf, "xsks")?)?;
+        let uplink = match filter {
+            Some(filter) => {
+                let mut maps = UplinkMaps {
+                    filter: Array::try_from(take_map(&mut ebpf, "filter")?)?,
+                    counters: PerCpuArray::try_from(take_map(&mut ebpf, "counters")?)?,
+                };
+                maps.filter.set(0, FilterEntry::from(filter), 0)?;
+                Some(maps)
+            }
+            None => None,
+        };
+        let mut loaded = Loaded {
+            ebpf,
+            sockets,
+            uplink,
+        };
+        loaded
+            .xdp(program)?
+            .load()
+            .with_context(|| format!("verifying XDP program {program}"))?;
+        Ok(loaded)
+    }
+
+    fn xdp(&mut self, program: &str) -> Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(program)
+            .with_context(|| format!("XDP object has no program {program}"))?
+            .try_into()?)
+    }
 }
 
 impl XdpProgram {
@@ -197,47 +248,28 @@ impl XdpProgram {
     }
 
     fn attach(
-        object: &[u8],
-        program: &str,
+        object: &'static [u8],
+        program: &'static str,
         ifname: &str,
         choice: XdpModeChoice,
         filter: Option<&UplinkFilter>,
     ) -> Result<XdpProgram> {
-        let mut ebpf =
-            Ebpf::load(object).with_context(|| format!("loading XDP object {program}"))?;
-        let sockets = XskMap::try_from(take_map(&mut ebpf, "xsks")?)?;
-        let uplink = match filter {
-            Some(filter) => {
-                let mut maps = UplinkMaps {
-                    filter: Array::try_from(take_map(&mut ebpf, "filter")?)?,
-                    counters: PerCpuArray::try_from(take_map(&mut ebpf, "counters")?)?,
-                };
-                maps.filter.set(0, FilterEntry::from(filter), 0)?;
-                Some(maps)
-            }
-            None => None,
-        };
-        let xdp: &mut Xdp = ebpf
-            .program_mut(program)
-            .with_context(|| format!("XDP object has no program {program}"))?
-            .try_into()?;
-        xdp.load()
-            .with_context(|| format!("verifying XDP program {program}"))?;
-
+        let mut loaded = Loaded::load(object, program, filter)?;
         if detach_stale(ifname)? {
             tracing::warn!(
                 ifname,
                 "removed a stale XDP program left attached through netlink"
             );
         }
+        let xdp = loaded.xdp(program)?;
         let mut attach_in = |mode: XdpMode| {
             xdp.attach(ifname, mode.aya())
                 .with_context(|| {
                     format!("attaching XDP program {program} to {ifname} in {mode} mode")
                 })
-                .map(|_| mode)
+                .map(|link| (mode, link))
         };
-        let mode = match choice {
+        let (mode, link) = match choice {
             XdpModeChoice::Native => attach_in(XdpMode::Native)?,
             XdpModeChoice::Generic => attach_in(XdpMode::Generic)?,
             XdpModeChoice::Auto => attach_in(XdpMode::Native).or_else(|native_err| {
@@ -250,12 +282,49 @@ impl XdpProgram {
         };
         tracing::debug!(ifname, program, %mode, "XDP program attached");
         Ok(XdpProgram {
-            _ebpf: ebpf,
-            sockets,
-            uplink,
+            loaded,
+            link: Some(link),
+            object,
+            program,
+            filter: filter.copied(),
             ifname: ifname.to_string(),
             mode,
         })
+    }
+
+    /// Swap in a fresh instance of the program, with `sockets` (queue,
+    /// socket) in its map, atomically through the same link. The kernel
+    /// points each of a veth's RX queues at the XDP program only when a
+    /// program is installed, so after the veth gains queues (`ethtool -L`)
+    /// the new ones bypass XDP — and the switch — until this is done.
+    pub fn reinstall(&mut self, sockets: &[(u32, RawFd)]) -> Result<()> {
+        let mut fresh = Loaded::load(self.object, self.program, self.filter.as_ref())?;
+        for &(queue, fd) in sockets {
+            self.check_queue(queue)?;
+            fresh.sockets.set(queue, fd, 0).with_context(|| {
+                format!(
+                    "registering the AF_XDP socket of {} queue {queue}",
+                    self.ifname
+                )
+            })?;
+        }
+        let id = self
+            .link
+            .take()
+            .with_context(|| format!("the XDP program on {} lost its link", self.ifname))?;
+        let link = self
+            .loaded
+            .xdp(self.program)?
+            .take_link(id)
+            .context("taking the XDP link over")?;
+        self.link = Some(
+            fresh
+                .xdp(self.program)?
+                .attach_to_link(link)
+                .with_context(|| format!("replacing the XDP program on {}", self.ifname))?,
+        );
+        self.loaded = fresh;
+        Ok(())
     }
 
     /// The mode the program runs in.
@@ -268,7 +337,7 @@ impl XdpProgram {
     /// frames redirected to a socket of another queue).
     pub fn register_socket(&mut self, queue: u32, fd: RawFd) -> Result<()> {
         self.check_queue(queue)?;
-        self.sockets.set(queue, fd, 0).with_context(|| {
+        self.loaded.sockets.set(queue, fd, 0).with_context(|| {
             format!(
                 "registering the AF_XDP socket of {} queue {queue}",
                 self.ifname
@@ -280,7 +349,7 @@ impl XdpProgram {
     /// are dropped, uplink frames pass to the kernel.
     pub fn unregister_socket(&mut self, queue: u32) -> Result<()> {
         self.check_queue(queue)?;
-        self.sockets.unset(queue).with_context(|| {
+        self.loaded.sockets.unset(queue).with_context(|| {
             format!(
                 "unregistering the AF_XDP socket of {} queue {queue}",
                 self.ifname
@@ -291,17 +360,19 @@ impl XdpProgram {
     /// Change what the uplink program redirects, at run time.
     pub fn set_uplink_filter(&mut self, filter: &UplinkFilter) -> Result<()> {
         let ifname = &self.ifname;
-        let maps = self.uplink.as_mut().with_context(|| {
+        let maps = self.loaded.uplink.as_mut().with_context(|| {
             format!("{ifname} runs the pod program, which has no uplink filter")
         })?;
         maps.filter
             .set(0, FilterEntry::from(filter), 0)
-            .with_context(|| format!("setting the uplink filter on {ifname}"))
+            .with_context(|| format!("setting the uplink filter on {ifname}"))?;
+        self.filter = Some(*filter);
+        Ok(())
     }
 
     /// The uplink program's packet counters, summed over CPUs.
     pub fn uplink_counters(&self) -> Result<UplinkCounters> {
-        let maps = self.uplink.as_ref().with_context(|| {
+        let maps = self.loaded.uplink.as_ref().with_context(|| {
             format!(
                 "{} runs the pod program, which has no counters",
                 self.ifname
@@ -333,7 +404,7 @@ impl fmt::Debug for XdpProgram {
         f.debug_struct("XdpProgram")
             .field("ifname", &self.ifname)
             .field("mode", &self.mode)
-            .field("uplink", &self.uplink.is_some())
+            .field("uplink", &self.loaded.uplink.is_some())
             .finish_non_exhaustive()
     }
 }

@@ -311,3 +311,160 @@ fn clean_stop_and_restart_after_kill() -> Result<()> {
     );
     Ok(())
 }
+
+/// A pod veth that gains an RX queue (`ethtool -L`, the switch's end first,
+/// which leaves the new queue outside native XDP until the program is
+/// reinstalled) is followed: a socket is bound on the new queue and
+/// traffic spread over both queues arrives.
+#[test]
+fn ports_follow_new_rx_queues() -> Result<()> {
+    let _serial = serial();
+    let tb = TwoNodes::new("sw-queues", "vxlan")?;
+    let [n1, _] = &tb.nodes;
+    let [[a, _], [c, _]] = &tb.pods;
+    n1.ns
+        .run("ethtool", &["-L", &a.host_ifname, "rx", "2", "tx", "2"])?;
+    a.ns.run("ethtool", &["-L", "eth0", "rx", "2", "tx", "2"])?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let ports = n1.cli_json(&["ports"])?;
+        let queues = ports
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == a.host_ifname.as_str()))
+            .map(|p| p["queues"].clone());
+        if queues == Some(serde_json::json!(2)) {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the port never got a second socket: {ports}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    expect_pings(a, c.ip, "after the pod gained a queue")?;
+    let _server = iperf_server(&c.ns, IPERF_PORT)?;
+    let result = IperfClient {
+        streams: 8,
+        ..IperfClient::default()
+    }
+    .run(&a.ns, c.ip)?;
+    ensure!(
+        result.gbps() > 0.05,
+        "8 streams over 2 queues: {:.3} Gbit/s",
+        result.gbps()
+    );
+    check_frames(n1)
+}
+
+/// The underlay next hop's MAC is read from the kernel's neighbour table
+/// and followed when it changes.
+#[test]
+fn next_hop_mac_follows_the_neighbour_table() -> Result<()> {
+    let _serial = serial();
+    let tb = TwoNodes::new("sw-neigh", "vxlan")?;
+    let [n1, n2] = &tb.nodes;
+    let real = podswitch_lab::format_mac(n2.ns.mac("ul0")?);
+    let next_hop_mac = |node: &SwitchNode| -> Result<String> {
+        let peers = node.cli_json(&["peers"])?;
+        Ok(peers[0]["next_hop_mac"].as_str().unwrap_or("").to_string())
+    };
+    ensure!(
+        next_hop_mac(n1)? == real,
+        "peer resolved to {} not {real}",
+        next_hop_mac(n1)?
+    );
+    let bogus = "02:00:00:00:00:99";
+    let peer = node_ip(2).to_string();
+    n1.ns.ip(&[
+        "neigh",
+        "replace",
+        &peer,
+        "lladdr",
+        bogus,
+        "dev",
+        "ul0",
+        "nud",
+        "permanent",
+    ])?;
+    let wait_for = |mac: &str| -> Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while next_hop_mac(n1)? != mac {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "next hop MAC never became {mac}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        Ok(())
+    };
+    // (A veth underlay delivers frames whatever their MAC, so the bogus
+    // one cannot be seen to fail here; that the switch follows it can.)
+    wait_for(bogus)?;
+    let [[a, _], [c, _]] = &tb.pods;
+    n1.ns.ip(&[
+        "neigh",
+        "replace",
+        &peer,
+        "lladdr",
+        &real,
+        "dev",
+        "ul0",
+        "nud",
+        "reachable",
+    ])?;
+    wait_for(&real)?;
+    expect_pings(a, c.ip, "after the neighbour entry was corrected")
+}
+
+/// Garbage, half requests, huge requests and bad values on the control
+/// socket get clear refusals; the daemon keeps serving.
+#[test]
+fn control_socket_refuses_bad_requests() -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let _serial = serial();
+    let tb = TwoNodes::new("sw-ctl", "vxlan")?;
+    let node = &tb.nodes[0];
+    let ask = |line: &[u8]| -> Result<serde_json::Value> {
+        let mut stream = std::os::unix::net::UnixStream::connect(&node.socket)?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        stream.write_all(line)?;
+        stream.shutdown(std::net::Shutdown::Write)?;
+        let mut answer = String::new();
+        BufReader::new(stream).read_line(&mut answer)?;
+        Ok(serde_json::from_str(&answer)?)
+    };
+    let cases: [(&[u8], &str); 6] = [
+        (b"this is not json\n", "bad request"),
+        (b"{\"op\":\"explode\"}\n", "explode"),
+        (b"{\"op\":\"port_add\",\"name\":\"x\",\"ip\":\"10.244.9.9\",\"mac\":\"0a:58:0a:f4:09:09\"}\n", "not a usable address"),
+        (b"{\"op\":\"port_add\",\"name\":\"nosuchif\",\"ip\":\"10.244.1.9\",\"mac\":\"0a:58:0a:f4:01:09\"}\n", "nosuchif"),
+        (b"{\"op\":\"peer_add\",\"node_ip\":\"10.1.0.11\",\"pod_cidr\":\"10.244.7.0/24\"}\n", "own address"),
+        (b"{\"op\":\"info\"", "not terminated"),
+    ];
+    for (line, needle) in cases {
+        let answer = ask(line)?;
+        ensure!(
+            answer["ok"] == false,
+            "accepted {:?}: {answer}",
+            String::from_utf8_lossy(line)
+        );
+        let error = answer["error"].as_str().unwrap_or_default();
+        ensure!(
+            error.contains(needle),
+            "{:?}: error {error:?} lacks {needle:?}",
+            String::from_utf8_lossy(line)
+        );
+    }
+    let mut huge = vec![b'x'; 100_000];
+    huge.push(b'\n');
+    let answer = ask(&huge)?;
+    ensure!(
+        answer["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("longer than"),
+        "{answer}"
+    );
+    node.cli(&["info"]).context("the daemon stopped serving")?;
+    check_frames(node)
+}
