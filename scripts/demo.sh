@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
-cargo build --release -p podswitch -p podswitch-bench
+cargo build --release -p podswitch -p podswitch-cni -p podswitch-bench
 
 # The demo removes its namespaces itself, on failure and Ctrl-C too; this
 # catches anything left if it is killed outright.

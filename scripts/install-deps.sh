@@ -9,8 +9,13 @@ PACKAGES=(
   iproute2 ethtool iperf3 tcpdump tshark netsniff-ng python3-scapy procps psmisc
   # XDP/BPF programs: clang builds switch/bpf/*.c, libxdp/libbpf load them
   clang llvm libelf-dev zlib1g-dev pkg-config libbpf-dev libxdp-dev m4 make
+  # CNI: Debian's reference plugins (host-local IPAM, portmap, bandwidth)
+  # to chain and delegate to, and iptables for portmap
+  containernetworking-plugins iptables
+  # container runtimes the CNI tests drive, and busybox for their image
+  podman containerd runc busybox-static
   # profiling the switch (perf has no hardware counters here)
-  valgrind
+  valgrind strace
 )
 
 missing=()

@@ -5,7 +5,7 @@
 # A failed "up" takes down whatever it had built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q -p podswitch -p podswitch-bench
+cargo build --release -q -p podswitch -p podswitch-cni -p podswitch-bench
 case "${1:-}" in
   up)
     shift

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use podswitch_lab::cluster::{Pod, SwitchNode, SwitchOptions, SwitchPair, node_ip, ping_stats};
+use podswitch_lab::cni::CniPlugin;
 use podswitch_lab::cpu::CpuMeter;
 use podswitch_lab::interrupt::{catch_interrupts, check_interrupted};
 use podswitch_lab::traffic::{IPERF_PORT, IperfClient, iperf_server};
@@ -28,13 +29,19 @@ pub struct SwitchArgs {
 }
 
 impl SwitchArgs {
-    /// The lab's options for them.
-    pub fn options(&self) -> SwitchOptions {
-        SwitchOptions {
+    /// The lab's options for them: pods made by the podswitch-cni binary
+    /// next to this one, as a container runtime would.
+    pub fn options(&self) -> Result<SwitchOptions> {
+        let cni = sibling_binary("podswitch-cni")?;
+        Ok(SwitchOptions {
             encap: self.encap.clone(),
             poll_mode: self.poll_mode.clone(),
             xdp_mode: self.xdp_mode.clone(),
-        }
+            cni: Some(CniPlugin {
+                path: vec![cni.parent().map(PathBuf::from).unwrap_or_default()],
+                binary: cni,
+            }),
+        })
     }
 }
 
@@ -54,10 +61,10 @@ struct Row {
     result: String,
 }
 
-/// The `podswitch` executable next to this one.
-pub fn podswitch_binary() -> Result<PathBuf> {
+/// The executable `name` next to this one (the workspace's build output).
+pub fn sibling_binary(name: &str) -> Result<PathBuf> {
     let me = std::env::current_exe().context("locating podswitch-bench")?;
-    let binary = me.with_file_name("podswitch");
+    let binary = me.with_file_name(name);
     anyhow::ensure!(
         binary.exists(),
         "{} not found: build the workspace first (cargo build --release)",
@@ -76,7 +83,7 @@ fn step(what: &str) -> Result<()> {
 pub fn run(args: &DemoArgs) -> Result<()> {
     podswitch_lab::require_root()?;
     catch_interrupts()?;
-    let binary = podswitch_binary()?;
+    let binary = sibling_binary("podswitch")?;
     let mut lab = Lab::new("demo")?;
     let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
     println!(
@@ -88,7 +95,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     step(
         "building nodes 10.1.0.11 and 10.1.0.12 on a veth underlay, podswitch on both, two pods each",
     )?;
-    let options = args.switch.options();
+    let options = args.switch.options()?;
     let SwitchPair {
         nodes: [mut node1, mut node2],
         pods,
@@ -179,9 +186,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         let loss = if client.udp.is_some() {
             let overflowed = udp_receive_buffer_errors(&to.ns)? - buffer_errors;
             format!(
-                ", {:.2}% lost ({overflowed} of {} overflowed the receiving socket's buffer)",
+                ", {:.2}% lost; the receiving socket's buffer overflowed {overflowed} times",
                 100.0 * result.lost_packets as f64 / result.packets.max(1) as f64,
-                result.lost_packets
             )
         } else {
             format!(", {} retransmits", result.retransmits)
@@ -203,7 +209,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         info["router_mac"].as_str().unwrap_or("?")
     );
     println!("  node 2  10.1.0.12  pod CIDR 10.244.2.0/24");
-    println!("  pod MTU {pod_mtu}; uplink {uplink_mode}; pods on veth ports, offloads off");
+    println!(
+        "  pod MTU {pod_mtu}; uplink {uplink_mode}; pods on veth ports made by podswitch-cni (CNI ADD), offloads off"
+    );
     println!("\nWhat happened");
     let width = rows.iter().map(|r| r.what.len()).max().unwrap_or(0);
     for row in &rows {

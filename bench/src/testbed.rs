@@ -12,7 +12,7 @@ use podswitch_lab::Lab;
 use podswitch_lab::cluster::{SwitchOptions, SwitchPair};
 use podswitch_lab::netns::delete_namespaces;
 
-use crate::demo::{SwitchArgs, podswitch_binary};
+use crate::demo::{SwitchArgs, sibling_binary};
 
 /// Namespaces of the testbed start with this.
 const PREFIX: &str = "pslab";
@@ -31,7 +31,7 @@ pub enum TestbedCommand {
 /// Run a `testbed` subcommand.
 pub fn run(command: &TestbedCommand) -> Result<()> {
     match command {
-        TestbedCommand::Up(args) => up(args.options()),
+        TestbedCommand::Up(args) => up(args.options()?),
         TestbedCommand::Down => down(),
     }
 }
@@ -42,7 +42,7 @@ fn pid_file() -> PathBuf {
 
 fn up(options: SwitchOptions) -> Result<()> {
     podswitch_lab::require_root()?;
-    let binary = podswitch_binary()?;
+    let binary = sibling_binary("podswitch")?;
     let mut lab = Lab::named(PREFIX)?;
     let mut pair = SwitchPair::build(&mut lab, &binary, STATE_DIR.as_ref(), &options)?;
     // Built: from here on nothing is cleaned up when this program ends.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::cni::{CniPlugin, podswitch_network};
 use crate::kernel_node::KernelVxlan;
 use crate::netns::{Lab, Netns, format_mac};
 use crate::process::Process;
@@ -89,14 +90,19 @@ pub struct SwitchOptions {
     pub poll_mode: String,
     /// "auto", "native" or "generic".
     pub xdp_mode: String,
+    /// Make pods with this CNI plugin (as a runtime would) instead of a
+    /// veth and `podswitch port add`.
+    pub cni: Option<CniPlugin>,
 }
 
 impl Default for SwitchOptions {
+    /// VXLAN, adaptive polling, XDP mode chosen automatically, veth pods.
     fn default() -> SwitchOptions {
         SwitchOptions {
             encap: "vxlan".into(),
             poll_mode: "adaptive".into(),
             xdp_mode: "auto".into(),
+            cni: None,
         }
     }
 }
@@ -268,6 +274,23 @@ impl SwitchNode {
         Ok(pod)
     }
 
+    /// The podswitch-cni network configuration for this node's pods.
+    pub fn cni_network(&self, cni_version: &str) -> serde_json::Value {
+        podswitch_network(
+            cni_version,
+            &self.socket,
+            &self.dir.join(format!("node{}-ipam", self.index)),
+        )
+    }
+
+    /// Create pod `pod<node><n>` through the CNI plugin.
+    pub fn add_cni_pod(&self, lab: &mut Lab, plugin: &CniPlugin, n: u8) -> Result<Pod> {
+        let name = format!("pod{}{n}", self.index);
+        Ok(plugin
+            .add_pod(lab, &self.ns, &name, &self.cni_network("1.0.0"))?
+            .0)
+    }
+
     /// The process id of the running daemon.
     pub fn pid(&self) -> Option<u32> {
         self.daemon.as_ref().map(Process::pid)
@@ -287,7 +310,8 @@ impl SwitchNode {
 }
 
 /// The lab of the demo and the tests: podswitch nodes 1 and 2 on a veth
-/// underlay, peered with each other, with pods 2 and 3 on each.
+/// underlay, peered with each other, with two pods on each (10.244.i.2 and
+/// .3, which is also what the CNI plugin's IPAM hands out first).
 pub struct SwitchPair {
     /// Nodes 1 and 2.
     pub nodes: [SwitchNode; 2],
@@ -317,15 +341,13 @@ impl SwitchPair {
         let mtu = node1.cli_json(&["info"])?["pod_mtu"]
             .as_u64()
             .unwrap_or(1450) as u32;
+        let mut pod = |node: &SwitchNode, n: u8| match &options.cni {
+            Some(plugin) => node.add_cni_pod(lab, plugin, n),
+            None => node.add_veth_pod(lab, n, mtu),
+        };
         let pods = [
-            [
-                node1.add_veth_pod(lab, 2, mtu)?,
-                node1.add_veth_pod(lab, 3, mtu)?,
-            ],
-            [
-                node2.add_veth_pod(lab, 2, mtu)?,
-                node2.add_veth_pod(lab, 3, mtu)?,
-            ],
+            [pod(&node1, 2)?, pod(&node1, 3)?],
+            [pod(&node2, 2)?, pod(&node2, 3)?],
         ];
         Ok(SwitchPair {
             nodes: [node1, node2],

@@ -6,6 +6,7 @@
 
 pub mod capture;
 pub mod cluster;
+pub mod cni;
 pub mod cpu;
 pub mod interrupt;
 pub mod kernel_node;

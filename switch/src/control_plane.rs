@@ -30,7 +30,7 @@ use crate::netlink::{LinkInfo, Netlink, NextHop};
 use crate::stats::{MAX_PORTS, PortReport, WorkerStats, port_report, worker_report};
 use crate::tap::TapDevice;
 use crate::topology::{PeerId, PeerView, PortId, PortRole, PortView, RouteTarget, Topology};
-use crate::worker::{AfXdpPort, Command, FillBudget, PortIo, WorkerPort};
+use crate::worker::{AfXdpPort, Command, FillBudget, PortIo, TapPort, WorkerPort};
 use crate::xdp::{UplinkFilter, XdpProgram};
 
 /// The uplink's port id.
@@ -454,7 +454,7 @@ impl ControlPlane {
                 let netlink = self.netlink();
                 let link = netlink.require_link(&spec.name)?;
                 netlink.set_link_up(link.index, Some(self.parts.pod_mtu), None)?;
-                Ok((PortIo::Tap(tap), None, None, 1))
+                Ok((PortIo::Tap(TapPort::new(tap)), None, None, 1))
             }
             PortKind::Afxdp => {
                 let link = self.netlink().require_link(&spec.name)?;
@@ -609,7 +609,7 @@ impl ControlPlane {
             next_hop_mac: None,
             template: None,
         };
-        self.resolve(&mut record);
+        self.resolve(&mut record, &self.neighbours(), true);
         state.peers[slot] = Some(record);
         self.publish_topology(&state);
         let id = PeerId(slot as u16);
@@ -640,11 +640,22 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Resolve a peer's underlay next hop and build its template; an
-    /// unresolved peer keeps no template and is retried by [`Self::maintain`].
-    fn resolve(&self, peer: &mut PeerRecord) {
+    /// Resolve a peer's underlay next hop (looking its route up again if
+    /// `reroute` or it has none) and its MAC in `neighbours`, and build its
+    /// template; an unresolved peer keeps no template and is retried by
+    /// [`Self::maintain`].
+    fn resolve(
+        &self,
+        peer: &mut PeerRecord,
+        neighbours: &HashMap<(IpAddr, u32), MacAddr>,
+        reroute: bool,
+    ) {
         let netlink = self.netlink();
-        let hop = match netlink.next_hop(peer.config.node_ip) {
+        let route = match peer.next_hop {
+            Some(hop) if !reroute => Ok(hop),
+            _ => netlink.next_hop(peer.config.node_ip),
+        };
+        let hop = match route {
             Ok(hop) if hop.ifindex == self.parts.uplink_index => hop,
             Ok(hop) => {
                 tracing::warn!(
@@ -662,7 +673,7 @@ impl ControlPlane {
             }
         };
         peer.next_hop = Some(hop);
-        let mac = netlink.neighbour(hop.neighbour, hop.ifindex).ok().flatten();
+        let mac = neighbours.get(&(hop.neighbour, hop.ifindex)).copied();
         if mac.is_none() || peer.template.is_none() {
             let _ = netlink.probe_neighbour(hop.neighbour, hop.ifindex);
         }
@@ -700,14 +711,26 @@ impl ControlPlane {
         })?)
     }
 
-    /// Follow the world: bind sockets on RX queues AF_XDP ports gained (an
-    /// XDP program redirects by queue, so a queue without a socket loses
-    /// its frames), and re-resolve every peer's next hop (routes and
-    /// neighbours change, and the kernel's entries go stale since the
-    /// switch's traffic bypasses them).
-    pub fn maintain(&self) {
-        self.follow_queues();
-        self.refresh_peers();
+    /// Follow the world, called once a second (`round` counts the calls):
+    /// re-read every peer's next-hop MAC from the neighbour table (the
+    /// kernel's entries go stale since the switch's traffic bypasses them,
+    /// so missing ones are probed), every 10th round its route too; every
+    /// 5th round, bind sockets on RX queues AF_XDP ports gained (an XDP
+    /// program redirects by queue, so a queue without a socket loses its
+    /// frames). Route lookups and the queue count cost milliseconds each
+    /// here, and change only when an operator changes them.
+    pub fn maintain(&self, round: u64) {
+        if round.is_multiple_of(5) {
+            self.follow_queues();
+        }
+        self.refresh_peers(round.is_multiple_of(10), |_| true);
+    }
+
+    fn neighbours(&self) -> HashMap<(IpAddr, u32), MacAddr> {
+        self.netlink().neighbours().unwrap_or_else(|e| {
+            tracing::warn!("{e:#}");
+            HashMap::new()
+        })
     }
 
     fn follow_queues(&self) {
@@ -745,17 +768,36 @@ impl ControlPlane {
         }
     }
 
-    fn refresh_peers(&self) {
+    /// Retry the peers whose route is known but whose next hop's MAC is
+    /// not yet (a new peer, or one whose neighbour was lost); true while
+    /// some remain. Called every few milliseconds while it returns true, so
+    /// a new peer carries traffic as soon as the kernel has resolved it
+    /// rather than at the next [`Self::maintain`].
+    pub fn resolve_pending(&self) -> bool {
+        let pending = |p: &PeerRecord| p.template.is_none() && p.next_hop.is_some();
+        if !self.lock().peers.iter().flatten().any(pending) {
+            return false;
+        }
+        self.refresh_peers(false, pending)
+    }
+
+    /// Re-resolve the peers `which` selects; true if some of them are
+    /// still unresolved.
+    fn refresh_peers(&self, reroute: bool, which: impl Fn(&PeerRecord) -> bool) -> bool {
+        let neighbours = self.neighbours();
         let mut state = self.lock();
         let mut changed = false;
-        for peer in state.peers.iter_mut().flatten() {
+        let mut unresolved = false;
+        for peer in state.peers.iter_mut().flatten().filter(|p| which(p)) {
             let before = (peer.next_hop_mac, peer.template.is_some());
-            self.resolve(peer);
+            self.resolve(peer, &neighbours, reroute);
             changed |= before != (peer.next_hop_mac, peer.template.is_some());
+            unresolved |= peer.template.is_none();
         }
         if changed {
             self.publish_topology(&state);
         }
+        unresolved
     }
 
     /// Route a pod CIDR to the host port in the node's own table, so the

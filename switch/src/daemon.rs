@@ -6,11 +6,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
-use crossbeam::channel::{bounded, unbounded};
+use crossbeam::channel::{RecvTimeoutError, Sender, bounded, unbounded};
 use crossbeam::queue::ArrayQueue;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{SigSet, Signal};
@@ -31,7 +31,8 @@ use crate::stats::WorkerStats;
 use crate::tap::TapDevice;
 use crate::topology::{PortRole, Topology};
 use crate::worker::{
-    AfXdpPort, Command, FillBudget, INBOX_CAPACITY, PortIo, Worker, WorkerContext, WorkerPort,
+    AfXdpPort, Command, FillBudget, INBOX_CAPACITY, PortIo, TapPort, Worker, WorkerContext,
+    WorkerPort,
 };
 use crate::xdp::XdpProgram;
 
@@ -40,6 +41,8 @@ use crate::xdp::XdpProgram;
 pub const FRAME_SIZE: u32 = 4096;
 /// How often peers' underlay next hops are re-resolved.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often peers waiting for their next hop's MAC are looked at again.
+const RESOLVE_RETRY: Duration = Duration::from_millis(20);
 
 /// Run the daemon until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<()> {
@@ -197,10 +200,10 @@ pub fn run(config: Config) -> Result<()> {
         FillBudget::new(uplink_fill, uplink_fill),
     ));
     start_port(&plane, UPLINK_PORT, uplink_port)?;
-    start_port(&plane, HOST_PORT, PortIo::Tap(host_tap))?;
+    start_port(&plane, HOST_PORT, PortIo::Tap(TapPort::new(host_tap)))?;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let maintenance = spawn_maintenance(plane.clone(), stop.clone())?;
+    let (maintenance, stop_maintenance) = spawn_maintenance(plane.clone())?;
     let control = server.serve(plane.clone(), stop.clone());
 
     tracing::info!(
@@ -219,6 +222,7 @@ pub fn run(config: Config) -> Result<()> {
     let signal = stop_signals.wait().context("waiting for a signal")?;
     tracing::info!(?signal, "stopping");
     stop.store(true, Ordering::Relaxed);
+    drop(stop_maintenance);
     for handle in plane.workers() {
         let _ = handle.send(Command::Stop);
     }
@@ -284,20 +288,34 @@ fn spawn_worker(
         .context("spawning a worker thread")
 }
 
-fn spawn_maintenance(plane: Arc<ControlPlane>, stop: Arc<AtomicBool>) -> Result<JoinHandle<()>> {
-    std::thread::Builder::new()
+/// Run [`ControlPlane::maintain`] every [`MAINTENANCE_INTERVAL`], and
+/// [`ControlPlane::resolve_pending`] every [`RESOLVE_RETRY`] while peers
+/// wait for their next hop's MAC, until the returned sender is dropped.
+fn spawn_maintenance(plane: Arc<ControlPlane>) -> Result<(JoinHandle<()>, Sender<()>)> {
+    let (stop, stopped) = bounded::<()>(0);
+    let thread = std::thread::Builder::new()
         .name("maintenance".into())
         .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                plane.maintain();
-                let mut slept = Duration::ZERO;
-                while slept < MAINTENANCE_INTERVAL && !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(50));
-                    slept += Duration::from_millis(50);
+            let mut round = 0u64;
+            let mut next_round = Instant::now() + MAINTENANCE_INTERVAL;
+            loop {
+                let wake = if plane.resolve_pending() {
+                    next_round.min(Instant::now() + RESOLVE_RETRY)
+                } else {
+                    next_round
+                };
+                if let Ok(()) | Err(RecvTimeoutError::Disconnected) = stopped.recv_deadline(wake) {
+                    break;
+                }
+                if Instant::now() >= next_round {
+                    round += 1;
+                    plane.maintain(round);
+                    next_round = Instant::now() + MAINTENANCE_INTERVAL;
                 }
             }
         })
-        .context("spawning the maintenance thread")
+        .context("spawning the maintenance thread")?;
+    Ok((thread, stop))
 }
 
 /// The host port carries IPv4 pod traffic only; without IPv6 the kernel

@@ -3,17 +3,22 @@
 //! `rtnetlink` crate (which is async) and a private single-threaded
 //! runtime. Every call acts on the caller's network namespace.
 
-use std::net::IpAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use anyhow::{Context, Result, bail};
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use ipnet::{IpNet, Ipv4Net};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage,
+};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState,
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::mac::MacAddr;
 
@@ -150,7 +155,7 @@ impl Netlink {
 
     /// Route `destination` out of interface `index`, replacing any route to it.
     pub fn replace_route(&self, destination: Ipv4Net, index: u32) -> Result<()> {
-        let route = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(destination.network(), destination.prefix_len())
             .output_interface(index)
             .build();
@@ -162,7 +167,7 @@ impl Netlink {
     /// Remove the route to `destination` out of interface `index`; a route
     /// already gone is fine.
     pub fn delete_route(&self, destination: Ipv4Net, index: u32) -> Result<()> {
-        let route = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(destination.network(), destination.prefix_len())
             .output_interface(index)
             .build();
@@ -177,10 +182,127 @@ impl Netlink {
         }
     }
 
+    /// Create the veth pair `host` — `peer`, `host` in this namespace and
+    /// `peer` directly in the namespace `peer_netns` refers to (so no
+    /// temporary name can clash here), both with `mtu`.
+    pub fn create_veth(
+        &self,
+        host: &str,
+        peer: &str,
+        peer_netns: BorrowedFd,
+        mtu: u32,
+    ) -> Result<()> {
+        let peer_message = LinkUnspec::new_with_name(peer)
+            .setns_by_fd(peer_netns.as_raw_fd())
+            .mtu(mtu)
+            .build();
+        let message = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(host.to_string())
+            .mtu(mtu)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_message)))
+            .build();
+        self.runtime
+            .block_on(self.handle.link().add(message).execute())
+            .with_context(|| format!("creating the veth pair {host}/{peer}"))
+    }
+
+    /// Delete the interface `name` (and its veth peer with it); false if
+    /// there was none.
+    pub fn delete_link(&self, name: &str) -> Result<bool> {
+        let Some(link) = self.link(name)? else {
+            return Ok(false);
+        };
+        match self
+            .runtime
+            .block_on(self.handle.link().del(link.index).execute())
+        {
+            Ok(()) => Ok(true),
+            Err(e) if errno(&e) == Some(ENODEV) => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("deleting interface {name}")),
+        }
+    }
+
+    /// Route `destination` via `gateway` out of interface `index`, the
+    /// gateway on-link (it need not be in the interface's subnet).
+    pub fn add_route_via(&self, destination: Ipv4Net, gateway: Ipv4Addr, index: u32) -> Result<()> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(destination.network(), destination.prefix_len())
+            .gateway(gateway)
+            .output_interface(index)
+            .onlink()
+            .build();
+        match self
+            .runtime
+            .block_on(self.handle.route().add(route).execute())
+        {
+            Err(e) if errno(&e) != Some(EEXIST) => {
+                Err(e).with_context(|| format!("routing {destination} via {gateway}"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The addresses on interface `index`.
+    pub fn addresses(&self, index: u32) -> Result<Vec<IpNet>> {
+        let request = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let messages: Vec<AddressMessage> = self
+            .runtime
+            .block_on(request.try_collect())
+            .with_context(|| format!("listing the addresses of interface {index}"))?;
+        Ok(messages
+            .iter()
+            .filter_map(|m| {
+                let prefix = m.header.prefix_len;
+                m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(ip) => IpNet::new(*ip, prefix).ok(),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    /// The IPv4 routes of the main table: destination, gateway, interface.
+    pub fn routes_v4(&self) -> Result<Vec<(Ipv4Net, Option<Ipv4Addr>, u32)>> {
+        let request = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let messages: Vec<netlink_packet_route::route::RouteMessage> = self
+            .runtime
+            .block_on(request.try_collect())
+            .context("listing routes")?;
+        Ok(messages
+            .iter()
+            .filter(|m| m.header.table == libc::RT_TABLE_MAIN)
+            .map(|m| {
+                let mut destination = Ipv4Addr::UNSPECIFIED;
+                let mut gateway = None;
+                let mut oif = 0;
+                for attribute in &m.attributes {
+                    match attribute {
+                        RouteAttribute::Destination(RouteAddress::Inet(v4)) => destination = *v4,
+                        RouteAttribute::Gateway(RouteAddress::Inet(v4)) => gateway = Some(*v4),
+                        RouteAttribute::Oif(index) => oif = *index,
+                        _ => {}
+                    }
+                }
+                let prefix = Ipv4Net::new(destination, m.header.destination_prefix_length)
+                    .unwrap_or_default();
+                (prefix, gateway, oif)
+            })
+            .collect())
+    }
+
     /// Ask the kernel's routing table where packets to `destination` go.
     pub fn next_hop(&self, destination: IpAddr) -> Result<NextHop> {
         let mut route = match destination {
-            IpAddr::V4(v4) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            IpAddr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new()
                 .destination_prefix(v4, 32)
                 .build(),
             IpAddr::V6(v6) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
@@ -213,21 +335,19 @@ impl Netlink {
         Ok(hop)
     }
 
-    /// The MAC the kernel's neighbour table holds for `address` on
-    /// `ifindex`, if it is resolved.
-    pub fn neighbour(&self, address: IpAddr, ifindex: u32) -> Result<Option<MacAddr>> {
+    /// The kernel's resolved neighbours: (address, interface) → MAC.
+    pub fn neighbours(&self) -> Result<HashMap<(IpAddr, u32), MacAddr>> {
         let request = self.handle.neighbours().get().execute();
         let entries: Vec<_> = self
             .runtime
             .block_on(request.try_collect())
             .context("reading the neighbour table")?;
+        let mut table = HashMap::new();
         for entry in entries {
-            if entry.header.ifindex != ifindex
-                || matches!(
-                    entry.header.state,
-                    NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
-                )
-            {
+            if matches!(
+                entry.header.state,
+                NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
+            ) {
                 continue;
             }
             let mut destination = None;
@@ -246,11 +366,11 @@ impl Netlink {
                     _ => {}
                 }
             }
-            if destination == Some(address) && mac.is_some() {
-                return Ok(mac);
+            if let (Some(destination), Some(mac)) = (destination, mac) {
+                table.insert((destination, entry.header.ifindex), mac);
             }
         }
-        Ok(None)
+        Ok(table)
     }
 
     /// Have the kernel (re)resolve `address` on `ifindex` (NTF_USE): an

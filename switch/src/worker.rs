@@ -9,7 +9,7 @@
 //! while sleeps in `poll()` on its sockets, TAP devices and wake-up event,
 //! so an idle node does not burn a core; in busy mode it always spins.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,11 +35,14 @@ pub const BATCH: usize = 64;
 /// Idle passes an adaptive worker spins through before it sleeps.
 const SPIN_PASSES: u32 = 256;
 /// Longest sleep; the worker also wakes on traffic and on commands.
-const SLEEP: Duration = Duration::from_millis(100);
+const SLEEP: Duration = Duration::from_secs(1);
 /// Longest wait for a removed port's in-flight transmissions to complete.
 const DRAIN_TIMEOUT: Duration = Duration::from_millis(500);
-/// Passes between readings of the kernel's socket counters.
-const KERNEL_STATS_PASSES: u64 = 4096;
+/// How often a worker reads the kernel's socket counters and lets the fill
+/// budgets of quiet sockets shrink.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// Passes between looks at the clock for housekeeping.
+const CLOCK_PASSES: u64 = 256;
 /// Frames handed between workers that may wait in one inbox.
 pub const INBOX_CAPACITY: usize = 4096;
 
@@ -75,11 +78,14 @@ const FILL_MIN: u32 = 2 * BATCH as u32;
 
 impl FillBudget {
     /// A budget between `min` (at least [`FILL_MIN`]) and `max` frames.
+    /// It starts at `min`: frames on a fill ring stay there until the
+    /// kernel uses them, so a hundred new pods must not each take a large
+    /// share up front; traffic grows the budget within a few batches.
     pub fn new(min: u32, max: u32) -> FillBudget {
         let max = max.max(FILL_MIN);
         let min = min.clamp(FILL_MIN, max);
         FillBudget {
-            target: (4 * FILL_MIN).clamp(min, max),
+            target: min,
             min,
             max,
             received: 0,
@@ -94,7 +100,7 @@ impl FillBudget {
         }
     }
 
-    /// Once in a while: shrink toward the minimum if the socket received
+    /// Once a second: shrink toward the minimum if the socket received
     /// less than its target since the last look.
     fn decay(&mut self) {
         if self.received < u64::from(self.target) {
@@ -131,7 +137,37 @@ pub enum PortIo {
     AfXdp(AfXdpPort),
     /// Through a TAP device: frames are read into and written from buffer
     /// frames.
-    Tap(TapDevice),
+    Tap(TapPort),
+}
+
+/// A TAP device and how eagerly to read it: a read is a syscall, so a
+/// device that had nothing is read again only every few passes (its frames
+/// wait microseconds; an idle or busy worker saves a syscall per pass).
+pub struct TapPort {
+    device: TapDevice,
+    quiet_passes: u32,
+}
+
+/// Passes between reads of a TAP device that had nothing to read.
+const TAP_QUIET_PASSES: u32 = 8;
+
+impl TapPort {
+    /// A TAP port on `device`.
+    pub fn new(device: TapDevice) -> TapPort {
+        TapPort {
+            device,
+            quiet_passes: 0,
+        }
+    }
+
+    /// Whether to read the device this pass.
+    fn due(&mut self) -> bool {
+        if self.quiet_passes == 0 {
+            return true;
+        }
+        self.quiet_passes -= 1;
+        false
+    }
 }
 
 /// A port handed to a worker.
@@ -245,18 +281,15 @@ impl Worker {
     pub fn run(mut self) {
         let mut idle_passes = 0u32;
         let mut passes = 0u64;
+        let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         loop {
             if !self.run_commands() {
                 break;
             }
             passes += 1;
-            if passes.is_multiple_of(KERNEL_STATS_PASSES) {
-                self.publish_kernel_drops();
-                for port in &mut self.ports {
-                    if let PortIo::AfXdp(afxdp) = &mut port.io {
-                        afxdp.fill.iter_mut().for_each(FillBudget::decay);
-                    }
-                }
+            if passes.is_multiple_of(CLOCK_PASSES) && Instant::now() >= next_housekeeping {
+                self.housekeeping();
+                next_housekeeping = Instant::now() + HOUSEKEEPING;
             }
             let worked = self.pass();
             self.ctx.stats.poll(worked);
@@ -387,6 +420,17 @@ impl Worker {
         self.ctx.stats.reset_port(id);
     }
 
+    /// Once a second: publish the kernel's counters, and shrink the fill
+    /// budgets of sockets that received less than their budget.
+    fn housekeeping(&mut self) {
+        self.publish_kernel_drops();
+        for port in &mut self.ports {
+            if let PortIo::AfXdp(afxdp) = &mut port.io {
+                afxdp.fill.iter_mut().for_each(FillBudget::decay);
+            }
+        }
+    }
+
     /// Read the kernel's counters of every AF_XDP socket into the stats.
     fn publish_kernel_drops(&self) {
         for port in &self.ports {
@@ -492,6 +536,9 @@ impl Worker {
                 }
             }
             PortIo::Tap(tap) => {
+                if !tap.due() {
+                    return 0;
+                }
                 let offset = self.ctx.umem.rx_data_offset() as usize;
                 let mut batch = 0;
                 while batch < BATCH {
@@ -504,7 +551,7 @@ impl Worker {
                     // SAFETY: `base` came off the free list: no ring and no
                     // other reference holds this frame.
                     let chunk = unsafe { self.ctx.umem.chunk_mut(base) };
-                    match tap.recv(&mut chunk[offset..]) {
+                    match tap.device.recv(&mut chunk[offset..]) {
                         Ok(Some(len)) => {
                             batch += 1;
                             let desc = Desc {
@@ -522,6 +569,8 @@ impl Worker {
                 }
                 if batch > 0 {
                     self.ctx.stats.batch(batch);
+                } else {
+                    tap.quiet_passes = TAP_QUIET_PASSES;
                 }
                 received += batch;
             }
@@ -589,7 +638,7 @@ impl Worker {
                         // SAFETY: the frame is in flight in this worker: no
                         // ring and no other reference holds it.
                         let chunk = unsafe { self.ctx.umem.chunk_mut(base) };
-                        match tap.send(&chunk[offset..offset + desc.len as usize]) {
+                        match tap.device.send(&chunk[offset..offset + desc.len as usize]) {
                             Ok(()) => self.ctx.stats.tx(port.id, desc.len as usize),
                             Err(_) => self.ctx.stats.dropped(port.id, DropCause::TxError),
                         }
@@ -612,26 +661,28 @@ impl Worker {
             match &port.io {
                 PortIo::AfXdp(afxdp) => {
                     for socket in &afxdp.sockets {
-                        fds.push(PollFd::new(borrow(socket), PollFlags::POLLIN));
+                        fds.push(PollFd::new(socket.as_fd(), PollFlags::POLLIN));
                     }
                 }
-                PortIo::Tap(tap) => fds.push(PollFd::new(borrow(tap), PollFlags::POLLIN)),
+                PortIo::Tap(tap) => fds.push(PollFd::new(tap.device.as_fd(), PollFlags::POLLIN)),
             }
         }
         let timeout = PollTimeout::try_from(SLEEP).unwrap_or(PollTimeout::NONE);
-        if poll(&mut fds, timeout).is_ok()
+        let woken_by_command = poll(&mut fds, timeout).is_ok()
             && fds[0]
                 .revents()
-                .is_some_and(|r| r.contains(PollFlags::POLLIN))
-        {
+                .is_some_and(|r| r.contains(PollFlags::POLLIN));
+        drop(fds);
+        if woken_by_command {
             let _ = self.ctx.wake.read();
         }
+        // Whatever woke us, every TAP device is read on the next pass.
+        for port in &mut self.ports {
+            if let PortIo::Tap(tap) = &mut port.io {
+                tap.quiet_passes = 0;
+            }
+        }
     }
-}
-
-fn borrow(fd: &impl AsRawFd) -> BorrowedFd<'_> {
-    // SAFETY: the descriptor belongs to `fd`, which outlives the borrow.
-    unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) }
 }
 
 /// What deciding a received frame's fate needs, for one port's batch.

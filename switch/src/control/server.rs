@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
 use super::protocol::{MAX_REQUEST_LEN, Request, Response};
@@ -99,15 +100,23 @@ impl ControlServer {
                         tracing::warn!("cannot start a thread for a control client");
                     }
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => self.wait_for_client(),
                 Err(e) => {
                     tracing::warn!("control socket accept: {e}");
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
         }
+    }
+}
+
+impl ControlServer {
+    /// Sleep until a client connects, or a second passes (to look at the
+    /// stop flag).
+    fn wait_for_client(&self) {
+        use std::os::fd::AsFd;
+        let mut fds = [PollFd::new(self.listener.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(1000u16));
     }
 }
 

@@ -1,0 +1,230 @@
+//! The pod's interface: a veth pair whose host end the switch polls and
+//! whose other end, named `CNI_IFNAME`, lives in the pod's network
+//! namespace with the pod's address, MTU and routes, and with TX checksum
+//! offload, TSO and GSO off (AF_XDP carries frames as they are: a partial
+//! checksum or a 64 KB super-frame would reach the other pod unfinished).
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use ipnet::{IpNet, Ipv4Net};
+use nix::sched::{CloneFlags, setns};
+use podswitch::mac::MacAddr;
+use podswitch::netlink::Netlink;
+use sha2::{Digest, Sha256};
+
+/// The host end's name for attachment (`container_id`, `ifname`): `ps`
+/// and 12 hex digits of a SHA-256 of both — stable across versions of the
+/// plugin (DEL must find what an older ADD made), 14 bytes (Linux allows
+/// 15), and 48 bits make a collision on one node vanishingly unlikely.
+pub fn host_ifname(container_id: &str, ifname: &str) -> String {
+    let digest = Sha256::new()
+        .chain_update(container_id)
+        .chain_update([0])
+        .chain_update(ifname)
+        .finalize();
+    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("ps{hex}")
+}
+
+/// Whether `name` is a host end this plugin makes.
+pub fn is_host_ifname(name: &str) -> bool {
+    name.len() == 14 && name.starts_with("ps") && name[2..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Open a network namespace file, refusing what is not one.
+pub fn open_netns(path: &Path) -> Result<OwnedFd> {
+    let file = File::open(path)
+        .with_context(|| format!("CNI_NETNS {}: cannot open it", path.display()))?;
+    // A namespace file is the only thing setns(CLONE_NEWNET) accepts:
+    // check on a scratch thread, which then exits.
+    let fd = OwnedFd::from(file);
+    let probe = fd.try_clone()?;
+    std::thread::spawn(move || setns(probe.as_fd(), CloneFlags::CLONE_NEWNET))
+        .join()
+        .map_err(|_| anyhow::anyhow!("checking CNI_NETNS failed"))?
+        .with_context(|| format!("CNI_NETNS {} is not a network namespace", path.display()))?;
+    Ok(fd)
+}
+
+/// Run `f` on a thread inside the network namespace `netns`.
+pub fn in_netns<R: Send>(netns: &OwnedFd, f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)
+                    .context("entering the pod's network namespace")?;
+                f()
+            })
+            .join()
+            .unwrap_or_else(|_| bail!("a thread in the pod's network namespace panicked"))
+    })
+}
+
+/// What the pod's interface should be.
+#[derive(Debug, Clone)]
+pub struct PodInterface<'a> {
+    /// Its name in the pod (`CNI_IFNAME`).
+    pub ifname: &'a str,
+    /// The host end's name.
+    pub host: &'a str,
+    /// Its MTU.
+    pub mtu: u32,
+    /// The pod's address and prefix.
+    pub address: Ipv4Net,
+    /// The gateway the switch answers for.
+    pub gateway: Ipv4Addr,
+    /// Routes besides the default route via the gateway.
+    pub routes: &'a [(Ipv4Net, Ipv4Addr)],
+}
+
+/// What was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedLink {
+    /// The pod end's MAC.
+    pub pod_mac: MacAddr,
+    /// The host end's MAC.
+    pub host_mac: MacAddr,
+}
+
+/// Create and configure the pod's veth. On failure nothing is left: the
+/// pair is deleted.
+pub fn create(netlink: &Netlink, netns: &OwnedFd, pod: &PodInterface) -> Result<CreatedLink> {
+    netlink.create_veth(pod.host, pod.ifname, netns.as_fd(), pod.mtu)?;
+    let made = configure(netlink, netns, pod);
+    if made.is_err() {
+        let _ = netlink.delete_link(pod.host);
+    }
+    made
+}
+
+fn configure(netlink: &Netlink, netns: &OwnedFd, pod: &PodInterface) -> Result<CreatedLink> {
+    let pod_mac = in_netns(netns, || {
+        let netlink = Netlink::open()?;
+        if let Some(lo) = netlink.link("lo")? {
+            netlink.set_link_up(lo.index, None, None)?;
+        }
+        let link = netlink.require_link(pod.ifname)?;
+        offloads_off(pod.ifname)?;
+        netlink.set_link_up(link.index, Some(pod.mtu), None)?;
+        netlink.add_address(
+            link.index,
+            pod.address.addr().into(),
+            pod.address.prefix_len(),
+        )?;
+        netlink.add_route_via(Ipv4Net::default(), pod.gateway, link.index)?;
+        for &(destination, gateway) in pod.routes {
+            netlink.add_route_via(destination, gateway, link.index)?;
+        }
+        link.mac.context("the pod interface has no MAC")
+    })?;
+    let host = netlink.require_link(pod.host)?;
+    netlink.set_link_up(host.index, Some(pod.mtu), None)?;
+    Ok(CreatedLink {
+        pod_mac,
+        host_mac: host.mac.context("the host end has no MAC")?,
+    })
+}
+
+/// The pod interface as it is: MAC, MTU, addresses and the routes through it.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// Its MAC.
+    pub mac: MacAddr,
+    /// Its MTU.
+    pub mtu: u32,
+    /// Its addresses.
+    pub addresses: Vec<IpNet>,
+    /// Routes out of it: destination and gateway.
+    pub routes: Vec<(Ipv4Net, Option<Ipv4Addr>)>,
+}
+
+/// Look at the pod's interface `ifname`.
+pub fn observe(netns: &OwnedFd, ifname: &str) -> Result<Observed> {
+    in_netns(netns, || {
+        let netlink = Netlink::open()?;
+        let link = netlink
+            .link(ifname)?
+            .with_context(|| format!("the pod has no interface {ifname}"))?;
+        Ok(Observed {
+            mac: link.mac.with_context(|| format!("{ifname} has no MAC"))?,
+            mtu: link.mtu,
+            addresses: netlink.addresses(link.index)?,
+            routes: netlink
+                .routes_v4()?
+                .into_iter()
+                .filter(|&(_, _, oif)| oif == link.index)
+                .map(|(destination, gateway, _)| (destination, gateway))
+                .collect(),
+        })
+    })
+}
+
+/// The legacy ethtool commands that set one offload feature.
+const ETHTOOL_STXCSUM: u32 = 0x17;
+const ETHTOOL_STSO: u32 = 0x1f;
+const ETHTOOL_SGSO: u32 = 0x24;
+
+/// `struct ethtool_value` of `<linux/ethtool.h>`.
+#[repr(C)]
+struct EthtoolValue {
+    cmd: u32,
+    data: u32,
+}
+
+/// Turn TX checksum offload, TSO and GSO off on `ifname` in the calling
+/// thread's namespace (the ethtool ioctl: libc has no binding for these
+/// commands, and they are three calls).
+fn offloads_off(ifname: &str) -> Result<()> {
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error()).context("ethtool socket");
+    }
+    // SAFETY: `raw` is a descriptor we just created and nobody else owns.
+    let socket = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    for (cmd, what) in [
+        (ETHTOOL_STXCSUM, "TX checksum offload"),
+        (ETHTOOL_STSO, "TSO"),
+        (ETHTOOL_SGSO, "GSO"),
+    ] {
+        let mut value = EthtoolValue { cmd, data: 0 };
+        // SAFETY: ifreq is plain old data; all-zero is a valid value.
+        let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in request.ifr_name.iter_mut().zip(ifname.bytes().take(15)) {
+            *dst = src as libc::c_char;
+        }
+        request.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+        // SAFETY: SIOCETHTOOL reads the ifreq, whose data pointer points at
+        // an ethtool_value that lives across the call.
+        if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL, &mut request) } < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("turning {what} off on {ifname}"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_stable_short_and_distinct() {
+        let a = host_ifname("3f6940ab5ab43bc5", "eth0");
+        assert_eq!(a, host_ifname("3f6940ab5ab43bc5", "eth0"));
+        assert_eq!(a.len(), 14);
+        assert!(is_host_ifname(&a));
+        assert_ne!(a, host_ifname("3f6940ab5ab43bc5", "net1"));
+        assert_ne!(a, host_ifname("3f6940ab5ab43bc6", "eth0"));
+        // The separator keeps ("ab", "c") and ("a", "bc") apart.
+        assert_ne!(host_ifname("ab", "c"), host_ifname("a", "bc"));
+        assert!(!is_host_ifname("eth0"));
+        assert!(!is_host_ifname("psxyz0123456789"));
+        // Known value, so a change of scheme shows up as a test failure.
+        assert_eq!(host_ifname("abc", "eth0"), "psd887cd286879");
+    }
+}

@@ -1,0 +1,171 @@
+//! What the CNI lab tests share: the plugin and daemon binaries, a
+//! two-node lab with running switches, and checks that nothing of an
+//! attachment is left behind.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use anyhow::{Context, Result, ensure};
+use podswitch_lab::cluster::{PeerEntry, SwitchNode, SwitchOptions, connect_underlay};
+use podswitch_lab::cni::{CniCall, CniPlugin};
+use podswitch_lab::{Lab, Netns};
+use serde_json::Value;
+
+/// One lab at a time on a 2-core machine.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The plugin as built by this workspace, with Debian's plugins on
+/// `CNI_PATH` for delegation and chaining.
+pub fn plugin() -> CniPlugin {
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_podswitch-cni"));
+    CniPlugin {
+        path: vec![
+            binary.parent().map(PathBuf::from).unwrap_or_default(),
+            "/usr/lib/cni".into(),
+        ],
+        binary,
+    }
+}
+
+/// The `podswitch` daemon built beside the plugin.
+pub fn daemon_binary() -> Result<PathBuf> {
+    let cni = PathBuf::from(env!("CARGO_BIN_EXE_podswitch-cni"));
+    let daemon = cni.with_file_name("podswitch");
+    ensure!(
+        daemon.exists(),
+        "{} is not built: run the tests with `cargo test --workspace`",
+        daemon.display()
+    );
+    Ok(daemon)
+}
+
+/// Nodes 1 and 2 on a veth underlay; podswitch on the first `switches`
+/// of them, peered with each other. The lab removes both namespaces.
+pub struct Nodes {
+    /// The lab, owning the namespaces.
+    pub lab: Lab,
+    /// The running switches.
+    pub switches: Vec<SwitchNode>,
+    /// Node 2's namespace, whether or not it runs a switch.
+    pub n2: Netns,
+}
+
+/// Start [`Nodes`]: lab namespaces named after `tag`.
+pub fn nodes(tag: &str, switches: usize) -> Result<Nodes> {
+    let mut lab = Lab::new(tag)?;
+    let n1 = lab.netns("n1")?;
+    let n2 = lab.netns("n2")?;
+    connect_underlay(&n1, 1, &n2, 2, 1500)?;
+    let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
+    let binary = daemon_binary()?;
+    let options = SwitchOptions::default();
+    let peer = |index| PeerEntry {
+        index,
+        vtep_mac: None,
+    };
+    let peers_of_1 = if switches > 1 {
+        vec![peer(2)]
+    } else {
+        Vec::new()
+    };
+    let mut started = vec![SwitchNode::start(
+        n1,
+        1,
+        &binary,
+        &dir,
+        &options,
+        &peers_of_1,
+    )?];
+    if switches > 1 {
+        started.push(SwitchNode::start(
+            n2.clone(),
+            2,
+            &binary,
+            &dir,
+            &options,
+            &[peer(1)],
+        )?);
+    }
+    Ok(Nodes {
+        lab,
+        switches: started,
+        n2,
+    })
+}
+
+/// A call for interface `eth0`.
+pub fn call<'a>(command: &'a str, container_id: &'a str, netns: Option<&'a Path>) -> CniCall<'a> {
+    CniCall {
+        command,
+        container_id,
+        netns,
+        ifname: "eth0",
+    }
+}
+
+/// Interfaces in `ns` whose names the plugin makes (`ps` + 12 hex digits).
+pub fn plugin_links(ns: &Netns) -> Result<Vec<String>> {
+    let text = ns.ip(&["-o", "link", "show"])?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| n.len() == 14 && n.starts_with("ps"))
+        .collect())
+}
+
+/// Address files the built-in IPAM holds for `network` in `data_dir`.
+pub fn allocations(config: &Value) -> Vec<String> {
+    let dir = Path::new(config["dataDir"].as_str().unwrap_or_default()).join("podnet");
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.parse::<Ipv4Addr>().is_ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The names of the pod ports on `node`'s switch.
+pub fn pod_ports(node: &SwitchNode) -> Result<Vec<String>> {
+    Ok(node
+        .cli_json(&["ports"])?
+        .as_array()
+        .context("ports")?
+        .iter()
+        .filter(|p| p["role"] == "pod")
+        .map(|p| p["name"].as_str().unwrap_or_default().to_string())
+        .collect())
+}
+
+/// Nothing of any attachment is left on `node`: no veth, no port, no
+/// address.
+pub fn nothing_left(node: &SwitchNode, config: &Value) -> Result<()> {
+    let links = plugin_links(&node.ns)?;
+    ensure!(links.is_empty(), "veths left behind: {links:?}");
+    let ports = pod_ports(node)?;
+    ensure!(ports.is_empty(), "switch ports left behind: {ports:?}");
+    let addresses = allocations(config);
+    ensure!(
+        addresses.is_empty(),
+        "addresses left allocated: {addresses:?}"
+    );
+    Ok(())
+}
+
+/// Every buffer frame of `node`'s switch is accounted for.
+pub fn check_frames(node: &SwitchNode) -> Result<()> {
+    let frames = &node.cli_json(&["stats"])?["frames"];
+    ensure!(
+        frames["violations"] == 0 && frames["total"] == 16384,
+        "frames: {frames}"
+    );
+    Ok(())
+}
