@@ -13,7 +13,7 @@ PACKAGES=(
   # to chain and delegate to, and iptables for portmap
   containernetworking-plugins iptables
   # container runtimes the CNI tests drive, and busybox for their image
-  podman containerd runc busybox-static
+  podman containerd runc busybox-static curl
   # profiling the switch (perf has no hardware counters here)
   valgrind strace
 )

@@ -6,12 +6,8 @@
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
-mod commands;
-mod ipam;
-mod pod_link;
-mod spec;
-
-use spec::{CniError, Environment, code};
+use podswitch_cni::commands;
+use podswitch_cni::spec::{CniError, Environment, code};
 
 /// The longest network configuration read from stdin.
 const MAX_STDIN: u64 = 1 << 20;

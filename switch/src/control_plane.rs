@@ -27,6 +27,7 @@ use crate::fib::SharedFib;
 use crate::frames::FrameLedger;
 use crate::mac::MacAddr;
 use crate::netlink::{LinkInfo, Netlink, NextHop};
+use crate::saved_state::{SavedState, state_file};
 use crate::stats::{MAX_PORTS, PortReport, WorkerStats, port_report, worker_report};
 use crate::tap::TapDevice;
 use crate::topology::{PeerId, PeerView, PortId, PortRole, PortView, RouteTarget, Topology};
@@ -238,8 +239,25 @@ impl ControlPlane {
         self.parts.topology.store(Arc::new(topology));
     }
 
-    /// Carry out one request.
+    /// Carry out one request; after a change, save the state.
     fn dispatch(&self, request: Request) -> Result<serde_json::Value> {
+        let changes = matches!(
+            request,
+            Request::PortAdd(_)
+                | Request::PortDel { .. }
+                | Request::PeerAdd(_)
+                | Request::PeerDel { .. }
+                | Request::RouteAdd { .. }
+                | Request::RouteDel { .. }
+        );
+        let answer = self.carry_out(request);
+        if changes {
+            self.save_state();
+        }
+        answer
+    }
+
+    fn carry_out(&self, request: Request) -> Result<serde_json::Value> {
         Ok(match request {
             Request::Info => serde_json::to_value(self.info())?,
             Request::Ports => serde_json::to_value(self.ports())?,
@@ -268,6 +286,97 @@ impl ControlPlane {
             }
             Request::Stats => serde_json::to_value(self.stats())?,
         })
+    }
+
+    /// What a restarted daemon should restore: the pod ports, and the
+    /// peers and host routes that are not the configuration file's.
+    fn saved_state(&self) -> SavedState {
+        let config = &self.parts.config;
+        let state = self.lock();
+        SavedState {
+            ports: state
+                .ports
+                .iter()
+                .flatten()
+                .filter(|p| p.view.role == PortRole::Pod)
+                .filter_map(|p| {
+                    Some(PortSpec {
+                        name: p.view.name.clone(),
+                        ip: p.view.ip?,
+                        mac: p.view.mac,
+                        kind: p.kind,
+                        owner: p.owner.clone(),
+                    })
+                })
+                .collect(),
+            peers: state
+                .peers
+                .iter()
+                .flatten()
+                .map(|p| p.config.clone())
+                .filter(|p| {
+                    !config.peers.iter().any(|c| {
+                        c.node_ip == p.node_ip
+                            && c.pod_cidr.trunc() == p.pod_cidr
+                            && c.vtep_mac == p.vtep_mac
+                    })
+                })
+                .collect(),
+            host_routes: state
+                .host_routes
+                .iter()
+                .filter(|r| !config.host_routes.iter().any(|c| c.trunc() == **r))
+                .copied()
+                .collect(),
+            ..SavedState::new()
+        }
+    }
+
+    /// Write the state file; a failure is logged (the change itself has
+    /// been made).
+    fn save_state(&self) {
+        let path = state_file(&self.parts.config.state_dir);
+        if let Err(e) = self.saved_state().save(&path) {
+            tracing::error!("saving the state to {}: {e:#}", path.display());
+        }
+    }
+
+    /// Restore what the state file holds, after a restart: peers and host
+    /// routes, then every pod port whose interface still exists (the CNI
+    /// plugin may have deleted a pod while the daemon was down). The
+    /// file is then rewritten to what was restored.
+    pub fn restore(&self) -> Result<()> {
+        let path = state_file(&self.parts.config.state_dir);
+        let Some(saved) = SavedState::load(&path)? else {
+            return Ok(());
+        };
+        for peer in saved.peers {
+            let node_ip = peer.node_ip;
+            if let Err(e) = self.add_peer(peer) {
+                tracing::warn!(peer = %node_ip, "not restored: {e:#}");
+            }
+        }
+        for prefix in saved.host_routes {
+            self.add_host_route(prefix);
+        }
+        let (mut restored, mut gone) = (0, 0);
+        for spec in saved.ports {
+            let name = spec.name.clone();
+            let exists =
+                spec.kind == PortKind::Tap || self.netlink().link(&name).is_ok_and(|l| l.is_some());
+            if !exists {
+                tracing::info!(port = %name, "not restored: its interface is gone");
+                gone += 1;
+                continue;
+            }
+            match self.add_port(spec) {
+                Ok(_) => restored += 1,
+                Err(e) => tracing::warn!(port = %name, "not restored: {e:#}"),
+            }
+        }
+        tracing::info!(restored, gone, file = %path.display(), "state restored");
+        self.save_state();
+        Ok(())
     }
 
     /// The node's network parameters.
@@ -504,7 +613,10 @@ impl ControlPlane {
     /// Remove a pod port: unroute it, then have its worker stop polling it
     /// and return its frames.
     pub fn remove_port(&self, name: &str) -> Result<()> {
-        let mut state = self.lock();
+        self.remove_port_locked(&mut self.lock(), name)
+    }
+
+    fn remove_port_locked(&self, state: &mut State, name: &str) -> Result<()> {
         let slot = state
             .ports
             .iter()
@@ -527,7 +639,7 @@ impl ControlPlane {
             .recv_timeout(WORKER_TIMEOUT)
             .context("the worker did not release the port in time")?;
         state.ports[slot] = None;
-        self.publish_topology(&state);
+        self.publish_topology(state);
         tracing::info!(port = %name, "port removed");
         Ok(())
     }
@@ -715,12 +827,13 @@ impl ControlPlane {
     /// re-read every peer's next-hop MAC from the neighbour table (the
     /// kernel's entries go stale since the switch's traffic bypasses them,
     /// so missing ones are probed), every 10th round its route too; every
-    /// 5th round, bind sockets on RX queues AF_XDP ports gained (an XDP
-    /// program redirects by queue, so a queue without a socket loses its
-    /// frames). Route lookups and the queue count cost milliseconds each
+    /// 5th round, remove ports whose interface is gone and bind sockets
+    /// on RX queues AF_XDP ports gained (an XDP program redirects by
+    /// queue, so a queue without a socket loses its frames). Route lookups and the queue count cost milliseconds each
     /// here, and change only when an operator changes them.
     pub fn maintain(&self, round: u64) {
         if round.is_multiple_of(5) {
+            self.prune_vanished_ports();
             self.follow_queues();
         }
         self.refresh_peers(round.is_multiple_of(10), |_| true);
@@ -731,6 +844,40 @@ impl ControlPlane {
             tracing::warn!("{e:#}");
             HashMap::new()
         })
+    }
+
+    /// Remove the AF_XDP pod ports whose interface is gone (a pod whose
+    /// namespace was deleted without a CNI DEL takes its veth with it):
+    /// their sockets can never receive again, and they would keep the
+    /// pod's address claimed. Holds the state lock throughout, so no port
+    /// can be added or removed between the look at the links and the
+    /// removal.
+    fn prune_vanished_ports(&self) {
+        let mut state = self.lock();
+        let links = match self.netlink().links() {
+            Ok(links) => links,
+            Err(e) => return tracing::warn!("reading the links: {e:#}"),
+        };
+        let gone: Vec<String> = state
+            .ports
+            .iter()
+            .flatten()
+            .filter(|p| p.view.role == PortRole::Pod && p.kind == PortKind::Afxdp)
+            .filter(|p| !links.contains_key(&p.view.name))
+            .map(|p| p.view.name.clone())
+            .collect();
+        for name in &gone {
+            match self.remove_port_locked(&mut state, name) {
+                Ok(()) => tracing::warn!(port = %name, "port removed: its interface is gone"),
+                Err(e) => {
+                    tracing::warn!(port = %name, "removing a port whose interface is gone: {e:#}")
+                }
+            }
+        }
+        drop(state);
+        if !gone.is_empty() {
+            self.save_state();
+        }
     }
 
     fn follow_queues(&self) {

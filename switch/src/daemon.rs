@@ -201,6 +201,7 @@ pub fn run(config: Config) -> Result<()> {
     ));
     start_port(&plane, UPLINK_PORT, uplink_port)?;
     start_port(&plane, HOST_PORT, PortIo::Tap(TapPort::new(host_tap)))?;
+    plane.restore().context("restoring the saved state")?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let (maintenance, stop_maintenance) = spawn_maintenance(plane.clone())?;
