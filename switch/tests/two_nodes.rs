@@ -465,7 +465,58 @@ fn control_socket_refuses_bad_requests() -> Result<()> {
             .contains("longer than"),
         "{answer}"
     );
-    node.cli(&["info"]).context("the daemon stopped serving")?;
+    // Only root: the socket is 0600, and a non-root process that gets past
+    // the file's mode (here with CAP_DAC_OVERRIDE) is refused by its uid.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&node.socket)?.permissions().mode() & 0o777;
+    ensure!(mode == 0o600, "the control socket has mode {mode:o}");
+    let client = "import socket, sys\n\
+                  s = socket.socket(socket.AF_UNIX)\n\
+                  s.connect(sys.argv[1])\n\
+                  s.sendall(b'{\"op\":\"info\"}\\n')\n\
+                  print(s.recv(4096).decode())";
+    let output = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=+dac_override",
+            "--ambient-caps=+dac_override",
+            "python3",
+            "-c",
+            client,
+        ])
+        .arg(&node.socket)
+        .output()?;
+    let answer = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        answer.contains("permission denied") && !answer.contains("pod_cidr"),
+        "a non-root client got: {answer:?} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // Many clients at once, all silent: past 64 the daemon refuses with a
+    // reason; once they go, it serves again.
+    let crowd: Vec<std::os::unix::net::UnixStream> = (0..100)
+        .map(|_| std::os::unix::net::UnixStream::connect(&node.socket))
+        .collect::<std::io::Result<_>>()?;
+    let answer = ask(b"{\"op\":\"info\"}\n")?;
+    ensure!(
+        answer["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("too many clients"),
+        "a client past the limit: {answer}"
+    );
+    drop(crowd);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while node.cli(&["info"]).is_err() {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not serve again after the crowd left"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     check_frames(node)
 }
 

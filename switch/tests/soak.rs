@@ -1,0 +1,152 @@
+//! The soak: mixed traffic through two nodes for a bounded time (10
+//! minutes unless `SOAK_SECONDS` says), with each daemon's resident memory,
+//! open fds and buffer frames sampled every 10 s. Not part of the test
+//! suite (it is `#[ignore]`d); run it with `scripts/soak.sh`. It fails if
+//! memory or fds grow over the second half, if a frame goes missing, or if
+//! the traffic stops.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use podswitch_lab::cluster::{SwitchNode, SwitchOptions, SwitchPair, ping_stats};
+use podswitch_lab::traffic::{IPERF_PORT, iperf_server};
+use podswitch_lab::{Lab, Process};
+
+/// One sample of a daemon.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    seconds: u64,
+    resident_kib: u64,
+    open_fds: usize,
+    idle_frames: u64,
+    busy_frames: u64,
+}
+
+fn sample(node: &SwitchNode, seconds: u64) -> Result<Sample> {
+    let pid = node.pid().context("the daemon is not running")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let resident_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")?;
+    let frames = &node.cli_json(&["stats"])?["frames"];
+    ensure!(
+        frames["violations"] == 0,
+        "frame accounting violations: {frames}"
+    );
+    ensure!(frames["total"] == 16384, "frames missing: {frames}");
+    let count = |key: &str| frames[key].as_u64().unwrap_or_default();
+    let idle_frames = count("free") + count("fill");
+    Ok(Sample {
+        seconds,
+        resident_kib,
+        open_fds: std::fs::read_dir(format!("/proc/{pid}/fd"))?.count(),
+        idle_frames,
+        busy_frames: count("total") - idle_frames,
+    })
+}
+
+/// A background iperf3 client for `seconds`, its output in `log`.
+fn iperf_client(
+    from: &podswitch_lab::Netns,
+    to: std::net::Ipv4Addr,
+    port: u16,
+    seconds: u64,
+    udp: bool,
+    log: &Path,
+) -> Result<Process> {
+    let mut cmd = from.command("iperf3");
+    cmd.args([
+        "-c",
+        &to.to_string(),
+        "-p",
+        &port.to_string(),
+        "-t",
+        &seconds.to_string(),
+        "-i",
+        "10",
+    ]);
+    if udp {
+        cmd.args(["-u", "-b", "100M", "-l", "1000"]);
+    }
+    Process::spawn_logged(&mut cmd, "a soak flow", std::fs::File::create(log)?)
+}
+
+#[test]
+#[ignore = "a 10-minute soak; run it with scripts/soak.sh"]
+fn soak() -> Result<()> {
+    let seconds: u64 = std::env::var("SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    let mut lab = Lab::new("soak")?;
+    let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
+    let binary = Path::new(env!("CARGO_BIN_EXE_podswitch"));
+    let SwitchPair { nodes, pods } =
+        SwitchPair::build(&mut lab, binary, &dir, &SwitchOptions::default())?;
+    let [[a, b], [c, d]] = &pods;
+    let _tcp_server = iperf_server(&c.ns, IPERF_PORT)?;
+    let _udp_server = iperf_server(&d.ns, IPERF_PORT + 1)?;
+    let tcp_log = dir.join("soak-tcp.log");
+    let udp_log = dir.join("soak-udp.log");
+    let mut tcp = iperf_client(&a.ns, c.ip, IPERF_PORT, seconds, false, &tcp_log)?;
+    let mut udp = iperf_client(&b.ns, d.ip, IPERF_PORT + 1, seconds, true, &udp_log)?;
+
+    let start = Instant::now();
+    let mut samples: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
+    while start.elapsed() < Duration::from_secs(seconds) {
+        // Pings across the overlay, and same node, between samples.
+        let across = ping_stats(&a.ns, d.ip, 10)?;
+        let same = ping_stats(&b.ns, a.ip, 10)?;
+        ensure!(
+            across.received > 0 && same.received > 0,
+            "pings stopped at {} s",
+            start.elapsed().as_secs()
+        );
+        std::thread::sleep(Duration::from_secs(6));
+        for (node, series) in nodes.iter().zip(&mut samples) {
+            series.push(sample(node, start.elapsed().as_secs())?);
+        }
+        ensure!(tcp.is_running() && udp.is_running(), "a flow ended early");
+    }
+    let _ = tcp.signal_and_wait(nix::sys::signal::Signal::SIGINT, Duration::from_secs(10));
+    let _ = udp.signal_and_wait(nix::sys::signal::Signal::SIGINT, Duration::from_secs(10));
+    println!("soak of {seconds} s: TCP pod→pod across nodes, UDP at 100 Mbit/s, pings");
+    println!("node  seconds  resident KiB  open fds  idle frames  busy frames");
+    for (i, series) in samples.iter().enumerate() {
+        for s in series {
+            println!(
+                "{:>4}  {:>7}  {:>12}  {:>8}  {:>11}  {:>11}",
+                i + 1,
+                s.seconds,
+                s.resident_kib,
+                s.open_fds,
+                s.idle_frames,
+                s.busy_frames
+            );
+        }
+    }
+    for (i, series) in samples.iter().enumerate() {
+        ensure!(series.len() >= 4, "too few samples on node {}", i + 1);
+        let (mid, last) = (series[series.len() / 2], series[series.len() - 1]);
+        ensure!(
+            last.resident_kib <= mid.resident_kib + 4096,
+            "node {}: resident memory grew from {} to {} KiB over the second half",
+            i + 1,
+            mid.resident_kib,
+            last.resident_kib
+        );
+        ensure!(
+            last.open_fds <= mid.open_fds,
+            "node {}: open fds grew from {} to {}",
+            i + 1,
+            mid.open_fds,
+            last.open_fds
+        );
+    }
+    println!("\nTCP flow:\n{}", std::fs::read_to_string(&tcp_log)?);
+    println!("UDP flow:\n{}", std::fs::read_to_string(&udp_log)?);
+    Ok(())
+}
