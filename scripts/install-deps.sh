@@ -16,6 +16,8 @@ PACKAGES=(
   podman containerd runc busybox-static curl
   # profiling the switch (perf has no hardware counters here)
   valgrind strace
+  # the lab benchmark's Open vSwitch contender (userspace datapath, AF_XDP)
+  openvswitch-switch
 )
 
 missing=()

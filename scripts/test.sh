@@ -17,6 +17,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "unit, property, kernel-interop, tshark and lab tests"
 cargo test --workspace --release
 
+step "lab benchmark, quick (every contender kind and measurement, briefly)"
+cargo build --release --workspace
+target/release/podswitch-bench lab --quick --out target/lab-quick
+
 step "criterion benchmarks compile and run once"
 cargo bench -p podswitch-bench -- --test
 

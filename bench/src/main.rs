@@ -1,11 +1,13 @@
-//! `podswitch-bench`: the demo (a two-node pod lab with a summary) and,
-//! later, the lab benchmark.
+//! `podswitch-bench`: the demo (a two-node pod lab with a summary), the
+//! testbed left running to explore, and the lab benchmark (podswitch side
+//! by side with the kernel path, Open vSwitch and a bare veth pair).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod lab;
 mod testbed;
 
 /// podswitch's lab driver.
@@ -26,6 +28,11 @@ enum Command {
         #[command(subcommand)]
         command: testbed::TestbedCommand,
     },
+    /// Measure podswitch side by side with the kernel path (Flannel-style),
+    /// Open vSwitch and a bare veth pair: TCP, packet rate, round trips
+    /// and CPU; write JSON, markdown and plots (and, for a full run, the
+    /// lab section of docs/benchmarks.md).
+    Lab(lab::LabArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +40,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Testbed { command } => testbed::run(&command),
+        Command::Lab(args) => lab::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

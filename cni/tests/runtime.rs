@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
 use podswitch_lab::Netns;
-use podswitch_lab::cluster::SwitchNode;
 use podswitch_lab::cluster::ping;
+use podswitch_lab::cluster::{Footprint, SwitchNode};
 use podswitch_lab::cni::{CniCall, CniPlugin, netns_path, pod_from_result};
 use podswitch_lab::traffic::{IPERF_PORT, IperfClient, iperf_server};
 use serde_json::{Value, json};
@@ -717,32 +717,18 @@ fn chained_with_portmap_and_bandwidth() -> Result<()> {
     check_frames(node)
 }
 
-/// What a daemon holds that churn must give back.
+/// What a node holds that churn must give back.
 #[derive(Debug, Clone, PartialEq)]
 struct Holdings {
-    open_fds: usize,
-    resident_kib: u64,
-    /// Frames on the free list or waiting on fill rings: not lost.
-    idle_frames: u64,
+    daemon: Footprint,
     addresses: usize,
     veths: usize,
     pod_ports: usize,
 }
 
 fn holdings(node: &SwitchNode, config: &Value) -> Result<Holdings> {
-    let pid = node.pid().context("the daemon is not running")?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let resident_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS")?;
-    let frames = &node.cli_json(&["stats"])?["frames"];
-    let count = |key: &str| frames[key].as_u64().unwrap_or_default();
     Ok(Holdings {
-        open_fds: std::fs::read_dir(format!("/proc/{pid}/fd"))?.count(),
-        resident_kib,
-        idle_frames: count("free") + count("fill"),
+        daemon: node.footprint()?,
         addresses: allocations(config).len(),
         veths: plugin_links(&node.ns)?.len(),
         pod_ports: pod_ports(node)?.len(),
@@ -797,7 +783,7 @@ fn churn_under_load() -> Result<()> {
     let mut samples = Vec::new();
     let churn = (0..10).try_for_each(|hundred| {
         (hundred * 100..(hundred + 1) * 100).try_for_each(cycle)?;
-        samples.push(holdings(n1, &conf)?.resident_kib);
+        samples.push(n1.footprint()?.resident_kib);
         Ok::<_, anyhow::Error>(())
     });
     let flow_ran = flow.is_running();
@@ -845,21 +831,17 @@ fn churn_under_load() -> Result<()> {
         "before the churn: {before:?}\nafter:            {after:?}\n\
          resident KiB every 100 cycles: {samples:?}"
     );
-    let comparable = |h: &Holdings| Holdings {
-        resident_kib: 0,
-        idle_frames: 0,
-        ..h.clone()
-    };
+    let comparable = |h: &Holdings| (h.daemon.open_fds, h.addresses, h.veths, h.pod_ports);
     ensure!(
         comparable(&after) == comparable(&before),
         "not back where it started: {after:?}, before {before:?}"
     );
     // Frames in flight when sampled: at most a batch per ring.
     ensure!(
-        after.idle_frames + 256 >= before.idle_frames,
+        after.daemon.idle_frames + 256 >= before.daemon.idle_frames,
         "frames lost: {} idle after, {} before",
-        after.idle_frames,
-        before.idle_frames
+        after.daemon.idle_frames,
+        before.daemon.idle_frames
     );
     let settled = samples[4];
     let last = samples[9];

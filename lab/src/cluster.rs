@@ -51,18 +51,7 @@ pub fn kernel_vtep_mac(i: u8) -> String {
 /// sides, addressed as nodes `ia` and `ib`, offloads off (frames must cross
 /// as the wire would carry them: no partial checksums, no super-frames).
 pub fn connect_underlay(a: &Netns, ia: u8, b: &Netns, ib: u8, mtu: u32) -> Result<()> {
-    a.ip(&[
-        "link",
-        "add",
-        UPLINK,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        UPLINK,
-        "netns",
-        b.name(),
-    ])?;
+    a.add_veth(UPLINK, b, UPLINK)?;
     for (ns, i) in [(a, ia), (b, ib)] {
         let cidr = format!("{}/24", node_ip(i));
         ns.ip(&["addr", "add", &cidr, "dev", UPLINK])?;
@@ -307,6 +296,46 @@ impl SwitchNode {
         full.extend_from_slice(args);
         Ok(serde_json::from_str(&self.cli(&full)?)?)
     }
+
+    /// What the daemon holds now: memory, fds and buffer frames. Fails if
+    /// a frame is unaccounted for.
+    pub fn footprint(&self) -> Result<Footprint> {
+        let pid = self.pid().context("the daemon is not running")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let resident_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .context("no VmRSS in /proc/<pid>/status")?;
+        let frames = &self.cli_json(&["stats"])?["frames"];
+        if frames["violations"] != 0 {
+            bail!(
+                "frame accounting violations on node {}: {frames}",
+                self.index
+            );
+        }
+        let count = |key: &str| frames[key].as_u64().unwrap_or_default();
+        let idle_frames = count("free") + count("fill");
+        Ok(Footprint {
+            resident_kib,
+            open_fds: std::fs::read_dir(format!("/proc/{pid}/fd"))?.count(),
+            idle_frames,
+            busy_frames: count("total").saturating_sub(idle_frames),
+        })
+    }
+}
+
+/// What a daemon holds (see [`SwitchNode::footprint`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    /// Resident memory.
+    pub resident_kib: u64,
+    /// Open file descriptors.
+    pub open_fds: usize,
+    /// Buffer frames free or waiting on fill rings.
+    pub idle_frames: u64,
+    /// Buffer frames anywhere else (rings, in flight).
+    pub busy_frames: u64,
 }
 
 /// The lab of the demo and the tests: podswitch nodes 1 and 2 on a veth
@@ -385,18 +414,7 @@ fn pod_namespace(
     let ip = Ipv4Addr::new(10, 244, node, host);
     let mac = format_mac([0x0a, 0x58, 10, 244, node, host]);
     let mtu = mtu.to_string();
-    node_ns.ip(&[
-        "link",
-        "add",
-        &host_ifname,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        ns.name(),
-    ])?;
+    node_ns.add_veth(&host_ifname, &ns, "eth0")?;
     node_ns.ip(&["link", "set", &host_ifname, "mtu", &mtu])?;
     ns.ip(&["link", "set", "eth0", "address", &mac, "mtu", &mtu, "up"])?;
     ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;

@@ -8,11 +8,17 @@ pub mod capture;
 pub mod cluster;
 pub mod cni;
 pub mod cpu;
+pub mod flat_pods;
+pub mod flood;
+pub mod host;
 pub mod interrupt;
 pub mod kernel_node;
 pub mod netns;
+pub mod ovs_node;
+pub mod ping_pong;
 pub mod process;
 pub mod traffic;
+pub mod udp_sink;
 
 pub use capture::RawLink;
 pub use kernel_node::KernelVxlan;

@@ -147,6 +147,23 @@ impl Netns {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// Create a veth pair: `name` in this namespace, `peer` in `peer_ns`.
+    pub fn add_veth(&self, name: &str, peer_ns: &Netns, peer: &str) -> Result<()> {
+        self.ip(&[
+            "link",
+            "add",
+            name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+            "netns",
+            peer_ns.name(),
+        ])
+        .map(drop)
+    }
+
     /// Run a shell script inside the namespace.
     pub fn sh(&self, script: &str) -> Result<String> {
         self.run("sh", &["-ec", script])

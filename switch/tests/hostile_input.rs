@@ -12,6 +12,7 @@ use anyhow::{Context, Result, ensure};
 use podswitch_lab::cluster::{
     Pod, SwitchNode, SwitchOptions, SwitchPair, node_ip, ping_stats, router_mac,
 };
+use podswitch_lab::flood::internet_checksum;
 use podswitch_lab::{Lab, RawLink, parse_mac};
 use serde_json::Value;
 
@@ -28,18 +29,6 @@ const PINGS: u32 = 60;
 /// The lab's VNI (see `SwitchNode::start`).
 const VNI: u32 = 1;
 
-/// The Internet checksum of `bytes`.
-fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// An Ethernet header.
 fn ethernet(dst: [u8; 6], src: [u8; 6], ethertype: u16) -> Vec<u8> {
     [&dst[..], &src[..], &ethertype.to_be_bytes()].concat()
@@ -53,7 +42,7 @@ fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, ttl: u8, payload_len: usize)
     h[2..4].copy_from_slice(&total.to_be_bytes());
     h.extend_from_slice(&src.octets());
     h.extend_from_slice(&dst.octets());
-    let sum = checksum(&h);
+    let sum = internet_checksum(&h);
     h[10..12].copy_from_slice(&sum.to_be_bytes());
     h
 }
@@ -94,7 +83,7 @@ fn udp_frame(
 fn fix_ipv4_checksum(frame: &mut [u8]) {
     let ihl = usize::from(frame[14] & 0x0f) * 4;
     frame[24..26].fill(0);
-    let sum = checksum(&frame[14..14 + ihl]);
+    let sum = internet_checksum(&frame[14..14 + ihl]);
     frame[24..26].copy_from_slice(&sum.to_be_bytes());
 }
 

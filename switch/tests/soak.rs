@@ -8,8 +8,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
-use podswitch_lab::cluster::{SwitchNode, SwitchOptions, SwitchPair, ping_stats};
+use anyhow::{Result, ensure};
+use podswitch_lab::cluster::{Footprint, SwitchOptions, SwitchPair, ping_stats};
 use podswitch_lab::traffic::{IPERF_PORT, iperf_server};
 use podswitch_lab::{Lab, Process};
 
@@ -17,35 +17,7 @@ use podswitch_lab::{Lab, Process};
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     seconds: u64,
-    resident_kib: u64,
-    open_fds: usize,
-    idle_frames: u64,
-    busy_frames: u64,
-}
-
-fn sample(node: &SwitchNode, seconds: u64) -> Result<Sample> {
-    let pid = node.pid().context("the daemon is not running")?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let resident_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS")?;
-    let frames = &node.cli_json(&["stats"])?["frames"];
-    ensure!(
-        frames["violations"] == 0,
-        "frame accounting violations: {frames}"
-    );
-    ensure!(frames["total"] == 16384, "frames missing: {frames}");
-    let count = |key: &str| frames[key].as_u64().unwrap_or_default();
-    let idle_frames = count("free") + count("fill");
-    Ok(Sample {
-        seconds,
-        resident_kib,
-        open_fds: std::fs::read_dir(format!("/proc/{pid}/fd"))?.count(),
-        idle_frames,
-        busy_frames: count("total") - idle_frames,
-    })
+    footprint: Footprint,
 }
 
 /// A background iperf3 client for `seconds`, its output in `log`.
@@ -107,7 +79,15 @@ fn soak() -> Result<()> {
         );
         std::thread::sleep(Duration::from_secs(6));
         for (node, series) in nodes.iter().zip(&mut samples) {
-            series.push(sample(node, start.elapsed().as_secs())?);
+            series.push(Sample {
+                seconds: start.elapsed().as_secs(),
+                footprint: node.footprint()?,
+            });
+            let f = series[series.len() - 1].footprint;
+            ensure!(
+                f.idle_frames + f.busy_frames == 16384,
+                "frames missing: {f:?}"
+            );
         }
         ensure!(tcp.is_running() && udp.is_running(), "a flow ended early");
     }
@@ -117,20 +97,22 @@ fn soak() -> Result<()> {
     println!("node  seconds  resident KiB  open fds  idle frames  busy frames");
     for (i, series) in samples.iter().enumerate() {
         for s in series {
+            let f = s.footprint;
             println!(
                 "{:>4}  {:>7}  {:>12}  {:>8}  {:>11}  {:>11}",
                 i + 1,
                 s.seconds,
-                s.resident_kib,
-                s.open_fds,
-                s.idle_frames,
-                s.busy_frames
+                f.resident_kib,
+                f.open_fds,
+                f.idle_frames,
+                f.busy_frames
             );
         }
     }
     for (i, series) in samples.iter().enumerate() {
         ensure!(series.len() >= 4, "too few samples on node {}", i + 1);
-        let (mid, last) = (series[series.len() / 2], series[series.len() - 1]);
+        let mid = series[series.len() / 2].footprint;
+        let last = series[series.len() - 1].footprint;
         ensure!(
             last.resident_kib <= mid.resident_kib + 4096,
             "node {}: resident memory grew from {} to {} KiB over the second half",

@@ -1,0 +1,469 @@
+//! The report of one `podswitch-bench lab` invocation: every raw figure
+//! of every run of every contender, where and how they were taken, and
+//! the summary over runs (median and range) that the tables and plots
+//! show. Written out as JSON.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::contenders::{Contender, KERNEL_BASELINE};
+use super::criterion::CriterionFigure;
+use super::latency::{CurvePoint, Percentiles, curve, histogram};
+use super::measure::{Cpu, IdleRun, LatencyRun, Settings, TcpRun, UdpRun};
+use super::stats::{Spread, per_unit};
+
+/// Everything one invocation measured.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// The command line, as typed.
+    pub command: String,
+    /// When it started, UTC.
+    pub date: String,
+    /// `uname -r`.
+    pub kernel: String,
+    /// The CPU model.
+    pub cpu_model: String,
+    /// CPUs of the machine.
+    pub cpus: usize,
+    /// The 1-minute load average before the first test (other work on
+    /// the machine disturbs the figures).
+    pub load_average_before: f64,
+    /// Whether this was `--quick`.
+    pub quick: bool,
+    /// Runs per figure.
+    pub runs: u32,
+    /// How long the whole invocation took, seconds.
+    pub wall_seconds: f64,
+    /// How long and how much each measurement ran.
+    pub settings: Settings,
+    /// Each contender's figures.
+    pub contenders: Vec<ContenderResult>,
+    /// criterion's per-frame figures, when `cargo bench` has run.
+    pub criterion: Vec<CriterionFigure>,
+}
+
+/// One contender's figures.
+#[derive(Debug, Serialize)]
+pub struct ContenderResult {
+    /// Its key.
+    pub key: &'static str,
+    /// Its name.
+    pub name: &'static str,
+    /// What its path is.
+    pub description: String,
+    /// Why it was not measured at all, if it was not.
+    pub skipped: Option<String>,
+    /// Each run, in order.
+    pub runs: Vec<RunFigures>,
+    /// Median and range over the runs.
+    pub summary: Summary,
+}
+
+impl ContenderResult {
+    /// A contender about to be measured.
+    pub fn new(contender: &Contender) -> ContenderResult {
+        ContenderResult {
+            key: contender.key,
+            name: contender.name,
+            description: contender.description(),
+            skipped: None,
+            runs: Vec::new(),
+            summary: Summary::default(),
+        }
+    }
+}
+
+/// One run of one contender.
+#[derive(Debug, Default, Serialize)]
+pub struct RunFigures {
+    /// The run's number, from 1.
+    pub run: u32,
+    /// The switch with no traffic.
+    pub idle: Option<IdleRun>,
+    /// TCP, per stream count.
+    pub tcp: Vec<TcpRun>,
+    /// Packet rate, per frame size.
+    pub udp: Vec<UdpRun>,
+    /// Round trips, without and with background load.
+    pub latency: Vec<LatencyRun>,
+    /// What failed in this run.
+    pub errors: Vec<String>,
+}
+
+/// A contender's figures over its runs.
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    /// Cores the switch processes use with no traffic, per node.
+    pub idle_cores_per_node: Option<Spread>,
+    /// Cores the rest of the machine used meanwhile (other work).
+    pub idle_others_cores: Option<Spread>,
+    /// TCP, per stream count.
+    pub tcp: Vec<TcpSummary>,
+    /// Packet rate, per frame size.
+    pub udp: Vec<UdpSummary>,
+    /// Round trips, without and with background load.
+    pub latency: Vec<LatencySummary>,
+}
+
+/// CPU over runs, in cores.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CpuSummary {
+    /// The switch processes.
+    pub switch: Spread,
+    /// The datapath: switch, softirq and system time, each tick counted once.
+    pub datapath: Spread,
+    /// Kernel system time.
+    pub kernel_system: Spread,
+    /// Kernel softirq time.
+    pub kernel_softirq: Spread,
+    /// The whole machine.
+    pub machine: Spread,
+}
+
+impl CpuSummary {
+    fn of<'a>(cpus: impl Iterator<Item = &'a Cpu> + Clone) -> Option<CpuSummary> {
+        Some(CpuSummary {
+            switch: Spread::of(cpus.clone().map(|c| c.switch))?,
+            datapath: Spread::of(cpus.clone().map(Cpu::datapath))?,
+            kernel_system: Spread::of(cpus.clone().map(|c| c.kernel_system))?,
+            kernel_softirq: Spread::of(cpus.clone().map(|c| c.kernel_softirq))?,
+            machine: Spread::of(cpus.map(|c| c.machine))?,
+        })
+    }
+}
+
+/// TCP over runs.
+#[derive(Debug, Serialize)]
+pub struct TcpSummary {
+    /// Parallel streams.
+    pub streams: u32,
+    /// Throughput.
+    pub gbps: Spread,
+    /// Retransmitted segments.
+    pub retransmits: Spread,
+    /// CPU.
+    pub cpu: CpuSummary,
+    /// Median machine cores per Gbit/s.
+    pub machine_cores_per_gbps: Option<f64>,
+    /// Median datapath cores per Gbit/s.
+    pub datapath_cores_per_gbps: Option<f64>,
+}
+
+/// Packet rate over runs.
+#[derive(Debug, Serialize)]
+pub struct UdpSummary {
+    /// Frame size, FCS included.
+    pub frame_bytes: usize,
+    /// Delivered to the receiving pod, millions per second.
+    pub delivered_mpps: Spread,
+    /// Received by the application in that pod, millions per second.
+    pub app_mpps: Spread,
+    /// Offered by the generator, millions per second.
+    pub offered_mpps: Spread,
+    /// Lost before the receiving pod, %.
+    pub lost_pct: Spread,
+    /// Dropped at the receiving socket, % of those delivered.
+    pub socket_dropped_pct: Spread,
+    /// CPU.
+    pub cpu: CpuSummary,
+    /// Median machine CPU per delivered packet, microseconds (cores per
+    /// Mpps).
+    pub machine_us_per_packet: Option<f64>,
+    /// Median datapath CPU (switch, kernel softirq and system time) per
+    /// delivered packet, microseconds.
+    pub datapath_us_per_packet: Option<f64>,
+}
+
+/// Round trips over runs.
+#[derive(Debug, Serialize)]
+pub struct LatencySummary {
+    /// Whether the background load ran.
+    pub loaded: bool,
+    /// Percentiles of every round trip of every run together.
+    pub merged: Percentiles,
+    /// The 99th percentile of each run.
+    pub p99_us: Spread,
+    /// The 99.9th percentile of each run.
+    pub p999_us: Spread,
+    /// Requests never answered, all runs.
+    pub lost: u64,
+    /// The background load's throughput.
+    pub background_gbps: Option<Spread>,
+    /// The merged percentile curve.
+    pub curve: Vec<CurvePoint>,
+}
+
+impl Summary {
+    /// Summarize `runs` (each must hold the same measurements in the
+    /// same order; runs that failed part-way add what they have).
+    pub fn of(runs: &[RunFigures]) -> Result<Summary> {
+        let idle_cores_per_node =
+            Spread::of(runs.iter().filter_map(|r| r.idle.map(|i| i.per_node_cores)));
+        let idle_others_cores =
+            Spread::of(runs.iter().filter_map(|r| r.idle.map(|i| i.others_cores)));
+        let mut tcp = Vec::new();
+        for streams in distinct(runs.iter().flat_map(|r| r.tcp.iter().map(|t| t.streams))) {
+            let all: Vec<&TcpRun> = runs
+                .iter()
+                .flat_map(|r| r.tcp.iter().filter(|t| t.streams == streams))
+                .collect();
+            let (Some(gbps), Some(retransmits), Some(cpu)) = (
+                Spread::of(all.iter().map(|t| t.gbps)),
+                Spread::of(all.iter().map(|t| t.retransmits as f64)),
+                CpuSummary::of(all.iter().map(|t| &t.cpu)),
+            ) else {
+                continue;
+            };
+            tcp.push(TcpSummary {
+                streams,
+                machine_cores_per_gbps: per_unit(cpu.machine.median, gbps.median),
+                datapath_cores_per_gbps: per_unit(cpu.datapath.median, gbps.median),
+                gbps,
+                retransmits,
+                cpu,
+            });
+        }
+        let mut udp = Vec::new();
+        for frame_bytes in distinct(
+            runs.iter()
+                .flat_map(|r| r.udp.iter().map(|u| u.frame_bytes)),
+        ) {
+            let all: Vec<&UdpRun> = runs
+                .iter()
+                .flat_map(|r| r.udp.iter().filter(|u| u.frame_bytes == frame_bytes))
+                .collect();
+            let (Some(delivered), Some(app), Some(offered), Some(lost), Some(socket), Some(cpu)) = (
+                Spread::of(all.iter().map(|u| u.delivered_pps / 1e6)),
+                Spread::of(all.iter().map(|u| u.app_pps / 1e6)),
+                Spread::of(all.iter().map(|u| u.offered_pps / 1e6)),
+                Spread::of(all.iter().map(|u| u.lost_pct)),
+                Spread::of(all.iter().map(|u| u.socket_dropped_pct)),
+                CpuSummary::of(all.iter().map(|u| &u.cpu)),
+            ) else {
+                continue;
+            };
+            udp.push(UdpSummary {
+                frame_bytes,
+                machine_us_per_packet: per_unit(cpu.machine.median, delivered.median),
+                datapath_us_per_packet: per_unit(cpu.datapath.median, delivered.median),
+                delivered_mpps: delivered,
+                app_mpps: app,
+                offered_mpps: offered,
+                lost_pct: lost,
+                socket_dropped_pct: socket,
+                cpu,
+            });
+        }
+        let mut latency = Vec::new();
+        for loaded in [false, true] {
+            let all: Vec<&LatencyRun> = runs
+                .iter()
+                .flat_map(|r| r.latency.iter().filter(|l| l.loaded == loaded))
+                .collect();
+            let (Some(p99_us), Some(p999_us)) = (
+                Spread::of(all.iter().map(|l| l.percentiles.p99_us)),
+                Spread::of(all.iter().map(|l| l.percentiles.p999_us)),
+            ) else {
+                continue;
+            };
+            let mut merged = histogram()?;
+            for h in all.iter().filter_map(|l| l.histogram.as_ref()) {
+                merged.add(h).context("merging round-trip histograms")?;
+            }
+            latency.push(LatencySummary {
+                loaded,
+                merged: Percentiles::of(&merged),
+                p99_us,
+                p999_us,
+                lost: all.iter().map(|l| l.lost).sum(),
+                background_gbps: Spread::of(
+                    all.iter().filter_map(|l| l.background.map(|b| b.gbps)),
+                ),
+                curve: curve(&merged),
+            });
+        }
+        Ok(Summary {
+            idle_cores_per_node,
+            idle_others_cores,
+            tcp,
+            udp,
+            latency,
+        })
+    }
+
+    /// Median TCP throughput with `streams` streams.
+    pub fn tcp_gbps(&self, streams: u32) -> Option<f64> {
+        self.tcp_of(streams).map(|t| t.gbps.median)
+    }
+
+    /// The TCP summary with `streams` streams.
+    pub fn tcp_of(&self, streams: u32) -> Option<&TcpSummary> {
+        self.tcp.iter().find(|t| t.streams == streams)
+    }
+
+    /// The packet-rate summary for `frame_bytes`-byte frames.
+    pub fn udp_of(&self, frame_bytes: usize) -> Option<&UdpSummary> {
+        self.udp.iter().find(|u| u.frame_bytes == frame_bytes)
+    }
+
+    /// The latency summary without (`false`) or with background load.
+    pub fn latency_of(&self, loaded: bool) -> Option<&LatencySummary> {
+        self.latency.iter().find(|l| l.loaded == loaded)
+    }
+}
+
+/// The distinct values of `values`, in first-seen order.
+fn distinct<T: PartialEq>(values: impl Iterator<Item = T>) -> Vec<T> {
+    let mut seen = Vec::new();
+    for v in values {
+        if !seen.contains(&v) {
+            seen.push(v);
+        }
+    }
+    seen
+}
+
+impl Report {
+    /// The kernel baseline's figures, when it was measured.
+    pub fn baseline(&self) -> Option<&Summary> {
+        self.contenders
+            .iter()
+            .find(|c| c.key == KERNEL_BASELINE && c.skipped.is_none())
+            .map(|c| &c.summary)
+    }
+
+    /// Write the report as pretty JSON to `path`.
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// `secs` since the Unix epoch as `YYYY-MM-DD HH:MM UTC`.
+pub fn utc_timestamp(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rest = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lab::latency::record;
+    use crate::lab::measure::Background;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(utc_timestamp(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc_timestamp(951_782_400), "2000-02-29 00:00 UTC");
+        assert_eq!(utc_timestamp(1_795_288_500), "2026-11-21 19:15 UTC");
+    }
+
+    fn cpu(machine: f64) -> Cpu {
+        Cpu {
+            switch: 0.5,
+            switch_system: 0.05,
+            kernel_system: 0.15,
+            kernel_softirq: 0.4,
+            machine,
+        }
+    }
+
+    fn run(n: u32, gbps: f64, pps: f64, rtt_us: u64) -> RunFigures {
+        let rtts: Vec<u64> = (0..100).map(|i| (rtt_us + i) * 1000).collect();
+        let latency = |loaded| LatencyRun {
+            loaded,
+            percentiles: Percentiles::of(&record(&rtts).unwrap()),
+            lost: 1,
+            background: loaded.then_some(Background {
+                gbps: 0.5,
+                lost_pct: 0.0,
+            }),
+            cpu: cpu(1.0),
+            counters: None,
+            histogram: Some(record(&rtts).unwrap()),
+        };
+        RunFigures {
+            run: n,
+            idle: Some(IdleRun {
+                switch_cores: 0.02,
+                per_node_cores: 0.01,
+                others_cores: 0.1,
+            }),
+            tcp: vec![TcpRun {
+                streams: 1,
+                gbps,
+                retransmits: 3,
+                cpu: cpu(2.0),
+                counters: None,
+            }],
+            udp: vec![UdpRun {
+                frame_bytes: 64,
+                seconds: 1.0,
+                offered_pps: 2.0 * pps,
+                refused: 0,
+                delivered_pps: pps,
+                app_pps: pps,
+                lost_pct: 50.0,
+                socket_dropped_pct: 0.0,
+                cpu: cpu(2.0),
+                counters: None,
+            }],
+            latency: vec![latency(false), latency(true)],
+            errors: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn summarizes_runs() {
+        let runs = [
+            run(1, 2.0, 400_000.0, 50),
+            run(2, 3.0, 500_000.0, 60),
+            run(3, 4.0, 600_000.0, 70),
+        ];
+        let s = Summary::of(&runs).unwrap();
+        assert_eq!(s.idle_cores_per_node.unwrap().median, 0.01);
+        assert_eq!(s.idle_others_cores.unwrap().median, 0.1);
+        let tcp = s.tcp_of(1).unwrap();
+        assert_eq!(
+            (tcp.gbps.median, tcp.gbps.min, tcp.gbps.max),
+            (3.0, 2.0, 4.0)
+        );
+        assert_eq!(tcp.machine_cores_per_gbps, Some(2.0 / 3.0));
+        assert_eq!(s.tcp_gbps(4), None);
+        let udp = s.udp_of(64).unwrap();
+        assert_eq!(udp.delivered_mpps.median, 0.5);
+        // 2 cores for 0.5 Mpps: 4 µs of CPU per packet; the datapath
+        // (0.5 + 0.4 + 0.1 cores) 2 µs.
+        assert_eq!(udp.machine_us_per_packet, Some(4.0));
+        assert_eq!(udp.datapath_us_per_packet, Some(2.0));
+        let lat = s.latency_of(false).unwrap();
+        assert_eq!(lat.merged.samples, 300);
+        assert_eq!(lat.lost, 3);
+        assert!(lat.background_gbps.is_none());
+        assert_eq!(
+            s.latency_of(true).unwrap().background_gbps.unwrap().median,
+            0.5
+        );
+        assert!(!lat.curve.is_empty());
+        // Nothing measured, nothing summarized.
+        let empty = Summary::of(&[]).unwrap();
+        assert!(empty.tcp.is_empty() && empty.udp.is_empty() && empty.latency.is_empty());
+    }
+}
