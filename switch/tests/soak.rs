@@ -63,8 +63,10 @@ fn soak() -> Result<()> {
     let _udp_server = iperf_server(&d.ns, IPERF_PORT + 1)?;
     let tcp_log = dir.join("soak-tcp.log");
     let udp_log = dir.join("soak-udp.log");
-    let mut tcp = iperf_client(&a.ns, c.ip, IPERF_PORT, seconds, false, &tcp_log)?;
-    let mut udp = iperf_client(&b.ns, d.ip, IPERF_PORT + 1, seconds, true, &udp_log)?;
+    // The flows outlast the sampling loop; they are stopped after it.
+    let flow_seconds = seconds + 60;
+    let mut tcp = iperf_client(&a.ns, c.ip, IPERF_PORT, flow_seconds, false, &tcp_log)?;
+    let mut udp = iperf_client(&b.ns, d.ip, IPERF_PORT + 1, flow_seconds, true, &udp_log)?;
 
     let start = Instant::now();
     let mut samples: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
