@@ -6,6 +6,8 @@
 # `podswitch-bench demo` (try --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Where cargo puts the binaries (CARGO_TARGET_DIR moves them).
+bench="${CARGO_TARGET_DIR:-target}/release/podswitch-bench"
 
 scripts/install-deps.sh
 cargo build --release -p podswitch -p podswitch-cni -p podswitch-bench
@@ -17,4 +19,4 @@ cleanup() {
 }
 trap cleanup EXIT
 
-target/release/podswitch-bench demo "$@"
+"$bench" demo "$@"

@@ -4,6 +4,8 @@
 #   FUZZ_SECONDS=N   seconds per fuzz target (default 60; 0 skips fuzzing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Where cargo puts the binaries (CARGO_TARGET_DIR moves them).
+bench="${CARGO_TARGET_DIR:-target}/release/podswitch-bench"
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -19,7 +21,7 @@ cargo test --workspace --release
 
 step "lab benchmark, quick (every contender kind and measurement, briefly)"
 cargo build --release --workspace
-target/release/podswitch-bench lab --quick --out target/lab-quick
+"$bench" lab --quick --out "${CARGO_TARGET_DIR:-target}/lab-quick"
 
 step "criterion benchmarks compile and run once"
 cargo bench -p podswitch-bench -- --test
