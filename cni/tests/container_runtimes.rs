@@ -41,7 +41,7 @@ use anyhow::{Context, Result, bail, ensure};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use podswitch_lab::Process;
-use podswitch_lab::cluster::{SwitchNode, node_ip, pod_gateway};
+use podswitch_lab::cluster::{SwitchNode, node_ip, ping_received, pod_gateway};
 use podswitch_lab::cni::netns_path;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -136,7 +136,7 @@ fn podman_runs_two_containers_that_ping() -> Result<()> {
 
     for (from, to) in [("a", b), ("b", a)] {
         let out = podman.run(&["exec", from, "ping", "-c", "3", "-W", "2", &to.to_string()])?;
-        let replies = received(&out);
+        let replies = ping_received(&out);
         ensure!(replies >= 2, "{from} → {to}: {replies}/3 replies:\n{out}");
     }
 
@@ -258,7 +258,7 @@ fn ctr_run_cni_two_containers_that_ping() -> Result<()> {
 
     for (from, to) in [("a", b), ("b", a)] {
         let out = ctd.exec(from, &["ping", "-c", "3", "-W", "2", &to.to_string()])?;
-        let replies = received(&out);
+        let replies = ping_received(&out);
         ensure!(replies >= 2, "{from} → {to}: {replies}/3 replies:\n{out}");
     }
 
@@ -973,15 +973,6 @@ fn check_pods(node: &SwitchNode, pods: &[(Ipv4Addr, String)]) -> Result<(Ipv4Add
         "the switch's pod ports {ports:?} are not the containers {reported:?}"
     );
     Ok((*a, *b))
-}
-
-/// How many echo replies busybox ping reported.
-fn received(ping_output: &str) -> u32 {
-    ping_output
-        .split(',')
-        .find_map(|part| part.trim().strip_suffix(" packets received"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// Fetch `url` with curl as `cmd` runs it: the body, or why not.

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, ensure};
 use podswitch_lab::Netns;
 use podswitch_lab::cluster::ping;
 use podswitch_lab::cluster::{Footprint, SwitchNode};
-use podswitch_lab::cni::{CniCall, CniPlugin, netns_path, pod_from_result};
+use podswitch_lab::cni::{CniCall, netns_path, pod_from_result};
 use podswitch_lab::traffic::{IPERF_PORT, IperfClient, iperf_server};
 use serde_json::{Value, json};
 
@@ -362,7 +362,7 @@ fn malformed_inputs_are_refused_cleanly() -> Result<()> {
     ];
     for (what, call, config, code, needle) in cases {
         let out = match &config {
-            Value::String(text) => run_raw(&plugin, &node.ns, &call, text)?,
+            Value::String(text) => plugin.run_stdin(&node.ns, &call, text.as_bytes())?,
             _ => plugin.run(&node.ns, &call, &config)?,
         };
         ensure!(!out.success, "{what}: accepted");
@@ -407,38 +407,6 @@ fn malformed_inputs_are_refused_cleanly() -> Result<()> {
         std::fs::remove_file(ipam_dir.join(format!("10.244.1.{host}")))?;
     }
     nothing_left(node, &conf)
-}
-
-fn run_raw(
-    plugin: &CniPlugin,
-    node: &Netns,
-    call: &CniCall,
-    text: &str,
-) -> Result<podswitch_lab::cni::CniOutput> {
-    // A config that is not JSON cannot go through `run`'s JSON argument.
-    let wrapper = PathBuf::from("/bin/sh");
-    let script = format!(
-        "printf '%s' '{}' | CNI_COMMAND={} CNI_CONTAINERID={} CNI_NETNS={} CNI_IFNAME={} {}",
-        text.replace('\'', ""),
-        call.command,
-        call.container_id,
-        call.netns
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
-        call.ifname,
-        plugin.binary.display()
-    );
-    let output = node
-        .command(&wrapper.to_string_lossy())
-        .args(["-c", &script])
-        .output()?;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    Ok(podswitch_lab::cni::CniOutput {
-        success: output.status.success(),
-        json: serde_json::from_str(&stdout).unwrap_or(Value::Null),
-        stdout,
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    })
 }
 
 /// With the daemon down, ADD says "try again later" and makes nothing;
@@ -765,21 +733,11 @@ fn churn_under_load() -> Result<()> {
 
     let _server = iperf_server(&c.ns, IPERF_PORT)?;
     let log_path = std::env::temp_dir().join(format!("{}iperf.log", tb.lab.prefix()));
-    let mut flow = podswitch_lab::process::Process::spawn_logged(
-        a.ns.command("iperf3").args([
-            "-c",
-            &c.ip.to_string(),
-            "-p",
-            &IPERF_PORT.to_string(),
-            "-t",
-            "900",
-            "-i",
-            "1",
-            "--forceflush",
-        ]),
-        "the long-lived iperf3 flow",
-        std::fs::File::create(&log_path)?,
-    )?;
+    let mut flow = IperfClient {
+        seconds: 900,
+        ..IperfClient::default()
+    }
+    .spawn(&a.ns, c.ip, 1, std::fs::File::create(&log_path)?)?;
     let mut samples = Vec::new();
     let churn = (0..10).try_for_each(|hundred| {
         (hundred * 100..(hundred + 1) * 100).try_for_each(cycle)?;

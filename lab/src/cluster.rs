@@ -544,11 +544,7 @@ pub fn ping_stats(from: &Netns, to: Ipv4Addr, count: u32) -> Result<PingResult> 
         .output()
         .context("running ping")?;
     let text = String::from_utf8_lossy(&output.stdout);
-    let received = text
-        .split(',')
-        .find_map(|part| part.trim().strip_suffix(" received"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0);
+    let received = ping_received(&text);
     // "rtt min/avg/max/mdev = 0.045/0.061/0.083/0.013 ms"
     let avg_ms = text
         .lines()
@@ -563,7 +559,34 @@ pub fn ping_stats(from: &Netns, to: Ipv4Addr, count: u32) -> Result<PingResult> 
     })
 }
 
+/// How many replies a ping run reported in its summary: iputils' "5
+/// received" or busybox's "5 packets received".
+pub fn ping_received(output: &str) -> u32 {
+    output
+        .split(',')
+        .find_map(|part| part.trim().strip_suffix(" received"))
+        .map(|n| n.trim_end_matches(" packets"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Ping `to` from `from` `count` times; how many replies came back.
 pub fn ping(from: &Netns, to: Ipv4Addr, count: u32) -> Result<u32> {
     Ok(ping_stats(from, to, count)?.received)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ping_received;
+
+    #[test]
+    fn ping_summaries_of_iputils_and_busybox() {
+        let iputils = "--- 10.244.2.2 ping statistics ---\n\
+                       5 packets transmitted, 4 received, 20% packet loss, time 803ms";
+        let busybox = "--- 10.244.1.3 ping statistics ---\n\
+                       3 packets transmitted, 3 packets received, 0% packet loss";
+        assert_eq!(ping_received(iputils), 4);
+        assert_eq!(ping_received(busybox), 3);
+        assert_eq!(ping_received("ping: connect: Network is unreachable"), 0);
+    }
 }

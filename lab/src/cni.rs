@@ -57,7 +57,12 @@ impl CniPlugin {
     /// Run `call` in the namespace `node` (the node's; a runtime runs
     /// plugins there) with `config` on stdin.
     pub fn run(&self, node: &Netns, call: &CniCall, config: &Value) -> Result<CniOutput> {
-        self.run_binary(&self.binary, node, call, config)
+        self.run_binary(&self.binary, node, call, config.to_string().as_bytes())
+    }
+
+    /// [`Self::run`] with `stdin` as it is, JSON or not.
+    pub fn run_stdin(&self, node: &Netns, call: &CniCall, stdin: &[u8]) -> Result<CniOutput> {
+        self.run_binary(&self.binary, node, call, stdin)
     }
 
     /// [`Self::run`] for another plugin `binary` (one of a list).
@@ -66,7 +71,7 @@ impl CniPlugin {
         binary: &Path,
         node: &Netns,
         call: &CniCall,
-        config: &Value,
+        stdin: &[u8],
     ) -> Result<CniOutput> {
         let mut cmd = node.command(&binary.to_string_lossy());
         let cni_path = self
@@ -87,11 +92,7 @@ impl CniPlugin {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().context("starting the CNI plugin")?;
-        child
-            .stdin
-            .take()
-            .context("no stdin")?
-            .write_all(config.to_string().as_bytes())?;
+        child.stdin.take().context("no stdin")?.write_all(stdin)?;
         let output = child.wait_with_output()?;
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         Ok(CniOutput {
@@ -165,7 +166,7 @@ impl CniPlugin {
             if let Some(prev) = &result {
                 config["prevResult"] = prev.clone();
             }
-            let out = self.run_binary(&binary, node, call, &config)?;
+            let out = self.run_binary(&binary, node, call, config.to_string().as_bytes())?;
             if !out.success {
                 bail!(
                     "{kind} {} failed: {}{}\nits config: {config}",

@@ -72,26 +72,8 @@ impl IperfClient {
     /// Run the client in `ns` against `server`; fails if iperf3 fails or
     /// runs 20 s past its time.
     pub fn run(&self, ns: &Netns, server: Ipv4Addr) -> Result<IperfResult> {
-        let mut args = vec![
-            "-c".to_string(),
-            server.to_string(),
-            "-p".into(),
-            self.port.to_string(),
-            "-t".into(),
-            self.seconds.to_string(),
-            "-P".into(),
-            self.streams.to_string(),
-            "-J".into(),
-        ];
-        if let Some((rate, size)) = self.udp {
-            args.extend([
-                "-u".into(),
-                "-b".into(),
-                rate.to_string(),
-                "-l".into(),
-                size.to_string(),
-            ]);
-        }
+        let mut args = self.args(server);
+        args.push("-J".into());
         let limit = (self.seconds + 20).to_string();
         let mut full = vec![limit.as_str(), "iperf3"];
         full.extend(args.iter().map(String::as_str));
@@ -130,5 +112,48 @@ impl IperfClient {
                 packets: 0,
             }
         })
+    }
+
+    /// Start the client in `ns` against `server` in the background,
+    /// reporting every `interval` seconds as text into `log`; stop it with
+    /// [`Process::signal_and_wait`] (SIGINT prints the summary).
+    pub fn spawn(
+        &self,
+        ns: &Netns,
+        server: Ipv4Addr,
+        interval: u32,
+        log: std::fs::File,
+    ) -> Result<Process> {
+        let mut args = self.args(server);
+        args.extend(["-i".into(), interval.to_string(), "--forceflush".into()]);
+        Process::spawn_logged(
+            ns.command("iperf3").args(&args),
+            &format!("iperf3 client in {}", ns.name()),
+            log,
+        )
+    }
+
+    /// The client's arguments, output format aside.
+    fn args(&self, server: Ipv4Addr) -> Vec<String> {
+        let mut args = vec![
+            "-c".to_string(),
+            server.to_string(),
+            "-p".into(),
+            self.port.to_string(),
+            "-t".into(),
+            self.seconds.to_string(),
+            "-P".into(),
+            self.streams.to_string(),
+        ];
+        if let Some((rate, size)) = self.udp {
+            args.extend([
+                "-u".into(),
+                "-b".into(),
+                rate.to_string(),
+                "-l".into(),
+                size.to_string(),
+            ]);
+        }
+        args
     }
 }

@@ -54,23 +54,6 @@ fn ifindex(ns: &Netns, ifname: &str) -> Result<u32> {
     Ok(text.trim().parse()?)
 }
 
-/// A veth pair `name` (in `ns`) ⇄ `peer` (in `peer_ns`).
-fn veth(ns: &Netns, name: &str, peer_ns: &Netns, peer: &str) -> Result<()> {
-    ns.ip(&[
-        "link",
-        "add",
-        name,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        peer,
-        "netns",
-        peer_ns.name(),
-    ])?;
-    Ok(())
-}
-
 /// `ping -c 5` from `ns` to `dst`, with no loss.
 fn ping(ns: &Netns, dst: &str) -> Result<()> {
     let out = ns.run("ping", &["-c", "5", "-i", "0.2", "-W", "2", dst])?;
@@ -248,7 +231,7 @@ fn forwarding(choice: XdpModeChoice, expected: XdpMode) -> Result<()> {
         (&a, "a0", "sa", "10.77.0.1/24", "fd77::1/64"),
         (&b, "b0", "sb", "10.77.0.2/24", "fd77::2/64"),
     ] {
-        veth(&sw, port, pod_ns, pod)?;
+        sw.add_veth(port, pod_ns, pod)?;
         pod_ns.ip(&["addr", "add", v4, "dev", pod])?;
         pod_ns.ip(&["addr", "add", v6, "dev", pod, "nodad"])?;
         // TCP through an AF_XDP port needs full checksums and no
@@ -506,7 +489,7 @@ fn uplink(choice: XdpModeChoice, expected: XdpMode) -> Result<()> {
     let mut lab = Lab::new("xdp-up")?;
     let node = lab.netns("node")?;
     let remote = lab.netns("remote")?;
-    veth(&node, "u0", &remote, "r0")?;
+    node.add_veth("u0", &remote, "r0")?;
     for (ns, ifname, v4, v6) in [
         (&node, "u0", "10.78.0.1/24", "fd78::1/64"),
         (&remote, "r0", "10.78.0.2/24", "fd78::2/64"),
@@ -617,7 +600,7 @@ fn stale_programs_are_replaced() -> Result<()> {
     let _serial = serial();
     let mut lab = Lab::new("xdp-stale")?;
     let ns = lab.netns("n")?;
-    veth(&ns, "s0", &ns, "s1")?;
+    ns.add_veth("s0", &ns, "s1")?;
     ns.ip(&["link", "set", "s0", "up"])?;
     ns.ip(&["link", "set", "s1", "up"])?;
     let s0 = ifindex(&ns, "s0")?;
@@ -773,7 +756,7 @@ fn auto_falls_back_to_generic_where_native_is_refused() -> Result<()> {
     let _serial = serial();
     let mut lab = Lab::new("xdp-auto")?;
     let ns = lab.netns("n")?;
-    veth(&ns, "m0", &ns, "m1")?;
+    ns.add_veth("m0", &ns, "m1")?;
     // Native XDP on a veth refuses a peer MTU above 3506 (4 KiB pages).
     ns.ip(&["link", "set", "m1", "mtu", "9000"])?;
     ns.ip(&["link", "set", "m0", "up"])?;
@@ -791,8 +774,8 @@ fn reclaim_returns_every_frame_of_a_deleted_device() -> Result<()> {
     let _serial = serial();
     let mut lab = Lab::new("xdp-reclaim")?;
     let ns = lab.netns("n")?;
-    veth(&ns, "x0", &ns, "x1")?;
-    veth(&ns, "y0", &ns, "y1")?;
+    ns.add_veth("x0", &ns, "x1")?;
+    ns.add_veth("y0", &ns, "y1")?;
     for ifname in ["x0", "x1", "y0", "y1"] {
         ns.ip(&["link", "set", ifname, "up"])?;
     }

@@ -3,7 +3,7 @@
 //! forwarding the good traffic, loses no buffer frame and does not crash.
 //! Needs root.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -12,7 +12,7 @@ use anyhow::{Context, Result, ensure};
 use podswitch_lab::cluster::{
     Pod, SwitchNode, SwitchOptions, SwitchPair, node_ip, ping_stats, router_mac,
 };
-use podswitch_lab::flood::internet_checksum;
+use podswitch_lab::flood::{self, UDP_HEADERS, UdpFlow, internet_checksum};
 use podswitch_lab::{Lab, RawLink, parse_mac};
 use serde_json::Value;
 
@@ -29,38 +29,8 @@ const PINGS: u32 = 60;
 /// The lab's VNI (see `SwitchNode::start`).
 const VNI: u32 = 1;
 
-/// An Ethernet header.
-fn ethernet(dst: [u8; 6], src: [u8; 6], ethertype: u16) -> Vec<u8> {
-    [&dst[..], &src[..], &ethertype.to_be_bytes()].concat()
-}
-
-/// An IPv4 header (no options) carrying `payload_len` bytes of `protocol`,
-/// with a correct checksum.
-fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, ttl: u8, payload_len: usize) -> Vec<u8> {
-    let total = (20 + payload_len) as u16;
-    let mut h = vec![0x45, 0, 0, 0, 0, 1, 0, 0, ttl, protocol, 0, 0];
-    h[2..4].copy_from_slice(&total.to_be_bytes());
-    h.extend_from_slice(&src.octets());
-    h.extend_from_slice(&dst.octets());
-    let sum = internet_checksum(&h);
-    h[10..12].copy_from_slice(&sum.to_be_bytes());
-    h
-}
-
-/// A UDP datagram from port 40000 to `port` (checksum zero: none).
-fn udp(port: u16, payload: &[u8]) -> Vec<u8> {
-    let len = (8 + payload.len()) as u16;
-    [
-        &40000u16.to_be_bytes()[..],
-        &port.to_be_bytes(),
-        &len.to_be_bytes(),
-        &[0, 0],
-        payload,
-    ]
-    .concat()
-}
-
-/// A UDP-in-IPv4 frame.
+/// A UDP-in-IPv4 frame from port 40000 to `port`, as the lab's flood
+/// generator builds it, with `ttl` and `payload`.
 fn udp_frame(
     dst_mac: [u8; 6],
     src_mac: [u8; 6],
@@ -70,13 +40,18 @@ fn udp_frame(
     port: u16,
     payload: &[u8],
 ) -> Vec<u8> {
-    let datagram = udp(port, payload);
-    [
-        ethernet(dst_mac, src_mac, 0x0800),
-        ipv4(src, dst, 17, ttl, datagram.len()),
-        datagram,
-    ]
-    .concat()
+    let flow = UdpFlow {
+        src_mac,
+        dst_mac,
+        src: SocketAddrV4::new(src, 40000),
+        dst: SocketAddrV4::new(dst, port),
+    };
+    let mut frame = flood::udp_frame(&flow, UDP_HEADERS + payload.len())
+        .expect("test frames are far below the jumbo limit");
+    frame[UDP_HEADERS..].copy_from_slice(payload);
+    frame[22] = ttl;
+    fix_ipv4_checksum(&mut frame);
+    frame
 }
 
 /// Recompute the IPv4 header checksum of `frame` (Ethernet at 0).

@@ -9,9 +9,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
+use podswitch_lab::Lab;
 use podswitch_lab::cluster::{Footprint, SwitchOptions, SwitchPair, ping_stats};
-use podswitch_lab::traffic::{IPERF_PORT, iperf_server};
-use podswitch_lab::{Lab, Process};
+use podswitch_lab::traffic::{IPERF_PORT, IperfClient, iperf_server};
 
 /// One sample of a daemon.
 #[derive(Debug, Clone, Copy)]
@@ -20,36 +20,10 @@ struct Sample {
     footprint: Footprint,
 }
 
-/// A background iperf3 client for `seconds`, its output in `log`.
-fn iperf_client(
-    from: &podswitch_lab::Netns,
-    to: std::net::Ipv4Addr,
-    port: u16,
-    seconds: u64,
-    udp: bool,
-    log: &Path,
-) -> Result<Process> {
-    let mut cmd = from.command("iperf3");
-    cmd.args([
-        "-c",
-        &to.to_string(),
-        "-p",
-        &port.to_string(),
-        "-t",
-        &seconds.to_string(),
-        "-i",
-        "10",
-    ]);
-    if udp {
-        cmd.args(["-u", "-b", "100M", "-l", "1000"]);
-    }
-    Process::spawn_logged(&mut cmd, "a soak flow", std::fs::File::create(log)?)
-}
-
 #[test]
 #[ignore = "a 10-minute soak; run it with scripts/soak.sh"]
 fn soak() -> Result<()> {
-    let seconds: u64 = std::env::var("SOAK_SECONDS")
+    let seconds: u32 = std::env::var("SOAK_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(600);
@@ -65,12 +39,21 @@ fn soak() -> Result<()> {
     let udp_log = dir.join("soak-udp.log");
     // The flows outlast the sampling loop; they are stopped after it.
     let flow_seconds = seconds + 60;
-    let mut tcp = iperf_client(&a.ns, c.ip, IPERF_PORT, flow_seconds, false, &tcp_log)?;
-    let mut udp = iperf_client(&b.ns, d.ip, IPERF_PORT + 1, flow_seconds, true, &udp_log)?;
+    let tcp_flow = IperfClient {
+        seconds: flow_seconds,
+        ..IperfClient::default()
+    };
+    let udp_flow = IperfClient {
+        udp: Some((100_000_000, 1000)),
+        port: IPERF_PORT + 1,
+        ..tcp_flow
+    };
+    let mut tcp = tcp_flow.spawn(&a.ns, c.ip, 10, std::fs::File::create(&tcp_log)?)?;
+    let mut udp = udp_flow.spawn(&b.ns, d.ip, 10, std::fs::File::create(&udp_log)?)?;
 
     let start = Instant::now();
     let mut samples: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
-    while start.elapsed() < Duration::from_secs(seconds) {
+    while start.elapsed() < Duration::from_secs(seconds.into()) {
         // Pings across the overlay, and same node, between samples.
         let across = ping_stats(&a.ns, d.ip, 10)?;
         let same = ping_stats(&b.ns, a.ip, 10)?;
