@@ -26,6 +26,11 @@ pub struct SwitchArgs {
     /// XDP mode on the switch's interfaces: auto, native or generic.
     #[arg(long, default_value = "auto")]
     xdp_mode: String,
+    /// How pods are attached (the CNI's podInterface): veth (AF_XDP) or
+    /// tap (virtio-net offloads, 64 KB TCP segments); the plugin's default
+    /// when left out.
+    #[arg(long, value_parser = ["veth", "tap"])]
+    pod_interface: Option<String>,
 }
 
 impl SwitchArgs {
@@ -41,6 +46,7 @@ impl SwitchArgs {
                 path: vec![cni.parent().map(PathBuf::from).unwrap_or_default()],
                 binary: cni,
             }),
+            pod_interface: self.pod_interface.clone(),
         })
     }
 }
@@ -87,8 +93,10 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let mut lab = Lab::new("demo")?;
     let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
     println!(
-        "podswitch demo: two nodes, two pods each, {} overlay, {} polling",
-        args.switch.encap, args.switch.poll_mode
+        "podswitch demo: two nodes, two {} pods each, {} overlay, {} polling",
+        args.switch.pod_interface.as_deref().unwrap_or("veth"),
+        args.switch.encap,
+        args.switch.poll_mode
     );
     println!("  namespaces {}*, removed at the end\n", lab.prefix());
 
@@ -210,7 +218,11 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     );
     println!("  node 2  10.1.0.12  pod CIDR 10.244.2.0/24");
     println!(
-        "  pod MTU {pod_mtu}; uplink {uplink_mode}; pods on veth ports made by podswitch-cni (CNI ADD), offloads off"
+        "  pod MTU {pod_mtu}; uplink {uplink_mode}; pods made by podswitch-cni (CNI ADD) on {}",
+        match args.switch.pod_interface.as_deref() {
+            Some("tap") => "TAP devices with offloads on (64 KB TCP segments)",
+            _ => "veths polled through AF_XDP, offloads off",
+        }
     );
     println!("\nWhat happened");
     let width = rows.iter().map(|r| r.what.len()).max().unwrap_or(0);

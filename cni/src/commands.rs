@@ -14,10 +14,10 @@ use podswitch::control::{Client, ClientError, Request};
 use podswitch::netlink::Netlink;
 
 use crate::ipam::{LocalIpam, Owner, delegate};
-use crate::pod_link::{self, PodInterface, host_ifname, is_host_ifname};
+use crate::pod_link::{self, CreatedLink, PodInterface, host_ifname, is_host_ifname};
 use crate::spec::{
     AddResult, Attachment, CniError, CniResult, Command, Dns, Environment, Interface, IpConfig,
-    LATEST_VERSION, NetConf, Route, SUPPORTED_VERSIONS, VersionResult, code,
+    LATEST_VERSION, NetConf, PodInterfaceKind, Route, SUPPORTED_VERSIONS, VersionResult, code,
 };
 
 /// Where the built-in IPAM keeps allocations unless `dataDir` says.
@@ -210,22 +210,43 @@ fn add(env: &Environment, conf: &NetConf, stdin: &[u8]) -> CniResult<AddResult> 
         gateway: addressing.gateway,
         routes: &addressing.routes,
     };
-    let created = pod_link::create(&netlink, &netns, &pod).map_err(|e| {
+    let attached = match conf.pod_interface {
+        PodInterfaceKind::Veth => pod_link::create(&netlink, &netns, &pod),
+        PodInterfaceKind::Tap => pod_link::create_tap(&netns, &pod).map(|pod_mac| CreatedLink {
+            pod_mac,
+            host_mac: None,
+        }),
+    };
+    let created = attached.map_err(|e| {
         undo_address();
         CniError::new(
             code::IO_FAILURE,
             format!("setting up the pod's interface: {e:#}"),
         )
     })?;
+    let undo_link = || match conf.pod_interface {
+        PodInterfaceKind::Veth => drop(netlink.delete_link(&host)),
+        PodInterfaceKind::Tap => drop(pod_link::delete_tap(&netns_path, &env.ifname)),
+    };
+    let (kind, netns, ifname) = match conf.pod_interface {
+        PodInterfaceKind::Veth => (PortKind::Afxdp, None, None),
+        PodInterfaceKind::Tap => (
+            PortKind::Tap,
+            Some(netns_path.clone()),
+            Some(env.ifname.clone()),
+        ),
+    };
     let spec = PortSpec {
         name: host.clone(),
         ip: addressing.address.addr(),
         mac: created.pod_mac,
-        kind: PortKind::Afxdp,
+        kind,
         owner: Some(owner_tag(&owner(env))),
+        netns,
+        ifname,
     };
     if let Err(e) = client.call(&Request::PortAdd(spec)) {
-        let _ = netlink.delete_link(&host);
+        undo_link();
         undo_address();
         return Err(client_error(
             e,
@@ -242,27 +263,35 @@ fn add(env: &Environment, conf: &NetConf, stdin: &[u8]) -> CniResult<AddResult> 
         dst: dst.into(),
         gw: Some(gw.into()),
     }));
-    Ok(AddResult {
-        cni_version: conf.cni_version.clone(),
-        interfaces: vec![
+    let pod_interface = Interface {
+        name: env.ifname.clone(),
+        mac: created.pod_mac.to_string(),
+        mtu: Some(mtu),
+        sandbox: netns_path.display().to_string(),
+    };
+    // A veth's host end is listed first, as other plugins do; a TAP
+    // device has no host end.
+    let interfaces = match created.host_mac {
+        Some(host_mac) => vec![
             Interface {
                 name: host,
-                mac: created.host_mac.to_string(),
+                mac: host_mac.to_string(),
                 mtu: Some(mtu),
                 sandbox: String::new(),
             },
-            Interface {
-                name: env.ifname.clone(),
-                mac: created.pod_mac.to_string(),
-                mtu: Some(mtu),
-                sandbox: netns_path.display().to_string(),
-            },
+            pod_interface,
         ],
+        None => vec![pod_interface],
+    };
+    let pod_index = interfaces.len() - 1;
+    Ok(AddResult {
+        cni_version: conf.cni_version.clone(),
+        interfaces,
         ips: vec![IpConfig {
             version: None,
             address: addressing.address.into(),
             gateway: Some(gateway),
-            interface: Some(1),
+            interface: Some(pod_index),
         }],
         routes,
         dns: addressing.dns,
@@ -290,12 +319,21 @@ fn remove_port(conf: &NetConf, host: &str) -> CniResult<()> {
 fn del(env: &Environment, conf: &NetConf, stdin: &[u8]) -> CniResult<()> {
     let host = host_ifname(&env.container_id, &env.ifname);
     let port = remove_port(conf, &host);
-    // Deleting the host end deletes the pod end with it; a pod whose
-    // namespace is already gone took both.
-    let link = netlink().and_then(|n| {
-        n.delete_link(&host)
-            .map_err(|e| CniError::new(code::IO_FAILURE, format!("{e:#}")))
-    });
+    // Deleting a veth's host end deletes the pod end with it; a TAP device
+    // is deleted in the pod's namespace; a pod whose namespace is already
+    // gone took its interface with it.
+    let link = match conf.pod_interface {
+        PodInterfaceKind::Veth => netlink().and_then(|n| {
+            n.delete_link(&host)
+                .map_err(|e| CniError::new(code::IO_FAILURE, format!("{e:#}")))
+        }),
+        PodInterfaceKind::Tap => {
+            let netns = env.netns.clone().unwrap_or_default();
+            pod_link::delete_tap(&netns, &env.ifname)
+                .map(|()| true)
+                .map_err(|e| CniError::new(code::IO_FAILURE, format!("{e:#}")))
+        }
+    };
     // The address is released whatever else failed.
     release(env, conf, stdin)?;
     port?;

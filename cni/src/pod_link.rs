@@ -1,8 +1,11 @@
-//! The pod's interface: a veth pair whose host end the switch polls and
-//! whose other end, named `CNI_IFNAME`, lives in the pod's network
-//! namespace with the pod's address, MTU and routes, and with TX checksum
-//! offload, TSO and GSO off (AF_XDP carries frames as they are: a partial
-//! checksum or a 64 KB super-frame would reach the other pod unfinished).
+//! The pod's interface, named `CNI_IFNAME` in the pod's network namespace
+//! with the pod's address, MTU and routes. Either
+//! - one end of a veth pair whose host end the switch polls through
+//!   AF_XDP, with TX checksum offload, TSO and GSO off (AF_XDP carries
+//!   frames as they are: a partial checksum or a 64 KB super-frame would
+//!   reach the other pod unfinished); or
+//! - a persistent TAP device the switch attaches to with a virtio-net
+//!   header, offloads on: the switch takes and gives TCP super-frames.
 
 use std::fs::File;
 use std::net::Ipv4Addr;
@@ -14,6 +17,7 @@ use ipnet::{IpNet, Ipv4Net};
 use nix::sched::{CloneFlags, setns};
 use podswitch::mac::MacAddr;
 use podswitch::netlink::Netlink;
+use podswitch::tap::TapDevice;
 use sha2::{Digest, Sha256};
 
 /// The host end's name for attachment (`container_id`, `ifname`): `ps`
@@ -86,8 +90,8 @@ pub struct PodInterface<'a> {
 pub struct CreatedLink {
     /// The pod end's MAC.
     pub pod_mac: MacAddr,
-    /// The host end's MAC.
-    pub host_mac: MacAddr,
+    /// The host end's MAC (a veth's; a TAP device has no host end).
+    pub host_mac: Option<MacAddr>,
 }
 
 /// Create and configure the pod's veth. On failure nothing is left: the
@@ -103,30 +107,57 @@ pub fn create(netlink: &Netlink, netns: &OwnedFd, pod: &PodInterface) -> Result<
 
 fn configure(netlink: &Netlink, netns: &OwnedFd, pod: &PodInterface) -> Result<CreatedLink> {
     let pod_mac = in_netns(netns, || {
-        let netlink = Netlink::open()?;
-        if let Some(lo) = netlink.link("lo")? {
-            netlink.set_link_up(lo.index, None, None)?;
-        }
-        let link = netlink.require_link(pod.ifname)?;
         offloads_off(pod.ifname)?;
-        netlink.set_link_up(link.index, Some(pod.mtu), None)?;
-        netlink.add_address(
-            link.index,
-            pod.address.addr().into(),
-            pod.address.prefix_len(),
-        )?;
-        netlink.add_route_via(Ipv4Net::default(), pod.gateway, link.index)?;
-        for &(destination, gateway) in pod.routes {
-            netlink.add_route_via(destination, gateway, link.index)?;
-        }
-        link.mac.context("the pod interface has no MAC")
+        configure_in_pod(pod)
     })?;
     let host = netlink.require_link(pod.host)?;
     netlink.set_link_up(host.index, Some(pod.mtu), None)?;
     Ok(CreatedLink {
         pod_mac,
-        host_mac: host.mac.context("the host end has no MAC")?,
+        host_mac: Some(host.mac.context("the host end has no MAC")?),
     })
+}
+
+/// Create and configure the pod's TAP device (persistent, with a
+/// virtio-net header and offloads on) for the switch to attach to; its
+/// MAC. On failure nothing is left.
+pub fn create_tap(netns: &OwnedFd, pod: &PodInterface) -> Result<MacAddr> {
+    in_netns(netns, || {
+        TapDevice::create_persistent(pod.ifname)
+            .with_context(|| format!("creating TAP device {}", pod.ifname))?;
+        configure_in_pod(pod).inspect_err(|_| {
+            let _ = Netlink::open().and_then(|n| n.delete_link(pod.ifname));
+        })
+    })
+}
+
+/// Delete the pod's TAP device, if the namespace and the device are there.
+pub fn delete_tap(netns_path: &Path, ifname: &str) -> Result<()> {
+    let Ok(netns) = open_netns(netns_path) else {
+        return Ok(());
+    };
+    in_netns(&netns, || Netlink::open()?.delete_link(ifname).map(drop))
+}
+
+/// In the pod's namespace: bring `lo` and the pod interface up with its
+/// MTU, address and routes; the interface's MAC.
+fn configure_in_pod(pod: &PodInterface) -> Result<MacAddr> {
+    let netlink = Netlink::open()?;
+    if let Some(lo) = netlink.link("lo")? {
+        netlink.set_link_up(lo.index, None, None)?;
+    }
+    let link = netlink.require_link(pod.ifname)?;
+    netlink.set_link_up(link.index, Some(pod.mtu), None)?;
+    netlink.add_address(
+        link.index,
+        pod.address.addr().into(),
+        pod.address.prefix_len(),
+    )?;
+    netlink.add_route_via(Ipv4Net::default(), pod.gateway, link.index)?;
+    for &(destination, gateway) in pod.routes {
+        netlink.add_route_via(destination, gateway, link.index)?;
+    }
+    link.mac.context("the pod interface has no MAC")
 }
 
 /// The pod interface as it is: MAC, MTU, addresses and the routes through it.

@@ -264,6 +264,10 @@ pub struct NetConf {
     /// The pod interface's MTU; the daemon's pod MTU when left out.
     #[serde(default)]
     pub mtu: Option<u32>,
+    /// How the pod is attached: a veth pair polled through AF_XDP, or a
+    /// TAP device with offloads (TCP super-frames).
+    #[serde(default)]
+    pub pod_interface: PodInterfaceKind,
     /// An IPAM plugin to delegate to instead of the built-in one.
     #[serde(default)]
     pub ipam: Option<Value>,
@@ -283,6 +287,20 @@ pub struct NetConf {
     pub valid_attachments: Option<Vec<Attachment>>,
 }
 
+/// The kind of interface a pod gets (`podInterface`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PodInterfaceKind {
+    /// A TAP device in the pod, opened by the switch with a virtio-net
+    /// header: the pod's kernel hands over 64 KB TCP segments and
+    /// takes them back, checksums offloaded.
+    Tap,
+    /// A veth pair whose host end the switch polls through AF_XDP; the
+    /// pod's offloads are off (one frame at a time).
+    #[default]
+    Veth,
+}
+
 /// Keys [`NetConf`] reads.
 const KNOWN_KEYS: &[&str] = &[
     "cniVersion",
@@ -291,6 +309,7 @@ const KNOWN_KEYS: &[&str] = &[
     "socket",
     "dataDir",
     "mtu",
+    "podInterface",
     "ipam",
     "dns",
     "prevResult",
@@ -337,7 +356,7 @@ impl NetConf {
             return Err(CniError::new(
                 code::UNSUPPORTED_FIELD,
                 format!(
-                    "unsupported field {key:?} = {value} in the network config (podswitch-cni reads socket, dataDir, mtu, ipam, dns)"
+                    "unsupported field {key:?} = {value} in the network config (podswitch-cni reads socket, dataDir, mtu, podInterface, ipam, dns)"
                 ),
             ));
         }

@@ -4,7 +4,8 @@ use core::fmt;
 
 macro_rules! drop_reasons {
     ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)*) => {
-        /// Why a frame was dropped by decapsulation or encapsulation.
+        /// Why a frame was dropped by decapsulation, encapsulation or offload
+        /// handling (virtio-net headers, segmentation).
         ///
         /// Closed on purpose: every drop has exactly one of these reasons,
         /// and [`DropReason::ALL`] lets a counter array cover them all.
@@ -81,6 +82,16 @@ drop_reasons! {
     NoHeadroom => "no_headroom",
     /// The frame would exceed the underlay MTU once encapsulated.
     Oversize => "oversize",
+    /// Shorter than the virtio-net header a TAP port puts before a frame.
+    TruncatedVnetHeader => "truncated_vnet_header",
+    /// A virtio-net header with unknown flags or GSO type, or fields that
+    /// disagree (GSO size 0, a checksum position outside the frame, …).
+    BadVnetHeader => "bad_vnet_header",
+    /// A frame to segment that is not TCP over IPv4 (the only kind segmented).
+    NotTcpIpv4 => "not_tcp_ipv4",
+    /// A TCP header cut short by the IPv4 Total Length, or whose data
+    /// offset is under 5 words or runs past the packet.
+    BadTcpHeader => "bad_tcp_header",
 }
 
 impl DropReason {

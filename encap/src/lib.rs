@@ -12,6 +12,14 @@
 //! - [`flow`]: the outer UDP source port from the inner flow.
 //! - [`neighbor`]: ARP replies and IPv6 neighbour advertisements for the
 //!   addresses the switch answers for.
+//! - [`virtio_net`]: the virtio-net header of TAP ports opened with
+//!   `IFF_VNET_HDR`; [`Offload`] says what it means (checksum state, GSO).
+//! - [`segment`]: [`TcpSegments`] cuts a TCP/IPv4 super-frame into
+//!   MSS-sized frames for ports without offloads;
+//!   [`complete_checksum`](segment::complete_checksum) finishes a partial
+//!   checksum.
+//! - [`coalesce`]: [`Coalescer`], userspace GRO: in-order TCP/IPv4 segments
+//!   merged into super-frames for TAP ports.
 //!
 //! ```
 //! use std::net::{IpAddr, Ipv4Addr};
@@ -48,6 +56,7 @@
 //! ```
 
 pub mod checksum;
+pub mod coalesce;
 pub mod decap;
 pub mod drop_reason;
 pub mod error;
@@ -55,14 +64,19 @@ pub mod ethernet;
 pub mod flow;
 pub mod geneve;
 pub mod neighbor;
+pub mod segment;
 pub mod template;
+pub mod virtio_net;
 pub mod vni;
 pub mod vxlan;
 
 pub use smoltcp::wire;
 
+pub use coalesce::{CoalesceStats, Coalescer};
 pub use decap::{Decapsulated, Decapsulator};
 pub use drop_reason::DropReason;
 pub use error::{Header, WireError};
+pub use segment::TcpSegments;
 pub use template::{OuterTemplate, TemplateError, TunnelKind, TunnelSpec};
+pub use virtio_net::Offload;
 pub use vni::Vni;

@@ -82,6 +82,9 @@ pub struct SwitchOptions {
     /// Make pods with this CNI plugin (as a runtime would) instead of a
     /// veth and `podswitch port add`.
     pub cni: Option<CniPlugin>,
+    /// The CNI network's `podInterface` ("tap" or "veth"); the plugin's
+    /// default when `None`.
+    pub pod_interface: Option<String>,
 }
 
 impl Default for SwitchOptions {
@@ -92,6 +95,7 @@ impl Default for SwitchOptions {
             poll_mode: "adaptive".into(),
             xdp_mode: "auto".into(),
             cni: None,
+            pod_interface: None,
         }
     }
 }
@@ -116,6 +120,7 @@ pub struct SwitchNode {
     binary: PathBuf,
     dir: PathBuf,
     daemon: Option<Process>,
+    pod_interface: Option<String>,
 }
 
 impl SwitchNode {
@@ -167,6 +172,7 @@ impl SwitchNode {
             binary: binary.into(),
             dir: dir.into(),
             daemon: None,
+            pod_interface: options.pod_interface.clone(),
         };
         node.launch()?;
         Ok(node)
@@ -263,13 +269,18 @@ impl SwitchNode {
         Ok(pod)
     }
 
-    /// The podswitch-cni network configuration for this node's pods.
+    /// The podswitch-cni network configuration for this node's pods (with
+    /// the node's `podInterface`, if its options set one).
     pub fn cni_network(&self, cni_version: &str) -> serde_json::Value {
-        podswitch_network(
+        let mut network = podswitch_network(
             cni_version,
             &self.socket,
             &self.dir.join(format!("node{}-ipam", self.index)),
-        )
+        );
+        if let Some(kind) = &self.pod_interface {
+            network["podInterface"] = kind.as_str().into();
+        }
+        network
     }
 
     /// Create pod `pod<node><n>` through the CNI plugin.
@@ -278,6 +289,21 @@ impl SwitchNode {
         Ok(plugin
             .add_pod(lab, &self.ns, &name, &self.cni_network("1.0.0"))?
             .0)
+    }
+
+    /// Create pod `pod<node><n>` through the CNI plugin, attached as
+    /// `pod_interface` ("tap" or "veth") whatever the node's default.
+    pub fn add_cni_pod_as(
+        &self,
+        lab: &mut Lab,
+        plugin: &CniPlugin,
+        n: u8,
+        pod_interface: &str,
+    ) -> Result<Pod> {
+        let name = format!("pod{}{n}", self.index);
+        let mut network = self.cni_network("1.0.0");
+        network["podInterface"] = pod_interface.into();
+        Ok(plugin.add_pod(lab, &self.ns, &name, &network)?.0)
     }
 
     /// The process id of the running daemon.
@@ -394,7 +420,8 @@ pub struct Pod {
     pub ip: Ipv4Addr,
     /// Its MAC.
     pub mac: String,
-    /// Its interface's name on the node's side.
+    /// Its interface's name on the node's side (empty for a TAP pod,
+    /// which has none).
     pub host_ifname: String,
 }
 

@@ -231,15 +231,18 @@ pub fn pod_from_result(ns: Netns, result: &Value) -> Result<Pod> {
         .iter()
         .find(|i| i["sandbox"].as_str().is_some_and(|s| !s.is_empty()))
         .context("no pod interface in the result")?;
+    // A veth pod has a host end; a TAP pod has none.
     let host_end = interfaces
         .iter()
-        .find(|i| i["sandbox"].as_str().is_none_or(str::is_empty))
-        .context("no host interface in the result")?;
+        .find(|i| i["sandbox"].as_str().is_none_or(str::is_empty));
     Ok(Pod {
         ns,
         ip,
         mac: pod_end["mac"].as_str().unwrap_or_default().to_string(),
-        host_ifname: host_end["name"].as_str().unwrap_or_default().to_string(),
+        host_ifname: host_end
+            .and_then(|i| i["name"].as_str())
+            .unwrap_or_default()
+            .to_string(),
     })
 }
 

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -73,6 +74,12 @@ struct PortRecord {
     copy_mode: Option<String>,
     queues: u32,
     owner: Option<String>,
+    /// A pod TAP port's namespace and device name there.
+    netns: Option<PathBuf>,
+    ifname: Option<String>,
+    /// A TAP port's device (shared with its worker), to see it vanish.
+    #[serde(skip)]
+    tap: Option<Arc<TapDevice>>,
 }
 
 /// [`PortView`] in a form that can be saved.
@@ -306,6 +313,8 @@ impl ControlPlane {
                         mac: p.view.mac,
                         kind: p.kind,
                         owner: p.owner.clone(),
+                        netns: p.netns.clone(),
+                        ifname: p.ifname.clone(),
                     })
                 })
                 .collect(),
@@ -362,8 +371,11 @@ impl ControlPlane {
         let (mut restored, mut gone) = (0, 0);
         for spec in saved.ports {
             let name = spec.name.clone();
-            let exists =
-                spec.kind == PortKind::Tap || self.netlink().link(&name).is_ok_and(|l| l.is_some());
+            let exists = match (&spec.kind, &spec.netns) {
+                (PortKind::Tap, Some(netns)) => netns.exists(),
+                (PortKind::Tap, None) => true,
+                (PortKind::Afxdp, _) => self.netlink().link(&name).is_ok_and(|l| l.is_some()),
+            };
             if !exists {
                 tracing::info!(port = %name, "not restored: its interface is gone");
                 gone += 1;
@@ -508,6 +520,10 @@ impl ControlPlane {
         state.next_worker += 1;
 
         let (io, xdp_mode, copy_mode, queues) = self.open_pod_port(&spec)?;
+        let tap = match &io {
+            PortIo::Tap(port) => Some(port.device()),
+            PortIo::AfXdp(_) => None,
+        };
         let record = PortRecord {
             view: PortViewRecord {
                 name: spec.name.clone(),
@@ -521,6 +537,9 @@ impl ControlPlane {
             copy_mode,
             queues,
             owner: spec.owner.clone(),
+            netns: spec.netns.clone(),
+            ifname: spec.ifname.clone(),
+            tap,
         };
         state.ports[slot] = Some(record);
         self.publish_topology(&state);
@@ -558,11 +577,24 @@ impl ControlPlane {
         let config = &self.parts.config;
         match spec.kind {
             PortKind::Tap => {
-                let tap = TapDevice::create(&spec.name)
-                    .with_context(|| format!("creating TAP device {}", spec.name))?;
-                let netlink = self.netlink();
-                let link = netlink.require_link(&spec.name)?;
-                netlink.set_link_up(link.index, Some(self.parts.pod_mtu), None)?;
+                let tap = match (&spec.netns, &spec.ifname) {
+                    (Some(netns), Some(ifname)) => TapDevice::attach_in_netns(netns, ifname)
+                        .with_context(|| {
+                            format!(
+                                "attaching to TAP device {ifname} in {} (the CNI plugin creates it)",
+                                netns.display()
+                            )
+                        })?,
+                    (None, None) => {
+                        let tap = TapDevice::open_offloaded(&spec.name)
+                            .with_context(|| format!("creating TAP device {}", spec.name))?;
+                        let netlink = self.netlink();
+                        let link = netlink.require_link(&spec.name)?;
+                        netlink.set_link_up(link.index, Some(self.parts.pod_mtu), None)?;
+                        tap
+                    }
+                    _ => bail!("a TAP port in a pod's namespace needs both netns and ifname"),
+                };
                 Ok((PortIo::Tap(TapPort::new(tap)), None, None, 1))
             }
             PortKind::Afxdp => {
@@ -862,8 +894,11 @@ impl ControlPlane {
             .ports
             .iter()
             .flatten()
-            .filter(|p| p.view.role == PortRole::Pod && p.kind == PortKind::Afxdp)
-            .filter(|p| !links.contains_key(&p.view.name))
+            .filter(|p| p.view.role == PortRole::Pod)
+            .filter(|p| match &p.tap {
+                Some(tap) => tap.is_detached(),
+                None => !links.contains_key(&p.view.name),
+            })
             .map(|p| p.view.name.clone())
             .collect();
         for name in &gone {
@@ -1106,6 +1141,9 @@ impl PortRecordSeed {
             copy_mode: self.copy_mode,
             queues: self.queues,
             owner: None,
+            netns: None,
+            ifname: None,
+            tap: None,
         }
     }
 }

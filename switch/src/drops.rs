@@ -57,6 +57,9 @@ switch_drops! {
     TxRingFull => "tx_ring_full",
     /// The destination device refused the frame (TAP write failed).
     TxError => "tx_error",
+    /// No free buffer frame to copy a frame (or a segment of a cut
+    /// super-frame) into: the pool is exhausted.
+    NoFreeFrame => "no_free_frame",
 }
 
 /// How many drop reasons there are, wire and own.

@@ -20,7 +20,7 @@ use podswitch_encap::wire::{
 use crate::drops::DropCause;
 use crate::fib::Ipv4Lpm;
 use crate::mac::MacAddr;
-use crate::topology::{PortId, PortRole, PortView, RouteTarget, Topology};
+use crate::topology::{PeerId, PortId, PortRole, PortView, RouteTarget, Topology};
 
 /// What to do with a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,8 +33,27 @@ pub enum Verdict {
         /// decapsulation move its start).
         frame: Range<usize>,
     },
-    /// DropCause it, for this reason.
+    /// Send the routed (not yet encapsulated) frame at `frame` to `peer`
+    /// through the tunnel; only [`Forwarder::forward_super_frame`] says
+    /// this, for the caller to cut the frame into segments and
+    /// encapsulate each ([`Forwarder::encapsulate`]).
+    ToPeer {
+        /// The peer.
+        peer: PeerId,
+        /// Where the inner frame lies in its buffer.
+        frame: Range<usize>,
+    },
+    /// Drop it, for this reason.
     Drop(DropCause),
+}
+
+/// Whether a frame bound for a peer is encapsulated now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encapsulation {
+    /// Now: the frame fits the underlay MTU.
+    Now,
+    /// By the caller, segment by segment: a super-frame.
+    Deferred,
 }
 
 /// One batch's view of the switch: the topology and FIB snapshots.
@@ -74,9 +93,43 @@ impl Forwarder<'_> {
         };
         let result = match port.role {
             PortRole::Uplink => self.tunnel_frame(buf, frame),
-            PortRole::Pod | PortRole::Host => self.local_frame(in_port, port, buf, frame),
+            PortRole::Pod | PortRole::Host => {
+                self.local_frame(in_port, port, buf, frame, Encapsulation::Now)
+            }
         };
         result.unwrap_or_else(Verdict::Drop)
+    }
+
+    /// Decide the fate of a TCP super-frame from a pod's TAP port (larger
+    /// than the MTU, cut into segments on the way out where a port cannot
+    /// take it whole): as [`Forwarder::forward`], except that a frame bound
+    /// for a peer is routed and rewritten but not encapsulated
+    /// ([`Verdict::ToPeer`]).
+    pub fn forward_super_frame(
+        &self,
+        in_port: PortId,
+        buf: &mut [u8],
+        frame: Range<usize>,
+    ) -> Verdict {
+        let Some(port) = self.topology.port(in_port) else {
+            return Verdict::Drop(DropCause::PortGone);
+        };
+        self.local_frame(in_port, port, buf, frame, Encapsulation::Deferred)
+            .unwrap_or_else(Verdict::Drop)
+    }
+
+    /// Encapsulate the routed frame at `buf[frame]` for `peer` (one segment
+    /// of a super-frame [`Forwarder::forward_super_frame`] sent to it);
+    /// the tunnel packet's place in `buf`.
+    pub fn encapsulate(
+        &self,
+        peer: PeerId,
+        buf: &mut [u8],
+        frame: Range<usize>,
+    ) -> Result<Range<usize>, DropCause> {
+        let peer = self.topology.peer(peer).ok_or(DropCause::NoRoute)?;
+        let template = peer.template.as_ref().ok_or(DropCause::PeerUnresolved)?;
+        Ok(template.encapsulate(buf, frame)?)
     }
 
     /// A frame from a pod or the host port.
@@ -86,6 +139,7 @@ impl Forwarder<'_> {
         port: &PortView,
         buf: &mut [u8],
         frame: Range<usize>,
+        encapsulation: Encapsulation,
     ) -> Result<Verdict, DropCause> {
         let bytes = &buf[frame.clone()];
         if bytes.len() < ETHERNET_HEADER_LEN {
@@ -109,7 +163,7 @@ impl Forwarder<'_> {
             },
             _ => Origin::Host,
         };
-        self.route(buf, frame, origin)
+        self.route(buf, frame, origin, encapsulation)
     }
 
     /// A tunnel packet from the uplink: decapsulate, check the sender, route
@@ -126,7 +180,7 @@ impl Forwarder<'_> {
         if eth.ethertype() != EthernetProtocol::Ipv4 {
             return Err(DropCause::NotIpv4);
         }
-        self.route(buf, inner, Origin::Tunnel)
+        self.route(buf, inner, Origin::Tunnel, Encapsulation::Now)
     }
 
     fn check_unicast_to_router(&self, dst: EthernetAddress) -> Result<(), DropCause> {
@@ -143,12 +197,14 @@ impl Forwarder<'_> {
 
     /// Route an IPv4 frame: check its header (and, from a pod, its source),
     /// look up its destination, rewrite the MACs, decrement the TTL, and
-    /// encapsulate it when it leaves through the tunnel.
+    /// encapsulate it when it leaves through the tunnel (unless that is
+    /// deferred to the caller).
     fn route(
         &self,
         buf: &mut [u8],
         frame: Range<usize>,
         origin: Origin,
+        encapsulation: Encapsulation,
     ) -> Result<Verdict, DropCause> {
         let ip_start = frame.start + ETHERNET_HEADER_LEN;
         let header = ipv4_header(&buf[ip_start..frame.end])?;
@@ -180,6 +236,9 @@ impl Forwarder<'_> {
                 let template = peer.template.as_ref().ok_or(DropCause::PeerUnresolved)?;
                 rewrite_macs(&mut buf[frame.clone()], peer.vtep_mac.into(), router_mac);
                 decrement_ttl(&mut buf[ip_start..frame.end]);
+                if encapsulation == Encapsulation::Deferred {
+                    return Ok(Verdict::ToPeer { peer: id, frame });
+                }
                 let packet = template.encapsulate(buf, frame)?;
                 return Ok(Verdict::Transmit {
                     port: self.topology.uplink,
@@ -281,7 +340,7 @@ mod tests {
     use smoltcp::phy::ChecksumCapabilities;
 
     use super::*;
-    use crate::topology::{PeerId, PeerView};
+    use crate::topology::PeerView;
     use podswitch_encap::checksum::data;
 
     const HEADROOM: usize = 256;
@@ -727,5 +786,36 @@ mod tests {
             forwarder.forward(POD_A_PORT, &mut buf, frame),
             Verdict::Drop(DropCause::PeerUnresolved)
         );
+    }
+
+    #[test]
+    fn super_frames_are_routed_and_encapsulated_by_the_caller() {
+        let topology = topology();
+        let fib = fib();
+        let forwarder = Forwarder {
+            topology: &topology,
+            fib: &fib,
+        };
+        // To a local pod: as any frame.
+        let (mut buf, frame) = ipv4_frame(POD_A_MAC, ROUTER, POD_A, POD_B, 64);
+        assert_eq!(
+            forwarder.forward_super_frame(POD_A_PORT, &mut buf, frame.clone()),
+            Verdict::Transmit {
+                port: POD_B_PORT,
+                frame: frame.clone()
+            }
+        );
+        // To a peer: routed and rewritten, left unencapsulated ...
+        let (mut buf, frame) = ipv4_frame(POD_A_MAC, ROUTER, POD_A, REMOTE_POD, 64);
+        let Verdict::ToPeer { peer, frame: inner } =
+            forwarder.forward_super_frame(POD_A_PORT, &mut buf, frame.clone())
+        else {
+            panic!("not sent to the peer");
+        };
+        assert_eq!(inner, frame);
+        check_routed(&buf[inner.clone()], PEER_VTEP_MAC, 63);
+        // ... for the caller to encapsulate each segment.
+        let packet = forwarder.encapsulate(peer, &mut buf, inner).unwrap();
+        assert_eq!(packet, frame.start - 50..frame.end);
     }
 }

@@ -83,12 +83,21 @@ enum PortAction {
         /// The pod's MAC.
         #[arg(long)]
         mac: MacAddr,
-        /// afxdp (an existing interface) or tap (created by the daemon).
+        /// afxdp (an existing interface) or tap (a TAP device with
+        /// offloads: the pod's, given --netns and --ifname, or one the
+        /// daemon creates).
         #[arg(long, value_enum, default_value = "afxdp")]
         kind: KindArg,
         /// Who owns the port (e.g. a container id).
         #[arg(long)]
         owner: Option<String>,
+        /// For --kind tap: the pod's network namespace file holding the
+        /// TAP device.
+        #[arg(long, requires = "ifname")]
+        netns: Option<std::path::PathBuf>,
+        /// For --kind tap with --netns: the TAP device's name there.
+        #[arg(long, requires = "netns")]
+        ifname: Option<String>,
     },
     /// Detach a pod port.
     Del {
@@ -175,6 +184,8 @@ fn run(cli: Cli) -> Result<()> {
                     mac,
                     kind,
                     owner,
+                    netns,
+                    ifname,
                 },
         } => Request::PortAdd(PortSpec {
             name,
@@ -185,6 +196,8 @@ fn run(cli: Cli) -> Result<()> {
                 KindArg::Tap => PortKind::Tap,
             },
             owner,
+            netns,
+            ifname,
         }),
         Command::Port {
             action: PortAction::Del { name },
@@ -333,6 +346,29 @@ fn print_stats(stats: &StatsReport) {
     }
     if !any {
         println!("  none");
+    }
+    let offloaded: Vec<_> = stats
+        .ports
+        .iter()
+        .filter(|(_, c)| c.offload != Default::default())
+        .collect();
+    if !offloaded.is_empty() {
+        println!();
+        println!(
+            "{:<15} {:>16} {:>14} {:>17} {:>16}",
+            "super-frames",
+            "received & cut",
+            "segments made",
+            "super-frames sent",
+            "frames coalesced"
+        );
+        for (name, c) in offloaded {
+            let o = &c.offload;
+            println!(
+                "{name:<15} {:>16} {:>14} {:>17} {:>16}",
+                o.super_frames_cut, o.segments_made, o.super_frames_sent, o.frames_coalesced
+            );
+        }
     }
     println!();
     for (i, w) in stats.workers.iter().enumerate() {

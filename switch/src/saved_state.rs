@@ -118,6 +118,8 @@ mod tests {
                 mac: MacAddr([0x02, 0, 0, 0, 0, 1]),
                 kind: PortKind::Afxdp,
                 owner: Some("c1".into()),
+                netns: None,
+                ifname: None,
             }],
             peers: vec![PeerConfig {
                 node_ip: "10.1.0.12".parse().unwrap(),

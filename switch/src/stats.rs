@@ -29,7 +29,11 @@ pub struct PortCounters {
     tx_bytes: AtomicU64,
     drops: [AtomicU64; DROP_COUNT],
     kernel: [AtomicU64; KERNEL_DROP_COUNT],
+    offload: [AtomicU64; OFFLOAD_COUNT],
 }
+
+/// How many offload counters a port has.
+const OFFLOAD_COUNT: usize = 4;
 
 /// How many kernel-side AF_XDP counters a port has.
 const KERNEL_DROP_COUNT: usize = 4;
@@ -43,6 +47,7 @@ impl PortCounters {
             tx_bytes: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
             kernel: std::array::from_fn(|_| AtomicU64::new(0)),
+            offload: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 
@@ -56,6 +61,7 @@ impl PortCounters {
         .into_iter()
         .chain(self.drops.iter())
         .chain(self.kernel.iter())
+        .chain(self.offload.iter())
         {
             c.store(0, Ordering::Relaxed);
         }
@@ -120,6 +126,24 @@ impl WorkerStats {
         if let Some(c) = self.port(port) {
             bump(&c.tx_packets, 1);
             bump(&c.tx_bytes, bytes as u64);
+        }
+    }
+
+    /// A super-frame received on `port` (counted in `rx` too) was cut into
+    /// `segments` frames on its way out.
+    pub fn segmented(&self, port: PortId, segments: usize) {
+        if let Some(c) = self.port(port) {
+            bump(&c.offload[0], 1);
+            bump(&c.offload[1], segments as u64);
+        }
+    }
+
+    /// A super-frame sent on `port` (counted in `tx` too), coalesced
+    /// from `coalesced` frames (0: passed through whole from a TAP port).
+    pub fn super_frame_sent(&self, port: PortId, coalesced: usize) {
+        if let Some(c) = self.port(port) {
+            bump(&c.offload[2], 1);
+            bump(&c.offload[3], coalesced as u64);
         }
     }
 
@@ -234,6 +258,24 @@ pub struct PortReport {
     /// any XDP program or socket saw them (a veth whose receive queue was
     /// full) — `ip -s link`'s RX dropped.
     pub interface_rx_dropped: u64,
+    /// Large-segment work on the port (TAP ports with offloads).
+    #[serde(default)]
+    pub offload: OffloadCounts,
+}
+
+/// What a port did with TCP super-frames.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffloadCounts {
+    /// Super-frames received here and cut into segments on the way out
+    /// (to a port that takes only frames: AF_XDP pods, the uplink).
+    pub super_frames_cut: u64,
+    /// The segments they were cut into.
+    pub segments_made: u64,
+    /// Super-frames sent here: coalesced from frames, or passed through
+    /// whole from another TAP port.
+    pub super_frames_sent: u64,
+    /// The frames coalesced into them.
+    pub frames_coalesced: u64,
 }
 
 /// A worker's polling summary.
@@ -267,6 +309,11 @@ pub fn port_report(blocks: &[&WorkerStats], port: PortId) -> PortReport {
             fill_ring_empty: k(2),
             invalid_descs: k(3),
         };
+        let o = |i: usize| c.offload[i].load(Ordering::Relaxed);
+        report.offload.super_frames_cut += o(0);
+        report.offload.segments_made += o(1);
+        report.offload.super_frames_sent += o(2);
+        report.offload.frames_coalesced += o(3);
         for (reason, counter) in DropCause::all().zip(c.drops.iter()) {
             let n = counter.load(Ordering::Relaxed);
             if n > 0 {

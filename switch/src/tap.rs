@@ -1,52 +1,108 @@
-//! TAP devices (`/dev/net/tun`, IFF_TAP | IFF_NO_PI): the host port that
-//! joins the node's own stack to the pod network, and a pod port for
-//! kernels or interfaces without AF_XDP. The device lives as long as its
-//! file descriptor; it is removed when the port is dropped.
+//! TAP devices (`/dev/net/tun`, IFF_TAP | IFF_NO_PI).
+//!
+//! Two kinds: the plain host port that joins the node's own stack to the
+//! pod network (one frame per read, checksums complete), and the pod port
+//! opened with a virtio-net header and offloads (IFF_VNET_HDR,
+//! TUNSETOFFLOAD with CSUM, TSO4 and TSO6), through which the pod's kernel
+//! hands the switch TCP super-frames of up to 64 KB with partial checksums
+//! and takes super-frames back, as a virtio-net NIC does for a VM.
+//!
+//! A pod's TAP device lives in the pod's network namespace: the CNI plugin
+//! creates it persistent ([`TapDevice::create_persistent`]) and the daemon
+//! attaches to it from there ([`TapDevice::attach_in_netns`]) — again after
+//! a restart, since a persistent device outlives the descriptor.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use nix::sched::{CloneFlags, setns};
+use podswitch_encap::virtio_net::HEADER_LEN as VNET_HEADER_LEN;
 
 /// An open TAP device, non-blocking.
+#[derive(Debug)]
 pub struct TapDevice {
     file: File,
     name: String,
+    vnet_header: bool,
 }
 
 /// Longest interface name, with its terminating NUL.
 const IFNAMSIZ: usize = libc::IFNAMSIZ;
 
+/// What the pod's kernel may hand the switch on an offloaded device:
+/// partial checksums and TCP super-frames.
+const POD_OFFLOADS: libc::c_uint = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+
+/// The largest frame an offloaded device hands over: a 64 KB IP packet
+/// and its Ethernet header.
+pub const MAX_SUPER_FRAME: usize = 65535 + 14;
+
 impl TapDevice {
-    /// Create (or attach to) the TAP device `name` in the current network
-    /// namespace; frames carry no packet-information header.
+    /// Create (or attach to) the plain TAP device `name` in the current
+    /// network namespace: no virtio-net header, no offloads.
     pub fn create(name: &str) -> io::Result<TapDevice> {
-        if name.is_empty() || name.len() >= IFNAMSIZ {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{name:?}: interface names are 1 to 15 bytes"),
-            ));
+        let file = open_tun(name, libc::IFF_TAP | libc::IFF_NO_PI)?;
+        Ok(TapDevice {
+            file,
+            name: name.to_string(),
+            vnet_header: false,
+        })
+    }
+
+    /// Create (or attach to) the TAP device `name` in the current network
+    /// namespace with a virtio-net header on every frame and the pod
+    /// offloads on.
+    pub fn open_offloaded(name: &str) -> io::Result<TapDevice> {
+        let file = open_tun(name, libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR)?;
+        let header_len = VNET_HEADER_LEN as libc::c_int;
+        // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer, which
+        // points at one; `file` is an attached tun descriptor.
+        if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &header_len) } < 0 {
+            return Err(io::Error::last_os_error());
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open("/dev/net/tun")?;
-        // SAFETY: ifreq is plain old data; all-zero is a valid value.
-        let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (dst, src) in request.ifr_name.iter_mut().zip(name.bytes()) {
-            *dst = src as libc::c_char;
-        }
-        request.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
-        // SAFETY: TUNSETIFF reads and writes an ifreq, which `request` is,
-        // and `file` is an open /dev/net/tun descriptor.
-        if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut request) } < 0 {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value; `file` is an
+        // attached tun descriptor.
+        if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETOFFLOAD, POD_OFFLOADS) } < 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(TapDevice {
             file,
             name: name.to_string(),
+            vnet_header: true,
         })
+    }
+
+    /// Attach, with offloads, to the TAP device `ifname` in the network
+    /// namespace at `netns` (a pod's). The descriptor keeps working
+    /// wherever the calling thread is; only the attaching thread enters
+    /// the namespace, and it exits afterwards.
+    pub fn attach_in_netns(netns: &Path, ifname: &str) -> io::Result<TapDevice> {
+        let namespace = File::open(netns)?;
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    setns(namespace.as_fd(), CloneFlags::CLONE_NEWNET)?;
+                    TapDevice::open_offloaded(ifname)
+                })
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("attaching thread panicked")))
+        })
+    }
+
+    /// Create the TAP device `name` in the current network namespace,
+    /// persistent (it stays when no descriptor holds it) and with a
+    /// virtio-net header, for the daemon to attach to.
+    pub fn create_persistent(name: &str) -> io::Result<()> {
+        let device = TapDevice::open_offloaded(name)?;
+        // SAFETY: TUNSETPERSIST takes its argument by value; the
+        // descriptor is an attached tun descriptor.
+        if unsafe { libc::ioctl(device.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// The interface name.
@@ -54,7 +110,23 @@ impl TapDevice {
         &self.name
     }
 
-    /// Read one frame into `buf`: its length, or `None` when none is waiting.
+    /// Whether every frame carries a virtio-net header.
+    pub fn has_vnet_header(&self) -> bool {
+        self.vnet_header
+    }
+
+    /// Whether the device is gone (deleted, or its namespace destroyed):
+    /// the descriptor then answers every call with EBADFD.
+    pub fn is_detached(&self) -> bool {
+        // SAFETY: ifreq is plain old data; all-zero is a valid value.
+        let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+        // SAFETY: TUNGETIFF writes an ifreq, which `request` is.
+        let result = unsafe { libc::ioctl(self.file.as_raw_fd(), libc::TUNGETIFF, &mut request) };
+        result < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EBADFD)
+    }
+
+    /// Read one frame (after its virtio-net header, on an offloaded
+    /// device) into `buf`: its length, or `None` when none is waiting.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         match (&self.file).read(buf) {
             Ok(n) => Ok(Some(n)),
@@ -63,10 +135,44 @@ impl TapDevice {
         }
     }
 
-    /// Send one frame to the kernel.
+    /// Send one frame to the kernel (with its virtio-net header first, on
+    /// an offloaded device).
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         (&self.file).write(frame).map(drop)
     }
+
+    /// Send one frame given in pieces (a virtio-net header, then the
+    /// frame), with one system call.
+    pub fn send_parts(&self, parts: &[IoSlice]) -> io::Result<()> {
+        (&self.file).write_vectored(parts).map(drop)
+    }
+}
+
+/// Open `/dev/net/tun` and attach it to the device `name` with `flags`.
+fn open_tun(name: &str, flags: libc::c_int) -> io::Result<File> {
+    if name.is_empty() || name.len() >= IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?}: interface names are 1 to 15 bytes"),
+        ));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/net/tun")?;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in request.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    request.ifr_ifru.ifru_flags = flags as libc::c_short;
+    // SAFETY: TUNSETIFF reads and writes an ifreq, which `request` is,
+    // and `file` is an open /dev/net/tun descriptor.
+    if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut request) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
 }
 
 impl AsFd for TapDevice {

@@ -9,6 +9,7 @@
 //! while sleeps in `poll()` on its sockets, TAP devices and wake-up event,
 //! so an idle node does not burn a core; in busy mode it always spins.
 
+use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +19,12 @@ use crossbeam::channel::{Receiver, Sender};
 use crossbeam::queue::ArrayQueue;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::EventFd;
+use podswitch_encap::DropReason;
+use podswitch_encap::coalesce::Coalescer;
+use podswitch_encap::segment::{TcpSegments, complete_checksum};
+use podswitch_encap::virtio_net::{
+    Checksum, GsoKind, HEADER_LEN as VNET_HEADER_LEN, Header as VnetHeader, Offload,
+};
 
 use crate::afxdp::{Desc, Umem, XskSocket};
 use crate::config::PollMode;
@@ -26,8 +33,8 @@ use crate::fib::SharedFib;
 use crate::forward::{Forwarder, Verdict};
 use crate::frames::{FrameCache, FrameLedger, Location};
 use crate::stats::{KernelDrops, RingLevelsTotal, WorkerStats};
-use crate::tap::TapDevice;
-use crate::topology::{PortId, RouteTarget, Topology};
+use crate::tap::{MAX_SUPER_FRAME, TapDevice};
+use crate::topology::{PeerId, PortId, RouteTarget, Topology};
 use crate::xdp::XdpProgram;
 
 /// Most frames taken from one socket (or TAP device) per pass.
@@ -45,6 +52,10 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 const CLOCK_PASSES: u64 = 256;
 /// Frames handed between workers that may wait in one inbox.
 pub const INBOX_CAPACITY: usize = 4096;
+/// Most segments one super-frame is cut into; one that would need more (a
+/// tiny GSO size from a misbehaving pod) is dropped, so that one frame
+/// cannot drain the buffer pool.
+const MAX_SEGMENTS: usize = 128;
 
 /// An AF_XDP port: its XDP program and a socket per RX queue.
 pub struct AfXdpPort {
@@ -144,7 +155,7 @@ pub enum PortIo {
 /// device that had nothing is read again only every few passes (its frames
 /// wait microseconds; an idle or busy worker saves a syscall per pass).
 pub struct TapPort {
-    device: TapDevice,
+    device: Arc<TapDevice>,
     quiet_passes: u32,
 }
 
@@ -155,9 +166,19 @@ impl TapPort {
     /// A TAP port on `device`.
     pub fn new(device: TapDevice) -> TapPort {
         TapPort {
-            device,
+            device: Arc::new(device),
             quiet_passes: 0,
         }
+    }
+
+    /// The device, shared (the control plane watches it vanish).
+    pub fn device(&self) -> Arc<TapDevice> {
+        Arc::clone(&self.device)
+    }
+
+    /// Whether the device carries super-frames with virtio-net headers.
+    fn offloaded(&self) -> bool {
+        self.device.has_vnet_header()
     }
 
     /// Whether to read the device this pass.
@@ -261,6 +282,15 @@ pub struct Worker {
     queues: TxQueues,
     rx_scratch: Vec<Desc>,
     addr_scratch: Vec<u64>,
+    offload: OffloadScratch,
+}
+
+/// What a worker keeps for TCP super-frames: where one received from an
+/// offloaded TAP port lands (virtio-net header first), and the coalescer
+/// that builds super-frames for such ports from frames.
+struct OffloadScratch {
+    frame: Box<[u8]>,
+    coalescer: Coalescer,
 }
 
 impl Worker {
@@ -274,6 +304,10 @@ impl Worker {
             queues: TxQueues::default(),
             rx_scratch: Vec::with_capacity(BATCH),
             addr_scratch: Vec::with_capacity(4 * BATCH),
+            offload: OffloadScratch {
+                frame: vec![0; VNET_HEADER_LEN + MAX_SUPER_FRAME].into_boxed_slice(),
+                coalescer: Coalescer::new(),
+            },
         }
     }
 
@@ -539,37 +573,24 @@ impl Worker {
                 if !tap.due() {
                     return 0;
                 }
-                let offset = self.ctx.umem.rx_data_offset() as usize;
-                let mut batch = 0;
-                while batch < BATCH {
-                    let Some(base) = self.cache.get(&self.ctx.ledger) else {
-                        break;
-                    };
-                    self.ctx
-                        .ledger
-                        .moved(base, Location::Free, Location::InFlight);
-                    // SAFETY: `base` came off the free list: no ring and no
-                    // other reference holds this frame.
-                    let chunk = unsafe { self.ctx.umem.chunk_mut(base) };
-                    match tap.device.recv(&mut chunk[offset..]) {
-                        Ok(Some(len)) => {
-                            batch += 1;
-                            let desc = Desc {
-                                addr: base + offset as u64,
-                                len: len as u32,
-                                options: 0,
-                            };
-                            dispatch.frame(&mut self.cache, &mut self.queues, desc);
-                        }
-                        Ok(None) | Err(_) => {
-                            free(&mut self.cache, &self.ctx.ledger, base, Location::InFlight);
-                            break;
-                        }
-                    }
-                }
+                let device = tap.device();
+                let batch = if device.has_vnet_header() {
+                    receive_offloaded(
+                        &dispatch,
+                        &device,
+                        &self.ports,
+                        &mut TxSide {
+                            cache: &mut self.cache,
+                            queues: &mut self.queues,
+                        },
+                        &mut self.offload,
+                    )
+                } else {
+                    receive_plain(&dispatch, &device, &mut self.cache, &mut self.queues)
+                };
                 if batch > 0 {
                     self.ctx.stats.batch(batch);
-                } else {
+                } else if let PortIo::Tap(tap) = &mut self.ports[i].io {
                     tap.quiet_passes = TAP_QUIET_PASSES;
                 }
                 received += batch;
@@ -631,6 +652,14 @@ impl Worker {
                         let _ = socket.kick_tx();
                     }
                 }
+                PortIo::Tap(tap) if tap.offloaded() => flush_offloaded(
+                    &self.ctx,
+                    &mut self.cache,
+                    &mut self.offload.coalescer,
+                    port.id,
+                    &tap.device,
+                    pending,
+                ),
                 PortIo::Tap(tap) => {
                     for desc in pending.iter() {
                         let base = self.ctx.ledger.chunk_base(desc.addr);
@@ -708,17 +737,33 @@ impl Dispatch<'_> {
         let end = (offset + desc.len as usize).min(chunk.len());
         let (out_port, frame) = match self.forwarder.forward(self.in_port, chunk, offset..end) {
             Verdict::Transmit { port, frame } => (port, frame),
-            Verdict::Drop(reason) => {
-                ctx.stats.dropped(self.in_port, reason);
-                free(cache, &ctx.ledger, base, Location::InFlight);
-                return;
-            }
+            Verdict::ToPeer { peer, frame } => match self.forwarder.encapsulate(peer, chunk, frame)
+            {
+                Ok(packet) => (self.topology.uplink, packet),
+                Err(reason) => return self.drop_frame(cache, base, reason),
+            },
+            Verdict::Drop(reason) => return self.drop_frame(cache, base, reason),
         };
         let out = Desc {
             addr: base + frame.start as u64,
             len: frame.len() as u32,
             options: 0,
         };
+        self.send(cache, queues, out_port, out);
+    }
+
+    /// Count the frame at `base` (in flight in this worker) as dropped for
+    /// `reason`, and free it.
+    fn drop_frame(&self, cache: &mut FrameCache, base: u64, reason: DropCause) {
+        self.ctx.stats.dropped(self.in_port, reason);
+        free(cache, &self.ctx.ledger, base, Location::InFlight);
+    }
+
+    /// Queue the frame `out` (in flight in this worker) for `out_port`:
+    /// on this worker's queue, through its owner's inbox, or dropped.
+    fn send(&self, cache: &mut FrameCache, queues: &mut TxQueues, out_port: PortId, out: Desc) {
+        let ctx = self.ctx;
+        let base = ctx.ledger.chunk_base(out.addr);
         if queues.push(out_port, out) {
             return;
         }
@@ -743,6 +788,280 @@ impl Dispatch<'_> {
             }
         }
     }
+
+    /// Copy a frame received outside the buffer area (from an offloaded
+    /// TAP device) into a buffer frame and decide its fate.
+    fn copied_frame(&self, cache: &mut FrameCache, queues: &mut TxQueues, bytes: &[u8]) {
+        let ctx = self.ctx;
+        let Some(base) = cache.get(&ctx.ledger) else {
+            ctx.stats.rx(self.in_port, bytes.len());
+            return ctx.stats.dropped(self.in_port, DropCause::NoFreeFrame);
+        };
+        ctx.ledger.moved(base, Location::Free, Location::InFlight);
+        let offset = ctx.umem.rx_data_offset() as usize;
+        // SAFETY: `base` came off the free list: no ring and no other
+        // reference holds this frame.
+        let chunk = unsafe { ctx.umem.chunk_mut(base) };
+        let Some(room) = chunk.get_mut(offset..offset + bytes.len()) else {
+            ctx.stats.rx(self.in_port, bytes.len());
+            ctx.stats
+                .dropped(self.in_port, DropCause::Wire(DropReason::Oversize));
+            return free(cache, &ctx.ledger, base, Location::InFlight);
+        };
+        room.copy_from_slice(bytes);
+        let desc = Desc {
+            addr: base + offset as u64,
+            len: bytes.len() as u32,
+            options: 0,
+        };
+        self.frame(cache, queues, desc);
+    }
+
+    /// Cut the routed TCP super-frame `frame` into segments of at most
+    /// `mss` payload bytes, each in a buffer frame of its own, and send
+    /// them to `to`: a port, or encapsulated to a peer through the uplink.
+    /// How many segments it made.
+    fn cut(&self, side: &mut TxSide, frame: &[u8], mss: u16, to: CutTo) -> usize {
+        let ctx = self.ctx;
+        let segments = match TcpSegments::new(frame, mss) {
+            Ok(s) if s.count() <= MAX_SEGMENTS => s,
+            Ok(_) => {
+                ctx.stats
+                    .dropped(self.in_port, DropCause::Wire(DropReason::Oversize));
+                return 0;
+            }
+            Err(reason) => {
+                ctx.stats.dropped(self.in_port, DropCause::Wire(reason));
+                return 0;
+            }
+        };
+        ctx.stats.segmented(self.in_port, segments.count());
+        let offset = ctx.umem.rx_data_offset() as usize;
+        for i in 0..segments.count() {
+            let Some(base) = side.cache.get(&ctx.ledger) else {
+                ctx.stats.dropped(self.in_port, DropCause::NoFreeFrame);
+                continue;
+            };
+            ctx.ledger.moved(base, Location::Free, Location::InFlight);
+            // SAFETY: `base` came off the free list: no ring and no other
+            // reference holds this frame.
+            let chunk = unsafe { ctx.umem.chunk_mut(base) };
+            let Some(written) = segments.write(i, &mut chunk[offset..]) else {
+                ctx.stats
+                    .dropped(self.in_port, DropCause::Wire(DropReason::Oversize));
+                free(side.cache, &ctx.ledger, base, Location::InFlight);
+                continue;
+            };
+            let segment = offset..offset + written;
+            let (port, packet) = match to {
+                CutTo::Port(port) => (port, segment),
+                CutTo::Peer(peer) => match self.forwarder.encapsulate(peer, chunk, segment) {
+                    Ok(packet) => (self.topology.uplink, packet),
+                    Err(cause) => {
+                        ctx.stats.dropped(self.in_port, cause);
+                        free(side.cache, &ctx.ledger, base, Location::InFlight);
+                        continue;
+                    }
+                },
+            };
+            let out = Desc {
+                addr: base + packet.start as u64,
+                len: packet.len() as u32,
+                options: 0,
+            };
+            self.send(side.cache, side.queues, port, out);
+        }
+        segments.count()
+    }
+}
+
+/// Where the segments of a cut super-frame go.
+#[derive(Debug, Clone, Copy)]
+enum CutTo {
+    /// Out of a port (an AF_XDP pod, the host port).
+    Port(PortId),
+    /// Encapsulated, to a peer.
+    Peer(PeerId),
+}
+
+/// A worker's free frames and send queues, lent together.
+struct TxSide<'a> {
+    cache: &'a mut FrameCache,
+    queues: &'a mut TxQueues,
+}
+
+/// Read up to a batch of frames from a plain TAP device straight into
+/// buffer frames and decide each; how many were read.
+fn receive_plain(
+    dispatch: &Dispatch,
+    device: &TapDevice,
+    cache: &mut FrameCache,
+    queues: &mut TxQueues,
+) -> usize {
+    let ctx = dispatch.ctx;
+    let offset = ctx.umem.rx_data_offset() as usize;
+    let mut batch = 0;
+    while batch < BATCH {
+        let Some(base) = cache.get(&ctx.ledger) else {
+            break;
+        };
+        ctx.ledger.moved(base, Location::Free, Location::InFlight);
+        // SAFETY: `base` came off the free list: no ring and no other
+        // reference holds this frame.
+        let chunk = unsafe { ctx.umem.chunk_mut(base) };
+        match device.recv(&mut chunk[offset..]) {
+            Ok(Some(len)) => {
+                batch += 1;
+                let desc = Desc {
+                    addr: base + offset as u64,
+                    len: len as u32,
+                    options: 0,
+                };
+                dispatch.frame(cache, queues, desc);
+            }
+            Ok(None) | Err(_) => {
+                free(cache, &ctx.ledger, base, Location::InFlight);
+                break;
+            }
+        }
+    }
+    batch
+}
+
+/// Read up to a batch of frames from an offloaded TAP device, each after
+/// its virtio-net header, and decide each: a plain frame (its partial
+/// checksum completed) is copied into a buffer frame and forwarded as any
+/// other; a TCP super-frame is routed where it lies, then passed whole to
+/// an offloaded TAP port of this worker, or cut into segments for any
+/// other port or peer. Reading stops once the frames read and the
+/// segments made reach a batch, so one pass does not queue more than a
+/// TX ring holds. How many frames were read.
+fn receive_offloaded(
+    dispatch: &Dispatch,
+    device: &TapDevice,
+    ports: &[WorkerPort],
+    side: &mut TxSide,
+    scratch: &mut OffloadScratch,
+) -> usize {
+    let ctx = dispatch.ctx;
+    let in_port = dispatch.in_port;
+    let (mut read, mut work) = (0, 0);
+    while work < BATCH {
+        let len = match device.recv(&mut scratch.frame) {
+            Ok(Some(len)) => len,
+            Ok(None) | Err(_) => break,
+        };
+        read += 1;
+        work += 1;
+        let buf = &mut scratch.frame[..len];
+        let offload = match VnetHeader::new_checked(&buf[..]).and_then(|h| Offload::parse(&h)) {
+            Ok(offload) => offload,
+            Err(reason) => {
+                ctx.stats.rx(in_port, len);
+                ctx.stats.dropped(in_port, DropCause::Wire(reason));
+                continue;
+            }
+        };
+        let frame = VNET_HEADER_LEN..len;
+        let Some(gso) = offload.gso else {
+            if let Checksum::Partial { start, offset } = offload.checksum
+                && let Err(reason) =
+                    complete_checksum(&mut buf[frame.clone()], start.into(), offset.into())
+            {
+                ctx.stats.rx(in_port, frame.len());
+                ctx.stats.dropped(in_port, DropCause::Wire(reason));
+                continue;
+            }
+            dispatch.copied_frame(side.cache, side.queues, &buf[frame]);
+            continue;
+        };
+        ctx.stats.rx(in_port, frame.len());
+        if gso.kind != GsoKind::TcpV4 {
+            ctx.stats.dropped(in_port, DropCause::NotIpv4);
+            continue;
+        }
+        match dispatch.forwarder.forward_super_frame(in_port, buf, frame) {
+            Verdict::Drop(cause) => ctx.stats.dropped(in_port, cause),
+            Verdict::ToPeer { peer, frame } => {
+                work += dispatch.cut(side, &buf[frame], gso.size, CutTo::Peer(peer));
+            }
+            Verdict::Transmit { port, frame } => {
+                let offloaded_out =
+                    ports
+                        .iter()
+                        .position(|p| p.id == port)
+                        .and_then(|j| match &ports[j].io {
+                            PortIo::Tap(tap) if tap.offloaded() => Some((j, &tap.device)),
+                            _ => None,
+                        });
+                let Some((j, out)) = offloaded_out else {
+                    work += dispatch.cut(side, &buf[frame], gso.size, CutTo::Port(port));
+                    continue;
+                };
+                // Frames already queued for that port go first, so a flow
+                // is not reordered; routing rewrote MACs and TTL in place,
+                // so the header still describes the frame.
+                flush_offloaded(
+                    ctx,
+                    side.cache,
+                    &mut scratch.coalescer,
+                    port,
+                    out,
+                    &mut side.queues.pending[j],
+                );
+                let parts = [
+                    IoSlice::new(&buf[..VNET_HEADER_LEN]),
+                    IoSlice::new(&buf[frame.clone()]),
+                ];
+                match out.send_parts(&parts) {
+                    Ok(()) => {
+                        ctx.stats.tx(port, frame.len());
+                        ctx.stats.super_frame_sent(port, 0);
+                    }
+                    Err(_) => ctx.stats.dropped(port, DropCause::TxError),
+                }
+            }
+        }
+    }
+    read
+}
+
+/// Send the frames queued for an offloaded TAP port, coalescing each
+/// flow's consecutive TCP segments into super-frames (userspace GRO; all
+/// flushed before returning, so no frame waits for the next batch).
+fn flush_offloaded(
+    ctx: &WorkerContext,
+    cache: &mut FrameCache,
+    coalescer: &mut Coalescer,
+    id: PortId,
+    device: &TapDevice,
+    pending: &mut Vec<Desc>,
+) {
+    let mut header = [0u8; VNET_HEADER_LEN];
+    let mut send = |offload: &Offload, frame: &[u8]| {
+        offload.emit(&mut VnetHeader::new_unchecked(&mut header[..]));
+        match device.send_parts(&[IoSlice::new(&header), IoSlice::new(frame)]) {
+            Ok(()) => {
+                ctx.stats.tx(id, frame.len());
+                if let Some(gso) = offload.gso {
+                    let payload = frame.len().saturating_sub(usize::from(gso.hdr_len));
+                    let frames = payload.div_ceil(usize::from(gso.size).max(1));
+                    ctx.stats.super_frame_sent(id, frames);
+                }
+            }
+            Err(_) => ctx.stats.dropped(id, DropCause::TxError),
+        }
+    };
+    for desc in pending.drain(..) {
+        let base = ctx.ledger.chunk_base(desc.addr);
+        let offset = (desc.addr - base) as usize;
+        // SAFETY: the frame is in flight in this worker: no ring and no
+        // other reference holds it.
+        let chunk = unsafe { ctx.umem.chunk_mut(base) };
+        coalescer.push(&chunk[offset..offset + desc.len as usize], &mut send);
+        free(cache, &ctx.ledger, base, Location::InFlight);
+    }
+    coalescer.flush(&mut send);
 }
 
 fn free(cache: &mut FrameCache, ledger: &FrameLedger, addr: u64, from: Location) {

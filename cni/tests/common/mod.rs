@@ -57,13 +57,17 @@ pub struct Nodes {
 
 /// Start [`Nodes`]: lab namespaces named after `tag`.
 pub fn nodes(tag: &str, switches: usize) -> Result<Nodes> {
+    nodes_with(tag, switches, &SwitchOptions::default())
+}
+
+/// Start [`Nodes`] whose switches run with `options`.
+pub fn nodes_with(tag: &str, switches: usize, options: &SwitchOptions) -> Result<Nodes> {
     let mut lab = Lab::new(tag)?;
     let n1 = lab.netns("n1")?;
     let n2 = lab.netns("n2")?;
     connect_underlay(&n1, 1, &n2, 2, 1500)?;
     let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
     let binary = daemon_binary()?;
-    let options = SwitchOptions::default();
     let peer = |index| PeerEntry {
         index,
         vtep_mac: None,
@@ -78,7 +82,7 @@ pub fn nodes(tag: &str, switches: usize) -> Result<Nodes> {
         1,
         &binary,
         &dir,
-        &options,
+        options,
         &peers_of_1,
     )?];
     if switches > 1 {
@@ -87,7 +91,7 @@ pub fn nodes(tag: &str, switches: usize) -> Result<Nodes> {
             2,
             &binary,
             &dir,
-            &options,
+            options,
             &[peer(1)],
         )?);
     }

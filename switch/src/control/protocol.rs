@@ -6,6 +6,7 @@
 //! The answer is `{"ok":true,"result":…}` or `{"ok":false,"error":"…"}`.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -27,7 +28,10 @@ pub enum PortKind {
     /// written through AF_XDP.
     #[default]
     Afxdp,
-    /// A TAP device the daemon creates; move it into the pod's namespace.
+    /// A TAP device read and written with a virtio-net header and
+    /// offloads (TCP super-frames, partial checksums): the pod's own, in
+    /// its namespace (`netns` and `ifname`, made by the CNI plugin), or
+    /// one the daemon creates in the node's namespace.
     Tap,
 }
 
@@ -48,6 +52,13 @@ pub struct PortSpec {
     /// attachments can be checked and garbage-collected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// For a TAP port: the pod's network namespace (a path such as
+    /// `/var/run/netns/pod1`) holding the TAP device `ifname`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
+    /// For a TAP port in `netns`: the device's name there (`eth0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
 }
 
 /// A request to the daemon.

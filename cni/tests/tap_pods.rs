@@ -1,0 +1,385 @@
+//! TAP pods (`"podInterface": "tap"`) beside veth pods, through the real
+//! path: the plugin makes the pods as a runtime would, the daemons attach
+//! to their TAP devices with virtio-net headers, and ping and iperf3 run
+//! between every kind of pair — TAP to TAP on one node (super-frames
+//! passed whole), TAP to veth (cut into segments), veth to TAP
+//! (coalesced), across nodes over VXLAN and Geneve (cut, encapsulated,
+//! decapsulated, coalesced), and against a kernel VXLAN node whose
+//! underlay must see only plain, valid, MTU-sized frames. Needs root.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use common::{Nodes, check_frames, nodes_with, plugin, pod_ports, serial};
+use podswitch_encap::wire::{
+    EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Packet, TcpPacket, UdpPacket,
+};
+use podswitch_lab::capture::RawLink;
+use podswitch_lab::cluster::{
+    KernelNode, PeerEntry, Pod, SwitchNode, SwitchOptions, UPLINK, connect_underlay,
+    kernel_vtep_mac, node_ip, ping, router_mac,
+};
+use podswitch_lab::cni::{CniCall, netns_path};
+use podswitch_lab::traffic::{IPERF_PORT, IperfClient, iperf_server};
+use podswitch_lab::{Lab, Netns};
+
+/// Two TAP pods and one veth pod on each of two podswitch nodes.
+struct Mixed {
+    nodes: Nodes,
+    /// Per node: TAP pods .2 and .3, veth pod .4.
+    pods: [[Pod; 3]; 2],
+}
+
+fn mixed(tag: &str, encap: &str) -> Result<Mixed> {
+    let options = SwitchOptions {
+        encap: encap.into(),
+        ..SwitchOptions::default()
+    };
+    let mut nodes = nodes_with(tag, 2, &options)?;
+    let plugin = plugin();
+    let mut pods = Vec::new();
+    for node in &nodes.switches {
+        pods.push([
+            node.add_cni_pod_as(&mut nodes.lab, &plugin, 2, "tap")?,
+            node.add_cni_pod_as(&mut nodes.lab, &plugin, 3, "tap")?,
+            node.add_cni_pod_as(&mut nodes.lab, &plugin, 4, "veth")?,
+        ]);
+    }
+    let [one, two] = <[[Pod; 3]; 2]>::try_from(pods).map_err(|_| anyhow::anyhow!("two nodes"))?;
+    Ok(Mixed {
+        nodes,
+        pods: [one, two],
+    })
+}
+
+fn expect_pings(from: &Pod, to: Ipv4Addr, what: &str) -> Result<()> {
+    let replies = ping(&from.ns, to, 5)?;
+    ensure!(
+        replies >= 4,
+        "{what}: {replies}/5 replies {} → {to}",
+        from.ip
+    );
+    Ok(())
+}
+
+/// TCP from `from` to `to` with `streams` streams; its rate in Gbit/s.
+fn tcp(from: &Pod, to: &Pod, streams: u32, what: &str) -> Result<f64> {
+    let _server = iperf_server(&to.ns, IPERF_PORT)?;
+    let result = IperfClient {
+        streams,
+        ..IperfClient::default()
+    }
+    .run(&from.ns, to.ip)
+    .with_context(|| format!("{what}: iperf3 TCP"))?;
+    ensure!(
+        result.gbps() > 0.05,
+        "{what}: TCP carried only {:.3} Gbit/s",
+        result.gbps()
+    );
+    eprintln!(
+        "{what}: {:.2} Gbit/s, {} retransmits",
+        result.gbps(),
+        result.retransmits
+    );
+    Ok(result.gbps())
+}
+
+/// The pod kernel's checksum error counters (TCP and UDP): must stay 0.
+fn checksum_errors(ns: &Netns) -> Result<u64> {
+    let text = ns.run("nstat", &["-asz", "TcpInCsumErrors", "UdpInCsumErrors"])?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum())
+}
+
+/// A port's counters by the pod address it carries.
+fn port_of(node: &SwitchNode, pod: &Pod) -> Result<serde_json::Value> {
+    let ports = node.cli_json(&["ports"])?;
+    ports
+        .as_array()
+        .context("ports")?
+        .iter()
+        .find(|p| p["ip"] == pod.ip.to_string())
+        .cloned()
+        .with_context(|| format!("no port for {}", pod.ip))
+}
+
+fn offload(port: &serde_json::Value, counter: &str) -> u64 {
+    port["counters"]["offload"][counter].as_u64().unwrap_or(0)
+}
+
+fn mixed_pods_talk(tag: &str, encap: &str) -> Result<Mixed> {
+    let tb = mixed(tag, encap)?;
+    let [[t1, t1b, v1], [t2, _, v2]] = &tb.pods;
+    let [n1, n2] = [&tb.nodes.switches[0], &tb.nodes.switches[1]];
+    for node in [n1, n2] {
+        let kinds: Vec<String> = node
+            .cli_json(&["ports"])?
+            .as_array()
+            .context("ports")?
+            .iter()
+            .filter(|p| p["role"] == "pod")
+            .map(|p| p["kind"].as_str().unwrap_or_default().to_string())
+            .collect();
+        ensure!(
+            kinds.iter().filter(|k| *k == "tap").count() == 2
+                && kinds.iter().filter(|k| *k == "afxdp").count() == 1,
+            "node {}: pod ports {kinds:?}",
+            node.index
+        );
+    }
+    for (from, to, what) in [
+        (t1, t1b, "TAP to TAP, one node"),
+        (t1, v1, "TAP to veth, one node"),
+        (v1, t1, "veth to TAP, one node"),
+        (t1, t2, "TAP to TAP, across nodes"),
+        (t1, v2, "TAP to veth, across nodes"),
+        (v2, t1, "veth to TAP, across nodes"),
+    ] {
+        expect_pings(from, to.ip, what)?;
+    }
+    tcp(t1, t1b, 1, "TAP to TAP, one node")?;
+    tcp(t1, v1, 1, "TAP to veth, one node")?;
+    tcp(v1, t1b, 1, "veth to TAP, one node")?;
+    tcp(t1, t2, 1, "TAP to TAP, across nodes")?;
+    tcp(t1, t2, 4, "TAP to TAP, across nodes, 4 streams")?;
+    tcp(t2, v1, 1, "TAP to veth, across nodes")?;
+    tcp(v2, t1, 1, "veth to TAP, across nodes")?;
+    let _server = iperf_server(&t2.ns, IPERF_PORT)?;
+    let udp = IperfClient {
+        seconds: 1,
+        udp: Some((200_000_000, 1400)),
+        ..IperfClient::default()
+    }
+    .run(&t1.ns, t2.ip)?;
+    ensure!(udp.packets > 0, "no UDP datagrams were sent");
+    ensure!(
+        udp.lost_packets * 10 < udp.packets,
+        "UDP TAP to TAP across nodes lost {} of {}",
+        udp.lost_packets,
+        udp.packets
+    );
+    for pod in tb.pods.iter().flatten() {
+        let errors = checksum_errors(&pod.ns)?;
+        ensure!(
+            errors == 0,
+            "pod {} counted {errors} checksum errors",
+            pod.ip
+        );
+    }
+    // The large-segment paths were taken: node 1's first TAP pod's
+    // super-frames were cut (for the tunnel and the veth pod), its
+    // neighbour got them whole, and node 2's TAP pod got coalesced ones.
+    let sender = port_of(n1, t1)?;
+    ensure!(
+        offload(&sender, "super_frames_cut") > 0,
+        "no super-frame was cut: {sender}"
+    );
+    let neighbour = port_of(n1, t1b)?;
+    ensure!(
+        offload(&neighbour, "super_frames_sent") > 0,
+        "no super-frame reached the TAP pod on the same node: {neighbour}"
+    );
+    let receiver = port_of(n2, t2)?;
+    ensure!(
+        offload(&receiver, "frames_coalesced") > 0,
+        "nothing was coalesced for the TAP pod across nodes: {receiver}"
+    );
+    for node in [n1, n2] {
+        check_frames(node)?;
+    }
+    Ok(tb)
+}
+
+/// DEL every pod: the TAP devices go from the pods, the ports from the
+/// switches.
+fn delete_all(tb: &Mixed) -> Result<()> {
+    let plugin = plugin();
+    for (node, pods) in tb.nodes.switches.iter().zip(&tb.pods) {
+        for (i, pod) in pods.iter().enumerate() {
+            let kind = if i < 2 { "tap" } else { "veth" };
+            let mut network = node.cni_network("1.0.0");
+            network["podInterface"] = kind.into();
+            let path = netns_path(&pod.ns);
+            let container_id = format!("pod{}{}", node.index, i + 2);
+            let call = CniCall {
+                command: "DEL",
+                container_id: &container_id,
+                netns: Some(&path),
+                ifname: "eth0",
+            };
+            plugin.expect_ok(&node.ns, &call, &network)?;
+            let links = pod.ns.ip(&["-o", "link", "show"])?;
+            ensure!(
+                !links.contains("eth0"),
+                "pod {} keeps eth0 after DEL:\n{links}",
+                pod.ip
+            );
+        }
+        let ports = pod_ports(node)?;
+        ensure!(ports.is_empty(), "ports left: {ports:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn tap_and_veth_pods_over_vxlan() -> Result<()> {
+    let _serial = serial();
+    let mut tb = mixed_pods_talk("tap-vxlan", "vxlan")?;
+    // A daemon killed and restarted re-attaches to its TAP pods.
+    let [[t1, _, _], [t2, _, _]] = &tb.pods;
+    let node = &mut tb.nodes.switches[0];
+    let daemon = node.daemon().context("no daemon")?;
+    ensure!(
+        daemon.signal_and_wait(nix::sys::signal::Signal::SIGKILL, Duration::from_secs(5)),
+        "SIGKILL did not stop the daemon"
+    );
+    node.launch()?;
+    let port = port_of(node, t1)?;
+    ensure!(port["kind"] == "tap", "not restored as a TAP port: {port}");
+    let replies = ping(&t1.ns, t2.ip, 10)?;
+    ensure!(replies >= 5, "{replies}/10 replies after the restart");
+    tcp(t1, t2, 1, "TAP to TAP after a restart")?;
+    delete_all(&tb)
+}
+
+#[test]
+fn tap_and_veth_pods_over_geneve() -> Result<()> {
+    let _serial = serial();
+    let tb = mixed_pods_talk("tap-geneve", "geneve")?;
+    delete_all(&tb)
+}
+
+/// What the kernel node's underlay received from the podswitch node.
+#[derive(Debug, Default)]
+struct UnderlayCheck {
+    frames: usize,
+    too_big: usize,
+    bad_outer: usize,
+    bad_inner_ip: usize,
+    bad_tcp_checksum: usize,
+    tcp_segments: usize,
+}
+
+/// Check one tunnel frame from `from`: at most `max_len` bytes, outer and
+/// inner IPv4 headers valid, the inner TCP checksum complete and right.
+fn check_tunnel_frame(frame: &[u8], from: Ipv4Addr, max_len: usize, seen: &mut UnderlayCheck) {
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return;
+    };
+    if eth.ethertype() != EthernetProtocol::Ipv4 {
+        return;
+    }
+    let Ok(outer) = Ipv4Packet::new_checked(eth.payload()) else {
+        return;
+    };
+    if outer.src_addr() != from || outer.next_header() != IpProtocol::Udp {
+        return;
+    }
+    seen.frames += 1;
+    if frame.len() > max_len {
+        seen.too_big += 1;
+    }
+    let Ok(udp) = UdpPacket::new_checked(outer.payload()) else {
+        seen.bad_outer += 1;
+        return;
+    };
+    if !outer.verify_checksum() || udp.dst_port() != 4789 || udp.payload().len() < 8 + 14 {
+        seen.bad_outer += 1;
+        return;
+    }
+    let Ok(inner_eth) = EthernetFrame::new_checked(&udp.payload()[8..]) else {
+        seen.bad_outer += 1;
+        return;
+    };
+    let Ok(inner) = Ipv4Packet::new_checked(inner_eth.payload()) else {
+        seen.bad_inner_ip += 1;
+        return;
+    };
+    if !inner.verify_checksum() {
+        seen.bad_inner_ip += 1;
+        return;
+    }
+    if inner.next_header() != IpProtocol::Tcp {
+        return;
+    }
+    seen.tcp_segments += 1;
+    let checksum_ok = TcpPacket::new_checked(inner.payload()).is_ok_and(|tcp| {
+        tcp.verify_checksum(
+            &IpAddress::Ipv4(inner.src_addr()),
+            &IpAddress::Ipv4(inner.dst_addr()),
+        )
+    });
+    if !checksum_ok {
+        seen.bad_tcp_checksum += 1;
+    }
+}
+
+/// A TAP pod on a podswitch node and a pod on a kernel VXLAN node
+/// (Flannel-style, offloads on): ping and TCP both ways, and every tunnel
+/// frame the kernel node receives is a plain frame of at most the
+/// underlay MTU with valid checksums.
+#[test]
+fn tap_pod_with_kernel_vxlan_node() -> Result<()> {
+    let _serial = serial();
+    let mut lab = Lab::new("tap-interop")?;
+    let n1 = lab.netns("n1")?;
+    let n2 = lab.netns("n2")?;
+    connect_underlay(&n1, 1, &n2, 2, 1500)?;
+    // What arrives is what was sent: no receive-side merging.
+    n2.run("ethtool", &["-K", UPLINK, "gro", "off"])?;
+    let kernel = KernelNode::create(n2.clone(), 2, 1500)?;
+    kernel.add_peer(1, &router_mac(1))?;
+    let peers = [PeerEntry {
+        index: 2,
+        vtep_mac: Some(kernel_vtep_mac(2)),
+    }];
+    let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
+    let options = SwitchOptions::default();
+    let node = SwitchNode::start(n1, 1, &common::daemon_binary()?, &dir, &options, &peers)?;
+    let a = node.add_cni_pod_as(&mut lab, &plugin(), 2, "tap")?;
+    let k = kernel.add_pod(&mut lab, 2, true)?;
+    expect_pings(&a, k.ip, "TAP pod to kernel pod")?;
+    expect_pings(&k, a.ip, "kernel pod to TAP pod")?;
+
+    let mut capture = RawLink::open(&n2, UPLINK, Duration::from_millis(100))?;
+    let mut seen = UnderlayCheck::default();
+    std::thread::scope(|scope| -> Result<()> {
+        let sender = scope.spawn(|| tcp(&a, &k, 1, "TAP pod to kernel pod"));
+        let frames = capture.collect(200_000, Duration::from_secs(4), |_| true);
+        for frame in &frames {
+            check_tunnel_frame(frame, node_ip(1), 1514, &mut seen);
+        }
+        sender
+            .join()
+            .map_err(|_| anyhow::anyhow!("iperf3 thread panicked"))??;
+        Ok(())
+    })?;
+    eprintln!("underlay frames from the podswitch node: {seen:?}");
+    ensure!(
+        seen.tcp_segments > 1000,
+        "too few TCP segments seen: {seen:?}"
+    );
+    ensure!(
+        seen.too_big == 0
+            && seen.bad_outer == 0
+            && seen.bad_inner_ip == 0
+            && seen.bad_tcp_checksum == 0,
+        "bad tunnel frames reached the kernel node: {seen:?}"
+    );
+    tcp(&k, &a, 1, "kernel pod to TAP pod")?;
+    for pod in [&a, &k] {
+        let errors = checksum_errors(&pod.ns)?;
+        ensure!(
+            errors == 0,
+            "pod {} counted {errors} checksum errors",
+            pod.ip
+        );
+    }
+    check_frames(&node)
+}
