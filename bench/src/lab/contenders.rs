@@ -306,6 +306,7 @@ fn podswitch_nodes(
         poll_mode: poll_mode.into(),
         xdp_mode: "auto".into(),
         cni: Some(binaries.cni.clone()),
+        pod_interface: None,
     };
     let n1 = lab.netns("n1")?;
     let n2 = lab.netns("n2")?;
