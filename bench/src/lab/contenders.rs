@@ -1,11 +1,14 @@
 //! The contenders and their testbeds: each is two pods, one per node
-//! (the direct veth pair has no nodes), in namespaces of one [`Lab`],
-//! built the same way every run and torn down — processes by PID first,
-//! then namespaces — when the testbed is dropped.
+//! (the direct veth pair has no nodes) or, for the same-node contenders,
+//! both on node 1, in namespaces of one [`Lab`], built the same way every
+//! run and torn down — processes by PID first, then namespaces — when the
+//! testbed is dropped.
 //!
 //! Node 1 and its pod belong to CPU 0, node 2 and its pod to CPU 1: the
 //! podswitch workers and Open vSwitch's polling threads are pinned there,
-//! and the measurements pin senders and receivers likewise.
+//! and the measurements pin senders and receivers likewise. On one node
+//! the sender and node 1's switch keep CPU 0 and the receiving
+//! application keeps CPU 1, for every contender alike.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -36,6 +39,11 @@ pub enum Kind {
         encap: &'static str,
         /// "adaptive" or "busy".
         poll_mode: &'static str,
+        /// How the CNI plugin attaches the pods: "veth" (AF_XDP on the
+        /// host end, frame at a time, offloads off) or "tap" (TAP device
+        /// with virtio-net headers, 64 KB TCP segments to and from the
+        /// pod's kernel).
+        pod_interface: &'static str,
     },
     /// Flannel-style bridge + vxlan on both nodes.
     Kernel {
@@ -53,6 +61,16 @@ pub enum Kind {
     Veth,
 }
 
+/// Where a contender's two pods are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    /// One pod on each node: every measurement.
+    AcrossNodes,
+    /// Both pods on node 1: TCP only.
+    SameNode,
+}
+
 /// One contender.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Contender {
@@ -62,15 +80,42 @@ pub struct Contender {
     pub name: &'static str,
     /// Its path.
     pub kind: Kind,
+    /// Where its pods are.
+    pub placement: Placement,
 }
 
 impl Contender {
     /// One line saying what the path is.
     pub fn description(&self) -> String {
+        let path = self.path_description();
+        match self.placement {
+            Placement::AcrossNodes => path,
+            Placement::SameNode => format!(
+                "{path} — both pods on node 1 (TCP only): the sender and node 1's switch on \
+                 CPU 0, the receiving application on CPU 1"
+            ),
+        }
+    }
+
+    fn path_description(&self) -> String {
         match self.kind {
-            Kind::Podswitch { encap, poll_mode } => format!(
+            Kind::Podswitch {
+                encap,
+                poll_mode,
+                pod_interface: "tap",
+            } => format!(
                 "podswitch on both nodes, {encap} overlay, {poll_mode} polling, one worker per node \
-                 (node 1 on CPU 0, node 2 on CPU 1), native XDP; pods made by podswitch-cni, offloads off"
+                 (node 1 on CPU 0, node 2 on CPU 1), native XDP uplink; pods made by podswitch-cni \
+                 as TAP devices with virtio-net offloads on (64 KB TCP segments from and to the \
+                 pods' kernels, cut to MTU frames toward the uplink and coalesced again for a \
+                 receiving TAP pod)"
+            ),
+            Kind::Podswitch {
+                encap, poll_mode, ..
+            } => format!(
+                "podswitch on both nodes, {encap} overlay, {poll_mode} polling, one worker per node \
+                 (node 1 on CPU 0, node 2 on CPU 1), native XDP; pods made by podswitch-cni on \
+                 veth (AF_XDP), offloads off"
             ),
             Kind::Kernel {
                 pod_offloads: true,
@@ -103,14 +148,26 @@ impl Contender {
 }
 
 /// Every contender, in the order they run and are reported.
-pub const ALL: [Contender; 9] = [
+pub const ALL: [Contender; 13] = [
     Contender {
         key: "podswitch-vxlan-adaptive",
         name: "podswitch VXLAN adaptive",
         kind: Kind::Podswitch {
             encap: "vxlan",
             poll_mode: "adaptive",
+            pod_interface: "veth",
         },
+        placement: Placement::AcrossNodes,
+    },
+    Contender {
+        key: "podswitch-vxlan-tap-adaptive",
+        name: "podswitch VXLAN TAP adaptive",
+        kind: Kind::Podswitch {
+            encap: "vxlan",
+            poll_mode: "adaptive",
+            pod_interface: "tap",
+        },
+        placement: Placement::AcrossNodes,
     },
     Contender {
         key: "podswitch-vxlan-busy",
@@ -118,7 +175,9 @@ pub const ALL: [Contender; 9] = [
         kind: Kind::Podswitch {
             encap: "vxlan",
             poll_mode: "busy",
+            pod_interface: "veth",
         },
+        placement: Placement::AcrossNodes,
     },
     Contender {
         key: "podswitch-geneve-adaptive",
@@ -126,7 +185,9 @@ pub const ALL: [Contender; 9] = [
         kind: Kind::Podswitch {
             encap: "geneve",
             poll_mode: "adaptive",
+            pod_interface: "veth",
         },
+        placement: Placement::AcrossNodes,
     },
     Contender {
         key: "podswitch-geneve-busy",
@@ -134,7 +195,9 @@ pub const ALL: [Contender; 9] = [
         kind: Kind::Podswitch {
             encap: "geneve",
             poll_mode: "busy",
+            pod_interface: "veth",
         },
+        placement: Placement::AcrossNodes,
     },
     Contender {
         key: KERNEL_BASELINE,
@@ -143,6 +206,7 @@ pub const ALL: [Contender; 9] = [
             pod_offloads: true,
             underlay_offloads: true,
         },
+        placement: Placement::AcrossNodes,
     },
     Contender {
         key: "kernel-wire-frames",
@@ -151,6 +215,7 @@ pub const ALL: [Contender; 9] = [
             pod_offloads: true,
             underlay_offloads: false,
         },
+        placement: Placement::AcrossNodes,
     },
     Contender {
         key: "kernel-offloads-off",
@@ -159,16 +224,48 @@ pub const ALL: [Contender; 9] = [
             pod_offloads: false,
             underlay_offloads: false,
         },
+        placement: Placement::AcrossNodes,
     },
     Contender {
         key: "ovs-afxdp",
         name: "Open vSwitch AF_XDP",
         kind: Kind::Ovs,
+        placement: Placement::AcrossNodes,
     },
     Contender {
         key: "veth",
         name: "direct veth",
         kind: Kind::Veth,
+        placement: Placement::AcrossNodes,
+    },
+    Contender {
+        key: KERNEL_SAME_NODE,
+        name: "one node: kernel, offloads on",
+        kind: Kind::Kernel {
+            pod_offloads: true,
+            underlay_offloads: true,
+        },
+        placement: Placement::SameNode,
+    },
+    Contender {
+        key: "podswitch-tap-same-node",
+        name: "one node: podswitch TAP adaptive",
+        kind: Kind::Podswitch {
+            encap: "vxlan",
+            poll_mode: "adaptive",
+            pod_interface: "tap",
+        },
+        placement: Placement::SameNode,
+    },
+    Contender {
+        key: "podswitch-veth-same-node",
+        name: "one node: podswitch veth adaptive",
+        kind: Kind::Podswitch {
+            encap: "vxlan",
+            poll_mode: "adaptive",
+            pod_interface: "veth",
+        },
+        placement: Placement::SameNode,
     },
 ];
 
@@ -176,13 +273,21 @@ pub const ALL: [Contender; 9] = [
 /// users have it.
 pub const KERNEL_BASELINE: &str = "kernel-offloads-on";
 
+/// The same-node contenders' baseline: two pods on one Flannel-style
+/// bridge, offloads on.
+pub const KERNEL_SAME_NODE: &str = "kernel-same-node";
+
 /// The contenders of `--quick`: one of each kind (the Geneve and busy
-/// variants run the same code as this one).
-pub const QUICK: [&str; 4] = [
+/// variants run the same code as these), TAP pods across nodes, and TAP
+/// pods and the kernel on one node (TCP only, a few seconds).
+pub const QUICK: [&str; 7] = [
     "podswitch-vxlan-adaptive",
+    "podswitch-vxlan-tap-adaptive",
     KERNEL_BASELINE,
     "ovs-afxdp",
     "veth",
+    KERNEL_SAME_NODE,
+    "podswitch-tap-same-node",
 ];
 
 /// What building a podswitch testbed needs.
@@ -217,14 +322,27 @@ impl Testbed {
         let mut lab = Lab::new("bl")?;
         let files = ScratchDir(std::env::temp_dir().join(lab.prefix().trim_end_matches('-')));
         std::fs::create_dir_all(&files.0)?;
+        let same_node = contender.placement == Placement::SameNode;
         let (nodes, pods) = match contender.kind {
-            Kind::Podswitch { encap, poll_mode } => {
-                podswitch_nodes(&mut lab, &files.0, binaries, encap, poll_mode)?
-            }
+            Kind::Podswitch {
+                encap,
+                poll_mode,
+                pod_interface,
+            } => podswitch_nodes(
+                &mut lab,
+                &files.0,
+                binaries,
+                PodswitchSetup {
+                    encap,
+                    poll_mode,
+                    pod_interface,
+                    same_node,
+                },
+            )?,
             Kind::Kernel {
                 pod_offloads,
                 underlay_offloads,
-            } => kernel_nodes(&mut lab, pod_offloads, underlay_offloads)?,
+            } => kernel_nodes(&mut lab, pod_offloads, underlay_offloads, same_node)?,
             Kind::Ovs => ovs_nodes(&mut lab, &files.0)?,
             Kind::Veth => (Nodes::None, direct_veth_pods(&mut lab, POD_MTU)?),
         };
@@ -291,22 +409,30 @@ impl Testbed {
     }
 }
 
+/// How a podswitch testbed is set up.
+struct PodswitchSetup {
+    encap: &'static str,
+    poll_mode: &'static str,
+    pod_interface: &'static str,
+    /// Both pods on node 1 rather than one per node.
+    same_node: bool,
+}
+
 /// Two podswitch nodes peered over a veth underlay, each with one pod
-/// made by the CNI plugin, the daemons running their production
-/// configuration.
+/// made by the CNI plugin (or node 1 with both), the daemons running
+/// their production configuration.
 fn podswitch_nodes(
     lab: &mut Lab,
     dir: &Path,
     binaries: &Binaries,
-    encap: &str,
-    poll_mode: &str,
+    setup: PodswitchSetup,
 ) -> Result<(Nodes, [Pod; 2])> {
     let options = SwitchOptions {
-        encap: encap.into(),
-        poll_mode: poll_mode.into(),
+        encap: setup.encap.into(),
+        poll_mode: setup.poll_mode.into(),
         xdp_mode: "auto".into(),
         cni: Some(binaries.cni.clone()),
-        pod_interface: None,
+        pod_interface: Some(setup.pod_interface.into()),
     };
     let n1 = lab.netns("n1")?;
     let n2 = lab.netns("n2")?;
@@ -323,10 +449,17 @@ fn podswitch_nodes(
         without_frame_checks(node)?;
     }
     let plugin = &binaries.cni;
-    let pods = [
-        node1.add_cni_pod(lab, plugin, 2)?,
-        node2.add_cni_pod(lab, plugin, 2)?,
-    ];
+    let pods = if setup.same_node {
+        [
+            node1.add_cni_pod(lab, plugin, 2)?,
+            node1.add_cni_pod(lab, plugin, 3)?,
+        ]
+    } else {
+        [
+            node1.add_cni_pod(lab, plugin, 2)?,
+            node2.add_cni_pod(lab, plugin, 2)?,
+        ]
+    };
     Ok((Nodes::Podswitch(Box::new([node1, node2])), pods))
 }
 
@@ -353,11 +486,13 @@ fn without_frame_checks(node: &mut SwitchNode) -> Result<()> {
 }
 
 /// Two Flannel-style kernel nodes peered over a veth underlay, one pod
-/// each, the pods' and the underlay's offloads on or off.
+/// each (or both on node 1, on its bridge), the pods' and the underlay's
+/// offloads on or off.
 fn kernel_nodes(
     lab: &mut Lab,
     pod_offloads: bool,
     underlay_offloads: bool,
+    same_node: bool,
 ) -> Result<(Nodes, [Pod; 2])> {
     let n1 = lab.netns("n1")?;
     let n2 = lab.netns("n2")?;
@@ -374,10 +509,17 @@ fn kernel_nodes(
     let k2 = KernelNode::create(n2, 2, UNDERLAY_MTU)?;
     k1.add_peer(2, &kernel_vtep_mac(2))?;
     k2.add_peer(1, &kernel_vtep_mac(1))?;
-    let pods = [
-        k1.add_pod(lab, 2, pod_offloads)?,
-        k2.add_pod(lab, 2, pod_offloads)?,
-    ];
+    let pods = if same_node {
+        [
+            k1.add_pod(lab, 2, pod_offloads)?,
+            k1.add_pod(lab, 3, pod_offloads)?,
+        ]
+    } else {
+        [
+            k1.add_pod(lab, 2, pod_offloads)?,
+            k2.add_pod(lab, 2, pod_offloads)?,
+        ]
+    };
     Ok((Nodes::Kernel, pods))
 }
 
@@ -435,7 +577,16 @@ mod tests {
         let all: Vec<&str> = ALL.iter().map(|c| c.key).collect();
         assert_eq!(select(None, &all).unwrap().len(), ALL.len());
         let quick = select(None, &QUICK).unwrap();
-        assert_eq!(quick.len(), 4);
+        assert_eq!(quick.len(), QUICK.len());
+        // TAP pods across nodes and on one node, with the kernel there.
+        assert!(quick.iter().any(|c| matches!(
+            c.kind,
+            Kind::Podswitch {
+                pod_interface: "tap",
+                ..
+            }
+        ) && c.placement == Placement::AcrossNodes));
+        assert!(quick.iter().any(|c| c.key == KERNEL_SAME_NODE));
         // One of every kind.
         assert!(
             quick
@@ -457,5 +608,9 @@ mod tests {
             assert!(ALL[i + 1..].iter().all(|b| b.key != a.key));
         }
         assert!(ALL.iter().any(|c| c.key == KERNEL_BASELINE));
+        assert!(
+            ALL.iter()
+                .any(|c| c.key == KERNEL_SAME_NODE && c.placement == Placement::SameNode)
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-use super::contenders::KERNEL_BASELINE;
+use super::contenders::{KERNEL_BASELINE, KERNEL_SAME_NODE, Placement};
 use super::criterion::headline;
 use super::measure::Settings;
 use super::report::{ContenderResult, Report, Summary};
@@ -87,11 +87,8 @@ fn write_section(md: &mut String, report: &Report, plots: &Plots) -> std::fmt::R
         plots.dir,
     )?;
     let base = report.baseline();
-    let measured: Vec<&ContenderResult> = report
-        .contenders
-        .iter()
-        .filter(|c| c.skipped.is_none())
-        .collect();
+    let measured = report.measured(Placement::AcrossNodes);
+    let same_node = report.measured(Placement::SameNode);
 
     writeln!(md, "### Headline: ratios to the kernel path\n")?;
     writeln!(
@@ -134,12 +131,14 @@ fn write_section(md: &mut String, report: &Report, plots: &Plots) -> std::fmt::R
 
     write_goals(md, report)?;
     write_tcp(md, &measured)?;
+    write_same_node(md, report, &same_node, plots)?;
     write_udp(md, &measured)?;
     write_latency(md, &measured)?;
     write_idle(md, &measured, report.settings.idle_seconds)?;
     write_counters(md, report)?;
     write_problems(md, report)?;
-    write_noisy(md, &measured)?;
+    let all: Vec<&ContenderResult> = measured.iter().chain(&same_node).copied().collect();
+    write_noisy(md, &all)?;
     write_criterion(md, report)?;
     write_method(md, &report.settings)?;
     Ok(())
@@ -218,11 +217,11 @@ fn write_goals(md: &mut String, report: &Report) -> std::fmt::Result {
         "| contender | TCP 1 stream | TCP 4 streams | 64 B rate | CPU per 64 B packet | p99 | p99 loaded | p99.9 | p99.9 loaded | idle ≤ 2 % |"
     )?;
     writeln!(md, "|---|---|---|---|---|---|---|---|---|---|")?;
-    for c in report
-        .contenders
-        .iter()
-        .filter(|c| c.key.starts_with("podswitch") && c.skipped.is_none())
-    {
+    for c in report.contenders.iter().filter(|c| {
+        c.key.starts_with("podswitch")
+            && c.skipped.is_none()
+            && c.placement == Placement::AcrossNodes
+    }) {
         let s = &c.summary;
         let idle = match (c.key.ends_with("adaptive"), s.idle_cores_per_node) {
             (true, Some(i)) if i.median <= 0.02 => format!("met ({:.1} %)", 100.0 * i.median),
@@ -281,6 +280,84 @@ fn write_tcp(md: &mut String, measured: &[&ContenderResult]) -> std::fmt::Result
         }
     }
     writeln!(md)
+}
+
+/// What a bare TAP-to-TAP relay (no switch logic: read a 64 KB segment
+/// from one TAP, write it to the other) carried on this machine, Gbit/s:
+/// issue 7's goal for podswitch between two pods on one node.
+pub const BARE_RELAY_GBPS: f64 = 13.7;
+
+fn write_same_node(
+    md: &mut String,
+    report: &Report,
+    same_node: &[&ContenderResult],
+    plots: &Plots,
+) -> std::fmt::Result {
+    if same_node.is_empty() {
+        return Ok(());
+    }
+    let base = report.same_node_baseline();
+    writeln!(md, "### TCP pod to pod on one node (iperf3)\n")?;
+    writeln!(
+        md,
+        "Both pods on node 1, in the same run as the tables above: the sending pod and node 1's \
+         switch on CPU 0, the receiving application on CPU 1, for every contender alike (the \
+         kernel forwards in the sender's softirq on CPU 0, as podswitch's node 1 worker does). \
+         Ratio: to **one node: kernel, offloads on** (two pods on one Flannel-style bridge). \
+         Goal (issue 7): at least {BARE_RELAY_GBPS} Gbit/s, what a bare TAP-to-TAP relay carried \
+         on this machine. CPU columns as in the table above.\n"
+    )?;
+    writeln!(
+        md,
+        "| contender | streams | Gbit/s | ratio to kernel, one node | ≥ {BARE_RELAY_GBPS} Gbit/s | retransmits | switch | softirq | system | machine | cores per Gbit/s: machine / datapath |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|")?;
+    for c in same_node {
+        for t in &c.summary.tcp {
+            let r = ratio(
+                Some(t.gbps.median),
+                base.and_then(|b| b.tcp_gbps(t.streams)),
+            );
+            let goal = if c.key.starts_with("podswitch") {
+                verdict_abs(t.gbps.median, BARE_RELAY_GBPS)
+            } else {
+                "–".into()
+            };
+            writeln!(
+                md,
+                "| {} | {} | {} | {} | {goal} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} / {} |",
+                c.name,
+                t.streams,
+                spread(&t.gbps, 2),
+                r.map_or("–".into(), |r| format!("{r:.2}×")),
+                t.retransmits.median,
+                t.cpu.switch.median,
+                t.cpu.kernel_softirq.median,
+                t.cpu.kernel_system.median,
+                t.cpu.machine.median,
+                t.machine_cores_per_gbps
+                    .map_or("–".into(), |v| format!("{v:.2}")),
+                t.datapath_cores_per_gbps
+                    .map_or("–".into(), |v| format!("{v:.2}")),
+            )?;
+        }
+    }
+    if base.is_none() {
+        writeln!(
+            md,
+            "\nThe same-node kernel baseline (`{KERNEL_SAME_NODE}`) was not measured, so no ratios."
+        )?;
+    }
+    writeln!(md, "\n![TCP on one node]({}lab-same-node.svg)\n", plots.dir)
+}
+
+/// `met (v)` when `value` is at least `goal`, else `**not met** (v)`.
+fn verdict_abs(value: f64, goal: f64) -> String {
+    if value >= goal {
+        format!("met ({value:.2})")
+    } else {
+        format!("**not met** ({value:.2})")
+    }
 }
 
 fn write_udp(md: &mut String, measured: &[&ContenderResult]) -> std::fmt::Result {
@@ -412,6 +489,18 @@ fn write_counters(md: &mut String, report: &Report) -> std::fmt::Result {
     if podswitch.is_empty() {
         return Ok(());
     }
+    let offload: Vec<String> = podswitch
+        .iter()
+        .filter_map(|c| {
+            let t = c.runs.last()?.tcp.iter().find(|t| t.streams == 1)?;
+            let counters = t.counters.as_ref()?;
+            let lines: Vec<String> = ["node1", "node2"]
+                .into_iter()
+                .filter_map(|node| offload_line(&counters[node]).map(|l| format!("{node}: {l}")))
+                .collect();
+            (!lines.is_empty()).then(|| format!("- {}, TCP 1 stream: {}", c.name, lines.join("; ")))
+        })
+        .collect();
     writeln!(md, "### What podswitch's counters saw (last run)\n")?;
     writeln!(
         md,
@@ -461,7 +550,51 @@ fn write_counters(md: &mut String, report: &Report) -> std::fmt::Result {
             )?;
         }
     }
+    if !offload.is_empty() {
+        writeln!(
+            md,
+            "\nLarge segments in the last run's 1-stream TCP test, per node and TAP port: super-frames \
+             (up to 64 KB) cut into MTU frames toward the uplink and the frames that made, \
+             super-frames handed whole to a TAP pod and the frames coalesced into them.\n"
+        )?;
+        for line in offload {
+            writeln!(md, "{line}")?;
+        }
+    }
     writeln!(md)
+}
+
+/// The offload counters of a node's ports that moved, or `None`.
+pub fn offload_line(node: &Value) -> Option<String> {
+    let ports = node["ports"].as_object()?;
+    let mut parts = Vec::new();
+    for (port, c) in ports {
+        let o = if c["offload"].is_object() {
+            &c["offload"]
+        } else {
+            &c["counters"]["offload"]
+        };
+        let n = |k: &str| o[k].as_u64().unwrap_or(0);
+        let (cut, made, sent, coalesced) = (
+            n("super_frames_cut"),
+            n("segments_made"),
+            n("super_frames_sent"),
+            n("frames_coalesced"),
+        );
+        if cut + made + sent + coalesced > 0 {
+            let mut what = Vec::new();
+            if cut + made > 0 {
+                what.push(format!("cut {cut} super-frames into {made} frames"));
+            }
+            if sent + coalesced > 0 {
+                what.push(format!(
+                    "handed the pod {sent} super-frames ({coalesced} frames coalesced into them)"
+                ));
+            }
+            parts.push(format!("{port} {}", what.join(", ")));
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join(", "))
 }
 
 /// One line about a node's counter changes: frames moved, drops by
@@ -663,7 +796,13 @@ fn write_method(md: &mut String, s: &Settings) -> std::fmt::Result {
          round trips or {} s; a request unanswered within {} ms is lost. Loaded: the same, while \
          iperf3 sends UDP at {} Mbit/s (1400-byte datagrams) between the same pods.\n\
          - Idle: the switch processes' CPU over {} s without traffic.\n\
-         - podswitch runs its production configuration (`check_frames = false`).\n",
+         - podswitch runs its production configuration (`check_frames = false`). Its pods are \
+         veth pairs with AF_XDP on the host end (frame at a time, offloads off) unless the \
+         contender says TAP: then a TAP device per pod with virtio-net headers and the pod's \
+         TX checksum, TSO and GSO on, so the pod's kernel hands the switch 64 KB TCP segments.\n\
+         - One node (\"one node: …\" contenders): both pods on node 1 (node 2 built but idle), \
+         TCP only, the same iperf3 runs; the sender and node 1's switch on CPU 0, the receiving \
+         application on CPU 1.\n",
         s.tcp_seconds,
         s.tcp_streams[0],
         s.tcp_streams[1],

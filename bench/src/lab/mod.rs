@@ -34,7 +34,7 @@ use podswitch_lab::host::{cpu_count, cpu_model, kernel_release, load_average};
 use podswitch_lab::interrupt::{catch_interrupts, check_interrupted};
 
 use crate::demo::sibling_binary;
-use contenders::{ALL, Binaries, Contender, Kind, QUICK, Testbed, select};
+use contenders::{ALL, Binaries, Contender, Kind, Placement, QUICK, Testbed, select};
 use markdown::Plots;
 use measure::Settings;
 use plot::{BarRow, LatencyPanel};
@@ -155,7 +155,10 @@ pub fn run(args: &LabArgs) -> Result<()> {
                     continue;
                 }
             };
-            result.runs.push(measure_all(&testbed, &settings, run)?);
+            result.runs.push(match contender.placement {
+                Placement::AcrossNodes => measure_all(&testbed, &settings, run)?,
+                Placement::SameNode => measure_tcp_only(&testbed, &settings, run)?,
+            });
         }
     }
     for result in &mut results {
@@ -211,22 +214,7 @@ fn measure_all(testbed: &Testbed, settings: &Settings, run: u32) -> Result<RunFi
         figures.latency.push(l);
         Ok(line)
     })?;
-    for streams in settings.tcp_streams {
-        attempt(
-            testbed,
-            &format!("TCP, {streams} stream(s)"),
-            &mut errors,
-            || {
-                let t = measure::tcp(testbed, settings, streams)?;
-                let line = format!(
-                    "{:.2} Gbit/s, {} retransmits; cores: switch {:.2}, softirq {:.2}, machine {:.2}",
-                    t.gbps, t.retransmits, t.cpu.switch, t.cpu.kernel_softirq, t.cpu.machine
-                );
-                figures.tcp.push(t);
-                Ok(line)
-            },
-        )?;
-    }
+    measure_tcp(testbed, settings, &mut figures, &mut errors)?;
     for frame in settings.frame_bytes {
         attempt(
             testbed,
@@ -258,6 +246,44 @@ fn measure_all(testbed: &Testbed, settings: &Settings, run: u32) -> Result<RunFi
     })?;
     figures.errors = errors;
     Ok(figures)
+}
+
+/// TCP alone, for the same-node contenders.
+fn measure_tcp_only(testbed: &Testbed, settings: &Settings, run: u32) -> Result<RunFigures> {
+    let mut figures = RunFigures {
+        run,
+        ..RunFigures::default()
+    };
+    let mut errors = Vec::new();
+    measure_tcp(testbed, settings, &mut figures, &mut errors)?;
+    figures.errors = errors;
+    Ok(figures)
+}
+
+/// Every TCP test on `testbed`, into `figures`.
+fn measure_tcp(
+    testbed: &Testbed,
+    settings: &Settings,
+    figures: &mut RunFigures,
+    errors: &mut Vec<String>,
+) -> Result<()> {
+    for streams in settings.tcp_streams {
+        attempt(
+            testbed,
+            &format!("TCP, {streams} stream(s)"),
+            errors,
+            || {
+                let t = measure::tcp(testbed, settings, streams)?;
+                let line = format!(
+                    "{:.2} Gbit/s, {} retransmits; cores: switch {:.2}, softirq {:.2}, machine {:.2}",
+                    t.gbps, t.retransmits, t.cpu.switch, t.cpu.kernel_softirq, t.cpu.machine
+                );
+                figures.tcp.push(t);
+                Ok(line)
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// Run one measurement `f`, printing its one-line result; a failure is
@@ -346,13 +372,10 @@ fn headline_only(section: &str) -> String {
         .join("\n")
 }
 
-/// lab-throughput.svg, lab-packet-rate.svg and lab-latency.svg in `dir`.
+/// lab-throughput.svg, lab-same-node.svg, lab-packet-rate.svg and
+/// lab-latency.svg in `dir`.
 fn write_plots(report: &Report, dir: &Path) -> Result<()> {
-    let measured: Vec<&ContenderResult> = report
-        .contenders
-        .iter()
-        .filter(|c| c.skipped.is_none())
-        .collect();
+    let measured = report.measured(Placement::AcrossNodes);
     let tcp_rows: Vec<BarRow> = measured
         .iter()
         .map(|c| BarRow {
@@ -378,6 +401,28 @@ fn write_plots(report: &Report, dir: &Path) -> Result<()> {
         &streams.iter().map(String::as_str).collect::<Vec<_>>(),
         &tcp_rows,
     )?;
+    let same_node = report.measured(Placement::SameNode);
+    if !same_node.is_empty() {
+        let rows: Vec<BarRow> = same_node
+            .iter()
+            .map(|c| BarRow {
+                name: c.name,
+                values: report
+                    .settings
+                    .tcp_streams
+                    .iter()
+                    .map(|&n| c.summary.tcp_of(n).map(|t| t.gbps))
+                    .collect(),
+            })
+            .collect();
+        plot::bar_chart(
+            &dir.join("lab-same-node.svg"),
+            "TCP pod to pod on one node (iperf3)",
+            "Gbit/s (bar: median; line: range over runs)",
+            &streams.iter().map(String::as_str).collect::<Vec<_>>(),
+            &rows,
+        )?;
+    }
     let udp_rows: Vec<BarRow> = measured
         .iter()
         .map(|c| BarRow {

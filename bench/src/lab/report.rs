@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::contenders::{Contender, KERNEL_BASELINE};
+use super::contenders::{Contender, KERNEL_BASELINE, KERNEL_SAME_NODE, Placement};
 use super::criterion::CriterionFigure;
 use super::latency::{CurvePoint, Percentiles, curve, histogram};
 use super::measure::{Cpu, IdleRun, LatencyRun, Settings, TcpRun, UdpRun};
@@ -53,6 +53,8 @@ pub struct ContenderResult {
     pub name: &'static str,
     /// What its path is.
     pub description: String,
+    /// Where its pods are: "across-nodes" or "same-node".
+    pub placement: Placement,
     /// Why it was not measured at all, if it was not.
     pub skipped: Option<String>,
     /// Each run, in order.
@@ -68,6 +70,7 @@ impl ContenderResult {
             key: contender.key,
             name: contender.name,
             description: contender.description(),
+            placement: contender.placement,
             skipped: None,
             runs: Vec::new(),
             summary: Summary::default(),
@@ -332,6 +335,22 @@ impl Report {
             .iter()
             .find(|c| c.key == KERNEL_BASELINE && c.skipped.is_none())
             .map(|c| &c.summary)
+    }
+
+    /// The same-node kernel baseline's figures, when it was measured.
+    pub fn same_node_baseline(&self) -> Option<&Summary> {
+        self.contenders
+            .iter()
+            .find(|c| c.key == KERNEL_SAME_NODE && c.skipped.is_none())
+            .map(|c| &c.summary)
+    }
+
+    /// The measured contenders placed `placement`, in order.
+    pub fn measured(&self, placement: Placement) -> Vec<&ContenderResult> {
+        self.contenders
+            .iter()
+            .filter(|c| c.skipped.is_none() && c.placement == placement)
+            .collect()
     }
 
     /// Write the report as pretty JSON to `path`.
