@@ -19,6 +19,7 @@ pub mod ping_pong;
 pub mod process;
 pub mod traffic;
 pub mod udp_sink;
+pub mod unprivileged;
 
 pub use capture::RawLink;
 pub use kernel_node::KernelVxlan;

@@ -72,8 +72,52 @@ impl IperfClient {
     /// Run the client in `ns` against `server`; fails if iperf3 fails or
     /// runs 20 s past its time.
     pub fn run(&self, ns: &Netns, server: Ipv4Addr) -> Result<IperfResult> {
+        Ok(self.run_json(ns, server, &["-J"])?.0)
+    }
+
+    /// Run the client in `ns` against `server`, reporting every
+    /// `interval` seconds (iperf3 takes 0.1 at the finest); with `reverse`
+    /// the server sends and the client receives (`-R`), so the intervals
+    /// count the bytes that arrived. Fails as [`IperfClient::run`] does.
+    pub fn run_with_intervals(
+        &self,
+        ns: &Netns,
+        server: Ipv4Addr,
+        interval: f64,
+        reverse: bool,
+    ) -> Result<IperfRun> {
+        let interval = interval.to_string();
+        let mut extra = vec!["-J", "-i", &interval];
+        if reverse {
+            extra.push("-R");
+        }
+        let (result, json) = self.run_json(ns, server, &extra)?;
+        let intervals = json["intervals"]
+            .as_array()
+            .map(|intervals| {
+                intervals
+                    .iter()
+                    .map(|i| IperfInterval {
+                        start: i["sum"]["start"].as_f64().unwrap_or(0.0),
+                        end: i["sum"]["end"].as_f64().unwrap_or(0.0),
+                        bytes: i["sum"]["bytes"].as_u64().unwrap_or(0),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(IperfRun { result, intervals })
+    }
+
+    /// Run the client with `extra` arguments (`-J` among them) and read
+    /// its JSON: the summary and the whole document.
+    fn run_json(
+        &self,
+        ns: &Netns,
+        server: Ipv4Addr,
+        extra: &[&str],
+    ) -> Result<(IperfResult, serde_json::Value)> {
         let mut args = self.args(server);
-        args.push("-J".into());
+        args.extend(extra.iter().map(|a| a.to_string()));
         let limit = (self.seconds + 20).to_string();
         let mut full = vec![limit.as_str(), "iperf3"];
         full.extend(args.iter().map(String::as_str));
@@ -94,7 +138,7 @@ impl IperfClient {
             bail!("iperf3: {error}");
         }
         let end = &json["end"];
-        Ok(if self.udp.is_some() {
+        let result = if self.udp.is_some() {
             let sum = &end["sum"];
             IperfResult {
                 bits_per_second: sum["bits_per_second"].as_f64().unwrap_or(0.0),
@@ -111,7 +155,8 @@ impl IperfClient {
                 lost_packets: 0,
                 packets: 0,
             }
-        })
+        };
+        Ok((result, json))
     }
 
     /// Start the client in `ns` against `server` in the background,
@@ -155,5 +200,126 @@ impl IperfClient {
             ]);
         }
         args
+    }
+}
+
+/// One reporting interval of an iperf3 run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IperfInterval {
+    /// Seconds from the start of the test to the interval's start.
+    pub start: f64,
+    /// Seconds from the start of the test to the interval's end.
+    pub end: f64,
+    /// Bytes the client sent (or, in reverse mode, received) in it.
+    pub bytes: u64,
+}
+
+/// An iperf3 run with its interval records (see
+/// [`IperfClient::run_with_intervals`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IperfRun {
+    /// The summary.
+    pub result: IperfResult,
+    /// Every interval, in order.
+    pub intervals: Vec<IperfInterval>,
+}
+
+/// A stretch of consecutive intervals that carried no bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Silence {
+    /// Seconds from the start of the test to the first silent interval.
+    pub start: f64,
+    /// How long the silent intervals last together, in seconds.
+    pub seconds: f64,
+    /// How many intervals were silent.
+    pub intervals: usize,
+    /// Whether a later interval carried bytes again.
+    pub resumed: bool,
+}
+
+impl IperfRun {
+    /// The longest stretch of consecutive intervals without a byte (the
+    /// first of equal ones), or `None` when every interval carried data:
+    /// the outage the flow saw, to the intervals' resolution (the
+    /// intervals where it began and ended carried some bytes and are not
+    /// counted).
+    pub fn longest_silence(&self) -> Option<Silence> {
+        let mut longest: Option<Silence> = None;
+        let mut i = 0;
+        while i < self.intervals.len() {
+            if self.intervals[i].bytes > 0 {
+                i += 1;
+                continue;
+            }
+            let first = i;
+            while i < self.intervals.len() && self.intervals[i].bytes == 0 {
+                i += 1;
+            }
+            let silence = Silence {
+                start: self.intervals[first].start,
+                seconds: self.intervals[i - 1].end - self.intervals[first].start,
+                intervals: i - first,
+                resumed: self.intervals[i..].iter().any(|n| n.bytes > 0),
+            };
+            if longest.is_none_or(|l| silence.intervals > l.intervals) {
+                longest = Some(silence);
+            }
+        }
+        longest
+    }
+
+    /// Seconds from the start of the test to the end of the last interval
+    /// that carried bytes (0 if none did).
+    pub fn last_data(&self) -> f64 {
+        self.intervals
+            .iter()
+            .rev()
+            .find(|i| i.bytes > 0)
+            .map_or(0.0, |i| i.end)
+    }
+
+    /// Seconds from the start of the test to the end of the last interval.
+    pub fn duration(&self) -> f64 {
+        self.intervals.last().map_or(0.0, |i| i.end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(bytes: &[u64]) -> IperfRun {
+        IperfRun {
+            result: IperfResult {
+                bits_per_second: 0.0,
+                retransmits: 0,
+                lost_packets: 0,
+                packets: 0,
+            },
+            intervals: bytes
+                .iter()
+                .enumerate()
+                .map(|(n, &bytes)| IperfInterval {
+                    start: n as f64 * 0.1,
+                    end: (n + 1) as f64 * 0.1,
+                    bytes,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_longest_silence_and_whether_data_came_back() {
+        assert_eq!(run(&[5, 5, 5]).longest_silence(), None);
+        let gap = run(&[5, 0, 5, 0, 0, 0, 5, 5]).longest_silence().unwrap();
+        assert_eq!(gap.intervals, 3);
+        assert!((gap.start - 0.3).abs() < 1e-9 && (gap.seconds - 0.3).abs() < 1e-9);
+        assert!(gap.resumed);
+        let dead = run(&[5, 0, 0]);
+        let gap = dead.longest_silence().unwrap();
+        assert_eq!(gap.intervals, 2);
+        assert!(!gap.resumed);
+        assert!((dead.last_data() - 0.1).abs() < 1e-9);
+        assert!((dead.duration() - 0.3).abs() < 1e-9);
     }
 }

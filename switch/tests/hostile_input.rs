@@ -1,7 +1,9 @@
 //! Hostile and malformed frames, from a pod and from the underlay, while
 //! good traffic flows: the switch drops each under its reason, keeps
 //! forwarding the good traffic, loses no buffer frame and does not crash.
-//! Needs root.
+//! Jumbo frames too, which the kernel drops before the switch where an
+//! interface's MTU is smaller, and the switch or its sockets count where
+//! it is not. Needs root.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
@@ -62,50 +64,94 @@ fn fix_ipv4_checksum(frame: &mut [u8]) {
     frame[24..26].copy_from_slice(&sum.to_be_bytes());
 }
 
-/// A port's drop counters by reason.
-fn drops(node: &SwitchNode, port: &str) -> Result<Value> {
-    Ok(node.cli_json(&["stats"])?["ports"][port]["drops"].clone())
+/// Where the receiving node counts a dropped frame, on the port it
+/// arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    /// Under this drop reason of the switch.
+    Reason(&'static str),
+    /// By the kernel, on the port's AF_XDP sockets (`kernel` in the
+    /// stats): this counter.
+    Kernel(&'static str),
+    /// By the kernel, at the port's interface before any XDP program
+    /// (`interface_rx_dropped`).
+    Interface,
+    /// Anywhere or nowhere: the frame may be dropped before the switch
+    /// sees it; only survival is checked.
+    Unchecked,
 }
 
-fn count(drops: &Value, reason: &str) -> u64 {
-    drops[reason].as_u64().unwrap_or(0)
+impl Counted {
+    /// This counter's value on `port` of `stats` (a `podswitch stats`
+    /// answer).
+    fn value(self, stats: &Value, port: &str) -> u64 {
+        let port = &stats["ports"][port];
+        match self {
+            Counted::Reason(reason) => port["drops"][reason].as_u64(),
+            Counted::Kernel(counter) => port["kernel"][counter].as_u64(),
+            Counted::Interface => port["interface_rx_dropped"].as_u64(),
+            Counted::Unchecked => Some(0),
+        }
+        .unwrap_or(0)
+    }
 }
 
-/// Send every case `COPIES` times through `link` and check that the
-/// switch counted each under its reason on `port` (a `None` reason: the
-/// frame may be dropped by the kernel or the XDP program before the
-/// switch; only survival is checked).
+/// Whether `error` is the kernel's ENOBUFS: a veth that dropped the frame
+/// says so to the sender.
+fn dropped_on_send(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .and_then(std::io::Error::raw_os_error)
+        == Some(nix::errno::Errno::ENOBUFS as i32)
+}
+
+/// Send every case `COPIES` times through `link` and check that `node`
+/// counted each where the case says, on `port`.
 fn inject(
     link: &mut RawLink,
     node: &SwitchNode,
     port: &str,
-    cases: &[(&str, Vec<u8>, Option<&str>)],
+    cases: &[(&str, Vec<u8>, Counted)],
 ) -> Result<()> {
-    for (what, frame, reason) in cases {
-        let before = drops(node, port)?;
+    for (what, frame, counted) in cases {
+        let counted = *counted;
+        let before = node.cli_json(&["stats"])?;
         for _ in 0..COPIES {
-            link.send(frame)
-                .with_context(|| format!("sending {what}"))?;
+            match link.send(frame) {
+                Ok(()) => {}
+                // Dropped by the kernel at the receiving interface, which
+                // is what this case expects.
+                Err(e) if counted == Counted::Interface && dropped_on_send(&e) => {}
+                Err(e) => return Err(e.context(format!("sending {what}"))),
+            }
+        }
+        if counted == Counted::Unchecked {
+            continue;
         }
         // The worker counts within a batch; give it a moment to get there.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let Some(reason) = reason else {
-            continue;
-        };
         loop {
-            let after = drops(node, port)?;
-            let counted = count(&after, reason) - count(&before, reason);
-            if counted >= COPIES {
+            let after = node.cli_json(&["stats"])?;
+            let n = counted.value(&after, port) - counted.value(&before, port);
+            if n >= COPIES {
                 break;
             }
             ensure!(
                 std::time::Instant::now() < deadline,
-                "{what}: {counted} of {COPIES} counted as {reason} on {port}; drops before {before}, after {after}"
+                "{what}: {n} of {COPIES} counted as {counted:?} on {port}; before {}, after {}",
+                before["ports"][port],
+                after["ports"][port]
             );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
     Ok(())
+}
+
+/// A VXLAN header with `flags` and `vni`, then `inner`.
+fn vxlan(flags: u8, vni: u32, inner: &[u8]) -> Vec<u8> {
+    let vni = vni.to_be_bytes();
+    [&[flags, 0, 0, 0, vni[1], vni[2], vni[3], 0][..], inner].concat()
 }
 
 fn mac_of(pod: &Pod) -> Result<[u8; 6]> {
@@ -159,14 +205,23 @@ impl Target<'_> {
 /// overlay all along, and run `attack` meanwhile; then check that the good
 /// traffic went through and that no buffer frame was lost.
 fn under_attack(tag: &str, encap: &str, attack: impl Fn(&Target) -> Result<()>) -> Result<()> {
-    let mut lab = Lab::new(tag)?;
-    let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
-    let binary = Path::new(env!("CARGO_BIN_EXE_podswitch"));
     let options = SwitchOptions {
         encap: encap.into(),
         ..SwitchOptions::default()
     };
-    let SwitchPair { nodes, pods } = SwitchPair::build(&mut lab, binary, &dir, &options)?;
+    under_attack_with(tag, &options, attack)
+}
+
+/// [`under_attack`] with nodes started with `options`.
+fn under_attack_with(
+    tag: &str,
+    options: &SwitchOptions,
+    attack: impl Fn(&Target) -> Result<()>,
+) -> Result<()> {
+    let mut lab = Lab::new(tag)?;
+    let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
+    let binary = Path::new(env!("CARGO_BIN_EXE_podswitch"));
+    let SwitchPair { nodes, pods } = SwitchPair::build(&mut lab, binary, &dir, options)?;
     let [[a, bad], [c, _]] = &pods;
     let [n1, n2] = &nodes;
     let router = parse_mac(
@@ -253,44 +308,60 @@ fn hostile_pod_frames_and_vxlan_packets() -> Result<()> {
         other_mac[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
         let mut ipv6 = good_frame.clone();
         ipv6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
-        let pod_cases: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
-            ("Ethernet only", good_frame[..14].to_vec(), Some("bad_ipv4")),
+        let pod_cases: Vec<(&str, Vec<u8>, Counted)> = vec![
+            (
+                "Ethernet only",
+                good_frame[..14].to_vec(),
+                Counted::Reason("bad_ipv4"),
+            ),
             (
                 "half an IPv4 header",
                 good_frame[..24].to_vec(),
-                Some("bad_ipv4"),
+                Counted::Reason("bad_ipv4"),
             ),
             (
                 "IPv4 without its payload",
                 good_frame[..34].to_vec(),
-                Some("bad_ipv4"),
+                Counted::Reason("bad_ipv4"),
             ),
-            ("a bad IPv4 checksum", bad_checksum, Some("bad_ipv4")),
-            ("IHL 4", short_ihl, Some("bad_ipv4")),
-            ("Total Length past the frame", long_total, Some("bad_ipv4")),
-            ("IP version 6 in an IPv4 frame", not_v4, Some("bad_ipv4")),
-            ("TTL 0", frame(0), Some("ttl_expired")),
-            ("TTL 1", frame(1), Some("ttl_expired")),
-            ("another pod's address", spoofed_ip, Some("spoofed")),
-            ("another pod's MAC", spoofed_mac, Some("spoofed")),
-            ("a broadcast", broadcast, Some("broadcast")),
-            ("a multicast", multicast, Some("multicast")),
+            (
+                "a bad IPv4 checksum",
+                bad_checksum,
+                Counted::Reason("bad_ipv4"),
+            ),
+            ("IHL 4", short_ihl, Counted::Reason("bad_ipv4")),
+            (
+                "Total Length past the frame",
+                long_total,
+                Counted::Reason("bad_ipv4"),
+            ),
+            (
+                "IP version 6 in an IPv4 frame",
+                not_v4,
+                Counted::Reason("bad_ipv4"),
+            ),
+            ("TTL 0", frame(0), Counted::Reason("ttl_expired")),
+            ("TTL 1", frame(1), Counted::Reason("ttl_expired")),
+            (
+                "another pod's address",
+                spoofed_ip,
+                Counted::Reason("spoofed"),
+            ),
+            ("another pod's MAC", spoofed_mac, Counted::Reason("spoofed")),
+            ("a broadcast", broadcast, Counted::Reason("broadcast")),
+            ("a multicast", multicast, Counted::Reason("multicast")),
             (
                 "a MAC that is not the router's",
                 other_mac,
-                Some("not_our_mac"),
+                Counted::Reason("not_our_mac"),
             ),
-            ("IPv6", ipv6, Some("not_ipv4")),
+            ("IPv6", ipv6, Counted::Reason("not_ipv4")),
         ];
         let mut pod_link = RawLink::open(&bad.ns, "eth0", Duration::from_millis(100))?;
         inject(&mut pod_link, t.n1, &bad.host_ifname, &pod_cases)?;
 
         // From the underlay: tunnel packets to node 1's VTEP, from node 2's
         // uplink, each wrong in one way.
-        let vxlan = |flags: u8, vni: u32, inner: &[u8]| -> Vec<u8> {
-            let vni = vni.to_be_bytes();
-            [&[flags, 0, 0, 0, vni[1], vni[2], vni[3], 0][..], inner].concat()
-        };
         let tunnel = |src: Ipv4Addr, payload: &[u8]| t.tunnel(src, 4789, payload);
         let valid = tunnel(node_ip(2), &vxlan(0x08, VNI, &t.inner))?;
         let mut bad_outer_checksum = valid.clone();
@@ -300,55 +371,55 @@ fn hostile_pod_frames_and_vxlan_packets() -> Result<()> {
         let mut fragment = valid.clone();
         fragment[20] = 0x20; // More Fragments
         fix_ipv4_checksum(&mut fragment);
-        let tunnel_cases: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
+        let tunnel_cases: Vec<(&str, Vec<u8>, Counted)> = vec![
             (
                 "VXLAN without the I flag",
                 tunnel(node_ip(2), &vxlan(0x00, VNI, &t.inner))?,
-                Some("vxlan_bad_flags"),
+                Counted::Reason("vxlan_bad_flags"),
             ),
             (
                 "an unknown VNI",
                 tunnel(node_ip(2), &vxlan(0x08, VNI + 1, &t.inner))?,
-                Some("unknown_vni"),
+                Counted::Reason("unknown_vni"),
             ),
             (
                 "a sender that is not a peer",
                 tunnel(Ipv4Addr::new(10, 1, 0, 99), &vxlan(0x08, VNI, &t.inner))?,
-                Some("unknown_peer"),
+                Counted::Reason("unknown_peer"),
             ),
             (
                 "a frame cut inside the VXLAN header",
                 valid[..46].to_vec(),
-                Some("truncated_ipv4"),
+                Counted::Reason("truncated_ipv4"),
             ),
             (
                 "a VXLAN header cut short, lengths consistent",
                 tunnel(node_ip(2), &[0x08, 0, 0, 0])?,
-                Some("truncated_tunnel"),
+                Counted::Reason("truncated_tunnel"),
             ),
             (
                 "no inner frame",
                 tunnel(node_ip(2), &vxlan(0x08, VNI, &[]))?,
-                Some("truncated_inner"),
+                Counted::Reason("truncated_inner"),
             ),
             (
                 "half an inner Ethernet header",
                 tunnel(node_ip(2), &vxlan(0x08, VNI, &t.inner[..7]))?,
-                Some("truncated_inner"),
+                Counted::Reason("truncated_inner"),
             ),
             (
                 "a bad outer IPv4 checksum",
                 bad_outer_checksum,
-                Some("bad_ipv4_checksum"),
+                Counted::Reason("bad_ipv4_checksum"),
             ),
             (
                 "a UDP length past the packet",
                 bad_udp_length,
-                Some("bad_udp_length"),
+                Counted::Reason("bad_udp_length"),
             ),
             // The uplink program leaves fragments to the kernel, which
             // reassembles them (and drops these, which never complete).
-            ("an outer fragment", fragment, None),
+            ("an outer fragment", fragment, Counted::Unchecked),
         ];
         let mut underlay = RawLink::open(&t.n2.ns, "ul0", Duration::from_millis(100))?;
         inject(&mut underlay, t.n1, "ul0", &tunnel_cases)?;
@@ -382,26 +453,26 @@ fn hostile_geneve_packets() -> Result<()> {
         let overlong = [0xff, 0xf0, 0x01, 0x05, 1, 2, 3, 4];
         let tunnel = |payload: &[u8]| t.tunnel(node_ip(2), 6081, payload);
         let valid = tunnel(&geneve(0, 0, 0x6558, VNI, &[], &t.inner))?;
-        let cases: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
+        let cases: Vec<(&str, Vec<u8>, Counted)> = vec![
             (
                 "Geneve version 1",
                 tunnel(&geneve(0x40, 0, 0x6558, VNI, &[], &t.inner))?,
-                Some("geneve_bad_version"),
+                Counted::Reason("geneve_bad_version"),
             ),
             (
                 "an IPv4 payload, not Ethernet",
                 tunnel(&geneve(0, 0, 0x0800, VNI, &[], &t.inner))?,
-                Some("geneve_bad_protocol"),
+                Counted::Reason("geneve_bad_protocol"),
             ),
             (
                 "an OAM packet",
                 tunnel(&geneve(0, 0x80, 0x6558, VNI, &[], &t.inner))?,
-                Some("geneve_oam"),
+                Counted::Reason("geneve_oam"),
             ),
             (
                 "an unknown VNI",
                 tunnel(&geneve(0, 0, 0x6558, VNI + 1, &[], &t.inner))?,
-                Some("unknown_vni"),
+                Counted::Reason("unknown_vni"),
             ),
             (
                 "a critical option it does not know",
@@ -413,7 +484,7 @@ fn hostile_geneve_packets() -> Result<()> {
                     &critical,
                     &t.inner,
                 ))?,
-                Some("geneve_critical_option"),
+                Counted::Reason("geneve_critical_option"),
             ),
             (
                 "an option longer than the options",
@@ -425,12 +496,12 @@ fn hostile_geneve_packets() -> Result<()> {
                     &overlong,
                     &t.inner,
                 ))?,
-                Some("geneve_bad_options"),
+                Counted::Reason("geneve_bad_options"),
             ),
             (
                 "options longer than the packet",
                 tunnel(&geneve(63, 0, 0x6558, VNI, &[], &t.inner[..8]))?,
-                Some("truncated_tunnel"),
+                Counted::Reason("truncated_tunnel"),
             ),
             (
                 "a sender that is not a peer",
@@ -439,11 +510,247 @@ fn hostile_geneve_packets() -> Result<()> {
                     6081,
                     &geneve(0, 0, 0x6558, VNI, &[], &t.inner),
                 )?,
-                Some("unknown_peer"),
+                Counted::Reason("unknown_peer"),
             ),
         ];
         let mut underlay = RawLink::open(&t.n2.ns, "ul0", Duration::from_millis(100))?;
         inject(&mut underlay, t.n1, "ul0", &cases)?;
         t.delivers(&mut underlay, &valid)
+    })
+}
+
+/// The most packet bytes a buffer frame takes in: the daemon's 4 KiB
+/// frame less the kernel's 256-byte XDP headroom. A larger frame is
+/// dropped by the kernel at the AF_XDP socket (`kernel: rx_dropped`).
+const BUFFER_ROOM: usize = 4096 - 256;
+
+/// `ifname`'s MTU in `ns`, and the largest the kernel lets it take (a
+/// veth whose peer runs a native XDP program without multi-buffer support
+/// is held to 3506).
+fn mtus(ns: &podswitch_lab::Netns, ifname: &str) -> Result<(usize, usize)> {
+    let link: Value = serde_json::from_str(&ns.ip(&["-d", "-j", "link", "show", ifname])?)?;
+    let mtu = link[0]["mtu"].as_u64().context("no mtu")?;
+    let max = link[0]["max_mtu"].as_u64().context("no max_mtu")?;
+    Ok((mtu as usize, max as usize))
+}
+
+fn set_mtu(ns: &podswitch_lab::Netns, ifname: &str, mtu: usize) -> Result<()> {
+    ns.ip(&["link", "set", ifname, "mtu", &mtu.to_string()])
+        .map(drop)
+}
+
+/// Raise `ifname`'s MTU for a jumbo frame: 9000 bytes, or the largest the
+/// interface can send. The frame's length and the MTU to restore.
+fn raise_mtu(ns: &podswitch_lab::Netns, ifname: &str) -> Result<(usize, usize)> {
+    let (mtu, max) = mtus(ns, ifname)?;
+    let len = (max + 14).min(9000);
+    set_mtu(ns, ifname, len - 14)?;
+    Ok((len, mtu))
+}
+
+/// Where node 1 counts a frame that reaches the switch's port and is too
+/// big to be forwarded: within a buffer frame, the switch refuses to
+/// encapsulate it (`oversize`); past one, the kernel drops it at the
+/// socket.
+fn counted_by_size(len: usize) -> Counted {
+    if len <= BUFFER_ROOM {
+        Counted::Reason("oversize")
+    } else {
+        Counted::Kernel("rx_dropped")
+    }
+}
+
+/// Jumbo frames while pod a pings pod c: from the hostile pod (its MTU
+/// raised), to a pod on the other node, and from node 2's uplink (its MTU
+/// raised), tunnel packets as large. The kernel drops them at the
+/// receiving interface (`interface_rx_dropped`), whose MTU is smaller;
+/// where the receiving interface takes them too (a pod veth or an uplink
+/// with a larger MTU), the switch or the kernel's AF_XDP socket drops and
+/// counts them. Afterwards a valid tunnel packet is still delivered.
+fn jumbo_frames(t: &Target) -> Result<()> {
+    let (bad, n1) = (t.bad, t.n1);
+    // From the pod, which may change its own MTU.
+    let (len, pod_mtu) = raise_mtu(&bad.ns, "eth0")?;
+    let payload = vec![0x6a; len - UDP_HEADERS];
+    let big = udp_frame(t.router, mac_of(bad)?, bad.ip, t.c.ip, 64, 9, &payload);
+    let mut pod_link = RawLink::open(&bad.ns, "eth0", Duration::from_millis(100))?;
+    let what = format!("a {len}-byte frame from a pod");
+    inject(
+        &mut pod_link,
+        n1,
+        &bad.host_ifname,
+        &[(&what, big.clone(), Counted::Interface)],
+    )?;
+    // The node end of its veth raised too (on the node: a misconfigured
+    // MTU): the frame reaches the switch's port.
+    set_mtu(&n1.ns, &bad.host_ifname, len - 14)?;
+    let what = format!("a {len}-byte frame from a pod, the node end's MTU raised");
+    inject(
+        &mut pod_link,
+        n1,
+        &bad.host_ifname,
+        &[(&what, big, counted_by_size(len))],
+    )?;
+    set_mtu(&n1.ns, &bad.host_ifname, pod_mtu)?;
+    set_mtu(&bad.ns, "eth0", pod_mtu)?;
+
+    // From the underlay: a VXLAN packet from node 2 for pod a, as large.
+    let (len, underlay_mtu) = raise_mtu(&t.n2.ns, "ul0")?;
+    let payload = vec![0x6a; len - 50 - UDP_HEADERS];
+    let inner = udp_frame(
+        t.router,
+        parse_mac(&router_mac(2))?,
+        t.c.ip,
+        t.a.ip,
+        64,
+        9,
+        &payload,
+    );
+    let big = t.tunnel(node_ip(2), 4789, &vxlan(0x08, VNI, &inner))?;
+    let mut underlay = RawLink::open(&t.n2.ns, "ul0", Duration::from_millis(100))?;
+    let what = format!("a {len}-byte tunnel packet");
+    inject(
+        &mut underlay,
+        n1,
+        "ul0",
+        &[(&what, big.clone(), Counted::Interface)],
+    )?;
+    // A jumbo underlay: node 1's uplink takes the packet too. Past a
+    // buffer frame, the kernel drops it at the socket. (Within one, it is
+    // decapsulated and forwarded to the pod, whose veth drops it: see
+    // `jumbo_frames_within_a_buffer_frame_are_counted`.)
+    if len > BUFFER_ROOM {
+        set_mtu(&n1.ns, "ul0", len - 14)?;
+        let what = format!("a {len}-byte tunnel packet, node 1's uplink MTU raised");
+        inject(
+            &mut underlay,
+            n1,
+            "ul0",
+            &[(&what, big, Counted::Kernel("rx_dropped"))],
+        )?;
+        set_mtu(&n1.ns, "ul0", underlay_mtu)?;
+    }
+    set_mtu(&t.n2.ns, "ul0", underlay_mtu)?;
+    let valid = t.tunnel(node_ip(2), 4789, &vxlan(0x08, VNI, &t.inner))?;
+    t.delivers(&mut underlay, &valid)
+}
+
+/// Jumbo frames with native XDP on the veths (the lab's `auto`), which
+/// caps the senders' MTU at 3506: 3520-byte frames.
+#[test]
+fn jumbo_frames_native_xdp() -> Result<()> {
+    let _serial = serial();
+    under_attack("h6-jumbo", "vxlan", jumbo_frames)
+}
+
+/// Jumbo frames with generic XDP, which leaves the senders' MTU free:
+/// 9000-byte frames.
+#[test]
+fn jumbo_frames_generic_xdp() -> Result<()> {
+    let _serial = serial();
+    let options = SwitchOptions {
+        xdp_mode: "generic".into(),
+        ..SwitchOptions::default()
+    };
+    under_attack_with("h6-jumbo-generic", &options, jumbo_frames)
+}
+
+/// Frames larger than the pod MTU that fit a buffer frame and reach the
+/// switch through an interface whose MTU lets them in — a tunnel packet on
+/// an uplink with a larger MTU than the overlay's (`underlay_mtu` set
+/// below the NIC's, or the MTU raised after start), a frame from a pod
+/// whose veth's node end has a larger MTU — routed to a pod on the same
+/// node. They should be dropped and counted on node 1; the switch
+/// forwards them to the pod's port instead, where the kernel drops them
+/// at the veth (the node end's TX dropped in `ip -s link`), which
+/// `podswitch stats` does not show.
+#[test]
+#[ignore = "the switch does not check frames routed to a local pod against the pod MTU: needs an `oversize` drop there (or the pod interface's TX drops in the stats)"]
+fn jumbo_frames_within_a_buffer_frame_are_counted() -> Result<()> {
+    let _serial = serial();
+    under_attack("h6-jumbo-local", "vxlan", |t| {
+        let (n1, a, bad) = (t.n1, t.a, t.bad);
+        // Every drop node 1 shows on the ports involved.
+        let visible = |stats: &Value| -> u64 {
+            [&*a.host_ifname, &*bad.host_ifname, "ul0"]
+                .iter()
+                .map(|port| {
+                    let p = &stats["ports"][port];
+                    let sum = |v: &Value| {
+                        v.as_object()
+                            .map_or(0, |o| o.values().filter_map(Value::as_u64).sum::<u64>())
+                    };
+                    sum(&p["drops"])
+                        + p["kernel"]["rx_dropped"].as_u64().unwrap_or(0)
+                        + p["interface_rx_dropped"].as_u64().unwrap_or(0)
+                        + p["interface_tx_dropped"].as_u64().unwrap_or(0)
+                })
+                .sum()
+        };
+        let mut uncounted = Vec::new();
+        let mut send = |link: &mut RawLink, frame: &[u8], what: &str| -> Result<()> {
+            let before = n1.cli_json(&["stats"])?;
+            for _ in 0..COPIES {
+                link.send(frame)?;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            let after = n1.cli_json(&["stats"])?;
+            let counted = visible(&after) - visible(&before);
+            if counted < COPIES {
+                uncounted.push(format!(
+                    "{COPIES} {what}: {counted} counted on node 1; ul0 {}, {} {}, {} {}",
+                    after["ports"]["ul0"],
+                    a.host_ifname,
+                    after["ports"][&a.host_ifname],
+                    bad.host_ifname,
+                    after["ports"][&bad.host_ifname]
+                ));
+            }
+            Ok(())
+        };
+
+        // A tunnel packet for pod a, node 1's uplink MTU raised.
+        let (len, underlay_mtu) = raise_mtu(&t.n2.ns, "ul0")?;
+        ensure!(
+            len <= BUFFER_ROOM,
+            "a {len}-byte packet does not fit a buffer frame"
+        );
+        set_mtu(&n1.ns, "ul0", len - 14)?;
+        let payload = vec![0x6a; len - 50 - UDP_HEADERS];
+        let inner = udp_frame(
+            t.router,
+            parse_mac(&router_mac(2))?,
+            t.c.ip,
+            a.ip,
+            64,
+            9,
+            &payload,
+        );
+        let big = t.tunnel(node_ip(2), 4789, &vxlan(0x08, VNI, &inner))?;
+        let mut underlay = RawLink::open(&t.n2.ns, "ul0", Duration::from_millis(100))?;
+        send(
+            &mut underlay,
+            &big,
+            &format!("{len}-byte tunnel packets for pod a"),
+        )?;
+        set_mtu(&n1.ns, "ul0", underlay_mtu)?;
+        set_mtu(&t.n2.ns, "ul0", underlay_mtu)?;
+
+        // A frame from the other pod on node 1 for pod a, both ends of its
+        // veth raised.
+        let (len, pod_mtu) = raise_mtu(&bad.ns, "eth0")?;
+        set_mtu(&n1.ns, &bad.host_ifname, len - 14)?;
+        let payload = vec![0x6a; len - UDP_HEADERS];
+        let big = udp_frame(t.router, mac_of(bad)?, bad.ip, a.ip, 64, 9, &payload);
+        let mut pod_link = RawLink::open(&bad.ns, "eth0", Duration::from_millis(100))?;
+        send(
+            &mut pod_link,
+            &big,
+            &format!("{len}-byte frames from a pod for a pod on its node"),
+        )?;
+        set_mtu(&n1.ns, &bad.host_ifname, pod_mtu)?;
+        set_mtu(&bad.ns, "eth0", pod_mtu)?;
+        ensure!(uncounted.is_empty(), "{}", uncounted.join("\n"));
+        Ok(())
     })
 }
