@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::contenders::{KERNEL_BASELINE, KERNEL_SAME_NODE, Placement};
 use super::criterion::headline;
 use super::measure::Settings;
-use super::report::{ContenderResult, Report, Summary};
+use super::report::{ContenderResult, Report, Summary, TcpSummary};
 use super::stats::{Spread, ratio};
 
 /// The line the generated section starts with.
@@ -263,23 +263,31 @@ fn write_tcp(md: &mut String, measured: &[&ContenderResult]) -> std::fmt::Result
         for t in &c.summary.tcp {
             writeln!(
                 md,
-                "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} / {} |",
+                "| {} | {} | {} | {} |",
                 c.name,
                 t.streams,
                 spread(&t.gbps, 2),
-                t.retransmits.median,
-                t.cpu.switch.median,
-                t.cpu.kernel_softirq.median,
-                t.cpu.kernel_system.median,
-                t.cpu.machine.median,
-                t.machine_cores_per_gbps
-                    .map_or("–".into(), |v| format!("{v:.2}")),
-                t.datapath_cores_per_gbps
-                    .map_or("–".into(), |v| format!("{v:.2}")),
+                tcp_cost_cells(t),
             )?;
         }
     }
     writeln!(md)
+}
+
+/// A TCP row's retransmits, CPU and cores-per-Gbit/s cells, as the
+/// across-node and same-node tables both show them.
+fn tcp_cost_cells(t: &TcpSummary) -> String {
+    let per_gbps = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.2}"));
+    format!(
+        "{:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} / {}",
+        t.retransmits.median,
+        t.cpu.switch.median,
+        t.cpu.kernel_softirq.median,
+        t.cpu.kernel_system.median,
+        t.cpu.machine.median,
+        per_gbps(t.machine_cores_per_gbps),
+        per_gbps(t.datapath_cores_per_gbps),
+    )
 }
 
 /// What a bare TAP-to-TAP relay (no switch logic: read a 64 KB segment
@@ -325,20 +333,12 @@ fn write_same_node(
             };
             writeln!(
                 md,
-                "| {} | {} | {} | {} | {goal} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} / {} |",
+                "| {} | {} | {} | {} | {goal} | {} |",
                 c.name,
                 t.streams,
                 spread(&t.gbps, 2),
                 r.map_or("–".into(), |r| format!("{r:.2}×")),
-                t.retransmits.median,
-                t.cpu.switch.median,
-                t.cpu.kernel_softirq.median,
-                t.cpu.kernel_system.median,
-                t.cpu.machine.median,
-                t.machine_cores_per_gbps
-                    .map_or("–".into(), |v| format!("{v:.2}")),
-                t.datapath_cores_per_gbps
-                    .map_or("–".into(), |v| format!("{v:.2}")),
+                tcp_cost_cells(t),
             )?;
         }
     }

@@ -376,18 +376,21 @@ fn headline_only(section: &str) -> String {
 /// lab-latency.svg in `dir`.
 fn write_plots(report: &Report, dir: &Path) -> Result<()> {
     let measured = report.measured(Placement::AcrossNodes);
-    let tcp_rows: Vec<BarRow> = measured
-        .iter()
-        .map(|c| BarRow {
-            name: c.name,
-            values: report
-                .settings
-                .tcp_streams
-                .iter()
-                .map(|&n| c.summary.tcp_of(n).map(|t| t.gbps))
-                .collect(),
-        })
-        .collect();
+    // One bar per stream count, for each contender.
+    let tcp_bars = |contenders: &[&ContenderResult]| -> Vec<BarRow> {
+        contenders
+            .iter()
+            .map(|c| BarRow {
+                name: c.name,
+                values: report
+                    .settings
+                    .tcp_streams
+                    .iter()
+                    .map(|&n| c.summary.tcp_of(n).map(|t| t.gbps))
+                    .collect(),
+            })
+            .collect()
+    };
     let streams: Vec<String> = report
         .settings
         .tcp_streams
@@ -399,28 +402,16 @@ fn write_plots(report: &Report, dir: &Path) -> Result<()> {
         "TCP pod to pod across nodes (iperf3)",
         "Gbit/s (bar: median; line: range over runs)",
         &streams.iter().map(String::as_str).collect::<Vec<_>>(),
-        &tcp_rows,
+        &tcp_bars(&measured),
     )?;
     let same_node = report.measured(Placement::SameNode);
     if !same_node.is_empty() {
-        let rows: Vec<BarRow> = same_node
-            .iter()
-            .map(|c| BarRow {
-                name: c.name,
-                values: report
-                    .settings
-                    .tcp_streams
-                    .iter()
-                    .map(|&n| c.summary.tcp_of(n).map(|t| t.gbps))
-                    .collect(),
-            })
-            .collect();
         plot::bar_chart(
             &dir.join("lab-same-node.svg"),
             "TCP pod to pod on one node (iperf3)",
             "Gbit/s (bar: median; line: range over runs)",
             &streams.iter().map(String::as_str).collect::<Vec<_>>(),
-            &rows,
+            &tcp_bars(&same_node),
         )?;
     }
     let udp_rows: Vec<BarRow> = measured
