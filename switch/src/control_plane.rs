@@ -230,6 +230,7 @@ impl ControlPlane {
         let topology = Topology {
             router_mac: config.router_mac(),
             gateway: config.gateway(),
+            pod_mtu: self.parts.pod_mtu,
             decapsulator,
             uplink: UPLINK_PORT,
             host: state.ports[usize::from(HOST_PORT.0)]

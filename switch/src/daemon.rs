@@ -133,6 +133,7 @@ pub fn run(config: Config) -> Result<()> {
     let topology = Arc::new(ArcSwap::from_pointee(Topology::empty(
         config.router_mac(),
         config.gateway(),
+        pod_mtu,
         decapsulator,
     )));
     let fib = Arc::new(SharedFib::new());

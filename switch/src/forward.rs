@@ -10,6 +10,7 @@
 use std::net::Ipv4Addr;
 use std::ops::Range;
 
+use podswitch_encap::DropReason;
 use podswitch_encap::checksum::{adjust, ipv4_header_ok};
 use podswitch_encap::neighbor::{ARP_REPLY_LEN, ArpRequest, emit_arp_reply};
 use podswitch_encap::wire::{
@@ -47,13 +48,15 @@ pub enum Verdict {
     Drop(DropCause),
 }
 
-/// Whether a frame bound for a peer is encapsulated now.
+/// What is being routed: a frame, or a super-frame its caller cuts up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Encapsulation {
-    /// Now: the frame fits the underlay MTU.
-    Now,
-    /// By the caller, segment by segment: a super-frame.
-    Deferred,
+enum Size {
+    /// A frame: checked against the MTU of the port it leaves by, and
+    /// encapsulated now when that is the tunnel.
+    Frame,
+    /// A TCP super-frame: cut into segments by the caller (each
+    /// encapsulated then) wherever it cannot go whole.
+    SuperFrame,
 }
 
 /// One batch's view of the switch: the topology and FIB snapshots.
@@ -94,7 +97,7 @@ impl Forwarder<'_> {
         let result = match port.role {
             PortRole::Uplink => self.tunnel_frame(buf, frame),
             PortRole::Pod | PortRole::Host => {
-                self.local_frame(in_port, port, buf, frame, Encapsulation::Now)
+                self.local_frame(in_port, port, buf, frame, Size::Frame)
             }
         };
         result.unwrap_or_else(Verdict::Drop)
@@ -114,7 +117,7 @@ impl Forwarder<'_> {
         let Some(port) = self.topology.port(in_port) else {
             return Verdict::Drop(DropCause::PortGone);
         };
-        self.local_frame(in_port, port, buf, frame, Encapsulation::Deferred)
+        self.local_frame(in_port, port, buf, frame, Size::SuperFrame)
             .unwrap_or_else(Verdict::Drop)
     }
 
@@ -139,7 +142,7 @@ impl Forwarder<'_> {
         port: &PortView,
         buf: &mut [u8],
         frame: Range<usize>,
-        encapsulation: Encapsulation,
+        size: Size,
     ) -> Result<Verdict, DropCause> {
         let bytes = &buf[frame.clone()];
         if bytes.len() < ETHERNET_HEADER_LEN {
@@ -163,7 +166,7 @@ impl Forwarder<'_> {
             },
             _ => Origin::Host,
         };
-        self.route(buf, frame, origin, encapsulation)
+        self.route(buf, frame, origin, size)
     }
 
     /// A tunnel packet from the uplink: decapsulate, check the sender, route
@@ -180,7 +183,7 @@ impl Forwarder<'_> {
         if eth.ethertype() != EthernetProtocol::Ipv4 {
             return Err(DropCause::NotIpv4);
         }
-        self.route(buf, inner, Origin::Tunnel, Encapsulation::Now)
+        self.route(buf, inner, Origin::Tunnel, Size::Frame)
     }
 
     fn check_unicast_to_router(&self, dst: EthernetAddress) -> Result<(), DropCause> {
@@ -204,7 +207,7 @@ impl Forwarder<'_> {
         buf: &mut [u8],
         frame: Range<usize>,
         origin: Origin,
-        encapsulation: Encapsulation,
+        size: Size,
     ) -> Result<Verdict, DropCause> {
         let ip_start = frame.start + ETHERNET_HEADER_LEN;
         let header = ipv4_header(&buf[ip_start..frame.end])?;
@@ -217,6 +220,7 @@ impl Forwarder<'_> {
         if packet.hop_limit() <= 1 {
             return Err(DropCause::TtlExpired);
         }
+        let total_len = packet.total_len();
         let target = self
             .fib
             .lookup(packet.dst_addr())
@@ -236,7 +240,7 @@ impl Forwarder<'_> {
                 let template = peer.template.as_ref().ok_or(DropCause::PeerUnresolved)?;
                 rewrite_macs(&mut buf[frame.clone()], peer.vtep_mac.into(), router_mac);
                 decrement_ttl(&mut buf[ip_start..frame.end]);
-                if encapsulation == Encapsulation::Deferred {
+                if size == Size::SuperFrame {
                     return Ok(Verdict::ToPeer { peer: id, frame });
                 }
                 let packet = template.encapsulate(buf, frame)?;
@@ -246,6 +250,11 @@ impl Forwarder<'_> {
                 });
             }
         };
+        // A super-frame is cut to the MTU on its way out; a frame bigger
+        // than the pod interfaces take would be dropped by the kernel unseen.
+        if size == Size::Frame && u32::from(total_len) > self.topology.pod_mtu {
+            return Err(DropCause::Wire(DropReason::Oversize));
+        }
         rewrite_macs(&mut buf[frame.clone()], next_mac.into(), router_mac);
         decrement_ttl(&mut buf[ip_start..frame.end]);
         Ok(Verdict::Transmit {
@@ -392,6 +401,7 @@ mod tests {
         Topology {
             router_mac: ROUTER,
             gateway: Ipv4Addr::new(10, 244, 1, 1),
+            pod_mtu: 1450,
             decapsulator: Decapsulator::new(
                 TunnelKind::Vxlan,
                 IpAddr::V4(NODE),
@@ -754,26 +764,62 @@ mod tests {
         );
     }
 
+    /// A frame from pod A to `dst` of `len` bytes, its IPv4 header valid.
+    fn frame_of_len(dst: Ipv4Addr, len: usize) -> (Vec<u8>, Range<usize>) {
+        let (buf, frame) = ipv4_frame(POD_A_MAC, ROUTER, POD_A, dst, 64);
+        let mut big = vec![0u8; HEADROOM];
+        big.extend_from_slice(&buf[frame]);
+        big.resize(HEADROOM + len, 0);
+        // Total Length must cover the frame for the header to pass.
+        let ip_len = (len - 14) as u16;
+        big[HEADROOM + 16..HEADROOM + 18].copy_from_slice(&ip_len.to_be_bytes());
+        big[HEADROOM + 24..HEADROOM + 26].fill(0);
+        let sum = !data(&big[HEADROOM + 14..HEADROOM + 34]);
+        big[HEADROOM + 24..HEADROOM + 26].copy_from_slice(&sum.to_be_bytes());
+        (big, HEADROOM..HEADROOM + len)
+    }
+
+    #[test]
+    fn frames_over_the_pod_mtu_are_dropped_unless_super_frames() {
+        let (topology, fib) = (topology(), fib());
+        let forwarder = Forwarder {
+            topology: &topology,
+            fib: &fib,
+        };
+        let (mut buf, frame) = frame_of_len(POD_B, 14 + 1450);
+        assert!(matches!(
+            forwarder.forward(POD_A_PORT, &mut buf, frame),
+            Verdict::Transmit {
+                port: POD_B_PORT,
+                ..
+            }
+        ));
+        for dst in [POD_B, Ipv4Addr::new(192, 0, 2, 1)] {
+            let (mut buf, frame) = frame_of_len(dst, 14 + 1451);
+            assert_eq!(
+                forwarder.forward(POD_A_PORT, &mut buf, frame.clone()),
+                Verdict::Drop(DropCause::Wire(DropReason::Oversize)),
+                "{dst}"
+            );
+            assert!(matches!(
+                forwarder.forward_super_frame(POD_A_PORT, &mut buf, frame),
+                Verdict::Transmit { .. }
+            ));
+        }
+    }
+
     #[test]
     fn oversize_and_unresolved_peer() {
         let mut topology = topology();
         let fib = fib();
         let (mut buf, frame) = ipv4_frame(POD_A_MAC, ROUTER, POD_A, REMOTE_POD, 64);
-        let mut big = vec![0u8; HEADROOM];
-        big.extend_from_slice(&buf[frame.clone()]);
-        big.resize(HEADROOM + 1465, 0);
-        // Total Length must cover the frame for the header to pass.
-        let ip_len = (1465 - 14) as u16;
-        big[HEADROOM + 16..HEADROOM + 18].copy_from_slice(&ip_len.to_be_bytes());
-        big[HEADROOM + 24..HEADROOM + 26].fill(0);
-        let sum = !data(&big[HEADROOM + 14..HEADROOM + 34]);
-        big[HEADROOM + 24..HEADROOM + 26].copy_from_slice(&sum.to_be_bytes());
+        let (mut big, big_frame) = frame_of_len(REMOTE_POD, 1465);
         let forwarder = Forwarder {
             topology: &topology,
             fib: &fib,
         };
         assert_eq!(
-            forwarder.forward(POD_A_PORT, &mut big, HEADROOM..HEADROOM + 1465),
+            forwarder.forward(POD_A_PORT, &mut big, big_frame),
             Verdict::Drop(DropCause::Wire(DropReason::Oversize))
         );
 

@@ -76,6 +76,10 @@ pub struct Topology {
     pub router_mac: MacAddr,
     /// The pods' gateway address.
     pub gateway: Ipv4Addr,
+    /// The MTU of pod interfaces and the host port: the largest IP packet
+    /// the switch hands them (a larger one is dropped as `oversize`, where
+    /// the kernel would drop it unseen).
+    pub pod_mtu: u32,
     /// Checks for tunnel packets arriving on the uplink.
     pub decapsulator: Decapsulator,
     /// The uplink port.
@@ -92,10 +96,16 @@ pub struct Topology {
 
 impl Topology {
     /// A topology with no ports and no peers yet.
-    pub fn empty(router_mac: MacAddr, gateway: Ipv4Addr, decapsulator: Decapsulator) -> Topology {
+    pub fn empty(
+        router_mac: MacAddr,
+        gateway: Ipv4Addr,
+        pod_mtu: u32,
+        decapsulator: Decapsulator,
+    ) -> Topology {
         Topology {
             router_mac,
             gateway,
+            pod_mtu,
             decapsulator,
             uplink: PortId(0),
             host: None,

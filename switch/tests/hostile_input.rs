@@ -616,8 +616,8 @@ fn jumbo_frames(t: &Target) -> Result<()> {
         &[(&what, big.clone(), Counted::Interface)],
     )?;
     // A jumbo underlay: node 1's uplink takes the packet too. Past a
-    // buffer frame, the kernel drops it at the socket. (Within one, it is
-    // decapsulated and forwarded to the pod, whose veth drops it: see
+    // buffer frame, the kernel drops it at the socket. (Within one, the
+    // switch drops it as `oversize`: see
     // `jumbo_frames_within_a_buffer_frame_are_counted`.)
     if len > BUFFER_ROOM {
         set_mtu(&n1.ns, "ul0", len - 14)?;
@@ -660,12 +660,9 @@ fn jumbo_frames_generic_xdp() -> Result<()> {
 /// an uplink with a larger MTU than the overlay's (`underlay_mtu` set
 /// below the NIC's, or the MTU raised after start), a frame from a pod
 /// whose veth's node end has a larger MTU — routed to a pod on the same
-/// node. They should be dropped and counted on node 1; the switch
-/// forwards them to the pod's port instead, where the kernel drops them
-/// at the veth (the node end's TX dropped in `ip -s link`), which
-/// `podswitch stats` does not show.
+/// node: node 1 drops and counts them as `oversize` (the kernel would drop
+/// them at the pod's veth, where `podswitch stats` does not look).
 #[test]
-#[ignore = "the switch does not check frames routed to a local pod against the pod MTU: needs an `oversize` drop there (or the pod interface's TX drops in the stats)"]
 fn jumbo_frames_within_a_buffer_frame_are_counted() -> Result<()> {
     let _serial = serial();
     under_attack("h6-jumbo-local", "vxlan", |t| {
