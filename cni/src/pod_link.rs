@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use ipnet::{IpNet, Ipv4Net};
 use nix::sched::{CloneFlags, setns};
 use podswitch::mac::MacAddr;
-use podswitch::netlink::Netlink;
+use podswitch::netlink::{Netlink, disable_ipv6};
 use podswitch::tap::TapDevice;
 use sha2::{Digest, Sha256};
 
@@ -111,6 +111,7 @@ fn configure(netlink: &Netlink, netns: &OwnedFd, pod: &PodInterface) -> Result<C
         configure_in_pod(pod)
     })?;
     let host = netlink.require_link(pod.host)?;
+    disable_ipv6(pod.host)?;
     netlink.set_link_up(host.index, Some(pod.mtu), None)?;
     Ok(CreatedLink {
         pod_mac,
@@ -140,13 +141,16 @@ pub fn delete_tap(netns_path: &Path, ifname: &str) -> Result<()> {
 }
 
 /// In the pod's namespace: bring `lo` and the pod interface up with its
-/// MTU, address and routes; the interface's MAC.
+/// MTU, address and routes, IPv6 off on it (the pod network is IPv4: the
+/// switch would drop its router solicitations and MLD reports); the
+/// interface's MAC.
 fn configure_in_pod(pod: &PodInterface) -> Result<MacAddr> {
     let netlink = Netlink::open()?;
     if let Some(lo) = netlink.link("lo")? {
         netlink.set_link_up(lo.index, None, None)?;
     }
     let link = netlink.require_link(pod.ifname)?;
+    disable_ipv6(pod.ifname)?;
     netlink.set_link_up(link.index, Some(pod.mtu), None)?;
     netlink.add_address(
         link.index,

@@ -172,6 +172,19 @@ fn mixed_pods_talk(tag: &str, encap: &str) -> Result<Mixed> {
             pod.ip
         );
     }
+    // Pods' interfaces have IPv6 off: no router solicitations or MLD
+    // reports for the switch to drop.
+    for node in [n1, n2] {
+        let stats = node.cli_json(&["stats"])?;
+        for (name, port) in stats["ports"].as_object().context("ports")? {
+            ensure!(
+                port["drops"]["multicast"].as_u64().unwrap_or(0) == 0,
+                "node {} port {name} dropped multicast: {}",
+                node.index,
+                port["drops"]
+            );
+        }
+    }
     // The large-segment paths were taken: node 1's first TAP pod's
     // super-frames were cut (for the tunnel and the veth pod), its
     // neighbour got them whole, and node 2's TAP pod got coalesced ones.

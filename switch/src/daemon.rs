@@ -26,7 +26,7 @@ use crate::control_plane::{
 };
 use crate::fib::SharedFib;
 use crate::frames::FrameLedger;
-use crate::netlink::Netlink;
+use crate::netlink::{Netlink, disable_ipv6};
 use crate::stats::WorkerStats;
 use crate::tap::TapDevice;
 use crate::topology::{PortRole, Topology};
@@ -106,7 +106,10 @@ pub fn run(config: Config) -> Result<()> {
     let host_tap = TapDevice::create(&config.host_port)
         .with_context(|| format!("creating the host port {}", config.host_port))?;
     let host = netlink.require_link(&config.host_port)?;
-    disable_ipv6(&config.host_port);
+    // The host port carries IPv4 pod traffic only.
+    if let Err(e) = disable_ipv6(&config.host_port) {
+        tracing::debug!("{e:#}");
+    }
     netlink.set_link_up(host.index, Some(pod_mtu), None)?;
     netlink.add_address(
         host.index,
@@ -318,13 +321,4 @@ fn spawn_maintenance(plane: Arc<ControlPlane>) -> Result<(JoinHandle<()>, Sender
         })
         .context("spawning the maintenance thread")?;
     Ok((thread, stop))
-}
-
-/// The host port carries IPv4 pod traffic only; without IPv6 the kernel
-/// does not send router solicitations and MLD reports into the switch.
-fn disable_ipv6(ifname: &str) {
-    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
-    if let Err(e) = std::fs::write(&path, "1") {
-        tracing::debug!("{path}: {e}");
-    }
 }

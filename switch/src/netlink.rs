@@ -69,6 +69,20 @@ fn errno(err: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
+/// Turn IPv6 off on `ifname` in the caller's network namespace (through
+/// `/proc/sys`, not netlink), so that the interface sends no router
+/// solicitations or MLD reports into an IPv4-only pod network. Nothing to
+/// do where the kernel has no IPv6.
+pub fn disable_ipv6(ifname: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    match std::fs::write(&path, "1") {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("writing 1 to {path}"))
+        }
+        _ => Ok(()),
+    }
+}
+
 impl Netlink {
     /// Open a connection in the current network namespace.
     pub fn open() -> Result<Netlink> {
