@@ -461,14 +461,7 @@ mod tests {
 
     /// Segment `frame` at `mss` into owned frames.
     fn cut(frame: &[u8], mss: u16) -> Vec<Vec<u8>> {
-        let segments = TcpSegments::new(frame, mss).unwrap();
-        (0..segments.count())
-            .map(|i| {
-                let mut out = vec![0u8; segments.segment_len(i)];
-                segments.write(i, &mut out).unwrap();
-                out
-            })
-            .collect()
+        TcpSegments::new(frame, mss).unwrap().to_frames()
     }
 
     /// Check a super-frame's offload and its pseudo-header sum, complete

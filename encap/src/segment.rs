@@ -212,6 +212,19 @@ impl<'a> TcpSegments<'a> {
         self.header_len() + end - start
     }
 
+    /// Every segment as a complete frame in a buffer of its own (for tools
+    /// and tests; the switch writes segments straight into its buffer
+    /// frames with [`write`](Self::write)).
+    pub fn to_frames(&self) -> Vec<Vec<u8>> {
+        (0..self.count)
+            .map(|i| {
+                let mut out = vec![0u8; self.segment_len(i)];
+                self.write(i, &mut out);
+                out
+            })
+            .collect()
+    }
+
     /// Write segment `i` into `out` as a complete frame and return its
     /// length; `None` (nothing written) if `i` is out of range or `out` is
     /// shorter than [`segment_len`](Self::segment_len).
