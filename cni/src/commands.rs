@@ -210,12 +210,22 @@ fn add(env: &Environment, conf: &NetConf, stdin: &[u8]) -> CniResult<AddResult> 
         gateway: addressing.gateway,
         routes: &addressing.routes,
     };
-    let attached = match conf.pod_interface {
-        PodInterfaceKind::Veth => pod_link::create(&netlink, &netns, &pod),
-        PodInterfaceKind::Tap => pod_link::create_tap(&netns, &pod).map(|pod_mac| CreatedLink {
-            pod_mac,
-            host_mac: None,
-        }),
+    // A TAP device is found again by its namespace and name; a veth by
+    // its host end.
+    let (attached, kind, tap_at) = match conf.pod_interface {
+        PodInterfaceKind::Veth => (
+            pod_link::create(&netlink, &netns, &pod),
+            PortKind::Afxdp,
+            None,
+        ),
+        PodInterfaceKind::Tap => (
+            pod_link::create_tap(&netns, &pod).map(|pod_mac| CreatedLink {
+                pod_mac,
+                host_mac: None,
+            }),
+            PortKind::Tap,
+            Some((netns_path.clone(), env.ifname.clone())),
+        ),
     };
     let created = attached.map_err(|e| {
         undo_address();
@@ -224,26 +234,19 @@ fn add(env: &Environment, conf: &NetConf, stdin: &[u8]) -> CniResult<AddResult> 
             format!("setting up the pod's interface: {e:#}"),
         )
     })?;
-    let undo_link = || match conf.pod_interface {
-        PodInterfaceKind::Veth => drop(netlink.delete_link(&host)),
-        PodInterfaceKind::Tap => drop(pod_link::delete_tap(&netns_path, &env.ifname)),
+    let undo_link = || match &tap_at {
+        None => drop(netlink.delete_link(&host)),
+        Some((netns_path, ifname)) => drop(pod_link::delete_tap(netns_path, ifname)),
     };
-    let (kind, netns, ifname) = match conf.pod_interface {
-        PodInterfaceKind::Veth => (PortKind::Afxdp, None, None),
-        PodInterfaceKind::Tap => (
-            PortKind::Tap,
-            Some(netns_path.clone()),
-            Some(env.ifname.clone()),
-        ),
-    };
+    let (port_netns, port_ifname) = tap_at.clone().unzip();
     let spec = PortSpec {
         name: host.clone(),
         ip: addressing.address.addr(),
         mac: created.pod_mac,
         kind,
         owner: Some(owner_tag(&owner(env))),
-        netns,
-        ifname,
+        netns: port_netns,
+        ifname: port_ifname,
     };
     if let Err(e) = client.call(&Request::PortAdd(spec)) {
         undo_link();
