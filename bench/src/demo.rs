@@ -47,6 +47,7 @@ impl SwitchArgs {
                 binary: cni,
             }),
             pod_interface: self.pod_interface.clone(),
+            underlay_mtu: 1500,
         })
     }
 }

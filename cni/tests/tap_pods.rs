@@ -19,8 +19,7 @@ use podswitch_encap::wire::{
 };
 use podswitch_lab::capture::RawLink;
 use podswitch_lab::cluster::{
-    KernelNode, PeerEntry, Pod, SwitchNode, SwitchOptions, UPLINK, connect_underlay,
-    kernel_vtep_mac, node_ip, ping, router_mac,
+    Pod, SwitchNode, SwitchOptions, UPLINK, node_ip, ping, switch_and_kernel_node,
 };
 use podswitch_lab::cni::{CniCall, netns_path};
 use podswitch_lab::traffic::{IPERF_PORT, IperfClient, iperf_server};
@@ -341,26 +340,22 @@ fn check_tunnel_frame(frame: &[u8], from: Ipv4Addr, max_len: usize, seen: &mut U
 fn tap_pod_with_kernel_vxlan_node() -> Result<()> {
     let _serial = serial();
     let mut lab = Lab::new("tap-interop")?;
-    let n1 = lab.netns("n1")?;
-    let n2 = lab.netns("n2")?;
-    connect_underlay(&n1, 1, &n2, 2, 1500)?;
+    let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
+    let (node, kernel) = switch_and_kernel_node(
+        &mut lab,
+        &common::daemon_binary()?,
+        &dir,
+        &SwitchOptions::default(),
+    )?;
+    let n2 = &kernel.ns;
     // What arrives is what was sent: no receive-side merging.
     n2.run("ethtool", &["-K", UPLINK, "gro", "off"])?;
-    let kernel = KernelNode::create(n2.clone(), 2, 1500)?;
-    kernel.add_peer(1, &router_mac(1))?;
-    let peers = [PeerEntry {
-        index: 2,
-        vtep_mac: Some(kernel_vtep_mac(2)),
-    }];
-    let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
-    let options = SwitchOptions::default();
-    let node = SwitchNode::start(n1, 1, &common::daemon_binary()?, &dir, &options, &peers)?;
     let a = node.add_cni_pod_as(&mut lab, &plugin(), 2, "tap")?;
     let k = kernel.add_pod(&mut lab, 2, true)?;
     expect_pings(&a, k.ip, "TAP pod to kernel pod")?;
     expect_pings(&k, a.ip, "kernel pod to TAP pod")?;
 
-    let mut capture = RawLink::open(&n2, UPLINK, Duration::from_millis(100))?;
+    let mut capture = RawLink::open(n2, UPLINK, Duration::from_millis(100))?;
     let mut seen = UnderlayCheck::default();
     std::thread::scope(|scope| -> Result<()> {
         let sender = scope.spawn(|| tcp(&a, &k, 1, "TAP pod to kernel pod"));

@@ -85,10 +85,15 @@ pub struct SwitchOptions {
     /// The CNI network's `podInterface` ("tap" or "veth"); the plugin's
     /// default when `None`.
     pub pod_interface: Option<String>,
+    /// The MTU of each node's uplink `ul0` (the underlay), which the
+    /// daemon takes as its underlay MTU; pods get it less the tunnel
+    /// overhead.
+    pub underlay_mtu: u32,
 }
 
 impl Default for SwitchOptions {
-    /// VXLAN, adaptive polling, XDP mode chosen automatically, veth pods.
+    /// VXLAN, adaptive polling, XDP mode chosen automatically, veth pods,
+    /// a 1500-byte underlay.
     fn default() -> SwitchOptions {
         SwitchOptions {
             encap: "vxlan".into(),
@@ -96,6 +101,7 @@ impl Default for SwitchOptions {
             xdp_mode: "auto".into(),
             cni: None,
             pod_interface: None,
+            underlay_mtu: 1500,
         }
     }
 }
@@ -384,7 +390,7 @@ impl SwitchPair {
     ) -> Result<SwitchPair> {
         let n1 = lab.netns("n1")?;
         let n2 = lab.netns("n2")?;
-        connect_underlay(&n1, 1, &n2, 2, 1500)?;
+        connect_underlay(&n1, 1, &n2, 2, options.underlay_mtu)?;
         let peer = |index| {
             [PeerEntry {
                 index,
@@ -469,6 +475,29 @@ pub fn veth_pod(lab: &mut Lab, node_ns: &Netns, node: u8, host: u8, mtu: u32) ->
     node_ns.ip(&["link", "set", &pod.host_ifname, "up"])?;
     offloads_off(&pod.ns, "eth0")?;
     Ok(pod)
+}
+
+/// A podswitch node (node 1, started from `binary` with `options`, its
+/// files in `dir`) and a kernel VXLAN node (node 2) in two new namespaces
+/// of `lab`, joined by an underlay of `options.underlay_mtu`, each the
+/// other's peer.
+pub fn switch_and_kernel_node(
+    lab: &mut Lab,
+    binary: &Path,
+    dir: &Path,
+    options: &SwitchOptions,
+) -> Result<(SwitchNode, KernelNode)> {
+    let n1 = lab.netns("n1")?;
+    let n2 = lab.netns("n2")?;
+    connect_underlay(&n1, 1, &n2, 2, options.underlay_mtu)?;
+    let kernel = KernelNode::create(n2, 2, options.underlay_mtu)?;
+    kernel.add_peer(1, &router_mac(1))?;
+    let peers = [PeerEntry {
+        index: 2,
+        vtep_mac: Some(kernel_vtep_mac(2)),
+    }];
+    let node = SwitchNode::start(n1, 1, binary, dir, options, &peers)?;
+    Ok((node, kernel))
 }
 
 /// A Flannel-style kernel node: bridge `cni0` with the gateway address,

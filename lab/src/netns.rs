@@ -17,12 +17,18 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// A lab whose namespaces are named `ps-<tag>-<pid>-<n>-<name>`.
+    /// A lab whose namespaces are named `ps-<tag>-<pid>-<n>-<name>`; the
+    /// `PODSWITCH_LAB_PREFIX` environment variable replaces `ps`, so that
+    /// runs sharing a machine can tell their namespaces apart.
     pub fn new(tag: &str) -> Result<Lab> {
         crate::require_root()?;
         let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
+        let base = std::env::var("PODSWITCH_LAB_PREFIX")
+            .ok()
+            .filter(|base| !base.is_empty())
+            .unwrap_or_else(|| "ps".to_string());
         Ok(Lab {
-            prefix: format!("ps-{tag}-{}-{n}-", std::process::id()),
+            prefix: format!("{base}-{tag}-{}-{n}-", std::process::id()),
             namespaces: Vec::new(),
         })
     }

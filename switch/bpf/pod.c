@@ -8,7 +8,7 @@
 
 #include "xskmap.h"
 
-SEC("xdp")
+SEC("xdp.frags")
 int pod_port(struct xdp_md *ctx)
 {
 	return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_DROP);

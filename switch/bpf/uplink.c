@@ -63,7 +63,7 @@ static __always_inline int pass(void)
 	return XDP_PASS;
 }
 
-SEC("xdp")
+SEC("xdp.frags")
 int uplink(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;

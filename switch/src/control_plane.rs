@@ -32,7 +32,7 @@ use crate::saved_state::{SavedState, state_file};
 use crate::stats::{MAX_PORTS, PortReport, WorkerStats, port_report, worker_report};
 use crate::tap::TapDevice;
 use crate::topology::{PeerId, PeerView, PortId, PortRole, PortView, RouteTarget, Topology};
-use crate::worker::{AfXdpPort, Command, FillBudget, PortIo, TapPort, WorkerPort};
+use crate::worker::{AfXdpPort, Command, FILL_MIN, FillBudget, PortIo, TapPort, WorkerPort};
 use crate::xdp::{UplinkFilter, XdpProgram};
 
 /// The uplink's port id.
@@ -604,7 +604,16 @@ impl ControlPlane {
                     .with_context(|| format!("attaching the pod XDP program to {}", spec.name))?;
                 let sockets = self.bind_sockets(&spec.name, link.index)?;
                 let (xdp_mode, copy_mode, queues) = describe(&program, &sockets);
-                let fill = FillBudget::new(0, fill_max_for(self.parts.ledger.frame_count()));
+                // A pod's largest frame takes this many chunks: its fill
+                // ring keeps as many packets' worth as a 1500-byte pod's.
+                let umem = &self.parts.umem;
+                let chunks = (self.parts.pod_mtu + 18)
+                    .div_ceil(umem.frame_size() - umem.rx_data_offset())
+                    .max(1);
+                let fill = FillBudget::new(
+                    FILL_MIN * chunks,
+                    fill_max_for(self.parts.ledger.frame_count()),
+                );
                 let program = Arc::new(Mutex::new(program));
                 Ok((
                     PortIo::AfXdp(AfXdpPort::new(program, sockets, fill)),

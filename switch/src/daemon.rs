@@ -31,13 +31,15 @@ use crate::stats::WorkerStats;
 use crate::tap::TapDevice;
 use crate::topology::{PortRole, Topology};
 use crate::worker::{
-    AfXdpPort, Command, FillBudget, INBOX_CAPACITY, PortIo, TapPort, Worker, WorkerContext,
-    WorkerPort,
+    AfXdpPort, Command, FillBudget, INBOX_CAPACITY, MAX_PACKET_CHUNKS, PortIo, TapPort, Worker,
+    WorkerContext, WorkerPort,
 };
 use crate::xdp::XdpProgram;
 
-/// Size of a buffer frame: a page, which holds a 1500-byte frame with
-/// room for any outer header in front of it.
+/// Size of a buffer frame: a page (the kernel refuses larger chunks, with
+/// hugetlb pages too), which holds a 1500-byte frame with room for any
+/// outer header in front of it. Larger frames (a jumbo underlay) span
+/// several, as multi-buffer packets.
 pub const FRAME_SIZE: u32 = 4096;
 /// How often peers' underlay next hops are re-resolved.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
@@ -60,6 +62,7 @@ pub fn run(config: Config) -> Result<()> {
         .mac
         .with_context(|| format!("uplink {} has no MAC address", config.uplink))?;
     let underlay_mtu = config.underlay_mtu.map_or(uplink.mtu, u32::from);
+    check_underlay_mtu(underlay_mtu, config.underlay_mtu.is_some(), &config.uplink)?;
     let pod_mtu = underlay_mtu
         .checked_sub(overhead(&config))
         .filter(|&m| m >= 576)
@@ -268,6 +271,33 @@ fn bind_uplink(umem: &Umem, ifname: &str, ifindex: u32) -> Result<Vec<XskSocket>
     Ok(sockets)
 }
 
+/// The largest underlay MTU the switch carries: a frame of it (with an
+/// Ethernet header and an 802.1Q tag) must fit in the buffer frames one
+/// multi-buffer packet may span.
+pub const MAX_UNDERLAY_MTU: u32 = 9216;
+
+const _: () =
+    assert!((MAX_UNDERLAY_MTU as usize + 18).div_ceil(FRAME_SIZE as usize) <= MAX_PACKET_CHUNKS);
+
+/// Refuse an underlay MTU the switch cannot carry, saying what to change:
+/// `configured` when it came from `underlay_mtu`, else it is the uplink's.
+fn check_underlay_mtu(underlay_mtu: u32, configured: bool, uplink: &str) -> Result<()> {
+    if underlay_mtu <= MAX_UNDERLAY_MTU {
+        return Ok(());
+    }
+    if configured {
+        anyhow::bail!(
+            "underlay_mtu {underlay_mtu} is more than the switch carries ({MAX_UNDERLAY_MTU}): \
+             lower underlay_mtu in the configuration"
+        );
+    }
+    anyhow::bail!(
+        "the uplink {uplink} has MTU {underlay_mtu}, more than the switch carries \
+         ({MAX_UNDERLAY_MTU}): set underlay_mtu (576 to {MAX_UNDERLAY_MTU}) in the \
+         configuration, or lower the uplink's MTU"
+    )
+}
+
 /// Hand a port the daemon opened itself to worker 0 and wait until it runs.
 fn start_port(plane: &ControlPlane, id: crate::topology::PortId, io: PortIo) -> Result<()> {
     let (done, answer) = bounded(1);
@@ -321,4 +351,20 @@ fn spawn_maintenance(plane: Arc<ControlPlane>) -> Result<(JoinHandle<()>, Sender
         })
         .context("spawning the maintenance thread")?;
     Ok((thread, stop))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn underlay_mtus_over_what_the_switch_carries_are_refused_with_the_fix() {
+        assert!(check_underlay_mtu(9000, true, "eth0").is_ok());
+        assert!(check_underlay_mtu(MAX_UNDERLAY_MTU, false, "eth0").is_ok());
+        let configured = check_underlay_mtu(9300, true, "eth0").unwrap_err();
+        assert!(configured.to_string().contains("lower underlay_mtu"));
+        let from_uplink = check_underlay_mtu(65535, false, "eth0").unwrap_err();
+        assert!(from_uplink.to_string().contains("set underlay_mtu"));
+        assert!(from_uplink.to_string().contains("eth0"));
+    }
 }

@@ -60,6 +60,9 @@ switch_drops! {
     /// No free buffer frame to copy a frame (or a segment of a cut
     /// super-frame) into: the pool is exhausted.
     NoFreeFrame => "no_free_frame",
+    /// A multi-buffer packet whose last descriptor did not come with the
+    /// rest (the kernel publishes a packet whole: never expected).
+    IncompletePacket => "incomplete_packet",
 }
 
 /// How many drop reasons there are, wire and own.

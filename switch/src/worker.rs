@@ -26,7 +26,7 @@ use podswitch_encap::virtio_net::{
     Checksum, GsoKind, HEADER_LEN as VNET_HEADER_LEN, Header as VnetHeader, Offload,
 };
 
-use crate::afxdp::{Desc, Umem, XskSocket};
+use crate::afxdp::{Desc, Umem, XDP_PKT_CONTD, XskSocket};
 use crate::config::PollMode;
 use crate::drops::DropCause;
 use crate::fib::SharedFib;
@@ -56,6 +56,10 @@ pub const INBOX_CAPACITY: usize = 4096;
 /// tiny GSO size from a misbehaving pod) is dropped, so that one frame
 /// cannot drain the buffer pool.
 const MAX_SEGMENTS: usize = 128;
+/// Most buffer frames (chunks) one packet spans: a multi-buffer packet
+/// longer than this is dropped as `oversize`. Four 4096-byte chunks hold
+/// the largest underlay frame the configuration accepts (9216 + 18).
+pub const MAX_PACKET_CHUNKS: usize = 4;
 
 /// An AF_XDP port: its XDP program and a socket per RX queue.
 pub struct AfXdpPort {
@@ -84,8 +88,9 @@ pub struct FillBudget {
     received: u64,
 }
 
-/// The least a socket keeps on its fill ring.
-const FILL_MIN: u32 = 2 * BATCH as u32;
+/// The least a socket keeps on its fill ring (per chunk of its largest
+/// packet: see [`FillBudget::new`]).
+pub const FILL_MIN: u32 = 2 * BATCH as u32;
 
 impl FillBudget {
     /// A budget between `min` (at least [`FILL_MIN`]) and `max` frames.
@@ -103,10 +108,11 @@ impl FillBudget {
         }
     }
 
-    /// The socket received `n` frames in one batch.
+    /// The socket received `n` frames in one batch (more than [`BATCH`]
+    /// when the last packet was multi-buffer).
     fn received(&mut self, n: usize) {
         self.received += n as u64;
-        if n == BATCH {
+        if n >= BATCH {
             self.target = (self.target + self.target / 2).min(self.max);
         }
     }
@@ -211,13 +217,24 @@ pub enum Command {
     Stop,
 }
 
-/// A frame bound for another worker's port.
+/// A packet bound for another worker's port: the descriptors of its
+/// chunks, handed over together so that no other packet comes between
+/// them.
 #[derive(Debug, Clone, Copy)]
 pub struct Handoff {
     /// The output port.
     pub port: PortId,
-    /// The frame.
-    pub desc: Desc,
+    /// The packet's descriptors; the first `chunks` are used.
+    pub descs: [Desc; MAX_PACKET_CHUNKS],
+    /// How many chunks the packet spans (1 for a frame in one chunk).
+    pub chunks: u8,
+}
+
+impl Handoff {
+    /// The packet's descriptors.
+    fn packet(&self) -> &[Desc] {
+        &self.descs[..usize::from(self.chunks).min(MAX_PACKET_CHUNKS)]
+    }
 }
 
 /// Frames to send this pass, by port, parallel to the worker's port list.
@@ -240,10 +257,12 @@ impl TxQueues {
         self.pending.swap_remove(i)
     }
 
-    fn push(&mut self, id: PortId, desc: Desc) -> bool {
+    /// Queue a packet (one descriptor, or a multi-buffer run) for `id`;
+    /// false if this worker has no such port.
+    fn push(&mut self, id: PortId, packet: &[Desc]) -> bool {
         match self.ids.iter().position(|&p| p == id) {
             Some(i) => {
-                self.pending[i].push(desc);
+                self.pending[i].extend_from_slice(packet);
                 true
             }
             None => false,
@@ -285,17 +304,23 @@ pub struct Worker {
     offload: OffloadScratch,
 }
 
-/// What a worker keeps for TCP super-frames: where one received from an
-/// offloaded TAP port lands (virtio-net header first), and the coalescer
-/// that builds super-frames for such ports from frames.
+/// What a worker keeps for frames larger than a buffer frame: where a TCP
+/// super-frame or a jumbo frame from an offloaded TAP port lands (after
+/// headroom for outer headers, virtio-net header first), where a
+/// multi-buffer packet or a jumbo segment is gathered to be routed and
+/// encapsulated (also after headroom), and the coalescer that builds
+/// super-frames for offloaded TAP ports from frames.
 struct OffloadScratch {
     frame: Box<[u8]>,
+    gather: Box<[u8]>,
     coalescer: Coalescer,
 }
 
 impl Worker {
     /// A worker with no ports yet.
     pub fn new(ctx: WorkerContext, commands: Receiver<Command>) -> Worker {
+        let headroom = ctx.umem.rx_data_offset() as usize;
+        let packet_room = MAX_PACKET_CHUNKS * ctx.umem.frame_size() as usize;
         Worker {
             ctx,
             commands,
@@ -305,7 +330,8 @@ impl Worker {
             rx_scratch: Vec::with_capacity(BATCH),
             addr_scratch: Vec::with_capacity(4 * BATCH),
             offload: OffloadScratch {
-                frame: vec![0; VNET_HEADER_LEN + MAX_SUPER_FRAME].into_boxed_slice(),
+                frame: vec![0; headroom + VNET_HEADER_LEN + MAX_SUPER_FRAME].into_boxed_slice(),
+                gather: vec![0; headroom + packet_room].into_boxed_slice(),
                 coalescer: Coalescer::new(),
             },
         }
@@ -561,11 +587,35 @@ impl Worker {
                     }
                     self.ctx.stats.batch(n);
                     received += n;
-                    for &desc in &self.rx_scratch[..n] {
-                        self.ctx
-                            .ledger
-                            .moved(desc.addr, Location::Fill, Location::InFlight);
-                        dispatch.frame(&mut self.cache, &mut self.queues, desc);
+                    let mut first = 0;
+                    while first < n {
+                        let desc = self.rx_scratch[first];
+                        if !desc.continues() {
+                            // The fast path: a frame in one chunk.
+                            self.ctx
+                                .ledger
+                                .moved(desc.addr, Location::Fill, Location::InFlight);
+                            dispatch.frame(&mut self.cache, &mut self.queues, desc);
+                            first += 1;
+                            continue;
+                        }
+                        let last = self.rx_scratch[first..n]
+                            .iter()
+                            .position(|d| !d.continues())
+                            .map_or(n - 1, |i| first + i);
+                        let packet = &self.rx_scratch[first..=last];
+                        for d in packet {
+                            self.ctx
+                                .ledger
+                                .moved(d.addr, Location::Fill, Location::InFlight);
+                        }
+                        dispatch.multi_buffer(
+                            &mut self.cache,
+                            &mut self.queues,
+                            packet,
+                            &mut self.offload.gather,
+                        );
+                        first = last + 1;
                     }
                 }
             }
@@ -574,19 +624,20 @@ impl Worker {
                     return 0;
                 }
                 let device = tap.device();
+                let mut side = TxSide {
+                    cache: &mut self.cache,
+                    queues: &mut self.queues,
+                };
                 let batch = if device.has_vnet_header() {
                     receive_offloaded(
                         &dispatch,
                         &device,
                         &self.ports,
-                        &mut TxSide {
-                            cache: &mut self.cache,
-                            queues: &mut self.queues,
-                        },
+                        &mut side,
                         &mut self.offload,
                     )
                 } else {
-                    receive_plain(&dispatch, &device, &mut self.cache, &mut self.queues)
+                    receive_plain(&dispatch, &device, &mut side, &mut self.offload.gather)
                 };
                 if batch > 0 {
                     self.ctx.stats.batch(batch);
@@ -605,16 +656,20 @@ impl Worker {
         let inbox = &self.ctx.inboxes[self.ctx.index];
         while let Some(handoff) = inbox.pop() {
             n += 1;
-            self.ctx
-                .ledger
-                .moved(handoff.desc.addr, Location::Queued, Location::InFlight);
-            if !self.queues.push(handoff.port, handoff.desc) {
-                free(
-                    &mut self.cache,
-                    &self.ctx.ledger,
-                    handoff.desc.addr,
-                    Location::InFlight,
-                );
+            for desc in handoff.packet() {
+                self.ctx
+                    .ledger
+                    .moved(desc.addr, Location::Queued, Location::InFlight);
+            }
+            if !self.queues.push(handoff.port, handoff.packet()) {
+                for desc in handoff.packet() {
+                    free(
+                        &mut self.cache,
+                        &self.ctx.ledger,
+                        desc.addr,
+                        Location::InFlight,
+                    );
+                }
             }
         }
         n
@@ -633,14 +688,21 @@ impl Worker {
                     let socket = &mut afxdp.sockets[0];
                     let sent = socket.send(pending);
                     afxdp.sent[0] += sent as u64;
+                    let mut packet_len = 0;
                     for desc in &pending[..sent] {
                         self.ctx
                             .ledger
                             .moved(desc.addr, Location::InFlight, Location::Tx);
-                        self.ctx.stats.tx(port.id, desc.len as usize);
+                        packet_len += desc.len as usize;
+                        if !desc.continues() {
+                            self.ctx.stats.tx(port.id, packet_len);
+                            packet_len = 0;
+                        }
                     }
                     for desc in &pending[sent..] {
-                        self.ctx.stats.dropped(port.id, DropCause::TxRingFull);
+                        if !desc.continues() {
+                            self.ctx.stats.dropped(port.id, DropCause::TxRingFull);
+                        }
                         free(
                             &mut self.cache,
                             &self.ctx.ledger,
@@ -656,22 +718,37 @@ impl Worker {
                     &self.ctx,
                     &mut self.cache,
                     &mut self.offload.coalescer,
+                    &mut self.offload.gather,
                     port.id,
                     &tap.device,
                     pending,
                 ),
                 PortIo::Tap(tap) => {
-                    for desc in pending.iter() {
-                        let base = self.ctx.ledger.chunk_base(desc.addr);
-                        let offset = (desc.addr - base) as usize;
-                        // SAFETY: the frame is in flight in this worker: no
-                        // ring and no other reference holds it.
-                        let chunk = unsafe { self.ctx.umem.chunk_mut(base) };
-                        match tap.device.send(&chunk[offset..offset + desc.len as usize]) {
-                            Ok(()) => self.ctx.stats.tx(port.id, desc.len as usize),
-                            Err(_) => self.ctx.stats.dropped(port.id, DropCause::TxError),
+                    for packet in pending.split_inclusive(|desc| !desc.continues()) {
+                        let mut parts = [IoSlice::new(&[]); MAX_PACKET_CHUNKS];
+                        let mut len = 0;
+                        for (part, desc) in parts.iter_mut().zip(packet) {
+                            // SAFETY: the frame is in flight in this
+                            // worker: no ring and no other reference holds
+                            // it.
+                            *part = IoSlice::new(unsafe { packet_bytes(&self.ctx, desc) });
+                            len += desc.len as usize;
                         }
-                        free(&mut self.cache, &self.ctx.ledger, base, Location::InFlight);
+                        let sent = packet.len() <= MAX_PACKET_CHUNKS
+                            && tap.device.send_parts(&parts[..packet.len()]).is_ok();
+                        if sent {
+                            self.ctx.stats.tx(port.id, len);
+                        } else {
+                            self.ctx.stats.dropped(port.id, DropCause::TxError);
+                        }
+                        for desc in packet {
+                            free(
+                                &mut self.cache,
+                                &self.ctx.ledger,
+                                desc.addr,
+                                Location::InFlight,
+                            );
+                        }
                     }
                 }
             }
@@ -762,31 +839,162 @@ impl Dispatch<'_> {
     /// Queue the frame `out` (in flight in this worker) for `out_port`:
     /// on this worker's queue, through its owner's inbox, or dropped.
     fn send(&self, cache: &mut FrameCache, queues: &mut TxQueues, out_port: PortId, out: Desc) {
+        self.send_packet(cache, queues, out_port, &[out]);
+    }
+
+    /// Queue `packet` — one descriptor, or a multi-buffer run of at most
+    /// [`MAX_PACKET_CHUNKS`] — (in flight in this worker) for `out_port`,
+    /// as [`Dispatch::send`] does a frame.
+    fn send_packet(
+        &self,
+        cache: &mut FrameCache,
+        queues: &mut TxQueues,
+        out_port: PortId,
+        packet: &[Desc],
+    ) {
         let ctx = self.ctx;
-        let base = ctx.ledger.chunk_base(out.addr);
-        if queues.push(out_port, out) {
+        if queues.push(out_port, packet) {
             return;
         }
         let owner = self.topology.port(out_port).map(|p| p.worker);
-        match owner.and_then(|w| ctx.inboxes.get(w)) {
-            Some(inbox) => {
-                ctx.ledger.moved(base, Location::InFlight, Location::Queued);
-                if inbox
-                    .push(Handoff {
-                        port: out_port,
-                        desc: out,
-                    })
-                    .is_err()
-                {
-                    ctx.stats.dropped(self.in_port, DropCause::TxRingFull);
-                    free(cache, &ctx.ledger, base, Location::Queued);
-                }
+        let (Some(inbox), Some(chunks)) = (
+            owner.and_then(|w| ctx.inboxes.get(w)),
+            u8::try_from(packet.len())
+                .ok()
+                .filter(|&n| usize::from(n) <= MAX_PACKET_CHUNKS),
+        ) else {
+            ctx.stats.dropped(self.in_port, DropCause::PortGone);
+            for desc in packet {
+                free(cache, &ctx.ledger, desc.addr, Location::InFlight);
             }
-            None => {
-                ctx.stats.dropped(self.in_port, DropCause::PortGone);
-                free(cache, &ctx.ledger, base, Location::InFlight);
+            return;
+        };
+        let mut handoff = Handoff {
+            port: out_port,
+            descs: [Desc {
+                addr: 0,
+                len: 0,
+                options: 0,
+            }; MAX_PACKET_CHUNKS],
+            chunks,
+        };
+        for (slot, desc) in handoff.descs.iter_mut().zip(packet) {
+            *slot = *desc;
+            ctx.ledger
+                .moved(desc.addr, Location::InFlight, Location::Queued);
+        }
+        if inbox.push(handoff).is_err() {
+            ctx.stats.dropped(self.in_port, DropCause::TxRingFull);
+            for desc in packet {
+                free(cache, &ctx.ledger, desc.addr, Location::Queued);
             }
         }
+    }
+
+    /// Gather a multi-buffer packet received on an AF_XDP port (its chunks
+    /// in flight in this worker) into `gather`, after as much headroom as
+    /// a chunk has, give its chunks back, and route it there
+    /// ([`Dispatch::routed_in_place`]).
+    fn multi_buffer(
+        &self,
+        cache: &mut FrameCache,
+        queues: &mut TxQueues,
+        packet: &[Desc],
+        gather: &mut [u8],
+    ) {
+        let ctx = self.ctx;
+        let headroom = ctx.umem.rx_data_offset() as usize;
+        let mut end = headroom;
+        let mut fits = true;
+        for desc in packet {
+            // SAFETY: the frame just came off an RX ring into this worker:
+            // no ring and no other reference holds it.
+            let bytes = unsafe { packet_bytes(ctx, desc) };
+            match gather.get_mut(end..end + bytes.len()) {
+                Some(room) if fits => room.copy_from_slice(bytes),
+                _ => fits = false,
+            }
+            end += bytes.len();
+            free(cache, &ctx.ledger, desc.addr, Location::InFlight);
+        }
+        ctx.stats.rx(self.in_port, end - headroom);
+        if packet.last().is_some_and(Desc::continues) {
+            return ctx.stats.dropped(self.in_port, DropCause::IncompletePacket);
+        }
+        if !fits {
+            return ctx
+                .stats
+                .dropped(self.in_port, DropCause::Wire(DropReason::Oversize));
+        }
+        self.routed_in_place(cache, queues, gather, headroom..end);
+    }
+
+    /// Decide the fate of a frame larger than a buffer frame where it lies
+    /// (`frame` in `buf`, with headroom in front of it for outer headers),
+    /// then copy the result into as many chunks as it needs and queue them
+    /// as one multi-buffer packet.
+    fn routed_in_place(
+        &self,
+        cache: &mut FrameCache,
+        queues: &mut TxQueues,
+        buf: &mut [u8],
+        frame: std::ops::Range<usize>,
+    ) {
+        let (out_port, out) = match self.forwarder.forward(self.in_port, buf, frame) {
+            Verdict::Transmit { port, frame } => (port, frame),
+            Verdict::ToPeer { peer, frame } => match self.forwarder.encapsulate(peer, buf, frame) {
+                Ok(packet) => (self.topology.uplink, packet),
+                Err(reason) => return self.ctx.stats.dropped(self.in_port, reason),
+            },
+            Verdict::Drop(reason) => return self.ctx.stats.dropped(self.in_port, reason),
+        };
+        self.send_copied(cache, queues, out_port, &buf[out]);
+    }
+
+    /// Copy a routed frame of any size (up to [`MAX_PACKET_CHUNKS`]
+    /// chunks) into free chunks, whole chunks from their start, and queue
+    /// it for `out_port`: a multi-buffer packet when it spans several.
+    fn send_copied(
+        &self,
+        cache: &mut FrameCache,
+        queues: &mut TxQueues,
+        out_port: PortId,
+        bytes: &[u8],
+    ) {
+        let ctx = self.ctx;
+        let frame_size = ctx.umem.frame_size() as usize;
+        let pieces = bytes.chunks(frame_size);
+        if bytes.is_empty() || pieces.len() > MAX_PACKET_CHUNKS {
+            return ctx
+                .stats
+                .dropped(self.in_port, DropCause::Wire(DropReason::Oversize));
+        }
+        let count = pieces.len();
+        let mut packet = [Desc {
+            addr: 0,
+            len: 0,
+            options: 0,
+        }; MAX_PACKET_CHUNKS];
+        for (i, piece) in pieces.enumerate() {
+            let Some(base) = cache.get(&ctx.ledger) else {
+                ctx.stats.dropped(self.in_port, DropCause::NoFreeFrame);
+                for desc in &packet[..i] {
+                    free(cache, &ctx.ledger, desc.addr, Location::InFlight);
+                }
+                return;
+            };
+            ctx.ledger.moved(base, Location::Free, Location::InFlight);
+            // SAFETY: `base` came off the free list: no ring and no other
+            // reference holds this frame.
+            let chunk = unsafe { ctx.umem.chunk_mut(base) };
+            chunk[..piece.len()].copy_from_slice(piece);
+            packet[i] = Desc {
+                addr: base,
+                len: piece.len() as u32,
+                options: if i + 1 < count { XDP_PKT_CONTD } else { 0 },
+            };
+        }
+        self.send_packet(cache, queues, out_port, &packet[..count]);
     }
 
     /// Copy a frame received outside the buffer area (from an offloaded
@@ -821,7 +1029,18 @@ impl Dispatch<'_> {
     /// `mss` payload bytes, each in a buffer frame of its own, and send
     /// them to `to`: a port, or encapsulated to a peer through the uplink.
     /// How many segments it made.
-    fn cut(&self, side: &mut TxSide, frame: &[u8], mss: u16, to: CutTo) -> usize {
+    ///
+    /// A segment larger than a buffer frame (a jumbo MSS) is written into
+    /// `gather` instead, encapsulated there, and copied into a
+    /// multi-buffer packet.
+    fn cut(
+        &self,
+        side: &mut TxSide,
+        frame: &[u8],
+        mss: u16,
+        to: CutTo,
+        gather: &mut [u8],
+    ) -> usize {
         let ctx = self.ctx;
         let segments = match TcpSegments::new(frame, mss) {
             Ok(s) if s.count() <= MAX_SEGMENTS => s,
@@ -837,7 +1056,12 @@ impl Dispatch<'_> {
         };
         ctx.stats.segmented(self.in_port, segments.count());
         let offset = ctx.umem.rx_data_offset() as usize;
+        let room = ctx.umem.frame_size() as usize - offset;
         for i in 0..segments.count() {
+            if segments.segment_len(i) > room {
+                self.cut_jumbo(side, &segments, i, to, gather);
+                continue;
+            }
             let Some(base) = side.cache.get(&ctx.ledger) else {
                 ctx.stats.dropped(self.in_port, DropCause::NoFreeFrame);
                 continue;
@@ -875,6 +1099,37 @@ impl Dispatch<'_> {
     }
 }
 
+impl Dispatch<'_> {
+    /// Write segment `i` of `segments`, larger than a buffer frame, into
+    /// `gather` after headroom, encapsulate it there for a peer, and send
+    /// it as a multi-buffer packet.
+    fn cut_jumbo(
+        &self,
+        side: &mut TxSide,
+        segments: &TcpSegments,
+        i: usize,
+        to: CutTo,
+        gather: &mut [u8],
+    ) {
+        let ctx = self.ctx;
+        let headroom = ctx.umem.rx_data_offset() as usize;
+        let Some(written) = segments.write(i, &mut gather[headroom..]) else {
+            return ctx
+                .stats
+                .dropped(self.in_port, DropCause::Wire(DropReason::Oversize));
+        };
+        let segment = headroom..headroom + written;
+        let (port, packet) = match to {
+            CutTo::Port(port) => (port, segment),
+            CutTo::Peer(peer) => match self.forwarder.encapsulate(peer, gather, segment) {
+                Ok(packet) => (self.topology.uplink, packet),
+                Err(cause) => return ctx.stats.dropped(self.in_port, cause),
+            },
+        };
+        self.send_copied(side.cache, side.queues, port, &gather[packet]);
+    }
+}
+
 /// Where the segments of a cut super-frame go.
 #[derive(Debug, Clone, Copy)]
 enum CutTo {
@@ -891,15 +1146,23 @@ struct TxSide<'a> {
 }
 
 /// Read up to a batch of frames from a plain TAP device straight into
-/// buffer frames and decide each; how many were read.
+/// buffer frames and decide each; how many were read. When the pod MTU
+/// lets frames outgrow a buffer frame (a jumbo underlay), each is read
+/// into `gather` instead: one that fits is copied into a buffer frame, a
+/// larger one is routed where it lies and sent as a multi-buffer packet.
 fn receive_plain(
     dispatch: &Dispatch,
     device: &TapDevice,
-    cache: &mut FrameCache,
-    queues: &mut TxQueues,
+    side: &mut TxSide,
+    gather: &mut [u8],
 ) -> usize {
     let ctx = dispatch.ctx;
+    let (cache, queues) = (&mut *side.cache, &mut *side.queues);
     let offset = ctx.umem.rx_data_offset() as usize;
+    let room = ctx.umem.frame_size() as usize - offset;
+    if dispatch.topology.pod_mtu as usize + MAX_LINK_HEADER > room {
+        return receive_plain_jumbo(dispatch, device, side, gather);
+    }
     let mut batch = 0;
     while batch < BATCH {
         let Some(base) = cache.get(&ctx.ledger) else {
@@ -928,6 +1191,36 @@ fn receive_plain(
     batch
 }
 
+/// The longest link header in front of an IP packet of the MTU: Ethernet
+/// and one 802.1Q tag.
+const MAX_LINK_HEADER: usize = 18;
+
+/// [`receive_plain`] for frames that may outgrow a buffer frame.
+fn receive_plain_jumbo(
+    dispatch: &Dispatch,
+    device: &TapDevice,
+    side: &mut TxSide,
+    gather: &mut [u8],
+) -> usize {
+    let headroom = dispatch.ctx.umem.rx_data_offset() as usize;
+    let mut batch = 0;
+    while batch < BATCH {
+        let len = match device.recv(&mut gather[headroom..]) {
+            Ok(Some(len)) => len,
+            Ok(None) | Err(_) => break,
+        };
+        batch += 1;
+        let frame = headroom..headroom + len;
+        if len <= dispatch.ctx.umem.frame_size() as usize - headroom {
+            dispatch.copied_frame(side.cache, side.queues, &gather[frame]);
+        } else {
+            dispatch.ctx.stats.rx(dispatch.in_port, len);
+            dispatch.routed_in_place(side.cache, side.queues, gather, frame);
+        }
+    }
+    batch
+}
+
 /// Read up to a batch of frames from an offloaded TAP device, each after
 /// its virtio-net header, and decide each: a plain frame (its partial
 /// checksum completed) is copied into a buffer frame and forwarded as any
@@ -945,24 +1238,30 @@ fn receive_offloaded(
 ) -> usize {
     let ctx = dispatch.ctx;
     let in_port = dispatch.in_port;
+    // Room in front for outer headers: a jumbo frame is encapsulated
+    // where it lies.
+    let headroom = ctx.umem.rx_data_offset() as usize;
+    let room = ctx.umem.frame_size() as usize - headroom;
     let (mut read, mut work) = (0, 0);
     while work < BATCH {
-        let len = match device.recv(&mut scratch.frame) {
+        let len = match device.recv(&mut scratch.frame[headroom..]) {
             Ok(Some(len)) => len,
             Ok(None) | Err(_) => break,
         };
         read += 1;
         work += 1;
-        let buf = &mut scratch.frame[..len];
-        let offload = match VnetHeader::new_checked(&buf[..]).and_then(|h| Offload::parse(&h)) {
-            Ok(offload) => offload,
-            Err(reason) => {
-                ctx.stats.rx(in_port, len);
-                ctx.stats.dropped(in_port, DropCause::Wire(reason));
-                continue;
-            }
-        };
-        let frame = VNET_HEADER_LEN..len;
+        let buf = &mut scratch.frame[..headroom + len];
+        let vnet = headroom..headroom + VNET_HEADER_LEN.min(len);
+        let offload =
+            match VnetHeader::new_checked(&buf[headroom..]).and_then(|h| Offload::parse(&h)) {
+                Ok(offload) => offload,
+                Err(reason) => {
+                    ctx.stats.rx(in_port, len);
+                    ctx.stats.dropped(in_port, DropCause::Wire(reason));
+                    continue;
+                }
+            };
+        let frame = vnet.end..headroom + len;
         let Some(gso) = offload.gso else {
             if let Checksum::Partial { start, offset } = offload.checksum
                 && let Err(reason) =
@@ -972,7 +1271,12 @@ fn receive_offloaded(
                 ctx.stats.dropped(in_port, DropCause::Wire(reason));
                 continue;
             }
-            dispatch.copied_frame(side.cache, side.queues, &buf[frame]);
+            if frame.len() <= room {
+                dispatch.copied_frame(side.cache, side.queues, &buf[frame]);
+            } else {
+                ctx.stats.rx(in_port, frame.len());
+                dispatch.routed_in_place(side.cache, side.queues, buf, frame);
+            }
             continue;
         };
         ctx.stats.rx(in_port, frame.len());
@@ -983,7 +1287,13 @@ fn receive_offloaded(
         match dispatch.forwarder.forward_super_frame(in_port, buf, frame) {
             Verdict::Drop(cause) => ctx.stats.dropped(in_port, cause),
             Verdict::ToPeer { peer, frame } => {
-                work += dispatch.cut(side, &buf[frame], gso.size, CutTo::Peer(peer));
+                work += dispatch.cut(
+                    side,
+                    &buf[frame],
+                    gso.size,
+                    CutTo::Peer(peer),
+                    &mut scratch.gather,
+                );
             }
             Verdict::Transmit { port, frame } => {
                 let offloaded_out =
@@ -995,7 +1305,13 @@ fn receive_offloaded(
                             _ => None,
                         });
                 let Some((j, out)) = offloaded_out else {
-                    work += dispatch.cut(side, &buf[frame], gso.size, CutTo::Port(port));
+                    work += dispatch.cut(
+                        side,
+                        &buf[frame],
+                        gso.size,
+                        CutTo::Port(port),
+                        &mut scratch.gather,
+                    );
                     continue;
                 };
                 // Frames already queued for that port go first, so a flow
@@ -1005,12 +1321,13 @@ fn receive_offloaded(
                     ctx,
                     side.cache,
                     &mut scratch.coalescer,
+                    &mut scratch.gather,
                     port,
                     out,
                     &mut side.queues.pending[j],
                 );
                 let parts = [
-                    IoSlice::new(&buf[..VNET_HEADER_LEN]),
+                    IoSlice::new(&buf[vnet.clone()]),
                     IoSlice::new(&buf[frame.clone()]),
                 ];
                 match out.send_parts(&parts) {
@@ -1028,11 +1345,14 @@ fn receive_offloaded(
 
 /// Send the frames queued for an offloaded TAP port, coalescing each
 /// flow's consecutive TCP segments into super-frames (userspace GRO; all
-/// flushed before returning, so no frame waits for the next batch).
+/// flushed before returning, so no frame waits for the next batch). A
+/// multi-buffer packet is gathered into `gather` first.
+#[allow(clippy::too_many_arguments)]
 fn flush_offloaded(
     ctx: &WorkerContext,
     cache: &mut FrameCache,
     coalescer: &mut Coalescer,
+    gather: &mut [u8],
     id: PortId,
     device: &TapDevice,
     pending: &mut Vec<Desc>,
@@ -1052,16 +1372,46 @@ fn flush_offloaded(
             Err(_) => ctx.stats.dropped(id, DropCause::TxError),
         }
     };
-    for desc in pending.drain(..) {
-        let base = ctx.ledger.chunk_base(desc.addr);
-        let offset = (desc.addr - base) as usize;
-        // SAFETY: the frame is in flight in this worker: no ring and no
-        // other reference holds it.
-        let chunk = unsafe { ctx.umem.chunk_mut(base) };
-        coalescer.push(&chunk[offset..offset + desc.len as usize], &mut send);
-        free(cache, &ctx.ledger, base, Location::InFlight);
+    for packet in pending.split_inclusive(|desc| !desc.continues()) {
+        if let [desc] = packet {
+            // SAFETY: the frame is in flight in this worker: no ring and
+            // no other reference holds it.
+            coalescer.push(unsafe { packet_bytes(ctx, desc) }, &mut send);
+        } else {
+            let mut len = 0;
+            for desc in packet {
+                // SAFETY: as above.
+                let bytes = unsafe { packet_bytes(ctx, desc) };
+                if let Some(room) = gather.get_mut(len..len + bytes.len()) {
+                    room.copy_from_slice(bytes);
+                }
+                len += bytes.len();
+            }
+            match gather.get(..len) {
+                Some(frame) => coalescer.push(frame, &mut send),
+                None => ctx.stats.dropped(id, DropCause::Wire(DropReason::Oversize)),
+            }
+        }
+        for desc in packet {
+            free(cache, &ctx.ledger, desc.addr, Location::InFlight);
+        }
     }
+    pending.clear();
     coalescer.flush(&mut send);
+}
+
+/// The bytes `desc` describes, in its chunk.
+///
+/// # Safety
+/// The frame must be in flight in this worker: on no ring, and no other
+/// reference to its chunk alive.
+unsafe fn packet_bytes<'a>(ctx: &'a WorkerContext, desc: &Desc) -> &'a [u8] {
+    let base = ctx.ledger.chunk_base(desc.addr);
+    let offset = (desc.addr - base) as usize;
+    // SAFETY: the caller guarantees no one else holds the chunk.
+    let chunk = unsafe { ctx.umem.chunk_mut(base) };
+    let end = (offset + desc.len as usize).min(chunk.len());
+    &chunk[offset.min(end)..end]
 }
 
 fn free(cache: &mut FrameCache, ledger: &FrameLedger, addr: u64, from: Location) {

@@ -2,8 +2,9 @@
 //! good traffic flows: the switch drops each under its reason, keeps
 //! forwarding the good traffic, loses no buffer frame and does not crash.
 //! Jumbo frames too, which the kernel drops before the switch where an
-//! interface's MTU is smaller, and the switch or its sockets count where
-//! it is not. Needs root.
+//! interface's MTU is smaller, and the switch counts (`oversize`) where it
+//! is not — past a buffer frame too, since they reach it as multi-buffer
+//! packets. Needs root.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
@@ -70,9 +71,12 @@ fn fix_ipv4_checksum(frame: &mut [u8]) {
 enum Counted {
     /// Under this drop reason of the switch.
     Reason(&'static str),
-    /// By the kernel, on the port's AF_XDP sockets (`kernel` in the
-    /// stats): this counter.
-    Kernel(&'static str),
+    /// As larger than the pod MTU: by the switch (`oversize`), or, for
+    /// frames past a buffer frame, by the kernel at the port's AF_XDP
+    /// socket (`kernel.rx_dropped`) once a burst of them has used up the
+    /// frames on the port's fill ring (each takes several, and a port's
+    /// fill ring is sized for packets of its MTU).
+    Oversize,
     /// By the kernel, at the port's interface before any XDP program
     /// (`interface_rx_dropped`).
     Interface,
@@ -88,7 +92,10 @@ impl Counted {
         let port = &stats["ports"][port];
         match self {
             Counted::Reason(reason) => port["drops"][reason].as_u64(),
-            Counted::Kernel(counter) => port["kernel"][counter].as_u64(),
+            Counted::Oversize => Some(
+                port["drops"]["oversize"].as_u64().unwrap_or(0)
+                    + port["kernel"]["rx_dropped"].as_u64().unwrap_or(0),
+            ),
             Counted::Interface => port["interface_rx_dropped"].as_u64(),
             Counted::Unchecked => Some(0),
         }
@@ -520,13 +527,16 @@ fn hostile_geneve_packets() -> Result<()> {
 }
 
 /// The most packet bytes a buffer frame takes in: the daemon's 4 KiB
-/// frame less the kernel's 256-byte XDP headroom. A larger frame is
-/// dropped by the kernel at the AF_XDP socket (`kernel: rx_dropped`).
+/// frame less the kernel's 256-byte XDP headroom. A larger frame arrives
+/// as a multi-buffer packet (several buffer frames).
 const BUFFER_ROOM: usize = 4096 - 256;
+
+/// The frames of the jumbo attacks: 9000 bytes.
+const JUMBO_LEN: usize = 9000;
 
 /// `ifname`'s MTU in `ns`, and the largest the kernel lets it take (a
 /// veth whose peer runs a native XDP program without multi-buffer support
-/// is held to 3506).
+/// would be held to 3506; the switch's programs have it).
 fn mtus(ns: &podswitch_lab::Netns, ifname: &str) -> Result<(usize, usize)> {
     let link: Value = serde_json::from_str(&ns.ip(&["-d", "-j", "link", "show", ifname])?)?;
     let mtu = link[0]["mtu"].as_u64().context("no mtu")?;
@@ -539,25 +549,13 @@ fn set_mtu(ns: &podswitch_lab::Netns, ifname: &str, mtu: usize) -> Result<()> {
         .map(drop)
 }
 
-/// Raise `ifname`'s MTU for a jumbo frame: 9000 bytes, or the largest the
+/// Raise `ifname`'s MTU for a frame of `len` bytes, or the largest the
 /// interface can send. The frame's length and the MTU to restore.
-fn raise_mtu(ns: &podswitch_lab::Netns, ifname: &str) -> Result<(usize, usize)> {
+fn raise_mtu(ns: &podswitch_lab::Netns, ifname: &str, len: usize) -> Result<(usize, usize)> {
     let (mtu, max) = mtus(ns, ifname)?;
-    let len = (max + 14).min(9000);
+    let len = (max + 14).min(len);
     set_mtu(ns, ifname, len - 14)?;
     Ok((len, mtu))
-}
-
-/// Where node 1 counts a frame that reaches the switch's port and is too
-/// big to be forwarded: within a buffer frame, the switch refuses to
-/// encapsulate it (`oversize`); past one, the kernel drops it at the
-/// socket.
-fn counted_by_size(len: usize) -> Counted {
-    if len <= BUFFER_ROOM {
-        Counted::Reason("oversize")
-    } else {
-        Counted::Kernel("rx_dropped")
-    }
 }
 
 /// Jumbo frames while pod a pings pod c: from the hostile pod (its MTU
@@ -565,12 +563,13 @@ fn counted_by_size(len: usize) -> Counted {
 /// raised), tunnel packets as large. The kernel drops them at the
 /// receiving interface (`interface_rx_dropped`), whose MTU is smaller;
 /// where the receiving interface takes them too (a pod veth or an uplink
-/// with a larger MTU), the switch or the kernel's AF_XDP socket drops and
-/// counts them. Afterwards a valid tunnel packet is still delivered.
+/// with a larger MTU), they reach the switch as multi-buffer packets and
+/// it drops them as larger than the pod MTU (`oversize`). Afterwards a
+/// valid tunnel packet is still delivered.
 fn jumbo_frames(t: &Target) -> Result<()> {
     let (bad, n1) = (t.bad, t.n1);
     // From the pod, which may change its own MTU.
-    let (len, pod_mtu) = raise_mtu(&bad.ns, "eth0")?;
+    let (len, pod_mtu) = raise_mtu(&bad.ns, "eth0", JUMBO_LEN)?;
     let payload = vec![0x6a; len - UDP_HEADERS];
     let big = udp_frame(t.router, mac_of(bad)?, bad.ip, t.c.ip, 64, 9, &payload);
     let mut pod_link = RawLink::open(&bad.ns, "eth0", Duration::from_millis(100))?;
@@ -582,20 +581,21 @@ fn jumbo_frames(t: &Target) -> Result<()> {
         &[(&what, big.clone(), Counted::Interface)],
     )?;
     // The node end of its veth raised too (on the node: a misconfigured
-    // MTU): the frame reaches the switch's port.
+    // MTU): the frame reaches the switch's port (past a buffer frame, as a
+    // multi-buffer packet), which drops it as larger than the pod MTU.
     set_mtu(&n1.ns, &bad.host_ifname, len - 14)?;
     let what = format!("a {len}-byte frame from a pod, the node end's MTU raised");
     inject(
         &mut pod_link,
         n1,
         &bad.host_ifname,
-        &[(&what, big, counted_by_size(len))],
+        &[(&what, big, Counted::Oversize)],
     )?;
     set_mtu(&n1.ns, &bad.host_ifname, pod_mtu)?;
     set_mtu(&bad.ns, "eth0", pod_mtu)?;
 
     // From the underlay: a VXLAN packet from node 2 for pod a, as large.
-    let (len, underlay_mtu) = raise_mtu(&t.n2.ns, "ul0")?;
+    let (len, underlay_mtu) = raise_mtu(&t.n2.ns, "ul0", JUMBO_LEN)?;
     let payload = vec![0x6a; len - 50 - UDP_HEADERS];
     let inner = udp_frame(
         t.router,
@@ -615,28 +615,22 @@ fn jumbo_frames(t: &Target) -> Result<()> {
         "ul0",
         &[(&what, big.clone(), Counted::Interface)],
     )?;
-    // A jumbo underlay: node 1's uplink takes the packet too. Past a
-    // buffer frame, the kernel drops it at the socket. (Within one, the
-    // switch drops it as `oversize`: see
-    // `jumbo_frames_within_a_buffer_frame_are_counted`.)
-    if len > BUFFER_ROOM {
-        set_mtu(&n1.ns, "ul0", len - 14)?;
-        let what = format!("a {len}-byte tunnel packet, node 1's uplink MTU raised");
-        inject(
-            &mut underlay,
-            n1,
-            "ul0",
-            &[(&what, big, Counted::Kernel("rx_dropped"))],
-        )?;
-        set_mtu(&n1.ns, "ul0", underlay_mtu)?;
-    }
+    // A jumbo underlay: node 1's uplink takes the packet too, as a
+    // multi-buffer packet; the switch decapsulates it and drops the inner
+    // frame as larger than the pod MTU (within a buffer frame as well: see
+    // `jumbo_frames_within_a_buffer_frame_are_counted`).
+    set_mtu(&n1.ns, "ul0", len - 14)?;
+    let what = format!("a {len}-byte tunnel packet, node 1's uplink MTU raised");
+    inject(&mut underlay, n1, "ul0", &[(&what, big, Counted::Oversize)])?;
+    set_mtu(&n1.ns, "ul0", underlay_mtu)?;
     set_mtu(&t.n2.ns, "ul0", underlay_mtu)?;
     let valid = t.tunnel(node_ip(2), 4789, &vxlan(0x08, VNI, &t.inner))?;
     t.delivers(&mut underlay, &valid)
 }
 
-/// Jumbo frames with native XDP on the veths (the lab's `auto`), which
-/// caps the senders' MTU at 3506: 3520-byte frames.
+/// Jumbo frames with native XDP on the veths (the lab's `auto`): the
+/// switch's programs handle multi-buffer packets, so the senders' MTU is
+/// free: 9000-byte frames.
 #[test]
 fn jumbo_frames_native_xdp() -> Result<()> {
     let _serial = serial();
@@ -707,7 +701,7 @@ fn jumbo_frames_within_a_buffer_frame_are_counted() -> Result<()> {
         };
 
         // A tunnel packet for pod a, node 1's uplink MTU raised.
-        let (len, underlay_mtu) = raise_mtu(&t.n2.ns, "ul0")?;
+        let (len, underlay_mtu) = raise_mtu(&t.n2.ns, "ul0", BUFFER_ROOM)?;
         ensure!(
             len <= BUFFER_ROOM,
             "a {len}-byte packet does not fit a buffer frame"
@@ -735,7 +729,7 @@ fn jumbo_frames_within_a_buffer_frame_are_counted() -> Result<()> {
 
         // A frame from the other pod on node 1 for pod a, both ends of its
         // veth raised.
-        let (len, pod_mtu) = raise_mtu(&bad.ns, "eth0")?;
+        let (len, pod_mtu) = raise_mtu(&bad.ns, "eth0", BUFFER_ROOM)?;
         set_mtu(&n1.ns, &bad.host_ifname, len - 14)?;
         let payload = vec![0x6a; len - UDP_HEADERS];
         let big = udp_frame(t.router, mac_of(bad)?, bad.ip, a.ip, 64, 9, &payload);

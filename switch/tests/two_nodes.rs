@@ -10,13 +10,11 @@ use std::sync::{Mutex, MutexGuard};
 use anyhow::{Context, Result, ensure};
 use podswitch_lab::Lab;
 use podswitch_lab::cluster::{
-    KernelNode, PeerEntry, Pod, SwitchNode, SwitchOptions, SwitchPair, connect_underlay,
-    kernel_vtep_mac, node_ip, ping, router_mac,
+    Pod, SwitchNode, SwitchOptions, SwitchPair, node_ip, ping, switch_and_kernel_node,
 };
 use podswitch_lab::traffic::{IPERF_PORT, IperfClient, iperf_server};
 use podswitch_lab::unprivileged::{Client, UnixAnswer};
 
-const UNDERLAY_MTU: u32 = 1500;
 const POD_MTU: u32 = 1450;
 
 /// Lab tests push real traffic: one at a time on a 2-core machine.
@@ -257,17 +255,9 @@ fn changes_under_load() -> Result<()> {
 fn interop_with_kernel_vxlan_node() -> Result<()> {
     let _serial = serial();
     let mut lab = Lab::new("sw-interop")?;
-    let n1 = lab.netns("n1")?;
-    let n2 = lab.netns("n2")?;
-    connect_underlay(&n1, 1, &n2, 2, UNDERLAY_MTU)?;
-    let kernel = KernelNode::create(n2, 2, UNDERLAY_MTU)?;
-    kernel.add_peer(1, &router_mac(1))?;
-    let peers = [PeerEntry {
-        index: 2,
-        vtep_mac: Some(kernel_vtep_mac(2)),
-    }];
     let dir = scratch(&lab);
-    let node1 = SwitchNode::start(n1, 1, binary(), &dir, &SwitchOptions::default(), &peers)?;
+    let (node1, kernel) =
+        switch_and_kernel_node(&mut lab, binary(), &dir, &SwitchOptions::default())?;
     let a = node1.add_veth_pod(&mut lab, 2, POD_MTU)?;
     let k = kernel.add_pod(&mut lab, 2, false)?;
     expect_pings(&a, k.ip, "podswitch pod to kernel pod")?;

@@ -433,10 +433,11 @@ fn podswitch_nodes(
         xdp_mode: "auto".into(),
         cni: Some(binaries.cni.clone()),
         pod_interface: Some(setup.pod_interface.into()),
+        underlay_mtu: UNDERLAY_MTU,
     };
     let n1 = lab.netns("n1")?;
     let n2 = lab.netns("n2")?;
-    connect_underlay(&n1, 1, &n2, 2, UNDERLAY_MTU)?;
+    connect_underlay(&n1, 1, &n2, 2, options.underlay_mtu)?;
     let peer = |index| {
         [PeerEntry {
             index,

@@ -44,7 +44,7 @@ pub fn daemon_binary() -> Result<PathBuf> {
     Ok(daemon)
 }
 
-/// Nodes 1 and 2 on a veth underlay; podswitch on the first `switches`
+/// Nodes 1 and 2 on a veth underlay (MTU `SwitchOptions::underlay_mtu`); podswitch on the first `switches`
 /// of them, peered with each other. The lab removes both namespaces.
 pub struct Nodes {
     /// The lab, owning the namespaces.
@@ -65,7 +65,7 @@ pub fn nodes_with(tag: &str, switches: usize, options: &SwitchOptions) -> Result
     let mut lab = Lab::new(tag)?;
     let n1 = lab.netns("n1")?;
     let n2 = lab.netns("n2")?;
-    connect_underlay(&n1, 1, &n2, 2, 1500)?;
+    connect_underlay(&n1, 1, &n2, 2, options.underlay_mtu)?;
     let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
     let binary = daemon_binary()?;
     let peer = |index| PeerEntry {

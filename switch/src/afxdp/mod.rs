@@ -24,6 +24,12 @@
 //! - In copy mode TX happens only inside a syscall: kick after every batch.
 //! - Received data starts [`Umem::rx_data_offset`] bytes into a chunk; the
 //!   bytes before it are free for outer headers.
+//! - Chunks are at most a page (larger ones are refused, hugetlb or not),
+//!   so a packet larger than a chunk is multi-buffer: sockets bind with
+//!   `XDP_USE_SG` (the UMEM's owner; sharers inherit it), a packet is a
+//!   run of descriptors chained by `XDP_PKT_CONTD`, and the XDP programs
+//!   must be loaded with `BPF_F_XDP_HAS_FRAGS` (`SEC("xdp.frags")`) or
+//!   native XDP on a veth refuses a peer MTU over about 3.5 KB.
 //!
 //! Interface indices and names are those of the calling thread's network
 //! namespace.
@@ -35,5 +41,7 @@ mod sys;
 mod umem;
 
 pub use queues::active_rx_queues;
-pub use socket::{CopyMode, Desc, RingLevels, UmemShare, XskConfig, XskSocket, XskStatistics};
+pub use socket::{
+    CopyMode, Desc, RingLevels, UmemShare, XDP_PKT_CONTD, XskConfig, XskSocket, XskStatistics,
+};
 pub use umem::{Umem, UmemConfig, XDP_PACKET_HEADROOM};

@@ -12,6 +12,11 @@ use super::ring::{ConsumerRing, ProducerRing};
 use super::sys::{check, get_xdp_option, set_xdp_option};
 use super::umem::Umem;
 
+/// Bind flags of the socket that registers the UMEM: need_wakeup, and
+/// multi-buffer, which the kernel records on the UMEM so that every socket
+/// sharing it inherits it.
+const OWNER_FLAGS: u16 = libc::XDP_USE_NEED_WAKEUP | libc::XDP_USE_SG;
+
 /// How long `bind` keeps retrying EBUSY: the kernel frees the previous
 /// socket's buffer pool on a (device, queue) asynchronously, 5–20 ms after
 /// it closes (e.g. right after a restart).
@@ -23,6 +28,10 @@ const BIND_BUSY_RETRY: Duration = Duration::from_secs(3);
 /// On TX `addr` may be anywhere in a chunk as long as `addr + len` stays in
 /// the same chunk: outer headers written in front of received data are
 /// sent by moving `addr` back.
+///
+/// A packet larger than a chunk (multi-buffer, `XDP_USE_SG`) is a run of
+/// descriptors, one per chunk, every one but the last with
+/// [`XDP_PKT_CONTD`] in `options`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Desc {
@@ -35,6 +44,17 @@ pub struct Desc {
 }
 
 const _: () = assert!(size_of::<Desc>() == size_of::<libc::xdp_desc>());
+
+/// `Desc::options` flag: more of this packet follows in the next
+/// descriptor (multi-buffer).
+pub const XDP_PKT_CONTD: u32 = libc::XDP_PKT_CONTD;
+
+impl Desc {
+    /// Whether the packet goes on in the next descriptor.
+    pub fn continues(&self) -> bool {
+        self.options & XDP_PKT_CONTD != 0
+    }
+}
 
 /// Zero-copy or copy mode for a socket's (device, queue).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -259,8 +279,10 @@ impl XskSocket {
     /// `Auto` lets the kernel try zero-copy and fall back to copy).
     /// With `Some(share)` (from [`XskSocket::umem_share`] of any socket
     /// bound on the same UMEM) it binds with `XDP_SHARED_UMEM` alone — the kernel refuses any other
-    /// flag there — and inherits copy mode and need_wakeup from it.
-    /// need_wakeup is always on. EBUSY is retried for up to 3 s (the
+    /// flag there — and inherits copy mode, need_wakeup and multi-buffer
+    /// from it. need_wakeup and multi-buffer (`XDP_USE_SG`: a packet
+    /// larger than a chunk arrives and leaves as a run of descriptors, see
+    /// [`Desc`]) are always on. EBUSY is retried for up to 3 s (the
     /// previous socket on this queue may still be going away).
     ///
     /// Errors: `InvalidInput` for ring sizes that are not powers of two, a
@@ -312,9 +334,9 @@ impl XskSocket {
 
         let flags = match (shared_with, cfg.copy_mode) {
             (Some(_), _) => libc::XDP_SHARED_UMEM,
-            (None, CopyMode::Auto) => libc::XDP_USE_NEED_WAKEUP,
-            (None, CopyMode::Copy) => libc::XDP_USE_NEED_WAKEUP | libc::XDP_COPY,
-            (None, CopyMode::ZeroCopy) => libc::XDP_USE_NEED_WAKEUP | libc::XDP_ZEROCOPY,
+            (None, CopyMode::Auto) => OWNER_FLAGS,
+            (None, CopyMode::Copy) => OWNER_FLAGS | libc::XDP_COPY,
+            (None, CopyMode::ZeroCopy) => OWNER_FLAGS | libc::XDP_ZEROCOPY,
         };
         let address = libc::sockaddr_xdp {
             sxdp_family: libc::AF_XDP as u16,
@@ -393,21 +415,39 @@ impl XskSocket {
         })
     }
 
-    /// Take up to `max` received packets off the RX ring, appending their
-    /// descriptors to `out` (data starts at `Umem::rx_data_offset` into the
-    /// chunk); how many. The frames are the caller's from here on.
+    /// Take up to `max` received descriptors off the RX ring, appending
+    /// them to `out` (data starts at `Umem::rx_data_offset` into each
+    /// chunk); how many. A packet is never cut: past `max`, the rest of a
+    /// multi-buffer packet is taken too (the kernel publishes a packet's
+    /// descriptors together). The frames are the caller's from here on.
     pub fn recv(&mut self, out: &mut Vec<Desc>, max: usize) -> usize {
         let held = &mut self.held;
-        self.rx.consume(max, |desc| {
+        let mut last_continues = false;
+        let mut taken = self.rx.consume(max, |desc| {
             held.take_back(desc.addr, Direction::Rx);
+            last_continues = desc.continues();
             out.push(desc);
-        })
+        });
+        while last_continues {
+            let more = self.rx.consume(1, |desc| {
+                held.take_back(desc.addr, Direction::Rx);
+                last_continues = desc.continues();
+                out.push(desc);
+            });
+            if more == 0 {
+                break;
+            }
+            taken += more;
+        }
+        taken
     }
 
-    /// Put as many of `descs` on the TX ring as fit and publish them; how
-    /// many (a prefix of `descs`). The frames are the kernel's until they
-    /// come back through [`XskSocket::complete`]. In copy mode nothing
-    /// leaves until [`XskSocket::kick_tx`].
+    /// Put as many whole packets of `descs` on the TX ring as fit and
+    /// publish them; how many descriptors (a prefix of `descs`, ending
+    /// with a packet's last descriptor: a multi-buffer packet goes on
+    /// whole or not at all). The frames are the kernel's until they come
+    /// back through [`XskSocket::complete`], one completion per
+    /// descriptor. In copy mode nothing leaves until [`XskSocket::kick_tx`].
     ///
     /// Each descriptor must stay within one chunk (`addr` anywhere in it,
     /// `len > 0`); the kernel drops one that does not, counts it in
@@ -417,7 +457,12 @@ impl XskSocket {
     /// # Panics
     /// If an address lies outside the UMEM.
     pub fn send(&mut self, descs: &[Desc]) -> usize {
-        let sent = self.tx.produce(descs);
+        let room = (self.tx.free(descs.len() as u32) as usize).min(descs.len());
+        let whole = descs[..room]
+            .iter()
+            .rposition(|desc| !desc.continues())
+            .map_or(0, |last| last + 1);
+        let sent = self.tx.produce(&descs[..whole]);
         for desc in &descs[..sent] {
             debug_assert!(
                 desc.len > 0
