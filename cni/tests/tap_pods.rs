@@ -19,10 +19,11 @@ use podswitch_encap::wire::{
 };
 use podswitch_lab::capture::RawLink;
 use podswitch_lab::cluster::{
-    Pod, SwitchNode, SwitchOptions, UPLINK, node_ip, ping, switch_and_kernel_node,
+    Pod, SwitchNode, SwitchOptions, UPLINK, expect_iperf, expect_pings, node_ip, ping,
+    switch_and_kernel_node,
 };
 use podswitch_lab::cni::{CniCall, netns_path};
-use podswitch_lab::traffic::{IPERF_PORT, IperfClient, iperf_server};
+use podswitch_lab::traffic::IperfClient;
 use podswitch_lab::{Lab, Netns};
 
 /// Two TAP pods and one veth pod on each of two podswitch nodes.
@@ -54,36 +55,13 @@ fn mixed(tag: &str, encap: &str) -> Result<Mixed> {
     })
 }
 
-fn expect_pings(from: &Pod, to: Ipv4Addr, what: &str) -> Result<()> {
-    let replies = ping(&from.ns, to, 5)?;
-    ensure!(
-        replies >= 4,
-        "{what}: {replies}/5 replies {} → {to}",
-        from.ip
-    );
-    Ok(())
-}
-
 /// TCP from `from` to `to` with `streams` streams; its rate in Gbit/s.
 fn tcp(from: &Pod, to: &Pod, streams: u32, what: &str) -> Result<f64> {
-    let _server = iperf_server(&to.ns, IPERF_PORT)?;
-    let result = IperfClient {
+    let client = IperfClient {
         streams,
         ..IperfClient::default()
-    }
-    .run(&from.ns, to.ip)
-    .with_context(|| format!("{what}: iperf3 TCP"))?;
-    ensure!(
-        result.gbps() > 0.05,
-        "{what}: TCP carried only {:.3} Gbit/s",
-        result.gbps()
-    );
-    eprintln!(
-        "{what}: {:.2} Gbit/s, {} retransmits",
-        result.gbps(),
-        result.retransmits
-    );
-    Ok(result.gbps())
+    };
+    Ok(expect_iperf(&client, from, to, what)?.gbps())
 }
 
 /// The pod kernel's checksum error counters (TCP and UDP): must stay 0.
@@ -149,20 +127,12 @@ fn mixed_pods_talk(tag: &str, encap: &str) -> Result<Mixed> {
     tcp(t1, t2, 4, "TAP to TAP, across nodes, 4 streams")?;
     tcp(t2, v1, 1, "TAP to veth, across nodes")?;
     tcp(v2, t1, 1, "veth to TAP, across nodes")?;
-    let _server = iperf_server(&t2.ns, IPERF_PORT)?;
     let udp = IperfClient {
         seconds: 1,
         udp: Some((200_000_000, 1400)),
         ..IperfClient::default()
-    }
-    .run(&t1.ns, t2.ip)?;
-    ensure!(udp.packets > 0, "no UDP datagrams were sent");
-    ensure!(
-        udp.lost_packets * 10 < udp.packets,
-        "UDP TAP to TAP across nodes lost {} of {}",
-        udp.lost_packets,
-        udp.packets
-    );
+    };
+    expect_iperf(&udp, t1, t2, "UDP TAP to TAP across nodes")?;
     for pod in tb.pods.iter().flatten() {
         let errors = checksum_errors(&pod.ns)?;
         ensure!(

@@ -15,6 +15,7 @@ use crate::cni::{CniPlugin, podswitch_network};
 use crate::kernel_node::KernelVxlan;
 use crate::netns::{Lab, Netns, format_mac};
 use crate::process::Process;
+use crate::traffic::{IperfClient, IperfResult, iperf_server};
 
 /// The underlay interface of every node.
 pub const UPLINK: &str = "ul0";
@@ -629,6 +630,51 @@ pub fn ping_received(output: &str) -> u32 {
 /// Ping `to` from `from` `count` times; how many replies came back.
 pub fn ping(from: &Netns, to: Ipv4Addr, count: u32) -> Result<u32> {
     Ok(ping_stats(from, to, count)?.received)
+}
+
+/// Ping `to` five times from `from`: at least four replies, or an error
+/// that says `what` was being tried.
+pub fn expect_pings(from: &Pod, to: Ipv4Addr, what: &str) -> Result<()> {
+    let replies = ping(&from.ns, to, 5)?;
+    if replies < 4 {
+        bail!("{what}: {replies}/5 ping replies from {} to {to}", from.ip);
+    }
+    Ok(())
+}
+
+/// Run `client` from pod `from` against an iperf3 server started in pod
+/// `to`, print what it measured, and fail unless traffic flowed: TCP above
+/// 0.05 Gbit/s, or UDP datagrams sent with under a tenth lost.
+pub fn expect_iperf(client: &IperfClient, from: &Pod, to: &Pod, what: &str) -> Result<IperfResult> {
+    let _server = iperf_server(&to.ns, client.port)?;
+    let result = client
+        .run(&from.ns, to.ip)
+        .with_context(|| format!("{what}: iperf3"))?;
+    if client.udp.is_some() {
+        eprintln!(
+            "{what}: UDP {:.2} Gbit/s, {} of {} datagrams lost",
+            result.gbps(),
+            result.lost_packets,
+            result.packets
+        );
+        if result.packets == 0 || result.lost_packets * 10 >= result.packets {
+            bail!(
+                "{what}: UDP lost {} of {} datagrams",
+                result.lost_packets,
+                result.packets
+            );
+        }
+    } else {
+        eprintln!(
+            "{what}: TCP {:.2} Gbit/s, {} retransmits",
+            result.gbps(),
+            result.retransmits
+        );
+        if result.gbps() <= 0.05 {
+            bail!("{what}: TCP carried only {:.3} Gbit/s", result.gbps());
+        }
+    }
+    Ok(result)
 }
 
 #[cfg(test)]

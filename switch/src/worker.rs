@@ -1284,61 +1284,48 @@ fn receive_offloaded(
             ctx.stats.dropped(in_port, DropCause::NotIpv4);
             continue;
         }
-        match dispatch.forwarder.forward_super_frame(in_port, buf, frame) {
-            Verdict::Drop(cause) => ctx.stats.dropped(in_port, cause),
-            Verdict::ToPeer { peer, frame } => {
-                work += dispatch.cut(
-                    side,
-                    &buf[frame],
-                    gso.size,
-                    CutTo::Peer(peer),
-                    &mut scratch.gather,
-                );
-            }
-            Verdict::Transmit { port, frame } => {
-                let offloaded_out =
-                    ports
-                        .iter()
-                        .position(|p| p.id == port)
-                        .and_then(|j| match &ports[j].io {
-                            PortIo::Tap(tap) if tap.offloaded() => Some((j, &tap.device)),
-                            _ => None,
-                        });
-                let Some((j, out)) = offloaded_out else {
-                    work += dispatch.cut(
-                        side,
-                        &buf[frame],
-                        gso.size,
-                        CutTo::Port(port),
-                        &mut scratch.gather,
-                    );
-                    continue;
-                };
-                // Frames already queued for that port go first, so a flow
-                // is not reordered; routing rewrote MACs and TTL in place,
-                // so the header still describes the frame.
-                flush_offloaded(
-                    ctx,
-                    side.cache,
-                    &mut scratch.coalescer,
-                    &mut scratch.gather,
-                    port,
-                    out,
-                    &mut side.queues.pending[j],
-                );
-                let parts = [
-                    IoSlice::new(&buf[vnet.clone()]),
-                    IoSlice::new(&buf[frame.clone()]),
-                ];
-                match out.send_parts(&parts) {
-                    Ok(()) => {
-                        ctx.stats.tx(port, frame.len());
-                        ctx.stats.super_frame_sent(port, 0);
-                    }
-                    Err(_) => ctx.stats.dropped(port, DropCause::TxError),
+        let verdict = dispatch.forwarder.forward_super_frame(in_port, buf, frame);
+        // Whole to an offloaded TAP port of this worker.
+        if let Verdict::Transmit { port, frame } = &verdict
+            && let Some(j) = ports.iter().position(|p| p.id == *port)
+            && let PortIo::Tap(tap) = &ports[j].io
+            && tap.offloaded()
+        {
+            // Frames already queued for that port go first, so a flow is
+            // not reordered; routing rewrote MACs and TTL in place, so the
+            // header still describes the frame.
+            flush_offloaded(
+                ctx,
+                side.cache,
+                &mut scratch.coalescer,
+                &mut scratch.gather,
+                *port,
+                &tap.device,
+                &mut side.queues.pending[j],
+            );
+            let parts = [
+                IoSlice::new(&buf[vnet.clone()]),
+                IoSlice::new(&buf[frame.clone()]),
+            ];
+            match tap.device.send_parts(&parts) {
+                Ok(()) => {
+                    ctx.stats.tx(*port, frame.len());
+                    ctx.stats.super_frame_sent(*port, 0);
                 }
+                Err(_) => ctx.stats.dropped(*port, DropCause::TxError),
             }
+            continue;
         }
+        // Anywhere else it is cut into segments.
+        let (frame, cut_to) = match verdict {
+            Verdict::Drop(cause) => {
+                ctx.stats.dropped(in_port, cause);
+                continue;
+            }
+            Verdict::ToPeer { peer, frame } => (frame, CutTo::Peer(peer)),
+            Verdict::Transmit { port, frame } => (frame, CutTo::Port(port)),
+        };
+        work += dispatch.cut(side, &buf[frame], gso.size, cut_to, &mut scratch.gather);
     }
     read
 }

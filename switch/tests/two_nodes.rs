@@ -10,7 +10,8 @@ use std::sync::{Mutex, MutexGuard};
 use anyhow::{Context, Result, ensure};
 use podswitch_lab::Lab;
 use podswitch_lab::cluster::{
-    Pod, SwitchNode, SwitchOptions, SwitchPair, node_ip, ping, switch_and_kernel_node,
+    Pod, SwitchNode, SwitchOptions, SwitchPair, expect_iperf, expect_pings, node_ip, ping,
+    switch_and_kernel_node,
 };
 use podswitch_lab::traffic::{IPERF_PORT, IperfClient, iperf_server};
 use podswitch_lab::unprivileged::{Client, UnixAnswer};
@@ -69,54 +70,19 @@ fn check_frames(node: &SwitchNode) -> Result<()> {
     Ok(())
 }
 
-fn expect_pings(from: &Pod, to: std::net::Ipv4Addr, what: &str) -> Result<()> {
-    let replies = ping(&from.ns, to, 5)?;
-    ensure!(
-        replies >= 4,
-        "{what}: {replies}/5 ping replies from {} to {to}",
-        from.ip
-    );
-    Ok(())
-}
-
-fn expect_tcp(from: &Pod, to: &Pod, what: &str) -> Result<f64> {
-    let _server = iperf_server(&to.ns, IPERF_PORT)?;
-    let result = IperfClient::default()
-        .run(&from.ns, to.ip)
-        .with_context(|| format!("{what}: iperf3 TCP"))?;
-    ensure!(
-        result.gbps() > 0.05,
-        "{what}: TCP at only {:.3} Gbit/s",
-        result.gbps()
-    );
-    Ok(result.gbps())
-}
-
 fn pods_talk(tb: &TwoNodes) -> Result<()> {
     let [[a, b], [c, _]] = &tb.pods;
     expect_pings(a, b.ip, "same node")?;
     expect_pings(a, c.ip, "across nodes")?;
     expect_pings(c, a.ip, "across nodes, back")?;
-    let local = expect_tcp(a, b, "same node")?;
-    let remote = expect_tcp(a, c, "across nodes")?;
-    let _server = iperf_server(&c.ns, IPERF_PORT)?;
+    expect_iperf(&IperfClient::default(), a, b, "same node")?;
+    expect_iperf(&IperfClient::default(), a, c, "across nodes")?;
     let udp = IperfClient {
         seconds: 1,
         udp: Some((200_000_000, 1400)),
         ..IperfClient::default()
-    }
-    .run(&a.ns, c.ip)?;
-    ensure!(udp.packets > 0, "no UDP datagrams were sent");
-    ensure!(
-        udp.lost_packets * 10 < udp.packets,
-        "UDP across nodes lost {} of {}",
-        udp.lost_packets,
-        udp.packets
-    );
-    eprintln!(
-        "TCP same node {local:.2} Gbit/s, across nodes {remote:.2} Gbit/s, UDP loss {}/{}",
-        udp.lost_packets, udp.packets
-    );
+    };
+    expect_iperf(&udp, a, c, "UDP across nodes")?;
     for node in &tb.nodes {
         check_frames(node)?;
     }
@@ -262,8 +228,8 @@ fn interop_with_kernel_vxlan_node() -> Result<()> {
     let k = kernel.add_pod(&mut lab, 2, false)?;
     expect_pings(&a, k.ip, "podswitch pod to kernel pod")?;
     expect_pings(&k, a.ip, "kernel pod to podswitch pod")?;
-    expect_tcp(&a, &k, "podswitch to kernel")?;
-    expect_tcp(&k, &a, "kernel to podswitch")?;
+    expect_iperf(&IperfClient::default(), &a, &k, "podswitch to kernel")?;
+    expect_iperf(&IperfClient::default(), &k, &a, "kernel to podswitch")?;
     check_frames(&node1)
 }
 
