@@ -12,11 +12,12 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use ipnet::{IpNet, Ipv4Net};
 use nix::sched::{CloneFlags, setns};
 use podswitch::mac::MacAddr;
 use podswitch::netlink::{Netlink, disable_ipv6};
+use podswitch::netns::in_netns;
 use podswitch::tap::TapDevice;
 use sha2::{Digest, Sha256};
 
@@ -52,20 +53,6 @@ pub fn open_netns(path: &Path) -> Result<OwnedFd> {
         .map_err(|_| anyhow::anyhow!("checking CNI_NETNS failed"))?
         .with_context(|| format!("CNI_NETNS {} is not a network namespace", path.display()))?;
     Ok(fd)
-}
-
-/// Run `f` on a thread inside the network namespace `netns`.
-pub fn in_netns<R: Send>(netns: &OwnedFd, f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                setns(netns.as_fd(), CloneFlags::CLONE_NEWNET)
-                    .context("entering the pod's network namespace")?;
-                f()
-            })
-            .join()
-            .unwrap_or_else(|_| bail!("a thread in the pod's network namespace panicked"))
-    })
 }
 
 /// What the pod's interface should be.

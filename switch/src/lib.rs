@@ -23,6 +23,7 @@ pub mod forward;
 pub mod frames;
 pub mod mac;
 pub mod netlink;
+pub mod netns;
 pub mod saved_state;
 pub mod stats;
 pub mod tap;

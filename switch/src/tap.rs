@@ -14,12 +14,13 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use nix::sched::{CloneFlags, setns};
 use podswitch_encap::virtio_net::HEADER_LEN as VNET_HEADER_LEN;
+
+use crate::netns::in_netns;
 
 /// An open TAP device, non-blocking.
 #[derive(Debug)]
@@ -79,17 +80,9 @@ impl TapDevice {
     /// namespace at `netns` (a pod's). The descriptor keeps working
     /// wherever the calling thread is; only the attaching thread enters
     /// the namespace, and it exits afterwards.
-    pub fn attach_in_netns(netns: &Path, ifname: &str) -> io::Result<TapDevice> {
-        let namespace = File::open(netns)?;
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    setns(namespace.as_fd(), CloneFlags::CLONE_NEWNET)?;
-                    TapDevice::open_offloaded(ifname)
-                })
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("attaching thread panicked")))
-        })
+    pub fn attach_in_netns(netns: &Path, ifname: &str) -> anyhow::Result<TapDevice> {
+        let namespace = OwnedFd::from(File::open(netns)?);
+        in_netns(&namespace, || Ok(TapDevice::open_offloaded(ifname)?))
     }
 
     /// Create the TAP device `name` in the current network namespace,
