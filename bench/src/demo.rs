@@ -48,6 +48,7 @@ impl SwitchArgs {
             }),
             pod_interface: self.pod_interface.clone(),
             underlay_mtu: 1500,
+            ..SwitchOptions::default()
         })
     }
 }

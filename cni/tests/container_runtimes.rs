@@ -47,7 +47,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 mod common;
-use common::{Nodes, check_frames, nodes, nothing_left, plugin, serial};
+use common::{Nodes, nodes, nothing_left, plugin, serial};
 
 /// The image both runtimes run, built from /bin/busybox.
 const IMAGE: &str = "localhost/podswitch-busybox:latest";
@@ -992,7 +992,7 @@ fn fetch(mut cmd: Command, url: &str, logs: &Path) -> Look<String> {
 fn all_gone(node: &SwitchNode, conf: &Value) -> Result<()> {
     wait_for("nothing left on node 1", SETTLE, || {
         Ok(nothing_left(node, conf)
-            .and_then(|()| check_frames(node))
+            .and_then(|()| node.check_frames())
             .map_err(|e| format!("{e:#}")))
     })
 }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result, ensure};
-use common::{Nodes, check_frames, nodes_with, plugin, serial};
+use common::{Nodes, nodes_with, plugin, serial};
 use podswitch_lab::cluster::{
     KernelNode, Pod, SwitchNode, SwitchOptions, connect_underlay, expect_iperf, kernel_vtep_mac,
     ping_received, switch_and_kernel_node,
@@ -195,7 +195,7 @@ fn jumbo_pods_talk(tag: &str, encap: &str) -> Result<()> {
     udp(t2, v1, "TAP to veth, across nodes")?;
     for node in [n1, n2] {
         no_drops(node)?;
-        check_frames(node)?;
+        node.check_frames()?;
     }
     Ok(())
 }
@@ -253,7 +253,7 @@ fn jumbo_frames_with_a_kernel_vxlan_node() -> Result<()> {
         .map_err(diagnose)?;
     }
     no_drops(&node)?;
-    check_frames(&node)
+    node.check_frames()
 }
 
 /// Median of `runs` iperf3 TCP runs (one stream, 5 s) from `from` to `to`,

@@ -17,9 +17,7 @@ use podswitch_lab::traffic::{IPERF_PORT, IperfClient, iperf_server};
 use serde_json::{Value, json};
 
 mod common;
-use common::{
-    allocations, call, check_frames, nodes, nothing_left, plugin, plugin_links, pod_ports, serial,
-};
+use common::{allocations, call, nodes, nothing_left, plugin, plugin_links, pod_ports, serial};
 
 /// ADD, traffic, CHECK, DEL, DEL again — same node and across nodes, in
 /// every spec version the plugin speaks.
@@ -137,7 +135,7 @@ fn add_traffic_check_del() -> Result<()> {
         let id = pod.ns.name().rsplit('-').next().unwrap_or_default();
         plugin.expect_ok(&node.ns, &call("DEL", id, Some(&path)), &conf)?;
         nothing_left(node, &conf)?;
-        check_frames(node)?;
+        node.check_frames()?;
     }
     Ok(())
 }
@@ -245,7 +243,7 @@ fn fifty_concurrent_adds_then_500_cycles() -> Result<()> {
         ns.ip(&["-o", "link", "show"])?.lines().count() == 1,
         "interfaces left in the pod namespace"
     );
-    check_frames(node)
+    node.check_frames()
 }
 
 /// Every malformed input gets the spec's error code and a message that
@@ -682,7 +680,7 @@ fn chained_with_portmap_and_bandwidth() -> Result<()> {
     ensure!(ifbs.trim().is_empty(), "ifb devices left: {ifbs}");
     let conf = json!({ "dataDir": data_dir });
     nothing_left(node, &conf)?;
-    check_frames(node)
+    node.check_frames()
 }
 
 /// What a node holds that churn must give back.
@@ -807,7 +805,7 @@ fn churn_under_load() -> Result<()> {
         last <= settled + 2048,
         "resident memory grew from {settled} KiB to {last} KiB over the last 500 cycles"
     );
-    check_frames(n1)
+    n1.check_frames()
 }
 
 /// A pod whose namespace disappears without a DEL (its veth goes with
@@ -843,5 +841,5 @@ fn vanished_pod_port_is_removed() -> Result<()> {
     del["prevResult"] = result;
     plugin.expect_ok(&node.ns, &call("DEL", "gone", Some(&path)), &del)?;
     nothing_left(node, &conf)?;
-    check_frames(node)
+    node.check_frames()
 }

@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use common::{Nodes, check_frames, nodes_with, plugin, pod_ports, serial};
+use common::{Nodes, nodes_with, plugin, pod_ports, serial};
 use podswitch_encap::wire::{
     EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Packet, TcpPacket, UdpPacket,
 };
@@ -173,7 +173,7 @@ fn mixed_pods_talk(tag: &str, encap: &str) -> Result<Mixed> {
         "nothing was coalesced for the TAP pod across nodes: {receiver}"
     );
     for node in [n1, n2] {
-        check_frames(node)?;
+        node.check_frames()?;
     }
     Ok(tb)
 }
@@ -359,5 +359,5 @@ fn tap_pod_with_kernel_vxlan_node() -> Result<()> {
             pod.ip
         );
     }
-    check_frames(&node)
+    node.check_frames()
 }

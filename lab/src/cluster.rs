@@ -90,6 +90,8 @@ pub struct SwitchOptions {
     /// daemon takes as its underlay MTU; pods get it less the tunnel
     /// overhead.
     pub underlay_mtu: u32,
+    /// The daemon's `max_pods`; its default (110) when `None`.
+    pub max_pods: Option<u32>,
 }
 
 impl Default for SwitchOptions {
@@ -103,6 +105,7 @@ impl Default for SwitchOptions {
             cni: None,
             pod_interface: None,
             underlay_mtu: 1500,
+            max_pods: None,
         }
     }
 }
@@ -150,7 +153,7 @@ impl SwitchNode {
         let mut config = format!(
             "node_ip = \"{}\"\nuplink = \"{UPLINK}\"\npod_cidr = \"{}\"\nvni = {VNI}\n\
              encap = \"{}\"\npoll_mode = \"{}\"\nxdp_mode = \"{}\"\ncores = [{}]\n\
-             control_socket = \"{}\"\nstate_dir = \"{}\"\ncheck_frames = true\nframe_count = 16384\n",
+             control_socket = \"{}\"\nstate_dir = \"{}\"\ncheck_frames = true\n",
             node_ip(index),
             pod_cidr(index),
             options.encap,
@@ -160,6 +163,9 @@ impl SwitchNode {
             socket.display(),
             dir.join(format!("node{index}-state")).display(),
         );
+        if let Some(max_pods) = options.max_pods {
+            config.push_str(&format!("max_pods = {max_pods}\n"));
+        }
         for peer in peers {
             config.push_str(&format!(
                 "[[peers]]\nnode_ip = \"{}\"\npod_cidr = \"{}\"\n",
@@ -328,6 +334,32 @@ impl SwitchNode {
         let mut full = vec!["--json"];
         full.extend_from_slice(args);
         Ok(serde_json::from_str(&self.cli(&full)?)?)
+    }
+
+    /// The buffer frames the daemon has (`podswitch info`).
+    pub fn frame_count(&self) -> Result<u64> {
+        self.cli_json(&["info"])?["frame_count"]
+            .as_u64()
+            .context("no frame_count in `podswitch info`")
+    }
+
+    /// Every buffer frame is somewhere, and no move was impossible (the
+    /// lab's daemons check every move).
+    pub fn check_frames(&self) -> Result<()> {
+        let frames = &self.cli_json(&["stats"])?["frames"];
+        if frames["checked"] != true {
+            bail!("frame checking is off on node {}: {frames}", self.index);
+        }
+        if frames["violations"] != 0 {
+            bail!(
+                "frame accounting violations on node {}: {frames}",
+                self.index
+            );
+        }
+        if frames["total"].as_u64() != Some(self.frame_count()?) {
+            bail!("frames missing on node {}: {frames}", self.index);
+        }
+        Ok(())
     }
 
     /// What the daemon holds now: memory, fds and buffer frames. Fails if

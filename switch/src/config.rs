@@ -131,9 +131,15 @@ pub struct Config {
     /// `node_ip` when left out.
     #[serde(default)]
     pub router_mac: Option<MacAddr>,
-    /// Buffer frames (4 KiB each) shared by every port.
-    #[serde(default = "default_frame_count")]
-    pub frame_count: u32,
+    /// Pod ports the node takes (kubelet's `maxPods`): each AF_XDP pod
+    /// socket keeps frames set aside for its fill ring, and a pod past
+    /// this is refused rather than starved.
+    #[serde(default = "default_max_pods")]
+    pub max_pods: u32,
+    /// Buffer frames (4 KiB each) shared by every port; sized from
+    /// `max_pods` when left out (see `frame_budget`).
+    #[serde(default)]
+    pub frame_count: Option<u32>,
     /// Check every frame's movement between rings and lists, and count any
     /// impossible one (tests turn this on; costs a little per frame).
     #[serde(default)]
@@ -158,8 +164,8 @@ fn default_host_port() -> String {
 fn default_host_routes() -> Vec<Ipv4Net> {
     vec![Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0 is a valid prefix")]
 }
-fn default_frame_count() -> u32 {
-    16384
+fn default_max_pods() -> u32 {
+    crate::frame_budget::DEFAULT_MAX_PODS
 }
 
 /// A configuration problem: the key at fault and what to do about it.
@@ -286,11 +292,20 @@ impl Config {
                 format!("use cores from 0 to {}", cpus - 1),
             ));
         }
-        if !(1024..=1 << 20).contains(&self.frame_count) {
+        if let Some(frames) = self.frame_count
+            && !(1024..=1 << 20).contains(&frames)
+        {
             return Err(invalid(
                 "frame_count",
-                format!("{} is out of range", self.frame_count),
-                "use 1024 to 1048576 frames (16384 = 64 MiB is the default)",
+                format!("{frames} is out of range"),
+                "use 1024 to 1048576 frames (4 KiB each), or leave it out to size it from max_pods",
+            ));
+        }
+        if !(1..=4096).contains(&self.max_pods) {
+            return Err(invalid(
+                "max_pods",
+                format!("{} is out of range", self.max_pods),
+                "use 1 to 4096 (110 is the Kubernetes default)",
             ));
         }
         for (i, peer) in self.peers.iter().enumerate() {

@@ -25,6 +25,7 @@ use crate::control::protocol::{
 };
 use crate::control::{Handler, Request, Response};
 use crate::fib::SharedFib;
+use crate::frame_budget::{FillBudget, FramePlan};
 use crate::frames::FrameLedger;
 use crate::mac::MacAddr;
 use crate::netlink::{LinkInfo, Netlink, NextHop};
@@ -32,7 +33,7 @@ use crate::saved_state::{SavedState, state_file};
 use crate::stats::{MAX_PORTS, PortReport, WorkerStats, port_report, worker_report};
 use crate::tap::TapDevice;
 use crate::topology::{PeerId, PeerView, PortId, PortRole, PortView, RouteTarget, Topology};
-use crate::worker::{AfXdpPort, Command, FILL_MIN, FillBudget, PortIo, TapPort, WorkerPort};
+use crate::worker::{AfXdpPort, Command, PortIo, TapPort, WorkerPort};
 use crate::xdp::{UplinkFilter, XdpProgram};
 
 /// The uplink's port id.
@@ -146,6 +147,8 @@ pub struct ControlPlaneParts {
     pub host_index: u32,
     /// MTU given to pods.
     pub pod_mtu: u32,
+    /// How the buffer frames are shared out.
+    pub plan: FramePlan,
     /// The uplink program (for its counters).
     pub uplink_program: Arc<Mutex<XdpProgram>>,
 }
@@ -407,6 +410,8 @@ impl ControlPlane {
             uplink: config.uplink.clone(),
             host_port: (self.parts.host_index != 0).then(|| config.host_port.clone()),
             poll_mode: config.poll_mode,
+            frame_count: self.parts.plan.frame_count,
+            max_pods: self.parts.plan.max_pods,
             version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
@@ -520,7 +525,7 @@ impl ControlPlane {
         let worker = state.next_worker % self.parts.workers.len();
         state.next_worker += 1;
 
-        let (io, xdp_mode, copy_mode, queues) = self.open_pod_port(&spec)?;
+        let (io, xdp_mode, copy_mode, queues) = self.open_pod_port(&spec, pod_sockets(&state))?;
         let tap = match &io {
             PortIo::Tap(port) => Some(port.device()),
             PortIo::AfXdp(_) => None,
@@ -571,9 +576,11 @@ impl ControlPlane {
 
     /// Open a pod port's I/O: AF_XDP sockets on every RX queue of an
     /// existing interface, or a new TAP device.
+    /// `pod_sockets` AF_XDP pod sockets exist already.
     fn open_pod_port(
         &self,
         spec: &PortSpec,
+        pod_sockets: u32,
     ) -> Result<(PortIo, Option<String>, Option<String>, u32)> {
         let config = &self.parts.config;
         match spec.kind {
@@ -600,20 +607,14 @@ impl ControlPlane {
             }
             PortKind::Afxdp => {
                 let link = self.netlink().require_link(&spec.name)?;
+                let queues = active_rx_queues(&spec.name).unwrap_or(1).max(1);
+                self.check_pod_sockets(pod_sockets, queues)?;
                 let program = XdpProgram::attach_pod(&spec.name, config.xdp_mode)
                     .with_context(|| format!("attaching the pod XDP program to {}", spec.name))?;
-                let sockets = self.bind_sockets(&spec.name, link.index)?;
+                let sockets = self.bind_queues(&spec.name, link.index, 0..queues)?;
                 let (xdp_mode, copy_mode, queues) = describe(&program, &sockets);
-                // A pod's largest frame takes this many chunks: its fill
-                // ring keeps as many packets' worth as a 1500-byte pod's.
-                let umem = &self.parts.umem;
-                let chunks = (self.parts.pod_mtu + 18)
-                    .div_ceil(umem.frame_size() - umem.rx_data_offset())
-                    .max(1);
-                let fill = FillBudget::new(
-                    FILL_MIN * chunks,
-                    fill_max_for(self.parts.ledger.frame_count()),
-                );
+                let plan = &self.parts.plan;
+                let fill = FillBudget::new(plan.pod_fill_min, plan.pod_fill_max);
                 let program = Arc::new(Mutex::new(program));
                 Ok((
                     PortIo::AfXdp(AfXdpPort::new(program, sockets, fill)),
@@ -625,10 +626,20 @@ impl ControlPlane {
         }
     }
 
-    /// Bind a socket on every active RX queue of `ifname`, sharing the UMEM.
-    fn bind_sockets(&self, ifname: &str, ifindex: u32) -> Result<Vec<XskSocket>> {
-        let queues = active_rx_queues(ifname).unwrap_or(1).max(1);
-        self.bind_queues(ifname, ifindex, 0..queues)
+    /// Refuse `more` pod sockets when `bound` already hold the minimum
+    /// fill of every pod the frame plan has room for.
+    fn check_pod_sockets(&self, bound: u32, more: u32) -> Result<()> {
+        let plan = &self.parts.plan;
+        ensure!(
+            bound + more <= plan.max_pods,
+            "no buffer frames set aside for another pod socket: {bound} pod sockets hold \
+             the {} frames each keeps on its fill ring, and max_pods = {} (frame_count {}); \
+             raise max_pods in the configuration and restart the daemon",
+            plan.pod_fill_min,
+            plan.max_pods,
+            plan.frame_count
+        );
+        Ok(())
     }
 
     /// Bind a socket on each of `queues` of `ifname`, sharing the UMEM.
@@ -927,6 +938,7 @@ impl ControlPlane {
 
     fn follow_queues(&self) {
         let mut state = self.lock();
+        let bound_pod_sockets = pod_sockets(&state);
         for (slot, record) in state.ports.iter_mut().enumerate() {
             let Some(record) = record.as_mut().filter(|r| r.kind == PortKind::Afxdp) else {
                 continue;
@@ -936,6 +948,12 @@ impl ControlPlane {
                 continue;
             };
             if active <= record.queues {
+                continue;
+            }
+            if record.view.role == PortRole::Pod
+                && let Err(e) = self.check_pod_sockets(bound_pod_sockets, active - record.queues)
+            {
+                tracing::warn!(port = %name, "not binding its new RX queues: {e:#}");
                 continue;
             }
             let added = self.netlink().require_link(&name).and_then(|link| {
@@ -1172,10 +1190,15 @@ pub fn describe(program: &XdpProgram, sockets: &[XskSocket]) -> (String, String,
     )
 }
 
-/// The most frames one socket's fill ring may hold in a switch of
-/// `frame_count` frames: a quarter of them, at most the ring's size.
-pub fn fill_max_for(frame_count: u32) -> u32 {
-    (frame_count / 4).min(XskConfig::default().fill_size)
+/// AF_XDP sockets of pod ports: each holds its minimum fill.
+fn pod_sockets(state: &State) -> u32 {
+    state
+        .ports
+        .iter()
+        .flatten()
+        .filter(|p| p.view.role == PortRole::Pod && p.kind == PortKind::Afxdp)
+        .map(|p| p.queues)
+        .sum()
 }
 
 /// Bytes the tunnel adds before the inner IP header: outer IP, UDP, the

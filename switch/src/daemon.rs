@@ -22,17 +22,18 @@ use crate::control::ControlServer;
 use crate::control::protocol::PortKind;
 use crate::control_plane::{
     ControlPlane, ControlPlaneParts, HOST_PORT, PortRecordSeed, UPLINK_PORT, WorkerHandle,
-    describe, fill_max_for, overhead, uplink_filter,
+    describe, overhead, uplink_filter,
 };
 use crate::fib::SharedFib;
+use crate::frame_budget::{FillBudget, FillGrowth, FramePlan};
 use crate::frames::FrameLedger;
 use crate::netlink::{Netlink, disable_ipv6};
 use crate::stats::WorkerStats;
 use crate::tap::TapDevice;
 use crate::topology::{PortRole, Topology};
 use crate::worker::{
-    AfXdpPort, Command, FillBudget, INBOX_CAPACITY, MAX_PACKET_CHUNKS, PortIo, TapPort, Worker,
-    WorkerContext, WorkerPort,
+    AfXdpPort, Command, INBOX_CAPACITY, MAX_PACKET_CHUNKS, PortIo, TapPort, Worker, WorkerContext,
+    WorkerPort,
 };
 use crate::xdp::XdpProgram;
 
@@ -67,21 +68,35 @@ pub fn run(config: Config) -> Result<()> {
         .checked_sub(overhead(&config))
         .filter(|&m| m >= 576)
         .with_context(|| format!("underlay MTU {underlay_mtu} leaves no room for pod frames"))?;
+    let uplink_queues = active_rx_queues(&config.uplink).unwrap_or(1).max(1);
+    let plan = FramePlan::new(
+        config.frame_count,
+        config.max_pods,
+        uplink_queues,
+        chunks_per_packet(pod_mtu),
+    )?;
     let server = ControlServer::bind(&config.control_socket)?;
 
     let umem = Arc::new(
         Umem::new(&UmemConfig {
-            frame_count: config.frame_count,
+            frame_count: plan.frame_count,
             frame_size: FRAME_SIZE,
             headroom: 0,
         })
-        .context("allocating the buffer area (UMEM)")?,
+        .with_context(|| {
+            format!(
+                "allocating the buffer area (UMEM): {} frames, {} MiB",
+                plan.frame_count,
+                plan.bytes(FRAME_SIZE) >> 20
+            )
+        })?,
     );
     let ledger = Arc::new(FrameLedger::new(
-        config.frame_count,
+        plan.frame_count,
         FRAME_SIZE,
         config.check_frames,
     ));
+    let growth = Arc::new(FillGrowth::new(plan.growth));
 
     // The uplink: its XDP program passes the node's own traffic to the
     // kernel and redirects tunnel packets to a socket per RX queue; the
@@ -171,6 +186,7 @@ pub fn run(config: Config) -> Result<()> {
             inboxes: inboxes.clone(),
             stats: h.stats.clone(),
             wake: h.wake.clone(),
+            growth: growth.clone(),
             poll_mode: config.poll_mode,
             index,
         })
@@ -188,6 +204,7 @@ pub fn run(config: Config) -> Result<()> {
         uplink_index: uplink.index,
         host_index: host.index,
         pod_mtu,
+        plan,
         uplink_program: uplink_program.clone(),
     };
     let plane = Arc::new(ControlPlane::new(parts, uplink_seed, Some(host_seed))?);
@@ -200,11 +217,10 @@ pub fn run(config: Config) -> Result<()> {
         .collect::<Result<_>>()?;
 
     // The uplink carries every node's traffic: its fill rings stay full.
-    let uplink_fill = fill_max_for(config.frame_count);
     let uplink_port = PortIo::AfXdp(AfXdpPort::new(
         uplink_program,
         uplink_sockets,
-        FillBudget::new(uplink_fill, uplink_fill),
+        FillBudget::new(plan.uplink_fill, plan.uplink_fill),
     ));
     start_port(&plane, UPLINK_PORT, uplink_port)?;
     start_port(&plane, HOST_PORT, PortIo::Tap(TapPort::new(host_tap)))?;
@@ -215,6 +231,9 @@ pub fn run(config: Config) -> Result<()> {
     let control = server.serve(plane.clone(), stop.clone());
 
     tracing::info!(
+        frames = plan.frame_count,
+        buffer_mib = plan.bytes(FRAME_SIZE) >> 20,
+        max_pods = plan.max_pods,
         node_ip = %config.node_ip,
         uplink = %config.uplink,
         pod_cidr = %config.pod_cidr,
@@ -269,6 +288,14 @@ fn bind_uplink(umem: &Umem, ifname: &str, ifindex: u32) -> Result<Vec<XskSocket>
         );
     }
     Ok(sockets)
+}
+
+/// How many buffer frames the largest frame of a pod (MTU `pod_mtu`, an
+/// Ethernet header and an 802.1Q tag) spans.
+pub fn chunks_per_packet(pod_mtu: u32) -> u32 {
+    (pod_mtu + 18)
+        .div_ceil(FRAME_SIZE - crate::afxdp::XDP_PACKET_HEADROOM)
+        .max(1)
 }
 
 /// The largest underlay MTU the switch carries: a frame of it (with an

@@ -4,7 +4,8 @@
 //!
 //! - [`afxdp`], [`xdp`], [`tap`]: ports — AF_XDP sockets on a shared buffer
 //!   area with the project's XDP programs, and TAP devices;
-//! - [`frames`]: where every buffer frame is;
+//! - [`frames`]: where every buffer frame is; [`frame_budget`]: how
+//!   many each socket may keep on its fill ring;
 //! - [`fib`], [`topology`]: what the workers read without locks;
 //! - [`forward`]: the decision for one frame; [`drops`]: why frames die;
 //! - [`worker`]: the pinned polling loops; [`stats`]: their counters;
@@ -20,6 +21,7 @@ pub mod daemon;
 pub mod drops;
 pub mod fib;
 pub mod forward;
+pub mod frame_budget;
 pub mod frames;
 pub mod mac;
 pub mod netlink;

@@ -259,6 +259,12 @@ fn print_info(info: &Info) {
     println!("uplink       {}", info.uplink);
     println!("host port    {}", info.host_port.as_deref().unwrap_or("-"));
     println!("poll mode    {}", info.poll_mode);
+    println!(
+        "frames       {} ({} MiB), planned for {} pod sockets",
+        info.frame_count,
+        (u64::from(info.frame_count) * 4096) >> 20,
+        info.max_pods
+    );
     println!("version      {}", info.version);
 }
 

@@ -31,6 +31,7 @@ use crate::config::PollMode;
 use crate::drops::DropCause;
 use crate::fib::SharedFib;
 use crate::forward::{Forwarder, Verdict};
+use crate::frame_budget::{FillBudget, FillGrowth};
 use crate::frames::{FrameCache, FrameLedger, Location};
 use crate::stats::{KernelDrops, RingLevelsTotal, WorkerStats};
 use crate::tap::{MAX_SUPER_FRAME, TapDevice};
@@ -74,57 +75,6 @@ pub struct AfXdpPort {
     sent: Vec<u64>,
     /// Frames whose completion was read, per socket.
     completed: Vec<u64>,
-}
-
-/// How many frames a socket keeps on its fill ring. A socket that keeps
-/// receiving full batches gets more (a burst must not find the ring empty
-/// while frames sit free elsewhere); one that goes quiet gives them back
-/// (a hundred idle pods must not hold the switch's frames).
-#[derive(Debug, Clone, Copy)]
-pub struct FillBudget {
-    target: u32,
-    min: u32,
-    max: u32,
-    received: u64,
-}
-
-/// The least a socket keeps on its fill ring (per chunk of its largest
-/// packet: see [`FillBudget::new`]).
-pub const FILL_MIN: u32 = 2 * BATCH as u32;
-
-impl FillBudget {
-    /// A budget between `min` (at least [`FILL_MIN`]) and `max` frames.
-    /// It starts at `min`: frames on a fill ring stay there until the
-    /// kernel uses them, so a hundred new pods must not each take a large
-    /// share up front; traffic grows the budget within a few batches.
-    pub fn new(min: u32, max: u32) -> FillBudget {
-        let max = max.max(FILL_MIN);
-        let min = min.clamp(FILL_MIN, max);
-        FillBudget {
-            target: min,
-            min,
-            max,
-            received: 0,
-        }
-    }
-
-    /// The socket received `n` frames in one batch (more than [`BATCH`]
-    /// when the last packet was multi-buffer).
-    fn received(&mut self, n: usize) {
-        self.received += n as u64;
-        if n >= BATCH {
-            self.target = (self.target + self.target / 2).min(self.max);
-        }
-    }
-
-    /// Once a second: shrink toward the minimum if the socket received
-    /// less than its target since the last look.
-    fn decay(&mut self) {
-        if self.received < u64::from(self.target) {
-            self.target = (self.target - self.target / 8).max(self.min);
-        }
-        self.received = 0;
-    }
 }
 
 impl AfXdpPort {
@@ -286,6 +236,8 @@ pub struct WorkerContext {
     pub stats: Arc<WorkerStats>,
     /// Written to wake the worker when it sleeps.
     pub wake: Arc<EventFd>,
+    /// Frames pod sockets may keep on fill rings past their minimum.
+    pub growth: Arc<FillGrowth>,
     /// Adaptive or busy.
     pub poll_mode: PollMode,
     /// The worker's index.
@@ -411,7 +363,7 @@ impl Worker {
             anyhow::bail!("port {id:?} is not an AF_XDP port");
         };
         let first_new = afxdp.sockets.len();
-        let budget = afxdp.fill[0];
+        let budget = afxdp.fill[0].fresh();
         for socket in sockets {
             afxdp.sockets.push(socket);
             afxdp.fill.push(budget);
@@ -439,8 +391,13 @@ impl Worker {
         let Some(i) = self.ports.iter().position(|p| p.id == id) else {
             return;
         };
-        let port = self.ports.swap_remove(i);
+        let mut port = self.ports.swap_remove(i);
         let pending = self.queues.swap_remove(i);
+        if let PortIo::AfXdp(afxdp) = &mut port.io {
+            for budget in &mut afxdp.fill {
+                budget.release(&self.ctx.growth);
+            }
+        }
         let ledger = &self.ctx.ledger;
         for desc in pending {
             free(&mut self.cache, ledger, desc.addr, Location::InFlight);
@@ -486,7 +443,9 @@ impl Worker {
         self.publish_kernel_drops();
         for port in &mut self.ports {
             if let PortIo::AfXdp(afxdp) = &mut port.io {
-                afxdp.fill.iter_mut().for_each(FillBudget::decay);
+                for budget in &mut afxdp.fill {
+                    budget.decay(&self.ctx.growth);
+                }
             }
         }
     }
@@ -581,7 +540,7 @@ impl Worker {
                     if n == 0 {
                         continue;
                     }
-                    budget.received(n);
+                    budget.received(n, BATCH, &self.ctx.growth);
                     if socket.fill_needs_wakeup() {
                         socket.kick_rx();
                     }
@@ -1453,7 +1412,7 @@ fn refill(cache: &mut FrameCache, ledger: &FrameLedger, port: &mut AfXdpPort, s:
     let socket = &mut port.sockets[s];
     let on_ring = socket.frames_held_for_rx();
     let want = port.fill[s]
-        .target
+        .target()
         .saturating_sub(on_ring)
         .min(socket.fill_free_slots()) as usize;
     if want < BATCH / 4 {

@@ -274,11 +274,7 @@ fn under_attack_with(
         n1.cli_json(&["stats"])?["ports"]
     );
     for node in &nodes {
-        let frames = &node.cli_json(&["stats"])?["frames"];
-        ensure!(
-            frames["violations"] == 0 && frames["total"] == 16384,
-            "frames: {frames}"
-        );
+        node.check_frames()?;
     }
     Ok(())
 }

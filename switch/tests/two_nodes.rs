@@ -52,24 +52,6 @@ impl TwoNodes {
     }
 }
 
-/// Every frame is somewhere, and no move was impossible.
-fn check_frames(node: &SwitchNode) -> Result<()> {
-    let stats = node.cli_json(&["stats"])?;
-    let frames = &stats["frames"];
-    ensure!(frames["checked"] == true, "frame checking is off: {frames}");
-    ensure!(
-        frames["violations"] == 0,
-        "frame accounting violations on node {}: {frames}",
-        node.index
-    );
-    ensure!(
-        frames["total"] == 16384,
-        "frames missing on node {}: {frames}",
-        node.index
-    );
-    Ok(())
-}
-
 fn pods_talk(tb: &TwoNodes) -> Result<()> {
     let [[a, b], [c, _]] = &tb.pods;
     expect_pings(a, b.ip, "same node")?;
@@ -84,7 +66,7 @@ fn pods_talk(tb: &TwoNodes) -> Result<()> {
     };
     expect_iperf(&udp, a, c, "UDP across nodes")?;
     for node in &tb.nodes {
-        check_frames(node)?;
+        node.check_frames()?;
     }
     Ok(())
 }
@@ -145,7 +127,7 @@ fn node_traffic_and_host_port() -> Result<()> {
         stats["uplink_redirected"].as_u64() > Some(0),
         "no tunnel packet reached the switch: {stats}"
     );
-    check_frames(n1)
+    n1.check_frames()
 }
 
 /// Routes, peers and ports change while iperf3 runs: nothing crashes,
@@ -210,7 +192,7 @@ fn changes_under_load() -> Result<()> {
     n1.cli(&["peer", "add", &peer2, "10.244.2.0/24"])?;
     expect_pings(a, c.ip, "after re-adding the peer")?;
     for node in &tb.nodes {
-        check_frames(node)?;
+        node.check_frames()?;
     }
     Ok(())
 }
@@ -230,7 +212,7 @@ fn interop_with_kernel_vxlan_node() -> Result<()> {
     expect_pings(&k, a.ip, "kernel pod to podswitch pod")?;
     expect_iperf(&IperfClient::default(), &a, &k, "podswitch to kernel")?;
     expect_iperf(&IperfClient::default(), &k, &a, "kernel to podswitch")?;
-    check_frames(&node1)
+    node1.check_frames()
 }
 
 /// SIGTERM: the daemon exits 0, detaches its XDP programs and removes its
@@ -310,7 +292,7 @@ fn ports_follow_new_rx_queues() -> Result<()> {
         "8 streams over 2 queues: {:.3} Gbit/s",
         result.gbps()
     );
-    check_frames(n1)
+    n1.check_frames()
 }
 
 /// The underlay next hop's MAC is read from the kernel's neighbour table
@@ -460,7 +442,7 @@ fn control_socket_refuses_bad_requests() -> Result<()> {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    check_frames(node)
+    node.check_frames()
 }
 
 /// The longest run of unanswered pings in `ping -i interval` output, in
@@ -653,7 +635,7 @@ fn pods_survive_restarts() -> Result<()> {
             );
             expect_pings(&a, c.ip, &format!("after a restart on {signal}"))?;
             expect_pings(&c, a.ip, &format!("back, after a restart on {signal}"))?;
-            check_frames(node)?;
+            node.check_frames()?;
         }
     }
     eprintln!("outages seen by a pod on the restarted node:");

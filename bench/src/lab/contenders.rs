@@ -434,6 +434,7 @@ fn podswitch_nodes(
         cni: Some(binaries.cni.clone()),
         pod_interface: Some(setup.pod_interface.into()),
         underlay_mtu: UNDERLAY_MTU,
+        ..SwitchOptions::default()
     };
     let n1 = lab.netns("n1")?;
     let n2 = lab.netns("n2")?;

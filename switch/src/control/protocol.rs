@@ -162,6 +162,12 @@ pub struct Info {
     pub host_port: Option<String>,
     /// Adaptive or busy polling.
     pub poll_mode: PollMode,
+    /// Buffer frames (4 KiB each) in the switch's buffer area.
+    #[serde(default)]
+    pub frame_count: u32,
+    /// Pod sockets the buffer frames are planned for.
+    #[serde(default)]
+    pub max_pods: u32,
     /// The daemon's version.
     pub version: String,
 }
