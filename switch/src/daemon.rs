@@ -21,8 +21,8 @@ use crate::config::Config;
 use crate::control::ControlServer;
 use crate::control::protocol::PortKind;
 use crate::control_plane::{
-    ControlPlane, ControlPlaneParts, HOST_PORT, PortRecordSeed, UPLINK_PORT, WorkerHandle,
-    describe, overhead, uplink_filter,
+    ControlPlane, ControlPlaneParts, HOST_PORT, Node, PortRecordSeed, UPLINK_PORT, WorkerHandle,
+    describe, uplink_filter,
 };
 use crate::fib::SharedFib;
 use crate::frame_budget::{FillBudget, FillGrowth, FramePlan};
@@ -32,7 +32,7 @@ use crate::stats::WorkerStats;
 use crate::tap::TapDevice;
 use crate::topology::{PortRole, Topology};
 use crate::worker::{
-    AfXdpPort, Command, INBOX_CAPACITY, MAX_PACKET_CHUNKS, PortIo, TapPort, Worker, WorkerContext,
+    AfXdpPort, Command, INBOX_CAPACITY, MAX_PACKET_CHUNKS, Port, TapPort, Worker, WorkerContext,
     WorkerPort,
 };
 use crate::xdp::XdpProgram;
@@ -64,10 +64,14 @@ pub fn run(config: Config) -> Result<()> {
         .with_context(|| format!("uplink {} has no MAC address", config.uplink))?;
     let underlay_mtu = config.underlay_mtu.map_or(uplink.mtu, u32::from);
     check_underlay_mtu(underlay_mtu, config.underlay_mtu.is_some(), &config.uplink)?;
-    let pod_mtu = underlay_mtu
-        .checked_sub(overhead(&config))
-        .filter(|&m| m >= 576)
-        .with_context(|| format!("underlay MTU {underlay_mtu} leaves no room for pod frames"))?;
+    let node = Node {
+        config: config.clone(),
+        uplink_mac,
+        underlay_mtu,
+        max_pods: config.max_pods,
+        workers: config.cores.len(),
+    };
+    let pod_mtu = node.pod_mtu()?;
     let uplink_queues = active_rx_queues(&config.uplink).unwrap_or(1).max(1);
     let plan = FramePlan::new(
         config.frame_count,
@@ -193,14 +197,13 @@ pub fn run(config: Config) -> Result<()> {
         .collect();
 
     let parts = ControlPlaneParts {
-        config: config.clone(),
+        node,
         umem: umem.clone(),
         ledger: ledger.clone(),
         umem_owner,
         topology,
         fib,
         workers: handles,
-        uplink_mac,
         uplink_index: uplink.index,
         host_index: host.index,
         pod_mtu,
@@ -217,13 +220,13 @@ pub fn run(config: Config) -> Result<()> {
         .collect::<Result<_>>()?;
 
     // The uplink carries every node's traffic: its fill rings stay full.
-    let uplink_port = PortIo::AfXdp(AfXdpPort::new(
+    let uplink_port = Box::new(AfXdpPort::new(
         uplink_program,
         uplink_sockets,
         FillBudget::new(plan.uplink_fill, plan.uplink_fill),
     ));
     start_port(&plane, UPLINK_PORT, uplink_port)?;
-    start_port(&plane, HOST_PORT, PortIo::Tap(TapPort::new(host_tap)))?;
+    start_port(&plane, HOST_PORT, Box::new(TapPort::new(host_tap)))?;
     plane.restore().context("restoring the saved state")?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -326,9 +329,13 @@ fn check_underlay_mtu(underlay_mtu: u32, configured: bool, uplink: &str) -> Resu
 }
 
 /// Hand a port the daemon opened itself to worker 0 and wait until it runs.
-fn start_port(plane: &ControlPlane, id: crate::topology::PortId, io: PortIo) -> Result<()> {
+fn start_port(
+    plane: &ControlPlane,
+    id: crate::topology::PortId,
+    port: Box<dyn Port>,
+) -> Result<()> {
     let (done, answer) = bounded(1);
-    plane.workers()[0].send(Command::Add(WorkerPort { id, io }, done))?;
+    plane.workers()[0].send(Command::Add(WorkerPort { id, port }, done))?;
     answer
         .recv_timeout(Duration::from_secs(5))
         .context("worker 0 did not start")?

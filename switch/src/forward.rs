@@ -34,10 +34,10 @@ pub enum Verdict {
         /// decapsulation move its start).
         frame: Range<usize>,
     },
-    /// Send the routed (not yet encapsulated) frame at `frame` to `peer`
-    /// through the tunnel; only [`Forwarder::forward_super_frame`] says
-    /// this, for the caller to cut the frame into segments and
-    /// encapsulate each ([`Forwarder::encapsulate`]).
+    /// Send the routed frame at `frame` to `peer` through the tunnel. It
+    /// is not encapsulated yet: the caller does that
+    /// ([`Forwarder::encapsulate`]) — for a super-frame after cutting it
+    /// into segments, or whole where the way out cuts it.
     ToPeer {
         /// The peer.
         peer: PeerId,
@@ -51,8 +51,8 @@ pub enum Verdict {
 /// What is being routed: a frame, or a super-frame its caller cuts up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Size {
-    /// A frame: checked against the MTU of the port it leaves by, and
-    /// encapsulated now when that is the tunnel.
+    /// A frame: checked against the MTU of the port it leaves by (the
+    /// tunnel's, for a peer).
     Frame,
     /// A TCP super-frame: cut into segments by the caller (each
     /// encapsulated then) wherever it cannot go whole.
@@ -105,9 +105,7 @@ impl Forwarder<'_> {
 
     /// Decide the fate of a TCP super-frame from a pod's TAP port (larger
     /// than the MTU, cut into segments on the way out where a port cannot
-    /// take it whole): as [`Forwarder::forward`], except that a frame bound
-    /// for a peer is routed and rewritten but not encapsulated
-    /// ([`Verdict::ToPeer`]).
+    /// take it whole): as [`Forwarder::forward`], without the MTU checks.
     pub fn forward_super_frame(
         &self,
         in_port: PortId,
@@ -121,9 +119,9 @@ impl Forwarder<'_> {
             .unwrap_or_else(Verdict::Drop)
     }
 
-    /// Encapsulate the routed frame at `buf[frame]` for `peer` (one segment
-    /// of a super-frame [`Forwarder::forward_super_frame`] sent to it);
-    /// the tunnel packet's place in `buf`.
+    /// Encapsulate the routed frame at `buf[frame]` for `peer` (a frame
+    /// the verdict sent to it, or one segment of a super-frame); the
+    /// tunnel packet's place in `buf`.
     pub fn encapsulate(
         &self,
         peer: PeerId,
@@ -199,9 +197,7 @@ impl Forwarder<'_> {
     }
 
     /// Route an IPv4 frame: check its header (and, from a pod, its source),
-    /// look up its destination, rewrite the MACs, decrement the TTL, and
-    /// encapsulate it when it leaves through the tunnel (unless that is
-    /// deferred to the caller).
+    /// look up its destination, rewrite the MACs and decrement the TTL.
     fn route(
         &self,
         buf: &mut [u8],
@@ -238,16 +234,12 @@ impl Forwarder<'_> {
                 }
                 let peer = self.topology.peer(id).ok_or(DropCause::NoRoute)?;
                 let template = peer.template.as_ref().ok_or(DropCause::PeerUnresolved)?;
+                if size == Size::Frame && frame.len() > template.max_frame_len() {
+                    return Err(DropCause::Wire(DropReason::Oversize));
+                }
                 rewrite_macs(&mut buf[frame.clone()], peer.vtep_mac.into(), router_mac);
                 decrement_ttl(&mut buf[ip_start..frame.end]);
-                if size == Size::SuperFrame {
-                    return Ok(Verdict::ToPeer { peer: id, frame });
-                }
-                let packet = template.encapsulate(buf, frame)?;
-                return Ok(Verdict::Transmit {
-                    port: self.topology.uplink,
-                    frame: packet,
-                });
+                return Ok(Verdict::ToPeer { peer: id, frame });
             }
         };
         // A super-frame is cut to the MTU on its way out; a frame bigger
@@ -535,15 +527,19 @@ mod tests {
 
     #[test]
     fn pod_to_remote_pod_is_encapsulated_and_decaps_at_the_peer() {
-        let (mut buf, frame) = ipv4_frame(POD_A_MAC, ROUTER, POD_A, REMOTE_POD, 64);
-        let Verdict::Transmit {
-            port,
-            frame: packet,
-        } = forward(POD_A_PORT, &mut buf, frame.clone())
-        else {
-            panic!("not transmitted");
+        let (topology, fib) = (topology(), fib());
+        let forwarder = Forwarder {
+            topology: &topology,
+            fib: &fib,
         };
-        assert_eq!(port, UPLINK);
+        let (mut buf, frame) = ipv4_frame(POD_A_MAC, ROUTER, POD_A, REMOTE_POD, 64);
+        let Verdict::ToPeer { peer, frame: inner } =
+            forwarder.forward(POD_A_PORT, &mut buf, frame.clone())
+        else {
+            panic!("not sent to the peer");
+        };
+        assert_eq!(inner, frame);
+        let packet = forwarder.encapsulate(peer, &mut buf, inner).unwrap();
         assert_eq!(packet, frame.start - 50..frame.end);
         let peer = Decapsulator::new(
             TunnelKind::Vxlan,

@@ -548,6 +548,12 @@ impl XskSocket {
         self.fill.free(u32::MAX)
     }
 
+    /// Free slots on the TX ring now: [`XskSocket::send`] takes this many
+    /// descriptors.
+    pub fn tx_free_slots(&mut self) -> u32 {
+        self.tx.free(u32::MAX)
+    }
+
     /// Take up to `max` completed transmissions, appending their frames'
     /// chunk addresses (whatever in-chunk address was sent) to `out`; how
     /// many. The frames are the caller's again.
@@ -584,6 +590,12 @@ impl XskSocket {
     /// which lags the kernel and misses frames it keeps for itself.
     pub fn frames_held_for_rx(&self) -> u32 {
         self.held.held(Direction::Rx)
+    }
+
+    /// Of [`XskSocket::frames_held`], those given through the TX ring and
+    /// not yet completed.
+    pub fn frames_held_for_tx(&self) -> u32 {
+        self.held.held(Direction::Tx)
     }
 
     /// Close the socket and append the chunk address of every frame it

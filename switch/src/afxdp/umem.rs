@@ -153,16 +153,41 @@ impl Umem {
     /// completion) and no other reference to it exists.
     #[allow(clippy::mut_from_ref)] // frames are handed out by ownership protocol, see Safety
     pub unsafe fn chunk_mut(&self, addr: u64) -> &mut [u8] {
+        let start = self.chunk_start(addr);
+        // SAFETY: the chunk lies inside the mapping (`chunk_start` checks),
+        // and the caller guarantees exclusive ownership of it.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.base.as_ptr().add(start), self.frame_size as usize)
+        }
+    }
+
+    /// The whole chunk that holds `addr`, shared.
+    ///
+    /// # Panics
+    /// If `addr` lies outside the UMEM.
+    ///
+    /// # Safety
+    /// The caller owns that frame, or shares it with readers only: it is
+    /// on no kernel ring and no mutable reference to it exists.
+    pub unsafe fn chunk(&self, addr: u64) -> &[u8] {
+        let start = self.chunk_start(addr);
+        // SAFETY: the chunk lies inside the mapping (`chunk_start` checks),
+        // and the caller guarantees no one writes it meanwhile.
+        unsafe {
+            std::slice::from_raw_parts(self.base.as_ptr().add(start), self.frame_size as usize)
+        }
+    }
+
+    /// The offset of the chunk holding `addr`.
+    ///
+    /// # Panics
+    /// If `addr` lies outside the UMEM.
+    fn chunk_start(&self, addr: u64) -> usize {
         assert!(
             addr < self.len() as u64,
             "address {addr:#x} outside the UMEM"
         );
-        let start = (addr >> self.frame_shift << self.frame_shift) as usize;
-        // SAFETY: the chunk lies inside the mapping (checked above), and the
-        // caller guarantees exclusive ownership of it.
-        unsafe {
-            std::slice::from_raw_parts_mut(self.base.as_ptr().add(start), self.frame_size as usize)
-        }
+        (addr >> self.frame_shift << self.frame_shift) as usize
     }
 
     /// Total bytes.

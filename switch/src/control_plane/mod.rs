@@ -1,0 +1,921 @@
+//! The control plane: the I/O shell around the tables of ports, peers and
+//! host routes ([`tables`]). Each request is checked and reserved in the
+//! tables under their lock, carried out with no lock held (netlink calls,
+//! opening sockets and devices, waiting for a worker), and its outcome
+//! recorded under the lock again; every change is published to the workers
+//! as new topology and FIB snapshots, and workers never wait for it.
+
+pub mod tables;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use arc_swap::ArcSwap;
+use crossbeam::channel::{Sender, bounded};
+use ipnet::Ipv4Net;
+use nix::sys::eventfd::EventFd;
+
+use crate::afxdp::{Umem, UmemShare, XskConfig, XskSocket, active_rx_queues};
+use crate::config::PeerConfig;
+use crate::control::protocol::{
+    FrameReport, Info, PeerStatus, PortKind, PortSpec, PortStatus, RouteEntry, StatsReport,
+};
+use crate::control::{Handler, Request, Response};
+use crate::fib::SharedFib;
+use crate::frame_budget::{FillBudget, FramePlan};
+use crate::frames::FrameLedger;
+use crate::mac::MacAddr;
+use crate::netlink::{LinkInfo, Netlink};
+use crate::saved_state::{SavedState, state_file};
+use crate::stats::{PortReport, WorkerStats, port_report, worker_report};
+use crate::tap::TapDevice;
+use crate::topology::{PeerId, PortId, PortRole, RouteTarget, Topology};
+use crate::worker::{AfXdpPort, Command, Port, TapPort, WorkerPort};
+use crate::xdp::{UplinkFilter, XdpProgram};
+pub use tables::{HOST_PORT, Node, UPLINK_PORT};
+use tables::{PeerRecord, PeerToResolve, PortRecord, PortViewRecord, Resolution, Tables};
+
+/// How long a worker may take to start or stop polling a port.
+const WORKER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A worker as the control plane drives it.
+pub struct WorkerHandle {
+    /// Where its commands go.
+    pub commands: Sender<Command>,
+    /// Written to wake it.
+    pub wake: Arc<EventFd>,
+    /// Its counters.
+    pub stats: Arc<WorkerStats>,
+}
+
+impl WorkerHandle {
+    /// Send a command and wake the worker to read it.
+    pub fn send(&self, command: Command) -> Result<()> {
+        self.commands
+            .send(command)
+            .map_err(|_| anyhow::anyhow!("a worker has stopped"))?;
+        let _ = self.wake.write(1);
+        Ok(())
+    }
+
+    /// Send a command that answers, and wait for its answer (no lock may
+    /// be held: the worker may take a while).
+    fn ask<T>(&self, command: impl FnOnce(Sender<T>) -> Command, what: &str) -> Result<T> {
+        let (done, answer) = bounded(1);
+        self.send(command(done))?;
+        answer
+            .recv_timeout(WORKER_TIMEOUT)
+            .with_context(|| format!("the worker did not {what} in time"))
+    }
+}
+
+/// What the control plane was started with.
+pub struct ControlPlaneParts {
+    /// The node: its configuration and what the tables need of it.
+    pub node: Node,
+    /// The buffer area.
+    pub umem: Arc<Umem>,
+    /// Where every frame is.
+    pub ledger: Arc<FrameLedger>,
+    /// How sockets join the UMEM the uplink's first socket registered.
+    pub umem_owner: UmemShare,
+    /// Topology snapshots for the workers.
+    pub topology: Arc<ArcSwap<Topology>>,
+    /// The FIB.
+    pub fib: Arc<SharedFib<RouteTarget>>,
+    /// The workers.
+    pub workers: Vec<WorkerHandle>,
+    /// The uplink's index.
+    pub uplink_index: u32,
+    /// The host port's index (0 without one).
+    pub host_index: u32,
+    /// MTU given to pods.
+    pub pod_mtu: u32,
+    /// How the buffer frames are shared out.
+    pub plan: FramePlan,
+    /// The uplink program (for its counters).
+    pub uplink_program: Arc<Mutex<XdpProgram>>,
+}
+
+/// The control plane.
+pub struct ControlPlane {
+    parts: ControlPlaneParts,
+    tables: Mutex<Tables>,
+    /// Held while the state file is computed and written, so a slower
+    /// writer never replaces a newer file with an older state.
+    saving: Mutex<()>,
+}
+
+/// A pod port's I/O, opened, with what the port table says of it.
+struct OpenedPort {
+    port: Box<dyn Port>,
+    tap: Option<Arc<TapDevice>>,
+    xdp_mode: Option<String>,
+    copy_mode: Option<String>,
+    queues: u32,
+}
+
+impl ControlPlane {
+    /// A control plane over `parts`, with the uplink (and host port, if
+    /// `host` is given) already running.
+    pub fn new(
+        parts: ControlPlaneParts,
+        uplink: PortRecordSeed,
+        host: Option<PortRecordSeed>,
+    ) -> Result<ControlPlane> {
+        let tables = Tables::new(
+            parts.node.clone(),
+            uplink.into_record(),
+            host.map(PortRecordSeed::into_record),
+        );
+        let plane = ControlPlane {
+            parts,
+            tables: Mutex::new(tables),
+            saving: Mutex::new(()),
+        };
+        plane.publish(&plane.lock());
+        let config = &plane.parts.node.config;
+        let gateway = Ipv4Net::new(config.gateway(), 32)?;
+        plane.parts.fib.update(|fib| {
+            fib.insert(gateway, RouteTarget::Host);
+            for prefix in &config.host_routes {
+                fib.insert(prefix.trunc(), RouteTarget::Host);
+            }
+        });
+        for peer in config.peers.clone() {
+            plane.add_peer(peer)?;
+        }
+        Ok(plane)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Tables> {
+        self.tables.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publish the topology snapshot the tables describe.
+    fn publish(&self, tables: &Tables) {
+        let topology = tables.topology(self.parts.pod_mtu);
+        self.parts.topology.store(Arc::new(topology));
+    }
+
+    /// Carry out one request; after a change, save the state.
+    fn dispatch(&self, request: Request) -> Result<serde_json::Value> {
+        let changes = matches!(
+            request,
+            Request::PortAdd(_)
+                | Request::PortDel { .. }
+                | Request::PeerAdd(_)
+                | Request::PeerDel { .. }
+                | Request::RouteAdd { .. }
+                | Request::RouteDel { .. }
+        );
+        let answer = self.carry_out(request);
+        if changes {
+            self.save_state();
+        }
+        answer
+    }
+
+    fn carry_out(&self, request: Request) -> Result<serde_json::Value> {
+        Ok(match request {
+            Request::Info => serde_json::to_value(self.info())?,
+            Request::Ports => serde_json::to_value(self.ports())?,
+            Request::PortAdd(spec) => serde_json::to_value(self.add_port(spec)?)?,
+            Request::PortDel { name } => {
+                self.remove_port(&name)?;
+                serde_json::Value::Null
+            }
+            Request::Peers => serde_json::to_value(self.peers())?,
+            Request::PeerAdd(peer) => {
+                self.add_peer(peer)?;
+                serde_json::Value::Null
+            }
+            Request::PeerDel { node_ip } => {
+                self.remove_peer(node_ip)?;
+                serde_json::Value::Null
+            }
+            Request::Routes => serde_json::to_value(self.routes())?,
+            Request::RouteAdd { prefix } => {
+                self.add_host_route(prefix);
+                serde_json::Value::Null
+            }
+            Request::RouteDel { prefix } => {
+                self.remove_host_route(prefix)?;
+                serde_json::Value::Null
+            }
+            Request::Stats => serde_json::to_value(self.stats())?,
+        })
+    }
+
+    /// Write the state file; a failure is logged (the change itself has
+    /// been made).
+    fn save_state(&self) {
+        let _saving = self.saving.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.lock().saved_state();
+        let path = state_file(&self.parts.node.config.state_dir);
+        if let Err(e) = state.save(&path) {
+            tracing::error!("saving the state to {}: {e:#}", path.display());
+        }
+    }
+
+    /// Restore what the state file holds, after a restart: peers and host
+    /// routes, then every pod port whose interface still exists (the CNI
+    /// plugin may have deleted a pod while the daemon was down). The
+    /// file is then rewritten to what was restored.
+    pub fn restore(&self) -> Result<()> {
+        let path = state_file(&self.parts.node.config.state_dir);
+        let Some(saved) = SavedState::load(&path)? else {
+            return Ok(());
+        };
+        for peer in saved.peers {
+            let node_ip = peer.node_ip;
+            if let Err(e) = self.add_peer(peer) {
+                tracing::warn!(peer = %node_ip, "not restored: {e:#}");
+            }
+        }
+        for prefix in saved.host_routes {
+            self.add_host_route(prefix);
+        }
+        let links = netlink()?.links()?;
+        let (mut restored, mut gone) = (0, 0);
+        for spec in saved.ports {
+            let name = spec.name.clone();
+            let exists = match (&spec.kind, &spec.netns) {
+                (PortKind::Tap, Some(netns)) => netns.exists(),
+                (PortKind::Tap, None) => true,
+                (PortKind::Afxdp, _) => links.contains_key(&name),
+            };
+            if !exists {
+                tracing::info!(port = %name, "not restored: its interface is gone");
+                gone += 1;
+                continue;
+            }
+            match self.add_port(spec) {
+                Ok(_) => restored += 1,
+                Err(e) => tracing::warn!(port = %name, "not restored: {e:#}"),
+            }
+        }
+        tracing::info!(restored, gone, file = %path.display(), "state restored");
+        self.save_state();
+        Ok(())
+    }
+
+    /// The node's network parameters.
+    pub fn info(&self) -> Info {
+        let config = &self.parts.node.config;
+        Info {
+            node_ip: config.node_ip,
+            pod_cidr: config.pod_cidr,
+            gateway: config.gateway(),
+            pod_mtu: self.parts.pod_mtu,
+            router_mac: config.router_mac(),
+            encap: config.encap,
+            vni: config.vni,
+            udp_port: config.tunnel_udp_port(),
+            uplink: config.uplink.clone(),
+            host_port: (self.parts.host_index != 0).then(|| config.host_port.clone()),
+            poll_mode: config.poll_mode,
+            frame_count: self.parts.plan.frame_count,
+            max_pods: self.parts.plan.max_pods,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    /// The workers.
+    pub fn workers(&self) -> &[WorkerHandle] {
+        &self.parts.workers
+    }
+
+    fn worker_stats(&self) -> Vec<&WorkerStats> {
+        self.parts.workers.iter().map(|w| &*w.stats).collect()
+    }
+
+    /// A port's counters, with its interface's drops.
+    fn port_counters(
+        blocks: &[&WorkerStats],
+        id: PortId,
+        links: &HashMap<String, LinkInfo>,
+        name: &str,
+    ) -> PortReport {
+        let mut report = port_report(blocks, id);
+        report.interface_rx_dropped = links.get(name).map_or(0, |l| l.rx_dropped);
+        report
+    }
+
+    fn link_table() -> HashMap<String, LinkInfo> {
+        netlink().and_then(|n| n.links()).unwrap_or_default()
+    }
+
+    /// Every port.
+    pub fn ports(&self) -> Vec<PortStatus> {
+        let links = Self::link_table();
+        let blocks = self.worker_stats();
+        self.lock()
+            .ports()
+            .map(|(id, entry)| {
+                let p = &entry.record;
+                PortStatus {
+                    id: id.0,
+                    name: p.view.name.clone(),
+                    role: p.view.role,
+                    kind: p.kind,
+                    xdp_mode: p.xdp_mode.clone(),
+                    copy_mode: p.copy_mode.clone(),
+                    queues: p.queues,
+                    worker: p.view.worker,
+                    ip: p.view.ip,
+                    mac: p.view.mac,
+                    owner: p.owner.clone(),
+                    counters: Self::port_counters(&blocks, id, &links, &p.view.name),
+                }
+            })
+            .collect()
+    }
+
+    /// Add a pod port: reserve it, open its I/O, hand it to a worker, and
+    /// route the pod's address to it.
+    pub fn add_port(&self, spec: PortSpec) -> Result<PortStatus> {
+        let (id, worker) = {
+            let mut tables = self.lock();
+            let reserved = tables.reserve_port(&spec)?;
+            self.publish(&tables);
+            reserved
+        };
+        if let Err(e) = self.start_port(id, worker, &spec) {
+            let mut tables = self.lock();
+            tables.port_gone(id);
+            self.publish(&tables);
+            return Err(e.context(format!("starting port {}", spec.name)));
+        }
+        self.lock().port_started(id);
+        let host = Ipv4Net::new(spec.ip, 32)?;
+        self.parts
+            .fib
+            .update(|fib| fib.insert(host, RouteTarget::Pod(id)));
+        tracing::info!(port = %spec.name, ip = %spec.ip, "port added");
+        self.ports()
+            .into_iter()
+            .find(|p| p.id == id.0)
+            .context("the port vanished while being added")
+    }
+
+    /// Open the reserved port `id`'s I/O and have `worker` poll it.
+    fn start_port(&self, id: PortId, worker: usize, spec: &PortSpec) -> Result<()> {
+        if spec.kind == PortKind::Afxdp {
+            let queues = active_rx_queues(&spec.name).unwrap_or(1).max(1);
+            let mut tables = self.lock();
+            tables.check_pod_sockets(queues)?;
+            tables.port_queues(id, queues);
+        }
+        let OpenedPort {
+            port,
+            tap,
+            xdp_mode,
+            copy_mode,
+            queues,
+        } = self.open_pod_port(spec)?;
+        self.lock()
+            .port_opened(id, xdp_mode, copy_mode, queues, tap);
+        self.parts.workers[worker].ask(
+            |done| Command::Add(WorkerPort { id, port }, done),
+            "take the port",
+        )?
+    }
+
+    /// Open a pod port's I/O: AF_XDP sockets on every RX queue of an
+    /// existing interface, or a TAP device.
+    fn open_pod_port(&self, spec: &PortSpec) -> Result<OpenedPort> {
+        let config = &self.parts.node.config;
+        match spec.kind {
+            PortKind::Tap => {
+                let tap = match (&spec.netns, &spec.ifname) {
+                    (Some(netns), Some(ifname)) => TapDevice::attach_in_netns(netns, ifname)
+                        .with_context(|| {
+                            format!(
+                                "attaching to TAP device {ifname} in {} (the CNI plugin creates it)",
+                                netns.display()
+                            )
+                        })?,
+                    (None, None) => {
+                        let tap = TapDevice::open_offloaded(&spec.name)
+                            .with_context(|| format!("creating TAP device {}", spec.name))?;
+                        let netlink = netlink()?;
+                        let link = netlink.require_link(&spec.name)?;
+                        netlink.set_link_up(link.index, Some(self.parts.pod_mtu), None)?;
+                        tap
+                    }
+                    _ => bail!("a TAP port in a pod's namespace needs both netns and ifname"),
+                };
+                let port = TapPort::new(tap);
+                Ok(OpenedPort {
+                    tap: Some(port.device()),
+                    port: Box::new(port),
+                    xdp_mode: None,
+                    copy_mode: None,
+                    queues: 1,
+                })
+            }
+            PortKind::Afxdp => {
+                let link = netlink()?.require_link(&spec.name)?;
+                let queues = active_rx_queues(&spec.name).unwrap_or(1).max(1);
+                let program = XdpProgram::attach_pod(&spec.name, config.xdp_mode)
+                    .with_context(|| format!("attaching the pod XDP program to {}", spec.name))?;
+                let sockets = self.bind_queues(&spec.name, link.index, 0..queues)?;
+                let (xdp_mode, copy_mode, queues) = describe(&program, &sockets);
+                let plan = &self.parts.plan;
+                let fill = FillBudget::new(plan.pod_fill_min, plan.pod_fill_max);
+                let program = Arc::new(Mutex::new(program));
+                Ok(OpenedPort {
+                    port: Box::new(AfXdpPort::new(program, sockets, fill)),
+                    tap: None,
+                    xdp_mode: Some(xdp_mode),
+                    copy_mode: Some(copy_mode),
+                    queues,
+                })
+            }
+        }
+    }
+
+    /// Bind a socket on each of `queues` of `ifname`, sharing the UMEM.
+    fn bind_queues(
+        &self,
+        ifname: &str,
+        ifindex: u32,
+        queues: std::ops::Range<u32>,
+    ) -> Result<Vec<XskSocket>> {
+        queues
+            .map(|queue| {
+                XskSocket::bind(
+                    &self.parts.umem,
+                    ifindex,
+                    queue,
+                    &XskConfig::default(),
+                    Some(&self.parts.umem_owner),
+                )
+                .with_context(|| format!("binding an AF_XDP socket to {ifname} queue {queue}"))
+            })
+            .collect()
+    }
+
+    /// Remove a pod port: unroute it, then have its worker stop polling it
+    /// and return its frames.
+    pub fn remove_port(&self, name: &str) -> Result<()> {
+        let (id, record) = self.lock().begin_remove_port(name)?;
+        let host = record.view.ip.map(|ip| Ipv4Net::new(ip, 32)).transpose()?;
+        if let Some(host) = host {
+            self.parts.fib.update(|fib| fib.remove(host));
+        }
+        let released = self.parts.workers[record.view.worker]
+            .ask(|done| Command::Remove(id, done), "release the port");
+        let mut tables = self.lock();
+        if let Err(e) = released {
+            // Still polled: route to it again.
+            tables.port_started(id);
+            if let Some(host) = host {
+                self.parts
+                    .fib
+                    .update(|fib| fib.insert(host, RouteTarget::Pod(id)));
+            }
+            return Err(e);
+        }
+        tables.port_gone(id);
+        self.publish(&tables);
+        tracing::info!(port = %name, "port removed");
+        Ok(())
+    }
+
+    /// Every peer.
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        self.lock()
+            .peers()
+            .map(|(_, p)| PeerStatus {
+                node_ip: p.config.node_ip,
+                pod_cidr: p.config.pod_cidr,
+                vtep_mac: p.vtep_mac,
+                next_hop: p.resolution.next_hop.map(|h| h.neighbour),
+                next_hop_mac: p.resolution.next_hop_mac,
+            })
+            .collect()
+    }
+
+    /// Add a peer, or replace the one with the same node IP.
+    pub fn add_peer(&self, peer: PeerConfig) -> Result<()> {
+        let mut record = {
+            let tables = self.lock();
+            tables.check_peer(&peer)?;
+            tables.new_peer(peer)
+        };
+        record.resolution = self.resolve(&record, &neighbours(), true);
+        let (node_ip, pod_cidr) = (record.config.node_ip, record.config.pod_cidr);
+        let (id, replaced) = {
+            let mut tables = self.lock();
+            let inserted = tables.insert_peer(record)?;
+            self.publish(&tables);
+            inserted
+        };
+        if let Some(old) = replaced {
+            self.parts.fib.update(|fib| fib.remove(old));
+            self.unroute_on_host(old);
+        }
+        self.parts
+            .fib
+            .update(|fib| fib.insert(pod_cidr, RouteTarget::Peer(id)));
+        self.route_on_host(pod_cidr);
+        tracing::info!(peer = %node_ip, %pod_cidr, "peer added");
+        Ok(())
+    }
+
+    /// Remove a peer and its routes.
+    pub fn remove_peer(&self, node_ip: IpAddr) -> Result<()> {
+        let cidr = {
+            let mut tables = self.lock();
+            let cidr = tables.remove_peer(node_ip)?;
+            self.publish(&tables);
+            cidr
+        };
+        self.parts.fib.update(|fib| fib.remove(cidr));
+        self.unroute_on_host(cidr);
+        tracing::info!(peer = %node_ip, "peer removed");
+        Ok(())
+    }
+
+    /// Resolve a peer's underlay next hop (looking its route up again if
+    /// `reroute` or it has none) and its MAC in `neighbours`, and build its
+    /// template; an unresolved peer keeps no template and is retried by
+    /// [`Self::maintain`].
+    fn resolve(
+        &self,
+        peer: &PeerRecord,
+        neighbours: &HashMap<(IpAddr, u32), MacAddr>,
+        reroute: bool,
+    ) -> Resolution {
+        let node_ip = peer.config.node_ip;
+        let mut resolution = peer.resolution.clone();
+        let netlink = match netlink() {
+            Ok(netlink) => netlink,
+            Err(e) => {
+                tracing::warn!(peer = %node_ip, "{e:#}");
+                return Resolution::default();
+            }
+        };
+        let route = match resolution.next_hop {
+            Some(hop) if !reroute => Ok(hop),
+            _ => netlink.next_hop(node_ip),
+        };
+        let hop = match route {
+            Ok(hop) if hop.ifindex == self.parts.uplink_index => hop,
+            Ok(hop) => {
+                tracing::warn!(
+                    peer = %node_ip,
+                    ifindex = hop.ifindex,
+                    "the route to this peer does not leave through the uplink"
+                );
+                return Resolution::default();
+            }
+            Err(e) => {
+                tracing::warn!(peer = %node_ip, "{e:#}");
+                return Resolution::default();
+            }
+        };
+        resolution.next_hop = Some(hop);
+        let mac = neighbours.get(&(hop.neighbour, hop.ifindex)).copied();
+        if mac.is_none() || resolution.template.is_none() {
+            let _ = netlink.probe_neighbour(hop.neighbour, hop.ifindex);
+        }
+        if mac == resolution.next_hop_mac && resolution.template.is_some() {
+            return resolution;
+        }
+        resolution.next_hop_mac = mac;
+        resolution.template = mac.and_then(|mac| match self.parts.node.template(node_ip, mac) {
+            Ok(template) => Some(template),
+            Err(e) => {
+                tracing::error!(peer = %node_ip, "{e:#}");
+                None
+            }
+        });
+        resolution
+    }
+
+    /// Follow the world, called once a second (`round` counts the calls):
+    /// re-read every peer's next-hop MAC from the neighbour table (the
+    /// kernel's entries go stale since the switch's traffic bypasses them,
+    /// so missing ones are probed), every 10th round its route too; every
+    /// 5th round, remove ports whose interface is gone and bind sockets
+    /// on RX queues AF_XDP ports gained (an XDP program redirects by
+    /// queue, so a queue without a socket loses its frames). Route lookups
+    /// and the queue count cost milliseconds each here, and change only
+    /// when an operator changes them.
+    pub fn maintain(&self, round: u64) {
+        if round.is_multiple_of(5) {
+            self.prune_vanished_ports();
+            self.follow_queues();
+        }
+        self.refresh_peers(round.is_multiple_of(10), |_| true);
+    }
+
+    /// Remove the pod ports whose interface is gone (a pod whose namespace
+    /// was deleted without a CNI DEL takes its veth with it): their
+    /// sockets can never receive again, and they would keep the pod's
+    /// address claimed.
+    fn prune_vanished_ports(&self) {
+        let links = match netlink().and_then(|n| n.links()) {
+            Ok(links) => links,
+            Err(e) => return tracing::warn!("reading the links: {e:#}"),
+        };
+        let gone: Vec<String> = self
+            .lock()
+            .ports()
+            .map(|(_, p)| &p.record)
+            .filter(|p| p.view.role == PortRole::Pod)
+            .filter(|p| match &p.tap {
+                Some(tap) => tap.is_detached(),
+                None => p.kind == PortKind::Afxdp && !links.contains_key(&p.view.name),
+            })
+            .map(|p| p.view.name.clone())
+            .collect();
+        for name in &gone {
+            match self.remove_port(name) {
+                Ok(()) => tracing::warn!(port = %name, "port removed: its interface is gone"),
+                Err(e) => {
+                    tracing::warn!(port = %name, "removing a port whose interface is gone: {e:#}")
+                }
+            }
+        }
+        if !gone.is_empty() {
+            self.save_state();
+        }
+    }
+
+    /// Bind sockets on the RX queues AF_XDP ports gained.
+    fn follow_queues(&self) {
+        let ports: Vec<(PortId, PortRecord)> = self
+            .lock()
+            .ports()
+            .filter(|(_, p)| p.record.kind == PortKind::Afxdp && p.state == tables::PortState::Live)
+            .map(|(id, p)| (id, p.record.clone()))
+            .collect();
+        for (id, record) in ports {
+            let name = &record.view.name;
+            let Ok(active) = active_rx_queues(name) else {
+                continue;
+            };
+            if active <= record.queues {
+                continue;
+            }
+            if record.view.role == PortRole::Pod
+                && let Err(e) = self.lock().check_pod_sockets(active - record.queues)
+            {
+                tracing::warn!(port = %name, "not binding its new RX queues: {e:#}");
+                continue;
+            }
+            let added = netlink()
+                .and_then(|n| n.require_link(name))
+                .and_then(|link| self.bind_queues(name, link.index, record.queues..active))
+                .and_then(|sockets| {
+                    self.parts.workers[record.view.worker].ask(
+                        |done| Command::AddSockets(id, sockets, done),
+                        "take the sockets",
+                    )?
+                });
+            match added {
+                Ok(()) => {
+                    tracing::info!(port = %name, from = record.queues, to = active, "port gained RX queues");
+                    self.lock().port_queues(id, active);
+                }
+                Err(e) => tracing::warn!(port = %name, "binding new RX queues: {e:#}"),
+            }
+        }
+    }
+
+    /// Retry the peers whose route is known but whose next hop's MAC is
+    /// not yet (a new peer, or one whose neighbour was lost); true while
+    /// some remain. Called every few milliseconds while it returns true, so
+    /// a new peer carries traffic as soon as the kernel has resolved it
+    /// rather than at the next [`Self::maintain`].
+    pub fn resolve_pending(&self) -> bool {
+        let pending =
+            |p: &PeerRecord| p.resolution.template.is_none() && p.resolution.next_hop.is_some();
+        if self.lock().peers().all(|(_, p)| !pending(p)) {
+            return false;
+        }
+        self.refresh_peers(false, pending)
+    }
+
+    /// Re-resolve the peers `which` selects; true if some of them are
+    /// still unresolved.
+    fn refresh_peers(&self, reroute: bool, which: impl Fn(&PeerRecord) -> bool) -> bool {
+        let neighbours = neighbours();
+        let asked: Vec<PeerToResolve> = self.lock().peers_to_resolve(which);
+        let found: Vec<Resolution> = asked
+            .iter()
+            .map(|peer| self.resolve(&peer.record, &neighbours, reroute))
+            .collect();
+        let unresolved = found.iter().any(|r| r.template.is_none());
+        let mut tables = self.lock();
+        let mut changed = false;
+        for (peer, resolution) in asked.iter().zip(found) {
+            changed |= tables.resolved(peer, resolution);
+        }
+        if changed {
+            self.publish(&tables);
+        }
+        unresolved
+    }
+
+    /// Route a pod CIDR to the host port in the node's own table, so the
+    /// node reaches remote pods.
+    fn route_on_host(&self, cidr: Ipv4Net) {
+        if self.parts.host_index != 0
+            && let Err(e) = netlink().and_then(|n| n.replace_route(cidr, self.parts.host_index))
+        {
+            tracing::warn!("{e:#}");
+        }
+    }
+
+    fn unroute_on_host(&self, cidr: Ipv4Net) {
+        if self.parts.host_index != 0
+            && let Err(e) = netlink().and_then(|n| n.delete_route(cidr, self.parts.host_index))
+        {
+            tracing::warn!("{e:#}");
+        }
+    }
+
+    /// The whole FIB, described.
+    pub fn routes(&self) -> Vec<RouteEntry> {
+        let tables = self.lock();
+        let fib = self.parts.fib.load();
+        let port_name = |id: PortId| {
+            tables
+                .port(id)
+                .map_or("?".to_string(), |p| p.record.view.name.clone())
+        };
+        let peer_ip = |id: PeerId| {
+            tables
+                .peers()
+                .find(|(i, _)| *i == id)
+                .map_or("?".to_string(), |(_, p)| p.config.node_ip.to_string())
+        };
+        fib.iter()
+            .map(|(prefix, target)| RouteEntry {
+                prefix,
+                target: match target {
+                    RouteTarget::Host => "host".to_string(),
+                    RouteTarget::Pod(id) => format!("pod {}", port_name(id)),
+                    RouteTarget::Peer(id) => format!("peer {}", peer_ip(id)),
+                },
+            })
+            .collect()
+    }
+
+    /// Route `prefix` to the host port.
+    pub fn add_host_route(&self, prefix: Ipv4Net) {
+        let prefix = prefix.trunc();
+        self.lock().add_host_route(prefix);
+        self.parts
+            .fib
+            .update(|fib| fib.insert(prefix, RouteTarget::Host));
+    }
+
+    /// Remove a host route.
+    pub fn remove_host_route(&self, prefix: Ipv4Net) -> Result<()> {
+        let prefix = prefix.trunc();
+        self.lock().remove_host_route(prefix)?;
+        self.parts.fib.update(|fib| {
+            if fib.get(prefix) == Some(RouteTarget::Host) {
+                fib.remove(prefix);
+            }
+        });
+        Ok(())
+    }
+
+    /// All counters.
+    pub fn stats(&self) -> StatsReport {
+        let links = Self::link_table();
+        let blocks = self.worker_stats();
+        let ports: BTreeMap<String, _> = self
+            .lock()
+            .ports()
+            .map(|(id, p)| {
+                let name = &p.record.view.name;
+                let counters = Self::port_counters(&blocks, id, &links, name);
+                (name.clone(), counters)
+            })
+            .collect();
+        let workers: Vec<_> = blocks.iter().map(|b| worker_report(b)).collect();
+        let rx: u64 = workers.iter().map(|w| w.rings.rx).sum();
+        let completion: u64 = workers.iter().map(|w| w.rings.completion).sum();
+        let ledger = &self.parts.ledger;
+        let frames = FrameReport::new(
+            ledger.census(),
+            rx,
+            completion,
+            ledger.violations(),
+            ledger.checking(),
+        );
+        let counters = self
+            .parts
+            .uplink_program
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .uplink_counters()
+            .ok();
+        StatsReport {
+            ports,
+            workers,
+            frames,
+            uplink_redirected: counters.as_ref().map_or(0, |c| c.redirected),
+            uplink_passed: counters.as_ref().map_or(0, |c| c.passed),
+        }
+    }
+}
+
+impl Handler for ControlPlane {
+    fn handle(&self, request: Request) -> Response {
+        match self.dispatch(request) {
+            Ok(result) => Response::success(result),
+            Err(e) => Response::failure(format!("{e:#}")),
+        }
+    }
+}
+
+/// A netlink connection for one operation (each thread its own: no lock
+/// is held across a call).
+fn netlink() -> Result<Netlink> {
+    Netlink::open()
+}
+
+/// The kernel's neighbour table, or an empty one (logged) if unreadable.
+fn neighbours() -> HashMap<(IpAddr, u32), MacAddr> {
+    netlink().and_then(|n| n.neighbours()).unwrap_or_else(|e| {
+        tracing::warn!("{e:#}");
+        HashMap::new()
+    })
+}
+
+/// A running port the daemon opened itself (the uplink, the host port),
+/// described for the port table.
+pub struct PortRecordSeed {
+    /// Interface name.
+    pub name: String,
+    /// Uplink or host.
+    pub role: PortRole,
+    /// AF_XDP or TAP.
+    pub kind: PortKind,
+    /// Its MAC.
+    pub mac: MacAddr,
+    /// The worker polling it.
+    pub worker: usize,
+    /// XDP attach mode, for AF_XDP.
+    pub xdp_mode: Option<String>,
+    /// Copy or zero-copy, for AF_XDP.
+    pub copy_mode: Option<String>,
+    /// Sockets bound.
+    pub queues: u32,
+}
+
+impl PortRecordSeed {
+    fn into_record(self) -> PortRecord {
+        PortRecord {
+            view: PortViewRecord {
+                name: self.name,
+                role: self.role,
+                mac: self.mac,
+                ip: None,
+                worker: self.worker,
+            },
+            kind: self.kind,
+            xdp_mode: self.xdp_mode,
+            copy_mode: self.copy_mode,
+            queues: self.queues,
+            owner: None,
+            netns: None,
+            ifname: None,
+            tap: None,
+        }
+    }
+}
+
+/// XDP mode, copy mode and queue count of an AF_XDP port, as reported.
+pub fn describe(program: &XdpProgram, sockets: &[XskSocket]) -> (String, String, u32) {
+    let copy = if sockets.first().is_some_and(XskSocket::is_zero_copy) {
+        "zero-copy"
+    } else {
+        "copy"
+    };
+    (
+        program.mode().to_string(),
+        copy.to_string(),
+        sockets.len() as u32,
+    )
+}
+
+/// The uplink program's filter for this configuration.
+pub fn uplink_filter(config: &crate::config::Config) -> UplinkFilter {
+    UplinkFilter {
+        vtep: config.node_ip,
+        udp_port: config.tunnel_udp_port(),
+    }
+}

@@ -1,0 +1,329 @@
+//! Polling workers. Each worker owns some ports and moves their packets
+//! in batches of up to 64, as VPP and OVS's dpif-netdev do. A pass:
+//!
+//! 1. service every port ([`Port::service`]: completions back, fill rings
+//!    topped up);
+//! 2. receive a batch on every port ([`Port::receive`]) into the one
+//!    dispatch ([`Pipeline::dispatch`]: count, decide, carry out), which
+//!    queues each packet for its output port — this worker's, or another
+//!    worker's through that worker's inbox, as frames of the shared buffer
+//!    area;
+//! 3. take what other workers handed over;
+//! 4. transmit every port's queue ([`Port::transmit`]), one kick per port.
+//!
+//! Where to find a packet: received in `afxdp_port.rs` and `tap_port.rs`,
+//! decided in `crate::forward`, changed (encapsulated, cut, copied) in
+//! `pipeline.rs`, sent in the ports again.
+//!
+//! In adaptive mode (the default) a worker that finds no work for a short
+//! while sleeps in `poll()` on its ports and wake-up event, so an idle node
+//! does not burn a core; in busy mode it always spins.
+
+mod afxdp_port;
+mod buffers;
+mod pipeline;
+mod port;
+mod tap_port;
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use crossbeam::channel::{Receiver, Sender};
+use crossbeam::queue::ArrayQueue;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::EventFd;
+
+pub use afxdp_port::AfXdpPort;
+pub use pipeline::{Handoff, MAX_PACKET_CHUNKS, Packet, Pipeline, Takes, TxQueues};
+pub use port::{Port, TxContext};
+pub use tap_port::TapPort;
+
+use crate::afxdp::{Umem, XskSocket};
+use crate::config::PollMode;
+use crate::fib::SharedFib;
+use crate::forward::Forwarder;
+use crate::frame_budget::FillGrowth;
+use crate::frames::{FrameLedger, FramePool};
+use crate::stats::{RingLevelsTotal, WorkerStats};
+use crate::topology::{PortId, RouteTarget, Topology};
+use buffers::Buffers;
+
+/// Most packets taken from one socket (or TAP device) per pass.
+pub const BATCH: usize = 64;
+/// Idle passes an adaptive worker spins through before it sleeps.
+const SPIN_PASSES: u32 = 256;
+/// Longest sleep; the worker also wakes on traffic and on commands.
+const SLEEP: Duration = Duration::from_secs(1);
+/// How often a worker reads the kernel's socket counters and lets the fill
+/// budgets of quiet sockets shrink.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// Passes between looks at the clock for housekeeping.
+const CLOCK_PASSES: u64 = 256;
+/// Packets handed between workers that may wait in one inbox.
+pub const INBOX_CAPACITY: usize = 4096;
+
+/// A port handed to a worker.
+pub struct WorkerPort {
+    /// The port's id.
+    pub id: PortId,
+    /// Its I/O.
+    pub port: Box<dyn Port>,
+}
+
+/// What the control plane asks of a worker.
+pub enum Command {
+    /// Start polling a port; the answer says whether it is live.
+    Add(WorkerPort, Sender<anyhow::Result<()>>),
+    /// Stop polling a port and return all its frames; answered when done.
+    Remove(PortId, Sender<()>),
+    /// Poll these new sockets too: an AF_XDP port gained RX queues.
+    AddSockets(PortId, Vec<XskSocket>, Sender<anyhow::Result<()>>),
+    /// Remove every port and exit.
+    Stop,
+}
+
+/// What a worker shares with the rest of the switch.
+pub struct WorkerContext {
+    /// The buffer area.
+    pub umem: Arc<Umem>,
+    /// Where every frame is.
+    pub ledger: Arc<FrameLedger>,
+    /// Ports and peers.
+    pub topology: Arc<ArcSwap<Topology>>,
+    /// Routes.
+    pub fib: Arc<SharedFib<RouteTarget>>,
+    /// Every worker's inbox, by worker index.
+    pub inboxes: Arc<[ArrayQueue<Handoff>]>,
+    /// This worker's counters.
+    pub stats: Arc<WorkerStats>,
+    /// Written to wake the worker when it sleeps.
+    pub wake: Arc<EventFd>,
+    /// Frames pod sockets may keep on fill rings past their minimum.
+    pub growth: Arc<FillGrowth>,
+    /// Adaptive or busy.
+    pub poll_mode: PollMode,
+    /// The worker's index.
+    pub index: usize,
+}
+
+/// A polling worker.
+pub struct Worker {
+    ctx: WorkerContext,
+    commands: Receiver<Command>,
+    frames: FramePool,
+    buffers: Buffers,
+    ports: Vec<WorkerPort>,
+    queues: TxQueues,
+}
+
+impl Worker {
+    /// A worker with no ports yet.
+    pub fn new(ctx: WorkerContext, commands: Receiver<Command>) -> Worker {
+        let frames = FramePool::new(ctx.umem.clone(), ctx.ledger.clone());
+        Worker {
+            ctx,
+            commands,
+            frames,
+            buffers: Buffers::default(),
+            ports: Vec::new(),
+            queues: TxQueues::default(),
+        }
+    }
+
+    /// Poll until told to stop; then return every frame.
+    pub fn run(mut self) {
+        let mut idle_passes = 0u32;
+        let mut passes = 0u64;
+        let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
+        loop {
+            if !self.run_commands() {
+                break;
+            }
+            passes += 1;
+            if passes.is_multiple_of(CLOCK_PASSES) && Instant::now() >= next_housekeeping {
+                self.housekeeping();
+                next_housekeeping = Instant::now() + HOUSEKEEPING;
+            }
+            let worked = self.pass();
+            self.ctx.stats.poll(worked);
+            if worked {
+                idle_passes = 0;
+            } else {
+                idle_passes += 1;
+                if self.ctx.poll_mode == PollMode::Adaptive && idle_passes >= SPIN_PASSES {
+                    self.publish_kernel_drops();
+                    self.sleep();
+                    idle_passes = 0;
+                }
+            }
+        }
+        let ids: Vec<PortId> = self.ports.iter().map(|p| p.id).collect();
+        for id in ids {
+            self.remove_port(id);
+        }
+        self.frames.flush();
+    }
+
+    /// Carry out pending commands; false once told to stop.
+    fn run_commands(&mut self) -> bool {
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                Command::Add(port, done) => {
+                    let _ = done.send(self.add_port(port));
+                }
+                Command::Remove(id, done) => {
+                    self.remove_port(id);
+                    let _ = done.send(());
+                }
+                Command::AddSockets(id, sockets, done) => {
+                    let _ = done.send(self.add_sockets(id, sockets));
+                }
+                Command::Stop => return false,
+            }
+        }
+        true
+    }
+
+    fn add_port(&mut self, mut port: WorkerPort) -> anyhow::Result<()> {
+        port.port.start(&mut self.frames)?;
+        self.queues.add(port.id, port.port.takes());
+        self.ports.push(port);
+        Ok(())
+    }
+
+    fn add_sockets(&mut self, id: PortId, sockets: Vec<XskSocket>) -> anyhow::Result<()> {
+        let port = self
+            .ports
+            .iter_mut()
+            .find(|p| p.id == id)
+            .ok_or_else(|| anyhow::anyhow!("no port {id:?} on this worker"))?;
+        port.port.add_sockets(sockets, &mut self.frames)
+    }
+
+    /// Stop polling a port and put every frame it holds back on the free
+    /// list: those in its rings (after in-flight transmissions complete)
+    /// and those waiting to be sent.
+    fn remove_port(&mut self, id: PortId) {
+        let Some(i) = self.ports.iter().position(|p| p.id == id) else {
+            return;
+        };
+        let port = self.ports.swap_remove(i);
+        let mut tx = TxContext {
+            frames: &mut self.frames,
+            buffers: &mut self.buffers,
+            stats: &self.ctx.stats,
+        };
+        for packet in self.queues.swap_remove(i) {
+            tx.release(packet);
+        }
+        port.port.close(&mut self.frames, &self.ctx.growth);
+        self.ctx.stats.reset_port(id);
+    }
+
+    /// Once a second: publish the kernel's counters, and shrink the fill
+    /// budgets of sockets that received less than their budget.
+    fn housekeeping(&mut self) {
+        for port in &mut self.ports {
+            port.port
+                .housekeeping(port.id, &self.ctx.stats, &self.ctx.growth);
+        }
+    }
+
+    /// Read the kernel's counters of every port into the stats.
+    fn publish_kernel_drops(&self) {
+        for port in &self.ports {
+            port.port.publish_kernel_drops(port.id, &self.ctx.stats);
+        }
+    }
+
+    /// One pass over every port. True if anything moved.
+    fn pass(&mut self) -> bool {
+        let topology = self.ctx.topology.load();
+        let fib = self.ctx.fib.load();
+        let mut work = 0;
+        let mut levels = RingLevelsTotal::default();
+        for port in &mut self.ports {
+            work += port.port.service(&mut self.frames, &mut levels);
+            let mut pipeline = Pipeline {
+                forwarder: Forwarder {
+                    topology: &topology,
+                    fib: &fib,
+                },
+                stats: &self.ctx.stats,
+                inboxes: &self.ctx.inboxes,
+                frames: &mut self.frames,
+                buffers: &mut self.buffers,
+                queues: &mut self.queues,
+                in_port: port.id,
+            };
+            work += port.port.receive(&mut pipeline, &self.ctx.growth);
+        }
+        work += self.drain_inbox();
+        work += self.transmit();
+        self.ctx.stats.ring_levels(levels);
+        work > 0
+    }
+
+    /// Take the packets other workers handed over for this worker's ports.
+    fn drain_inbox(&mut self) -> usize {
+        let mut n = 0;
+        let inbox = &self.ctx.inboxes[self.ctx.index];
+        while let Some(handoff) = inbox.pop() {
+            n += 1;
+            for frame in &handoff.frames {
+                self.frames.from_inbox(frame);
+            }
+            let queue = self.queues.find(handoff.port);
+            for frame in handoff.frames {
+                match queue {
+                    Some(i) => self.queues.pending_mut(i).push(Packet::Frame(frame)),
+                    // The port left this worker meanwhile.
+                    None => self.frames.free(frame),
+                }
+            }
+        }
+        n
+    }
+
+    /// Send what this pass queued for each port.
+    fn transmit(&mut self) -> usize {
+        let mut tx = TxContext {
+            frames: &mut self.frames,
+            buffers: &mut self.buffers,
+            stats: &self.ctx.stats,
+        };
+        let mut sent = 0;
+        for (i, port) in self.ports.iter_mut().enumerate() {
+            let queue = self.queues.pending_mut(i);
+            if !queue.is_empty() {
+                sent += port.port.transmit(port.id, queue, &mut tx);
+            }
+        }
+        sent
+    }
+
+    /// Sleep until a port has something, a command arrives, or [`SLEEP`]
+    /// passes.
+    fn sleep(&mut self) {
+        self.ctx.stats.slept();
+        let mut fds: Vec<PollFd> = Vec::with_capacity(self.ports.len() + 1);
+        fds.push(PollFd::new(self.ctx.wake.as_fd(), PollFlags::POLLIN));
+        for port in &self.ports {
+            port.port.poll_fds(&mut fds);
+        }
+        let timeout = PollTimeout::try_from(SLEEP).unwrap_or(PollTimeout::NONE);
+        let woken_by_command = poll(&mut fds, timeout).is_ok()
+            && fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLIN));
+        drop(fds);
+        if woken_by_command {
+            let _ = self.ctx.wake.read();
+        }
+        for port in &mut self.ports {
+            port.port.woken();
+        }
+    }
+}
