@@ -13,6 +13,7 @@ use crate::drop_reason::DropReason;
 use crate::error::WireError;
 use crate::ethernet::{LinkHeader, is_vlan_tpid};
 use crate::geneve;
+use crate::ipv4_options;
 use crate::template::TunnelKind;
 use crate::vni::Vni;
 use crate::vxlan;
@@ -207,6 +208,9 @@ fn outer_ipv4(ip: &[u8]) -> Result<(Range<usize>, IpAddr, IpAddr), DropReason> {
     if !ipv4_header_ok(&ip[..header_len]) {
         return Err(DropReason::BadIpv4Checksum);
     }
+    if ipv4_options::check_header(&ip[..header_len]).is_err() {
+        return Err(DropReason::BadIpv4Options);
+    }
     if packet.more_frags() || packet.frag_offset() != 0 {
         return Err(DropReason::Ipv4Fragment);
     }
@@ -249,6 +253,7 @@ fn outer_ipv6(ip: &[u8]) -> Result<(Range<usize>, IpAddr, IpAddr), DropReason> {
 mod tests {
     use core::net::{Ipv4Addr, Ipv6Addr};
 
+    use podswitch_lab::flood::with_ipv4_options;
     use smoltcp::wire::EthernetAddress;
 
     use super::*;
@@ -459,6 +464,29 @@ mod tests {
         p.extend_from_slice(&[0u8; 6]);
         let d = decapsulator(TunnelKind::Vxlan).decapsulate(&p).unwrap();
         assert_eq!(&p[d.inner], &inner[..]);
+    }
+
+    #[test]
+    fn outer_ipv4_options() {
+        let (good, inner) = packet(&spec(TunnelKind::Vxlan, &[]));
+        let decap = decapsulator(TunnelKind::Vxlan);
+        // Router Alert and a Record Route with a free slot: taken, and the
+        // inner frame is where the longer header puts it.
+        let p = with_ipv4_options(&good, &[148, 4, 0, 0, 7, 7, 4, 0, 0, 0, 0, 0]);
+        let d = decap.decapsulate(&p).unwrap();
+        assert_eq!(&p[d.inner], &inner[..]);
+        for bad in [
+            &[130, 0, 0, 0][..],
+            &[1, 7, 11, 4][..],
+            &[0x6a; 40][..],
+            &[7, 3, 4, 7, 3, 4, 0, 0][..],
+        ] {
+            assert_eq!(
+                decap.decapsulate(&with_ipv4_options(&good, bad)),
+                Err(DropReason::BadIpv4Options),
+                "{bad:02x?}"
+            );
+        }
     }
 
     #[test]
