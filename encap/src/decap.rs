@@ -5,7 +5,8 @@ use core::net::IpAddr;
 use core::ops::Range;
 
 use smoltcp::wire::{
-    IPV4_HEADER_LEN, IPV6_HEADER_LEN, IpProtocol, Ipv4Packet, Ipv6Packet, UDP_HEADER_LEN, UdpPacket,
+    EthernetAddress, IPV4_HEADER_LEN, IPV6_HEADER_LEN, IpProtocol, Ipv4Packet, Ipv6Packet,
+    UDP_HEADER_LEN, UdpPacket,
 };
 
 use crate::checksum::ipv4_header_ok;
@@ -44,6 +45,12 @@ pub struct Decapsulator {
     pub local_vtep: IpAddr,
     /// The tunnel's UDP destination port.
     pub udp_port: u16,
+    /// The uplink's MAC: a packet addressed to another unicast MAC is
+    /// dropped, as the kernel drops frames for another host; broadcast and
+    /// multicast destinations pass, as the kernel lets them (its
+    /// `drop_unicast_in_l2_multicast` is off by default). `None` takes any
+    /// destination, for packets that did not come off a NIC.
+    pub local_mac: Option<EthernetAddress>,
     /// The only network identifier accepted.
     pub vni: Vni,
     /// Verify UDP checksums that are present (IPv4) and required (IPv6).
@@ -54,13 +61,14 @@ pub struct Decapsulator {
 }
 
 impl Decapsulator {
-    /// A decapsulator for `kind` on its IANA port, checksums verified, no
-    /// critical Geneve options understood.
+    /// A decapsulator for `kind` on its IANA port, any destination MAC
+    /// taken, checksums verified, no critical Geneve options understood.
     pub fn new(kind: TunnelKind, local_vtep: IpAddr, vni: Vni) -> Decapsulator {
         Decapsulator {
             kind,
             local_vtep,
             udp_port: kind.default_udp_port(),
+            local_mac: None,
             vni,
             verify_udp_checksum: true,
             known_critical_options: Vec::new(),
@@ -71,6 +79,12 @@ impl Decapsulator {
     /// frame is, or the reason to drop it. Reads only; allocates nothing.
     pub fn decapsulate(&self, packet: &[u8]) -> Result<Decapsulated, DropReason> {
         let (ip_offset, ethertype) = link_payload(packet)?;
+        if let Some(mac) = self.local_mac {
+            let destination = EthernetAddress::from_bytes(&packet[..6]);
+            if destination.is_unicast() && destination != mac {
+                return Err(DropReason::NotOurUplinkMac);
+            }
+        }
         let ip = &packet[ip_offset..];
         let (udp_range, sender, destination) = match ethertype {
             ETHERTYPE_IPV4 => outer_ipv4(ip)?,
@@ -464,6 +478,41 @@ mod tests {
         p.extend_from_slice(&[0u8; 6]);
         let d = decapsulator(TunnelKind::Vxlan).decapsulate(&p).unwrap();
         assert_eq!(&p[d.inner], &inner[..]);
+    }
+
+    #[test]
+    fn outer_destination_mac() {
+        let uplink = EthernetAddress([2, 0, 0, 0, 0, 2]);
+        let decap = Decapsulator {
+            local_mac: Some(uplink),
+            ..decapsulator(TunnelKind::Vxlan)
+        };
+        let tagged = TunnelSpec {
+            vlan: Some(30),
+            ..spec(TunnelKind::Vxlan, &[])
+        };
+        for (good, _) in [packet(&spec(TunnelKind::Vxlan, &[])), packet(&tagged)] {
+            assert!(decap.decapsulate(&good).is_ok());
+            let to = |mac: [u8; 6]| {
+                let mut p = good.clone();
+                p[..6].copy_from_slice(&mac);
+                decap.decapsulate(&p)
+            };
+            // Another host's unicast MAC: dropped, tagged or not.
+            assert_eq!(to([2, 0, 0, 0, 0, 9]), Err(DropReason::NotOurUplinkMac));
+            // Broadcast and multicast: taken, as the kernel takes them.
+            for group in [
+                [0xff; 6],
+                [0x01, 0x00, 0x5e, 0, 0, 1],
+                [0x33, 0x33, 0, 0, 0, 1],
+            ] {
+                assert!(to(group).is_ok(), "{group:02x?}");
+            }
+            // Without the uplink's MAC, any destination.
+            let mut other = good.clone();
+            other[..6].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+            assert!(decapsulator(TunnelKind::Vxlan).decapsulate(&other).is_ok());
+        }
     }
 
     #[test]

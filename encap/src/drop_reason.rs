@@ -35,6 +35,10 @@ macro_rules! drop_reasons {
 drop_reasons! {
     /// Shorter than an Ethernet header (or a declared VLAN tag).
     TruncatedEthernet => "truncated_ethernet",
+    /// Addressed to another unicast MAC than the uplink's: a frame a
+    /// flooding or mirroring underlay (or promiscuous mode) let in, which
+    /// the kernel drops as meant for another host.
+    NotOurUplinkMac => "not_our_uplink_mac",
     /// The outer EtherType is neither IPv4 nor IPv6.
     NotIp => "not_ip",
     /// Shorter than the IPv4 header or its Total Length.

@@ -15,7 +15,7 @@ use crossbeam::channel::{Sender, bounded};
 use ipnet::Ipv4Net;
 use nix::sys::eventfd::EventFd;
 use podswitch_encap::wire::EthernetAddress;
-use podswitch_encap::{Decapsulator, OuterTemplate, TunnelKind, TunnelSpec};
+use podswitch_encap::{OuterTemplate, TunnelKind, TunnelSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::afxdp::{Umem, UmemShare, XskConfig, XskSocket, active_rx_queues};
@@ -209,8 +209,7 @@ impl ControlPlane {
     /// Build and publish the topology snapshot from `state`.
     fn publish_topology(&self, state: &State) {
         let config = &self.parts.config;
-        let mut decapsulator = Decapsulator::new(config.encap.into(), config.node_ip, config.vni());
-        decapsulator.udp_port = config.tunnel_udp_port();
+        let decapsulator = config.decapsulator(self.parts.uplink_mac);
         let mut peer_by_vtep = HashMap::default();
         let peers = state
             .peers

@@ -393,13 +393,18 @@ mod tests {
     const POD_A_PORT: PortId = PortId(2);
     const POD_B_PORT: PortId = PortId(3);
 
+    /// The underlay MAC of the node at `ip`: 02:00:00:00:00 and its last byte.
+    fn underlay_mac(ip: Ipv4Addr) -> EthernetAddress {
+        EthernetAddress([2, 0, 0, 0, 0, ip.octets()[3]])
+    }
+
     fn template(local: Ipv4Addr, remote: Ipv4Addr) -> OuterTemplate {
         OuterTemplate::new(&TunnelSpec {
             kind: TunnelKind::Vxlan,
             vni: Vni::new(1).unwrap(),
             udp_port: 4789,
-            local_mac: EthernetAddress([2, 0, 0, 0, 0, 11]),
-            next_hop_mac: EthernetAddress([2, 0, 0, 0, 0, 12]),
+            local_mac: underlay_mac(local),
+            next_hop_mac: underlay_mac(remote),
             vlan: None,
             local_ip: IpAddr::V4(local),
             remote_ip: IpAddr::V4(remote),
@@ -427,15 +432,14 @@ mod tests {
             router_mac: ROUTER,
             gateway: Ipv4Addr::new(10, 244, 1, 1),
             pod_mtu: 1450,
-            decapsulator: Decapsulator::new(
-                TunnelKind::Vxlan,
-                IpAddr::V4(NODE),
-                Vni::new(1).unwrap(),
-            ),
+            decapsulator: Decapsulator {
+                local_mac: Some(underlay_mac(NODE)),
+                ..Decapsulator::new(TunnelKind::Vxlan, IpAddr::V4(NODE), Vni::new(1).unwrap())
+            },
             uplink: UPLINK,
             host: Some(HOST),
             ports: vec![
-                port("ul0", PortRole::Uplink, MacAddr([2, 0, 0, 0, 0, 11]), None),
+                port("ul0", PortRole::Uplink, underlay_mac(NODE).into(), None),
                 port("podsw0", PortRole::Host, HOST_MAC, None),
                 port("veth-a", PortRole::Pod, POD_A_MAC, Some(POD_A)),
                 port("veth-b", PortRole::Pod, POD_B_MAC, Some(POD_B)),
@@ -725,7 +729,19 @@ mod tests {
             forward(UPLINK, &mut buf, packet),
             Verdict::Drop(DropCause::TtlExpired)
         );
-        let (mut buf, frame) = ipv4_frame(POD_A_MAC, ROUTER, POD_A, POD_B, 64);
+        // Sent to another host's MAC.
+        let (mut buf, frame) = ipv4_frame(PEER_VTEP_MAC, ROUTER, REMOTE_POD, POD_B, 63);
+        let packet = template(PEER_NODE, NODE)
+            .encapsulate(&mut buf, frame)
+            .unwrap();
+        buf[packet.start..packet.start + 6].copy_from_slice(&[2, 0, 0, 0, 0, 99]);
+        assert_eq!(
+            forward(UPLINK, &mut buf, packet),
+            Verdict::Drop(DropCause::Wire(DropReason::NotOurUplinkMac))
+        );
+        // Not a tunnel packet, though addressed to the uplink.
+        let uplink_mac = underlay_mac(NODE).into();
+        let (mut buf, frame) = ipv4_frame(POD_A_MAC, uplink_mac, POD_A, POD_B, 64);
         assert_eq!(
             forward(UPLINK, &mut buf, frame),
             Verdict::Drop(DropCause::Wire(DropReason::NotForUs))

@@ -412,6 +412,8 @@ fn hostile_pod_frames_and_vxlan_packets() -> Result<()> {
         let mut fragment = valid.clone();
         fragment[20] = 0x20; // More Fragments
         fix_ipv4_checksum(&mut fragment);
+        let mut other_host = valid.clone();
+        other_host[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
         let tunnel_cases: Vec<(&str, Vec<u8>, Counted)> = vec![
             (
                 "VXLAN without the I flag",
@@ -462,6 +464,11 @@ fn hostile_pod_frames_and_vxlan_packets() -> Result<()> {
             // reassembles them (and drops these, which never complete).
             ("an outer fragment", fragment, Counted::Unchecked),
             (
+                "another host's MAC (a flooding underlay)",
+                other_host,
+                Counted::Reason("not_our_uplink_mac"),
+            ),
+            (
                 "bad outer IPv4 options",
                 with_ipv4_options(&valid, BAD_OPTIONS[1].1),
                 Counted::Reason("bad_ipv4_options"),
@@ -479,7 +486,13 @@ fn hostile_pod_frames_and_vxlan_packets() -> Result<()> {
         inject(&mut underlay, t.n1, "ul0", &tunnel_cases)?;
         inject(&mut underlay, t.n1, "ul0", &inner_option_cases)?;
         t.delivers(&mut underlay, &valid)?;
-        // Good outer options are taken.
+        // Broadcast and multicast outer destinations are taken, as the
+        // kernel takes them; so are good outer options.
+        for group in [[0xff; 6], [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01]] {
+            let mut to_group = valid.clone();
+            to_group[..6].copy_from_slice(&group);
+            t.delivers(&mut underlay, &to_group)?;
+        }
         t.delivers(&mut underlay, &with_ipv4_options(&valid, &GOOD_OPTIONS))
     })
 }
