@@ -5,7 +5,8 @@ use core::net::IpAddr;
 use core::ops::Range;
 
 use smoltcp::wire::{
-    IPV4_HEADER_LEN, IPV6_HEADER_LEN, IpProtocol, Ipv4Packet, Ipv6Packet, UDP_HEADER_LEN, UdpPacket,
+    EthernetAddress, IPV4_HEADER_LEN, IPV6_HEADER_LEN, IpProtocol, Ipv4Packet, Ipv6Packet,
+    UDP_HEADER_LEN, UdpPacket,
 };
 
 use crate::checksum::ipv4_header_ok;
@@ -13,6 +14,7 @@ use crate::drop_reason::DropReason;
 use crate::error::WireError;
 use crate::ethernet::{LinkHeader, is_vlan_tpid};
 use crate::geneve;
+use crate::ipv4_options;
 use crate::template::TunnelKind;
 use crate::vni::Vni;
 use crate::vxlan;
@@ -43,6 +45,12 @@ pub struct Decapsulator {
     pub local_vtep: IpAddr,
     /// The tunnel's UDP destination port.
     pub udp_port: u16,
+    /// The uplink's MAC: a packet addressed to another unicast MAC is
+    /// dropped, as the kernel drops frames for another host; broadcast and
+    /// multicast destinations pass, as the kernel lets them (its
+    /// `drop_unicast_in_l2_multicast` is off by default). `None` takes any
+    /// destination, for packets that did not come off a NIC.
+    pub local_mac: Option<EthernetAddress>,
     /// The only network identifier accepted.
     pub vni: Vni,
     /// Verify UDP checksums that are present (IPv4) and required (IPv6).
@@ -53,13 +61,14 @@ pub struct Decapsulator {
 }
 
 impl Decapsulator {
-    /// A decapsulator for `kind` on its IANA port, checksums verified, no
-    /// critical Geneve options understood.
+    /// A decapsulator for `kind` on its IANA port, any destination MAC
+    /// taken, checksums verified, no critical Geneve options understood.
     pub fn new(kind: TunnelKind, local_vtep: IpAddr, vni: Vni) -> Decapsulator {
         Decapsulator {
             kind,
             local_vtep,
             udp_port: kind.default_udp_port(),
+            local_mac: None,
             vni,
             verify_udp_checksum: true,
             known_critical_options: Vec::new(),
@@ -70,6 +79,12 @@ impl Decapsulator {
     /// frame is, or the reason to drop it. Reads only; allocates nothing.
     pub fn decapsulate(&self, packet: &[u8]) -> Result<Decapsulated, DropReason> {
         let (ip_offset, ethertype) = link_payload(packet)?;
+        if let Some(mac) = self.local_mac {
+            let destination = EthernetAddress::from_bytes(&packet[..6]);
+            if destination.is_unicast() && destination != mac {
+                return Err(DropReason::NotOurUplinkMac);
+            }
+        }
         let ip = &packet[ip_offset..];
         let (udp_range, sender, destination) = match ethertype {
             ETHERTYPE_IPV4 => outer_ipv4(ip)?,
@@ -207,6 +222,9 @@ fn outer_ipv4(ip: &[u8]) -> Result<(Range<usize>, IpAddr, IpAddr), DropReason> {
     if !ipv4_header_ok(&ip[..header_len]) {
         return Err(DropReason::BadIpv4Checksum);
     }
+    if ipv4_options::check_header(&ip[..header_len]).is_err() {
+        return Err(DropReason::BadIpv4Options);
+    }
     if packet.more_frags() || packet.frag_offset() != 0 {
         return Err(DropReason::Ipv4Fragment);
     }
@@ -249,6 +267,7 @@ fn outer_ipv6(ip: &[u8]) -> Result<(Range<usize>, IpAddr, IpAddr), DropReason> {
 mod tests {
     use core::net::{Ipv4Addr, Ipv6Addr};
 
+    use podswitch_lab::flood::with_ipv4_options;
     use smoltcp::wire::EthernetAddress;
 
     use super::*;
@@ -459,6 +478,64 @@ mod tests {
         p.extend_from_slice(&[0u8; 6]);
         let d = decapsulator(TunnelKind::Vxlan).decapsulate(&p).unwrap();
         assert_eq!(&p[d.inner], &inner[..]);
+    }
+
+    #[test]
+    fn outer_destination_mac() {
+        let uplink = EthernetAddress([2, 0, 0, 0, 0, 2]);
+        let decap = Decapsulator {
+            local_mac: Some(uplink),
+            ..decapsulator(TunnelKind::Vxlan)
+        };
+        let tagged = TunnelSpec {
+            vlan: Some(30),
+            ..spec(TunnelKind::Vxlan, &[])
+        };
+        for (good, _) in [packet(&spec(TunnelKind::Vxlan, &[])), packet(&tagged)] {
+            assert!(decap.decapsulate(&good).is_ok());
+            let to = |mac: [u8; 6]| {
+                let mut p = good.clone();
+                p[..6].copy_from_slice(&mac);
+                decap.decapsulate(&p)
+            };
+            // Another host's unicast MAC: dropped, tagged or not.
+            assert_eq!(to([2, 0, 0, 0, 0, 9]), Err(DropReason::NotOurUplinkMac));
+            // Broadcast and multicast: taken, as the kernel takes them.
+            for group in [
+                [0xff; 6],
+                [0x01, 0x00, 0x5e, 0, 0, 1],
+                [0x33, 0x33, 0, 0, 0, 1],
+            ] {
+                assert!(to(group).is_ok(), "{group:02x?}");
+            }
+            // Without the uplink's MAC, any destination.
+            let mut other = good.clone();
+            other[..6].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+            assert!(decapsulator(TunnelKind::Vxlan).decapsulate(&other).is_ok());
+        }
+    }
+
+    #[test]
+    fn outer_ipv4_options() {
+        let (good, inner) = packet(&spec(TunnelKind::Vxlan, &[]));
+        let decap = decapsulator(TunnelKind::Vxlan);
+        // Router Alert and a Record Route with a free slot: taken, and the
+        // inner frame is where the longer header puts it.
+        let p = with_ipv4_options(&good, &[148, 4, 0, 0, 7, 7, 4, 0, 0, 0, 0, 0]);
+        let d = decap.decapsulate(&p).unwrap();
+        assert_eq!(&p[d.inner], &inner[..]);
+        for bad in [
+            &[130, 0, 0, 0][..],
+            &[1, 7, 11, 4][..],
+            &[0x6a; 40][..],
+            &[7, 3, 4, 7, 3, 4, 0, 0][..],
+        ] {
+            assert_eq!(
+                decap.decapsulate(&with_ipv4_options(&good, bad)),
+                Err(DropReason::BadIpv4Options),
+                "{bad:02x?}"
+            );
+        }
     }
 
     #[test]

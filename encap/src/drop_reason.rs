@@ -4,8 +4,9 @@ use core::fmt;
 
 macro_rules! drop_reasons {
     ($($(#[doc = $doc:literal])* $variant:ident => $name:literal,)*) => {
-        /// Why a frame was dropped by decapsulation, encapsulation or offload
-        /// handling (virtio-net headers, segmentation).
+        /// Why a frame was dropped by decapsulation, encapsulation, IPv4
+        /// header checks or offload handling (virtio-net headers,
+        /// segmentation).
         ///
         /// Closed on purpose: every drop has exactly one of these reasons,
         /// and [`DropReason::ALL`] lets a counter array cover them all.
@@ -34,6 +35,10 @@ macro_rules! drop_reasons {
 drop_reasons! {
     /// Shorter than an Ethernet header (or a declared VLAN tag).
     TruncatedEthernet => "truncated_ethernet",
+    /// Addressed to another unicast MAC than the uplink's: a frame a
+    /// flooding or mirroring underlay (or promiscuous mode) let in, which
+    /// the kernel drops as meant for another host.
+    NotOurUplinkMac => "not_our_uplink_mac",
     /// The outer EtherType is neither IPv4 nor IPv6.
     NotIp => "not_ip",
     /// Shorter than the IPv4 header or its Total Length.
@@ -42,6 +47,10 @@ drop_reasons! {
     BadIpv4Header => "bad_ipv4_header",
     /// The IPv4 header checksum does not verify.
     BadIpv4Checksum => "bad_ipv4_checksum",
+    /// IPv4 options the kernel refuses (`ip_options_compile`): a length
+    /// of 0 or 1 or past the header, an option too short for its type, a
+    /// pointer out of place, a repeated option (see [`crate::ipv4_options`]).
+    BadIpv4Options => "bad_ipv4_options",
     /// An IPv4 fragment: tunnel packets must arrive whole.
     Ipv4Fragment => "ipv4_fragment",
     /// Shorter than the IPv6 header or its Payload Length.

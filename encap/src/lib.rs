@@ -9,6 +9,8 @@
 //!   [`OuterTemplate::encapsulate`].
 //! - [`decap`]: [`Decapsulator::decapsulate`] validates a tunnel packet and
 //!   finds its inner frame, or returns a [`DropReason`].
+//! - [`ipv4_options`]: IPv4 options, checked as the kernel checks those of
+//!   a packet it receives.
 //! - [`flow`]: the outer UDP source port from the inner flow.
 //! - [`neighbor`]: ARP replies and IPv6 neighbour advertisements for the
 //!   addresses the switch answers for.
@@ -63,6 +65,7 @@ pub mod error;
 pub mod ethernet;
 pub mod flow;
 pub mod geneve;
+pub mod ipv4_options;
 pub mod neighbor;
 pub mod segment;
 pub mod template;

@@ -64,6 +64,21 @@ pub fn udp_frame(flow: &UdpFlow, len: usize) -> Result<Vec<u8>> {
     Ok(frame)
 }
 
+/// `frame` (Ethernet, then an IPv4 header at 14 without options, at least
+/// 34 bytes) with `options` (a multiple of 4 bytes, at most 40) after its
+/// IPv4 header: IHL, Total Length and header checksum made whole again. A
+/// UDP or TCP checksum stays valid: its pseudo-header does not change.
+pub fn with_ipv4_options(frame: &[u8], options: &[u8]) -> Vec<u8> {
+    let mut out = [&frame[..34], options, &frame[34..]].concat();
+    out[14] = 0x40 | (5 + options.len() / 4) as u8;
+    let total = u16::from_be_bytes([out[16], out[17]]) + options.len() as u16;
+    out[16..18].copy_from_slice(&total.to_be_bytes());
+    out[24..26].fill(0);
+    let checksum = internet_checksum(&out[14..34 + options.len()]);
+    out[24..26].copy_from_slice(&checksum.to_be_bytes());
+    out
+}
+
 /// The Internet checksum (RFC 1071) of `bytes`: of an IPv4 header whose
 /// checksum field is zero, it is that field's value.
 pub fn internet_checksum(bytes: &[u8]) -> u16 {

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
-use podswitch_encap::{TunnelKind, Vni};
+use podswitch_encap::{Decapsulator, TunnelKind, Vni};
 use serde::{Deserialize, Serialize};
 
 use crate::mac::MacAddr;
@@ -352,6 +352,16 @@ impl Config {
     pub fn tunnel_udp_port(&self) -> u16 {
         self.udp_port
             .unwrap_or_else(|| TunnelKind::from(self.encap).default_udp_port())
+    }
+
+    /// The checks for tunnel packets arriving on the uplink, whose MAC is
+    /// `uplink_mac`: this node's VTEP, tunnel, port and VNI.
+    pub fn decapsulator(&self, uplink_mac: MacAddr) -> Decapsulator {
+        Decapsulator {
+            udp_port: self.tunnel_udp_port(),
+            local_mac: Some(uplink_mac.into()),
+            ..Decapsulator::new(self.encap.into(), self.node_ip, self.vni())
+        }
     }
 
     /// The validated VNI.

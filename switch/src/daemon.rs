@@ -14,7 +14,6 @@ use crossbeam::channel::{RecvTimeoutError, Sender, bounded, unbounded};
 use crossbeam::queue::ArrayQueue;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{SigSet, Signal};
-use podswitch_encap::Decapsulator;
 
 use crate::afxdp::{CopyMode, Umem, UmemConfig, XskConfig, XskSocket, active_rx_queues};
 use crate::config::Config;
@@ -153,13 +152,11 @@ pub fn run(config: Config) -> Result<()> {
         queues: 1,
     };
 
-    let mut decapsulator = Decapsulator::new(config.encap.into(), config.node_ip, config.vni());
-    decapsulator.udp_port = config.tunnel_udp_port();
     let topology = Arc::new(ArcSwap::from_pointee(Topology::empty(
         config.router_mac(),
         config.gateway(),
         pod_mtu,
-        decapsulator,
+        config.decapsulator(uplink_mac),
     )));
     let fib = Arc::new(SharedFib::new());
     let inboxes: Arc<[ArrayQueue<_>]> = config

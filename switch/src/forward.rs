@@ -3,15 +3,23 @@
 //! between rings and call [`Forwarder::forward`] on each one of a batch.
 //!
 //! The switch is a router for IPv4: pods send to the router MAC (answered
-//! for their gateway and every routed address by proxy ARP), and every hop
-//! through the switch rewrites the MACs and decrements the TTL, as a
-//! kernel node (bridge + routing + vxlan) does.
+//! for their gateway and every routed address by proxy ARP), and every
+//! frame through the switch has its MACs rewritten. Where the switch is
+//! the packet's IP hop — pod to pod, pod to peer, tunnel to pod — it does
+//! what a kernel node (bridge + routing + vxlan) does at that hop: it
+//! drops a packet whose TTL would expire or whose options the kernel would
+//! refuse, and decrements the TTL. A packet to or from the node's own stack
+//! (the host port) has the node's kernel as its hop, which does all that
+//! itself and answers with ICMP (time exceeded, parameter problem): the
+//! switch leaves its TTL and options alone, as a Flannel node's bridge
+//! does between a pod and the node's `cni0` address.
 
 use std::net::Ipv4Addr;
 use std::ops::Range;
 
 use podswitch_encap::DropReason;
 use podswitch_encap::checksum::{adjust, ipv4_header_ok};
+use podswitch_encap::ipv4_options;
 use podswitch_encap::neighbor::{ARP_REPLY_LEN, ArpRequest, emit_arp_reply};
 use podswitch_encap::wire::{
     ETHERNET_HEADER_LEN, EthernetAddress, EthernetFrame, EthernetProtocol, IPV4_HEADER_LEN,
@@ -197,7 +205,9 @@ impl Forwarder<'_> {
     }
 
     /// Route an IPv4 frame: check its header (and, from a pod, its source),
-    /// look up its destination, rewrite the MACs and decrement the TTL.
+    /// look up its destination, rewrite the MACs, and do the IP hop's work
+    /// where the switch is the hop (TTL and options checked, TTL
+    /// decremented).
     fn route(
         &self,
         buf: &mut [u8],
@@ -213,14 +223,16 @@ impl Forwarder<'_> {
         {
             return Err(DropCause::Spoofed);
         }
-        if packet.hop_limit() <= 1 {
-            return Err(DropCause::TtlExpired);
-        }
         let total_len = packet.total_len();
         let target = self
             .fib
             .lookup(packet.dst_addr())
             .ok_or(DropCause::NoRoute)?;
+        // To or from the node's stack, the node's kernel is the hop.
+        let hop = origin != Origin::Host && target != RouteTarget::Host;
+        if hop {
+            check_hop(header)?;
+        }
         let router_mac = self.topology.router_mac.into();
         let (out_port, next_mac) = match target {
             RouteTarget::Pod(id) => (id, self.topology.port(id).ok_or(DropCause::PortGone)?.mac),
@@ -238,7 +250,9 @@ impl Forwarder<'_> {
                     return Err(DropCause::Wire(DropReason::Oversize));
                 }
                 rewrite_macs(&mut buf[frame.clone()], peer.vtep_mac.into(), router_mac);
-                decrement_ttl(&mut buf[ip_start..frame.end]);
+                if hop {
+                    decrement_ttl(&mut buf[ip_start..frame.end]);
+                }
                 return Ok(Verdict::ToPeer { peer: id, frame });
             }
         };
@@ -248,7 +262,9 @@ impl Forwarder<'_> {
             return Err(DropCause::Wire(DropReason::Oversize));
         }
         rewrite_macs(&mut buf[frame.clone()], next_mac.into(), router_mac);
-        decrement_ttl(&mut buf[ip_start..frame.end]);
+        if hop {
+            decrement_ttl(&mut buf[ip_start..frame.end]);
+        }
         Ok(Verdict::Transmit {
             port: out_port,
             frame,
@@ -315,6 +331,15 @@ fn ipv4_header(ip: &[u8]) -> Result<&[u8], DropCause> {
     Ok(header)
 }
 
+/// What a router checks before forwarding the packet of a checked IPv4
+/// `header`: a TTL it can decrement, options the kernel takes.
+fn check_hop(header: &[u8]) -> Result<(), DropCause> {
+    if Ipv4Packet::new_unchecked(header).hop_limit() <= 1 {
+        return Err(DropCause::TtlExpired);
+    }
+    ipv4_options::check_header(header).map_err(|_| DropReason::BadIpv4Options.into())
+}
+
 fn rewrite_macs(frame: &mut [u8], dst: EthernetAddress, src: EthernetAddress) {
     let mut eth = EthernetFrame::new_unchecked(frame);
     eth.set_dst_addr(dst);
@@ -338,6 +363,7 @@ mod tests {
 
     use podswitch_encap::wire::{ArpOperation, ArpPacket, ArpRepr, IpProtocol, Ipv4Repr};
     use podswitch_encap::{Decapsulator, DropReason, OuterTemplate, TunnelKind, TunnelSpec, Vni};
+    use podswitch_lab::flood::with_ipv4_options;
     use smoltcp::phy::ChecksumCapabilities;
 
     use super::*;
@@ -360,13 +386,18 @@ mod tests {
     const POD_A_PORT: PortId = PortId(2);
     const POD_B_PORT: PortId = PortId(3);
 
+    /// The underlay MAC of the node at `ip`: 02:00:00:00:00 and its last byte.
+    fn underlay_mac(ip: Ipv4Addr) -> EthernetAddress {
+        EthernetAddress([2, 0, 0, 0, 0, ip.octets()[3]])
+    }
+
     fn template(local: Ipv4Addr, remote: Ipv4Addr) -> OuterTemplate {
         OuterTemplate::new(&TunnelSpec {
             kind: TunnelKind::Vxlan,
             vni: Vni::new(1).unwrap(),
             udp_port: 4789,
-            local_mac: EthernetAddress([2, 0, 0, 0, 0, 11]),
-            next_hop_mac: EthernetAddress([2, 0, 0, 0, 0, 12]),
+            local_mac: underlay_mac(local),
+            next_hop_mac: underlay_mac(remote),
             vlan: None,
             local_ip: IpAddr::V4(local),
             remote_ip: IpAddr::V4(remote),
@@ -394,15 +425,14 @@ mod tests {
             router_mac: ROUTER,
             gateway: Ipv4Addr::new(10, 244, 1, 1),
             pod_mtu: 1450,
-            decapsulator: Decapsulator::new(
-                TunnelKind::Vxlan,
-                IpAddr::V4(NODE),
-                Vni::new(1).unwrap(),
-            ),
+            decapsulator: Decapsulator {
+                local_mac: Some(underlay_mac(NODE)),
+                ..Decapsulator::new(TunnelKind::Vxlan, IpAddr::V4(NODE), Vni::new(1).unwrap())
+            },
             uplink: UPLINK,
             host: Some(HOST),
             ports: vec![
-                port("ul0", PortRole::Uplink, MacAddr([2, 0, 0, 0, 0, 11]), None),
+                port("ul0", PortRole::Uplink, underlay_mac(NODE).into(), None),
                 port("podsw0", PortRole::Host, HOST_MAC, None),
                 port("veth-a", PortRole::Pod, POD_A_MAC, Some(POD_A)),
                 port("veth-b", PortRole::Pod, POD_B_MAC, Some(POD_B)),
@@ -505,6 +535,27 @@ mod tests {
         check_routed(&buf[frame], POD_B_MAC, 63);
     }
 
+    /// `frame` (as [`ipv4_frame`] makes it) with `options` after its IPv4
+    /// header, its headroom kept.
+    fn with_options(
+        (buf, frame): (Vec<u8>, Range<usize>),
+        options: &[u8],
+    ) -> (Vec<u8>, Range<usize>) {
+        let with = with_ipv4_options(&buf[frame.clone()], options);
+        let end = frame.start + with.len();
+        ([&buf[..frame.start], &with[..]].concat(), frame.start..end)
+    }
+
+    /// Options the kernel refuses: a length of 0, a length past the
+    /// header, 40 bytes of garbage.
+    const BAD_OPTIONS: [&[u8]; 3] = [&[130, 0, 0, 0], &[1, 7, 11, 4], &[0x6a; 40]];
+    /// NOP, Router Alert, Record Route with a free slot, End of Option List.
+    const GOOD_OPTIONS: [u8; 16] = [1, 148, 4, 0, 0, 7, 7, 4, 0, 0, 0, 0, 0, 0, 0, 0];
+
+    /// For the gateway, the node and the world, the node's kernel is the
+    /// hop: the switch hands it a pod's packet with its TTL (1 included)
+    /// and options (bad ones included) as they came, for it to deliver,
+    /// forward or answer (time exceeded, parameter problem).
     #[test]
     fn pod_to_host_and_world() {
         for dst in [
@@ -512,17 +563,86 @@ mod tests {
             NODE,
             Ipv4Addr::new(192, 0, 2, 1),
         ] {
-            let (mut buf, frame) = ipv4_frame(POD_A_MAC, ROUTER, POD_A, dst, 64);
-            let verdict = forward(POD_A_PORT, &mut buf, frame.clone());
-            assert_eq!(
-                verdict,
-                Verdict::Transmit {
-                    port: HOST,
-                    frame: frame.clone()
-                }
+            for ttl in [64, 1] {
+                let (mut buf, frame) = ipv4_frame(POD_A_MAC, ROUTER, POD_A, dst, ttl);
+                let verdict = forward(POD_A_PORT, &mut buf, frame.clone());
+                assert_eq!(
+                    verdict,
+                    Verdict::Transmit {
+                        port: HOST,
+                        frame: frame.clone()
+                    },
+                    "{dst} TTL {ttl}"
+                );
+                check_routed(&buf[frame], HOST_MAC, ttl);
+            }
+            let (mut buf, frame) = with_options(
+                ipv4_frame(POD_A_MAC, ROUTER, POD_A, dst, 64),
+                BAD_OPTIONS[1],
             );
-            check_routed(&buf[frame], HOST_MAC, 63);
+            assert!(matches!(
+                forward(POD_A_PORT, &mut buf, frame),
+                Verdict::Transmit { port: HOST, .. }
+            ));
         }
+    }
+
+    /// From the node's stack, whose kernel routed the packet (and
+    /// decremented its TTL if it forwarded it): to a pod and to a peer
+    /// with its TTL as it came, 1 included.
+    #[test]
+    fn host_to_pods_keeps_the_ttl() {
+        let (mut buf, frame) = ipv4_frame(HOST_MAC, ROUTER, NODE, POD_B, 1);
+        assert_eq!(
+            forward(HOST, &mut buf, frame.clone()),
+            Verdict::Transmit {
+                port: POD_B_PORT,
+                frame: frame.clone()
+            }
+        );
+        check_routed(&buf[frame], POD_B_MAC, 1);
+
+        let (mut buf, frame) = ipv4_frame(HOST_MAC, ROUTER, NODE, REMOTE_POD, 1);
+        let Verdict::ToPeer { frame: inner, .. } = forward(HOST, &mut buf, frame) else {
+            panic!("not sent to the peer");
+        };
+        check_routed(&buf[inner], PEER_VTEP_MAC, 1);
+    }
+
+    /// Where the switch is the hop (pod to pod, pod to peer, tunnel to
+    /// pod), options the kernel refuses are dropped; good ones pass
+    /// unchanged.
+    #[test]
+    fn options_where_the_switch_is_the_hop() {
+        let bad_options = Verdict::Drop(DropCause::Wire(DropReason::BadIpv4Options));
+        for options in BAD_OPTIONS {
+            for dst in [POD_B, REMOTE_POD] {
+                let (mut buf, frame) =
+                    with_options(ipv4_frame(POD_A_MAC, ROUTER, POD_A, dst, 64), options);
+                assert_eq!(forward(POD_A_PORT, &mut buf, frame), bad_options, "{dst}");
+            }
+            let (mut buf, frame) = with_options(
+                ipv4_frame(PEER_VTEP_MAC, ROUTER, REMOTE_POD, POD_B, 63),
+                options,
+            );
+            let packet = template(PEER_NODE, NODE)
+                .encapsulate(&mut buf, frame)
+                .unwrap();
+            assert_eq!(forward(UPLINK, &mut buf, packet), bad_options);
+        }
+        let (mut buf, frame) = with_options(
+            ipv4_frame(POD_A_MAC, ROUTER, POD_A, POD_B, 64),
+            &GOOD_OPTIONS,
+        );
+        assert_eq!(
+            forward(POD_A_PORT, &mut buf, frame.clone()),
+            Verdict::Transmit {
+                port: POD_B_PORT,
+                frame: frame.clone()
+            }
+        );
+        check_routed(&buf[frame.clone()], POD_B_MAC, 63);
+        assert_eq!(buf[frame.start + 34..frame.start + 50], GOOD_OPTIONS);
     }
 
     #[test]
@@ -587,7 +707,28 @@ mod tests {
             tunnel(PEER_NODE, ROUTER, REMOTE_POD),
             Verdict::Drop(DropCause::TunnelHairpin)
         );
-        let (mut buf, frame) = ipv4_frame(POD_A_MAC, ROUTER, POD_A, POD_B, 64);
+        // Routed here: a TTL that would expire.
+        let (mut buf, frame) = ipv4_frame(PEER_VTEP_MAC, ROUTER, REMOTE_POD, POD_B, 1);
+        let packet = template(PEER_NODE, NODE)
+            .encapsulate(&mut buf, frame)
+            .unwrap();
+        assert_eq!(
+            forward(UPLINK, &mut buf, packet),
+            Verdict::Drop(DropCause::TtlExpired)
+        );
+        // Sent to another host's MAC.
+        let (mut buf, frame) = ipv4_frame(PEER_VTEP_MAC, ROUTER, REMOTE_POD, POD_B, 63);
+        let packet = template(PEER_NODE, NODE)
+            .encapsulate(&mut buf, frame)
+            .unwrap();
+        buf[packet.start..packet.start + 6].copy_from_slice(&[2, 0, 0, 0, 0, 99]);
+        assert_eq!(
+            forward(UPLINK, &mut buf, packet),
+            Verdict::Drop(DropCause::Wire(DropReason::NotOurUplinkMac))
+        );
+        // Not a tunnel packet, though addressed to the uplink.
+        let uplink_mac = underlay_mac(NODE).into();
+        let (mut buf, frame) = ipv4_frame(POD_A_MAC, uplink_mac, POD_A, POD_B, 64);
         assert_eq!(
             forward(UPLINK, &mut buf, frame),
             Verdict::Drop(DropCause::Wire(DropReason::NotForUs))
@@ -599,6 +740,10 @@ mod tests {
         let cases = [
             (
                 ipv4_frame(POD_A_MAC, ROUTER, POD_A, POD_B, 1),
+                DropCause::TtlExpired,
+            ),
+            (
+                ipv4_frame(POD_A_MAC, ROUTER, POD_A, REMOTE_POD, 0),
                 DropCause::TtlExpired,
             ),
             (

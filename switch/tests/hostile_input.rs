@@ -4,7 +4,8 @@
 //! Jumbo frames too, which the kernel drops before the switch where an
 //! interface's MTU is smaller, and the switch counts (`oversize`) where it
 //! is not — past a buffer frame too, since they reach it as multi-buffer
-//! packets. Needs root.
+//! packets. And frames at the edges of IP (TTL 1, IPv4 options), which
+//! must end as they end in a kernel pod network. Needs root.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
@@ -13,9 +14,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use podswitch_lab::cluster::{
-    Pod, SwitchNode, SwitchOptions, SwitchPair, node_ip, ping_stats, router_mac,
+    Pod, SwitchNode, SwitchOptions, SwitchPair, node_ip, ping_received, ping_stats, pod_gateway,
+    router_mac,
 };
-use podswitch_lab::flood::{self, UDP_HEADERS, UdpFlow, internet_checksum};
+use podswitch_lab::flood::{self, UDP_HEADERS, UdpFlow, internet_checksum, with_ipv4_options};
 use podswitch_lab::{Lab, RawLink, parse_mac};
 use serde_json::Value;
 
@@ -64,6 +66,21 @@ fn fix_ipv4_checksum(frame: &mut [u8]) {
     let sum = internet_checksum(&frame[14..14 + ihl]);
     frame[24..26].copy_from_slice(&sum.to_be_bytes());
 }
+
+/// IPv4 options the kernel refuses (`ip_options_compile`), each with
+/// what is wrong.
+const BAD_OPTIONS: [(&str, &[u8]); 3] = [
+    ("an option of length 0", &[130, 0, 0, 0]),
+    ("an option running past the header", &[1, 7, 11, 4]),
+    ("IHL 15 and 40 bytes of garbage options", &[0x6a; 40]),
+];
+
+/// IPv4 options the kernel takes: No Operation, Router Alert, a Record
+/// Route with a free slot, a Timestamp with two free slots, End of
+/// Option List.
+const GOOD_OPTIONS: [u8; 24] = [
+    1, 148, 4, 0, 0, 7, 7, 4, 0, 0, 0, 0, 68, 12, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
 
 /// Where the receiving node counts a dropped frame, on the port it
 /// arrived on.
@@ -197,15 +214,20 @@ impl Target<'_> {
 
     /// Send `valid` from the underlay and see it reach pod `a`.
     fn delivers(&self, underlay: &mut RawLink, valid: &[u8]) -> Result<()> {
-        let mut pod_a = RawLink::open(&self.a.ns, "eth0", Duration::from_millis(100))?;
-        underlay.send(valid)?;
-        let arrived = pod_a.collect(1, Duration::from_secs(5), |f| f.ends_with(b"inner"));
-        ensure!(
-            !arrived.is_empty(),
-            "a valid tunnel packet was not delivered"
-        );
-        Ok(())
+        arrives(underlay, valid, self.a, b"inner").map(drop)
     }
+}
+
+/// Send `frame` through `link` and see it reach pod `to`, which knows it
+/// by its ending, `tail`; the frame as it arrived.
+fn arrives(link: &mut RawLink, frame: &[u8], to: &Pod, tail: &[u8]) -> Result<Vec<u8>> {
+    let mut pod = RawLink::open(&to.ns, "eth0", Duration::from_millis(100))?;
+    link.send(frame)?;
+    let arrived = pod.collect(1, Duration::from_secs(5), |f| f.ends_with(tail));
+    arrived
+        .into_iter()
+        .next()
+        .with_context(|| format!("a valid frame did not reach {}", to.ip))
 }
 
 /// Build a two-node lab running `encap`, have pod a ping pod c across the
@@ -360,8 +382,20 @@ fn hostile_pod_frames_and_vxlan_packets() -> Result<()> {
             ),
             ("IPv6", ipv6, Counted::Reason("not_ipv4")),
         ];
+        let option_cases: Vec<(&str, Vec<u8>, Counted)> = BAD_OPTIONS
+            .iter()
+            .map(|&(what, options)| {
+                (
+                    what,
+                    with_ipv4_options(&good_frame, options),
+                    Counted::Reason("bad_ipv4_options"),
+                )
+            })
+            .collect();
         let mut pod_link = RawLink::open(&bad.ns, "eth0", Duration::from_millis(100))?;
         inject(&mut pod_link, t.n1, &bad.host_ifname, &pod_cases)?;
+        inject(&mut pod_link, t.n1, &bad.host_ifname, &option_cases)?;
+        options_end_as_the_kernel_ends_them(t, &mut pod_link)?;
 
         // From the underlay: tunnel packets to node 1's VTEP, from node 2's
         // uplink, each wrong in one way.
@@ -374,6 +408,8 @@ fn hostile_pod_frames_and_vxlan_packets() -> Result<()> {
         let mut fragment = valid.clone();
         fragment[20] = 0x20; // More Fragments
         fix_ipv4_checksum(&mut fragment);
+        let mut other_host = valid.clone();
+        other_host[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
         let tunnel_cases: Vec<(&str, Vec<u8>, Counted)> = vec![
             (
                 "VXLAN without the I flag",
@@ -423,11 +459,76 @@ fn hostile_pod_frames_and_vxlan_packets() -> Result<()> {
             // The uplink program leaves fragments to the kernel, which
             // reassembles them (and drops these, which never complete).
             ("an outer fragment", fragment, Counted::Unchecked),
+            (
+                "another host's MAC (a flooding underlay)",
+                other_host,
+                Counted::Reason("not_our_uplink_mac"),
+            ),
+            (
+                "bad outer IPv4 options",
+                with_ipv4_options(&valid, BAD_OPTIONS[1].1),
+                Counted::Reason("bad_ipv4_options"),
+            ),
         ];
+        let inner_option_cases: Vec<(&str, Vec<u8>, Counted)> = BAD_OPTIONS
+            .iter()
+            .map(|&(what, options)| {
+                let inner = with_ipv4_options(&t.inner, options);
+                let packet = tunnel(node_ip(2), &vxlan(0x08, VNI, &inner))?;
+                Ok((what, packet, Counted::Reason("bad_ipv4_options")))
+            })
+            .collect::<Result<_>>()?;
         let mut underlay = RawLink::open(&t.n2.ns, "ul0", Duration::from_millis(100))?;
         inject(&mut underlay, t.n1, "ul0", &tunnel_cases)?;
-        t.delivers(&mut underlay, &valid)
+        inject(&mut underlay, t.n1, "ul0", &inner_option_cases)?;
+        t.delivers(&mut underlay, &valid)?;
+        // Broadcast and multicast outer destinations are taken, as the
+        // kernel takes them; so are good outer options.
+        for group in [[0xff; 6], [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01]] {
+            let mut to_group = valid.clone();
+            to_group[..6].copy_from_slice(&group);
+            t.delivers(&mut underlay, &to_group)?;
+        }
+        t.delivers(&mut underlay, &with_ipv4_options(&valid, &GOOD_OPTIONS))
     })
+}
+
+/// From the hostile pod: good options reach a pod on its node and one on
+/// the other node unchanged (each routed hop taking one from the TTL);
+/// bad options for its gateway are the node's kernel's to refuse, which
+/// answers with ICMP Parameter Problem, as in a kernel pod network.
+fn options_end_as_the_kernel_ends_them(t: &Target, pod_link: &mut RawLink) -> Result<()> {
+    let bad = t.bad;
+    let src = mac_of(bad)?;
+    for (to, hops) in [(t.a, 1), (t.c, 2)] {
+        let tail = b"good options";
+        let frame = udp_frame(t.router, src, bad.ip, to.ip, 64, 9, tail);
+        let arrived = arrives(
+            pod_link,
+            &with_ipv4_options(&frame, &GOOD_OPTIONS),
+            to,
+            tail,
+        )?;
+        ensure!(
+            arrived[14] == 0x4b && arrived[34..58] == GOOD_OPTIONS && arrived[22] == 64 - hops,
+            "options or TTL changed on the way to {}: {:02x?}",
+            to.ip,
+            &arrived[14..58]
+        );
+    }
+    let gateway = pod_gateway(1);
+    let frame = udp_frame(t.router, src, bad.ip, gateway, 64, 9, b"bad options");
+    pod_link.send(&with_ipv4_options(&frame, BAD_OPTIONS[0].1))?;
+    // ICMP (protocol 1) type 12 from the gateway.
+    let answer = pod_link.collect(1, Duration::from_secs(5), |f| {
+        let icmp = 14 + usize::from(f.get(14).map_or(0, |v| v & 0x0f)) * 4;
+        f.len() > icmp && f[23] == 1 && f[26..30] == gateway.octets() && f[icmp] == 12
+    });
+    ensure!(
+        !answer.is_empty(),
+        "bad options for the gateway: no ICMP Parameter Problem from the node"
+    );
+    Ok(())
 }
 
 /// From the underlay: Geneve packets each wrong in one way, options
@@ -519,6 +620,60 @@ fn hostile_geneve_packets() -> Result<()> {
         let mut underlay = RawLink::open(&t.n2.ns, "ul0", Duration::from_millis(100))?;
         inject(&mut underlay, t.n1, "ul0", &cases)?;
         t.delivers(&mut underlay, &valid)
+    })
+}
+
+/// Five pings from `from` to `to` with TTL `ttl`, 0.2 s apart, each
+/// waiting a second at most; what ping printed.
+fn ping_ttl(from: &podswitch_lab::Netns, to: Ipv4Addr, ttl: u8) -> Result<String> {
+    let output = from
+        .command("ping")
+        .args(["-c", "5", "-i", "0.2", "-W", "1", "-t", &ttl.to_string()])
+        .arg(to.to_string())
+        .output()
+        .context("running ping")?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// TTL 1 where the node's kernel is the hop, as in a kernel pod network:
+/// a pod's pings to its gateway and its node are answered, and one the
+/// node forwards is expired by the node's kernel, which says so from the
+/// gateway (the first hop a traceroute from a Flannel pod shows); the
+/// node's own pings reach its pod with TTL 1 and a pod on the other node
+/// (one routed hop, there) with TTL 2. Pings from a pod to a pod on the
+/// other node with TTL 1 are expired by the switch (the `TTL 1` case of
+/// `hostile_pod_frames_and_vxlan_packets`).
+#[test]
+fn ttl_one_where_the_node_is_the_hop() -> Result<()> {
+    let _serial = serial();
+    under_attack("h-ttl", "vxlan", |t| {
+        let (n1, a, c) = (t.n1, t.a, t.c);
+        // Pods reach the world through their node, which forwards.
+        n1.ns.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        let gateway = pod_gateway(1);
+        for (from, to, ttl, what) in [
+            (&a.ns, gateway, 1, "a pod to its gateway"),
+            (&a.ns, node_ip(1), 1, "a pod to its node"),
+            (&n1.ns, a.ip, 1, "a node to its pod"),
+            (&n1.ns, c.ip, 2, "a node to a pod on the other node"),
+        ] {
+            let out = ping_ttl(from, to, ttl)?;
+            ensure!(
+                ping_received(&out) >= 4,
+                "{what} ({to}), TTL {ttl}: fewer than 4 of 5 answered\n{out}"
+            );
+        }
+        let out = ping_ttl(&a.ns, node_ip(2), 1)?;
+        let expired = out
+            .lines()
+            .filter(|l| l.starts_with(&format!("From {gateway} ")))
+            .filter(|l| l.contains("Time to live exceeded"))
+            .count();
+        ensure!(
+            expired >= 4,
+            "a pod to the other node's address, TTL 1: {expired} of 5 expired by the gateway\n{out}"
+        );
+        Ok(())
     })
 }
 

@@ -1,10 +1,12 @@
-//! Decapsulation of arbitrary uplink packets, VXLAN and Geneve: never
-//! panics, and an accepted packet's inner frame lies inside it.
+//! Decapsulation of arbitrary uplink packets, VXLAN and Geneve, with and
+//! without the uplink's MAC to check: never panics, and an accepted
+//! packet's inner frame lies inside it.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use libfuzzer_sys::fuzz_target;
+use podswitch_encap::wire::EthernetAddress;
 use podswitch_encap::{Decapsulator, TunnelKind, Vni};
 
 fuzz_target!(|packet: &[u8]| {
@@ -14,8 +16,14 @@ fuzz_target!(|packet: &[u8]| {
         IpAddr::V6(Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x12)),
     ];
     for kind in [TunnelKind::Vxlan, TunnelKind::Geneve] {
-        for local in locals {
-            let mut decap = Decapsulator::new(kind, local, vni);
+        for (local, local_mac) in locals
+            .into_iter()
+            .zip([None, Some(EthernetAddress([2, 0, 0, 0, 0, 0x12]))])
+        {
+            let mut decap = Decapsulator {
+                local_mac,
+                ..Decapsulator::new(kind, local, vni)
+            };
             decap.known_critical_options.push((0x0102, 0x85));
             if let Ok(d) = decap.decapsulate(packet) {
                 assert!(d.inner.end <= packet.len());

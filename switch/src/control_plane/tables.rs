@@ -16,7 +16,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail, ensure};
 use ipnet::Ipv4Net;
 use podswitch_encap::wire::EthernetAddress;
-use podswitch_encap::{Decapsulator, OuterTemplate, TunnelSpec};
+use podswitch_encap::{OuterTemplate, TunnelSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, PeerConfig};
@@ -558,8 +558,7 @@ impl Tables {
     /// peers.
     pub fn topology(&self, pod_mtu: u32) -> Topology {
         let config = &self.node.config;
-        let mut decapsulator = Decapsulator::new(config.encap.into(), config.node_ip, config.vni());
-        decapsulator.udp_port = config.tunnel_udp_port();
+        let decapsulator = config.decapsulator(self.node.uplink_mac);
         let mut peer_by_vtep = HashMap::default();
         let peers = self
             .peers
