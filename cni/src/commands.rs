@@ -15,6 +15,7 @@ use podswitch::netlink::Netlink;
 
 use crate::ipam::{LocalIpam, Owner, delegate};
 use crate::pod_link::{self, CreatedLink, PodInterface, host_ifname, is_host_ifname};
+use crate::requests::Requests;
 use crate::spec::{
     AddResult, Attachment, CniError, CniResult, Command, Dns, Environment, Interface, IpConfig,
     LATEST_VERSION, NetConf, PodInterfaceKind, Route, SUPPORTED_VERSIONS, VersionResult, code,
@@ -122,10 +123,16 @@ struct Addressing {
     dns: Dns,
 }
 
-fn allocate(env: &Environment, conf: &NetConf, stdin: &[u8], info: &Info) -> CniResult<Addressing> {
+fn allocate(
+    env: &Environment,
+    conf: &NetConf,
+    stdin: &[u8],
+    info: &Info,
+    wanted: Option<Ipv4Addr>,
+) -> CniResult<Addressing> {
     let dns = conf.dns.clone().unwrap_or_default();
     let Some(plugin) = ipam_type(conf) else {
-        let ip = local_ipam(conf)?.allocate(info.pod_cidr, info.gateway, &owner(env))?;
+        let ip = local_ipam(conf)?.allocate(info.pod_cidr, info.gateway, &owner(env), wanted)?;
         return Ok(Addressing {
             address: Ipv4Net::new(ip, info.pod_cidr.prefix_len()).unwrap_or_default(),
             gateway: info.gateway,
@@ -133,6 +140,9 @@ fn allocate(env: &Environment, conf: &NetConf, stdin: &[u8], info: &Info) -> Cni
             dns,
         });
     };
+    // The IPAM plugin reads the request itself (CNI_ARGS and runtimeConfig
+    // reach it as they reached this plugin); one that ignores it is caught
+    // here rather than leaving the pod with another address.
     let result = delegate(env, plugin, "ADD", stdin)?.unwrap_or_else(|| AddResult {
         cni_version: conf.cni_version.clone(),
         interfaces: Vec::new(),
@@ -140,11 +150,25 @@ fn allocate(env: &Environment, conf: &NetConf, stdin: &[u8], info: &Info) -> Cni
         routes: Vec::new(),
         dns: Dns::default(),
     });
-    let Some((ip, prefix, gateway)) = result.ipv4() else {
+    let chosen = match wanted {
+        None => result.ipv4(),
+        Some(wanted) => result.ipv4s().find(|&(ip, _, _)| ip == wanted),
+    };
+    let Some((ip, prefix, gateway)) = chosen else {
         let _ = delegate(env, plugin, "DEL", stdin);
+        let gave: Vec<String> = result.ips.iter().map(|ip| ip.address.to_string()).collect();
         return Err(CniError::new(
             code::INVALID_CONFIG,
-            format!("IPAM plugin {plugin} gave no IPv4 address; podswitch routes IPv4 pods"),
+            match wanted {
+                None => {
+                    format!("IPAM plugin {plugin} gave no IPv4 address; podswitch routes IPv4 pods")
+                }
+                Some(wanted) => format!(
+                    "IPAM plugin {plugin} gave {gave:?}, not the requested address {wanted}: \
+                     it ignores requested addresses; use host-local, or podswitch's own IPAM \
+                     (leave ipam out)"
+                ),
+            },
         ));
     };
     let routes = result
@@ -177,6 +201,7 @@ fn release(env: &Environment, conf: &NetConf, stdin: &[u8]) -> CniResult<()> {
 }
 
 fn add(env: &Environment, conf: &NetConf, stdin: &[u8]) -> CniResult<AddResult> {
+    let requests = Requests::parse(env, conf)?;
     let netns_path = env.netns.clone().unwrap_or_default();
     let netns = pod_link::open_netns(&netns_path)
         .map_err(|e| CniError::new(code::INVALID_ENVIRONMENT, format!("{e:#}")))?;
@@ -195,7 +220,8 @@ fn add(env: &Environment, conf: &NetConf, stdin: &[u8]) -> CniResult<AddResult> 
             ),
         ));
     }
-    let addressing = allocate(env, conf, stdin, &info)?;
+    requests.check(info.pod_cidr, info.gateway, info.router_mac)?;
+    let addressing = allocate(env, conf, stdin, &info, requests.ip.map(|ip| ip.value))?;
     let undo_address = || {
         let _ = release(env, conf, stdin);
     };
@@ -209,6 +235,7 @@ fn add(env: &Environment, conf: &NetConf, stdin: &[u8]) -> CniResult<AddResult> 
         address: addressing.address,
         gateway: addressing.gateway,
         routes: &addressing.routes,
+        mac: requests.mac.map(|mac| mac.value),
     };
     // A TAP device is found again by its namespace and name; a veth by
     // its host end.

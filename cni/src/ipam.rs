@@ -46,6 +46,22 @@ fn io_error(what: &str, e: impl std::fmt::Display) -> CniError {
     CniError::new(code::IO_FAILURE, format!("{what}: {e}"))
 }
 
+/// Why `ip` cannot be a pod's address in `pool`, whose gateway is
+/// `gateway`, if it cannot.
+pub fn unusable(pool: Ipv4Net, gateway: Ipv4Addr, ip: Ipv4Addr) -> Option<&'static str> {
+    if !pool.contains(&ip) {
+        Some("outside this node's pod CIDR")
+    } else if ip == gateway {
+        Some("the pod CIDR's gateway")
+    } else if ip == pool.network() {
+        Some("the pod CIDR's network address")
+    } else if ip == pool.broadcast() {
+        Some("the pod CIDR's broadcast address")
+    } else {
+        None
+    }
+}
+
 /// The built-in allocator for one network.
 pub struct LocalIpam {
     dir: PathBuf,
@@ -110,14 +126,85 @@ impl LocalIpam {
     }
 
     /// Give `owner` an address of `pool` other than its network, broadcast
-    /// and `gateway` addresses, never one another owner holds; an owner that
-    /// already has one gets it again. Addresses are handed out round-robin
-    /// from the last one, so a freed address is not reused at once.
-    pub fn allocate(&self, pool: Ipv4Net, gateway: Ipv4Addr, owner: &Owner) -> CniResult<Ipv4Addr> {
+    /// and `gateway` addresses, never one another owner holds: `wanted` if
+    /// it asks for one, else the next free one. An owner that already has
+    /// an address gets it again (and must not ask for another). Free
+    /// addresses are handed out round-robin from the last one, so a freed
+    /// address is not reused at once; a wanted one leaves the round alone.
+    pub fn allocate(
+        &self,
+        pool: Ipv4Net,
+        gateway: Ipv4Addr,
+        owner: &Owner,
+        wanted: Option<Ipv4Addr>,
+    ) -> CniResult<Ipv4Addr> {
         let _locked = self.lock()?;
-        if let Some(ip) = self.lookup(owner)? {
-            return Ok(ip);
+        match (self.lookup(owner)?, wanted) {
+            (Some(held), Some(wanted)) if held != wanted => Err(CniError::new(
+                code::ADDRESS_IN_USE,
+                format!(
+                    "container {} ({}) already holds {held} and asks for {wanted}: delete it \
+                     (CNI DEL) before adding it again with another address",
+                    owner.container_id, owner.ifname
+                ),
+            )),
+            (Some(held), _) => Ok(held),
+            (None, Some(wanted)) => self.take_wanted(pool, gateway, owner, wanted),
+            (None, None) => self.take_next(pool, gateway, owner),
         }
+    }
+
+    /// Record `owner` as the holder of `ip`; false if someone holds it.
+    fn take(&self, ip: Ipv4Addr, owner: &Owner) -> CniResult<bool> {
+        let path = self.dir.join(ip.to_string());
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(mut file) => {
+                file.write_all(owner.to_file().as_bytes())
+                    .map_err(|e| io_error(&format!("writing {}", path.display()), e))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io_error(&format!("creating {}", path.display()), e)),
+        }
+    }
+
+    /// Give `owner` the address it asks for, if it is usable and free.
+    fn take_wanted(
+        &self,
+        pool: Ipv4Net,
+        gateway: Ipv4Addr,
+        owner: &Owner,
+        wanted: Ipv4Addr,
+    ) -> CniResult<Ipv4Addr> {
+        if let Some(why) = unusable(pool, gateway, wanted) {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!(
+                    "the requested address {wanted} is {why}: ask for a free address of {pool}"
+                ),
+            ));
+        }
+        if self.take(wanted, owner)? {
+            return Ok(wanted);
+        }
+        let holder = fs::read_to_string(self.dir.join(wanted.to_string()))
+            .ok()
+            .and_then(|text| Owner::from_file(&text))
+            .map_or_else(
+                || "another attachment".to_string(),
+                |o| format!("container {} ({})", o.container_id, o.ifname),
+            );
+        Err(CniError::new(
+            code::ADDRESS_IN_USE,
+            format!(
+                "the requested address {wanted} is already taken by {holder}: ask for a free \
+                 address of {pool}, or for none to get one"
+            ),
+        ))
+    }
+
+    /// Give `owner` the next free address after the last one handed out.
+    fn take_next(&self, pool: Ipv4Net, gateway: Ipv4Addr, owner: &Owner) -> CniResult<Ipv4Addr> {
         let first = u32::from(pool.network()) + 1;
         let last = u32::from(pool.broadcast()).saturating_sub(1);
         let previous = fs::read_to_string(self.dir.join(LAST))
@@ -129,20 +216,10 @@ impl LocalIpam {
         let count = last.saturating_sub(first) + 1;
         for step in 1..=count {
             let candidate = Ipv4Addr::from(first + (previous - first + step) % count);
-            if candidate == gateway {
-                continue;
-            }
-            let path = self.dir.join(candidate.to_string());
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut file) => {
-                    file.write_all(owner.to_file().as_bytes())
-                        .map_err(|e| io_error(&format!("writing {}", path.display()), e))?;
-                    fs::write(self.dir.join(LAST), candidate.to_string())
-                        .map_err(|e| io_error("remembering the last address", e))?;
-                    return Ok(candidate);
-                }
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(io_error(&format!("creating {}", path.display()), e)),
+            if candidate != gateway && self.take(candidate, owner)? {
+                fs::write(self.dir.join(LAST), candidate.to_string())
+                    .map_err(|e| io_error("remembering the last address", e))?;
+                return Ok(candidate);
             }
         }
         Err(CniError::new(
@@ -257,14 +334,14 @@ mod tests {
         let ipam = LocalIpam::open(&dir, "podnet").unwrap();
         let pool: Ipv4Net = "10.244.1.0/29".parse().unwrap();
         let gateway = Ipv4Addr::new(10, 244, 1, 1);
-        let a = ipam.allocate(pool, gateway, &owner("a")).unwrap();
-        let b = ipam.allocate(pool, gateway, &owner("b")).unwrap();
+        let a = ipam.allocate(pool, gateway, &owner("a"), None).unwrap();
+        let b = ipam.allocate(pool, gateway, &owner("b"), None).unwrap();
         assert_eq!(
             (a, b),
             (Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 244, 1, 3))
         );
         assert_eq!(
-            ipam.allocate(pool, gateway, &owner("a")).unwrap(),
+            ipam.allocate(pool, gateway, &owner("a"), None).unwrap(),
             a,
             "same owner, same address"
         );
@@ -276,17 +353,79 @@ mod tests {
         );
         // Round robin: the freed .2 is not handed out next.
         assert_eq!(
-            ipam.allocate(pool, gateway, &owner("c")).unwrap(),
+            ipam.allocate(pool, gateway, &owner("c"), None).unwrap(),
             Ipv4Addr::new(10, 244, 1, 4)
         );
         for id in ["d", "e", "f"] {
-            ipam.allocate(pool, gateway, &owner(id)).unwrap();
+            ipam.allocate(pool, gateway, &owner(id), None).unwrap();
         }
         // .2 .3 .4 .5 .6 taken (.7 is broadcast): full.
-        let err = ipam.allocate(pool, gateway, &owner("g")).unwrap_err();
+        let err = ipam.allocate(pool, gateway, &owner("g"), None).unwrap_err();
         assert_eq!(err.code, code::POOL_EXHAUSTED);
         assert!(err.msg.contains("10.244.1.0/29"), "{}", err.msg);
         assert_eq!(ipam.allocations().unwrap().len(), 5);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn wanted_addresses_are_given_once_and_leave_the_round_alone() {
+        let dir = scratch("wanted");
+        let ipam = LocalIpam::open(&dir, "podnet").unwrap();
+        let pool: Ipv4Net = "10.244.1.0/24".parse().unwrap();
+        let gateway = Ipv4Addr::new(10, 244, 1, 1);
+        let fifty = Ipv4Addr::new(10, 244, 1, 50);
+        assert_eq!(
+            ipam.allocate(pool, gateway, &owner("a"), Some(fifty))
+                .unwrap(),
+            fifty
+        );
+        assert_eq!(
+            ipam.allocate(pool, gateway, &owner("a"), Some(fifty))
+                .unwrap(),
+            fifty,
+            "asked again by its holder"
+        );
+        let taken = ipam
+            .allocate(pool, gateway, &owner("b"), Some(fifty))
+            .unwrap_err();
+        assert_eq!(taken.code, code::ADDRESS_IN_USE);
+        assert!(
+            taken.msg.contains("10.244.1.50") && taken.msg.contains("container a (eth0)"),
+            "{}",
+            taken.msg
+        );
+        let other = ipam
+            .allocate(
+                pool,
+                gateway,
+                &owner("a"),
+                Some(Ipv4Addr::new(10, 244, 1, 51)),
+            )
+            .unwrap_err();
+        assert_eq!(other.code, code::ADDRESS_IN_USE);
+        assert!(
+            other.msg.contains("already holds 10.244.1.50"),
+            "{}",
+            other.msg
+        );
+        for bad in [
+            gateway,
+            pool.network(),
+            pool.broadcast(),
+            Ipv4Addr::new(10, 244, 2, 5),
+        ] {
+            let err = ipam
+                .allocate(pool, gateway, &owner("b"), Some(bad))
+                .unwrap_err();
+            assert_eq!(err.code, code::INVALID_CONFIG, "{bad}");
+            assert!(err.msg.contains(&bad.to_string()), "{}", err.msg);
+        }
+        // The round robin starts where it was: at the first address.
+        assert_eq!(
+            ipam.allocate(pool, gateway, &owner("b"), None).unwrap(),
+            Ipv4Addr::new(10, 244, 1, 2)
+        );
+        assert_eq!(ipam.allocations().unwrap().len(), 2);
         fs::remove_dir_all(dir).unwrap();
     }
 
@@ -305,6 +444,7 @@ mod tests {
                                 pool,
                                 Ipv4Addr::new(10, 244, 1, 1),
                                 &owner(&format!("c{t}-{i}")),
+                                None,
                             )
                             .unwrap()
                         })

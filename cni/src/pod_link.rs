@@ -70,6 +70,8 @@ pub struct PodInterface<'a> {
     pub gateway: Ipv4Addr,
     /// Routes besides the default route via the gateway.
     pub routes: &'a [(Ipv4Net, Ipv4Addr)],
+    /// The MAC the runtime asked for; the kernel's random one if none.
+    pub mac: Option<MacAddr>,
 }
 
 /// What was made.
@@ -128,7 +130,7 @@ pub fn delete_tap(netns_path: &Path, ifname: &str) -> Result<()> {
 }
 
 /// In the pod's namespace: bring `lo` and the pod interface up with its
-/// MTU, address and routes, IPv6 off on it (the pod network is IPv4: the
+/// MTU, MAC (if one was asked for), address and routes, IPv6 off on it (the pod network is IPv4: the
 /// switch would drop its router solicitations and MLD reports); the
 /// interface's MAC.
 fn configure_in_pod(pod: &PodInterface) -> Result<MacAddr> {
@@ -138,7 +140,7 @@ fn configure_in_pod(pod: &PodInterface) -> Result<MacAddr> {
     }
     let link = netlink.require_link(pod.ifname)?;
     disable_ipv6(pod.ifname)?;
-    netlink.set_link_up(link.index, Some(pod.mtu), None)?;
+    netlink.set_link_up(link.index, Some(pod.mtu), pod.mac)?;
     netlink.add_address(
         link.index,
         pod.address.addr().into(),
@@ -148,7 +150,7 @@ fn configure_in_pod(pod: &PodInterface) -> Result<MacAddr> {
     for &(destination, gateway) in pod.routes {
         netlink.add_route_via(destination, gateway, link.index)?;
     }
-    link.mac.context("the pod interface has no MAC")
+    pod.mac.or(link.mac).context("the pod interface has no MAC")
 }
 
 /// The pod interface as it is: MAC, MTU, addresses and the routes through it.

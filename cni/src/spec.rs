@@ -39,6 +39,8 @@ pub mod code {
     pub const POOL_EXHAUSTED: u32 = 100;
     /// Plugin-specific: the switch refused or failed an operation.
     pub const SWITCH_FAILURE: u32 = 101;
+    /// Plugin-specific: the address asked for belongs to another pod.
+    pub const ADDRESS_IN_USE: u32 = 102;
 }
 
 /// A CNI error: what the runtime reads on stdout when the plugin fails.
@@ -274,6 +276,10 @@ pub struct NetConf {
     /// DNS settings for the result.
     #[serde(default)]
     pub dns: Option<Dns>,
+    /// What the runtime filled in for the capabilities the configuration
+    /// declares (the ones this plugin reads: `ips` and `mac`).
+    #[serde(default)]
+    pub runtime_config: RuntimeConfig,
     /// The previous plugin's result (chaining, DEL, CHECK).
     #[serde(default)]
     pub prev_result: Option<Value>,
@@ -285,6 +291,19 @@ pub struct NetConf {
         alias = "cni.dev/attachments"
     )]
     pub valid_attachments: Option<Vec<Attachment>>,
+}
+
+/// The `runtimeConfig` entries this plugin reads (the CNI conventions'
+/// `ips` and `mac` capabilities); others (`portMappings`, `bandwidth`, …)
+/// are for other plugins of a list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct RuntimeConfig {
+    /// Addresses asked for, as `address/prefix` strings.
+    #[serde(default)]
+    pub ips: Vec<String>,
+    /// The MAC asked for.
+    #[serde(default)]
+    pub mac: Option<String>,
 }
 
 /// The kind of interface a pod gets (`podInterface`).
@@ -312,6 +331,7 @@ const KNOWN_KEYS: &[&str] = &[
     "podInterface",
     "ipam",
     "dns",
+    "runtimeConfig",
     "prevResult",
     "cni.dev/valid-attachments",
     "cni.dev/attachments",
@@ -322,7 +342,6 @@ const KNOWN_KEYS: &[&str] = &[
 /// the one chosen arrives as `cniVersion`.)
 const TOLERATED_KEYS: &[&str] = &[
     "args",
-    "runtimeConfig",
     "capabilities",
     "disableCheck",
     "disableGC",
@@ -494,11 +513,16 @@ impl AddResult {
         self
     }
 
-    /// The first IPv4 address and its gateway.
+    /// The first IPv4 address, its prefix length and its gateway.
     pub fn ipv4(&self) -> Option<(Ipv4Addr, u8, Option<Ipv4Addr>)> {
+        self.ipv4s().next()
+    }
+
+    /// Every IPv4 address, with its prefix length and gateway.
+    pub fn ipv4s(&self) -> impl Iterator<Item = (Ipv4Addr, u8, Option<Ipv4Addr>)> + '_ {
         self.ips
             .iter()
-            .find_map(|ip| match (ip.address, ip.gateway) {
+            .filter_map(|ip| match (ip.address, ip.gateway) {
                 (IpNet::V4(net), gateway) => Some((
                     net.addr(),
                     net.prefix_len(),

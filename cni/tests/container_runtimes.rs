@@ -27,6 +27,7 @@
 //! mountinfo"; podman also needs one mount namespace across its commands
 //! for the network namespaces it pins under /run/netns.
 
+use std::cell::{Ref, RefCell};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -47,7 +48,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 mod common;
-use common::{Nodes, nodes, nothing_left, plugin, serial};
+use common::{Nodes, nodes, nothing_left, plugin, plugin_entry, pod_port_addresses, serial};
 
 /// The image both runtimes run, built from /bin/busybox.
 const IMAGE: &str = "localhost/podswitch-busybox:latest";
@@ -85,25 +86,7 @@ fn podman_runs_two_containers_that_ping() -> Result<()> {
     let bed = Testbed::new("rt-podman", &[("run", "/run"), ("var-lib", "/var/lib")])?;
     let node = bed.node();
     let conf = node.cni_network("1.0.0");
-    // libcni refuses 1.1.0 in a conflist; the plugin answers 1.0.0 too.
-    let network = json!({
-        "cniVersion": "1.0.0",
-        "name": "podnet",
-        "plugins": [
-            plugin_entry(&conf),
-            {"type": "portmap", "capabilities": {"portMappings": true}},
-            {"type": "bandwidth", "capabilities": {"bandwidth": true}},
-        ],
-    });
-    let podman = Podman::new(&bed, &network)?;
-    let layer = busybox_layer(&bed.dir, &bed.logs())?;
-    podman.run(&["import", &layer.to_string_lossy(), IMAGE])?;
-    // podman drops a network whose plugins fail its VERSION probe silently.
-    let networks = podman.run(&["network", "ls", "--format", "{{.Name}}"])?;
-    ensure!(
-        networks.lines().any(|n| n.trim() == "podnet"),
-        "podman does not list the podnet network: {networks}"
-    );
+    let podman = podman_on_podnet(&bed, &conf)?;
 
     let publish = format!("{HOST_PORT}:80");
     podman.start("a", &[], &["sleep", "600"])?;
@@ -114,31 +97,9 @@ fn podman_runs_two_containers_that_ping() -> Result<()> {
     )?;
 
     // The addresses podman reports are the ones the switch has ports for.
-    let inspect: Value = serde_json::from_str(&podman.run(&["inspect", "a", "b"])?)
-        .context("podman inspect's JSON")?;
-    let pods = inspect
-        .as_array()
-        .context("podman inspect did not answer a list")?
-        .iter()
-        .map(|c| {
-            let net = &c["NetworkSettings"]["Networks"]["podnet"];
-            let ip = net["IPAddress"].as_str().unwrap_or_default();
-            let ip: Ipv4Addr = ip
-                .parse()
-                .with_context(|| format!("podman's address {ip:?} of {}", c["Name"]))?;
-            Ok((
-                ip,
-                net["MacAddress"].as_str().unwrap_or_default().to_string(),
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let (a, b) = check_pods(node, &pods)?;
-
-    for (from, to) in [("a", b), ("b", a)] {
-        let out = podman.run(&["exec", from, "ping", "-c", "3", "-W", "2", &to.to_string()])?;
-        let replies = ping_received(&out);
-        ensure!(replies >= 2, "{from} → {to}: {replies}/3 replies:\n{out}");
-    }
+    let pods = podman.addresses(&["a", "b"])?;
+    let (a, b) = check_pods(&node, &pods)?;
+    podman.ping_each_other(a, b)?;
 
     // portmap: the node's own address, from the node (the OUTPUT chain)
     // and from node 2 (PREROUTING; the node forwards, as a node must).
@@ -157,13 +118,130 @@ fn podman_runs_two_containers_that_ping() -> Result<()> {
     podman.run(&["rm", "--force", "--time", "0", "a", "b"])?;
     let left = podman.run(&["ps", "--all", "--quiet"])?;
     ensure!(left.trim().is_empty(), "containers left: {left}");
-    all_gone(node, &conf)?;
+    all_gone(&node, &conf)?;
     let nat = node.ns.run("iptables", &["-t", "nat", "-S"])?;
     ensure!(
         !nat.contains("CNI-DN-"),
         "portmap's DNAT chain is left:\n{nat}"
     );
     Ok(())
+}
+
+/// `podman run --ip` and `--mac-address` (which podman passes as `IP=`
+/// and `MAC=` in `CNI_ARGS`): the container has the address and MAC it
+/// asked for, podman reports them, the switch's port has them (its
+/// anti-spoofing passes the container's frames: the containers ping each
+/// other), and a container asking for a taken address, or one outside the
+/// node's pod CIDR, does not start and podman shows the plugin's reason.
+#[test]
+fn podman_run_with_ip_and_mac_address() -> Result<()> {
+    let _serial = serial();
+    require(&["podman", "runc", "conmon", "nsenter", "unshare", "tar"])?;
+    let bed = Testbed::new("rt-static", &[("run", "/run"), ("var-lib", "/var/lib")])?;
+    let node = bed.node();
+    let conf = node.cni_network("1.0.0");
+    let podman = podman_on_podnet(&bed, &conf)?;
+
+    let (a_ip, a_mac) = ("10.244.1.50", "02:42:0a:f4:01:32");
+    podman.start(
+        "a",
+        &["--ip", a_ip, "--mac-address", a_mac],
+        &["sleep", "600"],
+    )?;
+    podman.start("b", &["--ip", "10.244.1.60"], &["sleep", "600"])?;
+    let pods = podman.addresses(&["a", "b"])?;
+    ensure!(
+        pods[0] == (a_ip.parse()?, a_mac.to_string()) && pods[1].0 == Ipv4Addr::new(10, 244, 1, 60),
+        "podman reports {pods:?}"
+    );
+    for (name, ip, mac) in [("a", a_ip, a_mac), ("b", "10.244.1.60", pods[1].1.as_str())] {
+        let addresses = podman.run(&[
+            "exec", name, "ip", "-4", "-o", "addr", "show", "dev", "eth0",
+        ])?;
+        ensure!(
+            addresses.contains(&format!("{ip}/24")),
+            "{name}'s eth0 lacks {ip}/24: {addresses}"
+        );
+        let seen = podman.run(&["exec", name, "cat", "/sys/class/net/eth0/address"])?;
+        ensure!(seen.trim() == mac, "{name}'s eth0 is {seen:?}, not {mac}");
+    }
+    let (a, b) = check_pods(&node, &pods)?;
+    podman.ping_each_other(a, b)?;
+
+    for (name, ip, reason) in [
+        ("c", a_ip, "10.244.1.50 is already taken"),
+        (
+            "d",
+            "10.244.2.50",
+            "10.244.2.50 (CNI_ARGS IP) is outside this node's pod CIDR",
+        ),
+    ] {
+        let refused = podman.start(name, &["--ip", ip], &["sleep", "600"]);
+        let err = match refused {
+            Ok(_) => bail!("{name} started with {ip}"),
+            Err(e) => format!("{e:#}"),
+        };
+        ensure!(err.contains(reason), "{name} with {ip}: {err}");
+    }
+    let running = podman.run(&["ps", "--quiet", "--filter", "status=running"])?;
+    ensure!(
+        running.lines().count() == 2,
+        "containers running: {running}"
+    );
+    check_pods(&node, &pods)?;
+
+    podman.run(&["rm", "--all", "--force", "--time", "0"])?;
+    all_gone(&node, &conf)
+}
+
+/// A port podman publishes (`-p`, through portmap) answers on 127.0.0.1
+/// from the node, and still does after the daemon is restarted (SIGTERM,
+/// then start): the host port portmap set `route_localnet` on is the same
+/// device after the restart.
+#[test]
+fn podman_published_port_on_localhost_survives_a_daemon_restart() -> Result<()> {
+    let _serial = serial();
+    require(&[
+        "podman", "runc", "conmon", "nsenter", "unshare", "tar", "curl", "iptables",
+    ])?;
+    let bed = Testbed::new("rt-restart", &[("run", "/run"), ("var-lib", "/var/lib")])?;
+    let conf = bed.node().cni_network("1.0.0");
+    let podman = podman_on_podnet(&bed, &conf)?;
+    let publish = format!("{HOST_PORT}:80");
+    podman.start(
+        "b",
+        &["--publish", &publish],
+        &["httpd", "-f", "-p", "80", "-h", "/www"],
+    )?;
+    let logs = bed.logs();
+    let fetch_on_localhost = |when: &str| -> Result<()> {
+        let url = format!("http://127.0.0.1:{HOST_PORT}/index.html");
+        let node = bed.node();
+        let page = wait_for(
+            &format!("b's published port on 127.0.0.1 {when}"),
+            SETTLE,
+            || {
+                let fetched = fetch(node.ns.command("curl"), &url, &logs)?;
+                let route_localnet = node
+                    .ns
+                    .run("sysctl", &["-n", "net.ipv4.conf.podsw0.route_localnet"])?;
+                Ok(fetched.map_err(|e| {
+                    format!(
+                        "{e} (route_localnet on the host port: {})",
+                        route_localnet.trim()
+                    )
+                }))
+            },
+        )?;
+        ensure!(page == PAGE, "{when}, {url} served {page:?}");
+        Ok(())
+    };
+    fetch_on_localhost("before the restart")?;
+    bed.restart_daemon()?;
+    fetch_on_localhost("after the daemon was restarted")?;
+
+    podman.run(&["rm", "--all", "--force", "--time", "0"])?;
+    all_gone(&bed.node(), &conf)
 }
 
 /// `ctr run --cni` starts two containers that get distinct addresses and
@@ -254,7 +332,7 @@ fn ctr_run_cni_two_containers_that_ping() -> Result<()> {
         let mac = ctd.exec(id, &["cat", "/sys/class/net/eth0/address"])?;
         pods.push((ip, mac.trim().to_string()));
     }
-    let (a, b) = check_pods(node, &pods)?;
+    let (a, b) = check_pods(&node, &pods)?;
 
     for (from, to) in [("a", b), ("b", a)] {
         let out = ctd.exec(from, &["ping", "-c", "3", "-W", "2", &to.to_string()])?;
@@ -281,7 +359,7 @@ fn ctr_run_cni_two_containers_that_ping() -> Result<()> {
         containers.trim().is_empty(),
         "containers left: {containers}"
     );
-    all_gone(node, &conf)?;
+    all_gone(&node, &conf)?;
     Ok(())
 }
 
@@ -291,7 +369,9 @@ fn ctr_run_cni_two_containers_that_ping() -> Result<()> {
 /// holder, then the daemon and the lab, removes the containers' cgroup
 /// parent and the directory.
 struct Testbed {
-    nodes: Option<Nodes>,
+    /// In a cell so that the daemon can be restarted while the runtimes
+    /// borrow the testbed.
+    nodes: RefCell<Option<Nodes>>,
     /// The test's temporary directory (the lab's, named after its prefix).
     dir: PathBuf,
     /// The cgroup the containers are put under (the lab's name).
@@ -309,7 +389,7 @@ impl Testbed {
         let mut bed = Testbed {
             dir: std::env::temp_dir().join(&name),
             cgroup: name,
-            nodes: Some(nodes),
+            nodes: RefCell::new(Some(nodes)),
             holder: None,
         };
         let mut script = String::from("set -e\n");
@@ -325,7 +405,8 @@ impl Testbed {
         script.push_str("exec sleep infinity\n");
         let log = bed.dir.join("holder.log");
         let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", netns_path(&bed.node().ns).display()))
+        let node_netns = netns_path(&bed.node().ns);
+        cmd.arg(format!("--net={}", node_netns.display()))
             .args(["--", "unshare", "--mount", "--propagation", "private", "--"])
             .args(["sh", "-c", &script]);
         let holder =
@@ -351,14 +432,33 @@ impl Testbed {
         Ok(bed)
     }
 
-    /// Node 1, with the switch.
-    fn node(&self) -> &SwitchNode {
-        &self.nodes.as_ref().expect("the testbed's nodes").switches[0]
+    /// Node 1, with the switch (not to be held across
+    /// [`Testbed::restart_daemon`]).
+    fn node(&self) -> Ref<'_, SwitchNode> {
+        Ref::map(self.nodes.borrow(), |nodes| {
+            &nodes.as_ref().expect("the testbed's nodes").switches[0]
+        })
+    }
+
+    /// Stop node 1's daemon with SIGTERM and start it again, as a service
+    /// manager restarts it.
+    fn restart_daemon(&self) -> Result<()> {
+        let mut nodes = self
+            .nodes
+            .try_borrow_mut()
+            .context("node 1 is borrowed: drop it before restarting its daemon")?;
+        let node = &mut nodes.as_mut().context("the testbed's nodes")?.switches[0];
+        ensure!(node.stop(), "the daemon did not exit on SIGTERM");
+        node.launch()
     }
 
     /// `program` run in node 2's network namespace.
     fn n2_command(&self, program: &str) -> Command {
-        let prefix = self.nodes.as_ref().map_or("", |n| n.lab.prefix());
+        let prefix = self
+            .nodes
+            .borrow()
+            .as_ref()
+            .map_or(String::new(), |n| n.lab.prefix().to_string());
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &format!("{prefix}n2"), program]);
         cmd
@@ -387,7 +487,7 @@ impl Testbed {
 impl Drop for Testbed {
     fn drop(&mut self) {
         drop(self.holder.take());
-        drop(self.nodes.take());
+        drop(self.nodes.get_mut().take());
         remove_cgroup(&self.cgroup);
         let _ = fs::remove_dir_all(&self.dir);
     }
@@ -502,6 +602,66 @@ impl<'a> Podman<'a> {
         args.extend_from_slice(command);
         self.run(&args)
     }
+
+    /// The address and MAC podman reports for each of `names` on podnet.
+    fn addresses(&self, names: &[&str]) -> Result<Vec<(Ipv4Addr, String)>> {
+        let mut args = vec!["inspect"];
+        args.extend_from_slice(names);
+        let inspect: Value =
+            serde_json::from_str(&self.run(&args)?).context("podman inspect's JSON")?;
+        inspect
+            .as_array()
+            .context("podman inspect did not answer a list")?
+            .iter()
+            .map(|c| {
+                let net = &c["NetworkSettings"]["Networks"]["podnet"];
+                let ip = net["IPAddress"].as_str().unwrap_or_default();
+                let ip: Ipv4Addr = ip
+                    .parse()
+                    .with_context(|| format!("podman's address {ip:?} of {}", c["Name"]))?;
+                Ok((
+                    ip,
+                    net["MacAddress"].as_str().unwrap_or_default().to_string(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Containers `a` and `b`, at `a_ip` and `b_ip`, ping each other.
+    fn ping_each_other(&self, a_ip: Ipv4Addr, b_ip: Ipv4Addr) -> Result<()> {
+        for (from, to) in [("a", b_ip), ("b", a_ip)] {
+            let out = self.run(&["exec", from, "ping", "-c", "3", "-W", "2", &to.to_string()])?;
+            let replies = ping_received(&out);
+            ensure!(replies >= 2, "{from} → {to}: {replies}/3 replies:\n{out}");
+        }
+        Ok(())
+    }
+}
+
+/// podman configured with the podnet conflist for `conf` (podswitch-cni,
+/// then portmap and bandwidth), the busybox image imported, and the
+/// network checked to be listed.
+fn podman_on_podnet<'a>(bed: &'a Testbed, conf: &Value) -> Result<Podman<'a>> {
+    // libcni refuses 1.1.0 in a conflist; the plugin answers 1.0.0 too.
+    let network = json!({
+        "cniVersion": "1.0.0",
+        "name": "podnet",
+        "plugins": [
+            plugin_entry(conf),
+            {"type": "portmap", "capabilities": {"portMappings": true}},
+            {"type": "bandwidth", "capabilities": {"bandwidth": true}},
+        ],
+    });
+    let podman = Podman::new(bed, &network)?;
+    let layer = busybox_layer(&bed.dir, &bed.logs())?;
+    podman.run(&["import", &layer.to_string_lossy(), IMAGE])?;
+    // podman drops a network whose plugins fail its VERSION probe silently.
+    let networks = podman.run(&["network", "ls", "--format", "{{.Name}}"])?;
+    ensure!(
+        networks.lines().any(|n| n.trim() == "podnet"),
+        "podman does not list the podnet network: {networks}"
+    );
+    Ok(podman)
 }
 
 impl Drop for Podman<'_> {
@@ -827,17 +987,6 @@ fn plugin_dir(dir: &Path, chained: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// The podswitch-cni entry of a conflist: the network configuration
-/// `conf` without the list's own `cniVersion` and `name`.
-fn plugin_entry(conf: &Value) -> Value {
-    let mut entry = conf.clone();
-    if let Some(fields) = entry.as_object_mut() {
-        fields.remove("cniVersion");
-        fields.remove("name");
-    }
-    entry
-}
-
 /// podman's `default_ulimits`. Unless told, podman raises a rootful
 /// container's open-file and process limits to 1048576, and runc fails
 /// with EPERM where that is above the hard limits it runs with and root
@@ -957,17 +1106,7 @@ fn check_pods(node: &SwitchNode, pods: &[(Ipv4Addr, String)]) -> Result<(Ipv4Add
         .iter()
         .map(|(ip, mac)| (ip.to_string(), mac.to_lowercase()))
         .collect();
-    let ports: BTreeSet<(String, String)> = node
-        .cli_json(&["ports"])?
-        .as_array()
-        .context("ports")?
-        .iter()
-        .filter(|p| p["role"] == "pod")
-        .map(|p| {
-            let field = |k: &str| p[k].as_str().unwrap_or_default().to_lowercase();
-            (field("ip"), field("mac"))
-        })
-        .collect();
+    let ports = pod_port_addresses(node)?;
     ensure!(
         ports == reported,
         "the switch's pod ports {ports:?} are not the containers {reported:?}"

@@ -6,18 +6,22 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
 use podswitch_lab::Netns;
 use podswitch_lab::cluster::ping;
 use podswitch_lab::cluster::{Footprint, SwitchNode};
-use podswitch_lab::cni::{CniCall, netns_path, pod_from_result};
+use podswitch_lab::cni::{CniCall, CniOutput, netns_path, pod_from_result};
 use podswitch_lab::traffic::{IPERF_PORT, IperfClient, iperf_server};
 use serde_json::{Value, json};
 
 mod common;
-use common::{allocations, call, nodes, nothing_left, plugin, plugin_links, pod_ports, serial};
+use common::{
+    allocations, call, nodes, nothing_left, plugin, plugin_entry, plugin_links, pod_port_addresses,
+    pod_ports, serial,
+};
 
 /// ADD, traffic, CHECK, DEL, DEL again — same node and across nodes, in
 /// every spec version the plugin speaks.
@@ -246,6 +250,20 @@ fn fifty_concurrent_adds_then_500_cycles() -> Result<()> {
     node.check_frames()
 }
 
+/// `out` is a CNI error with `code` whose message contains `needle`.
+fn expect_refusal(out: &CniOutput, what: &str, code: u64, needle: &str) -> Result<()> {
+    ensure!(!out.success, "{what}: accepted: {}", out.stdout);
+    ensure!(
+        out.json["code"] == code,
+        "{what}: code {} not {code}: {}",
+        out.json["code"],
+        out.stdout
+    );
+    let msg = out.json["msg"].as_str().unwrap_or_default();
+    ensure!(msg.contains(needle), "{what}: {msg:?} lacks {needle:?}");
+    Ok(())
+}
+
 /// Every malformed input gets the spec's error code and a message that
 /// says what to fix, and leaves nothing half-made.
 #[test]
@@ -363,15 +381,7 @@ fn malformed_inputs_are_refused_cleanly() -> Result<()> {
             Value::String(text) => plugin.run_stdin(&node.ns, &call, text.as_bytes())?,
             _ => plugin.run(&node.ns, &call, &config)?,
         };
-        ensure!(!out.success, "{what}: accepted");
-        ensure!(
-            out.json["code"] == code,
-            "{what}: code {} not {code}: {}",
-            out.json["code"],
-            out.stdout
-        );
-        let msg = out.json["msg"].as_str().unwrap_or_default();
-        ensure!(msg.contains(needle), "{what}: {msg:?} lacks {needle:?}");
+        expect_refusal(&out, what, code, needle)?;
         nothing_left(node, &conf).with_context(|| format!("after {what}"))?;
     }
     let long_ifname = CniCall {
@@ -528,8 +538,203 @@ fn gc_releases_stale_attachments() -> Result<()> {
     Ok(())
 }
 
+/// A conflist named podnet of the podswitch entry for `conf` alone, which
+/// declares the `ips` and `mac` capabilities.
+fn list_with_capabilities(conf: &Value) -> Value {
+    json!({ "cniVersion": conf["cniVersion"], "name": "podnet", "plugins": [plugin_entry(conf)] })
+}
+
+/// A pod asks for its address and MAC — in `CNI_ARGS` (`IP=`, `MAC=`, as
+/// podman's `--ip` and `--mac-address` pass them) on a veth, and through
+/// the `ips` and `mac` capabilities in `runtimeConfig` on a TAP device —
+/// and gets them: in the result, on its interface and on its switch port
+/// (whose anti-spoofing passes the pods' frames: they ping each other). A
+/// second pod asking for a taken address, and every request the node
+/// cannot honour, gets a CNI error naming the value, and nothing is made.
+#[test]
+fn requested_address_and_mac() -> Result<()> {
+    let _serial = serial();
+    let mut tb = nodes("cni-static", 1)?;
+    let plugin = plugin();
+    let node = &tb.switches[0];
+    let conf = node.cni_network("1.0.0");
+
+    let a_ns = tb.lab.netns("sa")?;
+    let a_path = netns_path(&a_ns);
+    let by_args = CniCall {
+        args: "IgnoreUnknown=1;K8S_POD_NAME=sa;IP=10.244.1.50;MAC=02:42:0A:F4:01:32",
+        ..call("ADD", "sa", Some(&a_path))
+    };
+    let result_a = plugin.expect_ok(&node.ns, &by_args, &conf)?;
+    let a = pod_from_result(a_ns, &result_a)?;
+
+    let mut tap = conf.clone();
+    tap["podInterface"] = "tap".into();
+    let list = list_with_capabilities(&tap);
+    let capabilities = json!({
+        "ips": ["10.244.1.60/24"],
+        "mac": "02:42:0a:f4:01:3c",
+        "portMappings": [],
+    });
+    let b_ns = tb.lab.netns("sb")?;
+    let b_path = netns_path(&b_ns);
+    let b_call = call("ADD", "sb", Some(&b_path));
+    let result_b = plugin.run_list(&node.ns, &b_call, &list, &capabilities, None)?;
+    let b = pod_from_result(b_ns, &result_b)?;
+
+    for (pod, result, address, mac) in [
+        (&a, &result_a, "10.244.1.50/24", "02:42:0a:f4:01:32"),
+        (&b, &result_b, "10.244.1.60/24", "02:42:0a:f4:01:3c"),
+    ] {
+        ensure!(
+            result["ips"][0]["address"] == address && pod.mac == mac,
+            "asked for {address} and {mac}, got {result}"
+        );
+        let link = pod.ns.ip(&["-o", "link", "show", "eth0"])?;
+        ensure!(link.contains(mac), "the pod's eth0 is not {mac}: {link}");
+        let addresses = pod.ns.ip(&["-4", "-o", "addr", "show", "eth0"])?;
+        ensure!(
+            addresses.contains(address),
+            "the pod's eth0 lacks {address}: {addresses}"
+        );
+    }
+    let expected: BTreeSet<(String, String)> = [
+        ("10.244.1.50", "02:42:0a:f4:01:32"),
+        ("10.244.1.60", "02:42:0a:f4:01:3c"),
+    ]
+    .into_iter()
+    .map(|(ip, mac)| (ip.to_string(), mac.to_string()))
+    .collect();
+    ensure!(
+        pod_port_addresses(node)? == expected,
+        "the switch's pod ports are {:?}",
+        pod_port_addresses(node)?
+    );
+    for (from, to, what) in [
+        (&a.ns, b.ip, "veth pod to TAP pod"),
+        (&b.ns, a.ip, "TAP pod to veth pod"),
+        (&node.ns, a.ip, "node to veth pod"),
+    ] {
+        let replies = ping(from, to, 3)?;
+        ensure!(replies >= 2, "{what}: {replies}/3 replies");
+    }
+
+    // What cannot be honoured: a CNI error naming the value, nothing made.
+    let c_ns = tb.lab.netns("sc")?;
+    let c_path = netns_path(&c_ns);
+    let router_mac = podswitch_lab::cluster::router_mac(1);
+    let in_args = |args: &str| (args.to_string(), Value::Null);
+    let in_runtime_config = |value: Value| (String::new(), value);
+    let cases: Vec<(&str, (String, Value), u64, &str)> = vec![
+        (
+            "an address another pod holds",
+            in_args("IgnoreUnknown=1;IP=10.244.1.50"),
+            102,
+            "10.244.1.50 is already taken by container sa",
+        ),
+        (
+            "a taken address, as a capability",
+            in_runtime_config(json!({ "ips": ["10.244.1.60/24"] })),
+            102,
+            "10.244.1.60 is already taken by container sb",
+        ),
+        (
+            "an address outside the pod CIDR",
+            in_args("IP=10.244.2.50"),
+            4,
+            "10.244.2.50 (CNI_ARGS IP) is outside this node's pod CIDR",
+        ),
+        (
+            "the gateway",
+            in_args("IP=10.244.1.1"),
+            4,
+            "10.244.1.1 (CNI_ARGS IP) is the pod CIDR's gateway",
+        ),
+        (
+            "the network address",
+            in_runtime_config(json!({ "ips": ["10.244.1.0/24"] })),
+            7,
+            "10.244.1.0 (runtimeConfig ips) is the pod CIDR's network address",
+        ),
+        (
+            "the broadcast address",
+            in_args("IP=10.244.1.255"),
+            4,
+            "10.244.1.255",
+        ),
+        (
+            "not an address",
+            in_args("IP=10.244.1.300"),
+            4,
+            "10.244.1.300",
+        ),
+        (
+            "an IPv6 address",
+            in_runtime_config(json!({ "ips": ["fd00::5/64"] })),
+            7,
+            "fd00::5/64",
+        ),
+        (
+            "a multicast MAC",
+            in_args("MAC=01:00:5e:00:00:01"),
+            4,
+            "01:00:5e:00:00:01",
+        ),
+        (
+            "a malformed MAC",
+            in_runtime_config(json!({ "mac": "02:42:0a" })),
+            7,
+            "02:42:0a",
+        ),
+        (
+            "the router MAC",
+            in_args(&format!("MAC={router_mac}")),
+            4,
+            "router MAC",
+        ),
+    ];
+    for (what, (args, runtime_config), code, needle) in cases {
+        let mut config = conf.clone();
+        if !runtime_config.is_null() {
+            config["runtimeConfig"] = runtime_config;
+        }
+        let c_call = CniCall {
+            args: &args,
+            ..call("ADD", "sc", Some(&c_path))
+        };
+        let out = plugin.run(&node.ns, &c_call, &config)?;
+        expect_refusal(&out, what, code, needle)?;
+        let held: BTreeSet<String> = allocations(&conf).into_iter().collect();
+        ensure!(
+            held == ["10.244.1.50", "10.244.1.60"].map(String::from).into(),
+            "{what}: addresses held: {held:?}"
+        );
+        ensure!(
+            plugin_links(&node.ns)? == [a.host_ifname.clone()] && pod_ports(node)?.len() == 2,
+            "{what}: something was made: links {:?}, ports {:?}",
+            plugin_links(&node.ns)?,
+            pod_ports(node)?
+        );
+        ensure!(
+            c_ns.ip(&["-o", "link", "show"])?.lines().count() == 1,
+            "{what}: an interface was left in the pod"
+        );
+    }
+
+    let mut del_a = conf.clone();
+    del_a["prevResult"] = result_a;
+    plugin.expect_ok(&node.ns, &call("DEL", "sa", Some(&a_path)), &del_a)?;
+    let b_del = call("DEL", "sb", Some(&b_path));
+    plugin.run_list(&node.ns, &b_del, &list, &capabilities, Some(&result_b))?;
+    nothing_left(node, &conf)?;
+    node.check_frames()
+}
+
 /// Delegated IPAM: Debian's host-local hands out the address from its own
-/// range; DEL gives it back.
+/// range, and the address a pod asks for — `IP=` in `CNI_ARGS`, or the
+/// `ips` capability in `runtimeConfig` — which reach it through the
+/// plugin; DEL gives them back. An IPAM plugin that ignores the request
+/// is caught: a CNI error, not a pod with another address.
 #[test]
 fn delegated_host_local_ipam() -> Result<()> {
     let _serial = serial();
@@ -552,16 +757,108 @@ fn delegated_host_local_ipam() -> Result<()> {
     ensure!(ping(&node, pod.ip, 3)? >= 2, "the pod does not answer");
     let reservation = host_local_dir.join("podnet").join("10.244.1.100");
     ensure!(reservation.exists(), "host-local has no reservation file");
-    let mut del = conf.clone();
-    del["prevResult"] = result;
-    let path = netns_path(&pod.ns);
-    let id = pod.ns.name().rsplit('-').next().unwrap_or_default();
-    plugin.expect_ok(&node, &call("DEL", id, Some(&path)), &del)?;
+
+    // Requested addresses, in CNI_ARGS and as a capability.
+    let by_args_ns = tb.lab.netns("hlargs")?;
+    let by_args_path = netns_path(&by_args_ns);
+    let by_args = CniCall {
+        args: "IgnoreUnknown=1;K8S_POD_NAME=hlargs;IP=10.244.1.105",
+        ..call("ADD", "hlargs", Some(&by_args_path))
+    };
+    let by_args_result = plugin.expect_ok(&node, &by_args, &conf)?;
+    let by_capability_ns = tb.lab.netns("hlcap")?;
+    let by_capability_path = netns_path(&by_capability_ns);
+    let list = list_with_capabilities(&conf);
+    let capabilities = json!({ "ips": ["10.244.1.107/24"] });
+    let by_capability_call = call("ADD", "hlcap", Some(&by_capability_path));
+    let by_capability_result =
+        plugin.run_list(&node, &by_capability_call, &list, &capabilities, None)?;
+    for (result, address) in [
+        (&by_args_result, "10.244.1.105/24"),
+        (&by_capability_result, "10.244.1.107/24"),
+    ] {
+        ensure!(
+            result["ips"][0]["address"] == address,
+            "asked host-local for {address}, got {result}"
+        );
+    }
+    let by_args_pod = pod_from_result(by_args_ns, &by_args_result)?;
     ensure!(
-        !reservation.exists(),
-        "host-local still holds the address after DEL"
+        ping(&pod.ns, by_args_pod.ip, 3)? >= 2,
+        "the pod with the requested address does not answer"
     );
+    // host-local refuses a taken address itself; the plugin passes it on.
+    let taken_ns = tb.lab.netns("hltaken")?;
+    let taken_path = netns_path(&taken_ns);
+    let taken = CniCall {
+        args: "IgnoreUnknown=1;IP=10.244.1.105",
+        ..call("ADD", "hltaken", Some(&taken_path))
+    };
+    let out = plugin.run(&node, &taken, &conf)?;
+    ensure!(
+        !out.success && out.stdout.contains("10.244.1.105"),
+        "a taken address through host-local: {}",
+        out.stdout
+    );
+    ensure!(
+        plugin_links(&node)?.len() == 3,
+        "links after the refusal: {:?}",
+        plugin_links(&node)?
+    );
+
+    // An IPAM plugin that ignores requests (it always gives .77).
+    let ignoring_dir = std::env::temp_dir().join(format!("{}ipam-bin", tb.lab.prefix()));
+    std::fs::create_dir_all(&ignoring_dir)?;
+    let ignoring = ignoring_dir.join("ignoring-ipam");
+    std::fs::write(
+        &ignoring,
+        "#!/bin/sh\n[ \"$CNI_COMMAND\" = ADD ] && \
+         echo '{\"cniVersion\":\"1.0.0\",\"ips\":[{\"address\":\"10.244.1.77/24\",\"gateway\":\"10.244.1.1\"}]}'\n\
+         exit 0\n",
+    )?;
+    std::fs::set_permissions(&ignoring, std::fs::Permissions::from_mode(0o755))?;
+    let mut with_ignoring = plugin.clone();
+    with_ignoring.path.push(ignoring_dir.clone());
+    let mut ignoring_conf = conf.clone();
+    ignoring_conf["ipam"] = json!({ "type": "ignoring-ipam" });
+    let asks = CniCall {
+        args: "IP=10.244.1.50",
+        ..call("ADD", "hlignored", Some(&taken_path))
+    };
+    let out = with_ignoring.run(&node, &asks, &ignoring_conf)?;
+    ensure!(
+        !out.success && out.json["code"] == 7,
+        "an IPAM plugin that ignores the request: {}",
+        out.stdout
+    );
+    let msg = out.json["msg"].as_str().unwrap_or_default();
+    ensure!(
+        msg.contains("10.244.1.77") && msg.contains("10.244.1.50"),
+        "{msg}"
+    );
+    ensure!(
+        plugin_links(&node)?.len() == 3,
+        "links after the refusal: {:?}",
+        plugin_links(&node)?
+    );
+
+    for (id, path, result) in [
+        ("hl", netns_path(&pod.ns), result),
+        ("hlargs", by_args_path, by_args_result),
+        ("hlcap", by_capability_path, by_capability_result),
+    ] {
+        let mut del = conf.clone();
+        del["prevResult"] = result;
+        plugin.expect_ok(&node, &call("DEL", id, Some(&path)), &del)?;
+    }
+    let held: Vec<_> = std::fs::read_dir(host_local_dir.join("podnet"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("10."))
+        .collect();
+    ensure!(held.is_empty(), "host-local still holds {held:?} after DEL");
     let _ = std::fs::remove_dir_all(host_local_dir);
+    let _ = std::fs::remove_dir_all(ignoring_dir);
     Ok(())
 }
 

@@ -194,6 +194,7 @@ fn delete_all(tb: &Mixed) -> Result<()> {
                 container_id: &container_id,
                 netns: Some(&path),
                 ifname: "eth0",
+                args: "",
             };
             plugin.expect_ok(&node.ns, &call, &network)?;
             let links = pod.ns.ip(&["-o", "link", "show"])?;

@@ -176,8 +176,6 @@ impl SwitchNode {
                 config.push_str(&format!("vtep_mac = \"{mac}\"\n"));
             }
         }
-        let config_path = dir.join(format!("node{index}.toml"));
-        std::fs::write(&config_path, config)?;
         let mut node = SwitchNode {
             ns,
             index,
@@ -187,13 +185,20 @@ impl SwitchNode {
             daemon: None,
             pod_interface: options.pod_interface.clone(),
         };
+        std::fs::write(node.config_path(), config)?;
         node.launch()?;
         Ok(node)
     }
 
+    /// The daemon's configuration file (edit it, then [`Self::launch`]
+    /// again, to restart the daemon with another configuration).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join(format!("node{}.toml", self.index))
+    }
+
     /// Start (or restart) the daemon and wait for it to answer.
     pub fn launch(&mut self) -> Result<()> {
-        let config = self.dir.join(format!("node{}.toml", self.index));
+        let config = self.config_path();
         let log = std::fs::File::create(self.log_path())?;
         let mut cmd = self.ns.command(&self.binary.to_string_lossy());
         cmd.args(["daemon", "--config"]).arg(&config);

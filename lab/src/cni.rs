@@ -42,6 +42,8 @@ pub struct CniCall<'a> {
     pub netns: Option<&'a Path>,
     /// `CNI_IFNAME`.
     pub ifname: &'a str,
+    /// `CNI_ARGS` (`KEY=VALUE` pairs separated by `;`).
+    pub args: &'a str,
 }
 
 /// A CNI plugin binary and the directories of the plugins it may call.
@@ -87,6 +89,7 @@ impl CniPlugin {
                 call.netns.map(Path::as_os_str).unwrap_or_default(),
             )
             .env("CNI_IFNAME", call.ifname)
+            .env("CNI_ARGS", call.args)
             .env("CNI_PATH", cni_path)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -207,6 +210,7 @@ impl CniPlugin {
             container_id: name,
             netns: Some(&path),
             ifname: "eth0",
+            args: "",
         };
         let result = self.expect_ok(node, &call, config)?;
         let pod = pod_from_result(ns, &result)?;

@@ -1,8 +1,9 @@
 //! `podswitch daemon`: bring the switch up from its configuration, serve
 //! the control socket, and on SIGTERM or SIGINT take everything down again
-//! — XDP programs detached, sockets closed, the host port removed, every
-//! frame returned — and exit 0.
+//! — XDP programs detached, sockets closed, every frame returned — and
+//! exit 0. The host port stays (it is persistent) for the next daemon.
 
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -12,6 +13,7 @@ use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use crossbeam::channel::{RecvTimeoutError, Sender, bounded, unbounded};
 use crossbeam::queue::ArrayQueue;
+use ipnet::Ipv4Net;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{SigSet, Signal};
 
@@ -123,8 +125,12 @@ pub fn run(config: Config) -> Result<()> {
     };
 
     // The host port: a TAP device carrying the gateway address, so the
-    // node reaches its pods and pods reach the node.
+    // node reaches its pods and pods reach the node. It is persistent: a
+    // restarted daemon attaches to the device the last one left, and what
+    // the node set on it — portmap's route_localnet, the routes to remote
+    // pods, its MAC — lives through the restart.
     let host_tap = TapDevice::create(&config.host_port)
+        .and_then(|tap| tap.persist().map(|()| tap))
         .with_context(|| format!("creating the host port {}", config.host_port))?;
     let host = netlink.require_link(&config.host_port)?;
     // The host port carries IPv4 pod traffic only.
@@ -225,6 +231,8 @@ pub fn run(config: Config) -> Result<()> {
     start_port(&plane, UPLINK_PORT, uplink_port)?;
     start_port(&plane, HOST_PORT, Box::new(TapPort::new(host_tap)))?;
     plane.restore().context("restoring the saved state")?;
+    let pod_cidrs: Vec<Ipv4Net> = plane.peers().iter().map(|p| p.pod_cidr).collect();
+    remove_stale_host_routes(&netlink, host.index, config.pod_cidr, &pod_cidrs);
 
     let stop = Arc::new(AtomicBool::new(false));
     let (maintenance, stop_maintenance) = spawn_maintenance(plane.clone())?;
@@ -266,6 +274,49 @@ pub fn run(config: Config) -> Result<()> {
         "stopped; every port closed and its frames returned"
     );
     Ok(())
+}
+
+/// Remove the routes through the host port (interface `host_index`) to
+/// pod CIDRs that are neither this node's (`own`, the kernel's connected
+/// route) nor a peer's (`peers`): the host port outlives the daemon with
+/// its routes, and a peer dropped from the configuration while the daemon
+/// was down must not keep one. Routes via a gateway are not the daemon's
+/// and stay.
+fn remove_stale_host_routes(netlink: &Netlink, host_index: u32, own: Ipv4Net, peers: &[Ipv4Net]) {
+    let routes = match netlink.routes_v4() {
+        Ok(routes) => routes,
+        Err(e) => {
+            tracing::warn!("{e:#}");
+            return;
+        }
+    };
+    for stale in stale_host_routes(&routes, host_index, own, peers) {
+        match netlink.delete_route(stale, host_index) {
+            Ok(()) => tracing::info!(%stale, "removed a host port route no peer has"),
+            Err(e) => tracing::warn!("{e:#}"),
+        }
+    }
+}
+
+/// Which of `routes` (destination, gateway, interface) [`remove_stale_host_routes`] removes.
+fn stale_host_routes(
+    routes: &[(Ipv4Net, Option<Ipv4Addr>, u32)],
+    host_index: u32,
+    own: Ipv4Net,
+    peers: &[Ipv4Net],
+) -> Vec<Ipv4Net> {
+    let wanted = |destination: &Ipv4Net| {
+        std::iter::once(&own)
+            .chain(peers)
+            .any(|cidr| cidr.trunc() == *destination)
+    };
+    routes
+        .iter()
+        .filter(|&&(destination, gateway, oif)| {
+            oif == host_index && gateway.is_none() && !wanted(&destination)
+        })
+        .map(|&(destination, _, _)| destination)
+        .collect()
 }
 
 /// Bind a socket on every active RX queue of the uplink; the first one
@@ -397,5 +448,24 @@ mod tests {
         let from_uplink = check_underlay_mtu(65535, false, "eth0").unwrap_err();
         assert!(from_uplink.to_string().contains("set underlay_mtu"));
         assert!(from_uplink.to_string().contains("eth0"));
+    }
+
+    #[test]
+    fn only_gateway_less_host_port_routes_to_unknown_cidrs_are_stale() {
+        let net = |text: &str| text.parse::<Ipv4Net>().unwrap();
+        let own = net("10.244.1.0/24");
+        let peers = [net("10.244.2.0/24")];
+        let routes = [
+            (net("10.244.1.0/24"), None, 7),
+            (net("10.244.2.0/24"), None, 7),
+            (net("10.244.3.0/24"), None, 7),
+            (net("10.244.4.0/24"), Some(Ipv4Addr::new(10, 244, 1, 9)), 7),
+            (net("10.244.5.0/24"), None, 3),
+            (net("0.0.0.0/0"), Some(Ipv4Addr::new(10, 1, 0, 1)), 3),
+        ];
+        assert_eq!(
+            stale_host_routes(&routes, 7, own, &peers),
+            [net("10.244.3.0/24")]
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! TAP devices (`/dev/net/tun`, IFF_TAP | IFF_NO_PI).
 //!
 //! Two kinds: the plain host port that joins the node's own stack to the
-//! pod network (one frame per read, checksums complete), and the pod port
+//! pod network (one frame per read, checksums complete; persistent, so
+//! that what the node and other tools set on it outlives a daemon
+//! restart), and the pod port
 //! opened with a virtio-net header and offloads (IFF_VNET_HDR,
 //! TUNSETOFFLOAD with CSUM, TSO4 and TSO6), through which the pod's kernel
 //! hands the switch TCP super-frames of up to 64 KB with partial checksums
@@ -89,10 +91,24 @@ impl TapDevice {
     /// persistent (it stays when no descriptor holds it) and with a
     /// virtio-net header, for the daemon to attach to.
     pub fn create_persistent(name: &str) -> io::Result<()> {
-        let device = TapDevice::open_offloaded(name)?;
+        TapDevice::open_offloaded(name)?.persist()
+    }
+
+    /// Make the device persistent: it stays, with its addresses, routes
+    /// and sysctls, when this descriptor is closed (the daemon exits), and
+    /// the next [`TapDevice::create`] or [`TapDevice::open_offloaded`] of
+    /// its name attaches to it. Deleting the link removes it.
+    pub fn persist(&self) -> io::Result<()> {
         // SAFETY: TUNSETPERSIST takes its argument by value; the
         // descriptor is an attached tun descriptor.
-        if unsafe { libc::ioctl(device.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) } < 0 {
+        if unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                libc::TUNSETPERSIST,
+                1 as libc::c_ulong,
+            )
+        } < 0
+        {
             return Err(io::Error::last_os_error());
         }
         Ok(())

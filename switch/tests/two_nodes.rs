@@ -215,16 +215,56 @@ fn interop_with_kernel_vxlan_node() -> Result<()> {
     node1.check_frames()
 }
 
-/// SIGTERM: the daemon exits 0, detaches its XDP programs and removes its
-/// host port; a daemon killed with SIGKILL is replaced by a new one.
+/// What a restart must keep of the host port: its MAC, a sysctl another
+/// tool set on it (portmap sets `route_localnet` for published ports on
+/// 127.0.0.1), its address and its routes.
+fn host_port(node: &SwitchNode) -> Result<(String, String, String, String)> {
+    let link = node.ns.ip(&["-o", "link", "show", "podsw0"])?;
+    let mac = link
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    let sysctl = node
+        .ns
+        .run("sysctl", &["-n", "net.ipv4.conf.podsw0.route_localnet"])?;
+    let address = node.ns.ip(&["-4", "-o", "addr", "show", "dev", "podsw0"])?;
+    let address = address
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    let mut routes: Vec<String> = node
+        .ns
+        .ip(&["-4", "route", "show", "dev", "podsw0"])?
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(String::from))
+        .collect();
+    routes.sort();
+    Ok((mac, sysctl.trim().to_string(), address, routes.join(" ")))
+}
+
+/// The host port is persistent. SIGKILL leaves it, and the daemon started
+/// after that attaches to it; SIGTERM stops the daemon cleanly (exit 0,
+/// XDP programs detached) and leaves it too — with its MAC, a sysctl set
+/// on it, its address and its routes, all kept for the next daemon. A
+/// daemon started without a peer the last one had removes that peer's
+/// route from it.
 #[test]
 fn clean_stop_and_restart_after_kill() -> Result<()> {
     let _serial = serial();
     let mut tb = TwoNodes::new("sw-stop", "vxlan")?;
     let node = &mut tb.nodes[0];
+    node.ns
+        .run("sysctl", &["-qw", "net.ipv4.conf.podsw0.route_localnet=1"])?;
+    let kept = host_port(node)?;
+    ensure!(
+        kept.1 == "1" && kept.2 == "10.244.1.1/24" && kept.3 == "10.244.1.0/24 10.244.2.0/24",
+        "the host port before any restart: {kept:?}"
+    );
     let daemon = node.daemon().context("no daemon")?;
-    let pid = nix::unistd::Pid::from_raw(daemon.pid() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL)?;
     ensure!(
         daemon.signal_and_wait(
             nix::sys::signal::Signal::SIGKILL,
@@ -232,7 +272,17 @@ fn clean_stop_and_restart_after_kill() -> Result<()> {
         ),
         "SIGKILL did not stop the daemon"
     );
+    ensure!(
+        host_port(node)? == kept,
+        "after SIGKILL the host port is {:?}, was {kept:?}",
+        host_port(node)?
+    );
     node.launch()?;
+    ensure!(
+        host_port(node)? == kept,
+        "the daemon started after SIGKILL has host port {:?}, was {kept:?}",
+        host_port(node)?
+    );
     ensure!(node.stop(), "the daemon did not exit on SIGTERM");
     ensure!(
         node.log().contains("stopped; every port closed"),
@@ -245,9 +295,22 @@ fn clean_stop_and_restart_after_kill() -> Result<()> {
         "an XDP program is still attached:\n{links}"
     );
     ensure!(
-        !links.contains("podsw0"),
-        "the host port is still there:\n{links}"
+        host_port(node)? == kept,
+        "after SIGTERM the host port is {:?}, was {kept:?}",
+        host_port(node)?
     );
+
+    // Node 2 dropped from node 1's configuration while it was down.
+    let config = std::fs::read_to_string(node.config_path())?;
+    let without_peers = config.split("[[peers]]").next().unwrap_or_default();
+    std::fs::write(node.config_path(), without_peers)?;
+    node.launch()?;
+    let (_, _, _, routes) = host_port(node)?;
+    ensure!(
+        routes == "10.244.1.0/24",
+        "routes through the host port after node 2 was dropped: {routes}"
+    );
+    ensure!(node.stop(), "the daemon did not exit on SIGTERM");
     Ok(())
 }
 

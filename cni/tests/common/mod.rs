@@ -3,15 +3,16 @@
 //! attachment is left behind.
 #![allow(dead_code)] // each test binary uses its own subset
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, bail, ensure};
 use podswitch_lab::cluster::{PeerEntry, SwitchNode, SwitchOptions, connect_underlay};
 use podswitch_lab::cni::{CniCall, CniPlugin};
 use podswitch_lab::{Lab, Netns};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// One lab at a time on a 2-core machine.
 pub fn serial() -> MutexGuard<'static, ()> {
@@ -102,6 +103,20 @@ pub fn nodes_with(tag: &str, switches: usize, options: &SwitchOptions) -> Result
     })
 }
 
+/// The podswitch-cni entry of a conflist: the network configuration
+/// `conf` without the list's own `cniVersion` and `name`, declaring the
+/// `ips` and `mac` capabilities (a runtime passes a requested address and
+/// MAC in `runtimeConfig` only to a plugin that declares them).
+pub fn plugin_entry(conf: &Value) -> Value {
+    let mut entry = conf.clone();
+    if let Some(fields) = entry.as_object_mut() {
+        fields.remove("cniVersion");
+        fields.remove("name");
+    }
+    entry["capabilities"] = json!({"ips": true, "mac": true});
+    entry
+}
+
 /// A call for interface `eth0`.
 pub fn call<'a>(command: &'a str, container_id: &'a str, netns: Option<&'a Path>) -> CniCall<'a> {
     CniCall {
@@ -109,6 +124,7 @@ pub fn call<'a>(command: &'a str, container_id: &'a str, netns: Option<&'a Path>
         container_id,
         netns,
         ifname: "eth0",
+        args: "",
     }
 }
 
@@ -137,15 +153,32 @@ pub fn allocations(config: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The pod ports on `node`'s switch, as `podswitch ports` describes them.
+fn pod_port_list(node: &SwitchNode) -> Result<Vec<Value>> {
+    let mut ports = match node.cli_json(&["ports"])? {
+        Value::Array(ports) => ports,
+        other => bail!("podswitch ports answered {other}"),
+    };
+    ports.retain(|p| p["role"] == "pod");
+    Ok(ports)
+}
+
 /// The names of the pod ports on `node`'s switch.
 pub fn pod_ports(node: &SwitchNode) -> Result<Vec<String>> {
-    Ok(node
-        .cli_json(&["ports"])?
-        .as_array()
-        .context("ports")?
+    Ok(pod_port_list(node)?
         .iter()
-        .filter(|p| p["role"] == "pod")
         .map(|p| p["name"].as_str().unwrap_or_default().to_string())
+        .collect())
+}
+
+/// The address and MAC (lower case) of every pod port on `node`'s switch.
+pub fn pod_port_addresses(node: &SwitchNode) -> Result<BTreeSet<(String, String)>> {
+    Ok(pod_port_list(node)?
+        .iter()
+        .map(|p| {
+            let field = |k: &str| p[k].as_str().unwrap_or_default().to_lowercase();
+            (field("ip"), field("mac"))
+        })
         .collect())
 }
 
