@@ -17,6 +17,7 @@ pub mod netns;
 pub mod ovs_node;
 pub mod ping_pong;
 pub mod process;
+pub mod tools;
 pub mod traffic;
 pub mod udp_sink;
 pub mod unprivileged;
