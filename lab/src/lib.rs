@@ -32,8 +32,6 @@ pub fn require_root() -> anyhow::Result<()> {
     if nix::unistd::geteuid().is_root() {
         Ok(())
     } else {
-        anyhow::bail!(
-            "this needs root: it builds network namespaces (run it with sudo, as the README says)"
-        )
+        anyhow::bail!("this builds network namespaces: run it as root (with sudo if you are not)")
     }
 }
