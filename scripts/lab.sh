@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Bring the two-node podswitch testbed up (left running) or take it down.
-#   sudo scripts/lab.sh up [--encap vxlan|geneve] [--poll-mode adaptive|busy] [--xdp-mode auto|native|generic]
-#   sudo scripts/lab.sh down
+#   scripts/lab.sh up [--encap vxlan|geneve] [--poll-mode adaptive|busy] [--xdp-mode auto|native|generic]
+#   scripts/lab.sh down
+# Run as root (sudo if you are not): the lab builds network namespaces.
 # A failed "up" takes down whatever it had built.
 set -euo pipefail
 cd "$(dirname "$0")/.."

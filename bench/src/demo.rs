@@ -6,11 +6,12 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use podswitch_lab::cluster::{Pod, SwitchNode, SwitchOptions, SwitchPair, node_ip, ping_stats};
 use podswitch_lab::cni::CniPlugin;
 use podswitch_lab::cpu::CpuMeter;
 use podswitch_lab::interrupt::{catch_interrupts, check_interrupted};
+use podswitch_lab::tools;
 use podswitch_lab::traffic::{IPERF_PORT, IperfClient, iperf_server};
 use podswitch_lab::{Lab, Netns};
 
@@ -67,6 +68,8 @@ pub struct DemoArgs {
 struct Row {
     what: String,
     result: String,
+    /// The check failed (a ping that got no reply).
+    failed: bool,
 }
 
 /// The executable `name` next to this one (the workspace's build output).
@@ -90,6 +93,8 @@ fn step(what: &str) -> Result<()> {
 /// Run the demo.
 pub fn run(args: &DemoArgs) -> Result<()> {
     podswitch_lab::require_root()?;
+    // Every program the demo runs, before it builds anything.
+    tools::require_all(&["ip", "ethtool", "ping", "iperf3", "timeout", "cat"])?;
     catch_interrupts()?;
     let binary = sibling_binary("podswitch")?;
     let mut lab = Lab::new("demo")?;
@@ -155,13 +160,18 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         ),
     ];
     for (from, to, what) in pings {
-        let p = ping_stats(from, to, 5)?;
+        let p = ping_stats(from, to, 5).with_context(|| format!("ping {what}"))?;
         rows.push(Row {
             what,
-            result: format!(
-                "{}/{} replies, {:.3} ms average round trip",
-                p.received, p.sent, p.avg_ms
-            ),
+            result: if p.received == 0 {
+                format!("FAILED: no reply to {} pings", p.sent)
+            } else {
+                format!(
+                    "{}/{} replies, {:.3} ms average round trip",
+                    p.received, p.sent, p.avg_ms
+                )
+            },
+            failed: p.received == 0,
         });
     }
 
@@ -191,7 +201,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         let _server = iperf_server(&to.ns, IPERF_PORT)?;
         let buffer_errors = udp_receive_buffer_errors(&to.ns)?;
         let meter = CpuMeter::start(&daemons)?;
-        let result = client.run(&from.ns, to.ip)?;
+        let result = client
+            .run(&from.ns, to.ip)
+            .with_context(|| format!("iperf3 {what}: {} -> {}", from.ip, to.ip))?;
         let cpu = meter.stop()?;
         let loss = if client.udp.is_some() {
             let overflowed = udp_receive_buffer_errors(&to.ns)? - buffer_errors;
@@ -210,6 +222,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
                 cpu.processes * 100.0,
                 cpu.kernel_softirq * 100.0
             ),
+            failed: false,
         });
     }
 
@@ -238,6 +251,19 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     println!(
         "\nRun `podswitch-bench demo --help` for options; docs/operations.md explains each counter."
     );
+    verdict(&rows)
+}
+
+/// Fail, naming each, if a check of the summary failed.
+fn verdict(rows: &[Row]) -> Result<()> {
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.failed)
+        .map(|r| r.what.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!("the demo failed: no ping reply for {}", failed.join("; "));
+    }
     Ok(())
 }
 
@@ -306,4 +332,33 @@ fn summarize_node(node: &SwitchNode) -> Result<()> {
         frames["violations"]
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(what: &str, failed: bool) -> Row {
+        Row {
+            what: what.into(),
+            result: String::new(),
+            failed,
+        }
+    }
+
+    #[test]
+    fn a_ping_without_replies_fails_the_demo_and_is_named() {
+        assert!(verdict(&[row("same node", false), row("TCP", false)]).is_ok());
+        let error = verdict(&[
+            row("same node", false),
+            row("across nodes", true),
+            row("node to pod", true),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            error,
+            "the demo failed: no ping reply for across nodes; node to pod"
+        );
+    }
 }

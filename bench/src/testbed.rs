@@ -73,7 +73,7 @@ fn up(options: SwitchOptions) -> Result<()> {
         "  target/release/podswitch --socket {} stats",
         pair.nodes[0].socket.display()
     );
-    println!("  sudo scripts/lab.sh down");
+    println!("  scripts/lab.sh down");
     Ok(())
 }
 

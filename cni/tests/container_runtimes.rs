@@ -44,6 +44,7 @@ use nix::unistd::Pid;
 use podswitch_lab::Process;
 use podswitch_lab::cluster::{SwitchNode, node_ip, ping_received, pod_gateway};
 use podswitch_lab::cni::netns_path;
+use podswitch_lab::tools;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -81,7 +82,8 @@ const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 fn podman_runs_two_containers_that_ping() -> Result<()> {
     let _serial = serial();
     require(&[
-        "podman", "runc", "conmon", "nsenter", "unshare", "tar", "curl", "iptables",
+        "podman", "runc", "conmon", "nsenter", "unshare", "sh", "mount", "sleep", "tar", "curl",
+        "iptables", "ip",
     ])?;
     let bed = Testbed::new("rt-podman", &[("run", "/run"), ("var-lib", "/var/lib")])?;
     let node = bed.node();
@@ -106,12 +108,12 @@ fn podman_runs_two_containers_that_ping() -> Result<()> {
     let url = format!("http://{}:{HOST_PORT}/index.html", node_ip(1));
     let logs = bed.logs();
     let page = wait_for("b's published port from node 1", SETTLE, || {
-        fetch(node.ns.command("curl"), &url, &logs)
+        fetch(node.ns.command("curl")?, &url, &logs)
     })?;
     ensure!(page == PAGE, "from node 1, {url} served {page:?}");
     node.ns.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
     let page = wait_for("b's published port from node 2", SETTLE, || {
-        fetch(bed.n2_command("curl"), &url, &logs)
+        fetch(bed.n2_command("curl")?, &url, &logs)
     })?;
     ensure!(page == PAGE, "from node 2, {url} served {page:?}");
 
@@ -221,7 +223,7 @@ fn podman_published_port_on_localhost_survives_a_daemon_restart() -> Result<()> 
             &format!("b's published port on 127.0.0.1 {when}"),
             SETTLE,
             || {
-                let fetched = fetch(node.ns.command("curl"), &url, &logs)?;
+                let fetched = fetch(node.ns.command("curl")?, &url, &logs)?;
                 let route_localnet = node
                     .ns
                     .run("sysctl", &["-n", "net.ipv4.conf.podsw0.route_localnet"])?;
@@ -257,6 +259,9 @@ fn ctr_run_cni_two_containers_that_ping() -> Result<()> {
         "runc",
         "nsenter",
         "unshare",
+        "sh",
+        "mount",
+        "sleep",
         "tar",
     ])?;
     let bed = Testbed::new(
@@ -404,7 +409,7 @@ impl Testbed {
         }
         script.push_str("exec sleep infinity\n");
         let log = bed.dir.join("holder.log");
-        let mut cmd = Command::new("nsenter");
+        let mut cmd = tools::command("nsenter")?;
         let node_netns = netns_path(&bed.node().ns);
         cmd.arg(format!("--net={}", node_netns.display()))
             .args(["--", "unshare", "--mount", "--propagation", "private", "--"])
@@ -453,15 +458,16 @@ impl Testbed {
     }
 
     /// `program` run in node 2's network namespace.
-    fn n2_command(&self, program: &str) -> Command {
+    fn n2_command(&self, program: &str) -> Result<Command> {
+        tools::require(program)?;
         let prefix = self
             .nodes
             .borrow()
             .as_ref()
             .map_or(String::new(), |n| n.lab.prefix().to_string());
-        let mut cmd = Command::new("ip");
+        let mut cmd = tools::command("ip")?;
         cmd.args(["netns", "exec", &format!("{prefix}n2"), program]);
-        cmd
+        Ok(cmd)
     }
 
     /// `dir/mnt/<sub>`, bound over a system directory in the mount namespace.
@@ -957,20 +963,19 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>>
     }
 }
 
-/// Fail, naming it, unless every one of `programs` is on `PATH`, and
-/// unless busybox and Debian's CNI plugins are there.
+/// Fail, naming each with its Debian package, unless every one of
+/// `programs` is installed, and unless busybox and Debian's CNI plugins
+/// are there.
 fn require(programs: &[&str]) -> Result<()> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for program in programs {
-        ensure!(
-            std::env::split_paths(&path).any(|dir| dir.join(program).is_file()),
-            "{program} is not installed; this test needs it"
-        );
-    }
-    for file in [BUSYBOX, "/usr/lib/cni/portmap", "/usr/lib/cni/bandwidth"] {
+    tools::require_all(programs)?;
+    for (file, package) in [
+        (BUSYBOX, "busybox-static"),
+        ("/usr/lib/cni/portmap", "containernetworking-plugins"),
+        ("/usr/lib/cni/bandwidth", "containernetworking-plugins"),
+    ] {
         ensure!(
             Path::new(file).is_file(),
-            "{file} is missing; this test needs it"
+            "{file} is missing (Debian package {package}): run scripts/install-deps.sh"
         );
     }
     Ok(())
@@ -1019,7 +1024,7 @@ fn busybox_layer(dir: &Path, logs: &Path) -> Result<PathBuf> {
     fs::write(rootfs.join("www/index.html"), PAGE)?;
     let layer = dir.join("rootfs.tar");
     run_checked(
-        Command::new("tar")
+        tools::command("tar")?
             .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
             .arg(&rootfs)
             .arg("-cf")
@@ -1073,7 +1078,7 @@ fn oci_archive(dir: &Path, layer: &Path, logs: &Path) -> Result<PathBuf> {
     )?;
     let archive = dir.join("busybox-oci.tar");
     run_checked(
-        Command::new("tar")
+        tools::command("tar")?
             .arg("-C")
             .arg(&layout)
             .arg("-cf")

@@ -1121,7 +1121,7 @@ fn vanished_pod_port_is_removed() -> Result<()> {
         "the pod's port"
     );
     let path = netns_path(&pod.ns);
-    podswitch_lab::netns::run_checked(std::process::Command::new("ip").args([
+    podswitch_lab::netns::run_checked(podswitch_lab::tools::command("ip")?.args([
         "netns",
         "del",
         pod.ns.name(),

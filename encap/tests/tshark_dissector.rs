@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -168,7 +167,7 @@ fn dissect(name: &str, packets: &[Vec<u8>]) -> Result<Vec<HashMap<String, String
     }
     drop(writer);
 
-    let mut cmd = Command::new("tshark");
+    let mut cmd = podswitch_lab::tools::command("tshark")?;
     cmd.args(["-n", "-r"])
         .arg(&path)
         .args([
@@ -191,9 +190,7 @@ fn dissect(name: &str, packets: &[Vec<u8>]) -> Result<Vec<HashMap<String, String
     for field in FIELDS {
         cmd.args(["-e", field]);
     }
-    let output = cmd
-        .output()
-        .context("running tshark (scripts/install-deps.sh installs it)")?;
+    let output = cmd.output().context("running tshark")?;
     std::fs::remove_dir_all(&dir)?;
     ensure!(
         output.status.success(),

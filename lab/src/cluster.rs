@@ -200,7 +200,7 @@ impl SwitchNode {
     pub fn launch(&mut self) -> Result<()> {
         let config = self.config_path();
         let log = std::fs::File::create(self.log_path())?;
-        let mut cmd = self.ns.command(&self.binary.to_string_lossy());
+        let mut cmd = self.ns.command(&self.binary.to_string_lossy())?;
         cmd.args(["daemon", "--config"]).arg(&config);
         let daemon =
             Process::spawn_logged(&mut cmd, &format!("podswitch on node {}", self.index), log)?;
@@ -621,10 +621,12 @@ pub struct PingResult {
 }
 
 /// Ping `to` from namespace `from` `count` times, 200 ms apart, waiting
-/// at most a second for each reply.
+/// at most a second for each reply. Fails if ping is not installed or
+/// could not run at all (an exit status other than ping's own 0, 1 for
+/// no reply and 2 for errors such as an unreachable network).
 pub fn ping_stats(from: &Netns, to: Ipv4Addr, count: u32) -> Result<PingResult> {
     let output = from
-        .command("ping")
+        .command("ping")?
         .args([
             "-c",
             &count.to_string(),
@@ -637,6 +639,14 @@ pub fn ping_stats(from: &Netns, to: Ipv4Addr, count: u32) -> Result<PingResult> 
         ])
         .output()
         .context("running ping")?;
+    if !matches!(output.status.code(), Some(0..=2)) {
+        bail!(
+            "ping {to} in {} could not run ({}): {}",
+            from.name(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
     let text = String::from_utf8_lossy(&output.stdout);
     let received = ping_received(&text);
     // "rtt min/avg/max/mdev = 0.045/0.061/0.083/0.013 ms"

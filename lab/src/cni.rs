@@ -75,7 +75,7 @@ impl CniPlugin {
         call: &CniCall,
         stdin: &[u8],
     ) -> Result<CniOutput> {
-        let mut cmd = node.command(&binary.to_string_lossy());
+        let mut cmd = node.command(&binary.to_string_lossy())?;
         let cni_path = self
             .path
             .iter()

@@ -17,6 +17,7 @@ pub mod netns;
 pub mod ovs_node;
 pub mod ping_pong;
 pub mod process;
+pub mod tools;
 pub mod traffic;
 pub mod udp_sink;
 pub mod unprivileged;
@@ -31,8 +32,6 @@ pub fn require_root() -> anyhow::Result<()> {
     if nix::unistd::geteuid().is_root() {
         Ok(())
     } else {
-        anyhow::bail!(
-            "this needs root: it builds network namespaces (run it with sudo, as the README says)"
-        )
+        anyhow::bail!("this builds network namespaces: run it as root (with sudo if you are not)")
     }
 }

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use anyhow::{Context, Result, bail};
 use nix::sched::{CloneFlags, setns};
 
+use crate::tools;
+
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
 /// A set of namespaces sharing one unique prefix; dropping the lab deletes
@@ -77,7 +79,7 @@ impl Drop for Lab {
 
 /// The names of every network namespace.
 pub fn list_namespaces() -> Result<Vec<String>> {
-    let output = run_checked(Command::new("ip").args(["netns", "list"]))?;
+    let output = run_checked(tools::command("ip")?.args(["netns", "list"]))?;
     Ok(String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next().map(String::from))
@@ -91,7 +93,7 @@ pub fn delete_namespaces(prefix: &str) -> Result<usize> {
         .filter(|n| n.starts_with(prefix))
         .collect();
     for name in &doomed {
-        run_checked(Command::new("ip").args(["netns", "del", name]))?;
+        run_checked(tools::command("ip")?.args(["netns", "del", name]))?;
     }
     Ok(doomed.len())
 }
@@ -105,7 +107,7 @@ pub struct Netns {
 
 impl Netns {
     fn create(name: &str) -> Result<Netns> {
-        run_checked(Command::new("ip").args(["netns", "add", name]))
+        run_checked(tools::command("ip")?.args(["netns", "add", name]))
             .with_context(|| format!("creating network namespace {name}"))?;
         let ns = Netns {
             name: name.to_string(),
@@ -129,17 +131,19 @@ impl Netns {
         &self.name
     }
 
-    /// A command that runs `program` inside the namespace.
-    pub fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
+    /// A command that runs `program` inside the namespace; fails, naming
+    /// its Debian package, if `program` is not installed (see [`tools`]).
+    pub fn command(&self, program: &str) -> Result<Command> {
+        tools::require(program)?;
+        let mut cmd = tools::command("ip")?;
         cmd.args(["netns", "exec", &self.name, program]);
-        cmd
+        Ok(cmd)
     }
 
     /// Run `program args…` inside the namespace; its stdout, or an error
     /// with its stderr when it fails.
     pub fn run(&self, program: &str, args: &[&str]) -> Result<String> {
-        let output = run_checked(self.command(program).args(args))
+        let output = run_checked(self.command(program)?.args(args))
             .with_context(|| format!("in {}: {program} {}", self.name, args.join(" ")))?;
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
@@ -148,7 +152,7 @@ impl Netns {
     pub fn ip(&self, args: &[&str]) -> Result<String> {
         let mut full = vec!["-n", &self.name];
         full.extend_from_slice(args);
-        let output = run_checked(Command::new("ip").args(&full))
+        let output = run_checked(tools::command("ip")?.args(&full))
             .with_context(|| format!("ip {}", full.join(" ")))?;
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }

@@ -20,6 +20,7 @@ use crate::cluster::{Pod, UPLINK, VNI, node_ip};
 use crate::flat_pods::flat_pod;
 use crate::netns::{Lab, Netns, run_checked};
 use crate::process::Process;
+use crate::tools;
 
 /// The OVS database schema Debian installs.
 const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
@@ -34,16 +35,7 @@ const PROGRAMS: [&str; 5] = [
 
 /// Fail, saying what to install, unless Open vSwitch is installed.
 pub fn ovs_installed() -> Result<()> {
-    for program in PROGRAMS {
-        let found = std::env::var_os("PATH").is_some_and(|path| {
-            std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
-        });
-        if !found {
-            bail!(
-                "{program} not found: install Debian's openvswitch-switch (scripts/install-deps.sh)"
-            );
-        }
-    }
+    tools::require_all(&PROGRAMS)?;
     if !Path::new(SCHEMA).is_file() {
         bail!("{SCHEMA} not found: install Debian's openvswitch-switch");
     }
@@ -75,14 +67,14 @@ impl OvsNode {
         let db = dir.join("conf.db");
         let _ = std::fs::remove_file(&db);
         run_checked(
-            Command::new("ovsdb-tool")
+            tools::command("ovsdb-tool")?
                 .arg("create")
                 .arg(&db)
                 .arg(SCHEMA),
         )
         .context("creating the OVS database")?;
         let mut ovsdb = Process::spawn_logged(
-            ovs_command(&ns, "ovsdb-server", &dir)
+            ovs_command(&ns, "ovsdb-server", &dir)?
                 .arg(&db)
                 .arg(format!("--remote=punix:{}", dir.join("db.sock").display()))
                 .arg(format!("--unixctl={}", dir.join("ovsdb.ctl").display())),
@@ -103,7 +95,7 @@ impl OvsNode {
             ],
         )?;
         let mut vswitchd = Process::spawn_logged(
-            ovs_command(&ns, "ovs-vswitchd", &dir)
+            ovs_command(&ns, "ovs-vswitchd", &dir)?
                 .arg(format!("unix:{}", dir.join("db.sock").display()))
                 .arg(format!("--unixctl={}", dir.join("vswitchd.ctl").display())),
             &format!("ovs-vswitchd of node {index}"),
@@ -216,18 +208,18 @@ impl OvsNode {
 
 /// A command running `program` in `ns` with OVS's run, log and database
 /// directories set to `dir` (its management sockets go there too).
-fn ovs_command(ns: &Netns, program: &str, dir: &Path) -> Command {
-    let mut cmd = ns.command(program);
+fn ovs_command(ns: &Netns, program: &str, dir: &Path) -> Result<Command> {
+    let mut cmd = ns.command(program)?;
     for var in ["OVS_RUNDIR", "OVS_LOGDIR", "OVS_DBDIR", "OVS_SYSCONFDIR"] {
         cmd.env(var, dir);
     }
-    cmd
+    Ok(cmd)
 }
 
 /// Run `ovs-vsctl` against the database whose socket is in `dir`.
 fn vsctl_at(dir: &Path, args: &[&str]) -> Result<String> {
     let output = run_checked(
-        Command::new("ovs-vsctl")
+        tools::command("ovs-vsctl")?
             .arg("--timeout=20")
             .arg(format!("--db=unix:{}", dir.join("db.sock").display()))
             .args(args),

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::netns::Netns;
 use crate::process::Process;
+use crate::tools;
 
 /// The port lab iperf3 servers listen on.
 pub const IPERF_PORT: u16 = 5201;
@@ -35,7 +36,7 @@ impl IperfResult {
 /// Start an iperf3 server in `ns`, listening on `port`; stopped on drop.
 pub fn iperf_server(ns: &Netns, port: u16) -> Result<Process> {
     let server = Process::spawn(
-        ns.command("iperf3").args(["-s", "-p", &port.to_string()]),
+        ns.command("iperf3")?.args(["-s", "-p", &port.to_string()]),
         &format!("iperf3 server in {}", ns.name()),
     )?;
     // Give it a moment to bind before a client connects.
@@ -121,17 +122,19 @@ impl IperfClient {
         let limit = (self.seconds + 20).to_string();
         let mut full = vec![limit.as_str(), "iperf3"];
         full.extend(args.iter().map(String::as_str));
+        // `timeout` runs iperf3: make sure that one is there too.
+        tools::require("iperf3")?;
         let output = ns
-            .command("timeout")
+            .command("timeout")?
             .args(&full)
             .output()
             .context("running iperf3")?;
         let text = String::from_utf8_lossy(&output.stdout);
         let json: serde_json::Value = serde_json::from_str(&text).with_context(|| {
             format!(
-                "iperf3 gave no JSON (exit {}): {}",
+                "iperf3 gave no JSON ({}): {}",
                 output.status,
-                String::from_utf8_lossy(&output.stderr)
+                String::from_utf8_lossy(&output.stderr).trim()
             )
         })?;
         if let Some(error) = json.get("error").and_then(|e| e.as_str()) {
@@ -172,7 +175,7 @@ impl IperfClient {
         let mut args = self.args(server);
         args.extend(["-i".into(), interval.to_string(), "--forceflush".into()]);
         Process::spawn_logged(
-            ns.command("iperf3").args(&args),
+            ns.command("iperf3")?.args(&args),
             &format!("iperf3 client in {}", ns.name()),
             log,
         )

@@ -8,6 +8,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::netns::Netns;
+use crate::tools;
 
 /// The uid and gid of `nobody`.
 pub const NOBODY: u32 = 65534;
@@ -76,10 +77,13 @@ fn python() -> &'static str {
 }
 
 impl Client<'_> {
-    /// A command running `program` as this client.
-    pub fn command(&self, program: &str) -> Command {
+    /// A command running `program` as this client; fails, naming its
+    /// package, if it or a program wrapped around it is not installed.
+    pub fn command(&self, program: &str) -> Result<Command> {
+        tools::require(program)?;
         let mut words: Vec<String> = Vec::new();
         if let Some(dir) = self.private_dir {
+            tools::require_all(&["unshare", "sh", "mount"])?;
             words.extend(
                 [
                     "unshare",
@@ -96,6 +100,7 @@ impl Client<'_> {
             words.push(dir.to_string_lossy().into_owned());
         }
         if self.nobody {
+            tools::require("setpriv")?;
             words.extend([
                 "setpriv".to_string(),
                 format!("--reuid={NOBODY}"),
@@ -111,18 +116,18 @@ impl Client<'_> {
         }
         words.push(program.to_string());
         let mut cmd = match self.netns {
-            Some(ns) => ns.command(&words[0]),
-            None => Command::new(&words[0]),
+            Some(ns) => ns.command(&words[0])?,
+            None => tools::command(&words[0])?,
         };
         cmd.args(&words[1..]);
-        cmd
+        Ok(cmd)
     }
 
     /// Connect to the unix stream socket at `socket`, send `request` (one
     /// line) and read one line back.
     pub fn unix_request(&self, socket: &Path, request: &str) -> Result<UnixAnswer> {
         let output = self
-            .command(python())
+            .command(python())?
             .arg("-c")
             .arg(UNIX_CLIENT)
             .arg(socket)

@@ -207,7 +207,7 @@ fn pod_traffic(a: &Netns, b: &Netns, mtu: u32) -> Result<f64> {
         }
     }
     let _server = Process::spawn(
-        b.command("iperf3").args(["-s", "-1", "-p", "5201"]),
+        b.command("iperf3")?.args(["-s", "-1", "-p", "5201"]),
         "iperf3 server",
     )?;
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -705,7 +705,7 @@ fn stale_programs_are_replaced() -> Result<()> {
     // same queue again right away works (EBUSY is retried).
     let exe = std::env::current_exe()?;
     let mut holder = ns
-        .command(exe.to_str().context("test binary path")?)
+        .command(exe.to_str().context("test binary path")?)?
         .args([
             "--exact",
             "xdp_holder_for_stale_test",

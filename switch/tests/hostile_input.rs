@@ -627,7 +627,7 @@ fn hostile_geneve_packets() -> Result<()> {
 /// waiting a second at most; what ping printed.
 fn ping_ttl(from: &podswitch_lab::Netns, to: Ipv4Addr, ttl: u8) -> Result<String> {
     let output = from
-        .command("ping")
+        .command("ping")?
         .args(["-c", "5", "-i", "0.2", "-W", "1", "-t", &ttl.to_string()])
         .arg(to.to_string())
         .output()

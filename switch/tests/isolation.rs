@@ -63,7 +63,7 @@ fn socket_protocols(pid: u32, fds: impl Iterator<Item = u32>) -> Result<BTreeMap
                   \x20   except OSError:\n\
                   \x20       print('-')";
     let fds: Vec<u32> = fds.collect();
-    let output = std::process::Command::new("python3")
+    let output = podswitch_lab::tools::command("python3")?
         .arg("-c")
         .arg(script)
         .args(fds.iter().map(|fd| format!("/proc/{pid}/fd/{fd}")))

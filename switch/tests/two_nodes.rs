@@ -92,7 +92,7 @@ fn node_traffic_and_host_port() -> Result<()> {
     let [n1, n2] = &tb.nodes;
     // TCP between the nodes' own underlay addresses, not a tunnel packet.
     let _server = podswitch_lab::Process::spawn(
-        n2.ns.command("iperf3").args(["-s", "-p", "5301"]),
+        n2.ns.command("iperf3")?.args(["-s", "-p", "5301"]),
         "iperf3 on node 2",
     )?;
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -574,7 +574,7 @@ fn restart_under_traffic(
                 .run_with_intervals(&a.ns, c.ip, REPORT_INTERVAL, true)
         });
         let pinger =
-            a.ns.command("ping")
+            a.ns.command("ping")?
                 .args([
                     "-i",
                     "0.05",
