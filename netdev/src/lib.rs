@@ -1,0 +1,13 @@
+//! The kernel's interfaces and namespaces as podswitch uses them, shared
+//! by the daemon and the CNI plugin:
+//!
+//! - [`netlink`]: interfaces, addresses, routes and neighbours (rtnetlink),
+//!   and the `disable_ipv6` sysctl;
+//! - [`netns`]: running code inside another network namespace;
+//! - [`tap`]: TAP devices, plain or with a virtio-net header and offloads.
+//!
+//! Every call acts on the calling thread's network namespace.
+
+pub mod netlink;
+pub mod netns;
+pub mod tap;
