@@ -1,26 +1,36 @@
-//! The rtnetlink operations the switch needs — interfaces, addresses,
-//! routes, the kernel's neighbour table — as blocking calls on top of the
-//! `rtnetlink` crate (which is async) and a private single-threaded
-//! runtime. Every call acts on the caller's network namespace.
+//! The rtnetlink operations podswitch needs — interfaces, addresses,
+//! routes, the kernel's neighbour table — as blocking calls: each builds a
+//! netlink-packet-route message and sends it on a blocking socket
+//! (`route_socket.rs`), which waits for the kernel's answer. No async
+//! runtime.
+//!
+//! A connection acts on the network namespace it was opened in.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::{Mutex, PoisonError};
 
 use anyhow::{Context, Result, bail};
-use futures::TryStreamExt;
 use ipnet::{IpNet, Ipv4Net};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage,
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as LinkInfoAttribute,
+    LinkMessage,
 };
 use netlink_packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState,
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use netlink_packet_route::route::{RouteAddress, RouteAttribute};
-use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
-
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use podswitch_control::MacAddr;
+
+use crate::route_socket::RouteSocket;
 
 /// An interface as the kernel describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,10 +61,9 @@ pub struct NextHop {
     pub ifindex: u32,
 }
 
-/// A connection to rtnetlink.
+/// A connection to rtnetlink. Calls from several threads take turns.
 pub struct Netlink {
-    runtime: tokio::runtime::Runtime,
-    handle: Handle,
+    socket: Mutex<RouteSocket>,
 }
 
 /// Errno values the calls below treat as "already so".
@@ -62,11 +71,9 @@ const EEXIST: i32 = libc::EEXIST;
 const ESRCH: i32 = libc::ESRCH;
 const ENODEV: i32 = libc::ENODEV;
 
-fn errno(err: &rtnetlink::Error) -> Option<i32> {
-    match err {
-        rtnetlink::Error::NetlinkError(message) => message.code.map(|c| -c.get()),
-        _ => None,
-    }
+/// Whether `result` failed with `errno`.
+fn failed_with<T>(result: &io::Result<T>, errno: i32) -> bool {
+    matches!(result, Err(e) if e.raw_os_error() == Some(errno))
 }
 
 /// Turn IPv6 off on `ifname` in the caller's network namespace (through
@@ -86,44 +93,62 @@ pub fn disable_ipv6(ifname: &str) -> Result<()> {
 impl Netlink {
     /// Open a connection in the current network namespace.
     pub fn open() -> Result<Netlink> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .context("netlink runtime")?;
-        let (connection, handle, _) = runtime
-            .block_on(async { rtnetlink::new_connection() })
-            .context("opening an rtnetlink socket")?;
-        runtime.spawn(connection);
-        Ok(Netlink { runtime, handle })
+        let socket = RouteSocket::open().context("opening an rtnetlink socket")?;
+        Ok(Netlink {
+            socket: Mutex::new(socket),
+        })
+    }
+
+    /// Send `message` and wait for the kernel's acknowledgement: the
+    /// messages it answered with, or its error (the errno in
+    /// [`io::Error::raw_os_error`]).
+    pub fn request(&self, message: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.exchange(message, 0)
+    }
+
+    /// Send `message` with `flags` besides NLM_F_REQUEST and NLM_F_ACK.
+    fn exchange(
+        &self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.socket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .request(message, flags)
     }
 
     /// The interface `name`, or `None` if there is none.
     pub fn link(&self, name: &str) -> Result<Option<LinkInfo>> {
-        let mut request = std::pin::pin!(
-            self.handle
-                .link()
-                .get()
-                .match_name(name.to_string())
-                .execute()
-        );
-        match self.runtime.block_on(request.try_next()) {
-            Ok(Some(message)) => Ok(Some(link_info(&message))),
-            Ok(None) => Ok(None),
-            Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("looking up interface {name}")),
+        let mut query = LinkMessage::default();
+        query
+            .attributes
+            .push(LinkAttribute::IfName(name.to_string()));
+        let answers = self.request(RouteNetlinkMessage::GetLink(query));
+        if failed_with(&answers, ENODEV) {
+            return Ok(None);
         }
+        let answers = answers.with_context(|| format!("looking up interface {name}"))?;
+        Ok(answers.iter().find_map(|answer| match answer {
+            RouteNetlinkMessage::NewLink(link) => Some(link_info(link)),
+            _ => None,
+        }))
     }
 
     /// Every interface, by name.
-    pub fn links(&self) -> Result<std::collections::HashMap<String, LinkInfo>> {
-        let request = self.handle.link().get().execute();
-        let messages: Vec<LinkMessage> = self
-            .runtime
-            .block_on(request.try_collect())
+    pub fn links(&self) -> Result<HashMap<String, LinkInfo>> {
+        let answers = self
+            .exchange(
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+                NLM_F_DUMP,
+            )
             .context("listing interfaces")?;
-        Ok(messages
+        Ok(answers
             .iter()
-            .filter_map(|m| {
+            .filter_map(|answer| {
+                let RouteNetlinkMessage::NewLink(m) = answer else {
+                    return None;
+                };
                 let name = m.attributes.iter().find_map(|a| match a {
                     LinkAttribute::IfName(name) => Some(name.clone()),
                     _ => None,
@@ -141,59 +166,55 @@ impl Netlink {
 
     /// Bring an interface up, with an MTU and MAC if given.
     pub fn set_link_up(&self, index: u32, mtu: Option<u32>, mac: Option<MacAddr>) -> Result<()> {
-        let mut builder = LinkUnspec::new_with_index(index).up();
+        let mut link = LinkMessage::default();
+        link.header.index = index;
+        link.header.flags |= LinkFlags::Up;
+        link.header.change_mask |= LinkFlags::Up;
         if let Some(mtu) = mtu {
-            builder = builder.mtu(mtu);
+            link.attributes.push(LinkAttribute::Mtu(mtu));
         }
         if let Some(mac) = mac {
-            builder = builder.address(mac.0.to_vec());
+            link.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
         }
-        self.runtime
-            .block_on(self.handle.link().set(builder.build()).execute())
-            .with_context(|| format!("configuring interface {index}"))
+        self.request(RouteNetlinkMessage::SetLink(link))
+            .with_context(|| format!("configuring interface {index}"))?;
+        Ok(())
     }
 
     /// Add an address to an interface; an address already there is fine.
     pub fn add_address(&self, index: u32, address: IpAddr, prefix_len: u8) -> Result<()> {
-        let request = self
-            .handle
-            .address()
-            .add(index, address, prefix_len)
-            .execute();
-        match self.runtime.block_on(request) {
-            Err(e) if errno(&e) != Some(EEXIST) => Err(e)
-                .with_context(|| format!("adding {address}/{prefix_len} to interface {index}")),
-            _ => Ok(()),
+        let message = RouteNetlinkMessage::NewAddress(address_message(index, address, prefix_len));
+        let result = self.exchange(message, NLM_F_CREATE | NLM_F_EXCL);
+        if failed_with(&result, EEXIST) {
+            return Ok(());
         }
+        result.with_context(|| format!("adding {address}/{prefix_len} to interface {index}"))?;
+        Ok(())
     }
 
     /// Route `destination` out of interface `index`, replacing any route to it.
     pub fn replace_route(&self, destination: Ipv4Net, index: u32) -> Result<()> {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(destination.network(), destination.prefix_len())
-            .output_interface(index)
-            .build();
-        self.runtime
-            .block_on(self.handle.route().add(route).replace().execute())
-            .with_context(|| format!("routing {destination} to interface {index}"))
+        let mut route = route_message(destination);
+        route.attributes.push(RouteAttribute::Oif(index));
+        self.exchange(
+            RouteNetlinkMessage::NewRoute(route),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .with_context(|| format!("routing {destination} to interface {index}"))?;
+        Ok(())
     }
 
     /// Remove the route to `destination` out of interface `index`; a route
     /// already gone is fine.
     pub fn delete_route(&self, destination: Ipv4Net, index: u32) -> Result<()> {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(destination.network(), destination.prefix_len())
-            .output_interface(index)
-            .build();
-        match self
-            .runtime
-            .block_on(self.handle.route().del(route).execute())
-        {
-            Err(e) if errno(&e) != Some(ESRCH) => {
-                Err(e).with_context(|| format!("removing the route to {destination}"))
-            }
-            _ => Ok(()),
+        let mut route = route_message(destination);
+        route.attributes.push(RouteAttribute::Oif(index));
+        let result = self.request(RouteNetlinkMessage::DelRoute(route));
+        if failed_with(&result, ESRCH) {
+            return Ok(());
         }
+        result.with_context(|| format!("removing the route to {destination}"))?;
+        Ok(())
     }
 
     /// Create the veth pair `host` — `peer`, `host` in this namespace and
@@ -206,18 +227,27 @@ impl Netlink {
         peer_netns: BorrowedFd,
         mtu: u32,
     ) -> Result<()> {
-        let peer_message = LinkUnspec::new_with_name(peer)
-            .setns_by_fd(peer_netns.as_raw_fd())
-            .mtu(mtu)
-            .build();
-        let message = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-            .name(host.to_string())
-            .mtu(mtu)
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_message)))
-            .build();
-        self.runtime
-            .block_on(self.handle.link().add(message).execute())
-            .with_context(|| format!("creating the veth pair {host}/{peer}"))
+        let mut peer_link = LinkMessage::default();
+        peer_link.attributes = vec![
+            LinkAttribute::IfName(peer.to_string()),
+            LinkAttribute::NetNsFd(peer_netns.as_raw_fd()),
+            LinkAttribute::Mtu(mtu),
+        ];
+        let mut link = LinkMessage::default();
+        link.attributes = vec![
+            LinkAttribute::IfName(host.to_string()),
+            LinkAttribute::Mtu(mtu),
+            LinkAttribute::LinkInfo(vec![
+                LinkInfoAttribute::Kind(InfoKind::Veth),
+                LinkInfoAttribute::Data(InfoData::Veth(InfoVeth::Peer(peer_link))),
+            ]),
+        ];
+        self.exchange(
+            RouteNetlinkMessage::NewLink(link),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .with_context(|| format!("creating the veth pair {host}/{peer}"))?;
+        Ok(())
     }
 
     /// Delete the interface `name` (and its veth peer with it); false if
@@ -226,50 +256,50 @@ impl Netlink {
         let Some(link) = self.link(name)? else {
             return Ok(false);
         };
-        match self
-            .runtime
-            .block_on(self.handle.link().del(link.index).execute())
-        {
-            Ok(()) => Ok(true),
-            Err(e) if errno(&e) == Some(ENODEV) => Ok(false),
-            Err(e) => Err(e).with_context(|| format!("deleting interface {name}")),
+        let mut message = LinkMessage::default();
+        message.header.index = link.index;
+        let result = self.request(RouteNetlinkMessage::DelLink(message));
+        if failed_with(&result, ENODEV) {
+            return Ok(false);
         }
+        result.with_context(|| format!("deleting interface {name}"))?;
+        Ok(true)
     }
 
     /// Route `destination` via `gateway` out of interface `index`, the
     /// gateway on-link (it need not be in the interface's subnet).
     pub fn add_route_via(&self, destination: Ipv4Net, gateway: Ipv4Addr, index: u32) -> Result<()> {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(destination.network(), destination.prefix_len())
-            .gateway(gateway)
-            .output_interface(index)
-            .onlink()
-            .build();
-        match self
-            .runtime
-            .block_on(self.handle.route().add(route).execute())
-        {
-            Err(e) if errno(&e) != Some(EEXIST) => {
-                Err(e).with_context(|| format!("routing {destination} via {gateway}"))
-            }
-            _ => Ok(()),
+        let mut route = route_message(destination);
+        route.header.flags.insert(RouteFlags::Onlink);
+        route.attributes.extend([
+            RouteAttribute::Gateway(RouteAddress::Inet(gateway)),
+            RouteAttribute::Oif(index),
+        ]);
+        let result = self.exchange(
+            RouteNetlinkMessage::NewRoute(route),
+            NLM_F_CREATE | NLM_F_EXCL,
+        );
+        if failed_with(&result, EEXIST) {
+            return Ok(());
         }
+        result.with_context(|| format!("routing {destination} via {gateway}"))?;
+        Ok(())
     }
 
     /// The addresses on interface `index`.
     pub fn addresses(&self, index: u32) -> Result<Vec<IpNet>> {
-        let request = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
-        let messages: Vec<AddressMessage> = self
-            .runtime
-            .block_on(request.try_collect())
+        let answers = self
+            .exchange(
+                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+                NLM_F_DUMP,
+            )
             .with_context(|| format!("listing the addresses of interface {index}"))?;
-        Ok(messages
+        Ok(answers
             .iter()
+            .filter_map(|answer| match answer {
+                RouteNetlinkMessage::NewAddress(m) if m.header.index == index => Some(m),
+                _ => None,
+            })
             .filter_map(|m| {
                 let prefix = m.header.prefix_len;
                 m.attributes.iter().find_map(|a| match a {
@@ -282,18 +312,20 @@ impl Netlink {
 
     /// The IPv4 routes of the main table: destination, gateway, interface.
     pub fn routes_v4(&self) -> Result<Vec<(Ipv4Net, Option<Ipv4Addr>, u32)>> {
-        let request = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
-        let messages: Vec<netlink_packet_route::route::RouteMessage> = self
-            .runtime
-            .block_on(request.try_collect())
+        let query = route_header(AddressFamily::Inet);
+        let answers = self
+            .exchange(RouteNetlinkMessage::GetRoute(query), NLM_F_DUMP)
             .context("listing routes")?;
-        Ok(messages
+        Ok(answers
             .iter()
-            .filter(|m| m.header.table == libc::RT_TABLE_MAIN)
+            .filter_map(|answer| match answer {
+                RouteNetlinkMessage::NewRoute(m)
+                    if m.header.table == RouteHeader::RT_TABLE_MAIN =>
+                {
+                    Some(m)
+                }
+                _ => None,
+            })
             .map(|m| {
                 let mut destination = Ipv4Addr::UNSPECIFIED;
                 let mut gateway = None;
@@ -315,21 +347,22 @@ impl Netlink {
 
     /// Ask the kernel's routing table where packets to `destination` go.
     pub fn next_hop(&self, destination: IpAddr) -> Result<NextHop> {
-        let mut route = match destination {
-            IpAddr::V4(v4) => RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(v4, 32)
-                .build(),
-            IpAddr::V6(v6) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
-                .destination_prefix(v6, 128)
-                .build(),
+        // A route *get* for one address (prefix length 0): the kernel
+        // resolves it.
+        let (family, address) = match destination {
+            IpAddr::V4(v4) => (AddressFamily::Inet, RouteAddress::Inet(v4)),
+            IpAddr::V6(v6) => (AddressFamily::Inet6, RouteAddress::Inet6(v6)),
         };
-        // A route *get* for one address: the kernel resolves it.
-        route.header.destination_prefix_length = 0;
-        let mut request = std::pin::pin!(self.handle.route().get(route).execute());
+        let mut query = route_header(family);
+        query.attributes.push(RouteAttribute::Destination(address));
         let answer = self
-            .runtime
-            .block_on(request.try_next())
+            .request(RouteNetlinkMessage::GetRoute(query))
             .with_context(|| format!("looking up the route to {destination}"))?
+            .into_iter()
+            .find_map(|answer| match answer {
+                RouteNetlinkMessage::NewRoute(route) => Some(route),
+                _ => None,
+            })
             .with_context(|| format!("no route to {destination}"))?;
         let mut hop = NextHop {
             neighbour: destination,
@@ -351,13 +384,17 @@ impl Netlink {
 
     /// The kernel's resolved neighbours: (address, interface) → MAC.
     pub fn neighbours(&self) -> Result<HashMap<(IpAddr, u32), MacAddr>> {
-        let request = self.handle.neighbours().get().execute();
-        let entries: Vec<_> = self
-            .runtime
-            .block_on(request.try_collect())
+        let answers = self
+            .exchange(
+                RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()),
+                NLM_F_DUMP,
+            )
             .context("reading the neighbour table")?;
         let mut table = HashMap::new();
-        for entry in entries {
+        for answer in answers {
+            let RouteNetlinkMessage::NewNeighbour(entry) = answer else {
+                continue;
+            };
             if matches!(
                 entry.header.state,
                 NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
@@ -392,20 +429,82 @@ impl Netlink {
     /// sends its tunnel packets past the kernel, so it must keep the
     /// entries it relies on in use itself.
     pub fn probe_neighbour(&self, address: IpAddr, ifindex: u32) -> Result<()> {
-        let request = self
-            .handle
-            .neighbours()
-            .add(ifindex, address)
-            .state(NeighbourState::Delay)
-            .flags(NeighbourFlags::Use)
-            .replace()
-            .execute();
-        self.runtime
-            .block_on(request)
-            .with_context(|| format!("asking the kernel to resolve {address}"))
+        let mut entry = NeighbourMessage::default();
+        entry.header.ifindex = ifindex;
+        entry.header.state = NeighbourState::Delay;
+        entry.header.flags = NeighbourFlags::Use;
+        let destination = match address {
+            IpAddr::V4(v4) => {
+                entry.header.family = AddressFamily::Inet;
+                NeighbourAddress::Inet(v4)
+            }
+            IpAddr::V6(v6) => {
+                entry.header.family = AddressFamily::Inet6;
+                NeighbourAddress::Inet6(v6)
+            }
+        };
+        entry
+            .attributes
+            .push(NeighbourAttribute::Destination(destination));
+        self.exchange(
+            RouteNetlinkMessage::NewNeighbour(entry),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .with_context(|| format!("asking the kernel to resolve {address}"))?;
+        Ok(())
     }
 }
 
+/// An address for interface `index`, as `ip address add` makes it: local
+/// and peer address the same, and for IPv4 the subnet's broadcast address.
+fn address_message(index: u32, address: IpAddr, prefix_len: u8) -> AddressMessage {
+    let mut message = AddressMessage::default();
+    message.header.index = index;
+    message.header.prefix_len = prefix_len;
+    message.header.family = match address {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    message.attributes = vec![
+        AddressAttribute::Address(address),
+        AddressAttribute::Local(address),
+    ];
+    if let IpAddr::V4(v4) = address
+        && let Ok(subnet) = Ipv4Net::new(v4, prefix_len)
+        && prefix_len < 31
+    {
+        message
+            .attributes
+            .push(AddressAttribute::Broadcast(subnet.broadcast()));
+    }
+    message
+}
+
+/// A unicast route of the main table, as `ip route` makes it, with no
+/// destination yet.
+fn route_header(family: AddressFamily) -> RouteMessage {
+    let mut route = RouteMessage::default();
+    route.header.address_family = family;
+    route.header.table = RouteHeader::RT_TABLE_MAIN;
+    route.header.protocol = RouteProtocol::Static;
+    route.header.scope = RouteScope::Universe;
+    route.header.kind = RouteType::Unicast;
+    route
+}
+
+/// A unicast route of the main table to `destination`.
+fn route_message(destination: Ipv4Net) -> RouteMessage {
+    let mut route = route_header(AddressFamily::Inet);
+    route.header.destination_prefix_length = destination.prefix_len();
+    route
+        .attributes
+        .push(RouteAttribute::Destination(RouteAddress::Inet(
+            destination.network(),
+        )));
+    route
+}
+
+/// What `message` says about its interface.
 fn link_info(message: &LinkMessage) -> LinkInfo {
     let mut info = LinkInfo {
         index: message.header.index,
