@@ -9,7 +9,7 @@ if [[ "$seconds" == 0 ]]; then
   exit 0
 fi
 
-for crate in encap switch cni; do
+for crate in encap control switch cni; do
   (
     cd "$crate"
     cargo +nightly fuzz build

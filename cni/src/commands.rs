@@ -8,10 +8,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use ipnet::{IpNet, Ipv4Net};
-use podswitch::config::DEFAULT_CONTROL_SOCKET;
-use podswitch::control::protocol::{Info, PortKind, PortSpec, PortStatus};
-use podswitch::control::{Client, ClientError, Request};
-use podswitch::netlink::Netlink;
+use podswitch_control::DEFAULT_CONTROL_SOCKET;
+use podswitch_control::protocol::{Info, PortKind, PortSpec, PortStatus};
+use podswitch_control::{Client, ClientError, Request};
+use podswitch_netdev::netlink::Netlink;
 
 use crate::ipam::{LocalIpam, Owner, delegate};
 use crate::pod_link::{self, CreatedLink, PodInterface, host_ifname, is_host_ifname};

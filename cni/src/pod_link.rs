@@ -15,10 +15,10 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use ipnet::{IpNet, Ipv4Net};
 use nix::sched::{CloneFlags, setns};
-use podswitch::mac::MacAddr;
-use podswitch::netlink::{Netlink, disable_ipv6};
-use podswitch::netns::in_netns;
-use podswitch::tap::TapDevice;
+use podswitch_control::MacAddr;
+use podswitch_netdev::netlink::{Netlink, disable_ipv6};
+use podswitch_netdev::netns::in_netns;
+use podswitch_netdev::tap::TapDevice;
 use sha2::{Digest, Sha256};
 
 /// The host end's name for attachment (`container_id`, `ifname`): `ps`

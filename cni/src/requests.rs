@@ -15,7 +15,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::Ipv4Net;
-use podswitch::mac::MacAddr;
+use podswitch_control::MacAddr;
 
 use crate::ipam::unusable;
 use crate::spec::{CniError, CniResult, Environment, NetConf, code};

@@ -11,73 +11,13 @@ use serde::{Deserialize, Serialize};
 use crate::mac::MacAddr;
 use crate::xdp::XdpModeChoice;
 
-/// Where the control socket lives unless configured.
-pub const DEFAULT_CONTROL_SOCKET: &str = "/run/podswitch/podswitch.sock";
+pub use podswitch_control::DEFAULT_CONTROL_SOCKET;
+pub use podswitch_control::protocol::{Encap, PeerConfig, PollMode};
+
 /// Where ports, peers and routes are persisted unless configured.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/podswitch";
 /// Name of the host port (a TAP device) unless configured.
 pub const DEFAULT_HOST_PORT: &str = "podsw0";
-
-/// How the workers wait for traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PollMode {
-    /// Spin while there is work, then sleep in poll() until traffic comes.
-    #[default]
-    Adaptive,
-    /// Spin always: lowest latency, one whole core per worker.
-    Busy,
-}
-
-/// The tunnel, as configuration spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Encap {
-    /// VXLAN, UDP port 4789 by default.
-    #[default]
-    Vxlan,
-    /// Geneve, UDP port 6081 by default.
-    Geneve,
-}
-
-impl std::fmt::Display for Encap {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str(TunnelKind::from(*self).as_str())
-    }
-}
-
-impl std::fmt::Display for PollMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str(match self {
-            PollMode::Adaptive => "adaptive",
-            PollMode::Busy => "busy",
-        })
-    }
-}
-
-impl From<Encap> for TunnelKind {
-    fn from(encap: Encap) -> TunnelKind {
-        match encap {
-            Encap::Vxlan => TunnelKind::Vxlan,
-            Encap::Geneve => TunnelKind::Geneve,
-        }
-    }
-}
-
-/// A remote node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PeerConfig {
-    /// The peer's underlay address: its VTEP.
-    pub node_ip: IpAddr,
-    /// The peer's pod CIDR, routed to it.
-    pub pod_cidr: Ipv4Net,
-    /// The MAC inner frames are addressed to. Podswitch peers derive it
-    /// from their node IP (leave it out); a kernel VXLAN peer (Flannel)
-    /// needs its vxlan device's MAC here.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vtep_mac: Option<MacAddr>,
-}
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+pub use podswitch_control::stats::Census;
 
 use crate::afxdp::{Desc, Umem, XDP_PKT_CONTD};
 
@@ -37,28 +37,6 @@ const LOCATIONS: [Location; 5] = [
     Location::Tx,
     Location::Queued,
 ];
-
-/// How many frames are in each place.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Census {
-    /// On the free list.
-    pub free: u64,
-    /// On fill or RX rings.
-    pub fill_or_rx: u64,
-    /// Held by workers.
-    pub in_flight: u64,
-    /// On TX or completion rings.
-    pub tx_or_completion: u64,
-    /// Between workers.
-    pub queued: u64,
-}
-
-impl Census {
-    /// Frames counted in all places: always the frame count.
-    pub fn total(&self) -> u64 {
-        self.free + self.fill_or_rx + self.in_flight + self.tx_or_completion + self.queued
-    }
-}
 
 /// Every frame's place, and the global free list.
 pub struct FrameLedger {

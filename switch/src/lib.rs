@@ -12,6 +12,11 @@
 //! - [`control_plane`], [`control`], [`netlink`]: ports, peers and routes,
 //!   the control socket, and the kernel state the switch reads and writes;
 //! - [`config`], [`daemon`], [`mac`]: configuration and startup.
+//!
+//! What the CNI plugin shares with the daemon lives in two small crates,
+//! re-exported here under their old paths: `podswitch-control` (the
+//! protocol types and client in [`control`], [`mac`]) and
+//! `podswitch-netdev` ([`netlink`], [`netns`], [`tap`]).
 
 pub mod afxdp;
 pub mod config;
@@ -23,12 +28,15 @@ pub mod fib;
 pub mod forward;
 pub mod frame_budget;
 pub mod frames;
-pub mod mac;
-pub mod netlink;
-pub mod netns;
 pub mod saved_state;
 pub mod stats;
-pub mod tap;
 pub mod topology;
 pub mod worker;
 pub mod xdp;
+
+pub use podswitch_control::mac;
+pub use podswitch_netdev::{netlink, netns, tap};
+
+// The TAP devices `tap` opens and the virtio-net headers `podswitch-encap`
+// reads and writes on them must agree on the header's length.
+const _: () = assert!(tap::VNET_HEADER_LEN == podswitch_encap::virtio_net::HEADER_LEN);

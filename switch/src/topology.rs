@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::mac::MacAddr;
 
+pub use podswitch_control::protocol::PortRole;
+
 /// A port's index in the port table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PortId(pub u16);
@@ -27,18 +29,6 @@ pub enum RouteTarget {
     /// A remote node, through the tunnel.
     Peer(PeerId),
     /// The node's own stack, through the host port.
-    Host,
-}
-
-/// What a port is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PortRole {
-    /// A pod's interface.
-    Pod,
-    /// The underlay interface carrying the tunnel.
-    Uplink,
-    /// The TAP device into the node's own network stack.
     Host,
 }
 

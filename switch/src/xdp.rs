@@ -19,7 +19,6 @@
 //! Interface names are those of the calling thread's network namespace.
 
 use std::fmt;
-use std::io;
 use std::net::IpAddr;
 use std::os::fd::RawFd;
 
@@ -30,11 +29,9 @@ use aya::programs::Xdp;
 use aya::programs::xdp::XdpLinkId;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage, LinkXdp};
-use rtnetlink::packet_core::{
-    NLM_F_ACK, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
-use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use serde::{Deserialize, Serialize};
+
+use crate::netlink::Netlink;
 
 static POD_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pod.o"));
 static UPLINK_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/uplink.o"));
@@ -421,7 +418,7 @@ fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map> {
 /// running switch: netlink cannot remove those) or is offloaded to
 /// hardware.
 pub fn detach_stale(ifname: &str) -> Result<bool> {
-    let mut netlink = RouteSocket::open()?;
+    let netlink = Netlink::open()?;
     let mut query = LinkMessage::default();
     query
         .attributes
@@ -469,64 +466,6 @@ pub fn detach_stale(ifname: &str) -> Result<bool> {
             })?;
     }
     Ok(!modes.is_empty())
-}
-
-/// A synchronous rtnetlink socket: requests wait for the kernel's
-/// acknowledgement, so it works with or without an async runtime around.
-struct RouteSocket {
-    socket: Socket,
-    sequence: u32,
-}
-
-impl RouteSocket {
-    fn open() -> io::Result<RouteSocket> {
-        let mut socket = Socket::new(NETLINK_ROUTE)?;
-        socket.bind_auto()?;
-        socket.connect(&SocketAddr::new(0, 0))?;
-        Ok(RouteSocket {
-            socket,
-            sequence: 0,
-        })
-    }
-
-    /// Send `message` with an acknowledgement requested; the messages the
-    /// kernel answered with before acknowledging, or its error.
-    fn request(&mut self, message: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
-        self.sequence += 1;
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_ACK;
-        header.sequence_number = self.sequence;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(message));
-        packet.finalize();
-        let mut bytes = vec![0; packet.buffer_len()];
-        packet.serialize(&mut bytes);
-        self.socket.send(&bytes, 0)?;
-
-        let mut answers = Vec::new();
-        loop {
-            let (datagram, _) = self.socket.recv_from_full()?;
-            let mut rest = &datagram[..];
-            while !rest.is_empty() {
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                let length = (reply.header.length as usize)
-                    .next_multiple_of(4)
-                    .min(rest.len());
-                rest = &rest[length.max(1)..];
-                if reply.header.sequence_number != self.sequence {
-                    continue;
-                }
-                match reply.payload {
-                    NetlinkPayload::Error(error) if error.code.is_some() => {
-                        return Err(error.to_io());
-                    }
-                    NetlinkPayload::Error(_) | NetlinkPayload::Done(_) => return Ok(answers),
-                    NetlinkPayload::InnerMessage(inner) => answers.push(inner),
-                    _ => {}
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

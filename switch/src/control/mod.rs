@@ -1,9 +1,9 @@
-//! The control plane's socket: the protocol, the daemon's server and the
-//! client the CLI and the CNI plugin use.
+//! The control plane's socket: the protocol and the client the CLI and
+//! the CNI plugin use (from `podswitch-control`), and the daemon's server.
 
-pub mod client;
-pub mod protocol;
 pub mod server;
+
+pub use podswitch_control::{client, protocol};
 
 pub use client::{Client, ClientError};
 pub use protocol::{Request, Response};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use super::protocol::{Request, Response};
+use crate::protocol::{Request, Response};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,5 +81,73 @@ impl Client {
     pub fn call_as<T: DeserializeOwned>(&mut self, request: &Request) -> Result<T, ClientError> {
         let value = self.call(request)?;
         serde_json::from_value(value).map_err(|e| ClientError::BadAnswer(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    /// A daemon stand-in at a fresh socket path that reads one request
+    /// line per answer and sends the answers back in order.
+    fn fake_daemon(name: &str, answers: &'static [&'static str]) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("podswitch-control-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream);
+            for answer in answers {
+                let mut request = String::new();
+                reader.read_line(&mut request).unwrap();
+                serde_json::from_str::<Request>(&request).unwrap();
+                reader.get_mut().write_all(answer.as_bytes()).unwrap();
+            }
+        });
+        path
+    }
+
+    #[test]
+    fn answers_become_results_or_errors() {
+        let path = fake_daemon(
+            "answers",
+            &[
+                "{\"ok\":true,\"result\":[1,2]}\n",
+                "{\"ok\":false,\"error\":\"no such port\"}\n",
+                "{\"ok\":true}\n",
+                "not json\n",
+            ],
+        );
+        let mut client = Client::connect(&path).unwrap();
+        let numbers: Vec<u32> = client.call_as(&Request::Ports).unwrap();
+        assert_eq!(numbers, [1, 2]);
+        let refused = client.call(&Request::Peers).unwrap_err();
+        assert!(matches!(&refused, ClientError::Refused(e) if e == "no such port"));
+        assert_eq!(
+            client.call(&Request::Info).unwrap(),
+            serde_json::Value::Null
+        );
+        assert!(matches!(
+            client.call(&Request::Stats),
+            Err(ClientError::BadAnswer(_))
+        ));
+        // The daemon went away: said so, not a hang or a panic.
+        assert!(matches!(
+            client.call(&Request::Routes),
+            Err(ClientError::BadAnswer(_) | ClientError::Io(_))
+        ));
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn no_daemon_says_it_is_not_running() {
+        let path =
+            std::env::temp_dir().join(format!("podswitch-control-{}-absent", std::process::id()));
+        let err = Client::connect(&path).err().unwrap();
+        assert!(matches!(err, ClientError::NotRunning { .. }));
+        assert!(err.to_string().contains("not running"), "{err}");
     }
 }

@@ -5,7 +5,6 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use podswitch_encap::wire::EthernetAddress;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A MAC address.
@@ -34,18 +33,6 @@ impl MacAddr {
     /// Whether the group (multicast/broadcast) bit is set.
     pub fn is_multicast(&self) -> bool {
         self.0[0] & 1 != 0
-    }
-}
-
-impl From<MacAddr> for EthernetAddress {
-    fn from(mac: MacAddr) -> EthernetAddress {
-        EthernetAddress(mac.0)
-    }
-}
-
-impl From<EthernetAddress> for MacAddr {
-    fn from(mac: EthernetAddress) -> MacAddr {
-        MacAddr(mac.0)
     }
 }
 

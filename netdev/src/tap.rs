@@ -20,8 +20,6 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use podswitch_encap::virtio_net::HEADER_LEN as VNET_HEADER_LEN;
-
 use crate::netns::in_netns;
 
 /// An open TAP device, non-blocking.
@@ -38,6 +36,10 @@ const IFNAMSIZ: usize = libc::IFNAMSIZ;
 /// What the pod's kernel may hand the switch on an offloaded device:
 /// partial checksums and TCP super-frames.
 const POD_OFFLOADS: libc::c_uint = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+
+/// Length of the virtio-net header an offloaded device puts before every
+/// frame (`struct virtio_net_hdr_v1`, which `podswitch-encap` parses).
+pub const VNET_HEADER_LEN: usize = 12;
 
 /// The largest frame an offloaded device hands over: a 64 KB IP packet
 /// and its Ethernet header.

@@ -11,14 +11,78 @@ use std::path::PathBuf;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Encap, PeerConfig, PollMode};
-use crate::frames::Census;
 use crate::mac::MacAddr;
-use crate::stats::{PortReport, WorkerReport};
-use crate::topology::PortRole;
+use crate::stats::{Census, PortReport, WorkerReport};
 
 /// Longest request line the daemon reads; a longer one is refused.
 pub const MAX_REQUEST_LEN: usize = 64 * 1024;
+
+/// How the workers wait for traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PollMode {
+    /// Spin while there is work, then sleep in poll() until traffic comes.
+    #[default]
+    Adaptive,
+    /// Spin always: lowest latency, one whole core per worker.
+    Busy,
+}
+
+/// The tunnel, as configuration spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encap {
+    /// VXLAN, UDP port 4789 by default.
+    #[default]
+    Vxlan,
+    /// Geneve, UDP port 6081 by default.
+    Geneve,
+}
+
+impl std::fmt::Display for Encap {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            Encap::Vxlan => "vxlan",
+            Encap::Geneve => "geneve",
+        })
+    }
+}
+
+impl std::fmt::Display for PollMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            PollMode::Adaptive => "adaptive",
+            PollMode::Busy => "busy",
+        })
+    }
+}
+
+/// A remote node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The peer's underlay address: its VTEP.
+    pub node_ip: IpAddr,
+    /// The peer's pod CIDR, routed to it.
+    pub pod_cidr: Ipv4Net,
+    /// The MAC inner frames are addressed to. Podswitch peers derive it
+    /// from their node IP (leave it out); a kernel VXLAN peer (Flannel)
+    /// needs its vxlan device's MAC here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep_mac: Option<MacAddr>,
+}
+
+/// What a port is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortRole {
+    /// A pod's interface.
+    Pod,
+    /// The underlay interface carrying the tunnel.
+    Uplink,
+    /// The TAP device into the node's own network stack.
+    Host,
+}
 
 /// How a pod port is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
