@@ -120,22 +120,40 @@ impl Decapsulator {
 
         let tunnel_offset = udp_offset + UDP_HEADER_LEN;
         let tunnel = &udp[UDP_HEADER_LEN..udp_len];
+        let found = self.decapsulate_datagram(tunnel, sender, datagram.src_port())?;
+        Ok(Decapsulated {
+            inner: tunnel_offset + found.inner.start..tunnel_offset + found.inner.end,
+            options: tunnel_offset + found.options.start..tunnel_offset + found.options.end,
+            ..found
+        })
+    }
+
+    /// Validate the tunnel header of a datagram that a UDP socket on the
+    /// tunnel port received from `sender`'s `source_port` (the kernel has
+    /// checked the outer headers and the UDP checksum) and return where
+    /// its inner frame is, offsets from the datagram's start. Reads only.
+    pub fn decapsulate_datagram(
+        &self,
+        datagram: &[u8],
+        sender: IpAddr,
+        source_port: u16,
+    ) -> Result<Decapsulated, DropReason> {
         let (header_len, vni, options) = match self.kind {
-            TunnelKind::Vxlan => self.vxlan(tunnel)?,
-            TunnelKind::Geneve => self.geneve(tunnel)?,
+            TunnelKind::Vxlan => self.vxlan(datagram)?,
+            TunnelKind::Geneve => self.geneve(datagram)?,
         };
         if vni != self.vni {
             return Err(DropReason::UnknownVni);
         }
-        if tunnel.len() - header_len < ETHERNET_HEADER_LEN {
+        if datagram.len() - header_len < ETHERNET_HEADER_LEN {
             return Err(DropReason::TruncatedInner);
         }
         Ok(Decapsulated {
-            inner: tunnel_offset + header_len..tunnel_offset + tunnel.len(),
+            inner: header_len..datagram.len(),
             vni,
             sender,
-            source_port: datagram.src_port(),
-            options: tunnel_offset + options.start..tunnel_offset + options.end,
+            source_port,
+            options,
         })
     }
 
@@ -347,6 +365,46 @@ mod tests {
         let d = decap.decapsulate(&p).unwrap();
         assert_eq!(&p[d.inner], &inner[..]);
         assert_eq!(&p[d.options], &[0x01, 0x05, 0x81, 0x01, 9, 9, 9, 9]);
+    }
+
+    #[test]
+    fn datagrams_from_a_udp_socket() {
+        static OPTIONS: [GeneveOptionRepr<'static>; 1] = [GeneveOptionRepr {
+            class: 0x0105,
+            option_type: 0x01,
+            data: &[9, 9, 9, 9],
+        }];
+        let sender = IpAddr::V4(REMOTE);
+        for (kind, options) in [
+            (TunnelKind::Vxlan, &[][..]),
+            (TunnelKind::Geneve, &OPTIONS[..]),
+        ] {
+            let (p, inner) = packet(&spec(kind, options));
+            let decap = decapsulator(kind);
+            let whole = decap.decapsulate(&p).unwrap();
+            // What a UDP socket hands over: the datagram after the UDP header.
+            let datagram = &p[42..];
+            let d = decap.decapsulate_datagram(datagram, sender, 50000).unwrap();
+            assert_eq!(&datagram[d.inner.clone()], &inner[..]);
+            assert_eq!(d.inner.start + 42, whole.inner.start);
+            assert_eq!(&datagram[d.options.clone()], &p[whole.options]);
+            assert_eq!((d.sender, d.source_port, d.vni), (sender, 50000, whole.vni));
+            assert_eq!(
+                decap.decapsulate_datagram(&datagram[..d.inner.start + 13], sender, 1),
+                Err(DropReason::TruncatedInner)
+            );
+            assert_eq!(
+                decap.decapsulate_datagram(&datagram[..7], sender, 1),
+                Err(DropReason::TruncatedTunnel)
+            );
+        }
+        let (p, _) = packet(&spec(TunnelKind::Vxlan, &[]));
+        let other_vni =
+            Decapsulator::new(TunnelKind::Vxlan, IpAddr::V4(LOCAL), Vni::new(8).unwrap());
+        assert_eq!(
+            other_vni.decapsulate_datagram(&p[42..], IpAddr::V4(REMOTE), 1),
+            Err(DropReason::UnknownVni)
+        );
     }
 
     #[test]

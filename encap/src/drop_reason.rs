@@ -89,7 +89,9 @@ drop_reasons! {
     TruncatedInner => "truncated_inner",
     /// Not enough headroom in the buffer to prepend the outer headers.
     NoHeadroom => "no_headroom",
-    /// The frame would exceed the underlay MTU once encapsulated.
+    /// The frame would exceed the underlay MTU once encapsulated (or, for a
+    /// super-frame handed to the kernel whole, the 65535-byte IP length,
+    /// or its segments the underlay MTU).
     Oversize => "oversize",
     /// Shorter than the virtio-net header a TAP port puts before a frame.
     TruncatedVnetHeader => "truncated_vnet_header",

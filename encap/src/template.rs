@@ -4,6 +4,12 @@
 //! buffer's headroom and only the lengths, the IPv4 checksum (incrementally),
 //! the UDP source port (and IPv6 flow label and UDP checksum) are patched.
 //! The frame itself is never copied.
+//!
+//! [`OuterTemplate::encapsulate_offloaded`] does the same for a frame the
+//! node's kernel is to finish: a TCP super-frame of up to 64 KB from a
+//! pod's TAP device, handed whole to a TAP device opened for UDP tunnel
+//! GSO with the header [`TunnelOffload`] describes, for the kernel (or the
+//! NIC) to cut into encapsulated segments of the underlay MTU.
 
 use core::fmt;
 use core::net::IpAddr;
@@ -14,12 +20,14 @@ use smoltcp::wire::{
     IPV6_HEADER_LEN, IpProtocol, Ipv4Packet, Ipv6Packet, UDP_HEADER_LEN, UdpPacket,
 };
 
-use crate::checksum::{combine, data, finish_udp};
+use crate::checksum::{combine, data, finish_udp, ipv4_pseudo_header, sum};
 use crate::drop_reason::DropReason;
 use crate::error::WireError;
 use crate::ethernet::{VLAN_TAG_LEN, emit_vlan_tag};
 use crate::flow::{flow_hash, source_port};
 use crate::geneve::{self, GeneveOptionRepr};
+use crate::segment::{TcpIpv4, ipv4_addresses};
+use crate::virtio_net::{Checksum, GsoKind, Offload, OuterHeaders, TunnelOffload};
 use crate::vni::Vni;
 use crate::vxlan;
 
@@ -38,6 +46,9 @@ const _: () = assert!(AREA_LEN >= MAX_TEMPLATE_LEN);
 
 /// The smallest IPv4 MTU an inner packet may be left with (RFC 791).
 const MIN_INNER_MTU: usize = 68;
+
+/// The largest IPv4 Total Length and IPv6 Payload Length.
+const MAX_IP_LEN: usize = 65535;
 
 /// Which tunnel header carries the frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -146,7 +157,10 @@ pub struct OuterTemplate {
     ip_offset: usize,
     udp_offset: usize,
     family: Family,
+    /// Sum of the UDP pseudo-header's addresses and protocol.
+    pseudo_sum: u16,
     max_frame_len: usize,
+    max_super_frame_len: usize,
     kind: TunnelKind,
     remote_ip: IpAddr,
 }
@@ -264,6 +278,13 @@ impl OuterTemplate {
             },
         };
 
+        // The addresses are the last 8 (IPv4) or 32 (IPv6) bytes of the IP header.
+        let (addresses, ip_len_counted) = match spec.local_ip {
+            IpAddr::V4(_) => (&bytes[udp_offset - 8..udp_offset], ip_offset),
+            IpAddr::V6(_) => (&bytes[udp_offset - 32..udp_offset], udp_offset),
+        };
+        let pseudo_sum = combine(&[data(addresses), u16::from(u8::from(IpProtocol::Udp))]);
+
         let mut area = [0u8; AREA_LEN];
         area[AREA_LEN - len..].copy_from_slice(&bytes[..len]);
         Ok(OuterTemplate {
@@ -272,7 +293,9 @@ impl OuterTemplate {
             ip_offset,
             udp_offset,
             family,
+            pseudo_sum,
             max_frame_len: mtu - (len - ip_offset),
+            max_super_frame_len: MAX_IP_LEN - (len - ip_len_counted),
             kind: spec.kind,
             remote_ip: spec.remote_ip,
         })
@@ -293,6 +316,35 @@ impl OuterTemplate {
     /// the inner Ethernet header (1450 for VXLAN over IPv4 on a 1500 underlay).
     pub fn pod_mtu(&self) -> usize {
         self.max_frame_len - ETHERNET_HEADER_LEN
+    }
+
+    /// The longest frame (inner Ethernet header included) that
+    /// [`encapsulate_offloaded`](Self::encapsulate_offloaded) takes as a
+    /// super-frame: the outer IP packet may not pass 65535 bytes (IPv4
+    /// Total Length, IPv6 Payload Length).
+    pub fn max_super_frame_len(&self) -> usize {
+        self.max_super_frame_len
+    }
+
+    /// The `gso_max_size` to give a pod whose super-frames go through
+    /// [`encapsulate_offloaded`](Self::encapsulate_offloaded):
+    /// [`max_super_frame_len`](Self::max_super_frame_len) less the inner
+    /// Ethernet header (65485 for VXLAN or Geneve over IPv4), so that the
+    /// pod's kernel never hands over one too long to encapsulate.
+    pub fn pod_gso_max_size(&self) -> usize {
+        self.max_super_frame_len - ETHERNET_HEADER_LEN
+    }
+
+    /// Where the outer headers put things, for [`TunnelOffload::encapsulated`].
+    pub fn outer_headers(&self) -> OuterHeaders {
+        OuterHeaders {
+            ip: match self.family {
+                Family::V4 { .. } => smoltcp::wire::IpVersion::Ipv4,
+                Family::V6 { .. } => smoltcp::wire::IpVersion::Ipv6,
+            },
+            udp_offset: self.udp_offset as u16,
+            len: self.len as u16,
+        }
     }
 
     /// The tunnel this template speaks.
@@ -338,52 +390,219 @@ impl OuterTemplate {
         frame: Range<usize>,
         hash: u32,
     ) -> Result<Range<usize>, DropReason> {
-        if frame.end > buf.len() || frame.start > frame.end {
-            return Err(DropReason::TruncatedInner);
-        }
-        let frame_len = frame.end - frame.start;
-        if frame_len > self.max_frame_len {
-            return Err(DropReason::Oversize);
-        }
-        let Some(start) = frame.start.checked_sub(self.len) else {
-            return Err(DropReason::NoHeadroom);
-        };
-        self.copy_header(&mut buf[..frame.start]);
-        let (head, rest) = buf[start..frame.end].split_at_mut(self.len);
-
-        let ip_len = self.len - self.ip_offset + frame_len;
-        let udp_len = self.len - self.udp_offset + frame_len;
-        // Both fit in 16 bits: max_frame_len keeps ip_len within the MTU.
-        let src_port = source_port(hash);
-        let mut udp = UdpPacket::new_unchecked(&mut head[self.udp_offset..]);
-        udp.set_src_port(src_port);
-        udp.set_len(udp_len as u16);
-
-        match self.family {
-            Family::V4 { header_sum } => {
-                let mut ip = Ipv4Packet::new_unchecked(&mut head[self.ip_offset..]);
-                ip.set_total_len(ip_len as u16);
-                ip.set_checksum(!combine(&[header_sum, ip_len as u16]));
-            }
-            Family::V6 { udp_sum } => {
-                let sum = combine(&[
-                    udp_sum,
-                    udp_len as u16,
-                    udp_len as u16,
-                    src_port,
-                    data(rest),
-                ]);
-                udp.set_checksum(finish_udp(sum));
-                let mut ip = Ipv6Packet::new_unchecked(&mut head[self.ip_offset..]);
-                ip.set_payload_len(udp_len as u16);
-                ip.set_flow_label(hash & 0x000f_ffff);
-            }
+        let start = self.check_room(buf, &frame, self.max_frame_len)?;
+        let udp_len = self.prepend(buf, &frame, hash);
+        if let Family::V6 { udp_sum } = self.family {
+            let (head, rest) = buf[start..frame.end].split_at_mut(self.len);
+            let mut udp = UdpPacket::new_unchecked(&mut head[self.udp_offset..]);
+            let sum = combine(&[udp_sum, udp_len, udp_len, udp.src_port(), data(rest)]);
+            udp.set_checksum(finish_udp(sum));
         }
         Ok(start..frame.end)
     }
+
+    /// Encapsulate the frame at `buf[frame]` in place, as
+    /// [`encapsulate`](Self::encapsulate) does, for a TAP device opened
+    /// for UDP tunnel GSO, through which the node's kernel routes the
+    /// packet and finishes it; `offload` is what the pod's TAP device said
+    /// of the frame. Returns the packet's range and the tunnel-form
+    /// virtio-net header to write before it ([`TunnelOffload::encapsulated`]).
+    ///
+    /// - A super-frame may be up to
+    ///   [`max_super_frame_len`](Self::max_super_frame_len) long, each of
+    ///   its segments up to [`max_frame_len`](Self::max_frame_len); the
+    ///   outer UDP checksum field gets the pseudo-header sum for the
+    ///   kernel to finish per segment (the kernel's UDP GRO on the
+    ///   receiver refuses datagrams without a checksum). A TCP/IPv4
+    ///   super-frame with complete checksums is given a partial one (its
+    ///   field set to the pseudo-header sum), as the kernel's segmentation
+    ///   needs.
+    /// - A plain frame may be up to `max_frame_len` long. With a partial
+    ///   checksum, the outer UDP checksum is computed from the headers
+    ///   alone (local checksum offload: the inner checksum, once the
+    ///   kernel completes it, makes the bytes it covers sum to the
+    ///   complement of the pseudo-header sum it holds now); with complete
+    ///   checksums the kernel computes the outer one.
+    ///
+    /// Refuses as [`encapsulate`](Self::encapsulate) does (`oversize`
+    /// past these lengths), `bad_vnet_header` for a super-frame whose
+    /// inner EtherType is not its GSO type's or whose header Linux would
+    /// refuse ([`TunnelOffload::check`]), and `not_tcp_ipv4` for a
+    /// super-frame with complete checksums that is not TCP/IPv4. A refused
+    /// frame is left untouched.
+    pub fn encapsulate_offloaded(
+        &self,
+        buf: &mut [u8],
+        frame: Range<usize>,
+        offload: &Offload,
+    ) -> Result<(Range<usize>, TunnelOffload), DropReason> {
+        let limit = match offload.gso {
+            Some(_) => self.max_super_frame_len,
+            None => self.max_frame_len,
+        };
+        let start = self.check_room(buf, &frame, limit)?;
+        let frame_len = frame.end - frame.start;
+        if let Checksum::Partial { start, offset } = offload.checksum
+            && usize::from(start) + usize::from(offset) + 2 > frame_len
+        {
+            return Err(DropReason::BadVnetHeader);
+        }
+        let mut offload = *offload;
+        // A field to set once nothing can refuse the frame any more.
+        let mut partial_field = None;
+        if let Some(gso) = offload.gso {
+            if frame_len < ETHERNET_HEADER_LEN {
+                return Err(DropReason::TruncatedInner);
+            }
+            let inner = &buf[frame.clone()];
+            let ethertype = u16::from_be_bytes([inner[12], inner[13]]);
+            let ethertype_ok = match gso.kind {
+                GsoKind::TcpV4 => ethertype == 0x0800,
+                GsoKind::TcpV6 => ethertype == 0x86dd,
+                GsoKind::UdpL4 => ethertype == 0x0800 || ethertype == 0x86dd,
+            };
+            if !ethertype_ok {
+                return Err(DropReason::BadVnetHeader);
+            }
+            if !matches!(offload.checksum, Checksum::Partial { .. }) {
+                let (checksum, field, value) = tcp_partial_checksum(inner)?;
+                offload.checksum = checksum;
+                partial_field = Some((frame.start + field, value));
+            }
+            if segment_frame_len(inner, &offload) > self.max_frame_len {
+                return Err(DropReason::Oversize);
+            }
+        }
+        let header = TunnelOffload::encapsulated(&offload, self.outer_headers())?;
+        // What the kernel would refuse (a super-frame whose checksum starts
+        // inside its own IP header) is refused here.
+        header.check(self.len + frame_len)?;
+        if let Some((field, value)) = partial_field {
+            buf[field..field + 2].copy_from_slice(&value.to_be_bytes());
+        }
+        let hash = flow_hash(&buf[frame.clone()]);
+        let udp_len = self.prepend(buf, &frame, hash);
+        let udp_start = start + self.udp_offset;
+        let pseudo = combine(&[self.pseudo_sum, udp_len]);
+        let udp_checksum = match (offload.gso, offload.checksum) {
+            (
+                None,
+                Checksum::Partial {
+                    start: inner_start,
+                    offset,
+                },
+            ) => {
+                // Everything from the UDP header to the inner checksum's
+                // coverage, then what that coverage will sum to.
+                let covered_start = frame.start + usize::from(inner_start);
+                let field = covered_start + usize::from(offset);
+                let partial = u16::from_be_bytes([buf[field], buf[field + 1]]);
+                let covered = if (covered_start - udp_start).is_multiple_of(2) {
+                    !partial
+                } else {
+                    (!partial).swap_bytes()
+                };
+                finish_udp(combine(&[
+                    pseudo,
+                    sum(&buf[udp_start..covered_start]),
+                    covered,
+                ]))
+            }
+            _ => pseudo,
+        };
+        UdpPacket::new_unchecked(&mut buf[udp_start..frame.end]).set_checksum(udp_checksum);
+        Ok((start..frame.end, header))
+    }
+}
+
+/// Where the bytes of a super-frame's first segment end: the inner headers
+/// (through the transport header, as the frame's own TCP data offset says)
+/// and one `gso_size` of payload.
+fn segment_frame_len(frame: &[u8], offload: &Offload) -> usize {
+    let (Checksum::Partial { start, .. }, Some(gso)) = (offload.checksum, offload.gso) else {
+        return frame.len();
+    };
+    let start = usize::from(start);
+    let transport_len = match gso.kind {
+        GsoKind::UdpL4 => UDP_HEADER_LEN,
+        GsoKind::TcpV4 | GsoKind::TcpV6 => frame
+            .get(start + 12)
+            .map_or(20, |&offset| usize::from(offset >> 4) * 4),
+    };
+    start + transport_len + usize::from(gso.size)
+}
+
+/// The partial checksum a TCP/IPv4 super-frame with complete checksums is
+/// to be given, as Linux leaves one: the checksum state, and where the
+/// field is (from the frame's start) and the pseudo-header sum to put there.
+fn tcp_partial_checksum(frame: &[u8]) -> Result<(Checksum, usize, u16), DropReason> {
+    let headers = TcpIpv4::parse(frame)?;
+    let tcp_start = headers.tcp_start();
+    let (src, dst) = ipv4_addresses(frame);
+    let tcp_len = (headers.ip_len - headers.ip_header_len) as u16;
+    let checksum = Checksum::Partial {
+        start: tcp_start as u16,
+        offset: 16,
+    };
+    Ok((
+        checksum,
+        tcp_start + 16,
+        ipv4_pseudo_header(src, dst, 6, tcp_len),
+    ))
 }
 
 impl OuterTemplate {
+    /// Check that `buf[frame]` exists, is at most `limit` long and has
+    /// room for the outer headers before it; where the packet will start.
+    fn check_room(
+        &self,
+        buf: &[u8],
+        frame: &Range<usize>,
+        limit: usize,
+    ) -> Result<usize, DropReason> {
+        if frame.end > buf.len() || frame.start > frame.end {
+            return Err(DropReason::TruncatedInner);
+        }
+        if frame.end - frame.start > limit {
+            return Err(DropReason::Oversize);
+        }
+        frame
+            .start
+            .checked_sub(self.len)
+            .ok_or(DropReason::NoHeadroom)
+    }
+
+    /// Write the outer headers before `buf[frame]` (checked by
+    /// [`check_room`](Self::check_room)): lengths, the UDP source port
+    /// from `hash`, the IPv4 header checksum or the IPv6 flow label; the
+    /// UDP checksum field is left as the template has it (zero). Returns
+    /// the UDP length.
+    fn prepend(&self, buf: &mut [u8], frame: &Range<usize>, hash: u32) -> u16 {
+        self.copy_header(&mut buf[..frame.start]);
+        let head = &mut buf[frame.start - self.len..frame.start];
+        let frame_len = frame.end - frame.start;
+        // Both fit in 16 bits: check_room's limits keep ip_len within the
+        // MTU or the IP maximum.
+        let ip_len = (self.len - self.ip_offset + frame_len) as u16;
+        let udp_len = (self.len - self.udp_offset + frame_len) as u16;
+        let mut udp = UdpPacket::new_unchecked(&mut head[self.udp_offset..]);
+        udp.set_src_port(source_port(hash));
+        udp.set_len(udp_len);
+        match self.family {
+            Family::V4 { header_sum } => {
+                let mut ip = Ipv4Packet::new_unchecked(&mut head[self.ip_offset..]);
+                ip.set_total_len(ip_len);
+                ip.set_checksum(!combine(&[header_sum, ip_len]));
+            }
+            Family::V6 { .. } => {
+                let mut ip = Ipv6Packet::new_unchecked(&mut head[self.ip_offset..]);
+                ip.set_payload_len(udp_len);
+                ip.set_flow_label(hash & 0x000f_ffff);
+            }
+        }
+        udp_len
+    }
+
     /// Write the header at the end of `headroom`: a fixed 64- or 128-byte
     /// copy of the area's tail where the headroom allows (no `memcpy`
     /// call), the exact bytes otherwise.
@@ -426,6 +645,9 @@ mod tests {
     use core::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
+    use crate::segment::complete_checksum;
+    use crate::segment::tests::{Spec, checksums_valid, tcp_frame};
+    use crate::virtio_net::Gso;
 
     const LOCAL_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x0b]);
     const NEXT_HOP: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 0x0c]);
@@ -628,6 +850,282 @@ mod tests {
                 ..
             }))
         ));
+    }
+
+    /// A TCP/IPv4 super-frame of `payload` bytes as a pod's kernel hands
+    /// it over, at `headroom`: the TCP field holds the pseudo-header sum,
+    /// and the offload says so.
+    fn pod_super_frame(headroom: usize, payload: usize) -> (Vec<u8>, Range<usize>, Offload) {
+        let bytes: Vec<u8> = (0..payload).map(|i| (i * 7 + i / 251) as u8).collect();
+        let mut frame = tcp_frame(&Spec::default(), &bytes);
+        let tcp_len = (frame.len() - 34) as u16;
+        let pseudo = ipv4_pseudo_header([10, 244, 1, 5], [10, 244, 2, 7], 6, tcp_len);
+        frame[50..52].copy_from_slice(&pseudo.to_be_bytes());
+        let mut buf = vec![0u8; headroom];
+        buf.extend_from_slice(&frame);
+        let offload = Offload {
+            checksum: Checksum::Partial {
+                start: 34,
+                offset: 16,
+            },
+            gso: Some(Gso {
+                kind: GsoKind::TcpV4,
+                ecn: false,
+                size: 1410,
+                hdr_len: 54,
+            }),
+        };
+        (buf, headroom..headroom + frame.len(), offload)
+    }
+
+    /// Finish what the kernel finishes: the checksum at `start + offset`
+    /// of `packet`, the inner one first; then whether the outer UDP and
+    /// the inner TCP checksums verify.
+    fn finished_checksums_verify(packet: &mut [u8], partial: &[(usize, usize)]) -> bool {
+        for &(start, offset) in partial {
+            complete_checksum(packet, start, offset).unwrap();
+        }
+        let outer = Ipv4Packet::new_checked(&packet[14..]).unwrap();
+        let udp = UdpPacket::new_checked(outer.payload()).unwrap();
+        let udp_ok = udp.checksum() != 0
+            && udp.verify_checksum(&outer.src_addr().into(), &outer.dst_addr().into());
+        let inner_at = 14 + 20 + 8 + 8;
+        outer.verify_checksum() && udp_ok && checksums_valid(&packet[inner_at..])
+    }
+
+    #[test]
+    fn offloaded_super_frame_vxlan_ipv4() {
+        let template = OuterTemplate::new(&spec_v4(TunnelKind::Vxlan)).unwrap();
+        assert_eq!(template.max_super_frame_len(), 65535 - 36);
+        assert_eq!(template.pod_gso_max_size(), 65485);
+        let (mut buf, frame, offload) = pod_super_frame(128, 60000);
+        let frame_len = frame.len();
+        let (out, header) = template
+            .encapsulate_offloaded(&mut buf, frame, &offload)
+            .unwrap();
+        assert_eq!(out, 78..buf.len());
+        assert_eq!(
+            header,
+            TunnelOffload::encapsulated(&offload, template.outer_headers()).unwrap()
+        );
+        assert_eq!(header.to_bytes()[..2], [0x09, 0x21]);
+        let packet = &mut buf[out];
+        let outer = Ipv4Packet::new_checked(&packet[14..]).unwrap();
+        assert_eq!(usize::from(outer.total_len()), 36 + frame_len);
+        assert!(outer.dont_frag() && outer.verify_checksum());
+        let udp = UdpPacket::new_checked(outer.payload()).unwrap();
+        assert_eq!(usize::from(udp.len()), 16 + frame_len);
+        // The pseudo-header sum, for the kernel to finish per segment.
+        let pseudo = ipv4_pseudo_header([10, 1, 0, 11], [10, 1, 0, 12], 17, udp.len());
+        assert_eq!(udp.checksum(), pseudo);
+        assert!(udp.src_port() >= 49152);
+        assert!(finished_checksums_verify(packet, &[(84, 16), (34, 6)]));
+    }
+
+    #[test]
+    fn offloaded_super_frame_over_ipv6_and_geneve() {
+        let spec = TunnelSpec {
+            local_ip: IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 11)),
+            remote_ip: IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 12)),
+            ..spec_v4(TunnelKind::Geneve)
+        };
+        let template = OuterTemplate::new(&spec).unwrap();
+        assert_eq!(template.max_super_frame_len(), 65535 - 16);
+        let (mut buf, frame, mut offload) = pod_super_frame(128, 5000);
+        // Segments fit 1444 bytes (1500 less the outer IPv6, UDP, Geneve headers).
+        offload.gso.as_mut().unwrap().size = 1390;
+        let frame_len = frame.len();
+        let (out, header) = template
+            .encapsulate_offloaded(&mut buf, frame, &offload)
+            .unwrap();
+        let tunnel = header.tunnel.unwrap();
+        assert_eq!(
+            (tunnel.outer, tunnel.outer_th_offset, tunnel.inner_nh_offset),
+            (smoltcp::wire::IpVersion::Ipv6, 54, 84)
+        );
+        assert_eq!(header.to_bytes()[1], 0x41);
+        let packet = &mut buf[out];
+        let ip = Ipv6Packet::new_checked(&packet[14..]).unwrap();
+        assert_eq!(usize::from(ip.payload_len()), 16 + frame_len);
+        let udp_len = ip.payload_len();
+        let pseudo = combine(&[data(&packet[22..54]), 17, udp_len]);
+        assert_eq!(u16::from_be_bytes([packet[60], packet[61]]), pseudo);
+        complete_checksum(packet, 104, 16).unwrap();
+        complete_checksum(packet, 54, 6).unwrap();
+        let ip = Ipv6Packet::new_checked(&packet[14..]).unwrap();
+        let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+        assert!(udp.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into()));
+        assert!(checksums_valid(&packet[70..]));
+    }
+
+    #[test]
+    fn offloaded_super_frame_limits() {
+        let template = OuterTemplate::new(&spec_v4(TunnelKind::Vxlan)).unwrap();
+        // The longest super-frame makes a 65535-byte outer IPv4 packet.
+        let longest = template.max_super_frame_len() - 54;
+        let (mut buf, frame, offload) = pod_super_frame(64, longest);
+        let (out, _) = template
+            .encapsulate_offloaded(&mut buf, frame, &offload)
+            .unwrap();
+        assert_eq!(out.len(), 14 + 65535);
+        let (mut buf, frame, offload) = pod_super_frame(64, longest + 1);
+        let before = buf.clone();
+        assert_eq!(
+            template.encapsulate_offloaded(&mut buf, frame, &offload),
+            Err(DropReason::Oversize)
+        );
+        assert_eq!(buf, before, "a refused frame is left untouched");
+        // Segments of 14 + 20 + 20 + gso_size bytes fit 1464 (1500 less
+        // the outer IPv4, UDP and VXLAN headers) up to gso_size 1410.
+        let (mut buf, frame, offload) = pod_super_frame(64, 3000);
+        let mut bigger = offload;
+        bigger.gso.as_mut().unwrap().size = 1411;
+        assert_eq!(
+            template.encapsulate_offloaded(&mut buf, frame.clone(), &bigger),
+            Err(DropReason::Oversize)
+        );
+        // A TCPv6 super-frame that is IPv4 inside, headroom short.
+        let mut v6 = offload;
+        v6.gso.as_mut().unwrap().kind = GsoKind::TcpV6;
+        assert_eq!(
+            template.encapsulate_offloaded(&mut buf, frame.clone(), &v6),
+            Err(DropReason::BadVnetHeader)
+        );
+        assert_eq!(
+            template.encapsulate_offloaded(&mut buf, 49..frame.end - 15, &offload),
+            Err(DropReason::NoHeadroom)
+        );
+        // A checksum that starts inside the inner IP header.
+        let mut early = offload;
+        early.checksum = Checksum::Partial {
+            start: 20,
+            offset: 16,
+        };
+        assert_eq!(
+            template.encapsulate_offloaded(&mut buf, frame.clone(), &early),
+            Err(DropReason::BadVnetHeader)
+        );
+        // A checksum field past the frame; a frame past the buffer.
+        let mut far = offload;
+        far.checksum = Checksum::Partial {
+            start: 3040,
+            offset: 16,
+        };
+        assert_eq!(
+            template.encapsulate_offloaded(&mut buf, frame.clone(), &far),
+            Err(DropReason::BadVnetHeader)
+        );
+        assert_eq!(
+            template.encapsulate_offloaded(&mut buf, 64..frame.end + 1, &offload),
+            Err(DropReason::TruncatedInner)
+        );
+        assert!(
+            template
+                .encapsulate_offloaded(&mut buf, frame, &offload)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn offloaded_super_frame_with_complete_checksums_made_partial() {
+        let template = OuterTemplate::new(&spec_v4(TunnelKind::Vxlan)).unwrap();
+        let (mut buf, frame, offload) = pod_super_frame(64, 4000);
+        let partial_field = buf[frame.start + 50..frame.start + 52].to_vec();
+        complete_checksum(&mut buf[frame.clone()], 34, 16).unwrap();
+        let complete = Offload {
+            checksum: Checksum::Complete,
+            ..offload
+        };
+        let (out, header) = template
+            .encapsulate_offloaded(&mut buf, frame.clone(), &complete)
+            .unwrap();
+        assert_eq!(
+            header.offload.checksum,
+            Checksum::Partial {
+                start: 84,
+                offset: 16
+            }
+        );
+        assert_eq!(buf[frame.start + 50..frame.start + 52], partial_field[..]);
+        assert!(finished_checksums_verify(
+            &mut buf[out],
+            &[(84, 16), (34, 6)]
+        ));
+        // Only TCP/IPv4 can be made partial.
+        let (mut buf, frame, _) = pod_super_frame(64, 4000);
+        buf[frame.start + 23] = 17;
+        assert_eq!(
+            template.encapsulate_offloaded(&mut buf, frame, &complete),
+            Err(DropReason::NotTcpIpv4)
+        );
+    }
+
+    #[test]
+    fn offloaded_plain_frames() {
+        for kind in [TunnelKind::Vxlan, TunnelKind::Geneve] {
+            let template = OuterTemplate::new(&spec_v4(kind)).unwrap();
+            // A partial inner checksum stays for the kernel; the outer UDP
+            // checksum is complete already (local checksum offload).
+            let (mut buf, frame, offload) = pod_super_frame(64, 1000);
+            let partial = Offload {
+                gso: None,
+                ..offload
+            };
+            let (out, header) = template
+                .encapsulate_offloaded(&mut buf, frame.clone(), &partial)
+                .unwrap();
+            assert_eq!(header.tunnel, None);
+            assert_eq!(
+                header.offload.checksum,
+                Checksum::Partial {
+                    start: 84,
+                    offset: 16
+                }
+            );
+            assert!(finished_checksums_verify(&mut buf[out], &[(84, 16)]));
+            // Complete checksums: the kernel does the outer UDP one.
+            let (mut buf, frame, _) = pod_super_frame(64, 1000);
+            complete_checksum(&mut buf[frame.clone()], 34, 16).unwrap();
+            let (out, header) = template
+                .encapsulate_offloaded(&mut buf, frame, &Offload::NONE)
+                .unwrap();
+            assert_eq!(
+                header.offload.checksum,
+                Checksum::Partial {
+                    start: 34,
+                    offset: 6
+                }
+            );
+            assert!(finished_checksums_verify(&mut buf[out], &[(34, 6)]));
+            // Whatever the coverage's alignment in the datagram.
+            for start in [34, 35, 36, 37] {
+                let mut buf = vec![0u8; 64];
+                buf.extend((0..200u32).map(|i| (i * 37 + 11) as u8));
+                let end = buf.len();
+                let partial = Offload {
+                    checksum: Checksum::Partial { start, offset: 6 },
+                    gso: None,
+                };
+                let (out, _) = template
+                    .encapsulate_offloaded(&mut buf, 64..end, &partial)
+                    .unwrap();
+                let packet = &mut buf[out];
+                let covered = usize::from(start) + template.header_len();
+                complete_checksum(packet, covered, 6).unwrap();
+                let ip = Ipv4Packet::new_checked(&packet[14..]).unwrap();
+                let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+                assert!(
+                    udp.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into()),
+                    "{kind} coverage from {start}"
+                );
+            }
+            // Plain frames keep to the underlay MTU.
+            let (mut buf, frame, _) = pod_super_frame(64, 1411);
+            assert_eq!(
+                template.encapsulate_offloaded(&mut buf, frame, &partial),
+                Err(DropReason::Oversize)
+            );
+        }
     }
 
     #[test]

@@ -20,8 +20,32 @@
 //! frame's checksum state and, for a super-frame, how to segment it.
 //! [`Offload::parse`] applies the checks Linux's `virtio_net_hdr_to_skb`
 //! applies, so a frame the switch accepts is one a TAP device would too.
+//!
+//! The tunnel form (`struct virtio_net_hdr_v1_hash_tunnel`, Linux 6.17+)
+//! is 24 bytes: the header above, then the hash report fields of
+//! `struct virtio_net_hdr_v1_hash` and two offsets that say where a UDP
+//! tunnel lies in a super-frame, so that the kernel (or a NIC) can cut an
+//! encapsulated super-frame into encapsulated segments. A TAP device
+//! parses them only when its header size is 24 (`TUNSETVNETHDRSZ`) and
+//! UDP tunnel GSO is on (`TUNSETOFFLOAD`).
+//!
+//! ```text
+//! 12 +-------------------------------+-------------------------------+
+//!    |      hash_value_lo (le)       |      hash_value_hi (le)       |
+//! 16 +-------------------------------+-------------------------------+
+//!    |       hash_report (le)        |            padding            |
+//! 20 +-------------------------------+-------------------------------+
+//!    |     outer_th_offset (le)      |     inner_nh_offset (le)      |
+//!    +-------------------------------+-------------------------------+
+//! ```
+//!
+//! [`TunnelOffload`] is what it means; [`TunnelOffload::encapsulated`]
+//! turns a pod's [`Offload`] into the header for the frame once the
+//! tunnel's outer headers are in front of it.
 
 use core::fmt;
+
+use smoltcp::wire::IpVersion;
 
 use crate::drop_reason::DropReason;
 
@@ -42,6 +66,16 @@ pub const GSO_TCPV6: u8 = 4;
 pub const GSO_UDP_L4: u8 = 5;
 /// `VIRTIO_NET_HDR_GSO_ECN`: the TCP super-frame carries CWR (ECN).
 pub const GSO_ECN: u8 = 0x80;
+/// Length of the tunnel form (`struct virtio_net_hdr_v1_hash_tunnel`).
+pub const TUNNEL_HEADER_LEN: usize = 24;
+/// `VIRTIO_NET_HDR_F_UDP_TUNNEL_CSUM` (tunnel form): every segment's outer
+/// UDP checksum is to be computed; the field holds the pseudo-header sum.
+pub const FLAG_UDP_TUNNEL_CSUM: u8 = 8;
+/// `VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4` (tunnel form): the super-frame is
+/// inside a UDP tunnel over IPv4; or'ed with the inner GSO type.
+pub const GSO_UDP_TUNNEL_IPV4: u8 = 0x20;
+/// `VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV6` (tunnel form): the same over IPv6.
+pub const GSO_UDP_TUNNEL_IPV6: u8 = 0x40;
 
 /// Offset of the checksum field in a TCP header.
 const TCP_CHECKSUM_OFFSET: u16 = 16;
@@ -96,8 +130,7 @@ impl<T: AsRef<[u8]>> Header<T> {
     }
 
     fn le16(&self, range: core::ops::Range<usize>) -> u16 {
-        let data = self.buffer.as_ref();
-        u16::from_le_bytes([data[range.start], data[range.start + 1]])
+        le16(self.buffer.as_ref(), range)
     }
 
     /// The flags byte.
@@ -150,7 +183,7 @@ impl<'a, T: AsRef<[u8]> + ?Sized> Header<&'a T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Header<T> {
     fn set_le16(&mut self, range: core::ops::Range<usize>, value: u16) {
-        self.buffer.as_mut()[range].copy_from_slice(&value.to_le_bytes());
+        set_le16(self.buffer.as_mut(), range, value);
     }
 
     /// Set the flags byte.
@@ -192,6 +225,16 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Header<T> {
     pub fn frame_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[field::FRAME]
     }
+}
+
+/// The little-endian 16-bit field at `range` of `data`.
+fn le16(data: &[u8], range: core::ops::Range<usize>) -> u16 {
+    u16::from_le_bytes([data[range.start], data[range.start + 1]])
+}
+
+/// Store `value` little-endian in the 16-bit field at `range` of `data`.
+fn set_le16(data: &mut [u8], range: core::ops::Range<usize>, value: u16) {
+    data[range].copy_from_slice(&value.to_le_bytes());
 }
 
 impl<T: AsRef<[u8]>> fmt::Display for Header<T> {
@@ -309,8 +352,24 @@ impl Offload {
     /// ignored, as Linux ignores them.
     pub fn parse<T: AsRef<[u8]>>(header: &Header<T>) -> Result<Offload, DropReason> {
         header.check_len()?;
-        let frame_len = header.frame_len();
-        let checksum = match header.flags() {
+        Offload::parse_fields(
+            header,
+            header.flags(),
+            header.gso_type(),
+            header.frame_len(),
+        )
+    }
+
+    /// [`parse`](Self::parse) with the flags and GSO type given (the
+    /// tunnel form's, its own bits taken out) and the length of the frame
+    /// after the header; the other fields are read from `header`.
+    fn parse_fields<T: AsRef<[u8]>>(
+        header: &Header<T>,
+        flags: u8,
+        gso_type: u8,
+        frame_len: usize,
+    ) -> Result<Offload, DropReason> {
+        let checksum = match flags {
             0 => Checksum::Complete,
             FLAG_DATA_VALID => Checksum::Verified,
             FLAG_NEEDS_CSUM => {
@@ -322,7 +381,6 @@ impl Offload {
             }
             _ => return Err(DropReason::BadVnetHeader),
         };
-        let gso_type = header.gso_type();
         if gso_type == GSO_NONE {
             return Ok(Offload {
                 checksum,
@@ -424,6 +482,406 @@ impl fmt::Display for Offload {
             }
         }
         Ok(())
+    }
+}
+
+mod tunnel_field {
+    use core::ops::{Range, RangeFrom};
+
+    pub const BASE: Range<usize> = 0..12;
+    pub const HASH_VALUE_LO: Range<usize> = 12..14;
+    pub const HASH_VALUE_HI: Range<usize> = 14..16;
+    pub const HASH_REPORT: Range<usize> = 16..18;
+    pub const PADDING: Range<usize> = 18..20;
+    pub const OUTER_TH_OFFSET: Range<usize> = 20..22;
+    pub const INNER_NH_OFFSET: Range<usize> = 22..24;
+    pub const FRAME: RangeFrom<usize> = 24..;
+}
+
+/// A read/write view of the tunnel form of the header
+/// ([`TUNNEL_HEADER_LEN`] bytes) and the frame after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelHeader<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> TunnelHeader<T> {
+    /// View `buffer` as a tunnel-form header without checking its length.
+    pub const fn new_unchecked(buffer: T) -> TunnelHeader<T> {
+        TunnelHeader { buffer }
+    }
+
+    /// View `buffer` as a tunnel-form header, refusing a buffer shorter
+    /// than [`TUNNEL_HEADER_LEN`].
+    pub fn new_checked(buffer: T) -> Result<TunnelHeader<T>, DropReason> {
+        let header = Self::new_unchecked(buffer);
+        header.check_len()?;
+        Ok(header)
+    }
+
+    /// Check that every accessor can be called without panicking.
+    pub fn check_len(&self) -> Result<(), DropReason> {
+        if self.buffer.as_ref().len() < TUNNEL_HEADER_LEN {
+            Err(DropReason::TruncatedVnetHeader)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The underlying buffer.
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+
+    /// The first 12 bytes, `struct virtio_net_hdr_v1`, as a [`Header`]
+    /// view (whose frame is empty: the frame follows the whole 24 bytes).
+    pub fn base(&self) -> Header<&[u8]> {
+        Header::new_unchecked(&self.buffer.as_ref()[tunnel_field::BASE])
+    }
+
+    /// The receive hash (`hash_value_hi` << 16 | `hash_value_lo`).
+    pub fn hash_value(&self) -> u32 {
+        let data = self.buffer.as_ref();
+        let low = le16(data, tunnel_field::HASH_VALUE_LO);
+        let high = le16(data, tunnel_field::HASH_VALUE_HI);
+        u32::from(high) << 16 | u32::from(low)
+    }
+
+    /// The kind of receive hash (`VIRTIO_NET_HASH_REPORT_*`).
+    pub fn hash_report(&self) -> u16 {
+        le16(self.buffer.as_ref(), tunnel_field::HASH_REPORT)
+    }
+
+    /// Where the outer transport (UDP) header starts, from the frame's start.
+    pub fn outer_th_offset(&self) -> u16 {
+        le16(self.buffer.as_ref(), tunnel_field::OUTER_TH_OFFSET)
+    }
+
+    /// Where the inner network header starts, from the frame's start.
+    pub fn inner_nh_offset(&self) -> u16 {
+        le16(self.buffer.as_ref(), tunnel_field::INNER_NH_OFFSET)
+    }
+
+    /// Length of the frame after the header.
+    pub fn frame_len(&self) -> usize {
+        self.buffer.as_ref().len().saturating_sub(TUNNEL_HEADER_LEN)
+    }
+}
+
+impl<'a, T: AsRef<[u8]> + ?Sized> TunnelHeader<&'a T> {
+    /// The Ethernet frame after the header.
+    pub fn frame(&self) -> &'a [u8] {
+        &self.buffer.as_ref()[tunnel_field::FRAME]
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> TunnelHeader<T> {
+    /// The first 12 bytes as a writable [`Header`] view.
+    pub fn base_mut(&mut self) -> Header<&mut [u8]> {
+        Header::new_unchecked(&mut self.buffer.as_mut()[tunnel_field::BASE])
+    }
+
+    /// Set the receive hash.
+    pub fn set_hash_value(&mut self, value: u32) {
+        let data = self.buffer.as_mut();
+        set_le16(data, tunnel_field::HASH_VALUE_LO, value as u16);
+        set_le16(data, tunnel_field::HASH_VALUE_HI, (value >> 16) as u16);
+    }
+
+    /// Set the kind of receive hash.
+    pub fn set_hash_report(&mut self, value: u16) {
+        set_le16(self.buffer.as_mut(), tunnel_field::HASH_REPORT, value);
+    }
+
+    /// Zero the padding after the hash report.
+    pub fn clear_padding(&mut self) {
+        self.buffer.as_mut()[tunnel_field::PADDING].fill(0);
+    }
+
+    /// Set where the outer transport header starts.
+    pub fn set_outer_th_offset(&mut self, value: u16) {
+        set_le16(self.buffer.as_mut(), tunnel_field::OUTER_TH_OFFSET, value);
+    }
+
+    /// Set where the inner network header starts.
+    pub fn set_inner_nh_offset(&mut self, value: u16) {
+        set_le16(self.buffer.as_mut(), tunnel_field::INNER_NH_OFFSET, value);
+    }
+
+    /// The Ethernet frame after the header, mutably.
+    pub fn frame_mut(&mut self) -> &mut [u8] {
+        &mut self.buffer.as_mut()[tunnel_field::FRAME]
+    }
+}
+
+impl<T: AsRef<[u8]>> fmt::Display for TunnelHeader<T> {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match TunnelOffload::parse(self) {
+            Ok(offload) => write!(f, "virtio-net {offload}"),
+            Err(reason) => write!(f, "virtio-net ({reason})"),
+        }
+    }
+}
+
+/// Where the UDP tunnel of an encapsulated super-frame lies, as the tunnel
+/// form of the header says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UdpTunnel {
+    /// The outer IP version (`GSO_UDP_TUNNEL_IPV4` or `GSO_UDP_TUNNEL_IPV6`).
+    pub outer: IpVersion,
+    /// `VIRTIO_NET_HDR_F_UDP_TUNNEL_CSUM`: every segment gets an outer UDP
+    /// checksum (the super-frame's field holds the pseudo-header sum);
+    /// without it every segment's field is left as it is.
+    pub checksum: bool,
+    /// Where the outer UDP header starts, from the frame's start.
+    pub outer_th_offset: u16,
+    /// Where the inner IP header starts, from the frame's start.
+    pub inner_nh_offset: u16,
+}
+
+/// What a tunnel-form header says about the frame after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TunnelOffload {
+    /// The checksum state and segmentation, as the 12-byte header has
+    /// them. In a tunnel super-frame they are the inner ones: the inner
+    /// transport checksum (always partial) and the inner segments' size.
+    pub offload: Offload,
+    /// The UDP tunnel around a super-frame; `None` for any other frame.
+    pub tunnel: Option<UdpTunnel>,
+}
+
+/// The outer headers an encapsulation put before a frame: what the tunnel
+/// form needs to know of them (see
+/// [`OuterTemplate::outer_headers`](crate::OuterTemplate::outer_headers)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OuterHeaders {
+    /// The outer IP version.
+    pub ip: IpVersion,
+    /// Where the outer UDP header starts, from the start of the outer
+    /// Ethernet header.
+    pub udp_offset: u16,
+    /// Their length (outer Ethernet to the end of the tunnel header):
+    /// where the inner frame starts.
+    pub len: u16,
+}
+
+impl TunnelOffload {
+    /// Parse a tunnel-form header, checking it as Linux's
+    /// `virtio_net_hdr_tnl_to_skb` does: the 12-byte part as
+    /// [`Offload::parse`] does (the tunnel bits aside), and for a tunnel
+    /// super-frame exactly one outer IP version, an inner GSO type, a
+    /// partial checksum and offsets in order (outer UDP after an outer
+    /// Ethernet and IP header, inner IP after the outer UDP header, inner
+    /// transport after an inner IP header). Refuses
+    /// (`BadVnetHeader`) UDP_TUNNEL_CSUM on a frame that is not a tunnel
+    /// super-frame. The hash fields are ignored, and the offsets of a
+    /// frame that is not a tunnel super-frame.
+    pub fn parse<T: AsRef<[u8]>>(header: &TunnelHeader<T>) -> Result<TunnelOffload, DropReason> {
+        header.check_len()?;
+        TunnelOffload::parse_for(header, header.frame_len())
+    }
+
+    /// Check that this header is one [`parse`](Self::parse) (and Linux)
+    /// takes before a frame of `frame_len` bytes.
+    pub fn check(&self, frame_len: usize) -> Result<(), DropReason> {
+        let bytes = self.to_bytes();
+        TunnelOffload::parse_for(&TunnelHeader::new_unchecked(&bytes[..]), frame_len).map(drop)
+    }
+
+    /// [`parse`](Self::parse) of a header (its length checked) before a
+    /// frame of `frame_len` bytes.
+    fn parse_for<T: AsRef<[u8]>>(
+        header: &TunnelHeader<T>,
+        frame_len: usize,
+    ) -> Result<TunnelOffload, DropReason> {
+        let base = header.base();
+        let tunnel_bits = base.gso_type() & (GSO_UDP_TUNNEL_IPV4 | GSO_UDP_TUNNEL_IPV6);
+        let tunnel_checksum = base.flags() & FLAG_UDP_TUNNEL_CSUM != 0;
+        let offload = Offload::parse_fields(
+            &base,
+            base.flags() & !FLAG_UDP_TUNNEL_CSUM,
+            base.gso_type() & !tunnel_bits,
+            frame_len,
+        )?;
+        let outer = match tunnel_bits {
+            0 if tunnel_checksum => return Err(DropReason::BadVnetHeader),
+            0 => {
+                return Ok(TunnelOffload {
+                    offload,
+                    tunnel: None,
+                });
+            }
+            GSO_UDP_TUNNEL_IPV4 => IpVersion::Ipv4,
+            GSO_UDP_TUNNEL_IPV6 => IpVersion::Ipv6,
+            _ => return Err(DropReason::BadVnetHeader),
+        };
+        let (Some(gso), Checksum::Partial { start, .. }) = (offload.gso, offload.checksum) else {
+            return Err(DropReason::BadVnetHeader);
+        };
+        let tunnel = UdpTunnel {
+            outer,
+            checksum: tunnel_checksum,
+            outer_th_offset: header.outer_th_offset(),
+            inner_nh_offset: header.inner_nh_offset(),
+        };
+        let outer_l3_min = ETHERNET_LEN + ip_header_min(outer);
+        let inner_l3_min = ip_header_min(if gso.kind == GsoKind::TcpV6 {
+            IpVersion::Ipv6
+        } else {
+            IpVersion::Ipv4
+        });
+        let (outer_th, inner_nh) = (
+            usize::from(tunnel.outer_th_offset),
+            usize::from(tunnel.inner_nh_offset),
+        );
+        if outer_th < outer_l3_min
+            || inner_nh < outer_th + UDP_HEADER_LEN
+            || usize::from(start) < inner_nh + inner_l3_min
+        {
+            return Err(DropReason::BadVnetHeader);
+        }
+        Ok(TunnelOffload {
+            offload,
+            tunnel: Some(tunnel),
+        })
+    }
+
+    /// The header for a frame that `inner` describes (as a pod's TAP
+    /// device handed it over, partial checksum offsets from the frame's
+    /// start) once `outer` headers are in front of it, for a TAP device
+    /// with UDP tunnel GSO on:
+    ///
+    /// - a super-frame becomes a tunnel super-frame: its segmentation and
+    ///   ECN bit kept, `hdr_len` and the partial checksum moved past the
+    ///   outer headers, the outer UDP header and the inner IP header
+    ///   (after an untagged inner Ethernet header) located, and an outer
+    ///   UDP checksum asked for every segment — the outer UDP field must
+    ///   hold the pseudo-header sum;
+    /// - a plain frame with a partial checksum keeps it, moved — the outer
+    ///   UDP checksum must be complete already (local checksum offload:
+    ///   [`OuterTemplate::encapsulate_offloaded`](crate::OuterTemplate::encapsulate_offloaded)
+    ///   computes it from the headers alone);
+    /// - a plain frame with complete checksums gets its outer UDP checksum
+    ///   computed by the kernel (NEEDS_CSUM from the outer UDP header) —
+    ///   the field must hold the pseudo-header sum.
+    ///
+    /// Refuses (`BadVnetHeader`) a super-frame without a partial checksum
+    /// (the kernel's tunnel segmentation needs one) and offsets that pass
+    /// 16 bits.
+    pub fn encapsulated(inner: &Offload, outer: OuterHeaders) -> Result<TunnelOffload, DropReason> {
+        let moved = |position: u16| {
+            position
+                .checked_add(outer.len)
+                .ok_or(DropReason::BadVnetHeader)
+        };
+        let checksum = match (inner.checksum, inner.gso) {
+            (Checksum::Partial { start, offset }, _) => Checksum::Partial {
+                start: moved(start)?,
+                offset,
+            },
+            (_, Some(_)) => return Err(DropReason::BadVnetHeader),
+            (Checksum::Complete | Checksum::Verified, None) => Checksum::Partial {
+                start: outer.udp_offset,
+                offset: UDP_CHECKSUM_OFFSET,
+            },
+        };
+        let Some(gso) = inner.gso else {
+            return Ok(TunnelOffload {
+                offload: Offload {
+                    checksum,
+                    gso: None,
+                },
+                tunnel: None,
+            });
+        };
+        let gso = Gso {
+            hdr_len: gso.hdr_len.saturating_add(outer.len),
+            ..gso
+        };
+        Ok(TunnelOffload {
+            offload: Offload {
+                checksum,
+                gso: Some(gso),
+            },
+            tunnel: Some(UdpTunnel {
+                outer: outer.ip,
+                checksum: true,
+                outer_th_offset: outer.udp_offset,
+                inner_nh_offset: moved(ETHERNET_LEN as u16)?,
+            }),
+        })
+    }
+
+    /// Write all 24 header bytes: the 12-byte part as [`Offload::emit`]
+    /// writes it with the tunnel bits added, hash fields zero, the tunnel
+    /// offsets (zero without a tunnel).
+    pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, header: &mut TunnelHeader<T>) {
+        let mut base = header.base_mut();
+        self.offload.emit(&mut base);
+        if let Some(tunnel) = self.tunnel {
+            let (flags, gso_type) = (base.flags(), base.gso_type());
+            base.set_flags(
+                flags
+                    | if tunnel.checksum {
+                        FLAG_UDP_TUNNEL_CSUM
+                    } else {
+                        0
+                    },
+            );
+            base.set_gso_type(
+                gso_type
+                    | match tunnel.outer {
+                        IpVersion::Ipv4 => GSO_UDP_TUNNEL_IPV4,
+                        IpVersion::Ipv6 => GSO_UDP_TUNNEL_IPV6,
+                    },
+            );
+        }
+        header.set_hash_value(0);
+        header.set_hash_report(0);
+        header.clear_padding();
+        let (outer_th, inner_nh) = self
+            .tunnel
+            .map_or((0, 0), |t| (t.outer_th_offset, t.inner_nh_offset));
+        header.set_outer_th_offset(outer_th);
+        header.set_inner_nh_offset(inner_nh);
+    }
+
+    /// The header bytes, for a caller that writes the header and the
+    /// frame separately (`writev`).
+    pub fn to_bytes(&self) -> [u8; TUNNEL_HEADER_LEN] {
+        let mut bytes = [0; TUNNEL_HEADER_LEN];
+        self.emit(&mut TunnelHeader::new_unchecked(&mut bytes[..]));
+        bytes
+    }
+}
+
+impl fmt::Display for TunnelOffload {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}", self.offload)?;
+        if let Some(tunnel) = self.tunnel {
+            write!(
+                f,
+                " udp_tunnel={} outer_th={} inner_nh={}",
+                tunnel.outer, tunnel.outer_th_offset, tunnel.inner_nh_offset
+            )?;
+            if tunnel.checksum {
+                write!(f, " outer_csum")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Length of an untagged Ethernet header.
+const ETHERNET_LEN: usize = 14;
+/// Length of a UDP header.
+const UDP_HEADER_LEN: usize = 8;
+
+/// The shortest IP header of a version.
+const fn ip_header_min(version: IpVersion) -> usize {
+    match version {
+        IpVersion::Ipv4 => 20,
+        IpVersion::Ipv6 => 40,
     }
 }
 
@@ -603,6 +1061,312 @@ mod tests {
         );
     }
 
+    // The tunnel form for a pod's TCP/IPv4 super-frame (NEEDS_CSUM from
+    // 34 at 16, gso_size 1398, hdr_len 66) behind VXLAN over IPv4 (50
+    // bytes of outer headers, outer UDP at 34): NEEDS_CSUM |
+    // UDP_TUNNEL_CSUM, TCPV4 | UDP_TUNNEL_IPV4, hdr_len 116, gso_size
+    // 1398, csum_start 84, csum_offset 16, no hash, outer_th 34, inner_nh 64.
+    static TUNNEL_BYTES: [u8; 24] = [
+        0x09, 0x21, 0x74, 0x00, 0x76, 0x05, 0x54, 0x00, 0x10, 0x00, 0x00, 0x00, //
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x22, 0x00, 0x40, 0x00,
+    ];
+
+    fn pod_super_frame() -> Offload {
+        Offload {
+            checksum: Checksum::Partial {
+                start: 34,
+                offset: 16,
+            },
+            gso: Some(Gso {
+                kind: GsoKind::TcpV4,
+                ecn: false,
+                size: 1398,
+                hdr_len: 66,
+            }),
+        }
+    }
+
+    const VXLAN_V4: OuterHeaders = OuterHeaders {
+        ip: IpVersion::Ipv4,
+        udp_offset: 34,
+        len: 50,
+    };
+
+    fn tunnel_offload() -> TunnelOffload {
+        TunnelOffload {
+            offload: Offload {
+                checksum: Checksum::Partial {
+                    start: 84,
+                    offset: 16,
+                },
+                gso: Some(Gso {
+                    hdr_len: 116,
+                    ..pod_super_frame().gso.unwrap()
+                }),
+            },
+            tunnel: Some(UdpTunnel {
+                outer: IpVersion::Ipv4,
+                checksum: true,
+                outer_th_offset: 34,
+                inner_nh_offset: 64,
+            }),
+        }
+    }
+
+    fn tunnel_buffer(header: [u8; 24], frame_len: usize) -> Vec<u8> {
+        let mut bytes = header.to_vec();
+        bytes.resize(TUNNEL_HEADER_LEN + frame_len, 0xab);
+        bytes
+    }
+
+    #[test]
+    fn tunnel_deconstruct() {
+        let mut header = TUNNEL_BYTES;
+        header[12..20].copy_from_slice(&[0x78, 0x56, 0x34, 0x12, 0x02, 0x00, 0xff, 0xff]);
+        let bytes = tunnel_buffer(header, 200);
+        let view = TunnelHeader::new_checked(&bytes[..]).unwrap();
+        assert_eq!(view.base().flags(), FLAG_NEEDS_CSUM | FLAG_UDP_TUNNEL_CSUM);
+        assert_eq!(view.base().gso_type(), GSO_TCPV4 | GSO_UDP_TUNNEL_IPV4);
+        assert_eq!(view.base().hdr_len(), 116);
+        assert_eq!(view.base().gso_size(), 1398);
+        assert_eq!(view.base().csum_start(), 84);
+        assert_eq!(view.base().csum_offset(), 16);
+        assert_eq!(view.hash_value(), 0x1234_5678);
+        assert_eq!(view.hash_report(), 2);
+        assert_eq!(view.outer_th_offset(), 34);
+        assert_eq!(view.inner_nh_offset(), 64);
+        assert_eq!(view.frame_len(), 200);
+        assert_eq!(view.frame(), &[0xab; 200][..]);
+    }
+
+    #[test]
+    fn tunnel_construct() {
+        let mut bytes = [0xffu8; 26];
+        let mut view = TunnelHeader::new_unchecked(&mut bytes[..]);
+        let mut base = view.base_mut();
+        base.set_flags(FLAG_NEEDS_CSUM | FLAG_UDP_TUNNEL_CSUM);
+        base.set_gso_type(GSO_TCPV4 | GSO_UDP_TUNNEL_IPV4);
+        base.set_hdr_len(116);
+        base.set_gso_size(1398);
+        base.set_csum_start(84);
+        base.set_csum_offset(16);
+        base.set_num_buffers(0);
+        view.set_hash_value(0);
+        view.set_hash_report(0);
+        view.clear_padding();
+        view.set_outer_th_offset(34);
+        view.set_inner_nh_offset(64);
+        view.frame_mut().copy_from_slice(&[1, 2]);
+        assert_eq!(bytes[..24], TUNNEL_BYTES);
+        assert_eq!(bytes[24..], [1, 2]);
+    }
+
+    #[test]
+    fn tunnel_parse_and_emit() {
+        let bytes = tunnel_buffer(TUNNEL_BYTES, 200);
+        let view = TunnelHeader::new_checked(&bytes[..]).unwrap();
+        assert_eq!(TunnelOffload::parse(&view), Ok(tunnel_offload()));
+        let mut out = [0xffu8; 24];
+        tunnel_offload().emit(&mut TunnelHeader::new_unchecked(&mut out[..]));
+        assert_eq!(out, TUNNEL_BYTES);
+        assert_eq!(tunnel_offload().to_bytes(), TUNNEL_BYTES);
+        // Without a tunnel: the 12-byte header, then zeros.
+        let plain = TunnelOffload {
+            offload: offload(),
+            tunnel: None,
+        };
+        let bytes = plain.to_bytes();
+        assert_eq!(bytes[..12], HEADER_BYTES);
+        assert_eq!(bytes[12..], [0; 12]);
+        let with_frame = tunnel_buffer(bytes, 66);
+        assert_eq!(
+            TunnelOffload::parse(&TunnelHeader::new_unchecked(&with_frame[..])),
+            Ok(plain)
+        );
+        // IPv6 outer (14 + 40 + 8 + 8 + 14 = 84), no outer checksum.
+        let v6 = TunnelOffload {
+            offload: Offload {
+                checksum: Checksum::Partial {
+                    start: 104,
+                    offset: 16,
+                },
+                ..tunnel_offload().offload
+            },
+            tunnel: Some(UdpTunnel {
+                outer: IpVersion::Ipv6,
+                checksum: false,
+                outer_th_offset: 54,
+                inner_nh_offset: 84,
+            }),
+        };
+        let bytes = v6.to_bytes();
+        assert_eq!(bytes[..2], [0x01, 0x41]);
+        assert_eq!(bytes[6..8], [104, 0]);
+        assert_eq!(bytes[20..], [54, 0, 84, 0]);
+        let with_frame = tunnel_buffer(bytes, 200);
+        assert_eq!(
+            TunnelOffload::parse(&TunnelHeader::new_unchecked(&with_frame[..])),
+            Ok(v6)
+        );
+    }
+
+    #[test]
+    fn tunnel_parse_refuses_what_linux_refuses() {
+        let parse = |edit: &dyn Fn(&mut [u8; 24]), frame_len: usize| {
+            let mut header = TUNNEL_BYTES;
+            edit(&mut header);
+            let bytes = tunnel_buffer(header, frame_len);
+            TunnelOffload::parse(&TunnelHeader::new_unchecked(&bytes[..]))
+        };
+        assert_eq!(parse(&|_| {}, 200), Ok(tunnel_offload()));
+        let refused = Err(DropReason::BadVnetHeader);
+        // Both outer versions at once.
+        assert_eq!(parse(&|h| h[1] = 0x61, 200), refused);
+        // A tunnel without an inner GSO type, or with UFO.
+        assert_eq!(parse(&|h| h[1] = 0x20, 200), refused);
+        assert_eq!(parse(&|h| h[1] = 0x23, 200), refused);
+        // A tunnel without NEEDS_CSUM (DATA_VALID, or nothing).
+        assert_eq!(parse(&|h| h[0] = 0x0a, 200), refused);
+        assert_eq!(parse(&|h| h[0] = 0x08, 200), refused);
+        // UDP_TUNNEL_CSUM without a tunnel.
+        assert_eq!(parse(&|h| h[1] = GSO_TCPV4, 200), refused);
+        assert!(parse(&|h| (h[0], h[1]) = (1, GSO_TCPV4), 200).is_ok());
+        // Offsets out of order: outer UDP inside the outer IPv4 header,
+        // inner IP inside the outer UDP header, inner TCP inside the inner
+        // IP header; an IPv6 outer needs 40 bytes of IP header.
+        assert_eq!(parse(&|h| h[20] = 33, 200), refused);
+        assert_eq!(parse(&|h| h[22] = 41, 200), refused);
+        assert_eq!(parse(&|h| h[22] = 65, 200), refused);
+        assert_eq!(parse(&|h| h[1] = 0x41, 200), refused);
+        assert!(parse(&|h| (h[1], h[20]) = (0x41, 54), 200).is_ok());
+        // An inner TCP/IPv6 header needs 40 bytes of inner IP header.
+        assert_eq!(parse(&|h| h[1] = 0x24, 200), refused);
+        // The 12-byte part's own checks still apply: checksum past the frame.
+        assert_eq!(parse(&|_| {}, 101), refused);
+        assert_eq!(
+            TunnelOffload::parse(&TunnelHeader::new_unchecked(&TUNNEL_BYTES[..23])),
+            Err(DropReason::TruncatedVnetHeader)
+        );
+        assert_eq!(
+            TunnelHeader::new_checked(&TUNNEL_BYTES[..23]),
+            Err(DropReason::TruncatedVnetHeader)
+        );
+    }
+
+    #[test]
+    fn encapsulated_super_frame() {
+        let header = TunnelOffload::encapsulated(&pod_super_frame(), VXLAN_V4).unwrap();
+        assert_eq!(header, tunnel_offload());
+        assert_eq!(header.to_bytes(), TUNNEL_BYTES);
+        // Geneve over IPv6 with 8 bytes of options: 14 + 40 + 8 + 8 + 8.
+        let geneve_v6 = OuterHeaders {
+            ip: IpVersion::Ipv6,
+            udp_offset: 54,
+            len: 78,
+        };
+        let ecn = Offload {
+            gso: Some(Gso {
+                ecn: true,
+                ..pod_super_frame().gso.unwrap()
+            }),
+            ..pod_super_frame()
+        };
+        let header = TunnelOffload::encapsulated(&ecn, geneve_v6).unwrap();
+        let bytes = header.to_bytes();
+        assert_eq!(bytes[..2], [0x09, 0x80 | 0x40 | 0x01]);
+        assert_eq!(
+            header.offload.checksum,
+            Checksum::Partial {
+                start: 112,
+                offset: 16
+            }
+        );
+        assert_eq!(header.tunnel.unwrap().outer_th_offset, 54);
+        assert_eq!(header.tunnel.unwrap().inner_nh_offset, 92);
+        // What it emits, Linux would take.
+        let with_frame = tunnel_buffer(bytes, 78 + 66);
+        assert_eq!(
+            TunnelOffload::parse(&TunnelHeader::new_unchecked(&with_frame[..])),
+            Ok(header)
+        );
+    }
+
+    #[test]
+    fn encapsulated_plain_frames() {
+        // A partial checksum is kept, moved; the outer UDP checksum is
+        // the caller's to complete.
+        let partial = Offload {
+            gso: None,
+            ..pod_super_frame()
+        };
+        let header = TunnelOffload::encapsulated(&partial, VXLAN_V4).unwrap();
+        assert_eq!(header.tunnel, None);
+        assert_eq!(
+            header.to_bytes(),
+            [
+                1, 0, 0, 0, 0, 0, 84, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+            ]
+        );
+        // Complete checksums: the kernel computes the outer UDP one.
+        for checksum in [Checksum::Complete, Checksum::Verified] {
+            let header = TunnelOffload::encapsulated(
+                &Offload {
+                    checksum,
+                    gso: None,
+                },
+                VXLAN_V4,
+            )
+            .unwrap();
+            assert_eq!(
+                header.offload,
+                Offload {
+                    checksum: Checksum::Partial {
+                        start: 34,
+                        offset: 6
+                    },
+                    gso: None
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn encapsulated_refuses() {
+        let complete_super_frame = Offload {
+            checksum: Checksum::Complete,
+            ..pod_super_frame()
+        };
+        assert_eq!(
+            TunnelOffload::encapsulated(&complete_super_frame, VXLAN_V4),
+            Err(DropReason::BadVnetHeader)
+        );
+        let far = Offload {
+            checksum: Checksum::Partial {
+                start: 65500,
+                offset: 16,
+            },
+            ..pod_super_frame()
+        };
+        assert_eq!(
+            TunnelOffload::encapsulated(&far, VXLAN_V4),
+            Err(DropReason::BadVnetHeader)
+        );
+    }
+
+    #[test]
+    fn tunnel_display() {
+        let bytes = tunnel_buffer(TUNNEL_BYTES, 200);
+        assert_eq!(
+            TunnelHeader::new_unchecked(&bytes[..]).to_string(),
+            "virtio-net csum=partial start=84 offset=16 gso=tcpv4 size=1398 hdr_len=116 \
+             udp_tunnel=IPv4 outer_th=34 inner_nh=64 outer_csum"
+        );
+        assert_eq!(
+            TunnelHeader::new_unchecked(&bytes[..20]).to_string(),
+            "virtio-net (truncated_vnet_header)"
+        );
+    }
+
     fn offload_strategy() -> impl Strategy<Value = Offload> {
         let checksum = prop_oneof![
             Just(Checksum::Complete),
@@ -648,6 +1412,56 @@ mod tests {
                     prop_assert!(tcp_partial_elsewhere || udp_not_partial_at_6);
                 }
             }
+        }
+
+        #[test]
+        fn tunnel_emit_then_parse_round_trips(
+            inner in offload_strategy(),
+            ipv6 in any::<bool>(),
+            udp_offset in 34u16..80,
+            tunnel_len in 8u16..300,
+        ) {
+            let outer = OuterHeaders {
+                ip: if ipv6 { IpVersion::Ipv6 } else { IpVersion::Ipv4 },
+                udp_offset,
+                len: udp_offset + tunnel_len,
+            };
+            let Ok(header) = TunnelOffload::encapsulated(&inner, outer) else {
+                return Ok(());
+            };
+            let mut bytes = vec![0u8; TUNNEL_HEADER_LEN + 700];
+            header.emit(&mut TunnelHeader::new_unchecked(&mut bytes[..]));
+            match TunnelOffload::parse(&TunnelHeader::new_unchecked(&bytes[..])) {
+                Ok(parsed) => prop_assert_eq!(parsed, header),
+                // Only what Linux refuses: the pod's own header was bad, or
+                // the offsets are out of the order Linux wants.
+                Err(reason) => {
+                    prop_assert_eq!(reason, DropReason::BadVnetHeader);
+                    let pod_bytes = {
+                        let mut b = vec![0u8; HEADER_LEN + 700];
+                        inner.emit(&mut Header::new_unchecked(&mut b[..]));
+                        b
+                    };
+                    let pod_ok = Offload::parse(&Header::new_unchecked(&pod_bytes[..])).is_ok();
+                    let ip_too_short = header.tunnel.is_some_and(|t| {
+                        usize::from(t.outer_th_offset) < ETHERNET_LEN + ip_header_min(t.outer)
+                            || matches!(header.offload.checksum, Checksum::Partial { start, .. }
+                                if usize::from(start) < usize::from(t.inner_nh_offset) + 20)
+                    });
+                    prop_assert!(!pod_ok || ip_too_short, "{header}");
+                }
+            }
+        }
+
+        #[test]
+        fn tunnel_parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..60)) {
+            let header = TunnelHeader::new_unchecked(&bytes[..]);
+            if let Ok(TunnelOffload { offload: Offload { checksum: Checksum::Partial { start, offset }, .. }, .. }) =
+                TunnelOffload::parse(&header)
+            {
+                prop_assert!(usize::from(start) + usize::from(offset) + 2 <= header.frame_len());
+            }
+            let _ = header.to_string();
         }
 
         #[test]

@@ -1,4 +1,5 @@
-//! The TAP offloads on arbitrary input: virtio-net header parsing,
+//! The TAP offloads on arbitrary input: virtio-net header parsing (both
+//! forms), encapsulation for the kernel's tunnel segmentation,
 //! segmentation of every segment, partial checksum completion and
 //! coalescing. Never panics; what is accepted is self-consistent.
 #![no_main]
@@ -7,12 +8,31 @@ use std::sync::{LazyLock, Mutex};
 
 use libfuzzer_sys::fuzz_target;
 use podswitch_encap::segment::complete_checksum;
-use podswitch_encap::virtio_net::{self, Checksum, Header};
-use podswitch_encap::{Coalescer, Offload, TcpSegments};
+use podswitch_encap::virtio_net::{self, Checksum, Header, TunnelHeader, TunnelOffload};
+use podswitch_encap::wire::EthernetAddress;
+use podswitch_encap::{Coalescer, Offload, OuterTemplate, TcpSegments, TunnelKind, TunnelSpec, Vni};
 
 /// One coalescer, reused: a flush leaves it holding nothing, so runs do
 /// not depend on each other (and its 512 KiB are not allocated per run).
 static GRO: LazyLock<Mutex<Coalescer>> = LazyLock::new(|| Mutex::new(Coalescer::new()));
+
+/// VXLAN over IPv4 toward a tunnel TAP device.
+static TEMPLATE: LazyLock<OuterTemplate> = LazyLock::new(|| {
+    OuterTemplate::new(&TunnelSpec {
+        kind: TunnelKind::Vxlan,
+        vni: Vni::new(1).unwrap(),
+        udp_port: 4789,
+        local_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
+        next_hop_mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
+        vlan: None,
+        local_ip: [10, 1, 0, 11].into(),
+        remote_ip: [10, 1, 0, 12].into(),
+        ttl: 64,
+        geneve_options: &[],
+        underlay_mtu: 1500,
+    })
+    .unwrap()
+});
 
 const MAX_FRAME: usize = 14 + 65535;
 
@@ -40,6 +60,28 @@ fuzz_target!(|data: &[u8]| {
             let mut frame = header.frame().to_vec();
             complete_checksum(&mut frame, start.into(), offset.into()).unwrap();
         }
+        // Encapsulated for the kernel to finish: a header it takes.
+        let mut buf = vec![0u8; 128];
+        buf.extend_from_slice(header.frame());
+        let end = buf.len();
+        if let Ok((packet, tunnel)) = TEMPLATE.encapsulate_offloaded(&mut buf, 128..end, &offload) {
+            let mut with_header = tunnel.to_bytes().to_vec();
+            with_header.extend_from_slice(&buf[packet]);
+            let parsed = TunnelOffload::parse(&TunnelHeader::new_unchecked(&with_header[..]));
+            assert_eq!(parsed, Ok(tunnel));
+        }
+    }
+
+    // The whole input as the tunnel form of the header.
+    let tunnel = TunnelHeader::new_unchecked(data);
+    let _ = tunnel.to_string();
+    if let Ok(parsed) = TunnelOffload::parse(&tunnel) {
+        let mut again = data.to_vec();
+        parsed.emit(&mut TunnelHeader::new_unchecked(&mut again[..]));
+        assert_eq!(
+            TunnelOffload::parse(&TunnelHeader::new_unchecked(&again[..])),
+            Ok(parsed)
+        );
     }
 
     // Partial checksum completion anywhere.
