@@ -62,17 +62,8 @@ impl TapDevice {
     /// offloads on.
     pub fn open_offloaded(name: &str) -> io::Result<TapDevice> {
         let file = open_tun(name, libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR)?;
-        let header_len = VNET_HEADER_LEN as libc::c_int;
-        // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer, which
-        // points at one; `file` is an attached tun descriptor.
-        if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &header_len) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: TUNSETOFFLOAD takes its argument by value; `file` is an
-        // attached tun descriptor.
-        if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETOFFLOAD, POD_OFFLOADS) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        set_vnet_header_len(&file, VNET_HEADER_LEN)?;
+        set_offloads(&file, POD_OFFLOADS)?;
         Ok(TapDevice {
             file,
             name: name.to_string(),
@@ -159,8 +150,31 @@ impl TapDevice {
     }
 }
 
+/// Set the length of the virtio-net header before every frame of the tun
+/// descriptor `file` (`TUNSETVNETHDRSZ`).
+pub fn set_vnet_header_len(file: &File, len: usize) -> io::Result<()> {
+    let len = len as libc::c_int;
+    // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer, which
+    // points at one; `file` is an attached tun descriptor.
+    if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &len) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Turn on the offloads `TUN_F_*` of the tun descriptor `file`
+/// (`TUNSETOFFLOAD`); a kernel that does not know one refuses with EINVAL.
+pub fn set_offloads(file: &File, offloads: libc::c_uint) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its argument by value; `file` is an
+    // attached tun descriptor.
+    if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETOFFLOAD, offloads) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Open `/dev/net/tun` and attach it to the device `name` with `flags`.
-fn open_tun(name: &str, flags: libc::c_int) -> io::Result<File> {
+pub fn open_tun(name: &str, flags: libc::c_int) -> io::Result<File> {
     if name.is_empty() || name.len() >= IFNAMSIZ {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,

@@ -4,6 +4,8 @@
 //!
 //! - [`afxdp`], [`xdp`], [`tap`]: ports — AF_XDP sockets on a shared buffer
 //!   area with the project's XDP programs, and TAP devices;
+//! - [`tunnel_tap`]: the kernel-offload path toward peers, a node-side TAP
+//!   device with UDP tunnel GSO that takes encapsulated super-frames whole;
 //! - [`frames`]: where every buffer frame is; [`frame_budget`]: how
 //!   many each socket may keep on its fill ring;
 //! - [`fib`], [`topology`]: what the workers read without locks;
@@ -31,6 +33,7 @@ pub mod frames;
 pub mod saved_state;
 pub mod stats;
 pub mod topology;
+pub mod tunnel_tap;
 pub mod worker;
 pub mod xdp;
 
