@@ -4,7 +4,7 @@
 //! node runs a podswitch daemon, or is a kernel node (bridge + vxlan,
 //! Flannel-style). Pods are namespaces with a veth into their node.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -552,16 +552,29 @@ pub struct KernelNode {
 impl KernelNode {
     /// Set up node `index` in `ns`, whose underlay is already connected.
     pub fn create(ns: Netns, index: u8, underlay_mtu: u32) -> Result<KernelNode> {
+        KernelNode::create_with_vtep(ns, index, underlay_mtu, node_ip(index).into())
+    }
+
+    /// Set up node `index` in `ns` as [`create`](Self::create) does, with
+    /// `vtep` (an address of its underlay, IPv4 or IPv6) as its VTEP.
+    pub fn create_with_vtep(
+        ns: Netns,
+        index: u8,
+        underlay_mtu: u32,
+        vtep: IpAddr,
+    ) -> Result<KernelNode> {
         ns.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        // Outer IP, UDP and VXLAN headers and the inner Ethernet header.
+        let overhead = if vtep.is_ipv4() { 50 } else { 70 };
         let vxlan = KernelVxlan {
             name: "vxlan0".into(),
             vni: VNI,
             udp_port: 4789,
-            local: node_ip(index).into(),
+            local: vtep,
             underlay: UPLINK.into(),
             mac: kernel_vtep_mac(index),
             address: format!("10.244.{index}.0/32"),
-            mtu: underlay_mtu - 50,
+            mtu: underlay_mtu - overhead,
         };
         vxlan.create(&ns)?;
         ns.ip(&["link", "add", "cni0", "type", "bridge"])?;
@@ -572,14 +585,7 @@ impl KernelNode {
             "dev",
             "cni0",
         ])?;
-        ns.ip(&[
-            "link",
-            "set",
-            "cni0",
-            "mtu",
-            &(underlay_mtu - 50).to_string(),
-            "up",
-        ])?;
+        ns.ip(&["link", "set", "cni0", "mtu", &vxlan.mtu.to_string(), "up"])?;
         Ok(KernelNode { ns, index, vxlan })
     }
 

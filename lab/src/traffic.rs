@@ -54,6 +54,9 @@ pub struct IperfClient {
     /// UDP at this rate (bits/s, 0 = unlimited) with this payload size,
     /// instead of TCP.
     pub udp: Option<(u64, u32)>,
+    /// TCP paced to this rate (bits/s, iperf3's `-b`), e.g. so that a
+    /// capture keeps up; unlimited when `None`.
+    pub tcp_rate: Option<u64>,
     /// Server port.
     pub port: u16,
 }
@@ -64,6 +67,7 @@ impl Default for IperfClient {
             seconds: 2,
             streams: 1,
             udp: None,
+            tcp_rate: None,
             port: IPERF_PORT,
         }
     }
@@ -201,6 +205,8 @@ impl IperfClient {
                 "-l".into(),
                 size.to_string(),
             ]);
+        } else if let Some(rate) = self.tcp_rate {
+            args.extend(["-b".into(), rate.to_string()]);
         }
         args
     }

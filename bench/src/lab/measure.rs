@@ -395,6 +395,7 @@ pub fn latency(testbed: &Testbed, settings: &Settings, loaded: bool) -> Result<L
             streams: 1,
             udp: Some((settings.background_bps, BACKGROUND_DATAGRAM)),
             port: BACKGROUND_PORT,
+            ..IperfClient::default()
         };
         std::thread::scope(|scope| {
             let background = scope.spawn(|| on_cpu(SENDER_CPU, || load.run(&a.ns, b.ip)));
