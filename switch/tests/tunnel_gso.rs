@@ -544,7 +544,7 @@ impl Capture {
         let log = dir.join(format!("{kind}.tcpdump.log"));
         let port = udp_port(kind).to_string();
         let tcpdump = Process::spawn_logged(
-            ns.command("tcpdump")
+            ns.command("tcpdump")?
                 .args(["-i", UPLINK, "-n", "-s", "0", "-B", "262144", "-w"])
                 .arg(&path)
                 .args(["udp", "port", &port]),
