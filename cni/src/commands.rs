@@ -236,6 +236,8 @@ fn add(env: &Environment, conf: &NetConf, stdin: &[u8]) -> CniResult<AddResult> 
         gateway: addressing.gateway,
         routes: &addressing.routes,
         mac: requests.mac.map(|mac| mac.value),
+        gso_max_size: (conf.pod_interface == PodInterfaceKind::Tap && info.pod_gso_max_size > 0)
+            .then_some(info.pod_gso_max_size),
     };
     // A TAP device is found again by its namespace and name; a veth by
     // its host end.

@@ -72,6 +72,10 @@ pub struct PodInterface<'a> {
     pub routes: &'a [(Ipv4Net, Ipv4Addr)],
     /// The MAC the runtime asked for; the kernel's random one if none.
     pub mac: Option<MacAddr>,
+    /// The largest super-frame a TAP pod's kernel may hand the switch
+    /// (`gso_max_size`), when the switch says so: it must fit one outer
+    /// packet once encapsulated.
+    pub gso_max_size: Option<u32>,
 }
 
 /// What was made.
@@ -140,6 +144,9 @@ fn configure_in_pod(pod: &PodInterface) -> Result<MacAddr> {
     }
     let link = netlink.require_link(pod.ifname)?;
     disable_ipv6(pod.ifname)?;
+    if let Some(size) = pod.gso_max_size {
+        netlink.set_gso_max_size(link.index, size)?;
+    }
     netlink.set_link_up(link.index, Some(pod.mtu), pod.mac)?;
     netlink.add_address(
         link.index,

@@ -3,9 +3,11 @@
 //! to their TAP devices with virtio-net headers, and ping and iperf3 run
 //! between every kind of pair — TAP to TAP on one node (super-frames
 //! passed whole), TAP to veth (cut into segments), veth to TAP
-//! (coalesced), across nodes over VXLAN and Geneve (cut, encapsulated,
-//! decapsulated, coalesced), and against a kernel VXLAN node whose
-//! underlay must see only plain, valid, MTU-sized frames. Needs root.
+//! (coalesced), across nodes over VXLAN and Geneve (encapsulated whole
+//! and cut by the node's kernel through the tunnel port — or, with the
+//! offload off, cut and encapsulated by the switch — then decapsulated
+//! and coalesced), and against a kernel VXLAN node whose underlay must
+//! see only plain, valid, MTU-sized frames in sequence. Needs root.
 
 mod common;
 
@@ -33,12 +35,8 @@ struct Mixed {
     pods: [[Pod; 3]; 2],
 }
 
-fn mixed(tag: &str, encap: &str) -> Result<Mixed> {
-    let options = SwitchOptions {
-        encap: encap.into(),
-        ..SwitchOptions::default()
-    };
-    let mut nodes = nodes_with(tag, 2, &options)?;
+fn mixed(tag: &str, options: &SwitchOptions) -> Result<Mixed> {
+    let mut nodes = nodes_with(tag, 2, options)?;
     let plugin = plugin();
     let mut pods = Vec::new();
     for node in &nodes.switches {
@@ -76,22 +74,33 @@ fn checksum_errors(ns: &Netns) -> Result<u64> {
 
 /// A port's counters by the pod address it carries.
 fn port_of(node: &SwitchNode, pod: &Pod) -> Result<serde_json::Value> {
+    find_port(node, |p| p["ip"] == pod.ip.to_string())?
+        .with_context(|| format!("no port for {}", pod.ip))
+}
+
+/// The first of `node`'s ports (`podswitch ports`) that `which` picks.
+fn find_port(
+    node: &SwitchNode,
+    which: impl Fn(&serde_json::Value) -> bool,
+) -> Result<Option<serde_json::Value>> {
     let ports = node.cli_json(&["ports"])?;
-    ports
+    Ok(ports
         .as_array()
         .context("ports")?
         .iter()
-        .find(|p| p["ip"] == pod.ip.to_string())
-        .cloned()
-        .with_context(|| format!("no port for {}", pod.ip))
+        .find(|p| which(p))
+        .cloned())
 }
 
 fn offload(port: &serde_json::Value, counter: &str) -> u64 {
     port["counters"]["offload"][counter].as_u64().unwrap_or(0)
 }
 
-fn mixed_pods_talk(tag: &str, encap: &str) -> Result<Mixed> {
-    let tb = mixed(tag, encap)?;
+/// Mixed pods talking, on switches started with `options`: over their
+/// tunnel port (the kernel cutting super-frames) unless `tunnel_offload`
+/// is "off" (the switch cutting them).
+fn mixed_pods_talk(tag: &str, options: &SwitchOptions) -> Result<Mixed> {
+    let tb = mixed(tag, options)?;
     let [[t1, t1b, v1], [t2, _, v2]] = &tb.pods;
     let [n1, n2] = [&tb.nodes.switches[0], &tb.nodes.switches[1]];
     for node in [n1, n2] {
@@ -172,6 +181,23 @@ fn mixed_pods_talk(tag: &str, encap: &str) -> Result<Mixed> {
         offload(&receiver, "frames_coalesced") > 0,
         "nothing was coalesced for the TAP pod across nodes: {receiver}"
     );
+    // Toward the other node the super-frames went whole through the
+    // tunnel port for the kernel to cut — or, with the offload off, there
+    // is no tunnel port and the switch cut them.
+    let tunnel = find_port(n1, |p| p["role"] == "tunnel")?;
+    if options.tunnel_offload.as_deref() == Some("off") {
+        ensure!(
+            tunnel.is_none(),
+            "a tunnel port with the offload off: {tunnel:?}"
+        );
+    } else {
+        let tunnel = tunnel.context("no tunnel port on node 1")?;
+        let sent = offload(&tunnel, "super_frames_sent");
+        ensure!(
+            sent > 0,
+            "no super-frame went to the peer through the tunnel port: {tunnel}"
+        );
+    }
     for node in [n1, n2] {
         node.check_frames()?;
     }
@@ -213,7 +239,7 @@ fn delete_all(tb: &Mixed) -> Result<()> {
 #[test]
 fn tap_and_veth_pods_over_vxlan() -> Result<()> {
     let _serial = serial();
-    let mut tb = mixed_pods_talk("tap-vxlan", "vxlan")?;
+    let mut tb = mixed_pods_talk("tap-vxlan", &SwitchOptions::default())?;
     // A daemon killed and restarted re-attaches to its TAP pods.
     let [[t1, _, _], [t2, _, _]] = &tb.pods;
     let node = &mut tb.nodes.switches[0];
@@ -234,7 +260,25 @@ fn tap_and_veth_pods_over_vxlan() -> Result<()> {
 #[test]
 fn tap_and_veth_pods_over_geneve() -> Result<()> {
     let _serial = serial();
-    let tb = mixed_pods_talk("tap-geneve", "geneve")?;
+    let options = SwitchOptions {
+        encap: "geneve".into(),
+        ..SwitchOptions::default()
+    };
+    let tb = mixed_pods_talk("tap-geneve", &options)?;
+    delete_all(&tb)
+}
+
+/// With `tunnel_offload = "off"` (or a kernel without UDP tunnel GSO)
+/// the switch cuts TAP pods' super-frames itself and sends the segments
+/// on the uplink.
+#[test]
+fn tap_pods_with_the_switch_cutting_super_frames() -> Result<()> {
+    let _serial = serial();
+    let options = SwitchOptions {
+        tunnel_offload: Some("off".into()),
+        ..SwitchOptions::default()
+    };
+    let tb = mixed_pods_talk("tap-cut", &options)?;
     delete_all(&tb)
 }
 
@@ -244,13 +288,22 @@ struct UnderlayCheck {
     frames: usize,
     too_big: usize,
     bad_outer: usize,
+    /// Outer UDP checksums left zero (the receiver's UDP GRO refuses
+    /// those) or wrong.
+    bad_udp_checksum: usize,
     bad_inner_ip: usize,
     bad_tcp_checksum: usize,
     tcp_segments: usize,
+    /// Segments that start past where the flow's previous one ended.
+    sequence_holes: usize,
+    /// Where each inner TCP flow (by ports) goes on.
+    next_seq: std::collections::HashMap<(u16, u16), u32>,
 }
 
 /// Check one tunnel frame from `from`: at most `max_len` bytes, outer and
-/// inner IPv4 headers valid, the inner TCP checksum complete and right.
+/// inner IPv4 headers valid, the outer UDP checksum present and right,
+/// the inner TCP checksum complete and right, and the inner TCP sequence
+/// going on where it left off.
 fn check_tunnel_frame(frame: &[u8], from: Ipv4Addr, max_len: usize, seen: &mut UnderlayCheck) {
     let Ok(eth) = EthernetFrame::new_checked(frame) else {
         return;
@@ -276,6 +329,13 @@ fn check_tunnel_frame(frame: &[u8], from: Ipv4Addr, max_len: usize, seen: &mut U
         seen.bad_outer += 1;
         return;
     }
+    let (outer_src, outer_dst) = (
+        IpAddress::Ipv4(outer.src_addr()),
+        IpAddress::Ipv4(outer.dst_addr()),
+    );
+    if udp.checksum() == 0 || !udp.verify_checksum(&outer_src, &outer_dst) {
+        seen.bad_udp_checksum += 1;
+    }
     let Ok(inner_eth) = EthernetFrame::new_checked(&udp.payload()[8..]) else {
         seen.bad_outer += 1;
         return;
@@ -292,14 +352,28 @@ fn check_tunnel_frame(frame: &[u8], from: Ipv4Addr, max_len: usize, seen: &mut U
         return;
     }
     seen.tcp_segments += 1;
-    let checksum_ok = TcpPacket::new_checked(inner.payload()).is_ok_and(|tcp| {
-        tcp.verify_checksum(
-            &IpAddress::Ipv4(inner.src_addr()),
-            &IpAddress::Ipv4(inner.dst_addr()),
-        )
-    });
-    if !checksum_ok {
+    let Ok(tcp) = TcpPacket::new_checked(inner.payload()) else {
         seen.bad_tcp_checksum += 1;
+        return;
+    };
+    if !tcp.verify_checksum(
+        &IpAddress::Ipv4(inner.src_addr()),
+        &IpAddress::Ipv4(inner.dst_addr()),
+    ) {
+        seen.bad_tcp_checksum += 1;
+    }
+    let seq = tcp.seq_number().0 as u32;
+    let flow = (tcp.src_port(), tcp.dst_port());
+    let len = tcp.payload().len() as u32 + u32::from(tcp.syn()) + u32::from(tcp.fin());
+    match seen.next_seq.get(&flow) {
+        // A segment past the end: the part between is missing.
+        Some(&next) if (seq.wrapping_sub(next) as i32) > 0 => seen.sequence_holes += 1,
+        _ => {}
+    }
+    let end = seq.wrapping_add(len);
+    let next = seen.next_seq.entry(flow).or_insert(end);
+    if (end.wrapping_sub(*next) as i32) > 0 {
+        *next = end;
     }
 }
 
@@ -328,8 +402,15 @@ fn tap_pod_with_kernel_vxlan_node() -> Result<()> {
 
     let mut capture = RawLink::open(n2, UPLINK, Duration::from_millis(100))?;
     let mut seen = UnderlayCheck::default();
+    // Paced, so that the capture keeps up and a missing segment is the
+    // path's, not the capture's.
+    let paced = IperfClient {
+        seconds: 3,
+        tcp_rate: Some(400_000_000),
+        ..IperfClient::default()
+    };
     std::thread::scope(|scope| -> Result<()> {
-        let sender = scope.spawn(|| tcp(&a, &k, 1, "TAP pod to kernel pod"));
+        let sender = scope.spawn(|| expect_iperf(&paced, &a, &k, "TAP pod to kernel pod, paced"));
         let frames = capture.collect(200_000, Duration::from_secs(4), |_| true);
         for frame in &frames {
             check_tunnel_frame(frame, node_ip(1), 1514, &mut seen);
@@ -347,11 +428,21 @@ fn tap_pod_with_kernel_vxlan_node() -> Result<()> {
     ensure!(
         seen.too_big == 0
             && seen.bad_outer == 0
+            && seen.bad_udp_checksum == 0
             && seen.bad_inner_ip == 0
-            && seen.bad_tcp_checksum == 0,
+            && seen.bad_tcp_checksum == 0
+            && seen.sequence_holes == 0,
         "bad tunnel frames reached the kernel node: {seen:?}"
     );
+    tcp(&a, &k, 1, "TAP pod to kernel pod")?;
     tcp(&k, &a, 1, "kernel pod to TAP pod")?;
+    // The TAP pod's super-frames went whole to the node's kernel, which
+    // cut them.
+    let tunnel = find_port(&node, |p| p["role"] == "tunnel")?.context("no tunnel port")?;
+    ensure!(
+        offload(&tunnel, "super_frames_sent") > 0,
+        "no super-frame went through the tunnel port: {tunnel}"
+    );
     for pod in [&a, &k] {
         let errors = checksum_errors(&pod.ns)?;
         ensure!(

@@ -82,6 +82,10 @@ pub enum PortRole {
     Uplink,
     /// The TAP device into the node's own network stack.
     Host,
+    /// The node-side TAP device through which encapsulated super-frames
+    /// go to the node's kernel, which cuts them for the underlay (UDP
+    /// tunnel segmentation offload).
+    Tunnel,
 }
 
 /// How a pod port is attached.
@@ -212,6 +216,11 @@ pub struct Info {
     pub gateway: Ipv4Addr,
     /// The MTU to give pod interfaces.
     pub pod_mtu: u32,
+    /// The `gso_max_size` to give TAP pod interfaces, so that their
+    /// super-frames fit a 64 KB outer packet once encapsulated (0: leave
+    /// the kernel's default).
+    #[serde(default)]
+    pub pod_gso_max_size: u32,
     /// The router MAC: the gateway's, and the VTEP MAC kernel peers need.
     pub router_mac: MacAddr,
     /// VXLAN or Geneve.
@@ -232,6 +241,10 @@ pub struct Info {
     /// Pod sockets the buffer frames are planned for.
     #[serde(default)]
     pub max_pods: u32,
+    /// The node-side TAP device that hands encapsulated super-frames to
+    /// the kernel for segmentation, if the switch uses one.
+    #[serde(default)]
+    pub tunnel_port: Option<String>,
     /// The daemon's version.
     pub version: String,
 }

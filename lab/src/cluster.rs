@@ -92,6 +92,9 @@ pub struct SwitchOptions {
     pub underlay_mtu: u32,
     /// The daemon's `max_pods`; its default (110) when `None`.
     pub max_pods: Option<u32>,
+    /// The daemon's `tunnel_offload` ("auto" or "off"); its default
+    /// (auto) when `None`.
+    pub tunnel_offload: Option<String>,
 }
 
 impl Default for SwitchOptions {
@@ -106,6 +109,7 @@ impl Default for SwitchOptions {
             pod_interface: None,
             underlay_mtu: 1500,
             max_pods: None,
+            tunnel_offload: None,
         }
     }
 }
@@ -165,6 +169,9 @@ impl SwitchNode {
         );
         if let Some(max_pods) = options.max_pods {
             config.push_str(&format!("max_pods = {max_pods}\n"));
+        }
+        if let Some(mode) = &options.tunnel_offload {
+            config.push_str(&format!("tunnel_offload = \"{mode}\"\n"));
         }
         for peer in peers {
             config.push_str(&format!(

@@ -181,6 +181,17 @@ impl Netlink {
         Ok(())
     }
 
+    /// Set the largest super-frame the kernel hands an interface
+    /// (`gso_max_size`).
+    pub fn set_gso_max_size(&self, index: u32, size: u32) -> Result<()> {
+        let mut link = LinkMessage::default();
+        link.header.index = index;
+        link.attributes.push(LinkAttribute::GsoMaxSize(size));
+        self.request(RouteNetlinkMessage::SetLink(link))
+            .with_context(|| format!("setting gso_max_size {size} on interface {index}"))?;
+        Ok(())
+    }
+
     /// Add an address to an interface; an address already there is fine.
     pub fn add_address(&self, index: u32, address: IpAddr, prefix_len: u8) -> Result<()> {
         let message = RouteNetlinkMessage::NewAddress(address_message(index, address, prefix_len));

@@ -18,6 +18,19 @@ pub use podswitch_control::protocol::{Encap, PeerConfig, PollMode};
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/podswitch";
 /// Name of the host port (a TAP device) unless configured.
 pub const DEFAULT_HOST_PORT: &str = "podsw0";
+/// Default name of the tunnel port's TAP device.
+pub const DEFAULT_TUNNEL_PORT: &str = "podswt0";
+
+/// Whether the kernel cuts TAP pods' super-frames for the switch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelOffloadMode {
+    /// Where the kernel can (UDP tunnel GSO on TAP devices).
+    #[default]
+    Auto,
+    /// Never: the switch cuts super-frames itself.
+    Off,
+}
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +75,16 @@ pub struct Config {
     /// Name of the TAP device joining the node's own stack to the pods.
     #[serde(default = "default_host_port")]
     pub host_port: String,
+    /// Whether TAP pods' super-frames go to peers whole through the
+    /// tunnel port, for the node's kernel (or NIC) to cut: `auto` (the
+    /// default: where the kernel has UDP tunnel GSO on TAP devices, Linux
+    /// 6.17+) or `off` (the switch cuts them and sends the segments on the
+    /// uplink).
+    #[serde(default)]
+    pub tunnel_offload: TunnelOffloadMode,
+    /// Name of the tunnel port's TAP device.
+    #[serde(default = "default_tunnel_port")]
+    pub tunnel_port: String,
     /// Prefixes routed to the host port besides the gateway address, e.g.
     /// `["0.0.0.0/0"]` so pods reach the node and, through its routing and
     /// NAT, the world.
@@ -103,6 +126,9 @@ fn default_host_port() -> String {
 }
 fn default_host_routes() -> Vec<Ipv4Net> {
     vec![Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0 is a valid prefix")]
+}
+fn default_tunnel_port() -> String {
+    DEFAULT_TUNNEL_PORT.into()
 }
 fn default_max_pods() -> u32 {
     crate::frame_budget::DEFAULT_MAX_PODS
@@ -180,6 +206,14 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_ifname("uplink", &self.uplink)?;
         check_ifname("host_port", &self.host_port)?;
+        check_ifname("tunnel_port", &self.tunnel_port)?;
+        if self.tunnel_offload == TunnelOffloadMode::Auto && self.tunnel_port == self.host_port {
+            return Err(invalid(
+                "tunnel_port",
+                format!("{} is also the host port", self.tunnel_port),
+                "give the tunnel port a name of its own (the default is podswt0)",
+            ));
+        }
         if Vni::new(self.vni).is_none() {
             return Err(invalid(
                 "vni",

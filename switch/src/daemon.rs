@@ -18,25 +18,28 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::afxdp::{CopyMode, Umem, UmemConfig, XskConfig, XskSocket, active_rx_queues};
-use crate::config::Config;
+use crate::config::{Config, TunnelOffloadMode};
 use crate::control::ControlServer;
 use crate::control::protocol::PortKind;
 use crate::control_plane::{
-    ControlPlane, ControlPlaneParts, HOST_PORT, Node, PortRecordSeed, UPLINK_PORT, WorkerHandle,
-    describe, uplink_filter,
+    ControlPlane, ControlPlaneParts, DaemonPorts, HOST_PORT, Node, PortRecordSeed, TUNNEL_PORT,
+    UPLINK_PORT, WorkerHandle, describe, uplink_filter,
 };
 use crate::fib::SharedFib;
 use crate::frame_budget::{FillBudget, FillGrowth, FramePlan};
 use crate::frames::FrameLedger;
+use crate::mac::MacAddr;
 use crate::netlink::{Netlink, disable_ipv6};
 use crate::stats::WorkerStats;
 use crate::tap::TapDevice;
 use crate::topology::{PortRole, Topology};
+use crate::tunnel_tap::{TunnelTap, TunnelTapError, apply_node_sysctls};
 use crate::worker::{
-    AfXdpPort, Command, INBOX_CAPACITY, MAX_PACKET_CHUNKS, Port, TapPort, Worker, WorkerContext,
-    WorkerPort,
+    AfXdpPort, Command, INBOX_CAPACITY, MAX_PACKET_CHUNKS, Port, TapPort, TunnelPort, Worker,
+    WorkerContext, WorkerPort,
 };
 use crate::xdp::XdpProgram;
+use podswitch_encap::wire::IpVersion;
 
 /// Size of a buffer frame: a page (the kernel refuses larger chunks, with
 /// hugetlb pages too), which holds a 1500-byte frame with room for any
@@ -65,14 +68,20 @@ pub fn run(config: Config) -> Result<()> {
         .with_context(|| format!("uplink {} has no MAC address", config.uplink))?;
     let underlay_mtu = config.underlay_mtu.map_or(uplink.mtu, u32::from);
     check_underlay_mtu(underlay_mtu, config.underlay_mtu.is_some(), &config.uplink)?;
+    let tunnel = match config.tunnel_offload {
+        TunnelOffloadMode::Auto => open_tunnel_port(&netlink, &config)?,
+        TunnelOffloadMode::Off => None,
+    };
     let node = Node {
         config: config.clone(),
         uplink_mac,
         underlay_mtu,
         max_pods: config.max_pods,
         workers: config.cores.len(),
+        tunnel_mac: tunnel.as_ref().map(|(_, mac)| *mac),
     };
     let pod_mtu = node.pod_mtu()?;
+    let pod_gso_max_size = node.pod_gso_max_size()?;
     let uplink_queues = active_rx_queues(&config.uplink).unwrap_or(1).max(1);
     let plan = FramePlan::new(
         config.frame_count,
@@ -210,10 +219,26 @@ pub fn run(config: Config) -> Result<()> {
         uplink_index: uplink.index,
         host_index: host.index,
         pod_mtu,
+        pod_gso_max_size,
         plan,
         uplink_program: uplink_program.clone(),
     };
-    let plane = Arc::new(ControlPlane::new(parts, uplink_seed, Some(host_seed))?);
+    let tunnel_seed = tunnel.as_ref().map(|(device, mac)| PortRecordSeed {
+        name: device.name().to_string(),
+        role: PortRole::Tunnel,
+        kind: PortKind::Tap,
+        mac: *mac,
+        worker: 0,
+        xdp_mode: None,
+        copy_mode: None,
+        queues: 1,
+    });
+    let daemon_ports = DaemonPorts {
+        uplink: uplink_seed,
+        host: Some(host_seed),
+        tunnel: tunnel_seed,
+    };
+    let plane = Arc::new(ControlPlane::new(parts, daemon_ports)?);
 
     let workers: Vec<JoinHandle<()>> = worker_contexts
         .into_iter()
@@ -230,6 +255,9 @@ pub fn run(config: Config) -> Result<()> {
     ));
     start_port(&plane, UPLINK_PORT, uplink_port)?;
     start_port(&plane, HOST_PORT, Box::new(TapPort::new(host_tap)))?;
+    if let Some((device, _)) = tunnel {
+        start_port(&plane, TUNNEL_PORT, Box::new(TunnelPort::new(device)))?;
+    }
     plane.restore().context("restoring the saved state")?;
     let pod_cidrs: Vec<Ipv4Net> = plane.peers().iter().map(|p| p.pod_cidr).collect();
     remove_stale_host_routes(&netlink, host.index, config.pod_cidr, &pod_cidrs);
@@ -317,6 +345,39 @@ fn stale_host_routes(
         })
         .map(|&(destination, _, _)| destination)
         .collect()
+}
+
+/// Open the tunnel port's TAP device with UDP tunnel GSO, set what the
+/// node's kernel needs to forward what is written into it, and bring it
+/// up: the device and its MAC. `None`, with a warning, where the kernel
+/// cannot (before Linux 6.17, or a `/proc/sys` that cannot be written):
+/// the switch then cuts TAP pods' super-frames itself.
+fn open_tunnel_port(netlink: &Netlink, config: &Config) -> Result<Option<(TunnelTap, MacAddr)>> {
+    let name = &config.tunnel_port;
+    let family = if config.node_ip.is_ipv4() {
+        IpVersion::Ipv4
+    } else {
+        IpVersion::Ipv6
+    };
+    let device = match TunnelTap::open(name) {
+        Ok(device) => device,
+        Err(e @ TunnelTapError::Unavailable { .. }) => {
+            tracing::warn!("{e}");
+            return Ok(None);
+        }
+        Err(e) => return Err(e).context("opening the tunnel port"),
+    };
+    if let Err(e) = apply_node_sysctls(name, family) {
+        tracing::warn!(
+            "the tunnel port {name} needs the node to forward what the switch writes into it:              {e}; TAP pods' super-frames are cut by the switch instead"
+        );
+        return Ok(None);
+    }
+    let link = netlink.require_link(name)?;
+    netlink.set_link_up(link.index, None, None)?;
+    let mac = MacAddr(device.mac().context("reading the tunnel port's MAC")?);
+    tracing::info!(port = %name, %mac, "the kernel cuts TAP pods' super-frames (UDP tunnel GSO)");
+    Ok(Some((device, mac)))
 }
 
 /// Bind a socket on every active RX queue of the uplink; the first one

@@ -107,6 +107,9 @@ impl Forwarder<'_> {
             PortRole::Pod | PortRole::Host => {
                 self.local_frame(in_port, port, buf, frame, Size::Frame)
             }
+            // The tunnel port only sends; nothing it gives back is the
+            // switch's to forward.
+            PortRole::Tunnel => Err(DropCause::NotOurMac),
         };
         result.unwrap_or_else(Verdict::Drop)
     }
@@ -431,6 +434,7 @@ mod tests {
             },
             uplink: UPLINK,
             host: Some(HOST),
+            tunnel: None,
             ports: vec![
                 port("ul0", PortRole::Uplink, underlay_mac(NODE).into(), None),
                 port("podsw0", PortRole::Host, HOST_MAC, None),
@@ -441,6 +445,7 @@ mod tests {
                 node_ip: IpAddr::V4(PEER_NODE),
                 vtep_mac: PEER_VTEP_MAC,
                 template: Some(template(NODE, PEER_NODE)),
+                tunnel_template: None,
             })],
             peer_by_vtep,
         }

@@ -57,6 +57,9 @@ pub struct PeerView {
     pub vtep_mac: MacAddr,
     /// Its outer header, once the underlay next hop is resolved.
     pub template: Option<OuterTemplate>,
+    /// Its outer header through the tunnel port (addressed to that
+    /// device, for the node's kernel to route), when there is one.
+    pub tunnel_template: Option<OuterTemplate>,
 }
 
 /// One consistent view of the switch's ports and peers.
@@ -76,6 +79,8 @@ pub struct Topology {
     pub uplink: PortId,
     /// The host port, if there is one.
     pub host: Option<PortId>,
+    /// The tunnel port, if the kernel cuts super-frames for the switch.
+    pub tunnel: Option<PortId>,
     /// Ports by [`PortId`].
     pub ports: Vec<Option<PortView>>,
     /// Peers by [`PeerId`].
@@ -99,6 +104,7 @@ impl Topology {
             decapsulator,
             uplink: PortId(0),
             host: None,
+            tunnel: None,
             ports: Vec::new(),
             peers: Vec::new(),
             peer_by_vtep: HashMap::default(),

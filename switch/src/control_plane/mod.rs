@@ -35,7 +35,7 @@ use crate::tap::TapDevice;
 use crate::topology::{PeerId, PortId, PortRole, RouteTarget, Topology};
 use crate::worker::{AfXdpPort, Command, Port, TapPort, WorkerPort};
 use crate::xdp::{UplinkFilter, XdpProgram};
-pub use tables::{HOST_PORT, Node, UPLINK_PORT};
+pub use tables::{HOST_PORT, Node, TUNNEL_PORT, UPLINK_PORT};
 use tables::{PeerRecord, PeerToResolve, PortRecord, PortViewRecord, Resolution, Tables};
 
 /// How long a worker may take to start or stop polling a port.
@@ -94,6 +94,8 @@ pub struct ControlPlaneParts {
     pub host_index: u32,
     /// MTU given to pods.
     pub pod_mtu: u32,
+    /// `gso_max_size` given to TAP pods (0: the kernel's default).
+    pub pod_gso_max_size: u32,
     /// How the buffer frames are shared out.
     pub plan: FramePlan,
     /// The uplink program (for its counters).
@@ -119,17 +121,14 @@ struct OpenedPort {
 }
 
 impl ControlPlane {
-    /// A control plane over `parts`, with the uplink (and host port, if
-    /// `host` is given) already running.
-    pub fn new(
-        parts: ControlPlaneParts,
-        uplink: PortRecordSeed,
-        host: Option<PortRecordSeed>,
-    ) -> Result<ControlPlane> {
+    /// A control plane over `parts`, with the ports the daemon opened
+    /// itself already running.
+    pub fn new(parts: ControlPlaneParts, ports: DaemonPorts) -> Result<ControlPlane> {
         let tables = Tables::new(
             parts.node.clone(),
-            uplink.into_record(),
-            host.map(PortRecordSeed::into_record),
+            ports.uplink.into_record(),
+            ports.host.map(PortRecordSeed::into_record),
+            ports.tunnel.map(PortRecordSeed::into_record),
         );
         let plane = ControlPlane {
             parts,
@@ -271,6 +270,7 @@ impl ControlPlane {
             pod_cidr: config.pod_cidr,
             gateway: config.gateway(),
             pod_mtu: self.parts.pod_mtu,
+            pod_gso_max_size: self.parts.pod_gso_max_size,
             router_mac: config.router_mac(),
             encap: config.encap,
             vni: config.vni,
@@ -280,6 +280,11 @@ impl ControlPlane {
             poll_mode: config.poll_mode,
             frame_count: self.parts.plan.frame_count,
             max_pods: self.parts.plan.max_pods,
+            tunnel_port: self
+                .lock()
+                .port(TUNNEL_PORT)
+                .filter(|p| p.record.view.role == PortRole::Tunnel)
+                .map(|p| p.record.view.name.clone()),
             version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
@@ -855,8 +860,19 @@ fn neighbours() -> HashMap<(IpAddr, u32), MacAddr> {
     })
 }
 
-/// A running port the daemon opened itself (the uplink, the host port),
-/// described for the port table.
+/// The ports the daemon opens itself, running before the control plane
+/// starts.
+pub struct DaemonPorts {
+    /// The uplink.
+    pub uplink: PortRecordSeed,
+    /// The host port, if any.
+    pub host: Option<PortRecordSeed>,
+    /// The tunnel port, if the kernel cuts super-frames for the switch.
+    pub tunnel: Option<PortRecordSeed>,
+}
+
+/// A running port the daemon opened itself (the uplink, the host port,
+/// the tunnel port), described for the port table.
 pub struct PortRecordSeed {
     /// Interface name.
     pub name: String,

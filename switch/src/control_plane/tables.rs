@@ -32,6 +32,8 @@ use crate::topology::{PeerId, PeerView, PortId, PortRole, PortView, Topology};
 pub const UPLINK_PORT: PortId = PortId(0);
 /// The host port's id.
 pub const HOST_PORT: PortId = PortId(1);
+/// The tunnel port's id, when there is one (else the first pod's).
+pub const TUNNEL_PORT: PortId = PortId(2);
 /// Outer TTL of tunnel packets.
 const OUTER_TTL: u8 = 64;
 
@@ -48,6 +50,9 @@ pub struct Node {
     pub max_pods: u32,
     /// How many workers there are.
     pub workers: usize,
+    /// The tunnel port's MAC, when the kernel cuts super-frames for the
+    /// switch: the outer destination of what is written into it.
+    pub tunnel_mac: Option<MacAddr>,
 }
 
 impl Node {
@@ -78,15 +83,28 @@ impl Node {
     /// The MTU pods get: the underlay MTU less what the tunnel adds, as
     /// every peer's template computes it (the one formula).
     pub fn pod_mtu(&self) -> Result<u32> {
-        let template = self
-            .template(self.config.node_ip, MacAddr::default())
+        Ok(self.own_template()?.pod_mtu() as u32)
+    }
+
+    /// The `gso_max_size` TAP pods get when the kernel cuts their
+    /// super-frames (the tunnel port): the most that fits a 64 KB outer
+    /// packet; 0 (the kernel's default) without a tunnel port.
+    pub fn pod_gso_max_size(&self) -> Result<u32> {
+        Ok(match self.tunnel_mac {
+            Some(_) => self.own_template()?.pod_gso_max_size() as u32,
+            None => 0,
+        })
+    }
+
+    /// A template as every peer's is built, its lengths the same.
+    fn own_template(&self) -> Result<OuterTemplate> {
+        self.template(self.config.node_ip, MacAddr::default())
             .with_context(|| {
                 format!(
                     "underlay MTU {} leaves no room for pod frames",
                     self.underlay_mtu
                 )
-            })?;
-        Ok(template.pod_mtu() as u32)
+            })
     }
 }
 
@@ -206,9 +224,15 @@ pub struct Tables {
 }
 
 impl Tables {
-    /// Tables holding the running uplink (and host port), and the
-    /// configuration's host routes.
-    pub fn new(node: Node, uplink: PortRecord, host: Option<PortRecord>) -> Tables {
+    /// Tables holding the ports the daemon runs itself — the uplink, and
+    /// the host and tunnel ports if given — and the configuration's host
+    /// routes.
+    pub fn new(
+        node: Node,
+        uplink: PortRecord,
+        host: Option<PortRecord>,
+        tunnel: Option<PortRecord>,
+    ) -> Tables {
         let mut ports = vec![None; MAX_PORTS];
         let live = |record| {
             Some(PortEntry {
@@ -219,6 +243,9 @@ impl Tables {
         ports[usize::from(UPLINK_PORT.0)] = live(uplink);
         if let Some(host) = host {
             ports[usize::from(HOST_PORT.0)] = live(host);
+        }
+        if let Some(tunnel) = tunnel {
+            ports[usize::from(TUNNEL_PORT.0)] = live(tunnel);
         }
         Tables {
             host_routes: node.config.host_routes.iter().map(|r| r.trunc()).collect(),
@@ -571,6 +598,10 @@ impl Tables {
                         node_ip: p.config.node_ip,
                         vtep_mac: p.vtep_mac,
                         template: p.resolution.template.clone(),
+                        tunnel_template: self
+                            .node
+                            .tunnel_mac
+                            .and_then(|mac| self.node.template(p.config.node_ip, mac).ok()),
                     }
                 })
             })
@@ -582,6 +613,10 @@ impl Tables {
             decapsulator,
             uplink: UPLINK_PORT,
             host: self.port(HOST_PORT).map(|_| HOST_PORT),
+            tunnel: self
+                .port(TUNNEL_PORT)
+                .filter(|p| p.record.view.role == PortRole::Tunnel)
+                .map(|_| TUNNEL_PORT),
             ports: self
                 .ports
                 .iter()
@@ -656,6 +691,7 @@ pod_cidr = "10.244.2.0/24"
             underlay_mtu: 1500,
             max_pods,
             workers: 2,
+            tunnel_mac: None,
         }
     }
 
@@ -684,6 +720,7 @@ pod_cidr = "10.244.2.0/24"
             node(110),
             seed("ul0", PortRole::Uplink),
             Some(seed("podsw0", PortRole::Host)),
+            None,
         )
     }
 
@@ -795,7 +832,7 @@ pod_cidr = "10.244.2.0/24"
 
     #[test]
     fn pod_sockets_past_max_pods_are_refused() {
-        let mut t = Tables::new(node(2), seed("ul0", PortRole::Uplink), None);
+        let mut t = Tables::new(node(2), seed("ul0", PortRole::Uplink), None, None);
         for (name, ip) in [("a", 5), ("b", 6)] {
             let (id, _) = t.reserve_port(&spec(name, [10, 244, 1, ip])).unwrap();
             t.check_pod_sockets(1).unwrap();

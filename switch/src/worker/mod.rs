@@ -24,6 +24,7 @@ mod buffers;
 mod pipeline;
 mod port;
 mod tap_port;
+mod tunnel_port;
 
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -39,6 +40,7 @@ pub use afxdp_port::AfXdpPort;
 pub use pipeline::{Handoff, MAX_PACKET_CHUNKS, Packet, Pipeline, Takes, TxQueues};
 pub use port::{Port, TxContext};
 pub use tap_port::TapPort;
+pub use tunnel_port::TunnelPort;
 
 use crate::afxdp::{Umem, XskSocket};
 use crate::config::PollMode;

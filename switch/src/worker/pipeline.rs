@@ -24,7 +24,7 @@ use arrayvec::ArrayVec;
 use crossbeam::queue::ArrayQueue;
 use podswitch_encap::DropReason;
 use podswitch_encap::segment::TcpSegments;
-use podswitch_encap::virtio_net::{GsoKind, Offload};
+use podswitch_encap::virtio_net::{GsoKind, Offload, TunnelOffload};
 
 use super::buffers::{Buffer, Buffers};
 use crate::drops::DropCause;
@@ -57,6 +57,15 @@ pub enum Packet {
         /// how to cut it); `None` for a frame.
         super_frame: Option<Offload>,
     },
+    /// A frame or super-frame encapsulated for the tunnel port, in a
+    /// buffer, with the tunnel-form virtio-net header that tells the
+    /// node's kernel how to finish and cut it.
+    Tunnel {
+        /// Where the encapsulated packet lies.
+        buffer: Buffer,
+        /// The header to write before it.
+        header: TunnelOffload,
+    },
 }
 
 impl Packet {
@@ -64,7 +73,7 @@ impl Packet {
     pub fn len(&self) -> usize {
         match self {
             Packet::Frame(frame) => frame.len(),
-            Packet::Large { buffer, .. } => buffer.len(),
+            Packet::Large { buffer, .. } | Packet::Tunnel { buffer, .. } => buffer.len(),
         }
     }
 
@@ -76,7 +85,7 @@ impl Packet {
     fn set_range(&mut self, range: Range<usize>) {
         match self {
             Packet::Frame(frame) => frame.set_range(range),
-            Packet::Large { buffer, .. } => buffer.set_range(range),
+            Packet::Large { buffer, .. } | Packet::Tunnel { buffer, .. } => buffer.set_range(range),
         }
     }
 }
@@ -93,6 +102,9 @@ pub enum Takes {
     /// Frames and TCP super-frames with their offload header (an offloaded
     /// TAP device, whose kernel takes super-frames).
     SuperFrames,
+    /// Packets encapsulated for the kernel to finish and cut (the tunnel
+    /// port): nothing else is sent there.
+    Encapsulated,
 }
 
 /// A packet bound for another worker's port: its frames, handed over
@@ -248,14 +260,26 @@ impl Pipeline<'_> {
     pub fn release(&mut self, packet: Packet) {
         match packet {
             Packet::Frame(frame) => self.frames.free(frame),
-            Packet::Large { buffer, .. } => self.buffers.free(buffer),
+            Packet::Large { buffer, .. } | Packet::Tunnel { buffer, .. } => {
+                self.buffers.free(buffer)
+            }
         }
     }
 
-    /// The encapsulation stage: a routed packet for `peer` goes out of the
-    /// uplink in its tunnel; a super-frame is cut into segments first,
-    /// each encapsulated. How many segments were made.
+    /// The encapsulation stage: a routed packet for `peer` goes out in its
+    /// tunnel. From a pod that hands over super-frames, when this worker
+    /// has the tunnel port, it is encapsulated whole for the node's kernel
+    /// to cut (every packet of the pod's flows takes that way, so none
+    /// overtakes another); otherwise it leaves by the uplink, a
+    /// super-frame cut into segments first and each encapsulated. How many
+    /// segments were made here.
     fn send_to_peer(&mut self, peer: PeerId, mut packet: Packet) -> usize {
+        if let Some(tunnel) = self.tunnel_queue() {
+            match self.send_to_tunnel(tunnel, peer, packet) {
+                Some(unsent) => packet = unsent,
+                None => return 0,
+            }
+        }
         if let Packet::Large {
             buffer,
             super_frame: Some(offload),
@@ -282,6 +306,65 @@ impl Pipeline<'_> {
             Err(cause) => {
                 self.drop_packet(packet, cause);
                 0
+            }
+        }
+    }
+
+    /// The tunnel port's queue, when packets of the batch's port go there:
+    /// the port hands over super-frames and this worker has the tunnel
+    /// port.
+    fn tunnel_queue(&self) -> Option<usize> {
+        let tunnel = self.topology().tunnel?;
+        let in_port = self.queues.find(self.in_port)?;
+        if self.queues.takes[in_port] != Takes::SuperFrames {
+            return None;
+        }
+        self.queues.find(tunnel)
+    }
+
+    /// Encapsulate a packet from a TAP pod in its buffer and queue it on
+    /// the tunnel port (queue `tunnel`). The packet comes back unchanged
+    /// when it cannot go that way: not in a buffer, no template for the
+    /// peer, or a super-frame too long for one outer packet (from a pod
+    /// whose `gso_max_size` was not lowered: it is cut here instead). A
+    /// packet the encapsulation refuses for any other reason is dropped,
+    /// counted.
+    fn send_to_tunnel(&mut self, tunnel: usize, peer: PeerId, packet: Packet) -> Option<Packet> {
+        let Packet::Large {
+            mut buffer,
+            super_frame,
+        } = packet
+        else {
+            return Some(packet);
+        };
+        let Some(template) = self
+            .forwarder
+            .topology
+            .peer(peer)
+            .and_then(|p| p.tunnel_template.as_ref())
+        else {
+            return Some(Packet::Large {
+                buffer,
+                super_frame,
+            });
+        };
+        let offload = super_frame.unwrap_or(Offload::NONE);
+        let range = buffer.range();
+        let memory = self.buffers.memory_mut(&mut buffer);
+        match template.encapsulate_offloaded(memory, range, &offload) {
+            Ok((packet, header)) => {
+                buffer.set_range(packet);
+                self.queues.push(tunnel, Packet::Tunnel { buffer, header });
+                None
+            }
+            Err(DropReason::Oversize) if super_frame.is_some() => Some(Packet::Large {
+                buffer,
+                super_frame,
+            }),
+            Err(reason) => {
+                self.buffers.free(buffer);
+                self.stats.dropped(self.in_port, DropCause::Wire(reason));
+                None
             }
         }
     }
@@ -336,6 +419,11 @@ impl Pipeline<'_> {
                     0
                 }
             },
+            // Made only for the tunnel port, and queued there directly.
+            tunneled @ Packet::Tunnel { .. } => {
+                self.drop_packet(tunneled, DropCause::TxError);
+                0
+            }
         }
     }
 
@@ -511,7 +599,7 @@ fn packet_bytes_mut<'a>(
             let range = frame.range();
             (frames.chunk_mut(frame), range)
         }
-        Packet::Large { buffer, .. } => {
+        Packet::Large { buffer, .. } | Packet::Tunnel { buffer, .. } => {
             let range = buffer.range();
             (buffers.memory_mut(buffer), range)
         }
@@ -620,6 +708,7 @@ mod tests {
                 ),
                 uplink: UPLINK,
                 host: Some(HOST),
+                tunnel: None,
                 ports: vec![
                     Some(uplink),
                     Some(host),
@@ -631,6 +720,7 @@ mod tests {
                     node_ip: IpAddr::V4(PEER_NODE),
                     vtep_mac: PEER_VTEP_MAC,
                     template: Some(template),
+                    tunnel_template: None,
                 })],
                 peer_by_vtep,
             };
@@ -733,7 +823,9 @@ mod tests {
         fn bytes(&self, packet: &Packet) -> Vec<u8> {
             match packet {
                 Packet::Frame(frame) => self.frames.bytes(frame).to_vec(),
-                Packet::Large { buffer, .. } => self.buffers.bytes(buffer).to_vec(),
+                Packet::Large { buffer, .. } | Packet::Tunnel { buffer, .. } => {
+                    self.buffers.bytes(buffer).to_vec()
+                }
             }
         }
 

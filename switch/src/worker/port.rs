@@ -27,11 +27,23 @@ pub struct TxContext<'a> {
 }
 
 impl TxContext<'_> {
+    /// The bytes of a queued packet.
+    pub fn bytes<'p>(&'p self, packet: &'p Packet) -> &'p [u8] {
+        match packet {
+            Packet::Frame(frame) => self.frames.bytes(frame),
+            Packet::Large { buffer, .. } | Packet::Tunnel { buffer, .. } => {
+                self.buffers.bytes(buffer)
+            }
+        }
+    }
+
     /// Give a sent (or failed) packet's frames or buffer back.
     pub fn release(&mut self, packet: Packet) {
         match packet {
             Packet::Frame(frame) => self.frames.free(frame),
-            Packet::Large { buffer, .. } => self.buffers.free(buffer),
+            Packet::Large { buffer, .. } | Packet::Tunnel { buffer, .. } => {
+                self.buffers.free(buffer)
+            }
         }
     }
 }

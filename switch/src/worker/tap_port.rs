@@ -200,10 +200,7 @@ impl TapPort {
             let mut parts = [IoSlice::new(&[]); MAX_PACKET_CHUNKS];
             let mut len = 0;
             for (part, packet) in parts.iter_mut().zip(run.iter()) {
-                let bytes = match packet {
-                    Packet::Frame(frame) => tx.frames.bytes(frame),
-                    Packet::Large { buffer, .. } => tx.buffers.bytes(buffer),
-                };
+                let bytes = tx.bytes(packet);
                 len += bytes.len();
                 *part = IoSlice::new(bytes);
             }
@@ -270,6 +267,8 @@ impl TapPort {
                         stats.dropped(id, DropCause::TxError);
                     }
                 }
+                // Made only for the tunnel port.
+                Packet::Tunnel { .. } => stats.dropped(id, DropCause::TxError),
             }
             tx.release(packet);
         }
