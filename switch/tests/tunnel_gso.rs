@@ -28,7 +28,6 @@ use std::io::{self, IoSlice};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -855,7 +854,7 @@ fn tshark_check(
         IpVersion::Ipv4 => ("ip.src", "1,1"),
         IpVersion::Ipv6 => ("ipv6.src", "1"),
     };
-    let output = Command::new("tshark")
+    let output = podswitch_lab::tools::command("tshark")?
         .args(["-n", "-r"])
         .arg(path)
         .args(["-c", "3000", "-d", &format!("udp.port=={port},{kind}")])
