@@ -16,8 +16,17 @@ fn ticks_per_second() -> f64 {
 
 /// CPU seconds a process has used so far (user + system, all threads).
 pub fn process_cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU seconds the calling thread has used so far (user + system).
+pub fn thread_cpu_seconds() -> Result<f64> {
+    stat_cpu_seconds("/proc/thread-self/stat")
+}
+
+/// The user and system time in a `stat` file of /proc, in seconds.
+fn stat_cpu_seconds(path: &str) -> Result<f64> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -107,6 +116,8 @@ mod tests {
         std::hint::black_box(x);
         let used = meter.stop().unwrap();
         assert!(used.processes > 0.1, "{used:?}");
+        // This thread did the work: its own time shows it too.
+        assert!(thread_cpu_seconds().unwrap() >= 0.1);
         assert!(kernel_cpu_seconds().unwrap().0 > 0.0);
     }
 }

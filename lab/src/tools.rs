@@ -40,6 +40,7 @@ pub const TOOLS: &[Tool] = &[
     tool("ping", "iputils-ping"),
     tool("iperf3", "iperf3"),
     tool("tshark", "tshark"),
+    tool("tcpdump", "tcpdump"),
     tool("curl", "curl"),
     // portmap's rules
     tool("iptables", "iptables"),
