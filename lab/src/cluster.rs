@@ -62,6 +62,14 @@ pub fn connect_underlay(a: &Netns, ia: u8, b: &Netns, ib: u8, mtu: u32) -> Resul
     Ok(())
 }
 
+/// Give `ifname` (a veth) `queues` RX and TX queues: the peer's flows
+/// spread over them by its TX queue choice, as RSS spreads them on a NIC.
+pub fn set_queues(ns: &Netns, ifname: &str, queues: usize) -> Result<()> {
+    let n = queues.to_string();
+    ns.run("ethtool", &["-L", ifname, "rx", &n, "tx", &n])
+        .map(drop)
+}
+
 /// Turn off TX checksum offload, TSO and GSO on `ifname`.
 pub fn offloads_off(ns: &Netns, ifname: &str) -> Result<()> {
     ns.run(
@@ -95,6 +103,9 @@ pub struct SwitchOptions {
     /// The daemon's `tunnel_offload` ("auto" or "off"); its default
     /// (auto) when `None`.
     pub tunnel_offload: Option<String>,
+    /// Workers per node, on CPUs from the node's own on (node i's first
+    /// worker on CPU i − 1, modulo the CPUs there are); one when `None`.
+    pub workers: Option<usize>,
 }
 
 impl Default for SwitchOptions {
@@ -110,6 +121,7 @@ impl Default for SwitchOptions {
             underlay_mtu: 1500,
             max_pods: None,
             tunnel_offload: None,
+            workers: None,
         }
     }
 }
@@ -151,7 +163,11 @@ impl SwitchNode {
         peers: &[PeerEntry],
     ) -> Result<SwitchNode> {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let core = usize::from(index.saturating_sub(1)) % cpus;
+        let first = usize::from(index.saturating_sub(1));
+        let cores = (0..options.workers.unwrap_or(1).max(1))
+            .map(|w| ((first + w) % cpus).to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         std::fs::create_dir_all(dir)?;
         let socket = dir.join(format!("node{index}.sock"));
         let mut config = format!(
@@ -163,7 +179,7 @@ impl SwitchNode {
             options.encap,
             options.poll_mode,
             options.xdp_mode,
-            core,
+            cores,
             socket.display(),
             dir.join(format!("node{index}-state")).display(),
         );

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use crossbeam::channel::{RecvTimeoutError, Sender, bounded, unbounded};
-use crossbeam::queue::ArrayQueue;
 use ipnet::Ipv4Net;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{SigSet, Signal};
@@ -35,8 +34,8 @@ use crate::tap::TapDevice;
 use crate::topology::{PortRole, Topology};
 use crate::tunnel_tap::{TunnelTap, TunnelTapError, apply_node_sysctls};
 use crate::worker::{
-    AfXdpPort, Command, INBOX_CAPACITY, MAX_PACKET_CHUNKS, Port, TapPort, TunnelPort, Worker,
-    WorkerContext, WorkerPort,
+    AfXdpPort, Command, INBOX_CAPACITY, Inbox, MAX_PACKET_CHUNKS, Port, TapPort, TunnelPort,
+    Worker, WorkerContext, WorkerPort,
 };
 use crate::xdp::XdpProgram;
 use podswitch_encap::wire::IpVersion;
@@ -69,7 +68,7 @@ pub fn run(config: Config) -> Result<()> {
     let underlay_mtu = config.underlay_mtu.map_or(uplink.mtu, u32::from);
     check_underlay_mtu(underlay_mtu, config.underlay_mtu.is_some(), &config.uplink)?;
     let tunnel = match config.tunnel_offload {
-        TunnelOffloadMode::Auto => open_tunnel_port(&netlink, &config)?,
+        TunnelOffloadMode::Auto => open_tunnel_port(&netlink, &config, config.cores.len())?,
         TunnelOffloadMode::Off => None,
     };
     let node = Node {
@@ -174,11 +173,6 @@ pub fn run(config: Config) -> Result<()> {
         config.decapsulator(uplink_mac),
     )));
     let fib = Arc::new(SharedFib::new());
-    let inboxes: Arc<[ArrayQueue<_>]> = config
-        .cores
-        .iter()
-        .map(|_| ArrayQueue::new(INBOX_CAPACITY))
-        .collect();
 
     let mut handles = Vec::new();
     let mut receivers = Vec::new();
@@ -191,6 +185,10 @@ pub fn run(config: Config) -> Result<()> {
         });
         receivers.push(receiver);
     }
+    let inboxes: Arc<[Inbox]> = handles
+        .iter()
+        .map(|h| Inbox::new(INBOX_CAPACITY, h.wake.clone()))
+        .collect();
     let worker_contexts: Vec<WorkerContext> = handles
         .iter()
         .enumerate()
@@ -223,8 +221,8 @@ pub fn run(config: Config) -> Result<()> {
         plan,
         uplink_program: uplink_program.clone(),
     };
-    let tunnel_seed = tunnel.as_ref().map(|(device, mac)| PortRecordSeed {
-        name: device.name().to_string(),
+    let tunnel_seed = tunnel.as_ref().map(|(_, mac)| PortRecordSeed {
+        name: config.tunnel_port.clone(),
         role: PortRole::Tunnel,
         kind: PortKind::Tap,
         mac: *mac,
@@ -248,15 +246,30 @@ pub fn run(config: Config) -> Result<()> {
         .collect::<Result<_>>()?;
 
     // The uplink carries every node's traffic: its fill rings stay full.
-    let uplink_port = Box::new(AfXdpPort::new(
-        uplink_program,
-        uplink_sockets,
-        FillBudget::new(plan.uplink_fill, plan.uplink_fill),
-    ));
-    start_port(&plane, UPLINK_PORT, uplink_port)?;
-    start_port(&plane, HOST_PORT, Box::new(TapPort::new(host_tap)))?;
-    if let Some((device, _)) = tunnel {
-        start_port(&plane, TUNNEL_PORT, Box::new(TunnelPort::new(device)))?;
+    // Its RX queues are shared out among the workers (a flow's queue is
+    // the sender's choice, so flows spread as RSS spreads them), and each
+    // worker with one sends on its own; the tunnel port has a queue for
+    // every worker.
+    let uplink_fill = FillBudget::new(plan.uplink_fill, plan.uplink_fill);
+    for (worker, sockets) in share_out(uplink_sockets, config.cores.len())
+        .into_iter()
+        .enumerate()
+    {
+        let port = AfXdpPort::new(uplink_program.clone(), sockets, uplink_fill);
+        start_port(&plane, worker, UPLINK_PORT, Box::new(port))?;
+    }
+    start_port(&plane, 0, HOST_PORT, Box::new(TapPort::new(host_tap)))?;
+    for (worker, queue) in tunnel
+        .into_iter()
+        .flat_map(|(queues, _)| queues)
+        .enumerate()
+    {
+        start_port(
+            &plane,
+            worker,
+            TUNNEL_PORT,
+            Box::new(TunnelPort::new(queue)),
+        )?;
     }
     plane.restore().context("restoring the saved state")?;
     let pod_cidrs: Vec<Ipv4Net> = plane.peers().iter().map(|p| p.pod_cidr).collect();
@@ -347,12 +360,17 @@ fn stale_host_routes(
         .collect()
 }
 
-/// Open the tunnel port's TAP device with UDP tunnel GSO, set what the
-/// node's kernel needs to forward what is written into it, and bring it
-/// up: the device and its MAC. `None`, with a warning, where the kernel
-/// cannot (before Linux 6.17, or a `/proc/sys` that cannot be written):
-/// the switch then cuts TAP pods' super-frames itself.
-fn open_tunnel_port(netlink: &Netlink, config: &Config) -> Result<Option<(TunnelTap, MacAddr)>> {
+/// Open the tunnel port's TAP device with UDP tunnel GSO, a queue for
+/// each of `workers` workers, set what the node's kernel needs to forward
+/// what is written into it, and bring it up: the queues and its MAC.
+/// `None`, with a warning, where the kernel cannot (before Linux 6.17, or
+/// a `/proc/sys` that cannot be written): the switch then cuts TAP pods'
+/// super-frames itself.
+fn open_tunnel_port(
+    netlink: &Netlink,
+    config: &Config,
+    workers: usize,
+) -> Result<Option<(Vec<TunnelTap>, MacAddr)>> {
     let name = &config.tunnel_port;
     let family = if config.node_ip.is_ipv4() {
         IpVersion::Ipv4
@@ -369,15 +387,20 @@ fn open_tunnel_port(netlink: &Netlink, config: &Config) -> Result<Option<(Tunnel
     };
     if let Err(e) = apply_node_sysctls(name, family) {
         tracing::warn!(
-            "the tunnel port {name} needs the node to forward what the switch writes into it:              {e}; TAP pods' super-frames are cut by the switch instead"
+            "the tunnel port {name} needs the node to forward what the switch writes into it: \
+             {e}; TAP pods' super-frames are cut by the switch instead"
         );
         return Ok(None);
     }
     let link = netlink.require_link(name)?;
     netlink.set_link_up(link.index, None, None)?;
     let mac = MacAddr(device.mac().context("reading the tunnel port's MAC")?);
-    tracing::info!(port = %name, %mac, "the kernel cuts TAP pods' super-frames (UDP tunnel GSO)");
-    Ok(Some((device, mac)))
+    let mut queues = vec![device];
+    for _ in 1..workers {
+        queues.push(TunnelTap::open(name).context("opening a queue of the tunnel port")?);
+    }
+    tracing::info!(port = %name, %mac, queues = queues.len(), "the kernel cuts TAP pods' super-frames (UDP tunnel GSO)");
+    Ok(Some((queues, mac)))
 }
 
 /// Bind a socket on every active RX queue of the uplink; the first one
@@ -437,17 +460,33 @@ fn check_underlay_mtu(underlay_mtu: u32, configured: bool, uplink: &str) -> Resu
     )
 }
 
-/// Hand a port the daemon opened itself to worker 0 and wait until it runs.
+/// Hand a port the daemon opened itself to `worker` and wait until it
+/// runs.
 fn start_port(
     plane: &ControlPlane,
+    worker: usize,
     id: crate::topology::PortId,
     port: Box<dyn Port>,
 ) -> Result<()> {
     let (done, answer) = bounded(1);
-    plane.workers()[0].send(Command::Add(WorkerPort { id, port }, done))?;
+    plane.workers()[worker].send(Command::Add(WorkerPort { id, port }, done))?;
     answer
         .recv_timeout(Duration::from_secs(5))
-        .context("worker 0 did not start")?
+        .with_context(|| format!("worker {worker} did not start"))?
+}
+
+/// Share `sockets` (one per RX queue, in queue order) out among
+/// `workers`: queue q to worker q mod workers. Workers past the queue
+/// count get none (they hand what they send to the uplink to worker 0).
+fn share_out<T>(sockets: Vec<T>, workers: usize) -> Vec<Vec<T>> {
+    let mut shares: Vec<Vec<T>> = (0..workers.clamp(1, sockets.len().max(1)))
+        .map(|_| Vec::new())
+        .collect();
+    let count = shares.len();
+    for (queue, socket) in sockets.into_iter().enumerate() {
+        shares[queue % count].push(socket);
+    }
+    shares
 }
 
 fn spawn_worker(
@@ -499,6 +538,14 @@ fn spawn_maintenance(plane: Arc<ControlPlane>) -> Result<(JoinHandle<()>, Sender
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uplink_queues_are_shared_out_round_robin() {
+        assert_eq!(share_out(vec![0, 1, 2, 3], 2), [vec![0, 2], vec![1, 3]]);
+        assert_eq!(share_out(vec![0, 1, 2], 4), [vec![0], vec![1], vec![2]]);
+        assert_eq!(share_out(vec![0], 1), [vec![0]]);
+        assert_eq!(share_out(vec![0, 1], 1), [vec![0, 1]]);
+    }
 
     #[test]
     fn underlay_mtus_over_what_the_switch_carries_are_refused_with_the_fix() {

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use anyhow::{Result, bail, ensure};
-use podswitch_lab::cluster::{PeerEntry, SwitchNode, SwitchOptions, connect_underlay};
+use podswitch_lab::cluster::{
+    PeerEntry, SwitchNode, SwitchOptions, UPLINK, connect_underlay, set_queues,
+};
 use podswitch_lab::cni::{CniCall, CniPlugin};
 use podswitch_lab::{Lab, Netns};
 use serde_json::{Value, json};
@@ -67,6 +69,13 @@ pub fn nodes_with(tag: &str, switches: usize, options: &SwitchOptions) -> Result
     let n1 = lab.netns("n1")?;
     let n2 = lab.netns("n2")?;
     connect_underlay(&n1, 1, &n2, 2, options.underlay_mtu)?;
+    if let Some(workers) = options.workers.filter(|&w| w > 1) {
+        // A queue of the uplink for each worker, before the daemons
+        // share them out.
+        for ns in [&n1, &n2] {
+            set_queues(ns, UPLINK, workers)?;
+        }
+    }
     let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
     let binary = daemon_binary()?;
     let peer = |index| PeerEntry {

@@ -21,6 +21,7 @@
 
 mod afxdp_port;
 mod buffers;
+mod inbox;
 mod pipeline;
 mod port;
 mod tap_port;
@@ -32,11 +33,11 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam::channel::{Receiver, Sender};
-use crossbeam::queue::ArrayQueue;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::EventFd;
 
 pub use afxdp_port::AfXdpPort;
+pub use inbox::Inbox;
 pub use pipeline::{Handoff, MAX_PACKET_CHUNKS, Packet, Pipeline, Takes, TxQueues};
 pub use port::{Port, TxContext};
 pub use tap_port::TapPort;
@@ -97,10 +98,10 @@ pub struct WorkerContext {
     /// Routes.
     pub fib: Arc<SharedFib<RouteTarget>>,
     /// Every worker's inbox, by worker index.
-    pub inboxes: Arc<[ArrayQueue<Handoff>]>,
+    pub inboxes: Arc<[Inbox]>,
     /// This worker's counters.
     pub stats: Arc<WorkerStats>,
-    /// Written to wake the worker when it sleeps.
+    /// Written to wake the worker when it sleeps (its inbox has it too).
     pub wake: Arc<EventFd>,
     /// Frames pod sockets may keep on fill rings past their minimum.
     pub growth: Arc<FillGrowth>,
@@ -309,6 +310,10 @@ impl Worker {
     /// Sleep until a port has something, a command arrives, or [`SLEEP`]
     /// passes.
     fn sleep(&mut self) {
+        let inbox = &self.ctx.inboxes[self.ctx.index];
+        if !inbox.may_sleep() {
+            return;
+        }
         self.ctx.stats.slept();
         let mut fds: Vec<PollFd> = Vec::with_capacity(self.ports.len() + 1);
         fds.push(PollFd::new(self.ctx.wake.as_fd(), PollFlags::POLLIN));
@@ -321,6 +326,7 @@ impl Worker {
                 .revents()
                 .is_some_and(|r| r.contains(PollFlags::POLLIN));
         drop(fds);
+        self.ctx.inboxes[self.ctx.index].awake();
         if woken_by_command {
             let _ = self.ctx.wake.read();
         }

@@ -21,12 +21,12 @@
 use std::ops::Range;
 
 use arrayvec::ArrayVec;
-use crossbeam::queue::ArrayQueue;
 use podswitch_encap::DropReason;
 use podswitch_encap::segment::TcpSegments;
 use podswitch_encap::virtio_net::{GsoKind, Offload, TunnelOffload};
 
 use super::buffers::{Buffer, Buffers};
+use super::inbox::Inbox;
 use crate::drops::DropCause;
 use crate::forward::{Forwarder, Verdict};
 use crate::frames::{Frame, FramePool};
@@ -175,7 +175,7 @@ pub struct Pipeline<'a> {
     /// The worker's counters.
     pub stats: &'a WorkerStats,
     /// Every worker's inbox, by worker index.
-    pub inboxes: &'a [ArrayQueue<Handoff>],
+    pub inboxes: &'a [Inbox],
     /// The worker's buffer frames.
     pub frames: &'a mut FramePool,
     /// The worker's large-packet buffers.
@@ -613,6 +613,7 @@ mod tests {
     use std::sync::Arc;
 
     use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+    use nix::sys::eventfd::{EfdFlags, EventFd};
     use podswitch_encap::virtio_net::{Checksum, Gso};
     use podswitch_encap::wire::EthernetAddress;
     use podswitch_encap::{Decapsulator, OuterTemplate, TunnelKind, TunnelSpec, Vni};
@@ -662,7 +663,7 @@ mod tests {
         buffers: Buffers,
         queues: TxQueues,
         stats: WorkerStats,
-        inboxes: Vec<ArrayQueue<Handoff>>,
+        inboxes: Vec<Inbox>,
     }
 
     impl Node {
@@ -753,7 +754,12 @@ mod tests {
                 buffers: Buffers::default(),
                 queues,
                 stats: WorkerStats::new(),
-                inboxes: vec![ArrayQueue::new(16), ArrayQueue::new(16)],
+                inboxes: (0..2)
+                    .map(|_| {
+                        let wake = EventFd::from_flags(EfdFlags::EFD_NONBLOCK).unwrap();
+                        Inbox::new(16, Arc::new(wake))
+                    })
+                    .collect(),
             }
         }
 
