@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use podswitch_lab::Lab;
 use podswitch_lab::cluster::{
     KernelNode, PeerEntry, Pod, SwitchNode, SwitchOptions, UPLINK, connect_underlay,
     kernel_vtep_mac, ping,
@@ -22,13 +21,97 @@ use podswitch_lab::cluster::{
 use podswitch_lab::cni::CniPlugin;
 use podswitch_lab::flat_pods::direct_veth_pods;
 use podswitch_lab::ovs_node::OvsNode;
+use podswitch_lab::{Lab, Netns};
 use serde_json::{Value, json};
 
-/// Underlay MTU of every testbed; pods get 1450 (VXLAN or Geneve over
-/// IPv4 costs 50 bytes).
-pub const UNDERLAY_MTU: u32 = 1500;
-/// The pods' MTU.
-pub const POD_MTU: u32 = UNDERLAY_MTU - 50;
+use super::markdown::counters_line;
+
+/// The standard underlay MTU: pods get 1450 (VXLAN or Geneve over IPv4
+/// costs 50 bytes).
+pub const MTU: u32 = 1500;
+/// The jumbo contenders' underlay MTU: pods get 8950.
+pub const JUMBO_MTU: u32 = 9000;
+/// Outer IPv4, UDP and VXLAN (or option-less Geneve) headers and the inner
+/// Ethernet header: what the pods' MTU leaves of the underlay's.
+const TUNNEL_OVERHEAD: u32 = 50;
+
+/// How an underlay carries TCP segments: the two models the kernel path
+/// has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Segments {
+    /// The nodes' underlay veths keep TX checksum offload, TSO and GSO
+    /// on, so a 64 KB segment may cross whole, as over a NIC with TSO and
+    /// GRO. Not into a podswitch node: veth turns TSO off on the peer of a
+    /// device with an XDP program (`ethtool -k`: "tcp-segmentation-offload:
+    /// off", `tx-tcp-segmentation: off [fixed]`), so the sending kernel
+    /// cuts segments before the veth, and the model differs from wire-size
+    /// only in what node 1's kernel does before it: with TX checksum
+    /// offload on it leaves checksums for the "NIC" to finish, and veth
+    /// hands them across unfinished.
+    Whole,
+    /// Offloads off: segments are cut to wire-size frames in software
+    /// before the underlay, every checksum complete.
+    WireSize,
+}
+
+/// A contender's underlay: its model and MTU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Underlay {
+    /// How it carries TCP segments.
+    pub segments: Segments,
+    /// Its MTU.
+    pub mtu: u32,
+}
+
+/// MTU 1500, offloads off: what podswitch nodes ran on before.
+const WIRE_SIZE: Underlay = Underlay::new(Segments::WireSize, MTU);
+/// MTU 1500, offloads on: what the kernel baseline runs on.
+const WHOLE: Underlay = Underlay::new(Segments::Whole, MTU);
+const JUMBO_WIRE_SIZE: Underlay = Underlay::new(Segments::WireSize, JUMBO_MTU);
+const JUMBO_WHOLE: Underlay = Underlay::new(Segments::Whole, JUMBO_MTU);
+
+impl Underlay {
+    const fn new(segments: Segments, mtu: u32) -> Underlay {
+        Underlay { segments, mtu }
+    }
+
+    /// The pods' MTU over this underlay.
+    pub const fn pod_mtu(&self) -> u32 {
+        self.mtu - TUNNEL_OVERHEAD
+    }
+
+    /// Its model and MTU in a few words, for tables.
+    pub fn label(&self) -> String {
+        let model = match self.segments {
+            Segments::Whole => "segments whole",
+            Segments::WireSize => "wire-size",
+        };
+        format!("{model}, MTU {}", self.mtu)
+    }
+
+    /// What it is, for the description of a contender whose nodes (with
+    /// an XDP program on their uplinks or not) it joins.
+    fn description(&self, xdp_uplinks: bool) -> String {
+        let mtu = self.mtu;
+        match self.segments {
+            Segments::WireSize => format!(
+                "underlay MTU {mtu}, offloads off: segments cut to wire-size frames before it"
+            ),
+            Segments::Whole if xdp_uplinks => format!(
+                "underlay MTU {mtu} with the nodes' TX checksum, TSO and GSO on, as the kernel \
+                 baseline has it; segments still cannot cross whole into a node whose uplink has \
+                 an XDP program (veth turns TSO off on its peer), so node 1's kernel cuts them \
+                 before the veth, leaving their checksums for the \"NIC\" to finish, which veth \
+                 hands across unfinished"
+            ),
+            Segments::Whole => format!(
+                "underlay MTU {mtu} with TX checksum, TSO and GSO on, so 64 KB segments cross it \
+                 whole as a NIC with TSO/GRO lets them"
+            ),
+        }
+    }
+}
 
 /// What kind of path a contender is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,11 +132,6 @@ pub enum Kind {
     Kernel {
         /// Whether the pods keep TX checksum offload, TSO and GSO on.
         pod_offloads: bool,
-        /// Whether the underlay veth keeps them on too, so 64 KB
-        /// segments cross it whole — what a NIC with TSO and GRO gives
-        /// the kernel path — rather than being cut to wire-size frames in
-        /// software before it.
-        underlay_offloads: bool,
     },
     /// Open vSwitch's userspace datapath with AF_XDP ports and VXLAN.
     Ovs,
@@ -82,14 +160,31 @@ pub struct Contender {
     pub kind: Kind,
     /// Where its pods are.
     pub placement: Placement,
+    /// Its underlay (for the bare veth pair, which has none: the pods'
+    /// MTU).
+    pub underlay: Underlay,
+    /// Measured with TCP alone (the same-node contenders, and those that
+    /// differ from another only where bulk TCP feels it: the underlay
+    /// model, the MTU).
+    pub tcp_only: bool,
 }
 
 impl Contender {
     /// One line saying what the path is.
     pub fn description(&self) -> String {
         let path = self.path_description();
+        let path = match self.kind {
+            // One node, no underlay; the bare veth pair has none either.
+            _ if self.placement == Placement::SameNode => path,
+            Kind::Veth => path,
+            Kind::Podswitch { .. } | Kind::Ovs => {
+                format!("{path}; {}", self.underlay.description(true))
+            }
+            Kind::Kernel { .. } => format!("{path}; {}", self.underlay.description(false)),
+        };
+        let tcp = if self.tcp_only { " (TCP only)" } else { "" };
         match self.placement {
-            Placement::AcrossNodes => path,
+            Placement::AcrossNodes => format!("{path}{tcp}"),
             Placement::SameNode => format!(
                 "{path} — both pods on node 1 (TCP only): the sender and node 1's switch on \
                  CPU 0, the receiving application on CPU 1"
@@ -107,8 +202,8 @@ impl Contender {
                 "podswitch on both nodes, {encap} overlay, {poll_mode} polling, one worker per node \
                  (node 1 on CPU 0, node 2 on CPU 1), native XDP uplink; pods made by podswitch-cni \
                  as TAP devices with virtio-net offloads on (64 KB TCP segments from and to the \
-                 pods' kernels, cut to MTU frames toward the uplink and coalesced again for a \
-                 receiving TAP pod)"
+                 pods' kernels, sent to peers whole through the node's tunnel port, whose kernel \
+                 cuts them, and coalesced again for a receiving TAP pod)"
             ),
             Kind::Podswitch {
                 encap, poll_mode, ..
@@ -117,24 +212,13 @@ impl Contender {
                  (node 1 on CPU 0, node 2 on CPU 1), native XDP; pods made by podswitch-cni on \
                  veth (AF_XDP), offloads off"
             ),
-            Kind::Kernel {
-                pod_offloads: true,
-                underlay_offloads: true,
-            } => "Flannel-style: bridge cni0 + vxlan0 in each node, pods on veth with offloads \
-                on, and the underlay veth too, so 64 KB segments cross it whole as a NIC with \
-                TSO/GRO lets them (what Flannel users get)"
-                .into(),
-            Kind::Kernel {
-                pod_offloads: true,
-                underlay_offloads: false,
-            } => "the same with the underlay's offloads off: the pods' 64 KB segments are cut to \
-                wire-size frames in software before the underlay, and cross it one by one"
+            Kind::Kernel { pod_offloads: true } => "Flannel-style: bridge cni0 + vxlan0 in each \
+                node, pods on veth with offloads on (what Flannel users get)"
                 .into(),
             Kind::Kernel {
                 pod_offloads: false,
-                ..
-            } => "Flannel-style, pods' and underlay's TX checksum/TSO/GSO off: every frame \
-                wire-size from the pod on (like for like with a frame-at-a-time switch)"
+            } => "Flannel-style, pods' TX checksum/TSO/GSO off: every frame wire-size from the \
+                pod on (like for like with a frame-at-a-time switch)"
                 .into(),
             Kind::Ovs => "Open vSwitch userspace datapath (netdev) in each node: afxdp ports in \
                 native XDP mode, userspace VXLAN, NORMAL (MAC-learning) forwarding, one PMD thread \
@@ -145,10 +229,32 @@ impl Contender {
                 .into(),
         }
     }
+
+    /// The kernel contender whose TCP figures this one's are held
+    /// against: pods' offloads on, one pod per node, on this contender's
+    /// underlay model and MTU. Only for the switches across nodes
+    /// (podswitch, Open vSwitch): the same-node contenders have
+    /// [`KERNEL_SAME_NODE`], the kernel contenders are the baselines.
+    pub fn same_underlay_kernel(&self) -> Option<&'static Contender> {
+        if !matches!(self.kind, Kind::Podswitch { .. } | Kind::Ovs)
+            || self.placement != Placement::AcrossNodes
+        {
+            return None;
+        }
+        ALL.iter().find(|k| {
+            k.kind == Kind::Kernel { pod_offloads: true }
+                && k.placement == Placement::AcrossNodes
+                && k.underlay == self.underlay
+        })
+    }
 }
 
-/// Every contender, in the order they run and are reported.
-pub const ALL: [Contender; 13] = [
+/// Every contender, in the order they run and are reported: first those
+/// measured with everything at MTU 1500, then those measured with TCP
+/// alone — podswitch on the underlay model the kernel baseline has, the
+/// jumbo ones (the kernel on both models, podswitch's veth and TAP pods
+/// on both), and the same-node ones.
+pub const ALL: [Contender; 21] = [
     Contender {
         key: "podswitch-vxlan-adaptive",
         name: "podswitch VXLAN adaptive",
@@ -158,6 +264,8 @@ pub const ALL: [Contender; 13] = [
             pod_interface: "veth",
         },
         placement: Placement::AcrossNodes,
+        underlay: WIRE_SIZE,
+        tcp_only: false,
     },
     Contender {
         key: "podswitch-vxlan-tap-adaptive",
@@ -168,6 +276,8 @@ pub const ALL: [Contender; 13] = [
             pod_interface: "tap",
         },
         placement: Placement::AcrossNodes,
+        underlay: WIRE_SIZE,
+        tcp_only: false,
     },
     Contender {
         key: "podswitch-vxlan-busy",
@@ -178,6 +288,8 @@ pub const ALL: [Contender; 13] = [
             pod_interface: "veth",
         },
         placement: Placement::AcrossNodes,
+        underlay: WIRE_SIZE,
+        tcp_only: false,
     },
     Contender {
         key: "podswitch-geneve-adaptive",
@@ -188,6 +300,8 @@ pub const ALL: [Contender; 13] = [
             pod_interface: "veth",
         },
         placement: Placement::AcrossNodes,
+        underlay: WIRE_SIZE,
+        tcp_only: false,
     },
     Contender {
         key: "podswitch-geneve-busy",
@@ -198,54 +312,146 @@ pub const ALL: [Contender; 13] = [
             pod_interface: "veth",
         },
         placement: Placement::AcrossNodes,
+        underlay: WIRE_SIZE,
+        tcp_only: false,
     },
     Contender {
         key: KERNEL_BASELINE,
         name: "kernel, offloads on",
-        kind: Kind::Kernel {
-            pod_offloads: true,
-            underlay_offloads: true,
-        },
+        kind: Kind::Kernel { pod_offloads: true },
         placement: Placement::AcrossNodes,
+        underlay: WHOLE,
+        tcp_only: false,
     },
     Contender {
         key: "kernel-wire-frames",
         name: "kernel, offloads on, wire-size underlay",
-        kind: Kind::Kernel {
-            pod_offloads: true,
-            underlay_offloads: false,
-        },
+        kind: Kind::Kernel { pod_offloads: true },
         placement: Placement::AcrossNodes,
+        underlay: WIRE_SIZE,
+        tcp_only: false,
     },
     Contender {
         key: "kernel-offloads-off",
         name: "kernel, offloads off",
         kind: Kind::Kernel {
             pod_offloads: false,
-            underlay_offloads: false,
         },
         placement: Placement::AcrossNodes,
+        underlay: WIRE_SIZE,
+        tcp_only: false,
     },
     Contender {
         key: "ovs-afxdp",
         name: "Open vSwitch AF_XDP",
         kind: Kind::Ovs,
         placement: Placement::AcrossNodes,
+        underlay: WIRE_SIZE,
+        tcp_only: false,
     },
     Contender {
         key: "veth",
         name: "direct veth",
         kind: Kind::Veth,
         placement: Placement::AcrossNodes,
+        underlay: WIRE_SIZE,
+        tcp_only: false,
+    },
+    Contender {
+        key: "podswitch-vxlan-adaptive-whole",
+        name: "podswitch VXLAN adaptive, underlay offloads on",
+        kind: Kind::Podswitch {
+            encap: "vxlan",
+            poll_mode: "adaptive",
+            pod_interface: "veth",
+        },
+        placement: Placement::AcrossNodes,
+        underlay: WHOLE,
+        tcp_only: true,
+    },
+    Contender {
+        key: "podswitch-vxlan-tap-adaptive-whole",
+        name: "podswitch VXLAN TAP adaptive, underlay offloads on",
+        kind: Kind::Podswitch {
+            encap: "vxlan",
+            poll_mode: "adaptive",
+            pod_interface: "tap",
+        },
+        placement: Placement::AcrossNodes,
+        underlay: WHOLE,
+        tcp_only: true,
+    },
+    Contender {
+        key: "kernel-offloads-on-jumbo",
+        name: "kernel, offloads on, MTU 9000",
+        kind: Kind::Kernel { pod_offloads: true },
+        placement: Placement::AcrossNodes,
+        underlay: JUMBO_WHOLE,
+        tcp_only: true,
+    },
+    Contender {
+        key: "kernel-wire-frames-jumbo",
+        name: "kernel, offloads on, wire-size underlay, MTU 9000",
+        kind: Kind::Kernel { pod_offloads: true },
+        placement: Placement::AcrossNodes,
+        underlay: JUMBO_WIRE_SIZE,
+        tcp_only: true,
+    },
+    Contender {
+        key: "podswitch-vxlan-adaptive-jumbo",
+        name: "podswitch VXLAN adaptive, MTU 9000",
+        kind: Kind::Podswitch {
+            encap: "vxlan",
+            poll_mode: "adaptive",
+            pod_interface: "veth",
+        },
+        placement: Placement::AcrossNodes,
+        underlay: JUMBO_WIRE_SIZE,
+        tcp_only: true,
+    },
+    Contender {
+        key: "podswitch-vxlan-tap-adaptive-jumbo",
+        name: "podswitch VXLAN TAP adaptive, MTU 9000",
+        kind: Kind::Podswitch {
+            encap: "vxlan",
+            poll_mode: "adaptive",
+            pod_interface: "tap",
+        },
+        placement: Placement::AcrossNodes,
+        underlay: JUMBO_WIRE_SIZE,
+        tcp_only: true,
+    },
+    Contender {
+        key: "podswitch-vxlan-adaptive-jumbo-whole",
+        name: "podswitch VXLAN adaptive, MTU 9000, underlay offloads on",
+        kind: Kind::Podswitch {
+            encap: "vxlan",
+            poll_mode: "adaptive",
+            pod_interface: "veth",
+        },
+        placement: Placement::AcrossNodes,
+        underlay: JUMBO_WHOLE,
+        tcp_only: true,
+    },
+    Contender {
+        key: "podswitch-vxlan-tap-adaptive-jumbo-whole",
+        name: "podswitch VXLAN TAP adaptive, MTU 9000, underlay offloads on",
+        kind: Kind::Podswitch {
+            encap: "vxlan",
+            poll_mode: "adaptive",
+            pod_interface: "tap",
+        },
+        placement: Placement::AcrossNodes,
+        underlay: JUMBO_WHOLE,
+        tcp_only: true,
     },
     Contender {
         key: KERNEL_SAME_NODE,
         name: "one node: kernel, offloads on",
-        kind: Kind::Kernel {
-            pod_offloads: true,
-            underlay_offloads: true,
-        },
+        kind: Kind::Kernel { pod_offloads: true },
         placement: Placement::SameNode,
+        underlay: WHOLE,
+        tcp_only: true,
     },
     Contender {
         key: "podswitch-tap-same-node",
@@ -256,6 +462,8 @@ pub const ALL: [Contender; 13] = [
             pod_interface: "tap",
         },
         placement: Placement::SameNode,
+        underlay: WIRE_SIZE,
+        tcp_only: true,
     },
     Contender {
         key: "podswitch-veth-same-node",
@@ -266,11 +474,14 @@ pub const ALL: [Contender; 13] = [
             pod_interface: "veth",
         },
         placement: Placement::SameNode,
+        underlay: WIRE_SIZE,
+        tcp_only: true,
     },
 ];
 
-/// The contender every ratio is taken against: the kernel path as Flannel
-/// users have it.
+/// The issue's baseline, which the headline's ratios are taken against
+/// for every contender: the kernel path as Flannel users have it (MTU
+/// 1500, segments whole across the underlay).
 pub const KERNEL_BASELINE: &str = "kernel-offloads-on";
 
 /// The same-node contenders' baseline: two pods on one Flannel-style
@@ -278,9 +489,10 @@ pub const KERNEL_BASELINE: &str = "kernel-offloads-on";
 pub const KERNEL_SAME_NODE: &str = "kernel-same-node";
 
 /// The contenders of `--quick`: one of each kind (the Geneve and busy
-/// variants run the same code as these), TAP pods across nodes, and TAP
-/// pods and the kernel on one node (TCP only, a few seconds).
-pub const QUICK: [&str; 7] = [
+/// variants run the same code as these), TAP pods across nodes, TAP pods
+/// and the kernel on one node, and TAP pods beside the kernel on a jumbo
+/// underlay (TCP only, a few seconds each).
+pub const QUICK: [&str; 9] = [
     "podswitch-vxlan-adaptive",
     "podswitch-vxlan-tap-adaptive",
     KERNEL_BASELINE,
@@ -288,6 +500,8 @@ pub const QUICK: [&str; 7] = [
     "veth",
     KERNEL_SAME_NODE,
     "podswitch-tap-same-node",
+    "kernel-wire-frames-jumbo",
+    "podswitch-vxlan-tap-adaptive-jumbo",
 ];
 
 /// What building a podswitch testbed needs.
@@ -302,7 +516,8 @@ pub struct Binaries {
 enum Nodes {
     Podswitch(Box<[SwitchNode; 2]>),
     Ovs(Box<[OvsNode; 2]>),
-    Kernel,
+    /// Node 1's namespace.
+    Kernel(Netns),
     None,
 }
 
@@ -323,6 +538,7 @@ impl Testbed {
         let files = ScratchDir(std::env::temp_dir().join(lab.prefix().trim_end_matches('-')));
         std::fs::create_dir_all(&files.0)?;
         let same_node = contender.placement == Placement::SameNode;
+        let underlay = contender.underlay;
         let (nodes, pods) = match contender.kind {
             Kind::Podswitch {
                 encap,
@@ -337,14 +553,14 @@ impl Testbed {
                     poll_mode,
                     pod_interface,
                     same_node,
+                    underlay,
                 },
             )?,
-            Kind::Kernel {
-                pod_offloads,
-                underlay_offloads,
-            } => kernel_nodes(&mut lab, pod_offloads, underlay_offloads, same_node)?,
-            Kind::Ovs => ovs_nodes(&mut lab, &files.0)?,
-            Kind::Veth => (Nodes::None, direct_veth_pods(&mut lab, POD_MTU)?),
+            Kind::Kernel { pod_offloads } => {
+                kernel_nodes(&mut lab, underlay, pod_offloads, same_node)?
+            }
+            Kind::Ovs => ovs_nodes(&mut lab, &files.0, underlay)?,
+            Kind::Veth => (Nodes::None, direct_veth_pods(&mut lab, underlay.pod_mtu())?),
         };
         let testbed = Testbed {
             nodes,
@@ -352,7 +568,18 @@ impl Testbed {
             _lab: lab,
             _files: files,
         };
-        testbed.wait_until_connected()?;
+        if let Err(e) = testbed.wait_until_connected() {
+            // Where the frames went, for the report.
+            let seen = match testbed.switch_counters() {
+                Ok(Some(c)) => format!(
+                    " (podswitch's counters: node 1: {}; node 2: {})",
+                    counters_line(&c["node1"]),
+                    counters_line(&c["node2"])
+                ),
+                _ => String::new(),
+            };
+            bail!("{e:#}{seen}");
+        }
         Ok(testbed)
     }
 
@@ -374,8 +601,24 @@ impl Testbed {
         match &self.nodes {
             Nodes::Podswitch(nodes) => nodes.iter().filter_map(SwitchNode::pid).collect(),
             Nodes::Ovs(nodes) => nodes.iter().map(OvsNode::pid).collect(),
-            Nodes::Kernel | Nodes::None => Vec::new(),
+            Nodes::Kernel(_) | Nodes::None => Vec::new(),
         }
+    }
+
+    /// What `ethtool -k` says of TCP segmentation offload on node 1's
+    /// uplink — "on", or "off" (as veth turns it beside node 2's XDP
+    /// program, whatever was asked); `None` without nodes.
+    pub fn uplink_tso(&self) -> Result<Option<String>> {
+        let node1 = match &self.nodes {
+            Nodes::Podswitch(nodes) => &nodes[0].ns,
+            Nodes::Ovs(nodes) => &nodes[0].ns,
+            Nodes::Kernel(ns) => ns,
+            Nodes::None => return Ok(None),
+        };
+        let features = node1.run("ethtool", &["-k", UPLINK])?;
+        tso_state(&features)
+            .map(Some)
+            .with_context(|| format!("no tcp-segmentation-offload in `ethtool -k {UPLINK}`"))
     }
 
     /// podswitch's counters on both nodes (`podswitch stats`), keyed
@@ -404,7 +647,7 @@ impl Testbed {
                 .map(|n| format!("node {}:\n{}", n.index, n.log_tail(20)))
                 .collect::<Vec<_>>()
                 .join("\n"),
-            Nodes::Kernel | Nodes::None => String::new(),
+            Nodes::Kernel(_) | Nodes::None => String::new(),
         }
     }
 }
@@ -416,6 +659,7 @@ struct PodswitchSetup {
     pod_interface: &'static str,
     /// Both pods on node 1 rather than one per node.
     same_node: bool,
+    underlay: Underlay,
 }
 
 /// Two podswitch nodes peered over a veth underlay, each with one pod
@@ -433,12 +677,10 @@ fn podswitch_nodes(
         xdp_mode: "auto".into(),
         cni: Some(binaries.cni.clone()),
         pod_interface: Some(setup.pod_interface.into()),
-        underlay_mtu: UNDERLAY_MTU,
+        underlay_mtu: setup.underlay.mtu,
         ..SwitchOptions::default()
     };
-    let n1 = lab.netns("n1")?;
-    let n2 = lab.netns("n2")?;
-    connect_underlay(&n1, 1, &n2, 2, options.underlay_mtu)?;
+    let [n1, n2] = underlay_nodes(lab, setup.underlay)?;
     let peer = |index| {
         [PeerEntry {
             index,
@@ -487,19 +729,14 @@ fn without_frame_checks(node: &mut SwitchNode) -> Result<()> {
     node.launch()
 }
 
-/// Two Flannel-style kernel nodes peered over a veth underlay, one pod
-/// each (or both on node 1, on its bridge), the pods' and the underlay's
-/// offloads on or off.
-fn kernel_nodes(
-    lab: &mut Lab,
-    pod_offloads: bool,
-    underlay_offloads: bool,
-    same_node: bool,
-) -> Result<(Nodes, [Pod; 2])> {
+/// Node namespaces `n1` and `n2` joined by a veth underlay of
+/// `underlay`'s MTU, with TX checksum offload, TSO and GSO on for
+/// [`Segments::Whole`] (off otherwise).
+fn underlay_nodes(lab: &mut Lab, underlay: Underlay) -> Result<[Netns; 2]> {
     let n1 = lab.netns("n1")?;
     let n2 = lab.netns("n2")?;
-    connect_underlay(&n1, 1, &n2, 2, UNDERLAY_MTU)?;
-    if underlay_offloads {
+    connect_underlay(&n1, 1, &n2, 2, underlay.mtu)?;
+    if underlay.segments == Segments::Whole {
         for ns in [&n1, &n2] {
             ns.run(
                 "ethtool",
@@ -507,8 +744,30 @@ fn kernel_nodes(
             )?;
         }
     }
-    let k1 = KernelNode::create(n1, 1, UNDERLAY_MTU)?;
-    let k2 = KernelNode::create(n2, 2, UNDERLAY_MTU)?;
+    Ok([n1, n2])
+}
+
+/// `tcp-segmentation-offload`'s state in `ethtool -k` output: "on",
+/// "off", or with ethtool's note, e.g. "off [fixed]".
+fn tso_state(features: &str) -> Option<String> {
+    features.lines().find_map(|line| {
+        let state = line.trim().strip_prefix("tcp-segmentation-offload:")?;
+        Some(state.trim().to_string())
+    })
+}
+
+/// Two Flannel-style kernel nodes peered over a veth underlay, one pod
+/// each (or both on node 1, on its bridge), the pods' offloads on or off.
+fn kernel_nodes(
+    lab: &mut Lab,
+    underlay: Underlay,
+    pod_offloads: bool,
+    same_node: bool,
+) -> Result<(Nodes, [Pod; 2])> {
+    let [n1, n2] = underlay_nodes(lab, underlay)?;
+    let node1 = n1.clone();
+    let k1 = KernelNode::create(n1, 1, underlay.mtu)?;
+    let k2 = KernelNode::create(n2, 2, underlay.mtu)?;
     k1.add_peer(2, &kernel_vtep_mac(2))?;
     k2.add_peer(1, &kernel_vtep_mac(1))?;
     let pods = if same_node {
@@ -522,19 +781,18 @@ fn kernel_nodes(
             k2.add_pod(lab, 2, pod_offloads)?,
         ]
     };
-    Ok((Nodes::Kernel, pods))
+    Ok((Nodes::Kernel(node1), pods))
 }
 
 /// Two Open vSwitch nodes with a VXLAN port to each other, one pod each.
-fn ovs_nodes(lab: &mut Lab, dir: &Path) -> Result<(Nodes, [Pod; 2])> {
-    let n1 = lab.netns("n1")?;
-    let n2 = lab.netns("n2")?;
-    connect_underlay(&n1, 1, &n2, 2, UNDERLAY_MTU)?;
+fn ovs_nodes(lab: &mut Lab, dir: &Path, underlay: Underlay) -> Result<(Nodes, [Pod; 2])> {
+    let [n1, n2] = underlay_nodes(lab, underlay)?;
     let o1 = OvsNode::start(n1, 1, dir, 0)?;
     let o2 = OvsNode::start(n2, 2, dir, 1)?;
     o1.add_peer(2)?;
     o2.add_peer(1)?;
-    let pods = [o1.add_pod(lab, 2, POD_MTU)?, o2.add_pod(lab, 2, POD_MTU)?];
+    let mtu = underlay.pod_mtu();
+    let pods = [o1.add_pod(lab, 2, mtu)?, o2.add_pod(lab, 2, mtu)?];
     Ok((Nodes::Ovs(Box::new([o1, o2])), pods))
 }
 
@@ -598,6 +856,14 @@ mod tests {
         assert!(quick.iter().any(|c| c.kind == Kind::Ovs));
         assert!(quick.iter().any(|c| c.kind == Kind::Veth));
         assert!(quick.iter().any(|c| matches!(c.kind, Kind::Kernel { .. })));
+        // A jumbo contender with its kernel, so a same-underlay ratio
+        // comes out.
+        let jumbo = quick
+            .iter()
+            .find(|c| c.underlay.mtu == JUMBO_MTU && matches!(c.kind, Kind::Podswitch { .. }))
+            .unwrap();
+        let kernel = jumbo.same_underlay_kernel().unwrap();
+        assert!(quick.iter().any(|c| c.key == kernel.key));
         let some = select(Some("veth, ovs-afxdp"), &[]).unwrap();
         assert_eq!(some[0].key, "veth");
         assert_eq!(some[1].key, "ovs-afxdp");
@@ -614,5 +880,112 @@ mod tests {
             ALL.iter()
                 .any(|c| c.key == KERNEL_SAME_NODE && c.placement == Placement::SameNode)
         );
+        let baseline = ALL.iter().find(|c| c.key == KERNEL_BASELINE).unwrap();
+        assert_eq!(baseline.underlay, WHOLE);
+        assert!(!baseline.tcp_only);
+        // One node measures TCP alone.
+        assert!(
+            ALL.iter()
+                .filter(|c| c.placement == Placement::SameNode)
+                .all(|c| c.tcp_only)
+        );
+    }
+
+    /// podswitch's veth and TAP pods, and the kernel with the pods'
+    /// offloads on, each on both underlay models at MTU 1500 and 9000.
+    #[test]
+    fn throughput_kinds_run_on_every_underlay() {
+        let kinds = [
+            Kind::Podswitch {
+                encap: "vxlan",
+                poll_mode: "adaptive",
+                pod_interface: "veth",
+            },
+            Kind::Podswitch {
+                encap: "vxlan",
+                poll_mode: "adaptive",
+                pod_interface: "tap",
+            },
+            Kind::Kernel { pod_offloads: true },
+        ];
+        for kind in kinds {
+            for underlay in [WIRE_SIZE, WHOLE, JUMBO_WIRE_SIZE, JUMBO_WHOLE] {
+                let found: Vec<&Contender> = ALL
+                    .iter()
+                    .filter(|c| {
+                        c.kind == kind
+                            && c.underlay == underlay
+                            && c.placement == Placement::AcrossNodes
+                    })
+                    .collect();
+                assert_eq!(found.len(), 1, "{kind:?} on {underlay:?}");
+            }
+        }
+        // The jumbo ones name their MTU, and only they run at 9000.
+        for c in ALL {
+            assert_eq!(c.name.contains("MTU 9000"), c.underlay.mtu == JUMBO_MTU);
+        }
+        assert_eq!(JUMBO_WHOLE.pod_mtu(), 8950);
+        assert_eq!(WIRE_SIZE.pod_mtu(), 1450);
+    }
+
+    #[test]
+    fn switches_meet_the_kernel_on_their_own_underlay() {
+        let kernel_of = |key: &str| {
+            let c = select(Some(key), &[]).unwrap()[0];
+            c.same_underlay_kernel().map(|k| k.key)
+        };
+        assert_eq!(
+            kernel_of("podswitch-vxlan-tap-adaptive"),
+            Some("kernel-wire-frames")
+        );
+        assert_eq!(kernel_of("ovs-afxdp"), Some("kernel-wire-frames"));
+        assert_eq!(
+            kernel_of("podswitch-vxlan-tap-adaptive-whole"),
+            Some(KERNEL_BASELINE)
+        );
+        assert_eq!(
+            kernel_of("podswitch-vxlan-adaptive-jumbo"),
+            Some("kernel-wire-frames-jumbo")
+        );
+        assert_eq!(
+            kernel_of("podswitch-vxlan-tap-adaptive-jumbo-whole"),
+            Some("kernel-offloads-on-jumbo")
+        );
+        // The kernels are the baselines; the bare veth has no underlay;
+        // one node has its own baseline.
+        for key in [
+            KERNEL_BASELINE,
+            "kernel-offloads-off",
+            "veth",
+            "podswitch-tap-same-node",
+        ] {
+            assert_eq!(kernel_of(key), None, "{key}");
+        }
+        // Every podswitch contender across nodes has one, on its underlay.
+        for c in ALL.iter().filter(|c| {
+            matches!(c.kind, Kind::Podswitch { .. }) && c.placement == Placement::AcrossNodes
+        }) {
+            let k = c.same_underlay_kernel().unwrap();
+            assert_eq!(k.underlay, c.underlay, "{}", c.key);
+            assert_eq!(k.kind, Kind::Kernel { pod_offloads: true });
+        }
+    }
+
+    #[test]
+    fn reads_tso_state() {
+        // What a podswitch node's uplink says: veth turned TSO off.
+        let features = "Features for ul0:\nrx-checksumming: on\ntx-checksumming: on\n\
+                        tcp-segmentation-offload: off\n\ttx-tcp-segmentation: off [fixed]\n";
+        assert_eq!(tso_state(features).as_deref(), Some("off"));
+        assert_eq!(
+            tso_state("tcp-segmentation-offload: off [requested on]\n").as_deref(),
+            Some("off [requested on]")
+        );
+        assert_eq!(
+            tso_state("tcp-segmentation-offload: on\n").as_deref(),
+            Some("on")
+        );
+        assert_eq!(tso_state("Features for ul0:\n"), None);
     }
 }

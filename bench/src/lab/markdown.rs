@@ -88,15 +88,19 @@ fn write_section(md: &mut String, report: &Report, plots: &Plots) -> std::fmt::R
     )?;
     let base = report.baseline();
     let measured = report.measured(Placement::AcrossNodes);
+    let fully_measured = report.fully_measured();
     let same_node = report.measured(Placement::SameNode);
 
     writeln!(md, "### Headline: ratios to the kernel path\n")?;
     writeln!(
         md,
         "Each cell: the median, then its ratio to **kernel, offloads on** (Flannel as its users \
-         run it). Throughput and packet rate: higher is better; latency and CPU: lower is better. \
-         Datapath CPU: the switch processes plus the kernel's softirq and system time (the \
-         generator's and receiver's syscalls included, the same for every contender).\n"
+         run it: MTU 1500, segments whole across the underlay), for every contender whatever its \
+         own underlay; the next table holds each switch's TCP against the kernel on its own \
+         underlay model and MTU. Throughput and packet rate: higher is better; latency and CPU: \
+         lower is better. Datapath CPU: the switch processes plus the kernel's softirq and system \
+         time (the generator's and receiver's syscalls included, the same for every contender). \
+         Contenders measured with TCP alone are in the TCP tables below.\n"
     )?;
     writeln!(
         md,
@@ -104,7 +108,7 @@ fn write_section(md: &mut String, report: &Report, plots: &Plots) -> std::fmt::R
          RTT p99, µs | RTT p99.9, µs | RTT p99 loaded, µs | datapath CPU per 64 B packet, µs | idle CPU per node |"
     )?;
     writeln!(md, "|---|---|---|---|---|---|---|---|---|---|")?;
-    for c in &measured {
+    for c in &fully_measured {
         let s = &c.summary;
         let b = base;
         let cells = [
@@ -129,12 +133,13 @@ fn write_section(md: &mut String, report: &Report, plots: &Plots) -> std::fmt::R
         plots.dir
     )?;
 
+    write_same_underlay(md, report, &measured, plots)?;
     write_goals(md, report)?;
     write_tcp(md, &measured)?;
     write_same_node(md, report, &same_node, plots)?;
-    write_udp(md, &measured)?;
-    write_latency(md, &measured)?;
-    write_idle(md, &measured, report.settings.idle_seconds)?;
+    write_udp(md, &fully_measured)?;
+    write_latency(md, &fully_measured)?;
+    write_idle(md, &fully_measured, report.settings.idle_seconds)?;
     write_counters(md, report)?;
     write_problems(md, report)?;
     let all: Vec<&ContenderResult> = measured.iter().chain(&same_node).copied().collect();
@@ -161,9 +166,14 @@ fn us_per_packet(s: &Summary) -> Option<f64> {
     s.udp_of(64).and_then(|u| u.datapath_us_per_packet)
 }
 
-/// `value (ratio×)`, or what is missing.
+/// `value (ratio×)` against `baseline`, or what is missing.
 fn cell(value: Option<f64>, baseline: Option<f64>, decimals: usize) -> String {
-    match (value, ratio(value, baseline)) {
+    annotated(value, ratio(value, baseline), decimals)
+}
+
+/// `value (ratio×)`, or what is missing.
+fn annotated(value: Option<f64>, ratio: Option<f64>, decimals: usize) -> String {
+    match (value, ratio) {
         (Some(v), Some(r)) => format!("{v:.decimals$} ({r:.2}×)"),
         (Some(v), None) => format!("{v:.decimals$}"),
         _ => "–".into(),
@@ -221,6 +231,7 @@ fn write_goals(md: &mut String, report: &Report) -> std::fmt::Result {
         c.key.starts_with("podswitch")
             && c.skipped.is_none()
             && c.placement == Placement::AcrossNodes
+            && !c.tcp_only
     }) {
         let s = &c.summary;
         let idle = match (c.key.ends_with("adaptive"), s.idle_cores_per_node) {
@@ -243,6 +254,159 @@ fn write_goals(md: &mut String, report: &Report) -> std::fmt::Result {
         writeln!(md, "| {} | {} |", c.name, cells.join(" | "))?;
     }
     writeln!(md)
+}
+
+/// Each switch's TCP across nodes against the kernel on its own underlay
+/// model and MTU (the kernel row first, the switches on that underlay
+/// after it), from the report's `tcp_ratios`.
+fn write_same_underlay(
+    md: &mut String,
+    report: &Report,
+    measured: &[&ContenderResult],
+    plots: &Plots,
+) -> std::fmt::Result {
+    let mut kernels: Vec<&str> = Vec::new();
+    for key in measured.iter().filter_map(|c| c.same_underlay_kernel) {
+        if !kernels.contains(&key) {
+            kernels.push(key);
+        }
+    }
+    if kernels.is_empty() {
+        return Ok(());
+    }
+    writeln!(md, "### TCP beside the kernel on the same underlay\n")?;
+    writeln!(
+        md,
+        "Each switch across nodes against the kernel (Flannel-style, pods' offloads on) on the \
+         same underlay model and MTU, in bold above it. Goal (issue 15): TCP ≥ 1× with 1 and 4 \
+         streams, at MTU 1500 and 9000, with no more datapath cores per Gbit/s (≤ 1×). \
+         Underlay models: *segments whole* — the nodes' underlay veths keep TX checksum offload, \
+         TSO and GSO on, as the kernel baseline has them, so the kernel's 64 KB segments cross \
+         whole as over a NIC with TSO and GRO; *wire-size* — offloads off, segments cut in \
+         software before the underlay. Every podswitch node's uplink has an XDP program, and \
+         veth turns TSO off on the peer of such a device (the TSO column: `ethtool -k ul0` on \
+         node 1), so segments never cross whole into a podswitch node: there the two models \
+         differ only in what node 1's kernel does before the veth — where it cuts, and, with TX \
+         checksum offload on, leaving checksums for the \"NIC\" to finish, which veth hands \
+         across unfinished (a receiving kernel trusts them; an XDP program sees them as they \
+         are). Each cell: the median, then its ratio to the kernel row; the last column: Gbit/s \
+         against **kernel, offloads on** at MTU 1500, the headline's baseline.\n"
+    )?;
+    writeln!(
+        md,
+        "| contender | underlay | TSO on node 1's uplink | TCP 1 stream, Gbit/s | TCP 4 streams, Gbit/s | \
+         datapath cores per Gbit/s, 1 stream | datapath cores per Gbit/s, 4 streams | goal | \
+         1 / 4 streams against kernel, offloads on |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
+    for key in kernels {
+        let switches: Vec<&&ContenderResult> = measured
+            .iter()
+            .filter(|c| c.same_underlay_kernel == Some(key))
+            .collect();
+        match report.contender(key) {
+            Some(k) => writeln!(
+                md,
+                "| **{}** | {} |",
+                k.name,
+                same_underlay_cells(k).join(" | ")
+            )?,
+            None => writeln!(
+                md,
+                "| **`{key}`: not measured** | {} | – | – | – | – | – | – | – |",
+                switches
+                    .first()
+                    .map_or(String::new(), |c| c.underlay.label())
+            )?,
+        }
+        for c in switches {
+            writeln!(
+                md,
+                "| {} | {} |",
+                c.name,
+                same_underlay_cells(c).join(" | ")
+            )?;
+        }
+    }
+    if report.has_same_underlay_ratios() {
+        writeln!(
+            md,
+            "\n![TCP against the kernel on the same underlay]({}lab-tcp-same-underlay.svg)",
+            plots.dir
+        )?;
+    }
+    writeln!(md)
+}
+
+/// The cells after the name in a row of the same-underlay table: the
+/// underlay, TSO, Gbit/s and datapath cores per Gbit/s with 1 and 4
+/// streams (each with its ratio to the kernel on the same underlay, for a
+/// switch), the verdict on issue 15's goal, and the ratios to the
+/// headline's baseline.
+fn same_underlay_cells(c: &ContenderResult) -> Vec<String> {
+    let mut gbps = Vec::new();
+    let mut cores = Vec::new();
+    let mut checks = Vec::new();
+    let mut to_baseline = Vec::new();
+    for n in [1, 4] {
+        let t = c.summary.tcp_of(n);
+        let r = c.tcp_ratios.iter().find(|r| r.streams == n);
+        let gbps_ratio = r.and_then(|r| r.gbps_to_same_underlay_kernel);
+        let cores_ratio = r.and_then(|r| r.datapath_cores_per_gbps_to_same_underlay_kernel);
+        gbps.push(annotated(t.map(|t| t.gbps.median), gbps_ratio, 2));
+        cores.push(annotated(
+            t.and_then(|t| t.datapath_cores_per_gbps),
+            cores_ratio,
+            3,
+        ));
+        checks.push((format!("TCP {}", streams_label(n)), gbps_ratio, true));
+        checks.push((
+            format!("cores per Gbit/s, {}", streams_label(n)),
+            cores_ratio,
+            false,
+        ));
+        let baseline = r.and_then(|r| r.gbps_to_kernel_offloads_on);
+        to_baseline.push(baseline.map_or("–".into(), |v| format!("{v:.2}×")));
+    }
+    let mut cells = vec![
+        c.underlay.label(),
+        c.uplink_tso().unwrap_or("–").to_string(),
+    ];
+    cells.extend(gbps);
+    cells.extend(cores);
+    cells.push(if c.summary.tcp.is_empty() {
+        "**not measured** (see below)".into()
+    } else {
+        same_underlay_goal(&checks)
+    });
+    cells.push(to_baseline.join(" / "));
+    cells
+}
+
+/// "1 stream", "4 streams".
+pub fn streams_label(n: u32) -> String {
+    format!("{n} stream{}", if n == 1 { "" } else { "s" })
+}
+
+/// The verdict on issue 15's goal from `(what, ratio, higher is better)`
+/// checks against 1×: "met", "**not met**" with what fell short, or "–"
+/// when nothing could be compared.
+fn same_underlay_goal(checks: &[(String, Option<f64>, bool)]) -> String {
+    let known: Vec<(&str, f64, bool)> = checks
+        .iter()
+        .filter_map(|(what, r, higher)| Some((what.as_str(), (*r)?, *higher)))
+        .collect();
+    let short: Vec<String> = known
+        .iter()
+        .filter(|&&(_, r, higher)| if higher { r < 1.0 } else { r > 1.0 })
+        .map(|(what, r, _)| format!("{what} {r:.2}×"))
+        .collect();
+    match (known.len(), short.is_empty()) {
+        (0, _) => "–".into(),
+        (n, true) if n == checks.len() => "met".into(),
+        (_, true) => "met where measured".into(),
+        (_, false) => format!("**not met**: {}", short.join("; ")),
+    }
 }
 
 fn write_tcp(md: &mut String, measured: &[&ContenderResult]) -> std::fmt::Result {
@@ -781,8 +945,15 @@ fn write_method(md: &mut String, s: &Settings) -> std::fmt::Result {
     writeln!(
         md,
         "- Every contender is built anew in network namespaces for every run (contenders \
-         interleaved run by run): two nodes joined by a veth underlay (MTU 1500, offloads off), \
-         one pod per node (pod MTU 1450), traffic from the pod on node 1 to the pod on node 2.\n\
+         interleaved run by run): two nodes joined by a veth underlay, one pod per node (pod MTU \
+         the underlay's less 50), traffic from the pod on node 1 to the pod on node 2.\n\
+         - Underlays: MTU 1500 unless the contender says MTU 9000; offloads off (wire-size: \
+         segments cut before the underlay), except for the kernel baseline and the contenders \
+         that say \"underlay offloads on\" (segments whole: TX checksum, TSO and GSO on on both \
+         nodes' underlay veths, as a NIC with TSO and GRO). veth turns TSO off on the peer of a \
+         device with an XDP program, so segments never cross whole into a podswitch node; the \
+         report notes TSO as `ethtool -k ul0` showed it on node 1. The contenders that differ \
+         from another only in their underlay measure TCP alone.\n\
          - Pinning on the machine's 2 CPUs: node 1's switch (podswitch worker, OVS PMD thread), the \
          sending application and its traffic's softirq on CPU 0; node 2's switch and the \
          receiving application on CPU 1.\n\
@@ -799,7 +970,9 @@ fn write_method(md: &mut String, s: &Settings) -> std::fmt::Result {
          - podswitch runs its production configuration (`check_frames = false`). Its pods are \
          veth pairs with AF_XDP on the host end (frame at a time, offloads off) unless the \
          contender says TAP: then a TAP device per pod with virtio-net headers and the pod's \
-         TX checksum, TSO and GSO on, so the pod's kernel hands the switch 64 KB TCP segments.\n\
+         TX checksum, TSO and GSO on, so the pod's kernel hands the switch 64 KB TCP segments, \
+         which go to the peer whole through the node's tunnel port and are cut by node 1's \
+         kernel.\n\
          - One node (\"one node: …\" contenders): both pods on node 1 (node 2 built but idle), \
          TCP only, the same iperf3 runs; the sender and node 1's switch on CPU 0, the receiving \
          application on CPU 1.\n",
@@ -824,6 +997,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::lab::contenders::select;
+    use crate::lab::measure::{Cpu, TcpRun};
+    use crate::lab::report::{RunFigures, set_tcp_ratios};
 
     #[test]
     fn splices_between_markers() {
@@ -882,6 +1058,143 @@ mod tests {
         assert_eq!(
             counters_line(&json!(null)),
             "no frames; drops: none; 0 sleeps"
+        );
+    }
+
+    #[test]
+    fn goal_on_the_same_underlay() {
+        let goal = |checks: &[(&str, Option<f64>, bool)]| {
+            let checks: Vec<(String, Option<f64>, bool)> = checks
+                .iter()
+                .map(|&(what, r, higher)| (what.to_string(), r, higher))
+                .collect();
+            same_underlay_goal(&checks)
+        };
+        assert_eq!(
+            goal(&[("1 stream", Some(1.2), true), ("cores", Some(0.8), false)]),
+            "met"
+        );
+        assert_eq!(
+            goal(&[("1 stream", Some(0.5), true), ("cores", Some(2.0), false)]),
+            "**not met**: 1 stream 0.50×; cores 2.00×"
+        );
+        assert_eq!(
+            goal(&[("1 stream", Some(1.0), true), ("cores", None, false)]),
+            "met where measured"
+        );
+        assert_eq!(goal(&[("1 stream", None, true)]), "–");
+        assert_eq!(streams_label(1), "1 stream");
+        assert_eq!(streams_label(4), "4 streams");
+        assert_eq!(annotated(Some(1.5), Some(0.25), 1), "1.5 (0.25×)");
+        assert_eq!(annotated(Some(1.5), None, 1), "1.5");
+    }
+
+    /// A report of TCP-only runs: `(key, Gbit/s with 1 stream)`, 4
+    /// streams twice that, one datapath core per run.
+    fn tcp_report(contenders: &[(&str, f64)]) -> Report {
+        let mut results: Vec<ContenderResult> = contenders
+            .iter()
+            .map(|&(key, gbps)| {
+                let mut result = ContenderResult::new(&select(Some(key), &[]).unwrap()[0]);
+                let tcp = [1, 4]
+                    .map(|streams| TcpRun {
+                        streams,
+                        gbps: if streams == 1 { gbps } else { 2.0 * gbps },
+                        retransmits: 0,
+                        cpu: Cpu {
+                            switch: 0.5,
+                            switch_system: 0.0,
+                            kernel_system: 0.25,
+                            kernel_softirq: 0.25,
+                            machine: 1.5,
+                        },
+                        counters: None,
+                    })
+                    .to_vec();
+                result.runs.push(RunFigures {
+                    run: 1,
+                    tcp,
+                    uplink_tso: Some("off".into()),
+                    ..RunFigures::default()
+                });
+                result.summary = Summary::of(&result.runs).unwrap();
+                result
+            })
+            .collect();
+        set_tcp_ratios(&mut results);
+        Report {
+            command: "podswitch-bench lab".into(),
+            date: "2026-12-05 12:00 UTC".into(),
+            kernel: "6.18".into(),
+            cpu_model: "test".into(),
+            cpus: 2,
+            load_average_before: 0.0,
+            quick: false,
+            runs: 1,
+            wall_seconds: 60.0,
+            settings: Settings::quick(),
+            contenders: results,
+            criterion: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn puts_each_switch_beside_the_kernel_on_its_underlay() {
+        let mut report = tcp_report(&[
+            (KERNEL_BASELINE, 10.0),
+            ("kernel-offloads-on-jumbo", 20.0),
+            ("podswitch-vxlan-tap-adaptive-jumbo-whole", 15.0),
+            ("podswitch-vxlan-adaptive-jumbo", 4.0),
+        ]);
+        // A switch whose testbed never came up.
+        let tap = select(Some("podswitch-vxlan-tap-adaptive-jumbo"), &[]).unwrap();
+        let mut failed = ContenderResult::new(&tap[0]);
+        failed.runs.push(RunFigures {
+            run: 1,
+            errors: vec!["building the testbed: no answer".into()],
+            ..RunFigures::default()
+        });
+        report.contenders.push(failed);
+        let md = section(&report, &Plots { dir: "img/" });
+        // The kernel on the jumbo, segments-whole underlay, then the switch
+        // on it: 15 against 20 Gbit/s, the same datapath core for each.
+        assert!(md.contains(
+            "| **kernel, offloads on, MTU 9000** | segments whole, MTU 9000 | off | 20.00 | 40.00 | 0.050 | 0.025 | – | 2.00× / 2.00× |"
+        ));
+        assert!(md.contains(
+            "| podswitch VXLAN TAP adaptive, MTU 9000, underlay offloads on | segments whole, MTU \
+             9000 | off | 15.00 (0.75×) | 30.00 (0.75×) | 0.067 (1.33×) | 0.033 \
+             (1.33×) | **not met**: TCP 1 stream 0.75×; cores per Gbit/s, 1 stream 1.33×; TCP 4 \
+             streams 0.75×; cores per Gbit/s, 4 streams 1.33× | 1.50× / 1.50× |"
+        ));
+        // The wire-size jumbo kernel was not run: said so, no ratio.
+        assert!(
+            md.contains("| **`kernel-wire-frames-jumbo`: not measured** | wire-size, MTU 9000 |")
+        );
+        assert!(md.contains(
+            "| podswitch VXLAN adaptive, MTU 9000 | wire-size, MTU 9000 | off | 4.00 | \
+             8.00 |"
+        ));
+        assert!(md.contains(
+            "| podswitch VXLAN TAP adaptive, MTU 9000 | wire-size, MTU 9000 | – | – | – | – | – \
+             | **not measured** (see below) | – / – |"
+        ));
+        assert!(md.contains("](img/lab-tcp-same-underlay.svg)"));
+        // The headline table holds the contenders that ran everything
+        // (here only the baseline, whose TCP-only result it still shows).
+        let headline: Vec<&str> = md
+            .lines()
+            .skip_while(|l| !l.starts_with("| contender | TCP 1 stream"))
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        assert!(
+            headline.iter().all(|l| !l.contains("MTU 9000")),
+            "{headline:?}"
+        );
+        assert!(
+            headline
+                .iter()
+                .any(|l| l.starts_with("| kernel, offloads on |"))
         );
     }
 }

@@ -38,7 +38,8 @@ use contenders::{ALL, Binaries, Contender, Kind, Placement, QUICK, Testbed, sele
 use markdown::Plots;
 use measure::Settings;
 use plot::{BarRow, LatencyPanel};
-use report::{ContenderResult, Report, RunFigures, Summary, utc_timestamp};
+use report::{ContenderResult, Report, RunFigures, Summary, set_tcp_ratios, utc_timestamp};
+use stats::Spread;
 
 /// Options of `podswitch-bench lab`.
 #[derive(clap::Args)]
@@ -75,8 +76,9 @@ const DOCS: &str = "docs";
 /// Run `podswitch-bench lab`.
 pub fn run(args: &LabArgs) -> Result<()> {
     if args.list {
+        let width = ALL.iter().map(|c| c.key.len()).max().unwrap_or(0);
         for c in ALL {
-            println!("{:<26} {}", c.key, c.description());
+            println!("{:<width$} {}", c.key, c.description());
         }
         return Ok(());
     }
@@ -155,15 +157,24 @@ pub fn run(args: &LabArgs) -> Result<()> {
                     continue;
                 }
             };
-            result.runs.push(match contender.placement {
-                Placement::AcrossNodes => measure_all(&testbed, &settings, run)?,
-                Placement::SameNode => measure_tcp_only(&testbed, &settings, run)?,
-            });
+            let mut figures = if contender.tcp_only {
+                measure_tcp_only(&testbed, &settings, run)?
+            } else {
+                measure_all(&testbed, &settings, run)?
+            };
+            match testbed.uplink_tso() {
+                Ok(tso) => figures.uplink_tso = tso,
+                Err(e) => figures
+                    .errors
+                    .push(format!("reading node 1's uplink offloads: {e:#}")),
+            }
+            result.runs.push(figures);
         }
     }
     for result in &mut results {
         result.summary = Summary::of(&result.runs)?;
     }
+    set_tcp_ratios(&mut results);
 
     let criterion = criterion::criterion_dir()
         .map(|dir| criterion::read_all(&dir))
@@ -248,7 +259,8 @@ fn measure_all(testbed: &Testbed, settings: &Settings, run: u32) -> Result<RunFi
     Ok(figures)
 }
 
-/// TCP alone, for the same-node contenders.
+/// TCP alone, for the same-node contenders and those that differ from
+/// another only in their underlay.
 fn measure_tcp_only(testbed: &Testbed, settings: &Settings, run: u32) -> Result<RunFigures> {
     let mut figures = RunFigures {
         run,
@@ -372,12 +384,14 @@ fn headline_only(section: &str) -> String {
         .join("\n")
 }
 
-/// lab-throughput.svg, lab-same-node.svg, lab-packet-rate.svg and
-/// lab-latency.svg in `dir`.
+/// lab-throughput.svg, lab-tcp-same-underlay.svg, lab-same-node.svg,
+/// lab-packet-rate.svg and lab-latency.svg in `dir`.
 fn write_plots(report: &Report, dir: &Path) -> Result<()> {
     let measured = report.measured(Placement::AcrossNodes);
-    // One bar per stream count, for each contender.
-    let tcp_bars = |contenders: &[&ContenderResult]| -> Vec<BarRow> {
+    // One bar per stream count, for each contender: `value` of it.
+    let stream_bars = |contenders: &[&ContenderResult],
+                       value: fn(&ContenderResult, u32) -> Option<Spread>|
+     -> Vec<BarRow> {
         contenders
             .iter()
             .map(|c| BarRow {
@@ -386,16 +400,19 @@ fn write_plots(report: &Report, dir: &Path) -> Result<()> {
                     .settings
                     .tcp_streams
                     .iter()
-                    .map(|&n| c.summary.tcp_of(n).map(|t| t.gbps))
+                    .map(|&n| value(c, n))
                     .collect(),
             })
             .collect()
+    };
+    let tcp_bars = |contenders: &[&ContenderResult]| {
+        stream_bars(contenders, |c, n| c.summary.tcp_of(n).map(|t| t.gbps))
     };
     let streams: Vec<String> = report
         .settings
         .tcp_streams
         .iter()
-        .map(|n| format!("{n} stream{}", if *n == 1 { "" } else { "s" }))
+        .map(|&n| markdown::streams_label(n))
         .collect();
     plot::bar_chart(
         &dir.join("lab-throughput.svg"),
@@ -404,6 +421,23 @@ fn write_plots(report: &Report, dir: &Path) -> Result<()> {
         &streams.iter().map(String::as_str).collect::<Vec<_>>(),
         &tcp_bars(&measured),
     )?;
+    if report.has_same_underlay_ratios() {
+        // Each switch against the kernel on its own underlay model and
+        // MTU (its name says which: MTU 1500 and wire-size unless it says
+        // otherwise).
+        let mut rows = stream_bars(&measured, |c, n| {
+            c.gbps_to_same_underlay_kernel(n)
+                .and_then(|r| Spread::of([r]))
+        });
+        rows.retain(|row| row.values.iter().any(Option::is_some));
+        plot::bar_chart(
+            &dir.join("lab-tcp-same-underlay.svg"),
+            "TCP across nodes against the kernel on the same underlay model and MTU",
+            "the kernel's Gbit/s = 1 (bar: ratio of the medians)",
+            &streams.iter().map(String::as_str).collect::<Vec<_>>(),
+            &rows,
+        )?;
+    }
     let same_node = report.measured(Placement::SameNode);
     if !same_node.is_empty() {
         plot::bar_chart(
@@ -414,6 +448,8 @@ fn write_plots(report: &Report, dir: &Path) -> Result<()> {
             &tcp_bars(&same_node),
         )?;
     }
+    // Packet rate and round trips: the contenders that ran everything.
+    let measured = report.fully_measured();
     let udp_rows: Vec<BarRow> = measured
         .iter()
         .map(|c| BarRow {

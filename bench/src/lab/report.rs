@@ -8,11 +8,11 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::contenders::{Contender, KERNEL_BASELINE, KERNEL_SAME_NODE, Placement};
+use super::contenders::{Contender, KERNEL_BASELINE, KERNEL_SAME_NODE, Placement, Underlay};
 use super::criterion::CriterionFigure;
 use super::latency::{CurvePoint, Percentiles, curve, histogram};
 use super::measure::{Cpu, IdleRun, LatencyRun, Settings, TcpRun, UdpRun};
-use super::stats::{Spread, per_unit};
+use super::stats::{Spread, per_unit, ratio};
 
 /// Everything one invocation measured.
 #[derive(Debug, Serialize)]
@@ -55,12 +55,21 @@ pub struct ContenderResult {
     pub description: String,
     /// Where its pods are: "across-nodes" or "same-node".
     pub placement: Placement,
+    /// Its underlay: model ("whole" or "wire-size") and MTU.
+    pub underlay: Underlay,
+    /// Measured with TCP alone.
+    pub tcp_only: bool,
+    /// The key of the kernel contender on the same underlay model and
+    /// MTU, which `tcp_ratios` hold it against.
+    pub same_underlay_kernel: Option<&'static str>,
     /// Why it was not measured at all, if it was not.
     pub skipped: Option<String>,
     /// Each run, in order.
     pub runs: Vec<RunFigures>,
     /// Median and range over the runs.
     pub summary: Summary,
+    /// Its TCP medians against the kernel's, per stream count.
+    pub tcp_ratios: Vec<TcpRatios>,
 }
 
 impl ContenderResult {
@@ -71,10 +80,82 @@ impl ContenderResult {
             name: contender.name,
             description: contender.description(),
             placement: contender.placement,
+            underlay: contender.underlay,
+            tcp_only: contender.tcp_only,
+            same_underlay_kernel: contender.same_underlay_kernel().map(|k| k.key),
             skipped: None,
             runs: Vec::new(),
             summary: Summary::default(),
+            tcp_ratios: Vec::new(),
         }
+    }
+
+    /// Its Gbit/s over the same-underlay kernel's with `streams` streams.
+    pub fn gbps_to_same_underlay_kernel(&self, streams: u32) -> Option<f64> {
+        self.tcp_ratios
+            .iter()
+            .find(|r| r.streams == streams)?
+            .gbps_to_same_underlay_kernel
+    }
+
+    /// What `ethtool -k` said of TSO on node 1's uplink in the last run
+    /// that read it.
+    pub fn uplink_tso(&self) -> Option<&str> {
+        self.runs.iter().rev().find_map(|r| r.uplink_tso.as_deref())
+    }
+}
+
+/// A contender's TCP median against the kernel's, with one stream count.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct TcpRatios {
+    /// Parallel streams.
+    pub streams: u32,
+    /// Gbit/s over the kernel's on the same underlay model and MTU
+    /// (higher is better).
+    pub gbps_to_same_underlay_kernel: Option<f64>,
+    /// Datapath cores per Gbit/s over that kernel's (lower is better).
+    pub datapath_cores_per_gbps_to_same_underlay_kernel: Option<f64>,
+    /// Gbit/s over the issue's baseline, `kernel-offloads-on` (MTU 1500,
+    /// segments whole), whatever this contender's underlay.
+    pub gbps_to_kernel_offloads_on: Option<f64>,
+}
+
+/// Fill every contender's `tcp_ratios` from the summaries: against the
+/// kernel on its own underlay (when it has one and it was measured) and
+/// against [`KERNEL_BASELINE`].
+pub fn set_tcp_ratios(results: &mut [ContenderResult]) {
+    let summary_of = |key: &str| find(results, key).map(|c| &c.summary);
+    let all: Vec<Vec<TcpRatios>> = results
+        .iter()
+        .map(|c| {
+            let same = c.same_underlay_kernel.and_then(summary_of);
+            let base = summary_of(KERNEL_BASELINE);
+            c.summary
+                .tcp
+                .iter()
+                .map(|t| {
+                    let kernel = same.and_then(|k| k.tcp_of(t.streams));
+                    TcpRatios {
+                        streams: t.streams,
+                        gbps_to_same_underlay_kernel: ratio(
+                            Some(t.gbps.median),
+                            kernel.map(|k| k.gbps.median),
+                        ),
+                        datapath_cores_per_gbps_to_same_underlay_kernel: ratio(
+                            t.datapath_cores_per_gbps,
+                            kernel.and_then(|k| k.datapath_cores_per_gbps),
+                        ),
+                        gbps_to_kernel_offloads_on: ratio(
+                            Some(t.gbps.median),
+                            base.and_then(|b| b.tcp_gbps(t.streams)),
+                        ),
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    for (c, ratios) in results.iter_mut().zip(all) {
+        c.tcp_ratios = ratios;
     }
 }
 
@@ -91,6 +172,10 @@ pub struct RunFigures {
     pub udp: Vec<UdpRun>,
     /// Round trips, without and with background load.
     pub latency: Vec<LatencyRun>,
+    /// TSO on node 1's uplink, as `ethtool -k` said it ("off [requested
+    /// on]": veth turned it off beside node 2's XDP program); `None`
+    /// without nodes.
+    pub uplink_tso: Option<String>,
     /// What failed in this run.
     pub errors: Vec<String>,
 }
@@ -317,6 +402,11 @@ impl Summary {
     }
 }
 
+/// The measured contender `key` among `results`.
+fn find<'a>(results: &'a [ContenderResult], key: &str) -> Option<&'a ContenderResult> {
+    results.iter().find(|c| c.key == key && c.skipped.is_none())
+}
+
 /// The distinct values of `values`, in first-seen order.
 fn distinct<T: PartialEq>(values: impl Iterator<Item = T>) -> Vec<T> {
     let mut seen = Vec::new();
@@ -331,18 +421,12 @@ fn distinct<T: PartialEq>(values: impl Iterator<Item = T>) -> Vec<T> {
 impl Report {
     /// The kernel baseline's figures, when it was measured.
     pub fn baseline(&self) -> Option<&Summary> {
-        self.contenders
-            .iter()
-            .find(|c| c.key == KERNEL_BASELINE && c.skipped.is_none())
-            .map(|c| &c.summary)
+        self.contender(KERNEL_BASELINE).map(|c| &c.summary)
     }
 
     /// The same-node kernel baseline's figures, when it was measured.
     pub fn same_node_baseline(&self) -> Option<&Summary> {
-        self.contenders
-            .iter()
-            .find(|c| c.key == KERNEL_SAME_NODE && c.skipped.is_none())
-            .map(|c| &c.summary)
+        self.contender(KERNEL_SAME_NODE).map(|c| &c.summary)
     }
 
     /// The measured contenders placed `placement`, in order.
@@ -351,6 +435,30 @@ impl Report {
             .iter()
             .filter(|c| c.skipped.is_none() && c.placement == placement)
             .collect()
+    }
+
+    /// The measured contenders across nodes that ran every measurement,
+    /// not TCP alone, in order.
+    pub fn fully_measured(&self) -> Vec<&ContenderResult> {
+        self.measured(Placement::AcrossNodes)
+            .into_iter()
+            .filter(|c| !c.tcp_only)
+            .collect()
+    }
+
+    /// Whether any contender has a TCP ratio to the kernel on its own
+    /// underlay (its kernel was measured too).
+    pub fn has_same_underlay_ratios(&self) -> bool {
+        self.contenders.iter().any(|c| {
+            c.tcp_ratios
+                .iter()
+                .any(|r| r.gbps_to_same_underlay_kernel.is_some())
+        })
+    }
+
+    /// The measured contender `key`, if there is one.
+    pub fn contender(&self, key: &str) -> Option<&ContenderResult> {
+        find(&self.contenders, key)
     }
 
     /// Write the report as pretty JSON to `path`.
@@ -384,6 +492,7 @@ pub fn utc_timestamp(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lab::contenders::select;
     use crate::lab::latency::record;
     use crate::lab::measure::Background;
 
@@ -445,6 +554,7 @@ mod tests {
                 counters: None,
             }],
             latency: vec![latency(false), latency(true)],
+            uplink_tso: None,
             errors: Vec::new(),
         }
     }
@@ -484,5 +594,52 @@ mod tests {
         // Nothing measured, nothing summarized.
         let empty = Summary::of(&[]).unwrap();
         assert!(empty.tcp.is_empty() && empty.udp.is_empty() && empty.latency.is_empty());
+    }
+
+    #[test]
+    fn ratios_to_the_kernel_on_the_same_underlay() {
+        let keys = "podswitch-vxlan-tap-adaptive-jumbo-whole, kernel-offloads-on-jumbo, \
+                    kernel-offloads-on, podswitch-vxlan-tap-adaptive, veth";
+        let contenders = select(Some(keys), &[]).unwrap();
+        let mut results: Vec<ContenderResult> =
+            contenders.iter().map(ContenderResult::new).collect();
+        for (r, gbps) in results.iter_mut().zip([8.0, 10.0, 16.0, 4.0, 5.0]) {
+            r.runs.push(run(1, gbps, 100_000.0, 50));
+            r.summary = Summary::of(&r.runs).unwrap();
+        }
+        set_tcp_ratios(&mut results);
+        let jumbo = results[0].tcp_ratios[0];
+        assert_eq!(
+            results[0].same_underlay_kernel,
+            Some("kernel-offloads-on-jumbo")
+        );
+        assert_eq!(jumbo.streams, 1);
+        assert_eq!(jumbo.gbps_to_same_underlay_kernel, Some(0.8));
+        assert_eq!(jumbo.gbps_to_kernel_offloads_on, Some(0.5));
+        // The same datapath cores (1.0) for 8 Gbit/s against 10.
+        let cores = jumbo
+            .datapath_cores_per_gbps_to_same_underlay_kernel
+            .unwrap();
+        assert!((cores - 1.25).abs() < 1e-9, "{cores}");
+        // TAP pods at MTU 1500 on the wire-size underlay: that kernel was
+        // not measured, the issue's baseline was.
+        let tap = results[3].tcp_ratios[0];
+        assert_eq!(results[3].same_underlay_kernel, Some("kernel-wire-frames"));
+        assert_eq!(tap.gbps_to_same_underlay_kernel, None);
+        assert_eq!(tap.datapath_cores_per_gbps_to_same_underlay_kernel, None);
+        assert_eq!(tap.gbps_to_kernel_offloads_on, Some(0.25));
+        // The kernels and the bare veth have no same-underlay kernel.
+        for r in &results[1..3] {
+            assert_eq!(r.same_underlay_kernel, None);
+        }
+        assert_eq!(results[4].tcp_ratios[0].gbps_to_same_underlay_kernel, None);
+        // A skipped kernel gives no ratio.
+        results[1].skipped = Some("could not be set up".into());
+        set_tcp_ratios(&mut results);
+        assert_eq!(results[0].tcp_ratios[0].gbps_to_same_underlay_kernel, None);
+        assert_eq!(
+            results[0].tcp_ratios[0].gbps_to_kernel_offloads_on,
+            Some(0.5)
+        );
     }
 }
