@@ -9,13 +9,14 @@
 
 use std::fs::File;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use ipnet::{IpNet, Ipv4Net};
 use nix::sched::{CloneFlags, setns};
 use podswitch_control::MacAddr;
+use podswitch_netdev::ethtool::{self, Offload};
 use podswitch_netdev::netlink::{Netlink, disable_ipv6};
 use podswitch_netdev::netns::in_netns;
 use podswitch_netdev::tap::TapDevice;
@@ -194,49 +195,13 @@ pub fn observe(netns: &OwnedFd, ifname: &str) -> Result<Observed> {
     })
 }
 
-/// The legacy ethtool commands that set one offload feature.
-const ETHTOOL_STXCSUM: u32 = 0x17;
-const ETHTOOL_STSO: u32 = 0x1f;
-const ETHTOOL_SGSO: u32 = 0x24;
-
-/// `struct ethtool_value` of `<linux/ethtool.h>`.
-#[repr(C)]
-struct EthtoolValue {
-    cmd: u32,
-    data: u32,
-}
-
 /// Turn TX checksum offload, TSO and GSO off on `ifname` in the calling
-/// thread's namespace (the ethtool ioctl: libc has no binding for these
-/// commands, and they are three calls).
+/// thread's namespace.
 fn offloads_off(ifname: &str) -> Result<()> {
-    // SAFETY: socket(2) with constant arguments; the result is checked.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error()).context("ethtool socket");
-    }
-    // SAFETY: `raw` is a descriptor we just created and nobody else owns.
-    let socket = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-    for (cmd, what) in [
-        (ETHTOOL_STXCSUM, "TX checksum offload"),
-        (ETHTOOL_STSO, "TSO"),
-        (ETHTOOL_SGSO, "GSO"),
-    ] {
-        let mut value = EthtoolValue { cmd, data: 0 };
-        // SAFETY: ifreq is plain old data; all-zero is a valid value.
-        let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (dst, src) in request.ifr_name.iter_mut().zip(ifname.bytes().take(15)) {
-            *dst = src as libc::c_char;
-        }
-        request.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
-        // SAFETY: SIOCETHTOOL reads the ifreq, whose data pointer points at
-        // an ethtool_value that lives across the call.
-        if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL, &mut request) } < 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("turning {what} off on {ifname}"));
-        }
-    }
-    Ok(())
+    Ok(ethtool::turn_off(
+        ifname,
+        &[Offload::TxChecksum, Offload::Tso, Offload::Gso],
+    )?)
 }
 
 #[cfg(test)]

@@ -39,6 +39,7 @@ use crate::worker::{
 };
 use crate::xdp::XdpProgram;
 use podswitch_encap::wire::IpVersion;
+use podswitch_netdev::ethtool::{self, Offload as EthtoolOffload};
 
 /// Size of a buffer frame: a page (the kernel refuses larger chunks, with
 /// hugetlb pages too), which holds a 1500-byte frame with room for any
@@ -65,6 +66,7 @@ pub fn run(config: Config) -> Result<()> {
     let uplink_mac = uplink
         .mac
         .with_context(|| format!("uplink {} has no MAC address", config.uplink))?;
+    complete_checksums_on_a_veth_uplink(&config.uplink);
     let underlay_mtu = config.underlay_mtu.map_or(uplink.mtu, u32::from);
     check_underlay_mtu(underlay_mtu, config.underlay_mtu.is_some(), &config.uplink)?;
     let tunnel = match config.tunnel_offload {
@@ -401,6 +403,27 @@ fn open_tunnel_port(
     }
     tracing::info!(port = %name, %mac, queues = queues.len(), "the kernel cuts TAP pods' super-frames (UDP tunnel GSO)");
     Ok(Some((queues, mac)))
+}
+
+/// On a veth uplink, turn TX checksum offload off: a veth hands its peer
+/// a packet's checksum unfinished, and the peer — another podswitch node,
+/// whose XDP program takes the packet before any checksum is finished —
+/// would find the tunnel packets the node's kernel sends (through the
+/// tunnel port, or its own) with a partial outer UDP checksum and drop
+/// them. A NIC finishes checksums before the wire, so other uplinks keep
+/// theirs. A failure is logged: the switch's own AF_XDP packets carry
+/// complete checksums either way.
+fn complete_checksums_on_a_veth_uplink(uplink: &str) {
+    if !ethtool::driver(uplink).is_ok_and(|driver| driver == "veth") {
+        return;
+    }
+    match ethtool::turn_off(uplink, &[EthtoolOffload::TxChecksum]) {
+        Ok(()) => tracing::info!(
+            uplink,
+            "TX checksum offload turned off on the veth uplink: its peer gets finished checksums"
+        ),
+        Err(e) => tracing::warn!(uplink, "{e}"),
+    }
 }
 
 /// Bind a socket on every active RX queue of the uplink; the first one

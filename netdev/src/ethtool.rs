@@ -1,0 +1,152 @@
+//! The few ethtool calls podswitch makes, through the `SIOCETHTOOL` ioctl
+//! (the legacy commands: libc has no binding for them, and they are one
+//! call each): which driver an interface has, and turning its offloads
+//! off.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// `ETHTOOL_GDRVINFO`: the driver's name and version.
+const ETHTOOL_GDRVINFO: u32 = 0x03;
+/// `ETHTOOL_STXCSUM`: TX checksum offload on or off.
+const ETHTOOL_STXCSUM: u32 = 0x17;
+/// `ETHTOOL_STSO`: TCP segmentation offload on or off.
+const ETHTOOL_STSO: u32 = 0x1f;
+/// `ETHTOOL_SGSO`: generic segmentation offload on or off.
+const ETHTOOL_SGSO: u32 = 0x24;
+
+/// `struct ethtool_value` of `<linux/ethtool.h>`.
+#[repr(C)]
+struct EthtoolValue {
+    cmd: u32,
+    data: u32,
+}
+
+/// `struct ethtool_drvinfo` of `<linux/ethtool.h>`.
+#[repr(C)]
+struct EthtoolDrvinfo {
+    cmd: u32,
+    driver: [u8; 32],
+    version: [u8; 32],
+    fw_version: [u8; 32],
+    bus_info: [u8; 32],
+    erom_version: [u8; 32],
+    reserved2: [u8; 12],
+    n_priv_flags: u32,
+    n_stats: u32,
+    testinfo_len: u32,
+    eedump_len: u32,
+    regdump_len: u32,
+}
+
+/// An offload feature that can be turned off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offload {
+    /// TX checksum offload.
+    TxChecksum,
+    /// TCP segmentation offload.
+    Tso,
+    /// Generic segmentation offload.
+    Gso,
+}
+
+impl Offload {
+    fn command(self) -> u32 {
+        match self {
+            Offload::TxChecksum => ETHTOOL_STXCSUM,
+            Offload::Tso => ETHTOOL_STSO,
+            Offload::Gso => ETHTOOL_SGSO,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Offload::TxChecksum => "TX checksum offload",
+            Offload::Tso => "TSO",
+            Offload::Gso => "GSO",
+        }
+    }
+}
+
+/// Send one ethtool command about `ifname`, with `data` as its argument
+/// (the command's struct, its first field the command).
+fn ethtool<T>(ifname: &str, data: &mut T) -> io::Result<()> {
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a descriptor we just created and nobody else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in request.ifr_name.iter_mut().zip(ifname.bytes().take(15)) {
+        *dst = src as libc::c_char;
+    }
+    request.ifr_ifru.ifru_data = (data as *mut T).cast();
+    // SAFETY: SIOCETHTOOL reads the ifreq and the command struct its data
+    // pointer points at (and may write that struct), which lives across
+    // the call and is of the command's layout.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL, &mut request) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The name of `ifname`'s driver ("veth", "tun", "mlx5_core", …).
+pub fn driver(ifname: &str) -> io::Result<String> {
+    let mut info = EthtoolDrvinfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        version: [0; 32],
+        fw_version: [0; 32],
+        bus_info: [0; 32],
+        erom_version: [0; 32],
+        reserved2: [0; 12],
+        n_priv_flags: 0,
+        n_stats: 0,
+        testinfo_len: 0,
+        eedump_len: 0,
+        regdump_len: 0,
+    };
+    ethtool(ifname, &mut info)?;
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+/// Turn `offloads` off on `ifname`, in order; the first failure names the
+/// offload and the interface.
+pub fn turn_off(ifname: &str, offloads: &[Offload]) -> io::Result<()> {
+    for &offload in offloads {
+        let mut value = EthtoolValue {
+            cmd: offload.command(),
+            data: 0,
+        };
+        ethtool(ifname, &mut value).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("turning {} off on {ifname}: {e}", offload.name()),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_loopback_driver_is_named_and_a_missing_interface_is_an_error() {
+        // Every namespace has lo; its driver answers GDRVINFO on this
+        // kernel (an empty name is fine, an error is not).
+        assert!(driver("lo").is_ok());
+        let missing = driver("no-such-if0").unwrap_err();
+        assert_eq!(missing.raw_os_error(), Some(libc::ENODEV));
+        let refused = turn_off("no-such-if0", &[Offload::TxChecksum]).unwrap_err();
+        assert!(
+            refused.to_string().contains("TX checksum offload"),
+            "{refused}"
+        );
+    }
+}
