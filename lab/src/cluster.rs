@@ -95,6 +95,9 @@ pub struct SwitchOptions {
     /// The daemon's `tunnel_offload` ("auto" or "off"); its default
     /// (auto) when `None`.
     pub tunnel_offload: Option<String>,
+    /// The daemon's `spin_us` (adaptive polling's spin window); its
+    /// default when `None`.
+    pub spin_us: Option<u32>,
 }
 
 impl Default for SwitchOptions {
@@ -110,6 +113,7 @@ impl Default for SwitchOptions {
             underlay_mtu: 1500,
             max_pods: None,
             tunnel_offload: None,
+            spin_us: None,
         }
     }
 }
@@ -172,6 +176,9 @@ impl SwitchNode {
         }
         if let Some(mode) = &options.tunnel_offload {
             config.push_str(&format!("tunnel_offload = \"{mode}\"\n"));
+        }
+        if let Some(spin_us) = options.spin_us {
+            config.push_str(&format!("spin_us = {spin_us}\n"));
         }
         for peer in peers {
             config.push_str(&format!(

@@ -339,6 +339,7 @@ fn print_stats(stats: &StatsReport) {
             ("kernel: fill_ring_empty", k.fill_ring_empty),
             ("kernel: invalid_descs", k.invalid_descs),
             ("interface: rx_dropped", c.interface_rx_dropped),
+            ("tap queue: dropped", c.tap_queue_dropped),
         ];
         let all = c
             .drops

@@ -296,6 +296,9 @@ pub struct Binaries {
     pub podswitch: PathBuf,
     /// The `podswitch-cni` plugin.
     pub cni: CniPlugin,
+    /// The daemons' `spin_us` (adaptive polling's spin window), when the
+    /// command line sets one; the daemon's default otherwise.
+    pub spin_us: Option<u32>,
 }
 
 /// The nodes of a testbed, whose processes stop when dropped.
@@ -434,6 +437,7 @@ fn podswitch_nodes(
         cni: Some(binaries.cni.clone()),
         pod_interface: Some(setup.pod_interface.into()),
         underlay_mtu: UNDERLAY_MTU,
+        spin_us: binaries.spin_us,
         ..SwitchOptions::default()
     };
     let n1 = lab.netns("n1")?;

@@ -618,8 +618,13 @@ pub fn counters_line(node: &Value) -> String {
                     }
                 }
             }
-            if let Some(n) = c["interface_rx_dropped"].as_u64().filter(|&n| n > 0) {
-                drops.push(format!("interface rx_dropped {n} on {port}"));
+            for (field, what) in [
+                ("interface_rx_dropped", "interface rx_dropped"),
+                ("tap_queue_dropped", "TAP queue dropped"),
+            ] {
+                if let Some(n) = c[field].as_u64().filter(|&n| n > 0) {
+                    drops.push(format!("{what} {n} on {port}"));
+                }
             }
         }
     }
@@ -869,15 +874,16 @@ mod tests {
             "ports": {
                 "ul0": {"tx_packets": 100, "kernel": {"rx_ring_full": 0}},
                 "vp1x2": {"rx_packets": 120, "drops": {"tx_ring_full": 20},
-                          "interface_rx_dropped": 5}
+                          "interface_rx_dropped": 5},
+                "pstap": {"rx_packets": 7, "tap_queue_dropped": 9}
             },
             "workers": [{"batches": [1, 0, 0, 0, 0, 0, 3], "sleeps": 2}]
         });
         assert_eq!(
             counters_line(&node),
-            "ul0 rx 0 tx 100, vp1x2 rx 120 tx 0; drops: tx_ring_full 20 on vp1x2, \
-             interface rx_dropped 5 on vp1x2; 4 receive batches, 75 % of them full (64 frames); \
-             2 sleeps"
+            "pstap rx 7 tx 0, ul0 rx 0 tx 100, vp1x2 rx 120 tx 0; drops: TAP queue dropped 9 on \
+             pstap, tx_ring_full 20 on vp1x2, interface rx_dropped 5 on vp1x2; 4 receive batches, \
+             75 % of them full (64 frames); 2 sleeps"
         );
         assert_eq!(
             counters_line(&json!(null)),

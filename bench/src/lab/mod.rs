@@ -67,6 +67,10 @@ pub struct LabArgs {
     /// List the contenders and exit.
     #[arg(long)]
     list: bool,
+    /// podswitch's adaptive spin window (`spin_us`) for every podswitch
+    /// contender of this invocation [default: the daemon's].
+    #[arg(long, value_name = "MICROSECONDS")]
+    spin_us: Option<u32>,
 }
 
 /// The docs a full run updates, relative to the working directory.
@@ -90,6 +94,7 @@ pub fn run(args: &LabArgs) -> Result<()> {
             path: vec![cni.parent().map(PathBuf::from).unwrap_or_default()],
             binary: cni,
         },
+        spin_us: args.spin_us,
     };
     let all: Vec<&str> = ALL.iter().map(|c| c.key).collect();
     let contenders = select(args.only.as_deref(), if args.quick { &QUICK } else { &all })?;
