@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use common::{nodes_with, plugin, serial};
+use podswitch_cni::pod_link::TAP_QUEUE_LEN;
 use podswitch_lab::Lab;
 use podswitch_lab::cluster::{
     KernelNode, Pod, SwitchNode, SwitchOptions, connect_underlay, expect_pings, kernel_vtep_mac,
@@ -168,6 +169,14 @@ fn udp_floods_lose_only_what_the_switch_counts() -> Result<()> {
         expect_pings(from, to.ip, what)?;
     }
 
+    // The TAP pod's queue holds what its bursts need while the worker is
+    // off the CPU, not the kernel's 1000.
+    let tap_link = tap.ns.ip(&["-j", "link", "show", "eth0"])?;
+    let qlen = serde_json::from_str::<Value>(&tap_link)?[0]["txqlen"].as_u64();
+    ensure!(
+        qlen == Some(TAP_QUEUE_LEN.into()),
+        "the TAP pod's queue holds {qlen:?} packets: {tap_link}"
+    );
     for payload in [SMALL, LARGE] {
         let kernel = flood(&kernel_from, &kernel_to, payload)?;
         println!("{payload}-byte datagrams through the kernel path: {kernel}");
