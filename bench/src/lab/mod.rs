@@ -243,6 +243,25 @@ fn measure_all(testbed: &Testbed, settings: &Settings, run: u32) -> Result<RunFi
             },
         )?;
     }
+    for pause_us in settings.sparse_pauses_us {
+        attempt(
+            testbed,
+            &format!("sparse round trips, {pause_us} µs apart"),
+            &mut errors,
+            || {
+                let Some(run) = measure::sparse(testbed, settings, pause_us)? else {
+                    return Ok("no switch processes".into());
+                };
+                let line = format!(
+                    "{} round trips, switch {:.1} % of a core per node",
+                    run.round_trips,
+                    100.0 * run.per_node_cores
+                );
+                figures.sparse.push(run);
+                Ok(line)
+            },
+        )?;
+    }
     attempt(testbed, "round trips, loaded", &mut errors, || {
         let l = measure::latency(testbed, settings, true)?;
         let line = latency_line(&l);
