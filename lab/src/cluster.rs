@@ -98,6 +98,9 @@ pub struct SwitchOptions {
     /// The daemon's `spin_us` (adaptive polling's spin window); its
     /// default when `None`.
     pub spin_us: Option<u32>,
+    /// The CPU every node's worker is pinned to; node `i`'s goes to CPU
+    /// `i - 1` when `None`.
+    pub worker_cpu: Option<usize>,
 }
 
 impl Default for SwitchOptions {
@@ -114,6 +117,7 @@ impl Default for SwitchOptions {
             max_pods: None,
             tunnel_offload: None,
             spin_us: None,
+            worker_cpu: None,
         }
     }
 }
@@ -144,8 +148,9 @@ pub struct SwitchNode {
 impl SwitchNode {
     /// Write node `index`'s configuration into `dir` and start `binary`
     /// (the `podswitch` executable) as its daemon inside `ns`, its worker
-    /// pinned to CPU `index - 1` (modulo the CPUs there are); returns once
-    /// the daemon answers on its control socket.
+    /// pinned to CPU `index - 1` (modulo the CPUs there are) unless
+    /// `options` names one; returns once the daemon answers on its
+    /// control socket.
     pub fn start(
         ns: Netns,
         index: u8,
@@ -155,7 +160,10 @@ impl SwitchNode {
         peers: &[PeerEntry],
     ) -> Result<SwitchNode> {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let core = usize::from(index.saturating_sub(1)) % cpus;
+        let core = options
+            .worker_cpu
+            .unwrap_or(usize::from(index.saturating_sub(1)))
+            % cpus;
         std::fs::create_dir_all(dir)?;
         let socket = dir.join(format!("node{index}.sock"));
         let mut config = format!(

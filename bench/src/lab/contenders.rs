@@ -299,6 +299,9 @@ pub struct Binaries {
     /// The daemons' `spin_us` (adaptive polling's spin window), when the
     /// command line sets one; the daemon's default otherwise.
     pub spin_us: Option<u32>,
+    /// The CPU both nodes' workers are pinned to, when the command line
+    /// names one; node 1's to CPU 0 and node 2's to CPU 1 otherwise.
+    pub worker_cpu: Option<usize>,
 }
 
 /// The nodes of a testbed, whose processes stop when dropped.
@@ -438,6 +441,7 @@ fn podswitch_nodes(
         pod_interface: Some(setup.pod_interface.into()),
         underlay_mtu: UNDERLAY_MTU,
         spin_us: binaries.spin_us,
+        worker_cpu: binaries.worker_cpu,
         ..SwitchOptions::default()
     };
     let n1 = lab.netns("n1")?;

@@ -71,6 +71,11 @@ pub struct LabArgs {
     /// contender of this invocation [default: the daemon's].
     #[arg(long, value_name = "MICROSECONDS")]
     spin_us: Option<u32>,
+    /// Pin both nodes' podswitch workers to this CPU (a pinning choice to
+    /// compare) [default: node 1's to CPU 0 beside the sender, node 2's to
+    /// CPU 1 beside the receiver].
+    #[arg(long, value_name = "CPU")]
+    worker_cpu: Option<usize>,
 }
 
 /// The docs a full run updates, relative to the working directory.
@@ -95,6 +100,7 @@ pub fn run(args: &LabArgs) -> Result<()> {
             binary: cni,
         },
         spin_us: args.spin_us,
+        worker_cpu: args.worker_cpu,
     };
     let all: Vec<&str> = ALL.iter().map(|c| c.key).collect();
     let contenders = select(args.only.as_deref(), if args.quick { &QUICK } else { &all })?;
