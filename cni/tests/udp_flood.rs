@@ -20,9 +20,7 @@ use anyhow::{Context, Result, ensure};
 use common::{nodes_with, plugin, serial};
 use podswitch_cni::pod_link::TAP_QUEUE_LEN;
 use podswitch_lab::Lab;
-use podswitch_lab::cluster::{
-    KernelNode, Pod, SwitchNode, SwitchOptions, connect_underlay, expect_pings, kernel_vtep_mac,
-};
+use podswitch_lab::cluster::{Pod, SwitchNode, SwitchOptions, expect_pings, kernel_pods};
 use podswitch_lab::flood::{SocketFloodResult, UdpSocketFlood};
 use podswitch_lab::host::on_cpu;
 use podswitch_lab::udp_sink::{LinkCounters, UdpSink};
@@ -152,15 +150,7 @@ fn udp_floods_lose_only_what_the_switch_counts() -> Result<()> {
     let target = nodes.switches[1].add_cni_pod_as(&mut nodes.lab, &plugin, 2, "veth")?;
     // The kernel path beside it.
     let mut lab = Lab::new("fk")?;
-    let k1 = lab.netns("n1")?;
-    let k2 = lab.netns("n2")?;
-    connect_underlay(&k1, 1, &k2, 2, 1500)?;
-    let k1 = KernelNode::create(k1, 1, 1500)?;
-    let k2 = KernelNode::create(k2, 2, 1500)?;
-    k1.add_peer(2, &kernel_vtep_mac(2))?;
-    k2.add_peer(1, &kernel_vtep_mac(1))?;
-    let kernel_from = k1.add_pod(&mut lab, 2, true)?;
-    let kernel_to = k2.add_pod(&mut lab, 2, true)?;
+    let [kernel_from, kernel_to] = kernel_pods(&mut lab, 1500)?;
     for (from, to, what) in [
         (&veth, &target, "veth pod"),
         (&tap, &target, "TAP pod"),

@@ -637,6 +637,21 @@ impl KernelNode {
     }
 }
 
+/// Two Flannel-style kernel nodes on a veth underlay of `underlay_mtu`,
+/// peered with each other, with one pod each (offloads on, as Flannel
+/// users have them): the kernel path podswitch is compared with. The pods
+/// are 10.244.1.2 and 10.244.2.2; `lab` owns the namespaces.
+pub fn kernel_pods(lab: &mut Lab, underlay_mtu: u32) -> Result<[Pod; 2]> {
+    let n1 = lab.netns("k1")?;
+    let n2 = lab.netns("k2")?;
+    connect_underlay(&n1, 1, &n2, 2, underlay_mtu)?;
+    let k1 = KernelNode::create(n1, 1, underlay_mtu)?;
+    let k2 = KernelNode::create(n2, 2, underlay_mtu)?;
+    k1.add_peer(2, &kernel_vtep_mac(2))?;
+    k2.add_peer(1, &kernel_vtep_mac(1))?;
+    Ok([k1.add_pod(lab, 2, true)?, k2.add_pod(lab, 2, true)?])
+}
+
 /// What a ping run saw.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct PingResult {
