@@ -278,6 +278,7 @@ impl ControlPlane {
             uplink: config.uplink.clone(),
             host_port: (self.parts.host_index != 0).then(|| config.host_port.clone()),
             poll_mode: config.poll_mode,
+            spin_us: config.spin_us,
             frame_count: self.parts.plan.frame_count,
             max_pods: self.parts.plan.max_pods,
             tunnel_port: self
