@@ -283,6 +283,18 @@ impl Config {
                 "list at least one CPU core, e.g. cores = [1]",
             ));
         }
+        let twice = self.cores.iter().enumerate().find_map(|(i, core)| {
+            let first = self.cores.iter().position(|c| c == core)?;
+            (first < i).then_some((first, i, core))
+        });
+        if let Some((first, second, core)) = twice {
+            return Err(invalid(
+                "cores",
+                format!("core {core} is listed twice (entries {first} and {second})"),
+                "list each core once: two polling workers on one core spin against each other \
+                 and each waits out the other's time slice",
+            ));
+        }
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         if let Some(&core) = self.cores.iter().find(|&&c| c >= cpus) {
             return Err(invalid(
@@ -508,6 +520,12 @@ vtep_mac = "02:00:00:00:00:13"
 
         let e = error(&MINIMAL.replace("eth0", "an-interface-name-too-long"));
         assert!(e.contains("`uplink`"), "{e}");
+
+        let e = error(&format!("{MINIMAL}cores = [0, 0]\n"));
+        assert!(
+            e.contains("`cores`") && e.contains("core 0 is listed twice") && e.contains("once"),
+            "{e}"
+        );
 
         let e = error(&format!("{MINIMAL}cores = [4096]\n"));
         assert!(e.contains("`cores`") && e.contains("does not exist"), "{e}");
