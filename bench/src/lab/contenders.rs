@@ -302,6 +302,8 @@ pub struct Binaries {
     /// The CPU both nodes' workers are pinned to, when the command line
     /// names one; node 1's to CPU 0 and node 2's to CPU 1 otherwise.
     pub worker_cpu: Option<usize>,
+    /// The daemons' `tunnel_offload`, when the command line sets it.
+    pub tunnel_offload: Option<String>,
 }
 
 /// The nodes of a testbed, whose processes stop when dropped.
@@ -442,6 +444,7 @@ fn podswitch_nodes(
         underlay_mtu: UNDERLAY_MTU,
         spin_us: binaries.spin_us,
         worker_cpu: binaries.worker_cpu,
+        tunnel_offload: binaries.tunnel_offload.clone(),
         ..SwitchOptions::default()
     };
     let n1 = lab.netns("n1")?;

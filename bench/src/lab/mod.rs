@@ -76,6 +76,12 @@ pub struct LabArgs {
     /// CPU 1 beside the receiver].
     #[arg(long, value_name = "CPU")]
     worker_cpu: Option<usize>,
+    /// podswitch's `tunnel_offload` ("auto" or "off": TAP pods'
+    /// traffic to peers through the node's kernel, or cut by the switch
+    /// and sent through AF_XDP) for every podswitch contender [default:
+    /// the daemon's].
+    #[arg(long, value_name = "MODE", value_parser = ["auto", "off"])]
+    tunnel_offload: Option<String>,
 }
 
 /// The docs a full run updates, relative to the working directory.
@@ -101,6 +107,7 @@ pub fn run(args: &LabArgs) -> Result<()> {
         },
         spin_us: args.spin_us,
         worker_cpu: args.worker_cpu,
+        tunnel_offload: args.tunnel_offload.clone(),
     };
     let all: Vec<&str> = ALL.iter().map(|c| c.key).collect();
     let contenders = select(args.only.as_deref(), if args.quick { &QUICK } else { &all })?;
