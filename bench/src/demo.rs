@@ -7,7 +7,9 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use podswitch_lab::cluster::{Pod, SwitchNode, SwitchOptions, SwitchPair, node_ip, ping_stats};
+use podswitch_lab::cluster::{
+    Pod, SwitchNode, SwitchOptions, SwitchPair, kernel_pods, node_ip, ping_stats,
+};
 use podswitch_lab::cni::CniPlugin;
 use podswitch_lab::cpu::CpuMeter;
 use podswitch_lab::interrupt::{catch_interrupts, check_interrupted};
@@ -94,7 +96,9 @@ fn step(what: &str) -> Result<()> {
 pub fn run(args: &DemoArgs) -> Result<()> {
     podswitch_lab::require_root()?;
     // Every program the demo runs, before it builds anything.
-    tools::require_all(&["ip", "ethtool", "ping", "iperf3", "timeout", "cat"])?;
+    tools::require_all(&[
+        "ip", "ethtool", "ping", "iperf3", "timeout", "cat", "sysctl", "bridge",
+    ])?;
     catch_interrupts()?;
     let binary = sibling_binary("podswitch")?;
     let mut lab = Lab::new("demo")?;
@@ -159,7 +163,18 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             ),
         ),
     ];
-    for (from, to, what) in pings {
+    step("the same ping across the kernel path (Flannel-style bridge and VXLAN), to compare")?;
+    let mut kernel_lab = Lab::new("demok")?;
+    let kernel = kernel_pods(&mut kernel_lab, 1500)?;
+    let kernel_ping = (
+        &kernel[0].ns,
+        kernel[1].ip,
+        format!(
+            "kernel path: pod {} -> pod {} (across nodes)",
+            kernel[0].ip, kernel[1].ip
+        ),
+    );
+    for (from, to, what) in pings.into_iter().chain([kernel_ping]) {
         let p = ping_stats(from, to, 5).with_context(|| format!("ping {what}"))?;
         rows.push(Row {
             what,

@@ -113,14 +113,26 @@ fn configure(netlink: &Netlink, netns: &OwnedFd, pod: &PodInterface) -> Result<C
     })
 }
 
+/// Packets a pod's TAP device queues for the switch to read. The kernel
+/// drops at the tail of a full TAP queue (no backpressure to the pod's
+/// sender), so the queue is what absorbs the pod's bursts while the
+/// switch's worker is off its CPU: as many as an AF_XDP pod socket's
+/// largest fill ring (`frame_budget::FILL_MAX`), not the kernel's 1000.
+pub const TAP_QUEUE_LEN: u32 = 4096;
+
 /// Create and configure the pod's TAP device (persistent, with a
-/// virtio-net header and offloads on) for the switch to attach to; its
-/// MAC. On failure nothing is left.
+/// virtio-net header and offloads on, a queue of [`TAP_QUEUE_LEN`]) for
+/// the switch to attach to; its MAC. On failure nothing is left.
 pub fn create_tap(netns: &OwnedFd, pod: &PodInterface) -> Result<MacAddr> {
     in_netns(netns, || {
         TapDevice::create_persistent(pod.ifname)
             .with_context(|| format!("creating TAP device {}", pod.ifname))?;
-        configure_in_pod(pod).inspect_err(|_| {
+        let configured = Netlink::open().and_then(|netlink| {
+            let link = netlink.require_link(pod.ifname)?;
+            netlink.set_tx_queue_len(link.index, TAP_QUEUE_LEN)?;
+            configure_in_pod(pod)
+        });
+        configured.inspect_err(|_| {
             let _ = Netlink::open().and_then(|n| n.delete_link(pod.ifname));
         })
     })

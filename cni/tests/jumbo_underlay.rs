@@ -16,8 +16,8 @@ use std::net::Ipv4Addr;
 use anyhow::{Context, Result, ensure};
 use common::{Nodes, nodes_with, plugin, serial};
 use podswitch_lab::cluster::{
-    KernelNode, Pod, SwitchNode, SwitchOptions, connect_underlay, expect_iperf, kernel_vtep_mac,
-    ping_received, switch_and_kernel_node,
+    Pod, SwitchNode, SwitchOptions, expect_iperf, kernel_pods, ping_received,
+    switch_and_kernel_node,
 };
 use podswitch_lab::traffic::{IPERF_PORT, IperfClient, iperf_server};
 use podswitch_lab::{Lab, Netns};
@@ -299,15 +299,7 @@ fn measure_jumbo_underlay() -> Result<()> {
         );
     }
     let mut lab = Lab::new("jumbo-measure-kernel")?;
-    let n1 = lab.netns("n1")?;
-    let n2 = lab.netns("n2")?;
-    connect_underlay(&n1, 1, &n2, 2, UNDERLAY_MTU)?;
-    let k1 = KernelNode::create(n1, 1, UNDERLAY_MTU)?;
-    let k2 = KernelNode::create(n2, 2, UNDERLAY_MTU)?;
-    k1.add_peer(2, &kernel_vtep_mac(2))?;
-    k2.add_peer(1, &kernel_vtep_mac(1))?;
-    let a = k1.add_pod(&mut lab, 2, true)?;
-    let b = k2.add_pod(&mut lab, 2, true)?;
+    let [a, b] = kernel_pods(&mut lab, UNDERLAY_MTU)?;
     let kernel = median_tcp(&a, &b, 3)?;
     eprintln!("kernel vxlan, underlay MTU {UNDERLAY_MTU}: {kernel:.2} Gbit/s");
     Ok(())

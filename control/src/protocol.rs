@@ -235,6 +235,10 @@ pub struct Info {
     pub host_port: Option<String>,
     /// Adaptive or busy polling.
     pub poll_mode: PollMode,
+    /// Adaptive polling's spin window: microseconds a worker keeps
+    /// polling after its last packet.
+    #[serde(default)]
+    pub spin_us: u32,
     /// Buffer frames (4 KiB each) in the switch's buffer area.
     #[serde(default)]
     pub frame_count: u32,

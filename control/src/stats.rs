@@ -62,6 +62,12 @@ pub struct PortReport {
     /// any XDP program or socket saw them (a veth whose receive queue was
     /// full) — `ip -s link`'s RX dropped.
     pub interface_rx_dropped: u64,
+    /// For a pod's TAP port: frames the pod's kernel dropped in the TAP
+    /// device's queue because the switch had not read them yet (the
+    /// device's `TX dropped` in the pod): the pod sent faster than the
+    /// switch read, and the kernel gives a TAP sender no backpressure.
+    #[serde(default)]
+    pub tap_queue_dropped: u64,
     /// Large-segment work on the port (TAP ports with offloads).
     #[serde(default)]
     pub offload: OffloadCounts,

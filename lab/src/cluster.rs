@@ -103,9 +103,15 @@ pub struct SwitchOptions {
     /// The daemon's `tunnel_offload` ("auto" or "off"); its default
     /// (auto) when `None`.
     pub tunnel_offload: Option<String>,
-    /// Workers per node, on CPUs from the node's own on (node i's first
-    /// worker on CPU i − 1, modulo the CPUs there are); one when `None`.
+    /// Workers per node, on consecutive CPUs from the node's first one
+    /// (modulo the CPUs there are); one when `None`.
     pub workers: Option<usize>,
+    /// The daemon's `spin_us` (adaptive polling's spin window); its
+    /// default when `None`.
+    pub spin_us: Option<u32>,
+    /// The CPU every node's first worker is pinned to; node `i`'s goes to
+    /// CPU `i - 1` when `None`.
+    pub worker_cpu: Option<usize>,
 }
 
 impl Default for SwitchOptions {
@@ -122,6 +128,8 @@ impl Default for SwitchOptions {
             max_pods: None,
             tunnel_offload: None,
             workers: None,
+            spin_us: None,
+            worker_cpu: None,
         }
     }
 }
@@ -152,8 +160,9 @@ pub struct SwitchNode {
 impl SwitchNode {
     /// Write node `index`'s configuration into `dir` and start `binary`
     /// (the `podswitch` executable) as its daemon inside `ns`, its worker
-    /// pinned to CPU `index - 1` (modulo the CPUs there are); returns once
-    /// the daemon answers on its control socket.
+    /// pinned to CPU `index - 1` (modulo the CPUs there are) unless
+    /// `options` names one; returns once the daemon answers on its
+    /// control socket.
     pub fn start(
         ns: Netns,
         index: u8,
@@ -163,7 +172,9 @@ impl SwitchNode {
         peers: &[PeerEntry],
     ) -> Result<SwitchNode> {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let first = usize::from(index.saturating_sub(1));
+        let first = options
+            .worker_cpu
+            .unwrap_or(usize::from(index.saturating_sub(1)));
         let cores = (0..options.workers.unwrap_or(1).max(1))
             .map(|w| ((first + w) % cpus).to_string())
             .collect::<Vec<_>>()
@@ -188,6 +199,9 @@ impl SwitchNode {
         }
         if let Some(mode) = &options.tunnel_offload {
             config.push_str(&format!("tunnel_offload = \"{mode}\"\n"));
+        }
+        if let Some(spin_us) = options.spin_us {
+            config.push_str(&format!("spin_us = {spin_us}\n"));
         }
         for peer in peers {
             config.push_str(&format!(
@@ -636,6 +650,21 @@ impl KernelNode {
         }
         Ok(pod)
     }
+}
+
+/// Two Flannel-style kernel nodes on a veth underlay of `underlay_mtu`,
+/// peered with each other, with one pod each (offloads on, as Flannel
+/// users have them): the kernel path podswitch is compared with. The pods
+/// are 10.244.1.2 and 10.244.2.2; `lab` owns the namespaces.
+pub fn kernel_pods(lab: &mut Lab, underlay_mtu: u32) -> Result<[Pod; 2]> {
+    let n1 = lab.netns("k1")?;
+    let n2 = lab.netns("k2")?;
+    connect_underlay(&n1, 1, &n2, 2, underlay_mtu)?;
+    let k1 = KernelNode::create(n1, 1, underlay_mtu)?;
+    let k2 = KernelNode::create(n2, 2, underlay_mtu)?;
+    k1.add_peer(2, &kernel_vtep_mac(2))?;
+    k2.add_peer(1, &kernel_vtep_mac(1))?;
+    Ok([k1.add_pod(lab, 2, true)?, k2.add_pod(lab, 2, true)?])
 }
 
 /// What a ping run saw.

@@ -1,9 +1,12 @@
-//! A UDP packet generator fast enough to saturate a pod path: one
+//! UDP packet generators fast enough to saturate a pod path: one
 //! hand-built Ethernet + IPv4 + UDP frame sent over and over through an
 //! AF_PACKET socket, 64 frames per `sendmmsg` call, past the qdisc
 //! (`PACKET_QDISC_BYPASS`) — the way netsniff-ng's trafgen sends, without
-//! its configuration language. iperf3's UDP sender stalls near 100 k
-//! packets per second here; this one sends several times that from one CPU.
+//! its configuration language — and, as an application floods, a UDP
+//! socket sending a fixed number of datagrams 64 per `sendmmsg` call,
+//! through the qdisc, blocking when the path pushes back. iperf3's UDP
+//! sender stalls near 100 k packets per second here; these send several
+//! times that from one CPU.
 
 use std::net::SocketAddrV4;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -173,15 +176,7 @@ impl Flood {
     /// Send the frame as fast as the kernel takes it, until `duration`
     /// has passed or `max_frames` were offered, whichever comes first.
     pub fn run(&self, duration: Duration, max_frames: u64) -> Result<FloodResult> {
-        let mut iov = libc::iovec {
-            iov_base: self.frame.as_ptr() as *mut libc::c_void,
-            iov_len: self.frame.len(),
-        };
-        // SAFETY: mmsghdr is plain old data; all zeroes is valid.
-        let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
-        header.msg_hdr.msg_iov = &mut iov;
-        header.msg_hdr.msg_iovlen = 1;
-        let mut headers = vec![header; BATCH];
+        let mut batch = Batch::new(&self.frame);
         let started = Instant::now();
         let mut result = FloodResult::default();
         while result.offered() < max_frames {
@@ -190,35 +185,133 @@ impl Flood {
                 break;
             }
             let want = BATCH.min((max_frames - result.offered()) as usize);
-            // SAFETY: sendmmsg(2) on a socket we own; every header points at
-            // `iov`, which points at `self.frame`, both alive across the
-            // call and only read by the kernel; `want` ≤ headers.len().
-            let rc = unsafe {
-                libc::sendmmsg(
-                    self.socket.as_raw_fd(),
-                    headers.as_mut_ptr(),
-                    want as libc::c_uint,
-                    0,
-                )
-            };
-            if rc >= 0 {
-                let sent = rc as u64;
-                result.sent += sent;
-                // A short count means the next frame was refused.
-                if (sent as usize) < want {
-                    result.refused += 1;
+            match batch.send(&self.socket, want) {
+                Ok(sent) => {
+                    result.sent += sent as u64;
+                    // A short count means the next frame was refused.
+                    if sent < want {
+                        result.refused += 1;
+                    }
                 }
-                continue;
-            }
-            let error = std::io::Error::last_os_error();
-            match error.raw_os_error() {
-                Some(libc::ENOBUFS | libc::EAGAIN) => result.refused += 1,
-                Some(libc::EINTR) => {}
-                _ => bail!("sending frames: {error}"),
+                Err(error) => match error.raw_os_error() {
+                    Some(libc::ENOBUFS | libc::EAGAIN) => result.refused += 1,
+                    Some(libc::EINTR) => {}
+                    _ => bail!("sending frames: {error}"),
+                },
             }
         }
         result.elapsed = started.elapsed();
         Ok(result)
+    }
+}
+
+/// What a [`UdpSocketFlood`] sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SocketFloodResult {
+    /// Datagrams the kernel took from the socket.
+    pub sent: u64,
+    /// Sends the kernel refused with `ENOBUFS` (a device queue dropped the
+    /// datagram and said so; retried).
+    pub refused: u64,
+}
+
+/// A connected UDP socket in a namespace, sending one datagram over and
+/// over like an application that sends as fast as it may: blocking, so a
+/// path that pushes back (a full queue, a full send buffer) slows it down.
+pub struct UdpSocketFlood {
+    socket: std::net::UdpSocket,
+    payload: Vec<u8>,
+}
+
+impl UdpSocketFlood {
+    /// A socket in `ns` from `from` to `to`, sending `payload_len`-byte
+    /// datagrams.
+    pub fn open(
+        ns: &Netns,
+        from: SocketAddrV4,
+        to: SocketAddrV4,
+        payload_len: usize,
+    ) -> Result<UdpSocketFlood> {
+        let socket = ns.enter(move || {
+            let socket =
+                std::net::UdpSocket::bind(from).with_context(|| format!("binding {from}"))?;
+            socket
+                .connect(to)
+                .with_context(|| format!("connecting to {to}"))?;
+            Ok(socket)
+        })?;
+        Ok(UdpSocketFlood {
+            socket,
+            payload: vec![0; payload_len],
+        })
+    }
+
+    /// Send `count` datagrams, 64 per `sendmmsg` call, as fast as the
+    /// kernel takes them (a refused batch is retried from where it
+    /// stopped).
+    pub fn run(&self, count: u64) -> Result<SocketFloodResult> {
+        let mut batch = Batch::new(&self.payload);
+        let mut result = SocketFloodResult::default();
+        while result.sent < count {
+            let want = BATCH.min((count - result.sent) as usize);
+            match batch.send(&self.socket, want) {
+                Ok(sent) => result.sent += sent as u64,
+                Err(error) => match error.raw_os_error() {
+                    Some(libc::ENOBUFS) => result.refused += 1,
+                    Some(libc::EINTR | libc::EAGAIN) => {}
+                    _ => bail!("sending datagrams: {error}"),
+                },
+            }
+        }
+        Ok(result)
+    }
+}
+
+/// The same bytes [`BATCH`] times over, as `sendmmsg` takes them.
+struct Batch<'a> {
+    /// Where every header points; boxed, so its address stays put.
+    _iov: Box<libc::iovec>,
+    headers: Vec<libc::mmsghdr>,
+    _bytes: std::marker::PhantomData<&'a [u8]>,
+}
+
+impl<'a> Batch<'a> {
+    fn new(bytes: &'a [u8]) -> Batch<'a> {
+        let mut iov = Box::new(libc::iovec {
+            iov_base: bytes.as_ptr() as *mut libc::c_void,
+            iov_len: bytes.len(),
+        });
+        // SAFETY: mmsghdr is plain old data; all zeroes is valid.
+        let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        header.msg_hdr.msg_iov = &mut *iov;
+        header.msg_hdr.msg_iovlen = 1;
+        Batch {
+            _iov: iov,
+            headers: vec![header; BATCH],
+            _bytes: std::marker::PhantomData,
+        }
+    }
+
+    /// Send the bytes `want` (at most [`BATCH`]) times on `socket` in one
+    /// `sendmmsg` call: how many the kernel took, or its error.
+    fn send(&mut self, socket: &impl AsRawFd, want: usize) -> std::io::Result<usize> {
+        let want = want.min(BATCH);
+        // SAFETY: sendmmsg(2) on an open socket; every header points at
+        // the boxed iovec, which points at the borrowed bytes, all alive
+        // across the call and only read by the kernel; `want` ≤
+        // headers.len().
+        let rc = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                self.headers.as_mut_ptr(),
+                want as libc::c_uint,
+                0,
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(rc as usize)
     }
 }
 

@@ -184,11 +184,23 @@ impl Netlink {
     /// Set the largest super-frame the kernel hands an interface
     /// (`gso_max_size`).
     pub fn set_gso_max_size(&self, index: u32, size: u32) -> Result<()> {
+        self.set_link_attribute(index, LinkAttribute::GsoMaxSize(size))
+            .with_context(|| format!("setting gso_max_size {size} on interface {index}"))
+    }
+
+    /// Set how many packets interface `index`'s transmit queue holds
+    /// (`txqueuelen`; for a TAP device, the queue the reader drains).
+    pub fn set_tx_queue_len(&self, index: u32, packets: u32) -> Result<()> {
+        self.set_link_attribute(index, LinkAttribute::TxQueueLen(packets))
+            .with_context(|| format!("setting txqueuelen {packets} on interface {index}"))
+    }
+
+    /// Set one attribute of interface `index`.
+    fn set_link_attribute(&self, index: u32, attribute: LinkAttribute) -> Result<()> {
         let mut link = LinkMessage::default();
         link.header.index = index;
-        link.attributes.push(LinkAttribute::GsoMaxSize(size));
-        self.request(RouteNetlinkMessage::SetLink(link))
-            .with_context(|| format!("setting gso_max_size {size} on interface {index}"))?;
+        link.attributes.push(attribute);
+        self.request(RouteNetlinkMessage::SetLink(link))?;
         Ok(())
     }
 

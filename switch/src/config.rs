@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use podswitch_encap::{Decapsulator, TunnelKind, Vni};
@@ -18,6 +19,13 @@ pub use podswitch_control::protocol::{Encap, PeerConfig, PollMode};
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/podswitch";
 /// Name of the host port (a TAP device) unless configured.
 pub const DEFAULT_HOST_PORT: &str = "podsw0";
+/// How long an adaptive worker keeps polling after the last packet, in
+/// microseconds, unless configured: longer than a pod-to-pod round trip
+/// across nodes, so a request's answer finds the worker still awake.
+pub const DEFAULT_SPIN_US: u32 = 200;
+/// The longest spin window `spin_us` takes: past it, busy polling is the
+/// honest setting.
+pub const MAX_SPIN_US: u32 = 100_000;
 /// Default name of the tunnel port's TAP device.
 pub const DEFAULT_TUNNEL_PORT: &str = "podswt0";
 
@@ -63,6 +71,10 @@ pub struct Config {
     /// adaptive (default) or busy.
     #[serde(default)]
     pub poll_mode: PollMode,
+    /// Adaptive mode: microseconds a worker keeps polling after the last
+    /// packet before it sleeps in `poll()`.
+    #[serde(default = "default_spin_us")]
+    pub spin_us: u32,
     /// XDP attach mode: auto (native where the driver has it), native or generic.
     #[serde(default)]
     pub xdp_mode: XdpModeChoice,
@@ -111,6 +123,9 @@ pub struct Config {
 
 fn default_vni() -> u32 {
     1
+}
+fn default_spin_us() -> u32 {
+    DEFAULT_SPIN_US
 }
 fn default_cores() -> Vec<usize> {
     vec![0]
@@ -251,11 +266,33 @@ impl Config {
                 "use the underlay's IP MTU, 576 to 9216 (1500 on most networks)",
             ));
         }
+        if self.spin_us > MAX_SPIN_US {
+            return Err(invalid(
+                "spin_us",
+                format!("{} µs is longer than {MAX_SPIN_US} µs", self.spin_us),
+                format!(
+                    "use 0 to {MAX_SPIN_US} (the default is {DEFAULT_SPIN_US}), or poll_mode = \"busy\" \
+                     for a worker that never sleeps"
+                ),
+            ));
+        }
         if self.cores.is_empty() {
             return Err(invalid(
                 "cores",
                 "no cores listed",
                 "list at least one CPU core, e.g. cores = [1]",
+            ));
+        }
+        let twice = self.cores.iter().enumerate().find_map(|(i, core)| {
+            let first = self.cores.iter().position(|c| c == core)?;
+            (first < i).then_some((first, i, core))
+        });
+        if let Some((first, second, core)) = twice {
+            return Err(invalid(
+                "cores",
+                format!("core {core} is listed twice (entries {first} and {second})"),
+                "list each core once: two polling workers on one core spin against each other \
+                 and each waits out the other's time slice",
             ));
         }
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -320,6 +357,11 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// How long an adaptive worker keeps polling after its last packet.
+    pub fn spin(&self) -> Duration {
+        Duration::from_micros(self.spin_us.into())
     }
 
     /// The tunnel's UDP port.
@@ -392,6 +434,8 @@ pod_cidr = "10.244.1.0/24"
         assert_eq!(c.encap, Encap::Vxlan);
         assert_eq!(c.tunnel_udp_port(), 4789);
         assert_eq!(c.poll_mode, PollMode::Adaptive);
+        assert_eq!(c.spin_us, DEFAULT_SPIN_US);
+        assert_eq!(c.spin(), Duration::from_micros(DEFAULT_SPIN_US.into()));
         assert_eq!(c.cores, vec![0]);
         assert_eq!(c.gateway(), Ipv4Addr::new(10, 244, 1, 1));
         assert_eq!(c.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
@@ -409,6 +453,7 @@ encap = "geneve"
 udp_port = 6082
 cores = [0]
 poll_mode = "busy"
+spin_us = 50
 xdp_mode = "generic"
 control_socket = "/tmp/ps.sock"
 host_routes = []
@@ -430,6 +475,24 @@ vtep_mac = "02:00:00:00:00:13"
             "02:00:00:00:00:13"
         );
         assert_eq!(c.xdp_mode, XdpModeChoice::Generic);
+        assert_eq!(c.spin(), Duration::from_micros(50));
+    }
+
+    #[test]
+    fn spin_windows_from_none_to_the_limit() {
+        for spin_us in [0, 1, MAX_SPIN_US] {
+            let c = Config::parse(&format!("{MINIMAL}spin_us = {spin_us}\n")).unwrap();
+            assert_eq!(c.spin_us, spin_us);
+        }
+        let e = error(&format!("{MINIMAL}spin_us = {}\n", MAX_SPIN_US + 1));
+        assert!(
+            e.contains("`spin_us`") && e.contains("use 0 to 100000") && e.contains("busy"),
+            "{e}"
+        );
+        let e = error(&format!("{MINIMAL}spin_us = -5\n"));
+        assert!(e.contains("spin_us"), "{e}");
+        let e = error(&format!("{MINIMAL}spin_us = \"200us\"\n"));
+        assert!(e.contains("spin_us"), "{e}");
     }
 
     #[test]
@@ -457,6 +520,12 @@ vtep_mac = "02:00:00:00:00:13"
 
         let e = error(&MINIMAL.replace("eth0", "an-interface-name-too-long"));
         assert!(e.contains("`uplink`"), "{e}");
+
+        let e = error(&format!("{MINIMAL}cores = [0, 0]\n"));
+        assert!(
+            e.contains("`cores`") && e.contains("core 0 is listed twice") && e.contains("once"),
+            "{e}"
+        );
 
         let e = error(&format!("{MINIMAL}cores = [4096]\n"));
         assert!(e.contains("`cores`") && e.contains("does not exist"), "{e}");

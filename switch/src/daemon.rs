@@ -204,6 +204,7 @@ pub fn run(config: Config) -> Result<()> {
             wake: h.wake.clone(),
             growth: growth.clone(),
             poll_mode: config.poll_mode,
+            spin: config.spin(),
             index,
         })
         .collect();

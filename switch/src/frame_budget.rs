@@ -154,9 +154,9 @@ impl FillGrowth {
 }
 
 /// How many frames one socket keeps on its fill ring. A socket that keeps
-/// receiving full batches gets more, from the growth pool (a burst must
-/// not find the ring empty while frames sit free elsewhere); one that goes
-/// quiet gives them back.
+/// receiving full batches, or whose burst found the ring empty, gets
+/// more, from the growth pool (a burst must not find the ring empty while
+/// frames sit free elsewhere); one that goes quiet gives them back.
 #[derive(Debug, Clone, Copy)]
 pub struct FillBudget {
     target: u32,
@@ -165,6 +165,8 @@ pub struct FillBudget {
     /// Frames of the growth pool this socket holds: `target - min`.
     grown: u32,
     received: u64,
+    /// Whether the kernel found the ring empty since the last decay.
+    starved: bool,
 }
 
 impl FillBudget {
@@ -177,6 +179,7 @@ impl FillBudget {
             max,
             grown: 0,
             received: 0,
+            starved: false,
         }
     }
 
@@ -202,11 +205,30 @@ impl FillBudget {
         }
     }
 
+    /// The kernel found the fill ring empty `lost` times since the last
+    /// look (`fill_ring_empty`: a packet dropped each time): grow by that
+    /// many frames, and at least by half, as far as the growth pool
+    /// allows, so the next burst of that size finds frames — a burst that
+    /// arrives while the worker sleeps never shows as a full batch. The
+    /// budget then does not shrink at the next [`FillBudget::decay`].
+    pub fn starved(&mut self, lost: u64, growth: &FillGrowth) {
+        if lost == 0 {
+            return;
+        }
+        self.starved = true;
+        let more = u32::try_from(lost).unwrap_or(u32::MAX).max(self.target / 2);
+        let wanted = self.target.saturating_add(more).min(self.max) - self.min;
+        if wanted > self.grown {
+            self.set_grown(growth.resize(self.grown, wanted));
+        }
+    }
+
     /// Once a second: shrink toward the minimum if the socket received
-    /// less than its target since the last look, giving frames back to
-    /// the growth pool.
+    /// less than its target since the last look and its ring was never
+    /// found empty, giving frames back to the growth pool.
     pub fn decay(&mut self, growth: &FillGrowth) {
-        if self.received < u64::from(self.target) && self.grown > 0 {
+        let starved = std::mem::take(&mut self.starved);
+        if !starved && self.received < u64::from(self.target) && self.grown > 0 {
             let wanted = self.grown.saturating_sub(self.target / 8);
             self.set_grown(growth.resize(self.grown, wanted));
         }
@@ -301,6 +323,37 @@ mod tests {
         assert_eq!(other.target(), 192);
         other.release(&growth);
         assert_eq!((other.target(), growth.in_use()), (128, 0));
+    }
+
+    #[test]
+    fn a_burst_that_found_the_ring_empty_grows_it_by_what_was_lost() {
+        let growth = FillGrowth::new(10_000);
+        let mut budget = FillBudget::new(128, 4096);
+        // A burst of 600 while the worker slept: 128 landed, 472 lost,
+        // and the worker never saw a full batch.
+        budget.received(60, 64, &growth);
+        budget.starved(472, &growth);
+        assert_eq!(budget.target(), 600, "room for the whole burst next time");
+        budget.starved(0, &growth);
+        assert_eq!(budget.target(), 600, "nothing lost, nothing changes");
+        budget.decay(&growth);
+        assert_eq!(budget.target(), 600, "not shrunk the second it starved");
+        budget.decay(&growth);
+        assert!(budget.target() < 600, "quiet afterwards: shrinks again");
+        // A few losses still grow it by half; never past the maximum or
+        // the pool.
+        let before = budget.target();
+        budget.starved(1, &growth);
+        assert_eq!(budget.target(), before + before / 2);
+        budget.starved(1_000_000, &growth);
+        assert_eq!(budget.target(), 4096);
+        let small = FillGrowth::new(100);
+        let mut other = FillBudget::new(128, 4096);
+        other.starved(10_000, &small);
+        assert_eq!(other.target(), 228, "only what the pool has");
+        let mut fixed = FillBudget::new(UPLINK_FILL, UPLINK_FILL);
+        fixed.starved(5, &FillGrowth::new(0));
+        assert_eq!(fixed.target(), UPLINK_FILL);
     }
 
     #[test]

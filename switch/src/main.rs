@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use ipnet::Ipv4Net;
 use podswitch::config::{Config, DEFAULT_CONTROL_SOCKET, PeerConfig};
 use podswitch::control::protocol::{
-    Info, PeerStatus, PortKind, PortSpec, PortStatus, RouteEntry, StatsReport,
+    Info, PeerStatus, PollMode, PortKind, PortSpec, PortStatus, RouteEntry, StatsReport,
 };
 use podswitch::control::{Client, Request};
 use podswitch::mac::MacAddr;
@@ -258,7 +258,13 @@ fn print_info(info: &Info) {
     );
     println!("uplink       {}", info.uplink);
     println!("host port    {}", info.host_port.as_deref().unwrap_or("-"));
-    println!("poll mode    {}", info.poll_mode);
+    match info.poll_mode {
+        PollMode::Adaptive => println!(
+            "poll mode    {} (polls {} µs after the last packet, then sleeps)",
+            info.poll_mode, info.spin_us
+        ),
+        PollMode::Busy => println!("poll mode    {}", info.poll_mode),
+    }
     println!(
         "frames       {} ({} MiB), planned for {} pod sockets",
         info.frame_count,
@@ -339,6 +345,7 @@ fn print_stats(stats: &StatsReport) {
             ("kernel: fill_ring_empty", k.fill_ring_empty),
             ("kernel: invalid_descs", k.invalid_descs),
             ("interface: rx_dropped", c.interface_rx_dropped),
+            ("tap queue: dropped", c.tap_queue_dropped),
         ];
         let all = c
             .drops

@@ -510,6 +510,14 @@ pub struct Binaries {
     pub podswitch: PathBuf,
     /// The `podswitch-cni` plugin.
     pub cni: CniPlugin,
+    /// The daemons' `spin_us` (adaptive polling's spin window), when the
+    /// command line sets one; the daemon's default otherwise.
+    pub spin_us: Option<u32>,
+    /// The CPU both nodes' workers are pinned to, when the command line
+    /// names one; node 1's to CPU 0 and node 2's to CPU 1 otherwise.
+    pub worker_cpu: Option<usize>,
+    /// The daemons' `tunnel_offload`, when the command line sets it.
+    pub tunnel_offload: Option<String>,
 }
 
 /// The nodes of a testbed, whose processes stop when dropped.
@@ -678,6 +686,9 @@ fn podswitch_nodes(
         cni: Some(binaries.cni.clone()),
         pod_interface: Some(setup.pod_interface.into()),
         underlay_mtu: setup.underlay.mtu,
+        spin_us: binaries.spin_us,
+        worker_cpu: binaries.worker_cpu,
+        tunnel_offload: binaries.tunnel_offload.clone(),
         ..SwitchOptions::default()
     };
     let [n1, n2] = underlay_nodes(lab, setup.underlay)?;

@@ -72,6 +72,11 @@ pub struct Settings {
     /// UDP, 1400-byte datagrams, at this many bits per second, between the
     /// same pods.
     pub background_bps: u64,
+    /// Sparse traffic: the pauses between one request's answer and the
+    /// next, microseconds, under which the switch's CPU is measured.
+    pub sparse_pauses_us: [u64; 2],
+    /// Seconds of each sparse exchange.
+    pub sparse_seconds: f64,
 }
 
 impl Settings {
@@ -88,6 +93,8 @@ impl Settings {
             rtt_pause_us: 100,
             rtt_timeout_ms: 100,
             background_bps: 500_000_000,
+            sparse_pauses_us: [1_000, 10_000],
+            sparse_seconds: 2.0,
         }
     }
 
@@ -99,6 +106,7 @@ impl Settings {
             idle_seconds: 0.5,
             rtt_count: 300,
             rtt_seconds: 0.5,
+            sparse_seconds: 0.5,
             ..Settings::full()
         }
     }
@@ -184,6 +192,19 @@ pub struct IdleRun {
     /// Cores the rest of the machine kept busy meanwhile, with no lab
     /// traffic: other work on the machine, which disturbs the figures.
     pub others_cores: f64,
+}
+
+/// The switch's CPU while requests come one at a time with a pause after
+/// each answer: what adaptive polling's spin window costs when traffic is
+/// sparse.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SparseRun {
+    /// Pause between an answer and the next request, microseconds.
+    pub pause_us: u64,
+    /// Round trips made.
+    pub round_trips: u64,
+    /// Cores the switch processes used, per node.
+    pub per_node_cores: f64,
 }
 
 /// One TCP run.
@@ -285,6 +306,34 @@ pub fn idle(testbed: &Testbed, settings: &Settings) -> Result<IdleRun> {
         per_node_cores: cpu.switch / nodes,
         others_cores: (cpu.machine - cpu.switch).max(0.0),
     })
+}
+
+/// Round trips `pause_us` apart for `settings.sparse_seconds`, and the
+/// switch's CPU meanwhile; `None` for a path without switch processes.
+pub fn sparse(testbed: &Testbed, settings: &Settings, pause_us: u64) -> Result<Option<SparseRun>> {
+    let nodes = testbed.switch_pids().len();
+    if nodes == 0 {
+        return Ok(None);
+    }
+    let [a, b] = &testbed.pods;
+    let echo = EchoServer::start(&b.ns, ECHO_PORT, RECEIVER_CPU)?;
+    let client = PingPong {
+        count: u64::MAX,
+        limit: Duration::from_secs_f64(settings.sparse_seconds),
+        pause: Duration::from_micros(pause_us),
+        timeout: Duration::from_millis(settings.rtt_timeout_ms),
+    };
+    let meter = Meter::start(testbed)?;
+    let trips = on_cpu(SENDER_CPU, || {
+        client.run(&a.ns, SocketAddrV4::new(b.ip, ECHO_PORT))
+    })?;
+    let cpu = meter.stop()?;
+    echo.stop()?;
+    Ok(Some(SparseRun {
+        pause_us,
+        round_trips: trips.rtts_ns.len() as u64,
+        per_node_cores: cpu.switch / nodes as f64,
+    }))
 }
 
 /// iperf3 TCP from the sending pod to the receiving pod with `streams`

@@ -68,6 +68,21 @@ pub struct LabArgs {
     /// List the contenders and exit.
     #[arg(long)]
     list: bool,
+    /// podswitch's adaptive spin window (`spin_us`) for every podswitch
+    /// contender of this invocation [default: the daemon's].
+    #[arg(long, value_name = "MICROSECONDS")]
+    spin_us: Option<u32>,
+    /// Pin both nodes' podswitch workers to this CPU (a pinning choice to
+    /// compare) [default: node 1's to CPU 0 beside the sender, node 2's to
+    /// CPU 1 beside the receiver].
+    #[arg(long, value_name = "CPU")]
+    worker_cpu: Option<usize>,
+    /// podswitch's `tunnel_offload` ("auto" or "off": TAP pods'
+    /// traffic to peers through the node's kernel, or cut by the switch
+    /// and sent through AF_XDP) for every podswitch contender [default:
+    /// the daemon's].
+    #[arg(long, value_name = "MODE", value_parser = ["auto", "off"])]
+    tunnel_offload: Option<String>,
 }
 
 /// The docs a full run updates, relative to the working directory.
@@ -92,6 +107,9 @@ pub fn run(args: &LabArgs) -> Result<()> {
             path: vec![cni.parent().map(PathBuf::from).unwrap_or_default()],
             binary: cni,
         },
+        spin_us: args.spin_us,
+        worker_cpu: args.worker_cpu,
+        tunnel_offload: args.tunnel_offload.clone(),
     };
     let all: Vec<&str> = ALL.iter().map(|c| c.key).collect();
     let contenders = select(args.only.as_deref(), if args.quick { &QUICK } else { &all })?;
@@ -245,6 +263,25 @@ fn measure_all(testbed: &Testbed, settings: &Settings, run: u32) -> Result<RunFi
                     u.cpu.machine
                 );
                 figures.udp.push(u);
+                Ok(line)
+            },
+        )?;
+    }
+    for pause_us in settings.sparse_pauses_us {
+        attempt(
+            testbed,
+            &format!("sparse round trips, {pause_us} µs apart"),
+            &mut errors,
+            || {
+                let Some(run) = measure::sparse(testbed, settings, pause_us)? else {
+                    return Ok("no switch processes".into());
+                };
+                let line = format!(
+                    "{} round trips, switch {:.1} % of a core per node",
+                    run.round_trips,
+                    100.0 * run.per_node_cores
+                );
+                figures.sparse.push(run);
                 Ok(line)
             },
         )?;

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::contenders::{Contender, KERNEL_BASELINE, KERNEL_SAME_NODE, Placement, Underlay};
 use super::criterion::CriterionFigure;
 use super::latency::{CurvePoint, Percentiles, curve, histogram};
-use super::measure::{Cpu, IdleRun, LatencyRun, Settings, TcpRun, UdpRun};
+use super::measure::{Cpu, IdleRun, LatencyRun, Settings, SparseRun, TcpRun, UdpRun};
 use super::stats::{Spread, per_unit, ratio};
 
 /// Everything one invocation measured.
@@ -176,6 +176,8 @@ pub struct RunFigures {
     /// on]": veth turned it off beside node 2's XDP program); `None`
     /// without nodes.
     pub uplink_tso: Option<String>,
+    /// The switch's CPU under sparse round trips, per pause.
+    pub sparse: Vec<SparseRun>,
     /// What failed in this run.
     pub errors: Vec<String>,
 }
@@ -193,6 +195,17 @@ pub struct Summary {
     pub udp: Vec<UdpSummary>,
     /// Round trips, without and with background load.
     pub latency: Vec<LatencySummary>,
+    /// The switch's CPU under sparse round trips, per pause.
+    pub sparse: Vec<SparseSummary>,
+}
+
+/// The switch's CPU under sparse round trips over runs.
+#[derive(Debug, Serialize)]
+pub struct SparseSummary {
+    /// Pause between an answer and the next request, microseconds.
+    pub pause_us: u64,
+    /// Cores per node.
+    pub per_node_cores: Spread,
 }
 
 /// CPU over runs, in cores.
@@ -372,12 +385,29 @@ impl Summary {
                 curve: curve(&merged),
             });
         }
+        let sparse = distinct(
+            runs.iter()
+                .flat_map(|r| r.sparse.iter().map(|s| s.pause_us)),
+        )
+        .into_iter()
+        .filter_map(|pause_us| {
+            let cores = runs
+                .iter()
+                .flat_map(|r| r.sparse.iter().filter(|s| s.pause_us == pause_us))
+                .map(|s| s.per_node_cores);
+            Some(SparseSummary {
+                pause_us,
+                per_node_cores: Spread::of(cores)?,
+            })
+        })
+        .collect();
         Ok(Summary {
             idle_cores_per_node,
             idle_others_cores,
             tcp,
             udp,
             latency,
+            sparse,
         })
     }
 
@@ -394,6 +424,14 @@ impl Summary {
     /// The packet-rate summary for `frame_bytes`-byte frames.
     pub fn udp_of(&self, frame_bytes: usize) -> Option<&UdpSummary> {
         self.udp.iter().find(|u| u.frame_bytes == frame_bytes)
+    }
+
+    /// The switch's cores per node under round trips `pause_us` apart.
+    pub fn sparse_cores(&self, pause_us: u64) -> Option<f64> {
+        self.sparse
+            .iter()
+            .find(|s| s.pause_us == pause_us)
+            .map(|s| s.per_node_cores.median)
     }
 
     /// The latency summary without (`false`) or with background load.
@@ -555,6 +593,11 @@ mod tests {
             }],
             latency: vec![latency(false), latency(true)],
             uplink_tso: None,
+            sparse: vec![SparseRun {
+                pause_us: 1000,
+                round_trips: 10,
+                per_node_cores: 0.1 * f64::from(n),
+            }],
             errors: Vec::new(),
         }
     }
@@ -591,9 +634,12 @@ mod tests {
             0.5
         );
         assert!(!lat.curve.is_empty());
+        assert_eq!(s.sparse_cores(1000), Some(0.2));
+        assert_eq!(s.sparse_cores(10), None);
         // Nothing measured, nothing summarized.
         let empty = Summary::of(&[]).unwrap();
         assert!(empty.tcp.is_empty() && empty.udp.is_empty() && empty.latency.is_empty());
+        assert!(empty.sparse.is_empty());
     }
 
     #[test]

@@ -278,6 +278,7 @@ impl ControlPlane {
             uplink: config.uplink.clone(),
             host_port: (self.parts.host_index != 0).then(|| config.host_port.clone()),
             poll_mode: config.poll_mode,
+            spin_us: config.spin_us,
             frame_count: self.parts.plan.frame_count,
             max_pods: self.parts.plan.max_pods,
             tunnel_port: self
@@ -298,16 +299,28 @@ impl ControlPlane {
         self.parts.workers.iter().map(|w| &*w.stats).collect()
     }
 
-    /// A port's counters, with its interface's drops.
+    /// A port's counters, with its interface's drops (a pod TAP device's,
+    /// read in the pod's namespace: no lock may be held).
     fn port_counters(
         blocks: &[&WorkerStats],
         id: PortId,
         links: &HashMap<String, LinkInfo>,
-        name: &str,
+        record: &PortRecord,
     ) -> PortReport {
         let mut report = port_report(blocks, id);
-        report.interface_rx_dropped = links.get(name).map_or(0, |l| l.rx_dropped);
+        report.interface_rx_dropped = links.get(&record.view.name).map_or(0, |l| l.rx_dropped);
+        if let (Some(netns), Some(ifname)) = (&record.netns, &record.ifname) {
+            report.tap_queue_dropped = tap_queue_dropped(netns, ifname);
+        }
         report
+    }
+
+    /// Every port's record, taken under the lock.
+    fn port_records(&self) -> Vec<(PortId, PortRecord)> {
+        self.lock()
+            .ports()
+            .map(|(id, entry)| (id, entry.record.clone()))
+            .collect()
     }
 
     fn link_table() -> HashMap<String, LinkInfo> {
@@ -318,10 +331,10 @@ impl ControlPlane {
     pub fn ports(&self) -> Vec<PortStatus> {
         let links = Self::link_table();
         let blocks = self.worker_stats();
-        self.lock()
-            .ports()
-            .map(|(id, entry)| {
-                let p = &entry.record;
+        self.port_records()
+            .into_iter()
+            .map(|(id, p)| {
+                let counters = Self::port_counters(&blocks, id, &links, &p);
                 PortStatus {
                     id: id.0,
                     name: p.view.name.clone(),
@@ -334,7 +347,7 @@ impl ControlPlane {
                     ip: p.view.ip,
                     mac: p.view.mac,
                     owner: p.owner.clone(),
-                    counters: Self::port_counters(&blocks, id, &links, &p.view.name),
+                    counters,
                 }
             })
             .collect()
@@ -801,12 +814,11 @@ impl ControlPlane {
         let links = Self::link_table();
         let blocks = self.worker_stats();
         let ports: BTreeMap<String, _> = self
-            .lock()
-            .ports()
+            .port_records()
+            .into_iter()
             .map(|(id, p)| {
-                let name = &p.record.view.name;
-                let counters = Self::port_counters(&blocks, id, &links, name);
-                (name.clone(), counters)
+                let counters = Self::port_counters(&blocks, id, &links, &p);
+                (p.view.name, counters)
             })
             .collect();
         let workers: Vec<_> = blocks.iter().map(|b| worker_report(b)).collect();
@@ -934,4 +946,17 @@ pub fn uplink_filter(config: &crate::config::Config) -> UplinkFilter {
         vtep: config.node_ip,
         udp_port: config.tunnel_udp_port(),
     }
+}
+
+/// The TX drops of the TAP device `ifname` in the namespace at `netns`:
+/// frames the pod's kernel dropped because the device's queue was full
+/// (0 when they cannot be read: the pod is going away).
+fn tap_queue_dropped(netns: &std::path::Path, ifname: &str) -> u64 {
+    let read = || -> Result<u64> {
+        let namespace = std::os::fd::OwnedFd::from(std::fs::File::open(netns)?);
+        crate::netns::in_netns(&namespace, || {
+            Ok(Netlink::open()?.link(ifname)?.map_or(0, |l| l.tx_dropped))
+        })
+    };
+    read().unwrap_or(0)
 }

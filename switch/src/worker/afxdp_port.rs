@@ -15,7 +15,7 @@ use podswitch_encap::DropReason;
 use super::BATCH;
 use super::pipeline::{MAX_PACKET_CHUNKS, Packet, Pipeline, Takes};
 use super::port::{Port, TxContext};
-use crate::afxdp::{Desc, XskSocket};
+use crate::afxdp::{Desc, XskSocket, XskStatistics};
 use crate::drops::DropCause;
 use crate::frame_budget::{FillBudget, FillGrowth};
 use crate::frames::{Frame, FramePool};
@@ -34,6 +34,8 @@ pub struct AfXdpPort {
     program: Arc<Mutex<XdpProgram>>,
     sockets: Vec<XskSocket>,
     fill: Vec<FillBudget>,
+    /// Each socket's `fill_ring_empty` at the last housekeeping.
+    fill_empty_seen: Vec<u64>,
     received: Vec<Desc>,
     completed: Vec<u64>,
     to_send: Vec<Desc>,
@@ -52,6 +54,7 @@ impl AfXdpPort {
         AfXdpPort {
             program,
             fill: vec![fill; sockets.len()],
+            fill_empty_seen: vec![0; sockets.len()],
             sockets,
             received: Vec::with_capacity(BATCH + MAX_PACKET_CHUNKS),
             completed: Vec::with_capacity(4 * BATCH),
@@ -293,22 +296,28 @@ impl Port for AfXdpPort {
         let mut total = KernelDrops::default();
         for socket in &self.sockets {
             if let Ok(s) = socket.statistics() {
-                total += KernelDrops {
-                    rx_dropped: s.rx_dropped,
-                    rx_ring_full: s.rx_ring_full,
-                    fill_ring_empty: s.rx_fill_ring_empty_descs,
-                    invalid_descs: s.rx_invalid_descs + s.tx_invalid_descs,
-                };
+                total += kernel_drops(&s);
             }
         }
         stats.kernel_drops(id, total);
     }
 
+    /// Publish the kernel's counters; grow the fill budget of a socket
+    /// whose ring the kernel found empty since the last look, and let the
+    /// budgets of quiet sockets shrink.
     fn housekeeping(&mut self, id: PortId, stats: &WorkerStats, growth: &FillGrowth) {
-        self.publish_kernel_drops(id, stats);
-        for budget in &mut self.fill {
+        let mut total = KernelDrops::default();
+        let budgets = self.fill.iter_mut().zip(&mut self.fill_empty_seen);
+        for (socket, (budget, seen)) in self.sockets.iter().zip(budgets) {
+            if let Ok(s) = socket.statistics() {
+                total += kernel_drops(&s);
+                let empty = s.rx_fill_ring_empty_descs;
+                budget.starved(empty.saturating_sub(*seen), growth);
+                *seen = empty;
+            }
             budget.decay(growth);
         }
+        stats.kernel_drops(id, total);
     }
 
     fn add_sockets(
@@ -321,6 +330,7 @@ impl Port for AfXdpPort {
         for socket in sockets {
             self.sockets.push(socket);
             self.fill.push(budget);
+            self.fill_empty_seen.push(0);
         }
         self.start_sockets(frames, first_new)?;
         // Only a program installed after the queues appeared covers them.
@@ -359,5 +369,15 @@ impl Port for AfXdpPort {
                 frames.reclaimed(addr);
             }
         }
+    }
+}
+
+/// The kernel's counters of one socket as the switch reports them.
+fn kernel_drops(s: &XskStatistics) -> KernelDrops {
+    KernelDrops {
+        rx_dropped: s.rx_dropped,
+        rx_ring_full: s.rx_ring_full,
+        fill_ring_empty: s.rx_fill_ring_empty_descs,
+        invalid_descs: s.rx_invalid_descs + s.tx_invalid_descs,
     }
 }

@@ -15,9 +15,11 @@
 //! decided in `crate::forward`, changed (encapsulated, cut, copied) in
 //! `pipeline.rs`, sent in the ports again.
 //!
-//! In adaptive mode (the default) a worker that finds no work for a short
-//! while sleeps in `poll()` on its ports and wake-up event, so an idle node
-//! does not burn a core; in busy mode it always spins.
+//! In adaptive mode (the default) a worker keeps polling for a time window
+//! after the last packet (`spin_us`, longer than a request/response round
+//! trip, so the answer finds it awake), then sleeps in `poll()` on its
+//! ports and wake-up event, so an idle node does not burn a core; in busy
+//! mode it always spins.
 
 mod afxdp_port;
 mod buffers;
@@ -55,8 +57,6 @@ use buffers::Buffers;
 
 /// Most packets taken from one socket (or TAP device) per pass.
 pub const BATCH: usize = 64;
-/// Idle passes an adaptive worker spins through before it sleeps.
-const SPIN_PASSES: u32 = 256;
 /// Longest sleep; the worker also wakes on traffic and on commands.
 const SLEEP: Duration = Duration::from_secs(1);
 /// How often a worker reads the kernel's socket counters and lets the fill
@@ -107,6 +107,9 @@ pub struct WorkerContext {
     pub growth: Arc<FillGrowth>,
     /// Adaptive or busy.
     pub poll_mode: PollMode,
+    /// How long an adaptive worker keeps polling after its last work
+    /// before it sleeps.
+    pub spin: Duration,
     /// The worker's index.
     pub index: usize,
 }
@@ -137,7 +140,7 @@ impl Worker {
 
     /// Poll until told to stop; then return every frame.
     pub fn run(mut self) {
-        let mut idle_passes = 0u32;
+        let mut idle_since: Option<Instant> = None;
         let mut passes = 0u64;
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         loop {
@@ -152,13 +155,13 @@ impl Worker {
             let worked = self.pass();
             self.ctx.stats.poll(worked);
             if worked {
-                idle_passes = 0;
-            } else {
-                idle_passes += 1;
-                if self.ctx.poll_mode == PollMode::Adaptive && idle_passes >= SPIN_PASSES {
+                idle_since = None;
+            } else if self.ctx.poll_mode == PollMode::Adaptive {
+                let now = Instant::now();
+                if now.duration_since(*idle_since.get_or_insert(now)) >= self.ctx.spin {
                     self.publish_kernel_drops();
                     self.sleep();
-                    idle_passes = 0;
+                    idle_since = None;
                 }
             }
         }

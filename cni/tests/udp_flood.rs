@@ -1,0 +1,200 @@
+//! A UDP flood from a veth pod and from a TAP pod to a pod on the other
+//! node, through podswitch, and the same flood through the kernel path
+//! (Flannel-style: bridge, vxlan, pods on veth with offloads), in one
+//! run. The senders are applications: a UDP socket sending as fast as it
+//! may, blocking when the path pushes back. Loss is what the sender
+//! handed the kernel and the receiving pod's interface never saw. Every
+//! datagram podswitch loses must be counted where an operator looks
+//! (`podswitch stats`: drops by reason, the kernel's AF_XDP counters, the
+//! interfaces' own drops, a TAP pod's queue); the loss beside the kernel
+//! path's is printed (it depends on what else the shared machine runs).
+//! Bounded by datagram counts, no timed assertions. Needs root.
+
+mod common;
+
+use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use common::{nodes_with, plugin, serial};
+use podswitch_cni::pod_link::TAP_QUEUE_LEN;
+use podswitch_lab::Lab;
+use podswitch_lab::cluster::{Pod, SwitchNode, SwitchOptions, expect_pings, kernel_pods};
+use podswitch_lab::flood::{SocketFloodResult, UdpSocketFlood};
+use podswitch_lab::host::on_cpu;
+use podswitch_lab::udp_sink::{LinkCounters, UdpSink};
+use serde_json::Value;
+
+/// Datagrams per flood.
+const DATAGRAMS: u64 = 300_000;
+/// UDP payload of a 64-byte frame (FCS included).
+const SMALL: usize = 18;
+/// UDP payload of a 1400-byte frame.
+const LARGE: usize = 1354;
+/// Where the receiving pod counts datagrams.
+const SINK_PORT: u16 = 9000;
+/// The sender's port.
+const SOURCE_PORT: u16 = 40000;
+/// The sending pod's CPU (node 1's worker's), and the receiving one's.
+const SENDER_CPU: usize = 0;
+const RECEIVER_CPU: usize = 1;
+
+/// What one flood did.
+#[derive(Debug, Clone, Copy)]
+struct Flood {
+    sent: SocketFloodResult,
+    /// Frames the receiving pod's interface received.
+    delivered: u64,
+    /// Datagrams its socket handed the application.
+    app: u64,
+}
+
+impl Flood {
+    /// Sent and never delivered.
+    fn lost(&self) -> u64 {
+        self.sent.sent.saturating_sub(self.delivered)
+    }
+}
+
+impl std::fmt::Display for Flood {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} sent ({} refused and sent again), {} delivered to the pod, {} to its \
+             application, {} lost ({:.1} %)",
+            self.sent.sent,
+            self.sent.refused,
+            self.delivered,
+            self.app,
+            self.lost(),
+            100.0 * self.lost() as f64 / self.sent.sent.max(1) as f64
+        )
+    }
+}
+
+/// Flood `to` from `from` with `DATAGRAMS` datagrams of `payload` bytes.
+fn flood(from: &Pod, to: &Pod, payload: usize) -> Result<Flood> {
+    let sink = UdpSink::bind(&to.ns, SINK_PORT)?;
+    let sender = UdpSocketFlood::open(
+        &from.ns,
+        SocketAddrV4::new(from.ip, SOURCE_PORT),
+        SocketAddrV4::new(to.ip, SINK_PORT),
+        payload,
+    )?;
+    let before = LinkCounters::read(&to.ns, "eth0")?;
+    let stop = AtomicBool::new(false);
+    let (sent, received) = std::thread::scope(|scope| {
+        let receiver =
+            scope.spawn(|| on_cpu(RECEIVER_CPU, || sink.run(&stop, Duration::from_secs(120))));
+        let sent = on_cpu(SENDER_CPU, || sender.run(DATAGRAMS));
+        stop.store(true, Ordering::Relaxed);
+        let received = receiver
+            .join()
+            .unwrap_or_else(|_| anyhow::bail!("the sink panicked"));
+        Ok::<_, anyhow::Error>((sent?, received?))
+    })?;
+    let after = LinkCounters::read(&to.ns, "eth0")?;
+    Ok(Flood {
+        sent,
+        delivered: after.rx_packets - before.rx_packets,
+        app: received.packets,
+    })
+}
+
+/// Each port's counters on `node` (`podswitch stats`).
+fn port_counters(node: &SwitchNode) -> Result<Value> {
+    node.cli_json(&["stats"])
+        .map(|stats| stats["ports"].clone())
+        .context("podswitch stats")
+}
+
+/// The frames `ports_after - ports_before` shows lost, per port and place.
+/// One frame may be counted in several places of a port: a frame the
+/// kernel could not hand to an AF_XDP socket (`kernel: rx_dropped` and
+/// `rx_ring_full`) is also its interface's `rx_dropped`, so a port's loss
+/// is the larger of the two, plus the switch's own drops by reason and a
+/// TAP pod's queue drops.
+fn losses(before: &Value, after: &Value) -> Vec<(String, u64)> {
+    let mut places = Vec::new();
+    for (name, port) in after.as_object().into_iter().flatten() {
+        let old = &before[name];
+        let delta = |path: &[&str]| {
+            let get = |v: &Value| path.iter().fold(v, |v, k| &v[*k]).as_u64().unwrap_or(0);
+            get(port).saturating_sub(get(old))
+        };
+        let reasons: u64 = port["drops"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(reason, _)| delta(&["drops", reason]))
+            .sum();
+        let socket = delta(&["kernel", "rx_dropped"]) + delta(&["kernel", "rx_ring_full"]);
+        let lost =
+            reasons + socket.max(delta(&["interface_rx_dropped"])) + delta(&["tap_queue_dropped"]);
+        if lost > 0 {
+            places.push((name.clone(), lost));
+        }
+    }
+    places
+}
+
+#[test]
+fn udp_floods_lose_only_what_the_switch_counts() -> Result<()> {
+    let _serial = serial();
+    // podswitch: a veth pod and a TAP pod on node 1, the receiver on node 2.
+    let mut nodes = nodes_with("fl", 2, &SwitchOptions::default())?;
+    let plugin = plugin();
+    let veth = nodes.switches[0].add_cni_pod_as(&mut nodes.lab, &plugin, 2, "veth")?;
+    let tap = nodes.switches[0].add_cni_pod_as(&mut nodes.lab, &plugin, 3, "tap")?;
+    let target = nodes.switches[1].add_cni_pod_as(&mut nodes.lab, &plugin, 2, "veth")?;
+    // The kernel path beside it.
+    let mut lab = Lab::new("fk")?;
+    let [kernel_from, kernel_to] = kernel_pods(&mut lab, 1500)?;
+    for (from, to, what) in [
+        (&veth, &target, "veth pod"),
+        (&tap, &target, "TAP pod"),
+        (&kernel_from, &kernel_to, "kernel path"),
+    ] {
+        expect_pings(from, to.ip, what)?;
+    }
+
+    // The TAP pod's queue holds what its bursts need while the worker is
+    // off the CPU, not the kernel's 1000.
+    let tap_link = tap.ns.ip(&["-j", "link", "show", "eth0"])?;
+    let qlen = serde_json::from_str::<Value>(&tap_link)?[0]["txqlen"].as_u64();
+    ensure!(
+        qlen == Some(TAP_QUEUE_LEN.into()),
+        "the TAP pod's queue holds {qlen:?} packets: {tap_link}"
+    );
+    for payload in [SMALL, LARGE] {
+        let kernel = flood(&kernel_from, &kernel_to, payload)?;
+        println!("{payload}-byte datagrams through the kernel path: {kernel}");
+        for (from, what) in [(&veth, "veth pod"), (&tap, "TAP pod")] {
+            let before: Vec<Value> = nodes
+                .switches
+                .iter()
+                .map(port_counters)
+                .collect::<Result<_>>()?;
+            let outcome = flood(from, &target, payload)?;
+            let mut counted = Vec::new();
+            for (node, old) in nodes.switches.iter().zip(&before) {
+                for (port, n) in losses(old, &port_counters(node)?) {
+                    counted.push((format!("node {} {port}", node.index), n));
+                }
+            }
+            let total: u64 = counted.iter().map(|(_, n)| n).sum();
+            println!(
+                "{payload}-byte datagrams from a {what}: {outcome}; counted by podswitch: \
+                 {counted:?} (the kernel path lost {})",
+                kernel.lost()
+            );
+            ensure!(
+                outcome.lost() <= total,
+                "{payload}-byte datagrams from a {what}: {} lost, {total} counted ({counted:?})",
+                outcome.lost()
+            );
+        }
+    }
+    Ok(())
+}
