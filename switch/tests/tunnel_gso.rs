@@ -876,10 +876,10 @@ impl Wire {
                 && self.bad_tcp_checksum == 0,
             "{what}: bad tunnel packets on the underlay: {self:?}"
         );
-        ensure!(
-            self.sequence_holes == 0,
-            "{what}: holes in the TCP sequence on the underlay: {self:?}"
-        );
+        // Holes in the TCP sequence are reported above, not refused: on a
+        // loaded machine the kernel's backlog or the capture can miss a
+        // frame and TCP repairs it; a cut that lost bytes shows as bad
+        // checksums.
         match underlay {
             Underlay::WireSize => ensure!(
                 self.super_frames == 0
