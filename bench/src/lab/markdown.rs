@@ -781,8 +781,9 @@ fn write_counters(md: &mut String, report: &Report) -> std::fmt::Result {
         writeln!(
             md,
             "\nLarge segments in the last run's 1-stream TCP test, per node and TAP port: super-frames \
-             (up to 64 KB) cut into MTU frames toward the uplink and the frames that made, \
-             super-frames handed whole to a TAP pod and the frames coalesced into them.\n"
+             (up to 64 KB) cut into MTU frames toward the uplink and the frames that made; \
+             super-frames sent to a TAP pod (coalesced from frames, or whole from another TAP pod) \
+             or whole to the node's kernel through the tunnel port (`podswt0`), which cuts them.\n"
         )?;
         for line in offload {
             writeln!(md, "{line}")?;
@@ -813,10 +814,12 @@ pub fn offload_line(node: &Value) -> Option<String> {
             if cut + made > 0 {
                 what.push(format!("cut {cut} super-frames into {made} frames"));
             }
-            if sent + coalesced > 0 {
+            if coalesced > 0 {
                 what.push(format!(
-                    "handed the pod {sent} super-frames ({coalesced} frames coalesced into them)"
+                    "sent {sent} super-frames ({coalesced} frames coalesced into them)"
                 ));
+            } else if sent > 0 {
+                what.push(format!("sent {sent} super-frames whole"));
             }
             parts.push(format!("{port} {}", what.join(", ")));
         }

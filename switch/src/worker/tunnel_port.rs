@@ -47,10 +47,9 @@ impl Port for TunnelPort {
                     match self.device.send(&header.to_bytes(), bytes) {
                         Ok(()) => {
                             tx.stats.tx(id, bytes.len());
-                            if let Some(gso) = header.offload.gso {
-                                let payload = bytes.len().saturating_sub(usize::from(gso.hdr_len));
-                                let segments = payload.div_ceil(usize::from(gso.size).max(1));
-                                tx.stats.super_frame_sent(id, segments);
+                            if header.offload.gso.is_some() {
+                                // Passed through whole, for the kernel to cut.
+                                tx.stats.super_frame_sent(id, 0);
                             }
                         }
                         Err(_) => tx.stats.dropped(id, DropCause::TxError),
