@@ -12,6 +12,7 @@ use anyhow::{Result, ensure};
 use ipnet::{IpNet, Ipv4Net};
 use podswitch_control::MacAddr;
 use podswitch_lab::Lab;
+use podswitch_netdev::ethtool::{self, Offload};
 use podswitch_netdev::netlink::{Netlink, NextHop};
 
 fn ip4(text: &str) -> Ipv4Addr {
@@ -50,6 +51,11 @@ fn every_call_against_the_kernel() -> Result<()> {
         );
         let links = netlink.links()?;
         ensure!(links.get("vhost") == Some(&host), "{links:?}");
+
+        // ethtool: a veth names its driver, and its TX checksum offload
+        // turns off (what the daemon does to a veth uplink).
+        ensure!(ethtool::driver("vhost")? == "veth");
+        ethtool::turn_off("vhost", &[Offload::TxChecksum])?;
         ensure!(links.contains_key("lo") && !links.contains_key("eth0"));
 
         // An address twice: the second is "already there", fine.
@@ -93,6 +99,11 @@ fn every_call_against_the_kernel() -> Result<()> {
         ensure!(!netlink.routes_v4()?.iter().any(|r| r.0 == pods));
         Ok(host)
     })?;
+    let features = node.run("ethtool", &["-k", "vhost"])?;
+    ensure!(
+        features.contains("tx-checksumming: off"),
+        "TX checksum offload still on: {features}"
+    );
 
     // Neighbours: a resolved (permanent) entry is listed; a probed one
     // exists in the kernel but is not resolved, so it is not.
