@@ -1096,15 +1096,19 @@ fn churn_under_load() -> Result<()> {
         after.daemon.idle_frames,
         before.daemon.idle_frames
     );
-    // A leak grows with the cycles; a transient allocation (a burst of
-    // control clients, each thread with its allocator arena) comes and
-    // goes. So the least of the last samples is held against the least
-    // of the middle ones.
+    // A leak grows with the cycles; what the allocator holds comes and
+    // goes: in CI runs the samples swung between 147 and 181 MiB from
+    // one hundred cycles to the next and back (freed memory an arena has
+    // not yet returned). So the least of the last five samples is held
+    // against the least of the five before, with room for that swing
+    // short of what a leaked port would add over 500 cycles (its
+    // sockets' rings alone are about 200 KiB: 100 MiB). Sockets, fds and
+    // frames are checked exactly above.
     let least = |window: &[u64]| window.iter().copied().min().unwrap_or(0);
-    let settled = least(&samples[3..6]);
-    let last = least(&samples[7..10]);
+    let settled = least(&samples[..5]);
+    let last = least(&samples[5..]);
     ensure!(
-        last <= settled + 2048,
+        last <= settled + 24 * 1024,
         "resident memory grew from {settled} KiB to {last} KiB over the last 500 cycles"
     );
     n1.check_frames()
