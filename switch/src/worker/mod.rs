@@ -261,6 +261,7 @@ impl Worker {
                 inboxes: &self.ctx.inboxes,
                 frames: &mut self.frames,
                 buffers: &mut self.buffers,
+                tunnel: self.queues.tunnel_for(port.id, topology.tunnel),
                 queues: &mut self.queues,
                 in_port: port.id,
             };

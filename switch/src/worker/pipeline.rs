@@ -152,6 +152,17 @@ impl TxQueues {
         self.ids.iter().position(|&p| p == id)
     }
 
+    /// The tunnel port's queue, when packets from `in_port` to peers go
+    /// there: `in_port` hands over super-frames and this worker has the
+    /// tunnel port (`tunnel`, the topology's). Found once per batch.
+    pub fn tunnel_for(&self, in_port: PortId, tunnel: Option<PortId>) -> Option<usize> {
+        let in_port = self.find(in_port)?;
+        if self.takes[in_port] != Takes::SuperFrames {
+            return None;
+        }
+        self.find(tunnel?)
+    }
+
     /// Queue a packet for the port at `i`.
     fn push(&mut self, i: usize, packet: Packet) {
         self.pending[i].push(packet);
@@ -184,6 +195,9 @@ pub struct Pipeline<'a> {
     pub queues: &'a mut TxQueues,
     /// The port the batch came in on.
     pub in_port: PortId,
+    /// The tunnel port's queue when the batch's packets to peers go there
+    /// ([`TxQueues::tunnel_for`]).
+    pub tunnel: Option<usize>,
 }
 
 impl Pipeline<'_> {
@@ -274,7 +288,7 @@ impl Pipeline<'_> {
     /// super-frame cut into segments first and each encapsulated. How many
     /// segments were made here.
     fn send_to_peer(&mut self, peer: PeerId, mut packet: Packet) -> usize {
-        if let Some(tunnel) = self.tunnel_queue() {
+        if let Some(tunnel) = self.tunnel {
             match self.send_to_tunnel(tunnel, peer, packet) {
                 Some(unsent) => packet = unsent,
                 None => return 0,
@@ -308,18 +322,6 @@ impl Pipeline<'_> {
                 0
             }
         }
-    }
-
-    /// The tunnel port's queue, when packets of the batch's port go there:
-    /// the port hands over super-frames and this worker has the tunnel
-    /// port.
-    fn tunnel_queue(&self) -> Option<usize> {
-        let tunnel = self.topology().tunnel?;
-        let in_port = self.queues.find(self.in_port)?;
-        if self.queues.takes[in_port] != Takes::SuperFrames {
-            return None;
-        }
-        self.queues.find(tunnel)
     }
 
     /// Encapsulate a packet from a TAP pod in its buffer and queue it on
@@ -773,6 +775,7 @@ mod tests {
                 inboxes: &self.inboxes,
                 frames: &mut self.frames,
                 buffers: &mut self.buffers,
+                tunnel: self.queues.tunnel_for(in_port, self.topology.tunnel),
                 queues: &mut self.queues,
                 in_port,
             }
