@@ -11,14 +11,12 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use common::{Nodes, nodes_with, plugin, pod_ports, serial};
-use podswitch_encap::wire::{
-    EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Packet, TcpPacket, UdpPacket,
-};
+use podswitch_encap::TunnelKind;
+use podswitch_lab::Lab;
 use podswitch_lab::capture::RawLink;
 use podswitch_lab::cluster::{
     Pod, SwitchNode, SwitchOptions, UPLINK, expect_iperf, expect_pings, node_ip, ping,
@@ -26,7 +24,7 @@ use podswitch_lab::cluster::{
 };
 use podswitch_lab::cni::{CniCall, netns_path};
 use podswitch_lab::traffic::IperfClient;
-use podswitch_lab::{Lab, Netns};
+use podswitch_lab::tunnel_capture::{TunnelCapture, Underlay, checksum_errors};
 
 /// Two TAP pods and one veth pod on each of two podswitch nodes.
 struct Mixed {
@@ -60,16 +58,6 @@ fn tcp(from: &Pod, to: &Pod, streams: u32, what: &str) -> Result<f64> {
         ..IperfClient::default()
     };
     Ok(expect_iperf(&client, from, to, what)?.gbps())
-}
-
-/// The pod kernel's checksum error counters (TCP and UDP): must stay 0.
-fn checksum_errors(ns: &Netns) -> Result<u64> {
-    let text = ns.run("nstat", &["-asz", "TcpInCsumErrors", "UdpInCsumErrors"])?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .filter_map(|n| n.parse::<u64>().ok())
-        .sum())
 }
 
 /// A port's counters by the pod address it carries.
@@ -282,101 +270,6 @@ fn tap_pods_with_the_switch_cutting_super_frames() -> Result<()> {
     delete_all(&tb)
 }
 
-/// What the kernel node's underlay received from the podswitch node.
-#[derive(Debug, Default)]
-struct UnderlayCheck {
-    frames: usize,
-    too_big: usize,
-    bad_outer: usize,
-    /// Outer UDP checksums left zero (the receiver's UDP GRO refuses
-    /// those) or wrong.
-    bad_udp_checksum: usize,
-    bad_inner_ip: usize,
-    bad_tcp_checksum: usize,
-    tcp_segments: usize,
-    /// Segments that start past where the flow's previous one ended.
-    sequence_holes: usize,
-    /// Where each inner TCP flow (by ports) goes on.
-    next_seq: std::collections::HashMap<(u16, u16), u32>,
-}
-
-/// Check one tunnel frame from `from`: at most `max_len` bytes, outer and
-/// inner IPv4 headers valid, the outer UDP checksum present and right,
-/// the inner TCP checksum complete and right; where the inner TCP sequence
-/// skips ahead is counted.
-fn check_tunnel_frame(frame: &[u8], from: Ipv4Addr, max_len: usize, seen: &mut UnderlayCheck) {
-    let Ok(eth) = EthernetFrame::new_checked(frame) else {
-        return;
-    };
-    if eth.ethertype() != EthernetProtocol::Ipv4 {
-        return;
-    }
-    let Ok(outer) = Ipv4Packet::new_checked(eth.payload()) else {
-        return;
-    };
-    if outer.src_addr() != from || outer.next_header() != IpProtocol::Udp {
-        return;
-    }
-    seen.frames += 1;
-    if frame.len() > max_len {
-        seen.too_big += 1;
-    }
-    let Ok(udp) = UdpPacket::new_checked(outer.payload()) else {
-        seen.bad_outer += 1;
-        return;
-    };
-    if !outer.verify_checksum() || udp.dst_port() != 4789 || udp.payload().len() < 8 + 14 {
-        seen.bad_outer += 1;
-        return;
-    }
-    let (outer_src, outer_dst) = (
-        IpAddress::Ipv4(outer.src_addr()),
-        IpAddress::Ipv4(outer.dst_addr()),
-    );
-    if udp.checksum() == 0 || !udp.verify_checksum(&outer_src, &outer_dst) {
-        seen.bad_udp_checksum += 1;
-    }
-    let Ok(inner_eth) = EthernetFrame::new_checked(&udp.payload()[8..]) else {
-        seen.bad_outer += 1;
-        return;
-    };
-    let Ok(inner) = Ipv4Packet::new_checked(inner_eth.payload()) else {
-        seen.bad_inner_ip += 1;
-        return;
-    };
-    if !inner.verify_checksum() {
-        seen.bad_inner_ip += 1;
-        return;
-    }
-    if inner.next_header() != IpProtocol::Tcp {
-        return;
-    }
-    seen.tcp_segments += 1;
-    let Ok(tcp) = TcpPacket::new_checked(inner.payload()) else {
-        seen.bad_tcp_checksum += 1;
-        return;
-    };
-    if !tcp.verify_checksum(
-        &IpAddress::Ipv4(inner.src_addr()),
-        &IpAddress::Ipv4(inner.dst_addr()),
-    ) {
-        seen.bad_tcp_checksum += 1;
-    }
-    let seq = tcp.seq_number().0 as u32;
-    let flow = (tcp.src_port(), tcp.dst_port());
-    let len = tcp.payload().len() as u32 + u32::from(tcp.syn()) + u32::from(tcp.fin());
-    match seen.next_seq.get(&flow) {
-        // A segment past the end: the part between is missing.
-        Some(&next) if (seq.wrapping_sub(next) as i32) > 0 => seen.sequence_holes += 1,
-        _ => {}
-    }
-    let end = seq.wrapping_add(len);
-    let next = seen.next_seq.entry(flow).or_insert(end);
-    if (end.wrapping_sub(*next) as i32) > 0 {
-        *next = end;
-    }
-}
-
 /// A TAP pod on a podswitch node and a pod on a kernel VXLAN node
 /// (Flannel-style, offloads on): ping and TCP both ways, and every tunnel
 /// frame the kernel node receives is a plain frame of at most the
@@ -401,7 +294,7 @@ fn tap_pod_with_kernel_vxlan_node() -> Result<()> {
     expect_pings(&k, a.ip, "kernel pod to TAP pod")?;
 
     let mut capture = RawLink::open(n2, UPLINK, Duration::from_millis(100))?;
-    let mut seen = UnderlayCheck::default();
+    let mut seen = TunnelCapture::new(TunnelKind::Vxlan, 4789, node_ip(1).into(), 1500);
     // Paced, so that the capture keeps up and a missing segment is the
     // path's, not the capture's.
     let paced = IperfClient {
@@ -413,34 +306,21 @@ fn tap_pod_with_kernel_vxlan_node() -> Result<()> {
         let sender = scope.spawn(|| expect_iperf(&paced, &a, &k, "TAP pod to kernel pod, paced"));
         let frames = capture.collect(200_000, Duration::from_secs(4), |_| true);
         for frame in &frames {
-            check_tunnel_frame(frame, node_ip(1), 1514, &mut seen);
+            seen.add(frame, frame.len());
         }
         sender
             .join()
             .map_err(|_| anyhow::anyhow!("iperf3 thread panicked"))??;
         Ok(())
     })?;
-    eprintln!("underlay frames from the podswitch node: {seen:?}");
-    ensure!(
-        seen.tcp_segments > 1000,
-        "too few TCP segments seen: {seen:?}"
-    );
-    ensure!(
-        seen.too_big == 0
-            && seen.bad_outer == 0
-            && seen.bad_udp_checksum == 0
-            && seen.bad_inner_ip == 0
-            && seen.bad_tcp_checksum == 0,
-        "bad tunnel frames reached the kernel node: {seen:?}"
-    );
-    // Holes are reported, not refused: on a loaded machine the kernel's
-    // backlog or this capture's socket buffer can miss a frame, and TCP
-    // repairs it (a cutter that lost bytes would show as bad checksums or
-    // a stalled stream above). What the switch itself dropped, it counts:
-    if seen.sequence_holes > 0 {
+    let what = "underlay frames from the podswitch node";
+    if let Err(e) = seen.check(Underlay::WireSize, 1000, what) {
+        return Err(e.context(node.cli(&["stats"]).unwrap_or_default()));
+    }
+    if seen.counts.sequence_holes > 0 {
+        // What the switch itself dropped, it counts.
         eprintln!(
-            "{} sequence holes; the switch's drops: {}",
-            seen.sequence_holes,
+            "the switch's drops: {}",
             node.cli(&["stats"]).unwrap_or_default()
         );
     }

@@ -19,6 +19,7 @@ pub mod ping_pong;
 pub mod process;
 pub mod tools;
 pub mod traffic;
+pub mod tunnel_capture;
 pub mod udp_sink;
 pub mod unprivileged;
 

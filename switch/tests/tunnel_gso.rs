@@ -22,7 +22,6 @@
 //! `cargo test --release -p podswitch --test tunnel_gso -- --ignored
 //! --nocapture measure` compares the relay with the kernel's own path.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, IoSlice};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
@@ -35,22 +34,17 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::socket::{setsockopt, sockopt};
-use pcap_file::pcap::PcapReader;
 use podswitch::tap::{MAX_SUPER_FRAME, TapDevice};
 use podswitch::tunnel_tap::{
     SendError, TUN_F_UDP_TUNNEL_GSO, TUN_F_UDP_TUNNEL_GSO_CSUM, TunnelTap, TunnelTapError,
     apply_node_sysctls,
 };
 use podswitch_encap::checksum::ipv4_pseudo_header;
-use podswitch_encap::geneve::{self, GeneveOptionRepr};
-use podswitch_encap::segment::complete_checksum;
+use podswitch_encap::geneve::GeneveOptionRepr;
 use podswitch_encap::virtio_net::{
     Checksum, Gso, GsoKind, HEADER_LEN as VNET_HEADER_LEN, Header as VnetHeader, Offload,
 };
-use podswitch_encap::wire::{
-    EthernetAddress, IpAddress, IpProtocol, IpVersion, Ipv4Packet, Ipv6Packet, TcpPacket,
-    UdpPacket, checksum,
-};
+use podswitch_encap::wire::{EthernetAddress, IpProtocol, IpVersion, Ipv4Packet, TcpPacket};
 use podswitch_encap::{Decapsulator, DropReason, OuterTemplate, TunnelKind, TunnelSpec, Vni};
 use podswitch_lab::cluster::{
     KernelNode, Pod, UPLINK, VNI, connect_underlay, expect_iperf, expect_pings, kernel_vtep_mac,
@@ -59,6 +53,7 @@ use podswitch_lab::cluster::{
 use podswitch_lab::cpu::{CpuMeter, thread_cpu_seconds};
 use podswitch_lab::host::{MachineMeter, on_cpu, pin_current_thread};
 use podswitch_lab::traffic::{IperfClient, IperfResult, iperf_server};
+use podswitch_lab::tunnel_capture::{TunnelCapture, Underlay, checksum_errors};
 use podswitch_lab::{Lab, Netns, Process, parse_mac};
 
 /// The underlay's MTU.
@@ -110,38 +105,25 @@ fn kernel_has_tunnel_gso() -> Result<bool> {
     }
 }
 
-/// How the underlay veth carries node 1's tunnel packets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Underlay {
-    /// Offloads on: 64 KB segments cross whole, as a NIC with TSO/GRO
-    /// lets them (partial checksums and all).
-    Whole,
-    /// Offloads off: node 1's kernel cuts every segment to the MTU before
-    /// the underlay, computing every checksum.
-    WireSize,
-}
-
-impl Underlay {
-    /// Join nodes 1 and 2 by the lab's underlay, in this model, with
-    /// VTEP addresses of `family`.
-    fn connect(self, n1: &Netns, n2: &Netns, family: IpVersion) -> Result<()> {
-        connect_underlay(n1, 1, n2, 2, UNDERLAY_MTU as u32)?;
-        if family == IpVersion::Ipv6 {
-            for (ns, index) in [(n1, 1), (n2, 2)] {
-                let address = format!("{}/64", vtep(index, family));
-                ns.ip(&["-6", "addr", "add", &address, "dev", UPLINK, "nodad"])?;
-            }
+/// Join nodes 1 and 2 by the lab's underlay, in the `underlay` model,
+/// with VTEP addresses of `family`.
+fn connect(underlay: Underlay, n1: &Netns, n2: &Netns, family: IpVersion) -> Result<()> {
+    connect_underlay(n1, 1, n2, 2, UNDERLAY_MTU as u32)?;
+    if family == IpVersion::Ipv6 {
+        for (ns, index) in [(n1, 1), (n2, 2)] {
+            let address = format!("{}/64", vtep(index, family));
+            ns.ip(&["-6", "addr", "add", &address, "dev", UPLINK, "nodad"])?;
         }
-        if self == Underlay::Whole {
-            for ns in [n1, n2] {
-                ns.run(
-                    "ethtool",
-                    &["-K", UPLINK, "tx", "on", "tso", "on", "gso", "on"],
-                )?;
-            }
-        }
-        Ok(())
     }
+    if underlay == Underlay::Whole {
+        for ns in [n1, n2] {
+            ns.run(
+                "ethtool",
+                &["-K", UPLINK, "tx", "on", "tso", "on", "gso", "on"],
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Node `index`'s VTEP address of `family`: the lab's IPv4 one, or
@@ -642,260 +624,6 @@ impl Capture {
     }
 }
 
-/// What the capture on node 2's underlay saw of node 1's tunnel packets.
-#[derive(Debug, Default)]
-struct Wire {
-    frames: usize,
-    /// Captured shorter than they were.
-    truncated: usize,
-    /// Longer than the underlay MTU: segments that crossed whole.
-    super_frames: usize,
-    /// Outer IPv4 header checksum, DF, lengths or UDP port wrong.
-    bad_outer: usize,
-    zero_udp_checksum: usize,
-    /// Outer UDP checksums holding the pseudo-header sum, to be finished
-    /// by the receiving kernel.
-    partial_udp_checksum: usize,
-    /// Neither valid nor partial.
-    bad_udp_checksum: usize,
-    /// The inner IPv4 header checksum wrong, or the tunnel header.
-    bad_inner: usize,
-    tcp_segments: usize,
-    partial_tcp_checksum: usize,
-    bad_tcp_checksum: usize,
-    tcp_payload_bytes: u64,
-    /// A segment starting past where its flow's previous one ended.
-    sequence_holes: usize,
-    /// A segment starting before (a retransmission).
-    sequence_repeats: usize,
-}
-
-/// Read the capture at `path`: node 1's tunnel packets of `kind` over
-/// `family`.
-fn read_capture(path: &Path, kind: TunnelKind, family: IpVersion) -> Result<Wire> {
-    let mut reader = PcapReader::new(File::open(path)?)?;
-    let mut wire = Wire::default();
-    let mut next_seq: HashMap<[u8; 12], u32> = HashMap::new();
-    let sender = IpAddress::from(vtep(1, family));
-    while let Some(packet) = reader.next_packet() {
-        let packet = packet?;
-        let orig_len = packet.orig_len as usize;
-        check_packet(
-            &packet.data,
-            orig_len,
-            kind,
-            sender,
-            &mut wire,
-            &mut next_seq,
-        );
-    }
-    Ok(wire)
-}
-
-/// The outer IP header of a tunnel frame: its length, source and
-/// destination, and whether it is right (IPv4: header checksum, DF;
-/// either: the length covers exactly the rest of the frame).
-fn outer_ip(frame: &[u8]) -> Option<(usize, IpAddress, IpAddress, bool)> {
-    match frame.get(12..14)? {
-        [0x08, 0x00] => {
-            let ip = Ipv4Packet::new_checked(&frame[14..]).ok()?;
-            let ok = ip.verify_checksum()
-                && ip.dont_frag()
-                && usize::from(ip.total_len()) == frame.len() - 14;
-            Some((20, ip.src_addr().into(), ip.dst_addr().into(), ok))
-        }
-        [0x86, 0xdd] => {
-            let ip = Ipv6Packet::new_checked(&frame[14..]).ok()?;
-            let ok = usize::from(ip.payload_len()) == frame.len() - 54
-                && ip.next_header() == IpProtocol::Udp;
-            Some((40, ip.src_addr().into(), ip.dst_addr().into(), ok))
-        }
-        _ => None,
-    }
-}
-
-/// Account for one captured frame of `orig_len` bytes, if `sender` sent it.
-fn check_packet(
-    frame: &[u8],
-    orig_len: usize,
-    kind: TunnelKind,
-    sender: IpAddress,
-    wire: &mut Wire,
-    next_seq: &mut HashMap<[u8; 12], u32>,
-) {
-    let Some((ip_header_len, src, _, ip_ok)) = outer_ip(frame) else {
-        return;
-    };
-    if src != sender {
-        return;
-    }
-    wire.frames += 1;
-    if orig_len != frame.len() {
-        wire.truncated += 1;
-        return;
-    }
-    if frame.len() > UNDERLAY_MTU + 14 {
-        wire.super_frames += 1;
-    }
-    let udp_start = 14 + ip_header_len;
-    let Ok(udp) = UdpPacket::new_checked(&frame[udp_start..]) else {
-        wire.bad_outer += 1;
-        return;
-    };
-    if !ip_ok
-        || usize::from(udp.len()) != frame.len() - udp_start
-        || udp.dst_port() != udp_port(kind)
-    {
-        wire.bad_outer += 1;
-        return;
-    }
-    let tunnel = udp.payload();
-    let tunnel_len = match kind {
-        TunnelKind::Vxlan => 8,
-        TunnelKind::Geneve => {
-            geneve::Packet::new_checked(tunnel).map_or(usize::MAX, |g| g.header_len())
-        }
-    };
-    let inner_start = udp_start + 8 + tunnel_len;
-    let inner = frame
-        .get(inner_start..)
-        .filter(|inner| inner.get(12..14) == Some(&[0x08, 0x00][..]));
-    let Some(ip) = inner.and_then(|inner| Ipv4Packet::new_checked(&inner[14..]).ok()) else {
-        wire.bad_inner += 1;
-        return;
-    };
-    if !ip.verify_checksum() {
-        wire.bad_inner += 1;
-        return;
-    }
-    let tcp_start = inner_start + 14 + usize::from(ip.header_len());
-    let tcp = TcpPacket::new_checked(ip.payload()).ok();
-    let mut tcp_partial = false;
-    if let Some(tcp) = &tcp {
-        wire.tcp_segments += 1;
-        let (src, dst) = (ip.src_addr(), ip.dst_addr());
-        let tcp_len = ip.payload().len() as u16;
-        let pseudo = ipv4_pseudo_header(src.octets(), dst.octets(), 6, tcp_len);
-        // A valid checksum may equal the pseudo-header sum (1 in 65536):
-        // validity first.
-        if tcp.verify_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst)) {
-        } else if tcp.checksum() == pseudo {
-            wire.partial_tcp_checksum += 1;
-            tcp_partial = true;
-        } else {
-            wire.bad_tcp_checksum += 1;
-        }
-    }
-    check_udp_checksum(frame, udp_start, tcp_partial.then_some(tcp_start), wire);
-    if let Some(tcp) = &tcp {
-        check_sequence(&ip, tcp, wire, next_seq);
-    }
-}
-
-/// The outer UDP checksum (the header at `udp_start`) of a checked tunnel
-/// frame: never zero, and valid once the inner TCP checksum at
-/// `partial_tcp` (if it is partial) is finished — a checksum computed by
-/// local checksum offload anticipates it — or else partial itself (the
-/// pseudo-header sum, for a segment crossing whole).
-fn check_udp_checksum(frame: &[u8], udp_start: usize, partial_tcp: Option<usize>, wire: &mut Wire) {
-    let mut finished;
-    let frame = match partial_tcp {
-        Some(tcp_start) => {
-            finished = frame.to_vec();
-            match complete_checksum(&mut finished, tcp_start, 16) {
-                Ok(()) => &finished[..],
-                Err(_) => frame,
-            }
-        }
-        None => frame,
-    };
-    let Some((_, src, dst, _)) = outer_ip(frame) else {
-        return;
-    };
-    let udp = UdpPacket::new_unchecked(&frame[udp_start..]);
-    let pseudo = checksum::pseudo_header(&src, &dst, IpProtocol::Udp, u32::from(udp.len()));
-    if udp.checksum() == 0 {
-        wire.zero_udp_checksum += 1;
-    } else if udp.verify_checksum(&src, &dst) {
-    } else if udp.checksum() == pseudo {
-        wire.partial_udp_checksum += 1;
-    } else {
-        wire.bad_udp_checksum += 1;
-    }
-}
-
-/// Follow the inner TCP flow's sequence: a segment must start where its
-/// flow's last one ended, or before (a retransmission), never after.
-fn check_sequence(
-    ip: &Ipv4Packet<&[u8]>,
-    tcp: &TcpPacket<&[u8]>,
-    wire: &mut Wire,
-    next_seq: &mut HashMap<[u8; 12], u32>,
-) {
-    let len = tcp.payload().len() as u32;
-    if len == 0 {
-        return;
-    }
-    wire.tcp_payload_bytes += u64::from(len);
-    let mut flow = [0u8; 12];
-    flow[..4].copy_from_slice(&ip.src_addr().octets());
-    flow[4..8].copy_from_slice(&ip.dst_addr().octets());
-    flow[8..10].copy_from_slice(&tcp.src_port().to_be_bytes());
-    flow[10..].copy_from_slice(&tcp.dst_port().to_be_bytes());
-    let seq = tcp.seq_number().0 as u32;
-    let end = seq.wrapping_add(len);
-    match next_seq.get(&flow).copied() {
-        Some(expected) if seq == expected => {}
-        // Sequence numbers compare in 32-bit serial arithmetic.
-        Some(expected) if (seq.wrapping_sub(expected) as i32) < 0 => {
-            wire.sequence_repeats += 1;
-            if (end.wrapping_sub(expected) as i32) <= 0 {
-                return;
-            }
-        }
-        Some(_) => wire.sequence_holes += 1,
-        None => {}
-    }
-    next_seq.insert(flow, end);
-}
-
-impl Wire {
-    /// Fail unless the capture shows what `underlay` must carry.
-    fn check(&self, underlay: Underlay, what: &str) -> Result<()> {
-        eprintln!("{what}: underlay capture {self:?}");
-        ensure!(
-            self.tcp_segments > 100,
-            "{what}: too few TCP segments seen: {self:?}"
-        );
-        ensure!(
-            self.truncated == 0
-                && self.bad_outer == 0
-                && self.zero_udp_checksum == 0
-                && self.bad_udp_checksum == 0
-                && self.bad_inner == 0
-                && self.bad_tcp_checksum == 0,
-            "{what}: bad tunnel packets on the underlay: {self:?}"
-        );
-        // Holes in the TCP sequence are reported above, not refused: on a
-        // loaded machine the kernel's backlog or the capture can miss a
-        // frame and TCP repairs it; a cut that lost bytes shows as bad
-        // checksums.
-        match underlay {
-            Underlay::WireSize => ensure!(
-                self.super_frames == 0
-                    && self.partial_udp_checksum == 0
-                    && self.partial_tcp_checksum == 0,
-                "{what}: frames over the MTU or unfinished checksums on a wire-size underlay: {self:?}"
-            ),
-            Underlay::Whole => ensure!(
-                self.super_frames > 0,
-                "{what}: no segment crossed the underlay whole: {self:?}"
-            ),
-        }
-        Ok(())
-    }
-}
-
 /// tshark's reading of node 1's packets in the capture: dissected as
 /// `kind` with no malformed packet, IPv4 header checksums good, and on a
 /// wire-size underlay every outer UDP and inner TCP checksum good.
@@ -988,16 +716,6 @@ fn tshark_check(
     Ok(())
 }
 
-/// The pod kernel's checksum error counters (TCP and UDP).
-fn checksum_errors(ns: &Netns) -> Result<u64> {
-    let text = ns.run("nstat", &["-asz", "TcpInCsumErrors", "UdpInCsumErrors"])?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .filter_map(|n| n.parse::<u64>().ok())
-        .sum())
-}
-
 /// A relay on node 1 and the peer on node 2 — a kernel VXLAN node, or for
 /// Geneve a second relay — in a new lab, on `underlay`, with VTEPs of
 /// `family`.
@@ -1019,7 +737,7 @@ impl Testbed {
         let mut lab = Lab::new(tag)?;
         let n1 = lab.netns("n1")?;
         let n2 = lab.netns("n2")?;
-        underlay.connect(&n1, &n2, family)?;
+        connect(underlay, &n1, &n2, family)?;
         // The template needs the tunnel TAP's MAC, which the node opens:
         // open it first with a stand-in template for the pod's settings.
         let stand_in = template(kind, family, 1, 2, [0; 6])?;
@@ -1119,8 +837,9 @@ fn tcp_through_tunnel_gso(
         };
         let result = expect_iperf(&paced, a, b, &format!("{what}, paced, captured"))?;
         let path = capture.stop()?;
-        let wire = read_capture(&path, kind, family)?;
-        wire.check(underlay, &what)?;
+        let mut wire = TunnelCapture::new(kind, udp_port(kind), vtep(1, family), UNDERLAY_MTU);
+        wire.read_pcap(&path)?;
+        wire.check(underlay, 100, &what)?;
         tshark_check(&path, kind, family, underlay, &what)?;
         // Nothing was lost on the way (no hole above); what the sender
         // counts as retransmits are tail loss probes sent when an ACK came
@@ -1129,7 +848,7 @@ fn tcp_through_tunnel_gso(
             result.retransmits <= few_retransmits(&result, paced.seconds),
             "{what}: {} retransmits at 500 Mbit/s ({} on the underlay)",
             result.retransmits,
-            wire.sequence_repeats
+            wire.counts.sequence_repeats
         );
         let full_speed = IperfClient::default();
         let full = expect_iperf(&full_speed, a, b, &format!("{what}, full speed"))?;
@@ -1330,7 +1049,7 @@ fn measure_relay_against_the_kernel() -> Result<()> {
         let mut lab = Lab::new("tgso-measure-kernel")?;
         let n1 = lab.netns("n1")?;
         let n2 = lab.netns("n2")?;
-        underlay.connect(&n1, &n2, IpVersion::Ipv4)?;
+        connect(underlay, &n1, &n2, IpVersion::Ipv4)?;
         let k1 = KernelNode::create(n1, 1, UNDERLAY_MTU as u32)?;
         let k2 = KernelNode::create(n2, 2, UNDERLAY_MTU as u32)?;
         k1.add_peer(2, &kernel_vtep_mac(2))?;
