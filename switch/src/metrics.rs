@@ -463,7 +463,10 @@ impl MetricsServer {
                     match server.recv_timeout(STOP_CHECK) {
                         Ok(Some(request)) => answer(request, &plane),
                         Ok(None) => {}
-                        Err(e) => tracing::warn!("metrics server: {e}"),
+                        Err(e) => {
+                            tracing::warn!("metrics server: {e}");
+                            std::thread::sleep(STOP_CHECK);
+                        }
                     }
                 }
             })
