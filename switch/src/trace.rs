@@ -21,6 +21,8 @@ use crate::topology::{PortId, PortRole, PortView, RouteTarget, Topology};
 
 /// Headroom before the traced frame, as a worker's buffers have.
 const HEADROOM: usize = XDP_PACKET_HEADROOM as usize;
+/// Room after the traced frame in its scratch buffer.
+const TAILROOM: usize = 4096;
 /// Longest frame a trace takes.
 const MAX_FRAME: usize = 9216;
 /// Bytes of payload a described packet carries.
@@ -188,9 +190,11 @@ pub fn trace(
     frame: &[u8],
 ) -> TraceReport {
     let forwarder = Forwarder { topology, fib };
-    let mut buf = vec![0u8; HEADROOM + frame.len()];
-    buf[HEADROOM..].copy_from_slice(frame);
-    let whole = HEADROOM..buf.len();
+    // Headroom before, as the workers' buffers have, and a frame's worth
+    // of room after.
+    let mut buf = vec![0u8; HEADROOM + frame.len() + TAILROOM];
+    let whole = HEADROOM..HEADROOM + frame.len();
+    buf[whole.clone()].copy_from_slice(frame);
     let verdict = forwarder.forward(in_port, &mut buf, whole);
     let role = topology.port(in_port).map(|p| p.role);
     let port_name = |id: PortId| topology.port(id).map_or("?".into(), |p| p.name.clone());
@@ -476,6 +480,42 @@ mod tests {
             );
         }
         assert!(describe_frame(&TraceSpec::default(), port, topology.router_mac).is_err());
+    }
+
+    #[test]
+    fn arp_is_answered_and_no_frame_panics() {
+        let (topology, fib) = (topology(), fib());
+        let local = describe_frame(
+            &spec(POD_B),
+            topology.port(POD_A_PORT).unwrap(),
+            topology.router_mac,
+        )
+        .unwrap();
+        // An ARP request from pod A for its gateway.
+        let arp = [
+            &[0xff; 6][..],
+            &POD_A_MAC.0,
+            &[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1],
+            &POD_A_MAC.0,
+            &POD_A.octets(),
+            &[0; 6],
+            &[10, 244, 1, 1],
+        ]
+        .concat();
+        let report = trace(&topology, &fib, POD_A_PORT, &arp);
+        assert_eq!(report.verdict, "deliver", "{report:?}");
+        assert_eq!(report.output_port.as_deref(), Some("veth-a"));
+        // Every cut of a pod frame and an ARP request, on every port (the
+        // uplink decapsulates) and one that does not exist: a verdict,
+        // never a panic.
+        for frame in [&local[..], &arp[..]] {
+            for len in 0..=frame.len() {
+                for port in 0..5 {
+                    let report = trace(&topology, &fib, PortId(port), &frame[..len]);
+                    assert!(!report.verdict.is_empty());
+                }
+            }
+        }
     }
 
     #[test]
