@@ -167,6 +167,106 @@ pub enum Request {
     },
     /// Counters: ports, workers, frames.
     Stats,
+    /// What the switch would do with a packet, stage by stage, without
+    /// sending it.
+    Trace(TraceSpec),
+}
+
+/// Transport protocol of a traced packet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TraceProtocol {
+    /// UDP (the default).
+    #[default]
+    Udp,
+    /// TCP (a SYN).
+    Tcp,
+    /// ICMP (an echo request).
+    Icmp,
+}
+
+/// A packet to trace (`trace`): described, or given as raw bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceSpec {
+    /// The port it arrives on (interface name, as `ports` lists it).
+    pub in_port: String,
+    /// IPv4 source; the port's own address when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<Ipv4Addr>,
+    /// IPv4 destination (needed unless `hex` is given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst: Option<Ipv4Addr>,
+    /// Transport protocol.
+    #[serde(default)]
+    pub protocol: TraceProtocol,
+    /// UDP or TCP source port (default 40000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_port: Option<u16>,
+    /// UDP or TCP destination port (default 80).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_port: Option<u16>,
+    /// Ethernet source; the port's own MAC when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_mac: Option<MacAddr>,
+    /// IPv4 TTL (default 64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u8>,
+    /// The whole frame, Ethernet header on, in hex (spaces and colons
+    /// allowed); the description fields are then ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hex: Option<String>,
+}
+
+/// One stage of a trace and what happened there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceStage {
+    /// `parse`, `anti_spoofing`, `fib_lookup`, `policy`, `encapsulation`,
+    /// `output`.
+    pub stage: String,
+    /// What it decided, in words.
+    pub outcome: String,
+}
+
+/// The outer header an encapsulated packet would carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceOuter {
+    /// Ethernet source (the uplink's MAC).
+    pub src_mac: MacAddr,
+    /// Ethernet destination (the underlay next hop's MAC).
+    pub dst_mac: MacAddr,
+    /// This node's VTEP.
+    pub src_ip: IpAddr,
+    /// The peer's VTEP.
+    pub dst_ip: IpAddr,
+    /// UDP source port (the inner flow's hash).
+    pub src_port: u16,
+    /// UDP destination port (the tunnel's).
+    pub dst_port: u16,
+    /// VXLAN or Geneve network identifier.
+    pub vni: u32,
+}
+
+/// What the switch would do with a traced packet (`trace`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceReport {
+    /// Every stage in order; those after a drop say `not reached`.
+    pub stages: Vec<TraceStage>,
+    /// `deliver` (to a local port), `tunnel` (to a peer) or `drop`.
+    pub verdict: String,
+    /// The drop reason's stable name, for a drop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_reason: Option<String>,
+    /// The port it would leave by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_port: Option<String>,
+    /// The peer's node IP, for a packet to a peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<IpAddr>,
+    /// The outer header, for a packet to a peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outer: Option<TraceOuter>,
+    /// The frame that was traced, in hex.
+    pub frame: String,
 }
 
 /// The daemon's answer.

@@ -112,6 +112,9 @@ pub struct SwitchOptions {
     /// The CPU every node's first worker is pinned to; node `i`'s goes to
     /// CPU `i - 1` when `None`.
     pub worker_cpu: Option<usize>,
+    /// Serve Prometheus metrics on this port of the node's underlay
+    /// address (`metrics_address`); off when `None`.
+    pub metrics_port: Option<u16>,
 }
 
 impl Default for SwitchOptions {
@@ -130,6 +133,7 @@ impl Default for SwitchOptions {
             workers: None,
             spin_us: None,
             worker_cpu: None,
+            metrics_port: None,
         }
     }
 }
@@ -202,6 +206,12 @@ impl SwitchNode {
         }
         if let Some(spin_us) = options.spin_us {
             config.push_str(&format!("spin_us = {spin_us}\n"));
+        }
+        if let Some(port) = options.metrics_port {
+            config.push_str(&format!(
+                "metrics_address = \"{}:{port}\"\n",
+                node_ip(index)
+            ));
         }
         for peer in peers {
             config.push_str(&format!(

@@ -119,6 +119,10 @@ pub struct Config {
     /// impossible one (tests turn this on; costs a little per frame).
     #[serde(default)]
     pub check_frames: bool,
+    /// Where to serve Prometheus metrics (`GET /metrics`), e.g.
+    /// `"10.1.0.11:9469"`; off when left out.
+    #[serde(default)]
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 fn default_vni() -> u32 {
@@ -441,6 +445,15 @@ pod_cidr = "10.244.1.0/24"
         assert_eq!(c.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
         assert_eq!(c.host_routes, vec!["0.0.0.0/0".parse::<Ipv4Net>().unwrap()]);
         assert_eq!(c.router_mac().to_string(), "0a:70:0a:01:00:0b");
+        assert_eq!(c.metrics_address, None);
+    }
+
+    #[test]
+    fn metrics_address_is_an_address_and_port() {
+        let c = Config::parse(&format!("{MINIMAL}metrics_address = \"10.1.0.11:9469\"\n")).unwrap();
+        assert_eq!(c.metrics_address, Some("10.1.0.11:9469".parse().unwrap()));
+        let e = error(&format!("{MINIMAL}metrics_address = \"10.1.0.11\"\n"));
+        assert!(e.contains("metrics_address"), "{e}");
     }
 
     #[test]

@@ -91,6 +91,10 @@ pub fn run(config: Config) -> Result<()> {
         chunks_per_packet(pod_mtu),
     )?;
     let server = ControlServer::bind(&config.control_socket)?;
+    let metrics_server = config
+        .metrics_address
+        .map(crate::metrics::MetricsServer::bind)
+        .transpose()?;
 
     let umem = Arc::new(
         Umem::new(&UmemConfig {
@@ -281,6 +285,9 @@ pub fn run(config: Config) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let (maintenance, stop_maintenance) = spawn_maintenance(plane.clone())?;
     let control = server.serve(plane.clone(), stop.clone());
+    let metrics = metrics_server
+        .map(|server| server.serve(plane.clone(), stop.clone()))
+        .transpose()?;
 
     tracing::info!(
         frames = plan.frame_count,
@@ -310,6 +317,9 @@ pub fn run(config: Config) -> Result<()> {
     }
     let _ = maintenance.join();
     let _ = control.join();
+    if let Some(metrics) = metrics {
+        let _ = metrics.join();
+    }
     let census = ledger.census();
     tracing::info!(
         free = census.free,

@@ -360,7 +360,7 @@ fn decrement_ttl(ip: &mut [u8]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::HashMap;
     use std::net::IpAddr;
 
@@ -375,22 +375,22 @@ mod tests {
 
     const HEADROOM: usize = 256;
     const ROUTER: MacAddr = MacAddr([0x0a, 0x70, 10, 1, 0, 11]);
-    const POD_A_MAC: MacAddr = MacAddr([0x0a, 0x58, 10, 244, 1, 5]);
+    pub(crate) const POD_A_MAC: MacAddr = MacAddr([0x0a, 0x58, 10, 244, 1, 5]);
     const POD_B_MAC: MacAddr = MacAddr([0x0a, 0x58, 10, 244, 1, 6]);
     const HOST_MAC: MacAddr = MacAddr([0x02, 0, 0, 0, 0, 0x99]);
     const PEER_VTEP_MAC: MacAddr = MacAddr([0x0a, 0x70, 10, 1, 0, 12]);
-    const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
-    const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 6);
-    const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 7);
-    const NODE: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 11);
-    const PEER_NODE: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 12);
+    pub(crate) const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 5);
+    pub(crate) const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 6);
+    pub(crate) const REMOTE_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 7);
+    pub(crate) const NODE: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 11);
+    pub(crate) const PEER_NODE: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 12);
     const UPLINK: PortId = PortId(0);
     const HOST: PortId = PortId(1);
-    const POD_A_PORT: PortId = PortId(2);
+    pub(crate) const POD_A_PORT: PortId = PortId(2);
     const POD_B_PORT: PortId = PortId(3);
 
     /// The underlay MAC of the node at `ip`: 02:00:00:00:00 and its last byte.
-    fn underlay_mac(ip: Ipv4Addr) -> EthernetAddress {
+    pub(crate) fn underlay_mac(ip: Ipv4Addr) -> EthernetAddress {
         EthernetAddress([2, 0, 0, 0, 0, ip.octets()[3]])
     }
 
@@ -421,7 +421,7 @@ mod tests {
         })
     }
 
-    fn topology() -> Topology {
+    pub(crate) fn topology() -> Topology {
         let mut peer_by_vtep = HashMap::default();
         peer_by_vtep.insert(IpAddr::V4(PEER_NODE), PeerId(0));
         Topology {
@@ -451,7 +451,7 @@ mod tests {
         }
     }
 
-    fn fib() -> Ipv4Lpm<RouteTarget> {
+    pub(crate) fn fib() -> Ipv4Lpm<RouteTarget> {
         let mut fib = Ipv4Lpm::new();
         fib.insert("0.0.0.0/0".parse().unwrap(), RouteTarget::Host);
         fib.insert("10.244.1.1/32".parse().unwrap(), RouteTarget::Host);

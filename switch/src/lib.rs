@@ -10,7 +10,9 @@
 //!   many each socket may keep on its fill ring;
 //! - [`fib`], [`topology`]: what the workers read without locks;
 //! - [`forward`]: the decision for one frame; [`drops`]: why frames die;
+//!   [`trace`]: that decision on one packet, reported stage by stage;
 //! - [`worker`]: the pinned polling loops; [`stats`]: their counters;
+//!   [`metrics`]: the counters served to Prometheus;
 //! - [`control_plane`], [`control`], [`netlink`]: ports, peers and routes,
 //!   the control socket, and the kernel state the switch reads and writes;
 //! - [`config`], [`daemon`], [`mac`]: configuration and startup.
@@ -30,9 +32,11 @@ pub mod fib;
 pub mod forward;
 pub mod frame_budget;
 pub mod frames;
+pub mod metrics;
 pub mod saved_state;
 pub mod stats;
 pub mod topology;
+pub mod trace;
 pub mod tunnel_tap;
 pub mod worker;
 pub mod xdp;

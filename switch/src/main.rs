@@ -11,6 +11,7 @@ use ipnet::Ipv4Net;
 use podswitch::config::{Config, DEFAULT_CONTROL_SOCKET, PeerConfig};
 use podswitch::control::protocol::{
     Info, PeerStatus, PollMode, PortKind, PortSpec, PortStatus, RouteEntry, StatsReport,
+    TraceProtocol, TraceReport, TraceSpec,
 };
 use podswitch::control::{Client, Request};
 use podswitch::mac::MacAddr;
@@ -69,6 +70,44 @@ enum Command {
     },
     /// Counters: ports, drops by reason, workers, frames.
     Stats,
+    /// What the switch would do with a packet arriving on a port, stage by
+    /// stage (nothing is sent).
+    Trace {
+        /// The port it arrives on (as `ports` lists it).
+        in_port: String,
+        /// IPv4 source (default: the port's address).
+        #[arg(long)]
+        src: Option<Ipv4Addr>,
+        /// IPv4 destination.
+        #[arg(long, required_unless_present = "hex")]
+        dst: Option<Ipv4Addr>,
+        /// Transport protocol.
+        #[arg(long, value_enum, default_value = "udp")]
+        proto: ProtoArg,
+        /// UDP or TCP source port (default 40000).
+        #[arg(long)]
+        sport: Option<u16>,
+        /// UDP or TCP destination port (default 80).
+        #[arg(long)]
+        dport: Option<u16>,
+        /// Ethernet source (default: the port's MAC).
+        #[arg(long)]
+        src_mac: Option<MacAddr>,
+        /// IPv4 TTL (default 64).
+        #[arg(long)]
+        ttl: Option<u8>,
+        /// The whole frame in hex, Ethernet header on (the options above
+        /// are then ignored).
+        #[arg(long)]
+        hex: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ProtoArg {
+    Udp,
+    Tcp,
+    Icmp,
 }
 
 #[derive(Subcommand)]
@@ -176,6 +215,31 @@ fn run(cli: Cli) -> Result<()> {
         Command::Peers => Request::Peers,
         Command::Routes => Request::Routes,
         Command::Stats => Request::Stats,
+        Command::Trace {
+            in_port,
+            src,
+            dst,
+            proto,
+            sport,
+            dport,
+            src_mac,
+            ttl,
+            hex,
+        } => Request::Trace(TraceSpec {
+            in_port,
+            src,
+            dst,
+            protocol: match proto {
+                ProtoArg::Udp => TraceProtocol::Udp,
+                ProtoArg::Tcp => TraceProtocol::Tcp,
+                ProtoArg::Icmp => TraceProtocol::Icmp,
+            },
+            src_port: sport,
+            dst_port: dport,
+            src_mac,
+            ttl,
+            hex,
+        }),
         Command::Port {
             action:
                 PortAction::Add {
@@ -237,6 +301,7 @@ fn run(cli: Cli) -> Result<()> {
         Request::Peers => print_peers(&decode::<Vec<PeerStatus>>(answer)?),
         Request::Routes => print_routes(&decode::<Vec<RouteEntry>>(answer)?),
         Request::Stats => print_stats(&decode(answer)?),
+        Request::Trace(_) => print_trace(&decode(answer)?),
         _ => println!("ok"),
     }
     Ok(())
@@ -321,6 +386,19 @@ fn print_routes(routes: &[RouteEntry]) {
     for r in routes {
         println!("{:<18} {}", r.prefix.to_string(), r.target);
     }
+}
+
+fn print_trace(trace: &TraceReport) {
+    for stage in &trace.stages {
+        println!("{:<14} {}", stage.stage, stage.outcome);
+    }
+    let verdict = match (&trace.drop_reason, &trace.peer, &trace.output_port) {
+        (Some(reason), _, _) => format!("drop: {reason}"),
+        (None, Some(peer), Some(port)) => format!("to peer {peer} via tunnel ({port})"),
+        (None, None, Some(port)) => format!("deliver on {port}"),
+        _ => trace.verdict.clone(),
+    };
+    println!("verdict        {verdict}");
 }
 
 fn print_stats(stats: &StatsReport) {

@@ -233,6 +233,32 @@ pub fn port_report(blocks: &[&WorkerStats], port: PortId) -> PortReport {
     report
 }
 
+/// The frames and bytes one worker received and sent, summed over every
+/// port slot (a removed port's counts stay in until its id is reused).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerTraffic {
+    /// Frames received.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Frames sent.
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+}
+
+/// Sum one worker's traffic counters over all its port slots.
+pub fn worker_traffic(block: &WorkerStats) -> WorkerTraffic {
+    let mut sum = WorkerTraffic::default();
+    for c in block.ports.iter() {
+        sum.rx_packets += c.rx_packets.load(Ordering::Relaxed);
+        sum.rx_bytes += c.rx_bytes.load(Ordering::Relaxed);
+        sum.tx_packets += c.tx_packets.load(Ordering::Relaxed);
+        sum.tx_bytes += c.tx_bytes.load(Ordering::Relaxed);
+    }
+    sum
+}
+
 /// A worker's polling summary.
 pub fn worker_report(block: &WorkerStats) -> WorkerReport {
     let p = &block.poll;
@@ -275,6 +301,16 @@ mod tests {
         assert_eq!(r.drops.len(), 2);
         assert_eq!(r.drops["no_route"], 2);
         assert_eq!(r.drops["unknown_vni"], 1);
+        a.tx(PortId(7), 40);
+        assert_eq!(
+            worker_traffic(&a),
+            WorkerTraffic {
+                rx_packets: 1,
+                rx_bytes: 100,
+                tx_packets: 1,
+                tx_bytes: 40
+            }
+        );
         a.reset_port(port);
         assert_eq!(port_report(&[&a], port), PortReport::default());
         // Out-of-range ports are ignored, not a panic.

@@ -109,6 +109,19 @@ pub struct ControlPlane {
     /// Held while the state file is computed and written, so a slower
     /// writer never replaces a newer file with an older state.
     saving: Mutex<()>,
+    /// Requests carried out, by operation and outcome.
+    requests: Mutex<BTreeMap<(String, bool), u64>>,
+}
+
+/// How many control-socket requests of one operation had one outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestCount {
+    /// The operation (`port_add`, `stats`, …).
+    pub op: String,
+    /// Whether they succeeded.
+    pub ok: bool,
+    /// How many.
+    pub count: u64,
 }
 
 /// A pod port's I/O, opened, with what the port table says of it.
@@ -134,6 +147,7 @@ impl ControlPlane {
             parts,
             tables: Mutex::new(tables),
             saving: Mutex::new(()),
+            requests: Mutex::new(BTreeMap::new()),
         };
         plane.publish(&plane.lock());
         let config = &plane.parts.node.config;
@@ -171,7 +185,17 @@ impl ControlPlane {
                 | Request::RouteAdd { .. }
                 | Request::RouteDel { .. }
         );
+        let op = serde_json::to_value(&request)
+            .ok()
+            .and_then(|v| v["op"].as_str().map(String::from))
+            .unwrap_or_default();
         let answer = self.carry_out(request);
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((op, answer.is_ok()))
+            .or_default() += 1;
         if changes {
             self.save_state();
         }
@@ -206,6 +230,11 @@ impl ControlPlane {
                 serde_json::Value::Null
             }
             Request::Stats => serde_json::to_value(self.stats())?,
+            Request::Trace(spec) => serde_json::to_value(crate::trace::trace_spec(
+                &self.parts.topology.load(),
+                &self.parts.fib.load(),
+                &spec,
+            )?)?,
         })
     }
 
@@ -807,6 +836,25 @@ impl ControlPlane {
             }
         });
         Ok(())
+    }
+
+    /// Control-socket requests carried out so far, by operation and outcome.
+    pub fn request_counts(&self) -> Vec<RequestCount> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|((op, ok), count)| RequestCount {
+                op: op.clone(),
+                ok: *ok,
+                count: *count,
+            })
+            .collect()
+    }
+
+    /// How many routes the FIB holds.
+    pub fn fib_size(&self) -> usize {
+        self.parts.fib.load().len()
     }
 
     /// All counters.
