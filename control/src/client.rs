@@ -77,6 +77,13 @@ impl Client {
         }
     }
 
+    /// The connection, for what the daemon streams after an answer (a
+    /// capture's pcapng), with no time limit on reads.
+    pub fn into_stream(self) -> Result<BufReader<UnixStream>, ClientError> {
+        self.reader.get_ref().set_read_timeout(None)?;
+        Ok(self.reader)
+    }
+
     /// Send `request` and decode its result as `T`.
     pub fn call_as<T: DeserializeOwned>(&mut self, request: &Request) -> Result<T, ClientError> {
         let value = self.call(request)?;

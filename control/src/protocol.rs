@@ -170,6 +170,29 @@ pub enum Request {
     /// What the switch would do with a packet, stage by stage, without
     /// sending it.
     Trace(TraceSpec),
+    /// Stream a port's received and sent frames: the answer is one
+    /// response line, then (if it succeeded) a pcapng stream until the
+    /// count is reached or the client hangs up.
+    Capture(CaptureSpec),
+}
+
+/// What to capture (`capture`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureSpec {
+    /// The port (interface name, as `ports` lists it).
+    pub port: String,
+    /// Stop after this many frames (every frame until the client hangs
+    /// up when left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Only frames with this IPv4 address as source or destination, in
+    /// the outer header or, for a tunnel packet, the inner one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<Ipv4Addr>,
+    /// Only frames with this TCP or UDP port as source or destination,
+    /// likewise outer or inner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l4_port: Option<u16>,
 }
 
 /// Transport protocol of a traced packet.

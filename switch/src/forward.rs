@@ -448,6 +448,7 @@ pub(crate) mod tests {
                 tunnel_template: None,
             })],
             peer_by_vtep,
+            captures: Vec::new(),
         }
     }
 

@@ -23,6 +23,7 @@
 //! `podswitch-netdev` ([`netlink`], [`netns`], [`tap`]).
 
 pub mod afxdp;
+pub mod capture;
 pub mod config;
 pub mod control;
 pub mod control_plane;

@@ -2,7 +2,7 @@
 //! that talks to it over the control socket.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand};
 use ipnet::Ipv4Net;
 use podswitch::config::{Config, DEFAULT_CONTROL_SOCKET, PeerConfig};
 use podswitch::control::protocol::{
-    Info, PeerStatus, PollMode, PortKind, PortSpec, PortStatus, RouteEntry, StatsReport,
-    TraceProtocol, TraceReport, TraceSpec,
+    CaptureSpec, Info, PeerStatus, PollMode, PortKind, PortSpec, PortStatus, RouteEntry,
+    StatsReport, TraceProtocol, TraceReport, TraceSpec,
 };
 use podswitch::control::{Client, Request};
 use podswitch::mac::MacAddr;
@@ -100,6 +100,25 @@ enum Command {
         /// are then ignored).
         #[arg(long)]
         hex: Option<String>,
+    },
+    /// Stream a port's received and sent frames as pcapng (readable by
+    /// tcpdump, tshark and Wireshark), each marked inbound or outbound.
+    Capture {
+        /// The port (as `ports` lists it).
+        interface: String,
+        /// Write to this file instead of standard output.
+        #[arg(short = 'w', long = "write")]
+        file: Option<PathBuf>,
+        /// Stop after this many frames.
+        #[arg(short = 'c', long)]
+        count: Option<u64>,
+        /// Only frames to or from this IPv4 address (outer or, for tunnel
+        /// packets, inner headers).
+        #[arg(long)]
+        host: Option<Ipv4Addr>,
+        /// Only frames to or from this TCP or UDP port (likewise).
+        #[arg(long)]
+        port: Option<u16>,
     },
 }
 
@@ -215,6 +234,21 @@ fn run(cli: Cli) -> Result<()> {
         Command::Peers => Request::Peers,
         Command::Routes => Request::Routes,
         Command::Stats => Request::Stats,
+        Command::Capture {
+            interface,
+            file,
+            count,
+            host,
+            port,
+        } => {
+            let spec = CaptureSpec {
+                port: interface,
+                count,
+                host,
+                l4_port: port,
+            };
+            return capture(&cli.socket, spec, file.as_deref());
+        }
         Command::Trace {
             in_port,
             src,
@@ -304,6 +338,25 @@ fn run(cli: Cli) -> Result<()> {
         Request::Trace(_) => print_trace(&decode(answer)?),
         _ => println!("ok"),
     }
+    Ok(())
+}
+
+/// Run a capture: the daemon's pcapng stream copied to `file` or standard
+/// output until it ends.
+fn capture(socket: &Path, spec: CaptureSpec, file: Option<&Path>) -> Result<()> {
+    let name = spec.port.clone();
+    let mut client = Client::connect(socket)?;
+    client.call(&Request::Capture(spec))?;
+    let mut stream = client.into_stream()?;
+    let copied = match file {
+        Some(path) => {
+            let mut out = std::fs::File::create(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            std::io::copy(&mut stream, &mut out)
+        }
+        None => std::io::copy(&mut stream, &mut std::io::stdout().lock()),
+    };
+    copied.with_context(|| format!("capturing on {name}"))?;
     Ok(())
 }
 

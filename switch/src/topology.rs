@@ -4,11 +4,13 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 use podswitch_encap::{Decapsulator, OuterTemplate};
 use serde::{Deserialize, Serialize};
 
+use crate::capture::CaptureTap;
 use crate::mac::MacAddr;
 
 pub use podswitch_control::protocol::PortRole;
@@ -87,6 +89,8 @@ pub struct Topology {
     pub peers: Vec<Option<PeerView>>,
     /// Peers by VTEP address, for checking who sent a tunnel packet.
     pub peer_by_vtep: HashMap<IpAddr, PeerId, RandomState>,
+    /// Captures running (`podswitch capture`); usually none.
+    pub captures: Vec<Arc<CaptureTap>>,
 }
 
 impl Topology {
@@ -108,7 +112,16 @@ impl Topology {
             ports: Vec::new(),
             peers: Vec::new(),
             peer_by_vtep: HashMap::default(),
+            captures: Vec::new(),
         }
+    }
+
+    /// The capture running on port `id`, if any.
+    pub fn capture(&self, id: PortId) -> Option<&CaptureTap> {
+        if self.captures.is_empty() {
+            return None;
+        }
+        self.captures.iter().find(|c| c.port == id).map(Arc::as_ref)
     }
 
     /// The port `id`, if it exists.

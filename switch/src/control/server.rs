@@ -1,6 +1,7 @@
 //! The control socket: a Unix socket, mode 0600 in a 0700 directory, that
 //! only root may use (checked with SO_PEERCRED). Each connection gets a
-//! thread; requests are lines of JSON, answered in order.
+//! thread; requests are lines of JSON, answered in order. A `capture`
+//! request turns the connection into a pcapng stream until it ends.
 
 use std::fs;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -13,16 +14,29 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use crossbeam::channel::{Receiver, RecvTimeoutError};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
-use super::protocol::{MAX_REQUEST_LEN, Request, Response};
+use super::protocol::{CaptureSpec, MAX_REQUEST_LEN, Request, Response};
+use crate::capture::{CaptureTap, CapturedFrame, PcapNgStream, SNAPLEN};
 
 /// What answers requests.
 pub trait Handler: Send + Sync + 'static {
     /// Carry out one request.
     fn handle(&self, request: Request) -> Response;
+    /// Start a capture: its tap and the frames it keeps, or why not.
+    fn start_capture(
+        &self,
+        spec: &CaptureSpec,
+    ) -> Result<(Arc<CaptureTap>, Receiver<CapturedFrame>)>;
+    /// End a capture `start_capture` started.
+    fn end_capture(&self, tap: &Arc<CaptureTap>);
 }
+
+/// How often a capture with nothing to send looks whether its client hung
+/// up or its port went away.
+const CAPTURE_CHECK: Duration = Duration::from_millis(200);
 
 /// Clients served at once; more are told to retry.
 const MAX_CLIENTS: usize = 64;
@@ -165,11 +179,62 @@ fn serve_client(stream: UnixStream, handler: &dyn Handler) -> Result<()> {
             bail!(why);
         }
         let response = match serde_json::from_slice::<Request>(&line) {
+            Ok(Request::Capture(spec)) => match handler.start_capture(&spec) {
+                Ok((tap, frames)) => {
+                    let started = serde_json::json!({ "port": spec.port, "snaplen": SNAPLEN });
+                    let streamed = write_response(&mut writer, &Response::success(started))
+                        .map_err(anyhow::Error::from)
+                        .and_then(|()| stream_capture(&mut writer, &spec, &tap, &frames));
+                    handler.end_capture(&tap);
+                    return streamed;
+                }
+                Err(e) => Response::failure(format!("{e:#}")),
+            },
             Ok(request) => handler.handle(request),
             Err(e) => Response::failure(format!("bad request: {e}")),
         };
         write_response(&mut writer, &response)?;
     }
+}
+
+/// Write a capture's frames to the client as pcapng until its count is
+/// reached, the client hangs up or the port goes away.
+fn stream_capture(
+    client: &mut UnixStream,
+    spec: &CaptureSpec,
+    tap: &CaptureTap,
+    frames: &Receiver<CapturedFrame>,
+) -> Result<()> {
+    let mut stream = PcapNgStream::new(client.try_clone()?, &spec.port)?;
+    stream.flush()?;
+    let mut written = 0u64;
+    while spec.count.is_none_or(|count| written < count) {
+        match frames.recv_timeout(CAPTURE_CHECK) {
+            Ok(frame) => {
+                stream.write(&frame)?;
+                written += 1;
+                if frames.is_empty() {
+                    stream.flush()?;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if tap.ended() || hung_up(client) {
+                    break;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    stream.flush()?;
+    Ok(())
+}
+
+/// Whether a capture's client has closed its end (it sends nothing after
+/// its request, so anything readable is the end).
+fn hung_up(client: &UnixStream) -> bool {
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(client.as_fd(), PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::ZERO).is_ok_and(|n| n > 0)
 }
 
 fn write_response(writer: &mut UnixStream, response: &Response) -> std::io::Result<()> {

@@ -14,14 +14,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use arc_swap::ArcSwap;
-use crossbeam::channel::{Sender, bounded};
+use crossbeam::channel::{Receiver, Sender, bounded};
 use ipnet::Ipv4Net;
 use nix::sys::eventfd::EventFd;
 
 use crate::afxdp::{Umem, UmemShare, XskConfig, XskSocket, active_rx_queues};
+use crate::capture::{CaptureFilter, CaptureTap, CapturedFrame};
 use crate::config::PeerConfig;
 use crate::control::protocol::{
-    FrameReport, Info, PeerStatus, PortKind, PortSpec, PortStatus, RouteEntry, StatsReport,
+    CaptureSpec, FrameReport, Info, PeerStatus, PortKind, PortSpec, PortStatus, RouteEntry,
+    StatsReport,
 };
 use crate::control::{Handler, Request, Response};
 use crate::fib::SharedFib;
@@ -111,6 +113,8 @@ pub struct ControlPlane {
     saving: Mutex<()>,
     /// Requests carried out, by operation and outcome.
     requests: Mutex<BTreeMap<(String, bool), u64>>,
+    /// Captures running, published with the topology.
+    captures: Mutex<Vec<Arc<CaptureTap>>>,
 }
 
 /// How many control-socket requests of one operation had one outcome.
@@ -148,6 +152,7 @@ impl ControlPlane {
             tables: Mutex::new(tables),
             saving: Mutex::new(()),
             requests: Mutex::new(BTreeMap::new()),
+            captures: Mutex::new(Vec::new()),
         };
         plane.publish(&plane.lock());
         let config = &plane.parts.node.config;
@@ -170,8 +175,44 @@ impl ControlPlane {
 
     /// Publish the topology snapshot the tables describe.
     fn publish(&self, tables: &Tables) {
-        let topology = tables.topology(self.parts.pod_mtu);
+        let mut topology = tables.topology(self.parts.pod_mtu);
+        topology.captures = self.running_captures().clone();
         self.parts.topology.store(Arc::new(topology));
+    }
+
+    fn running_captures(&self) -> MutexGuard<'_, Vec<Arc<CaptureTap>>> {
+        self.captures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Start capturing on the port `spec` names: the workers offer the
+    /// tap its frames from the next pass on.
+    pub fn start_capture(
+        &self,
+        spec: &CaptureSpec,
+    ) -> Result<(Arc<CaptureTap>, Receiver<CapturedFrame>)> {
+        let tables = self.lock();
+        let (id, _) = tables
+            .port_named(&spec.port)
+            .with_context(|| format!("no port {} (see `podswitch ports`)", spec.port))?;
+        let filter = CaptureFilter {
+            host: spec.host,
+            l4_port: spec.l4_port,
+            tunnel_port: self.parts.node.config.tunnel_udp_port(),
+        };
+        let (tap, frames) = CaptureTap::new(id, filter);
+        let tap = Arc::new(tap);
+        self.running_captures().push(tap.clone());
+        self.publish(&tables);
+        tracing::info!(port = %spec.port, "capture started");
+        Ok((tap, frames))
+    }
+
+    /// Stop a capture [`ControlPlane::start_capture`] started.
+    pub fn end_capture(&self, tap: &Arc<CaptureTap>) {
+        let tables = self.lock();
+        self.running_captures().retain(|t| !Arc::ptr_eq(t, tap));
+        self.publish(&tables);
+        tracing::info!(missed = tap.missed(), "capture ended");
     }
 
     /// Carry out one request; after a change, save the state.
@@ -230,6 +271,9 @@ impl ControlPlane {
                 serde_json::Value::Null
             }
             Request::Stats => serde_json::to_value(self.stats())?,
+            Request::Capture(_) => {
+                bail!("a capture is a stream: only the control socket serves it")
+            }
             Request::Trace(spec) => serde_json::to_value(crate::trace::trace_spec(
                 &self.parts.topology.load(),
                 &self.parts.fib.load(),
@@ -529,6 +573,12 @@ impl ControlPlane {
             return Err(e);
         }
         tables.port_gone(id);
+        self.running_captures().retain(|tap| {
+            if tap.port == id {
+                tap.end();
+            }
+            tap.port != id
+        });
         self.publish(&tables);
         tracing::info!(port = %name, "port removed");
         Ok(())
@@ -903,6 +953,17 @@ impl Handler for ControlPlane {
             Ok(result) => Response::success(result),
             Err(e) => Response::failure(format!("{e:#}")),
         }
+    }
+
+    fn start_capture(
+        &self,
+        spec: &CaptureSpec,
+    ) -> Result<(Arc<CaptureTap>, Receiver<CapturedFrame>)> {
+        self.start_capture(spec)
+    }
+
+    fn end_capture(&self, tap: &Arc<CaptureTap>) {
+        self.end_capture(tap)
     }
 }
 

@@ -624,6 +624,7 @@ impl Tables {
                 .collect(),
             peers,
             peer_by_vtep,
+            captures: Vec::new(),
         }
     }
 

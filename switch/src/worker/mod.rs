@@ -46,6 +46,7 @@ pub use tap_port::TapPort;
 pub use tunnel_port::TunnelPort;
 
 use crate::afxdp::{Umem, XskSocket};
+use crate::capture::{CaptureTap, Direction};
 use crate::config::PollMode;
 use crate::fib::SharedFib;
 use crate::forward::Forwarder;
@@ -268,7 +269,7 @@ impl Worker {
             work += port.port.receive(&mut pipeline, &self.ctx.growth);
         }
         work += self.drain_inbox();
-        work += self.transmit();
+        work += self.transmit(&topology);
         self.ctx.stats.ring_levels(levels);
         work > 0
     }
@@ -294,8 +295,9 @@ impl Worker {
         n
     }
 
-    /// Send what this pass queued for each port.
-    fn transmit(&mut self) -> usize {
+    /// Send what this pass queued for each port (a capture on the port
+    /// sees it first).
+    fn transmit(&mut self, topology: &Topology) -> usize {
         let mut tx = TxContext {
             frames: &mut self.frames,
             buffers: &mut self.buffers,
@@ -305,6 +307,9 @@ impl Worker {
         for (i, port) in self.ports.iter_mut().enumerate() {
             let queue = self.queues.pending_mut(i);
             if !queue.is_empty() {
+                if let Some(tap) = topology.capture(port.id) {
+                    capture_sent(tap, &tx, queue);
+                }
                 sent += port.port.transmit(port.id, queue, &mut tx);
             }
         }
@@ -336,6 +341,24 @@ impl Worker {
         }
         for port in &mut self.ports {
             port.port.woken();
+        }
+    }
+}
+
+/// Offer a port's queue to its capture, a packet at a time: the frames of
+/// a multi-buffer run are joined first.
+fn capture_sent(tap: &CaptureTap, tx: &TxContext, queue: &[Packet]) {
+    let mut run = Vec::new();
+    for packet in queue {
+        let bytes = tx.bytes(packet);
+        match packet {
+            Packet::Frame(frame) if frame.continues() => run.extend_from_slice(bytes),
+            _ if !run.is_empty() => {
+                run.extend_from_slice(bytes);
+                tap.offer(Direction::Sent, &run);
+                run.clear();
+            }
+            _ => tap.offer(Direction::Sent, bytes),
         }
     }
 }

@@ -27,6 +27,7 @@ use podswitch_encap::virtio_net::{GsoKind, Offload, TunnelOffload};
 
 use super::buffers::{Buffer, Buffers};
 use super::inbox::Inbox;
+use crate::capture::Direction;
 use crate::drops::DropCause;
 use crate::forward::{Forwarder, Verdict};
 use crate::frames::{Frame, FramePool};
@@ -217,6 +218,12 @@ impl Pipeline<'_> {
     /// batch's worth of frames is queued).
     pub fn dispatch(&mut self, mut packet: Packet) -> usize {
         self.count_received(packet.len());
+        if let Some(tap) = self.forwarder.topology.capture(self.in_port) {
+            tap.offer(
+                Direction::Received,
+                packet_bytes(self.frames, self.buffers, &packet),
+            );
+        }
         let verdict = {
             let Pipeline {
                 forwarder,
@@ -591,6 +598,18 @@ impl Pipeline<'_> {
 
 /// The memory a packet lies in (its whole buffer frame or buffer, headroom
 /// included) and where in it the packet is.
+/// The bytes of a packet.
+pub(super) fn packet_bytes<'a>(
+    frames: &'a FramePool,
+    buffers: &'a Buffers,
+    packet: &'a Packet,
+) -> &'a [u8] {
+    match packet {
+        Packet::Frame(frame) => frames.bytes(frame),
+        Packet::Large { buffer, .. } | Packet::Tunnel { buffer, .. } => buffers.bytes(buffer),
+    }
+}
+
 fn packet_bytes_mut<'a>(
     frames: &'a FramePool,
     buffers: &'a mut Buffers,
@@ -726,6 +745,7 @@ mod tests {
                     tunnel_template: None,
                 })],
                 peer_by_vtep,
+                captures: Vec::new(),
             };
             let mut fib = Ipv4Lpm::new();
             fib.insert("0.0.0.0/0".parse().unwrap(), RouteTarget::Host);

@@ -29,12 +29,7 @@ pub struct TxContext<'a> {
 impl TxContext<'_> {
     /// The bytes of a queued packet.
     pub fn bytes<'p>(&'p self, packet: &'p Packet) -> &'p [u8] {
-        match packet {
-            Packet::Frame(frame) => self.frames.bytes(frame),
-            Packet::Large { buffer, .. } | Packet::Tunnel { buffer, .. } => {
-                self.buffers.bytes(buffer)
-            }
-        }
+        super::pipeline::packet_bytes(self.frames, self.buffers, packet)
     }
 
     /// Give a sent (or failed) packet's frames or buffer back.
