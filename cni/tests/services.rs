@@ -657,11 +657,17 @@ fn measure_the_service_path() -> Result<()> {
         )?;
         Ok(text.trim().to_string())
     };
+    // Alternating rounds, so that a change in the machine's load falls
+    // on both paths.
     for (to, echo, what) in [(b, "echo-b", "same node"), (c, "echo-c", "across nodes")] {
+        let (mut direct, mut via) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            direct.push(rtt(to.ip)?);
+            via.push(rtt(service(echo).cluster_ip)?);
+        }
         eprintln!(
-            "TCP round trip {what} (median of 2000): pod IP {} us, ClusterIP {} us",
-            rtt(to.ip)?,
-            rtt(service(echo).cluster_ip)?
+            "TCP round trip {what} (medians of 2000, 3 alternating rounds): \
+             pod IP {direct:?} us, ClusterIP {via:?} us"
         );
     }
     Ok(())
