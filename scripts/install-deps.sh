@@ -20,6 +20,9 @@ PACKAGES=(
   # CNI: Debian's reference plugins (host-local IPAM, portmap, bandwidth)
   # to chain and delegate to, and iptables for portmap
   containernetworking-plugins iptables
+  # nft: the daemon's Service masquerade table (docs/services.md), and the
+  # Services test's kube-proxy nftables-mode rules
+  nftables
   # container runtimes the CNI tests drive, and busybox for their image
   podman conmon containerd runc busybox-static curl
   # profiling the switch (perf has no hardware counters here)

@@ -45,6 +45,9 @@ pub const TOOLS: &[Tool] = &[
     // portmap's rules
     tool("iptables", "iptables"),
     tool("iptables-save", "iptables"),
+    tool("iptables-restore", "iptables"),
+    // the daemon's Service masquerade table, kube-proxy's nftables mode
+    tool("nft", "nftables"),
     // container runtimes the CNI tests drive
     tool("podman", "podman"),
     tool("conmon", "conmon"),

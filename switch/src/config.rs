@@ -123,6 +123,12 @@ pub struct Config {
     /// `"10.1.0.11:9469"`; off when left out.
     #[serde(default)]
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Masquerade connections the node's stack DNATs from the host port
+    /// back out of it (pods to kube-proxy's Services), in the daemon's
+    /// nftables table `ip podswitch` (see docs/services.md); on by
+    /// default.
+    #[serde(default = "default_service_masquerade")]
+    pub service_masquerade: bool,
 }
 
 fn default_vni() -> u32 {
@@ -148,6 +154,9 @@ fn default_host_routes() -> Vec<Ipv4Net> {
 }
 fn default_tunnel_port() -> String {
     DEFAULT_TUNNEL_PORT.into()
+}
+fn default_service_masquerade() -> bool {
+    true
 }
 fn default_max_pods() -> u32 {
     crate::frame_budget::DEFAULT_MAX_PODS
@@ -445,6 +454,7 @@ pod_cidr = "10.244.1.0/24"
         assert_eq!(c.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
         assert_eq!(c.host_routes, vec!["0.0.0.0/0".parse::<Ipv4Net>().unwrap()]);
         assert_eq!(c.router_mac().to_string(), "0a:70:0a:01:00:0b");
+        assert!(c.service_masquerade);
         assert_eq!(c.metrics_address, None);
     }
 
@@ -470,6 +480,7 @@ spin_us = 50
 xdp_mode = "generic"
 control_socket = "/tmp/ps.sock"
 host_routes = []
+service_masquerade = false
 [[peers]]
 node_ip = "10.1.0.12"
 pod_cidr = "10.244.2.0/24"
@@ -489,6 +500,7 @@ vtep_mac = "02:00:00:00:00:13"
         );
         assert_eq!(c.xdp_mode, XdpModeChoice::Generic);
         assert_eq!(c.spin(), Duration::from_micros(50));
+        assert!(!c.service_masquerade);
     }
 
     #[test]

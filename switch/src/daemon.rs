@@ -29,6 +29,7 @@ use crate::frame_budget::{FillBudget, FillGrowth, FramePlan};
 use crate::frames::FrameLedger;
 use crate::mac::MacAddr;
 use crate::netlink::{Netlink, disable_ipv6};
+use crate::services;
 use crate::stats::WorkerStats;
 use crate::tap::TapDevice;
 use crate::topology::{PortRole, Topology};
@@ -161,6 +162,7 @@ pub fn run(config: Config) -> Result<()> {
         .require_link(&config.host_port)?
         .mac
         .context("the host port has no MAC")?;
+    apply_service_masquerade(&config)?;
     let host_seed = PortRecordSeed {
         name: config.host_port.clone(),
         role: PortRole::Host,
@@ -320,12 +322,37 @@ pub fn run(config: Config) -> Result<()> {
     if let Some(metrics) = metrics {
         let _ = metrics.join();
     }
+    if config.service_masquerade
+        && let Err(e) = services::remove()
+    {
+        tracing::warn!("{e:#}");
+    }
     let census = ledger.census();
     tracing::info!(
         free = census.free,
         total = census.total(),
         violations = ledger.violations(),
         "stopped; every port closed and its frames returned"
+    );
+    Ok(())
+}
+
+/// Install the Service masquerade table (`service_masquerade`, with the
+/// forwarding it needs), or, when it is off, remove one an earlier daemon
+/// left (a failure there, such as no `nft` at all, is only logged).
+fn apply_service_masquerade(config: &Config) -> Result<()> {
+    if !config.service_masquerade {
+        if let Err(e) = services::remove() {
+            tracing::warn!("service_masquerade is off: {e:#}");
+        }
+        return Ok(());
+    }
+    services::enable_forwarding()?;
+    services::install(&config.host_port)?;
+    tracing::info!(
+        table = services::TABLE,
+        host_port = %config.host_port,
+        "pods' connections DNATed back to pods by the node (kube-proxy's Services) are masqueraded"
     );
     Ok(())
 }

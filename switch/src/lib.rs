@@ -15,7 +15,9 @@
 //!   [`metrics`]: the counters served to Prometheus;
 //! - [`control_plane`], [`control`], [`netlink`]: ports, peers and routes,
 //!   the control socket, and the kernel state the switch reads and writes;
-//! - [`config`], [`daemon`], [`mac`]: configuration and startup.
+//! - [`config`], [`daemon`], [`mac`]: configuration and startup;
+//! - [`services`]: the nftables table that makes kube-proxy's Services
+//!   work for pods.
 //!
 //! What the CNI plugin shares with the daemon lives in two small crates,
 //! re-exported here under their old paths: `podswitch-control` (the
@@ -35,6 +37,7 @@ pub mod frame_budget;
 pub mod frames;
 pub mod metrics;
 pub mod saved_state;
+pub mod services;
 pub mod stats;
 pub mod topology;
 pub mod trace;
