@@ -339,16 +339,20 @@ fn write_kube_proxy_rules(lab: &Lab, node: &Netns, mode: Mode, services: &[Servi
 
 /// Start an endpoint server in `pod`, ready when its three sockets are.
 fn start_server(pod: &Pod) -> Result<Process> {
-    let me = pod.ip.to_string();
+    serve_in(&pod.ns, pod.ip)
+}
+
+/// Start the endpoint server in `ns`, answering as `me`.
+fn serve_in(ns: &Netns, me: Ipv4Addr) -> Result<Process> {
+    let me = me.to_string();
     let server = Process::spawn(
-        pod.ns
-            .command("timeout")?
+        ns.command("timeout")?
             .args(["600", "python3", "-c", SERVER, &me]),
-        &format!("Service endpoint in {}", pod.ns.name()),
+        &format!("Service endpoint in {}", ns.name()),
     )?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let listening = pod.ns.run("ss", &["-Hlntu"])?;
+        let listening = ns.run("ss", &["-Hlntu"])?;
         let ready = [TCP_PORT, ECHO_PORT, UDP_PORT]
             .iter()
             .all(|p| listening.contains(&format!(":{p} ")));
@@ -358,7 +362,7 @@ fn start_server(pod: &Pod) -> Result<Process> {
         if Instant::now() > deadline {
             bail!(
                 "the endpoint server in {} did not listen within 10 s",
-                pod.ns.name()
+                ns.name()
             );
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -542,10 +546,16 @@ fn counted(node: &SwitchNode, marker: &str) -> Result<u64> {
 /// Restart `node`'s daemon (stopping it cleanly if it runs) with
 /// `service_masquerade` set to `on`.
 fn relaunch_with_masquerade(node: &mut SwitchNode, on: bool) -> Result<()> {
+    relaunch_with(node, "service_masquerade", on)
+}
+
+/// Restart `node`'s daemon (stopping it cleanly if it runs) with the
+/// boolean `key` set to `on`.
+fn relaunch_with(node: &mut SwitchNode, key: &str, on: bool) -> Result<()> {
     ensure!(node.stop(), "the daemon did not stop on SIGTERM");
     let path = node.config_path();
     let text = std::fs::read_to_string(&path)?;
-    let key = |v: bool| format!("service_masquerade = {v}\n");
+    let key = |v: bool| format!("{key} = {v}\n");
     let base = text.replace(&key(true), "").replace(&key(false), "");
     // Top-level keys go before the first [[peers]] table.
     let edited = base.replacen(
@@ -571,7 +581,7 @@ fn kube_proxy_iptables_mode_services_work_through_the_daemons_table() -> Result<
     }
     every_case_works(&lab)?;
     for node in &lab.nodes.switches {
-        let masqueraded = counted(node, "masquerade")?;
+        let masqueraded = counted(node, "Service endpoint")?;
         eprintln!("node {}: {masqueraded} packets masqueraded", node.index);
         ensure!(
             masqueraded > 0,
@@ -581,7 +591,8 @@ fn kube_proxy_iptables_mode_services_work_through_the_daemons_table() -> Result<
     }
 
     // Switched off: a clean stop removes the table, and the daemon
-    // started with service_masquerade = false writes none.
+    // started with service_masquerade = false writes no Service rule (the
+    // table keeps the egress rule).
     let node = &mut lab.nodes.switches[0];
     ensure!(node.stop(), "the daemon did not stop on SIGTERM");
     ensure!(
@@ -590,8 +601,8 @@ fn kube_proxy_iptables_mode_services_work_through_the_daemons_table() -> Result<
     );
     relaunch_with_masquerade(node, false)?;
     ensure!(
-        copies_of_the_table(node)? == (0, 0),
-        "a table with service_masquerade = false"
+        copies_of_the_table(node)? == (1, 0),
+        "service_masquerade = false: the table must hold the egress rule only"
     );
     cases_fail_without_the_table(&lab)?;
 
@@ -624,6 +635,67 @@ fn kube_proxy_nftables_mode_services_work_through_the_daemons_table() -> Result<
     every_case_works(&lab)?;
     relaunch_with_masquerade(&mut lab.nodes.switches[0], false)?;
     cases_fail_without_the_table(&lab)?;
+    Ok(())
+}
+
+/// Egress (issue 19): a pod reaches an address outside the pod network
+/// (a "world" namespace behind node 1, with no route to the pods) through
+/// its node, masqueraded to node 1's address on that link, over TCP and
+/// UDP; pod-to-pod traffic across nodes keeps the pod's address. With `egress_masquerade = false` the world's answers have
+/// nowhere to go.
+#[test]
+fn egress_is_masqueraded_to_the_node() -> Result<()> {
+    let _serial = serial();
+    let mut nodes = nodes("egress", 2)?;
+    let plugin = plugin();
+    let a = nodes.switches[0].add_cni_pod(&mut nodes.lab, &plugin, 2)?;
+    let c = nodes.switches[1].add_cni_pod(&mut nodes.lab, &plugin, 2)?;
+    let world = nodes.lab.netns("world")?;
+    let n1 = &nodes.switches[0].ns;
+    n1.add_veth("out0", &world, "eth0")?;
+    let (n1_out, world_ip) = (ip(192, 0, 2, 1), ip(192, 0, 2, 2));
+    n1.ip(&["addr", "add", "192.0.2.1/24", "dev", "out0"])?;
+    n1.ip(&["link", "set", "out0", "up"])?;
+    world.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"])?;
+    world.ip(&["link", "set", "eth0", "up"])?;
+    let _world_server = serve_in(&world, world_ip)?;
+    let _pod_server = start_server(&c)?;
+
+    for proto in ["tcp", "udp"] {
+        let (answered, seen) = request(
+            &a,
+            proto,
+            world_ip,
+            if proto == "tcp" { TCP_PORT } else { UDP_PORT },
+        )?;
+        ensure!(
+            answered == world_ip && seen == n1_out,
+            "{proto} to the world: answered by {answered}, saw the client as {seen} (not node 1's {n1_out})"
+        );
+        let (answered, seen) = request(
+            &a,
+            proto,
+            c.ip,
+            if proto == "tcp" { TCP_PORT } else { UDP_PORT },
+        )?;
+        ensure!(
+            answered == c.ip && seen == a.ip,
+            "{proto} pod to pod: answered by {answered}, saw the client as {seen}, not {}",
+            a.ip
+        );
+    }
+    ensure!(
+        counted(&nodes.switches[0], "pod to the world")? > 0,
+        "the egress rule matched nothing"
+    );
+
+    relaunch_with(&mut nodes.switches[0], "egress_masquerade", false)?;
+    ensure!(
+        request(&a, "tcp", world_ip, TCP_PORT).is_err(),
+        "the world answered a pod's own address with egress_masquerade = false"
+    );
+    let (answered, seen) = request(&a, "tcp", c.ip, TCP_PORT)?;
+    ensure!(answered == c.ip && seen == a.ip, "pod to pod after: {seen}");
     Ok(())
 }
 

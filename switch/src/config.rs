@@ -127,8 +127,14 @@ pub struct Config {
     /// back out of it (pods to kube-proxy's Services), in the daemon's
     /// nftables table `ip podswitch` (see docs/services.md); on by
     /// default.
-    #[serde(default = "default_service_masquerade")]
+    #[serde(default = "default_masquerade")]
     pub service_masquerade: bool,
+    /// Masquerade pods' connections that leave the node by an interface
+    /// other than the host port (to the world) to that interface's
+    /// address, in the same table, as Flannel's `--ip-masq` does; on by
+    /// default. Pod-to-pod traffic is never masqueraded.
+    #[serde(default = "default_masquerade")]
+    pub egress_masquerade: bool,
 }
 
 fn default_vni() -> u32 {
@@ -155,7 +161,7 @@ fn default_host_routes() -> Vec<Ipv4Net> {
 fn default_tunnel_port() -> String {
     DEFAULT_TUNNEL_PORT.into()
 }
-fn default_service_masquerade() -> bool {
+fn default_masquerade() -> bool {
     true
 }
 fn default_max_pods() -> u32 {
@@ -455,6 +461,7 @@ pod_cidr = "10.244.1.0/24"
         assert_eq!(c.host_routes, vec!["0.0.0.0/0".parse::<Ipv4Net>().unwrap()]);
         assert_eq!(c.router_mac().to_string(), "0a:70:0a:01:00:0b");
         assert!(c.service_masquerade);
+        assert!(c.egress_masquerade);
         assert_eq!(c.metrics_address, None);
     }
 
@@ -481,6 +488,7 @@ xdp_mode = "generic"
 control_socket = "/tmp/ps.sock"
 host_routes = []
 service_masquerade = false
+egress_masquerade = false
 [[peers]]
 node_ip = "10.1.0.12"
 pod_cidr = "10.244.2.0/24"
@@ -501,6 +509,7 @@ vtep_mac = "02:00:00:00:00:13"
         assert_eq!(c.xdp_mode, XdpModeChoice::Generic);
         assert_eq!(c.spin(), Duration::from_micros(50));
         assert!(!c.service_masquerade);
+        assert!(!c.egress_masquerade);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::frame_budget::{FillBudget, FillGrowth, FramePlan};
 use crate::frames::FrameLedger;
 use crate::mac::MacAddr;
 use crate::netlink::{Netlink, disable_ipv6};
-use crate::services;
+use crate::node_nat::{self, NatRules};
 use crate::stats::WorkerStats;
 use crate::tap::TapDevice;
 use crate::topology::{PortRole, Topology};
@@ -162,7 +162,7 @@ pub fn run(config: Config) -> Result<()> {
         .require_link(&config.host_port)?
         .mac
         .context("the host port has no MAC")?;
-    apply_service_masquerade(&config)?;
+    apply_masquerade(&config)?;
     let host_seed = PortRecordSeed {
         name: config.host_port.clone(),
         role: PortRole::Host,
@@ -322,8 +322,8 @@ pub fn run(config: Config) -> Result<()> {
     if let Some(metrics) = metrics {
         let _ = metrics.join();
     }
-    if config.service_masquerade
-        && let Err(e) = services::remove()
+    if masquerade_rules(&config).any()
+        && let Err(e) = node_nat::remove()
     {
         tracing::warn!("{e:#}");
     }
@@ -337,22 +337,34 @@ pub fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
-/// Install the Service masquerade table (`service_masquerade`, with the
-/// forwarding it needs), or, when it is off, remove one an earlier daemon
-/// left (a failure there, such as no `nft` at all, is only logged).
-fn apply_service_masquerade(config: &Config) -> Result<()> {
-    if !config.service_masquerade {
-        if let Err(e) = services::remove() {
-            tracing::warn!("service_masquerade is off: {e:#}");
+/// What the configuration has the daemon's table masquerade.
+fn masquerade_rules(config: &Config) -> NatRules {
+    NatRules {
+        services: config.service_masquerade,
+        egress_from: config.egress_masquerade.then_some(config.pod_cidr.trunc()),
+    }
+}
+
+/// Install the masquerade table (`service_masquerade`,
+/// `egress_masquerade`, with the forwarding they need), or, when both are
+/// off, remove one an earlier daemon left (a failure there, such as no
+/// `nft` at all, is only logged).
+fn apply_masquerade(config: &Config) -> Result<()> {
+    let rules = masquerade_rules(config);
+    if !rules.any() {
+        if let Err(e) = node_nat::remove() {
+            tracing::warn!("service_masquerade and egress_masquerade are off: {e:#}");
         }
         return Ok(());
     }
-    services::enable_forwarding()?;
-    services::install(&config.host_port)?;
+    node_nat::enable_forwarding()?;
+    node_nat::install(&config.host_port, rules)?;
     tracing::info!(
-        table = services::TABLE,
+        table = node_nat::TABLE,
         host_port = %config.host_port,
-        "pods' connections DNATed back to pods by the node (kube-proxy's Services) are masqueraded"
+        services = rules.services,
+        egress = rules.egress_from.is_some(),
+        "pods' connections through the node are masqueraded"
     );
     Ok(())
 }

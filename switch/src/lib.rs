@@ -16,8 +16,8 @@
 //! - [`control_plane`], [`control`], [`netlink`]: ports, peers and routes,
 //!   the control socket, and the kernel state the switch reads and writes;
 //! - [`config`], [`daemon`], [`mac`]: configuration and startup;
-//! - [`services`]: the nftables table that makes kube-proxy's Services
-//!   work for pods.
+//! - [`node_nat`]: the nftables table that masquerades pods' traffic
+//!   through the node (kube-proxy's Services, egress).
 //!
 //! What the CNI plugin shares with the daemon lives in two small crates,
 //! re-exported here under their old paths: `podswitch-control` (the
@@ -36,8 +36,8 @@ pub mod forward;
 pub mod frame_budget;
 pub mod frames;
 pub mod metrics;
+pub mod node_nat;
 pub mod saved_state;
-pub mod services;
 pub mod stats;
 pub mod topology;
 pub mod trace;

@@ -1,8 +1,9 @@
-//! Services through kube-proxy: the daemon's own nftables table, `table
-//! ip podswitch`, which makes the node's kube-proxy (iptables or nftables
-//! mode) work for pods although the switch carries pod-to-pod replies
-//! past the node's stack (see docs/services.md).
+//! The daemon's own nftables table, `table ip podswitch`: its source NAT
+//! for pods' traffic that crosses the node's stack.
 //!
+//! **Services through kube-proxy.** The table makes the node's kube-proxy
+//! (iptables or nftables mode) work for pods although the switch carries
+//! pod-to-pod replies past the node's stack (see docs/services.md).
 //! A pod's packet to a ClusterIP reaches the node's stack through the host
 //! port, is DNATed there to an endpoint pod and leaves through the host
 //! port again. The endpoint's reply would go straight back through the
@@ -12,6 +13,13 @@
 //! address (the pods' gateway), so the reply is addressed to the node and
 //! crosses its stack, which undoes both translations.
 //!
+//! **Egress.** A pod's packet to an address outside the pod network
+//! reaches the node's stack through the host port and leaves by another
+//! interface; it is masqueraded to the node's address there, as Flannel's
+//! `--ip-masq` does, so the world answers the node. Pod-to-pod traffic
+//! never leaves by another interface (every pod CIDR is routed through the
+//! host port), so it keeps its addresses.
+//!
 //! The table is written with `nft -f -` in one transaction that deletes any
 //! earlier copy first (a restart, or a table a killed daemon left, ends
 //! with exactly one), and deleted on a clean stop.
@@ -20,6 +28,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
+use ipnet::Ipv4Net;
 
 /// The daemon's nftables table (family `ip`): nobody else's rules are in
 /// it, and nothing of the daemon's is anywhere else.
@@ -29,33 +38,63 @@ pub const TABLE: &str = "podswitch";
 const NFT: &str = "nft";
 const NFT_PACKAGE: &str = "nftables";
 
+/// What the daemon's table masquerades.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatRules {
+    /// Pods' connections the node DNATs back to pods (`service_masquerade`).
+    pub services: bool,
+    /// Pods' connections to the world, from this node's pod CIDR
+    /// (`egress_masquerade`).
+    pub egress_from: Option<Ipv4Net>,
+}
+
+impl NatRules {
+    /// Whether there is anything to masquerade (else no table).
+    pub fn any(&self) -> bool {
+        self.services || self.egress_from.is_some()
+    }
+}
+
 /// The ruleset of the daemon's table for a node whose host port is
 /// `host_port`: written whole, replacing any earlier copy.
 ///
-/// A connection the node's stack DNATed (`ct status dnat`) that came in
+/// Services: a connection the node's stack DNATed (`ct status dnat`) that came in
 /// through the host port (from a pod) and leaves through it (toward a
 /// pod, here or on another node) is masqueraded, after kube-proxy's own
 /// source NAT. The node's own connections to a ClusterIP (no input
 /// interface) and those from outside the pod network (another input
 /// interface, their replies routed through the node) keep their source.
 ///
+/// Egress: a connection from this node's pod CIDR that came in through
+/// the host port and leaves by any other interface is masqueraded to
+/// that interface's address.
+///
 /// No rule is needed against the ICMP redirects the node sends when it
 /// forwards a Service packet back out the host port: netfilter's NAT
 /// drops a redirect about a NATed connection before it leaves
 /// (`nf_nat_icmp_reply_translation`), and this table's NAT chain is
 /// enough for NAT's hooks to be there.
-pub fn ruleset(host_port: &str) -> String {
-    format!(
+pub fn ruleset(host_port: &str, rules: NatRules) -> String {
+    let mut text = format!(
         "table ip {TABLE}\n\
          delete table ip {TABLE}\n\
          table ip {TABLE} {{\n\
          \tchain postrouting {{\n\
-         \t\ttype nat hook postrouting priority srcnat + 10; policy accept;\n\
-         \t\tiifname \"{host_port}\" oifname \"{host_port}\" ct status dnat counter masquerade \
-         comment \"pod to a Service endpoint pod\"\n\
-         \t}}\n\
-         }}\n"
-    )
+         \t\ttype nat hook postrouting priority srcnat + 10; policy accept;\n"
+    );
+    if rules.services {
+        text += &format!(
+            "\t\tiifname \"{host_port}\" oifname \"{host_port}\" ct status dnat counter \
+             masquerade comment \"pod to a Service endpoint pod\"\n"
+        );
+    }
+    if let Some(pods) = rules.egress_from {
+        text += &format!(
+            "\t\tiifname \"{host_port}\" ip saddr {pods} oifname != \"{host_port}\" counter \
+             masquerade comment \"pod to the world\"\n"
+        );
+    }
+    text + "\t}\n}\n"
 }
 
 /// The transaction that removes the table if it exists.
@@ -65,9 +104,9 @@ fn removal() -> String {
 
 /// Install the table for `host_port` in the calling thread's network
 /// namespace, replacing any earlier copy; nft's message on failure.
-pub fn install(host_port: &str) -> Result<()> {
-    nft(NFT, &ruleset(host_port))
-        .with_context(|| format!("installing the Service masquerade table `ip {TABLE}`"))
+pub fn install(host_port: &str, rules: NatRules) -> Result<()> {
+    nft(NFT, &ruleset(host_port, rules))
+        .with_context(|| format!("installing the masquerade table `ip {TABLE}`"))
 }
 
 /// Remove the table if it exists; nft's message on failure.
@@ -86,7 +125,7 @@ fn nft(program: &str, script: &str) -> Result<()> {
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => anyhow::anyhow!(
                 "{program} is not installed (Debian package {NFT_PACKAGE}); install it, or set \
-                 service_masquerade = false"
+                 service_masquerade = false and egress_masquerade = false"
             ),
             _ => anyhow::Error::new(e).context(format!("running {program}")),
         })?;
@@ -107,8 +146,9 @@ fn nft(program: &str, script: &str) -> Result<()> {
     Ok(())
 }
 
-/// The kernel settings the Service path needs: IPv4 forwarding (the node
-/// forwards a pod's Service packet back out the host port). Turned on
+/// The kernel settings the Service and egress paths need: IPv4
+/// forwarding (the node forwards a pod's Service packet back out the host
+/// port, and its packets to the world out another interface). Turned on
 /// where off; the error names the file when that fails.
 pub fn enable_forwarding() -> Result<()> {
     const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
@@ -116,9 +156,14 @@ pub fn enable_forwarding() -> Result<()> {
         std::fs::read_to_string(IP_FORWARD).with_context(|| format!("reading {IP_FORWARD}"))?;
     if now.trim() != "1" {
         std::fs::write(IP_FORWARD, "1").with_context(|| {
-            format!("writing 1 to {IP_FORWARD}: pods' Service traffic needs the node to forward")
+            format!(
+                "writing 1 to {IP_FORWARD}: pods' Service and egress traffic needs the node to \
+                 forward"
+            )
         })?;
-        tracing::info!("turned IPv4 forwarding on: pods' Service traffic crosses the node");
+        tracing::info!(
+            "turned IPv4 forwarding on: pods' Service and egress traffic crosses the node"
+        );
     }
     Ok(())
 }
@@ -129,7 +174,11 @@ mod tests {
 
     #[test]
     fn the_ruleset_replaces_one_table_and_matches_dnat_from_the_pods() {
-        let text = ruleset("podsw0");
+        let services = NatRules {
+            services: true,
+            egress_from: None,
+        };
+        let text = ruleset("podsw0", services);
         // Declare, delete, then write: one transaction, one copy, whether
         // or not a table was there before.
         let lines: Vec<&str> = text.lines().collect();
@@ -143,6 +192,33 @@ mod tests {
         );
         assert_eq!(text.matches("table ip").count(), 3);
         assert_eq!(text.matches("masquerade").count(), 1);
+    }
+
+    #[test]
+    fn egress_masquerades_the_pod_cidr_leaving_by_another_interface() {
+        let pods: Ipv4Net = "10.244.1.0/24".parse().unwrap();
+        let both = NatRules {
+            services: true,
+            egress_from: Some(pods),
+        };
+        let text = ruleset("podsw0", both);
+        assert!(text.contains(
+            "iifname \"podsw0\" ip saddr 10.244.1.0/24 oifname != \"podsw0\" counter masquerade"
+        ));
+        assert_eq!(text.matches("masquerade comment").count(), 2);
+        let egress = NatRules {
+            services: false,
+            ..both
+        };
+        assert!(!ruleset("podsw0", egress).contains("ct status dnat"));
+        assert!(egress.any());
+        assert!(
+            !NatRules {
+                services: false,
+                egress_from: None
+            }
+            .any()
+        );
     }
 
     #[test]
