@@ -10,6 +10,7 @@ use podswitch_encap::{Decapsulator, TunnelKind, Vni};
 use serde::{Deserialize, Serialize};
 
 use crate::mac::MacAddr;
+use crate::membership::{EtcdSettings, MembershipSource};
 use crate::xdp::XdpModeChoice;
 
 pub use podswitch_control::DEFAULT_CONTROL_SOCKET;
@@ -65,6 +66,13 @@ pub struct Config {
     /// Remote nodes.
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
+    /// Where peers come from besides `peers`: `static` (this file and
+    /// `podswitch peer add` only) or `etcd` (Flannel's layout, `[etcd]`).
+    #[serde(default)]
+    pub membership: MembershipSource,
+    /// The etcd source's settings.
+    #[serde(default)]
+    pub etcd: EtcdSettings,
     /// CPU cores for the polling workers, one worker per core.
     #[serde(default = "default_cores")]
     pub cores: Vec<usize>,
@@ -248,6 +256,11 @@ impl Config {
                 format!("{} does not fit in 24 bits", self.vni),
                 "use a VNI from 0 to 16777215",
             ));
+        }
+        if self.membership == MembershipSource::Etcd
+            && let Some((key, problem, fix)) = self.etcd.problem()
+        {
+            return Err(invalid(key, problem, fix));
         }
         if self.udp_port == Some(0) {
             return Err(invalid(
@@ -518,6 +531,33 @@ vtep_mac = "02:00:00:00:00:13"
         assert!(e.contains("spin_us"), "{e}");
         let e = error(&format!("{MINIMAL}spin_us = \"200us\"\n"));
         assert!(e.contains("spin_us"), "{e}");
+    }
+
+    #[test]
+    fn membership_is_static_unless_etcd_is_chosen_with_its_settings() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.membership, MembershipSource::Static);
+        let c = Config::parse(&format!("{MINIMAL}membership = \"etcd\"\n")).unwrap();
+        assert_eq!(c.etcd.endpoints, ["http://127.0.0.1:2379"]);
+        assert_eq!(c.etcd.prefix, "/coreos.com/network");
+        assert_eq!(c.etcd.lease_ttl_s, 60);
+        let c = Config::parse(&format!(
+            "{MINIMAL}membership = \"etcd\"\n[etcd]\nendpoints = [\"http://10.1.0.2:2379\"]\n\
+             prefix = \"/x\"\nlease_ttl_s = 10\n"
+        ))
+        .unwrap();
+        assert_eq!((c.etcd.prefix.as_str(), c.etcd.lease_ttl_s), ("/x", 10));
+        for (bad, key) in [
+            ("endpoints = []", "etcd.endpoints"),
+            ("endpoints = [\"https://a:2379\"]", "etcd.endpoints"),
+            ("prefix = \"x\"", "etcd.prefix"),
+            ("lease_ttl_s = 1", "etcd.lease_ttl_s"),
+        ] {
+            let e = error(&format!("{MINIMAL}membership = \"etcd\"\n[etcd]\n{bad}\n"));
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+        let e = error(&format!("{MINIMAL}membership = \"kubernetes\"\n"));
+        assert!(e.contains("membership"), "{e}");
     }
 
     #[test]

@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand};
 use ipnet::Ipv4Net;
 use podswitch::config::{Config, DEFAULT_CONTROL_SOCKET, PeerConfig};
 use podswitch::control::protocol::{
-    CaptureSpec, Info, PeerStatus, PollMode, PortKind, PortSpec, PortStatus, RouteEntry,
-    StatsReport, TraceProtocol, TraceReport, TraceSpec,
+    CaptureSpec, Info, MembershipReport, PeerStatus, PollMode, PortKind, PortSpec, PortStatus,
+    RouteEntry, StatsReport, TraceProtocol, TraceReport, TraceSpec,
 };
 use podswitch::control::{Client, Request};
 use podswitch::mac::MacAddr;
@@ -332,7 +332,11 @@ fn run(cli: Cli) -> Result<()> {
         Request::Info => print_info(&decode(answer)?),
         Request::Ports => print_ports(&decode::<Vec<PortStatus>>(answer)?),
         Request::PortAdd(_) => print_ports(&[decode::<PortStatus>(answer)?]),
-        Request::Peers => print_peers(&decode::<Vec<PeerStatus>>(answer)?),
+        Request::Peers => {
+            let info: Info = decode(client.call(&Request::Info)?)?;
+            print_membership(&info.membership);
+            print_peers(&decode::<Vec<PeerStatus>>(answer)?);
+        }
         Request::Routes => print_routes(&decode::<Vec<RouteEntry>>(answer)?),
         Request::Stats => print_stats(&decode(answer)?),
         Request::Trace(_) => print_trace(&decode(answer)?),
@@ -415,6 +419,31 @@ fn print_ports(ports: &[PortStatus]) {
             drops
         );
     }
+}
+
+/// The membership source's line: `membership etcd (unreachable for 12 s
+/// since 1764943200: …)`.
+fn print_membership(membership: &MembershipReport) {
+    let source = if membership.source.is_empty() {
+        "static"
+    } else {
+        &membership.source
+    };
+    let state = match (membership.unreachable_since, &membership.error) {
+        (Some(since), error) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(since, |d| d.as_secs());
+            format!(
+                " (unreachable for {} s, since unix time {since}: {})",
+                now.saturating_sub(since),
+                error.as_deref().unwrap_or("no answer")
+            )
+        }
+        (None, Some(error)) => format!(" ({error})"),
+        (None, None) => String::new(),
+    };
+    println!("membership {source}{state}");
 }
 
 fn print_peers(peers: &[PeerStatus]) {
