@@ -296,6 +296,7 @@ fn a_flanneld_configured_kernel_node_and_an_etcd_outage() -> Result<()> {
     wait_for("node 1 to report etcd unreachable", || {
         Ok(node1.cli(&["peers"])?.contains("unreachable"))
     })?;
+    eprintln!("during the outage:\n{}", node1.cli(&["peers"])?);
     let info = node1.cli_json(&["info"])?;
     ensure!(info["membership"]["source"] == "etcd", "{info}");
     ensure!(info["membership"]["unreachable_since"].is_u64(), "{info}");
