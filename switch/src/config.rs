@@ -139,7 +139,8 @@ pub struct Config {
     pub service_masquerade: bool,
 }
 
-fn default_vni() -> u32 {
+/// The VNI when the file names none.
+pub(crate) fn default_vni() -> u32 {
     1
 }
 fn default_spin_us() -> u32 {
@@ -209,23 +210,52 @@ fn invalid(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> Con
     }
 }
 
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })
+}
+
 /// Longest interface name Linux accepts.
 const IFNAME_MAX: usize = 15;
 
 impl Config {
     /// Read and validate a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        Config::parse(&text).map_err(|err| match err {
+        let text = read_file(path)?;
+        Config::parse_file(path, &text)
+    }
+
+    /// [`Config::parse`], naming `path` in a parse error.
+    fn parse_file(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text).map_err(|err| match err {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.into(),
                 message,
             },
             other => other,
         })
+    }
+
+    /// Read and validate a configuration file whose `pod_cidr` may be
+    /// left to `assign` (etcd's), which is given the file's text when it
+    /// has none and answers the pod CIDR to use, or `None` to leave it
+    /// missing (an error).
+    pub fn load_assigning(
+        path: &Path,
+        assign: impl FnOnce(&str) -> anyhow::Result<Option<Ipv4Net>>,
+    ) -> anyhow::Result<Config> {
+        let text = read_file(path)?;
+        let assigned = match toml::from_str::<toml::Table>(&text) {
+            Ok(table) if !table.contains_key("pod_cidr") => assign(&text)?,
+            _ => None,
+        };
+        let text = match assigned {
+            Some(cidr) => format!("pod_cidr = \"{cidr}\"\n{text}"),
+            None => text,
+        };
+        Ok(Config::parse_file(path, &text)?)
     }
 
     /// Parse and validate configuration text.
@@ -558,6 +588,27 @@ vtep_mac = "02:00:00:00:00:13"
         }
         let e = error(&format!("{MINIMAL}membership = \"kubernetes\"\n"));
         assert!(e.contains("membership"), "{e}");
+    }
+
+    #[test]
+    fn a_pod_cidr_left_out_is_asked_for_and_one_written_is_kept() {
+        let dir = std::env::temp_dir().join(format!("podswitch-assign-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.toml");
+        let without = MINIMAL.replace("pod_cidr = \"10.244.1.0/24\"\n", "");
+        std::fs::write(&path, format!("{without}membership = \"etcd\"\n")).unwrap();
+        let assigned = Config::load_assigning(&path, |text| {
+            assert!(text.contains("membership"));
+            Ok(Some("10.244.7.0/24".parse()?))
+        })
+        .unwrap();
+        assert_eq!(assigned.pod_cidr.to_string(), "10.244.7.0/24");
+        let e = Config::load_assigning(&path, |_| Ok(None)).unwrap_err();
+        assert!(e.to_string().contains("pod_cidr"), "{e}");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let kept = Config::load_assigning(&path, |_| panic!("not asked")).unwrap();
+        assert_eq!(kept.pod_cidr.to_string(), "10.244.1.0/24");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

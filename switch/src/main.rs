@@ -223,7 +223,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     let request = match cli.command {
-        Command::Daemon { config } => return podswitch::daemon::run(Config::load(&config)?),
+        Command::Daemon { config } => {
+            let config =
+                Config::load_assigning(&config, podswitch::membership::etcd::assign_pod_cidr)?;
+            return podswitch::daemon::run(config);
+        }
         Command::CheckConfig { config } => {
             let config = Config::load(&config)?;
             print!("{}", toml::to_string_pretty(&config)?);

@@ -234,7 +234,40 @@ fn nodes_join_leave_and_rejoin_through_etcd_while_a_flow_between_others_runs() -
         "the flow between nodes 1 and 2 stalled while node 3 came and went: {:?}",
         run.longest_silence()
     );
-    for node in &tb.nodes {
+
+    // Node 3 leaves its pod CIDR to etcd. Killed and restarted at once,
+    // it finds its own live lease (by its PublicIP) and keeps its subnet;
+    // stopped cleanly and started again, it takes the lowest free one,
+    // which is the same.
+    let config = tb.node(3).config_path();
+    let text = std::fs::read_to_string(&config)?;
+    let without: String = text
+        .lines()
+        .filter(|l| !l.starts_with("pod_cidr"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    ensure!(without != text, "node 3's configuration names no pod_cidr");
+    std::fs::write(&config, without)?;
+    let killed = tb.node(3).daemon().context("node 3 runs")?;
+    ensure!(killed.signal_and_wait(Signal::SIGKILL, Duration::from_secs(10)));
+    for restart in ["after a kill", "after a clean stop"] {
+        tb.node(3).launch()?;
+        let info = tb.node(3).cli_json(&["info"])?;
+        ensure!(
+            info["pod_cidr"] == "10.244.3.0/24",
+            "{restart}: etcd gave node 3 {}",
+            info["pod_cidr"]
+        );
+        wait_membership(&tb, &[1, 2], 3, true)?;
+        reach(
+            &p3,
+            p1.ip,
+            &format!("node 3 with its pod CIDR from etcd, {restart}"),
+        )?;
+        ensure!(tb.node(3).stop(), "node 3 did not stop");
+        wait_membership(&tb, &[1, 2], 3, false)?;
+    }
+    for node in tb.nodes.iter().filter(|n| n.index != 3) {
         node.check_frames()?;
     }
     Ok(())

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -23,15 +23,17 @@ use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use crossbeam::channel::{RecvTimeoutError, Sender, unbounded};
+use ipnet::Ipv4Net;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::flannel::{
     NetworkConfig, SubnetLease, config_key, parse_subnet_key, subnet_key, subnets_prefix,
 };
-use super::{Applied, EtcdSettings, PeerSet};
+use super::{Applied, EtcdSettings, MembershipSource, PeerSet};
 use crate::config::{Config, PeerConfig};
 use crate::control::protocol::MembershipReport;
+use crate::mac::MacAddr;
 
 /// How long one call to etcd may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -84,6 +86,93 @@ impl EtcdMembership {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.thread.join();
     }
+}
+
+/// The pod CIDR etcd gives the node whose configuration file is `text`
+/// and leaves `pod_cidr` out, as flanneld takes one: the subnet a lease
+/// with this node's `PublicIP` holds, or else the lowest free subnet of
+/// the network, claimed in a transaction (a subnet another node took
+/// meanwhile is passed over). `None` unless `membership = "etcd"`.
+pub fn assign_pod_cidr(text: &str) -> Result<Option<Ipv4Net>> {
+    /// What of the file this needs (the rest is checked later).
+    #[derive(Deserialize)]
+    struct Node {
+        node_ip: IpAddr,
+        #[serde(default)]
+        membership: MembershipSource,
+        #[serde(default = "crate::config::default_vni")]
+        vni: u32,
+        #[serde(default)]
+        router_mac: Option<MacAddr>,
+        #[serde(default)]
+        etcd: EtcdSettings,
+    }
+    let node: Node = toml::from_str(text).context("reading the configuration")?;
+    if node.membership != MembershipSource::Etcd || node.etcd.problem().is_some() {
+        return Ok(None);
+    }
+    let mac = node
+        .router_mac
+        .unwrap_or_else(|| MacAddr::derived_from(node.node_ip));
+    let lease = SubnetLease::new(node.node_ip, node.vni, mac).map_err(|e| anyhow!(e))?;
+    let value = lease.to_json();
+    let mut errors = Vec::new();
+    for endpoint in &node.etcd.endpoints {
+        let etcd = Etcd::new(endpoint);
+        match assign_from(&etcd, &node.etcd, &value, lease.public_ip) {
+            Ok(cidr) => {
+                tracing::info!(pod_cidr = %cidr, "membership: etcd assigned this node's pod CIDR");
+                return Ok(Some(cidr));
+            }
+            Err(e) => errors.push(format!("{endpoint}: {e:#}")),
+        }
+    }
+    bail!(
+        "pod_cidr is left to etcd, which gave none: {}",
+        errors.join("; ")
+    )
+}
+
+fn assign_from(
+    etcd: &Etcd,
+    settings: &EtcdSettings,
+    value: &str,
+    public_ip: Ipv4Addr,
+) -> Result<Ipv4Net> {
+    let key = config_key(&settings.prefix);
+    let network = etcd
+        .get(&key)?
+        .with_context(|| format!("no network config at {key}"))?;
+    let network = NetworkConfig::parse(&network).map_err(|e| anyhow!("{key}: {e}"))?;
+    let subnets = subnets_prefix(&settings.prefix);
+    // A few rounds: each loses a subnet only to a node that took it first.
+    for _ in 0..16 {
+        let (records, _) = etcd.list(&subnets)?;
+        let leases: Vec<(Ipv4Net, &Vec<u8>)> = records
+            .iter()
+            .filter_map(|(k, v)| Some((parse_subnet_key(&String::from_utf8_lossy(k))?, v)))
+            .collect();
+        let candidate = match leases
+            .iter()
+            .find(|(_, v)| SubnetLease::public_ip(v) == Some(public_ip))
+        {
+            Some((own, _)) => *own,
+            None => {
+                let taken: Vec<Ipv4Net> = leases.iter().map(|(net, _)| *net).collect();
+                network
+                    .free_subnet(&taken)
+                    .with_context(|| format!("no free subnet left in {}", network.network))?
+            }
+        };
+        let key = subnet_key(&settings.prefix, candidate);
+        if etcd
+            .try_claim(&key, value, public_ip, settings.lease_ttl_s)?
+            .is_ok()
+        {
+            return Ok(candidate);
+        }
+    }
+    bail!("every free subnet was taken by other nodes while this one tried")
 }
 
 struct Source {
@@ -156,7 +245,12 @@ impl Source {
             .and_then(|n| n.check(&self.config))
             .map_err(|e| anyhow!("{}: {e}", config_key(prefix)))?;
         let own_key = subnet_key(prefix, self.config.pod_cidr);
-        let lease = etcd.claim(&own_key, &self.lease, self.settings.lease_ttl_s)?;
+        let public_ip = SubnetLease::public_ip(self.lease.as_bytes()).context("no IPv4 node_ip")?;
+        let lease = etcd
+            .try_claim(&own_key, &self.lease, public_ip, self.settings.lease_ttl_s)?
+            .map_err(|holder| {
+                anyhow!("{own_key} is another node's: {holder}; give this node a free pod_cidr")
+            })?;
         let (mut records, revision) = etcd.list(&subnets_prefix(prefix))?;
         records.remove(own_key.as_bytes());
         if let Some(since) = self.unreachable_since.take() {
@@ -310,44 +404,46 @@ impl Etcd {
         Ok((kvs(&answer["kvs"])?.into_iter().collect(), revision))
     }
 
-    /// Write `value` at `key` under a new lease of `ttl` seconds, only if
-    /// the key is absent or holds this same value (this node's own record,
-    /// left by a daemon that was killed): in one transaction, so two nodes
-    /// never hold one subnet. The lease's ID.
-    fn claim(&self, key: &str, value: &str, ttl: u32) -> Result<i64> {
+    /// Write `value` (the lease of the node at `public_ip`) at `key`
+    /// under a new lease of `ttl` seconds, only if the key is absent or
+    /// holds a lease of the same `PublicIP` (this node's, left by a daemon
+    /// that was killed or by the flanneld it replaces), each in one
+    /// transaction, so two nodes never hold one subnet. The lease's ID, or
+    /// `None` (and the holder's record) if another node holds the key.
+    fn try_claim(
+        &self,
+        key: &str,
+        value: &str,
+        public_ip: Ipv4Addr,
+        ttl: u32,
+    ) -> Result<std::result::Result<i64, String>> {
         let granted = self.call("lease/grant", &json!({ "TTL": ttl.to_string() }))?;
         let lease = int(&granted["ID"]).context("a lease grant without an ID")?;
+        let k = B64.encode(key);
         let put = json!({ "request_put": {
-            "key": B64.encode(key), "value": B64.encode(value), "lease": lease.to_string() } });
-        let (k, v) = (B64.encode(key), B64.encode(value));
+            "key": k, "value": B64.encode(value), "lease": lease.to_string() } });
+        let absent = json!({ "key": k, "target": "VERSION", "result": "EQUAL", "version": "0" });
         let txn = json!({
-            "compare": [{ "key": k, "target": "VERSION", "result": "EQUAL", "version": "0" }],
+            "compare": [absent],
             "success": [put],
             "failure": [{ "request_range": { "key": k } }],
         });
         let answer = self.call("kv/txn", &txn)?;
         if answer["succeeded"].as_bool() == Some(true) {
-            return Ok(lease);
+            return Ok(Ok(lease));
         }
-        let held = &answer["responses"][0]["response_range"]["kvs"][0]["value"];
-        if held.as_str() == Some(v.as_str()) {
-            let swap = json!({
-                "compare": [{ "key": k, "target": "VALUE", "result": "EQUAL", "value": v }],
-                "success": [put],
-            });
+        let held = answer["responses"][0]["response_range"]["kvs"][0]["value"].clone();
+        let record = decode(&held)?;
+        if SubnetLease::public_ip(&record) == Some(public_ip) {
+            let unchanged =
+                json!({ "key": k, "target": "VALUE", "result": "EQUAL", "value": held });
+            let swap = json!({ "compare": [unchanged], "success": [put] });
             if self.call("kv/txn", &swap)?["succeeded"].as_bool() == Some(true) {
-                return Ok(lease);
+                return Ok(Ok(lease));
             }
         }
         let _ = self.revoke(lease);
-        let holder = held
-            .as_str()
-            .and_then(|h| B64.decode(h).ok())
-            .unwrap_or_default();
-        bail!(
-            "{key} is another node's: {}; give this node a free pod_cidr",
-            String::from_utf8_lossy(&holder)
-        )
+        Ok(Err(String::from_utf8_lossy(&record).into_owned()))
     }
 
     /// Renew `lease`; fails if it has expired.

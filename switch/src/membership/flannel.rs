@@ -10,7 +10,7 @@
 //! Pure: parsing, formatting and the checks; the etcd I/O is in
 //! [`super::etcd`].
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,12 @@ pub struct NetworkConfig {
     /// The backend every node uses.
     #[serde(default)]
     pub backend: Backend,
+    /// The lowest subnet handed out (flannel: the network's second).
+    #[serde(default)]
+    pub subnet_min: Option<Ipv4Addr>,
+    /// The highest subnet handed out (flannel: the network's last).
+    #[serde(default)]
+    pub subnet_max: Option<Ipv4Addr>,
 }
 
 /// `Backend` of the network config.
@@ -55,6 +61,36 @@ impl NetworkConfig {
     pub fn parse(value: &[u8]) -> Result<NetworkConfig, String> {
         serde_json::from_slice(value)
             .map_err(|e| format!("the network config is not flannel's: {e}"))
+    }
+
+    /// A node's subnet length as flannel takes it: `SubnetLen`, or /24
+    /// in a /22 or larger network, or a quarter of a smaller one.
+    pub fn subnet_len(&self) -> u8 {
+        match (self.subnet_len, self.network.prefix_len()) {
+            (0, network) if network <= 22 => 24,
+            (0, network) => network + 2,
+            (len, _) => len,
+        }
+    }
+
+    /// The lowest subnet from `SubnetMin` to `SubnetMax` (flannel's
+    /// defaults: all but the network's first) that is not in `taken`.
+    pub fn free_subnet(&self, taken: &[Ipv4Net]) -> Option<Ipv4Net> {
+        let len = self.subnet_len();
+        if len > 30 || len < self.network.prefix_len() {
+            return None;
+        }
+        let size = 1u32 << (32 - len);
+        let first = u32::from(self.network.network());
+        let last = u32::from(self.network.broadcast()) - (size - 1);
+        let min = self
+            .subnet_min
+            .map_or(first.saturating_add(size), u32::from);
+        let max = self.subnet_max.map_or(last, u32::from).min(last);
+        (min.max(first)..=max)
+            .step_by(size as usize)
+            .filter_map(|ip| Ipv4Net::new(Ipv4Addr::from(ip), len).ok())
+            .find(|net| net.trunc() == *net && !taken.contains(net))
     }
 
     /// Whether this node, configured as `config`, can join the network:
@@ -127,18 +163,27 @@ pub struct VxlanData {
 impl SubnetLease {
     /// The lease this node, configured as `config`, writes.
     pub fn of(config: &Config) -> Result<SubnetLease, String> {
-        let std::net::IpAddr::V4(public_ip) = config.node_ip else {
+        SubnetLease::new(config.node_ip, config.vni, config.router_mac())
+    }
+
+    /// The lease of a node with VTEP `node_ip` and `vtep_mac` on `vni`.
+    pub fn new(node_ip: IpAddr, vni: u32, vtep_mac: MacAddr) -> Result<SubnetLease, String> {
+        let IpAddr::V4(public_ip) = node_ip else {
             return Err("flannel's layout takes an IPv4 node_ip".into());
         };
         Ok(SubnetLease {
             public_ip,
             public_ipv6: None,
             backend_type: "vxlan".into(),
-            backend_data: Some(VxlanData {
-                vni: config.vni,
-                vtep_mac: config.router_mac(),
-            }),
+            backend_data: Some(VxlanData { vni, vtep_mac }),
         })
+    }
+
+    /// The `PublicIP` of a lease value, if it is a lease.
+    pub fn public_ip(value: &[u8]) -> Option<Ipv4Addr> {
+        serde_json::from_slice::<SubnetLease>(value)
+            .ok()
+            .map(|l| l.public_ip)
     }
 
     /// The JSON flannel writes.
@@ -263,6 +308,44 @@ mod tests {
         for junk in [&b"{"[..], b"null", b"{\"PublicIP\":\"x\"}", b"\xff"] {
             assert!(SubnetLease::peer(junk, cidr, 1).is_err());
         }
+    }
+
+    #[test]
+    fn free_subnets_are_handed_out_as_flannel_does() {
+        let net = |json: &str| NetworkConfig::parse(json.as_bytes()).unwrap();
+        let cidr = |s: &str| s.parse::<Ipv4Net>().unwrap();
+        let default = net(r#"{"Network":"10.244.0.0/16"}"#);
+        assert_eq!(default.subnet_len(), 24);
+        // The network's first subnet is never handed out.
+        assert_eq!(default.free_subnet(&[]), Some(cidr("10.244.1.0/24")));
+        let taken = [
+            cidr("10.244.1.0/24"),
+            cidr("10.244.2.0/24"),
+            cidr("10.244.4.0/24"),
+        ];
+        assert_eq!(default.free_subnet(&taken), Some(cidr("10.244.3.0/24")));
+        let small = net(r#"{"Network":"10.9.0.0/26"}"#);
+        assert_eq!(small.subnet_len(), 28);
+        let all = [
+            cidr("10.9.0.16/28"),
+            cidr("10.9.0.32/28"),
+            cidr("10.9.0.48/28"),
+        ];
+        assert_eq!(small.free_subnet(&all[..2]), Some(cidr("10.9.0.48/28")));
+        assert_eq!(small.free_subnet(&all), None);
+        let bounded = net(
+            r#"{"Network":"10.244.0.0/16","SubnetLen":25,"SubnetMin":"10.244.8.0","SubnetMax":"10.244.8.128"}"#,
+        );
+        assert_eq!(
+            bounded.free_subnet(&[cidr("10.244.8.0/25")]),
+            Some(cidr("10.244.8.128/25"))
+        );
+        assert_eq!(
+            bounded.free_subnet(&[cidr("10.244.8.0/25"), cidr("10.244.8.128/25")]),
+            None
+        );
+        let nonsense = net(r#"{"Network":"10.244.0.0/16","SubnetLen":8}"#);
+        assert_eq!(nonsense.free_subnet(&[]), None);
     }
 
     #[test]
