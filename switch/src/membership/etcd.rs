@@ -329,7 +329,13 @@ impl Source {
             match SubnetLease::peer(value, cidr, self.config.vni) {
                 Ok(peer) if peer.node_ip == self.config.node_ip => {}
                 Ok(peer) => {
-                    peers.insert(peer.node_ip, peer);
+                    if let Some(other) = peers.insert(peer.node_ip, peer) {
+                        tracing::warn!(
+                            %key,
+                            other = %other.pod_cidr,
+                            "membership: two subnet leases name this PublicIP; the later key wins"
+                        );
+                    }
                 }
                 Err(e) => tracing::warn!(%key, "membership: ignored: {e}"),
             }
