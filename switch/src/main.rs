@@ -338,7 +338,7 @@ fn run(cli: Cli) -> Result<()> {
         Request::PortAdd(_) => print_ports(&[decode::<PortStatus>(answer)?]),
         Request::Peers => {
             let info: Info = decode(client.call(&Request::Info)?)?;
-            print_membership(&info.membership);
+            println!("membership {}", membership(&info.membership));
             print_peers(&decode::<Vec<PeerStatus>>(answer)?);
         }
         Request::Routes => print_routes(&decode::<Vec<RouteEntry>>(answer)?),
@@ -397,6 +397,7 @@ fn print_info(info: &Info) {
         (u64::from(info.frame_count) * 4096) >> 20,
         info.max_pods
     );
+    println!("membership   {}", membership(&info.membership));
     println!("version      {}", info.version);
 }
 
@@ -425,9 +426,9 @@ fn print_ports(ports: &[PortStatus]) {
     }
 }
 
-/// The membership source's line: `membership etcd (unreachable for 12 s
-/// since 1764943200: …)`.
-fn print_membership(membership: &MembershipReport) {
+/// The membership source and its state: `etcd (unreachable for 12 s,
+/// since unix time 1764943200: …)`.
+fn membership(membership: &MembershipReport) -> String {
     let source = if membership.source.is_empty() {
         "static"
     } else {
@@ -447,7 +448,7 @@ fn print_membership(membership: &MembershipReport) {
         (None, Some(error)) => format!(" ({error})"),
         (None, None) => String::new(),
     };
-    println!("membership {source}{state}");
+    format!("{source}{state}")
 }
 
 fn print_peers(peers: &[PeerStatus]) {
