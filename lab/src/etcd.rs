@@ -2,7 +2,7 @@
 //! in a directory of the test's, and the few calls a test makes to it
 //! (through its JSON gateway, with curl in the namespace): writing
 //! Flannel's records as flanneld would, reading them back, granting and
-//! revoking leases. Stopped by PID when dropped.
+//! revoking leases. Stopped by PID, and its data removed, when dropped.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -158,8 +158,11 @@ impl EtcdServer {
     }
 }
 
+/// Stops etcd and removes its data (etcd preallocates 64 MB of log), keeping
+/// its log.
 impl Drop for EtcdServer {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_dir_all(self.dir.join("data"));
     }
 }
