@@ -25,6 +25,8 @@ PACKAGES=(
   nftables
   # container runtimes the CNI tests drive, and busybox for their image
   podman conmon containerd runc busybox-static curl
+  # etcd, the membership tests' datastore (Flannel's layout)
+  etcd-server
   # profiling the switch (perf has no hardware counters here)
   valgrind strace
   # the lab benchmark's Open vSwitch contender (userspace datapath, AF_XDP)

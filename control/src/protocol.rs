@@ -374,6 +374,23 @@ pub struct Info {
     pub tunnel_port: Option<String>,
     /// The daemon's version.
     pub version: String,
+    /// Where the peers come from, and whether it is reachable.
+    #[serde(default)]
+    pub membership: MembershipReport,
+}
+
+/// The membership source as the daemon last saw it (`info`, `peers`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipReport {
+    /// `static` (the file and `peer add`) or `etcd`.
+    pub source: String,
+    /// Seconds since the Unix epoch since which the source has not
+    /// answered; `None` while it answers (and always for `static`).
+    #[serde(default)]
+    pub unreachable_since: Option<u64>,
+    /// The last error, while unreachable or misconfigured.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// One port (`ports`).

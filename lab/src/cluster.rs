@@ -62,6 +62,31 @@ pub fn connect_underlay(a: &Netns, ia: u8, b: &Netns, ib: u8, mtu: u32) -> Resul
     Ok(())
 }
 
+/// Join node namespaces `nodes` (each with its index) through a bridge in
+/// a new namespace `fabric` of `lab`: each gets [`UPLINK`], addressed as
+/// node i, offloads off; the bridge itself has `10.1.0.2/24`, where a
+/// service of the lab (etcd) can listen. The fabric namespace.
+pub fn fabric(lab: &mut Lab, nodes: &[(&Netns, u8)], mtu: u32) -> Result<Netns> {
+    let fabric = lab.netns("fabric")?;
+    let mtu = mtu.to_string();
+    fabric.ip(&["link", "add", "br0", "mtu", &mtu, "type", "bridge"])?;
+    fabric.ip(&["addr", "add", &format!("{FABRIC_IP}/24"), "dev", "br0"])?;
+    fabric.ip(&["link", "set", "br0", "up"])?;
+    for (ns, i) in nodes {
+        let port = format!("f{i}");
+        fabric.add_veth(&port, ns, UPLINK)?;
+        fabric.ip(&["link", "set", &port, "mtu", &mtu, "master", "br0", "up"])?;
+        offloads_off(&fabric, &port)?;
+        ns.ip(&["addr", "add", &format!("{}/24", node_ip(*i)), "dev", UPLINK])?;
+        ns.ip(&["link", "set", UPLINK, "mtu", &mtu, "up"])?;
+        offloads_off(ns, UPLINK)?;
+    }
+    Ok(fabric)
+}
+
+/// The fabric bridge's own address (see [`fabric`]).
+pub const FABRIC_IP: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
+
 /// Give `ifname` (a veth) `queues` RX and TX queues: the peer's flows
 /// spread over them by its TX queue choice, as RSS spreads them on a NIC.
 pub fn set_queues(ns: &Netns, ifname: &str, queues: usize) -> Result<()> {
@@ -115,6 +140,9 @@ pub struct SwitchOptions {
     /// Serve Prometheus metrics on this port of the node's underlay
     /// address (`metrics_address`); off when `None`.
     pub metrics_port: Option<u16>,
+    /// TOML added to every node's configuration before its peers, e.g.
+    /// `membership = "etcd"` and its `[etcd]` table.
+    pub membership: Option<String>,
 }
 
 impl Default for SwitchOptions {
@@ -134,6 +162,7 @@ impl Default for SwitchOptions {
             spin_us: None,
             worker_cpu: None,
             metrics_port: None,
+            membership: None,
         }
     }
 }
@@ -212,6 +241,10 @@ impl SwitchNode {
                 "metrics_address = \"{}:{port}\"\n",
                 node_ip(index)
             ));
+        }
+        if let Some(membership) = &options.membership {
+            config.push_str(membership);
+            config.push('\n');
         }
         for peer in peers {
             config.push_str(&format!(
@@ -610,13 +643,45 @@ impl KernelNode {
         underlay_mtu: u32,
         vtep: IpAddr,
     ) -> Result<KernelNode> {
+        KernelNode::build(ns, index, underlay_mtu, vtep, "vxlan0", 4789)
+    }
+
+    /// Set up node `index` in `ns` as flanneld's vxlan backend would with
+    /// the network's `udp_port`: device `flannel.<VNI>`, its pod subnet's
+    /// network address as a /32, MAC [`kernel_vtep_mac`]; peers come from
+    /// the subnet leases ([`Self::add_flannel_peers`]).
+    pub fn create_as_flanneld(
+        ns: Netns,
+        index: u8,
+        underlay_mtu: u32,
+        udp_port: u16,
+    ) -> Result<KernelNode> {
+        let name = format!("flannel.{VNI}");
+        KernelNode::build(
+            ns,
+            index,
+            underlay_mtu,
+            node_ip(index).into(),
+            &name,
+            udp_port,
+        )
+    }
+
+    fn build(
+        ns: Netns,
+        index: u8,
+        underlay_mtu: u32,
+        vtep: IpAddr,
+        name: &str,
+        udp_port: u16,
+    ) -> Result<KernelNode> {
         ns.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
         // Outer IP, UDP and VXLAN headers and the inner Ethernet header.
         let overhead = if vtep.is_ipv4() { 50 } else { 70 };
         let vxlan = KernelVxlan {
-            name: "vxlan0".into(),
+            name: name.into(),
             vni: VNI,
-            udp_port: 4789,
+            udp_port,
             local: vtep,
             underlay: UPLINK.into(),
             mac: kernel_vtep_mac(index),
@@ -646,6 +711,37 @@ impl KernelNode {
             vtep_mac,
             node_ip(peer).into(),
         )
+    }
+
+    /// Route to every node whose subnet lease is in `records` (key and
+    /// JSON value of flannel's `<prefix>/subnets/…` keys, this node's own
+    /// left out) as flanneld's vxlan backend does for an added lease: a
+    /// permanent neighbour entry for the subnet's network address with
+    /// the lease's `VtepMAC`, an FDB entry sending that MAC to its
+    /// `PublicIP`, and the route to the subnet via that address onlink.
+    pub fn add_flannel_peers(&self, records: &[(String, String)]) -> Result<()> {
+        for (key, value) in records {
+            let subnet = key
+                .rsplit('/')
+                .next()
+                .and_then(|s| s.split_once('-'))
+                .with_context(|| format!("{key} is not a subnet key"))?;
+            if subnet.0 == format!("10.244.{}.0", self.index) {
+                continue;
+            }
+            let lease: serde_json::Value = serde_json::from_str(value)?;
+            let public_ip: IpAddr = lease["PublicIP"]
+                .as_str()
+                .and_then(|ip| ip.parse().ok())
+                .with_context(|| format!("{key}: no PublicIP in {value}"))?;
+            let mac = lease["BackendData"]["VtepMAC"]
+                .as_str()
+                .with_context(|| format!("{key}: no VtepMAC in {value}"))?;
+            let cidr = format!("{}/{}", subnet.0, subnet.1);
+            self.vxlan
+                .add_peer(&self.ns, &cidr, subnet.0, mac, public_ip)?;
+        }
+        Ok(())
     }
 
     /// Add a pod on the bridge, with offloads on (what Flannel users get)

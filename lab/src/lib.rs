@@ -8,6 +8,7 @@ pub mod capture;
 pub mod cluster;
 pub mod cni;
 pub mod cpu;
+pub mod etcd;
 pub mod flat_pods;
 pub mod flood;
 pub mod host;

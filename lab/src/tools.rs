@@ -42,6 +42,7 @@ pub const TOOLS: &[Tool] = &[
     tool("tshark", "tshark"),
     tool("tcpdump", "tcpdump"),
     tool("curl", "curl"),
+    tool("etcd", "etcd-server"),
     // portmap's rules
     tool("iptables", "iptables"),
     tool("iptables-save", "iptables"),

@@ -10,6 +10,7 @@ use podswitch_encap::{Decapsulator, TunnelKind, Vni};
 use serde::{Deserialize, Serialize};
 
 use crate::mac::MacAddr;
+use crate::membership::{EtcdSettings, MembershipSource};
 use crate::xdp::XdpModeChoice;
 
 pub use podswitch_control::DEFAULT_CONTROL_SOCKET;
@@ -65,6 +66,13 @@ pub struct Config {
     /// Remote nodes.
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
+    /// Where peers come from besides `peers`: `static` (this file and
+    /// `podswitch peer add` only) or `etcd` (Flannel's layout, `[etcd]`).
+    #[serde(default)]
+    pub membership: MembershipSource,
+    /// The etcd source's settings.
+    #[serde(default)]
+    pub etcd: EtcdSettings,
     /// CPU cores for the polling workers, one worker per core.
     #[serde(default = "default_cores")]
     pub cores: Vec<usize>,
@@ -137,7 +145,8 @@ pub struct Config {
     pub egress_masquerade: bool,
 }
 
-fn default_vni() -> u32 {
+/// The VNI when the file names none.
+pub(crate) fn default_vni() -> u32 {
     1
 }
 fn default_spin_us() -> u32 {
@@ -207,23 +216,52 @@ fn invalid(key: &str, problem: impl Into<String>, fix: impl Into<String>) -> Con
     }
 }
 
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })
+}
+
 /// Longest interface name Linux accepts.
 const IFNAME_MAX: usize = 15;
 
 impl Config {
     /// Read and validate a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        Config::parse(&text).map_err(|err| match err {
+        let text = read_file(path)?;
+        Config::parse_file(path, &text)
+    }
+
+    /// [`Config::parse`], naming `path` in a parse error.
+    fn parse_file(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text).map_err(|err| match err {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.into(),
                 message,
             },
             other => other,
         })
+    }
+
+    /// Read and validate a configuration file whose `pod_cidr` may be
+    /// left to `assign` (etcd's), which is given the file's text when it
+    /// has none and answers the pod CIDR to use, or `None` to leave it
+    /// missing (an error).
+    pub fn load_assigning(
+        path: &Path,
+        assign: impl FnOnce(&str) -> anyhow::Result<Option<Ipv4Net>>,
+    ) -> anyhow::Result<Config> {
+        let text = read_file(path)?;
+        let assigned = match toml::from_str::<toml::Table>(&text) {
+            Ok(table) if !table.contains_key("pod_cidr") => assign(&text)?,
+            _ => None,
+        };
+        let text = match assigned {
+            Some(cidr) => format!("pod_cidr = \"{cidr}\"\n{text}"),
+            None => text,
+        };
+        Ok(Config::parse_file(path, &text)?)
     }
 
     /// Parse and validate configuration text.
@@ -254,6 +292,11 @@ impl Config {
                 format!("{} does not fit in 24 bits", self.vni),
                 "use a VNI from 0 to 16777215",
             ));
+        }
+        if self.membership == MembershipSource::Etcd
+            && let Some((key, problem, fix)) = self.etcd.problem()
+        {
+            return Err(invalid(key, problem, fix));
         }
         if self.udp_port == Some(0) {
             return Err(invalid(
@@ -527,6 +570,54 @@ vtep_mac = "02:00:00:00:00:13"
         assert!(e.contains("spin_us"), "{e}");
         let e = error(&format!("{MINIMAL}spin_us = \"200us\"\n"));
         assert!(e.contains("spin_us"), "{e}");
+    }
+
+    #[test]
+    fn membership_is_static_unless_etcd_is_chosen_with_its_settings() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.membership, MembershipSource::Static);
+        let c = Config::parse(&format!("{MINIMAL}membership = \"etcd\"\n")).unwrap();
+        assert_eq!(c.etcd.endpoints, ["http://127.0.0.1:2379"]);
+        assert_eq!(c.etcd.prefix, "/coreos.com/network");
+        assert_eq!(c.etcd.lease_ttl_s, 60);
+        let c = Config::parse(&format!(
+            "{MINIMAL}membership = \"etcd\"\n[etcd]\nendpoints = [\"http://10.1.0.2:2379\"]\n\
+             prefix = \"/x\"\nlease_ttl_s = 10\n"
+        ))
+        .unwrap();
+        assert_eq!((c.etcd.prefix.as_str(), c.etcd.lease_ttl_s), ("/x", 10));
+        for (bad, key) in [
+            ("endpoints = []", "etcd.endpoints"),
+            ("endpoints = [\"https://a:2379\"]", "etcd.endpoints"),
+            ("prefix = \"x\"", "etcd.prefix"),
+            ("lease_ttl_s = 1", "etcd.lease_ttl_s"),
+        ] {
+            let e = error(&format!("{MINIMAL}membership = \"etcd\"\n[etcd]\n{bad}\n"));
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+        let e = error(&format!("{MINIMAL}membership = \"kubernetes\"\n"));
+        assert!(e.contains("membership"), "{e}");
+    }
+
+    #[test]
+    fn a_pod_cidr_left_out_is_asked_for_and_one_written_is_kept() {
+        let dir = std::env::temp_dir().join(format!("podswitch-assign-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.toml");
+        let without = MINIMAL.replace("pod_cidr = \"10.244.1.0/24\"\n", "");
+        std::fs::write(&path, format!("{without}membership = \"etcd\"\n")).unwrap();
+        let assigned = Config::load_assigning(&path, |text| {
+            assert!(text.contains("membership"));
+            Ok(Some("10.244.7.0/24".parse()?))
+        })
+        .unwrap();
+        assert_eq!(assigned.pod_cidr.to_string(), "10.244.7.0/24");
+        let e = Config::load_assigning(&path, |_| Ok(None)).unwrap_err();
+        assert!(e.to_string().contains("pod_cidr"), "{e}");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let kept = Config::load_assigning(&path, |_| panic!("not asked")).unwrap();
+        assert_eq!(kept.pod_cidr.to_string(), "10.244.1.0/24");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

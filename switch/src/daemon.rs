@@ -17,7 +17,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::afxdp::{CopyMode, Umem, UmemConfig, XskConfig, XskSocket, active_rx_queues};
-use crate::config::{Config, TunnelOffloadMode};
+use crate::config::{Config, PeerConfig, TunnelOffloadMode};
 use crate::control::ControlServer;
 use crate::control::protocol::PortKind;
 use crate::control_plane::{
@@ -28,6 +28,8 @@ use crate::fib::SharedFib;
 use crate::frame_budget::{FillBudget, FillGrowth, FramePlan};
 use crate::frames::FrameLedger;
 use crate::mac::MacAddr;
+use crate::membership::MembershipSource;
+use crate::membership::etcd::EtcdMembership;
 use crate::netlink::{Netlink, disable_ipv6};
 use crate::node_nat::{self, NatRules};
 use crate::stats::WorkerStats;
@@ -284,6 +286,24 @@ pub fn run(config: Config) -> Result<()> {
     let pod_cidrs: Vec<Ipv4Net> = plane.peers().iter().map(|p| p.pod_cidr).collect();
     remove_stale_host_routes(&netlink, host.index, config.pod_cidr, &pod_cidrs);
 
+    let membership = match config.membership {
+        MembershipSource::Static => None,
+        MembershipSource::Etcd => {
+            let from_file: Vec<_> = config.peers.iter().map(|p| p.node_ip).collect();
+            let owned = plane
+                .peers()
+                .into_iter()
+                .filter(|p| !from_file.contains(&p.node_ip))
+                .map(|p| PeerConfig {
+                    node_ip: p.node_ip,
+                    pod_cidr: p.pod_cidr,
+                    vtep_mac: Some(p.vtep_mac),
+                })
+                .collect();
+            Some(EtcdMembership::start(&config, plane.clone(), owned)?)
+        }
+    };
+
     let stop = Arc::new(AtomicBool::new(false));
     let (maintenance, stop_maintenance) = spawn_maintenance(plane.clone())?;
     let control = server.serve(plane.clone(), stop.clone());
@@ -309,6 +329,9 @@ pub fn run(config: Config) -> Result<()> {
 
     let signal = stop_signals.wait().context("waiting for a signal")?;
     tracing::info!(?signal, "stopping");
+    if let Some(membership) = membership {
+        membership.stop();
+    }
     stop.store(true, Ordering::Relaxed);
     drop(stop_maintenance);
     for handle in plane.workers() {

@@ -35,6 +35,7 @@ pub mod fib;
 pub mod forward;
 pub mod frame_budget;
 pub mod frames;
+pub mod membership;
 pub mod metrics;
 pub mod node_nat;
 pub mod saved_state;

@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand};
 use ipnet::Ipv4Net;
 use podswitch::config::{Config, DEFAULT_CONTROL_SOCKET, PeerConfig};
 use podswitch::control::protocol::{
-    CaptureSpec, Info, PeerStatus, PollMode, PortKind, PortSpec, PortStatus, RouteEntry,
-    StatsReport, TraceProtocol, TraceReport, TraceSpec,
+    CaptureSpec, Info, MembershipReport, PeerStatus, PollMode, PortKind, PortSpec, PortStatus,
+    RouteEntry, StatsReport, TraceProtocol, TraceReport, TraceSpec,
 };
 use podswitch::control::{Client, Request};
 use podswitch::mac::MacAddr;
@@ -223,7 +223,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     let request = match cli.command {
-        Command::Daemon { config } => return podswitch::daemon::run(Config::load(&config)?),
+        Command::Daemon { config } => {
+            let config =
+                Config::load_assigning(&config, podswitch::membership::etcd::assign_pod_cidr)?;
+            return podswitch::daemon::run(config);
+        }
         Command::CheckConfig { config } => {
             let config = Config::load(&config)?;
             print!("{}", toml::to_string_pretty(&config)?);
@@ -332,7 +336,11 @@ fn run(cli: Cli) -> Result<()> {
         Request::Info => print_info(&decode(answer)?),
         Request::Ports => print_ports(&decode::<Vec<PortStatus>>(answer)?),
         Request::PortAdd(_) => print_ports(&[decode::<PortStatus>(answer)?]),
-        Request::Peers => print_peers(&decode::<Vec<PeerStatus>>(answer)?),
+        Request::Peers => {
+            let info: Info = decode(client.call(&Request::Info)?)?;
+            println!("membership {}", membership(&info.membership));
+            print_peers(&decode::<Vec<PeerStatus>>(answer)?);
+        }
         Request::Routes => print_routes(&decode::<Vec<RouteEntry>>(answer)?),
         Request::Stats => print_stats(&decode(answer)?),
         Request::Trace(_) => print_trace(&decode(answer)?),
@@ -389,6 +397,7 @@ fn print_info(info: &Info) {
         (u64::from(info.frame_count) * 4096) >> 20,
         info.max_pods
     );
+    println!("membership   {}", membership(&info.membership));
     println!("version      {}", info.version);
 }
 
@@ -415,6 +424,31 @@ fn print_ports(ports: &[PortStatus]) {
             drops
         );
     }
+}
+
+/// The membership source and its state: `etcd (unreachable for 12 s,
+/// since unix time 1764943200: …)`.
+fn membership(membership: &MembershipReport) -> String {
+    let source = if membership.source.is_empty() {
+        "static"
+    } else {
+        &membership.source
+    };
+    let state = match (membership.unreachable_since, &membership.error) {
+        (Some(since), error) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(since, |d| d.as_secs());
+            format!(
+                " (unreachable for {} s, since unix time {since}: {})",
+                now.saturating_sub(since),
+                error.as_deref().unwrap_or("no answer")
+            )
+        }
+        (None, Some(error)) => format!(" ({error})"),
+        (None, None) => String::new(),
+    };
+    format!("{source}{state}")
 }
 
 fn print_peers(peers: &[PeerStatus]) {

@@ -22,8 +22,8 @@ use crate::afxdp::{Umem, UmemShare, XskConfig, XskSocket, active_rx_queues};
 use crate::capture::{CaptureFilter, CaptureTap, CapturedFrame};
 use crate::config::PeerConfig;
 use crate::control::protocol::{
-    CaptureSpec, FrameReport, Info, PeerStatus, PortKind, PortSpec, PortStatus, RouteEntry,
-    StatsReport,
+    CaptureSpec, FrameReport, Info, MembershipReport, PeerStatus, PortKind, PortSpec, PortStatus,
+    RouteEntry, StatsReport,
 };
 use crate::control::{Handler, Request, Response};
 use crate::fib::SharedFib;
@@ -115,6 +115,8 @@ pub struct ControlPlane {
     requests: Mutex<BTreeMap<(String, bool), u64>>,
     /// Captures running, published with the topology.
     captures: Mutex<Vec<Arc<CaptureTap>>>,
+    /// The membership source as it last reported.
+    membership: Mutex<MembershipReport>,
 }
 
 /// How many control-socket requests of one operation had one outcome.
@@ -126,6 +128,28 @@ pub struct RequestCount {
     pub ok: bool,
     /// How many.
     pub count: u64,
+}
+
+/// A membership source changes peers as `peer add`/`peer del` do, and the
+/// state file follows.
+impl crate::membership::PeerSet for ControlPlane {
+    fn add(&self, peer: PeerConfig) -> Result<()> {
+        self.add_peer(peer)?;
+        self.save_state();
+        Ok(())
+    }
+
+    fn remove(&self, node_ip: IpAddr) -> Result<()> {
+        self.remove_peer(node_ip)?;
+        self.save_state();
+        Ok(())
+    }
+}
+
+impl crate::membership::etcd::Plane for ControlPlane {
+    fn report(&self, report: MembershipReport) {
+        *self.membership.lock().unwrap_or_else(|e| e.into_inner()) = report;
+    }
 }
 
 /// A pod port's I/O, opened, with what the port table says of it.
@@ -147,12 +171,17 @@ impl ControlPlane {
             ports.host.map(PortRecordSeed::into_record),
             ports.tunnel.map(PortRecordSeed::into_record),
         );
+        let source = parts.node.config.membership.name().into();
         let plane = ControlPlane {
             parts,
             tables: Mutex::new(tables),
             saving: Mutex::new(()),
             requests: Mutex::new(BTreeMap::new()),
             captures: Mutex::new(Vec::new()),
+            membership: Mutex::new(MembershipReport {
+                source,
+                ..MembershipReport::default()
+            }),
         };
         plane.publish(&plane.lock());
         let config = &plane.parts.node.config;
@@ -360,6 +389,11 @@ impl ControlPlane {
                 .filter(|p| p.record.view.role == PortRole::Tunnel)
                 .map(|p| p.record.view.name.clone()),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            membership: self
+                .membership
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 
