@@ -68,6 +68,18 @@ impl TunnelKind {
         }
     }
 
+    /// The length of this tunnel's header at the start of `datagram` (a
+    /// UDP payload): VXLAN's 8 bytes, Geneve's 8 and its options; `None`
+    /// when the datagram is too short to hold it.
+    pub fn header_len(self, datagram: &[u8]) -> Option<usize> {
+        match self {
+            TunnelKind::Vxlan => (datagram.len() >= vxlan::HEADER_LEN).then_some(vxlan::HEADER_LEN),
+            TunnelKind::Geneve => geneve::Packet::new_checked(datagram)
+                .ok()
+                .map(|g| g.header_len()),
+        }
+    }
+
     /// The tunnel's lowercase name, as configuration spells it.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -645,6 +657,18 @@ mod tests {
     use core::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
+
+    #[test]
+    fn tunnel_header_lengths() {
+        let vxlan = [0x08, 0, 0, 0, 0, 0, 1, 0, 0xaa];
+        assert_eq!(TunnelKind::Vxlan.header_len(&vxlan), Some(8));
+        assert_eq!(TunnelKind::Vxlan.header_len(&vxlan[..7]), None);
+        // Geneve, Opt Len 2 (8 bytes of options).
+        let mut geneve = vec![0x02, 0, 0x65, 0x58, 0, 0, 1, 0];
+        geneve.extend_from_slice(&[0; 8]);
+        assert_eq!(TunnelKind::Geneve.header_len(&geneve), Some(16));
+        assert_eq!(TunnelKind::Geneve.header_len(&geneve[..15]), None);
+    }
     use crate::segment::complete_checksum;
     use crate::segment::tests::{Spec, checksums_valid, tcp_frame};
     use crate::virtio_net::Gso;

@@ -12,7 +12,6 @@ use anyhow::{Context, Result, ensure};
 use pcap_file::pcap::PcapReader;
 use podswitch_encap::TunnelKind;
 use podswitch_encap::checksum::ipv4_pseudo_header;
-use podswitch_encap::geneve;
 use podswitch_encap::segment::complete_checksum;
 use podswitch_encap::wire::{
     IpAddress, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket, checksum,
@@ -137,14 +136,11 @@ impl TunnelCapture {
             counts.bad_outer += 1;
             return;
         }
-        let tunnel = udp.payload();
-        let tunnel_len = match self.kind {
-            TunnelKind::Vxlan => 8,
-            TunnelKind::Geneve => {
-                geneve::Packet::new_checked(tunnel).map_or(usize::MAX, |g| g.header_len())
-            }
+        let Some(tunnel_len) = self.kind.header_len(udp.payload()) else {
+            counts.bad_inner += 1;
+            return;
         };
-        let inner_start = (udp_start + 8).saturating_add(tunnel_len);
+        let inner_start = udp_start + 8 + tunnel_len;
         let inner = frame
             .get(inner_start..)
             .filter(|inner| inner.get(12..14) == Some(&[0x08, 0x00][..]));

@@ -22,6 +22,7 @@ use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPa
 use pcap_file::pcapng::blocks::interface_description::{
     InterfaceDescriptionBlock, InterfaceDescriptionOption,
 };
+use podswitch_encap::TunnelKind;
 
 use crate::topology::PortId;
 
@@ -55,7 +56,7 @@ pub struct CapturedFrame {
 }
 
 /// Which frames a capture keeps.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CaptureFilter {
     /// This IPv4 address as source or destination (outer, or inner for a
     /// tunnel packet).
@@ -64,6 +65,8 @@ pub struct CaptureFilter {
     pub l4_port: Option<u16>,
     /// The tunnel's UDP port: packets to it are looked into.
     pub tunnel_port: u16,
+    /// The tunnel's header, to find the frame inside.
+    pub tunnel: TunnelKind,
 }
 
 impl CaptureFilter {
@@ -79,7 +82,7 @@ impl CaptureFilter {
             return true;
         }
         // A tunnel packet: the frame inside it.
-        match outer.inner_frame(frame, self.tunnel_port) {
+        match outer.inner_frame(frame, self.tunnel_port, self.tunnel) {
             Some(inner) => Headers::parse(inner).is_some_and(|inner| self.passes(&inner)),
             None => false,
         }
@@ -138,22 +141,19 @@ impl Headers {
         })
     }
 
-    /// The Ethernet frame a VXLAN or Geneve packet to `tunnel_port`
-    /// carries.
-    fn inner_frame<'f>(&self, frame: &'f [u8], tunnel_port: u16) -> Option<&'f [u8]> {
+    /// The Ethernet frame a `kind` tunnel packet to `tunnel_port` carries.
+    fn inner_frame<'f>(
+        &self,
+        frame: &'f [u8],
+        tunnel_port: u16,
+        kind: TunnelKind,
+    ) -> Option<&'f [u8]> {
         let payload = self.udp_payload?;
         if self.ports?.1 != tunnel_port {
             return None;
         }
         let tunnel = frame.get(payload..)?;
-        // VXLAN's header is 8 bytes with the I flag (0x08) first; Geneve's
-        // is 8 plus its options, version 0 in the top bits.
-        let header_len = match tunnel.first()? {
-            0x08 => 8,
-            first if first >> 6 == 0 => 8 + usize::from(first & 0x3f) * 4,
-            _ => return None,
-        };
-        tunnel.get(header_len..)
+        tunnel.get(kind.header_len(tunnel)?..)
     }
 }
 
@@ -291,6 +291,7 @@ mod tests {
             host: host.map(Ipv4Addr::from),
             l4_port,
             tunnel_port: 4789,
+            tunnel: TunnelKind::Vxlan,
         };
         assert!(filter(None, None).matches(&outer));
         assert!(filter(Some([10, 1, 0, 12]), None).matches(&outer));
@@ -318,6 +319,7 @@ mod tests {
             host: Some(Ipv4Addr::new(10, 244, 2, 2)),
             l4_port: Some(53),
             tunnel_port: 4789,
+            tunnel: TunnelKind::Vxlan,
         };
         for len in 0..outer.len() {
             let _ = filter.matches(&outer[..len]);
@@ -326,7 +328,13 @@ mod tests {
 
     #[test]
     fn a_full_queue_counts_what_it_misses() {
-        let (tap, frames) = CaptureTap::new(PortId(1), CaptureFilter::default());
+        let every_frame = CaptureFilter {
+            host: None,
+            l4_port: None,
+            tunnel_port: 4789,
+            tunnel: TunnelKind::Vxlan,
+        };
+        let (tap, frames) = CaptureTap::new(PortId(1), every_frame);
         let frame = udp_frame([10, 0, 0, 1], [10, 0, 0, 2], 1, 2, b"x");
         for _ in 0..CAPTURE_QUEUE + 3 {
             tap.offer(Direction::Received, &frame);

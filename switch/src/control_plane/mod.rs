@@ -227,6 +227,7 @@ impl ControlPlane {
             host: spec.host,
             l4_port: spec.l4_port,
             tunnel_port: self.parts.node.config.tunnel_udp_port(),
+            tunnel: self.parts.node.config.encap.into(),
         };
         let (tap, frames) = CaptureTap::new(id, filter);
         let tap = Arc::new(tap);

@@ -596,8 +596,6 @@ impl Pipeline<'_> {
     }
 }
 
-/// The memory a packet lies in (its whole buffer frame or buffer, headroom
-/// included) and where in it the packet is.
 /// The bytes of a packet.
 pub(super) fn packet_bytes<'a>(
     frames: &'a FramePool,
@@ -610,6 +608,8 @@ pub(super) fn packet_bytes<'a>(
     }
 }
 
+/// The memory a packet lies in (its whole buffer frame or buffer, headroom
+/// included) and where in it the packet is.
 fn packet_bytes_mut<'a>(
     frames: &'a FramePool,
     buffers: &'a mut Buffers,
