@@ -152,8 +152,10 @@ fn mixed_pods_talk(tag: &str, options: &SwitchOptions) -> Result<Mixed> {
         }
     }
     // The large-segment paths were taken: node 1's first TAP pod's
-    // super-frames were cut (for the tunnel and the veth pod), its
-    // neighbour got them whole, and node 2's TAP pod got coalesced ones.
+    // super-frames were cut (for the veth pod), its neighbour got them
+    // whole, and node 2's TAP pod got super-frames: received whole through
+    // node 2's tunnel port (VXLAN, `tunnel_receive = "auto"`), or
+    // coalesced from the uplink's frames.
     let sender = port_of(n1, t1)?;
     ensure!(
         offload(&sender, "super_frames_cut") > 0,
@@ -166,9 +168,41 @@ fn mixed_pods_talk(tag: &str, options: &SwitchOptions) -> Result<Mixed> {
     );
     let receiver = port_of(n2, t2)?;
     ensure!(
-        offload(&receiver, "frames_coalesced") > 0,
-        "nothing was coalesced for the TAP pod across nodes: {receiver}"
+        offload(&receiver, "super_frames_sent") > 0,
+        "no super-frame reached the TAP pod across nodes: {receiver}"
     );
+    let receiving_tunnel = find_port(n2, |p| p["role"] == "tunnel")?;
+    let through_kernel = options.encap == "vxlan"
+        && options.tunnel_offload.as_deref() != Some("off")
+        && options.tunnel_receive.as_deref() != Some("afxdp");
+    if through_kernel {
+        let tunnel = receiving_tunnel.context("no tunnel port on node 2")?;
+        let (packets, bytes) = (
+            tunnel["counters"]["rx_packets"].as_u64().unwrap_or(0),
+            tunnel["counters"]["rx_bytes"].as_u64().unwrap_or(0),
+        );
+        ensure!(
+            packets > 0 && bytes / packets > 1500,
+            "node 2 received no super-packets through its tunnel port: {tunnel}"
+        );
+        let stats = n2.cli_json(&["stats"])?;
+        ensure!(
+            stats["uplink_to_kernel"].as_u64() > Some(0),
+            "node 2's XDP program passed no TCP to the kernel: {}",
+            stats["uplink_to_kernel"]
+        );
+    } else {
+        ensure!(
+            offload(&receiver, "frames_coalesced") > 0,
+            "nothing was coalesced for the TAP pod across nodes: {receiver}"
+        );
+        if let Some(tunnel) = receiving_tunnel {
+            ensure!(
+                tunnel["counters"]["rx_packets"] == 0,
+                "node 2's tunnel port received with tunnel_receive off: {tunnel}"
+            );
+        }
+    }
     // Toward the other node the super-frames went whole through the
     // tunnel port for the kernel to cut — or, with the offload off, there
     // is no tunnel port and the switch cut them.
@@ -267,6 +301,19 @@ fn tap_pods_with_the_switch_cutting_super_frames() -> Result<()> {
         ..SwitchOptions::default()
     };
     let tb = mixed_pods_talk("tap-cut", &options)?;
+    delete_all(&tb)
+}
+
+/// With `tunnel_receive = "afxdp"` every tunnel packet comes through the
+/// uplink's AF_XDP socket and is coalesced for a TAP pod by the switch.
+#[test]
+fn tap_pods_receiving_through_afxdp() -> Result<()> {
+    let _serial = serial();
+    let options = SwitchOptions {
+        tunnel_receive: Some("afxdp".into()),
+        ..SwitchOptions::default()
+    };
+    let tb = mixed_pods_talk("tap-afxdp", &options)?;
     delete_all(&tb)
 }
 

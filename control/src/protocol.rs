@@ -515,6 +515,11 @@ pub struct StatsReport {
     pub uplink_redirected: u64,
     /// See `uplink_redirected`.
     pub uplink_passed: u64,
+    /// Tunnel packets carrying TCP that the XDP program passed to the
+    /// node's kernel, which hands them to the tunnel port merged by GRO
+    /// (`tunnel_receive`).
+    #[serde(default)]
+    pub uplink_to_kernel: u64,
 }
 
 #[cfg(test)]

@@ -78,6 +78,23 @@ impl Decapsulator {
     /// Validate the outer headers of `packet` and return where its inner
     /// frame is, or the reason to drop it. Reads only; allocates nothing.
     pub fn decapsulate(&self, packet: &[u8]) -> Result<Decapsulated, DropReason> {
+        self.decapsulate_checking(packet, self.verify_udp_checksum)
+    }
+
+    /// As [`decapsulate`](Self::decapsulate), leaving the outer UDP
+    /// checksum unverified: for a packet the node's kernel received and
+    /// handed on, which either verified it (GRO does before it merges) or
+    /// made it on this node and left it for the device to finish. A
+    /// super-packet's field then holds only the pseudo-header sum.
+    pub fn decapsulate_from_kernel(&self, packet: &[u8]) -> Result<Decapsulated, DropReason> {
+        self.decapsulate_checking(packet, false)
+    }
+
+    fn decapsulate_checking(
+        &self,
+        packet: &[u8],
+        verify_udp_checksum: bool,
+    ) -> Result<Decapsulated, DropReason> {
         let (ip_offset, ethertype) = link_payload(packet)?;
         if let Some(mac) = self.local_mac {
             let destination = EthernetAddress::from_bytes(&packet[..6]);
@@ -110,7 +127,7 @@ impl Decapsulator {
         let datagram = UdpPacket::new_unchecked(&udp[..udp_len]);
         // A zero UDP checksum means "none" over IPv4 but is not allowed over IPv6.
         let unchecked_ok = datagram.checksum() == 0 && sender.is_ipv4();
-        if self.verify_udp_checksum
+        if verify_udp_checksum
             && !unchecked_ok
             && (datagram.checksum() == 0
                 || !datagram.verify_checksum(&sender.into(), &destination.into()))

@@ -460,6 +460,34 @@ impl Offload {
         self.emit(&mut Header::new_unchecked(&mut bytes[..]));
         bytes
     }
+
+    /// This offload of an encapsulated packet, for its inner frame once
+    /// the `outer_len` bytes of outer headers in front of it are gone:
+    /// a partial checksum in the inner frame moves back with it, one in
+    /// the outer headers (the outer UDP checksum, the only one pending —
+    /// a packet has one) leaves the inner frame's complete; the segment
+    /// header length moves back too. Refuses (`BadVnetHeader`) a
+    /// super-frame whose partial checksum is not in the inner frame.
+    pub fn without_outer_headers(self, outer_len: usize) -> Result<Offload, DropReason> {
+        let checksum = match self.checksum {
+            Checksum::Partial { start, offset } => {
+                match usize::from(start).checked_sub(outer_len) {
+                    Some(inner) => Checksum::Partial {
+                        start: inner as u16,
+                        offset,
+                    },
+                    None if self.gso.is_none() => Checksum::Complete,
+                    None => return Err(DropReason::BadVnetHeader),
+                }
+            }
+            other => other,
+        };
+        let gso = self.gso.map(|gso| Gso {
+            hdr_len: usize::from(gso.hdr_len).saturating_sub(outer_len) as u16,
+            ..gso
+        });
+        Ok(Offload { checksum, gso })
+    }
 }
 
 impl fmt::Display for Offload {
@@ -686,6 +714,32 @@ impl TunnelOffload {
     pub fn check(&self, frame_len: usize) -> Result<(), DropReason> {
         let bytes = self.to_bytes();
         TunnelOffload::parse_for(&TunnelHeader::new_unchecked(&bytes[..]), frame_len).map(drop)
+    }
+
+    /// Parse the header Linux wrote before a packet it read out of a TAP
+    /// device with UDP tunnel GSO on (one the node's kernel received for
+    /// the switch): the checksum state and segmentation as
+    /// [`Offload::parse`] checks them, the tunnel bits taken out, offsets
+    /// from the outer frame's start. The tunnel offsets are not read:
+    /// for a packet that GRO built, Linux 6.18 reports the inner transport
+    /// header's offset as the outer one's, so the caller finds the tunnel
+    /// by decapsulating and moves the offload with
+    /// [`Offload::without_outer_headers`]. A super-frame must be a tunnel
+    /// one.
+    pub fn parse_received<T: AsRef<[u8]>>(header: &TunnelHeader<T>) -> Result<Offload, DropReason> {
+        header.check_len()?;
+        let base = header.base();
+        let tunnel_bits = base.gso_type() & (GSO_UDP_TUNNEL_IPV4 | GSO_UDP_TUNNEL_IPV6);
+        let offload = Offload::parse_fields(
+            &base,
+            base.flags() & !FLAG_UDP_TUNNEL_CSUM,
+            base.gso_type() & !tunnel_bits,
+            header.frame_len(),
+        )?;
+        match (offload.gso, tunnel_bits) {
+            (Some(_), 0) => Err(DropReason::BadVnetHeader),
+            _ => Ok(offload),
+        }
     }
 
     /// [`parse`](Self::parse) of a header (its length checked) before a
@@ -1254,6 +1308,69 @@ mod tests {
     }
 
     #[test]
+    fn received_tunnel_packets() {
+        // What Linux 6.18 wrote before a super-packet GRO built from a
+        // kernel VXLAN sender's frames: offsets from the outer frame, and
+        // outer_th_offset at the inner TCP header (84) rather than the
+        // outer UDP one (34).
+        let gro: [u8; 24] = [
+            0x09, 0x21, 116, 0, 0x76, 0x05, 84, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 84, 0, 64,
+            0,
+        ];
+        let bytes = tunnel_buffer(gro, 50 + 66 + 2 * 1398);
+        let header = TunnelHeader::new_unchecked(&bytes[..]);
+        assert_eq!(
+            TunnelOffload::parse(&header),
+            Err(DropReason::BadVnetHeader)
+        );
+        let received = TunnelOffload::parse_received(&header).unwrap();
+        let inner = Offload {
+            checksum: Checksum::Partial {
+                start: 34,
+                offset: 16,
+            },
+            gso: Some(Gso {
+                kind: GsoKind::TcpV4,
+                ecn: false,
+                size: 1398,
+                hdr_len: 66,
+            }),
+        };
+        assert_eq!(received.without_outer_headers(50), Ok(inner));
+        // A plain packet whose outer UDP checksum is the pending one: the
+        // inner frame's are complete.
+        let mut plain = [0u8; 24];
+        (plain[0], plain[6], plain[8]) = (FLAG_NEEDS_CSUM, 34, 6);
+        let bytes = tunnel_buffer(plain, 200);
+        let received = TunnelOffload::parse_received(&TunnelHeader::new_unchecked(&bytes[..]));
+        assert_eq!(
+            received.and_then(|o| o.without_outer_headers(50)),
+            Ok(Offload::NONE)
+        );
+        // A super-frame whose pending checksum is an outer one, and one
+        // that is not a tunnel's, are refused.
+        let outer_partial = Offload {
+            checksum: Checksum::Partial {
+                start: 34,
+                offset: 6,
+            },
+            ..inner
+        };
+        assert_eq!(
+            outer_partial.without_outer_headers(50),
+            Err(DropReason::BadVnetHeader)
+        );
+        let mut bare = gro;
+        bare[1] = GSO_TCPV4;
+        bare[0] = FLAG_NEEDS_CSUM;
+        let bytes = tunnel_buffer(bare, 50 + 66 + 2 * 1398);
+        assert_eq!(
+            TunnelOffload::parse_received(&TunnelHeader::new_unchecked(&bytes[..])),
+            Err(DropReason::BadVnetHeader)
+        );
+    }
+
+    #[test]
     fn encapsulated_super_frame() {
         let header = TunnelOffload::encapsulated(&pod_super_frame(), VXLAN_V4).unwrap();
         assert_eq!(header, tunnel_offload());
@@ -1462,6 +1579,21 @@ mod tests {
                 prop_assert!(usize::from(start) + usize::from(offset) + 2 <= header.frame_len());
             }
             let _ = header.to_string();
+        }
+
+        #[test]
+        fn received_parse_never_panics(
+            bytes in proptest::collection::vec(any::<u8>(), 0..80),
+            outer_len in 0usize..100,
+        ) {
+            let header = TunnelHeader::new_unchecked(&bytes[..]);
+            if let Ok(inner) = TunnelOffload::parse_received(&header)
+                .and_then(|o| o.without_outer_headers(outer_len))
+                && let Checksum::Partial { start, offset } = inner.checksum
+            {
+                let inner_len = header.frame_len() - outer_len;
+                prop_assert!(usize::from(start) + usize::from(offset) + 2 <= inner_len);
+            }
         }
 
         #[test]

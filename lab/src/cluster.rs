@@ -128,6 +128,9 @@ pub struct SwitchOptions {
     /// The daemon's `tunnel_offload` ("auto" or "off"); its default
     /// (auto) when `None`.
     pub tunnel_offload: Option<String>,
+    /// The daemon's `tunnel_receive` ("auto" or "afxdp"); its default
+    /// (auto) when `None`.
+    pub tunnel_receive: Option<String>,
     /// Workers per node, on consecutive CPUs from the node's first one
     /// (modulo the CPUs there are); one when `None`.
     pub workers: Option<usize>,
@@ -158,6 +161,7 @@ impl Default for SwitchOptions {
             underlay_mtu: 1500,
             max_pods: None,
             tunnel_offload: None,
+            tunnel_receive: None,
             workers: None,
             spin_us: None,
             worker_cpu: None,
@@ -232,6 +236,9 @@ impl SwitchNode {
         }
         if let Some(mode) = &options.tunnel_offload {
             config.push_str(&format!("tunnel_offload = \"{mode}\"\n"));
+        }
+        if let Some(mode) = &options.tunnel_receive {
+            config.push_str(&format!("tunnel_receive = \"{mode}\"\n"));
         }
         if let Some(spin_us) = options.spin_us {
             config.push_str(&format!("spin_us = {spin_us}\n"));

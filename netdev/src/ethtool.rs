@@ -1,7 +1,7 @@
 //! The few ethtool calls podswitch makes, through the `SIOCETHTOOL` ioctl
 //! (the legacy commands: libc has no binding for them, and they are one
-//! call each): which driver an interface has, and turning its offloads
-//! off.
+//! call each): which driver an interface has, and reading and turning
+//! its offloads on or off.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -14,6 +14,10 @@ const ETHTOOL_STXCSUM: u32 = 0x17;
 const ETHTOOL_STSO: u32 = 0x1f;
 /// `ETHTOOL_SGSO`: generic segmentation offload on or off.
 const ETHTOOL_SGSO: u32 = 0x24;
+/// `ETHTOOL_SGRO`: generic receive offload on or off.
+const ETHTOOL_SGRO: u32 = 0x2c;
+/// The `ETHTOOL_G*` command of each `ETHTOOL_S*` one is one less.
+const GET_OF_SET: u32 = 1;
 
 /// `struct ethtool_value` of `<linux/ethtool.h>`.
 #[repr(C)]
@@ -39,7 +43,7 @@ struct EthtoolDrvinfo {
     regdump_len: u32,
 }
 
-/// An offload feature that can be turned off.
+/// An offload feature that can be read and turned on or off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offload {
     /// TX checksum offload.
@@ -48,6 +52,8 @@ pub enum Offload {
     Tso,
     /// Generic segmentation offload.
     Gso,
+    /// Generic receive offload.
+    Gro,
 }
 
 impl Offload {
@@ -56,6 +62,7 @@ impl Offload {
             Offload::TxChecksum => ETHTOOL_STXCSUM,
             Offload::Tso => ETHTOOL_STSO,
             Offload::Gso => ETHTOOL_SGSO,
+            Offload::Gro => ETHTOOL_SGRO,
         }
     }
 
@@ -64,6 +71,7 @@ impl Offload {
             Offload::TxChecksum => "TX checksum offload",
             Offload::Tso => "TSO",
             Offload::Gso => "GSO",
+            Offload::Gro => "GRO",
         }
     }
 }
@@ -117,19 +125,38 @@ pub fn driver(ifname: &str) -> io::Result<String> {
 /// Turn `offloads` off on `ifname`, in order; the first failure names the
 /// offload and the interface.
 pub fn turn_off(ifname: &str, offloads: &[Offload]) -> io::Result<()> {
-    for &offload in offloads {
-        let mut value = EthtoolValue {
-            cmd: offload.command(),
-            data: 0,
-        };
-        ethtool(ifname, &mut value).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("turning {} off on {ifname}: {e}", offload.name()),
-            )
-        })?;
-    }
-    Ok(())
+    offloads.iter().try_for_each(|&o| set(ifname, o, false))
+}
+
+/// Turn `offload` on or off on `ifname`; a failure names the offload and
+/// the interface.
+pub fn set(ifname: &str, offload: Offload, on: bool) -> io::Result<()> {
+    let mut value = EthtoolValue {
+        cmd: offload.command(),
+        data: on.into(),
+    };
+    ethtool(ifname, &mut value).map_err(|e| {
+        let state = if on { "on" } else { "off" };
+        io::Error::new(
+            e.kind(),
+            format!("turning {} {state} on {ifname}: {e}", offload.name()),
+        )
+    })
+}
+
+/// Whether `offload` is on on `ifname`.
+pub fn is_on(ifname: &str, offload: Offload) -> io::Result<bool> {
+    let mut value = EthtoolValue {
+        cmd: offload.command() - GET_OF_SET,
+        data: 0,
+    };
+    ethtool(ifname, &mut value).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("reading {} on {ifname}: {e}", offload.name()),
+        )
+    })?;
+    Ok(value.data != 0)
 }
 
 #[cfg(test)]

@@ -23,9 +23,22 @@
 struct uplink_filter {
 	__u32 family;   // 0: redirect nothing; 4: IPv4; 6: IPv6
 	__be16 udp_port;
-	__u16 pad;
+	__u16 flags;    // FILTER_*
 	__u8 vtep[16];  // IPv4: the first 4 bytes
 };
+
+// VXLAN over IPv4 carrying TCP/IPv4 passes to the kernel, whose GRO
+// merges a flow's packets and whose tc filter hands them to the switch's
+// tunnel port (src/kernel_receive.rs).
+#define FILTER_VXLAN_TCP_TO_KERNEL 1
+
+// Packed: the inner IP header follows the 14-byte Ethernet header
+// unaligned.
+struct vxlan_tcp {
+	__u8 vxlan[8];
+	struct ethhdr eth;
+	struct iphdr ip;
+} __attribute__((packed));
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -35,7 +48,7 @@ struct {
 } filter SEC(".maps");
 
 // Per-CPU packet counters, indexed as `Counter` in src/xdp.rs.
-enum counter { REDIRECTED, PASSED, REDIRECT_FAILED, COUNTERS };
+enum counter { REDIRECTED, PASSED, REDIRECT_FAILED, TO_KERNEL, COUNTERS };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -74,6 +87,7 @@ int uplink(struct xdp_md *ctx)
 	__u32 key = 0;
 	__be16 proto;
 	void *l3;
+	int plain_ipv4 = 0;
 
 	want = bpf_map_lookup_elem(&filter, &key);
 	if (!want)
@@ -107,6 +121,7 @@ int uplink(struct xdp_md *ctx)
 		// More-fragments set or a fragment offset: the kernel reassembles.
 		if (ip->frag_off & bpf_htons(0x3fff))
 			return pass();
+		plain_ipv4 = ip->ihl == 5;
 		udp = l3 + ip->ihl * 4;
 	} else if (proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = l3;
@@ -130,6 +145,16 @@ int uplink(struct xdp_md *ctx)
 		return pass();
 	if (udp->dest != want->udp_port)
 		return pass();
+	if ((want->flags & FILTER_VXLAN_TCP_TO_KERNEL) && plain_ipv4) {
+		struct vxlan_tcp *inner = (void *)(udp + 1);
+
+		if ((void *)(inner + 1) <= data_end &&
+		    inner->eth.h_proto == bpf_htons(ETH_P_IP) &&
+		    inner->ip.protocol == IPPROTO_TCP) {
+			count(TO_KERNEL);
+			return XDP_PASS;
+		}
+	}
 
 	int action = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
 

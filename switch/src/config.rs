@@ -41,6 +41,19 @@ pub enum TunnelOffloadMode {
     Off,
 }
 
+/// Where peers' TCP tunnel packets are received.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelReceiveMode {
+    /// Through the node's kernel, merged by its GRO, into the tunnel port
+    /// where it can: VXLAN over an IPv4 underlay, with the tunnel port
+    /// open. Everything else through the uplink's AF_XDP socket.
+    #[default]
+    Auto,
+    /// Every tunnel packet through the uplink's AF_XDP socket.
+    Afxdp,
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,6 +115,13 @@ pub struct Config {
     /// uplink).
     #[serde(default)]
     pub tunnel_offload: TunnelOffloadMode,
+    /// Where peers' TCP tunnel packets are received: `auto` (the default:
+    /// VXLAN over IPv4 passes to the node's kernel, whose GRO merges each
+    /// flow's packets into super-packets of up to 64 KB, and reaches the
+    /// switch through the tunnel port) or `afxdp` (every tunnel packet
+    /// through the uplink's socket, one frame at a time).
+    #[serde(default)]
+    pub tunnel_receive: TunnelReceiveMode,
     /// Name of the tunnel port's TAP device.
     #[serde(default = "default_tunnel_port")]
     pub tunnel_port: String,

@@ -3,7 +3,7 @@
 //! — XDP programs detached, sockets closed, every frame returned — and
 //! exit 0. The host port stays (it is persistent) for the next daemon.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -17,9 +17,9 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::afxdp::{CopyMode, Umem, UmemConfig, XskConfig, XskSocket, active_rx_queues};
-use crate::config::{Config, PeerConfig, TunnelOffloadMode};
+use crate::config::{Config, PeerConfig, TunnelOffloadMode, TunnelReceiveMode};
 use crate::control::ControlServer;
-use crate::control::protocol::PortKind;
+use crate::control::protocol::{Encap, PortKind};
 use crate::control_plane::{
     ControlPlane, ControlPlaneParts, DaemonPorts, HOST_PORT, Node, PortRecordSeed, TUNNEL_PORT,
     UPLINK_PORT, WorkerHandle, describe, uplink_filter,
@@ -27,6 +27,7 @@ use crate::control_plane::{
 use crate::fib::SharedFib;
 use crate::frame_budget::{FillBudget, FillGrowth, FramePlan};
 use crate::frames::FrameLedger;
+use crate::kernel_receive::{self, KernelReceive};
 use crate::mac::MacAddr;
 use crate::membership::MembershipSource;
 use crate::membership::etcd::EtcdMembership;
@@ -76,6 +77,11 @@ pub fn run(config: Config) -> Result<()> {
         TunnelOffloadMode::Auto => open_tunnel_port(&netlink, &config, config.cores.len())?,
         TunnelOffloadMode::Off => None,
     };
+    let kernel_receive = match tunnel {
+        Some(_) => receive_through_kernel(&netlink, &config),
+        None => None,
+    };
+    let receives_through_tunnel = kernel_receive.is_some();
     let node = Node {
         config: config.clone(),
         uplink_mac,
@@ -123,9 +129,12 @@ pub fn run(config: Config) -> Result<()> {
     // The uplink: its XDP program passes the node's own traffic to the
     // kernel and redirects tunnel packets to a socket per RX queue; the
     // first socket registers the buffer area that every other shares.
-    let uplink_program =
-        XdpProgram::attach_uplink(&config.uplink, config.xdp_mode, &uplink_filter(&config))
-            .with_context(|| format!("attaching the uplink XDP program to {}", config.uplink))?;
+    let uplink_program = XdpProgram::attach_uplink(
+        &config.uplink,
+        config.xdp_mode,
+        &uplink_filter(&config, receives_through_tunnel),
+    )
+    .with_context(|| format!("attaching the uplink XDP program to {}", config.uplink))?;
     let uplink_sockets = bind_uplink(&umem, &config.uplink, uplink.index)?;
     let umem_owner = uplink_sockets[0].umem_share().context("sharing the UMEM")?;
     let (xdp_mode, copy_mode, queues) = describe(&uplink_program, &uplink_sockets);
@@ -279,7 +288,7 @@ pub fn run(config: Config) -> Result<()> {
             &plane,
             worker,
             TUNNEL_PORT,
-            Box::new(TunnelPort::new(queue)),
+            Box::new(TunnelPort::new(queue, receives_through_tunnel)),
         )?;
     }
     plane.restore().context("restoring the saved state")?;
@@ -349,6 +358,9 @@ pub fn run(config: Config) -> Result<()> {
         && let Err(e) = node_nat::remove()
     {
         tracing::warn!("{e:#}");
+    }
+    if let Some(kernel_receive) = kernel_receive {
+        kernel_receive.remove();
     }
     let census = ledger.census();
     tracing::info!(
@@ -476,6 +488,53 @@ fn open_tunnel_port(
     }
     tracing::info!(port = %name, %mac, queues = queues.len(), "the kernel cuts TAP pods' super-frames (UDP tunnel GSO)");
     Ok(Some((queues, mac)))
+}
+
+/// Packets a receiving tunnel port's TAP device queues for the switch:
+/// a burst of GRO's super-packets waits there, not dropped.
+const TUNNEL_PORT_QUEUE_LEN: u32 = 4096;
+
+/// Have the node's kernel receive peers' TCP and hand it to the tunnel
+/// port merged by GRO ([`KernelReceive`]), where the configuration asks
+/// (`tunnel_receive = "auto"`) and it can: VXLAN over an IPv4 underlay.
+/// `None` otherwise, or with a warning when installing fails: every
+/// tunnel packet then comes through the uplink's AF_XDP socket.
+fn receive_through_kernel(netlink: &Netlink, config: &Config) -> Option<KernelReceive> {
+    let IpAddr::V4(vtep) = config.node_ip else {
+        return None;
+    };
+    if config.tunnel_receive != TunnelReceiveMode::Auto || config.encap != Encap::Vxlan {
+        return None;
+    }
+    let install = || -> Result<KernelReceive> {
+        let tunnel = netlink.require_link(&config.tunnel_port)?;
+        netlink.set_tx_queue_len(tunnel.index, TUNNEL_PORT_QUEUE_LEN)?;
+        KernelReceive::install(
+            &config.uplink,
+            vtep,
+            config.tunnel_udp_port(),
+            config.vni,
+            &config.tunnel_port,
+        )
+    };
+    match install() {
+        Ok(installed) => {
+            tracing::info!(
+                uplink = %config.uplink,
+                tunnel_port = %config.tunnel_port,
+                gro_device = kernel_receive::GRO_DEVICE,
+                "peers' TCP is received through the node's kernel (GRO) and the tunnel port"
+            );
+            Some(installed)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "receiving peers' TCP through the kernel: {e:#}; every tunnel packet comes \
+                 through the uplink's AF_XDP socket instead"
+            );
+            None
+        }
+    }
 }
 
 /// On a veth uplink, turn TX checksum offload off: a veth hands its peer

@@ -67,6 +67,16 @@ enum Size {
     SuperFrame,
 }
 
+/// Who checked a tunnel packet's outer UDP checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Checked {
+    /// Nobody yet: it came off the uplink's socket.
+    BySwitch,
+    /// The node's kernel, which received it and handed it on through the
+    /// tunnel port.
+    ByKernel,
+}
+
 /// One batch's view of the switch: the topology and FIB snapshots.
 pub struct Forwarder<'a> {
     /// Ports and peers.
@@ -102,21 +112,13 @@ impl Forwarder<'_> {
         let Some(port) = self.topology.port(in_port) else {
             return Verdict::Drop(DropCause::PortGone);
         };
-        let result = match port.role {
-            PortRole::Uplink => self.tunnel_frame(buf, frame),
-            PortRole::Pod | PortRole::Host => {
-                self.local_frame(in_port, port, buf, frame, Size::Frame)
-            }
-            // The tunnel port only sends; nothing it gives back is the
-            // switch's to forward.
-            PortRole::Tunnel => Err(DropCause::NotOurMac),
-        };
-        result.unwrap_or_else(Verdict::Drop)
+        self.decide(in_port, port, buf, frame, Size::Frame)
     }
 
-    /// Decide the fate of a TCP super-frame from a pod's TAP port (larger
-    /// than the MTU, cut into segments on the way out where a port cannot
-    /// take it whole): as [`Forwarder::forward`], without the MTU checks.
+    /// Decide the fate of a TCP super-frame (larger than the MTU, cut into
+    /// segments on the way out where a port cannot take it whole) from a
+    /// pod's TAP port, or encapsulated whole from the tunnel port: as
+    /// [`Forwarder::forward`], without the MTU checks.
     pub fn forward_super_frame(
         &self,
         in_port: PortId,
@@ -126,8 +128,24 @@ impl Forwarder<'_> {
         let Some(port) = self.topology.port(in_port) else {
             return Verdict::Drop(DropCause::PortGone);
         };
-        self.local_frame(in_port, port, buf, frame, Size::SuperFrame)
-            .unwrap_or_else(Verdict::Drop)
+        self.decide(in_port, port, buf, frame, Size::SuperFrame)
+    }
+
+    fn decide(
+        &self,
+        in_port: PortId,
+        port: &PortView,
+        buf: &mut [u8],
+        frame: Range<usize>,
+        size: Size,
+    ) -> Verdict {
+        let result = match port.role {
+            PortRole::Uplink => self.tunnel_frame(buf, frame, Checked::BySwitch, size),
+            // What the node's kernel received from peers and handed on.
+            PortRole::Tunnel => self.tunnel_frame(buf, frame, Checked::ByKernel, size),
+            PortRole::Pod | PortRole::Host => self.local_frame(in_port, port, buf, frame, size),
+        };
+        result.unwrap_or_else(Verdict::Drop)
     }
 
     /// Encapsulate the routed frame at `buf[frame]` for `peer` (a frame
@@ -178,11 +196,21 @@ impl Forwarder<'_> {
         self.route(buf, frame, origin, size)
     }
 
-    /// A tunnel packet from the uplink: decapsulate, check the sender, route
+    /// A tunnel packet from a peer: decapsulate, check the sender, route
     /// the inner frame.
-    fn tunnel_frame(&self, buf: &mut [u8], frame: Range<usize>) -> Result<Verdict, DropCause> {
+    fn tunnel_frame(
+        &self,
+        buf: &mut [u8],
+        frame: Range<usize>,
+        checked: Checked,
+        size: Size,
+    ) -> Result<Verdict, DropCause> {
         let topology = self.topology;
-        let decapsulated = topology.decapsulator.decapsulate(&buf[frame.clone()])?;
+        let packet = &buf[frame.clone()];
+        let decapsulated = match checked {
+            Checked::BySwitch => topology.decapsulator.decapsulate(packet),
+            Checked::ByKernel => topology.decapsulator.decapsulate_from_kernel(packet),
+        }?;
         if !topology.peer_by_vtep.contains_key(&decapsulated.sender) {
             return Err(DropCause::UnknownPeer);
         }
@@ -192,7 +220,7 @@ impl Forwarder<'_> {
         if eth.ethertype() != EthernetProtocol::Ipv4 {
             return Err(DropCause::NotIpv4);
         }
-        self.route(buf, inner, Origin::Tunnel, Size::Frame)
+        self.route(buf, inner, Origin::Tunnel, size)
     }
 
     fn check_unicast_to_router(&self, dst: EthernetAddress) -> Result<(), DropCause> {
@@ -388,6 +416,7 @@ pub(crate) mod tests {
     const HOST: PortId = PortId(1);
     pub(crate) const POD_A_PORT: PortId = PortId(2);
     const POD_B_PORT: PortId = PortId(3);
+    const TUNNEL: PortId = PortId(4);
 
     /// The underlay MAC of the node at `ip`: 02:00:00:00:00 and its last byte.
     pub(crate) fn underlay_mac(ip: Ipv4Addr) -> EthernetAddress {
@@ -434,12 +463,13 @@ pub(crate) mod tests {
             },
             uplink: UPLINK,
             host: Some(HOST),
-            tunnel: None,
+            tunnel: Some(TUNNEL),
             ports: vec![
                 port("ul0", PortRole::Uplink, underlay_mac(NODE).into(), None),
                 port("podsw0", PortRole::Host, HOST_MAC, None),
                 port("veth-a", PortRole::Pod, POD_A_MAC, Some(POD_A)),
                 port("veth-b", PortRole::Pod, POD_B_MAC, Some(POD_B)),
+                port("podswt0", PortRole::Tunnel, HOST_MAC, None),
             ],
             peers: vec![Some(PeerView {
                 node_ip: IpAddr::V4(PEER_NODE),
@@ -690,6 +720,48 @@ pub(crate) mod tests {
         assert_eq!(port, POD_B_PORT);
         assert_eq!(inner, frame);
         check_routed(&buf[inner], POD_B_MAC, 62);
+    }
+
+    #[test]
+    fn tunnel_packets_the_kernel_hands_on() {
+        // The outer UDP checksum is wrong: the uplink's packet is dropped;
+        // the tunnel port's was checked by the node's kernel (a GRO
+        // super-packet's field holds only the pseudo-header sum).
+        let encapsulated = || {
+            let (mut buf, frame) = ipv4_frame(PEER_VTEP_MAC, ROUTER, REMOTE_POD, POD_B, 63);
+            let packet = template(PEER_NODE, NODE)
+                .encapsulate(&mut buf, frame.clone())
+                .unwrap();
+            let udp_checksum = packet.start + 14 + 20 + 6;
+            buf[udp_checksum] ^= 0x5a;
+            (buf, packet, frame)
+        };
+        let (mut buf, packet, _) = encapsulated();
+        assert_eq!(
+            forward(UPLINK, &mut buf, packet),
+            Verdict::Drop(DropCause::Wire(DropReason::BadUdpChecksum))
+        );
+        let (mut buf, packet, frame) = encapsulated();
+        let Verdict::Transmit { port, frame: inner } = forward(TUNNEL, &mut buf, packet) else {
+            panic!("not transmitted");
+        };
+        assert_eq!((port, inner.clone()), (POD_B_PORT, frame));
+        check_routed(&buf[inner], POD_B_MAC, 62);
+        // A super-packet: no MTU check on the inner frame.
+        let (mut buf, packet, frame) = encapsulated();
+        let topology = topology();
+        let fib = fib();
+        let forwarder = Forwarder {
+            topology: &topology,
+            fib: &fib,
+        };
+        assert_eq!(
+            forwarder.forward_super_frame(TUNNEL, &mut buf, packet),
+            Verdict::Transmit {
+                port: POD_B_PORT,
+                frame
+            }
+        );
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub mod fib;
 pub mod forward;
 pub mod frame_budget;
 pub mod frames;
+pub mod kernel_receive;
 pub mod membership;
 pub mod metrics;
 pub mod node_nat;

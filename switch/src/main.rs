@@ -570,7 +570,8 @@ fn print_stats(stats: &StatsReport) {
         if f.checked { "" } else { " (check_frames off)" }
     );
     println!(
-        "uplink XDP: {} tunnel packets to the switch, {} other packets to the kernel",
-        stats.uplink_redirected, stats.uplink_passed
+        "uplink XDP: {} tunnel packets to the switch, {} TCP tunnel packets to the kernel \
+         for the tunnel port, {} other packets to the kernel",
+        stats.uplink_redirected, stats.uplink_to_kernel, stats.uplink_passed
     );
 }

@@ -325,11 +325,12 @@ pub fn exposition(s: &Snapshot) -> Result<String> {
     );
     e.counters(
         "uplink_xdp_packets",
-        "The uplink XDP program's verdicts: tunnel packets redirected to the switch, others \
-         passed to the kernel",
+        "The uplink XDP program's verdicts: tunnel packets redirected to the switch, TCP tunnel \
+         packets passed to the kernel for the tunnel port, others passed to the kernel",
         None,
         [
             ("redirected", s.stats.uplink_redirected),
+            ("to_kernel", s.stats.uplink_to_kernel),
             ("passed", s.stats.uplink_passed),
         ]
         .map(|(verdict, n)| (label("verdict", verdict), n)),
@@ -501,6 +502,7 @@ mod tests {
                 frames: FrameReport::new(Default::default(), 0, 0, 0, false),
                 uplink_redirected: 4,
                 uplink_passed: 1,
+                uplink_to_kernel: 0,
             },
             traffic: vec![WorkerTraffic {
                 rx_packets: 10,

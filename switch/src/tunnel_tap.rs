@@ -22,7 +22,7 @@
 //! its next hop (and no VLAN tag: the kernel tags on the way out).
 
 use std::fs::File;
-use std::io::{self, IoSlice, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::PathBuf;
@@ -178,6 +178,17 @@ impl TunnelTap {
         // SAFETY: SIOCGIFHWADDR filled the hwaddr member of the union.
         let address = unsafe { request.ifr_ifru.ifru_hwaddr };
         Ok(std::array::from_fn(|i| address.sa_data[i] as u8))
+    }
+
+    /// Read one packet the node's kernel sent out of the device (a
+    /// tunnel packet from a peer, whole or merged by GRO), with its
+    /// tunnel-form header first; `None` when there is none.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        match (&self.file).read(buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Send one encapsulated packet: `header` (the tunnel form, see

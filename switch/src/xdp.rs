@@ -92,14 +92,22 @@ impl fmt::Display for XdpMode {
 }
 
 /// Which uplink packets go to the switch: UDP to `vtep` (IPv4 or IPv6)
-/// with destination port `udp_port`.
+/// with destination port `udp_port` — except, with `vxlan_tcp_to_kernel`,
+/// VXLAN over IPv4 (without IP options) carrying TCP/IPv4, which passes
+/// to the node's kernel for it to merge (GRO) and hand to the tunnel port
+/// ([`KernelReceive`](crate::kernel_receive::KernelReceive)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UplinkFilter {
     /// This node's VTEP address.
     pub vtep: IpAddr,
     /// The tunnel's UDP port (4789 VXLAN, 6081 Geneve).
     pub udp_port: u16,
+    /// Pass VXLAN packets carrying TCP to the kernel.
+    pub vxlan_tcp_to_kernel: bool,
 }
+
+/// `FILTER_VXLAN_TCP_TO_KERNEL` in `bpf/uplink.c`.
+const FILTER_VXLAN_TCP_TO_KERNEL: u16 = 1;
 
 /// `struct uplink_filter` in `bpf/uplink.c`: the single entry of its
 /// `filter` map.
@@ -110,7 +118,8 @@ struct FilterEntry {
     family: u32,
     /// Network byte order.
     udp_port: u16,
-    pad: u16,
+    /// `FILTER_*`.
+    flags: u16,
     /// IPv4 in the first four bytes.
     vtep: [u8; 16],
 }
@@ -134,7 +143,11 @@ impl From<&UplinkFilter> for FilterEntry {
         FilterEntry {
             family,
             udp_port: filter.udp_port.to_be(),
-            pad: 0,
+            flags: if filter.vxlan_tcp_to_kernel {
+                FILTER_VXLAN_TCP_TO_KERNEL
+            } else {
+                0
+            },
             vtep,
         }
     }
@@ -150,6 +163,9 @@ pub struct UplinkCounters {
     /// Tunnel packets passed to the kernel because no socket was registered
     /// for their rx queue.
     pub redirect_failed: u64,
+    /// Tunnel packets carrying TCP passed to the kernel, for the tunnel
+    /// port (`vxlan_tcp_to_kernel`).
+    pub to_kernel: u64,
 }
 
 /// Indices of the uplink's `counters` map (`enum counter` in `bpf/uplink.c`).
@@ -158,6 +174,7 @@ enum Counter {
     Redirected = 0,
     Passed = 1,
     RedirectFailed = 2,
+    ToKernel = 3,
 }
 
 /// The uplink program's configuration and counter maps.
@@ -382,6 +399,7 @@ impl XdpProgram {
             redirected: total(Counter::Redirected)?,
             passed: total(Counter::Passed)?,
             redirect_failed: total(Counter::RedirectFailed)?,
+            to_kernel: total(Counter::ToKernel)?,
         })
     }
 
@@ -477,21 +495,25 @@ mod tests {
         let v4 = FilterEntry::from(&UplinkFilter {
             vtep: "10.78.0.1".parse().unwrap(),
             udp_port: 4789,
+            vxlan_tcp_to_kernel: true,
         });
         assert_eq!(std::mem::size_of::<FilterEntry>(), 24);
         assert_eq!(v4.family, 4);
         assert_eq!(v4.udp_port.to_ne_bytes(), [0x12, 0xb5]);
         assert_eq!(v4.vtep[..4], [10, 78, 0, 1]);
         assert!(v4.vtep[4..].iter().all(|&b| b == 0));
+        assert_eq!(v4.flags, 1);
 
         let v6 = FilterEntry::from(&UplinkFilter {
             vtep: "fd78::1".parse().unwrap(),
             udp_port: 6081,
+            vxlan_tcp_to_kernel: false,
         });
         assert_eq!(v6.family, 6);
         assert_eq!(v6.udp_port.to_ne_bytes(), [0x17, 0xc1]);
         assert_eq!(v6.vtep[0..2], [0xfd, 0x78]);
         assert_eq!(v6.vtep[15], 1);
+        assert_eq!(v6.flags, 0);
     }
 
     #[test]

@@ -542,6 +542,7 @@ fn uplink(choice: XdpModeChoice, expected: XdpMode) -> Result<()> {
         let filter = UplinkFilter {
             vtep: v4,
             udp_port: TUNNEL_PORT,
+            vxlan_tcp_to_kernel: false,
         };
         let mut program = XdpProgram::attach_uplink("u0", choice, &filter)?;
         ensure!(program.mode() == expected, "u0 runs {} XDP", program.mode());
@@ -612,6 +613,40 @@ fn uplink(choice: XdpModeChoice, expected: XdpMode) -> Result<()> {
         let counters = program.uplink_counters()?;
         eprintln!("then IPv6 VTEP, {expected} mode: {counters:?}");
         ensure!(counters.redirected == 20 && counters.redirect_failed == 0);
+
+        // Back to IPv4, VXLAN's TCP to the kernel (`tunnel_receive`): a
+        // VXLAN datagram carrying TCP/IPv4 passes, one carrying UDP is
+        // redirected.
+        program.set_uplink_filter(&UplinkFilter {
+            vxlan_tcp_to_kernel: true,
+            ..filter
+        })?;
+        let vxlan_carrying = |protocol: u8| {
+            let mut datagram = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+            datagram.extend_from_slice(&[0x02; 12]);
+            datagram.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, protocol]);
+            datagram.resize(8 + 14 + 40, 0);
+            datagram
+        };
+        remote.enter(|| {
+            let udp = UdpSocket::bind("0.0.0.0:0")?;
+            for protocol in [6, 6, 6, 17, 17] {
+                udp.send_to(&vxlan_carrying(protocol), (v4, TUNNEL_PORT))?;
+            }
+            Ok(())
+        })?;
+        let seen = tunnel_frames(&umem, &mut socket, 2, Duration::from_secs(3));
+        ensure!(
+            seen == vec![(v4, TUNNEL_PORT); 2],
+            "the socket got {seen:?}"
+        );
+        ensure!(
+            kernel_datagrams(&tunnel_kernel)? == 3,
+            "VXLAN's TCP must pass to the kernel"
+        );
+        let counters = program.uplink_counters()?;
+        eprintln!("then VXLAN's TCP to the kernel, {expected} mode: {counters:?}");
+        ensure!(counters.redirected == 22 && counters.to_kernel == 3);
         Ok(())
     })
 }
@@ -693,6 +728,7 @@ fn stale_programs_are_replaced() -> Result<()> {
         let filter = UplinkFilter {
             vtep: "10.79.0.1".parse()?,
             udp_port: TUNNEL_PORT,
+            vxlan_tcp_to_kernel: false,
         };
         let program = XdpProgram::attach_uplink("s1", XdpModeChoice::Generic, &filter)?;
         ensure!(program.mode() == XdpMode::Generic);

@@ -518,6 +518,8 @@ pub struct Binaries {
     pub worker_cpu: Option<usize>,
     /// The daemons' `tunnel_offload`, when the command line sets it.
     pub tunnel_offload: Option<String>,
+    /// The daemons' `tunnel_receive`, when the command line sets it.
+    pub tunnel_receive: Option<String>,
 }
 
 /// The nodes of a testbed, whose processes stop when dropped.
@@ -689,6 +691,7 @@ fn podswitch_nodes(
         spin_us: binaries.spin_us,
         worker_cpu: binaries.worker_cpu,
         tunnel_offload: binaries.tunnel_offload.clone(),
+        tunnel_receive: binaries.tunnel_receive.clone(),
         ..SwitchOptions::default()
     };
     let [n1, n2] = underlay_nodes(lab, setup.underlay)?;

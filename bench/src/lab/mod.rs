@@ -83,6 +83,12 @@ pub struct LabArgs {
     /// the daemon's].
     #[arg(long, value_name = "MODE", value_parser = ["auto", "off"])]
     tunnel_offload: Option<String>,
+    /// podswitch's `tunnel_receive` ("auto" or "afxdp": peers' TCP
+    /// through the node's kernel, merged by GRO, into the tunnel port, or
+    /// every tunnel packet through the uplink's AF_XDP socket) for every
+    /// podswitch contender [default: the daemon's].
+    #[arg(long, value_name = "MODE", value_parser = ["auto", "afxdp"])]
+    tunnel_receive: Option<String>,
 }
 
 /// The docs a full run updates, relative to the working directory.
@@ -110,6 +116,7 @@ pub fn run(args: &LabArgs) -> Result<()> {
         spin_us: args.spin_us,
         worker_cpu: args.worker_cpu,
         tunnel_offload: args.tunnel_offload.clone(),
+        tunnel_receive: args.tunnel_receive.clone(),
     };
     let all: Vec<&str> = ALL.iter().map(|c| c.key).collect();
     let contenders = select(args.only.as_deref(), if args.quick { &QUICK } else { &all })?;

@@ -978,6 +978,7 @@ impl ControlPlane {
             frames,
             uplink_redirected: counters.as_ref().map_or(0, |c| c.redirected),
             uplink_passed: counters.as_ref().map_or(0, |c| c.passed),
+            uplink_to_kernel: counters.as_ref().map_or(0, |c| c.to_kernel),
         }
     }
 }
@@ -1084,11 +1085,14 @@ pub fn describe(program: &XdpProgram, sockets: &[XskSocket]) -> (String, String,
     )
 }
 
-/// The uplink program's filter for this configuration.
-pub fn uplink_filter(config: &crate::config::Config) -> UplinkFilter {
+/// The uplink program's filter for this configuration, passing VXLAN's
+/// TCP to the kernel when `vxlan_tcp_to_kernel` (the node receives it
+/// through the tunnel port).
+pub fn uplink_filter(config: &crate::config::Config, vxlan_tcp_to_kernel: bool) -> UplinkFilter {
     UplinkFilter {
         vtep: config.node_ip,
         udp_port: config.tunnel_udp_port(),
+        vxlan_tcp_to_kernel,
     }
 }
 

@@ -14,8 +14,9 @@ use crate::tap::MAX_SUPER_FRAME;
 /// as a buffer frame has.
 pub const HEADROOM: usize = crate::afxdp::XDP_PACKET_HEADROOM as usize;
 /// Bytes a buffer holds after its headroom: the largest super-frame with
-/// its virtio-net header.
-pub const ROOM: usize = podswitch_encap::virtio_net::HEADER_LEN + MAX_SUPER_FRAME;
+/// its virtio-net header (the tunnel form's, the longer one) and an
+/// 802.1Q tag.
+pub const ROOM: usize = podswitch_encap::virtio_net::TUNNEL_HEADER_LEN + MAX_SUPER_FRAME + 4;
 /// Buffers one worker may have: enough for a batch of super-frames queued
 /// for TAP ports while more are read.
 pub const MAX_BUFFERS: usize = 32;

@@ -83,6 +83,25 @@ impl Packet {
         self.len() == 0
     }
 
+    /// Narrow it to `range` of its memory: the frame a verdict names,
+    /// which is the inner frame of a decapsulated packet. A super-frame's
+    /// offload follows its frame's start back past the outer headers
+    /// ([`Offload::without_outer_headers`]), or the packet is refused.
+    fn narrow(&mut self, range: Range<usize>) -> Result<(), DropReason> {
+        if let Packet::Large {
+            buffer,
+            super_frame: Some(offload),
+        } = self
+        {
+            let outer_len = range.start.saturating_sub(buffer.range().start);
+            if outer_len > 0 {
+                *offload = offload.without_outer_headers(outer_len)?;
+            }
+        }
+        self.set_range(range);
+        Ok(())
+    }
+
     fn set_range(&mut self, range: Range<usize>) {
         match self {
             Packet::Frame(frame) => frame.set_range(range),
@@ -253,7 +272,10 @@ impl Pipeline<'_> {
                 1
             }
             Verdict::Transmit { port, frame } => {
-                packet.set_range(frame);
+                if let Err(reason) = packet.narrow(frame) {
+                    self.drop_packet(packet, DropCause::Wire(reason));
+                    return 1;
+                }
                 1 + self.output(port, packet)
             }
             Verdict::ToPeer { peer, frame } => {

@@ -10,6 +10,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use nix::poll::{PollFd, PollFlags};
+use podswitch_encap::DropReason;
 use podswitch_encap::coalesce::Coalescer;
 use podswitch_encap::segment::complete_checksum;
 use podswitch_encap::virtio_net::{
@@ -35,7 +36,7 @@ const MAX_LINK_HEADER: usize = 18;
 /// A TAP device and how eagerly to read it.
 pub struct TapPort {
     device: Arc<TapDevice>,
-    quiet_passes: u32,
+    quiet: QuietPasses,
     coalescer: Coalescer,
     gather: Vec<u8>,
     run: Vec<Packet>,
@@ -46,7 +47,7 @@ impl TapPort {
     pub fn new(device: TapDevice) -> TapPort {
         TapPort {
             device: Arc::new(device),
-            quiet_passes: 0,
+            quiet: QuietPasses::default(),
             coalescer: Coalescer::new(),
             gather: Vec::new(),
             run: Vec::with_capacity(MAX_PACKET_CHUNKS),
@@ -119,72 +120,14 @@ impl TapPort {
     }
 
     /// Read up to a batch of frames from an offloaded device into buffers,
-    /// each after its virtio-net header: a plain frame has its partial
-    /// checksum completed, a TCP super-frame keeps its header for the
-    /// pipeline to send it whole or cut it. Reading stops once the frames
-    /// read and the segments made reach a batch, so one pass does not
-    /// queue more than a TX ring holds. How many frames were read.
+    /// each after its virtio-net header ([`receive_with_headers`]).
     fn receive_offloaded(&self, pipeline: &mut Pipeline) -> usize {
-        let (mut read, mut work) = (0, 0);
-        while work < BATCH {
-            let Some(mut buffer) = pipeline.buffers.alloc() else {
-                break;
-            };
-            let start = buffer.range().start;
-            let memory = pipeline.buffers.memory_mut(&mut buffer);
-            let len = match self.device.recv(&mut memory[start..]) {
-                Ok(Some(len)) => len,
-                Ok(None) | Err(_) => {
-                    pipeline.buffers.free(buffer);
-                    break;
-                }
-            };
-            read += 1;
-            let frame = start + VNET_HEADER_LEN.min(len)..start + len;
-            let offload = VnetHeader::new_checked(&memory[start..start + len])
-                .and_then(|h| Offload::parse(&h))
-                .and_then(|offload| {
-                    if offload.gso.is_none()
-                        && let Checksum::Partial { start, offset } = offload.checksum
-                    {
-                        let bytes = &mut memory[frame.clone()];
-                        complete_checksum(bytes, start.into(), offset.into())?;
-                    }
-                    Ok(offload)
-                });
-            let offload = match offload {
-                Ok(offload) => offload,
-                Err(reason) => {
-                    pipeline.buffers.free(buffer);
-                    pipeline.refuse(frame.len(), DropCause::Wire(reason));
-                    work += 1;
-                    continue;
-                }
-            };
-            buffer.set_range(frame.clone());
-            match offload.gso {
-                None => {
-                    let super_frame = None;
-                    work += pipeline.dispatch(Packet::Large {
-                        buffer,
-                        super_frame,
-                    });
-                }
-                Some(gso) if gso.kind == GsoKind::TcpV4 => {
-                    let super_frame = Some(offload);
-                    work += pipeline.dispatch(Packet::Large {
-                        buffer,
-                        super_frame,
-                    });
-                }
-                Some(_) => {
-                    pipeline.buffers.free(buffer);
-                    pipeline.refuse(frame.len(), DropCause::NotIpv4);
-                    work += 1;
-                }
-            }
-        }
-        read
+        receive_with_headers(
+            pipeline,
+            |buf| self.device.recv(buf),
+            VNET_HEADER_LEN,
+            |header| VnetHeader::new_checked(header).and_then(|h| Offload::parse(&h)),
+        )
     }
 
     /// Write each queued packet to a plain device: a run of frames as one
@@ -285,6 +228,116 @@ fn write_offloaded(device: &TapDevice, offload: &Offload, frame: &[u8]) -> std::
     device.send_parts(&[IoSlice::new(&header), IoSlice::new(frame)])
 }
 
+/// Read up to a batch of packets with `read` (a non-blocking read of one
+/// packet, `None` when there is none) into buffers, each after a
+/// virtio-net header of `header_len` bytes that `parse` reads (offsets
+/// from the frame's start), and dispatch them: a plain frame has its
+/// partial checksum completed, a TCP/IPv4 super-frame keeps its offload
+/// for the pipeline to send it whole or cut it. Reading stops once the
+/// packets read and the segments made reach a batch, so one pass does not
+/// queue more than a TX ring holds. How many packets were read.
+pub(super) fn receive_with_headers(
+    pipeline: &mut Pipeline,
+    mut read_packet: impl FnMut(&mut [u8]) -> std::io::Result<Option<usize>>,
+    header_len: usize,
+    parse: impl Fn(&[u8]) -> Result<Offload, DropReason>,
+) -> usize {
+    let (mut read, mut work) = (0, 0);
+    while work < BATCH {
+        let Some(mut buffer) = pipeline.buffers.alloc() else {
+            break;
+        };
+        let start = buffer.range().start;
+        let memory = pipeline.buffers.memory_mut(&mut buffer);
+        let room = memory.len() - start;
+        let len = match read_packet(&mut memory[start..]) {
+            Ok(Some(len)) => len,
+            Ok(None) | Err(_) => {
+                pipeline.buffers.free(buffer);
+                break;
+            }
+        };
+        read += 1;
+        let frame = start + header_len.min(len)..start + len;
+        let offload = if len == room {
+            // It may have been longer than the buffer: cut short.
+            Err(DropReason::Oversize)
+        } else {
+            parse(&memory[start..start + len])
+        };
+        let offload = offload.and_then(|offload| {
+            if offload.gso.is_none()
+                && let Checksum::Partial { start, offset } = offload.checksum
+            {
+                let bytes = &mut memory[frame.clone()];
+                complete_checksum(bytes, start.into(), offset.into())?;
+                return Ok(Offload::NONE);
+            }
+            Ok(offload)
+        });
+        let offload = match offload {
+            Ok(offload) => offload,
+            Err(reason) => {
+                pipeline.buffers.free(buffer);
+                pipeline.refuse(frame.len(), DropCause::Wire(reason));
+                work += 1;
+                continue;
+            }
+        };
+        buffer.set_range(frame.clone());
+        match offload.gso {
+            None => {
+                let super_frame = None;
+                work += pipeline.dispatch(Packet::Large {
+                    buffer,
+                    super_frame,
+                });
+            }
+            Some(gso) if gso.kind == GsoKind::TcpV4 => {
+                let super_frame = Some(offload);
+                work += pipeline.dispatch(Packet::Large {
+                    buffer,
+                    super_frame,
+                });
+            }
+            Some(_) => {
+                pipeline.buffers.free(buffer);
+                pipeline.refuse(frame.len(), DropCause::NotIpv4);
+                work += 1;
+            }
+        }
+    }
+    read
+}
+
+/// Passes to skip reading a device that had nothing to read: a read is a
+/// system call, so a quiet device's frames wait microseconds instead.
+#[derive(Debug, Default)]
+pub(super) struct QuietPasses(u32);
+
+impl QuietPasses {
+    /// Whether to skip the device this pass.
+    pub(super) fn skip(&mut self) -> bool {
+        if self.0 > 0 {
+            self.0 -= 1;
+            return true;
+        }
+        false
+    }
+
+    /// A pass read `read` packets: none, and the next passes skip it.
+    pub(super) fn after(&mut self, read: usize) {
+        if read == 0 {
+            self.0 = TAP_QUIET_PASSES;
+        }
+    }
+
+    /// The worker woke up: read on the next pass.
+    pub(super) fn reset(&mut self) {
+        self.0 = 0;
+    }
+}
+
 impl Port for TapPort {
     fn takes(&self) -> Takes {
         if self.offloaded() {
@@ -295,8 +348,7 @@ impl Port for TapPort {
     }
 
     fn receive(&mut self, pipeline: &mut Pipeline, _growth: &FillGrowth) -> usize {
-        if self.quiet_passes > 0 {
-            self.quiet_passes -= 1;
+        if self.quiet.skip() {
             return 0;
         }
         let read = if self.offloaded() {
@@ -306,9 +358,8 @@ impl Port for TapPort {
         };
         if read > 0 {
             pipeline.stats.batch(read);
-        } else {
-            self.quiet_passes = TAP_QUIET_PASSES;
         }
+        self.quiet.after(read);
         read
     }
 
@@ -327,7 +378,7 @@ impl Port for TapPort {
     }
 
     fn woken(&mut self) {
-        self.quiet_passes = 0;
+        self.quiet.reset();
     }
 
     fn close(self: Box<Self>, _frames: &mut FramePool, _growth: &FillGrowth) {}

@@ -1,16 +1,26 @@
 //! The tunnel port: one queue of the node-side TAP device opened for UDP
-//! tunnel GSO ([`TunnelTap`]). The pipeline queues packets from TAP pods
-//! here already encapsulated, each with the tunnel-form virtio-net header
-//! that says how to finish it; the port writes header and packet with one
-//! `writev`, and the node's kernel routes the packet to the peer and cuts
-//! a super-frame into segments of the underlay MTU (in software, or a NIC
-//! with UDP tunnel TSO in hardware). Nothing comes back this way: the
-//! peers' packets still arrive on the uplink.
+//! tunnel GSO ([`TunnelTap`]).
+//!
+//! - Out: the pipeline queues packets from TAP pods here already
+//!   encapsulated, each with the tunnel-form virtio-net header that says
+//!   how to finish it; the port writes header and packet with one
+//!   `writev`, and the node's kernel routes the packet to the peer and
+//!   cuts a super-frame into segments of the underlay MTU (in software,
+//!   or a NIC with UDP tunnel TSO in hardware).
+//! - In, where the node receives through its kernel
+//!   ([`KernelReceive`](crate::kernel_receive::KernelReceive)): the
+//!   uplink's TCP tunnel packets, merged by the kernel's GRO into
+//!   super-packets of up to 64 KB (or arriving whole), are redirected
+//!   into the device; the port reads them with their headers and the
+//!   pipeline decapsulates them as it does the uplink's.
 
-use nix::poll::PollFd;
+use nix::poll::{PollFd, PollFlags};
+use podswitch_encap::virtio_net::{Checksum, TUNNEL_HEADER_LEN, TunnelHeader, TunnelOffload};
+use std::os::fd::AsFd;
 
 use super::pipeline::{Packet, Pipeline, Takes};
 use super::port::{Port, TxContext};
+use super::tap_port::{QuietPasses, receive_with_headers};
 use crate::drops::DropCause;
 use crate::frame_budget::FillGrowth;
 use crate::frames::FramePool;
@@ -20,12 +30,19 @@ use crate::tunnel_tap::TunnelTap;
 /// A queue of the tunnel TAP device.
 pub struct TunnelPort {
     device: TunnelTap,
+    receives: bool,
+    quiet: QuietPasses,
 }
 
 impl TunnelPort {
-    /// A port writing into `device`.
-    pub fn new(device: TunnelTap) -> TunnelPort {
-        TunnelPort { device }
+    /// A port writing into `device`, and reading from it when `receives`
+    /// (the node's kernel hands it the peers' packets).
+    pub fn new(device: TunnelTap, receives: bool) -> TunnelPort {
+        TunnelPort {
+            device,
+            receives,
+            quiet: QuietPasses::default(),
+        }
     }
 }
 
@@ -34,8 +51,33 @@ impl Port for TunnelPort {
         Takes::Encapsulated
     }
 
-    fn receive(&mut self, _pipeline: &mut Pipeline, _growth: &FillGrowth) -> usize {
-        0
+    fn receive(&mut self, pipeline: &mut Pipeline, _growth: &FillGrowth) -> usize {
+        if !self.receives || self.quiet.skip() {
+            return 0;
+        }
+        let device = &self.device;
+        let decapsulator = &pipeline.forwarder.topology.decapsulator;
+        let read = receive_with_headers(
+            pipeline,
+            |buf| device.recv(buf),
+            TUNNEL_HEADER_LEN,
+            |packet| {
+                let header = TunnelHeader::new_checked(packet)?;
+                let offload = TunnelOffload::parse_received(&header)?;
+                if offload.checksum == Checksum::Complete {
+                    // Neither verified by the kernel (GRO verifies what it
+                    // sees) nor made on this node: the switch checks it as
+                    // it checks the uplink's packets.
+                    decapsulator.decapsulate(header.frame())?;
+                }
+                Ok(offload)
+            },
+        );
+        if read > 0 {
+            pipeline.stats.batch(read);
+        }
+        self.quiet.after(read);
+        read
     }
 
     fn transmit(&mut self, id: PortId, queue: &mut Vec<Packet>, tx: &mut TxContext) -> usize {
@@ -63,7 +105,15 @@ impl Port for TunnelPort {
         count
     }
 
-    fn poll_fds<'a>(&'a self, _fds: &mut Vec<PollFd<'a>>) {}
+    fn poll_fds<'a>(&'a self, fds: &mut Vec<PollFd<'a>>) {
+        if self.receives {
+            fds.push(PollFd::new(self.device.as_fd(), PollFlags::POLLIN));
+        }
+    }
+
+    fn woken(&mut self) {
+        self.quiet.reset();
+    }
 
     fn close(self: Box<Self>, _frames: &mut FramePool, _growth: &FillGrowth) {}
 }
