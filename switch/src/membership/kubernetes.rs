@@ -54,6 +54,8 @@ pub const UDP_PORT: &str = "podswitch.io/udp-port";
 
 /// Pause between attempts while the API server cannot be reached at all.
 const RETRY: Duration = Duration::from_secs(1);
+/// How long a get or patch may take (the daemon stops only between them).
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Start following the Node objects for the node configured as
 /// `config`; `owned` are the peers restored from the saved state that
@@ -343,6 +345,18 @@ impl Source {
             }
         };
         let api: Api<Node> = Api::all(client);
+        while !self.stopped() {
+            self.watch(&api).await;
+            // The watcher's stream does not end; if it did, start again.
+            self.reachability
+                .failed(&*self.plane, "the watch of the Nodes ended".into());
+            tokio::time::sleep(RETRY).await;
+        }
+    }
+
+    /// Follow the Nodes through one watcher until stopped (or its stream
+    /// ends), publishing this node's annotations when they are missing.
+    async fn watch(&mut self, api: &Api<Node>) {
         let nodes = watch_nodes(api.clone(), watcher::Config::default()).default_backoff();
         let mut nodes = std::pin::pin!(nodes);
         let mut next_publish = Instant::now();
@@ -353,12 +367,14 @@ impl Source {
             // ask it for this node's Node.
             if self.reachability.unreachable() && Instant::now() >= next_probe {
                 next_probe = Instant::now() + RETRY;
-                if api.get(&self.node_name).await.is_ok() {
+                if let Ok(Ok(_)) =
+                    tokio::time::timeout(CALL_TIMEOUT, api.get(&self.node_name)).await
+                {
                     self.reachability.answered(&*self.plane, "API server");
                 }
             }
             if !self.published && Instant::now() >= next_publish {
-                match self.publish(&api).await {
+                match self.publish(api).await {
                     Ok(()) => self.published = true,
                     Err(e) => {
                         tracing::warn!("membership: this node's annotations not published: {e:#}");
@@ -367,7 +383,8 @@ impl Source {
                 }
             }
             match tokio::time::timeout(Duration::from_millis(200), nodes.next()).await {
-                Err(_) | Ok(None) => {}
+                Err(_) => {}
+                Ok(None) => return,
                 Ok(Some(Ok(event))) => self.handle(event),
                 Ok(Some(Err(watcher::Error::WatchError(status)))) if status.code == 410 => {
                     tracing::info!(
@@ -383,13 +400,12 @@ impl Source {
     /// Write this node's annotations on its Node (a merge patch).
     async fn publish(&self, api: &Api<Node>) -> Result<()> {
         let patch = json!({ "metadata": { "annotations": self.me.annotations() } });
-        api.patch(
-            &self.node_name,
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map_err(|e| anyhow!("PATCH Node {}: {e}", self.node_name))?;
+        let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
+        let call = api.patch(&self.node_name, &params, &patch);
+        tokio::time::timeout(CALL_TIMEOUT, call)
+            .await
+            .map_err(|_| anyhow!("PATCH Node {}: no answer", self.node_name))?
+            .map_err(|e| anyhow!("PATCH Node {}: {e}", self.node_name))?;
         tracing::info!(node = %self.node_name, "membership: published this node's annotations");
         Ok(())
     }
