@@ -14,6 +14,8 @@ pub mod flood;
 pub mod host;
 pub mod interrupt;
 pub mod kernel_node;
+pub mod kube_api;
+pub mod membership;
 pub mod netns;
 pub mod ovs_node;
 pub mod ping_pong;

@@ -10,7 +10,7 @@ use podswitch_encap::{Decapsulator, TunnelKind, Vni};
 use serde::{Deserialize, Serialize};
 
 use crate::mac::MacAddr;
-use crate::membership::{EtcdSettings, MembershipSource};
+use crate::membership::{EtcdSettings, KubernetesSettings, MembershipSource};
 use crate::xdp::XdpModeChoice;
 
 pub use podswitch_control::DEFAULT_CONTROL_SOCKET;
@@ -80,12 +80,16 @@ pub struct Config {
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
     /// Where peers come from besides `peers`: `static` (this file and
-    /// `podswitch peer add` only) or `etcd` (Flannel's layout, `[etcd]`).
+    /// `podswitch peer add` only), `etcd` (Flannel's layout, `[etcd]`) or
+    /// `kubernetes` (Node objects, `[kubernetes]`).
     #[serde(default)]
     pub membership: MembershipSource,
     /// The etcd source's settings.
     #[serde(default)]
     pub etcd: EtcdSettings,
+    /// The Kubernetes source's settings.
+    #[serde(default)]
+    pub kubernetes: KubernetesSettings,
     /// CPU cores for the polling workers, one worker per core.
     #[serde(default = "default_cores")]
     pub cores: Vec<usize>,
@@ -615,8 +619,22 @@ vtep_mac = "02:00:00:00:00:13"
             let e = error(&format!("{MINIMAL}membership = \"etcd\"\n[etcd]\n{bad}\n"));
             assert!(e.contains(key), "{bad}: {e}");
         }
-        let e = error(&format!("{MINIMAL}membership = \"kubernetes\"\n"));
+        let c = Config::parse(&format!("{MINIMAL}membership = \"kubernetes\"\n")).unwrap();
+        assert_eq!(c.kubernetes, KubernetesSettings::default());
+        let c = Config::parse(&format!(
+            "{MINIMAL}membership = \"kubernetes\"\n[kubernetes]\nkubeconfig = \"/k\"\n\
+             node_name = \"n1\"\naddress = \"internal-ip\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.kubernetes.node_name(), "n1");
+        assert_eq!(
+            c.kubernetes.address,
+            crate::membership::NodeAddress::InternalIp
+        );
+        let e = error(&format!("{MINIMAL}membership = \"consul\"\n"));
         assert!(e.contains("membership"), "{e}");
+        let e = error(&format!("{MINIMAL}[kubernetes]\naddress = \"dns\"\n"));
+        assert!(e.contains("address"), "{e}");
     }
 
     #[test]

@@ -29,8 +29,7 @@ use crate::frame_budget::{FillBudget, FillGrowth, FramePlan};
 use crate::frames::FrameLedger;
 use crate::kernel_receive::{self, KernelReceive};
 use crate::mac::MacAddr;
-use crate::membership::MembershipSource;
-use crate::membership::etcd::EtcdMembership;
+use crate::membership::{self, MembershipSource};
 use crate::netlink::{Netlink, disable_ipv6};
 use crate::node_nat::{self, NatRules};
 use crate::stats::WorkerStats;
@@ -295,22 +294,26 @@ pub fn run(config: Config) -> Result<()> {
     let pod_cidrs: Vec<Ipv4Net> = plane.peers().iter().map(|p| p.pod_cidr).collect();
     remove_stale_host_routes(&netlink, host.index, config.pod_cidr, &pod_cidrs);
 
+    // The restored peers the file does not list: the source's own.
+    let from_file: Vec<_> = config.peers.iter().map(|p| p.node_ip).collect();
+    let owned: Vec<PeerConfig> = plane
+        .peers()
+        .into_iter()
+        .filter(|p| !from_file.contains(&p.node_ip))
+        .map(|p| PeerConfig {
+            node_ip: p.node_ip,
+            pod_cidr: p.pod_cidr,
+            vtep_mac: Some(p.vtep_mac),
+        })
+        .collect();
     let membership = match config.membership {
         MembershipSource::Static => None,
-        MembershipSource::Etcd => {
-            let from_file: Vec<_> = config.peers.iter().map(|p| p.node_ip).collect();
-            let owned = plane
-                .peers()
-                .into_iter()
-                .filter(|p| !from_file.contains(&p.node_ip))
-                .map(|p| PeerConfig {
-                    node_ip: p.node_ip,
-                    pod_cidr: p.pod_cidr,
-                    vtep_mac: Some(p.vtep_mac),
-                })
-                .collect();
-            Some(EtcdMembership::start(&config, plane.clone(), owned)?)
-        }
+        MembershipSource::Etcd => Some(membership::etcd::start(&config, plane.clone(), owned)?),
+        MembershipSource::Kubernetes => Some(membership::kubernetes::start(
+            &config,
+            plane.clone(),
+            owned,
+        )?),
     };
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -224,8 +224,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     let request = match cli.command {
         Command::Daemon { config } => {
-            let config =
-                Config::load_assigning(&config, podswitch::membership::etcd::assign_pod_cidr)?;
+            let config = Config::load_assigning(&config, podswitch::membership::assign_pod_cidr)?;
             return podswitch::daemon::run(config);
         }
         Command::CheckConfig { config } => {

@@ -6,27 +6,20 @@
 //! with podswitch pods and changes its VTEP MAC; an etcd outage keeps the
 //! peers and is reported, and its end resumes the watch. Needs root.
 
-use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use nix::sys::signal::Signal;
-use podswitch_lab::cluster::{
-    FABRIC_IP, KernelNode, Pod, SwitchNode, SwitchOptions, expect_iperf, expect_pings, fabric,
-    kernel_vtep_mac, node_ip, ping,
-};
+use podswitch_lab::cluster::{FABRIC_IP, KernelNode, Pod, expect_iperf, kernel_vtep_mac, node_ip};
 use podswitch_lab::etcd::EtcdServer;
+use podswitch_lab::membership::{MembershipLab, has_peer, peers, reach, wait_for, wait_membership};
 use podswitch_lab::traffic::{IPERF_PORT, IperfClient, iperf_server};
-use podswitch_lab::{Lab, Netns};
 
-const POD_MTU: u32 = 1450;
 const PREFIX: &str = "/coreos.com/network";
 /// flanneld's network config, its VXLAN port left to flannel's default.
 const NETWORK: &str = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
-/// Generous bound for anything the test waits for.
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Lab tests push real traffic: one at a time on a 2-core machine.
 fn serial() -> MutexGuard<'static, ()> {
@@ -41,135 +34,39 @@ fn binary() -> &'static Path {
 /// Nodes 1 to 3 (podswitch, started on demand) and 4 (a kernel node)
 /// on one fabric, etcd on the fabric bridge with flannel's network config.
 struct EtcdLab {
-    nodes: Vec<SwitchNode>,
-    namespaces: Vec<Netns>,
+    base: MembershipLab,
     etcd: EtcdServer,
-    dir: PathBuf,
-    lab: Lab,
 }
 
 impl EtcdLab {
     fn new(tag: &str) -> Result<EtcdLab> {
-        let mut lab = Lab::new(tag)?;
-        let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
-        let _ = std::fs::remove_dir_all(&dir);
-        let namespaces = (1..=4)
-            .map(|i| lab.netns(&format!("n{i}")))
-            .collect::<Result<Vec<_>>>()?;
-        let attached: Vec<_> = namespaces.iter().zip(1..).collect();
-        let fabric = fabric(&mut lab, &attached, 1500)?;
-        let etcd = EtcdServer::start(&fabric, FABRIC_IP, &dir.join("etcd"))?;
+        let base = MembershipLab::new(tag)?;
+        let etcd = EtcdServer::start(&base.fabric, FABRIC_IP, &base.dir.join("etcd"))?;
         etcd.put(&format!("{PREFIX}/config"), NETWORK, None)?;
-        Ok(EtcdLab {
-            nodes: Vec::new(),
-            namespaces,
-            etcd,
-            dir,
-            lab,
-        })
-    }
-
-    fn namespace(&self, i: u8) -> Netns {
-        self.namespaces[usize::from(i - 1)].clone()
+        Ok(EtcdLab { base, etcd })
     }
 
     /// Start podswitch node `i` following etcd, with one pod (10.244.i.2).
     fn start(&mut self, i: u8) -> Result<Pod> {
-        let options = SwitchOptions {
-            membership: Some(format!(
-                "membership = \"etcd\"\nudp_port = 8472\n[etcd]\nendpoints = [\"{}\"]\nlease_ttl_s = 5",
-                self.etcd.endpoint()
-            )),
-            ..SwitchOptions::default()
-        };
-        let node = SwitchNode::start(self.namespace(i), i, binary(), &self.dir, &options, &[])?;
-        let pod = node.add_veth_pod(&mut self.lab, 2, POD_MTU)?;
-        self.nodes.push(node);
-        Ok(pod)
-    }
-
-    fn node(&mut self, i: u8) -> &mut SwitchNode {
-        self.nodes
-            .iter_mut()
-            .find(|n| n.index == i)
-            .expect("a started node")
-    }
-}
-
-/// The node IPs in a node's `podswitch peers`, and their VTEP MACs.
-fn peers(node: &SwitchNode) -> Result<Vec<(String, String)>> {
-    let peers = node.cli_json(&["peers"])?;
-    Ok(peers
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|p| {
-            (
-                p["node_ip"].as_str().unwrap_or("").to_string(),
-                p["vtep_mac"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect())
-}
-
-fn has_peer(node: &SwitchNode, i: u8) -> Result<bool> {
-    Ok(peers(node)?
-        .iter()
-        .any(|(ip, _)| *ip == node_ip(i).to_string()))
-}
-
-fn has_route(node: &SwitchNode, i: u8) -> Result<bool> {
-    let routes = node.cli_json(&["routes"])?;
-    let cidr = format!("10.244.{i}.0/24");
-    Ok(routes
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|r| r["prefix"].as_str() == Some(&cidr)))
-}
-
-/// Wait (at most [`PATIENCE`]) until `done` holds.
-fn wait_for(what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if done()? {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("waited {} s for {what}", PATIENCE.as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Wait until every node in `watchers` has node `i` as a peer with a
-/// route to its pods (`present`), or has neither.
-fn wait_membership(tb: &EtcdLab, watchers: &[u8], i: u8, present: bool) -> Result<()> {
-    for w in watchers {
-        let node = tb
-            .nodes
-            .iter()
-            .find(|n| n.index == *w)
-            .context("no such node")?;
-        let what = format!(
-            "node {w} to {} node {i}",
-            if present { "see" } else { "drop" }
+        let membership = format!(
+            "membership = \"etcd\"\nudp_port = 8472\n[etcd]\nendpoints = [\"{}\"]\nlease_ttl_s = 5",
+            self.etcd.endpoint()
         );
-        wait_for(&what, || {
-            Ok(has_peer(node, i)? == present && has_route(node, i)? == present)
-        })
-        .with_context(|| node.log())?;
+        self.base.start(i, binary(), membership)
     }
-    Ok(())
 }
 
-/// Wait for `to` to answer `from` once (a new peer's underlay neighbour
-/// may still be resolving), then expect it to answer steadily.
-fn reach(from: &Pod, to: Ipv4Addr, what: &str) -> Result<()> {
-    wait_for(&format!("a first reply: {what}"), || {
-        Ok(ping(&from.ns, to, 1)? > 0)
-    })?;
-    expect_pings(from, to, what)
+impl std::ops::Deref for EtcdLab {
+    type Target = MembershipLab;
+    fn deref(&self) -> &MembershipLab {
+        &self.base
+    }
+}
+
+impl std::ops::DerefMut for EtcdLab {
+    fn deref_mut(&mut self) -> &mut MembershipLab {
+        &mut self.base
+    }
 }
 
 #[test]
@@ -178,8 +75,8 @@ fn nodes_join_leave_and_rejoin_through_etcd_while_a_flow_between_others_runs() -
     let mut tb = EtcdLab::new("etcd-churn")?;
     let p1 = tb.start(1)?;
     let p2 = tb.start(2)?;
-    wait_membership(&tb, &[1], 2, true)?;
-    wait_membership(&tb, &[2], 1, true)?;
+    wait_membership(&tb.nodes, &[1], 2, true)?;
+    wait_membership(&tb.nodes, &[2], 1, true)?;
     reach(&p1, p2.ip, "node 1 to node 2, both from etcd")?;
 
     // A flow from node 1 to node 2 for the whole churn of node 3.
@@ -194,13 +91,13 @@ fn nodes_join_leave_and_rejoin_through_etcd_while_a_flow_between_others_runs() -
 
     // Node 3 joins: reachable from both without touching their config.
     let p3 = tb.start(3)?;
-    wait_membership(&tb, &[1, 2], 3, true)?;
+    wait_membership(&tb.nodes, &[1, 2], 3, true)?;
     reach(&p1, p3.ip, "node 1 to the new node 3")?;
     reach(&p3, p2.ip, "the new node 3 to node 2")?;
 
     // A clean stop revokes its lease: the others drop it and its routes.
     ensure!(tb.node(3).stop(), "node 3 did not stop");
-    wait_membership(&tb, &[1, 2], 3, false)?;
+    wait_membership(&tb.nodes, &[1, 2], 3, false)?;
     ensure!(
         tb.etcd.list(&format!("{PREFIX}/subnets/"))?.len() == 2,
         "node 3's lease is still in etcd"
@@ -208,17 +105,17 @@ fn nodes_join_leave_and_rejoin_through_etcd_while_a_flow_between_others_runs() -
 
     // It rejoins.
     tb.node(3).launch()?;
-    wait_membership(&tb, &[1, 2], 3, true)?;
+    wait_membership(&tb.nodes, &[1, 2], 3, true)?;
     reach(&p3, p1.ip, "node 3 back, to node 1")?;
 
     // Killed: its lease expires after its TTL and the others drop it.
     let killed = tb.node(3).daemon().context("node 3 runs")?;
     ensure!(killed.signal_and_wait(Signal::SIGKILL, Duration::from_secs(10)));
-    wait_membership(&tb, &[1, 2], 3, false)?;
+    wait_membership(&tb.nodes, &[1, 2], 3, false)?;
 
     // Back again after the kill.
     tb.node(3).launch()?;
-    wait_membership(&tb, &[1, 2], 3, true)?;
+    wait_membership(&tb.nodes, &[1, 2], 3, true)?;
     reach(&p2, p3.ip, "node 2 to node 3 after its restart")?;
 
     let run = flow.join().expect("the iperf3 thread")?;
@@ -239,15 +136,7 @@ fn nodes_join_leave_and_rejoin_through_etcd_while_a_flow_between_others_runs() -
     // it finds its own live lease (by its PublicIP) and keeps its subnet;
     // stopped cleanly and started again, it takes the lowest free one,
     // which is the same.
-    let config = tb.node(3).config_path();
-    let text = std::fs::read_to_string(&config)?;
-    let without: String = text
-        .lines()
-        .filter(|l| !l.starts_with("pod_cidr"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    ensure!(without != text, "node 3's configuration names no pod_cidr");
-    std::fs::write(&config, without)?;
+    tb.leave_pod_cidr_out(3)?;
     let killed = tb.node(3).daemon().context("node 3 runs")?;
     ensure!(killed.signal_and_wait(Signal::SIGKILL, Duration::from_secs(10)));
     for restart in ["after a kill", "after a clean stop"] {
@@ -258,14 +147,14 @@ fn nodes_join_leave_and_rejoin_through_etcd_while_a_flow_between_others_runs() -
             "{restart}: etcd gave node 3 {}",
             info["pod_cidr"]
         );
-        wait_membership(&tb, &[1, 2], 3, true)?;
+        wait_membership(&tb.nodes, &[1, 2], 3, true)?;
         reach(
             &p3,
             p1.ip,
             &format!("node 3 with its pod CIDR from etcd, {restart}"),
         )?;
         ensure!(tb.node(3).stop(), "node 3 did not stop");
-        wait_membership(&tb, &[1, 2], 3, false)?;
+        wait_membership(&tb.nodes, &[1, 2], 3, false)?;
     }
     for node in tb.nodes.iter().filter(|n| n.index != 3) {
         node.check_frames()?;
@@ -294,8 +183,8 @@ fn a_flanneld_configured_kernel_node_and_an_etcd_outage() -> Result<()> {
     let lease = tb.etcd.grant(600)?;
     tb.etcd
         .put(&key, &record(&kernel_vtep_mac(4)), Some(lease))?;
-    wait_membership(&tb, &[1, 2], 4, true)?;
-    wait_membership(&tb, &[1], 2, true)?;
+    wait_membership(&tb.nodes, &[1, 2], 4, true)?;
+    wait_membership(&tb.nodes, &[1], 2, true)?;
     kernel.add_flannel_peers(&tb.etcd.list(&format!("{PREFIX}/subnets/"))?)?;
     reach(&p4, p1.ip, "flannel node 4 to podswitch node 1")?;
     reach(&p2, p4.ip, "podswitch node 2 to flannel node 4")?;
@@ -349,7 +238,7 @@ fn a_flanneld_configured_kernel_node_and_an_etcd_outage() -> Result<()> {
         })?;
     }
     tb.etcd.revoke(lease)?;
-    wait_membership(&tb, &[1, 2], 4, false)?;
+    wait_membership(&tb.nodes, &[1, 2], 4, false)?;
     reach(&p2, p1.ip, "node 2 to node 1 after the outage")?;
     Ok(())
 }

@@ -146,7 +146,7 @@ impl crate::membership::PeerSet for ControlPlane {
     }
 }
 
-impl crate::membership::etcd::Plane for ControlPlane {
+impl crate::membership::Plane for ControlPlane {
     fn report(&self, report: MembershipReport) {
         *self.membership.lock().unwrap_or_else(|e| e.into_inner()) = report;
     }

@@ -16,8 +16,7 @@ use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
@@ -30,9 +29,8 @@ use serde_json::{Value, json};
 use super::flannel::{
     NetworkConfig, SubnetLease, config_key, parse_subnet_key, subnet_key, subnets_prefix,
 };
-use super::{Applied, EtcdSettings, MembershipSource, PeerSet};
+use super::{Applied, EtcdSettings, Follower, MembershipSource, Plane, Reachability};
 use crate::config::{Config, PeerConfig};
-use crate::control::protocol::MembershipReport;
 use crate::mac::MacAddr;
 
 /// How long one call to etcd may take.
@@ -40,52 +38,26 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause between sessions while etcd does not answer.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// What the source needs of the control plane: its peer table and a place
-/// to report how the source is doing.
-pub trait Plane: PeerSet + Send + Sync {
-    /// Publish the source's state for `podswitch info` and `peers`.
-    fn report(&self, report: MembershipReport);
-}
-
-/// A running etcd source.
-pub struct EtcdMembership {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<()>,
-}
-
-impl EtcdMembership {
-    /// Start following etcd for the node configured as `config`; `owned`
-    /// are the peers restored from the saved state that etcd, not the
-    /// file, put there (removed at the first listing if etcd no longer
-    /// has them).
-    pub fn start(
-        config: &Config,
-        plane: Arc<dyn Plane>,
-        owned: Vec<PeerConfig>,
-    ) -> Result<EtcdMembership> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut source = Source {
+/// Start following etcd for the node configured as `config`; `owned`
+/// are the peers restored from the saved state that etcd, not the file,
+/// put there (removed at the first listing if etcd no longer has them).
+/// Stopping the follower revokes this node's lease, so the other nodes
+/// drop it now.
+pub fn start(config: &Config, plane: Arc<dyn Plane>, owned: Vec<PeerConfig>) -> Result<Follower> {
+    let lease = SubnetLease::of(config).map_err(|e| anyhow!(e))?.to_json();
+    let config = config.clone();
+    Follower::spawn(move |stop| {
+        Source {
             settings: config.etcd.clone(),
-            config: config.clone(),
-            lease: SubnetLease::of(config).map_err(|e| anyhow!(e))?.to_json(),
+            config,
+            lease,
             plane,
             applied: Applied::owning(owned),
-            stop: stop.clone(),
-            unreachable_since: None,
-        };
-        let thread = std::thread::Builder::new()
-            .name("membership".into())
-            .spawn(move || source.run())
-            .context("spawning the membership thread")?;
-        Ok(EtcdMembership { stop, thread })
-    }
-
-    /// Stop: revoke this node's lease (so the other nodes drop it now)
-    /// and wait for the thread.
-    pub fn stop(self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
-    }
+            stop,
+            reachability: Reachability::new("etcd"),
+        }
+        .run();
+    })
 }
 
 /// The pod CIDR etcd gives the node whose configuration file is `text`
@@ -183,7 +155,7 @@ struct Source {
     plane: Arc<dyn Plane>,
     applied: Applied,
     stop: Arc<AtomicBool>,
-    unreachable_since: Option<SystemTime>,
+    reachability: Reachability,
 }
 
 /// Keys under a prefix and their values, as etcd holds them.
@@ -198,7 +170,7 @@ enum Watched {
 
 impl Source {
     fn run(&mut self) {
-        self.report(None);
+        self.reachability.report(&*self.plane, None);
         let mut attempt = 0usize;
         while !self.stopped() {
             let endpoint = self.settings.endpoints[attempt % self.settings.endpoints.len()].clone();
@@ -207,13 +179,7 @@ impl Source {
                 Ok(()) => break,
                 Err(e) => format!("{endpoint}: {e:#}"),
             };
-            if self.unreachable_since.is_none() {
-                tracing::warn!(
-                    "membership: etcd unreachable, keeping the last known peers: {error}"
-                );
-                self.unreachable_since = Some(SystemTime::now());
-            }
-            self.report(Some(error));
+            self.reachability.failed(&*self.plane, error);
             let until = Instant::now() + RETRY;
             while !self.stopped() && Instant::now() < until {
                 std::thread::sleep(Duration::from_millis(50));
@@ -223,16 +189,6 @@ impl Source {
 
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
-    }
-
-    fn report(&self, error: Option<String>) {
-        self.plane.report(MembershipReport {
-            source: "etcd".into(),
-            unreachable_since: self
-                .unreachable_since
-                .map(|t| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())),
-            error,
-        });
     }
 
     /// One session; returns Ok only once stopped.
@@ -253,14 +209,7 @@ impl Source {
             })?;
         let (mut records, revision) = etcd.list(&subnets_prefix(prefix))?;
         records.remove(own_key.as_bytes());
-        if let Some(since) = self.unreachable_since.take() {
-            let down = since.elapsed().unwrap_or_default().as_secs();
-            tracing::info!(
-                "membership: etcd {} answers again after {down} s",
-                etcd.endpoint
-            );
-        }
-        self.report(None);
+        self.reachability.answered(&*self.plane, &etcd.endpoint);
         let wanted = self.desired(&records);
         self.applied.apply(&*self.plane, &wanted);
         tracing::info!(

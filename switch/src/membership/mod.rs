@@ -1,18 +1,23 @@
 //! Where a node's peers come from: its configuration file and `podswitch
 //! peer add` (`static`), or a datastore it watches (`etcd`, in Flannel's
-//! layout). A watching source keeps the set of peers the datastore
+//! layout, or `kubernetes`, Node objects with Flannel's annotations). A watching source keeps the set of peers the datastore
 //! describes and hands every change to the control plane through the same
 //! path as `peer add`/`peer del` ([`PeerSet`]), so workers never stop.
 
 pub mod etcd;
 pub mod flannel;
+pub mod kubernetes;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ipnet::Ipv4Net;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::PeerConfig;
+use crate::control::protocol::MembershipReport;
 
 /// Which source the configuration chooses (`membership = …`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,6 +28,8 @@ pub enum MembershipSource {
     Static,
     /// Peers from etcd, Flannel's layout (`[etcd]`).
     Etcd,
+    /// Peers from the cluster's Node objects (`[kubernetes]`).
+    Kubernetes,
 }
 
 impl MembershipSource {
@@ -31,6 +38,7 @@ impl MembershipSource {
         match self {
             MembershipSource::Static => "static",
             MembershipSource::Etcd => "etcd",
+            MembershipSource::Kubernetes => "kubernetes",
         }
     }
 }
@@ -113,6 +121,61 @@ impl EtcdSettings {
     }
 }
 
+/// Where a node's underlay address comes from (`kubernetes.address`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeAddress {
+    /// Flannel's `flannel.alpha.coreos.com/public-ip` annotation when the
+    /// Node has one (flanneld's own choice), else its InternalIP.
+    #[default]
+    PublicIpAnnotation,
+    /// The Node's InternalIP, annotations ignored.
+    InternalIp,
+}
+
+/// `[kubernetes]`: the Kubernetes source's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSettings {
+    /// A kubeconfig file; when left out, the in-cluster configuration
+    /// (`KUBERNETES_SERVICE_HOST`/`PORT`, the service account's token and
+    /// CA), else `$KUBECONFIG` or `~/.kube/config`.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's Node object; `$NODE_NAME`, else the hostname, when
+    /// left out.
+    #[serde(default)]
+    pub node_name: Option<String>,
+    /// Where the other nodes' underlay addresses come from.
+    #[serde(default)]
+    pub address: NodeAddress,
+}
+
+impl KubernetesSettings {
+    /// The name of this node's Node object.
+    pub fn node_name(&self) -> String {
+        self.node_name
+            .clone()
+            .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()))
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_string())
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The pod CIDR the datastore gives the node whose configuration file is
+/// `text` and leaves `pod_cidr` out (etcd: a free subnet; Kubernetes: its
+/// Node's `spec.podCIDR`), or `None` for a static node.
+pub fn assign_pod_cidr(text: &str) -> anyhow::Result<Option<Ipv4Net>> {
+    match etcd::assign_pod_cidr(text)? {
+        Some(cidr) => Ok(Some(cidr)),
+        None => kubernetes::assign_pod_cidr(text),
+    }
+}
+
 /// What the control plane offers a membership source: the same calls as
 /// `podswitch peer add` and `peer del`.
 pub trait PeerSet {
@@ -120,6 +183,101 @@ pub trait PeerSet {
     fn add(&self, peer: PeerConfig) -> anyhow::Result<()>;
     /// Remove a peer and its routes.
     fn remove(&self, node_ip: IpAddr) -> anyhow::Result<()>;
+}
+
+/// What a source needs of the control plane: its peer table and a place
+/// to report how the source is doing.
+pub trait Plane: PeerSet + Send + Sync {
+    /// Publish the source's state for `podswitch info` and `peers`.
+    fn report(&self, report: MembershipReport);
+}
+
+/// A source following its datastore on a thread of its own.
+pub struct Follower {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Follower {
+    /// Run `follow` on a thread named `membership`, with the flag that
+    /// asks it to stop.
+    pub fn spawn(
+        follow: impl FnOnce(std::sync::Arc<std::sync::atomic::AtomicBool>) + Send + 'static,
+    ) -> anyhow::Result<Follower> {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("membership".into())
+            .spawn(move || follow(flag))
+            .map_err(|e| anyhow::anyhow!("spawning the membership thread: {e}"))?;
+        Ok(Follower { stop, thread })
+    }
+
+    /// Ask it to stop and wait for it.
+    pub fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+/// When a source's datastore stopped answering, and the report of it.
+#[derive(Debug)]
+pub struct Reachability {
+    source: &'static str,
+    unreachable_since: Option<std::time::SystemTime>,
+}
+
+impl Reachability {
+    /// A source named `source` (as `podswitch info` shows it), answering.
+    pub fn new(source: &'static str) -> Reachability {
+        Reachability {
+            source,
+            unreachable_since: None,
+        }
+    }
+
+    /// Whether the datastore has failed since it last answered.
+    pub fn unreachable(&self) -> bool {
+        self.unreachable_since.is_some()
+    }
+
+    /// The datastore failed with `error`: logged the first time, the
+    /// report says since when.
+    pub fn failed(&mut self, plane: &dyn Plane, error: String) {
+        if self.unreachable_since.is_none() {
+            tracing::warn!(
+                "membership: {} unreachable, keeping the last known peers: {error}",
+                self.source
+            );
+            self.unreachable_since = Some(std::time::SystemTime::now());
+        }
+        self.report(plane, Some(error));
+    }
+
+    /// The datastore answered (`from` says which): reported, and logged
+    /// if it had not been answering.
+    pub fn answered(&mut self, plane: &dyn Plane, from: &str) {
+        if let Some(since) = self.unreachable_since.take() {
+            let down = since.elapsed().unwrap_or_default().as_secs();
+            tracing::info!(
+                "membership: {} {from} answers again after {down} s",
+                self.source
+            );
+        }
+        self.report(plane, None);
+    }
+
+    /// Publish the state, with `error` if there is one.
+    pub fn report(&self, plane: &dyn Plane, error: Option<String>) {
+        plane.report(MembershipReport {
+            source: self.source.into(),
+            unreachable_since: self.unreachable_since.map(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            }),
+            error,
+        });
+    }
 }
 
 /// The peers a source has put into the control plane, keyed by node IP,
