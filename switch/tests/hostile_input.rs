@@ -489,7 +489,61 @@ fn hostile_pod_frames_and_vxlan_packets() -> Result<()> {
             to_group[..6].copy_from_slice(&group);
             t.delivers(&mut underlay, &to_group)?;
         }
-        t.delivers(&mut underlay, &with_ipv4_options(&valid, &GOOD_OPTIONS))
+        t.delivers(&mut underlay, &with_ipv4_options(&valid, &GOOD_OPTIONS))?;
+
+        // VXLAN carrying TCP goes through node 1's kernel (GRO) into its
+        // tunnel port (`tunnel_receive = "auto"`): the same wrongs end the
+        // same way, counted on the tunnel port — and so does a wrong outer
+        // UDP checksum, which GRO does not vouch for.
+        let mut inner_tcp = t.inner.clone();
+        inner_tcp[23] = 6;
+        fix_ipv4_checksum(&mut inner_tcp);
+        let valid_tcp = tunnel(node_ip(2), &vxlan(0x08, VNI, &inner_tcp))?;
+        let with = |edit: &dyn Fn(&mut Vec<u8>)| {
+            let mut packet = valid_tcp.clone();
+            edit(&mut packet);
+            packet
+        };
+        let tcp_cases: Vec<(&str, Vec<u8>, Counted)> = vec![
+            (
+                "TCP in VXLAN without the I flag",
+                tunnel(node_ip(2), &vxlan(0x00, VNI, &inner_tcp))?,
+                Counted::Reason("vxlan_bad_flags"),
+            ),
+            (
+                "TCP in an unknown VNI",
+                tunnel(node_ip(2), &vxlan(0x08, VNI + 1, &inner_tcp))?,
+                Counted::Reason("unknown_vni"),
+            ),
+            (
+                "TCP from a sender that is not a peer",
+                tunnel(Ipv4Addr::new(10, 1, 0, 99), &vxlan(0x08, VNI, &inner_tcp))?,
+                Counted::Reason("unknown_peer"),
+            ),
+            (
+                "TCP with a bad outer IPv4 checksum",
+                with(&|p| p[24] ^= 0xff),
+                Counted::Reason("bad_ipv4_checksum"),
+            ),
+            (
+                "TCP to another host's MAC",
+                with(&|p| p[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99])),
+                Counted::Reason("not_our_uplink_mac"),
+            ),
+            (
+                "TCP with a wrong outer UDP checksum",
+                with(&|p| {
+                    let wrong = match u16::from_be_bytes([p[40], p[41]]) {
+                        0 => 0x1234,
+                        sum => sum ^ 0x00ff,
+                    };
+                    p[40..42].copy_from_slice(&wrong.to_be_bytes());
+                }),
+                Counted::Reason("bad_udp_checksum"),
+            ),
+        ];
+        inject(&mut underlay, t.n1, "podswt0", &tcp_cases)?;
+        t.delivers(&mut underlay, &valid_tcp)
     })
 }
 
