@@ -11,6 +11,8 @@
 
 mod common;
 
+use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -23,8 +25,10 @@ use podswitch_lab::cluster::{
     switch_and_kernel_node,
 };
 use podswitch_lab::cni::{CniCall, netns_path};
+use podswitch_lab::flood::UdpSocketFlood;
 use podswitch_lab::traffic::IperfClient;
 use podswitch_lab::tunnel_capture::{TunnelCapture, Underlay, checksum_errors};
+use podswitch_lab::udp_sink::UdpSink;
 
 /// Two TAP pods and one veth pod on each of two podswitch nodes.
 struct Mixed {
@@ -219,11 +223,54 @@ fn mixed_pods_talk(tag: &str, options: &SwitchOptions) -> Result<Mixed> {
             sent > 0,
             "no super-frame went to the peer through the tunnel port: {tunnel}"
         );
+        udp_takes_the_uplink(n1, t1, t2)?;
     }
     for node in [n1, n2] {
         node.check_frames()?;
     }
     Ok(tb)
+}
+
+/// Datagrams [`udp_takes_the_uplink`] sends: fewer than a TAP queue holds.
+const UDP_DATAGRAMS: u64 = 500;
+
+/// A TAP pod's UDP to a pod on the other node leaves `node` by the uplink
+/// (in AF_XDP batches), not through the tunnel port (a `write` each into
+/// the node's stack): the uplink's `tx` grows by at least as many as
+/// arrived, the tunnel port's by fewer (none of them).
+fn udp_takes_the_uplink(node: &SwitchNode, from: &Pod, to: &Pod) -> Result<()> {
+    let tx = |role: &str| -> Result<u64> {
+        let port = find_port(node, |p| p["role"] == role)?
+            .with_context(|| format!("no {role} port on node {}", node.index))?;
+        Ok(port["counters"]["tx_packets"].as_u64().unwrap_or(0))
+    };
+    let sink = UdpSink::bind(&to.ns, 9000)?;
+    let sender = UdpSocketFlood::open(
+        &from.ns,
+        SocketAddrV4::new(from.ip, 40000),
+        SocketAddrV4::new(to.ip, 9000),
+        18,
+    )?;
+    let (uplink, tunnel) = (tx("uplink")?, tx("tunnel")?);
+    let stop = AtomicBool::new(false);
+    let received = std::thread::scope(|scope| {
+        let receiver = scope.spawn(|| sink.run(&stop, Duration::from_secs(30)));
+        let sent = sender.run(UDP_DATAGRAMS);
+        stop.store(true, Ordering::Relaxed);
+        let received = receiver
+            .join()
+            .unwrap_or_else(|_| anyhow::bail!("the sink panicked"));
+        sent.and(received)
+    })?;
+    let (uplink, tunnel) = (tx("uplink")? - uplink, tx("tunnel")? - tunnel);
+    let arrived = received.packets;
+    ensure!(arrived > 0, "none of {UDP_DATAGRAMS} datagrams arrived");
+    ensure!(
+        uplink >= arrived && tunnel < arrived,
+        "a TAP pod's {UDP_DATAGRAMS} datagrams ({arrived} arrived): the uplink sent {uplink} \
+         packets, the tunnel port {tunnel}"
+    );
+    Ok(())
 }
 
 /// DEL every pod: the TAP devices go from the pods, the ports from the

@@ -16,7 +16,8 @@ pub const SOURCE_PORT_COUNT: u32 = 16384;
 /// Fixed so that every node maps a flow to the same port.
 const SEED: u64 = 0x706f_6473_7769_7463; // "podswitc"
 
-const IPPROTO_TCP: u8 = 6;
+/// The IP protocol number of TCP.
+pub const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_SCTP: u8 = 132;
 
@@ -31,13 +32,7 @@ fn has_ports(protocol: u8) -> bool {
 /// too short for a header hashes on what it has. Never fails, never panics.
 pub fn flow_hash(frame: &[u8]) -> u32 {
     let mut hasher = FixedState::with_seed(SEED).build_hasher();
-    let mut offset = 12;
-    let mut ethertype = read_u16(frame, offset);
-    while ethertype.is_some_and(is_vlan_tpid) && offset < 12 + 2 * VLAN_TAG_LEN {
-        offset += VLAN_TAG_LEN;
-        ethertype = read_u16(frame, offset);
-    }
-    let l3 = offset + 2;
+    let (ethertype, l3) = network_header(frame);
     let hashed_ip = match ethertype {
         Some(0x0800) => hash_ipv4(frame, l3, &mut hasher),
         Some(0x86dd) => hash_ipv6(frame, l3, &mut hasher),
@@ -48,6 +43,31 @@ pub fn flow_hash(frame: &[u8]) -> u32 {
         hasher.write_u16(ethertype.unwrap_or(0));
     }
     (hasher.finish() >> 32) as u32
+}
+
+/// The IP protocol of an Ethernet frame (IPv6: the first next header),
+/// past up to two VLAN tags; `None` for a frame that is not IP or too
+/// short for its IP header. Fixed for every packet of a flow, fragments
+/// included.
+pub fn ip_protocol(frame: &[u8]) -> Option<u8> {
+    match network_header(frame) {
+        (Some(0x0800), l3) => frame.get(l3 + 9).filter(|_| frame.len() >= l3 + 20),
+        (Some(0x86dd), l3) => frame.get(l3 + 6).filter(|_| frame.len() >= l3 + 40),
+        _ => None,
+    }
+    .copied()
+}
+
+/// A frame's EtherType past up to two VLAN tags, and where its network
+/// header starts.
+fn network_header(frame: &[u8]) -> (Option<u16>, usize) {
+    let mut offset = 12;
+    let mut ethertype = read_u16(frame, offset);
+    while ethertype.is_some_and(is_vlan_tpid) && offset < 12 + 2 * VLAN_TAG_LEN {
+        offset += VLAN_TAG_LEN;
+        ethertype = read_u16(frame, offset);
+    }
+    (ethertype, offset + 2)
 }
 
 fn hash_ipv4(frame: &[u8], l3: usize, hasher: &mut impl Hasher) -> bool {
@@ -163,6 +183,29 @@ mod tests {
             let f = ipv4_tcp(1, 2);
             flow_hash(&f[..len.min(f.len())]);
             flow_hash(&vec![0x81; len]);
+            ip_protocol(&f[..len.min(f.len())]);
+            ip_protocol(&vec![0x81; len]);
         }
+    }
+
+    #[test]
+    fn ip_protocol_of_plain_tagged_and_non_ip_frames() {
+        let tcp = ipv4_tcp(1000, 2000);
+        assert_eq!(ip_protocol(&tcp), Some(IPPROTO_TCP));
+        let mut udp = tcp.clone();
+        udp[14 + 9] = IPPROTO_UDP;
+        assert_eq!(ip_protocol(&udp), Some(IPPROTO_UDP));
+        let mut tagged = tcp[..12].to_vec();
+        tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x64]);
+        tagged.extend_from_slice(&tcp[12..]);
+        assert_eq!(ip_protocol(&tagged), Some(IPPROTO_TCP));
+        let mut v6 = vec![0u8; 14 + 40];
+        v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+        v6[14 + 6] = IPPROTO_UDP;
+        assert_eq!(ip_protocol(&v6), Some(IPPROTO_UDP));
+        let mut arp = tcp.clone();
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        assert_eq!(ip_protocol(&arp), None);
+        assert_eq!(ip_protocol(&tcp[..14 + 19]), None, "IPv4 header cut short");
     }
 }

@@ -22,6 +22,7 @@ use std::ops::Range;
 
 use arrayvec::ArrayVec;
 use podswitch_encap::DropReason;
+use podswitch_encap::flow::{IPPROTO_TCP, ip_protocol};
 use podswitch_encap::segment::TcpSegments;
 use podswitch_encap::virtio_net::{GsoKind, Offload, TunnelOffload};
 
@@ -310,12 +311,12 @@ impl Pipeline<'_> {
     }
 
     /// The encapsulation stage: a routed packet for `peer` goes out in its
-    /// tunnel. From a pod that hands over super-frames, when this worker
-    /// has the tunnel port, it is encapsulated whole for the node's kernel
-    /// to cut (every packet of the pod's flows takes that way, so none
-    /// overtakes another); otherwise it leaves by the uplink, a
-    /// super-frame cut into segments first and each encapsulated. How many
-    /// segments were made here.
+    /// tunnel. A TCP packet from a pod that hands over super-frames, when
+    /// this worker has the tunnel port, is encapsulated whole for the
+    /// node's kernel to cut (every packet of the pod's TCP flows takes that
+    /// way, so none overtakes another); anything else leaves by the uplink,
+    /// in batches — a super-frame cut into segments first and each
+    /// encapsulated. How many segments were made here.
     fn send_to_peer(&mut self, peer: PeerId, mut packet: Packet) -> usize {
         if let Some(tunnel) = self.tunnel {
             match self.send_to_tunnel(tunnel, peer, packet) {
@@ -355,7 +356,10 @@ impl Pipeline<'_> {
 
     /// Encapsulate a packet from a TAP pod in its buffer and queue it on
     /// the tunnel port (queue `tunnel`). The packet comes back unchanged
-    /// when it cannot go that way: not in a buffer, no template for the
+    /// when it does not go that way: not TCP (it can never be a
+    /// super-frame, and a `write` per frame into the node's stack costs
+    /// more than the uplink's batches; the protocol is fixed for a flow,
+    /// so a flow keeps one path), not in a buffer, no template for the
     /// peer, or a super-frame too long for one outer packet (from a pod
     /// whose `gso_max_size` was not lowered: it is cut here instead). A
     /// packet the encapsulation refuses for any other reason is dropped,
@@ -368,6 +372,12 @@ impl Pipeline<'_> {
         else {
             return Some(packet);
         };
+        if super_frame.is_none() && ip_protocol(self.buffers.bytes(&buffer)) != Some(IPPROTO_TCP) {
+            return Some(Packet::Large {
+                buffer,
+                super_frame,
+            });
+        }
         let Some(template) = self
             .forwarder
             .topology
@@ -1078,6 +1088,81 @@ mod tests {
         assert_eq!(joined.len(), bytes.len());
         assert_eq!(joined[34..], bytes[34..], "the payload as it came");
         node.check_frames_return(run);
+    }
+
+    /// The queue index of the tunnel port [`Node::with_tunnel`] adds.
+    const TUNNEL_Q: usize = 4;
+
+    impl Node {
+        /// The node with a tunnel port (port 5, queue [`TUNNEL_Q`]) and a
+        /// tunnel template toward the peer.
+        fn with_tunnel() -> Node {
+            let mut node = Node::new();
+            let tunnel = PortId(5);
+            node.topology.tunnel = Some(tunnel);
+            let peer = node.topology.peers[0].as_mut().unwrap();
+            peer.tunnel_template = peer.template.clone();
+            node.queues.add(tunnel, Takes::Encapsulated);
+            node
+        }
+
+        /// A UDP frame from `from` to `to` with `payload`.
+        fn udp_bytes(from: [u8; 4], to: [u8; 4], payload: &[u8]) -> Vec<u8> {
+            let mut bytes = Vec::new();
+            PacketBuilder::ethernet2(pod_mac(from).0, ROUTER.0)
+                .ipv4(from, to, 64)
+                .udp(40000, 9000)
+                .write(&mut bytes, payload)
+                .unwrap();
+            bytes
+        }
+    }
+
+    #[test]
+    fn a_tap_pods_tcp_goes_to_the_tunnel_port_and_its_udp_to_the_uplink() {
+        let mut node = Node::with_tunnel();
+        let remote = REMOTE_POD.octets();
+        // A TCP frame and a TCP super-frame: through the tunnel port.
+        let tcp = Node::tcp_bytes(POD_B.1, remote, b"tcp");
+        let packet = node.large(&tcp, None);
+        node.pipeline(POD_B.0).dispatch(packet);
+        let packet = node.large(&Node::tcp_bytes(POD_B.1, remote, &[5; 3000]), Some(1000));
+        node.pipeline(POD_B.0).dispatch(packet);
+        // UDP, whatever its size: by the uplink, in a buffer frame.
+        for len in [18, 1400] {
+            let udp = Node::udp_bytes(POD_B.1, remote, &vec![9; len]);
+            let packet = node.large(&udp, None);
+            node.pipeline(POD_B.0).dispatch(packet);
+        }
+        let tunneled = node.queue(TUNNEL_Q);
+        assert_eq!(tunneled.len(), 2);
+        assert!(tunneled.iter().all(|p| matches!(p, Packet::Tunnel { .. })));
+        let uplink = node.queue(UPLINK_Q);
+        assert_eq!(uplink.len(), 2, "both UDP frames by the uplink");
+        let peer = Decapsulator::new(
+            TunnelKind::Vxlan,
+            IpAddr::V4(PEER_NODE),
+            Vni::new(1).unwrap(),
+        );
+        for (packet, len) in uplink.iter().zip([18, 1400]) {
+            assert!(matches!(packet, Packet::Frame(f) if !f.continues()));
+            let out = node.bytes(packet);
+            let inner = peer.decapsulate(&out).unwrap().inner;
+            assert_eq!(out[inner].len(), 14 + 20 + 8 + len);
+        }
+        // A veth pod's TCP does not take the tunnel port.
+        let packet = node.frame(&Node::tcp_bytes(POD_A.1, remote, b"veth"));
+        node.pipeline(POD_A.0).dispatch(packet);
+        let from_veth = node.queue(UPLINK_Q);
+        assert_eq!(from_veth.len(), 1);
+        assert!(node.queue(TUNNEL_Q).is_empty());
+        node.check_frames_return(
+            tunneled
+                .into_iter()
+                .chain(uplink)
+                .chain(from_veth)
+                .collect(),
+        );
     }
 
     #[test]
