@@ -326,15 +326,22 @@ fn tap_and_veth_pods_over_vxlan() -> Result<()> {
     delete_all(&tb)
 }
 
+/// [`mixed_pods_talk`] with `options` (serially), then every pod deleted.
+fn talk_and_delete(tag: &str, options: &SwitchOptions) -> Result<()> {
+    let _serial = serial();
+    let tb = mixed_pods_talk(tag, options)?;
+    delete_all(&tb)
+}
+
 #[test]
 fn tap_and_veth_pods_over_geneve() -> Result<()> {
-    let _serial = serial();
-    let options = SwitchOptions {
-        encap: "geneve".into(),
-        ..SwitchOptions::default()
-    };
-    let tb = mixed_pods_talk("tap-geneve", &options)?;
-    delete_all(&tb)
+    talk_and_delete(
+        "tap-geneve",
+        &SwitchOptions {
+            encap: "geneve".into(),
+            ..SwitchOptions::default()
+        },
+    )
 }
 
 /// With `tunnel_offload = "off"` (or a kernel without UDP tunnel GSO)
@@ -342,26 +349,26 @@ fn tap_and_veth_pods_over_geneve() -> Result<()> {
 /// on the uplink.
 #[test]
 fn tap_pods_with_the_switch_cutting_super_frames() -> Result<()> {
-    let _serial = serial();
-    let options = SwitchOptions {
-        tunnel_offload: Some("off".into()),
-        ..SwitchOptions::default()
-    };
-    let tb = mixed_pods_talk("tap-cut", &options)?;
-    delete_all(&tb)
+    talk_and_delete(
+        "tap-cut",
+        &SwitchOptions {
+            tunnel_offload: Some("off".into()),
+            ..SwitchOptions::default()
+        },
+    )
 }
 
 /// With `tunnel_receive = "afxdp"` every tunnel packet comes through the
 /// uplink's AF_XDP socket and is coalesced for a TAP pod by the switch.
 #[test]
 fn tap_pods_receiving_through_afxdp() -> Result<()> {
-    let _serial = serial();
-    let options = SwitchOptions {
-        tunnel_receive: Some("afxdp".into()),
-        ..SwitchOptions::default()
-    };
-    let tb = mixed_pods_talk("tap-afxdp", &options)?;
-    delete_all(&tb)
+    talk_and_delete(
+        "tap-afxdp",
+        &SwitchOptions {
+            tunnel_receive: Some("afxdp".into()),
+            ..SwitchOptions::default()
+        },
+    )
 }
 
 /// A TAP pod on a podswitch node and a pod on a kernel VXLAN node

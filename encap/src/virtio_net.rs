@@ -1324,18 +1324,8 @@ mod tests {
             Err(DropReason::BadVnetHeader)
         );
         let received = TunnelOffload::parse_received(&header).unwrap();
-        let inner = Offload {
-            checksum: Checksum::Partial {
-                start: 34,
-                offset: 16,
-            },
-            gso: Some(Gso {
-                kind: GsoKind::TcpV4,
-                ecn: false,
-                size: 1398,
-                hdr_len: 66,
-            }),
-        };
+        // The inner frame's offload is what the sending pod's was.
+        let inner = pod_super_frame();
         assert_eq!(received.without_outer_headers(50), Ok(inner));
         // A plain packet whose outer UDP checksum is the pending one: the
         // inner frame's are complete.

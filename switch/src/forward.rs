@@ -109,10 +109,7 @@ impl Forwarder<'_> {
     /// rewriting it in place (MACs, TTL, encapsulation, ARP reply). `buf` is
     /// the frame's whole buffer: the space before `frame.start` is headroom.
     pub fn forward(&self, in_port: PortId, buf: &mut [u8], frame: Range<usize>) -> Verdict {
-        let Some(port) = self.topology.port(in_port) else {
-            return Verdict::Drop(DropCause::PortGone);
-        };
-        self.decide(in_port, port, buf, frame, Size::Frame)
+        self.decide(in_port, buf, frame, Size::Frame)
     }
 
     /// Decide the fate of a TCP super-frame (larger than the MTU, cut into
@@ -125,20 +122,15 @@ impl Forwarder<'_> {
         buf: &mut [u8],
         frame: Range<usize>,
     ) -> Verdict {
+        self.decide(in_port, buf, frame, Size::SuperFrame)
+    }
+
+    /// The decision for a packet of `size` on port `in_port`, by the
+    /// port's role.
+    fn decide(&self, in_port: PortId, buf: &mut [u8], frame: Range<usize>, size: Size) -> Verdict {
         let Some(port) = self.topology.port(in_port) else {
             return Verdict::Drop(DropCause::PortGone);
         };
-        self.decide(in_port, port, buf, frame, Size::SuperFrame)
-    }
-
-    fn decide(
-        &self,
-        in_port: PortId,
-        port: &PortView,
-        buf: &mut [u8],
-        frame: Range<usize>,
-        size: Size,
-    ) -> Verdict {
         let result = match port.role {
             PortRole::Uplink => self.tunnel_frame(buf, frame, Checked::BySwitch, size),
             // What the node's kernel received from peers and handed on.

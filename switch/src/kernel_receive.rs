@@ -68,7 +68,7 @@ impl KernelReceive {
             turned_gro_on,
         };
         let steps = || -> Result<()> {
-            let (vni, port) = (vni.to_string(), port.to_string());
+            let (vni, dstport) = (vni.to_string(), port.to_string());
             ip(&[
                 "link",
                 "add",
@@ -78,7 +78,7 @@ impl KernelReceive {
                 "id",
                 &vni,
                 "dstport",
-                &port,
+                &dstport,
                 "nolearning",
             ])?;
             ip(&["link", "set", GRO_DEVICE, "up"]).context(
@@ -87,7 +87,7 @@ impl KernelReceive {
             if !has_ingress_qdisc(uplink)? {
                 tc(&["qdisc", "add", "dev", uplink, "clsact"])?;
             }
-            tc(&redirect_filter(uplink, vtep, &port, tunnel_port)).map(drop)
+            tc(&redirect_filter(uplink, vtep, port, tunnel_port)).map(drop)
         };
         match steps() {
             Ok(()) => Ok(installed),
@@ -112,42 +112,16 @@ impl KernelReceive {
 }
 
 /// `tc` arguments of the filter that redirects UDP to `vtep` on `port`
-/// arriving on `uplink` out of `tunnel_port`.
-fn redirect_filter<'a>(
-    uplink: &'a str,
-    vtep: Ipv4Addr,
-    port: &'a str,
-    tunnel_port: &'a str,
-) -> Vec<String> {
-    let pref = TC_PREF.to_string();
-    [
-        "filter", "add", "dev", uplink, "ingress", "pref", &pref, "protocol", "ip", "u32", "match",
-        "ip", "dst",
-    ]
-    .into_iter()
-    .map(str::to_string)
-    .chain([format!("{vtep}/32")])
-    .chain(
-        [
-            "match",
-            "ip",
-            "protocol",
-            "17",
-            "0xff",
-            "match",
-            "ip",
-            "dport",
-            port,
-            "0xffff",
-            "action",
-            "mirred",
-            "egress",
-            "redirect",
-            "dev",
-            tunnel_port,
-        ]
-        .map(str::to_string),
+/// arriving on `uplink` out of `tunnel_port` (interface names hold no
+/// whitespace).
+fn redirect_filter(uplink: &str, vtep: Ipv4Addr, port: u16, tunnel_port: &str) -> Vec<String> {
+    format!(
+        "filter add dev {uplink} ingress pref {TC_PREF} protocol ip u32 match ip dst {vtep}/32 \
+         match ip protocol 17 0xff match ip dport {port} 0xffff \
+         action mirred egress redirect dev {tunnel_port}"
     )
+    .split_whitespace()
+    .map(str::to_string)
     .collect()
 }
 
@@ -227,7 +201,7 @@ mod tests {
 
     #[test]
     fn the_filter_redirects_udp_to_the_vtep_on_the_port() {
-        let args = redirect_filter("ul0", Ipv4Addr::new(10, 0, 0, 1), "4789", "podswt0");
+        let args = redirect_filter("ul0", Ipv4Addr::new(10, 0, 0, 1), 4789, "podswt0");
         assert_eq!(
             args.join(" "),
             "filter add dev ul0 ingress pref 49189 protocol ip u32 match ip dst 10.0.0.1/32 \
