@@ -6,6 +6,7 @@
 //!   peers, routes, the node's parameters);
 //! - [`stats`]: counters as the `stats` request reports them;
 //! - [`mac`]: MAC addresses as the protocol and the configuration write them;
+//! - [`service`]: Kubernetes Services as the switch translates them;
 //! - [`client`]: the blocking client the CLI and the CNI plugin use.
 //!
 //! The daemon's server side stays in the `podswitch` crate. With the
@@ -16,6 +17,7 @@ pub mod client;
 mod encap;
 pub mod mac;
 pub mod protocol;
+pub mod service;
 pub mod stats;
 
 pub use client::{Client, ClientError};
