@@ -17,10 +17,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use common::{Nodes, nodes, plugin, serial};
+use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol, TrafficPolicy};
+use podswitch_lab::Netns;
 use podswitch_lab::cluster::{Pod, SwitchNode, pod_gateway};
+use podswitch_lab::kube_proxy::{self, KubeProxyMode};
 use podswitch_lab::process::Process;
 use podswitch_lab::traffic::{IPERF_PORT, IperfClient, iperf_server};
-use podswitch_lab::{Lab, Netns};
 
 /// The endpoints' TCP port (answers "<endpoint> <client as seen>").
 const TCP_PORT: u16 = 8080;
@@ -101,20 +103,19 @@ rtts.sort()
 print(f"{rtts[len(rtts) // 2] * 1e6:.1f}")
 "#;
 
-/// A Service: a ClusterIP, a protocol and port, and its endpoints (pod
-/// address, target port).
-struct Service {
-    name: &'static str,
-    cluster_ip: Ipv4Addr,
-    udp: bool,
-    port: u16,
-    endpoints: Vec<(Ipv4Addr, u16)>,
+/// The one port of a test Service: its protocol's name and port.
+fn port_of(svc: &Service) -> (&'static str, u16) {
+    let port = &svc.ports[0];
+    let proto = match port.protocol {
+        ServiceProtocol::Udp => "udp",
+        _ => "tcp",
+    };
+    (proto, port.port)
 }
 
-impl Service {
-    fn proto(&self) -> &'static str {
-        if self.udp { "udp" } else { "tcp" }
-    }
+/// The endpoint addresses of a test Service.
+fn endpoints_of(svc: &Service) -> Vec<Ipv4Addr> {
+    svc.ports[0].endpoints.iter().map(|e| e.address).collect()
 }
 
 /// The lab: pods a (10.244.1.2) and b (10.244.1.3) on node 1, c
@@ -135,206 +136,43 @@ fn services() -> Vec<Service> {
     let a = ip(10, 244, 1, 2);
     let b = ip(10, 244, 1, 3);
     let c = ip(10, 244, 2, 2);
-    let tcp = |name, last, endpoints: &[Ipv4Addr]| Service {
-        name,
+    let one = |name: &str, last, protocol, port, endpoints: &[Ipv4Addr], target| Service {
+        name: name.to_string(),
         cluster_ip: ip(10, 96, 0, last),
-        udp: false,
-        port: 80,
-        endpoints: endpoints.iter().map(|&e| (e, TCP_PORT)).collect(),
+        ports: vec![ServicePort {
+            name: String::new(),
+            protocol,
+            port,
+            node_port: None,
+            endpoints: endpoints
+                .iter()
+                .map(|&address| Endpoint {
+                    address,
+                    port: target,
+                    node: None,
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                })
+                .collect(),
+        }],
+        affinity_seconds: None,
+        internal_traffic_policy: TrafficPolicy::Cluster,
+        external_traffic_policy: TrafficPolicy::Cluster,
     };
-    let dns = |name, last, endpoint| Service {
-        name,
-        cluster_ip: ip(10, 96, 0, last),
-        udp: true,
-        port: 53,
-        endpoints: vec![(endpoint, UDP_PORT)],
-    };
+    let (tcp, udp) = (ServiceProtocol::Tcp, ServiceProtocol::Udp);
     vec![
-        tcp("web", 10, &[b, c]),
-        tcp("web-b", 11, &[b]),
-        tcp("web-c", 12, &[c]),
-        tcp("web-a", 13, &[a]),
-        dns("dns-b", 21, b),
-        dns("dns-c", 22, c),
-        Service {
-            name: "iperf-b",
-            cluster_ip: ip(10, 96, 0, 31),
-            udp: false,
-            port: IPERF_PORT,
-            endpoints: vec![(b, IPERF_PORT)],
-        },
-        Service {
-            name: "iperf-c",
-            cluster_ip: ip(10, 96, 0, 32),
-            udp: false,
-            port: IPERF_PORT,
-            endpoints: vec![(c, IPERF_PORT)],
-        },
-        Service {
-            name: "echo-c",
-            cluster_ip: ip(10, 96, 0, 33),
-            udp: false,
-            port: ECHO_PORT,
-            endpoints: vec![(c, ECHO_PORT)],
-        },
-        Service {
-            name: "echo-b",
-            cluster_ip: ip(10, 96, 0, 34),
-            udp: false,
-            port: ECHO_PORT,
-            endpoints: vec![(b, ECHO_PORT)],
-        },
+        one("web", 10, tcp, 80, &[b, c], TCP_PORT),
+        one("web-b", 11, tcp, 80, &[b], TCP_PORT),
+        one("web-c", 12, tcp, 80, &[c], TCP_PORT),
+        one("web-a", 13, tcp, 80, &[a], TCP_PORT),
+        one("dns-b", 21, udp, 53, &[b], UDP_PORT),
+        one("dns-c", 22, udp, 53, &[c], UDP_PORT),
+        one("iperf-b", 31, tcp, IPERF_PORT, &[b], IPERF_PORT),
+        one("iperf-c", 32, tcp, IPERF_PORT, &[c], IPERF_PORT),
+        one("echo-c", 33, tcp, ECHO_PORT, &[c], ECHO_PORT),
+        one("echo-b", 34, tcp, ECHO_PORT, &[b], ECHO_PORT),
     ]
-}
-
-/// The cluster CIDR kube-proxy is told (`--cluster-cidr`): traffic to a
-/// ClusterIP from outside it is marked for masquerade.
-const CLUSTER_CIDR: &str = "10.244.0.0/16";
-/// kube-proxy's masquerade mark.
-const MASQ_MARK: &str = "0x4000";
-
-/// kube-proxy's iptables-mode `nat` table for `services`, as
-/// `iptables-restore --noflush` input.
-fn iptables_rules(services: &[Service]) -> String {
-    let mut chains = vec![
-        "KUBE-SERVICES".to_string(),
-        "KUBE-POSTROUTING".into(),
-        "KUBE-MARK-MASQ".into(),
-    ];
-    let mut rules = vec![
-        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES".into(),
-        "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES".into(),
-        "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING"
-            .into(),
-        format!("-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}"),
-        format!("-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"),
-        format!("-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}"),
-        "-A KUBE-POSTROUTING -j MASQUERADE --random-fully".to_string(),
-    ];
-    for (i, svc) in services.iter().enumerate() {
-        let proto = svc.proto();
-        let svc_chain = format!("KUBE-SVC-{i:016}");
-        chains.push(svc_chain.clone());
-        let matches = format!(
-            "-d {}/32 -p {proto} -m comment --comment \"default/{}\" -m {proto} --dport {}",
-            svc.cluster_ip, svc.name, svc.port
-        );
-        rules.push(format!("-A KUBE-SERVICES {matches} -j {svc_chain}"));
-        rules.push(format!(
-            "-A {svc_chain} ! -s {CLUSTER_CIDR} {matches} -j KUBE-MARK-MASQ"
-        ));
-        let n = svc.endpoints.len();
-        for (j, (endpoint, port)) in svc.endpoints.iter().enumerate() {
-            let sep = format!("KUBE-SEP-{i:08}{j:08}");
-            chains.push(sep.clone());
-            // kube-proxy: endpoint j of n is taken with probability
-            // 1/(n-j) among those left; the last always.
-            let pick = if j + 1 < n {
-                format!(
-                    " -m statistic --mode random --probability {:.11}",
-                    1.0 / (n - j) as f64
-                )
-            } else {
-                String::new()
-            };
-            rules.push(format!(
-                "-A {svc_chain} -m comment --comment \"default/{} -> {endpoint}:{port}\"{pick} -j {sep}",
-                svc.name
-            ));
-            // Hairpin: an endpoint reaching itself is masqueraded by
-            // kube-proxy's own rule.
-            rules.push(format!("-A {sep} -s {endpoint}/32 -j KUBE-MARK-MASQ"));
-            rules.push(format!(
-                "-A {sep} -p {proto} -m {proto} -j DNAT --to-destination {endpoint}:{port}"
-            ));
-        }
-    }
-    let mut text = String::from("*nat\n");
-    for chain in chains {
-        text.push_str(&format!(":{chain} - [0:0]\n"));
-    }
-    for rule in rules {
-        text.push_str(&rule);
-        text.push('\n');
-    }
-    text.push_str("COMMIT\n");
-    text
-}
-
-/// kube-proxy's nftables-mode table for `services`, as `nft -f` input.
-fn nftables_rules(services: &[Service]) -> String {
-    let mut map = Vec::new();
-    let mut chains = String::new();
-    for (i, svc) in services.iter().enumerate() {
-        let proto = svc.proto();
-        let chain = format!("service-{i}-{}", svc.name);
-        map.push(format!(
-            "{} . {proto} . {} : goto {chain}",
-            svc.cluster_ip, svc.port
-        ));
-        let endpoints: Vec<String> = svc
-            .endpoints
-            .iter()
-            .enumerate()
-            .map(|(j, _)| format!("{j} : goto endpoint-{i}-{j}"))
-            .collect();
-        chains.push_str(&format!(
-            "chain {chain} {{\n\
-             ip daddr {} {proto} dport {} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade\n\
-             numgen random mod {} vmap {{ {} }}\n}}\n",
-            svc.cluster_ip,
-            svc.port,
-            svc.endpoints.len(),
-            endpoints.join(", ")
-        ));
-        for (j, (endpoint, port)) in svc.endpoints.iter().enumerate() {
-            chains.push_str(&format!(
-                "chain endpoint-{i}-{j} {{\n\
-                 ip saddr {endpoint} jump mark-for-masquerade\n\
-                 meta l4proto {proto} dnat to {endpoint}:{port}\n}}\n"
-            ));
-        }
-    }
-    format!(
-        "table ip kube-proxy\ndelete table ip kube-proxy\ntable ip kube-proxy {{\n\
-         map service-ips {{\n\
-         type ipv4_addr . inet_proto . inet_service : verdict\n\
-         elements = {{ {} }}\n}}\n\
-         chain nat-prerouting {{\ntype nat hook prerouting priority dstnat; policy accept;\njump services\n}}\n\
-         chain nat-output {{\ntype nat hook output priority -100; policy accept;\njump services\n}}\n\
-         chain nat-postrouting {{\ntype nat hook postrouting priority srcnat; policy accept;\njump masquerading\n}}\n\
-         chain masquerading {{\nmeta mark & {MASQ_MARK} == 0 return\n\
-         meta mark set meta mark ^ {MASQ_MARK}\nmasquerade fully-random\n}}\n\
-         chain mark-for-masquerade {{\nmeta mark set meta mark | {MASQ_MARK}\n}}\n\
-         chain services {{\nip daddr . meta l4proto . th dport vmap @service-ips\n}}\n\
-         {chains}}}\n",
-        map.join(", ")
-    )
-}
-
-/// How kube-proxy writes its rules.
-#[derive(Clone, Copy)]
-enum Mode {
-    Iptables,
-    Nftables,
-}
-
-/// Write `mode`'s rules for `services` on `node`, as kube-proxy would.
-fn write_kube_proxy_rules(lab: &Lab, node: &Netns, mode: Mode, services: &[Service]) -> Result<()> {
-    let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join(format!("{}.rules", node.name()));
-    match mode {
-        Mode::Iptables => {
-            std::fs::write(&file, iptables_rules(services))?;
-            node.run("iptables-restore", &["--noflush", &file.to_string_lossy()])?;
-        }
-        Mode::Nftables => {
-            std::fs::write(&file, nftables_rules(services))?;
-            node.run("nft", &["-f", &file.to_string_lossy()])?;
-        }
-    }
-    Ok(())
 }
 
 /// Start an endpoint server in `pod`, ready when its three sockets are.
@@ -371,7 +209,7 @@ fn serve_in(ns: &Netns, me: Ipv4Addr) -> Result<Process> {
 
 /// Two nodes running podswitch, four pods, servers in three of them, and
 /// `mode`'s kube-proxy rules on both nodes.
-fn service_lab(tag: &str, mode: Mode) -> Result<ServiceLab> {
+fn service_lab(tag: &str, mode: KubeProxyMode) -> Result<ServiceLab> {
     let mut nodes = nodes(tag, 2)?;
     let plugin = plugin();
     let mut pods = Vec::new();
@@ -381,7 +219,7 @@ fn service_lab(tag: &str, mode: Mode) -> Result<ServiceLab> {
     let pods: [Pod; 4] = pods.try_into().map_err(|_| anyhow::anyhow!("four pods"))?;
     let servers = pods[..3].iter().map(start_server).collect::<Result<_>>()?;
     for node in &nodes.switches {
-        write_kube_proxy_rules(&nodes.lab, &node.ns, mode, &services())?;
+        kube_proxy::write_rules(&nodes.lab, &node.ns, mode, &services())?;
     }
     Ok(ServiceLab {
         nodes,
@@ -433,12 +271,13 @@ fn service(name: &str) -> Service {
 /// client as `from`'s node's gateway (the masquerade's cost).
 fn expect_answer(from: &Pod, name: &str, what: &str) -> Result<()> {
     let svc = service(name);
-    let (endpoint, seen) = request(from, svc.proto(), svc.cluster_ip, svc.port)
-        .with_context(|| format!("{what} ({name})"))?;
+    let (proto, port) = port_of(&svc);
+    let (endpoint, seen) =
+        request(from, proto, svc.cluster_ip, port).with_context(|| format!("{what} ({name})"))?;
+    let expected = endpoints_of(&svc)[0];
     ensure!(
-        endpoint == svc.endpoints[0].0,
-        "{what}: {endpoint} answered for {}",
-        svc.endpoints[0].0
+        endpoint == expected,
+        "{what}: {endpoint} answered for {expected}"
     );
     let [_, _, node, _] = from.ip.octets();
     ensure!(
@@ -456,7 +295,8 @@ fn expect_answer(from: &Pod, name: &str, what: &str) -> Result<()> {
 /// `from` does not reach Service `name`.
 fn expect_no_answer(from: &Pod, name: &str, what: &str) -> Result<()> {
     let svc = service(name);
-    match request(from, svc.proto(), svc.cluster_ip, svc.port) {
+    let (proto, port) = port_of(&svc);
+    match request(from, proto, svc.cluster_ip, port) {
         Ok(answer) => bail!("{what} ({name}): answered {answer:?} without the daemon's table"),
         Err(e) => {
             eprintln!("{what}: fails as expected: {e:#}");
@@ -483,9 +323,9 @@ fn every_case_works(lab: &ServiceLab) -> Result<()> {
     let web = service("web");
     let mut answered = std::collections::BTreeSet::new();
     for _ in 0..40 {
-        answered.insert(request(a, "tcp", web.cluster_ip, web.port)?.0);
+        answered.insert(request(a, "tcp", web.cluster_ip, 80)?.0);
     }
-    let all: std::collections::BTreeSet<_> = web.endpoints.iter().map(|e| e.0).collect();
+    let all: std::collections::BTreeSet<_> = endpoints_of(&web).into_iter().collect();
     ensure!(
         answered == all,
         "two-endpoint Service: answered by {answered:?} of {all:?}"
@@ -571,7 +411,7 @@ fn relaunch_with(node: &mut SwitchNode, key: &str, on: bool) -> Result<()> {
 #[test]
 fn kube_proxy_iptables_mode_services_work_through_the_daemons_table() -> Result<()> {
     let _serial = serial();
-    let mut lab = service_lab("svcipt", Mode::Iptables)?;
+    let mut lab = service_lab("svcipt", KubeProxyMode::Iptables)?;
     for node in &lab.nodes.switches {
         ensure!(
             copies_of_the_table(node)? == (1, 1),
@@ -631,7 +471,7 @@ fn kube_proxy_iptables_mode_services_work_through_the_daemons_table() -> Result<
 #[test]
 fn kube_proxy_nftables_mode_services_work_through_the_daemons_table() -> Result<()> {
     let _serial = serial();
-    let mut lab = service_lab("svcnft", Mode::Nftables)?;
+    let mut lab = service_lab("svcnft", KubeProxyMode::Nftables)?;
     every_case_works(&lab)?;
     relaunch_with_masquerade(&mut lab.nodes.switches[0], false)?;
     cases_fail_without_the_table(&lab)?;
@@ -706,7 +546,7 @@ fn egress_is_masqueraded_to_the_node() -> Result<()> {
 #[ignore = "a measurement for docs/services.md, run by hand"]
 fn measure_the_service_path() -> Result<()> {
     let _serial = serial();
-    let lab = service_lab("svcmeasure", Mode::Iptables)?;
+    let lab = service_lab("svcmeasure", KubeProxyMode::Iptables)?;
     let [a, b, c, _] = &lab.pods;
     let client = IperfClient {
         seconds: 5,

@@ -15,6 +15,7 @@ pub mod host;
 pub mod interrupt;
 pub mod kernel_node;
 pub mod kube_api;
+pub mod kube_proxy;
 pub mod membership;
 pub mod netns;
 pub mod ovs_node;

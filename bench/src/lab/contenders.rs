@@ -10,21 +10,25 @@
 //! the sender and node 1's switch keep CPU 0 and the receiving
 //! application keeps CPU 1, for every contender alike.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use podswitch_control::service::{Endpoint, Service, ServicePort};
 use podswitch_lab::cluster::{
     KernelNode, PeerEntry, Pod, SwitchNode, SwitchOptions, UPLINK, connect_underlay,
     kernel_vtep_mac, ping,
 };
 use podswitch_lab::cni::CniPlugin;
 use podswitch_lab::flat_pods::direct_veth_pods;
+use podswitch_lab::kube_proxy::{self, KubeProxyMode};
 use podswitch_lab::ovs_node::OvsNode;
 use podswitch_lab::{Lab, Netns};
 use serde_json::{Value, json};
 
 use super::markdown::counters_line;
+use super::measure::SERVICE_PORTS;
 
 /// The standard underlay MTU: pods get 1450 (VXLAN or Geneve over IPv4
 /// costs 50 bytes).
@@ -149,6 +153,22 @@ pub enum Placement {
     SameNode,
 }
 
+/// How the sending pod addresses the receiving one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Via {
+    /// By its own address: every contender but the ClusterIP ones.
+    PodAddress,
+    /// Through a Service's ClusterIP ([`CLUSTER_IP`]) whose one endpoint
+    /// it is, translated by kube-proxy's iptables rules on the sender's
+    /// node (where kube-proxy's DNAT happens) — with podswitch, by way
+    /// of the node's stack and the daemon's masquerade rule.
+    KubeProxy,
+}
+
+/// The ClusterIP of the ClusterIP contenders' Service.
+pub const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
 /// One contender.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Contender {
@@ -167,6 +187,8 @@ pub struct Contender {
     /// differ from another only where bulk TCP feels it: the underlay
     /// model, the MTU).
     pub tcp_only: bool,
+    /// How the sender addresses the receiver.
+    pub via: Via,
 }
 
 impl Contender {
@@ -183,6 +205,19 @@ impl Contender {
             Kind::Kernel { .. } => format!("{path}; {}", self.underlay.description(false)),
         };
         let tcp = if self.tcp_only { " (TCP only)" } else { "" };
+        let path = match (self.via, self.kind) {
+            (Via::PodAddress, _) => path,
+            (Via::KubeProxy, Kind::Podswitch { .. }) => format!(
+                "{path}; the receiving pod reached through the ClusterIP {CLUSTER_IP}, which \
+                 kube-proxy's iptables rules on node 1 translate: the switch hands the packets \
+                 to node 1's stack, which DNATs them and routes them back through the switch \
+                 (the daemon's masquerade rule lets the replies find their way back)"
+            ),
+            (Via::KubeProxy, _) => format!(
+                "{path}; the receiving pod reached through the ClusterIP {CLUSTER_IP}, which \
+                 kube-proxy's iptables rules on node 1 translate"
+            ),
+        };
         match self.placement {
             Placement::AcrossNodes => format!("{path}{tcp}"),
             Placement::SameNode => format!(
@@ -238,6 +273,7 @@ impl Contender {
     pub fn same_underlay_kernel(&self) -> Option<&'static Contender> {
         if !matches!(self.kind, Kind::Podswitch { .. } | Kind::Ovs)
             || self.placement != Placement::AcrossNodes
+            || self.via != Via::PodAddress
         {
             return None;
         }
@@ -245,6 +281,22 @@ impl Contender {
             k.kind == Kind::Kernel { pod_offloads: true }
                 && k.placement == Placement::AcrossNodes
                 && k.underlay == self.underlay
+                && k.via == Via::PodAddress
+        })
+    }
+
+    /// For a ClusterIP contender, the same path with the receiving pod
+    /// addressed directly: what the Service hop costs is the difference.
+    pub fn pod_address_twin(&self) -> Option<&'static Contender> {
+        if self.via == Via::PodAddress {
+            return None;
+        }
+        ALL.iter().find(|c| {
+            c.via == Via::PodAddress
+                && c.kind == self.kind
+                && c.placement == self.placement
+                && c.underlay == self.underlay
+                && c.tcp_only == self.tcp_only
         })
     }
 }
@@ -254,7 +306,7 @@ impl Contender {
 /// alone — podswitch on the underlay model the kernel baseline has, the
 /// jumbo ones (the kernel on both models, podswitch's veth and TAP pods
 /// on both), and the same-node ones.
-pub const ALL: [Contender; 21] = [
+pub const ALL: [Contender; 23] = [
     Contender {
         key: "podswitch-vxlan-adaptive",
         name: "podswitch VXLAN adaptive",
@@ -266,6 +318,7 @@ pub const ALL: [Contender; 21] = [
         placement: Placement::AcrossNodes,
         underlay: WIRE_SIZE,
         tcp_only: false,
+        via: Via::PodAddress,
     },
     Contender {
         key: "podswitch-vxlan-tap-adaptive",
@@ -278,6 +331,7 @@ pub const ALL: [Contender; 21] = [
         placement: Placement::AcrossNodes,
         underlay: WIRE_SIZE,
         tcp_only: false,
+        via: Via::PodAddress,
     },
     Contender {
         key: "podswitch-vxlan-busy",
@@ -290,6 +344,7 @@ pub const ALL: [Contender; 21] = [
         placement: Placement::AcrossNodes,
         underlay: WIRE_SIZE,
         tcp_only: false,
+        via: Via::PodAddress,
     },
     Contender {
         key: "podswitch-geneve-adaptive",
@@ -302,6 +357,7 @@ pub const ALL: [Contender; 21] = [
         placement: Placement::AcrossNodes,
         underlay: WIRE_SIZE,
         tcp_only: false,
+        via: Via::PodAddress,
     },
     Contender {
         key: "podswitch-geneve-busy",
@@ -314,6 +370,7 @@ pub const ALL: [Contender; 21] = [
         placement: Placement::AcrossNodes,
         underlay: WIRE_SIZE,
         tcp_only: false,
+        via: Via::PodAddress,
     },
     Contender {
         key: KERNEL_BASELINE,
@@ -322,6 +379,7 @@ pub const ALL: [Contender; 21] = [
         placement: Placement::AcrossNodes,
         underlay: WHOLE,
         tcp_only: false,
+        via: Via::PodAddress,
     },
     Contender {
         key: "kernel-wire-frames",
@@ -330,6 +388,7 @@ pub const ALL: [Contender; 21] = [
         placement: Placement::AcrossNodes,
         underlay: WIRE_SIZE,
         tcp_only: false,
+        via: Via::PodAddress,
     },
     Contender {
         key: "kernel-offloads-off",
@@ -340,6 +399,7 @@ pub const ALL: [Contender; 21] = [
         placement: Placement::AcrossNodes,
         underlay: WIRE_SIZE,
         tcp_only: false,
+        via: Via::PodAddress,
     },
     Contender {
         key: "ovs-afxdp",
@@ -348,6 +408,7 @@ pub const ALL: [Contender; 21] = [
         placement: Placement::AcrossNodes,
         underlay: WIRE_SIZE,
         tcp_only: false,
+        via: Via::PodAddress,
     },
     Contender {
         key: "veth",
@@ -356,6 +417,7 @@ pub const ALL: [Contender; 21] = [
         placement: Placement::AcrossNodes,
         underlay: WIRE_SIZE,
         tcp_only: false,
+        via: Via::PodAddress,
     },
     Contender {
         key: "podswitch-vxlan-adaptive-whole",
@@ -368,6 +430,7 @@ pub const ALL: [Contender; 21] = [
         placement: Placement::AcrossNodes,
         underlay: WHOLE,
         tcp_only: true,
+        via: Via::PodAddress,
     },
     Contender {
         key: "podswitch-vxlan-tap-adaptive-whole",
@@ -380,6 +443,7 @@ pub const ALL: [Contender; 21] = [
         placement: Placement::AcrossNodes,
         underlay: WHOLE,
         tcp_only: true,
+        via: Via::PodAddress,
     },
     Contender {
         key: "kernel-offloads-on-jumbo",
@@ -388,6 +452,7 @@ pub const ALL: [Contender; 21] = [
         placement: Placement::AcrossNodes,
         underlay: JUMBO_WHOLE,
         tcp_only: true,
+        via: Via::PodAddress,
     },
     Contender {
         key: "kernel-wire-frames-jumbo",
@@ -396,6 +461,7 @@ pub const ALL: [Contender; 21] = [
         placement: Placement::AcrossNodes,
         underlay: JUMBO_WIRE_SIZE,
         tcp_only: true,
+        via: Via::PodAddress,
     },
     Contender {
         key: "podswitch-vxlan-adaptive-jumbo",
@@ -408,6 +474,7 @@ pub const ALL: [Contender; 21] = [
         placement: Placement::AcrossNodes,
         underlay: JUMBO_WIRE_SIZE,
         tcp_only: true,
+        via: Via::PodAddress,
     },
     Contender {
         key: "podswitch-vxlan-tap-adaptive-jumbo",
@@ -420,6 +487,7 @@ pub const ALL: [Contender; 21] = [
         placement: Placement::AcrossNodes,
         underlay: JUMBO_WIRE_SIZE,
         tcp_only: true,
+        via: Via::PodAddress,
     },
     Contender {
         key: "podswitch-vxlan-adaptive-jumbo-whole",
@@ -432,6 +500,7 @@ pub const ALL: [Contender; 21] = [
         placement: Placement::AcrossNodes,
         underlay: JUMBO_WHOLE,
         tcp_only: true,
+        via: Via::PodAddress,
     },
     Contender {
         key: "podswitch-vxlan-tap-adaptive-jumbo-whole",
@@ -444,6 +513,7 @@ pub const ALL: [Contender; 21] = [
         placement: Placement::AcrossNodes,
         underlay: JUMBO_WHOLE,
         tcp_only: true,
+        via: Via::PodAddress,
     },
     Contender {
         key: KERNEL_SAME_NODE,
@@ -452,6 +522,7 @@ pub const ALL: [Contender; 21] = [
         placement: Placement::SameNode,
         underlay: WHOLE,
         tcp_only: true,
+        via: Via::PodAddress,
     },
     Contender {
         key: "podswitch-tap-same-node",
@@ -464,6 +535,7 @@ pub const ALL: [Contender; 21] = [
         placement: Placement::SameNode,
         underlay: WIRE_SIZE,
         tcp_only: true,
+        via: Via::PodAddress,
     },
     Contender {
         key: "podswitch-veth-same-node",
@@ -476,6 +548,29 @@ pub const ALL: [Contender; 21] = [
         placement: Placement::SameNode,
         underlay: WIRE_SIZE,
         tcp_only: true,
+        via: Via::PodAddress,
+    },
+    Contender {
+        key: KERNEL_CLUSTER_IP,
+        name: "kernel, offloads on, through a ClusterIP",
+        kind: Kind::Kernel { pod_offloads: true },
+        placement: Placement::AcrossNodes,
+        underlay: WHOLE,
+        tcp_only: false,
+        via: Via::KubeProxy,
+    },
+    Contender {
+        key: "podswitch-tap-cluster-ip-kube-proxy",
+        name: "podswitch VXLAN TAP adaptive, through a ClusterIP (kube-proxy)",
+        kind: Kind::Podswitch {
+            encap: "vxlan",
+            poll_mode: "adaptive",
+            pod_interface: "tap",
+        },
+        placement: Placement::AcrossNodes,
+        underlay: WIRE_SIZE,
+        tcp_only: false,
+        via: Via::KubeProxy,
     },
 ];
 
@@ -488,11 +583,16 @@ pub const KERNEL_BASELINE: &str = "kernel-offloads-on";
 /// bridge, offloads on.
 pub const KERNEL_SAME_NODE: &str = "kernel-same-node";
 
+/// The ClusterIP contenders' baseline: the kernel path through
+/// kube-proxy's rules.
+pub const KERNEL_CLUSTER_IP: &str = "kernel-cluster-ip";
+
 /// The contenders of `--quick`: one of each kind (the Geneve and busy
 /// variants run the same code as these), TAP pods across nodes, TAP pods
 /// and the kernel on one node, and TAP pods beside the kernel on a jumbo
-/// underlay (TCP only, a few seconds each).
-pub const QUICK: [&str; 9] = [
+/// underlay (TCP only, a few seconds each), and the ClusterIP path of
+/// the kernel and of TAP pods.
+pub const QUICK: [&str; 11] = [
     "podswitch-vxlan-adaptive",
     "podswitch-vxlan-tap-adaptive",
     KERNEL_BASELINE,
@@ -502,6 +602,8 @@ pub const QUICK: [&str; 9] = [
     "podswitch-tap-same-node",
     "kernel-wire-frames-jumbo",
     "podswitch-vxlan-tap-adaptive-jumbo",
+    KERNEL_CLUSTER_IP,
+    "podswitch-tap-cluster-ip-kube-proxy",
 ];
 
 /// What building a podswitch testbed needs.
@@ -537,7 +639,10 @@ pub struct Testbed {
     nodes: Nodes,
     /// The sending pod (node 1) and the receiving pod (node 2).
     pub pods: [Pod; 2],
-    _lab: Lab,
+    /// The address the sending pod sends to: the receiving pod's, or
+    /// the ClusterIP it is reached through.
+    pub server: Ipv4Addr,
+    lab: Lab,
     _files: ScratchDir,
 }
 
@@ -572,13 +677,20 @@ impl Testbed {
             Kind::Ovs => ovs_nodes(&mut lab, &files.0, underlay)?,
             Kind::Veth => (Nodes::None, direct_veth_pods(&mut lab, underlay.pod_mtu())?),
         };
-        let testbed = Testbed {
+        let mut testbed = Testbed {
+            server: pods[1].ip,
             nodes,
             pods,
-            _lab: lab,
+            lab,
             _files: files,
         };
-        if let Err(e) = testbed.wait_until_connected() {
+        let connected = testbed
+            .wait_until_connected()
+            .and_then(|()| match contender.via {
+                Via::PodAddress => Ok(()),
+                Via::KubeProxy => testbed.through_cluster_ip(),
+            });
+        if let Err(e) = connected {
             // Where the frames went, for the report.
             let seen = match testbed.switch_counters() {
                 Ok(Some(c)) => format!(
@@ -603,6 +715,45 @@ impl Testbed {
                 bail!("pod {} cannot reach pod {} after 10 s", a.ip, b.ip);
             }
         }
+        Ok(())
+    }
+
+    /// Put the receiving pod behind [`CLUSTER_IP`]: a Service with every
+    /// port the measurements use, written as kube-proxy's iptables rules
+    /// into node 1, where the sender's packets are translated.
+    fn through_cluster_ip(&mut self) -> Result<()> {
+        let node1 = match &self.nodes {
+            Nodes::Podswitch(nodes) => &nodes[0].ns,
+            Nodes::Kernel(ns) => ns,
+            Nodes::Ovs(_) | Nodes::None => bail!("no kube-proxy node in this testbed"),
+        };
+        let receiver = self.pods[1].ip;
+        let service = Service {
+            name: "default/receiver".into(),
+            cluster_ip: CLUSTER_IP,
+            ports: SERVICE_PORTS
+                .iter()
+                .map(|&(protocol, port)| ServicePort {
+                    name: format!("{protocol:?}-{port}").to_lowercase(),
+                    protocol,
+                    port,
+                    node_port: None,
+                    endpoints: vec![Endpoint {
+                        address: receiver,
+                        port,
+                        node: Some("node2".into()),
+                        ready: true,
+                        serving: true,
+                        terminating: false,
+                    }],
+                })
+                .collect(),
+            affinity_seconds: None,
+            internal_traffic_policy: Default::default(),
+            external_traffic_policy: Default::default(),
+        };
+        kube_proxy::write_rules(&self.lab, node1, KubeProxyMode::Iptables, &[service])?;
+        self.server = CLUSTER_IP;
         Ok(())
     }
 
@@ -930,6 +1081,7 @@ mod tests {
                         c.kind == kind
                             && c.underlay == underlay
                             && c.placement == Placement::AcrossNodes
+                            && c.via == Via::PodAddress
                     })
                     .collect();
                 assert_eq!(found.len(), 1, "{kind:?} on {underlay:?}");
@@ -976,14 +1128,40 @@ mod tests {
         ] {
             assert_eq!(kernel_of(key), None, "{key}");
         }
-        // Every podswitch contender across nodes has one, on its underlay.
+        // Every podswitch contender across nodes has one, on its underlay
+        // (the ClusterIP ones are held against the kernel's ClusterIP path).
         for c in ALL.iter().filter(|c| {
-            matches!(c.kind, Kind::Podswitch { .. }) && c.placement == Placement::AcrossNodes
+            matches!(c.kind, Kind::Podswitch { .. })
+                && c.placement == Placement::AcrossNodes
+                && c.via == Via::PodAddress
         }) {
             let k = c.same_underlay_kernel().unwrap();
             assert_eq!(k.underlay, c.underlay, "{}", c.key);
             assert_eq!(k.kind, Kind::Kernel { pod_offloads: true });
         }
+    }
+
+    #[test]
+    fn cluster_ip_contenders_have_a_direct_twin_and_a_kernel() {
+        let through: Vec<&Contender> = ALL.iter().filter(|c| c.via != Via::PodAddress).collect();
+        assert!(through.iter().any(|c| c.key == KERNEL_CLUSTER_IP));
+        for c in through {
+            let twin = c.pod_address_twin().unwrap();
+            assert_eq!(
+                (twin.kind, twin.underlay),
+                (c.kind, c.underlay),
+                "{}",
+                c.key
+            );
+            assert_eq!(twin.via, Via::PodAddress);
+            assert!(c.same_underlay_kernel().is_none(), "{}", c.key);
+            assert!(c.description().contains("ClusterIP"));
+        }
+        assert!(
+            select(Some(KERNEL_BASELINE), &[]).unwrap()[0]
+                .pod_address_twin()
+                .is_none()
+        );
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-use super::contenders::{KERNEL_BASELINE, KERNEL_SAME_NODE, Placement};
+use super::contenders::{
+    CLUSTER_IP, KERNEL_BASELINE, KERNEL_CLUSTER_IP, KERNEL_SAME_NODE, Placement,
+};
 use super::criterion::headline;
 use super::measure::Settings;
 use super::report::{ContenderResult, Report, Summary, TcpSummary};
@@ -138,6 +140,7 @@ fn write_section(md: &mut String, report: &Report, plots: &Plots) -> std::fmt::R
     write_goals(md, report)?;
     write_tcp(md, &measured)?;
     write_same_node(md, report, &same_node, plots)?;
+    write_cluster_ip(md, report)?;
     write_udp(md, &fully_measured)?;
     write_latency(md, &fully_measured)?;
     write_idle(md, &fully_measured, report.settings.idle_seconds)?;
@@ -535,6 +538,64 @@ fn write_same_node(
         )?;
     }
     writeln!(md, "\n![TCP on one node]({}lab-same-node.svg)\n", plots.dir)
+}
+
+/// The ClusterIP contenders (issue 18): each beside the same path with
+/// the receiving pod addressed directly — what the Service hop costs —
+/// and beside the kernel through kube-proxy's rules.
+fn write_cluster_ip(md: &mut String, report: &Report) -> std::fmt::Result {
+    let through = report.through_cluster_ip();
+    if through.is_empty() {
+        return Ok(());
+    }
+    let kernel = report.contender(KERNEL_CLUSTER_IP).map(|c| &c.summary);
+    writeln!(md, "### Through a ClusterIP\n")?;
+    writeln!(
+        md,
+        "The receiving pod reached through a Service's ClusterIP ({CLUSTER_IP}, the pod its one \
+         endpoint) instead of its own address, with kube-proxy's iptables rules on the sender's \
+         node. Each cell: the median, then its ratio to the same path with the pod addressed \
+         directly (the Service hop's cost: 1× is free), then to the kernel through the ClusterIP \
+         (`{KERNEL_CLUSTER_IP}`).\n"
+    )?;
+    writeln!(
+        md,
+        "| contender | TCP 1 stream, Gbit/s | TCP 4 streams, Gbit/s | 64 B, Mpps | RTT p50, µs | \
+         RTT p99, µs | RTT p99 loaded, µs | datapath CPU per 64 B packet, µs |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|")?;
+    for c in through {
+        let s = &c.summary;
+        let direct = c
+            .pod_address_twin
+            .and_then(|key| report.contender(key))
+            .map(|c| &c.summary);
+        let both = |f: &dyn Fn(&Summary) -> Option<f64>, decimals: usize| {
+            let value = f(s);
+            let to = |base: Option<&Summary>| {
+                ratio(value, base.and_then(f)).map_or("–".into(), |r| format!("{r:.2}×"))
+            };
+            match value {
+                Some(v) => format!(
+                    "{v:.decimals$} ({} direct, {} kernel)",
+                    to(direct),
+                    to(kernel)
+                ),
+                None => "–".into(),
+            }
+        };
+        let cells = [
+            both(&|s| s.tcp_gbps(1), 2),
+            both(&|s| s.tcp_gbps(4), 2),
+            both(&|s| mpps(s, 64), 3),
+            both(&|s| p50(s, false), 0),
+            both(&|s| p99(s, false), 0),
+            both(&|s| p99(s, true), 0),
+            both(&us_per_packet, 2),
+        ];
+        writeln!(md, "| {} | {} |", c.name, cells.join(" | "))?;
+    }
+    writeln!(md)
 }
 
 /// `met (v)` when `value` is at least `goal`, else `**not met** (v)`.

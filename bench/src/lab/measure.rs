@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
+use podswitch_control::service::ServiceProtocol;
 use podswitch_lab::cluster::Pod;
 use podswitch_lab::cpu::CpuMeter;
 use podswitch_lab::flood::{Flood, UdpFlow, udp_frame};
@@ -39,6 +40,16 @@ const FLOOD_PORT: u16 = 40000;
 const ECHO_PORT: u16 = 7007;
 /// iperf3 port of the background load.
 const BACKGROUND_PORT: u16 = IPERF_PORT + 1;
+/// Every port the measurements send to, with its protocol: what a
+/// Service in front of the receiving pod must carry (iperf3's UDP load
+/// keeps a TCP control connection on its port).
+pub const SERVICE_PORTS: [(ServiceProtocol, u16); 5] = [
+    (ServiceProtocol::Tcp, IPERF_PORT),
+    (ServiceProtocol::Udp, SINK_PORT),
+    (ServiceProtocol::Udp, ECHO_PORT),
+    (ServiceProtocol::Tcp, BACKGROUND_PORT),
+    (ServiceProtocol::Udp, BACKGROUND_PORT),
+];
 /// Bytes of each background datagram.
 const BACKGROUND_DATAGRAM: u32 = 1400;
 /// Bytes of the frame check sequence, which frame sizes include (as
@@ -325,7 +336,7 @@ pub fn sparse(testbed: &Testbed, settings: &Settings, pause_us: u64) -> Result<O
     };
     let meter = Meter::start(testbed)?;
     let trips = on_cpu(SENDER_CPU, || {
-        client.run(&a.ns, SocketAddrV4::new(b.ip, ECHO_PORT))
+        client.run(&a.ns, SocketAddrV4::new(testbed.server, ECHO_PORT))
     })?;
     let cpu = meter.stop()?;
     echo.stop()?;
@@ -348,7 +359,7 @@ pub fn tcp(testbed: &Testbed, settings: &Settings, streams: u32) -> Result<TcpRu
     };
     let ((result, cpu), counters) = counted(testbed, || {
         let meter = Meter::start(testbed)?;
-        let result = on_cpu(SENDER_CPU, || client.run(&a.ns, b.ip))?;
+        let result = on_cpu(SENDER_CPU, || client.run(&a.ns, testbed.server))?;
         Ok((result, meter.stop()?))
     })?;
     Ok(TcpRun {
@@ -368,9 +379,9 @@ pub fn udp(testbed: &Testbed, settings: &Settings, frame_bytes: usize) -> Result
     let [a, b] = &testbed.pods;
     let flow = UdpFlow {
         src_mac: a.ns.mac("eth0")?,
-        dst_mac: next_hop_mac(a, b.ip)?,
+        dst_mac: next_hop_mac(a, testbed.server)?,
         src: SocketAddrV4::new(a.ip, FLOOD_PORT),
-        dst: SocketAddrV4::new(b.ip, SINK_PORT),
+        dst: SocketAddrV4::new(testbed.server, SINK_PORT),
     };
     let flood = Flood::open(&a.ns, "eth0", udp_frame(&flow, frame_bytes - FCS)?)?;
     let sink = UdpSink::bind(&b.ns, SINK_PORT)?;
@@ -427,7 +438,7 @@ pub fn latency(testbed: &Testbed, settings: &Settings, loaded: bool) -> Result<L
         pause: Duration::from_micros(settings.rtt_pause_us),
         timeout: Duration::from_millis(settings.rtt_timeout_ms),
     };
-    let server = SocketAddrV4::new(b.ip, ECHO_PORT);
+    let server = SocketAddrV4::new(testbed.server, ECHO_PORT);
     let probe = || -> Result<_> {
         let ((trips, cpu), counters) = counted(testbed, || {
             let meter = Meter::start(testbed)?;
@@ -447,7 +458,7 @@ pub fn latency(testbed: &Testbed, settings: &Settings, loaded: bool) -> Result<L
             ..IperfClient::default()
         };
         std::thread::scope(|scope| {
-            let background = scope.spawn(|| on_cpu(SENDER_CPU, || load.run(&a.ns, b.ip)));
+            let background = scope.spawn(|| on_cpu(SENDER_CPU, || load.run(&a.ns, testbed.server)));
             std::thread::sleep(Duration::from_millis(500));
             let probed = probe();
             let background = background

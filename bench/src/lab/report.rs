@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::contenders::{Contender, KERNEL_BASELINE, KERNEL_SAME_NODE, Placement, Underlay};
+use super::contenders::{Contender, KERNEL_BASELINE, KERNEL_SAME_NODE, Placement, Underlay, Via};
 use super::criterion::CriterionFigure;
 use super::latency::{CurvePoint, Percentiles, curve, histogram};
 use super::measure::{Cpu, IdleRun, LatencyRun, Settings, SparseRun, TcpRun, UdpRun};
@@ -59,6 +59,11 @@ pub struct ContenderResult {
     pub underlay: Underlay,
     /// Measured with TCP alone.
     pub tcp_only: bool,
+    /// How the sender addressed the receiver.
+    pub via: Via,
+    /// For a ClusterIP contender, the key of the same path with the
+    /// receiving pod addressed directly.
+    pub pod_address_twin: Option<&'static str>,
     /// The key of the kernel contender on the same underlay model and
     /// MTU, which `tcp_ratios` hold it against.
     pub same_underlay_kernel: Option<&'static str>,
@@ -82,6 +87,8 @@ impl ContenderResult {
             placement: contender.placement,
             underlay: contender.underlay,
             tcp_only: contender.tcp_only,
+            via: contender.via,
+            pod_address_twin: contender.pod_address_twin().map(|c| c.key),
             same_underlay_kernel: contender.same_underlay_kernel().map(|k| k.key),
             skipped: None,
             runs: Vec::new(),
@@ -467,11 +474,21 @@ impl Report {
         self.contender(KERNEL_SAME_NODE).map(|c| &c.summary)
     }
 
-    /// The measured contenders placed `placement`, in order.
+    /// The measured contenders placed `placement` that address the
+    /// receiving pod directly, in order.
     pub fn measured(&self, placement: Placement) -> Vec<&ContenderResult> {
         self.contenders
             .iter()
-            .filter(|c| c.skipped.is_none() && c.placement == placement)
+            .filter(|c| c.skipped.is_none() && c.placement == placement && c.via == Via::PodAddress)
+            .collect()
+    }
+
+    /// The measured contenders that reach the receiving pod through a
+    /// ClusterIP, in order.
+    pub fn through_cluster_ip(&self) -> Vec<&ContenderResult> {
+        self.contenders
+            .iter()
+            .filter(|c| c.skipped.is_none() && c.via != Via::PodAddress)
             .collect()
     }
 

@@ -1,0 +1,252 @@
+//! kube-proxy's Service rules, written into a lab node as kube-proxy
+//! writes them, for the Services of the switch's own model
+//! ([`Service`]): iptables mode (`KUBE-SERVICES` → `KUBE-SVC-*` →
+//! `KUBE-SEP-*` DNAT, endpoints picked by `statistic`) and nftables mode
+//! (`table ip kube-proxy`, a service map and `dnat to`). No kube-proxy
+//! runs in the lab; these are the rules it would leave, so that a test or
+//! the lab benchmark can send pods' traffic through them.
+
+use anyhow::{Context, Result};
+use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol};
+
+use crate::{Lab, Netns};
+
+/// The cluster CIDR kube-proxy is told (`--cluster-cidr`): traffic to a
+/// ClusterIP from outside it is marked for masquerade.
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// kube-proxy's masquerade mark.
+const MASQ_MARK: &str = "0x4000";
+
+/// How kube-proxy writes its rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KubeProxyMode {
+    /// `iptables-restore` into the `nat` table.
+    Iptables,
+    /// `nft -f` into `table ip kube-proxy`.
+    Nftables,
+}
+
+/// The name iptables and nft take for a protocol.
+fn proto(protocol: ServiceProtocol) -> &'static str {
+    match protocol {
+        ServiceProtocol::Tcp => "tcp",
+        ServiceProtocol::Udp => "udp",
+        ServiceProtocol::Sctp => "sctp",
+    }
+}
+
+/// Every Service port with its Service, numbered as kube-proxy's chains
+/// are, and the endpoints a node uses (ready ones, as kube-proxy writes).
+fn service_ports(services: &[Service]) -> Vec<(usize, &Service, &ServicePort, Vec<&Endpoint>)> {
+    services
+        .iter()
+        .flat_map(|svc| svc.ports.iter().map(move |port| (svc, port)))
+        .enumerate()
+        .map(|(i, (svc, port))| {
+            let ready = port.endpoints.iter().filter(|e| e.ready).collect();
+            (i, svc, port, ready)
+        })
+        .collect()
+}
+
+/// kube-proxy's iptables-mode `nat` table for `services`, as
+/// `iptables-restore --noflush` input.
+pub fn iptables_rules(services: &[Service]) -> String {
+    let mut chains = vec![
+        "KUBE-SERVICES".to_string(),
+        "KUBE-POSTROUTING".into(),
+        "KUBE-MARK-MASQ".into(),
+    ];
+    let mut rules = vec![
+        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES".into(),
+        "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES".into(),
+        "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING"
+            .into(),
+        format!("-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}"),
+        format!("-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN"),
+        format!("-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}"),
+        "-A KUBE-POSTROUTING -j MASQUERADE --random-fully".to_string(),
+    ];
+    for (i, svc, port, endpoints) in service_ports(services) {
+        let proto = proto(port.protocol);
+        let svc_chain = format!("KUBE-SVC-{i:016}");
+        chains.push(svc_chain.clone());
+        let matches = format!(
+            "-d {}/32 -p {proto} -m comment --comment \"{}:{}\" -m {proto} --dport {}",
+            svc.cluster_ip, svc.name, port.name, port.port
+        );
+        rules.push(format!("-A KUBE-SERVICES {matches} -j {svc_chain}"));
+        rules.push(format!(
+            "-A {svc_chain} ! -s {CLUSTER_CIDR} {matches} -j KUBE-MARK-MASQ"
+        ));
+        let n = endpoints.len();
+        for (j, endpoint) in endpoints.iter().enumerate() {
+            let (address, target) = (endpoint.address, endpoint.port);
+            let sep = format!("KUBE-SEP-{i:08}{j:08}");
+            chains.push(sep.clone());
+            // kube-proxy: endpoint j of n is taken with probability
+            // 1/(n-j) among those left; the last always.
+            let pick = if j + 1 < n {
+                format!(
+                    " -m statistic --mode random --probability {:.11}",
+                    1.0 / (n - j) as f64
+                )
+            } else {
+                String::new()
+            };
+            rules.push(format!(
+                "-A {svc_chain} -m comment --comment \"{} -> {address}:{target}\"{pick} -j {sep}",
+                svc.name
+            ));
+            // Hairpin: an endpoint reaching itself is masqueraded by
+            // kube-proxy's own rule.
+            rules.push(format!("-A {sep} -s {address}/32 -j KUBE-MARK-MASQ"));
+            rules.push(format!(
+                "-A {sep} -p {proto} -m {proto} -j DNAT --to-destination {address}:{target}"
+            ));
+        }
+    }
+    let mut text = String::from("*nat\n");
+    for chain in chains {
+        text.push_str(&format!(":{chain} - [0:0]\n"));
+    }
+    for rule in rules {
+        text.push_str(&rule);
+        text.push('\n');
+    }
+    text.push_str("COMMIT\n");
+    text
+}
+
+/// kube-proxy's nftables-mode table for `services`, as `nft -f` input.
+pub fn nftables_rules(services: &[Service]) -> String {
+    let mut map = Vec::new();
+    let mut chains = String::new();
+    for (i, svc, port, endpoints) in service_ports(services) {
+        let proto = proto(port.protocol);
+        let name = svc.name.replace('/', "-");
+        let chain = format!("service-{i}-{name}");
+        map.push(format!(
+            "{} . {proto} . {} : goto {chain}",
+            svc.cluster_ip, port.port
+        ));
+        let picks: Vec<String> = (0..endpoints.len())
+            .map(|j| format!("{j} : goto endpoint-{i}-{j}"))
+            .collect();
+        chains.push_str(&format!(
+            "chain {chain} {{\n\
+             ip daddr {} {proto} dport {} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade\n\
+             numgen random mod {} vmap {{ {} }}\n}}\n",
+            svc.cluster_ip,
+            port.port,
+            endpoints.len().max(1),
+            picks.join(", ")
+        ));
+        for (j, endpoint) in endpoints.iter().enumerate() {
+            let (address, target) = (endpoint.address, endpoint.port);
+            chains.push_str(&format!(
+                "chain endpoint-{i}-{j} {{\n\
+                 ip saddr {address} jump mark-for-masquerade\n\
+                 meta l4proto {proto} dnat to {address}:{target}\n}}\n"
+            ));
+        }
+    }
+    format!(
+        "table ip kube-proxy\ndelete table ip kube-proxy\ntable ip kube-proxy {{\n\
+         map service-ips {{\n\
+         type ipv4_addr . inet_proto . inet_service : verdict\n\
+         elements = {{ {} }}\n}}\n\
+         chain nat-prerouting {{\ntype nat hook prerouting priority dstnat; policy accept;\njump services\n}}\n\
+         chain nat-output {{\ntype nat hook output priority -100; policy accept;\njump services\n}}\n\
+         chain nat-postrouting {{\ntype nat hook postrouting priority srcnat; policy accept;\njump masquerading\n}}\n\
+         chain masquerading {{\nmeta mark & {MASQ_MARK} == 0 return\n\
+         meta mark set meta mark ^ {MASQ_MARK}\nmasquerade fully-random\n}}\n\
+         chain mark-for-masquerade {{\nmeta mark set meta mark | {MASQ_MARK}\n}}\n\
+         chain services {{\nip daddr . meta l4proto . th dport vmap @service-ips\n}}\n\
+         {chains}}}\n",
+        map.join(", ")
+    )
+}
+
+/// Write `mode`'s rules for `services` into `node`, as kube-proxy would
+/// (the rules' text is kept in the lab's scratch directory).
+pub fn write_rules(
+    lab: &Lab,
+    node: &Netns,
+    mode: KubeProxyMode,
+    services: &[Service],
+) -> Result<()> {
+    let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join(format!("{}.rules", node.name()));
+    let (text, program, args) = match mode {
+        KubeProxyMode::Iptables => (
+            iptables_rules(services),
+            "iptables-restore",
+            vec!["--noflush"],
+        ),
+        KubeProxyMode::Nftables => (nftables_rules(services), "nft", vec!["-f"]),
+    };
+    std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+    let file = file.to_string_lossy();
+    let args: Vec<&str> = args.into_iter().chain([file.as_ref()]).collect();
+    node.run(program, &args)
+        .with_context(|| format!("kube-proxy's rules into {}", node.name()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn web() -> Service {
+        let endpoint = |last, ready| Endpoint {
+            address: Ipv4Addr::new(10, 244, 1, last),
+            port: 8080,
+            node: None,
+            ready,
+            serving: ready,
+            terminating: false,
+        };
+        Service {
+            name: "default/web".into(),
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
+            ports: vec![ServicePort {
+                name: "http".into(),
+                protocol: ServiceProtocol::Tcp,
+                port: 80,
+                node_port: None,
+                endpoints: vec![endpoint(2, true), endpoint(3, true), endpoint(4, false)],
+            }],
+            affinity_seconds: None,
+            internal_traffic_policy: Default::default(),
+            external_traffic_policy: Default::default(),
+        }
+    }
+
+    #[test]
+    fn iptables_rules_pick_among_ready_endpoints() {
+        let text = iptables_rules(&[web()]);
+        assert!(text.contains("-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp"));
+        assert!(text.contains("--probability 0.50000000000 -j KUBE-SEP-0000000000000000"));
+        assert!(text.contains("DNAT --to-destination 10.244.1.3:8080"));
+        assert!(
+            !text.contains("10.244.1.4"),
+            "a not-ready endpoint is left out"
+        );
+        assert!(text.ends_with("COMMIT\n"));
+    }
+
+    #[test]
+    fn nftables_rules_map_the_service_to_its_chain() {
+        let text = nftables_rules(&[web()]);
+        assert!(text.contains("10.96.0.10 . tcp . 80 : goto service-0-default-web"));
+        assert!(
+            text.contains(
+                "numgen random mod 2 vmap { 0 : goto endpoint-0-0, 1 : goto endpoint-0-1 }"
+            )
+        );
+        assert!(text.contains("dnat to 10.244.1.2:8080"));
+    }
+}
