@@ -12,14 +12,18 @@
 //! random over the whole unicast space instead, the worst case for the cache.
 //! `fib/lookup` and `fib/lookup-batch64` look up random addresses inside
 //! random routes, `fib/lookup-any` uniformly random addresses.
+//!
+//! `fib6/*` does the same for the IPv6 table at 1k and 100k routes: /64
+//! node pod CIDRs and /128 pod routes under a few short prefixes.
 
 use std::collections::HashSet;
 use std::hint::black_box;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use podswitch::fib::{Ipv4Net, SharedFib};
+use podswitch::fib6::{Ipv6Net, SharedFib6};
 
 /// The switch's route targets, roughly: what the table stores.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -261,5 +265,118 @@ fn fib(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fib);
+/// The IPv6 tables: 1k and 100k routes, a few short prefixes, /64 node
+/// pod CIDRs handed out in order inside fd00:10:244::/48 and beyond (three
+/// routes in four) and /128 pod routes, 200 to a /64.
+const TABLES6: [(&str, usize); 2] = [("1k", 1_000), ("100k", 100_000)];
+
+fn routes6(n: usize) -> Vec<(Ipv6Net, Target)> {
+    let mut routes: Vec<(Ipv6Net, Target)> = [
+        ("::/0", Target::Host),
+        ("fd00:10:96::/108", Target::Host),
+        ("fd00:10:244::/48", Target::Host),
+        ("64:ff9b::/96", Target::Peer(1)),
+        ("fe80::/10", Target::Host),
+    ]
+    .into_iter()
+    .map(|(p, t)| (p.parse().expect("valid prefix"), t))
+    .collect();
+    let pods = n / 4;
+    let slash64s = n - routes.len() - pods;
+    let cluster = u128::from("fd00:10:244::".parse::<Ipv6Addr>().expect("address"));
+    let node = |i: usize| cluster + ((i as u128) << 64);
+    for i in 0..slash64s {
+        let net = Ipv6Net::new(Ipv6Addr::from(node(i)), 64).expect("/64");
+        routes.push((net, Target::Peer(i as u32 % 5000)));
+    }
+    for i in 0..pods {
+        let addr = node(i / PODS_PER_24 as usize) | (1 + (i as u128) % u128::from(PODS_PER_24));
+        let mac = [0x02, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+        let net = Ipv6Net::new(Ipv6Addr::from(addr), 128).expect("/128");
+        routes.push((
+            net,
+            Target::Local {
+                port: i as u16,
+                mac,
+            },
+        ));
+    }
+    routes
+}
+
+fn fib6(c: &mut Criterion) {
+    let mut rng = Rng(0x5eed6);
+    let tables: Vec<(&str, SharedFib6<Target>, Vec<Ipv6Addr>)> = TABLES6
+        .iter()
+        .map(|&(name, n)| {
+            let routes = routes6(n);
+            let fib = SharedFib6::new();
+            fib.update(|t| {
+                for &(p, v) in &routes {
+                    t.insert(p, v);
+                }
+            });
+            assert_eq!(fib.load().len(), n);
+            let addresses = (0..ADDRESSES)
+                .map(|_| {
+                    let (net, _) = routes[rng.below(routes.len() as u64) as usize];
+                    let host = (u128::from(rng.next()) << 64 | u128::from(rng.next()))
+                        & !u128::from(net.netmask());
+                    Ipv6Addr::from(u128::from(net.network()) | host)
+                })
+                .collect();
+            (name, fib, addresses)
+        })
+        .collect();
+    let mut group = c.benchmark_group("fib6/lookup");
+    group.throughput(Throughput::Elements(1));
+    for (name, fib, addresses) in &tables {
+        let snapshot = fib.load();
+        let mut i = 0;
+        group.bench_function(*name, |b| {
+            b.iter(|| {
+                i = (i + 1) & (ADDRESSES - 1);
+                snapshot.lookup(black_box(addresses[i]))
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("fib6/lookup-batch64");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    for (name, fib, addresses) in &tables {
+        let mut found = [None; BATCH];
+        let mut i = 0;
+        group.bench_function(*name, |b| {
+            b.iter(|| {
+                i = (i + BATCH) & (ADDRESSES - 1);
+                let snapshot = fib.load();
+                for (out, &addr) in found.iter_mut().zip(&addresses[i..i + BATCH]) {
+                    *out = snapshot.lookup(addr);
+                }
+                black_box(&found);
+            })
+        });
+    }
+    group.finish();
+
+    // A pod's /128 added and removed: two updates, each published.
+    let mut group = c.benchmark_group("fib6/update");
+    let new_pod: Ipv6Net = "fd00:10:244:ffff::fa/128".parse().expect("prefix");
+    for (name, fib, _) in &tables {
+        let pod = Target::Local {
+            port: 7,
+            mac: [0x02, 0, 0, 0, 0, 7],
+        };
+        group.bench_function(*name, |b| {
+            b.iter(|| {
+                fib.update(|t| t.insert(new_pod, pod));
+                fib.update(|t| t.remove(new_pod))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, fib, fib6);
 criterion_main!(benches);

@@ -713,33 +713,37 @@ impl<T: Copy + PartialEq> Ipv4Lpm<T> {
     }
 }
 
-/// The FIB as the data path sees it: readers get a consistent snapshot
-/// without locks; writers publish a new snapshot.
+/// A routing table as the data path sees it: readers get a consistent
+/// snapshot without locks; writers publish a new snapshot.
 ///
 /// Readers [`load`](Self::load) a snapshot per batch of frames and never wait.
-/// A writer copies the current table (cheaply, see [`Ipv4Lpm`]), changes the
-/// copy and publishes it with one atomic swap, so a reader sees a change
-/// whole or not at all. Replaced snapshots are kept by the writers until no
-/// reader holds them and freed at a later update, so that freeing them never
-/// lands on a packet-processing thread.
-pub struct SharedFib<T> {
-    current: ArcSwap<Ipv4Lpm<T>>,
+/// A writer copies the current table (cheaply: [`Ipv4Lpm`] and
+/// [`Ipv6Lpm`](crate::fib6::Ipv6Lpm) share their nodes between copies),
+/// changes the copy and publishes it with one atomic swap, so a reader
+/// sees a change whole or not at all. Replaced snapshots are kept by the
+/// writers until no reader holds them and freed at a later update, so that
+/// freeing them never lands on a packet-processing thread.
+pub struct SharedTable<L> {
+    current: ArcSwap<L>,
     /// Serialises writers, and holds the snapshots they replaced that
     /// readers may still hold.
-    retired: Mutex<Vec<Arc<Ipv4Lpm<T>>>>,
+    retired: Mutex<Vec<Arc<L>>>,
 }
 
-impl<T: Copy + PartialEq + Send + Sync + 'static> Default for SharedFib<T> {
+/// The IPv4 FIB as the data path sees it.
+pub type SharedFib<T> = SharedTable<Ipv4Lpm<T>>;
+
+impl<L: Clone + Default> Default for SharedTable<L> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<T: Copy + PartialEq + Send + Sync + 'static> SharedFib<T> {
-    /// An empty FIB.
+impl<L: Clone + Default> SharedTable<L> {
+    /// An empty table.
     pub fn new() -> Self {
         Self {
-            current: ArcSwap::from_pointee(Ipv4Lpm::new()),
+            current: ArcSwap::from_pointee(L::default()),
             retired: Mutex::new(Vec::new()),
         }
     }
@@ -748,18 +752,18 @@ impl<T: Copy + PartialEq + Send + Sync + 'static> SharedFib<T> {
     /// (arc-swap). Hold it for a batch, not for long: a held snapshot keeps
     /// the nodes it shares no more with the current table alive.
     #[inline]
-    pub fn load(&self) -> Guard<Arc<Ipv4Lpm<T>>> {
+    pub fn load(&self) -> Guard<Arc<L>> {
         self.current.load()
     }
 
     /// Applies `change` to a copy of the current table and publishes it
     /// atomically; writers are serialised (a mutex for writers only). Returns
     /// what `change` returns. If `change` panics, nothing is published.
-    pub fn update<R>(&self, change: impl FnOnce(&mut Ipv4Lpm<T>) -> R) -> R {
+    pub fn update<R>(&self, change: impl FnOnce(&mut L) -> R) -> R {
         // The lock guards no data of its own that a panic could leave half
         // changed, so a poisoned lock is fine to take.
         let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut next = Ipv4Lpm::clone(&self.current.load());
+        let mut next = L::clone(&self.current.load());
         let result = change(&mut next);
         retired.push(self.current.swap(Arc::new(next)));
         // Out of the ArcSwap, a snapshot only this list holds cannot be

@@ -8,7 +8,8 @@
 //!   device with UDP tunnel GSO that takes encapsulated super-frames whole;
 //! - [`frames`]: where every buffer frame is; [`frame_budget`]: how
 //!   many each socket may keep on its fill ring;
-//! - [`fib`], [`topology`]: what the workers read without locks;
+//! - [`fib`] (IPv4), [`fib6`] (IPv6), [`topology`]: what the workers read
+//!   without locks;
 //! - [`forward`]: the decision for one frame; [`drops`]: why frames die;
 //!   [`trace`]: that decision on one packet, reported stage by stage;
 //! - [`worker`]: the pinned polling loops; [`stats`]: their counters;
@@ -32,6 +33,7 @@ pub mod control_plane;
 pub mod daemon;
 pub mod drops;
 pub mod fib;
+pub mod fib6;
 pub mod forward;
 pub mod frame_budget;
 pub mod frames;
