@@ -80,6 +80,9 @@ pub fn run(config: Config) -> Result<()> {
         Some(_) => receive_through_kernel(&netlink, &config),
         None => None,
     };
+    if kernel_receive.is_none() {
+        kernel_receive::clear_leftovers(&config.uplink, &config.state_dir);
+    }
     let receives_through_tunnel = kernel_receive.is_some();
     let node = Node {
         config: config.clone(),
@@ -518,6 +521,7 @@ fn receive_through_kernel(netlink: &Netlink, config: &Config) -> Option<KernelRe
             config.tunnel_udp_port(),
             config.vni,
             &config.tunnel_port,
+            &config.state_dir,
         )
     };
     match install() {

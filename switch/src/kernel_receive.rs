@@ -24,9 +24,15 @@
 //! Nothing reaches the kernel's own VXLAN device (the filter runs before
 //! it); a flow stays on one path, since the choice is made by its
 //! protocol. The daemon installs this at start and removes it at a clean
-//! stop; a start after a crash replaces what the crash left.
+//! stop; a start after a crash replaces what the crash left, and a start
+//! that does not receive through the kernel removes it
+//! ([`clear_leftovers`]). That GRO was off before the switch turned it
+//! on is written down in the state directory ([`GRO_MARKER`]), so that it
+//! is turned off again even after a crash left it on.
 
 use std::net::Ipv4Addr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -38,31 +44,51 @@ pub const GRO_DEVICE: &str = "podswgro0";
 /// other software on a node is likely to pick).
 pub const TC_PREF: u16 = 49_189;
 
+/// The file in the state directory that names the uplink whose GRO the
+/// switch turned on (it was off before).
+pub const GRO_MARKER: &str = "uplink-gro-turned-on";
+
 /// The kernel's part of receiving peers' TCP through the tunnel port, as
 /// installed; [`remove`](Self::remove) takes it out.
 #[derive(Debug)]
 pub struct KernelReceive {
     uplink: String,
-    /// GRO was off on the uplink, and this turned it on.
-    turned_gro_on: bool,
+    /// GRO was off on the uplink, and the switch turned it on (this
+    /// daemon, or one before it that did not stop cleanly): where that
+    /// is written down.
+    turned_gro_on: Option<PathBuf>,
 }
 
 impl KernelReceive {
     /// Install it on `uplink` for VXLAN with `vni` on UDP `port` to
     /// `vtep`, redirecting to the TAP device `tunnel_port`, replacing an
-    /// earlier copy. A failure leaves nothing behind and names the step.
+    /// earlier copy; `state_dir` keeps the note that GRO was off. A
+    /// failure leaves nothing behind and names the step.
     pub fn install(
         uplink: &str,
         vtep: Ipv4Addr,
         port: u16,
         vni: u32,
         tunnel_port: &str,
+        state_dir: &Path,
     ) -> Result<KernelReceive> {
         remove_from(uplink);
-        let turned_gro_on = !ethtool::is_on(uplink, Offload::Gro)?;
-        if turned_gro_on {
+        let marker = state_dir.join(GRO_MARKER);
+        let turned_on_before = marked(&marker, uplink);
+        let turned_gro_on = if ethtool::is_on(uplink, Offload::Gro)? {
+            turned_on_before.then_some(marker)
+        } else {
+            // Noted before it is turned on, so that a crash right after
+            // cannot lose it.
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(state_dir)
+                .and_then(|()| std::fs::write(&marker, uplink))
+                .with_context(|| format!("writing {}", marker.display()))?;
             ethtool::set(uplink, Offload::Gro, true)?;
-        }
+            Some(marker)
+        };
         let installed = KernelReceive {
             uplink: uplink.to_string(),
             turned_gro_on,
@@ -103,11 +129,40 @@ impl KernelReceive {
     /// was. Failures are logged.
     pub fn remove(&self) {
         remove_from(&self.uplink);
-        if self.turned_gro_on
-            && let Err(e) = ethtool::set(&self.uplink, Offload::Gro, false)
-        {
-            tracing::warn!("{e}");
+        if let Some(marker) = &self.turned_gro_on {
+            turn_gro_back_off(&self.uplink, marker);
         }
+    }
+}
+
+/// For a start that does not receive through the kernel: remove what an
+/// earlier daemon that did, and stopped without cleaning up, left on
+/// `uplink` — the filter, the GRO device, and GRO turned on.
+pub fn clear_leftovers(uplink: &str, state_dir: &Path) {
+    remove_from(uplink);
+    let marker = state_dir.join(GRO_MARKER);
+    if marked(&marker, uplink) {
+        turn_gro_back_off(uplink, &marker);
+    }
+}
+
+/// Whether `marker` says the switch turned GRO on on `uplink`.
+fn marked(marker: &Path, uplink: &str) -> bool {
+    std::fs::read_to_string(marker).is_ok_and(|name| name.trim() == uplink)
+}
+
+/// Turn GRO off on `uplink`, as it was, and drop the note; failures are
+/// logged (the note stays, for the next start to try again).
+fn turn_gro_back_off(uplink: &str, marker: &Path) {
+    match ethtool::set(uplink, Offload::Gro, false) {
+        Ok(()) => {
+            if let Err(e) = std::fs::remove_file(marker)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!("removing {}: {e}", marker.display());
+            }
+        }
+        Err(e) => tracing::warn!("turning GRO back off on {uplink}: {e}"),
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 use anyhow::{Context, Result, ensure};
 use podswitch_lab::Lab;
 use podswitch_lab::cluster::{
-    Pod, SwitchNode, SwitchOptions, SwitchPair, expect_iperf, expect_pings, node_ip, ping,
+    Pod, SwitchNode, SwitchOptions, SwitchPair, UPLINK, expect_iperf, expect_pings, node_ip, ping,
     switch_and_kernel_node,
 };
 use podswitch_lab::traffic::{IPERF_PORT, IperfClient, iperf_server};
@@ -264,19 +264,16 @@ fn clean_stop_and_restart_after_kill() -> Result<()> {
         kept.1 == "1" && kept.2 == "10.244.1.1/24" && kept.3 == "10.244.1.0/24 10.244.2.0/24",
         "the host port before any restart: {kept:?}"
     );
-    let daemon = node.daemon().context("no daemon")?;
-    ensure!(
-        daemon.signal_and_wait(
-            nix::sys::signal::Signal::SIGKILL,
-            std::time::Duration::from_secs(5)
-        ),
-        "SIGKILL did not stop the daemon"
-    );
+    // The switch receives peers' TCP through the kernel, with GRO turned
+    // on on the uplink (a veth starts with it off).
+    ensure!(uplink_gro(node)? == "on", "GRO is not on on the uplink");
+    kill(node)?;
     ensure!(
         host_port(node)? == kept,
         "after SIGKILL the host port is {:?}, was {kept:?}",
         host_port(node)?
     );
+    ensure!(uplink_gro(node)? == "on", "SIGKILL cleaned up GRO?");
     node.launch()?;
     ensure!(
         host_port(node)? == kept,
@@ -294,15 +291,42 @@ fn clean_stop_and_restart_after_kill() -> Result<()> {
         !links.contains("xdp"),
         "an XDP program is still attached:\n{links}"
     );
+    // GRO was off before the daemon killed with SIGKILL turned it on: the
+    // daemon after it knew, and turned it back off at its stop.
+    ensure!(
+        uplink_gro(node)? == "off",
+        "GRO stayed on after a crash and a clean stop"
+    );
     ensure!(
         host_port(node)? == kept,
         "after SIGTERM the host port is {:?}, was {kept:?}",
         host_port(node)?
     );
 
-    // Node 2 dropped from node 1's configuration while it was down.
+    // Killed again, then started without receiving through the kernel:
+    // what the killed daemon left is removed, GRO turned back off.
+    node.launch()?;
+    kill(node)?;
     let config = std::fs::read_to_string(node.config_path())?;
-    let without_peers = config.split("[[peers]]").next().unwrap_or_default();
+    let edited = config.replacen(
+        "check_frames = true\n",
+        "check_frames = true\ntunnel_receive = \"afxdp\"\n",
+        1,
+    );
+    ensure!(
+        edited != config,
+        "no check_frames line in the configuration"
+    );
+    std::fs::write(node.config_path(), &edited)?;
+    node.launch()?;
+    ensure!(
+        uplink_gro(node)? == "off" && !node.ns.ip(&["link", "show"])?.contains("podswgro0"),
+        "a start with tunnel_receive = \"afxdp\" left the crashed daemon's GRO device or GRO on"
+    );
+    ensure!(node.stop(), "the daemon did not exit on SIGTERM");
+
+    // Node 2 dropped from node 1's configuration while it was down.
+    let without_peers = edited.split("[[peers]]").next().unwrap_or_default();
     std::fs::write(node.config_path(), without_peers)?;
     node.launch()?;
     let (_, _, _, routes) = host_port(node)?;
@@ -312,6 +336,29 @@ fn clean_stop_and_restart_after_kill() -> Result<()> {
     );
     ensure!(node.stop(), "the daemon did not exit on SIGTERM");
     Ok(())
+}
+
+/// Stop `node`'s daemon with SIGKILL: no cleanup.
+fn kill(node: &mut SwitchNode) -> Result<()> {
+    let daemon = node.daemon().context("no daemon")?;
+    ensure!(
+        daemon.signal_and_wait(
+            nix::sys::signal::Signal::SIGKILL,
+            std::time::Duration::from_secs(5)
+        ),
+        "SIGKILL did not stop the daemon"
+    );
+    Ok(())
+}
+
+/// What `ethtool -k` says of GRO on `node`'s uplink: "on" or "off".
+fn uplink_gro(node: &SwitchNode) -> Result<String> {
+    let features = node.ns.run("ethtool", &["-k", UPLINK])?;
+    features
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("generic-receive-offload:"))
+        .map(|state| state.trim().to_string())
+        .context("no generic-receive-offload in `ethtool -k`")
 }
 
 /// A pod veth that gains an RX queue (`ethtool -L`, the switch's end first,
