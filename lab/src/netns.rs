@@ -25,14 +25,19 @@ impl Lab {
     pub fn new(tag: &str) -> Result<Lab> {
         crate::require_root()?;
         let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
-        let base = std::env::var("PODSWITCH_LAB_PREFIX")
-            .ok()
-            .filter(|base| !base.is_empty())
-            .unwrap_or_else(|| "ps".to_string());
         Ok(Lab {
-            prefix: format!("{base}-{tag}-{}-{n}-", std::process::id()),
+            prefix: format!("{}-{tag}-{}-{n}-", Lab::base(), std::process::id()),
             namespaces: Vec::new(),
         })
+    }
+
+    /// What every lab's namespace names of this process start with: `ps`,
+    /// or the `PODSWITCH_LAB_PREFIX` environment variable.
+    pub fn base() -> String {
+        std::env::var("PODSWITCH_LAB_PREFIX")
+            .ok()
+            .filter(|base| !base.is_empty())
+            .unwrap_or_else(|| "ps".to_string())
     }
 
     /// A lab with a fixed prefix (`<prefix>-`), for a testbed that outlives

@@ -150,10 +150,11 @@ pub fn run(args: &LabArgs) -> Result<()> {
     );
     let load_average_before = load_average();
     eprintln!(
-        "podswitch lab benchmark: {} contenders × {runs} run(s){}; namespaces ps-bl-*, removed as \
+        "podswitch lab benchmark: {} contenders × {runs} run(s){}; namespaces {}-bl-*, removed as \
          each testbed is torn down",
         contenders.len(),
-        if args.quick { ", quick" } else { "" }
+        if args.quick { ", quick" } else { "" },
+        podswitch_lab::Lab::base(),
     );
 
     let mut results: Vec<ContenderResult> = contenders.iter().map(ContenderResult::new).collect();
