@@ -649,7 +649,8 @@ fn verb(method: &str, route: &Route, watch: bool) -> &'static str {
 }
 
 /// Answer the requests of one connection until it closes or a watch
-/// ends.
+/// ends (the connection with it, as its answer says: a client does not
+/// send its next request on it).
 fn serve(stream: &TcpStream, shared: &Shared) -> Result<()> {
     stream.set_nonblocking(false)?;
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -828,7 +829,8 @@ fn stream_watch(
         .map_or(Duration::from_secs(300), Duration::from_secs);
     write!(
         out,
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n"
     )?;
     out.flush()?;
     let resource = &route.resource;

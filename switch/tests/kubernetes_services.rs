@@ -97,6 +97,8 @@ fn start(api: &KubeApi, dir: &Path) -> Result<(ServicesWatch, Handed)> {
 
 #[test]
 fn services_and_endpoint_slices_are_followed_through_the_api() -> Result<()> {
+    // The source's log, shown if the test fails.
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let mut api = KubeApi::start_local()?;
     // A TCP Service with a named targetPort and two slices (nodes 1 and
     // 2), and a UDP "DNS" Service whose slices are not there yet.

@@ -101,6 +101,8 @@ pub fn watch_services(
 /// What a watcher event did to its store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Seen {
+    /// A listing is to start (the API server has not answered yet).
+    Starting,
     /// Nothing the list depends on yet (a listing under way).
     Nothing,
     /// The Services (`true`) or the EndpointSlices (`false`) are listed.
@@ -111,7 +113,8 @@ enum Seen {
 
 fn seen<K>(event: &Event<K>, services: bool) -> Seen {
     match event {
-        Event::Init | Event::InitApply(_) => Seen::Nothing,
+        Event::Init => Seen::Starting,
+        Event::InitApply(_) => Seen::Nothing,
         Event::InitDone => Seen::Listed(services),
         Event::Apply(_) | Event::Delete(_) => Seen::Changed,
     }
@@ -205,14 +208,15 @@ impl Source {
                 // The watchers' streams do not end.
                 Ok(None) => return,
                 Ok(Some(Ok(seen))) => {
-                    self.answered();
+                    if seen != Seen::Starting {
+                        self.answered();
+                    }
                     match seen {
-                        Seen::Nothing => {}
                         Seen::Listed(true) => listed.0 = true,
                         Seen::Listed(false) => listed.1 = true,
-                        Seen::Changed => {}
+                        _ => {}
                     }
-                    if seen != Seen::Nothing {
+                    if matches!(seen, Seen::Listed(_) | Seen::Changed) {
                         due.get_or_insert_with(|| Instant::now() + QUIET);
                     }
                 }
