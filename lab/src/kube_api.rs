@@ -1,25 +1,32 @@
 //! A stand-in Kubernetes API server for tests: no real one can be
-//! installed on the lab machines, so this serves, over plain HTTP inside
-//! a lab namespace, the part of the API a node agent's Node client uses,
-//! as a real API server answers it:
+//! installed on the lab machines, so this serves, over plain HTTP (inside
+//! a lab namespace, or on the loopback address), the part of the API a
+//! node agent's client uses, as a real API server answers it, for every
+//! kind in [`RESOURCES`] (Nodes, Services, EndpointSlices):
 //!
-//! - `GET /api/v1/nodes`: a `NodeList` with `metadata.resourceVersion`
-//!   (items without `kind`/`apiVersion`, as real lists have them);
-//! - `GET /api/v1/nodes?watch=true&resourceVersion=R`: a chunked stream of
+//! - `GET` of a collection (`/api/v1/nodes`, `/api/v1/services`,
+//!   `/api/v1/namespaces/NS/services`,
+//!   `/apis/discovery.k8s.io/v1/endpointslices`, …): a `KindList` with
+//!   `metadata.resourceVersion` (items without `kind`/`apiVersion`, as
+//!   real lists have them);
+//! - the same with `?watch=true&resourceVersion=R`: a chunked stream of
 //!   JSON lines (`ADDED`, `MODIFIED`, `DELETED`, and `BOOKMARK` with the
 //!   current resourceVersion when `allowWatchBookmarks` is asked and
 //!   nothing happened for a second), ended after `timeoutSeconds`; a
 //!   resourceVersion older than the oldest event kept gets what a real
 //!   server sends: an `ERROR` event carrying a `Status` with code 410,
 //!   reason `Expired`;
-//! - `GET` and `PATCH /api/v1/nodes/NAME` (a JSON merge patch, as
+//! - `GET` and `PATCH` of one object (`/api/v1/nodes/NAME`,
+//!   `/api/v1/namespaces/NS/services/NAME`, …; a JSON merge patch, as
 //!   `application/merge-patch+json` or
 //!   `application/strategic-merge-patch+json`, which for annotations is
 //!   the same).
 //!
-//! The test drives the Node objects ([`KubeApi::put_node`],
-//! [`KubeApi::delete_node`]), stops and restarts the server, and forgets
-//! its history ([`KubeApi::expire`]) to force clients to re-list.
+//! One resourceVersion sequence runs across every kind, as in a real
+//! server (etcd's revision). The test drives the objects
+//! ([`KubeApi::put`], [`KubeApi::delete`], and [`KubeApi::put_node`] and
+//! friends for Nodes), stops and restarts the server, and forgets its
+//! history ([`KubeApi::expire`]) to force clients to re-list.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
@@ -38,9 +45,114 @@ use crate::netns::Netns;
 /// The port the stand-in serves on (a real API server's).
 pub const KUBE_API_PORT: u16 = 6443;
 
-/// A stand-in API server listening on an address of a lab namespace.
+/// A kind of object the stand-in serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resource {
+    /// Its `apiVersion`: `v1` (the core group) or `GROUP/VERSION`.
+    pub api_version: &'static str,
+    /// Its `kind`.
+    pub kind: &'static str,
+    /// Its name in paths and in RBAC rules.
+    pub plural: &'static str,
+    /// Whether its objects live in a namespace.
+    pub namespaced: bool,
+}
+
+/// The kinds served, one line each.
+pub const RESOURCES: &[Resource] = &[
+    Resource::cluster("v1", "Node", "nodes"),
+    Resource::namespaced("v1", "Service", "services"),
+    Resource::namespaced("discovery.k8s.io/v1", "EndpointSlice", "endpointslices"),
+];
+
+impl Resource {
+    const fn cluster(api_version: &'static str, kind: &'static str, plural: &'static str) -> Self {
+        Resource {
+            api_version,
+            kind,
+            plural,
+            namespaced: false,
+        }
+    }
+
+    const fn namespaced(
+        api_version: &'static str,
+        kind: &'static str,
+        plural: &'static str,
+    ) -> Self {
+        Resource {
+            namespaced: true,
+            ..Resource::cluster(api_version, kind, plural)
+        }
+    }
+
+    /// The served kind named `kind`.
+    pub fn of_kind(kind: &str) -> Result<&'static Resource> {
+        RESOURCES
+            .iter()
+            .find(|r| r.kind == kind)
+            .with_context(|| format!("the stand-in serves no {kind:?}"))
+    }
+
+    /// What a request's path names of this kind: the collection (in a
+    /// namespace or all of them) or one object.
+    fn route<'p>(&self, path: &'p str) -> Option<Route<'p>> {
+        let rest = match self.api_version {
+            "v1" => path.strip_prefix("/api/v1/")?,
+            group => path
+                .strip_prefix("/apis/")?
+                .strip_prefix(group)?
+                .strip_prefix('/')?,
+        };
+        let segments: Vec<&str> = rest.split('/').collect();
+        let (namespace, name) = match segments[..] {
+            [plural] if plural == self.plural => (None, None),
+            [plural, name] if plural == self.plural && !self.namespaced => (None, Some(name)),
+            ["namespaces", ns, plural] if plural == self.plural && self.namespaced => {
+                (Some(ns), None)
+            }
+            ["namespaces", ns, plural, name] if plural == self.plural && self.namespaced => {
+                (Some(ns), Some(name))
+            }
+            _ => return None,
+        };
+        Some(Route {
+            resource: *self,
+            namespace,
+            name,
+        })
+    }
+
+    /// `name` in `namespace` as the store keys it.
+    fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        match (self.namespaced, namespace) {
+            (true, Some(ns)) => format!("{ns}/{name}"),
+            _ => name.to_string(),
+        }
+    }
+}
+
+/// What a request's path names.
+struct Route<'p> {
+    resource: Resource,
+    /// The namespace, for a namespaced path.
+    namespace: Option<&'p str>,
+    /// The object, or `None` for the collection.
+    name: Option<&'p str>,
+}
+
+impl Route<'_> {
+    /// Whether `object` (of this route's kind) is in its collection.
+    fn holds(&self, object: &Value) -> bool {
+        self.namespace
+            .is_none_or(|ns| object["metadata"]["namespace"].as_str() == Some(ns))
+    }
+}
+
+/// A stand-in API server listening on an address of a lab namespace (or
+/// of the test's own).
 pub struct KubeApi {
-    ns: Netns,
+    ns: Option<Netns>,
     addr: SocketAddr,
     shared: Arc<Shared>,
     serving: Option<Serving>,
@@ -57,13 +169,23 @@ struct Shared {
     changed: Condvar,
 }
 
+/// One change, kept for watches.
+struct Change {
+    revision: u64,
+    kind: &'static str,
+    /// `ADDED`, `MODIFIED` or `DELETED`.
+    action: &'static str,
+    object: Value,
+}
+
 #[derive(Default)]
 struct State {
-    /// The last resourceVersion handed out.
+    /// The last resourceVersion handed out, across every kind.
     revision: u64,
-    nodes: BTreeMap<String, Value>,
-    /// Events kept for watches: (resourceVersion, type, object).
-    events: Vec<(u64, &'static str, Value)>,
+    /// The objects, by kind and then `namespace/name` (or `name`).
+    objects: BTreeMap<&'static str, BTreeMap<String, Value>>,
+    /// Changes kept for watches.
+    events: Vec<Change>,
     /// The oldest resourceVersion a watch may start from.
     oldest: u64,
     /// Bumped to end every open watch (a stop or [`KubeApi::expire`]).
@@ -72,12 +194,70 @@ struct State {
     lists: u64,
     /// The Content-Type of each PATCH received.
     patch_types: Vec<String>,
-    /// The verbs of the requests received, as RBAC names them.
-    verbs: BTreeSet<&'static str>,
+    /// The requests received: the resource (its plural, empty for a path
+    /// the stand-in does not serve) and the verb as RBAC names it.
+    requests: BTreeSet<(&'static str, &'static str)>,
     /// The open connections, by number, closed by a stop.
     connections: BTreeMap<u64, TcpStream>,
     /// The number of the next connection.
     next_connection: u64,
+}
+
+impl State {
+    /// Store `object` of kind `resource` (created, or replaced) with the
+    /// next resourceVersion and keep the change.
+    fn put(&mut self, resource: &Resource, mut object: Value) -> Result<Value> {
+        let name = object["metadata"]["name"]
+            .as_str()
+            .with_context(|| format!("a {} without metadata.name", resource.kind))?;
+        let namespace = object["metadata"]["namespace"].as_str();
+        if resource.namespaced && namespace.is_none() {
+            bail!("a {} without metadata.namespace", resource.kind);
+        }
+        let key = resource.key(namespace, name);
+        object["kind"] = resource.kind.into();
+        object["apiVersion"] = resource.api_version.into();
+        let action = if self.get(resource, &key).is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        self.record(resource, action, &mut object);
+        self.objects
+            .entry(resource.kind)
+            .or_default()
+            .insert(key, object.clone());
+        Ok(object)
+    }
+
+    /// Remove the object `key` of kind `resource`; false if there was none.
+    fn delete(&mut self, resource: &Resource, key: &str) -> bool {
+        let removed = self
+            .objects
+            .get_mut(resource.kind)
+            .and_then(|objects| objects.remove(key));
+        let Some(mut object) = removed else {
+            return false;
+        };
+        self.record(resource, "DELETED", &mut object);
+        true
+    }
+
+    /// Give `object` the next resourceVersion and keep the change.
+    fn record(&mut self, resource: &Resource, action: &'static str, object: &mut Value) {
+        self.revision += 1;
+        object["metadata"]["resourceVersion"] = self.revision.to_string().into();
+        self.events.push(Change {
+            revision: self.revision,
+            kind: resource.kind,
+            action,
+            object: object.clone(),
+        });
+    }
+
+    fn get(&self, resource: &Resource, key: &str) -> Option<Value> {
+        self.objects.get(resource.kind)?.get(key).cloned()
+    }
 }
 
 impl Shared {
@@ -89,9 +269,19 @@ impl Shared {
 impl KubeApi {
     /// Serve on `ip`:[`KUBE_API_PORT`] inside `ns`.
     pub fn start(ns: &Netns, ip: Ipv4Addr) -> Result<KubeApi> {
+        KubeApi::serve_on(Some(ns.clone()), SocketAddr::from((ip, KUBE_API_PORT)))
+    }
+
+    /// Serve on a free port of 127.0.0.1 in the caller's own namespace
+    /// (for clients in the test process: no root needed).
+    pub fn start_local() -> Result<KubeApi> {
+        KubeApi::serve_on(None, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+    }
+
+    fn serve_on(ns: Option<Netns>, addr: SocketAddr) -> Result<KubeApi> {
         let mut api = KubeApi {
-            ns: ns.clone(),
-            addr: SocketAddr::from((ip, KUBE_API_PORT)),
+            ns,
+            addr,
             shared: Arc::new(Shared::default()),
             serving: None,
         };
@@ -115,15 +305,20 @@ impl KubeApi {
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
     }
 
-    /// Listen (again, with the same Nodes and history).
+    /// Listen (again, on the same address, with the same objects and
+    /// history).
     pub fn launch(&mut self) -> Result<()> {
         if self.serving.is_some() {
             return Ok(());
         }
         let addr = self.addr;
-        let listener = self
-            .ns
-            .enter(move || TcpListener::bind(addr).with_context(|| format!("binding {addr}")))?;
+        let bind = move || TcpListener::bind(addr).with_context(|| format!("binding {addr}"));
+        let listener = match &self.ns {
+            Some(ns) => ns.enter(bind)?,
+            None => bind()?,
+        };
+        // A free port, once chosen, is kept for the next launch.
+        self.addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let shared = self.shared.clone();
@@ -166,7 +361,14 @@ impl KubeApi {
     /// for a request the stand-in does not serve) of the requests
     /// received so far.
     pub fn verbs(&self) -> BTreeSet<&'static str> {
-        self.shared.lock().verbs.clone()
+        self.requests().into_iter().map(|(_, verb)| verb).collect()
+    }
+
+    /// The requests received so far, as RBAC rules name them: the
+    /// resource (`nodes`, `services`, …; empty for a path the stand-in
+    /// does not serve) and the verb.
+    pub fn requests(&self) -> BTreeSet<(&'static str, &'static str)> {
+        self.shared.lock().requests.clone()
     }
 
     /// The Content-Type of every PATCH received so far.
@@ -174,39 +376,55 @@ impl KubeApi {
         self.shared.lock().patch_types.clone()
     }
 
-    /// Create or replace a Node (`node` as a cluster holds it, with
-    /// `metadata.name`); its resourceVersion is set.
-    pub fn put_node(&self, mut node: Value) -> Result<()> {
-        let name = node["metadata"]["name"]
-            .as_str()
-            .context("a Node without metadata.name")?
-            .to_string();
-        let mut state = self.shared.lock();
-        let kind = if state.nodes.contains_key(&name) {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
-        record(&mut state, kind, &mut node);
-        state.nodes.insert(name, node);
+    /// Create or replace an object of a kind in [`RESOURCES`] (`object`
+    /// as a cluster holds it, with `kind`, `metadata.name` and, for a
+    /// namespaced kind, `metadata.namespace`); its resourceVersion is set.
+    pub fn put(&self, object: Value) -> Result<()> {
+        let kind = object["kind"].as_str().context("an object without kind")?;
+        let resource = Resource::of_kind(kind)?;
+        self.shared.lock().put(resource, object)?;
         self.shared.changed.notify_all();
         Ok(())
     }
 
+    /// The object of kind `kind` named `name` (in `namespace`, for a
+    /// namespaced kind), as the server holds it.
+    pub fn get(&self, kind: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
+        let resource = Resource::of_kind(kind).ok()?;
+        self.shared
+            .lock()
+            .get(resource, &resource.key(namespace, name))
+    }
+
+    /// Delete the object of kind `kind` named `name` (in `namespace`);
+    /// false if there was none.
+    pub fn delete(&self, kind: &str, namespace: Option<&str>, name: &str) -> bool {
+        let Ok(resource) = Resource::of_kind(kind) else {
+            return false;
+        };
+        let deleted = self
+            .shared
+            .lock()
+            .delete(resource, &resource.key(namespace, name));
+        self.shared.changed.notify_all();
+        deleted
+    }
+
+    /// Create or replace a Node (`node` as a cluster holds it, with
+    /// `metadata.name`); its resourceVersion is set.
+    pub fn put_node(&self, mut node: Value) -> Result<()> {
+        node["kind"] = "Node".into();
+        self.put(node)
+    }
+
     /// The Node named `name`, as the server holds it.
     pub fn node(&self, name: &str) -> Option<Value> {
-        self.shared.lock().nodes.get(name).cloned()
+        self.get("Node", None, name)
     }
 
     /// Delete a Node; false if there was none.
     pub fn delete_node(&self, name: &str) -> bool {
-        let mut state = self.shared.lock();
-        let Some(mut node) = state.nodes.remove(name) else {
-            return false;
-        };
-        record(&mut state, "DELETED", &mut node);
-        self.shared.changed.notify_all();
-        true
+        self.delete("Node", None, name)
     }
 
     fn end_watches(&self) {
@@ -260,11 +478,83 @@ pub fn node_object(
     })
 }
 
-/// Give `node` the next resourceVersion and keep the event.
-fn record(state: &mut State, kind: &'static str, node: &mut Value) {
-    state.revision += 1;
-    node["metadata"]["resourceVersion"] = state.revision.to_string().into();
-    state.events.push((state.revision, kind, node.clone()));
+/// A Service as a cluster returns it: `namespace/name` at `cluster_ip`
+/// (`"None"` for a headless one), type ClusterIP, with `ports` as (name,
+/// protocol, port, targetPort: a number or a container port's name).
+pub fn service_object(
+    namespace: &str,
+    name: &str,
+    cluster_ip: &str,
+    ports: &[(&str, &str, u16, &str)],
+) -> Value {
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|(port_name, protocol, port, target)| {
+            let target: Value = target
+                .parse::<u16>()
+                .map_or(Value::from(*target), Value::from);
+            json!({ "name": port_name, "protocol": protocol, "port": port, "targetPort": target })
+        })
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": { "name": name, "namespace": namespace },
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": cluster_ip,
+            "clusterIPs": [cluster_ip],
+            "ipFamilies": ["IPv4"],
+            "ports": ports,
+            "selector": { "app": name },
+            "sessionAffinity": "None",
+            "internalTrafficPolicy": "Cluster",
+        },
+    })
+}
+
+/// An IPv4 EndpointSlice as the EndpointSlice controller writes it:
+/// `namespace/name`, labelled for Service `service`, with `ports` as
+/// (name, protocol, port) and `endpoints` as (address, node, ready); an
+/// endpoint's `serving` is its `ready`, none is terminating.
+pub fn endpoint_slice_object(
+    namespace: &str,
+    name: &str,
+    service: &str,
+    ports: &[(&str, &str, u16)],
+    endpoints: &[(Ipv4Addr, &str, bool)],
+) -> Value {
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|(port_name, protocol, port)| {
+            json!({ "name": port_name, "protocol": protocol, "port": port })
+        })
+        .collect();
+    let endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|(address, node, ready)| {
+            json!({
+                "addresses": [address.to_string()],
+                "conditions": { "ready": ready, "serving": ready, "terminating": false },
+                "nodeName": node,
+            })
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+            },
+        },
+        "addressType": "IPv4",
+        "ports": ports,
+        "endpoints": endpoints,
+    })
 }
 
 fn accept(listener: &TcpListener, shared: &Arc<Shared>, stop: &AtomicBool) {
@@ -347,39 +637,51 @@ fn read_request(reader: &mut impl BufRead) -> Result<Option<Request>> {
     }))
 }
 
+/// The verb a request is, as RBAC names it.
+fn verb(method: &str, route: &Route, watch: bool) -> &'static str {
+    match (method, route.name) {
+        ("GET", None) if watch => "watch",
+        ("GET", None) => "list",
+        ("GET", Some(_)) => "get",
+        ("PATCH", Some(_)) => "patch",
+        _ => "unknown",
+    }
+}
+
 /// Answer the requests of one connection until it closes or a watch
-/// ends.
+/// ends (the connection with it, as its answer says: a client does not
+/// send its next request on it).
 fn serve(stream: &TcpStream, shared: &Shared) -> Result<()> {
     stream.set_nonblocking(false)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream.try_clone()?;
     while let Some(request) = read_request(&mut reader)? {
         let path = request.path.trim_end_matches('/');
-        let name = path.strip_prefix("/api/v1/nodes/");
+        let Some(route) = RESOURCES.iter().find_map(|r| r.route(path)) else {
+            shared.lock().requests.insert(("", "unknown"));
+            respond(&mut out, 404, &status(404, "NotFound", &request.path))?;
+            continue;
+        };
         let watch = matches!(
             request.query.get("watch").map(String::as_str),
             Some("true" | "1")
         );
-        let verb = match (request.method.as_str(), name) {
-            ("GET", None) if path == "/api/v1/nodes" && watch => "watch",
-            ("GET", None) if path == "/api/v1/nodes" => "list",
-            ("GET", Some(_)) => "get",
-            ("PATCH", Some(_)) => "patch",
-            _ => "unknown",
-        };
-        shared.lock().verbs.insert(verb);
-        match (request.method.as_str(), name) {
-            ("GET", None) if path == "/api/v1/nodes" && watch => {
-                return stream_watch(&mut out, shared, &request);
-            }
-            ("GET", None) if path == "/api/v1/nodes" => {
+        let verb = verb(&request.method, &route, watch);
+        shared.lock().requests.insert((route.resource.plural, verb));
+        let resource = &route.resource;
+        match (verb, route.name) {
+            ("watch", _) => return stream_watch(&mut out, shared, &request, &route),
+            ("list", _) => {
                 let mut state = shared.lock();
                 state.lists += 1;
                 let items: Vec<Value> = state
-                    .nodes
-                    .values()
-                    .map(|n| {
-                        let mut item = n.clone();
+                    .objects
+                    .get(resource.kind)
+                    .into_iter()
+                    .flat_map(BTreeMap::values)
+                    .filter(|o| route.holds(o))
+                    .map(|o| {
+                        let mut item = o.clone();
                         if let Some(o) = item.as_object_mut() {
                             o.remove("kind");
                             o.remove("apiVersion");
@@ -388,34 +690,48 @@ fn serve(stream: &TcpStream, shared: &Shared) -> Result<()> {
                     })
                     .collect();
                 let list = json!({
-                    "kind": "NodeList", "apiVersion": "v1",
+                    "kind": format!("{}List", resource.kind),
+                    "apiVersion": resource.api_version,
                     "metadata": { "resourceVersion": state.revision.to_string() },
                     "items": items,
                 });
                 drop(state);
                 respond(&mut out, 200, &list)?;
             }
-            ("GET", Some(name)) => match shared.lock().nodes.get(name).cloned() {
-                Some(node) => respond(&mut out, 200, &node)?,
-                None => respond(&mut out, 404, &status(404, "NotFound", name))?,
-            },
-            ("PATCH", Some(name)) => {
-                let answer = patch(shared, name, &request);
-                match answer {
-                    Ok(node) => respond(&mut out, 200, &node)?,
-                    Err((code, reason, message)) => {
-                        respond(&mut out, code, &status(code, reason, &message))?;
+            ("get", Some(name)) => {
+                let key = resource.key(route.namespace, name);
+                match shared.lock().get(resource, &key) {
+                    Some(object) => respond(&mut out, 200, &object)?,
+                    None => {
+                        let message = not_found(resource, name);
+                        respond(&mut out, 404, &status(404, "NotFound", &message))?;
                     }
                 }
             }
-            _ => respond(&mut out, 404, &status(404, "NotFound", &request.path))?,
+            ("patch", Some(name)) => match patch(shared, &route, name, &request) {
+                Ok(object) => respond(&mut out, 200, &object)?,
+                Err((code, reason, message)) => {
+                    respond(&mut out, code, &status(code, reason, &message))?;
+                }
+            },
+            _ => respond(
+                &mut out,
+                405,
+                &status(405, "MethodNotAllowed", &request.method),
+            )?,
         }
     }
     Ok(())
 }
 
+/// What a 404 for `name` of kind `resource` says.
+fn not_found(resource: &Resource, name: &str) -> String {
+    format!("{} \"{name}\" not found", resource.plural)
+}
+
 fn patch(
     shared: &Shared,
+    route: &Route,
     name: &str,
     request: &Request,
 ) -> std::result::Result<Value, (u16, &'static str, String)> {
@@ -434,14 +750,16 @@ fn patch(
     }
     let patch: Value = serde_json::from_slice(&request.body)
         .map_err(|e| (400, "BadRequest", format!("the patch is not JSON: {e}")))?;
-    let Some(mut node) = state.nodes.get(name).cloned() else {
-        return Err((404, "NotFound", format!("nodes \"{name}\" not found")));
+    let resource = &route.resource;
+    let Some(mut object) = state.get(resource, &resource.key(route.namespace, name)) else {
+        return Err((404, "NotFound", not_found(resource, name)));
     };
-    merge(&mut node, &patch);
-    record(&mut state, "MODIFIED", &mut node);
-    state.nodes.insert(name.to_string(), node.clone());
+    merge(&mut object, &patch);
+    let object = state
+        .put(resource, object)
+        .map_err(|e| (422, "Invalid", format!("{e:#}")))?;
     shared.changed.notify_all();
-    Ok(node)
+    Ok(object)
 }
 
 /// RFC 7386 JSON merge patch.
@@ -492,7 +810,12 @@ fn chunk(out: &mut TcpStream, line: &Value) -> Result<()> {
     Ok(())
 }
 
-fn stream_watch(out: &mut TcpStream, shared: &Shared, request: &Request) -> Result<()> {
+fn stream_watch(
+    out: &mut TcpStream,
+    shared: &Shared,
+    request: &Request,
+    route: &Route,
+) -> Result<()> {
     let from: u64 = request
         .query
         .get("resourceVersion")
@@ -506,9 +829,11 @@ fn stream_watch(out: &mut TcpStream, shared: &Shared, request: &Request) -> Resu
         .map_or(Duration::from_secs(300), Duration::from_secs);
     write!(
         out,
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n"
     )?;
     out.flush()?;
+    let resource = &route.resource;
     let deadline = Instant::now() + timeout;
     let mut state = shared.lock();
     let generation = state.generation;
@@ -531,13 +856,14 @@ fn stream_watch(out: &mut TcpStream, shared: &Shared, request: &Request) -> Resu
             let _ = write!(out, "0\r\n\r\n");
             return Ok(());
         }
-        let pending: Vec<(u64, &'static str, Value)> = state
+        // Every change after the cursor moves it; those of this
+        // collection are sent.
+        let newer: Vec<&Change> = state
             .events
             .iter()
-            .filter(|(rv, _, _)| *rv > cursor)
-            .cloned()
+            .filter(|c| c.revision > cursor)
             .collect();
-        if pending.is_empty() {
+        let Some(last) = newer.last().map(|c| c.revision) else {
             let (next, waited) = shared
                 .changed
                 .wait_timeout(state, Duration::from_secs(1))
@@ -545,7 +871,7 @@ fn stream_watch(out: &mut TcpStream, shared: &Shared, request: &Request) -> Resu
             state = next;
             if waited.timed_out() && bookmarks && state.generation == generation {
                 let bookmark = json!({ "type": "BOOKMARK", "object": {
-                    "kind": "Node", "apiVersion": "v1",
+                    "kind": resource.kind, "apiVersion": resource.api_version,
                     "metadata": { "resourceVersion": state.revision.to_string() } } });
                 cursor = state.revision;
                 drop(state);
@@ -553,11 +879,16 @@ fn stream_watch(out: &mut TcpStream, shared: &Shared, request: &Request) -> Resu
                 state = shared.lock();
             }
             continue;
-        }
+        };
+        let pending: Vec<Value> = newer
+            .into_iter()
+            .filter(|c| c.kind == resource.kind && route.holds(&c.object))
+            .map(|c| json!({ "type": c.action, "object": c.object }))
+            .collect();
+        cursor = last;
         drop(state);
-        for (rv, kind, object) in pending {
-            chunk(out, &json!({ "type": kind, "object": object }))?;
-            cursor = rv;
+        for event in pending {
+            chunk(out, &event)?;
         }
         state = shared.lock();
     }
@@ -576,6 +907,68 @@ mod tests {
         );
         assert_eq!(node["metadata"]["annotations"], json!({ "b": "2" }));
         assert_eq!(node["metadata"]["name"], "n1");
+    }
+
+    #[test]
+    fn paths_name_a_collection_or_an_object_of_each_kind() {
+        fn route(path: &str) -> Option<(&str, Option<&str>, Option<&str>)> {
+            let r = RESOURCES.iter().find_map(|r| r.route(path))?;
+            Some((r.resource.kind, r.namespace, r.name))
+        }
+        assert_eq!(route("/api/v1/nodes"), Some(("Node", None, None)));
+        assert_eq!(route("/api/v1/nodes/n1"), Some(("Node", None, Some("n1"))));
+        assert_eq!(route("/api/v1/services"), Some(("Service", None, None)));
+        assert_eq!(
+            route("/api/v1/namespaces/default/services/web"),
+            Some(("Service", Some("default"), Some("web")))
+        );
+        assert_eq!(
+            route("/apis/discovery.k8s.io/v1/endpointslices"),
+            Some(("EndpointSlice", None, None))
+        );
+        assert_eq!(
+            route("/apis/discovery.k8s.io/v1/namespaces/ns/endpointslices"),
+            Some(("EndpointSlice", Some("ns"), None))
+        );
+        // A namespaced kind has no objects outside a namespace, a
+        // cluster-scoped one none inside; other groups are not served.
+        assert_eq!(route("/api/v1/services/web"), None);
+        assert_eq!(route("/api/v1/namespaces/default/nodes"), None);
+        assert_eq!(route("/apis/discovery.k8s.io/v1/services"), None);
+        assert_eq!(route("/api/v1/pods"), None);
+    }
+
+    #[test]
+    fn one_resource_version_runs_across_kinds() {
+        let mut state = State::default();
+        let service = service_object("default", "web", "10.96.0.1", &[("", "TCP", 80, "http")]);
+        assert_eq!(service["spec"]["ports"][0]["targetPort"], "http");
+        let node = node_object("n1", None, Ipv4Addr::new(10, 1, 0, 11), &[]);
+        let slice = endpoint_slice_object("default", "web-1", "web", &[], &[]);
+        state.put(&RESOURCES[0], node).unwrap();
+        let service = state.put(&RESOURCES[1], service).unwrap();
+        let slice = state.put(&RESOURCES[2], slice).unwrap();
+        assert_eq!(service["metadata"]["resourceVersion"], "2");
+        assert_eq!(slice["metadata"]["resourceVersion"], "3");
+        let again = state.put(&RESOURCES[1], service).unwrap();
+        assert_eq!(again["metadata"]["resourceVersion"], "4");
+        assert!(state.delete(&RESOURCES[2], "default/web-1"));
+        assert!(!state.delete(&RESOURCES[2], "default/web-1"));
+        let actions: Vec<(&str, &str)> = state.events.iter().map(|c| (c.kind, c.action)).collect();
+        assert_eq!(
+            actions,
+            [
+                ("Node", "ADDED"),
+                ("Service", "ADDED"),
+                ("EndpointSlice", "ADDED"),
+                ("Service", "MODIFIED"),
+                ("EndpointSlice", "DELETED"),
+            ]
+        );
+        // A namespaced object needs its namespace.
+        let mut stray = service_object("default", "x", "10.96.0.2", &[]);
+        stray["metadata"]["namespace"] = Value::Null;
+        assert!(state.put(&RESOURCES[1], stray).is_err());
     }
 
     #[test]

@@ -1,14 +1,14 @@
 //! The Kubernetes install in `deploy/`: the manifests parse as the API's
 //! own types and carry what the daemon needs (its ConfigMap's TOML loads
 //! with the daemon's Config parser, the RBAC verbs are the calls the
-//! Kubernetes source makes, the DaemonSet runs on the host network,
+//! Kubernetes sources make, the DaemonSet runs on the host network,
 //! privileged, and installs the CNI plugin on the host), and the image
 //! builds without a registry, its daemon runs under podman and its init
 //! script installs the CNI plugin, the conflist and the node's
 //! configuration. The image test needs root and podman; it uses storage
 //! of its own, never the system's.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -60,17 +60,35 @@ fn the_manifests_carry_what_the_daemon_needs() -> Result<()> {
         "{kinds:?}"
     );
 
-    // The RBAC: exactly the calls the Kubernetes source makes on Nodes
-    // (list and watch them, get its own, patch its own annotations).
+    // The RBAC: exactly the calls the Kubernetes sources make: on Nodes
+    // (list and watch them, get its own, patch its own annotations), on
+    // Services and EndpointSlices (list and watch them, get one).
     let role: ClusterRole = object(&objects, "ClusterRole")?;
-    let rules = role.rules.unwrap_or_default();
-    ensure!(rules.len() == 1, "{rules:?}");
-    ensure!(rules[0].resources == Some(vec!["nodes".to_string()]));
-    let verbs: BTreeSet<&str> = rules[0].verbs.iter().map(String::as_str).collect();
-    ensure!(
-        verbs == BTreeSet::from(["get", "list", "watch", "patch"]),
-        "{verbs:?}"
-    );
+    let mut granted: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for rule in role.rules.unwrap_or_default() {
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                granted
+                    .entry((group.clone(), resource.clone()))
+                    .or_default()
+                    .extend(rule.verbs.iter().cloned());
+            }
+        }
+    }
+    let rule = |group: &str, resource: &str, verbs: &[&str]| {
+        let verbs = verbs.iter().map(|v| v.to_string()).collect();
+        ((group.to_string(), resource.to_string()), verbs)
+    };
+    let wanted = BTreeMap::from([
+        rule("", "nodes", &["get", "list", "watch", "patch"]),
+        rule("", "services", &["get", "list", "watch"]),
+        rule(
+            "discovery.k8s.io",
+            "endpointslices",
+            &["get", "list", "watch"],
+        ),
+    ]);
+    ensure!(granted == wanted, "{granted:?}");
 
     // The ConfigMap's TOML, as the init container fills it in, loads with
     // the daemon's parser: membership from Kubernetes, the pod CIDR left

@@ -53,9 +53,9 @@ pub const ENCAPSULATION: &str = "podswitch.io/encapsulation";
 pub const UDP_PORT: &str = "podswitch.io/udp-port";
 
 /// Pause between attempts while the API server cannot be reached at all.
-const RETRY: Duration = Duration::from_secs(1);
+pub(super) const RETRY: Duration = Duration::from_secs(1);
 /// How long a get or patch may take (the daemon stops only between them).
-const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Start following the Node objects for the node configured as
 /// `config`; `owned` are the peers restored from the saved state that
@@ -119,7 +119,7 @@ pub fn assign_pod_cidr(text: &str) -> Result<Option<Ipv4Net>> {
 }
 
 /// A current-thread runtime for the client.
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -145,6 +145,25 @@ async fn client(settings: &KubernetesSettings) -> Result<kube::Client> {
             .context("no kubeconfig ($KUBECONFIG, ~/.kube/config)")?,
     };
     kube::Client::try_from(config).context("making the Kubernetes client")
+}
+
+/// A client as [`client`] makes it, made again every [`RETRY`] while
+/// that fails (each failure told to `failed`); `None` once `stop` is set.
+pub(super) async fn connect(
+    settings: &KubernetesSettings,
+    stop: &AtomicBool,
+    mut failed: impl FnMut(String),
+) -> Option<kube::Client> {
+    while !stop.load(Ordering::Relaxed) {
+        match client(settings).await {
+            Ok(client) => return Some(client),
+            Err(e) => {
+                failed(format!("{e:#}"));
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
+    None
 }
 
 /// What this node is, as the other nodes' annotations are compared with.
@@ -332,17 +351,9 @@ impl Source {
     /// Make a client (again, while that fails), then follow the Nodes
     /// until stopped.
     async fn follow(&mut self) {
-        let client = loop {
-            if self.stopped() {
-                return;
-            }
-            match client(&self.settings).await {
-                Ok(client) => break client,
-                Err(e) => {
-                    self.reachability.failed(&*self.plane, format!("{e:#}"));
-                    tokio::time::sleep(RETRY).await;
-                }
-            }
+        let failed = |e| self.reachability.failed(&*self.plane, e);
+        let Some(client) = connect(&self.settings, &self.stop, failed).await else {
+            return;
         };
         let api: Api<Node> = Api::all(client);
         while !self.stopped() {

@@ -3,10 +3,13 @@
 //! layout, or `kubernetes`, Node objects with Flannel's annotations). A watching source keeps the set of peers the datastore
 //! describes and hands every change to the control plane through the same
 //! path as `peer add`/`peer del` ([`PeerSet`]), so workers never stop.
+//! The cluster's Services come the same way, through the Kubernetes
+//! source's client ([`kubernetes_services`]).
 
 pub mod etcd;
 pub mod flannel;
 pub mod kubernetes;
+pub mod kubernetes_services;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -204,12 +207,20 @@ impl Follower {
     pub fn spawn(
         follow: impl FnOnce(std::sync::Arc<std::sync::atomic::AtomicBool>) + Send + 'static,
     ) -> anyhow::Result<Follower> {
+        Follower::spawn_named("membership", follow)
+    }
+
+    /// The same on a thread named `name`.
+    pub fn spawn_named(
+        name: &str,
+        follow: impl FnOnce(std::sync::Arc<std::sync::atomic::AtomicBool>) + Send + 'static,
+    ) -> anyhow::Result<Follower> {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
-            .name("membership".into())
+            .name(name.into())
             .spawn(move || follow(flag))
-            .map_err(|e| anyhow::anyhow!("spawning the membership thread: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("spawning the {name} thread: {e}"))?;
         Ok(Follower { stop, thread })
     }
 
@@ -224,6 +235,9 @@ impl Follower {
 #[derive(Debug)]
 pub struct Reachability {
     source: &'static str,
+    /// What the source keeps while its datastore is away, as the log
+    /// says it.
+    kept: &'static str,
     unreachable_since: Option<std::time::SystemTime>,
 }
 
@@ -232,7 +246,17 @@ impl Reachability {
     pub fn new(source: &'static str) -> Reachability {
         Reachability {
             source,
+            kept: "peers",
             unreachable_since: None,
+        }
+    }
+
+    /// The same, for a source that keeps `kept` (not peers) while its
+    /// datastore is away.
+    pub fn keeping(source: &'static str, kept: &'static str) -> Reachability {
+        Reachability {
+            kept,
+            ..Reachability::new(source)
         }
     }
 
@@ -244,19 +268,32 @@ impl Reachability {
     /// The datastore failed with `error`: logged the first time, the
     /// report says since when.
     pub fn failed(&mut self, plane: &dyn Plane, error: String) {
-        if self.unreachable_since.is_none() {
-            tracing::warn!(
-                "membership: {} unreachable, keeping the last known peers: {error}",
-                self.source
-            );
-            self.unreachable_since = Some(std::time::SystemTime::now());
-        }
+        self.lost(&error);
         self.report(plane, Some(error));
     }
 
     /// The datastore answered (`from` says which): reported, and logged
     /// if it had not been answering.
     pub fn answered(&mut self, plane: &dyn Plane, from: &str) {
+        self.regained(from);
+        self.report(plane, None);
+    }
+
+    /// [`Self::failed`] without a report: logged the first time.
+    pub fn lost(&mut self, error: &str) {
+        if self.unreachable_since.is_none() {
+            tracing::warn!(
+                "membership: {} unreachable, keeping the last known {}: {error}",
+                self.source,
+                self.kept
+            );
+            self.unreachable_since = Some(std::time::SystemTime::now());
+        }
+    }
+
+    /// [`Self::answered`] without a report: logged if it had not been
+    /// answering.
+    pub fn regained(&mut self, from: &str) {
         if let Some(since) = self.unreachable_since.take() {
             let down = since.elapsed().unwrap_or_default().as_secs();
             tracing::info!(
@@ -264,19 +301,23 @@ impl Reachability {
                 self.source
             );
         }
-        self.report(plane, None);
     }
 
     /// Publish the state, with `error` if there is one.
     pub fn report(&self, plane: &dyn Plane, error: Option<String>) {
-        plane.report(MembershipReport {
+        plane.report(self.state(error));
+    }
+
+    /// The state, with `error` if there is one.
+    pub fn state(&self, error: Option<String>) -> MembershipReport {
+        MembershipReport {
             source: self.source.into(),
             unreachable_since: self.unreachable_since.map(|t| {
                 t.duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs())
             }),
             error,
-        });
+        }
     }
 }
 
