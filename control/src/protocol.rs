@@ -520,6 +520,20 @@ pub struct StatsReport {
     /// (`tunnel_receive`).
     #[serde(default)]
     pub uplink_to_kernel: u64,
+    /// The switch's Service translation, when on
+    /// (`service_translation = "switch"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<ServiceCounters>,
+}
+
+/// The Service stage's counters (its drops are counted per port, by
+/// reason: `service_no_endpoints`, `conntrack_full`, `conntrack_clash`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceCounters {
+    /// Connections translated since the switch started.
+    pub connections_translated: u64,
+    /// Connections in the connection table now.
+    pub connections_active: u64,
 }
 
 #[cfg(test)]

@@ -220,30 +220,16 @@ mod tests {
 
     fn endpoint(address: [u8; 4], ready: bool, serving: bool, terminating: bool) -> Endpoint {
         Endpoint {
-            address: address.into(),
-            port: 8080,
-            node: None,
             ready,
             serving,
             terminating,
+            ..Endpoint::ready(address.into(), 8080)
         }
     }
 
     fn service(endpoints: Vec<Endpoint>) -> Service {
-        Service {
-            name: "default/web".into(),
-            cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
-            ports: vec![ServicePort {
-                name: String::new(),
-                protocol: ServiceProtocol::Tcp,
-                port: 80,
-                node_port: None,
-                endpoints,
-            }],
-            affinity_seconds: None,
-            internal_traffic_policy: TrafficPolicy::Cluster,
-            external_traffic_policy: TrafficPolicy::Cluster,
-        }
+        let port = ServicePort::new(ServiceProtocol::Tcp, 80, endpoints);
+        Service::new("default/web", Ipv4Addr::new(10, 96, 0, 10), vec![port])
     }
 
     fn backend(address: [u8; 4]) -> Backend {
@@ -407,13 +393,9 @@ mod tests {
         let first = service(vec![endpoint([10, 244, 1, 5], true, true, false)]);
         let mut second = service(vec![endpoint([10, 244, 2, 7], true, true, false)]);
         second.name = "default/other".into();
-        second.ports.push(ServicePort {
-            name: "dns".into(),
-            protocol: ServiceProtocol::Udp,
-            port: 53,
-            node_port: None,
-            endpoints: vec![],
-        });
+        second
+            .ports
+            .push(ServicePort::new(ServiceProtocol::Udp, 53, vec![]));
         let table = ServiceTable::new(vec![first, second], |_| false);
         let ports = table.ports();
         assert_eq!(ports.len(), 2);

@@ -1,6 +1,8 @@
 //! The Service stage on one packet: the connection table first, the
 //! Service table for a new connection, then the rewrite.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::conntrack::{ConnTable, Direction, Refused, Timeouts};
 use crate::flow;
 use crate::rewrite::{self, L4Checksum, Nat};
@@ -36,6 +38,8 @@ pub struct Translator {
     pub conns: ConnTable,
     /// `sessionAffinity: ClientIP` memory.
     pub affinity: Affinity,
+    /// Connections translated since start.
+    translated: AtomicU64,
 }
 
 impl Translator {
@@ -44,7 +48,13 @@ impl Translator {
         Translator {
             conns: ConnTable::new(capacity, timeouts),
             affinity: Affinity::default(),
+            translated: AtomicU64::new(0),
         }
+    }
+
+    /// How many connections it translated since it started.
+    pub fn translated(&self) -> u64 {
+        self.translated.load(Ordering::Relaxed)
     }
 
     /// A packet a pod sent (`ipv4` starts at its IPv4 header), before the
@@ -87,6 +97,7 @@ impl Translator {
         match self.conns.insert(key, nat, backend, now_ms) {
             Ok(hit) => {
                 rewrite::apply(ipv4, &hit.nat, checksum);
+                self.translated.fetch_add(1, Ordering::Relaxed);
                 Verdict::Translated { new: true }
             }
             Err(Refused::Full) => Verdict::TableFull,
@@ -118,9 +129,7 @@ impl Translator {
 mod tests {
     use std::net::Ipv4Addr;
 
-    use podswitch_control::service::{
-        Endpoint, Service, ServicePort, ServiceProtocol, TrafficPolicy,
-    };
+    use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol};
     use podswitch_encap::checksum::ipv4_header_ok;
 
     use super::*;
@@ -130,37 +139,19 @@ mod tests {
     const VIP: [u8; 4] = [10, 96, 0, 10];
 
     fn table(endpoints: &[[u8; 4]]) -> ServiceTable {
-        let port = |protocol, port| ServicePort {
-            name: String::new(),
-            protocol,
-            port,
-            node_port: None,
-            endpoints: endpoints
+        let port = |protocol, port| {
+            let endpoints = endpoints
                 .iter()
-                .map(|&address| Endpoint {
-                    address: address.into(),
-                    port: port + 8000,
-                    node: None,
-                    ready: true,
-                    serving: true,
-                    terminating: false,
-                })
-                .collect(),
+                .map(|&a| Endpoint::ready(a.into(), port + 8000));
+            ServicePort::new(protocol, port, endpoints.collect())
         };
-        ServiceTable::new(
-            vec![Service {
-                name: "default/web".into(),
-                cluster_ip: VIP.into(),
-                ports: vec![
-                    port(ServiceProtocol::Tcp, 80),
-                    port(ServiceProtocol::Udp, 53),
-                ],
-                affinity_seconds: None,
-                internal_traffic_policy: TrafficPolicy::Cluster,
-                external_traffic_policy: TrafficPolicy::Cluster,
-            }],
-            |_| false,
-        )
+        let ports = vec![
+            port(ServiceProtocol::Tcp, 80),
+            port(ServiceProtocol::Udp, 53),
+        ];
+        ServiceTable::new(vec![Service::new("default/web", VIP.into(), ports)], |_| {
+            false
+        })
     }
 
     fn checked(flow: FlowKey) -> Vec<u8> {
@@ -208,6 +199,7 @@ mod tests {
             Verdict::Translated { new: false }
         );
         assert_eq!(next, before);
+        assert_eq!(translator.translated(), 1);
         // Traffic to anything else passes untouched.
         let mut other = checked(key([10, 244, 1, 9], 40000, [10, 96, 0, 11], 80, TCP));
         let copy = other.clone();

@@ -54,6 +54,19 @@ pub enum TunnelReceiveMode {
     Afxdp,
 }
 
+/// Who translates pods' connections to Service ClusterIPs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceTranslation {
+    /// kube-proxy, in the node's stack (through the host port and
+    /// `service_masquerade`).
+    #[default]
+    KubeProxy,
+    /// The switch, before the route lookup, for the Services it knows
+    /// (docs/services.md); other ClusterIPs still go to kube-proxy.
+    Switch,
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -167,6 +180,10 @@ pub struct Config {
     /// default. Pod-to-pod traffic is never masqueraded.
     #[serde(default = "default_masquerade")]
     pub egress_masquerade: bool,
+    /// Who translates connections to Service ClusterIPs: `kube-proxy`
+    /// (the default) or `switch`.
+    #[serde(default)]
+    pub service_translation: ServiceTranslation,
 }
 
 /// The VNI when the file names none.
@@ -529,6 +546,7 @@ pod_cidr = "10.244.1.0/24"
         assert_eq!(c.router_mac().to_string(), "0a:70:0a:01:00:0b");
         assert!(c.service_masquerade);
         assert!(c.egress_masquerade);
+        assert_eq!(c.service_translation, ServiceTranslation::KubeProxy);
         assert_eq!(c.metrics_address, None);
     }
 
@@ -556,6 +574,7 @@ control_socket = "/tmp/ps.sock"
 host_routes = []
 service_masquerade = false
 egress_masquerade = false
+service_translation = "switch"
 [[peers]]
 node_ip = "10.1.0.12"
 pod_cidr = "10.244.2.0/24"
@@ -577,6 +596,7 @@ vtep_mac = "02:00:00:00:00:13"
         assert_eq!(c.spin(), Duration::from_micros(50));
         assert!(!c.service_masquerade);
         assert!(!c.egress_masquerade);
+        assert_eq!(c.service_translation, ServiceTranslation::Switch);
     }
 
     #[test]

@@ -547,6 +547,13 @@ fn print_stats(stats: &StatsReport) {
             );
         }
     }
+    if let Some(services) = &stats.services {
+        println!();
+        println!(
+            "services: {} connections translated, {} active",
+            services.connections_translated, services.connections_active
+        );
+    }
     println!();
     for (i, w) in stats.workers.iter().enumerate() {
         println!(

@@ -23,7 +23,7 @@ use crate::capture::{CaptureFilter, CaptureTap, CapturedFrame};
 use crate::config::PeerConfig;
 use crate::control::protocol::{
     CaptureSpec, FrameReport, Info, MembershipReport, PeerStatus, PortKind, PortSpec, PortStatus,
-    RouteEntry, StatsReport,
+    RouteEntry, ServiceCounters, StatsReport,
 };
 use crate::control::{Handler, Request, Response};
 use crate::fib::SharedFib;
@@ -32,6 +32,7 @@ use crate::frames::FrameLedger;
 use crate::mac::MacAddr;
 use crate::netlink::{LinkInfo, Netlink};
 use crate::saved_state::{SavedState, state_file};
+use crate::services::Services;
 use crate::stats::{PortReport, WorkerStats, port_report, worker_report};
 use crate::tap::TapDevice;
 use crate::topology::{PeerId, PortId, PortRole, RouteTarget, Topology};
@@ -88,6 +89,8 @@ pub struct ControlPlaneParts {
     pub topology: Arc<ArcSwap<Topology>>,
     /// The FIB.
     pub fib: Arc<SharedFib<RouteTarget>>,
+    /// The Service stage, with `service_translation = "switch"`.
+    pub services: Option<Arc<Services>>,
     /// The workers.
     pub workers: Vec<WorkerHandle>,
     /// The uplink's index.
@@ -746,6 +749,9 @@ impl ControlPlane {
             self.follow_queues();
         }
         self.refresh_peers(round.is_multiple_of(10), |_| true);
+        if let Some(services) = &self.parts.services {
+            services.sweep();
+        }
     }
 
     /// Remove the pod ports whose interface is gone (a pod whose namespace
@@ -979,6 +985,14 @@ impl ControlPlane {
             uplink_redirected: counters.as_ref().map_or(0, |c| c.redirected),
             uplink_passed: counters.as_ref().map_or(0, |c| c.passed),
             uplink_to_kernel: counters.as_ref().map_or(0, |c| c.to_kernel),
+            services: self
+                .parts
+                .services
+                .as_ref()
+                .map(|services| ServiceCounters {
+                    connections_translated: services.translator.translated(),
+                    connections_active: services.translator.conns.len() as u64,
+                }),
         }
     }
 }
