@@ -37,6 +37,17 @@ impl ServiceProtocol {
             ServiceProtocol::Sctp => 132,
         }
     }
+
+    /// The protocol of an IP protocol number, if a Service can have it.
+    pub fn from_ip_protocol(number: u8) -> Option<ServiceProtocol> {
+        [
+            ServiceProtocol::Tcp,
+            ServiceProtocol::Udp,
+            ServiceProtocol::Sctp,
+        ]
+        .into_iter()
+        .find(|protocol| protocol.ip_protocol() == number)
+    }
 }
 
 /// Which endpoints a traffic policy lets a node use.
@@ -176,6 +187,8 @@ mod tests {
         assert_eq!(service.affinity_seconds, None);
         let port = &service.ports[0];
         assert_eq!(port.protocol.ip_protocol(), 17);
+        assert_eq!(ServiceProtocol::from_ip_protocol(17), Some(port.protocol));
+        assert_eq!(ServiceProtocol::from_ip_protocol(1), None);
         assert!(port.endpoints[0].ready && port.endpoints[0].serving);
         assert!(!port.endpoints[1].ready && !port.endpoints[1].terminating);
         let again: Service =

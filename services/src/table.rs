@@ -183,6 +183,65 @@ impl ServiceTable {
     }
 }
 
+/// Check a source's Services before they replace its set: a message saying
+/// what to fix for the first problem found.
+pub fn check(services: &[Service]) -> Result<(), String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut claimed: HashMap<PortKey, &str> = HashMap::new();
+    for service in services {
+        let name = service.name.as_str();
+        if name.is_empty() {
+            return Err("a Service has no name: give each one its namespace/name".into());
+        }
+        if !names.insert(name) {
+            return Err(format!(
+                "Service {name} is listed twice: list each Service once"
+            ));
+        }
+        let ip = service.cluster_ip;
+        if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
+            return Err(format!(
+                "Service {name}: cluster_ip {ip} is not a ClusterIP"
+            ));
+        }
+        if service.ports.is_empty() {
+            return Err(format!("Service {name} has no ports: give it at least one"));
+        }
+        if let Some(seconds) = service.affinity_seconds
+            && !(1..=86_400).contains(&seconds)
+        {
+            return Err(format!(
+                "Service {name}: affinity_seconds {seconds} is out of range: use 1 to 86400 \
+                 (Kubernetes' limits), or leave it out for no affinity"
+            ));
+        }
+        for port in &service.ports {
+            let protocol = format!("{:?}", port.protocol).to_lowercase();
+            let key = (ip, port.protocol.ip_protocol(), port.port);
+            if port.port == 0 {
+                return Err(format!("Service {name}: port 0 ({protocol}) is not a port"));
+            }
+            if let Some(other) = claimed.insert(key, name) {
+                return Err(format!(
+                    "Services {other} and {name} both claim {ip} {protocol}/{}: keep one",
+                    port.port
+                ));
+            }
+            for endpoint in &port.endpoints {
+                let address = endpoint.address;
+                if endpoint.port == 0 || address.is_unspecified() || address.is_broadcast() {
+                    return Err(format!(
+                        "Service {name} {protocol}/{}: endpoint {address}:{} is not a pod's \
+                         address and port",
+                        port.port, endpoint.port
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Key of a remembered client: ClusterIP, protocol, port, client address.
 type AffinityKey = (Ipv4Addr, u8, u16, Ipv4Addr);
 
@@ -407,5 +466,62 @@ mod tests {
         );
         assert_eq!(table.services().len(), 2);
         assert!(!table.is_empty());
+    }
+
+    #[test]
+    fn check_says_what_to_fix() {
+        let good = service(vec![endpoint([10, 244, 1, 5], true, true, false)]);
+        assert_eq!(check(std::slice::from_ref(&good)), Ok(()));
+        let mut dns = good.clone();
+        dns.name = "kube-system/dns".into();
+        let cases: Vec<(Vec<Service>, &str)> = vec![
+            (
+                vec![Service {
+                    name: String::new(),
+                    ..good.clone()
+                }],
+                "no name",
+            ),
+            (vec![good.clone(), good.clone()], "listed twice"),
+            (
+                vec![Service {
+                    cluster_ip: Ipv4Addr::UNSPECIFIED,
+                    ..good.clone()
+                }],
+                "not a ClusterIP",
+            ),
+            (
+                vec![Service {
+                    ports: vec![],
+                    ..good.clone()
+                }],
+                "no ports",
+            ),
+            (
+                vec![Service {
+                    affinity_seconds: Some(0),
+                    ..good.clone()
+                }],
+                "1 to 86400",
+            ),
+            (
+                vec![good.clone(), dns.clone()],
+                "both claim 10.96.0.10 tcp/80",
+            ),
+        ];
+        for (services, message) in cases {
+            let error = check(&services).unwrap_err();
+            assert!(error.contains(message), "{error}");
+        }
+        let mut zero = good.clone();
+        zero.ports[0].port = 0;
+        assert!(check(&[zero]).unwrap_err().contains("port 0"));
+        let mut bad_endpoint = good;
+        bad_endpoint.ports[0].endpoints[0].port = 0;
+        assert!(
+            check(&[bad_endpoint])
+                .unwrap_err()
+                .contains("endpoint 10.244.1.5:0")
+        );
     }
 }

@@ -184,6 +184,11 @@ pub struct Config {
     /// (the default) or `switch`.
     #[serde(default)]
     pub service_translation: ServiceTranslation,
+    /// A JSON list of Services for the switch to translate (docs/services.md),
+    /// read at start and whenever it changes; with
+    /// `service_translation = "switch"` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services_file: Option<PathBuf>,
 }
 
 /// The VNI when the file names none.
@@ -325,6 +330,13 @@ impl Config {
                 "tunnel_port",
                 format!("{} is also the host port", self.tunnel_port),
                 "give the tunnel port a name of its own (the default is podswt0)",
+            ));
+        }
+        if self.services_file.is_some() && self.service_translation != ServiceTranslation::Switch {
+            return Err(invalid(
+                "services_file",
+                "is set but the switch does not translate Services",
+                "set service_translation = \"switch\", or remove services_file",
             ));
         }
         if Vni::new(self.vni).is_none() {
@@ -548,6 +560,24 @@ pod_cidr = "10.244.1.0/24"
         assert!(c.egress_masquerade);
         assert_eq!(c.service_translation, ServiceTranslation::KubeProxy);
         assert_eq!(c.metrics_address, None);
+    }
+
+    #[test]
+    fn services_file_needs_the_switchs_translation() {
+        let e = error(&format!(
+            "{MINIMAL}services_file = \"/etc/podswitch/services.json\"\n"
+        ));
+        assert!(
+            e.contains("services_file") && e.contains("service_translation"),
+            "{e}"
+        );
+        let c = Config::parse(&format!(
+            "{MINIMAL}service_translation = \"switch\"\nservices_file = \"/etc/s.json\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.services_file, Some(PathBuf::from("/etc/s.json")));
+        let e = error(&format!("{MINIMAL}service_translation = \"iptables\"\n"));
+        assert!(e.contains("service_translation"), "{e}");
     }
 
     #[test]

@@ -194,6 +194,11 @@ pub fn run(config: Config) -> Result<()> {
     let fib = Arc::new(SharedFib::new());
     let services = (config.service_translation == ServiceTranslation::Switch)
         .then(|| Arc::new(Services::new(config.pod_cidr, DEFAULT_CONNECTIONS)));
+    if let (Some(services), Some(path)) = (&services, &config.services_file) {
+        services
+            .watch_file(path)
+            .context("config key `services_file`")?;
+    }
 
     let mut handles = Vec::new();
     let mut receivers = Vec::new();

@@ -32,12 +32,13 @@ use crate::frames::FrameLedger;
 use crate::mac::MacAddr;
 use crate::netlink::{LinkInfo, Netlink};
 use crate::saved_state::{SavedState, state_file};
-use crate::services::Services;
+use crate::services::{CONTROL_SOURCE, Services};
 use crate::stats::{PortReport, WorkerStats, port_report, worker_report};
 use crate::tap::TapDevice;
 use crate::topology::{PeerId, PortId, PortRole, RouteTarget, Topology};
 use crate::worker::{AfXdpPort, Command, Port, TapPort, WorkerPort};
 use crate::xdp::{UplinkFilter, XdpProgram};
+use podswitch_control::service::Service;
 pub use tables::{HOST_PORT, Node, TUNNEL_PORT, UPLINK_PORT};
 use tables::{PeerRecord, PeerToResolve, PortRecord, PortViewRecord, Resolution, Tables};
 
@@ -295,6 +296,11 @@ impl ControlPlane {
                 serde_json::Value::Null
             }
             Request::Routes => serde_json::to_value(self.routes())?,
+            Request::Services => serde_json::to_value(self.services()?.status())?,
+            Request::ServicesSet { services } => {
+                self.set_services(CONTROL_SOURCE, services)?;
+                serde_json::Value::Null
+            }
             Request::RouteAdd { prefix } => {
                 self.add_host_route(prefix);
                 serde_json::Value::Null
@@ -750,7 +756,7 @@ impl ControlPlane {
         }
         self.refresh_peers(round.is_multiple_of(10), |_| true);
         if let Some(services) = &self.parts.services {
-            services.sweep();
+            services.maintain();
         }
     }
 
@@ -941,6 +947,23 @@ impl ControlPlane {
                 count: *count,
             })
             .collect()
+    }
+
+    /// The Service stage, or an error saying how to turn it on.
+    fn services(&self) -> Result<&Services> {
+        self.parts.services.as_deref().context(
+            "the switch does not translate Services: set service_translation = \"switch\" \
+             in the config (kube-proxy translates them now)",
+        )
+    }
+
+    /// Replace the Services `source` gives the switch (`control`, `file`,
+    /// `kubernetes`; the others' stay); refused, saying what to fix, when
+    /// the set is inconsistent or translation is off.
+    pub fn set_services(&self, source: &str, services: Vec<Service>) -> Result<()> {
+        self.services()?
+            .set(source, services)
+            .map_err(anyhow::Error::msg)
     }
 
     /// How many routes the FIB holds.
