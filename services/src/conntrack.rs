@@ -209,7 +209,11 @@ impl ConnTable {
         {
             return None;
         }
-        conn.last_seen_ms.fetch_max(now_ms, Ordering::Relaxed);
+        // Written only when the clock moved: most packets of a busy
+        // connection then read the shared state without dirtying its line.
+        if conn.last_seen_ms.load(Ordering::Relaxed) < now_ms {
+            conn.last_seen_ms.fetch_max(now_ms, Ordering::Relaxed);
+        }
         let mut flags = 0;
         if tcp_flags & TCP_FIN != 0 {
             flags |= if half.direction == Direction::Original {

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use podswitch_encap::checksum::{adjust, combine};
 
-use crate::flow::{self, SCTP, TCP, UDP};
+use crate::flow::{self, Parsed, SCTP, TCP, UDP};
 
 /// What the packet's source and destination become.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,6 +37,13 @@ pub fn apply(ipv4: &mut [u8], nat: &Nat, checksum: L4Checksum) -> bool {
     let Some(parsed) = flow::parse(ipv4) else {
         return false;
     };
+    apply_parsed(ipv4, &parsed, nat, checksum);
+    true
+}
+
+/// [`apply`] on a packet [`flow::parse`] has read as `parsed` (and that has
+/// not changed since).
+pub fn apply_parsed(ipv4: &mut [u8], parsed: &Parsed, nat: &Nat, checksum: L4Checksum) {
     let key = parsed.key;
     let old_addrs = words(key.src, key.dst);
     let new_addrs = words(nat.src.0, nat.dst.0);
@@ -79,7 +86,6 @@ pub fn apply(ipv4: &mut [u8], nat: &Nat, checksum: L4Checksum) -> bool {
         }
         _ => {}
     }
-    true
 }
 
 /// The four 16-bit words of a source and destination address.

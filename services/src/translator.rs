@@ -77,7 +77,7 @@ impl Translator {
         if !self.conns.is_empty()
             && let Some(hit) = self.conns.lookup(&key, parsed.tcp_flags, now_ms)
         {
-            rewrite::apply(ipv4, &hit.nat, checksum);
+            rewrite::apply_parsed(ipv4, &parsed, &hit.nat, checksum);
             return Verdict::Translated { new: false };
         }
         let backend = match table.select(&key, &self.affinity, now_ms) {
@@ -96,7 +96,7 @@ impl Translator {
         };
         match self.conns.insert(key, nat, backend, now_ms) {
             Ok(hit) => {
-                rewrite::apply(ipv4, &hit.nat, checksum);
+                rewrite::apply_parsed(ipv4, &parsed, &hit.nat, checksum);
                 self.translated.fetch_add(1, Ordering::Relaxed);
                 Verdict::Translated { new: true }
             }
@@ -117,7 +117,7 @@ impl Translator {
         };
         match self.conns.lookup(&parsed.key, parsed.tcp_flags, now_ms) {
             Some(hit) if hit.direction == Direction::Reply => {
-                rewrite::apply(ipv4, &hit.nat, checksum);
+                rewrite::apply_parsed(ipv4, &parsed, &hit.nat, checksum);
                 Verdict::Translated { new: false }
             }
             _ => Verdict::Pass,
