@@ -21,9 +21,12 @@ use std::hint::black_box;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Instant;
 
+#[path = "common/rng.rs"]
+mod rng;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use podswitch::fib::{Ipv4Net, SharedFib};
 use podswitch::fib6::{Ipv6Net, SharedFib6};
+use rng::Rng;
 
 /// The switch's route targets, roughly: what the table stores.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -53,23 +56,6 @@ const ADDRESSES: usize = 1 << 20;
 const BATCH: usize = 64;
 /// /32 pod routes per /24 that has them.
 const PODS_PER_24: u32 = 200;
-
-/// SplitMix64: a fixed, seeded sequence, so every run builds the same tables.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn prefix(addr: u32, len: u8) -> Ipv4Net {
     Ipv4Net::new(Ipv4Addr::from(addr), len).expect("length ≤ 32")

@@ -13,7 +13,7 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use common::{Nodes, nodes, plugin, serial};
@@ -22,71 +22,8 @@ use podswitch_lab::Netns;
 use podswitch_lab::cluster::{Pod, SwitchNode, pod_gateway};
 use podswitch_lab::kube_proxy::{self, KubeProxyMode};
 use podswitch_lab::process::Process;
+use podswitch_lab::service_traffic::{ECHO_PORT, TCP_PORT, UDP_PORT, request, serve_in};
 use podswitch_lab::traffic::{IPERF_PORT, IperfClient, iperf_server};
-
-/// The endpoints' TCP port (answers "<endpoint> <client as seen>").
-const TCP_PORT: u16 = 8080;
-/// The endpoints' TCP echo port (round trips).
-const ECHO_PORT: u16 = 8081;
-/// The endpoints' UDP "DNS" port (answers as the TCP port does).
-const UDP_PORT: u16 = 5353;
-
-/// Each endpoint pod runs this: TCP and UDP answers naming the endpoint
-/// and the client address it sees, and a TCP echo.
-const SERVER: &str = r#"
-import socket, sys, threading
-me = sys.argv[1]
-def listening(port):
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
-    s.listen(64)
-    return s
-def answer():
-    s = listening(8080)
-    while True:
-        c, a = s.accept()
-        c.sendall(f"{me} {a[0]}\n".encode())
-        c.close()
-def echo_one(c):
-    while True:
-        d = c.recv(4096)
-        if not d:
-            break
-        c.sendall(d)
-    c.close()
-def echo():
-    s = listening(8081)
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=echo_one, args=(c,), daemon=True).start()
-def dns():
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    u.bind(("0.0.0.0", 5353))
-    while True:
-        d, a = u.recvfrom(2048)
-        u.sendto(f"{me} {a[0]}\n".encode(), a)
-threading.Thread(target=dns, daemon=True).start()
-threading.Thread(target=echo, daemon=True).start()
-answer()
-"#;
-
-/// One request to a Service, as a client library makes it: a TCP
-/// connection, or a connected UDP socket (which takes a reply only from
-/// the address it asked, as a DNS resolver's does), 2 s at most.
-const CLIENT: &str = r#"
-import socket, sys
-proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-if proto == "tcp":
-    s = socket.create_connection((host, port), timeout=2)
-    print(s.makefile().readline().strip())
-else:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.settimeout(2)
-    s.connect((host, port))
-    s.send(b"q")
-    print(s.recv(2048).decode().strip())
-"#;
 
 /// `count` one-byte round trips on one TCP connection; the median in µs.
 const ROUND_TRIPS: &str = r#"
@@ -180,33 +117,6 @@ fn start_server(pod: &Pod) -> Result<Process> {
     serve_in(&pod.ns, pod.ip)
 }
 
-/// Start the endpoint server in `ns`, answering as `me`.
-fn serve_in(ns: &Netns, me: Ipv4Addr) -> Result<Process> {
-    let me = me.to_string();
-    let server = Process::spawn(
-        ns.command("timeout")?
-            .args(["600", "python3", "-c", SERVER, &me]),
-        &format!("Service endpoint in {}", ns.name()),
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let listening = ns.run("ss", &["-Hlntu"])?;
-        let ready = [TCP_PORT, ECHO_PORT, UDP_PORT]
-            .iter()
-            .all(|p| listening.contains(&format!(":{p} ")));
-        if ready {
-            return Ok(server);
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the endpoint server in {} did not listen within 10 s",
-                ns.name()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Two nodes running podswitch, four pods, servers in three of them, and
 /// `mode`'s kube-proxy rules on both nodes.
 fn service_lab(tag: &str, mode: KubeProxyMode) -> Result<ServiceLab> {
@@ -226,37 +136,6 @@ fn service_lab(tag: &str, mode: KubeProxyMode) -> Result<ServiceLab> {
         pods,
         _servers: servers,
     })
-}
-
-/// One request from `from` to the Service at `cluster_ip`: the endpoint
-/// that answered and the client address it saw.
-fn request(
-    from: &Pod,
-    proto: &str,
-    cluster_ip: Ipv4Addr,
-    port: u16,
-) -> Result<(Ipv4Addr, Ipv4Addr)> {
-    let text = from
-        .ns
-        .run(
-            "python3",
-            &[
-                "-c",
-                CLIENT,
-                proto,
-                &cluster_ip.to_string(),
-                &port.to_string(),
-            ],
-        )
-        .with_context(|| format!("{proto} {} -> {cluster_ip}:{port}", from.ip))?;
-    let mut words = text.split_whitespace().map(str::parse::<Ipv4Addr>);
-    match (words.next(), words.next()) {
-        (Some(Ok(endpoint)), Some(Ok(seen))) => Ok((endpoint, seen)),
-        _ => bail!(
-            "{proto} {} -> {cluster_ip}:{port}: answer {text:?}",
-            from.ip
-        ),
-    }
 }
 
 /// The Service named `name`.

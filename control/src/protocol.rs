@@ -12,6 +12,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::mac::MacAddr;
+use crate::service::{Service, ServiceProtocol};
 use crate::stats::{Census, PortReport, WorkerReport};
 
 /// Longest request line the daemon reads; a longer one is refused.
@@ -174,6 +175,43 @@ pub enum Request {
     /// response line, then (if it succeeded) a pcapng stream until the
     /// count is reached or the client hangs up.
     Capture(CaptureSpec),
+    /// The switch's Service table: every Service port with its endpoints
+    /// and their connections (`service_translation = "switch"`).
+    Services,
+    /// Replace the Services given through the control socket (the other
+    /// sources' stay).
+    ServicesSet {
+        /// The whole set.
+        services: Vec<Service>,
+    },
+}
+
+/// One Service port in the switch's table (`services`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicePortStatus {
+    /// The Service's `namespace/name`.
+    pub service: String,
+    /// Where it came from: `control`, `file`, `kubernetes`.
+    pub source: String,
+    /// The ClusterIP.
+    pub cluster_ip: Ipv4Addr,
+    /// The protocol.
+    pub protocol: ServiceProtocol,
+    /// The port on the ClusterIP.
+    pub port: u16,
+    /// The endpoints new connections go to.
+    pub endpoints: Vec<EndpointStatus>,
+}
+
+/// One endpoint of a Service port and its open connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointStatus {
+    /// The pod's address.
+    pub address: Ipv4Addr,
+    /// Its port.
+    pub port: u16,
+    /// Connections in the connection table to it (for any Service).
+    pub connections: u64,
 }
 
 /// What to capture (`capture`).
@@ -520,6 +558,20 @@ pub struct StatsReport {
     /// (`tunnel_receive`).
     #[serde(default)]
     pub uplink_to_kernel: u64,
+    /// The switch's Service translation, when on
+    /// (`service_translation = "switch"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<ServiceCounters>,
+}
+
+/// The Service stage's counters (its drops are counted per port, by
+/// reason: `service_no_endpoints`, `conntrack_full`, `conntrack_clash`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceCounters {
+    /// Connections translated since the switch started.
+    pub connections_translated: u64,
+    /// Connections in the connection table now.
+    pub connections_active: u64,
 }
 
 #[cfg(test)]
@@ -541,7 +593,16 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(r, Request::PeerAdd(_)));
-        for op in ["info", "ports", "peers", "routes", "stats"] {
+        let r: Request = serde_json::from_str(
+            r#"{"op":"services_set","services":[{"name":"default/web","cluster_ip":"10.96.0.10",
+               "ports":[{"protocol":"tcp","port":80,"endpoints":[{"address":"10.244.1.5","port":8080}]}]}]}"#,
+        )
+        .unwrap();
+        let Request::ServicesSet { services } = r else {
+            panic!()
+        };
+        assert_eq!(services[0].ports[0].endpoints[0].port, 8080);
+        for op in ["info", "ports", "peers", "routes", "stats", "services"] {
             serde_json::from_str::<Request>(&format!(r#"{{"op":"{op}"}}"#)).unwrap();
         }
     }

@@ -37,6 +37,17 @@ impl ServiceProtocol {
             ServiceProtocol::Sctp => 132,
         }
     }
+
+    /// The protocol of an IP protocol number, if a Service can have it.
+    pub fn from_ip_protocol(number: u8) -> Option<ServiceProtocol> {
+        [
+            ServiceProtocol::Tcp,
+            ServiceProtocol::Udp,
+            ServiceProtocol::Sctp,
+        ]
+        .into_iter()
+        .find(|protocol| protocol.ip_protocol() == number)
+    }
 }
 
 /// Which endpoints a traffic policy lets a node use.
@@ -119,6 +130,48 @@ fn yes() -> bool {
     true
 }
 
+impl Service {
+    /// A Service with the defaults of the JSON form: no session affinity,
+    /// both traffic policies `Cluster`.
+    pub fn new(name: impl Into<String>, cluster_ip: Ipv4Addr, ports: Vec<ServicePort>) -> Service {
+        Service {
+            name: name.into(),
+            cluster_ip,
+            ports,
+            affinity_seconds: None,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            external_traffic_policy: TrafficPolicy::Cluster,
+        }
+    }
+}
+
+impl ServicePort {
+    /// An unnamed port without a NodePort.
+    pub fn new(protocol: ServiceProtocol, port: u16, endpoints: Vec<Endpoint>) -> ServicePort {
+        ServicePort {
+            name: String::new(),
+            protocol,
+            port,
+            node_port: None,
+            endpoints,
+        }
+    }
+}
+
+impl Endpoint {
+    /// A ready (and serving) endpoint with no node named.
+    pub fn ready(address: Ipv4Addr, port: u16) -> Endpoint {
+        Endpoint {
+            address,
+            port,
+            node: None,
+            ready: true,
+            serving: true,
+            terminating: false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,11 +187,28 @@ mod tests {
         assert_eq!(service.affinity_seconds, None);
         let port = &service.ports[0];
         assert_eq!(port.protocol.ip_protocol(), 17);
+        assert_eq!(ServiceProtocol::from_ip_protocol(17), Some(port.protocol));
+        assert_eq!(ServiceProtocol::from_ip_protocol(1), None);
         assert!(port.endpoints[0].ready && port.endpoints[0].serving);
         assert!(!port.endpoints[1].ready && !port.endpoints[1].terminating);
         let again: Service =
             serde_json::from_str(&serde_json::to_string(&service).unwrap()).unwrap();
         assert_eq!(again, service);
+        let mut built = Service::new(
+            "kube-system/kube-dns",
+            Ipv4Addr::new(10, 96, 0, 10),
+            vec![ServicePort::new(
+                ServiceProtocol::Udp,
+                53,
+                vec![Endpoint::ready(Ipv4Addr::new(10, 244, 1, 5), 53)],
+            )],
+        );
+        built.ports[0].name = "dns".into();
+        built.ports[0].endpoints.push(Endpoint {
+            ready: false,
+            ..Endpoint::ready(Ipv4Addr::new(10, 244, 2, 7), 53)
+        });
+        assert_eq!(built, service);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod netns;
 pub mod ovs_node;
 pub mod ping_pong;
 pub mod process;
+pub mod service_traffic;
 pub mod tools;
 pub mod traffic;
 pub mod tunnel_capture;

@@ -54,6 +54,19 @@ pub enum TunnelReceiveMode {
     Afxdp,
 }
 
+/// Who translates pods' connections to Service ClusterIPs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceTranslation {
+    /// kube-proxy, in the node's stack (through the host port and
+    /// `service_masquerade`).
+    #[default]
+    KubeProxy,
+    /// The switch, before the route lookup, for the Services it knows
+    /// (docs/services.md); other ClusterIPs still go to kube-proxy.
+    Switch,
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -167,6 +180,15 @@ pub struct Config {
     /// default. Pod-to-pod traffic is never masqueraded.
     #[serde(default = "default_masquerade")]
     pub egress_masquerade: bool,
+    /// Who translates connections to Service ClusterIPs: `kube-proxy`
+    /// (the default) or `switch`.
+    #[serde(default)]
+    pub service_translation: ServiceTranslation,
+    /// A JSON list of Services for the switch to translate (docs/services.md),
+    /// read at start and whenever it changes; with
+    /// `service_translation = "switch"` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services_file: Option<PathBuf>,
 }
 
 /// The VNI when the file names none.
@@ -308,6 +330,13 @@ impl Config {
                 "tunnel_port",
                 format!("{} is also the host port", self.tunnel_port),
                 "give the tunnel port a name of its own (the default is podswt0)",
+            ));
+        }
+        if self.services_file.is_some() && self.service_translation != ServiceTranslation::Switch {
+            return Err(invalid(
+                "services_file",
+                "is set but the switch does not translate Services",
+                "set service_translation = \"switch\", or remove services_file",
             ));
         }
         if Vni::new(self.vni).is_none() {
@@ -529,7 +558,26 @@ pod_cidr = "10.244.1.0/24"
         assert_eq!(c.router_mac().to_string(), "0a:70:0a:01:00:0b");
         assert!(c.service_masquerade);
         assert!(c.egress_masquerade);
+        assert_eq!(c.service_translation, ServiceTranslation::KubeProxy);
         assert_eq!(c.metrics_address, None);
+    }
+
+    #[test]
+    fn services_file_needs_the_switchs_translation() {
+        let e = error(&format!(
+            "{MINIMAL}services_file = \"/etc/podswitch/services.json\"\n"
+        ));
+        assert!(
+            e.contains("services_file") && e.contains("service_translation"),
+            "{e}"
+        );
+        let c = Config::parse(&format!(
+            "{MINIMAL}service_translation = \"switch\"\nservices_file = \"/etc/s.json\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.services_file, Some(PathBuf::from("/etc/s.json")));
+        let e = error(&format!("{MINIMAL}service_translation = \"iptables\"\n"));
+        assert!(e.contains("service_translation"), "{e}");
     }
 
     #[test]
@@ -556,6 +604,7 @@ control_socket = "/tmp/ps.sock"
 host_routes = []
 service_masquerade = false
 egress_masquerade = false
+service_translation = "switch"
 [[peers]]
 node_ip = "10.1.0.12"
 pod_cidr = "10.244.2.0/24"
@@ -577,6 +626,7 @@ vtep_mac = "02:00:00:00:00:13"
         assert_eq!(c.spin(), Duration::from_micros(50));
         assert!(!c.service_masquerade);
         assert!(!c.egress_masquerade);
+        assert_eq!(c.service_translation, ServiceTranslation::Switch);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::afxdp::{CopyMode, Umem, UmemConfig, XskConfig, XskSocket, active_rx_queues};
-use crate::config::{Config, PeerConfig, TunnelOffloadMode, TunnelReceiveMode};
+use crate::config::{Config, PeerConfig, ServiceTranslation, TunnelOffloadMode, TunnelReceiveMode};
 use crate::control::ControlServer;
 use crate::control::protocol::{Encap, PortKind};
 use crate::control_plane::{
@@ -32,6 +32,7 @@ use crate::mac::MacAddr;
 use crate::membership::{self, MembershipSource};
 use crate::netlink::{Netlink, disable_ipv6};
 use crate::node_nat::{self, NatRules};
+use crate::services::{DEFAULT_CONNECTIONS, Services};
 use crate::stats::WorkerStats;
 use crate::tap::TapDevice;
 use crate::topology::{PortRole, Topology};
@@ -194,6 +195,13 @@ pub fn run(config: Config) -> Result<()> {
         config.decapsulator(uplink_mac),
     )));
     let fib = Arc::new(SharedFib::new());
+    let services = (config.service_translation == ServiceTranslation::Switch)
+        .then(|| Arc::new(Services::new(config.pod_cidr, DEFAULT_CONNECTIONS)));
+    if let (Some(services), Some(path)) = (&services, &config.services_file) {
+        services
+            .watch_file(path)
+            .context("config key `services_file`")?;
+    }
 
     let mut handles = Vec::new();
     let mut receivers = Vec::new();
@@ -218,6 +226,7 @@ pub fn run(config: Config) -> Result<()> {
             ledger: ledger.clone(),
             topology: topology.clone(),
             fib: fib.clone(),
+            services: services.clone(),
             inboxes: inboxes.clone(),
             stats: h.stats.clone(),
             wake: h.wake.clone(),
@@ -235,6 +244,7 @@ pub fn run(config: Config) -> Result<()> {
         umem_owner,
         topology,
         fib,
+        services,
         workers: handles,
         uplink_index: uplink.index,
         host_index: host.index,

@@ -63,6 +63,14 @@ switch_drops! {
     /// A multi-buffer packet whose last descriptor did not come with the
     /// rest (the kernel publishes a packet whole: never expected).
     IncompletePacket => "incomplete_packet",
+    /// A new connection to a Service port with no usable endpoint
+    /// (`service_translation = "switch"`).
+    ServiceNoEndpoints => "service_no_endpoints",
+    /// A new Service connection while the connection table is full.
+    ConntrackFull => "conntrack_full",
+    /// A new Service connection whose reply tuple another connection has
+    /// (the same client port to two Services that picked one endpoint).
+    ConntrackClash => "conntrack_clash",
 }
 
 /// How many drop reasons there are, wire and own.

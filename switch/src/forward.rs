@@ -26,6 +26,8 @@ use podswitch_encap::wire::{
     Ipv4Packet,
 };
 
+use podswitch_services::{L4Checksum, ServiceTable, Translator, Verdict as ServiceVerdict};
+
 use crate::drops::DropCause;
 use crate::fib::Ipv4Lpm;
 use crate::mac::MacAddr;
@@ -60,11 +62,22 @@ pub enum Verdict {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Size {
     /// A frame: checked against the MTU of the port it leaves by (the
-    /// tunnel's, for a peer).
+    /// tunnel's, for a peer). Its checksums are complete.
     Frame,
     /// A TCP super-frame: cut into segments by the caller (each
-    /// encapsulated then) wherever it cannot go whole.
-    SuperFrame,
+    /// encapsulated then) wherever it cannot go whole; its TCP checksum
+    /// field may hold the pseudo-header sum only (`NEEDS_CSUM`).
+    SuperFrame(L4Checksum),
+}
+
+impl Size {
+    /// What the frame's transport checksum field holds.
+    fn checksum(self) -> L4Checksum {
+        match self {
+            Size::Frame => L4Checksum::Full,
+            Size::SuperFrame(checksum) => checksum,
+        }
+    }
 }
 
 /// Who checked a tunnel packet's outer UDP checksum.
@@ -83,6 +96,20 @@ pub struct Forwarder<'a> {
     pub topology: &'a Topology,
     /// Routes.
     pub fib: &'a Ipv4Lpm<RouteTarget>,
+    /// The Service stage, with `service_translation = "switch"`.
+    pub services: Option<ServiceStage<'a>>,
+}
+
+/// One batch's view of the Service stage: the Service table snapshot, the
+/// shared connection table and the batch's clock.
+#[derive(Clone, Copy)]
+pub struct ServiceStage<'a> {
+    /// The Services.
+    pub table: &'a ServiceTable,
+    /// The connections.
+    pub translator: &'a Translator,
+    /// The connection table's clock, read once per batch.
+    pub now_ms: u64,
 }
 
 /// Where a routed frame came from.
@@ -115,14 +142,16 @@ impl Forwarder<'_> {
     /// Decide the fate of a TCP super-frame (larger than the MTU, cut into
     /// segments on the way out where a port cannot take it whole) from a
     /// pod's TAP port, or encapsulated whole from the tunnel port: as
-    /// [`Forwarder::forward`], without the MTU checks.
+    /// [`Forwarder::forward`], without the MTU checks. `checksum` says what
+    /// its TCP checksum field holds.
     pub fn forward_super_frame(
         &self,
         in_port: PortId,
         buf: &mut [u8],
         frame: Range<usize>,
+        checksum: L4Checksum,
     ) -> Verdict {
-        self.decide(in_port, buf, frame, Size::SuperFrame)
+        self.decide(in_port, buf, frame, Size::SuperFrame(checksum))
     }
 
     /// The decision for a packet of `size` on port `in_port`, by the
@@ -240,12 +269,23 @@ impl Forwarder<'_> {
     ) -> Result<Verdict, DropCause> {
         let ip_start = frame.start + ETHERNET_HEADER_LEN;
         let header = ipv4_header(&buf[ip_start..frame.end])?;
-        let packet = Ipv4Packet::new_unchecked(header);
         if let Origin::Pod { address } = origin
-            && packet.src_addr() != address
+            && Ipv4Packet::new_unchecked(header).src_addr() != address
         {
             return Err(DropCause::Spoofed);
         }
+        let header_len = header.len();
+        if let (Origin::Pod { .. }, Some(services)) = (origin, &self.services) {
+            // Before the route lookup: the route follows the endpoint.
+            service_verdict(services.translator.outbound(
+                services.table,
+                &mut buf[ip_start..frame.end],
+                size.checksum(),
+                services.now_ms,
+            ))?;
+        }
+        let header = &buf[ip_start..ip_start + header_len];
+        let packet = Ipv4Packet::new_unchecked(header);
         let total_len = packet.total_len();
         let target = self
             .fib
@@ -283,6 +323,14 @@ impl Forwarder<'_> {
         // than the pod interfaces take would be dropped by the kernel unseen.
         if size == Size::Frame && u32::from(total_len) > self.topology.pod_mtu {
             return Err(DropCause::Wire(DropReason::Oversize));
+        }
+        if let (RouteTarget::Pod(_), Some(services)) = (target, &self.services) {
+            // Delivered to a pod: an endpoint's reply gets its ClusterIP back.
+            service_verdict(services.translator.inbound(
+                &mut buf[ip_start..frame.end],
+                size.checksum(),
+                services.now_ms,
+            ))?;
         }
         rewrite_macs(&mut buf[frame.clone()], next_mac.into(), router_mac);
         if hop {
@@ -328,6 +376,16 @@ impl Forwarder<'_> {
             port: in_port,
             frame: reply,
         })
+    }
+}
+
+/// The Service stage's verdict as the route goes on or the drop it is.
+fn service_verdict(verdict: ServiceVerdict) -> Result<(), DropCause> {
+    match verdict {
+        ServiceVerdict::Pass | ServiceVerdict::Translated { .. } => Ok(()),
+        ServiceVerdict::NoEndpoints => Err(DropCause::ServiceNoEndpoints),
+        ServiceVerdict::TableFull => Err(DropCause::ConntrackFull),
+        ServiceVerdict::Clash => Err(DropCause::ConntrackClash),
     }
 }
 
@@ -384,10 +442,14 @@ pub(crate) mod tests {
     use std::collections::HashMap;
     use std::net::IpAddr;
 
+    use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol};
+    use podswitch_encap::checksum::ipv4_pseudo_header;
     use podswitch_encap::wire::{ArpOperation, ArpPacket, ArpRepr, IpProtocol, Ipv4Repr};
     use podswitch_encap::{Decapsulator, DropReason, OuterTemplate, TunnelKind, TunnelSpec, Vni};
     use podswitch_lab::flood::with_ipv4_options;
+    use podswitch_services::Timeouts;
     use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::TcpPacket;
 
     use super::*;
     use crate::topology::PeerView;
@@ -533,6 +595,7 @@ pub(crate) mod tests {
         Forwarder {
             topology: &topology,
             fib: &fib,
+            services: None,
         }
         .forward(in_port, buf, frame)
     }
@@ -679,6 +742,7 @@ pub(crate) mod tests {
         let forwarder = Forwarder {
             topology: &topology,
             fib: &fib,
+            services: None,
         };
         let (mut buf, frame) = ipv4_frame(POD_A_MAC, ROUTER, POD_A, REMOTE_POD, 64);
         let Verdict::ToPeer { peer, frame: inner } =
@@ -746,9 +810,10 @@ pub(crate) mod tests {
         let forwarder = Forwarder {
             topology: &topology,
             fib: &fib,
+            services: None,
         };
         assert_eq!(
-            forwarder.forward_super_frame(TUNNEL, &mut buf, packet),
+            forwarder.forward_super_frame(TUNNEL, &mut buf, packet, L4Checksum::Partial),
             Verdict::Transmit {
                 port: POD_B_PORT,
                 frame
@@ -885,6 +950,7 @@ pub(crate) mod tests {
         let verdict = Forwarder {
             topology: &topology,
             fib: &fib,
+            services: None,
         }
         .forward(POD_A_PORT, &mut buf, frame);
         assert_eq!(verdict, Verdict::Drop(DropCause::NoRoute));
@@ -996,6 +1062,7 @@ pub(crate) mod tests {
         let forwarder = Forwarder {
             topology: &topology,
             fib: &fib,
+            services: None,
         };
         let (mut buf, frame) = frame_of_len(POD_B, 14 + 1450);
         assert!(matches!(
@@ -1013,7 +1080,7 @@ pub(crate) mod tests {
                 "{dst}"
             );
             assert!(matches!(
-                forwarder.forward_super_frame(POD_A_PORT, &mut buf, frame),
+                forwarder.forward_super_frame(POD_A_PORT, &mut buf, frame, L4Checksum::Partial),
                 Verdict::Transmit { .. }
             ));
         }
@@ -1028,6 +1095,7 @@ pub(crate) mod tests {
         let forwarder = Forwarder {
             topology: &topology,
             fib: &fib,
+            services: None,
         };
         assert_eq!(
             forwarder.forward(POD_A_PORT, &mut big, big_frame),
@@ -1038,6 +1106,7 @@ pub(crate) mod tests {
         let forwarder = Forwarder {
             topology: &topology,
             fib: &fib,
+            services: None,
         };
         assert_eq!(
             forwarder.forward(POD_A_PORT, &mut buf, frame),
@@ -1052,11 +1121,12 @@ pub(crate) mod tests {
         let forwarder = Forwarder {
             topology: &topology,
             fib: &fib,
+            services: None,
         };
         // To a local pod: as any frame.
         let (mut buf, frame) = ipv4_frame(POD_A_MAC, ROUTER, POD_A, POD_B, 64);
         assert_eq!(
-            forwarder.forward_super_frame(POD_A_PORT, &mut buf, frame.clone()),
+            forwarder.forward_super_frame(POD_A_PORT, &mut buf, frame.clone(), L4Checksum::Partial),
             Verdict::Transmit {
                 port: POD_B_PORT,
                 frame: frame.clone()
@@ -1065,7 +1135,7 @@ pub(crate) mod tests {
         // To a peer: routed and rewritten, left unencapsulated ...
         let (mut buf, frame) = ipv4_frame(POD_A_MAC, ROUTER, POD_A, REMOTE_POD, 64);
         let Verdict::ToPeer { peer, frame: inner } =
-            forwarder.forward_super_frame(POD_A_PORT, &mut buf, frame.clone())
+            forwarder.forward_super_frame(POD_A_PORT, &mut buf, frame.clone(), L4Checksum::Partial)
         else {
             panic!("not sent to the peer");
         };
@@ -1074,5 +1144,212 @@ pub(crate) mod tests {
         // ... for the caller to encapsulate each segment.
         let packet = forwarder.encapsulate(peer, &mut buf, inner).unwrap();
         assert_eq!(packet, frame.start - 50..frame.end);
+    }
+
+    const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+    /// A TCP frame from a pod (or, with `src_mac` a peer's, from a peer)
+    /// to the router, with correct checksums.
+    fn tcp_frame(
+        src_mac: MacAddr,
+        (src, sport): (Ipv4Addr, u16),
+        (dst, dport): (Ipv4Addr, u16),
+    ) -> (Vec<u8>, Range<usize>) {
+        let payload = b"GET / HTTP/1.1";
+        let len = 14 + 20 + 20 + payload.len();
+        let mut buf = vec![0u8; HEADROOM + len];
+        let f = &mut buf[HEADROOM..];
+        let mut eth = EthernetFrame::new_unchecked(&mut f[..]);
+        eth.set_dst_addr(ROUTER.into());
+        eth.set_src_addr(src_mac.into());
+        eth.set_ethertype(EthernetProtocol::Ipv4);
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Tcp,
+            payload_len: 20 + payload.len(),
+            hop_limit: 64,
+        };
+        ip.emit(
+            &mut Ipv4Packet::new_unchecked(&mut f[14..]),
+            &ChecksumCapabilities::default(),
+        );
+        f[34..36].copy_from_slice(&sport.to_be_bytes());
+        f[36..38].copy_from_slice(&dport.to_be_bytes());
+        f[46] = 0x50;
+        f[47] = 0x18; // PSH, ACK
+        f[54..].copy_from_slice(payload);
+        TcpPacket::new_unchecked(&mut f[34..]).fill_checksum(&src.into(), &dst.into());
+        (buf, HEADROOM..HEADROOM + len)
+    }
+
+    /// A TCP packet's source and destination address and port.
+    type Tuple = ((Ipv4Addr, u16), (Ipv4Addr, u16));
+
+    /// The TCP tuple of a routed frame, its checksums checked.
+    fn tcp_tuple(frame: &[u8]) -> Tuple {
+        let ip = Ipv4Packet::new_checked(&frame[14..]).unwrap();
+        assert!(ip.verify_checksum());
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(tcp.verify_checksum(&src.into(), &dst.into()));
+        ((src, tcp.src_port()), (dst, tcp.dst_port()))
+    }
+
+    /// A Service at VIP:80 (TCP) served on port 8080 of `endpoints`.
+    fn web(endpoints: &[Ipv4Addr]) -> ServiceTable {
+        let endpoints = endpoints
+            .iter()
+            .map(|&a| Endpoint::ready(a, 8080))
+            .collect();
+        let port = ServicePort::new(ServiceProtocol::Tcp, 80, endpoints);
+        ServiceTable::new(vec![Service::new("default/web", VIP, vec![port])], |_| {
+            false
+        })
+    }
+
+    /// Forward on the test topology with the Service stage on `table`.
+    fn forward_with(
+        table: &ServiceTable,
+        translator: &Translator,
+        in_port: PortId,
+        buf: &mut [u8],
+        frame: Range<usize>,
+        size: Size,
+    ) -> Verdict {
+        let (topology, fib) = (topology(), fib());
+        let forwarder = Forwarder {
+            topology: &topology,
+            fib: &fib,
+            services: Some(ServiceStage {
+                table,
+                translator,
+                now_ms: 0,
+            }),
+        };
+        forwarder.decide(in_port, buf, frame, size)
+    }
+
+    /// A TCP frame from a pod through the stage: the verdict (with the
+    /// frame's range replaced by 0..0 when it stayed where it was) and the
+    /// frame's tuple then.
+    fn send(
+        (table, translator): (&ServiceTable, &Translator),
+        (in_port, mac): (PortId, MacAddr),
+        from: (Ipv4Addr, u16),
+        to: (Ipv4Addr, u16),
+    ) -> (Verdict, Tuple) {
+        let (mut buf, frame) = tcp_frame(mac, from, to);
+        let verdict = match forward_with(
+            table,
+            translator,
+            in_port,
+            &mut buf,
+            frame.clone(),
+            Size::Frame,
+        ) {
+            Verdict::Transmit { port, frame: out } if out == frame => {
+                Verdict::Transmit { port, frame: 0..0 }
+            }
+            Verdict::ToPeer { peer, frame: out } if out == frame => {
+                Verdict::ToPeer { peer, frame: 0..0 }
+            }
+            other => other,
+        };
+        (verdict, tcp_tuple(&buf[frame]))
+    }
+
+    fn to_port(port: PortId) -> Verdict {
+        Verdict::Transmit { port, frame: 0..0 }
+    }
+
+    #[test]
+    fn a_service_endpoint_on_a_peer_is_routed_to_and_its_reply_translated_back() {
+        let (table, translator) = (web(&[REMOTE_POD]), Translator::new(16, Timeouts::default()));
+        let client = (POD_A, 40000);
+        let request = send(
+            (&table, &translator),
+            (POD_A_PORT, POD_A_MAC),
+            client,
+            (VIP, 80),
+        );
+        let to_peer = Verdict::ToPeer {
+            peer: PeerId(0),
+            frame: 0..0,
+        };
+        assert_eq!(request, (to_peer, (client, (REMOTE_POD, 8080))));
+
+        // The reply, off the wire and (a GRO super-packet whose checksum
+        // field holds the pseudo-header sum) from the kernel.
+        for (in_port, size) in [
+            (UPLINK, Size::Frame),
+            (TUNNEL, Size::SuperFrame(L4Checksum::Partial)),
+        ] {
+            let (mut buf, frame) = tcp_frame(PEER_VTEP_MAC, (REMOTE_POD, 8080), client);
+            let tcp_checksum = frame.start + 14 + 20 + 16;
+            if size != Size::Frame {
+                let pseudo = ipv4_pseudo_header(REMOTE_POD.octets(), POD_A.octets(), 6, 34);
+                buf[tcp_checksum..tcp_checksum + 2].copy_from_slice(&pseudo.to_be_bytes());
+            }
+            let packet = template(PEER_NODE, NODE)
+                .encapsulate(&mut buf, frame.clone())
+                .unwrap();
+            let verdict = forward_with(&table, &translator, in_port, &mut buf, packet, size);
+            assert_eq!(
+                verdict,
+                Verdict::Transmit {
+                    port: POD_A_PORT,
+                    frame: frame.clone()
+                }
+            );
+            if size == Size::Frame {
+                assert_eq!(tcp_tuple(&buf[frame]), ((VIP, 80), client));
+            } else {
+                let pseudo = ipv4_pseudo_header(VIP.octets(), POD_A.octets(), 6, 34);
+                assert_eq!(buf[tcp_checksum..tcp_checksum + 2], pseudo.to_be_bytes());
+                assert_eq!(buf[frame.start + 26..frame.start + 30], VIP.octets());
+            }
+        }
+        assert_eq!(translator.translated(), 1);
+        assert_eq!(translator.conns.len(), 1);
+    }
+
+    #[test]
+    fn a_local_endpoint_and_a_hairpin_client_get_their_replies_from_the_cluster_ip() {
+        let translator = Translator::new(16, Timeouts::default());
+        let (pod_a, pod_b) = ((POD_A_PORT, POD_A_MAC), (POD_B_PORT, POD_B_MAC));
+        let (client, endpoint) = ((POD_A, 40000), (POD_B, 8080));
+        let stage = (&web(&[POD_B]), &translator);
+        let request = send(stage, pod_a, client, (VIP, 80));
+        assert_eq!(request, (to_port(POD_B_PORT), (client, endpoint)));
+        let reply = send(stage, pod_b, endpoint, client);
+        assert_eq!(reply, (to_port(POD_A_PORT), ((VIP, 80), client)));
+
+        // Hairpin: pod A is the endpoint it reaches; it sees the ClusterIP
+        // as the client and answers it.
+        let (client, endpoint) = ((POD_A, 40001), (POD_A, 8080));
+        let stage = (&web(&[POD_A]), &translator);
+        let request = send(stage, pod_a, client, (VIP, 80));
+        assert_eq!(request, (to_port(POD_A_PORT), ((VIP, 40001), endpoint)));
+        let reply = send(stage, pod_a, endpoint, (VIP, 40001));
+        assert_eq!(reply, (to_port(POD_A_PORT), ((VIP, 80), client)));
+    }
+
+    #[test]
+    fn services_the_table_does_not_know_go_to_the_host_port_and_empty_ones_are_dropped() {
+        let translator = Translator::new(16, Timeouts::default());
+        let pod_a = (POD_A_PORT, POD_A_MAC);
+        let client = (POD_A, 40000);
+        let (verdict, _) = send((&web(&[]), &translator), pod_a, client, (VIP, 80));
+        assert_eq!(verdict, Verdict::Drop(DropCause::ServiceNoEndpoints));
+        let other = (Ipv4Addr::new(10, 96, 0, 11), 80);
+        let passed = send((&web(&[POD_B]), &translator), pod_a, client, other);
+        assert_eq!(passed, (to_port(HOST), (client, other)));
+        // Without the stage (kube-proxy's translation) the ClusterIP goes
+        // to the host port too.
+        let (mut buf, frame) = tcp_frame(POD_A_MAC, client, (VIP, 80));
+        let verdict = forward(POD_A_PORT, &mut buf, frame.clone());
+        assert_eq!(verdict, Verdict::Transmit { port: HOST, frame });
+        assert!(translator.conns.is_empty());
     }
 }

@@ -42,6 +42,7 @@ pub mod membership;
 pub mod metrics;
 pub mod node_nat;
 pub mod saved_state;
+pub mod services;
 pub mod stats;
 pub mod topology;
 pub mod trace;

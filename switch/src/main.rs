@@ -10,8 +10,8 @@ use clap::{Parser, Subcommand};
 use ipnet::Ipv4Net;
 use podswitch::config::{Config, DEFAULT_CONTROL_SOCKET, PeerConfig};
 use podswitch::control::protocol::{
-    CaptureSpec, Info, MembershipReport, PeerStatus, PollMode, PortKind, PortSpec, PortStatus,
-    RouteEntry, StatsReport, TraceProtocol, TraceReport, TraceSpec,
+    CaptureSpec, Info, MAX_REQUEST_LEN, MembershipReport, PeerStatus, PollMode, PortKind, PortSpec,
+    PortStatus, RouteEntry, ServicePortStatus, StatsReport, TraceProtocol, TraceReport, TraceSpec,
 };
 use podswitch::control::{Client, Request};
 use podswitch::mac::MacAddr;
@@ -67,6 +67,13 @@ enum Command {
     Route {
         #[command(subcommand)]
         action: RouteAction,
+    },
+    /// The switch's Service table with endpoints and connections, or
+    /// `services set FILE` to give it Services (service_translation =
+    /// "switch").
+    Services {
+        #[command(subcommand)]
+        action: Option<ServicesAction>,
     },
     /// Counters: ports, drops by reason, workers, frames.
     Stats,
@@ -190,6 +197,16 @@ enum PeerAction {
 }
 
 #[derive(Subcommand)]
+enum ServicesAction {
+    /// Replace the Services given through the control socket with a JSON
+    /// list of Services (the format of docs/services.md).
+    Set {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum RouteAction {
     /// Send a prefix to the node's own stack.
     Add {
@@ -237,6 +254,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Peers => Request::Peers,
         Command::Routes => Request::Routes,
         Command::Stats => Request::Stats,
+        Command::Services { action: None } => Request::Services,
+        Command::Services {
+            action: Some(ServicesAction::Set { file }),
+        } => services_set(&file)?,
         Command::Capture {
             interface,
             file,
@@ -342,6 +363,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Request::Routes => print_routes(&decode::<Vec<RouteEntry>>(answer)?),
         Request::Stats => print_stats(&decode(answer)?),
+        Request::Services => print_services(&decode::<Vec<ServicePortStatus>>(answer)?),
         Request::Trace(_) => print_trace(&decode(answer)?),
         _ => println!("ok"),
     }
@@ -365,6 +387,62 @@ fn capture(socket: &Path, spec: CaptureSpec, file: Option<&Path>) -> Result<()> 
     };
     copied.with_context(|| format!("capturing on {name}"))?;
     Ok(())
+}
+
+/// The request that gives the daemon the Services of `file`, checked here
+/// first so that a mistake is reported with the file's name.
+fn services_set(file: &Path) -> Result<Request> {
+    let request = Request::ServicesSet {
+        services: podswitch::services::read_services(file)?,
+    };
+    let len = serde_json::to_string(&request)?.len();
+    if len >= MAX_REQUEST_LEN {
+        anyhow::bail!(
+            "{}: {len} bytes of Services, more than a control request takes ({} KiB): \
+             give the daemon the file as services_file instead",
+            file.display(),
+            MAX_REQUEST_LEN / 1024
+        );
+    }
+    Ok(request)
+}
+
+fn print_services(ports: &[ServicePortStatus]) {
+    println!(
+        "{:<28} {:<15} {:<10} {:<21} {:>11}  source",
+        "service", "cluster ip", "port", "endpoint", "connections"
+    );
+    for p in ports {
+        let port = format!("{}/{}", format!("{:?}", p.protocol).to_lowercase(), p.port);
+        let endpoints: Vec<(String, String)> = if p.endpoints.is_empty() {
+            vec![("(none)".into(), "-".into())]
+        } else {
+            p.endpoints
+                .iter()
+                .map(|e| {
+                    (
+                        format!("{}:{}", e.address, e.port),
+                        e.connections.to_string(),
+                    )
+                })
+                .collect()
+        };
+        for (i, (endpoint, connections)) in endpoints.iter().enumerate() {
+            let (service, ip, port, source) = if i == 0 {
+                (
+                    p.service.as_str(),
+                    p.cluster_ip.to_string(),
+                    port.as_str(),
+                    p.source.as_str(),
+                )
+            } else {
+                ("", String::new(), "", "")
+            };
+            println!(
+                "{service:<28} {ip:<15} {port:<10} {endpoint:<21} {connections:>11}  {source}"
+            );
+        }
+    }
 }
 
 fn decode<T: DeserializeOwned>(value: serde_json::Value) -> Result<T> {
@@ -546,6 +624,13 @@ fn print_stats(stats: &StatsReport) {
                 o.super_frames_cut, o.segments_made, o.super_frames_sent, o.frames_coalesced
             );
         }
+    }
+    if let Some(services) = &stats.services {
+        println!();
+        println!(
+            "services: {} connections translated, {} active",
+            services.connections_translated, services.connections_active
+        );
     }
     println!();
     for (i, w) in stats.workers.iter().enumerate() {

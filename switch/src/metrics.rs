@@ -335,6 +335,19 @@ pub fn exposition(s: &Snapshot) -> Result<String> {
         ]
         .map(|(verdict, n)| (label("verdict", verdict), n)),
     );
+    if let Some(services) = &s.stats.services {
+        e.counter(
+            "service_connections",
+            "Connections the switch translated to a Service endpoint \
+             (service_translation = \"switch\")",
+            services.connections_translated,
+        );
+        e.gauge(
+            "service_connections_active",
+            "Connections in the switch's connection table",
+            services.connections_active,
+        );
+    }
 
     let resolved = |p: &PeerStatus| p.next_hop_mac.is_some();
     e.gauges(
@@ -478,7 +491,7 @@ impl MetricsServer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::protocol::FrameReport;
+    use crate::control::protocol::{FrameReport, ServiceCounters};
     use crate::stats::{PortReport, WorkerReport};
 
     fn snapshot() -> Snapshot {
@@ -503,6 +516,10 @@ mod tests {
                 uplink_redirected: 4,
                 uplink_passed: 1,
                 uplink_to_kernel: 0,
+                services: Some(ServiceCounters {
+                    connections_translated: 7,
+                    connections_active: 2,
+                }),
             },
             traffic: vec![WorkerTraffic {
                 rx_packets: 10,
@@ -543,6 +560,8 @@ mod tests {
             "podswitch_control_requests_total{op=\"port_add\",result=\"error\"} 2",
             "# HELP podswitch_fib_routes Routes in the FIB.",
             "podswitch_frame_violations_total 0",
+            "podswitch_service_connections_total 7",
+            "podswitch_service_connections_active 2",
             "# EOF",
         ] {
             assert!(

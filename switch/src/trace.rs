@@ -189,7 +189,12 @@ pub fn trace(
     in_port: PortId,
     frame: &[u8],
 ) -> TraceReport {
-    let forwarder = Forwarder { topology, fib };
+    // Without the Service stage: a trace must not open connections.
+    let forwarder = Forwarder {
+        topology,
+        fib,
+        services: None,
+    };
     // Headroom before, as the workers' buffers have, and a frame's worth
     // of room after.
     let mut buf = vec![0u8; HEADROOM + frame.len() + TAILROOM];

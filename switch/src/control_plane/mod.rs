@@ -23,7 +23,7 @@ use crate::capture::{CaptureFilter, CaptureTap, CapturedFrame};
 use crate::config::PeerConfig;
 use crate::control::protocol::{
     CaptureSpec, FrameReport, Info, MembershipReport, PeerStatus, PortKind, PortSpec, PortStatus,
-    RouteEntry, StatsReport,
+    RouteEntry, ServiceCounters, StatsReport,
 };
 use crate::control::{Handler, Request, Response};
 use crate::fib::SharedFib;
@@ -32,11 +32,13 @@ use crate::frames::FrameLedger;
 use crate::mac::MacAddr;
 use crate::netlink::{LinkInfo, Netlink};
 use crate::saved_state::{SavedState, state_file};
+use crate::services::{CONTROL_SOURCE, Services};
 use crate::stats::{PortReport, WorkerStats, port_report, worker_report};
 use crate::tap::TapDevice;
 use crate::topology::{PeerId, PortId, PortRole, RouteTarget, Topology};
 use crate::worker::{AfXdpPort, Command, Port, TapPort, WorkerPort};
 use crate::xdp::{UplinkFilter, XdpProgram};
+use podswitch_control::service::Service;
 pub use tables::{HOST_PORT, Node, TUNNEL_PORT, UPLINK_PORT};
 use tables::{PeerRecord, PeerToResolve, PortRecord, PortViewRecord, Resolution, Tables};
 
@@ -88,6 +90,8 @@ pub struct ControlPlaneParts {
     pub topology: Arc<ArcSwap<Topology>>,
     /// The FIB.
     pub fib: Arc<SharedFib<RouteTarget>>,
+    /// The Service stage, with `service_translation = "switch"`.
+    pub services: Option<Arc<Services>>,
     /// The workers.
     pub workers: Vec<WorkerHandle>,
     /// The uplink's index.
@@ -292,6 +296,11 @@ impl ControlPlane {
                 serde_json::Value::Null
             }
             Request::Routes => serde_json::to_value(self.routes())?,
+            Request::Services => serde_json::to_value(self.services()?.status())?,
+            Request::ServicesSet { services } => {
+                self.set_services(CONTROL_SOURCE, services)?;
+                serde_json::Value::Null
+            }
             Request::RouteAdd { prefix } => {
                 self.add_host_route(prefix);
                 serde_json::Value::Null
@@ -746,6 +755,9 @@ impl ControlPlane {
             self.follow_queues();
         }
         self.refresh_peers(round.is_multiple_of(10), |_| true);
+        if let Some(services) = &self.parts.services {
+            services.maintain();
+        }
     }
 
     /// Remove the pod ports whose interface is gone (a pod whose namespace
@@ -937,6 +949,23 @@ impl ControlPlane {
             .collect()
     }
 
+    /// The Service stage, or an error saying how to turn it on.
+    fn services(&self) -> Result<&Services> {
+        self.parts.services.as_deref().context(
+            "the switch does not translate Services: set service_translation = \"switch\" \
+             in the config (kube-proxy translates them now)",
+        )
+    }
+
+    /// Replace the Services `source` gives the switch (`control`, `file`,
+    /// `kubernetes`; the others' stay); refused, saying what to fix, when
+    /// the set is inconsistent or translation is off.
+    pub fn set_services(&self, source: &str, services: Vec<Service>) -> Result<()> {
+        self.services()?
+            .set(source, services)
+            .map_err(anyhow::Error::msg)
+    }
+
     /// How many routes the FIB holds.
     pub fn fib_size(&self) -> usize {
         self.parts.fib.load().len()
@@ -979,6 +1008,14 @@ impl ControlPlane {
             uplink_redirected: counters.as_ref().map_or(0, |c| c.redirected),
             uplink_passed: counters.as_ref().map_or(0, |c| c.passed),
             uplink_to_kernel: counters.as_ref().map_or(0, |c| c.to_kernel),
+            services: self
+                .parts
+                .services
+                .as_ref()
+                .map(|services| ServiceCounters {
+                    connections_translated: services.translator.translated(),
+                    connections_active: services.translator.conns.len() as u64,
+                }),
         }
     }
 }

@@ -49,9 +49,10 @@ use crate::afxdp::{Umem, XskSocket};
 use crate::capture::{CaptureTap, Direction};
 use crate::config::PollMode;
 use crate::fib::SharedFib;
-use crate::forward::Forwarder;
+use crate::forward::{Forwarder, ServiceStage};
 use crate::frame_budget::FillGrowth;
 use crate::frames::{FrameLedger, FramePool};
+use crate::services::Services;
 use crate::stats::{RingLevelsTotal, WorkerStats};
 use crate::topology::{PortId, RouteTarget, Topology};
 use buffers::Buffers;
@@ -98,6 +99,8 @@ pub struct WorkerContext {
     pub topology: Arc<ArcSwap<Topology>>,
     /// Routes.
     pub fib: Arc<SharedFib<RouteTarget>>,
+    /// The Service stage, with `service_translation = "switch"`.
+    pub services: Option<Arc<Services>>,
     /// Every worker's inbox, by worker index.
     pub inboxes: Arc<[Inbox]>,
     /// This worker's counters.
@@ -249,6 +252,11 @@ impl Worker {
     fn pass(&mut self) -> bool {
         let topology = self.ctx.topology.load();
         let fib = self.ctx.fib.load();
+        let services = self
+            .ctx
+            .services
+            .as_deref()
+            .map(|services| (services, services.table(), services.now_ms()));
         let mut work = 0;
         let mut levels = RingLevelsTotal::default();
         for port in &mut self.ports {
@@ -257,6 +265,13 @@ impl Worker {
                 forwarder: Forwarder {
                     topology: &topology,
                     fib: &fib,
+                    services: services
+                        .as_ref()
+                        .map(|(services, table, now_ms)| ServiceStage {
+                            table,
+                            translator: &services.translator,
+                            now_ms: *now_ms,
+                        }),
                 },
                 stats: &self.ctx.stats,
                 inboxes: &self.ctx.inboxes,

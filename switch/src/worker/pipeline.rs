@@ -24,7 +24,8 @@ use arrayvec::ArrayVec;
 use podswitch_encap::DropReason;
 use podswitch_encap::flow::{IPPROTO_TCP, ip_protocol};
 use podswitch_encap::segment::TcpSegments;
-use podswitch_encap::virtio_net::{GsoKind, Offload, TunnelOffload};
+use podswitch_encap::virtio_net::{Checksum, GsoKind, Offload, TunnelOffload};
+use podswitch_services::L4Checksum;
 
 use super::buffers::{Buffer, Buffers};
 use super::inbox::Inbox;
@@ -252,18 +253,20 @@ impl Pipeline<'_> {
                 in_port,
                 ..
             } = self;
-            let super_frame = matches!(
-                packet,
+            let super_frame = match &packet {
                 Packet::Large {
-                    super_frame: Some(_),
+                    super_frame: Some(offload),
                     ..
-                }
-            );
+                } => Some(match offload.checksum {
+                    Checksum::Partial { .. } => L4Checksum::Partial,
+                    Checksum::Complete | Checksum::Verified => L4Checksum::Full,
+                }),
+                _ => None,
+            };
             let (buf, range) = packet_bytes_mut(frames, buffers, &mut packet);
-            if super_frame {
-                forwarder.forward_super_frame(*in_port, buf, range)
-            } else {
-                forwarder.forward(*in_port, buf, range)
+            match super_frame {
+                Some(checksum) => forwarder.forward_super_frame(*in_port, buf, range, checksum),
+                None => forwarder.forward(*in_port, buf, range),
             }
         };
         // A policy stage goes here: it may turn any verdict into a drop.
@@ -667,7 +670,7 @@ mod tests {
 
     use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
     use nix::sys::eventfd::{EfdFlags, EventFd};
-    use podswitch_encap::virtio_net::{Checksum, Gso};
+    use podswitch_encap::virtio_net::Gso;
     use podswitch_encap::wire::EthernetAddress;
     use podswitch_encap::{Decapsulator, OuterTemplate, TunnelKind, TunnelSpec, Vni};
 
@@ -822,6 +825,7 @@ mod tests {
                 forwarder: Forwarder {
                     topology: &self.topology,
                     fib: &self.fib,
+                    services: None,
                 },
                 stats: &self.stats,
                 inboxes: &self.inboxes,

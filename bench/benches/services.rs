@@ -1,0 +1,183 @@
+//! Service translation costs (issue 18 item 3): a packet of an established
+//! connection through the Service stage (the connection table's probe and
+//! the in-place rewrite with its checksums), each way, with 1 k and 1 M
+//! connections in the table; the connection table's probe alone; and the
+//! Service table's pick of an endpoint for a connection's first packet.
+//! Run with
+//! `cargo bench -p podswitch-bench --bench services`.
+//!
+//! The connections are those of 250 clients on this node to 1000 Services
+//! of 4 endpoints each, client ports at random; the packets cycle through
+//! 65536 of them picked at random, so at 1 M connections most probes miss
+//! the cache, as on a busy node. Each iteration copies the 54-byte TCP
+//! packet into place first (2–3 ns, included).
+
+use std::hint::black_box;
+use std::net::Ipv4Addr;
+
+#[path = "common/rng.rs"]
+mod rng;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol};
+use podswitch_encap::checksum::{combine, fill_ipv4_header, ipv4_pseudo_header, sum};
+use podswitch_services::{
+    Affinity, FlowKey, L4Checksum, ServiceTable, Timeouts, Translator, Verdict,
+};
+use rng::Rng;
+
+const SERVICES: u32 = 1000;
+const ENDPOINTS: u32 = 4;
+const CLIENTS: u32 = 250;
+/// Packets cycled through per benchmark (a power of two).
+const PACKETS: usize = 1 << 16;
+
+fn cluster_ip(service: u32) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + service)
+}
+
+/// 1000 TCP Services on port 80, four endpoints each on other nodes.
+fn table() -> ServiceTable {
+    let services = (0..SERVICES)
+        .map(|s| {
+            let endpoints = (0..ENDPOINTS)
+                .map(|e| {
+                    let address =
+                        Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 2, 0)) + s * ENDPOINTS + e);
+                    Endpoint::ready(address, 8080)
+                })
+                .collect();
+            let port = ServicePort::new(ServiceProtocol::Tcp, 80, endpoints);
+            Service::new(format!("bench/svc-{s}"), cluster_ip(s), vec![port])
+        })
+        .collect();
+    ServiceTable::new(services, |_| false)
+}
+
+/// A random client-to-Service flow.
+fn flow(rng: &mut Rng) -> FlowKey {
+    FlowKey {
+        src: Ipv4Addr::new(10, 244, 1, 2 + rng.below(u64::from(CLIENTS)) as u8),
+        dst: cluster_ip(rng.below(u64::from(SERVICES)) as u32),
+        sport: 1024 + rng.below(60000) as u16,
+        dport: 80,
+        protocol: 6,
+    }
+}
+
+/// A 54-byte TCP packet (IPv4 header, TCP header, 14 bytes of data) of
+/// `flow` with correct checksums.
+fn packet(flow: &FlowKey) -> [u8; 54] {
+    let mut p = [0u8; 54];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&54u16.to_be_bytes());
+    p[6] = 0x40;
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&flow.src.octets());
+    p[16..20].copy_from_slice(&flow.dst.octets());
+    p[20..22].copy_from_slice(&flow.sport.to_be_bytes());
+    p[22..24].copy_from_slice(&flow.dport.to_be_bytes());
+    p[32] = 0x50;
+    p[33] = 0x10;
+    p[40..].copy_from_slice(b"GET / HTTP/1.1");
+    fill_ipv4_header(&mut p[..20]);
+    let pseudo = ipv4_pseudo_header(flow.src.octets(), flow.dst.octets(), 6, 34);
+    let checksum = !combine(&[pseudo, sum(&p[20..])]);
+    p[36..38].copy_from_slice(&checksum.to_be_bytes());
+    p
+}
+
+/// A translator holding `connections` connections opened through `table`,
+/// and packets of `PACKETS` of them: requests, and the endpoints' replies.
+fn established(
+    table: &ServiceTable,
+    connections: usize,
+) -> (Translator, Vec<[u8; 54]>, Vec<[u8; 54]>) {
+    let translator = Translator::new(connections, Timeouts::default());
+    let mut rng = Rng(7);
+    let mut opened = Vec::with_capacity(connections);
+    while translator.conns.len() < connections {
+        let flow = flow(&mut rng);
+        let mut p = packet(&flow);
+        if translator.outbound(table, &mut p, L4Checksum::Full, 0)
+            == (Verdict::Translated { new: true })
+        {
+            opened.push((flow, p));
+        }
+    }
+    let (mut requests, mut replies) = (Vec::with_capacity(PACKETS), Vec::with_capacity(PACKETS));
+    for _ in 0..PACKETS {
+        let (flow, translated) = &opened[rng.below(opened.len() as u64) as usize];
+        requests.push(packet(flow));
+        let endpoint = Ipv4Addr::new(
+            translated[16],
+            translated[17],
+            translated[18],
+            translated[19],
+        );
+        replies.push(packet(&FlowKey {
+            src: endpoint,
+            dst: flow.src,
+            sport: 8080,
+            dport: flow.sport,
+            protocol: 6,
+        }));
+    }
+    (translator, requests, replies)
+}
+
+fn services(c: &mut Criterion) {
+    let table = table();
+    let mut group = c.benchmark_group("services");
+    group.throughput(Throughput::Elements(1));
+    for (name, connections) in [("1k", 1_000), ("1m", 1_000_000)] {
+        let (translator, requests, replies) = established(&table, connections);
+        let mut i = 0;
+        group.bench_function(format!("request/{name}"), |b| {
+            b.iter(|| {
+                let mut p = requests[i & (PACKETS - 1)];
+                i += 1;
+                black_box(translator.outbound(&table, &mut p, L4Checksum::Full, 1));
+                black_box(p)
+            })
+        });
+        group.bench_function(format!("reply/{name}"), |b| {
+            b.iter(|| {
+                let mut p = replies[i & (PACKETS - 1)];
+                i += 1;
+                black_box(translator.inbound(&mut p, L4Checksum::Full, 1));
+                black_box(p)
+            })
+        });
+        let keys: Vec<FlowKey> = requests
+            .iter()
+            .map(|p| podswitch_services::flow::parse(p).expect("TCP").key)
+            .collect();
+        group.bench_function(format!("conntrack-lookup/{name}"), |b| {
+            b.iter(|| {
+                let key = &keys[i & (PACKETS - 1)];
+                i += 1;
+                black_box(translator.conns.lookup(key, 0x10, 1))
+            })
+        });
+    }
+    // A connection's first packet picks its endpoint: the Service
+    // table's probe and the flow hash.
+    let affinity = Affinity::default();
+    let flows: Vec<FlowKey> = {
+        let mut rng = Rng(11);
+        (0..PACKETS).map(|_| flow(&mut rng)).collect()
+    };
+    let mut i = 0;
+    group.bench_function("select/1000-services", |b| {
+        b.iter(|| {
+            let flow = &flows[i & (PACKETS - 1)];
+            i += 1;
+            black_box(table.select(flow, &affinity, 1))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, services);
+criterion_main!(benches);

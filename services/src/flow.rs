@@ -1,0 +1,210 @@
+//! The 5-tuple of an IPv4 packet, as the Service and connection tables key
+//! it.
+
+use std::net::Ipv4Addr;
+
+/// TCP, the IP protocol number.
+pub const TCP: u8 = 6;
+/// UDP, the IP protocol number.
+pub const UDP: u8 = 17;
+/// SCTP, the IP protocol number.
+pub const SCTP: u8 = 132;
+
+/// TCP FIN flag.
+pub const TCP_FIN: u8 = 0x01;
+/// TCP SYN flag.
+pub const TCP_SYN: u8 = 0x02;
+/// TCP RST flag.
+pub const TCP_RST: u8 = 0x04;
+
+/// One direction of a connection: addresses, ports and IP protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    /// Source address.
+    pub src: Ipv4Addr,
+    /// Destination address.
+    pub dst: Ipv4Addr,
+    /// Source port.
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+    /// IP protocol: [`TCP`], [`UDP`] or [`SCTP`].
+    pub protocol: u8,
+}
+
+impl FlowKey {
+    /// The same connection seen from the other end.
+    pub fn reversed(&self) -> FlowKey {
+        FlowKey {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            protocol: self.protocol,
+        }
+    }
+}
+
+/// What [`parse`] reads from a packet: its flow, where its transport
+/// header starts, and the TCP flags (0 for UDP and SCTP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parsed {
+    /// The packet's 5-tuple.
+    pub key: FlowKey,
+    /// Offset of the transport header in the packet (the IPv4 IHL).
+    pub l4_offset: usize,
+    /// TCP flags byte, 0 for other protocols.
+    pub tcp_flags: u8,
+    /// The IPv4 total length: where the transport bytes end.
+    pub total_len: usize,
+}
+
+/// Read the 5-tuple of an IPv4 packet (`ipv4` starts at its IPv4 header).
+/// `None` for anything the Service stage leaves alone: not IPv4, a
+/// protocol other than TCP/UDP/SCTP, a fragment (later fragments carry no
+/// ports), or a packet too short for its headers.
+pub fn parse(ipv4: &[u8]) -> Option<Parsed> {
+    let first = *ipv4.first()?;
+    if first >> 4 != 4 {
+        return None;
+    }
+    let l4_offset = usize::from(first & 0x0f) * 4;
+    if l4_offset < 20 || ipv4.len() < l4_offset + 4 {
+        return None;
+    }
+    // More-fragments flag or a fragment offset: not one whole datagram.
+    if u16::from_be_bytes([ipv4[6], ipv4[7]]) & 0x3fff != 0 {
+        return None;
+    }
+    let protocol = ipv4[9];
+    let min_l4 = match protocol {
+        TCP => 20,
+        UDP => 8,
+        SCTP => 12,
+        _ => return None,
+    };
+    // The total length must cover the transport header and stay within the
+    // frame (which may carry Ethernet padding after it).
+    let total_len = usize::from(u16::from_be_bytes([ipv4[2], ipv4[3]]));
+    if total_len < l4_offset + min_l4 || total_len > ipv4.len() {
+        return None;
+    }
+    let l4 = &ipv4[l4_offset..];
+    let tcp_flags = if protocol == TCP { l4[13] } else { 0 };
+    Some(Parsed {
+        key: FlowKey {
+            src: Ipv4Addr::new(ipv4[12], ipv4[13], ipv4[14], ipv4[15]),
+            dst: Ipv4Addr::new(ipv4[16], ipv4[17], ipv4[18], ipv4[19]),
+            sport: u16::from_be_bytes([l4[0], l4[1]]),
+            dport: u16::from_be_bytes([l4[2], l4[3]]),
+            protocol,
+        },
+        l4_offset,
+        tcp_flags,
+        total_len,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use podswitch_encap::checksum::{combine, ipv4_pseudo_header, sum};
+
+    use super::*;
+
+    /// An IPv4 packet with a valid header checksum and a transport header
+    /// of `l4_len` bytes carrying the ports (the rest zero).
+    pub(crate) fn packet(key: FlowKey, payload: &[u8]) -> Vec<u8> {
+        let l4_len = match key.protocol {
+            TCP => 20,
+            UDP => 8,
+            _ => 12,
+        };
+        let total = 20 + l4_len + payload.len();
+        let mut p = vec![0u8; total];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p[6] = 0x40; // DF
+        p[8] = 64;
+        p[9] = key.protocol;
+        p[12..16].copy_from_slice(&key.src.octets());
+        p[16..20].copy_from_slice(&key.dst.octets());
+        p[20..22].copy_from_slice(&key.sport.to_be_bytes());
+        p[22..24].copy_from_slice(&key.dport.to_be_bytes());
+        if key.protocol == TCP {
+            p[32] = 0x50;
+        }
+        if key.protocol == UDP {
+            p[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        }
+        p[20 + l4_len..].copy_from_slice(payload);
+        podswitch_encap::checksum::fill_ipv4_header(&mut p[..20]);
+        p
+    }
+
+    /// [`packet`] with a correct TCP or UDP checksum.
+    pub(crate) fn checked(flow: FlowKey, payload: &[u8]) -> Vec<u8> {
+        let mut p = packet(flow, payload);
+        let at = if flow.protocol == TCP { 36 } else { 26 };
+        let checksum = !combine(&[pseudo_header(&p), sum(&p[20..])]);
+        p[at..at + 2].copy_from_slice(&checksum.to_be_bytes());
+        p
+    }
+
+    fn pseudo_header(p: &[u8]) -> u16 {
+        let addresses = |at: usize| [p[at], p[at + 1], p[at + 2], p[at + 3]];
+        ipv4_pseudo_header(addresses(12), addresses(16), p[9], (p.len() - 20) as u16)
+    }
+
+    /// Whether a TCP or UDP packet's transport checksum verifies.
+    pub(crate) fn l4_verifies(p: &[u8]) -> bool {
+        combine(&[pseudo_header(p), sum(&p[20..])]) == 0xffff
+    }
+
+    pub(crate) fn key(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, protocol: u8) -> FlowKey {
+        FlowKey {
+            src: src.into(),
+            dst: dst.into(),
+            sport,
+            dport,
+            protocol,
+        }
+    }
+
+    #[test]
+    fn parse_reads_the_five_tuple_and_tcp_flags() {
+        let k = key([10, 244, 1, 2], 40000, [10, 96, 0, 10], 80, TCP);
+        let mut p = packet(k, b"x");
+        p[33] = TCP_SYN;
+        let parsed = parse(&p).unwrap();
+        assert_eq!(parsed.key, k);
+        assert_eq!(parsed.l4_offset, 20);
+        assert_eq!(parsed.tcp_flags, TCP_SYN);
+        assert_eq!(parsed.total_len, 41);
+        assert_eq!(parsed.key.reversed().reversed(), k);
+    }
+
+    #[test]
+    fn parse_leaves_fragments_other_protocols_and_short_packets_alone() {
+        let k = key([10, 244, 1, 2], 40000, [10, 96, 0, 10], 53, UDP);
+        let p = packet(k, b"abc");
+        assert!(parse(&p).is_some());
+        let mut fragment = p.clone();
+        fragment[6] = 0x20; // MF
+        assert!(parse(&fragment).is_none());
+        let mut later = p.clone();
+        later[7] = 1; // offset 8 bytes
+        assert!(parse(&later).is_none());
+        let mut icmp = p.clone();
+        icmp[9] = 1;
+        assert!(parse(&icmp).is_none());
+        for len in 0..28 {
+            assert!(parse(&p[..len]).is_none(), "{len}");
+        }
+        let mut ipv6 = p.clone();
+        ipv6[0] = 0x60;
+        assert!(parse(&ipv6).is_none());
+        let mut bad_ihl = p;
+        bad_ihl[0] = 0x44;
+        assert!(parse(&bad_ihl).is_none());
+    }
+}

@@ -1,0 +1,527 @@
+//! The Service table: what each (ClusterIP, protocol, port) translates to,
+//! built from the sources' Service lists, and the endpoint choice for a new
+//! connection.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::net::Ipv4Addr;
+use std::sync::Mutex;
+
+use foldhash::fast::FixedState;
+use podswitch_control::service::{Endpoint, Service, TrafficPolicy};
+
+use crate::flow::FlowKey;
+
+/// One endpoint address and port, as connections are sent to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    /// The pod's address.
+    pub address: Ipv4Addr,
+    /// The port it serves on.
+    pub port: u16,
+}
+
+/// What [`ServiceTable::select`] says for the first packet of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    /// The destination is no Service port this table knows: leave it.
+    NotAService,
+    /// A Service port with no usable endpoint: drop
+    /// (`service_no_endpoints`).
+    NoEndpoints,
+    /// Send the connection to this endpoint.
+    Endpoint(Backend),
+}
+
+/// A Service port's lookup key: ClusterIP, IP protocol, port.
+type PortKey = (Ipv4Addr, u8, u16);
+
+/// One Service port as the table keeps it.
+#[derive(Debug)]
+struct PortEntry {
+    /// Index of its Service in [`ServiceTable::services`].
+    service: usize,
+    /// The endpoints new connections go to: the ready ones, or the
+    /// serving terminating ones when none is ready (as kube-proxy does),
+    /// within the traffic policy.
+    usable: Vec<Backend>,
+    /// The endpoints whose existing connections are kept: every ready or
+    /// serving one within the traffic policy.
+    kept: Vec<Backend>,
+    /// `sessionAffinity: ClientIP` timeout in milliseconds.
+    affinity_ms: Option<u64>,
+}
+
+/// The Service table: a snapshot the workers read without locking (the
+/// switch swaps a new one in when a source changes). The
+/// `sessionAffinity: ClientIP` memory ([`Affinity`]) outlives it.
+#[derive(Debug)]
+pub struct ServiceTable {
+    ports: HashMap<PortKey, PortEntry, FixedState>,
+    services: Vec<Service>,
+}
+
+/// The seed of the flow hash that spreads connections over endpoints: fixed,
+/// so that every worker and every snapshot picks alike.
+const FLOW_SEED: u64 = 0x5e41_ce5e_1ec7_0a11;
+
+impl ServiceTable {
+    /// Build the table from the Services of every source. `is_local` tells
+    /// the endpoints on this node, for `internalTrafficPolicy: Local`. A
+    /// ClusterIP, protocol and port listed twice keeps its first Service.
+    pub fn new(services: Vec<Service>, is_local: impl Fn(Ipv4Addr) -> bool) -> ServiceTable {
+        let mut ports = HashMap::with_hasher(FixedState::default());
+        for (index, service) in services.iter().enumerate() {
+            let allowed = |endpoint: &&Endpoint| {
+                service.internal_traffic_policy == TrafficPolicy::Cluster
+                    || is_local(endpoint.address)
+            };
+            for port in &service.ports {
+                let backends = |keep: fn(&Endpoint) -> bool| -> Vec<Backend> {
+                    let mut backends: Vec<Backend> = port
+                        .endpoints
+                        .iter()
+                        .filter(allowed)
+                        .filter(|endpoint| keep(endpoint))
+                        .map(|endpoint| Backend {
+                            address: endpoint.address,
+                            port: endpoint.port,
+                        })
+                        .collect();
+                    // Sorted, so the same set picks the same way whatever
+                    // order the source listed it in.
+                    backends.sort_unstable();
+                    backends.dedup();
+                    backends
+                };
+                let mut usable = backends(|endpoint| endpoint.ready);
+                if usable.is_empty() {
+                    usable = backends(|endpoint| endpoint.serving && endpoint.terminating);
+                }
+                let entry = PortEntry {
+                    service: index,
+                    usable,
+                    kept: backends(|endpoint| endpoint.ready || endpoint.serving),
+                    affinity_ms: service.affinity_seconds.map(|s| u64::from(s) * 1000),
+                };
+                ports
+                    .entry((service.cluster_ip, port.protocol.ip_protocol(), port.port))
+                    .or_insert(entry);
+            }
+        }
+        ServiceTable { ports, services }
+    }
+
+    /// Whether the table has no Service port.
+    pub fn is_empty(&self) -> bool {
+        self.ports.is_empty()
+    }
+
+    /// The Services it was built from, as the sources gave them.
+    pub fn services(&self) -> &[Service] {
+        &self.services
+    }
+
+    /// The endpoints new connections to a Service port go to (empty for
+    /// none); `None` for a port the table does not know.
+    pub fn usable(&self, cluster_ip: Ipv4Addr, protocol: u8, port: u16) -> Option<&[Backend]> {
+        Some(&self.ports.get(&(cluster_ip, protocol, port))?.usable)
+    }
+
+    /// Pick the endpoint for a new connection `flow` (client to ClusterIP):
+    /// the client's remembered endpoint under `sessionAffinity: ClientIP`
+    /// while it is usable, else one by a hash of the flow.
+    pub fn select(&self, flow: &FlowKey, affinity: &Affinity, now_ms: u64) -> Selection {
+        let Some(entry) = self.ports.get(&(flow.dst, flow.protocol, flow.dport)) else {
+            return Selection::NotAService;
+        };
+        if entry.usable.is_empty() {
+            return Selection::NoEndpoints;
+        }
+        let hashed = || {
+            let hash = FixedState::with_seed(FLOW_SEED).hash_one(flow);
+            entry.usable[(hash % entry.usable.len() as u64) as usize]
+        };
+        let Some(timeout) = entry.affinity_ms else {
+            return Selection::Endpoint(hashed());
+        };
+        let key = (flow.dst, flow.protocol, flow.dport, flow.src);
+        let mut remembered = affinity.lock();
+        let backend = match remembered.get(&key) {
+            Some(&(backend, expiry)) if expiry > now_ms && entry.usable.contains(&backend) => {
+                backend
+            }
+            _ => hashed(),
+        };
+        remembered.insert(key, (backend, now_ms.saturating_add(timeout)));
+        Selection::Endpoint(backend)
+    }
+
+    /// Whether a connection sent to `backend` for the Service port its
+    /// `original` flow addressed keeps going: the endpoint is still listed,
+    /// ready or serving. The switch removes the connections it does not
+    /// keep when a new table comes in.
+    pub fn keeps(&self, original: &FlowKey, backend: &Backend) -> bool {
+        self.ports
+            .get(&(original.dst, original.protocol, original.dport))
+            .is_some_and(|entry| entry.kept.contains(backend))
+    }
+
+    /// Every Service port: its Service's name, ClusterIP, protocol, port and
+    /// the endpoints new connections go to, sorted by address, protocol and port.
+    pub fn ports(&self) -> Vec<(&str, Ipv4Addr, u8, u16, &[Backend])> {
+        let mut ports: Vec<_> = self
+            .ports
+            .iter()
+            .map(|(&(ip, protocol, port), entry)| {
+                let name = self.services[entry.service].name.as_str();
+                (name, ip, protocol, port, entry.usable.as_slice())
+            })
+            .collect();
+        ports.sort_unstable_by_key(|&(_, ip, protocol, port, _)| (ip, protocol, port));
+        ports
+    }
+}
+
+/// Check a source's Services before they replace its set: a message saying
+/// what to fix for the first problem found.
+pub fn check(services: &[Service]) -> Result<(), String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut claimed: HashMap<PortKey, &str> = HashMap::new();
+    for service in services {
+        let name = service.name.as_str();
+        if name.is_empty() {
+            return Err("a Service has no name: give each one its namespace/name".into());
+        }
+        if !names.insert(name) {
+            return Err(format!(
+                "Service {name} is listed twice: list each Service once"
+            ));
+        }
+        let ip = service.cluster_ip;
+        if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
+            return Err(format!(
+                "Service {name}: cluster_ip {ip} is not a ClusterIP"
+            ));
+        }
+        if service.ports.is_empty() {
+            return Err(format!("Service {name} has no ports: give it at least one"));
+        }
+        if let Some(seconds) = service.affinity_seconds
+            && !(1..=86_400).contains(&seconds)
+        {
+            return Err(format!(
+                "Service {name}: affinity_seconds {seconds} is out of range: use 1 to 86400 \
+                 (Kubernetes' limits), or leave it out for no affinity"
+            ));
+        }
+        for port in &service.ports {
+            let protocol = format!("{:?}", port.protocol).to_lowercase();
+            let key = (ip, port.protocol.ip_protocol(), port.port);
+            if port.port == 0 {
+                return Err(format!("Service {name}: port 0 ({protocol}) is not a port"));
+            }
+            if let Some(other) = claimed.insert(key, name) {
+                return Err(format!(
+                    "Services {other} and {name} both claim {ip} {protocol}/{}: keep one",
+                    port.port
+                ));
+            }
+            for endpoint in &port.endpoints {
+                let address = endpoint.address;
+                if endpoint.port == 0 || address.is_unspecified() || address.is_broadcast() {
+                    return Err(format!(
+                        "Service {name} {protocol}/{}: endpoint {address}:{} is not a pod's \
+                         address and port",
+                        port.port, endpoint.port
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Key of a remembered client: ClusterIP, protocol, port, client address.
+type AffinityKey = (Ipv4Addr, u8, u16, Ipv4Addr);
+
+/// `sessionAffinity: ClientIP`: the endpoint each client of a Service port
+/// was given and until when, in milliseconds. It outlives table snapshots;
+/// only new connections of Services with affinity touch it.
+#[derive(Debug, Default)]
+pub struct Affinity {
+    clients: Mutex<HashMap<AffinityKey, (Backend, u64), FixedState>>,
+}
+
+impl Affinity {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AffinityKey, (Backend, u64), FixedState>> {
+        // A worker that panicked holding it left a map, still usable.
+        self.clients
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Forget the clients whose time ran out; returns how many remain.
+    pub fn expire(&self, now_ms: u64) -> usize {
+        let mut clients = self.lock();
+        clients.retain(|_, &mut (_, expiry)| expiry > now_ms);
+        clients.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use podswitch_control::service::{ServicePort, ServiceProtocol};
+
+    use super::*;
+    use crate::flow::tests::key;
+    use crate::flow::{TCP, UDP};
+
+    fn endpoint(address: [u8; 4], ready: bool, serving: bool, terminating: bool) -> Endpoint {
+        Endpoint {
+            ready,
+            serving,
+            terminating,
+            ..Endpoint::ready(address.into(), 8080)
+        }
+    }
+
+    fn service(endpoints: Vec<Endpoint>) -> Service {
+        let port = ServicePort::new(ServiceProtocol::Tcp, 80, endpoints);
+        Service::new("default/web", Ipv4Addr::new(10, 96, 0, 10), vec![port])
+    }
+
+    fn backend(address: [u8; 4]) -> Backend {
+        Backend {
+            address: address.into(),
+            port: 8080,
+        }
+    }
+
+    fn to_web(client_port: u16) -> FlowKey {
+        key([10, 244, 1, 9], client_port, [10, 96, 0, 10], 80, TCP)
+    }
+
+    #[test]
+    fn new_connections_spread_over_the_ready_endpoints_only() {
+        let table = ServiceTable::new(
+            vec![service(vec![
+                endpoint([10, 244, 1, 5], true, true, false),
+                endpoint([10, 244, 2, 7], true, true, false),
+                endpoint([10, 244, 2, 8], false, false, false),
+                endpoint([10, 244, 2, 9], false, true, true),
+            ])],
+            |_| false,
+        );
+        let affinity = Affinity::default();
+        let mut seen = std::collections::BTreeMap::new();
+        for port in 30000..31000 {
+            match table.select(&to_web(port), &affinity, 0) {
+                Selection::Endpoint(b) => *seen.entry(b).or_insert(0) += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            seen.keys().copied().collect::<Vec<_>>(),
+            vec![backend([10, 244, 1, 5]), backend([10, 244, 2, 7])]
+        );
+        assert!(seen.values().all(|&n| n > 350), "{seen:?}");
+        // The same flow picks the same endpoint every time.
+        assert_eq!(
+            table.select(&to_web(30000), &affinity, 0),
+            table.select(&to_web(30000), &affinity, 5)
+        );
+        // Other ports, protocols and addresses are no Service.
+        let mut udp = to_web(1);
+        udp.protocol = UDP;
+        assert_eq!(table.select(&udp, &affinity, 0), Selection::NotAService);
+        let mut other_port = to_web(1);
+        other_port.dport = 443;
+        assert_eq!(
+            table.select(&other_port, &affinity, 0),
+            Selection::NotAService
+        );
+        assert_eq!(affinity.expire(0), 0);
+    }
+
+    #[test]
+    fn serving_terminating_endpoints_are_the_fallback_and_none_means_no_endpoints() {
+        let terminating = endpoint([10, 244, 2, 9], false, true, true);
+        let table = ServiceTable::new(
+            vec![service(vec![
+                terminating.clone(),
+                endpoint([10, 244, 2, 8], false, false, true),
+            ])],
+            |_| false,
+        );
+        let affinity = Affinity::default();
+        assert_eq!(
+            table.select(&to_web(1), &affinity, 0),
+            Selection::Endpoint(backend([10, 244, 2, 9]))
+        );
+        assert!(table.keeps(&to_web(1), &backend([10, 244, 2, 9])));
+        assert!(!table.keeps(&to_web(1), &backend([10, 244, 2, 8])));
+        let none = ServiceTable::new(
+            vec![service(vec![endpoint(
+                [10, 244, 2, 8],
+                false,
+                false,
+                false,
+            )])],
+            |_| false,
+        );
+        assert_eq!(
+            none.select(&to_web(1), &affinity, 0),
+            Selection::NoEndpoints
+        );
+        assert_eq!(
+            none.usable(Ipv4Addr::new(10, 96, 0, 10), TCP, 80),
+            Some(&[][..])
+        );
+    }
+
+    #[test]
+    fn internal_traffic_policy_local_uses_this_nodes_endpoints_only() {
+        let mut web = service(vec![
+            endpoint([10, 244, 1, 5], true, true, false),
+            endpoint([10, 244, 2, 7], true, true, false),
+        ]);
+        web.internal_traffic_policy = TrafficPolicy::Local;
+        let on_node_1 = |a: Ipv4Addr| a.octets()[2] == 1;
+        let table = ServiceTable::new(vec![web.clone()], on_node_1);
+        let affinity = Affinity::default();
+        for port in 1..100 {
+            assert_eq!(
+                table.select(&to_web(port), &affinity, 0),
+                Selection::Endpoint(backend([10, 244, 1, 5]))
+            );
+        }
+        let table = ServiceTable::new(vec![web], |a| a.octets()[2] == 3);
+        assert_eq!(
+            table.select(&to_web(1), &affinity, 0),
+            Selection::NoEndpoints
+        );
+    }
+
+    #[test]
+    fn client_ip_affinity_keeps_a_client_on_its_endpoint_until_the_timeout() {
+        let mut web = service(
+            (1..=8)
+                .map(|i| endpoint([10, 244, 2, i], true, true, false))
+                .collect(),
+        );
+        web.affinity_seconds = Some(10);
+        let table = ServiceTable::new(vec![web.clone()], |_| false);
+        let affinity = Affinity::default();
+        let Selection::Endpoint(first) = table.select(&to_web(1), &affinity, 0) else {
+            panic!()
+        };
+        // Every later connection of the client, each renewing the timeout.
+        for (i, port) in (2..200).enumerate() {
+            assert_eq!(
+                table.select(&to_web(port), &affinity, i as u64 * 1000),
+                Selection::Endpoint(first)
+            );
+        }
+        // Another client is hashed on its own.
+        let mut picks = std::collections::BTreeSet::new();
+        for client in 1..50 {
+            let mut flow = to_web(1);
+            flow.src = Ipv4Addr::new(10, 244, 3, client);
+            let Selection::Endpoint(b) = table.select(&flow, &affinity, 0) else {
+                panic!()
+            };
+            picks.insert(b);
+        }
+        assert!(picks.len() > 1);
+        // A new snapshot without the endpoint: the client moves.
+        web.ports[0]
+            .endpoints
+            .retain(|e| e.address != first.address);
+        let without = ServiceTable::new(vec![web], |_| false);
+        let Selection::Endpoint(moved) = without.select(&to_web(500), &affinity, 200_000) else {
+            panic!()
+        };
+        assert_ne!(moved, first);
+        // Past the timeout the memory is gone.
+        assert_eq!(affinity.expire(200_000 + 10_000), 0);
+    }
+
+    #[test]
+    fn a_port_listed_twice_keeps_the_first_service_and_ports_lists_sorted() {
+        let first = service(vec![endpoint([10, 244, 1, 5], true, true, false)]);
+        let mut second = service(vec![endpoint([10, 244, 2, 7], true, true, false)]);
+        second.name = "default/other".into();
+        second
+            .ports
+            .push(ServicePort::new(ServiceProtocol::Udp, 53, vec![]));
+        let table = ServiceTable::new(vec![first, second], |_| false);
+        let ports = table.ports();
+        assert_eq!(ports.len(), 2);
+        assert_eq!(ports[0].0, "default/web");
+        assert_eq!(ports[0].4, &[backend([10, 244, 1, 5])]);
+        assert_eq!(
+            (ports[1].0, ports[1].2, ports[1].3),
+            ("default/other", UDP, 53)
+        );
+        assert_eq!(table.services().len(), 2);
+        assert!(!table.is_empty());
+    }
+
+    #[test]
+    fn check_says_what_to_fix() {
+        let good = service(vec![endpoint([10, 244, 1, 5], true, true, false)]);
+        assert_eq!(check(std::slice::from_ref(&good)), Ok(()));
+        let mut dns = good.clone();
+        dns.name = "kube-system/dns".into();
+        let cases: Vec<(Vec<Service>, &str)> = vec![
+            (
+                vec![Service {
+                    name: String::new(),
+                    ..good.clone()
+                }],
+                "no name",
+            ),
+            (vec![good.clone(), good.clone()], "listed twice"),
+            (
+                vec![Service {
+                    cluster_ip: Ipv4Addr::UNSPECIFIED,
+                    ..good.clone()
+                }],
+                "not a ClusterIP",
+            ),
+            (
+                vec![Service {
+                    ports: vec![],
+                    ..good.clone()
+                }],
+                "no ports",
+            ),
+            (
+                vec![Service {
+                    affinity_seconds: Some(0),
+                    ..good.clone()
+                }],
+                "1 to 86400",
+            ),
+            (
+                vec![good.clone(), dns.clone()],
+                "both claim 10.96.0.10 tcp/80",
+            ),
+        ];
+        for (services, message) in cases {
+            let error = check(&services).unwrap_err();
+            assert!(error.contains(message), "{error}");
+        }
+        let mut zero = good.clone();
+        zero.ports[0].port = 0;
+        assert!(check(&[zero]).unwrap_err().contains("port 0"));
+        let mut bad_endpoint = good;
+        bad_endpoint.ports[0].endpoints[0].port = 0;
+        assert!(
+            check(&[bad_endpoint])
+                .unwrap_err()
+                .contains("endpoint 10.244.1.5:0")
+        );
+    }
+}

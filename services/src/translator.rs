@@ -1,0 +1,292 @@
+//! The Service stage on one packet: the connection table first, the
+//! Service table for a new connection, then the rewrite.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::conntrack::{ConnTable, Direction, Refused, Timeouts};
+use crate::flow;
+use crate::rewrite::{self, L4Checksum, Nat};
+use crate::table::{Affinity, Selection, ServiceTable};
+
+/// What the Service stage did with a packet; the switch counts each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing to translate: not a Service packet (or not one the stage
+    /// reads: a fragment, another protocol). Forward it as it is.
+    Pass,
+    /// Rewritten; `new` for the first packet of a connection.
+    Translated {
+        /// Whether it started a connection.
+        new: bool,
+    },
+    /// A Service port with no usable endpoint: drop
+    /// (`service_no_endpoints`).
+    NoEndpoints,
+    /// The connection table is full: drop (`conntrack_full`).
+    TableFull,
+    /// The reply tuple is taken by another connection: drop
+    /// (`conntrack_clash`).
+    Clash,
+}
+
+/// The Service stage's long-lived state: the connection table and the
+/// session-affinity memory. The Service table itself is a snapshot the
+/// caller passes with each packet.
+#[derive(Debug)]
+pub struct Translator {
+    /// The connections, shared by every worker.
+    pub conns: ConnTable,
+    /// `sessionAffinity: ClientIP` memory.
+    pub affinity: Affinity,
+    /// Connections translated since start.
+    translated: AtomicU64,
+}
+
+impl Translator {
+    /// A translator whose connection table holds `capacity` connections.
+    pub fn new(capacity: usize, timeouts: Timeouts) -> Translator {
+        Translator {
+            conns: ConnTable::new(capacity, timeouts),
+            affinity: Affinity::default(),
+            translated: AtomicU64::new(0),
+        }
+    }
+
+    /// How many connections it translated since it started.
+    pub fn translated(&self) -> u64 {
+        self.translated.load(Ordering::Relaxed)
+    }
+
+    /// A packet a pod sent (`ipv4` starts at its IPv4 header), before the
+    /// route lookup: a packet of a known connection is rewritten (either
+    /// direction: a hairpin endpoint's reply is sent to the ClusterIP); a
+    /// new connection to a Service port gets an endpoint. Hairpin (the
+    /// client picked as its own endpoint) also gets the ClusterIP as its
+    /// source, so that the endpoint's reply comes back through the switch.
+    pub fn outbound(
+        &self,
+        table: &ServiceTable,
+        ipv4: &mut [u8],
+        checksum: L4Checksum,
+        now_ms: u64,
+    ) -> Verdict {
+        let Some(parsed) = flow::parse(ipv4) else {
+            return Verdict::Pass;
+        };
+        let key = parsed.key;
+        if !self.conns.is_empty()
+            && let Some(hit) = self.conns.lookup(&key, parsed.tcp_flags, now_ms)
+        {
+            rewrite::apply_parsed(ipv4, &parsed, &hit.nat, checksum);
+            return Verdict::Translated { new: false };
+        }
+        let backend = match table.select(&key, &self.affinity, now_ms) {
+            Selection::NotAService => return Verdict::Pass,
+            Selection::NoEndpoints => return Verdict::NoEndpoints,
+            Selection::Endpoint(backend) => backend,
+        };
+        let src = if backend.address == key.src {
+            key.dst
+        } else {
+            key.src
+        };
+        let nat = Nat {
+            src: (src, key.sport),
+            dst: (backend.address, backend.port),
+        };
+        match self.conns.insert(key, nat, backend, now_ms) {
+            Ok(hit) => {
+                rewrite::apply_parsed(ipv4, &parsed, &hit.nat, checksum);
+                self.translated.fetch_add(1, Ordering::Relaxed);
+                Verdict::Translated { new: true }
+            }
+            Err(Refused::Full) => Verdict::TableFull,
+            Err(Refused::Clash) => Verdict::Clash,
+        }
+    }
+
+    /// A packet about to be delivered to a local pod (from a pod, the
+    /// uplink or the tunnel): an endpoint's reply to a client is given the
+    /// ClusterIP and port back. Nothing else is touched.
+    pub fn inbound(&self, ipv4: &mut [u8], checksum: L4Checksum, now_ms: u64) -> Verdict {
+        if self.conns.is_empty() {
+            return Verdict::Pass;
+        }
+        let Some(parsed) = flow::parse(ipv4) else {
+            return Verdict::Pass;
+        };
+        match self.conns.lookup(&parsed.key, parsed.tcp_flags, now_ms) {
+            Some(hit) if hit.direction == Direction::Reply => {
+                rewrite::apply_parsed(ipv4, &parsed, &hit.nat, checksum);
+                Verdict::Translated { new: false }
+            }
+            _ => Verdict::Pass,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol};
+    use podswitch_encap::checksum::ipv4_header_ok;
+
+    use super::*;
+    use crate::flow::tests::{key, l4_verifies};
+    use crate::flow::{FlowKey, TCP, UDP};
+
+    const VIP: [u8; 4] = [10, 96, 0, 10];
+
+    fn table(endpoints: &[[u8; 4]]) -> ServiceTable {
+        let port = |protocol, port| {
+            let endpoints = endpoints
+                .iter()
+                .map(|&a| Endpoint::ready(a.into(), port + 8000));
+            ServicePort::new(protocol, port, endpoints.collect())
+        };
+        let ports = vec![
+            port(ServiceProtocol::Tcp, 80),
+            port(ServiceProtocol::Udp, 53),
+        ];
+        ServiceTable::new(vec![Service::new("default/web", VIP.into(), ports)], |_| {
+            false
+        })
+    }
+
+    fn checked(flow: FlowKey) -> Vec<u8> {
+        flow::tests::checked(flow, b"hello")
+    }
+
+    fn verifies(p: &[u8]) -> bool {
+        ipv4_header_ok(&p[..20]) && l4_verifies(p)
+    }
+
+    #[test]
+    fn a_connection_is_translated_there_and_back_keeping_the_client_address() {
+        let services = table(&[[10, 244, 2, 7]]);
+        let translator = Translator::new(100, Timeouts::default());
+        let request = key([10, 244, 1, 9], 40000, VIP, 80, TCP);
+        let mut p = checked(request);
+        assert_eq!(
+            translator.outbound(&services, &mut p, L4Checksum::Full, 0),
+            Verdict::Translated { new: true }
+        );
+        assert_eq!(
+            flow::parse(&p).unwrap().key,
+            key([10, 244, 1, 9], 40000, [10, 244, 2, 7], 8080, TCP)
+        );
+        assert!(verifies(&p));
+        // Delivered to the endpoint's pod: not a reply, left alone.
+        let before = p.clone();
+        assert_eq!(
+            translator.inbound(&mut p, L4Checksum::Full, 1),
+            Verdict::Pass
+        );
+        assert_eq!(p, before);
+        // The endpoint's answer, delivered to the client.
+        let mut answer = checked(key([10, 244, 2, 7], 8080, [10, 244, 1, 9], 40000, TCP));
+        assert_eq!(
+            translator.inbound(&mut answer, L4Checksum::Full, 2),
+            Verdict::Translated { new: false }
+        );
+        assert_eq!(flow::parse(&answer).unwrap().key, request.reversed());
+        assert!(verifies(&answer));
+        // The next request packet is a known connection.
+        let mut next = checked(request);
+        assert_eq!(
+            translator.outbound(&services, &mut next, L4Checksum::Full, 3),
+            Verdict::Translated { new: false }
+        );
+        assert_eq!(next, before);
+        assert_eq!(translator.translated(), 1);
+        // Traffic to anything else passes untouched.
+        let mut other = checked(key([10, 244, 1, 9], 40000, [10, 96, 0, 11], 80, TCP));
+        let copy = other.clone();
+        assert_eq!(
+            translator.outbound(&services, &mut other, L4Checksum::Full, 4),
+            Verdict::Pass
+        );
+        assert_eq!(
+            translator.inbound(&mut other, L4Checksum::Full, 4),
+            Verdict::Pass
+        );
+        assert_eq!(other, copy);
+    }
+
+    #[test]
+    fn hairpin_gets_the_cluster_ip_as_source_both_ways() {
+        let client = [10, 244, 1, 9];
+        let services = table(&[client]);
+        let translator = Translator::new(100, Timeouts::default());
+        let mut p = checked(key(client, 5000, VIP, 53, UDP));
+        assert_eq!(
+            translator.outbound(&services, &mut p, L4Checksum::Full, 0),
+            Verdict::Translated { new: true }
+        );
+        assert_eq!(
+            flow::parse(&p).unwrap().key,
+            key(VIP, 5000, client, 8053, UDP)
+        );
+        assert!(verifies(&p));
+        // The pod answers the ClusterIP: that comes back as a pod's packet.
+        let mut answer = checked(key(client, 8053, VIP, 5000, UDP));
+        assert_eq!(
+            translator.outbound(&services, &mut answer, L4Checksum::Full, 1),
+            Verdict::Translated { new: false }
+        );
+        assert_eq!(
+            flow::parse(&answer).unwrap().key,
+            key(VIP, 53, client, 5000, UDP)
+        );
+        assert!(verifies(&answer));
+        assert_eq!(
+            translator.inbound(&mut answer, L4Checksum::Full, 1),
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn no_endpoints_and_a_full_table_are_verdicts_not_rewrites() {
+        let translator = Translator::new(1, Timeouts::default());
+        let mut p = checked(key([10, 244, 1, 9], 1, VIP, 80, TCP));
+        let copy = p.clone();
+        assert_eq!(
+            translator.outbound(&table(&[]), &mut p, L4Checksum::Full, 0),
+            Verdict::NoEndpoints
+        );
+        assert_eq!(p, copy);
+        let services = table(&[[10, 244, 2, 7]]);
+        assert_eq!(
+            translator.outbound(&services, &mut p, L4Checksum::Full, 0),
+            Verdict::Translated { new: true }
+        );
+        let mut second = checked(key([10, 244, 1, 9], 2, VIP, 80, TCP));
+        assert_eq!(
+            translator.outbound(&services, &mut second, L4Checksum::Full, 0),
+            Verdict::TableFull
+        );
+        let mut clash = checked(key([10, 244, 1, 9], 1, [10, 96, 0, 99], 80, TCP));
+        let other = ServiceTable::new(
+            vec![Service {
+                cluster_ip: Ipv4Addr::new(10, 96, 0, 99),
+                ..services.services()[0].clone()
+            }],
+            |_| false,
+        );
+        let roomy = Translator::new(10, Timeouts::default());
+        assert!(matches!(
+            roomy.outbound(
+                &services,
+                &mut checked(key([10, 244, 1, 9], 1, VIP, 80, TCP)),
+                L4Checksum::Full,
+                0
+            ),
+            Verdict::Translated { .. }
+        ));
+        assert_eq!(
+            roomy.outbound(&other, &mut clash, L4Checksum::Full, 0),
+            Verdict::Clash
+        );
+    }
+}

@@ -1,0 +1,347 @@
+//! The switch's own Service translation (`service_translation =
+//! "switch"`): the Service table the workers read once per pass (an
+//! arc-swap snapshot, as the FIB), replaced whenever the Services change,
+//! and the long-lived translator (the connection table and the session
+//! affinity memory) from `podswitch-services`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use arc_swap::{ArcSwap, Guard};
+use ipnet::Ipv4Net;
+use podswitch_control::protocol::{EndpointStatus, ServicePortStatus};
+use podswitch_control::service::{Service, ServiceProtocol};
+use podswitch_services::{ServiceTable, Timeouts, Translator};
+
+/// The source `podswitch services set` feeds.
+pub const CONTROL_SOURCE: &str = "control";
+/// The source the `services_file` feeds.
+pub const FILE_SOURCE: &str = "file";
+
+/// Connections the table holds by default: at about 200 bytes per
+/// connection (two map entries and the shared state), 256 MiB at most.
+pub const DEFAULT_CONNECTIONS: usize = 1 << 20;
+
+/// The Service stage's state, shared by the control plane and the workers.
+#[derive(Debug)]
+pub struct Services {
+    table: ArcSwap<ServiceTable>,
+    /// The connections and the affinity memory.
+    pub translator: Translator,
+    /// This node's pod CIDR: the endpoints in it are local
+    /// (`internalTrafficPolicy: Local`).
+    pod_cidr: Ipv4Net,
+    /// Where the connection table's clock starts.
+    epoch: Instant,
+    /// Each source's Services, by source name.
+    sources: Mutex<BTreeMap<String, Vec<Service>>>,
+    /// The `services_file`, and what it looked like when last read.
+    file: Mutex<Option<WatchedFile>>,
+}
+
+/// A file of Services, reread when it changes.
+#[derive(Debug)]
+struct WatchedFile {
+    path: PathBuf,
+    /// Modification time and length at the last read.
+    seen: Option<(SystemTime, u64)>,
+}
+
+/// Read a JSON list of Services (the `services_file`, the file of
+/// `podswitch services set`), checked: an error names the file and what
+/// to fix.
+pub fn read_services(path: &Path) -> Result<Vec<Service>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let services: Vec<Service> = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: not a JSON list of Services (see docs/services.md)",
+            path.display()
+        )
+    })?;
+    podswitch_services::check(&services)
+        .map_err(|problem| anyhow::anyhow!("{}: {problem}", path.display()))?;
+    Ok(services)
+}
+
+/// A file's modification time and length, if it can be read.
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let metadata = std::fs::metadata(path).ok()?;
+    Some((metadata.modified().ok()?, metadata.len()))
+}
+
+impl Services {
+    /// An empty table for a node whose pods are in `pod_cidr`, with room
+    /// for `capacity` connections.
+    pub fn new(pod_cidr: Ipv4Net, capacity: usize) -> Services {
+        Services {
+            table: ArcSwap::from_pointee(ServiceTable::new(Vec::new(), |_| false)),
+            translator: Translator::new(capacity, Timeouts::default()),
+            pod_cidr,
+            epoch: Instant::now(),
+            sources: Mutex::new(BTreeMap::new()),
+            file: Mutex::new(None),
+        }
+    }
+
+    fn sources(&self) -> MutexGuard<'_, BTreeMap<String, Vec<Service>>> {
+        self.sources
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Replace the Services of `source` (`control`, `file`, `kubernetes`)
+    /// and put the union of every source's in place; refused, with what to
+    /// fix, when the set does not [`podswitch_services::check`]. A
+    /// ClusterIP port two sources both list goes to the source first in
+    /// name order.
+    pub fn set(&self, source: &str, services: Vec<Service>) -> Result<(), String> {
+        podswitch_services::check(&services)?;
+        let mut sources = self.sources();
+        sources.insert(source.to_string(), services);
+        self.publish(sources.values().flatten().cloned().collect());
+        Ok(())
+    }
+
+    /// Read `path` as the file source now, and again whenever it changes
+    /// ([`Services::maintain`]).
+    pub fn watch_file(&self, path: &Path) -> Result<()> {
+        let seen = stamp(path);
+        self.set(FILE_SOURCE, read_services(path)?)
+            .map_err(anyhow::Error::msg)?;
+        *self
+            .file
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(WatchedFile {
+            path: path.to_path_buf(),
+            seen,
+        });
+        Ok(())
+    }
+
+    /// Reread the file source if it changed: a file that does not read or
+    /// check is logged and the set before it kept.
+    fn reread_file(&self) {
+        let mut file = self
+            .file
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(file) = file.as_mut() else {
+            return;
+        };
+        let now = stamp(&file.path);
+        if now == file.seen {
+            return;
+        }
+        file.seen = now;
+        match read_services(&file.path) {
+            Ok(services) => match self.set(FILE_SOURCE, services) {
+                Ok(()) => tracing::info!("read the Services of {}", file.path.display()),
+                Err(problem) => tracing::warn!(
+                    "{}: {problem}; keeping its earlier Services",
+                    file.path.display()
+                ),
+            },
+            Err(e) => tracing::warn!("{e:#}; keeping its earlier Services"),
+        }
+    }
+
+    /// The table as `podswitch services` shows it: every Service port,
+    /// its source, and its endpoints with their connections.
+    pub fn status(&self) -> Vec<ServicePortStatus> {
+        let table = self.table();
+        let connections = self.translator.conns.per_backend();
+        let sources = self.sources();
+        let source_of = |name: &str| {
+            sources
+                .iter()
+                .find(|(_, services)| services.iter().any(|s| s.name == name))
+                .map_or_else(String::new, |(source, _)| source.clone())
+        };
+        table
+            .ports()
+            .into_iter()
+            .filter_map(|(name, cluster_ip, protocol, port, backends)| {
+                Some(ServicePortStatus {
+                    service: name.to_string(),
+                    source: source_of(name),
+                    cluster_ip,
+                    protocol: ServiceProtocol::from_ip_protocol(protocol)?,
+                    port,
+                    endpoints: backends
+                        .iter()
+                        .map(|backend| EndpointStatus {
+                            address: backend.address,
+                            port: backend.port,
+                            connections: connections.get(backend).copied().unwrap_or(0) as u64,
+                        })
+                        .collect(),
+                })
+            })
+            .collect()
+    }
+
+    /// Milliseconds since the switch started: the connection table's clock.
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The current table, for one pass of a worker.
+    pub fn table(&self) -> Guard<Arc<ServiceTable>> {
+        self.table.load()
+    }
+
+    /// Put a new set of Services in place, and end the connections of the
+    /// endpoints it no longer has: their next packet picks a current
+    /// endpoint.
+    fn publish(&self, services: Vec<Service>) {
+        let pod_cidr = self.pod_cidr;
+        let table = ServiceTable::new(services, |address| pod_cidr.contains(&address));
+        let ended = self
+            .translator
+            .conns
+            .remove_unkept(|original, backend| table.keeps(original, backend));
+        self.table.store(Arc::new(table));
+        if ended > 0 {
+            tracing::info!("ended {ended} connections to endpoints that left their Service");
+        }
+    }
+
+    /// The maintenance thread's round: reread the file source if it
+    /// changed, forget expired connections and affinities.
+    pub fn maintain(&self) {
+        self.reread_file();
+        let now = self.now_ms();
+        self.translator.conns.sweep(now);
+        self.translator.affinity.expire(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use podswitch_control::service::{Endpoint, ServicePort, ServiceProtocol, TrafficPolicy};
+    use podswitch_services::{FlowKey, Nat};
+
+    use super::*;
+
+    fn web(endpoints: &[Ipv4Addr]) -> Service {
+        let endpoints = endpoints
+            .iter()
+            .map(|&a| Endpoint::ready(a, 8080))
+            .collect();
+        let port = ServicePort::new(ServiceProtocol::Tcp, 80, endpoints);
+        Service {
+            internal_traffic_policy: TrafficPolicy::Local,
+            ..Service::new("default/web", Ipv4Addr::new(10, 96, 0, 10), vec![port])
+        }
+    }
+
+    #[test]
+    fn a_new_set_ends_the_connections_of_removed_endpoints_and_knows_local_ones() {
+        let services = Services::new("10.244.1.0/24".parse().unwrap(), 16);
+        let (local, remote) = (Ipv4Addr::new(10, 244, 1, 5), Ipv4Addr::new(10, 244, 2, 7));
+        services
+            .set(CONTROL_SOURCE, vec![web(&[local, remote])])
+            .unwrap();
+        // internalTrafficPolicy Local: only the pod CIDR's endpoint.
+        let vip = Ipv4Addr::new(10, 96, 0, 10);
+        let usable = services.table().usable(vip, 6, 80).unwrap().to_vec();
+        assert_eq!(usable.len(), 1);
+        assert_eq!(usable[0].address, local);
+        let flow = FlowKey {
+            src: Ipv4Addr::new(10, 244, 1, 9),
+            dst: vip,
+            sport: 40000,
+            dport: 80,
+            protocol: 6,
+        };
+        let nat = Nat {
+            src: (flow.src, flow.sport),
+            dst: (local, 8080),
+        };
+        let conns = &services.translator.conns;
+        conns
+            .insert(flow, nat, usable[0], services.now_ms())
+            .unwrap();
+        let status = services.status();
+        assert_eq!(status.len(), 1);
+        assert_eq!(
+            (
+                status[0].source.as_str(),
+                status[0].endpoints[0].connections
+            ),
+            ("control", 1)
+        );
+        services
+            .set(CONTROL_SOURCE, vec![web(&[local, remote])])
+            .unwrap();
+        assert_eq!(conns.len(), 1, "kept while the endpoint stays");
+        services.set(CONTROL_SOURCE, vec![web(&[remote])]).unwrap();
+        assert!(conns.is_empty());
+        services.maintain();
+    }
+
+    #[test]
+    fn sources_keep_their_own_sets_and_a_bad_set_is_refused() {
+        let services = Services::new("10.244.1.0/24".parse().unwrap(), 16);
+        let mut dns = web(&[Ipv4Addr::new(10, 244, 1, 5)]);
+        dns.name = "kube-system/dns".into();
+        dns.cluster_ip = Ipv4Addr::new(10, 96, 0, 53);
+        services.set("kubernetes", vec![dns]).unwrap();
+        services.set(CONTROL_SOURCE, vec![web(&[])]).unwrap();
+        assert_eq!(services.status().len(), 2);
+        let error = services
+            .set(CONTROL_SOURCE, vec![web(&[]), web(&[])])
+            .unwrap_err();
+        assert!(error.contains("listed twice"), "{error}");
+        services.set(CONTROL_SOURCE, vec![]).unwrap();
+        let status = services.status();
+        assert_eq!(status.len(), 1);
+        assert_eq!(
+            (status[0].service.as_str(), status[0].source.as_str()),
+            ("kube-system/dns", "kubernetes")
+        );
+    }
+
+    #[test]
+    fn the_file_source_is_reread_when_it_changes_and_a_bad_file_keeps_the_last_set() {
+        let dir = std::env::temp_dir().join(format!("podswitch-services-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("services.json");
+        let write = |services: &[Service]| {
+            std::fs::write(&path, serde_json::to_string(services).unwrap()).unwrap()
+        };
+        let endpoints =
+            |n: usize| web(&[Ipv4Addr::new(10, 244, 1, 7), Ipv4Addr::new(10, 244, 1, 8)][..n]);
+        write(&[endpoints(1)]);
+        let services = Services::new("10.244.1.0/24".parse().unwrap(), 16);
+        services.watch_file(&path).unwrap();
+        let count = || services.status()[0].endpoints.len();
+        assert_eq!(count(), 1);
+        // A different length, so the change shows whatever the clock's grain.
+        write(&[endpoints(2)]);
+        services.maintain();
+        assert_eq!(count(), 2);
+        std::fs::write(&path, "[{\"name\": \"x\"}]").unwrap();
+        services.maintain();
+        assert_eq!(count(), 2);
+        let error = read_services(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("services.json") && error.contains("JSON list of Services"),
+            "{error}"
+        );
+        std::fs::write(
+            &path,
+            serde_json::to_string(&[endpoints(1), endpoints(1)]).unwrap(),
+        )
+        .unwrap();
+        let error = format!("{:#}", read_services(&path).unwrap_err());
+        assert!(error.contains("listed twice"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,288 @@
+//! The switch's own Service translation (issue 18 item 2,
+//! `service_translation = "switch"`) through the real path: two podswitch
+//! nodes, pods made by the real CNI plugin, Services given in a
+//! `services_file`: a TCP Service with an endpoint on each node, a hairpin
+//! Service, a UDP "DNS" Service and an echo Service. Clients on both nodes
+//! reach them, the endpoints see the clients' own addresses, no Service
+//! packet crosses a node's stack (the host ports send nothing), and a
+//! change of endpoints during traffic is followed: new connections go to
+//! the new set and a removed endpoint's connection ends. Needs root.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol};
+use podswitch_lab::Lab;
+use podswitch_lab::cluster::{Pod, SwitchNode, SwitchOptions, SwitchPair};
+use podswitch_lab::cni::CniPlugin;
+use podswitch_lab::service_traffic::{ECHO_PORT, TCP_PORT, UDP_PORT, request, serve_in};
+
+const WEB: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const WEB_A: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 13);
+const DNS: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 53);
+const ECHO: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 33);
+
+/// Holds one TCP connection to `host:port` open across a signal: one echo
+/// round trip, then (once the file `go` exists) another, printing how the
+/// second ended.
+const HELD_CONNECTION: &str = r#"
+import os, socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+s.sendall(b"x")
+assert s.recv(1) == b"x"
+deadline = time.time() + 30
+while not os.path.exists(sys.argv[3]) and time.time() < deadline:
+    time.sleep(0.05)
+try:
+    s.sendall(b"y")
+    print("echoed" if s.recv(1) else "closed")
+except ConnectionResetError:
+    print("reset")
+except socket.timeout:
+    print("timeout")
+"#;
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_podswitch"))
+}
+
+/// The Services of the test, `web` and `echo` served by `web` and `echo`.
+fn services(web: &[Ipv4Addr], echo: &[Ipv4Addr], a: Ipv4Addr, c: Ipv4Addr) -> Vec<Service> {
+    let tcp = |port, target, endpoints: &[Ipv4Addr]| {
+        let endpoints = endpoints
+            .iter()
+            .map(|&e| Endpoint::ready(e, target))
+            .collect();
+        vec![ServicePort::new(ServiceProtocol::Tcp, port, endpoints)]
+    };
+    let dns = vec![ServicePort::new(
+        ServiceProtocol::Udp,
+        53,
+        vec![Endpoint::ready(c, UDP_PORT)],
+    )];
+    vec![
+        Service::new("default/web", WEB, tcp(80, TCP_PORT, web)),
+        Service::new("default/web-a", WEB_A, tcp(80, TCP_PORT, &[a])),
+        Service::new("kube-system/dns", DNS, dns),
+        Service::new("default/echo", ECHO, tcp(ECHO_PORT, ECHO_PORT, echo)),
+    ]
+}
+
+fn write(path: &Path, services: &[Service]) -> Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(services)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The endpoints node `node`'s table gives the Service port at `ip`.
+fn endpoints_of(node: &SwitchNode, ip: Ipv4Addr) -> Result<Vec<(Ipv4Addr, u64)>> {
+    let table = node.cli_json(&["services"])?;
+    let port = table
+        .as_array()
+        .and_then(|ports| ports.iter().find(|p| p["cluster_ip"] == ip.to_string()))
+        .with_context(|| format!("{ip} is not in the table: {table}"))?;
+    let endpoints = port["endpoints"].as_array().cloned().unwrap_or_default();
+    Ok(endpoints
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["address"].as_str()?.parse().ok()?,
+                e["connections"].as_u64()?,
+            ))
+        })
+        .collect())
+}
+
+/// Wait (10 s at most) until `node`'s table satisfies `done` for `ip`.
+fn wait_for(
+    node: &SwitchNode,
+    ip: Ipv4Addr,
+    what: &str,
+    done: impl Fn(&[(Ipv4Addr, u64)]) -> bool,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let endpoints = endpoints_of(node, ip)?;
+        if done(&endpoints) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{what}: node {}'s table still has {endpoints:?} for {ip}",
+                node.index
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The endpoints that answered `count` TCP requests from `from` to the
+/// web Service, each checked to have seen `from`'s own address.
+fn web_answers(from: &Pod, count: usize) -> Result<BTreeSet<Ipv4Addr>> {
+    let mut answered = BTreeSet::new();
+    for _ in 0..count {
+        let (endpoint, seen) = request(from, "tcp", WEB, 80)?;
+        ensure!(
+            seen == from.ip,
+            "{endpoint} saw the client {} as {seen}",
+            from.ip
+        );
+        answered.insert(endpoint);
+    }
+    Ok(answered)
+}
+
+/// Packets each node's switch sent to its node's stack (the host port).
+fn to_host(nodes: &[SwitchNode; 2]) -> Result<Vec<u64>> {
+    nodes
+        .iter()
+        .map(|node| {
+            let stats = node.cli_json(&["stats"])?;
+            stats["ports"]["podsw0"]["tx_packets"]
+                .as_u64()
+                .context("podsw0 in stats")
+        })
+        .collect()
+}
+
+#[test]
+fn the_switch_translates_services_keeping_the_client_address() -> Result<()> {
+    let mut lab = Lab::new("svc")?;
+    let dir: PathBuf = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("services.json");
+    let (a, b, c) = (
+        Ipv4Addr::new(10, 244, 1, 2),
+        Ipv4Addr::new(10, 244, 1, 3),
+        Ipv4Addr::new(10, 244, 2, 2),
+    );
+    write(&file, &services(&[b, c], &[c], a, c))?;
+    let cni = binary().with_file_name("podswitch-cni");
+    ensure!(
+        cni.exists(),
+        "{} is not built: cargo build --release -p podswitch-cni",
+        cni.display()
+    );
+    let options = SwitchOptions {
+        cni: Some(CniPlugin {
+            path: vec![
+                binary().parent().context("the binaries' directory")?.into(),
+                "/usr/lib/cni".into(),
+            ],
+            binary: cni,
+        }),
+        membership: Some(format!(
+            "service_translation = \"switch\"\nservices_file = \"{}\"",
+            file.display()
+        )),
+        ..SwitchOptions::default()
+    };
+    let SwitchPair { nodes, pods } = SwitchPair::build(&mut lab, binary(), &dir, &options)?;
+    let [[pa, pb], [pc, pd]] = &pods;
+    ensure!(
+        (pa.ip, pb.ip, pc.ip) == (a, b, c),
+        "pods at {} {} {}",
+        pa.ip,
+        pb.ip,
+        pc.ip
+    );
+    let _servers = [pa, pb, pc]
+        .map(|pod| serve_in(&pod.ns, pod.ip))
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
+
+    let before = to_host(&nodes)?;
+    // Both endpoints, from either node (same node and across), the client
+    // seen as itself.
+    for client in [pa, pd] {
+        let answered = web_answers(client, 24)?;
+        ensure!(
+            answered == BTreeSet::from([b, c]),
+            "{} reached only {answered:?}",
+            client.ip
+        );
+    }
+    // Hairpin: the client is the endpoint, and sees the ClusterIP.
+    ensure!(request(pa, "tcp", WEB_A, 80)? == (a, WEB_A), "hairpin");
+    // UDP "DNS", across nodes and on the same node.
+    for client in [pa, pd] {
+        ensure!(
+            request(client, "udp", DNS, 53)? == (c, client.ip),
+            "DNS from {}",
+            client.ip
+        );
+    }
+    let after = to_host(&nodes)?;
+    ensure!(
+        before == after,
+        "Service packets crossed the nodes' stacks: host ports sent {before:?} then {after:?}"
+    );
+    // Each connection counted once, on its client's node: 24 web, the
+    // hairpin and DNS from node 1's pod a; 24 web and DNS from node 2's d.
+    for (node, expected) in nodes.iter().zip([26, 25]) {
+        let stats = node.cli_json(&["stats"])?;
+        let translated = stats["services"]["connections_translated"].as_u64();
+        ensure!(
+            translated == Some(expected),
+            "node {} translated {translated:?} connections",
+            node.index
+        );
+    }
+
+    // An endpoint leaves during traffic: new connections go to the one
+    // left, and a connection to the one that left ends.
+    let go = dir.join("go");
+    let _ = std::fs::remove_file(&go);
+    let held = std::thread::scope(|scope| -> Result<String> {
+        let ns = &pa.ns;
+        let client = scope.spawn(|| {
+            ns.run(
+                "python3",
+                &[
+                    "-c",
+                    HELD_CONNECTION,
+                    &ECHO.to_string(),
+                    &ECHO_PORT.to_string(),
+                    &go.to_string_lossy(),
+                ],
+            )
+        });
+        let held =
+            wait_for(&nodes[0], ECHO, "the echo connection", |e| e == [(c, 1)]).and_then(|()| {
+                write(&file, &services(&[b], &[b], a, c))?;
+                wait_for(&nodes[0], ECHO, "c leaving echo", |e| {
+                    e.len() == 1 && e[0].0 == b
+                })?;
+                wait_for(&nodes[0], WEB, "c leaving web", |e| {
+                    e.len() == 1 && e[0].0 == b
+                })
+            });
+        std::fs::write(&go, "")?;
+        let output = client
+            .join()
+            .map_err(|_| anyhow::anyhow!("the client thread panicked"))??;
+        held?;
+        Ok(output.trim().to_string())
+    })?;
+    ensure!(
+        held == "reset",
+        "the connection to the removed endpoint: {held}"
+    );
+    ensure!(
+        web_answers(pa, 12)? == BTreeSet::from([b]),
+        "new connections after c left"
+    );
+    // It comes back: new connections use it again.
+    write(&file, &services(&[b, c], &[c], a, c))?;
+    wait_for(&nodes[0], WEB, "c back in web", |e| e.len() == 2)?;
+    ensure!(
+        web_answers(pa, 24)? == BTreeSet::from([b, c]),
+        "new connections after c came back"
+    );
+    for node in &nodes {
+        node.check_frames()?;
+    }
+    Ok(())
+}
