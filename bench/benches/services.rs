@@ -1,8 +1,10 @@
 //! Service translation costs (issue 18 item 3): a packet of an established
 //! connection through the Service stage (the connection table's probe and
 //! the in-place rewrite with its checksums), each way, with 1 k and 1 M
-//! connections in the table; the connection table's probe alone; and the
-//! Service table's pick of an endpoint for a connection's first packet.
+//! connections in the table; the connection table's probe alone; the
+//! Service table's pick of an endpoint for a connection's first packet;
+//! and what the stage costs a pod-to-pod packet that is no Service's
+//! (both checks, as a packet from a pod to a local pod meets them).
 //! Run with
 //! `cargo bench -p podswitch-bench --bench services`.
 //!
@@ -145,7 +147,26 @@ fn services(c: &mut Criterion) {
             b.iter(|| {
                 let mut p = replies[i & (PACKETS - 1)];
                 i += 1;
-                black_box(translator.inbound(&mut p, L4Checksum::Full, 1));
+                black_box(translator.inbound(&table, &mut p, L4Checksum::Full, 1));
+                black_box(p)
+            })
+        });
+        // Pod-to-pod traffic with translation on: what the stage costs
+        // every packet that is no Service's, each way.
+        let direct: Vec<[u8; 54]> = requests
+            .iter()
+            .map(|p| {
+                let mut flow = podswitch_services::flow::parse(p).expect("TCP").key;
+                flow.dst = Ipv4Addr::new(10, 244, 3, p[19]);
+                packet(&flow)
+            })
+            .collect();
+        group.bench_function(format!("pod-to-pod/{name}"), |b| {
+            b.iter(|| {
+                let mut p = direct[i & (PACKETS - 1)];
+                i += 1;
+                black_box(translator.outbound(&table, &mut p, L4Checksum::Full, 1));
+                black_box(translator.inbound(&table, &mut p, L4Checksum::Full, 1));
                 black_box(p)
             })
         });

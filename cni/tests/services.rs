@@ -18,7 +18,6 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use common::{Nodes, nodes, plugin, serial};
 use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol, TrafficPolicy};
-use podswitch_lab::Netns;
 use podswitch_lab::cluster::{Pod, SwitchNode, pod_gateway};
 use podswitch_lab::kube_proxy::{self, KubeProxyMode};
 use podswitch_lab::process::Process;

@@ -2,7 +2,7 @@
 //! built from the sources' Service lists, and the endpoint choice for a new
 //! connection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
@@ -58,6 +58,11 @@ struct PortEntry {
 #[derive(Debug)]
 pub struct ServiceTable {
     ports: HashMap<PortKey, PortEntry, FixedState>,
+    /// Every ClusterIP: a packet to another address is no Service's.
+    cluster_ips: HashSet<Ipv4Addr, FixedState>,
+    /// Every endpoint's address, protocol and port: a packet from
+    /// another is no endpoint's reply.
+    endpoints: HashSet<PortKey, FixedState>,
     services: Vec<Service>,
 }
 
@@ -71,6 +76,8 @@ impl ServiceTable {
     /// ClusterIP, protocol and port listed twice keeps its first Service.
     pub fn new(services: Vec<Service>, is_local: impl Fn(Ipv4Addr) -> bool) -> ServiceTable {
         let mut ports = HashMap::with_hasher(FixedState::default());
+        let mut cluster_ips = HashSet::with_hasher(FixedState::default());
+        let mut endpoints = HashSet::with_hasher(FixedState::default());
         for (index, service) in services.iter().enumerate() {
             let allowed = |endpoint: &&Endpoint| {
                 service.internal_traffic_policy == TrafficPolicy::Cluster
@@ -107,9 +114,34 @@ impl ServiceTable {
                 ports
                     .entry((service.cluster_ip, port.protocol.ip_protocol(), port.port))
                     .or_insert(entry);
+                let protocol = port.protocol.ip_protocol();
+                endpoints.extend(port.endpoints.iter().map(|e| (e.address, protocol, e.port)));
             }
+            cluster_ips.insert(service.cluster_ip);
         }
-        ServiceTable { ports, services }
+        ServiceTable {
+            ports,
+            cluster_ips,
+            endpoints,
+            services,
+        }
+    }
+
+    /// Whether `address` is a ClusterIP of the table: only packets to one
+    /// are a Service's (a new connection, one established, or an
+    /// endpoint's answer to its own hairpin connection). One probe of a
+    /// small set, so that other traffic never probes the connection table.
+    #[inline]
+    pub fn is_cluster_ip(&self, address: Ipv4Addr) -> bool {
+        self.cluster_ips.contains(&address)
+    }
+
+    /// Whether a packet from `address` and `port` over `protocol` may be
+    /// an endpoint's reply (any endpoint the sources list, whatever its
+    /// conditions).
+    #[inline]
+    pub fn is_endpoint(&self, address: Ipv4Addr, protocol: u8, port: u16) -> bool {
+        self.endpoints.contains(&(address, protocol, port))
     }
 
     /// Whether the table has no Service port.

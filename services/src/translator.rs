@@ -74,6 +74,9 @@ impl Translator {
             return Verdict::Pass;
         };
         let key = parsed.key;
+        if !table.is_cluster_ip(key.dst) {
+            return Verdict::Pass;
+        }
         if !self.conns.is_empty()
             && let Some(hit) = self.conns.lookup(&key, parsed.tcp_flags, now_ms)
         {
@@ -108,13 +111,23 @@ impl Translator {
     /// A packet about to be delivered to a local pod (from a pod, the
     /// uplink or the tunnel): an endpoint's reply to a client is given the
     /// ClusterIP and port back. Nothing else is touched.
-    pub fn inbound(&self, ipv4: &mut [u8], checksum: L4Checksum, now_ms: u64) -> Verdict {
+    pub fn inbound(
+        &self,
+        table: &ServiceTable,
+        ipv4: &mut [u8],
+        checksum: L4Checksum,
+        now_ms: u64,
+    ) -> Verdict {
         if self.conns.is_empty() {
             return Verdict::Pass;
         }
         let Some(parsed) = flow::parse(ipv4) else {
             return Verdict::Pass;
         };
+        let key = &parsed.key;
+        if !table.is_endpoint(key.src, key.protocol, key.sport) {
+            return Verdict::Pass;
+        }
         match self.conns.lookup(&parsed.key, parsed.tcp_flags, now_ms) {
             Some(hit) if hit.direction == Direction::Reply => {
                 rewrite::apply_parsed(ipv4, &parsed, &hit.nat, checksum);
@@ -180,14 +193,14 @@ mod tests {
         // Delivered to the endpoint's pod: not a reply, left alone.
         let before = p.clone();
         assert_eq!(
-            translator.inbound(&mut p, L4Checksum::Full, 1),
+            translator.inbound(&services, &mut p, L4Checksum::Full, 1),
             Verdict::Pass
         );
         assert_eq!(p, before);
         // The endpoint's answer, delivered to the client.
         let mut answer = checked(key([10, 244, 2, 7], 8080, [10, 244, 1, 9], 40000, TCP));
         assert_eq!(
-            translator.inbound(&mut answer, L4Checksum::Full, 2),
+            translator.inbound(&services, &mut answer, L4Checksum::Full, 2),
             Verdict::Translated { new: false }
         );
         assert_eq!(flow::parse(&answer).unwrap().key, request.reversed());
@@ -208,7 +221,7 @@ mod tests {
             Verdict::Pass
         );
         assert_eq!(
-            translator.inbound(&mut other, L4Checksum::Full, 4),
+            translator.inbound(&services, &mut other, L4Checksum::Full, 4),
             Verdict::Pass
         );
         assert_eq!(other, copy);
@@ -241,7 +254,7 @@ mod tests {
         );
         assert!(verifies(&answer));
         assert_eq!(
-            translator.inbound(&mut answer, L4Checksum::Full, 1),
+            translator.inbound(&services, &mut answer, L4Checksum::Full, 1),
             Verdict::Pass
         );
     }

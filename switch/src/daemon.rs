@@ -32,7 +32,7 @@ use crate::mac::MacAddr;
 use crate::membership::{self, MembershipSource};
 use crate::netlink::{Netlink, disable_ipv6};
 use crate::node_nat::{self, NatRules};
-use crate::services::{DEFAULT_CONNECTIONS, Services};
+use crate::services::{DEFAULT_CONNECTIONS, KUBERNETES_SOURCE, Services};
 use crate::stats::WorkerStats;
 use crate::tap::TapDevice;
 use crate::topology::{PortRole, Topology};
@@ -244,7 +244,7 @@ pub fn run(config: Config) -> Result<()> {
         umem_owner,
         topology,
         fib,
-        services,
+        services: services.clone(),
         workers: handles,
         uplink_index: uplink.index,
         host_index: host.index,
@@ -319,6 +319,12 @@ pub fn run(config: Config) -> Result<()> {
             vtep_mac: Some(p.vtep_mac),
         })
         .collect();
+    let services_watch = match (&services, config.membership) {
+        (Some(services), MembershipSource::Kubernetes) => {
+            Some(follow_kubernetes_services(&config, services.clone())?)
+        }
+        _ => None,
+    };
     let membership = match config.membership {
         MembershipSource::Static => None,
         MembershipSource::Etcd => Some(membership::etcd::start(&config, plane.clone(), owned)?),
@@ -357,6 +363,7 @@ pub fn run(config: Config) -> Result<()> {
     if let Some(membership) = membership {
         membership.stop();
     }
+    drop(services_watch);
     stop.store(true, Ordering::Relaxed);
     drop(stop_maintenance);
     for handle in plane.workers() {
@@ -504,6 +511,23 @@ fn open_tunnel_port(
     }
     tracing::info!(port = %name, %mac, queues = queues.len(), "the kernel cuts TAP pods' super-frames (UDP tunnel GSO)");
     Ok(Some((queues, mac)))
+}
+
+/// Follow the cluster's Services and EndpointSlices through the
+/// Kubernetes API and give each resolved list to the switch's table
+/// (source `kubernetes`); the watch stops when the handle is dropped.
+fn follow_kubernetes_services(
+    config: &Config,
+    services: Arc<Services>,
+) -> Result<membership::kubernetes_services::ServicesWatch> {
+    membership::kubernetes_services::watch_services(&config.kubernetes, move |list| {
+        let count = list.len();
+        match services.set(KUBERNETES_SOURCE, list) {
+            Ok(()) => tracing::info!(services = count, "Services from the Kubernetes API"),
+            Err(e) => tracing::warn!("Services from the Kubernetes API refused: {e}"),
+        }
+    })
+    .context("following Services and EndpointSlices in the Kubernetes API")
 }
 
 /// Packets a receiving tunnel port's TAP device queues for the switch:

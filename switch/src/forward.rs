@@ -327,6 +327,7 @@ impl Forwarder<'_> {
         if let (RouteTarget::Pod(_), Some(services)) = (target, &self.services) {
             // Delivered to a pod: an endpoint's reply gets its ClusterIP back.
             service_verdict(services.translator.inbound(
+                services.table,
                 &mut buf[ip_start..frame.end],
                 size.checksum(),
                 services.now_ms,

@@ -20,6 +20,8 @@ use podswitch_services::{ServiceTable, Timeouts, Translator};
 pub const CONTROL_SOURCE: &str = "control";
 /// The source the `services_file` feeds.
 pub const FILE_SOURCE: &str = "file";
+/// The source the Kubernetes API feeds (with `membership = "kubernetes"`).
+pub const KUBERNETES_SOURCE: &str = "kubernetes";
 
 /// Connections the table holds by default: at about 200 bytes per
 /// connection (two map entries and the shared state), 256 MiB at most.

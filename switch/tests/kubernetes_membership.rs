@@ -21,10 +21,11 @@ use anyhow::{Context, Result, ensure};
 use podswitch_lab::cluster::{
     FABRIC_IP, KernelNode, Pod, SwitchNode, expect_iperf, kernel_vtep_mac, node_ip,
 };
-use podswitch_lab::kube_api::{KubeApi, node_object};
+use podswitch_lab::kube_api::{KubeApi, endpoint_slice_object, node_object, service_object};
 use podswitch_lab::membership::{
     MembershipLab, has_peer, has_route, peers, reach, wait_for, wait_membership,
 };
+use podswitch_lab::service_traffic::{TCP_PORT, request, serve_in};
 use podswitch_lab::traffic::IperfClient;
 use serde_json::Value;
 
@@ -77,9 +78,14 @@ impl KubeLab {
     /// Register node `i`'s Node and start podswitch on it following the
     /// API, with one pod (10.244.i.2).
     fn start(&mut self, i: u8) -> Result<Pod> {
+        self.start_with(i, "")
+    }
+
+    /// The same with `settings` (top-level keys) in its configuration.
+    fn start_with(&mut self, i: u8, settings: &str) -> Result<Pod> {
         self.api.put_node(registered(i))?;
         let membership = format!(
-            "membership = \"kubernetes\"\nudp_port = 8472\n[kubernetes]\n\
+            "{settings}membership = \"kubernetes\"\nudp_port = 8472\n[kubernetes]\n\
              kubeconfig = \"{}\"\nnode_name = \"{}\"",
             self.kubeconfig.display(),
             name(i)
@@ -328,5 +334,71 @@ fn a_flannel_node_an_address_change_an_outage_and_a_relist() -> Result<()> {
     wait_membership(&tb.nodes, &[2], 1, true)?;
     reach(&p4, p2.ip, "node 4 to node 2 after the re-list")?;
     reach(&p1, p2.ip, "node 1 to node 2 after the re-list")?;
+    Ok(())
+}
+
+/// The switch's own Service translation fed by the API: a Service and its
+/// EndpointSlice put in the API server reach node 1's switch (source
+/// `kubernetes`), a pod on node 1 reaches the endpoint on node 2 through
+/// the ClusterIP and is seen there by its own address, and an endpoint
+/// turned not ready in its slice is taken out of the switch's table.
+#[test]
+fn services_from_the_api_are_translated_by_the_switch() -> Result<()> {
+    let _serial = serial();
+    let mut tb = KubeLab::new("k8s-svc")?;
+    let translate = "service_translation = \"switch\"\n";
+    let p1 = tb.start_with(1, translate)?;
+    let p2 = tb.start_with(2, translate)?;
+    wait_membership(&tb.nodes, &[1], 2, true)?;
+    wait_membership(&tb.nodes, &[2], 1, true)?;
+    let _endpoint = serve_in(&p2.ns, p2.ip)?;
+    let cluster_ip = Ipv4Addr::new(10, 96, 0, 10);
+    tb.api.put(service_object(
+        "default",
+        "web",
+        &cluster_ip.to_string(),
+        &[("http", "TCP", 80, "http")],
+    ))?;
+    let slice = |ready| {
+        endpoint_slice_object(
+            "default",
+            "web-x1",
+            "web",
+            &[("http", "TCP", TCP_PORT)],
+            &[(p2.ip, "node-2", ready)],
+        )
+    };
+    tb.api.put(slice(true))?;
+    wait_for("node 1's switch to take the Service from the API", || {
+        Ok(tb
+            .node(1)
+            .cli(&["services"])?
+            .contains(&format!("{}:{TCP_PORT}", p2.ip)))
+    })?;
+    let listed = tb.node(1).cli(&["services"])?;
+    ensure!(
+        listed.contains("default/web") && listed.contains("kubernetes"),
+        "{listed}"
+    );
+    let (endpoint, seen) = request(&p1, "tcp", cluster_ip, 80)?;
+    ensure!(
+        (endpoint, seen) == (p2.ip, p1.ip),
+        "answered by {endpoint} seeing the client as {seen}"
+    );
+
+    tb.api.put(slice(false))?;
+    wait_for(
+        "node 1's switch to drop the endpoint no longer ready",
+        || {
+            Ok(!tb
+                .node(1)
+                .cli(&["services"])?
+                .contains(&format!("{}:{TCP_PORT}", p2.ip)))
+        },
+    )?;
+    ensure!(
+        request(&p1, "tcp", cluster_ip, 80).is_err(),
+        "the Service answered with its only endpoint not ready"
+    );
     Ok(())
 }

@@ -164,6 +164,11 @@ pub enum Via {
     /// node (where kube-proxy's DNAT happens) — with podswitch, by way
     /// of the node's stack and the daemon's masquerade rule.
     KubeProxy,
+    /// Through the same ClusterIP, translated by podswitch itself
+    /// (`service_translation = "switch"`, the Service given to node 1's
+    /// daemon over its control socket): no trip through the node's
+    /// stack, the client's address kept.
+    Switch,
 }
 
 /// The ClusterIP of the ClusterIP contenders' Service.
@@ -216,6 +221,12 @@ impl Contender {
             (Via::KubeProxy, _) => format!(
                 "{path}; the receiving pod reached through the ClusterIP {CLUSTER_IP}, which \
                  kube-proxy's iptables rules on node 1 translate"
+            ),
+            (Via::Switch, _) => format!(
+                "{path}; the receiving pod reached through the ClusterIP {CLUSTER_IP}, which node \
+                 1's switch translates itself (service_translation = \"switch\", the Service \
+                 given over its control socket): the node's stack stays out of the path and the \
+                 receiver sees the client's own address"
             ),
         };
         match self.placement {
@@ -306,7 +317,7 @@ impl Contender {
 /// alone — podswitch on the underlay model the kernel baseline has, the
 /// jumbo ones (the kernel on both models, podswitch's veth and TAP pods
 /// on both), and the same-node ones.
-pub const ALL: [Contender; 23] = [
+pub const ALL: [Contender; 24] = [
     Contender {
         key: "podswitch-vxlan-adaptive",
         name: "podswitch VXLAN adaptive",
@@ -572,6 +583,19 @@ pub const ALL: [Contender; 23] = [
         tcp_only: false,
         via: Via::KubeProxy,
     },
+    Contender {
+        key: "podswitch-tap-cluster-ip",
+        name: "podswitch VXLAN TAP adaptive, through a ClusterIP (the switch's translation)",
+        kind: Kind::Podswitch {
+            encap: "vxlan",
+            poll_mode: "adaptive",
+            pod_interface: "tap",
+        },
+        placement: Placement::AcrossNodes,
+        underlay: WIRE_SIZE,
+        tcp_only: false,
+        via: Via::Switch,
+    },
 ];
 
 /// The issue's baseline, which the headline's ratios are taken against
@@ -591,8 +615,9 @@ pub const KERNEL_CLUSTER_IP: &str = "kernel-cluster-ip";
 /// variants run the same code as these), TAP pods across nodes, TAP pods
 /// and the kernel on one node, and TAP pods beside the kernel on a jumbo
 /// underlay (TCP only, a few seconds each), and the ClusterIP path of
-/// the kernel and of TAP pods.
-pub const QUICK: [&str; 11] = [
+/// the kernel and of TAP pods (through kube-proxy, and translated by the
+/// switch).
+pub const QUICK: [&str; 12] = [
     "podswitch-vxlan-adaptive",
     "podswitch-vxlan-tap-adaptive",
     KERNEL_BASELINE,
@@ -604,6 +629,7 @@ pub const QUICK: [&str; 11] = [
     "podswitch-vxlan-tap-adaptive-jumbo",
     KERNEL_CLUSTER_IP,
     "podswitch-tap-cluster-ip-kube-proxy",
+    "podswitch-tap-cluster-ip",
 ];
 
 /// What building a podswitch testbed needs.
@@ -643,7 +669,7 @@ pub struct Testbed {
     /// the ClusterIP it is reached through.
     pub server: Ipv4Addr,
     lab: Lab,
-    _files: ScratchDir,
+    files: ScratchDir,
 }
 
 impl Testbed {
@@ -669,6 +695,7 @@ impl Testbed {
                     pod_interface,
                     same_node,
                     underlay,
+                    translate_services: contender.via == Via::Switch,
                 },
             )?,
             Kind::Kernel { pod_offloads } => {
@@ -682,13 +709,13 @@ impl Testbed {
             nodes,
             pods,
             lab,
-            _files: files,
+            files,
         };
         let connected = testbed
             .wait_until_connected()
             .and_then(|()| match contender.via {
                 Via::PodAddress => Ok(()),
-                Via::KubeProxy => testbed.through_cluster_ip(),
+                via => testbed.through_cluster_ip(via),
             });
         if let Err(e) = connected {
             // Where the frames went, for the report.
@@ -719,14 +746,10 @@ impl Testbed {
     }
 
     /// Put the receiving pod behind [`CLUSTER_IP`]: a Service with every
-    /// port the measurements use, written as kube-proxy's iptables rules
-    /// into node 1, where the sender's packets are translated.
-    fn through_cluster_ip(&mut self) -> Result<()> {
-        let node1 = match &self.nodes {
-            Nodes::Podswitch(nodes) => &nodes[0].ns,
-            Nodes::Kernel(ns) => ns,
-            Nodes::Ovs(_) | Nodes::None => bail!("no kube-proxy node in this testbed"),
-        };
+    /// port the measurements use, on node 1, where the sender's packets
+    /// are translated — as kube-proxy's iptables rules, or given to the
+    /// switch.
+    fn through_cluster_ip(&mut self, via: Via) -> Result<()> {
         let receiver = self.pods[1].ip;
         let service = Service {
             name: "default/receiver".into(),
@@ -752,7 +775,23 @@ impl Testbed {
             internal_traffic_policy: Default::default(),
             external_traffic_policy: Default::default(),
         };
-        kube_proxy::write_rules(&self.lab, node1, KubeProxyMode::Iptables, &[service])?;
+        match (via, &self.nodes) {
+            (Via::Switch, Nodes::Podswitch(nodes)) => {
+                let file = self.files.0.join("services.json");
+                std::fs::write(&file, serde_json::to_string(&[service])?)?;
+                nodes[0].cli(&["services", "set", &file.to_string_lossy()])?;
+            }
+            (Via::KubeProxy, Nodes::Podswitch(nodes)) => kube_proxy::write_rules(
+                &self.lab,
+                &nodes[0].ns,
+                KubeProxyMode::Iptables,
+                &[service],
+            )?,
+            (Via::KubeProxy, Nodes::Kernel(node1)) => {
+                kube_proxy::write_rules(&self.lab, node1, KubeProxyMode::Iptables, &[service])?
+            }
+            _ => bail!("no node in this testbed translates Services {via:?}"),
+        }
         self.server = CLUSTER_IP;
         Ok(())
     }
@@ -821,6 +860,8 @@ struct PodswitchSetup {
     /// Both pods on node 1 rather than one per node.
     same_node: bool,
     underlay: Underlay,
+    /// The switches translate Services themselves.
+    translate_services: bool,
 }
 
 /// Two podswitch nodes peered over a veth underlay, each with one pod
@@ -843,6 +884,9 @@ fn podswitch_nodes(
         worker_cpu: binaries.worker_cpu,
         tunnel_offload: binaries.tunnel_offload.clone(),
         tunnel_receive: binaries.tunnel_receive.clone(),
+        membership: setup
+            .translate_services
+            .then(|| "service_translation = \"switch\"\n".to_string()),
         ..SwitchOptions::default()
     };
     let [n1, n2] = underlay_nodes(lab, setup.underlay)?;
