@@ -553,9 +553,10 @@ fn write_cluster_ip(md: &mut String, report: &Report) -> std::fmt::Result {
     writeln!(
         md,
         "The receiving pod reached through a Service's ClusterIP ({CLUSTER_IP}, the pod its one \
-         endpoint) instead of its own address, with kube-proxy's iptables rules on the sender's \
-         node. Each cell: the median, then its ratio to the same path with the pod addressed \
-         directly (the Service hop's cost: 1× is free), then to the kernel through the ClusterIP \
+         endpoint) instead of its own address, translated on the sender's node by kube-proxy's \
+         iptables rules or, for the contender that says so, by podswitch itself. Each cell: the \
+         median, then its ratio to the same path with the pod addressed directly (the Service \
+         hop's cost: 1× is free), then to the kernel through the ClusterIP \
          (`{KERNEL_CLUSTER_IP}`).\n"
     )?;
     writeln!(
