@@ -8,7 +8,7 @@ use std::fmt::Write;
 use serde_json::Value;
 
 use super::contenders::{
-    CLUSTER_IP, KERNEL_BASELINE, KERNEL_CLUSTER_IP, KERNEL_SAME_NODE, Placement,
+    CLUSTER_IP, KERNEL_BASELINE, KERNEL_CLUSTER_IP, KERNEL_SAME_NODE, Placement, Via,
 };
 use super::criterion::headline;
 use super::measure::Settings;
@@ -247,6 +247,7 @@ fn write_goals(md: &mut String, report: &Report) -> std::fmt::Result {
         c.key.starts_with("podswitch")
             && c.skipped.is_none()
             && c.placement == Placement::AcrossNodes
+            && c.via == Via::PodAddress
             && !c.tcp_only
     }) {
         let s = &c.summary;
