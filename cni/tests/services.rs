@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use common::{Nodes, nodes, plugin, serial};
-use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol, TrafficPolicy};
+use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol};
 use podswitch_lab::cluster::{Pod, SwitchNode, pod_gateway};
 use podswitch_lab::kube_proxy::{self, KubeProxyMode};
 use podswitch_lab::process::Process;
@@ -42,11 +42,7 @@ print(f"{rtts[len(rtts) // 2] * 1e6:.1f}")
 /// The one port of a test Service: its protocol's name and port.
 fn port_of(svc: &Service) -> (&'static str, u16) {
     let port = &svc.ports[0];
-    let proto = match port.protocol {
-        ServiceProtocol::Udp => "udp",
-        _ => "tcp",
-    };
-    (proto, port.port)
+    (port.protocol.name(), port.port)
 }
 
 /// The endpoint addresses of a test Service.
@@ -72,29 +68,13 @@ fn services() -> Vec<Service> {
     let a = ip(10, 244, 1, 2);
     let b = ip(10, 244, 1, 3);
     let c = ip(10, 244, 2, 2);
-    let one = |name: &str, last, protocol, port, endpoints: &[Ipv4Addr], target| Service {
-        name: name.to_string(),
-        cluster_ip: ip(10, 96, 0, last),
-        ports: vec![ServicePort {
-            name: String::new(),
-            protocol,
-            port,
-            node_port: None,
-            endpoints: endpoints
-                .iter()
-                .map(|&address| Endpoint {
-                    address,
-                    port: target,
-                    node: None,
-                    ready: true,
-                    serving: true,
-                    terminating: false,
-                })
-                .collect(),
-        }],
-        affinity_seconds: None,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        external_traffic_policy: TrafficPolicy::Cluster,
+    let one = |name: &str, last, protocol, port, endpoints: &[Ipv4Addr], target| {
+        let endpoints = endpoints
+            .iter()
+            .map(|&address| Endpoint::ready(address, target))
+            .collect();
+        let ports = vec![ServicePort::new(protocol, port, endpoints)];
+        Service::new(name, ip(10, 96, 0, last), ports)
     };
     let (tcp, udp) = (ServiceProtocol::Tcp, ServiceProtocol::Udp);
     vec![

@@ -38,6 +38,16 @@ impl ServiceProtocol {
         }
     }
 
+    /// Its name as the configuration, iptables and nft write it: `tcp`,
+    /// `udp`, `sctp`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceProtocol::Tcp => "tcp",
+            ServiceProtocol::Udp => "udp",
+            ServiceProtocol::Sctp => "sctp",
+        }
+    }
+
     /// The protocol of an IP protocol number, if a Service can have it.
     pub fn from_ip_protocol(number: u8) -> Option<ServiceProtocol> {
         [

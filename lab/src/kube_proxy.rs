@@ -7,7 +7,7 @@
 //! the lab benchmark can send pods' traffic through them.
 
 use anyhow::{Context, Result};
-use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol};
+use podswitch_control::service::{Endpoint, Service, ServicePort};
 
 use crate::{Lab, Netns};
 
@@ -24,15 +24,6 @@ pub enum KubeProxyMode {
     Iptables,
     /// `nft -f` into `table ip kube-proxy`.
     Nftables,
-}
-
-/// The name iptables and nft take for a protocol.
-fn proto(protocol: ServiceProtocol) -> &'static str {
-    match protocol {
-        ServiceProtocol::Tcp => "tcp",
-        ServiceProtocol::Udp => "udp",
-        ServiceProtocol::Sctp => "sctp",
-    }
 }
 
 /// Every Service port with its Service, numbered as kube-proxy's chains
@@ -68,7 +59,7 @@ pub fn iptables_rules(services: &[Service]) -> String {
         "-A KUBE-POSTROUTING -j MASQUERADE --random-fully".to_string(),
     ];
     for (i, svc, port, endpoints) in service_ports(services) {
-        let proto = proto(port.protocol);
+        let proto = port.protocol.name();
         let svc_chain = format!("KUBE-SVC-{i:016}");
         chains.push(svc_chain.clone());
         let matches = format!(
@@ -123,7 +114,7 @@ pub fn nftables_rules(services: &[Service]) -> String {
     let mut map = Vec::new();
     let mut chains = String::new();
     for (i, svc, port, endpoints) in service_ports(services) {
-        let proto = proto(port.protocol);
+        let proto = port.protocol.name();
         let name = svc.name.replace('/', "-");
         let chain = format!("service-{i}-{name}");
         map.push(format!(
@@ -198,31 +189,21 @@ pub fn write_rules(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use podswitch_control::service::ServiceProtocol;
     use std::net::Ipv4Addr;
 
     fn web() -> Service {
         let endpoint = |last, ready| Endpoint {
-            address: Ipv4Addr::new(10, 244, 1, last),
-            port: 8080,
-            node: None,
             ready,
             serving: ready,
-            terminating: false,
+            ..Endpoint::ready(Ipv4Addr::new(10, 244, 1, last), 8080)
         };
-        Service {
-            name: "default/web".into(),
-            cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
-            ports: vec![ServicePort {
-                name: "http".into(),
-                protocol: ServiceProtocol::Tcp,
-                port: 80,
-                node_port: None,
-                endpoints: vec![endpoint(2, true), endpoint(3, true), endpoint(4, false)],
-            }],
-            affinity_seconds: None,
-            internal_traffic_policy: Default::default(),
-            external_traffic_policy: Default::default(),
-        }
+        let endpoints = vec![endpoint(2, true), endpoint(3, true), endpoint(4, false)];
+        let port = ServicePort {
+            name: "http".into(),
+            ..ServicePort::new(ServiceProtocol::Tcp, 80, endpoints)
+        };
+        Service::new("default/web", Ipv4Addr::new(10, 96, 0, 10), vec![port])
     }
 
     #[test]

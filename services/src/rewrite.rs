@@ -4,7 +4,7 @@
 
 use std::net::Ipv4Addr;
 
-use podswitch_encap::checksum::{adjust, combine};
+use podswitch_encap::checksum::combine;
 
 use crate::flow::{self, Parsed, SCTP, TCP, UDP};
 
@@ -81,7 +81,7 @@ pub fn apply_parsed(ipv4: &mut [u8], parsed: &Parsed, nat: &Nat, checksum: L4Che
         }
         SCTP if checksum == L4Checksum::Full && old_ports != new_ports => {
             l4[8..12].fill(0);
-            let crc = crc32c(l4);
+            let crc = crc32c::crc32c(l4);
             l4[8..12].copy_from_slice(&crc.to_le_bytes());
         }
         _ => {}
@@ -99,7 +99,7 @@ fn words(src: Ipv4Addr, dst: Ipv4Addr) -> [u16; 4] {
     ]
 }
 
-/// RFC 1624 equation 3 over several words at once.
+/// RFC 1624 equation 3 over several words at once (up to four).
 fn adjust_all<const N: usize>(checksum: u16, old: &[u16; N], new: &[u16; N]) -> u16 {
     if old == new {
         return checksum;
@@ -110,40 +110,12 @@ fn adjust_all<const N: usize>(checksum: u16, old: &[u16; N], new: &[u16; N]) -> 
         terms[1 + 2 * i] = !old[i];
         terms[2 + 2 * i] = new[i];
     }
-    match N {
-        1 => adjust(checksum, old[0], new[0]),
-        _ => !combine(&terms[..1 + 2 * N]),
-    }
-}
-
-/// CRC32c (Castagnoli, RFC 3309), as SCTP carries it.
-pub fn crc32c(data: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut table = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut crc = i as u32;
-            let mut bit = 0;
-            while bit < 8 {
-                crc = if crc & 1 != 0 {
-                    (crc >> 1) ^ 0x82f6_3b78
-                } else {
-                    crc >> 1
-                };
-                bit += 1;
-            }
-            table[i] = crc;
-            i += 1;
-        }
-        table
-    };
-    !data.iter().fold(!0u32, |crc, &byte| {
-        TABLE[usize::from((crc as u8) ^ byte)] ^ (crc >> 8)
-    })
+    !combine(&terms[..1 + 2 * N])
 }
 
 #[cfg(test)]
 mod tests {
+    use crc32c::crc32c;
     use podswitch_encap::checksum::{ipv4_header_ok, ipv4_pseudo_header, sum};
     use proptest::prelude::*;
 

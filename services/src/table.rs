@@ -248,7 +248,7 @@ pub fn check(services: &[Service]) -> Result<(), String> {
             ));
         }
         for port in &service.ports {
-            let protocol = format!("{:?}", port.protocol).to_lowercase();
+            let protocol = port.protocol.name();
             let key = (ip, port.protocol.ip_protocol(), port.port);
             if port.port == 0 {
                 return Err(format!("Service {name}: port 0 ({protocol}) is not a port"));

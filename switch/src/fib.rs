@@ -773,19 +773,58 @@ impl<L: Clone + Default> SharedTable<L> {
     }
 }
 
+/// The obvious implementation of a routing table, the one the tables'
+/// tests hold both families' tables against: a list of routes, scanned.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
+pub(crate) mod reference {
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
-    /// The obvious implementation: a list of routes, scanned.
-    #[derive(Clone, Default)]
-    struct Reference(Vec<(Ipv4Net, u32)>);
+    use ipnet::{Ipv4Net, Ipv6Net};
 
-    impl Reference {
-        fn insert(&mut self, prefix: Ipv4Net, value: u32) -> Option<u32> {
-            let prefix = prefix.trunc();
+    /// What the reference needs of a prefix type.
+    pub(crate) trait Prefix: Copy + PartialEq {
+        /// Its address type.
+        type Addr: Copy + Ord;
+        /// The prefix with its host bits cleared.
+        fn normalised(&self) -> Self;
+        /// Whether it covers `addr`.
+        fn covers(&self, addr: &Self::Addr) -> bool;
+        /// Its network address and length, the order routes are listed in.
+        fn order(&self) -> (Self::Addr, u8);
+    }
+
+    macro_rules! prefix {
+        ($net:ty, $addr:ty) => {
+            impl Prefix for $net {
+                type Addr = $addr;
+                fn normalised(&self) -> Self {
+                    self.trunc()
+                }
+                fn covers(&self, addr: &$addr) -> bool {
+                    self.contains(addr)
+                }
+                fn order(&self) -> ($addr, u8) {
+                    (self.network(), self.prefix_len())
+                }
+            }
+        };
+    }
+    prefix!(Ipv4Net, Ipv4Addr);
+    prefix!(Ipv6Net, Ipv6Addr);
+
+    /// Routes and their values, in no order.
+    #[derive(Clone)]
+    pub(crate) struct Reference<P>(pub(crate) Vec<(P, u32)>);
+
+    impl<P> Default for Reference<P> {
+        fn default() -> Self {
+            Reference(Vec::new())
+        }
+    }
+
+    impl<P: Prefix> Reference<P> {
+        pub(crate) fn insert(&mut self, prefix: P, value: u32) -> Option<u32> {
+            let prefix = prefix.normalised();
             match self.0.iter_mut().find(|(p, _)| *p == prefix) {
                 Some((_, v)) => Some(std::mem::replace(v, value)),
                 None => {
@@ -795,32 +834,41 @@ mod tests {
             }
         }
 
-        fn remove(&mut self, prefix: Ipv4Net) -> Option<u32> {
-            let i = self.0.iter().position(|(p, _)| *p == prefix.trunc())?;
+        pub(crate) fn remove(&mut self, prefix: P) -> Option<u32> {
+            let i = self.0.iter().position(|(p, _)| *p == prefix.normalised())?;
             Some(self.0.swap_remove(i).1)
         }
 
-        fn get(&self, prefix: Ipv4Net) -> Option<u32> {
+        pub(crate) fn get(&self, prefix: P) -> Option<u32> {
             self.0
                 .iter()
-                .find(|(p, _)| *p == prefix.trunc())
+                .find(|(p, _)| *p == prefix.normalised())
                 .map(|&(_, v)| v)
         }
 
-        fn lookup(&self, addr: Ipv4Addr) -> Option<u32> {
+        pub(crate) fn lookup(&self, addr: P::Addr) -> Option<u32> {
             self.0
                 .iter()
-                .filter(|(p, _)| p.contains(&addr))
-                .max_by_key(|(p, _)| p.prefix_len())
+                .filter(|(p, _)| p.covers(&addr))
+                .max_by_key(|(p, _)| p.order().1)
                 .map(|&(_, v)| v)
         }
 
-        fn sorted(&self) -> Vec<(Ipv4Net, u32)> {
+        pub(crate) fn sorted(&self) -> Vec<(P, u32)> {
             let mut routes = self.0.clone();
-            routes.sort_by_key(|&(p, _)| (p.network(), p.prefix_len()));
+            routes.sort_by_key(|(p, _)| p.order());
             routes
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    type Reference = reference::Reference<Ipv4Net>;
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().unwrap()

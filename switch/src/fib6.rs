@@ -221,48 +221,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The obvious implementation: a list of routes, scanned.
-    #[derive(Clone, Default)]
-    struct Reference(Vec<(Ipv6Net, u32)>);
-
-    impl Reference {
-        fn insert(&mut self, prefix: Ipv6Net, value: u32) -> Option<u32> {
-            let prefix = prefix.trunc();
-            match self.0.iter_mut().find(|(p, _)| *p == prefix) {
-                Some((_, v)) => Some(std::mem::replace(v, value)),
-                None => {
-                    self.0.push((prefix, value));
-                    None
-                }
-            }
-        }
-
-        fn remove(&mut self, prefix: Ipv6Net) -> Option<u32> {
-            let i = self.0.iter().position(|(p, _)| *p == prefix.trunc())?;
-            Some(self.0.swap_remove(i).1)
-        }
-
-        fn get(&self, prefix: Ipv6Net) -> Option<u32> {
-            self.0
-                .iter()
-                .find(|(p, _)| *p == prefix.trunc())
-                .map(|&(_, v)| v)
-        }
-
-        fn lookup(&self, addr: Ipv6Addr) -> Option<u32> {
-            self.0
-                .iter()
-                .filter(|(p, _)| p.contains(&addr))
-                .max_by_key(|(p, _)| p.prefix_len())
-                .map(|&(_, v)| v)
-        }
-
-        fn sorted(&self) -> Vec<(Ipv6Net, u32)> {
-            let mut routes = self.0.clone();
-            routes.sort_by_key(|&(p, _)| (p.network(), p.prefix_len()));
-            routes
-        }
-    }
+    type Reference = crate::fib::reference::Reference<Ipv6Net>;
 
     fn net(s: &str) -> Ipv6Net {
         s.parse().unwrap()

@@ -413,7 +413,7 @@ fn print_services(ports: &[ServicePortStatus]) {
         "service", "cluster ip", "port", "endpoint", "connections"
     );
     for p in ports {
-        let port = format!("{}/{}", format!("{:?}", p.protocol).to_lowercase(), p.port);
+        let port = format!("{}/{}", p.protocol.name(), p.port);
         let endpoints: Vec<(String, String)> = if p.endpoints.is_empty() {
             vec![("(none)".into(), "-".into())]
         } else {

@@ -69,6 +69,14 @@ pub fn read_services(path: &Path) -> Result<Vec<Service>> {
     Ok(services)
 }
 
+/// Lock `mutex`; one a thread panicked holding still holds whole values
+/// (each change is one assignment or insert).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A file's modification time and length, if it can be read.
 fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let metadata = std::fs::metadata(path).ok()?;
@@ -90,9 +98,11 @@ impl Services {
     }
 
     fn sources(&self) -> MutexGuard<'_, BTreeMap<String, Vec<Service>>> {
-        self.sources
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.sources)
+    }
+
+    fn file(&self) -> MutexGuard<'_, Option<WatchedFile>> {
+        lock(&self.file)
     }
 
     /// Replace the Services of `source` (`control`, `file`, `kubernetes`)
@@ -114,10 +124,7 @@ impl Services {
         let seen = stamp(path);
         self.set(FILE_SOURCE, read_services(path)?)
             .map_err(anyhow::Error::msg)?;
-        *self
-            .file
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(WatchedFile {
+        *self.file() = Some(WatchedFile {
             path: path.to_path_buf(),
             seen,
         });
@@ -127,10 +134,7 @@ impl Services {
     /// Reread the file source if it changed: a file that does not read or
     /// check is logged and the set before it kept.
     fn reread_file(&self) {
-        let mut file = self
-            .file
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut file = self.file();
         let Some(file) = file.as_mut() else {
             return;
         };

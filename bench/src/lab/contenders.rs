@@ -312,6 +312,21 @@ impl Contender {
     }
 }
 
+/// podswitch's VXLAN path with adaptive polling and veth pods: the kind
+/// most contenders share.
+const VXLAN_VETH: Kind = Kind::Podswitch {
+    encap: "vxlan",
+    poll_mode: "adaptive",
+    pod_interface: "veth",
+};
+
+/// The same with TAP pods.
+const VXLAN_TAP: Kind = Kind::Podswitch {
+    encap: "vxlan",
+    poll_mode: "adaptive",
+    pod_interface: "tap",
+};
+
 /// Every contender, in the order they run and are reported: first those
 /// measured with everything at MTU 1500, then those measured with TCP
 /// alone — podswitch on the underlay model the kernel baseline has, the
@@ -321,11 +336,7 @@ pub const ALL: [Contender; 24] = [
     Contender {
         key: "podswitch-vxlan-adaptive",
         name: "podswitch VXLAN adaptive",
-        kind: Kind::Podswitch {
-            encap: "vxlan",
-            poll_mode: "adaptive",
-            pod_interface: "veth",
-        },
+        kind: VXLAN_VETH,
         placement: Placement::AcrossNodes,
         underlay: WIRE_SIZE,
         tcp_only: false,
@@ -334,11 +345,7 @@ pub const ALL: [Contender; 24] = [
     Contender {
         key: "podswitch-vxlan-tap-adaptive",
         name: "podswitch VXLAN TAP adaptive",
-        kind: Kind::Podswitch {
-            encap: "vxlan",
-            poll_mode: "adaptive",
-            pod_interface: "tap",
-        },
+        kind: VXLAN_TAP,
         placement: Placement::AcrossNodes,
         underlay: WIRE_SIZE,
         tcp_only: false,
@@ -433,11 +440,7 @@ pub const ALL: [Contender; 24] = [
     Contender {
         key: "podswitch-vxlan-adaptive-whole",
         name: "podswitch VXLAN adaptive, underlay offloads on",
-        kind: Kind::Podswitch {
-            encap: "vxlan",
-            poll_mode: "adaptive",
-            pod_interface: "veth",
-        },
+        kind: VXLAN_VETH,
         placement: Placement::AcrossNodes,
         underlay: WHOLE,
         tcp_only: true,
@@ -446,11 +449,7 @@ pub const ALL: [Contender; 24] = [
     Contender {
         key: "podswitch-vxlan-tap-adaptive-whole",
         name: "podswitch VXLAN TAP adaptive, underlay offloads on",
-        kind: Kind::Podswitch {
-            encap: "vxlan",
-            poll_mode: "adaptive",
-            pod_interface: "tap",
-        },
+        kind: VXLAN_TAP,
         placement: Placement::AcrossNodes,
         underlay: WHOLE,
         tcp_only: true,
@@ -477,11 +476,7 @@ pub const ALL: [Contender; 24] = [
     Contender {
         key: "podswitch-vxlan-adaptive-jumbo",
         name: "podswitch VXLAN adaptive, MTU 9000",
-        kind: Kind::Podswitch {
-            encap: "vxlan",
-            poll_mode: "adaptive",
-            pod_interface: "veth",
-        },
+        kind: VXLAN_VETH,
         placement: Placement::AcrossNodes,
         underlay: JUMBO_WIRE_SIZE,
         tcp_only: true,
@@ -490,11 +485,7 @@ pub const ALL: [Contender; 24] = [
     Contender {
         key: "podswitch-vxlan-tap-adaptive-jumbo",
         name: "podswitch VXLAN TAP adaptive, MTU 9000",
-        kind: Kind::Podswitch {
-            encap: "vxlan",
-            poll_mode: "adaptive",
-            pod_interface: "tap",
-        },
+        kind: VXLAN_TAP,
         placement: Placement::AcrossNodes,
         underlay: JUMBO_WIRE_SIZE,
         tcp_only: true,
@@ -503,11 +494,7 @@ pub const ALL: [Contender; 24] = [
     Contender {
         key: "podswitch-vxlan-adaptive-jumbo-whole",
         name: "podswitch VXLAN adaptive, MTU 9000, underlay offloads on",
-        kind: Kind::Podswitch {
-            encap: "vxlan",
-            poll_mode: "adaptive",
-            pod_interface: "veth",
-        },
+        kind: VXLAN_VETH,
         placement: Placement::AcrossNodes,
         underlay: JUMBO_WHOLE,
         tcp_only: true,
@@ -516,11 +503,7 @@ pub const ALL: [Contender; 24] = [
     Contender {
         key: "podswitch-vxlan-tap-adaptive-jumbo-whole",
         name: "podswitch VXLAN TAP adaptive, MTU 9000, underlay offloads on",
-        kind: Kind::Podswitch {
-            encap: "vxlan",
-            poll_mode: "adaptive",
-            pod_interface: "tap",
-        },
+        kind: VXLAN_TAP,
         placement: Placement::AcrossNodes,
         underlay: JUMBO_WHOLE,
         tcp_only: true,
@@ -538,11 +521,7 @@ pub const ALL: [Contender; 24] = [
     Contender {
         key: "podswitch-tap-same-node",
         name: "one node: podswitch TAP adaptive",
-        kind: Kind::Podswitch {
-            encap: "vxlan",
-            poll_mode: "adaptive",
-            pod_interface: "tap",
-        },
+        kind: VXLAN_TAP,
         placement: Placement::SameNode,
         underlay: WIRE_SIZE,
         tcp_only: true,
@@ -551,11 +530,7 @@ pub const ALL: [Contender; 24] = [
     Contender {
         key: "podswitch-veth-same-node",
         name: "one node: podswitch veth adaptive",
-        kind: Kind::Podswitch {
-            encap: "vxlan",
-            poll_mode: "adaptive",
-            pod_interface: "veth",
-        },
+        kind: VXLAN_VETH,
         placement: Placement::SameNode,
         underlay: WIRE_SIZE,
         tcp_only: true,
@@ -573,11 +548,7 @@ pub const ALL: [Contender; 24] = [
     Contender {
         key: "podswitch-tap-cluster-ip-kube-proxy",
         name: "podswitch VXLAN TAP adaptive, through a ClusterIP (kube-proxy)",
-        kind: Kind::Podswitch {
-            encap: "vxlan",
-            poll_mode: "adaptive",
-            pod_interface: "tap",
-        },
+        kind: VXLAN_TAP,
         placement: Placement::AcrossNodes,
         underlay: WIRE_SIZE,
         tcp_only: false,
@@ -586,11 +557,7 @@ pub const ALL: [Contender; 24] = [
     Contender {
         key: "podswitch-tap-cluster-ip",
         name: "podswitch VXLAN TAP adaptive, through a ClusterIP (the switch's translation)",
-        kind: Kind::Podswitch {
-            encap: "vxlan",
-            poll_mode: "adaptive",
-            pod_interface: "tap",
-        },
+        kind: VXLAN_TAP,
         placement: Placement::AcrossNodes,
         underlay: WIRE_SIZE,
         tcp_only: false,
@@ -751,30 +718,20 @@ impl Testbed {
     /// switch.
     fn through_cluster_ip(&mut self, via: Via) -> Result<()> {
         let receiver = self.pods[1].ip;
-        let service = Service {
-            name: "default/receiver".into(),
-            cluster_ip: CLUSTER_IP,
-            ports: SERVICE_PORTS
-                .iter()
-                .map(|&(protocol, port)| ServicePort {
-                    name: format!("{protocol:?}-{port}").to_lowercase(),
-                    protocol,
-                    port,
-                    node_port: None,
-                    endpoints: vec![Endpoint {
-                        address: receiver,
-                        port,
-                        node: Some("node2".into()),
-                        ready: true,
-                        serving: true,
-                        terminating: false,
-                    }],
-                })
-                .collect(),
-            affinity_seconds: None,
-            internal_traffic_policy: Default::default(),
-            external_traffic_policy: Default::default(),
-        };
+        let ports = SERVICE_PORTS
+            .iter()
+            .map(|&(protocol, port)| {
+                let endpoint = Endpoint {
+                    node: Some("node2".into()),
+                    ..Endpoint::ready(receiver, port)
+                };
+                ServicePort {
+                    name: format!("{}-{port}", protocol.name()),
+                    ..ServicePort::new(protocol, port, vec![endpoint])
+                }
+            })
+            .collect();
+        let service = Service::new("default/receiver", CLUSTER_IP, ports);
         match (via, &self.nodes) {
             (Via::Switch, Nodes::Podswitch(nodes)) => {
                 let file = self.files.0.join("services.json");
@@ -1104,19 +1061,7 @@ mod tests {
     /// offloads on, each on both underlay models at MTU 1500 and 9000.
     #[test]
     fn throughput_kinds_run_on_every_underlay() {
-        let kinds = [
-            Kind::Podswitch {
-                encap: "vxlan",
-                poll_mode: "adaptive",
-                pod_interface: "veth",
-            },
-            Kind::Podswitch {
-                encap: "vxlan",
-                poll_mode: "adaptive",
-                pod_interface: "tap",
-            },
-            Kind::Kernel { pod_offloads: true },
-        ];
+        let kinds = [VXLAN_VETH, VXLAN_TAP, Kind::Kernel { pod_offloads: true }];
         for kind in kinds {
             for underlay in [WIRE_SIZE, WHOLE, JUMBO_WIRE_SIZE, JUMBO_WHOLE] {
                 let found: Vec<&Contender> = ALL

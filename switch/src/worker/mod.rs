@@ -252,11 +252,15 @@ impl Worker {
     fn pass(&mut self) -> bool {
         let topology = self.ctx.topology.load();
         let fib = self.ctx.fib.load();
-        let services = self
-            .ctx
-            .services
-            .as_deref()
-            .map(|services| (services, services.table(), services.now_ms()));
+        let services = self.ctx.services.as_deref();
+        let table = services.map(Services::table);
+        let stage = services
+            .zip(table.as_deref())
+            .map(|(services, table)| ServiceStage {
+                table,
+                translator: &services.translator,
+                now_ms: services.now_ms(),
+            });
         let mut work = 0;
         let mut levels = RingLevelsTotal::default();
         for port in &mut self.ports {
@@ -265,13 +269,7 @@ impl Worker {
                 forwarder: Forwarder {
                     topology: &topology,
                     fib: &fib,
-                    services: services
-                        .as_ref()
-                        .map(|(services, table, now_ms)| ServiceStage {
-                            table,
-                            translator: &services.translator,
-                            now_ms: *now_ms,
-                        }),
+                    services: stage,
                 },
                 stats: &self.ctx.stats,
                 inboxes: &self.ctx.inboxes,
