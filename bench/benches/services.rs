@@ -23,7 +23,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol};
 use podswitch_encap::checksum::{combine, fill_ipv4_header, ipv4_pseudo_header, sum};
 use podswitch_services::{
-    Affinity, FlowKey, L4Checksum, ServiceTable, Timeouts, Translator, Verdict,
+    Affinity, FlowKey, L4Checksum, Nodes, ServiceTable, Timeouts, Translator, Verdict,
 };
 use rng::Rng;
 
@@ -52,7 +52,7 @@ fn table() -> ServiceTable {
             Service::new(format!("bench/svc-{s}"), cluster_ip(s), vec![port])
         })
         .collect();
-    ServiceTable::new(services, |_| false)
+    ServiceTable::new(services, &Nodes::default())
 }
 
 /// A random client-to-Service flow.

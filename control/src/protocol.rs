@@ -199,7 +199,10 @@ pub struct ServicePortStatus {
     pub protocol: ServiceProtocol,
     /// The port on the ClusterIP.
     pub port: u16,
-    /// The endpoints new connections go to.
+    /// The port on every node's address, for a NodePort Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<u16>,
+    /// The endpoints new connections to the ClusterIP go to.
     pub endpoints: Vec<EndpointStatus>,
 }
 

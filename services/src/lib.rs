@@ -22,5 +22,5 @@ mod translator;
 pub use conntrack::{ConnTable, Timeouts};
 pub use flow::FlowKey;
 pub use rewrite::{L4Checksum, Nat};
-pub use table::{Affinity, Backend, Selection, ServiceTable, check};
+pub use table::{Affinity, Backend, NodeAddress, Nodes, PortView, Selection, ServiceTable, check};
 pub use translator::{Translator, Verdict};

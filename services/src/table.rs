@@ -1,6 +1,6 @@
-//! The Service table: what each (ClusterIP, protocol, port) translates to,
-//! built from the sources' Service lists, and the endpoint choice for a new
-//! connection.
+//! The Service table: what each (ClusterIP, protocol, port) and each
+//! NodePort at every node's address translates to, built from the sources'
+//! Service lists, and the endpoint choice for a new connection.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
 use foldhash::fast::FixedState;
+use ipnet::Ipv4Net;
 use podswitch_control::service::{Endpoint, Service, TrafficPolicy};
 
 use crate::flow::FlowKey;
@@ -33,14 +34,39 @@ pub enum Selection {
     Endpoint(Backend),
 }
 
-/// A Service port's lookup key: ClusterIP, IP protocol, port.
+/// A Service port's lookup key: ClusterIP (or a node's address, for a
+/// NodePort), IP protocol, port.
 type PortKey = (Ipv4Addr, u8, u16);
 
-/// One Service port as the table keeps it.
+/// A node of the cluster as the Service table sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeAddress {
+    /// Its address: NodePorts are served there.
+    pub address: Ipv4Addr,
+    /// Its pods' CIDR: with `externalTrafficPolicy: Local` a NodePort at
+    /// its address goes only to the endpoints in it.
+    pub pod_cidr: Ipv4Net,
+}
+
+/// The nodes a Service table is built for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Nodes {
+    /// This node's pod CIDR: the endpoints in it are the local ones, for
+    /// `internalTrafficPolicy: Local` (`None`: no endpoint is local).
+    pub local: Option<Ipv4Net>,
+    /// Every node, this one included: a pod reaches a NodePort at any of
+    /// their addresses.
+    pub all: Vec<NodeAddress>,
+}
+
+/// One Service port (at its ClusterIP, or a NodePort at one node's
+/// address) as the table keeps it.
 #[derive(Debug)]
 struct PortEntry {
     /// Index of its Service in [`ServiceTable::services`].
     service: usize,
+    /// Whether it is a NodePort (shown apart from the ClusterIP ports).
+    node_port: bool,
     /// The endpoints new connections go to: the ready ones, or the
     /// serving terminating ones when none is ready (as kube-proxy does),
     /// within the traffic policy.
@@ -52,14 +78,54 @@ struct PortEntry {
     affinity_ms: Option<u64>,
 }
 
+impl PortEntry {
+    /// The entry of Service `service`'s port with `endpoints`, of which
+    /// `allowed` (the traffic policy) may serve it.
+    fn new(
+        service: usize,
+        node_port: bool,
+        endpoints: &[Endpoint],
+        allowed: impl Fn(&Endpoint) -> bool,
+        affinity_ms: Option<u64>,
+    ) -> PortEntry {
+        let backends = |keep: fn(&Endpoint) -> bool| -> Vec<Backend> {
+            let mut backends: Vec<Backend> = endpoints
+                .iter()
+                .filter(|endpoint| allowed(endpoint) && keep(endpoint))
+                .map(|endpoint| Backend {
+                    address: endpoint.address,
+                    port: endpoint.port,
+                })
+                .collect();
+            // Sorted, so the same set picks the same way whatever order
+            // the source listed it in.
+            backends.sort_unstable();
+            backends.dedup();
+            backends
+        };
+        let mut usable = backends(|endpoint| endpoint.ready);
+        if usable.is_empty() {
+            usable = backends(|endpoint| endpoint.serving && endpoint.terminating);
+        }
+        PortEntry {
+            service,
+            node_port,
+            usable,
+            kept: backends(|endpoint| endpoint.ready || endpoint.serving),
+            affinity_ms,
+        }
+    }
+}
+
 /// The Service table: a snapshot the workers read without locking (the
 /// switch swaps a new one in when a source changes). The
 /// `sessionAffinity: ClientIP` memory ([`Affinity`]) outlives it.
 #[derive(Debug)]
 pub struct ServiceTable {
     ports: HashMap<PortKey, PortEntry, FixedState>,
-    /// Every ClusterIP: a packet to another address is no Service's.
-    cluster_ips: HashSet<Ipv4Addr, FixedState>,
+    /// Every ClusterIP, and every node's address when a Service has a
+    /// NodePort: a packet to another address is no Service's.
+    service_addresses: HashSet<Ipv4Addr, FixedState>,
     /// Every endpoint's address, protocol and port: a packet from
     /// another is no endpoint's reply.
     endpoints: HashSet<PortKey, FixedState>,
@@ -71,69 +137,64 @@ pub struct ServiceTable {
 const FLOW_SEED: u64 = 0x5e41_ce5e_1ec7_0a11;
 
 impl ServiceTable {
-    /// Build the table from the Services of every source. `is_local` tells
-    /// the endpoints on this node, for `internalTrafficPolicy: Local`. A
-    /// ClusterIP, protocol and port listed twice keeps its first Service.
-    pub fn new(services: Vec<Service>, is_local: impl Fn(Ipv4Addr) -> bool) -> ServiceTable {
+    /// Build the table from the Services of every source for `nodes`: the
+    /// local ones for `internalTrafficPolicy: Local`, every node's address
+    /// for the NodePorts. A ClusterIP (or node address), protocol and port
+    /// listed twice keeps its first Service.
+    pub fn new(services: Vec<Service>, nodes: &Nodes) -> ServiceTable {
         let mut ports = HashMap::with_hasher(FixedState::default());
-        let mut cluster_ips = HashSet::with_hasher(FixedState::default());
+        let mut service_addresses = HashSet::with_hasher(FixedState::default());
         let mut endpoints = HashSet::with_hasher(FixedState::default());
+        let is_local = |address: Ipv4Addr| nodes.local.is_some_and(|cidr| cidr.contains(&address));
         for (index, service) in services.iter().enumerate() {
-            let allowed = |endpoint: &&Endpoint| {
-                service.internal_traffic_policy == TrafficPolicy::Cluster
-                    || is_local(endpoint.address)
-            };
+            let affinity_ms = service.affinity_seconds.map(|s| u64::from(s) * 1000);
             for port in &service.ports {
-                let backends = |keep: fn(&Endpoint) -> bool| -> Vec<Backend> {
-                    let mut backends: Vec<Backend> = port
-                        .endpoints
-                        .iter()
-                        .filter(allowed)
-                        .filter(|endpoint| keep(endpoint))
-                        .map(|endpoint| Backend {
-                            address: endpoint.address,
-                            port: endpoint.port,
-                        })
-                        .collect();
-                    // Sorted, so the same set picks the same way whatever
-                    // order the source listed it in.
-                    backends.sort_unstable();
-                    backends.dedup();
-                    backends
-                };
-                let mut usable = backends(|endpoint| endpoint.ready);
-                if usable.is_empty() {
-                    usable = backends(|endpoint| endpoint.serving && endpoint.terminating);
-                }
-                let entry = PortEntry {
-                    service: index,
-                    usable,
-                    kept: backends(|endpoint| endpoint.ready || endpoint.serving),
-                    affinity_ms: service.affinity_seconds.map(|s| u64::from(s) * 1000),
-                };
-                ports
-                    .entry((service.cluster_ip, port.protocol.ip_protocol(), port.port))
-                    .or_insert(entry);
                 let protocol = port.protocol.ip_protocol();
+                // The ClusterIP port: internalTrafficPolicy applies.
+                let internal = |endpoint: &Endpoint| {
+                    service.internal_traffic_policy == TrafficPolicy::Cluster
+                        || is_local(endpoint.address)
+                };
+                let entry = PortEntry::new(index, false, &port.endpoints, internal, affinity_ms);
+                ports
+                    .entry((service.cluster_ip, protocol, port.port))
+                    .or_insert(entry);
+                // The NodePort at each node's address: externalTrafficPolicy
+                // applies, with that node's endpoints as the local ones.
+                if let Some(node_port) = port.node_port {
+                    for node in &nodes.all {
+                        let external = |endpoint: &Endpoint| {
+                            service.external_traffic_policy == TrafficPolicy::Cluster
+                                || node.pod_cidr.contains(&endpoint.address)
+                        };
+                        let entry =
+                            PortEntry::new(index, true, &port.endpoints, external, affinity_ms);
+                        ports
+                            .entry((node.address, protocol, node_port))
+                            .or_insert(entry);
+                        service_addresses.insert(node.address);
+                    }
+                }
                 endpoints.extend(port.endpoints.iter().map(|e| (e.address, protocol, e.port)));
             }
-            cluster_ips.insert(service.cluster_ip);
+            service_addresses.insert(service.cluster_ip);
         }
         ServiceTable {
             ports,
-            cluster_ips,
+            service_addresses,
             endpoints,
             services,
         }
     }
 
-    /// Whether `address` is a ClusterIP of the table: only packets to one
-    /// are a Service's (a new connection, one established, or an
-    /// endpoint's answer to its own hairpin connection). One probe of a
-    /// small set, so that other traffic never probes the connection table.
+    /// Whether `address` is a ClusterIP of the table, or a node's address
+    /// serving NodePorts: only packets to one are a Service's (a new
+    /// connection, one established, or an endpoint's answer to its own
+    /// hairpin connection). One probe of a small set, so that other
+    /// traffic never probes the connection table.
     #[inline]
-    pub fn is_cluster_ip(&self, address: Ipv4Addr) -> bool {
-        self.cluster_ips.contains(&address)
+    pub fn is_service_address(&self, address: Ipv4Addr) -> bool {
+        self.service_addresses.contains(&address)
     }
 
     /// Whether a packet from `address` and `port` over `protocol` may be
@@ -199,20 +260,50 @@ impl ServiceTable {
             .is_some_and(|entry| entry.kept.contains(backend))
     }
 
-    /// Every Service port: its Service's name, ClusterIP, protocol, port and
-    /// the endpoints new connections go to, sorted by address, protocol and port.
-    pub fn ports(&self) -> Vec<(&str, Ipv4Addr, u8, u16, &[Backend])> {
-        let mut ports: Vec<_> = self
+    /// Every Service port at its ClusterIP, with its NodePort if it has
+    /// one, sorted by ClusterIP, protocol and port.
+    pub fn ports(&self) -> Vec<PortView<'_>> {
+        let mut ports: Vec<PortView<'_>> = self
             .ports
             .iter()
-            .map(|(&(ip, protocol, port), entry)| {
-                let name = self.services[entry.service].name.as_str();
-                (name, ip, protocol, port, entry.usable.as_slice())
+            .filter(|(_, entry)| !entry.node_port)
+            .map(|(&(cluster_ip, protocol, port), entry)| {
+                let service = &self.services[entry.service];
+                let node_port = service
+                    .ports
+                    .iter()
+                    .find(|p| p.protocol.ip_protocol() == protocol && p.port == port)
+                    .and_then(|p| p.node_port);
+                PortView {
+                    service: &service.name,
+                    cluster_ip,
+                    protocol,
+                    port,
+                    node_port,
+                    endpoints: &entry.usable,
+                }
             })
             .collect();
-        ports.sort_unstable_by_key(|&(_, ip, protocol, port, _)| (ip, protocol, port));
+        ports.sort_unstable_by_key(|p| (p.cluster_ip, p.protocol, p.port));
         ports
     }
+}
+
+/// One Service port as [`ServiceTable::ports`] lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortView<'a> {
+    /// Its Service's `namespace/name`.
+    pub service: &'a str,
+    /// The ClusterIP.
+    pub cluster_ip: Ipv4Addr,
+    /// The IP protocol number.
+    pub protocol: u8,
+    /// The port on the ClusterIP.
+    pub port: u16,
+    /// The port on every node's address, for a NodePort Service.
+    pub node_port: Option<u16>,
+    /// The endpoints new connections to the ClusterIP go to.
+    pub endpoints: &'a [Backend],
 }
 
 /// Check a source's Services before they replace its set: a message saying
@@ -220,6 +311,7 @@ impl ServiceTable {
 pub fn check(services: &[Service]) -> Result<(), String> {
     let mut names = std::collections::BTreeSet::new();
     let mut claimed: HashMap<PortKey, &str> = HashMap::new();
+    let mut node_ports: HashMap<(u8, u16), &str> = HashMap::new();
     for service in services {
         let name = service.name.as_str();
         if name.is_empty() {
@@ -258,6 +350,22 @@ pub fn check(services: &[Service]) -> Result<(), String> {
                     "Services {other} and {name} both claim {ip} {protocol}/{}: keep one",
                     port.port
                 ));
+            }
+            if let Some(node_port) = port.node_port {
+                if node_port == 0 {
+                    return Err(format!(
+                        "Service {name} {protocol}/{}: node_port 0 is not a port: leave it \
+                         out for no NodePort",
+                        port.port
+                    ));
+                }
+                let key = (port.protocol.ip_protocol(), node_port);
+                if let Some(other) = node_ports.insert(key, name) {
+                    return Err(format!(
+                        "Services {other} and {name} both claim NodePort {protocol}/{node_port}: \
+                         keep one"
+                    ));
+                }
             }
             for endpoint in &port.endpoints {
                 let address = endpoint.address;
@@ -330,6 +438,14 @@ mod tests {
         }
     }
 
+    /// Nodes whose local pods are in `cidr`, with no NodePort addresses.
+    fn local(cidr: &str) -> Nodes {
+        Nodes {
+            local: Some(cidr.parse().unwrap()),
+            all: Vec::new(),
+        }
+    }
+
     fn to_web(client_port: u16) -> FlowKey {
         key([10, 244, 1, 9], client_port, [10, 96, 0, 10], 80, TCP)
     }
@@ -343,7 +459,7 @@ mod tests {
                 endpoint([10, 244, 2, 8], false, false, false),
                 endpoint([10, 244, 2, 9], false, true, true),
             ])],
-            |_| false,
+            &Nodes::default(),
         );
         let affinity = Affinity::default();
         let mut seen = std::collections::BTreeMap::new();
@@ -384,7 +500,7 @@ mod tests {
                 terminating.clone(),
                 endpoint([10, 244, 2, 8], false, false, true),
             ])],
-            |_| false,
+            &Nodes::default(),
         );
         let affinity = Affinity::default();
         assert_eq!(
@@ -400,7 +516,7 @@ mod tests {
                 false,
                 false,
             )])],
-            |_| false,
+            &Nodes::default(),
         );
         assert_eq!(
             none.select(&to_web(1), &affinity, 0),
@@ -419,8 +535,7 @@ mod tests {
             endpoint([10, 244, 2, 7], true, true, false),
         ]);
         web.internal_traffic_policy = TrafficPolicy::Local;
-        let on_node_1 = |a: Ipv4Addr| a.octets()[2] == 1;
-        let table = ServiceTable::new(vec![web.clone()], on_node_1);
+        let table = ServiceTable::new(vec![web.clone()], &local("10.244.1.0/24"));
         let affinity = Affinity::default();
         for port in 1..100 {
             assert_eq!(
@@ -428,7 +543,7 @@ mod tests {
                 Selection::Endpoint(backend([10, 244, 1, 5]))
             );
         }
-        let table = ServiceTable::new(vec![web], |a| a.octets()[2] == 3);
+        let table = ServiceTable::new(vec![web], &local("10.244.3.0/24"));
         assert_eq!(
             table.select(&to_web(1), &affinity, 0),
             Selection::NoEndpoints
@@ -443,7 +558,7 @@ mod tests {
                 .collect(),
         );
         web.affinity_seconds = Some(10);
-        let table = ServiceTable::new(vec![web.clone()], |_| false);
+        let table = ServiceTable::new(vec![web.clone()], &Nodes::default());
         let affinity = Affinity::default();
         let Selection::Endpoint(first) = table.select(&to_web(1), &affinity, 0) else {
             panic!()
@@ -470,7 +585,7 @@ mod tests {
         web.ports[0]
             .endpoints
             .retain(|e| e.address != first.address);
-        let without = ServiceTable::new(vec![web], |_| false);
+        let without = ServiceTable::new(vec![web], &Nodes::default());
         let Selection::Endpoint(moved) = without.select(&to_web(500), &affinity, 200_000) else {
             panic!()
         };
@@ -487,17 +602,77 @@ mod tests {
         second
             .ports
             .push(ServicePort::new(ServiceProtocol::Udp, 53, vec![]));
-        let table = ServiceTable::new(vec![first, second], |_| false);
+        let table = ServiceTable::new(vec![first, second], &Nodes::default());
         let ports = table.ports();
         assert_eq!(ports.len(), 2);
-        assert_eq!(ports[0].0, "default/web");
-        assert_eq!(ports[0].4, &[backend([10, 244, 1, 5])]);
+        assert_eq!(ports[0].service, "default/web");
+        assert_eq!(ports[0].endpoints, &[backend([10, 244, 1, 5])]);
         assert_eq!(
-            (ports[1].0, ports[1].2, ports[1].3),
+            (ports[1].service, ports[1].protocol, ports[1].port),
             ("default/other", UDP, 53)
         );
         assert_eq!(table.services().len(), 2);
         assert!(!table.is_empty());
+    }
+
+    #[test]
+    fn node_ports_are_served_at_every_nodes_address_under_the_external_policy() {
+        let node = |address: [u8; 4], cidr: &str| NodeAddress {
+            address: address.into(),
+            pod_cidr: cidr.parse().unwrap(),
+        };
+        let nodes = Nodes {
+            local: Some("10.244.1.0/24".parse().unwrap()),
+            all: vec![
+                node([192, 168, 0, 1], "10.244.1.0/24"),
+                node([192, 168, 0, 2], "10.244.2.0/24"),
+            ],
+        };
+        let mut web = service(vec![
+            endpoint([10, 244, 1, 5], true, true, false),
+            endpoint([10, 244, 2, 7], true, true, false),
+        ]);
+        web.ports[0].node_port = Some(30080);
+        // internalTrafficPolicy does not apply to NodePorts.
+        web.internal_traffic_policy = TrafficPolicy::Local;
+        let to = |address: [u8; 4], port: u16| key([10, 244, 1, 9], 40000, address, port, TCP);
+        let both = [backend([10, 244, 1, 5]), backend([10, 244, 2, 7])];
+        let table = ServiceTable::new(vec![web.clone()], &nodes);
+        assert!(table.is_service_address([192, 168, 0, 2].into()));
+        assert!(!table.is_service_address([192, 168, 0, 3].into()));
+        for address in [[192, 168, 0, 1], [192, 168, 0, 2]] {
+            assert_eq!(table.usable(address.into(), TCP, 30080), Some(&both[..]));
+            assert!(table.keeps(&to(address, 30080), &both[1]));
+        }
+        assert_eq!(table.usable([192, 168, 0, 1].into(), TCP, 80), None);
+        assert_eq!(
+            table.usable([10, 96, 0, 10].into(), TCP, 80),
+            Some(&both[..1])
+        );
+        // The ClusterIP port lists its NodePort; the NodePorts are not
+        // listed apart.
+        let ports = table.ports();
+        assert_eq!(ports.len(), 1);
+        assert_eq!(ports[0].node_port, Some(30080));
+        // externalTrafficPolicy Local: each node's address goes to that
+        // node's endpoints only.
+        web.external_traffic_policy = TrafficPolicy::Local;
+        let table = ServiceTable::new(vec![web], &nodes);
+        for (address, endpoint) in [([192, 168, 0, 1], &both[0]), ([192, 168, 0, 2], &both[1])] {
+            assert_eq!(
+                table.usable(address.into(), TCP, 30080),
+                Some(std::slice::from_ref(endpoint))
+            );
+            let affinity = Affinity::default();
+            for port in 1..50 {
+                let mut flow = to(address, 30080);
+                flow.sport = port;
+                assert_eq!(
+                    table.select(&flow, &affinity, 0),
+                    Selection::Endpoint(*endpoint)
+                );
+            }
+        }
     }
 
     #[test]
@@ -545,6 +720,22 @@ mod tests {
             let error = check(&services).unwrap_err();
             assert!(error.contains(message), "{error}");
         }
+        let mut node_port_zero = good.clone();
+        node_port_zero.ports[0].node_port = Some(0);
+        assert!(
+            check(&[node_port_zero])
+                .unwrap_err()
+                .contains("node_port 0")
+        );
+        let (mut first, mut second) = (good.clone(), dns.clone());
+        first.ports[0].node_port = Some(30080);
+        second.cluster_ip = Ipv4Addr::new(10, 96, 0, 11);
+        second.ports[0].node_port = Some(30080);
+        assert!(
+            check(&[first, second])
+                .unwrap_err()
+                .contains("both claim NodePort tcp/30080")
+        );
         let mut zero = good.clone();
         zero.ports[0].port = 0;
         assert!(check(&[zero]).unwrap_err().contains("port 0"));

@@ -74,7 +74,7 @@ impl Translator {
             return Verdict::Pass;
         };
         let key = parsed.key;
-        if !table.is_cluster_ip(key.dst) {
+        if !table.is_service_address(key.dst) {
             return Verdict::Pass;
         }
         if !self.conns.is_empty()
@@ -148,8 +148,11 @@ mod tests {
     use super::*;
     use crate::flow::tests::{key, l4_verifies};
     use crate::flow::{FlowKey, TCP, UDP};
+    use crate::table::{NodeAddress, Nodes};
 
     const VIP: [u8; 4] = [10, 96, 0, 10];
+    /// A node serving the TCP port's NodePort 30080.
+    const NODE: [u8; 4] = [192, 168, 0, 2];
 
     fn table(endpoints: &[[u8; 4]]) -> ServiceTable {
         let port = |protocol, port| {
@@ -162,9 +165,16 @@ mod tests {
             port(ServiceProtocol::Tcp, 80),
             port(ServiceProtocol::Udp, 53),
         ];
-        ServiceTable::new(vec![Service::new("default/web", VIP.into(), ports)], |_| {
-            false
-        })
+        let nodes = Nodes {
+            local: None,
+            all: vec![NodeAddress {
+                address: NODE.into(),
+                pod_cidr: "10.244.2.0/24".parse().unwrap(),
+            }],
+        };
+        let mut web = Service::new("default/web", VIP.into(), ports);
+        web.ports[0].node_port = Some(30080);
+        ServiceTable::new(vec![web], &nodes)
     }
 
     fn checked(flow: FlowKey) -> Vec<u8> {
@@ -228,6 +238,36 @@ mod tests {
     }
 
     #[test]
+    fn a_node_port_at_a_nodes_address_is_translated_there_and_back() {
+        let services = table(&[[10, 244, 2, 7]]);
+        let translator = Translator::new(100, Timeouts::default());
+        let request = key([10, 244, 1, 9], 40000, NODE, 30080, TCP);
+        let mut p = checked(request);
+        assert_eq!(
+            translator.outbound(&services, &mut p, L4Checksum::Full, 0),
+            Verdict::Translated { new: true }
+        );
+        assert_eq!(
+            flow::parse(&p).unwrap().key,
+            key([10, 244, 1, 9], 40000, [10, 244, 2, 7], 8080, TCP)
+        );
+        assert!(verifies(&p));
+        let mut answer = checked(key([10, 244, 2, 7], 8080, [10, 244, 1, 9], 40000, TCP));
+        assert_eq!(
+            translator.inbound(&services, &mut answer, L4Checksum::Full, 1),
+            Verdict::Translated { new: false }
+        );
+        assert_eq!(flow::parse(&answer).unwrap().key, request.reversed());
+        assert!(verifies(&answer));
+        // The node's other ports are not Services.
+        let mut ssh = checked(key([10, 244, 1, 9], 40001, NODE, 22, TCP));
+        assert_eq!(
+            translator.outbound(&services, &mut ssh, L4Checksum::Full, 2),
+            Verdict::Pass
+        );
+    }
+
+    #[test]
     fn hairpin_gets_the_cluster_ip_as_source_both_ways() {
         let client = [10, 244, 1, 9];
         let services = table(&[client]);
@@ -285,7 +325,7 @@ mod tests {
                 cluster_ip: Ipv4Addr::new(10, 96, 0, 99),
                 ..services.services()[0].clone()
             }],
-            |_| false,
+            &Nodes::default(),
         );
         let roomy = Translator::new(10, Timeouts::default());
         assert!(matches!(

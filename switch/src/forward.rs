@@ -1204,9 +1204,10 @@ pub(crate) mod tests {
             .map(|&a| Endpoint::ready(a, 8080))
             .collect();
         let port = ServicePort::new(ServiceProtocol::Tcp, 80, endpoints);
-        ServiceTable::new(vec![Service::new("default/web", VIP, vec![port])], |_| {
-            false
-        })
+        ServiceTable::new(
+            vec![Service::new("default/web", VIP, vec![port])],
+            &podswitch_services::Nodes::default(),
+        )
     }
 
     /// Forward on the test topology with the Service stage on `table`.

@@ -409,11 +409,14 @@ fn services_set(file: &Path) -> Result<Request> {
 
 fn print_services(ports: &[ServicePortStatus]) {
     println!(
-        "{:<28} {:<15} {:<10} {:<21} {:>11}  source",
+        "{:<28} {:<15} {:<18} {:<21} {:>11}  source",
         "service", "cluster ip", "port", "endpoint", "connections"
     );
     for p in ports {
-        let port = format!("{}/{}", p.protocol.name(), p.port);
+        let port = match p.node_port {
+            Some(node_port) => format!("{}/{} ({node_port})", p.protocol.name(), p.port),
+            None => format!("{}/{}", p.protocol.name(), p.port),
+        };
         let endpoints: Vec<(String, String)> = if p.endpoints.is_empty() {
             vec![("(none)".into(), "-".into())]
         } else {
@@ -439,7 +442,7 @@ fn print_services(ports: &[ServicePortStatus]) {
                 ("", String::new(), "", "")
             };
             println!(
-                "{service:<28} {ip:<15} {port:<10} {endpoint:<21} {connections:>11}  {source}"
+                "{service:<28} {ip:<15} {port:<18} {endpoint:<21} {connections:>11}  {source}"
             );
         }
     }

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
@@ -14,7 +15,7 @@ use arc_swap::{ArcSwap, Guard};
 use ipnet::Ipv4Net;
 use podswitch_control::protocol::{EndpointStatus, ServicePortStatus};
 use podswitch_control::service::{Service, ServiceProtocol};
-use podswitch_services::{ServiceTable, Timeouts, Translator};
+use podswitch_services::{NodeAddress, Nodes, ServiceTable, Timeouts, Translator};
 
 /// The source `podswitch services set` feeds.
 pub const CONTROL_SOURCE: &str = "control";
@@ -33,9 +34,13 @@ pub struct Services {
     table: ArcSwap<ServiceTable>,
     /// The connections and the affinity memory.
     pub translator: Translator,
-    /// This node's pod CIDR: the endpoints in it are local
-    /// (`internalTrafficPolicy: Local`).
-    pod_cidr: Ipv4Net,
+    /// This node's pod CIDR (its endpoints are the local ones) and every
+    /// node's address and pod CIDR (for NodePorts).
+    nodes: Mutex<Nodes>,
+    /// Set when a new table is in place: the next maintenance round ends
+    /// the unkept connections once more, for those a worker still
+    /// reading the table before it opened meanwhile.
+    recheck: AtomicBool,
     /// Where the connection table's clock starts.
     epoch: Instant,
     /// Each source's Services, by source name.
@@ -85,12 +90,18 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 
 impl Services {
     /// An empty table for a node whose pods are in `pod_cidr`, with room
-    /// for `capacity` connections.
+    /// for `capacity` connections; NodePorts are served at the addresses
+    /// [`Services::set_nodes`] gives.
     pub fn new(pod_cidr: Ipv4Net, capacity: usize) -> Services {
+        let nodes = Nodes {
+            local: Some(pod_cidr),
+            all: Vec::new(),
+        };
         Services {
-            table: ArcSwap::from_pointee(ServiceTable::new(Vec::new(), |_| false)),
+            table: ArcSwap::from_pointee(ServiceTable::new(Vec::new(), &nodes)),
             translator: Translator::new(capacity, Timeouts::default()),
-            pod_cidr,
+            nodes: Mutex::new(nodes),
+            recheck: AtomicBool::new(false),
             epoch: Instant::now(),
             sources: Mutex::new(BTreeMap::new()),
             file: Mutex::new(None),
@@ -114,8 +125,24 @@ impl Services {
         podswitch_services::check(&services)?;
         let mut sources = self.sources();
         sources.insert(source.to_string(), services);
-        self.publish(sources.values().flatten().cloned().collect());
+        self.publish(&sources);
         Ok(())
+    }
+
+    /// The cluster's nodes changed (this node's included): serve the
+    /// NodePorts at their addresses. Nothing is rebuilt when they did not.
+    pub fn set_nodes(&self, mut all: Vec<NodeAddress>) {
+        all.sort_unstable_by_key(|node| (node.address, node.pod_cidr));
+        all.dedup();
+        let sources = self.sources();
+        {
+            let mut nodes = lock(&self.nodes);
+            if nodes.all == all {
+                return;
+            }
+            nodes.all = all;
+        }
+        self.publish(&sources);
     }
 
     /// Read `path` as the file source now, and again whenever it changes
@@ -170,14 +197,16 @@ impl Services {
         table
             .ports()
             .into_iter()
-            .filter_map(|(name, cluster_ip, protocol, port, backends)| {
+            .filter_map(|port| {
                 Some(ServicePortStatus {
-                    service: name.to_string(),
-                    source: source_of(name),
-                    cluster_ip,
-                    protocol: ServiceProtocol::from_ip_protocol(protocol)?,
-                    port,
-                    endpoints: backends
+                    service: port.service.to_string(),
+                    source: source_of(port.service),
+                    cluster_ip: port.cluster_ip,
+                    protocol: ServiceProtocol::from_ip_protocol(port.protocol)?,
+                    port: port.port,
+                    node_port: port.node_port,
+                    endpoints: port
+                        .endpoints
                         .iter()
                         .map(|backend| EndpointStatus {
                             address: backend.address,
@@ -200,17 +229,28 @@ impl Services {
         self.table.load()
     }
 
-    /// Put a new set of Services in place, and end the connections of the
-    /// endpoints it no longer has: their next packet picks a current
-    /// endpoint.
-    fn publish(&self, services: Vec<Service>) {
-        let pod_cidr = self.pod_cidr;
-        let table = ServiceTable::new(services, |address| pod_cidr.contains(&address));
+    /// Put the union of the sources' Services in place, then end the
+    /// connections to the endpoints it no longer has: their next packet
+    /// picks a current endpoint. (The new table goes in first, so that no
+    /// worker opens a connection to a removed endpoint after the removal;
+    /// a worker's pass that began before the swap is caught by the next
+    /// maintenance round.) The caller holds the sources' lock, so that
+    /// two changes publish in order.
+    fn publish(&self, sources: &BTreeMap<String, Vec<Service>>) {
+        let services = sources.values().flatten().cloned().collect();
+        let table = ServiceTable::new(services, &lock(&self.nodes));
+        self.table.store(Arc::new(table));
+        self.recheck.store(true, Ordering::Relaxed);
+        self.end_unkept_connections();
+    }
+
+    /// End the connections whose endpoint the current table does not keep.
+    fn end_unkept_connections(&self) {
+        let table = self.table();
         let ended = self
             .translator
             .conns
             .remove_unkept(|original, backend| table.keeps(original, backend));
-        self.table.store(Arc::new(table));
         if ended > 0 {
             tracing::info!("ended {ended} connections to endpoints that left their Service");
         }
@@ -220,6 +260,9 @@ impl Services {
     /// changed, forget expired connections and affinities.
     pub fn maintain(&self) {
         self.reread_file();
+        if self.recheck.swap(false, Ordering::Relaxed) {
+            self.end_unkept_connections();
+        }
         let now = self.now_ms();
         self.translator.conns.sweep(now);
         self.translator.affinity.expire(now);
@@ -349,5 +392,31 @@ mod tests {
         let error = format!("{:#}", read_services(&path).unwrap_err());
         assert!(error.contains("listed twice"), "{error}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn node_ports_follow_the_nodes_and_the_table_is_rebuilt_only_when_they_change() {
+        let services = Services::new("10.244.1.0/24".parse().unwrap(), 16);
+        let mut np = web(&[Ipv4Addr::new(10, 244, 2, 7)]);
+        np.ports[0].node_port = Some(30080);
+        services.set(CONTROL_SOURCE, vec![np]).unwrap();
+        let node = |address: [u8; 4], cidr: &str| NodeAddress {
+            address: address.into(),
+            pod_cidr: cidr.parse().unwrap(),
+        };
+        let peer = [192, 168, 0, 2];
+        assert!(!services.table().is_service_address(peer.into()));
+        let nodes = vec![
+            node(peer, "10.244.2.0/24"),
+            node([192, 168, 0, 1], "10.244.1.0/24"),
+        ];
+        services.set_nodes(nodes.clone());
+        let table = services.table();
+        assert!(table.is_service_address(peer.into()));
+        assert_eq!(table.usable(peer.into(), 6, 30080).map(<[_]>::len), Some(1));
+        // The same nodes in another order: the same table.
+        services.set_nodes(nodes.into_iter().rev().collect());
+        assert!(Arc::ptr_eq(&table, &services.table()));
+        assert_eq!(services.status()[0].node_port, Some(30080));
     }
 }

@@ -2,8 +2,9 @@
 //! `service_translation = "switch"`) through the real path: two podswitch
 //! nodes, pods made by the real CNI plugin, Services given in a
 //! `services_file`: a TCP Service with an endpoint on each node, a hairpin
-//! Service, a UDP "DNS" Service and an echo Service. Clients on both nodes
-//! reach them, the endpoints see the clients' own addresses, no Service
+//! Service, a UDP "DNS" Service, an echo Service, and NodePorts under
+//! both external traffic policies. Clients on both nodes reach them (the
+//! NodePorts at either node's address), the endpoints see the clients' own addresses, no Service
 //! packet crosses a node's stack (the host ports send nothing), and a
 //! change of endpoints during traffic is followed: new connections go to
 //! the new set and a removed endpoint's connection ends. Needs root.
@@ -14,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol};
+use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol, TrafficPolicy};
 use podswitch_lab::Lab;
-use podswitch_lab::cluster::{Pod, SwitchNode, SwitchOptions, SwitchPair};
+use podswitch_lab::cluster::{Pod, SwitchNode, SwitchOptions, SwitchPair, node_ip};
 use podswitch_lab::cni::CniPlugin;
 use podswitch_lab::service_traffic::{ECHO_PORT, TCP_PORT, UDP_PORT, request, serve_in};
 
@@ -24,6 +25,11 @@ const WEB: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const WEB_A: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 13);
 const DNS: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 53);
 const ECHO: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 33);
+const WEB_LOCAL: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 14);
+/// `web`'s NodePort (`externalTrafficPolicy: Cluster`).
+const WEB_NODE_PORT: u16 = 30080;
+/// `web-local`'s NodePort (`externalTrafficPolicy: Local`).
+const LOCAL_NODE_PORT: u16 = 30081;
 
 /// Holds one TCP connection to `host:port` open across a signal: one echo
 /// round trip, then (once the file `go` exists) another, printing how the
@@ -49,7 +55,8 @@ fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_podswitch"))
 }
 
-/// The Services of the test, `web` and `echo` served by `web` and `echo`.
+/// The Services of the test, `web` and `echo` served by `web` and `echo`;
+/// `web` and `web-local` (served by `web` too) have NodePorts.
 fn services(web: &[Ipv4Addr], echo: &[Ipv4Addr], a: Ipv4Addr, c: Ipv4Addr) -> Vec<Service> {
     let tcp = |port, target, endpoints: &[Ipv4Addr]| {
         let endpoints = endpoints
@@ -58,13 +65,30 @@ fn services(web: &[Ipv4Addr], echo: &[Ipv4Addr], a: Ipv4Addr, c: Ipv4Addr) -> Ve
             .collect();
         vec![ServicePort::new(ServiceProtocol::Tcp, port, endpoints)]
     };
+    let with_node_port = |mut ports: Vec<ServicePort>, node_port| {
+        ports[0].node_port = Some(node_port);
+        ports
+    };
+    let web_local = Service {
+        external_traffic_policy: TrafficPolicy::Local,
+        ..Service::new(
+            "default/web-local",
+            WEB_LOCAL,
+            with_node_port(tcp(80, TCP_PORT, web), LOCAL_NODE_PORT),
+        )
+    };
     let dns = vec![ServicePort::new(
         ServiceProtocol::Udp,
         53,
         vec![Endpoint::ready(c, UDP_PORT)],
     )];
     vec![
-        Service::new("default/web", WEB, tcp(80, TCP_PORT, web)),
+        Service::new(
+            "default/web",
+            WEB,
+            with_node_port(tcp(80, TCP_PORT, web), WEB_NODE_PORT),
+        ),
+        web_local,
         Service::new("default/web-a", WEB_A, tcp(80, TCP_PORT, &[a])),
         Service::new("kube-system/dns", DNS, dns),
         Service::new("default/echo", ECHO, tcp(ECHO_PORT, ECHO_PORT, echo)),
@@ -121,9 +145,15 @@ fn wait_for(
 /// The endpoints that answered `count` TCP requests from `from` to the
 /// web Service, each checked to have seen `from`'s own address.
 fn web_answers(from: &Pod, count: usize) -> Result<BTreeSet<Ipv4Addr>> {
+    answers(from, WEB, 80, count)
+}
+
+/// The endpoints that answered `count` TCP requests from `from` to
+/// `ip:port`, each checked to have seen `from`'s own address.
+fn answers(from: &Pod, ip: Ipv4Addr, port: u16, count: usize) -> Result<BTreeSet<Ipv4Addr>> {
     let mut answered = BTreeSet::new();
     for _ in 0..count {
-        let (endpoint, seen) = request(from, "tcp", WEB, 80)?;
+        let (endpoint, seen) = request(from, "tcp", ip, port)?;
         ensure!(
             seen == from.ip,
             "{endpoint} saw the client {} as {seen}",
@@ -214,14 +244,35 @@ fn the_switch_translates_services_keeping_the_client_address() -> Result<()> {
             client.ip
         );
     }
+    // NodePorts at either node's address: `externalTrafficPolicy: Cluster`
+    // reaches both endpoints, `Local` only that node's.
+    for client in [pa, pd] {
+        for node in [1, 2] {
+            let answered = answers(client, node_ip(node), WEB_NODE_PORT, 16)?;
+            ensure!(
+                answered == BTreeSet::from([b, c]),
+                "{} to node {node}'s NodePort {WEB_NODE_PORT} reached only {answered:?}",
+                client.ip
+            );
+        }
+        for (node, endpoint) in [(1, b), (2, c)] {
+            let answered = answers(client, node_ip(node), LOCAL_NODE_PORT, 8)?;
+            ensure!(
+                answered == BTreeSet::from([endpoint]),
+                "{} to node {node}'s externalTrafficPolicy Local NodePort reached {answered:?}",
+                client.ip
+            );
+        }
+    }
     let after = to_host(&nodes)?;
     ensure!(
         before == after,
         "Service packets crossed the nodes' stacks: host ports sent {before:?} then {after:?}"
     );
     // Each connection counted once, on its client's node: 24 web, the
-    // hairpin and DNS from node 1's pod a; 24 web and DNS from node 2's d.
-    for (node, expected) in nodes.iter().zip([26, 25]) {
+    // hairpin, DNS and 48 NodePort requests from node 1's pod a; 24 web,
+    // DNS and 48 NodePort requests from node 2's d.
+    for (node, expected) in nodes.iter().zip([26 + 48, 25 + 48]) {
         let stats = node.cli_json(&["stats"])?;
         let translated = stats["services"]["connections_translated"].as_u64();
         ensure!(

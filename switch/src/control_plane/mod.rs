@@ -39,6 +39,7 @@ use crate::topology::{PeerId, PortId, PortRole, RouteTarget, Topology};
 use crate::worker::{AfXdpPort, Command, Port, TapPort, WorkerPort};
 use crate::xdp::{UplinkFilter, XdpProgram};
 use podswitch_control::service::Service;
+use podswitch_services::NodeAddress;
 pub use tables::{HOST_PORT, Node, TUNNEL_PORT, UPLINK_PORT};
 use tables::{PeerRecord, PeerToResolve, PortRecord, PortViewRecord, Resolution, Tables};
 
@@ -206,11 +207,15 @@ impl ControlPlane {
         self.tables.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Publish the topology snapshot the tables describe.
+    /// Publish the topology snapshot the tables describe, and the nodes
+    /// the Service table serves NodePorts for.
     fn publish(&self, tables: &Tables) {
         let mut topology = tables.topology(self.parts.pod_mtu);
         topology.captures = self.running_captures().clone();
         self.parts.topology.store(Arc::new(topology));
+        if let Some(services) = &self.parts.services {
+            services.set_nodes(service_nodes(tables));
+        }
     }
 
     fn running_captures(&self) -> MutexGuard<'_, Vec<Arc<CaptureTap>>> {
@@ -1144,4 +1149,21 @@ fn tap_queue_dropped(netns: &std::path::Path, ifname: &str) -> u64 {
         })
     };
     read().unwrap_or(0)
+}
+
+/// Every node with an IPv4 address, this one first: NodePorts are served
+/// at their addresses (Services are IPv4).
+fn service_nodes(tables: &Tables) -> Vec<NodeAddress> {
+    let config = &tables.node().config;
+    let this = (config.node_ip, config.pod_cidr);
+    let peers = tables
+        .peers()
+        .map(|(_, peer)| (peer.config.node_ip, peer.config.pod_cidr));
+    std::iter::once(this)
+        .chain(peers)
+        .filter_map(|(address, pod_cidr)| match address {
+            IpAddr::V4(address) => Some(NodeAddress { address, pod_cidr }),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
 }
