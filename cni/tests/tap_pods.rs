@@ -89,8 +89,10 @@ fn offload(port: &serde_json::Value, counter: &str) -> u64 {
 }
 
 /// Mixed pods talking, on switches started with `options`: over their
-/// tunnel port (the kernel cutting super-frames) unless `tunnel_offload`
-/// is "off" (the switch cutting them).
+/// tunnel port (the kernel cutting super-frames; with `tunnel_offload =
+/// "udp-segment"` the switch cutting them and a UDP socket sending each
+/// one's datagrams at once) unless `tunnel_offload` is "off" (the switch
+/// cutting them and sending the segments on the uplink).
 fn mixed_pods_talk(tag: &str, options: &SwitchOptions) -> Result<Mixed> {
     let tb = mixed(tag, options)?;
     let [[t1, t1b, v1], [t2, _, v2]] = &tb.pods;
@@ -176,8 +178,9 @@ fn mixed_pods_talk(tag: &str, options: &SwitchOptions) -> Result<Mixed> {
         "no super-frame reached the TAP pod across nodes: {receiver}"
     );
     let receiving_tunnel = find_port(n2, |p| p["role"] == "tunnel")?;
+    let offload_mode = options.tunnel_offload.as_deref();
     let through_kernel = options.encap == "vxlan"
-        && options.tunnel_offload.as_deref() != Some("off")
+        && offload_mode.is_none_or(|mode| mode == "auto")
         && options.tunnel_receive.as_deref() != Some("afxdp");
     if through_kernel {
         let tunnel = receiving_tunnel.context("no tunnel port on node 2")?;
@@ -211,17 +214,20 @@ fn mixed_pods_talk(tag: &str, options: &SwitchOptions) -> Result<Mixed> {
     // tunnel port for the kernel to cut — or, with the offload off, there
     // is no tunnel port and the switch cut them.
     let tunnel = find_port(n1, |p| p["role"] == "tunnel")?;
-    if options.tunnel_offload.as_deref() == Some("off") {
+    if offload_mode == Some("off") {
         ensure!(
             tunnel.is_none(),
             "a tunnel port with the offload off: {tunnel:?}"
         );
     } else {
         let tunnel = tunnel.context("no tunnel port on node 1")?;
-        let sent = offload(&tunnel, "super_frames_sent");
+        let (kind, counter) = match offload_mode {
+            Some("udp-segment") => ("socket", "super_frames_cut"),
+            _ => ("tap", "super_frames_sent"),
+        };
         ensure!(
-            sent > 0,
-            "no super-frame went to the peer through the tunnel port: {tunnel}"
+            tunnel["kind"] == kind && offload(&tunnel, counter) > 0,
+            "no super-frame went to the peer through a {kind} tunnel port ({counter}): {tunnel}"
         );
         udp_takes_the_uplink(n1, t1, t2)?;
     }
@@ -358,6 +364,22 @@ fn tap_pods_with_the_switch_cutting_super_frames() -> Result<()> {
     )
 }
 
+/// With `tunnel_offload = "udp-segment"` (what `auto` falls back to on
+/// kernels before 6.17) the switch cuts TAP pods' super-frames and a UDP
+/// socket sends each one's datagrams with one `UDP_SEGMENT` send; over
+/// Geneve here (the kernel VXLAN peer test below covers VXLAN).
+#[test]
+fn tap_pods_sending_through_a_udp_segment_socket() -> Result<()> {
+    talk_and_delete(
+        "tap-udpseg",
+        &SwitchOptions {
+            encap: "geneve".into(),
+            tunnel_offload: Some("udp-segment".into()),
+            ..SwitchOptions::default()
+        },
+    )
+}
+
 /// With `tunnel_receive = "afxdp"` every tunnel packet comes through the
 /// uplink's AF_XDP socket and is coalesced for a TAP pod by the switch.
 #[test]
@@ -374,18 +396,31 @@ fn tap_pods_receiving_through_afxdp() -> Result<()> {
 /// A TAP pod on a podswitch node and a pod on a kernel VXLAN node
 /// (Flannel-style, offloads on): ping and TCP both ways, and every tunnel
 /// frame the kernel node receives is a plain frame of at most the
-/// underlay MTU with valid checksums.
+/// underlay MTU with valid checksums, its TCP in sequence.
 #[test]
 fn tap_pod_with_kernel_vxlan_node() -> Result<()> {
+    tap_pod_with_kernel_vxlan_node_through("tap-interop", None)
+}
+
+/// [`tap_pod_with_kernel_vxlan_node`] with the switch cutting the
+/// super-frames and a `UDP_SEGMENT` socket sending them.
+#[test]
+fn tap_pod_with_kernel_vxlan_node_through_a_udp_segment_socket() -> Result<()> {
+    tap_pod_with_kernel_vxlan_node_through("tap-interop-us", Some("udp-segment"))
+}
+
+/// A TAP pod and a kernel VXLAN node's pod talking, the podswitch node's
+/// `tunnel_offload` set to `mode` (its default for `None`).
+fn tap_pod_with_kernel_vxlan_node_through(tag: &str, mode: Option<&str>) -> Result<()> {
     let _serial = serial();
-    let mut lab = Lab::new("tap-interop")?;
+    let mut lab = Lab::new(tag)?;
     let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
-    let (node, kernel) = switch_and_kernel_node(
-        &mut lab,
-        &common::daemon_binary()?,
-        &dir,
-        &SwitchOptions::default(),
-    )?;
+    let options = SwitchOptions {
+        tunnel_offload: mode.map(String::from),
+        ..SwitchOptions::default()
+    };
+    let (node, kernel) =
+        switch_and_kernel_node(&mut lab, &common::daemon_binary()?, &dir, &options)?;
     let n2 = &kernel.ns;
     // What arrives is what was sent: no receive-side merging.
     n2.run("ethtool", &["-K", UPLINK, "gro", "off"])?;
@@ -428,11 +463,15 @@ fn tap_pod_with_kernel_vxlan_node() -> Result<()> {
     tcp(&a, &k, 1, "TAP pod to kernel pod")?;
     tcp(&k, &a, 1, "kernel pod to TAP pod")?;
     // The TAP pod's super-frames went whole to the node's kernel, which
-    // cut them.
+    // cut them (or, through the UDP socket, cut by the switch).
     let tunnel = find_port(&node, |p| p["role"] == "tunnel")?.context("no tunnel port")?;
+    let counter = match mode {
+        Some("udp-segment") => "super_frames_cut",
+        _ => "super_frames_sent",
+    };
     ensure!(
-        offload(&tunnel, "super_frames_sent") > 0,
-        "no super-frame went through the tunnel port: {tunnel}"
+        offload(&tunnel, counter) > 0,
+        "no super-frame went through the tunnel port ({counter}): {tunnel}"
     );
     for pod in [&a, &k] {
         let errors = checksum_errors(&pod.ns)?;

@@ -102,6 +102,9 @@ pub enum PortKind {
     /// its namespace (`netns` and `ifname`, made by the CNI plugin), or
     /// one the daemon creates in the node's namespace.
     Tap,
+    /// A UDP socket of the node's: the tunnel port where TAP devices lack
+    /// UDP tunnel GSO (`tunnel_offload`); never a pod's.
+    Socket,
 }
 
 /// A pod port to add.

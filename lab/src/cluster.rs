@@ -125,7 +125,7 @@ pub struct SwitchOptions {
     pub underlay_mtu: u32,
     /// The daemon's `max_pods`; its default (110) when `None`.
     pub max_pods: Option<u32>,
-    /// The daemon's `tunnel_offload` ("auto" or "off"); its default
+    /// The daemon's `tunnel_offload` ("auto", "udp-segment" or "off"); its default
     /// (auto) when `None`.
     pub tunnel_offload: Option<String>,
     /// The daemon's `tunnel_receive` ("auto" or "afxdp"); its default

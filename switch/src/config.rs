@@ -30,14 +30,19 @@ pub const MAX_SPIN_US: u32 = 100_000;
 /// Default name of the tunnel port's TAP device.
 pub const DEFAULT_TUNNEL_PORT: &str = "podswt0";
 
-/// Whether the kernel cuts TAP pods' super-frames for the switch.
+/// How TAP pods' super-frames reach peers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum TunnelOffloadMode {
-    /// Where the kernel can (UDP tunnel GSO on TAP devices).
+    /// Whole, through the tunnel port's TAP device, for the kernel to cut,
+    /// where the kernel can (UDP tunnel GSO on TAP devices, Linux 6.17+);
+    /// elsewhere as `udp-segment`.
     #[default]
     Auto,
-    /// Never: the switch cuts super-frames itself.
+    /// Cut by the switch, each super-frame's datagrams sent with one
+    /// `UDP_SEGMENT` send through a UDP socket of the node's (Linux 4.18+).
+    UdpSegment,
+    /// Cut by the switch and sent frame by frame on the uplink (AF_XDP).
     Off,
 }
 

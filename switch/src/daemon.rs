@@ -36,10 +36,11 @@ use crate::services::{DEFAULT_CONNECTIONS, KUBERNETES_SOURCE, Services};
 use crate::stats::WorkerStats;
 use crate::tap::TapDevice;
 use crate::topology::{PortRole, Topology};
+use crate::tunnel_socket::TunnelSocket;
 use crate::tunnel_tap::{TunnelTap, TunnelTapError, apply_node_sysctls};
 use crate::worker::{
-    AfXdpPort, Command, INBOX_CAPACITY, Inbox, MAX_PACKET_CHUNKS, Port, TapPort, TunnelPort,
-    Worker, WorkerContext, WorkerPort,
+    AfXdpPort, Command, INBOX_CAPACITY, Inbox, MAX_PACKET_CHUNKS, Port, TapPort, TunnelDevice,
+    TunnelPort, Worker, WorkerContext, WorkerPort,
 };
 use crate::xdp::XdpProgram;
 use podswitch_encap::wire::IpVersion;
@@ -73,13 +74,10 @@ pub fn run(config: Config) -> Result<()> {
     complete_checksums_on_a_veth_uplink(&config.uplink);
     let underlay_mtu = config.underlay_mtu.map_or(uplink.mtu, u32::from);
     check_underlay_mtu(underlay_mtu, config.underlay_mtu.is_some(), &config.uplink)?;
-    let tunnel = match config.tunnel_offload {
-        TunnelOffloadMode::Auto => open_tunnel_port(&netlink, &config, config.cores.len())?,
-        TunnelOffloadMode::Off => None,
-    };
-    let kernel_receive = match tunnel {
-        Some(_) => receive_through_kernel(&netlink, &config),
-        None => None,
+    let tunnel = open_tunnel(&netlink, &config, uplink_mac)?;
+    let kernel_receive = match &tunnel {
+        Some(tunnel) if tunnel.kind == PortKind::Tap => receive_through_kernel(&netlink, &config),
+        _ => None,
     };
     if kernel_receive.is_none() {
         kernel_receive::clear_leftovers(&config.uplink, &config.state_dir);
@@ -91,7 +89,7 @@ pub fn run(config: Config) -> Result<()> {
         underlay_mtu,
         max_pods: config.max_pods,
         workers: config.cores.len(),
-        tunnel_mac: tunnel.as_ref().map(|(_, mac)| *mac),
+        tunnel_mac: tunnel.as_ref().map(|tunnel| tunnel.mac),
     };
     let pod_mtu = node.pod_mtu()?;
     let pod_gso_max_size = node.pod_gso_max_size()?;
@@ -253,11 +251,11 @@ pub fn run(config: Config) -> Result<()> {
         plan,
         uplink_program: uplink_program.clone(),
     };
-    let tunnel_seed = tunnel.as_ref().map(|(_, mac)| PortRecordSeed {
-        name: config.tunnel_port.clone(),
+    let tunnel_seed = tunnel.as_ref().map(|tunnel| PortRecordSeed {
+        name: tunnel.name.clone(),
         role: PortRole::Tunnel,
-        kind: PortKind::Tap,
-        mac: *mac,
+        kind: tunnel.kind,
+        mac: tunnel.mac,
         worker: 0,
         xdp_mode: None,
         copy_mode: None,
@@ -293,7 +291,7 @@ pub fn run(config: Config) -> Result<()> {
     start_port(&plane, 0, HOST_PORT, Box::new(TapPort::new(host_tap)))?;
     for (worker, queue) in tunnel
         .into_iter()
-        .flat_map(|(queues, _)| queues)
+        .flat_map(|tunnel| tunnel.queues)
         .enumerate()
     {
         start_port(
@@ -468,6 +466,73 @@ fn stale_host_routes(
         })
         .map(|&(destination, _, _)| destination)
         .collect()
+}
+
+/// The tunnel port as the daemon opened it: a queue for every worker.
+struct TunnelQueues {
+    queues: Vec<TunnelDevice>,
+    /// The port's name: the TAP device's, or [`TUNNEL_SOCKET_PORT`].
+    name: String,
+    kind: PortKind,
+    /// The outer destination MAC of what the switch writes into it.
+    mac: MacAddr,
+}
+
+/// The name the tunnel port has when it is a UDP socket.
+pub const TUNNEL_SOCKET_PORT: &str = "tunnel-udp";
+
+/// Open the tunnel port `tunnel_offload` asks for: with `auto`, the TAP
+/// device with UDP tunnel GSO where the kernel has it and the UDP socket
+/// elsewhere; with `udp-segment`, the socket; with `off` (or a kernel
+/// without `UDP_SEGMENT`) none, and the switch sends TAP pods' segments on
+/// the uplink.
+fn open_tunnel(
+    netlink: &Netlink,
+    config: &Config,
+    uplink_mac: MacAddr,
+) -> Result<Option<TunnelQueues>> {
+    let workers = config.cores.len();
+    if config.tunnel_offload == TunnelOffloadMode::Auto
+        && let Some((taps, mac)) = open_tunnel_port(netlink, config, workers)?
+    {
+        return Ok(Some(TunnelQueues {
+            queues: taps.into_iter().map(TunnelDevice::Tap).collect(),
+            name: config.tunnel_port.clone(),
+            kind: PortKind::Tap,
+            mac,
+        }));
+    }
+    if config.tunnel_offload == TunnelOffloadMode::Off {
+        return Ok(None);
+    }
+    let sockets: std::io::Result<Vec<TunnelDevice>> = (0..workers)
+        .map(|_| TunnelSocket::open(config.node_ip, config.encap.into()).map(TunnelDevice::Socket))
+        .collect();
+    match sockets {
+        Ok(queues) => {
+            tracing::info!(
+                port = TUNNEL_SOCKET_PORT,
+                queues = queues.len(),
+                "the switch cuts TAP pods' super-frames and the kernel sends each one's \
+                 datagrams in one go (UDP_SEGMENT)"
+            );
+            Ok(Some(TunnelQueues {
+                queues,
+                name: TUNNEL_SOCKET_PORT.to_string(),
+                kind: PortKind::Socket,
+                // Any: the socket sends the UDP payload only.
+                mac: uplink_mac,
+            }))
+        }
+        Err(e) => {
+            tracing::warn!(
+                "a UDP socket with UDP_SEGMENT on {}: {e}; TAP pods' super-frames are cut by the \
+                 switch and sent on the uplink",
+                config.node_ip
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// Open the tunnel port's TAP device with UDP tunnel GSO, a queue for

@@ -46,6 +46,7 @@ pub mod services;
 pub mod stats;
 pub mod topology;
 pub mod trace;
+pub mod tunnel_socket;
 pub mod tunnel_tap;
 pub mod worker;
 pub mod xdp;

@@ -131,6 +131,10 @@ pub enum Kind {
         /// with virtio-net headers, 64 KB TCP segments to and from the
         /// pod's kernel).
         pod_interface: &'static str,
+        /// The daemons' `tunnel_offload`: how TAP pods' super-frames
+        /// reach the peer ("auto": whole, through the tunnel TAP device;
+        /// "udp-segment": cut by the switch, sent through a UDP socket).
+        tunnel_offload: &'static str,
     },
     /// Flannel-style bridge + vxlan on both nodes.
     Kernel {
@@ -244,13 +248,25 @@ impl Contender {
                 encap,
                 poll_mode,
                 pod_interface: "tap",
-            } => format!(
-                "podswitch on both nodes, {encap} overlay, {poll_mode} polling, one worker per node \
-                 (node 1 on CPU 0, node 2 on CPU 1), native XDP uplink; pods made by podswitch-cni \
-                 as TAP devices with virtio-net offloads on (64 KB TCP segments from and to the \
-                 pods' kernels, sent to peers whole through the node's tunnel port, whose kernel \
-                 cuts them, and coalesced again for a receiving TAP pod)"
-            ),
+                tunnel_offload,
+            } => {
+                let to_peers = match tunnel_offload {
+                    "udp-segment" => {
+                        "cut by the switch and each one's datagrams sent with one UDP_SEGMENT \
+                         send through a UDP socket, as on kernels before 6.17"
+                    }
+                    _ => {
+                        "sent to peers whole through the node's tunnel port, whose kernel cuts them"
+                    }
+                };
+                format!(
+                    "podswitch on both nodes, {encap} overlay, {poll_mode} polling, one worker per \
+                     node (node 1 on CPU 0, node 2 on CPU 1), native XDP uplink; pods made by \
+                     podswitch-cni as TAP devices with virtio-net offloads on (64 KB TCP segments \
+                     from and to the pods' kernels, {to_peers}, and coalesced again for a receiving \
+                     TAP pod)"
+                )
+            }
             Kind::Podswitch {
                 encap, poll_mode, ..
             } => format!(
@@ -318,6 +334,7 @@ const VXLAN_VETH: Kind = Kind::Podswitch {
     encap: "vxlan",
     poll_mode: "adaptive",
     pod_interface: "veth",
+    tunnel_offload: "auto",
 };
 
 /// The same with TAP pods.
@@ -325,14 +342,24 @@ const VXLAN_TAP: Kind = Kind::Podswitch {
     encap: "vxlan",
     poll_mode: "adaptive",
     pod_interface: "tap",
+    tunnel_offload: "auto",
+};
+
+/// TAP pods whose super-frames the switch cuts and sends through a
+/// `UDP_SEGMENT` socket: what a kernel before 6.17 gets.
+const VXLAN_TAP_UDP_SEGMENT: Kind = Kind::Podswitch {
+    encap: "vxlan",
+    poll_mode: "adaptive",
+    pod_interface: "tap",
+    tunnel_offload: "udp-segment",
 };
 
 /// Every contender, in the order they run and are reported: first those
 /// measured with everything at MTU 1500, then those measured with TCP
-/// alone — podswitch on the underlay model the kernel baseline has, the
+/// alone — TAP pods through the UDP_SEGMENT socket, podswitch on the underlay model the kernel baseline has, the
 /// jumbo ones (the kernel on both models, podswitch's veth and TAP pods
 /// on both), and the same-node ones.
-pub const ALL: [Contender; 24] = [
+pub const ALL: [Contender; 25] = [
     Contender {
         key: "podswitch-vxlan-adaptive",
         name: "podswitch VXLAN adaptive",
@@ -358,6 +385,7 @@ pub const ALL: [Contender; 24] = [
             encap: "vxlan",
             poll_mode: "busy",
             pod_interface: "veth",
+            tunnel_offload: "auto",
         },
         placement: Placement::AcrossNodes,
         underlay: WIRE_SIZE,
@@ -371,6 +399,7 @@ pub const ALL: [Contender; 24] = [
             encap: "geneve",
             poll_mode: "adaptive",
             pod_interface: "veth",
+            tunnel_offload: "auto",
         },
         placement: Placement::AcrossNodes,
         underlay: WIRE_SIZE,
@@ -384,6 +413,7 @@ pub const ALL: [Contender; 24] = [
             encap: "geneve",
             poll_mode: "busy",
             pod_interface: "veth",
+            tunnel_offload: "auto",
         },
         placement: Placement::AcrossNodes,
         underlay: WIRE_SIZE,
@@ -435,6 +465,15 @@ pub const ALL: [Contender; 24] = [
         placement: Placement::AcrossNodes,
         underlay: WIRE_SIZE,
         tcp_only: false,
+        via: Via::PodAddress,
+    },
+    Contender {
+        key: "podswitch-vxlan-tap-udp-segment",
+        name: "podswitch VXLAN TAP, UDP_SEGMENT socket",
+        kind: VXLAN_TAP_UDP_SEGMENT,
+        placement: Placement::AcrossNodes,
+        underlay: WIRE_SIZE,
+        tcp_only: true,
         via: Via::PodAddress,
     },
     Contender {
@@ -652,6 +691,7 @@ impl Testbed {
                 encap,
                 poll_mode,
                 pod_interface,
+                tunnel_offload,
             } => podswitch_nodes(
                 &mut lab,
                 &files.0,
@@ -660,6 +700,7 @@ impl Testbed {
                     encap,
                     poll_mode,
                     pod_interface,
+                    tunnel_offload,
                     same_node,
                     underlay,
                     translate_services: contender.via == Via::Switch,
@@ -814,6 +855,8 @@ struct PodswitchSetup {
     encap: &'static str,
     poll_mode: &'static str,
     pod_interface: &'static str,
+    /// `tunnel_offload`, unless the command line sets it for all.
+    tunnel_offload: &'static str,
     /// Both pods on node 1 rather than one per node.
     same_node: bool,
     underlay: Underlay,
@@ -839,7 +882,10 @@ fn podswitch_nodes(
         underlay_mtu: setup.underlay.mtu,
         spin_us: binaries.spin_us,
         worker_cpu: binaries.worker_cpu,
-        tunnel_offload: binaries.tunnel_offload.clone(),
+        tunnel_offload: binaries
+            .tunnel_offload
+            .clone()
+            .or_else(|| (setup.tunnel_offload != "auto").then(|| setup.tunnel_offload.into())),
         tunnel_receive: binaries.tunnel_receive.clone(),
         membership: setup
             .translate_services

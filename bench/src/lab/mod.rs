@@ -77,11 +77,12 @@ pub struct LabArgs {
     /// CPU 1 beside the receiver].
     #[arg(long, value_name = "CPU")]
     worker_cpu: Option<usize>,
-    /// podswitch's `tunnel_offload` ("auto" or "off": TAP pods'
-    /// traffic to peers through the node's kernel, or cut by the switch
-    /// and sent through AF_XDP) for every podswitch contender [default:
-    /// the daemon's].
-    #[arg(long, value_name = "MODE", value_parser = ["auto", "off"])]
+    /// podswitch's `tunnel_offload` ("auto", "udp-segment" or "off": TAP
+    /// pods' TCP to peers whole through the node's kernel, cut by the
+    /// switch and sent a super-frame at a time through a UDP_SEGMENT
+    /// socket, or cut by the switch and sent frame by frame through
+    /// AF_XDP) for every podswitch contender [default: the daemon's].
+    #[arg(long, value_name = "MODE", value_parser = ["auto", "udp-segment", "off"])]
     tunnel_offload: Option<String>,
     /// podswitch's `tunnel_receive` ("auto" or "afxdp": peers' TCP
     /// through the node's kernel, merged by GRO, into the tunnel port, or

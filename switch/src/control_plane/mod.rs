@@ -363,6 +363,8 @@ impl ControlPlane {
                 (PortKind::Tap, Some(netns)) => netns.exists(),
                 (PortKind::Tap, None) => true,
                 (PortKind::Afxdp, _) => links.contains_key(&name),
+                // Only the daemon's own tunnel port is a socket.
+                (PortKind::Socket, _) => false,
             };
             if !exists {
                 tracing::info!(port = %name, "not restored: its interface is gone");
@@ -557,6 +559,9 @@ impl ControlPlane {
                     copy_mode: None,
                     queues: 1,
                 })
+            }
+            PortKind::Socket => {
+                bail!("a pod's port is afxdp or tap: socket is the daemon's own tunnel port's kind")
             }
             PortKind::Afxdp => {
                 let link = netlink()?.require_link(&spec.name)?;

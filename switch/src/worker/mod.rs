@@ -43,7 +43,7 @@ pub use inbox::Inbox;
 pub use pipeline::{Handoff, MAX_PACKET_CHUNKS, Packet, Pipeline, Takes, TxQueues};
 pub use port::{Port, TxContext};
 pub use tap_port::TapPort;
-pub use tunnel_port::TunnelPort;
+pub use tunnel_port::{TunnelDevice, TunnelPort};
 
 use crate::afxdp::{Umem, XskSocket};
 use crate::capture::{CaptureTap, Direction};

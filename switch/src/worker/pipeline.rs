@@ -645,7 +645,7 @@ pub(super) fn packet_bytes<'a>(
 
 /// The memory a packet lies in (its whole buffer frame or buffer, headroom
 /// included) and where in it the packet is.
-fn packet_bytes_mut<'a>(
+pub(super) fn packet_bytes_mut<'a>(
     frames: &'a FramePool,
     buffers: &'a mut Buffers,
     packet: &'a mut Packet,

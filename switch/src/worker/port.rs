@@ -32,6 +32,12 @@ impl TxContext<'_> {
         super::pipeline::packet_bytes(self.frames, self.buffers, packet)
     }
 
+    /// The bytes of a queued packet, to change before sending.
+    pub fn bytes_mut<'p>(&'p mut self, packet: &'p mut Packet) -> &'p mut [u8] {
+        let (memory, range) = super::pipeline::packet_bytes_mut(self.frames, self.buffers, packet);
+        &mut memory[range]
+    }
+
     /// Give a sent (or failed) packet's frames or buffer back.
     pub fn release(&mut self, packet: Packet) {
         match packet {

@@ -1,5 +1,7 @@
 //! The tunnel port: one queue of the node-side TAP device opened for UDP
-//! tunnel GSO ([`TunnelTap`]).
+//! tunnel GSO ([`TunnelTap`]), or, where TAP devices lack it, a UDP socket
+//! sending each super-frame cut into datagrams with one `UDP_SEGMENT`
+//! send ([`TunnelSocket`]).
 //!
 //! - Out: the pipeline queues packets from TAP pods here already
 //!   encapsulated, each with the tunnel-form virtio-net header that says
@@ -25,19 +27,32 @@ use crate::drops::DropCause;
 use crate::frame_budget::FillGrowth;
 use crate::frames::FramePool;
 use crate::topology::PortId;
+use crate::tunnel_socket::SendError;
+use crate::tunnel_socket::TunnelSocket;
 use crate::tunnel_tap::TunnelTap;
+use podswitch_encap::DropReason;
 
-/// A queue of the tunnel TAP device.
+/// What a tunnel port writes into.
+pub enum TunnelDevice {
+    /// A queue of the TAP device with UDP tunnel GSO: the kernel cuts.
+    Tap(TunnelTap),
+    /// A UDP socket: the switch cuts, the kernel sends a super-frame's
+    /// datagrams in one go.
+    Socket(TunnelSocket),
+}
+
+/// One worker's tunnel port.
 pub struct TunnelPort {
-    device: TunnelTap,
+    device: TunnelDevice,
     receives: bool,
     quiet: QuietPasses,
 }
 
 impl TunnelPort {
     /// A port writing into `device`, and reading from it when `receives`
-    /// (the node's kernel hands it the peers' packets).
-    pub fn new(device: TunnelTap, receives: bool) -> TunnelPort {
+    /// (the node's kernel hands the TAP device the peers' packets).
+    pub fn new(device: TunnelDevice, receives: bool) -> TunnelPort {
+        let receives = receives && matches!(device, TunnelDevice::Tap(_));
         TunnelPort {
             device,
             receives,
@@ -52,10 +67,12 @@ impl Port for TunnelPort {
     }
 
     fn receive(&mut self, pipeline: &mut Pipeline, _growth: &FillGrowth) -> usize {
+        let TunnelDevice::Tap(device) = &self.device else {
+            return 0;
+        };
         if !self.receives || self.quiet.skip() {
             return 0;
         }
-        let device = &self.device;
         let decapsulator = &pipeline.forwarder.topology.decapsulator;
         let read = receive_with_headers(
             pipeline,
@@ -82,23 +99,46 @@ impl Port for TunnelPort {
 
     fn transmit(&mut self, id: PortId, queue: &mut Vec<Packet>, tx: &mut TxContext) -> usize {
         let count = queue.len();
-        for packet in queue.drain(..) {
-            match &packet {
-                Packet::Tunnel { header, .. } => {
-                    let bytes = tx.bytes(&packet);
-                    match self.device.send(&header.to_bytes(), bytes) {
-                        Ok(()) => {
-                            tx.stats.tx(id, bytes.len());
-                            if header.offload.gso.is_some() {
-                                // Passed through whole, for the kernel to cut.
-                                tx.stats.super_frame_sent(id, 0);
-                            }
-                        }
-                        Err(_) => tx.stats.dropped(id, DropCause::TxError),
-                    }
-                }
+        for mut packet in queue.drain(..) {
+            let Packet::Tunnel { header, .. } = &packet else {
                 // The pipeline queues encapsulated packets only.
-                _ => tx.stats.dropped(id, DropCause::TxError),
+                tx.stats.dropped(id, DropCause::TxError);
+                tx.release(packet);
+                continue;
+            };
+            let header = *header;
+            let bytes = tx.bytes_mut(&mut packet);
+            let len = bytes.len();
+            let sent = match &mut self.device {
+                TunnelDevice::Tap(device) => {
+                    let sent = device.send(&header.to_bytes(), bytes).is_ok();
+                    if sent && header.offload.gso.is_some() {
+                        // Passed through whole, for the kernel to cut.
+                        tx.stats.super_frame_sent(id, 0);
+                    }
+                    sent
+                }
+                TunnelDevice::Socket(socket) => match socket.send(&header, bytes) {
+                    Ok(datagrams) => {
+                        if header.offload.gso.is_some() {
+                            // Cut here, sent in one go.
+                            tx.stats.segmented(id, datagrams);
+                        }
+                        true
+                    }
+                    Err(SendError::Malformed) => {
+                        tx.stats
+                            .dropped(id, DropCause::Wire(DropReason::BadVnetHeader));
+                        tx.release(packet);
+                        continue;
+                    }
+                    Err(SendError::Io(_)) => false,
+                },
+            };
+            if sent {
+                tx.stats.tx(id, len);
+            } else {
+                tx.stats.dropped(id, DropCause::TxError);
             }
             tx.release(packet);
         }
@@ -106,8 +146,8 @@ impl Port for TunnelPort {
     }
 
     fn poll_fds<'a>(&'a self, fds: &mut Vec<PollFd<'a>>) {
-        if self.receives {
-            fds.push(PollFd::new(self.device.as_fd(), PollFlags::POLLIN));
+        if let (true, TunnelDevice::Tap(device)) = (self.receives, &self.device) {
+            fds.push(PollFd::new(device.as_fd(), PollFlags::POLLIN));
         }
     }
 
