@@ -14,6 +14,8 @@
 //! - [`flow`]: the outer UDP source port from the inner flow.
 //! - [`neighbor`]: ARP replies and IPv6 neighbour advertisements for the
 //!   addresses the switch answers for.
+//! - [`icmp`]: the ICMP port unreachable the switch answers a refused
+//!   packet with.
 //! - [`virtio_net`]: the virtio-net header of TAP ports opened with
 //!   `IFF_VNET_HDR`; [`Offload`] says what it means (checksum state, GSO).
 //! - [`segment`]: [`TcpSegments`] cuts a TCP/IPv4 super-frame into
@@ -65,6 +67,7 @@ pub mod error;
 pub mod ethernet;
 pub mod flow;
 pub mod geneve;
+pub mod icmp;
 pub mod ipv4_options;
 pub mod neighbor;
 pub mod segment;

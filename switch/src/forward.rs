@@ -19,12 +19,12 @@ use std::ops::Range;
 
 use podswitch_encap::DropReason;
 use podswitch_encap::checksum::{adjust, ipv4_header_ok};
-use podswitch_encap::ipv4_options;
 use podswitch_encap::neighbor::{ARP_REPLY_LEN, ArpRequest, emit_arp_reply};
 use podswitch_encap::wire::{
     ETHERNET_HEADER_LEN, EthernetAddress, EthernetFrame, EthernetProtocol, IPV4_HEADER_LEN,
     Ipv4Packet,
 };
+use podswitch_encap::{icmp, ipv4_options};
 
 use podswitch_services::{L4Checksum, ServiceTable, Translator, Verdict as ServiceVerdict};
 
@@ -56,6 +56,17 @@ pub enum Verdict {
     },
     /// Drop it, for this reason.
     Drop(DropCause),
+    /// Drop it for `cause` and answer it: send the reply written in its
+    /// place (`frame`, an ICMP port unreachable) back out of `port`, the
+    /// port it came in by.
+    Answer {
+        /// Why the packet itself goes no further.
+        cause: DropCause,
+        /// The port the reply leaves by.
+        port: PortId,
+        /// Where the reply lies in the buffer.
+        frame: Range<usize>,
+    },
 }
 
 /// What is being routed: a frame, or a super-frame its caller cuts up.
@@ -119,6 +130,8 @@ enum Origin {
     Pod {
         /// The pod's address.
         address: Ipv4Addr,
+        /// Its port.
+        port: PortId,
     },
     /// The node's own stack.
     Host,
@@ -211,6 +224,7 @@ impl Forwarder<'_> {
         let origin = match port.role {
             PortRole::Pod => Origin::Pod {
                 address: port.ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                port: in_port,
             },
             _ => Origin::Host,
         };
@@ -269,20 +283,26 @@ impl Forwarder<'_> {
     ) -> Result<Verdict, DropCause> {
         let ip_start = frame.start + ETHERNET_HEADER_LEN;
         let header = ipv4_header(&buf[ip_start..frame.end])?;
-        if let Origin::Pod { address } = origin
+        if let Origin::Pod { address, .. } = origin
             && Ipv4Packet::new_unchecked(header).src_addr() != address
         {
             return Err(DropCause::Spoofed);
         }
         let header_len = header.len();
-        if let (Origin::Pod { .. }, Some(services)) = (origin, &self.services) {
+        if let (Origin::Pod { port, .. }, Some(services)) = (origin, &self.services) {
             // Before the route lookup: the route follows the endpoint.
-            service_verdict(services.translator.outbound(
+            let verdict = services.translator.outbound(
                 services.table,
                 &mut buf[ip_start..frame.end],
                 size.checksum(),
                 services.now_ms,
-            ))?;
+            );
+            if verdict == ServiceVerdict::NoEndpoints {
+                // Refused as kube-proxy refuses it, so the client fails
+                // at once rather than after its timeouts.
+                return self.answer_unreachable(port, buf, frame, DropCause::ServiceNoEndpoints);
+            }
+            service_verdict(verdict)?;
         }
         let header = &buf[ip_start..ip_start + header_len];
         let packet = Ipv4Packet::new_unchecked(header);
@@ -376,6 +396,28 @@ impl Forwarder<'_> {
         Ok(Verdict::Transmit {
             port: in_port,
             frame: reply,
+        })
+    }
+}
+
+impl Forwarder<'_> {
+    /// Refuse the packet at `buf[frame]` from the pod on `port` for
+    /// `cause` with an ICMP port unreachable written in its place; a
+    /// buffer without room for it leaves a plain drop.
+    fn answer_unreachable(
+        &self,
+        port: PortId,
+        buf: &mut [u8],
+        frame: Range<usize>,
+        cause: DropCause,
+    ) -> Result<Verdict, DropCause> {
+        let router_mac = self.topology.router_mac.0;
+        let len = icmp::port_unreachable_in_place(&mut buf[frame.start..], frame.len(), router_mac)
+            .ok_or(cause)?;
+        Ok(Verdict::Answer {
+            cause,
+            port,
+            frame: frame.start..frame.start + len,
         })
     }
 }
@@ -1342,8 +1384,34 @@ pub(crate) mod tests {
         let translator = Translator::new(16, Timeouts::default());
         let pod_a = (POD_A_PORT, POD_A_MAC);
         let client = (POD_A, 40000);
+        // No endpoint: refused with a port unreachable back to the pod —
+        // or, in a buffer without room for it, dropped.
         let (verdict, _) = send((&web(&[]), &translator), pod_a, client, (VIP, 80));
         assert_eq!(verdict, Verdict::Drop(DropCause::ServiceNoEndpoints));
+        let (mut buf, frame) = tcp_frame(POD_A_MAC, client, (VIP, 80));
+        buf.resize(buf.len() + 64, 0);
+        let verdict = forward_with(
+            &web(&[]),
+            &translator,
+            POD_A_PORT,
+            &mut buf,
+            frame.clone(),
+            Size::Frame,
+        );
+        let Verdict::Answer {
+            cause: DropCause::ServiceNoEndpoints,
+            port: POD_A_PORT,
+            frame: reply,
+        } = verdict
+        else {
+            panic!("{verdict:?}")
+        };
+        let eth = EthernetFrame::new_checked(&buf[reply]).unwrap();
+        assert_eq!(MacAddr::from(eth.dst_addr()), POD_A_MAC);
+        let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (VIP, POD_A));
+        assert_eq!(ip.next_header(), IpProtocol::Icmp);
+        assert_eq!(&ip.payload()[..2], &[3, 3], "port unreachable");
         let other = (Ipv4Addr::new(10, 96, 0, 11), 80);
         let passed = send((&web(&[POD_B]), &translator), pod_a, client, other);
         assert_eq!(passed, (to_port(HOST), (client, other)));

@@ -223,6 +223,18 @@ pub fn trace(
             }
             report.drop(Stage::of(cause), cause)
         }
+        Verdict::Answer { cause, port, .. } => {
+            if Stage::of(cause) > Stage::FibLookup {
+                report.set(Stage::FibLookup, "routed".into());
+            }
+            report.drop(Stage::of(cause), cause);
+            let name = port_name(port);
+            report.set(
+                Stage::Output,
+                format!("{name}: answered with an ICMP port unreachable"),
+            );
+            report.0.output_port = Some(name);
+        }
         Verdict::Transmit { port, .. } => {
             let name = port_name(port);
             let target = match topology.port(port).map(|p| p.role) {

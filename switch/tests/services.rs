@@ -26,10 +26,34 @@ const WEB_A: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 13);
 const DNS: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 53);
 const ECHO: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 33);
 const WEB_LOCAL: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 14);
+/// A Service without endpoints, TCP and UDP.
+const EMPTY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 44);
 /// `web`'s NodePort (`externalTrafficPolicy: Cluster`).
 const WEB_NODE_PORT: u16 = 30080;
 /// `web-local`'s NodePort (`externalTrafficPolicy: Local`).
 const LOCAL_NODE_PORT: u16 = 30081;
+
+/// Tries `tcp` or `udp` to `host:port` (a connection, or a datagram on a
+/// connected socket and its answer), printing how it ended.
+const TRY_SERVICE: &str = r#"
+import socket, sys
+proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+try:
+    if proto == "tcp":
+        socket.create_connection((host, port), timeout=5)
+        print("connected")
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(5)
+        s.connect((host, port))
+        s.send(b"q")
+        s.recv(1)
+        print("answered")
+except ConnectionRefusedError:
+    print("refused")
+except socket.timeout:
+    print("timeout")
+"#;
 
 /// Holds one TCP connection to `host:port` open across a signal: one echo
 /// round trip, then (once the file `go` exists) another, printing how the
@@ -92,6 +116,14 @@ fn services(web: &[Ipv4Addr], echo: &[Ipv4Addr], a: Ipv4Addr, c: Ipv4Addr) -> Ve
         Service::new("default/web-a", WEB_A, tcp(80, TCP_PORT, &[a])),
         Service::new("kube-system/dns", DNS, dns),
         Service::new("default/echo", ECHO, tcp(ECHO_PORT, ECHO_PORT, echo)),
+        Service::new(
+            "default/empty",
+            EMPTY,
+            vec![
+                ServicePort::new(ServiceProtocol::Tcp, 80, vec![]),
+                ServicePort::new(ServiceProtocol::Udp, 53, vec![]),
+            ],
+        ),
     ]
 }
 
@@ -263,6 +295,20 @@ fn the_switch_translates_services_keeping_the_client_address() -> Result<()> {
                 client.ip
             );
         }
+    }
+    // A Service without endpoints refuses at once (an ICMP port
+    // unreachable from the switch, as kube-proxy's REJECT), TCP and UDP.
+    for protocol in ["tcp", "udp"] {
+        let port = if protocol == "tcp" { "80" } else { "53" };
+        let outcome = pa.ns.run(
+            "python3",
+            &["-c", TRY_SERVICE, protocol, &EMPTY.to_string(), port],
+        )?;
+        ensure!(
+            outcome.trim() == "refused",
+            "{protocol} to a Service without endpoints: {}",
+            outcome.trim()
+        );
     }
     let after = to_host(&nodes)?;
     ensure!(

@@ -282,6 +282,16 @@ impl Pipeline<'_> {
                 }
                 1 + self.output(port, packet)
             }
+            Verdict::Answer { cause, port, frame } => {
+                self.stats.dropped(self.in_port, cause);
+                // The reply is a plain frame, its checksums complete,
+                // whatever the packet it replaced was.
+                if let Packet::Large { super_frame, .. } = &mut packet {
+                    *super_frame = None;
+                }
+                packet.set_range(frame);
+                1 + self.output(port, packet)
+            }
             Verdict::ToPeer { peer, frame } => {
                 packet.set_range(frame);
                 1 + self.send_to_peer(peer, packet)
