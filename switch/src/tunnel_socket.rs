@@ -11,9 +11,11 @@
 //! NIC with UDP segmentation offload in hardware. That replaces 45
 //! AF_XDP sends, one frame each, with one system call per super-frame.
 //!
-//! The outer UDP source port is the socket's (one per worker), not a
-//! hash of the inner flow: a receiver's RSS spreads the node's traffic
-//! by worker, not by flow.
+//! The outer UDP source port is a socket's: each worker has
+//! [`SOURCE_PORTS`] sockets and sends a packet through the one the inner
+//! flow's hash picks (the hash the encapsulation put in the outer source
+//! port), so a flow keeps one port — no reordering — and a receiver's RSS
+//! still spreads flows over its queues.
 
 use std::io::{self, IoSlice};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -33,6 +35,8 @@ const MAX_UDP_SEGMENTS: usize = 64;
 /// The send buffer the socket asks for: several 64 KB super-frames in
 /// flight, so that a burst from a pod is queued, not refused.
 const SEND_BUFFER: usize = 8 << 20;
+/// Sockets (outer source ports) per worker.
+pub const SOURCE_PORTS: usize = 16;
 /// Length of the outer Ethernet header the encapsulation writes (and the
 /// socket does not send).
 const ETHERNET_LEN: usize = 14;
@@ -49,41 +53,35 @@ pub enum SendError {
     Io(#[from] io::Error),
 }
 
-/// One worker's UDP socket for tunnel packets, non-blocking.
+/// One worker's UDP sockets for tunnel packets, non-blocking.
 #[derive(Debug)]
 pub struct TunnelSocket {
-    socket: UdpSocket,
+    sockets: Vec<UdpSocket>,
     tunnel: TunnelKind,
     /// Where a super-frame's datagrams are laid out before the send.
     scratch: Vec<u8>,
 }
 
 impl TunnelSocket {
-    /// A socket on `node_ip` (any port) for `tunnel` packets. Fails where
-    /// the kernel has no `UDP_SEGMENT`.
+    /// [`SOURCE_PORTS`] sockets on `node_ip` (any ports) for `tunnel`
+    /// packets. Fails where the kernel has no `UDP_SEGMENT`.
     pub fn open(node_ip: IpAddr, tunnel: TunnelKind) -> io::Result<TunnelSocket> {
-        let socket = UdpSocket::bind(SocketAddr::new(node_ip, 0))?;
-        socket.set_nonblocking(true)?;
-        forbid_fragmentation(&socket, node_ip.is_ipv6())?;
-        // Where the kernel has no UDP_SEGMENT this is refused: the caller
-        // falls back to cutting on the uplink.
-        setsockopt(&socket, sockopt::UdpGsoSegment, &1400).map_err(io::Error::from)?;
-        setsockopt(&socket, sockopt::UdpGsoSegment, &0).map_err(io::Error::from)?;
-        // As root the send buffer may pass `wmem_max`; without that right
-        // the kernel's default stays, and a full buffer is a counted drop.
-        if setsockopt(&socket, sockopt::SndBufForce, &SEND_BUFFER).is_err() {
-            let _ = setsockopt(&socket, sockopt::SndBuf, &SEND_BUFFER);
-        }
+        let sockets = (0..SOURCE_PORTS)
+            .map(|_| open_socket(node_ip))
+            .collect::<io::Result<_>>()?;
         Ok(TunnelSocket {
-            socket,
+            sockets,
             tunnel,
             scratch: Vec::with_capacity(2 * MAX_UDP_PAYLOAD),
         })
     }
 
-    /// The port the socket sends from (the outer UDP source port).
-    pub fn local_port(&self) -> io::Result<u16> {
-        Ok(self.socket.local_addr()?.port())
+    /// The ports the sockets send from (the outer UDP source ports).
+    pub fn local_ports(&self) -> io::Result<Vec<u16>> {
+        self.sockets
+            .iter()
+            .map(|socket| Ok(socket.local_addr()?.port()))
+            .collect()
     }
 
     /// Send one encapsulated packet as the pipeline made it for the tunnel
@@ -109,10 +107,17 @@ impl TunnelSocket {
                             .map_err(|_| SendError::Malformed)?;
                     }
                 }
-                self.socket.send_to(&packet[outer.payload..], outer.peer)?;
+                self.socket_for(&outer)
+                    .send_to(&packet[outer.payload..], outer.peer)?;
                 Ok(1)
             }
         }
+    }
+
+    /// The socket a packet's flow sends through: picked by the flow hash
+    /// the encapsulation wrote as the outer source port.
+    fn socket_for(&self, outer: &Outer) -> &UdpSocket {
+        &self.sockets[usize::from(outer.source_port) % self.sockets.len()]
     }
 
     /// Cut the super-frame after the tunnel header into segments of `mss`
@@ -142,7 +147,12 @@ impl TunnelSocket {
                     .write(i, &mut self.scratch[start + tunnel_header.len()..])
                     .ok_or(SendError::Malformed)?;
             }
-            self.send_datagrams(outer.peer, datagram_len, batch.len())?;
+            self.send_datagrams(
+                self.socket_for(outer),
+                outer.peer,
+                datagram_len,
+                batch.len(),
+            )?;
             sent = batch.end;
         }
         Ok(sent)
@@ -152,6 +162,7 @@ impl TunnelSocket {
     /// bytes (the last one shorter); a lone datagram without the option.
     fn send_datagrams(
         &self,
+        socket: &UdpSocket,
         peer: SocketAddr,
         datagram_len: usize,
         count: usize,
@@ -162,7 +173,7 @@ impl TunnelSocket {
         let segmented = [ControlMessage::UdpGsoSegments(&segment_size)];
         let control: &[ControlMessage] = if count > 1 { &segmented } else { &[] };
         sendmsg(
-            self.socket.as_raw_fd(),
+            socket.as_raw_fd(),
             &payload,
             control,
             MsgFlags::empty(),
@@ -171,6 +182,24 @@ impl TunnelSocket {
         .map_err(io::Error::from)?;
         Ok(())
     }
+}
+
+/// One non-blocking UDP socket on `node_ip`, any port, that never
+/// fragments, with `UDP_SEGMENT` checked and a large send buffer.
+fn open_socket(node_ip: IpAddr) -> io::Result<UdpSocket> {
+    let socket = UdpSocket::bind(SocketAddr::new(node_ip, 0))?;
+    socket.set_nonblocking(true)?;
+    forbid_fragmentation(&socket, node_ip.is_ipv6())?;
+    // Where the kernel has no UDP_SEGMENT this is refused: the caller
+    // falls back to cutting on the uplink.
+    setsockopt(&socket, sockopt::UdpGsoSegment, &1400).map_err(io::Error::from)?;
+    setsockopt(&socket, sockopt::UdpGsoSegment, &0).map_err(io::Error::from)?;
+    // As root the send buffer may pass `wmem_max`; without that right the
+    // kernel's default stays, and a full buffer is a counted drop.
+    if setsockopt(&socket, sockopt::SndBufForce, &SEND_BUFFER).is_err() {
+        let _ = setsockopt(&socket, sockopt::SndBuf, &SEND_BUFFER);
+    }
+    Ok(socket)
 }
 
 /// Never fragment what the socket sends (DF on every IPv4 datagram, as the
@@ -208,17 +237,14 @@ fn forbid_fragmentation(socket: &UdpSocket, ipv6: bool) -> io::Result<()> {
     Ok(())
 }
 
-impl std::os::fd::AsFd for TunnelSocket {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.socket.as_fd()
-    }
-}
-
 /// Where a tunnel packet goes and where its parts start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Outer {
     /// The peer's address and tunnel port: the outer destination.
     peer: SocketAddr,
+    /// The outer source port the encapsulation wrote: the inner flow's
+    /// hash.
+    source_port: u16,
     /// Where the UDP payload (the tunnel header) starts.
     payload: usize,
     /// Where the inner frame starts.
@@ -242,11 +268,13 @@ impl Outer {
             _ => return None,
         };
         let udp = ETHERNET_LEN + ip_len;
+        let source_port = u16::from_be_bytes(packet.get(udp..udp + 2)?.try_into().ok()?);
         let port = u16::from_be_bytes(packet.get(udp + 2..udp + 4)?.try_into().ok()?);
         let payload = udp + UDP_HEADER_LEN;
         let inner = payload + tunnel.header_len(packet.get(payload..)?)?;
         (inner <= packet.len()).then_some(Outer {
             peer: SocketAddr::new(address, port),
+            source_port,
             payload,
             inner,
         })
@@ -339,9 +367,11 @@ mod tests {
         assert_eq!(socket.send(&header, &mut packet).unwrap(), 3);
         let mut received = Vec::new();
         let mut buf = [0u8; 2048];
+        let mut ports = std::collections::BTreeSet::new();
         for i in 0..3 {
             let (n, from) = peer.recv_from(&mut buf).unwrap();
-            assert_eq!(from.port(), socket.local_port().unwrap());
+            assert!(socket.local_ports().unwrap().contains(&from.port()));
+            ports.insert(from.port());
             let datagram = &buf[..n];
             // The VXLAN header (VNI 7), then one segment of 1000 bytes.
             assert_eq!(&datagram[..8], &[0x08, 0, 0, 0, 0, 0, 7, 0]);
@@ -353,6 +383,9 @@ mod tests {
             received.extend_from_slice(&frame[54..]);
         }
         assert_eq!(received, payload);
+        // One flow, one source port: its datagrams are never reordered
+        // across sockets.
+        assert_eq!(ports.len(), 1);
     }
 
     #[test]
