@@ -187,9 +187,26 @@ mod tests {
 
     #[test]
     fn a_connection_is_translated_there_and_back_keeping_the_client_address() {
+        // To the ClusterIP, and to the NodePort at a node's address.
+        for (address, port) in [(VIP, 80), (NODE, 30080)] {
+            there_and_back(address, port);
+        }
+        // The node's other ports are not Services.
         let services = table(&[[10, 244, 2, 7]]);
         let translator = Translator::new(100, Timeouts::default());
-        let request = key([10, 244, 1, 9], 40000, VIP, 80, TCP);
+        let mut ssh = checked(key([10, 244, 1, 9], 40001, NODE, 22, TCP));
+        assert_eq!(
+            translator.outbound(&services, &mut ssh, L4Checksum::Full, 2),
+            Verdict::Pass
+        );
+    }
+
+    /// A connection from a client to `address:port`, served by one
+    /// endpoint: translated both ways, and nothing else touched.
+    fn there_and_back(address: [u8; 4], port: u16) {
+        let services = table(&[[10, 244, 2, 7]]);
+        let translator = Translator::new(100, Timeouts::default());
+        let request = key([10, 244, 1, 9], 40000, address, port, TCP);
         let mut p = checked(request);
         assert_eq!(
             translator.outbound(&services, &mut p, L4Checksum::Full, 0),
@@ -235,36 +252,6 @@ mod tests {
             Verdict::Pass
         );
         assert_eq!(other, copy);
-    }
-
-    #[test]
-    fn a_node_port_at_a_nodes_address_is_translated_there_and_back() {
-        let services = table(&[[10, 244, 2, 7]]);
-        let translator = Translator::new(100, Timeouts::default());
-        let request = key([10, 244, 1, 9], 40000, NODE, 30080, TCP);
-        let mut p = checked(request);
-        assert_eq!(
-            translator.outbound(&services, &mut p, L4Checksum::Full, 0),
-            Verdict::Translated { new: true }
-        );
-        assert_eq!(
-            flow::parse(&p).unwrap().key,
-            key([10, 244, 1, 9], 40000, [10, 244, 2, 7], 8080, TCP)
-        );
-        assert!(verifies(&p));
-        let mut answer = checked(key([10, 244, 2, 7], 8080, [10, 244, 1, 9], 40000, TCP));
-        assert_eq!(
-            translator.inbound(&services, &mut answer, L4Checksum::Full, 1),
-            Verdict::Translated { new: false }
-        );
-        assert_eq!(flow::parse(&answer).unwrap().key, request.reversed());
-        assert!(verifies(&answer));
-        // The node's other ports are not Services.
-        let mut ssh = checked(key([10, 244, 1, 9], 40001, NODE, 22, TCP));
-        assert_eq!(
-            translator.outbound(&services, &mut ssh, L4Checksum::Full, 2),
-            Verdict::Pass
-        );
     }
 
     #[test]
