@@ -405,7 +405,8 @@ pub struct ConnTable {
 
 impl ConnTable {
     /// An empty table for at most `capacity` connections: 64 bytes a
-    /// connection and about 64 more of buckets (filled to about half).
+    /// connection and 32 to 64 more of buckets (filled to between a
+    /// quarter and a half), allocated here.
     pub fn new(capacity: usize, timeouts: Timeouts) -> ConnTable {
         let capacity = capacity.min(REPLY as usize);
         let per_shard = (capacity * 2).div_ceil(SHARDS);
