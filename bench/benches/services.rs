@@ -4,21 +4,23 @@
 //! connections in the table, one packet at a time and in batches of 32 as
 //! the worker receives them ([`Translator::prefetch`] first); the
 //! connection table's probe alone (with the parse of the packet's tuple),
-//! one at a time and batched ([`podswitch_services::ConnTable::lookup_batch`]); the
-//! Service table's pick of an endpoint for a connection's first packet;
-//! and what the stage costs a pod-to-pod packet that is no Service's
-//! (both checks, as a packet from a pod to a local pod meets them).
-//! Run with
-//! `cargo bench -p podswitch-bench --bench services`.
+//! one at a time and batched
+//! ([`podswitch_services::ConnTable::lookup_batch`]), and batched on
+//! tuples already read (`conntrack-probe-batch32`, the table's own share);
+//! the Service table's pick of an endpoint for a connection's first
+//! packet; and what the stage costs a pod-to-pod packet that is no
+//! Service's (both checks, as a packet from a pod to a local pod meets
+//! them). Run with `cargo bench -p podswitch-bench --bench services`.
 //!
 //! The connections are those of 250 clients on this node to 1000 Services
-//! of 4 endpoints each, client ports at random; the packets cycle through
-//! 2^20 of them picked at random (65536 with 1 k), so at 1 M connections they hit about
-//! 630 000 connections spread over the whole table and nearly every probe
-//! misses the cache, as on a busy node (with 65536, as before, the
-//! connections hit fitted in a 32 MiB L3). Each iteration copies the
-//! 54-byte TCP packet (or the batch's) into place first (2–3 ns a packet,
-//! included). A batch benchmark's time is for 32 packets.
+//! of 4 endpoints each, client ports at random. With 1 M connections the
+//! packets cycle through 2^20 of them picked at random, which hit about
+//! 630 000 connections spread over the whole table, so nearly every probe
+//! misses the cache, as on a busy node (the 65536 used before hit
+//! connections that fitted in a 32 MiB L3); with 1 k, through 65536. Each
+//! iteration copies the 54-byte TCP packet (or the batch's) into place
+//! first (2–3 ns a packet, included). A batch benchmark's time is for 32
+//! packets.
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;
