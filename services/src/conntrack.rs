@@ -648,10 +648,9 @@ impl ConnTable {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .pop();
         let Some(index) = free else {
-            // Every slot still has a tuple of a replaced connection.
-            if !replacing {
-                self.connections.fetch_sub(1, Ordering::Relaxed);
-            }
+            // Every slot still has a tuple of a replaced connection. The
+            // count held this connection, or the replaced one just taken.
+            self.connections.fetch_sub(1, Ordering::Relaxed);
             return Err(Refused::Full);
         };
         let slot = &self.slots[index as usize];
@@ -681,9 +680,7 @@ impl ConnTable {
             }
             slot.links.store(1, Ordering::Relaxed);
             self.unlink(index as usize);
-            if !replacing {
-                self.connections.fetch_sub(1, Ordering::Relaxed);
-            }
+            self.connections.fetch_sub(1, Ordering::Relaxed);
             return Err(Refused::Full);
         }
         Ok(Hit {
