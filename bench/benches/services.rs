@@ -1,18 +1,26 @@
 //! Service translation costs (issue 18 item 3): a packet of an established
 //! connection through the Service stage (the connection table's probe and
 //! the in-place rewrite with its checksums), each way, with 1 k and 1 M
-//! connections in the table; the connection table's probe alone; the
-//! Service table's pick of an endpoint for a connection's first packet;
-//! and what the stage costs a pod-to-pod packet that is no Service's
-//! (both checks, as a packet from a pod to a local pod meets them).
-//! Run with
-//! `cargo bench -p podswitch-bench --bench services`.
+//! connections in the table, one packet at a time and in batches of 32 as
+//! the worker receives them ([`Translator::prefetch`] first); the
+//! connection table's probe alone (with the parse of the packet's tuple),
+//! one at a time and batched
+//! ([`podswitch_services::ConnTable::lookup_batch`]), and batched on
+//! tuples already read (`conntrack-probe-batch32`, the table's own share);
+//! the Service table's pick of an endpoint for a connection's first
+//! packet; and what the stage costs a pod-to-pod packet that is no
+//! Service's (both checks, as a packet from a pod to a local pod meets
+//! them). Run with `cargo bench -p podswitch-bench --bench services`.
 //!
 //! The connections are those of 250 clients on this node to 1000 Services
-//! of 4 endpoints each, client ports at random; the packets cycle through
-//! 65536 of them picked at random, so at 1 M connections most probes miss
-//! the cache, as on a busy node. Each iteration copies the 54-byte TCP
-//! packet into place first (2–3 ns, included).
+//! of 4 endpoints each, client ports at random. With 1 M connections the
+//! packets cycle through 2^20 of them picked at random, which hit about
+//! 630 000 connections spread over the whole table, so nearly every probe
+//! misses the cache, as on a busy node (the 65536 used before hit
+//! connections that fitted in a 32 MiB L3); with 1 k, through 65536. Each
+//! iteration copies the 54-byte TCP packet (or the batch's) into place
+//! first (2–3 ns a packet, included). A batch benchmark's time is for 32
+//! packets.
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;
@@ -22,6 +30,7 @@ mod rng;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol};
 use podswitch_encap::checksum::{combine, fill_ipv4_header, ipv4_pseudo_header, sum};
+use podswitch_services::conntrack::BATCH;
 use podswitch_services::{
     Affinity, FlowKey, L4Checksum, Nodes, ServiceTable, Timeouts, Translator, Verdict,
 };
@@ -30,8 +39,9 @@ use rng::Rng;
 const SERVICES: u32 = 1000;
 const ENDPOINTS: u32 = 4;
 const CLIENTS: u32 = 250;
-/// Packets cycled through per benchmark (a power of two).
-const PACKETS: usize = 1 << 16;
+/// Packets cycled through per benchmark with 1 M connections (a power of
+/// two); 65536 with 1 k.
+const PACKETS: usize = 1 << 20;
 
 fn cluster_ip(service: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + service)
@@ -90,10 +100,11 @@ fn packet(flow: &FlowKey) -> [u8; 54] {
 }
 
 /// A translator holding `connections` connections opened through `table`,
-/// and packets of `PACKETS` of them: requests, and the endpoints' replies.
+/// and `packets` packets of them: requests, and the endpoints' replies.
 fn established(
     table: &ServiceTable,
     connections: usize,
+    packets: usize,
 ) -> (Translator, Vec<[u8; 54]>, Vec<[u8; 54]>) {
     let translator = Translator::new(connections, Timeouts::default());
     let mut rng = Rng(7);
@@ -107,8 +118,8 @@ fn established(
             opened.push((flow, p));
         }
     }
-    let (mut requests, mut replies) = (Vec::with_capacity(PACKETS), Vec::with_capacity(PACKETS));
-    for _ in 0..PACKETS {
+    let (mut requests, mut replies) = (Vec::with_capacity(packets), Vec::with_capacity(packets));
+    for _ in 0..packets {
         let (flow, translated) = &opened[rng.below(opened.len() as u64) as usize];
         requests.push(packet(flow));
         let endpoint = Ipv4Addr::new(
@@ -128,16 +139,55 @@ fn established(
     (translator, requests, replies)
 }
 
+/// The batch of `BATCH` packets at `start`.
+fn batch(packets: &[[u8; 54]], start: usize) -> [[u8; 54]; BATCH] {
+    packets[start..start + BATCH]
+        .try_into()
+        .expect("BATCH packets")
+}
+
+/// The Service stage over the batch at `start` as the worker runs it: a
+/// prefetch of the batch's probes, then `stage` (outbound or inbound) on
+/// each packet.
+fn stage_batch(
+    translator: &Translator,
+    table: &ServiceTable,
+    packets: &[[u8; 54]],
+    start: usize,
+    stage: impl Fn(&Translator, &ServiceTable, &mut [u8]) -> Verdict,
+) -> [[u8; 54]; BATCH] {
+    let mut packets = batch(packets, start);
+    translator.prefetch(table, packets.iter().map(|p| &p[..]));
+    for p in &mut packets {
+        black_box(stage(translator, table, p));
+    }
+    packets
+}
+
+fn outbound(translator: &Translator, table: &ServiceTable, p: &mut [u8]) -> Verdict {
+    translator.outbound(table, p, L4Checksum::Full, 1)
+}
+
+fn inbound(translator: &Translator, table: &ServiceTable, p: &mut [u8]) -> Verdict {
+    translator.inbound(table, p, L4Checksum::Full, 1)
+}
+
+fn both(translator: &Translator, table: &ServiceTable, p: &mut [u8]) -> Verdict {
+    black_box(outbound(translator, table, p));
+    inbound(translator, table, p)
+}
+
 fn services(c: &mut Criterion) {
     let table = table();
     let mut group = c.benchmark_group("services");
     group.throughput(Throughput::Elements(1));
-    for (name, connections) in [("1k", 1_000), ("1m", 1_000_000)] {
-        let (translator, requests, replies) = established(&table, connections);
+    for (name, connections, packets) in [("1k", 1_000, 1 << 16), ("1m", 1_000_000, PACKETS)] {
+        let (translator, requests, replies) = established(&table, connections, packets);
+        let mask = packets - 1;
         let mut i = 0;
         group.bench_function(format!("request/{name}"), |b| {
             b.iter(|| {
-                let mut p = requests[i & (PACKETS - 1)];
+                let mut p = requests[i & mask];
                 i += 1;
                 black_box(translator.outbound(&table, &mut p, L4Checksum::Full, 1));
                 black_box(p)
@@ -145,7 +195,7 @@ fn services(c: &mut Criterion) {
         });
         group.bench_function(format!("reply/{name}"), |b| {
             b.iter(|| {
-                let mut p = replies[i & (PACKETS - 1)];
+                let mut p = replies[i & mask];
                 i += 1;
                 black_box(translator.inbound(&table, &mut p, L4Checksum::Full, 1));
                 black_box(p)
@@ -163,36 +213,84 @@ fn services(c: &mut Criterion) {
             .collect();
         group.bench_function(format!("pod-to-pod/{name}"), |b| {
             b.iter(|| {
-                let mut p = direct[i & (PACKETS - 1)];
+                let mut p = direct[i & mask];
                 i += 1;
                 black_box(translator.outbound(&table, &mut p, L4Checksum::Full, 1));
                 black_box(translator.inbound(&table, &mut p, L4Checksum::Full, 1));
                 black_box(p)
             })
         });
+        // The probe alone, its tuple read from the packet as the stage
+        // does (read from a ready array instead, the CPU overlaps one
+        // probe's cache misses with the next's, which a packet's own
+        // parse and probe do not).
+        group.bench_function(format!("conntrack-lookup/{name}"), |b| {
+            b.iter(|| {
+                let p = &requests[i & mask];
+                i += 1;
+                let parsed = podswitch_services::flow::parse(p).expect("TCP");
+                black_box(translator.conns.lookup(&parsed.key, parsed.tcp_flags, 1))
+            })
+        });
+        group.throughput(Throughput::Elements(BATCH as u64));
+        let batches = packets - BATCH;
+        for (stage, stream, run) in [
+            ("request", &requests, outbound as fn(&_, &_, &mut _) -> _),
+            ("reply", &replies, inbound),
+            ("pod-to-pod", &direct, both),
+        ] {
+            group.bench_function(format!("{stage}-batch{BATCH}/{name}"), |b| {
+                b.iter(|| {
+                    let start = i & batches;
+                    i += BATCH;
+                    black_box(stage_batch(&translator, &table, stream, start, run))
+                })
+            });
+        }
+        group.bench_function(format!("conntrack-lookup-batch{BATCH}/{name}"), |b| {
+            b.iter(|| {
+                let start = i & batches;
+                i += BATCH;
+                let packets = batch(&requests, start);
+                let parsed = packets.map(|p| podswitch_services::flow::parse(&p).expect("TCP"));
+                let (keys, flags) = (parsed.map(|p| p.key), parsed.map(|p| p.tcp_flags));
+                let mut hits = [None; BATCH];
+                translator.conns.lookup_batch(&keys, &flags, 1, &mut hits);
+                black_box(hits)
+            })
+        });
+        // The table's own share: the batch's tuples already read.
         let keys: Vec<FlowKey> = requests
             .iter()
             .map(|p| podswitch_services::flow::parse(p).expect("TCP").key)
             .collect();
-        group.bench_function(format!("conntrack-lookup/{name}"), |b| {
+        group.bench_function(format!("conntrack-probe-batch{BATCH}/{name}"), |b| {
             b.iter(|| {
-                let key = &keys[i & (PACKETS - 1)];
-                i += 1;
-                black_box(translator.conns.lookup(key, 0x10, 1))
+                let start = i & batches;
+                i += BATCH;
+                let mut hits = [None; BATCH];
+                translator.conns.lookup_batch(
+                    &keys[start..start + BATCH],
+                    &[0x10; BATCH],
+                    1,
+                    &mut hits,
+                );
+                black_box(hits)
             })
         });
+        group.throughput(Throughput::Elements(1));
     }
     // A connection's first packet picks its endpoint: the Service
     // table's probe and the flow hash.
     let affinity = Affinity::default();
     let flows: Vec<FlowKey> = {
         let mut rng = Rng(11);
-        (0..PACKETS).map(|_| flow(&mut rng)).collect()
+        (0..1 << 16).map(|_| flow(&mut rng)).collect()
     };
     let mut i = 0;
     group.bench_function("select/1000-services", |b| {
         b.iter(|| {
-            let flow = &flows[i & (PACKETS - 1)];
+            let flow = &flows[i & 0xffff];
             i += 1;
             black_box(table.select(flow, &affinity, 1))
         })

@@ -1,23 +1,33 @@
 //! The connection table: every translated connection under both of its
 //! tuples (the original, client to ClusterIP, and the reply, endpoint to
 //! client), so either direction is found in one probe. It is shared by the
-//! workers (a reply may arrive on another worker than its request): the
-//! tuples are spread over sharded `RwLock`ed maps, packets only read-lock
-//! a shard and update the connection's state through atomics, and only a
-//! new connection or a sweep write-locks. The NetworkPolicy stage is meant
-//! to keep its connections here too.
+//! workers (a reply may arrive on another worker than its request).
+//!
+//! Each connection is one 64-byte slot of a slab allocated up front: its
+//! original tuple, its rewrite, its endpoint, its clock and its flags, all
+//! atomics. Its two tuples index that slot from open-addressed tables of
+//! 64-byte buckets, each holding seven short hash signatures and seven
+//! slot references (the reply bit marks the direction), so a probe reads
+//! one bucket and one slot: two cache lines. The buckets are spread over
+//! shards, each with its `RwLock`: a packet read-locks its tuple's shard
+//! and updates the slot's state through atomics; a new connection or a
+//! sweep write-locks. [`ConnTable::lookup_batch`] and
+//! [`ConnTable::prefetch`] hash a batch's tuples and prefetch their
+//! buckets, then their slots, before probing, so that the cache misses of
+//! a batch overlap instead of following one another. The NetworkPolicy
+//! stage is meant to keep its connections here too.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use foldhash::fast::FixedState;
 
 use crate::flow::{FlowKey, TCP, TCP_FIN, TCP_RST, UDP};
 use crate::rewrite::Nat;
 use crate::table::Backend;
-
 /// Which tuple of its connection a packet matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -86,20 +96,111 @@ const FIN_REPLY: u8 = 2;
 const RESET: u8 = 4;
 const REPLIED: u8 = 8;
 
-/// The state both tuples of a connection share.
-#[derive(Debug)]
-struct Conn {
-    original: FlowKey,
-    backend: Backend,
-    last_seen_ms: AtomicU64,
-    flags: AtomicU8,
+/// A tuple packed in two words: the addresses, then the ports and the
+/// protocol.
+type Packed = [u64; 2];
+
+fn pack(key: &FlowKey) -> Packed {
+    [
+        u64::from(u32::from(key.src)) << 32 | u64::from(u32::from(key.dst)),
+        u64::from(key.sport) << 32 | u64::from(key.dport) << 16 | u64::from(key.protocol),
+    ]
 }
 
-impl Conn {
+fn unpack([addresses, rest]: Packed) -> FlowKey {
+    FlowKey {
+        src: Ipv4Addr::from((addresses >> 32) as u32),
+        dst: Ipv4Addr::from(addresses as u32),
+        sport: (rest >> 32) as u16,
+        dport: (rest >> 16) as u16,
+        protocol: rest as u8,
+    }
+}
+
+/// An address and port packed in one word.
+fn pack_end((address, port): (Ipv4Addr, u16)) -> u64 {
+    u64::from(u32::from(address)) << 16 | u64::from(port)
+}
+
+fn unpack_end(end: u64) -> (Ipv4Addr, u16) {
+    (Ipv4Addr::from((end >> 16) as u32), end as u16)
+}
+
+/// One connection: the state both its tuples share, in one cache line.
+/// Written whole only while no bucket refers to it (before its tuples
+/// are published, under their shards' write locks); a packet updates only
+/// its clock and flags.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Slot {
+    /// The original tuple, packed.
+    original: [AtomicU64; 2],
+    /// The original direction's rewrite: source and destination, packed.
+    nat: [AtomicU64; 2],
+    /// The endpoint, packed.
+    backend: AtomicU64,
+    last_seen_ms: AtomicU64,
+    flags: AtomicU8,
+    /// How many tuples refer to it (two, or one once the other was
+    /// removed or taken by a newer connection); free at zero.
+    links: AtomicU8,
+}
+
+/// The fields of a slot, read.
+fn load([a, b]: &[AtomicU64; 2]) -> Packed {
+    [a.load(Ordering::Relaxed), b.load(Ordering::Relaxed)]
+}
+
+impl Slot {
+    fn protocol(&self) -> u8 {
+        self.original[1].load(Ordering::Relaxed) as u8
+    }
+
+    /// The tuple of `direction`, packed.
+    fn tuple(&self, direction: Direction) -> Packed {
+        match direction {
+            Direction::Original => load(&self.original),
+            Direction::Reply => {
+                // The translated tuple reversed: from the rewrite's
+                // destination to its source.
+                let [src, dst] = load(&self.nat);
+                [
+                    (dst >> 16) << 32 | src >> 16,
+                    (dst & 0xffff) << 32 | (src & 0xffff) << 16 | u64::from(self.protocol()),
+                ]
+            }
+        }
+    }
+
+    /// The rewrite of a packet travelling in `direction`.
+    fn nat(&self, direction: Direction) -> Nat {
+        match direction {
+            Direction::Original => {
+                let [src, dst] = load(&self.nat);
+                Nat {
+                    src: unpack_end(src),
+                    dst: unpack_end(dst),
+                }
+            }
+            Direction::Reply => {
+                let original = unpack(load(&self.original));
+                Nat {
+                    src: (original.dst, original.dport),
+                    dst: (original.src, original.sport),
+                }
+            }
+        }
+    }
+
+    fn backend(&self) -> Backend {
+        let (address, port) = unpack_end(self.backend.load(Ordering::Relaxed));
+        Backend { address, port }
+    }
+
     /// When it expires, in milliseconds.
     fn deadline(&self, timeouts: &Timeouts) -> u64 {
         let flags = self.flags.load(Ordering::Relaxed);
-        let timeout = match self.original.protocol {
+        let timeout = match self.protocol() {
             TCP if flags & RESET != 0 => timeouts.tcp_reset,
             TCP if flags & (FIN_ORIGINAL | FIN_REPLY) != 0 || flags & REPLIED == 0 => {
                 timeouts.tcp_closing
@@ -118,29 +219,184 @@ impl Conn {
     /// connection that closed (a client reusing its port after a FIN/RST).
     fn replaceable(&self, now_ms: u64, timeouts: &Timeouts) -> bool {
         self.deadline(timeouts) <= now_ms
-            || (self.original.protocol == TCP
+            || (self.protocol() == TCP
                 && self.flags.load(Ordering::Relaxed) & (FIN_ORIGINAL | FIN_REPLY | RESET) != 0)
     }
 }
 
-/// One tuple's entry: its direction, its rewrite and the shared state.
-#[derive(Debug)]
-struct Half {
-    direction: Direction,
-    nat: Nat,
-    conn: Arc<Conn>,
+/// Tuples per bucket.
+const WAYS: usize = 7;
+/// The reference bit of a reply tuple.
+const REPLY: u32 = 1 << 31;
+
+/// Seven tuples: their hash signatures (zero for a free way) and their
+/// slot references, and how many tuples whose home this is went on to a
+/// later bucket (a probe stops at a bucket with none).
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Bucket {
+    signatures: [AtomicU32; WAYS],
+    overflow: AtomicU32,
+    refs: [AtomicU32; WAYS],
 }
 
-type Shard = HashMap<FlowKey, Half, FixedState>;
+/// Where a tuple was found.
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    bucket: usize,
+    way: usize,
+    slot: usize,
+    direction: Direction,
+}
+
+/// A tuple's hash: the top bits pick the shard, the low ones the bucket,
+/// the middle ones sign it.
+fn shard_of(hash: u64) -> usize {
+    (hash >> 58) as usize & (SHARDS - 1)
+}
+
+fn signature(hash: u64) -> u32 {
+    (hash >> 24) as u32 | 1
+}
+
+/// One shard: its buckets and the lock that orders their changes.
+#[derive(Debug)]
+struct Shard {
+    lock: RwLock<()>,
+    buckets: Box<[Bucket]>,
+}
+
+impl Shard {
+    fn home(&self, hash: u64) -> usize {
+        hash as usize & (self.buckets.len() - 1)
+    }
+
+    /// Find `tuple` (under the shard's lock).
+    fn find(&self, slots: &[Slot], tuple: &Packed, hash: u64) -> Option<Found> {
+        let signature = signature(hash);
+        let mut b = self.home(hash);
+        for _ in 0..self.buckets.len() {
+            let bucket = &self.buckets[b];
+            for way in 0..WAYS {
+                if bucket.signatures[way].load(Ordering::Relaxed) != signature {
+                    continue;
+                }
+                let reference = bucket.refs[way].load(Ordering::Relaxed);
+                let slot = (reference & !REPLY) as usize;
+                let direction = if reference & REPLY != 0 {
+                    Direction::Reply
+                } else {
+                    Direction::Original
+                };
+                if slots[slot].tuple(direction) == *tuple {
+                    return Some(Found {
+                        bucket: b,
+                        way,
+                        slot,
+                        direction,
+                    });
+                }
+            }
+            if bucket.overflow.load(Ordering::Relaxed) == 0 {
+                return None;
+            }
+            b = (b + 1) & (self.buckets.len() - 1);
+        }
+        None
+    }
+
+    /// Add a tuple (under the shard's write lock); false if the shard is
+    /// full.
+    fn add(&self, hash: u64, reference: u32) -> bool {
+        let home = self.home(hash);
+        let mask = self.buckets.len() - 1;
+        let Some(steps) = (0..self.buckets.len()).find(|&step| {
+            self.buckets[(home + step) & mask]
+                .signatures
+                .iter()
+                .any(|s| s.load(Ordering::Relaxed) == 0)
+        }) else {
+            return false;
+        };
+        for step in 0..steps {
+            self.buckets[(home + step) & mask]
+                .overflow
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let bucket = &self.buckets[(home + steps) & mask];
+        let way = (0..WAYS)
+            .find(|&way| bucket.signatures[way].load(Ordering::Relaxed) == 0)
+            .expect("found free above");
+        bucket.refs[way].store(reference, Ordering::Relaxed);
+        bucket.signatures[way].store(signature(hash), Ordering::Relaxed);
+        true
+    }
+
+    /// Remove the tuple at `found`, whose hash is `hash` (under the
+    /// shard's write lock).
+    fn take(&self, found: &Found, hash: u64) {
+        let mask = self.buckets.len() - 1;
+        self.buckets[found.bucket].signatures[found.way].store(0, Ordering::Relaxed);
+        let mut b = self.home(hash);
+        while b != found.bucket {
+            self.buckets[b].overflow.fetch_sub(1, Ordering::Relaxed);
+            b = (b + 1) & mask;
+        }
+    }
+
+    /// Every tuple it holds.
+    fn each(&self, mut visit: impl FnMut(Found)) {
+        for (b, bucket) in self.buckets.iter().enumerate() {
+            for way in 0..WAYS {
+                if bucket.signatures[way].load(Ordering::Relaxed) == 0 {
+                    continue;
+                }
+                let reference = bucket.refs[way].load(Ordering::Relaxed);
+                visit(Found {
+                    bucket: b,
+                    way,
+                    slot: (reference & !REPLY) as usize,
+                    direction: if reference & REPLY != 0 {
+                        Direction::Reply
+                    } else {
+                        Direction::Original
+                    },
+                });
+            }
+        }
+    }
+}
 
 /// Shards: a power of two, several per worker so that two workers rarely
 /// meet on one lock.
 const SHARDS: usize = 64;
 
+/// Probes a batch prepares at once ([`ConnTable::lookup_batch`]).
+pub const BATCH: usize = 32;
+
+/// Ask the CPU to bring `value`'s cache line in; a hint, nothing else.
+#[inline]
+fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the intrinsic needs SSE, which every x86_64 CPU has; a
+    // prefetch reads nothing the program sees and never faults, and the
+    // address is that of a live reference anyway.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            (value as *const T).cast(),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
+
 /// The connection table (see the module documentation).
 #[derive(Debug)]
 pub struct ConnTable {
-    shards: Box<[RwLock<Shard>]>,
+    shards: Box<[Shard]>,
+    slots: Box<[Slot]>,
+    /// The slots no tuple refers to.
+    free: Mutex<Vec<u32>>,
     hasher: FixedState,
     connections: AtomicUsize,
     capacity: usize,
@@ -148,18 +404,22 @@ pub struct ConnTable {
 }
 
 impl ConnTable {
-    /// An empty table for at most `capacity` connections.
+    /// An empty table for at most `capacity` connections: 64 bytes a
+    /// connection and 32 to 64 more of buckets (filled to between a
+    /// quarter and a half), allocated here.
     pub fn new(capacity: usize, timeouts: Timeouts) -> ConnTable {
-        let per_shard = (capacity * 2).div_ceil(SHARDS).min(1 << 20);
+        let capacity = capacity.min(REPLY as usize);
+        let per_shard = (capacity * 2).div_ceil(SHARDS);
+        let buckets = (per_shard * 2).div_ceil(WAYS).next_power_of_two().max(4);
         ConnTable {
             shards: (0..SHARDS)
-                .map(|_| {
-                    RwLock::new(HashMap::with_capacity_and_hasher(
-                        per_shard,
-                        FixedState::default(),
-                    ))
+                .map(|_| Shard {
+                    lock: RwLock::new(()),
+                    buckets: (0..buckets).map(|_| Bucket::default()).collect(),
                 })
                 .collect(),
+            slots: (0..capacity).map(|_| Slot::default()).collect(),
+            free: Mutex::new((0..capacity as u32).rev().collect()),
             hasher: FixedState::with_seed(0xc0ec_7ac4),
             connections: AtomicUsize::new(0),
             capacity,
@@ -177,20 +437,22 @@ impl ConnTable {
         self.len() == 0
     }
 
-    fn shard_of(&self, key: &FlowKey) -> usize {
-        (self.hasher.hash_one(key) >> 32) as usize & (SHARDS - 1)
+    fn hash(&self, tuple: &Packed) -> u64 {
+        self.hasher.hash_one(tuple)
     }
 
-    fn read(&self, shard: usize) -> RwLockReadGuard<'_, Shard> {
-        // A worker that panicked under the lock left a consistent map: each
-        // write is one insert or remove.
+    fn read(&self, shard: usize) -> RwLockReadGuard<'_, ()> {
+        // A worker that panicked under the lock left consistent buckets:
+        // each change is one store or a run of counter updates.
         self.shards[shard]
+            .lock
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn write(&self, shard: usize) -> RwLockWriteGuard<'_, Shard> {
+    fn write(&self, shard: usize) -> RwLockWriteGuard<'_, ()> {
         self.shards[shard]
+            .lock
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -200,23 +462,95 @@ impl ConnTable {
     /// return the rewrite. A connection that expired, or a TCP SYN on one
     /// that closed, is not found: the packet starts a new one.
     pub fn lookup(&self, key: &FlowKey, tcp_flags: u8, now_ms: u64) -> Option<Hit> {
-        let shard = self.read(self.shard_of(key));
-        let half = shard.get(key)?;
-        let conn = &half.conn;
+        let tuple = pack(key);
+        self.lookup_hashed(&tuple, self.hash(&tuple), tcp_flags, now_ms)
+    }
+
+    /// [`ConnTable::lookup`] for a batch: `hits[i]` for `keys[i]` with
+    /// `tcp_flags[i]`. Each run of [`BATCH`] tuples is hashed and
+    /// prefetched first.
+    pub fn lookup_batch(
+        &self,
+        keys: &[FlowKey],
+        tcp_flags: &[u8],
+        now_ms: u64,
+        hits: &mut [Option<Hit>],
+    ) {
+        assert!(keys.len() == tcp_flags.len() && keys.len() == hits.len());
+        for start in (0..keys.len()).step_by(BATCH) {
+            let end = keys.len().min(start + BATCH);
+            let mut tuples = [[0; 2]; BATCH];
+            let mut hashes = [0; BATCH];
+            for (i, key) in keys[start..end].iter().enumerate() {
+                tuples[i] = pack(key);
+                hashes[i] = self.hash(&tuples[i]);
+            }
+            self.prefetch_hashed(&hashes[..end - start]);
+            for i in 0..end - start {
+                hits[start + i] =
+                    self.lookup_hashed(&tuples[i], hashes[i], tcp_flags[start + i], now_ms);
+            }
+        }
+    }
+
+    /// Prepare the probes of a batch of tuples: their buckets, then their
+    /// slots, are brought into the cache, so that the
+    /// [`ConnTable::lookup`]s that follow find them there.
+    pub fn prefetch(&self, keys: impl IntoIterator<Item = FlowKey>) {
+        let mut hashes = [0; BATCH];
+        let mut n = 0;
+        for key in keys {
+            hashes[n] = self.hash(&pack(&key));
+            n += 1;
+            if n == BATCH {
+                self.prefetch_hashed(&hashes);
+                n = 0;
+            }
+        }
+        self.prefetch_hashed(&hashes[..n]);
+    }
+
+    fn prefetch_hashed(&self, hashes: &[u64]) {
+        for &hash in hashes {
+            let shard = &self.shards[shard_of(hash)];
+            prefetch(&shard.buckets[shard.home(hash)]);
+        }
+        // Without the lock: a signature read as it changes only prefetches
+        // the wrong slot.
+        for &hash in hashes {
+            let shard = &self.shards[shard_of(hash)];
+            let bucket = &shard.buckets[shard.home(hash)];
+            let signature = signature(hash);
+            for way in 0..WAYS {
+                if bucket.signatures[way].load(Ordering::Relaxed) == signature {
+                    let slot = bucket.refs[way].load(Ordering::Relaxed) & !REPLY;
+                    if let Some(slot) = self.slots.get(slot as usize) {
+                        prefetch(slot);
+                    }
+                }
+            }
+        }
+    }
+
+    fn lookup_hashed(&self, tuple: &Packed, hash: u64, tcp_flags: u8, now_ms: u64) -> Option<Hit> {
+        let shard = shard_of(hash);
+        let _locked = self.read(shard);
+        let found = self.shards[shard].find(&self.slots, tuple, hash)?;
+        let slot = &self.slots[found.slot];
         let syn_only = tcp_flags & 0x12 == 0x02;
-        if conn.deadline(&self.timeouts) <= now_ms
-            || (syn_only && conn.replaceable(now_ms, &self.timeouts))
+        if slot.deadline(&self.timeouts) <= now_ms
+            || (syn_only && slot.replaceable(now_ms, &self.timeouts))
         {
             return None;
         }
         // Written only when the clock moved: most packets of a busy
         // connection then read the shared state without dirtying its line.
-        if conn.last_seen_ms.load(Ordering::Relaxed) < now_ms {
-            conn.last_seen_ms.fetch_max(now_ms, Ordering::Relaxed);
+        if slot.last_seen_ms.load(Ordering::Relaxed) < now_ms {
+            slot.last_seen_ms.fetch_max(now_ms, Ordering::Relaxed);
         }
         let mut flags = 0;
         if tcp_flags & TCP_FIN != 0 {
-            flags |= if half.direction == Direction::Original {
+            flags |= if found.direction == Direction::Original {
                 FIN_ORIGINAL
             } else {
                 FIN_REPLY
@@ -225,22 +559,35 @@ impl ConnTable {
         if tcp_flags & TCP_RST != 0 {
             flags |= RESET;
         }
-        if half.direction == Direction::Reply {
+        if found.direction == Direction::Reply {
             flags |= REPLIED;
         }
-        if flags != 0 && conn.flags.load(Ordering::Relaxed) & flags != flags {
-            conn.flags.fetch_or(flags, Ordering::Relaxed);
+        if flags != 0 && slot.flags.load(Ordering::Relaxed) & flags != flags {
+            slot.flags.fetch_or(flags, Ordering::Relaxed);
         }
         Some(Hit {
-            direction: half.direction,
-            nat: half.nat,
+            direction: found.direction,
+            nat: slot.nat(found.direction),
         })
+    }
+
+    /// Drop a tuple's reference to its slot (under the tuple's shard's
+    /// write lock); the last one frees the slot.
+    fn unlink(&self, slot: usize) {
+        if self.slots[slot].links.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.free
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(slot as u32);
+        }
     }
 
     /// Record a new connection: `original` (client to ClusterIP) rewritten
     /// to `nat` goes to `backend`. A live connection already under the
     /// original tuple (another worker got there first) is returned as is;
-    /// an expired or closed one is replaced.
+    /// an expired or closed one is replaced. A shard with no room left
+    /// (never at the sizes `new` gives, short of a hash flood) refuses as
+    /// a full table.
     pub fn insert(
         &self,
         original: FlowKey,
@@ -248,58 +595,94 @@ impl ConnTable {
         backend: Backend,
         now_ms: u64,
     ) -> Result<Hit, Refused> {
-        let translated = FlowKey {
-            src: nat.src.0,
-            dst: nat.dst.0,
-            sport: nat.src.1,
-            dport: nat.dst.1,
+        let reply = FlowKey {
+            src: nat.dst.0,
+            dst: nat.src.0,
+            sport: nat.dst.1,
+            dport: nat.src.1,
             protocol: original.protocol,
         };
-        let reply = translated.reversed();
-        let mut locked = Locked::new(self, self.shard_of(&original), self.shard_of(&reply));
-        let replacing = match locked.shard(0).get(&original) {
-            Some(existing) if !existing.conn.replaceable(now_ms, &self.timeouts) => {
+        let tuples = [pack(&original), pack(&reply)];
+        let hashes = tuples.map(|tuple| self.hash(&tuple));
+        let shards = hashes.map(shard_of);
+        let _locked = Locked::new(self, shards);
+        let [original_shard, reply_shard] = shards.map(|shard| &self.shards[shard]);
+        let existing = original_shard.find(&self.slots, &tuples[0], hashes[0]);
+        if let Some(found) = existing {
+            let slot = &self.slots[found.slot];
+            if !slot.replaceable(now_ms, &self.timeouts) {
                 return Ok(Hit {
-                    direction: existing.direction,
-                    nat: existing.nat,
+                    direction: found.direction,
+                    nat: slot.nat(found.direction),
                 });
             }
-            existing => existing.is_some_and(|existing| existing.direction == Direction::Original),
-        };
-        if locked
-            .shard(1)
-            .get(&reply)
-            .is_some_and(|existing| !existing.conn.replaceable(now_ms, &self.timeouts))
-        {
+        }
+        let taken = reply_shard.find(&self.slots, &tuples[1], hashes[1]);
+        if taken.is_some_and(|found| !self.slots[found.slot].replaceable(now_ms, &self.timeouts)) {
             return Err(Refused::Clash);
         }
+        let replacing = existing.is_some_and(|found| found.direction == Direction::Original);
         if !replacing && self.connections.fetch_add(1, Ordering::Relaxed) >= self.capacity {
             self.connections.fetch_sub(1, Ordering::Relaxed);
             return Err(Refused::Full);
         }
-        let conn = Arc::new(Conn {
-            original,
-            backend,
-            last_seen_ms: AtomicU64::new(now_ms),
-            flags: AtomicU8::new(0),
-        });
-        // A replaced connection's other tuple stays until it expires (a
-        // sweep removes it): it is in a shard not locked here.
-        let reverse = Nat {
-            src: (original.dst, original.dport),
-            dst: (original.src, original.sport),
+        // The tuples of replaced connections go; their other tuples stay
+        // until they expire (a sweep removes them): they are in shards not
+        // locked here. A replaced original's slot may be the one the reply
+        // tuple found: take each tuple once.
+        let same_entry =
+            |a: Found, b: Found| shards[0] == shards[1] && (a.bucket, a.way) == (b.bucket, b.way);
+        let taken = taken.filter(|&t| !existing.is_some_and(|e| same_entry(e, t)));
+        for (found, shard, hash) in [
+            (existing, original_shard, hashes[0]),
+            (taken, reply_shard, hashes[1]),
+        ] {
+            if let Some(found) = found {
+                shard.take(&found, hash);
+                self.unlink(found.slot);
+            }
+        }
+        let free = self
+            .free
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        let Some(index) = free else {
+            // Every slot still has a tuple of a replaced connection. The
+            // count held this connection, or the replaced one just taken.
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refused::Full);
         };
-        let half = |direction, nat| Half {
-            direction,
-            nat,
-            conn: conn.clone(),
-        };
-        locked
-            .shard(1)
-            .insert(reply, half(Direction::Reply, reverse));
-        locked
-            .shard(0)
-            .insert(original, half(Direction::Original, nat));
+        let slot = &self.slots[index as usize];
+        for (field, value) in slot.original.iter().zip(tuples[0]) {
+            field.store(value, Ordering::Relaxed);
+        }
+        slot.nat[0].store(pack_end(nat.src), Ordering::Relaxed);
+        slot.nat[1].store(pack_end(nat.dst), Ordering::Relaxed);
+        slot.backend
+            .store(pack_end((backend.address, backend.port)), Ordering::Relaxed);
+        slot.last_seen_ms.store(now_ms, Ordering::Relaxed);
+        slot.flags.store(0, Ordering::Relaxed);
+        slot.links.store(2, Ordering::Relaxed);
+        // The original first: a tuple that is also its own reply (a
+        // hairpin from the Service's port to itself) is found as original.
+        if !(original_shard.add(hashes[0], index) && reply_shard.add(hashes[1], index | REPLY)) {
+            // No room in a shard: undo.
+            for (shard, tuple, hash) in [
+                (original_shard, &tuples[0], hashes[0]),
+                (reply_shard, &tuples[1], hashes[1]),
+            ] {
+                if let Some(found) = shard.find(&self.slots, tuple, hash)
+                    && found.slot == index as usize
+                {
+                    shard.take(&found, hash);
+                }
+            }
+            slot.links.store(1, Ordering::Relaxed);
+            self.unlink(index as usize);
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refused::Full);
+        }
         Ok(Hit {
             direction: Direction::Original,
             nat,
@@ -309,16 +692,25 @@ impl ConnTable {
     /// Remove the connections `ended` says are over, both tuples; returns
     /// how many. Shard by shard: a connection's two tuples may be removed
     /// a moment apart, each on its own.
-    fn remove(&self, ended: impl Fn(&Conn) -> bool) -> usize {
+    fn remove(&self, ended: impl Fn(&FlowKey, &Slot) -> bool) -> usize {
         let mut removed = 0;
-        for shard in 0..SHARDS {
-            self.write(shard).retain(|_, half| {
-                let keep = !ended(&half.conn);
-                if !keep && half.direction == Direction::Original {
+        for (index, shard) in self.shards.iter().enumerate() {
+            let _locked = self.write(index);
+            let mut gone = Vec::new();
+            shard.each(|found| {
+                let slot = &self.slots[found.slot];
+                if ended(&unpack(load(&slot.original)), slot) {
+                    gone.push(found);
+                }
+            });
+            for found in gone {
+                let tuple = self.slots[found.slot].tuple(found.direction);
+                shard.take(&found, self.hash(&tuple));
+                self.unlink(found.slot);
+                if found.direction == Direction::Original {
                     removed += 1;
                 }
-                keep
-            });
+            }
         }
         self.connections.fetch_sub(removed, Ordering::Relaxed);
         removed
@@ -327,7 +719,7 @@ impl ConnTable {
     /// Remove the connections that expired by `now_ms`; returns how many.
     /// The switch calls it every few seconds.
     pub fn sweep(&self, now_ms: u64) -> usize {
-        self.remove(|conn| conn.deadline(&self.timeouts) <= now_ms)
+        self.remove(|_, slot| slot.deadline(&self.timeouts) <= now_ms)
     }
 
     /// Remove the connections whose endpoint the new Service table no
@@ -335,18 +727,19 @@ impl ConnTable {
     /// Their next packet from the client starts a new connection to a
     /// current endpoint (a TCP one gets a reset from it).
     pub fn remove_unkept(&self, keeps: impl Fn(&FlowKey, &Backend) -> bool) -> usize {
-        self.remove(|conn| !keeps(&conn.original, &conn.backend))
+        self.remove(|original, slot| !keeps(original, &slot.backend()))
     }
 
     /// How many connections go to each endpoint, for `podswitch services`.
     pub fn per_backend(&self) -> HashMap<Backend, usize> {
         let mut counts = HashMap::new();
-        for shard in 0..SHARDS {
-            for half in self.read(shard).values() {
-                if half.direction == Direction::Original {
-                    *counts.entry(half.conn.backend).or_insert(0) += 1;
+        for (index, shard) in self.shards.iter().enumerate() {
+            let _locked = self.read(index);
+            shard.each(|found| {
+                if found.direction == Direction::Original {
+                    *counts.entry(self.slots[found.slot].backend()).or_insert(0) += 1;
                 }
-            }
+            });
         }
         counts
     }
@@ -355,37 +748,19 @@ impl ConnTable {
 /// The one or two shards a new connection's tuples fall in, write-locked
 /// in index order so two inserts never wait on each other crosswise.
 struct Locked<'a> {
-    /// Index of the original tuple's shard, of the reply tuple's.
-    indices: [usize; 2],
-    guards: [Option<RwLockWriteGuard<'a, Shard>>; 2],
+    _guards: [Option<RwLockWriteGuard<'a, ()>>; 2],
 }
 
 impl<'a> Locked<'a> {
-    fn new(table: &'a ConnTable, original: usize, reply: usize) -> Locked<'a> {
-        let mut guards = [None, None];
-        if original <= reply {
-            guards[0] = Some(table.write(original));
-        }
-        if original != reply {
-            guards[1] = Some(table.write(reply));
-        }
-        if original > reply {
-            guards[0] = Some(table.write(original));
-        }
+    fn new(table: &'a ConnTable, [original, reply]: [usize; 2]) -> Locked<'a> {
+        let (first, second) = (original.min(reply), original.max(reply));
+        let first_guard = table.write(first);
         Locked {
-            indices: [original, reply],
-            guards,
+            _guards: [
+                Some(first_guard),
+                (second != first).then(|| table.write(second)),
+            ],
         }
-    }
-
-    /// The shard of tuple `which` (0 original, 1 reply).
-    fn shard(&mut self, which: usize) -> &mut Shard {
-        let slot = if self.indices[0] == self.indices[1] {
-            0
-        } else {
-            which
-        };
-        self.guards[slot].as_deref_mut().expect("locked in new")
     }
 }
 
@@ -625,5 +1000,39 @@ mod tests {
             }
         });
         assert_eq!(table.per_backend().get(&ENDPOINT), Some(&8000));
+    }
+
+    #[test]
+    fn a_batch_finds_what_single_lookups_find_through_churn() {
+        let table = ConnTable::new(2000, Timeouts::default());
+        let flows: Vec<FlowKey> = (1..=3000).map(|port| original(port, TCP)).collect();
+        for flow in &flows[..2000] {
+            table.insert(*flow, dnat(flow), ENDPOINT, 0).unwrap();
+        }
+        assert_eq!(
+            table.remove_unkept(|original, _| original.sport % 2 == 0),
+            1000
+        );
+        for flow in &flows[2000..] {
+            table.insert(*flow, dnat(flow), ENDPOINT, 0).unwrap();
+        }
+        assert_eq!(table.len(), 2000);
+        let keys: Vec<FlowKey> = flows
+            .iter()
+            .flat_map(|flow| [*flow, reply_of(flow)])
+            .collect();
+        let mut hits = vec![None; keys.len()];
+        table.prefetch(keys.iter().copied());
+        table.lookup_batch(&keys, &vec![0x10; keys.len()], 1, &mut hits);
+        for (key, hit) in keys.iter().zip(&hits) {
+            let port = if key.dst == Ipv4Addr::new(10, 96, 0, 10) {
+                key.sport
+            } else {
+                key.dport
+            };
+            let live = port > 2000 || port % 2 == 0;
+            assert_eq!(hit.is_some(), live, "{key:?}");
+            assert_eq!(*hit, table.lookup(key, 0x10, 1));
+        }
     }
 }

@@ -24,8 +24,8 @@ pub const FILE_SOURCE: &str = "file";
 /// The source the Kubernetes API feeds (with `membership = "kubernetes"`).
 pub const KUBERNETES_SOURCE: &str = "kubernetes";
 
-/// Connections the table holds by default: at about 200 bytes per
-/// connection (two map entries and the shared state), 256 MiB at most.
+/// Connections the table holds by default: at 128 bytes per connection
+/// (its slot and its share of the buckets), 128 MiB, allocated at start.
 pub const DEFAULT_CONNECTIONS: usize = 1 << 20;
 
 /// The Service stage's state, shared by the control plane and the workers.

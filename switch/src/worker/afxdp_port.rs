@@ -37,6 +37,8 @@ pub struct AfXdpPort {
     /// Each socket's `fill_ring_empty` at the last housekeeping.
     fill_empty_seen: Vec<u64>,
     received: Vec<Desc>,
+    /// The frames of `received`, taken off the ring.
+    batch: Vec<Frame>,
     completed: Vec<u64>,
     to_send: Vec<Desc>,
 }
@@ -57,6 +59,7 @@ impl AfXdpPort {
             fill_empty_seen: vec![0; sockets.len()],
             sockets,
             received: Vec::with_capacity(BATCH + MAX_PACKET_CHUNKS),
+            batch: Vec::with_capacity(BATCH + MAX_PACKET_CHUNKS),
             completed: Vec::with_capacity(4 * BATCH),
             to_send: Vec::with_capacity(BATCH),
         }
@@ -196,10 +199,13 @@ impl Port for AfXdpPort {
             received += n;
             let mut run: ArrayVec<Frame, MAX_PACKET_CHUNKS> = ArrayVec::new();
             let mut fits = true;
-            for &desc in &self.received {
+            self.batch.extend(self.received.iter().map(|&desc| {
                 // SAFETY: `desc` came off this socket's RX ring just now:
                 // the kernel gave its frame back, and nothing else holds it.
-                let frame = unsafe { pipeline.frames.from_rx(desc) };
+                unsafe { pipeline.frames.from_rx(desc) }
+            }));
+            pipeline.prefetch_services(self.batch.iter());
+            for frame in self.batch.drain(..) {
                 if !frame.continues() && run.is_empty() {
                     // The fast path: a frame in one buffer frame.
                     pipeline.dispatch(Packet::Frame(frame));

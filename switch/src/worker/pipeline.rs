@@ -233,6 +233,23 @@ impl Pipeline<'_> {
         self.stats.rx(self.in_port, len);
     }
 
+    /// Prefetch the Service stage's connection probes of a batch of
+    /// received Ethernet frames, before they are dispatched one by one
+    /// (see [`podswitch_services::Translator::prefetch`]). A frame that
+    /// continues in the next one is left out.
+    pub fn prefetch_services<'f>(&self, frames: impl Iterator<Item = &'f Frame>) {
+        let Some(stage) = &self.forwarder.services else {
+            return;
+        };
+        let ipv4 = frames
+            .filter(|frame| !frame.continues())
+            .filter_map(|frame| {
+                let bytes = self.frames.bytes(frame);
+                (bytes.get(12..14) == Some(&[0x08, 0x00][..])).then(|| &bytes[14..])
+            });
+        stage.translator.prefetch(stage.table, ipv4);
+    }
+
     /// Count, decide and carry out the fate of a packet received on the
     /// batch's port. How much work it was: one, plus the segments a
     /// super-frame was cut into (a port reading super-frames stops once a
