@@ -72,7 +72,7 @@ impl Translator {
                 .filter_map(flow::parse)
                 .map(|parsed| parsed.key)
                 .filter(|key| {
-                    table.is_cluster_ip(key.dst)
+                    table.is_service_address(key.dst)
                         || table.is_endpoint(key.src, key.protocol, key.sport)
                 }),
         );
