@@ -1,0 +1,514 @@
+//! Policies compiled into what the switch evaluates per packet: for each
+//! pod and direction, nothing (no policy selects the pod in that
+//! direction) or a [`RuleSet`] of what is allowed, with pods resolved to
+//! their addresses and named ports to numbers.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use crate::Protocol;
+use crate::model::{Direction, IpBlock, Namespace, NetworkPolicy, Peer, Pod, Port, Rule};
+use crate::selector::Labels;
+
+/// What the policies say about a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// No policy selects the pod in this direction: everything passes.
+    Unrestricted,
+    /// A rule allows it.
+    Allowed,
+    /// The pod is selected and no rule allows it.
+    Denied,
+}
+
+impl Verdict {
+    /// Whether the packet may pass.
+    pub fn passes(self) -> bool {
+        self != Verdict::Denied
+    }
+}
+
+/// A port range of a compiled rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortRange {
+    /// The protocol; `None` for a rule without ports, which allows every
+    /// protocol (ICMP included) and every port.
+    pub protocol: Option<Protocol>,
+    /// The first port.
+    pub first: u16,
+    /// The last port.
+    pub last: u16,
+}
+
+/// One compiled rule: traffic with any of the remote addresses on any of
+/// the port ranges is allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompiledRule {
+    /// The remote addresses: pods as /32s, ipBlocks as disjoint prefixes
+    /// with their excepts carved out.
+    pub remotes: Vec<Ipv4Net>,
+    /// The port ranges.
+    pub ports: Vec<PortRange>,
+}
+
+/// What is allowed for one pod in one direction, indexed for evaluation.
+#[derive(Debug, Clone)]
+pub struct RuleSet {
+    policies: Vec<String>,
+    rules: Vec<CompiledRule>,
+    tables: [PrefixTable; TABLES],
+}
+
+/// The policy of one pod in one direction.
+#[derive(Debug, Clone)]
+pub enum DirectionPolicy {
+    /// No policy selects the pod in this direction.
+    Unrestricted,
+    /// Policies select it: only what their rules allow passes.
+    Restricted(RuleSet),
+}
+
+/// The policies of one pod.
+#[derive(Debug, Clone)]
+pub struct PodPolicy {
+    /// For traffic to the pod.
+    pub ingress: DirectionPolicy,
+    /// For traffic from the pod.
+    pub egress: DirectionPolicy,
+}
+
+/// Every pod's policies, by the pod's address.
+#[derive(Debug, Clone, Default)]
+pub struct CompiledPolicies {
+    pods: foldhash::HashMap<Ipv4Addr, PodPolicy>,
+}
+
+/// Tables per rule set: TCP, UDP, SCTP, and every other protocol.
+const TABLES: usize = 4;
+const OTHER: usize = 3;
+
+/// Remote prefixes to the port ranges allowed with them, one hash map
+/// per prefix length, longest first. Each prefix's ranges include those
+/// of every shorter prefix that covers it, so the longest match answers.
+#[derive(Debug, Clone, Default)]
+struct PrefixTable {
+    levels: Vec<Level>,
+}
+
+#[derive(Debug, Clone)]
+struct Level {
+    mask: u32,
+    prefixes: foldhash::HashMap<u32, Box<[(u16, u16)]>>,
+}
+
+/// Compiles policies for every pod given. `pods` are all the pods of the
+/// cluster (peers are resolved among them); `namespaces` give the labels
+/// of namespaces (one not given has only its name label).
+pub fn compile(
+    policies: &[NetworkPolicy],
+    pods: &[Pod],
+    namespaces: &[Namespace],
+) -> CompiledPolicies {
+    let world = World { pods, namespaces };
+    let prepared: Vec<[Vec<PreparedRule>; 2]> = policies
+        .iter()
+        .map(|policy| {
+            [Direction::Ingress, Direction::Egress]
+                .map(|direction| world.prepare(policy, policy.rules(direction), direction))
+        })
+        .collect();
+    let direction_policy = |pod: &Pod, direction: Direction| {
+        let index = direction as usize;
+        let mut names = Vec::new();
+        let mut rules = Vec::new();
+        for (policy, prepared) in policies.iter().zip(&prepared) {
+            if policy.namespace == pod.namespace
+                && policy.applies_to(direction)
+                && policy.pod_selector.matches(&pod.labels)
+            {
+                names.push(format!("{}/{}", policy.namespace, policy.name));
+                for rule in &prepared[index] {
+                    rule.compile(pod, direction, &mut rules);
+                }
+            }
+        }
+        if names.is_empty() {
+            DirectionPolicy::Unrestricted
+        } else {
+            DirectionPolicy::Restricted(RuleSet::new(names, rules))
+        }
+    };
+    CompiledPolicies {
+        pods: pods
+            .iter()
+            .map(|pod| {
+                let policy = PodPolicy {
+                    ingress: direction_policy(pod, Direction::Ingress),
+                    egress: direction_policy(pod, Direction::Egress),
+                };
+                (pod.ip, policy)
+            })
+            .collect(),
+    }
+}
+
+/// The pods and namespaces peers are resolved among.
+struct World<'a> {
+    pods: &'a [Pod],
+    namespaces: &'a [Namespace],
+}
+
+/// A rule with its peers resolved, before its ports are (they may depend
+/// on the selected pod).
+struct PreparedRule<'a> {
+    rule: &'a Rule,
+    remotes: Vec<Ipv4Net>,
+    /// For an egress rule with named ports: the pods among its peers,
+    /// whose ports the names resolve against.
+    named_targets: Vec<&'a Pod>,
+}
+
+impl<'a> World<'a> {
+    fn prepare(
+        &self,
+        policy: &'a NetworkPolicy,
+        rules: &'a [Rule],
+        direction: Direction,
+    ) -> Vec<PreparedRule<'a>> {
+        rules
+            .iter()
+            .map(|rule| {
+                let selectors: Vec<_> = rule
+                    .peers
+                    .iter()
+                    .map(|peer| self.selected_namespaces(policy, peer))
+                    .collect();
+                let in_peers = |pod: &Pod| {
+                    rule.peers.is_empty()
+                        || rule.peers.iter().zip(&selectors).any(|(peer, namespaces)| {
+                            selects_pod(peer, namespaces.as_ref(), pod)
+                                || peer.ip_block.as_ref().is_some_and(|b| b.contains(pod.ip))
+                        })
+                };
+                let mut remotes = Vec::new();
+                if rule.peers.is_empty() {
+                    remotes.push(Ipv4Net::default());
+                }
+                for (peer, namespaces) in rule.peers.iter().zip(&selectors) {
+                    remotes.extend(
+                        self.pods
+                            .iter()
+                            .filter(|pod| selects_pod(peer, namespaces.as_ref(), pod))
+                            .map(|pod| Ipv4Net::from(pod.ip)),
+                    );
+                    if let Some(block) = &peer.ip_block {
+                        block_prefixes(block, &mut remotes);
+                    }
+                }
+                remotes.sort_unstable();
+                remotes.dedup();
+                let named = rule
+                    .ports
+                    .iter()
+                    .any(|port| matches!(port.port, Some(Port::Name(_))));
+                let named_targets = if named && direction == Direction::Egress {
+                    self.pods.iter().filter(|pod| in_peers(pod)).collect()
+                } else {
+                    Vec::new()
+                };
+                PreparedRule {
+                    rule,
+                    remotes,
+                    named_targets,
+                }
+            })
+            .collect()
+    }
+
+    /// The namespaces a peer's selectors select pods in, `None` if it has
+    /// no selector.
+    fn selected_namespaces(
+        &self,
+        policy: &'a NetworkPolicy,
+        peer: &Peer,
+    ) -> Option<HashSet<&'a str>> {
+        if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
+            return None;
+        }
+        let Some(selector) = &peer.namespace_selector else {
+            return Some(HashSet::from([policy.namespace.as_str()]));
+        };
+        let mut selected: HashSet<&'a str> = self
+            .namespaces
+            .iter()
+            .filter(|namespace| namespace.selected_by(selector))
+            .map(|namespace| namespace.name.as_str())
+            .collect();
+        let listed: HashSet<&str> = self.namespaces.iter().map(|n| n.name.as_str()).collect();
+        for pod in self.pods {
+            if listed.contains(pod.namespace.as_str()) || selected.contains(pod.namespace.as_str())
+            {
+                continue;
+            }
+            let unlisted = Namespace {
+                name: pod.namespace.clone(),
+                labels: Labels::new(),
+            };
+            if unlisted.selected_by(selector) {
+                selected.insert(&pod.namespace);
+            }
+        }
+        Some(selected)
+    }
+}
+
+/// Whether a peer's selectors select a pod, given the namespaces they
+/// select pods in.
+fn selects_pod(peer: &Peer, namespaces: Option<&HashSet<&str>>, pod: &Pod) -> bool {
+    namespaces.is_some_and(|namespaces| namespaces.contains(pod.namespace.as_str()))
+        && peer
+            .pod_selector
+            .as_ref()
+            .is_none_or(|s| s.matches(&pod.labels))
+}
+
+/// An ipBlock as disjoint prefixes: its CIDR with the excepts carved out.
+fn block_prefixes(block: &IpBlock, out: &mut Vec<Ipv4Net>) {
+    let excepts: Vec<Ipv4Net> = block.except.iter().map(Ipv4Net::trunc).collect();
+    carve(block.cidr.trunc(), &excepts, out);
+}
+
+fn carve(net: Ipv4Net, excepts: &[Ipv4Net], out: &mut Vec<Ipv4Net>) {
+    if excepts.iter().any(|except| except.contains(&net)) {
+        return;
+    }
+    if !excepts.iter().any(|except| net.contains(except)) {
+        out.push(net);
+        return;
+    }
+    // An except lies strictly inside: `net` is shorter than /32.
+    for half in net.subnets(net.prefix_len() + 1).into_iter().flatten() {
+        carve(half, excepts, out);
+    }
+}
+
+impl PreparedRule<'_> {
+    /// The compiled rules this rule gives a selected pod.
+    fn compile(&self, pod: &Pod, direction: Direction, out: &mut Vec<CompiledRule>) {
+        if self.rule.ports.is_empty() {
+            out.push(CompiledRule {
+                remotes: self.remotes.clone(),
+                ports: vec![PortRange {
+                    protocol: None,
+                    first: 0,
+                    last: u16::MAX,
+                }],
+            });
+            return;
+        }
+        let mut ports = Vec::new();
+        let mut by_target: BTreeMap<PortRange, Vec<Ipv4Net>> = BTreeMap::new();
+        for port in &self.rule.ports {
+            let range = |first, last| PortRange {
+                protocol: Some(port.protocol),
+                first,
+                last,
+            };
+            match &port.port {
+                None => ports.push(range(0, u16::MAX)),
+                Some(Port::Number(first)) => {
+                    let last = port.end_port.unwrap_or(*first);
+                    if last >= *first {
+                        ports.push(range(*first, last));
+                    }
+                }
+                Some(Port::Name(name)) => match direction {
+                    Direction::Ingress => ports.extend(
+                        named_port(pod, port.protocol, name).map(|number| range(number, number)),
+                    ),
+                    Direction::Egress => {
+                        for target in &self.named_targets {
+                            if let Some(number) = named_port(target, port.protocol, name) {
+                                let remotes = by_target.entry(range(number, number)).or_default();
+                                remotes.push(Ipv4Net::from(target.ip));
+                            }
+                        }
+                    }
+                },
+            }
+        }
+        if !ports.is_empty() {
+            out.push(CompiledRule {
+                remotes: self.remotes.clone(),
+                ports,
+            });
+        }
+        out.extend(by_target.into_iter().map(|(range, remotes)| CompiledRule {
+            remotes,
+            ports: vec![range],
+        }));
+    }
+}
+
+/// The number of a pod's port by name and protocol.
+fn named_port(pod: &Pod, protocol: Protocol, name: &str) -> Option<u16> {
+    pod.ports
+        .iter()
+        .find(|port| port.name == name && port.protocol == protocol)
+        .map(|port| port.port)
+}
+
+impl RuleSet {
+    fn new(policies: Vec<String>, rules: Vec<CompiledRule>) -> RuleSet {
+        let mut entries: [BTreeMap<Ipv4Net, Vec<(u16, u16)>>; TABLES] = Default::default();
+        for rule in &rules {
+            for range in &rule.ports {
+                let tables = match range.protocol {
+                    None => 0..TABLES,
+                    Some(protocol) => {
+                        table(protocol.ip_protocol())..table(protocol.ip_protocol()) + 1
+                    }
+                };
+                for table in tables {
+                    for remote in &rule.remotes {
+                        let ranges = entries[table].entry(*remote).or_default();
+                        ranges.push((range.first, range.last));
+                    }
+                }
+            }
+        }
+        RuleSet {
+            policies,
+            rules,
+            tables: entries.map(|entries| PrefixTable::new(&entries)),
+        }
+    }
+
+    /// The policies selecting the pod in this direction, as
+    /// `namespace/name`.
+    pub fn policies(&self) -> &[String] {
+        &self.policies
+    }
+
+    /// The compiled rules.
+    pub fn rules(&self) -> &[CompiledRule] {
+        &self.rules
+    }
+
+    /// Whether the rules allow traffic with a remote address on an IP
+    /// protocol and port (the port is ignored for protocols without).
+    pub fn allows(&self, remote: Ipv4Addr, protocol: u8, port: u16) -> bool {
+        self.tables[table(protocol)].allows(u32::from(remote), port)
+    }
+}
+
+/// The table of an IP protocol number.
+fn table(protocol: u8) -> usize {
+    match Protocol::from_ip_protocol(protocol) {
+        Some(Protocol::Tcp) => 0,
+        Some(Protocol::Udp) => 1,
+        Some(Protocol::Sctp) => 2,
+        None => OTHER,
+    }
+}
+
+fn mask(prefix_len: u8) -> u32 {
+    u32::MAX
+        .checked_shl(32 - u32::from(prefix_len))
+        .unwrap_or(0)
+}
+
+impl PrefixTable {
+    fn new(entries: &BTreeMap<Ipv4Net, Vec<(u16, u16)>>) -> PrefixTable {
+        let lengths: BTreeSet<u8> = entries.keys().map(Ipv4Net::prefix_len).collect();
+        let mut levels: Vec<Level> = lengths
+            .iter()
+            .rev()
+            .map(|&length| Level {
+                mask: mask(length),
+                prefixes: Default::default(),
+            })
+            .collect();
+        for (prefix, ranges) in entries {
+            let mut ranges = ranges.clone();
+            for &length in lengths.range(..prefix.prefix_len()) {
+                let cover = Ipv4Net::new(prefix.addr(), length).map(|net| net.trunc());
+                if let Some(covering) = cover.ok().and_then(|cover| entries.get(&cover)) {
+                    ranges.extend_from_slice(covering);
+                }
+            }
+            let level = levels
+                .iter_mut()
+                .find(|l| l.mask == mask(prefix.prefix_len()));
+            let level = level.expect("a level per prefix length");
+            level
+                .prefixes
+                .insert(u32::from(prefix.addr()), merge(ranges));
+        }
+        PrefixTable { levels }
+    }
+
+    fn allows(&self, remote: u32, port: u16) -> bool {
+        for level in &self.levels {
+            if let Some(ranges) = level.prefixes.get(&(remote & level.mask)) {
+                let next = ranges.partition_point(|&(_, last)| last < port);
+                return ranges.get(next).is_some_and(|&(first, _)| first <= port);
+            }
+        }
+        false
+    }
+}
+
+/// Ranges sorted, with overlapping and adjacent ones merged.
+fn merge(mut ranges: Vec<(u16, u16)>) -> Box<[(u16, u16)]> {
+    ranges.sort_unstable();
+    let mut merged: Vec<(u16, u16)> = Vec::with_capacity(ranges.len());
+    for (first, last) in ranges {
+        match merged.last_mut() {
+            Some(previous) if u32::from(first) <= u32::from(previous.1) + 1 => {
+                previous.1 = previous.1.max(last);
+            }
+            _ => merged.push((first, last)),
+        }
+    }
+    merged.into_boxed_slice()
+}
+
+impl CompiledPolicies {
+    /// The policies of the pod with this address, if it is known.
+    pub fn pod(&self, address: Ipv4Addr) -> Option<&PodPolicy> {
+        self.pods.get(&address)
+    }
+
+    /// The verdict on a packet of a local pod: `Ingress` for one to it
+    /// from `remote`, `Egress` for one from it to `remote`, on an IP
+    /// protocol and the port at the destination. This is for the first
+    /// packet of a connection; replies and later packets pass on the
+    /// switch's connection table, as Kubernetes wants. An address that
+    /// is no known pod's is unrestricted.
+    pub fn allows(
+        &self,
+        direction: Direction,
+        local: Ipv4Addr,
+        remote: Ipv4Addr,
+        protocol: u8,
+        port: u16,
+    ) -> Verdict {
+        let Some(pod) = self.pods.get(&local) else {
+            return Verdict::Unrestricted;
+        };
+        let policy = match direction {
+            Direction::Ingress => &pod.ingress,
+            Direction::Egress => &pod.egress,
+        };
+        match policy {
+            DirectionPolicy::Unrestricted => Verdict::Unrestricted,
+            DirectionPolicy::Restricted(rules) if rules.allows(remote, protocol, port) => {
+                Verdict::Allowed
+            }
+            DirectionPolicy::Restricted(_) => Verdict::Denied,
+        }
+    }
+}
