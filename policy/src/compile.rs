@@ -3,7 +3,7 @@
 //! direction) or a [`RuleSet`] of what is allowed, with pods resolved to
 //! their addresses and named ports to numbers.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -67,7 +67,7 @@ pub enum DirectionPolicy {
     /// No policy selects the pod in this direction.
     Unrestricted,
     /// Policies select it: only what their rules allow passes.
-    Restricted(RuleSet),
+    Restricted(Box<RuleSet>),
 }
 
 /// The policies of one pod.
@@ -82,30 +82,18 @@ pub struct PodPolicy {
 /// Every pod's policies, by the pod's address.
 #[derive(Debug, Clone, Default)]
 pub struct CompiledPolicies {
-    pods: foldhash::HashMap<Ipv4Addr, PodPolicy>,
+    pods: foldhash::HashMap<u32, PodPolicy>,
 }
 
 /// Tables per rule set: TCP, UDP, SCTP, and every other protocol.
 const TABLES: usize = 4;
 const OTHER: usize = 3;
 
-/// Remote prefixes to the port ranges allowed with them, one hash map
-/// per prefix length, longest first. Each prefix's ranges include those
-/// of every shorter prefix that covers it, so the longest match answers.
-#[derive(Debug, Clone, Default)]
-struct PrefixTable {
-    levels: Vec<Level>,
-}
-
-#[derive(Debug, Clone)]
-struct Level {
-    mask: u32,
-    prefixes: foldhash::HashMap<u32, Box<[(u16, u16)]>>,
-}
-
 /// Compiles policies for every pod given. `pods` are all the pods of the
-/// cluster (peers are resolved among them); `namespaces` give the labels
-/// of namespaces (one not given has only its name label).
+/// cluster (peers are resolved among them, and pod addresses are unique);
+/// `namespaces` give the labels of namespaces (one not given has only its
+/// name label). The switch asks about its local pods only; compiling
+/// the others is work it could skip (a later refinement).
 pub fn compile(
     policies: &[NetworkPolicy],
     pods: &[Pod],
@@ -137,7 +125,7 @@ pub fn compile(
         if names.is_empty() {
             DirectionPolicy::Unrestricted
         } else {
-            DirectionPolicy::Restricted(RuleSet::new(names, rules))
+            DirectionPolicy::Restricted(Box::new(RuleSet::new(names, rules)))
         }
     };
     CompiledPolicies {
@@ -148,7 +136,7 @@ pub fn compile(
                     ingress: direction_policy(pod, Direction::Ingress),
                     egress: direction_policy(pod, Direction::Egress),
                 };
-                (pod.ip, policy)
+                (u32::from(pod.ip), policy)
             })
             .collect(),
     }
@@ -414,55 +402,92 @@ fn table(protocol: u8) -> usize {
     }
 }
 
-fn mask(prefix_len: u8) -> u32 {
-    u32::MAX
-        .checked_shl(32 - u32::from(prefix_len))
-        .unwrap_or(0)
+/// Remote addresses to the port ranges allowed with them, as disjoint
+/// address intervals in order: `starts[i]` begins an interval, running to
+/// the next start. An address's interval is found by binary search, so
+/// the cost grows with the log of the number of intervals, whatever the
+/// prefix lengths (an except carved out of a block makes prefixes of
+/// many lengths, but only three intervals).
+#[derive(Debug, Clone)]
+struct PrefixTable {
+    starts: Box<[u32]>,
+    /// Interval `i`'s ranges are `ranges[bounds[i]..bounds[i + 1]]`.
+    bounds: Box<[u32]>,
+    ranges: Box<[(u16, u16)]>,
 }
 
+/// Port ranges, sorted and disjoint.
+type Ranges = Box<[(u16, u16)]>;
+
 impl PrefixTable {
+    /// The table of prefixes with their ranges; prefixes nest or are
+    /// disjoint, and an address gets the ranges of every prefix holding it.
     fn new(entries: &BTreeMap<Ipv4Net, Vec<(u16, u16)>>) -> PrefixTable {
-        let lengths: BTreeSet<u8> = entries.keys().map(Ipv4Net::prefix_len).collect();
-        let mut levels: Vec<Level> = lengths
-            .iter()
-            .rev()
-            .map(|&length| Level {
-                mask: mask(length),
-                prefixes: Default::default(),
-            })
-            .collect();
-        for (prefix, ranges) in entries {
-            let mut ranges = ranges.clone();
-            for &length in lengths.range(..prefix.prefix_len()) {
-                let cover = Ipv4Net::new(prefix.addr(), length).map(|net| net.trunc());
-                if let Some(covering) = cover.ok().and_then(|cover| entries.get(&cover)) {
-                    ranges.extend_from_slice(covering);
+        let mut intervals: Vec<(u32, Ranges)> = vec![(0, Box::default())];
+        let mut open: Vec<(u64, Ranges)> = Vec::new();
+        let close = |open: &mut Vec<(u64, Ranges)>, intervals: &mut Vec<_>, until: u64| {
+            while let Some(&(end, _)) = open.last() {
+                if end > until {
+                    break;
+                }
+                open.pop();
+                if end <= u64::from(u32::MAX) {
+                    let outer = open.last().map(|(_, r)| r.clone()).unwrap_or_default();
+                    push_interval(intervals, end as u32, outer);
                 }
             }
-            let level = levels
-                .iter_mut()
-                .find(|l| l.mask == mask(prefix.prefix_len()));
-            let level = level.expect("a level per prefix length");
-            level
-                .prefixes
-                .insert(u32::from(prefix.addr()), merge(ranges));
+        };
+        // In address order, a prefix before the longer ones it holds.
+        for (prefix, ranges) in entries {
+            let start = u32::from(prefix.network());
+            close(&mut open, &mut intervals, u64::from(start));
+            let mut all = ranges.clone();
+            if let Some((_, outer)) = open.last() {
+                all.extend_from_slice(outer);
+            }
+            let all = merge(all);
+            push_interval(&mut intervals, start, all.clone());
+            open.push((u64::from(start) + (1u64 << (32 - prefix.prefix_len())), all));
         }
-        PrefixTable { levels }
+        close(&mut open, &mut intervals, u64::MAX);
+        let starts = intervals.iter().map(|&(start, _)| start).collect();
+        let mut bounds = vec![0];
+        let mut flat = Vec::new();
+        for (_, ranges) in &intervals {
+            flat.extend_from_slice(ranges);
+            bounds.push(u32::try_from(flat.len()).expect("fewer than 2^32 ranges"));
+        }
+        PrefixTable {
+            starts,
+            bounds: bounds.into_boxed_slice(),
+            ranges: flat.into_boxed_slice(),
+        }
     }
 
     fn allows(&self, remote: u32, port: u16) -> bool {
-        for level in &self.levels {
-            if let Some(ranges) = level.prefixes.get(&(remote & level.mask)) {
-                let next = ranges.partition_point(|&(_, last)| last < port);
-                return ranges.get(next).is_some_and(|&(first, _)| first <= port);
-            }
-        }
-        false
+        // The first interval starts at 0, so there is one at or before.
+        let interval = self.starts.partition_point(|&start| start <= remote) - 1;
+        let ranges =
+            &self.ranges[self.bounds[interval] as usize..self.bounds[interval + 1] as usize];
+        let next = ranges.partition_point(|&(_, last)| last < port);
+        ranges.get(next).is_some_and(|&(first, _)| first <= port)
     }
 }
 
+/// Appends an interval, replacing one that starts at the same address and
+/// joining one with the same ranges before it.
+fn push_interval(intervals: &mut Vec<(u32, Ranges)>, start: u32, ranges: Box<[(u16, u16)]>) {
+    if intervals.last().is_some_and(|(last, _)| *last == start) {
+        intervals.pop();
+    }
+    if intervals.last().is_some_and(|(_, last)| *last == ranges) {
+        return;
+    }
+    intervals.push((start, ranges));
+}
+
 /// Ranges sorted, with overlapping and adjacent ones merged.
-fn merge(mut ranges: Vec<(u16, u16)>) -> Box<[(u16, u16)]> {
+fn merge(mut ranges: Vec<(u16, u16)>) -> Ranges {
     ranges.sort_unstable();
     let mut merged: Vec<(u16, u16)> = Vec::with_capacity(ranges.len());
     for (first, last) in ranges {
@@ -479,7 +504,7 @@ fn merge(mut ranges: Vec<(u16, u16)>) -> Box<[(u16, u16)]> {
 impl CompiledPolicies {
     /// The policies of the pod with this address, if it is known.
     pub fn pod(&self, address: Ipv4Addr) -> Option<&PodPolicy> {
-        self.pods.get(&address)
+        self.pods.get(&u32::from(address))
     }
 
     /// The verdict on a packet of a local pod: `Ingress` for one to it
@@ -496,7 +521,7 @@ impl CompiledPolicies {
         protocol: u8,
         port: u16,
     ) -> Verdict {
-        let Some(pod) = self.pods.get(&local) else {
+        let Some(pod) = self.pods.get(&u32::from(local)) else {
             return Verdict::Unrestricted;
         };
         let policy = match direction {

@@ -27,7 +27,8 @@ pub struct Pod {
     pub labels: Labels,
     /// Its address.
     pub ip: Ipv4Addr,
-    /// Its containers' named ports (unnamed ones play no part).
+    /// Its containers' named ports (unnamed ones play no part); the API
+    /// server keeps their names unique in a pod.
     #[serde(default)]
     pub ports: Vec<NamedPort>,
 }

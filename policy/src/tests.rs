@@ -706,7 +706,13 @@ fn world() -> impl Strategy<Value = World> {
     let pods = proptest::collection::vec(pod, 1..=6).prop_map(|pods| {
         pods.into_iter()
             .enumerate()
-            .map(|(i, (namespace, labels, ports))| Pod {
+            .map(|(i, (namespace, labels, mut ports))| {
+                // A pod's port names are unique (the API server sees to it).
+                ports.sort_by(|a, b| a.name.cmp(&b.name));
+                ports.dedup_by(|a, b| a.name == b.name);
+                (i, namespace, labels, ports)
+            })
+            .map(|(i, namespace, labels, ports)| Pod {
                 namespace: format!("n{namespace}"),
                 name: format!("p{i}"),
                 labels,
