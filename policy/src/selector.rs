@@ -86,23 +86,13 @@ impl Requirement {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tests::expression;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
-    }
-
-    fn expression(key: &str, operator: Operator, values: &[&str]) -> LabelSelector {
-        LabelSelector {
-            match_labels: Labels::new(),
-            match_expressions: vec![Requirement {
-                key: key.into(),
-                operator,
-                values: values.iter().map(|v| v.to_string()).collect(),
-            }],
-        }
     }
 
     #[test]

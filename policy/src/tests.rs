@@ -160,7 +160,8 @@ fn namespace(name: &str) -> LabelSelector {
     LabelSelector::labels([(NAMESPACE_NAME_LABEL, name)])
 }
 
-fn expression(key: &str, operator: Operator, values: &[&str]) -> LabelSelector {
+/// A selector with one requirement.
+pub(crate) fn expression(key: &str, operator: Operator, values: &[&str]) -> LabelSelector {
     LabelSelector {
         match_labels: Labels::new(),
         match_expressions: vec![Requirement {
