@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use podswitch_encap::checksum::combine;
 
-use crate::flow::{self, Parsed, SCTP, TCP, UDP};
+use crate::flow::{Parsed, SCTP, TCP, UDP};
 
 /// What the packet's source and destination become.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,19 +30,9 @@ pub enum L4Checksum {
     Partial,
 }
 
-/// Rewrite an IPv4 packet (`ipv4` starts at its IPv4 header) to `nat`, in
-/// place. `false` (and the packet untouched) when [`flow::parse`] does not
-/// read it.
-pub fn apply(ipv4: &mut [u8], nat: &Nat, checksum: L4Checksum) -> bool {
-    let Some(parsed) = flow::parse(ipv4) else {
-        return false;
-    };
-    apply_parsed(ipv4, &parsed, nat, checksum);
-    true
-}
-
-/// [`apply`] on a packet [`flow::parse`] has read as `parsed` (and that has
-/// not changed since).
+/// Rewrite an IPv4 packet (`ipv4` starts at its IPv4 header), which
+/// [`crate::flow::parse`] has read as `parsed` (and that has not changed since),
+/// to `nat`, in place.
 pub fn apply_parsed(ipv4: &mut [u8], parsed: &Parsed, nat: &Nat, checksum: L4Checksum) {
     let key = parsed.key;
     let old_addrs = words(key.src, key.dst);
@@ -120,6 +110,17 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::flow;
+
+    /// Parse, then rewrite: `false` (and the packet untouched) when
+    /// [`flow::parse`] does not read it.
+    fn apply(ipv4: &mut [u8], nat: &Nat, checksum: L4Checksum) -> bool {
+        let Some(parsed) = flow::parse(ipv4) else {
+            return false;
+        };
+        apply_parsed(ipv4, &parsed, nat, checksum);
+        true
+    }
     use crate::flow::tests::{checked, key, l4_verifies, packet};
 
     fn l4_at(p: &[u8]) -> usize {

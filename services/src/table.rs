@@ -65,8 +65,8 @@ pub struct Nodes {
 struct PortEntry {
     /// Index of its Service in [`ServiceTable::services`].
     service: usize,
-    /// Whether it is a NodePort (shown apart from the ClusterIP ports).
-    node_port: bool,
+    /// Index of the port in its Service's ports.
+    port: usize,
     /// The endpoints new connections go to: the ready ones, or the
     /// serving terminating ones when none is ready (as kube-proxy does),
     /// within the traffic policy.
@@ -79,11 +79,11 @@ struct PortEntry {
 }
 
 impl PortEntry {
-    /// The entry of Service `service`'s port with `endpoints`, of which
-    /// `allowed` (the traffic policy) may serve it.
+    /// The entry of Service `service`'s port `port` with `endpoints`, of
+    /// which `allowed` (the traffic policy) may serve it.
     fn new(
         service: usize,
-        node_port: bool,
+        port: usize,
         endpoints: &[Endpoint],
         allowed: impl Fn(&Endpoint) -> bool,
         affinity_ms: Option<u64>,
@@ -109,7 +109,7 @@ impl PortEntry {
         }
         PortEntry {
             service,
-            node_port,
+            port,
             usable,
             kept: backends(|endpoint| endpoint.ready || endpoint.serving),
             affinity_ms,
@@ -148,14 +148,15 @@ impl ServiceTable {
         let is_local = |address: Ipv4Addr| nodes.local.is_some_and(|cidr| cidr.contains(&address));
         for (index, service) in services.iter().enumerate() {
             let affinity_ms = service.affinity_seconds.map(|s| u64::from(s) * 1000);
-            for port in &service.ports {
+            for (port_index, port) in service.ports.iter().enumerate() {
                 let protocol = port.protocol.ip_protocol();
                 // The ClusterIP port: internalTrafficPolicy applies.
                 let internal = |endpoint: &Endpoint| {
                     service.internal_traffic_policy == TrafficPolicy::Cluster
                         || is_local(endpoint.address)
                 };
-                let entry = PortEntry::new(index, false, &port.endpoints, internal, affinity_ms);
+                let entry =
+                    PortEntry::new(index, port_index, &port.endpoints, internal, affinity_ms);
                 ports
                     .entry((service.cluster_ip, protocol, port.port))
                     .or_insert(entry);
@@ -167,8 +168,13 @@ impl ServiceTable {
                             service.external_traffic_policy == TrafficPolicy::Cluster
                                 || node.pod_cidr.contains(&endpoint.address)
                         };
-                        let entry =
-                            PortEntry::new(index, true, &port.endpoints, external, affinity_ms);
+                        let entry = PortEntry::new(
+                            index,
+                            port_index,
+                            &port.endpoints,
+                            external,
+                            affinity_ms,
+                        );
                         ports
                             .entry((node.address, protocol, node_port))
                             .or_insert(entry);
@@ -266,22 +272,25 @@ impl ServiceTable {
         let mut ports: Vec<PortView<'_>> = self
             .ports
             .iter()
-            .filter(|(_, entry)| !entry.node_port)
-            .map(|(&(cluster_ip, protocol, port), entry)| {
-                let service = &self.services[entry.service];
-                let node_port = service
-                    .ports
-                    .iter()
-                    .find(|p| p.protocol.ip_protocol() == protocol && p.port == port)
-                    .and_then(|p| p.node_port);
-                PortView {
-                    service: &service.name,
-                    cluster_ip,
+            .map(|(&(address, protocol, port), entry)| {
+                (
+                    address,
                     protocol,
                     port,
-                    node_port,
-                    endpoints: &entry.usable,
-                }
+                    entry,
+                    &self.services[entry.service],
+                )
+            })
+            // The NodePorts at the nodes' addresses are shown with their
+            // ClusterIP port.
+            .filter(|&(address, .., service)| address == service.cluster_ip)
+            .map(|(cluster_ip, protocol, port, entry, service)| PortView {
+                service: &service.name,
+                cluster_ip,
+                protocol,
+                port,
+                node_port: service.ports[entry.port].node_port,
+                endpoints: &entry.usable,
             })
             .collect();
         ports.sort_unstable_by_key(|p| (p.cluster_ip, p.protocol, p.port));

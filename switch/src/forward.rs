@@ -398,9 +398,7 @@ impl Forwarder<'_> {
             frame: reply,
         })
     }
-}
 
-impl Forwarder<'_> {
     /// Refuse the packet at `buf[frame]` from the pod on `port` for
     /// `cause` with an ICMP port unreachable written in its place; a
     /// buffer without room for it leaves a plain drop.
