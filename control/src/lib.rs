@@ -7,6 +7,8 @@
 //! - [`stats`]: counters as the `stats` request reports them;
 //! - [`mac`]: MAC addresses as the protocol and the configuration write them;
 //! - [`service`]: Kubernetes Services as the switch translates them;
+//! - [`policy`]: Kubernetes NetworkPolicies and the pods and namespaces
+//!   they select;
 //! - [`client`]: the blocking client the CLI and the CNI plugin use.
 //!
 //! The daemon's server side stays in the `podswitch` crate. With the
@@ -16,6 +18,7 @@ pub mod client;
 #[cfg(feature = "encap")]
 mod encap;
 pub mod mac;
+pub mod policy;
 pub mod protocol;
 pub mod service;
 pub mod stats;

@@ -5,14 +5,14 @@
 //! switch's policy stage are elsewhere. See `docs/policy.md`.
 
 pub mod compile;
-pub mod model;
-pub mod selector;
 
-/// The protocols a policy port names: the Services' ones.
-pub use podswitch_control::service::ServiceProtocol as Protocol;
+/// The objects policy is about (they live in `podswitch-control`, whose
+/// protocol carries them).
+pub use podswitch_control::policy as model;
+pub use podswitch_control::policy::{Protocol, selector};
 
 #[cfg(test)]
 mod tests;
 
 pub use compile::{CompiledPolicies, Verdict, compile};
-pub use model::{Direction, Namespace, NetworkPolicy, Pod};
+pub use model::{Cluster, Direction, Namespace, NetworkPolicy, Pod};

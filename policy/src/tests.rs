@@ -161,17 +161,6 @@ fn namespace(name: &str) -> LabelSelector {
 }
 
 /// A selector with one requirement.
-pub(crate) fn expression(key: &str, operator: Operator, values: &[&str]) -> LabelSelector {
-    LabelSelector {
-        match_labels: Labels::new(),
-        match_expressions: vec![Requirement {
-            key: key.into(),
-            operator,
-            values: values.iter().map(|v| v.to_string()).collect(),
-        }],
-    }
-}
-
 fn port(protocol: Protocol, port: u16) -> PolicyPort {
     PolicyPort::new(protocol, Some(Port::Number(port)))
 }
@@ -239,22 +228,25 @@ fn allow_from_a_namespace() {
 
 #[test]
 fn match_expressions_on_pods_and_namespaces() {
-    let from_b = peer(Some(expression("pod", Operator::In, &["b"])), None);
+    let from_b = peer(
+        Some(LabelSelector::expression("pod", Operator::In, &["b"])),
+        None,
+    );
     let allow = ingress(policy("x", pod_a()), vec![rule(vec![from_b], Vec::new())]);
     expect(&[allow], TCP, 80, |from, to| to != "x/a" || from == "x/b");
-    let not_x = expression(NAMESPACE_NAME_LABEL, Operator::NotIn, &["x"]);
+    let not_x = LabelSelector::expression(NAMESPACE_NAME_LABEL, Operator::NotIn, &["x"]);
     let allow = ingress(
         policy("x", pod_a()),
         vec![rule(vec![peer(None, Some(not_x))], Vec::new())],
     );
     expect(&[allow], TCP, 80, |from, to| to != "x/a" || !in_x(from));
-    let with_label = expression("pod", Operator::Exists, &[]);
+    let with_label = LabelSelector::expression("pod", Operator::Exists, &[]);
     let labelled = ingress(
         policy("x", pod_a()),
         vec![rule(vec![peer(Some(with_label), None)], Vec::new())],
     );
     expect(&[labelled], TCP, 80, |from, to| to != "x/a" || in_x(from));
-    let without = expression("pod", Operator::DoesNotExist, &[]);
+    let without = LabelSelector::expression("pod", Operator::DoesNotExist, &[]);
     let unlabelled = ingress(
         policy("x", pod_a()),
         vec![rule(vec![peer(Some(without), None)], Vec::new())],
@@ -264,7 +256,13 @@ fn match_expressions_on_pods_and_namespaces() {
 
 #[test]
 fn pod_and_namespace_selectors_in_one_peer_are_anded_in_two_ored() {
-    let not_x = || Some(expression(NAMESPACE_NAME_LABEL, Operator::NotIn, &["x"]));
+    let not_x = || {
+        Some(LabelSelector::expression(
+            NAMESPACE_NAME_LABEL,
+            Operator::NotIn,
+            &["x"],
+        ))
+    };
     let b = || Some(LabelSelector::labels([("pod", "b")]));
     let and = ingress(
         policy("x", pod_a()),

@@ -60,6 +60,18 @@ impl LabelSelector {
         }
     }
 
+    /// The selector with one requirement (and no labels).
+    pub fn expression(key: &str, operator: Operator, values: &[&str]) -> LabelSelector {
+        LabelSelector {
+            match_labels: Labels::new(),
+            match_expressions: vec![Requirement {
+                key: key.into(),
+                operator,
+                values: values.iter().map(|v| v.to_string()).collect(),
+            }],
+        }
+    }
+
     /// Whether labels satisfy the selector.
     pub fn matches(&self, labels: &Labels) -> bool {
         self.match_labels
@@ -86,7 +98,6 @@ impl Requirement {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tests::expression;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs
@@ -114,19 +125,19 @@ mod tests {
         let none = Labels::new();
         let a = labels(&[("pod", "a")]);
         let b = labels(&[("pod", "b")]);
-        let is_in = expression("pod", Operator::In, &["a", "c"]);
+        let is_in = LabelSelector::expression("pod", Operator::In, &["a", "c"]);
         assert!(is_in.matches(&a) && !is_in.matches(&b) && !is_in.matches(&none));
-        let not_in = expression("pod", Operator::NotIn, &["a", "c"]);
+        let not_in = LabelSelector::expression("pod", Operator::NotIn, &["a", "c"]);
         assert!(!not_in.matches(&a) && not_in.matches(&b) && not_in.matches(&none));
-        let exists = expression("pod", Operator::Exists, &[]);
+        let exists = LabelSelector::expression("pod", Operator::Exists, &[]);
         assert!(exists.matches(&a) && exists.matches(&b) && !exists.matches(&none));
-        let absent = expression("pod", Operator::DoesNotExist, &[]);
+        let absent = LabelSelector::expression("pod", Operator::DoesNotExist, &[]);
         assert!(!absent.matches(&a) && absent.matches(&none));
     }
 
     #[test]
     fn labels_and_expressions_are_anded() {
-        let mut selector = expression("pod", Operator::NotIn, &["b"]);
+        let mut selector = LabelSelector::expression("pod", Operator::NotIn, &["b"]);
         selector.match_labels = labels(&[("ns", "x")]);
         assert!(selector.matches(&labels(&[("ns", "x"), ("pod", "a")])));
         assert!(!selector.matches(&labels(&[("ns", "x"), ("pod", "b")])));

@@ -1,18 +1,40 @@
 //! The objects NetworkPolicy is about, as the sources hand them over: pods,
 //! namespaces and policies (`networking.k8s.io/v1`), with the API's fields
-//! in snake case.
+//! in snake case. The crate `podswitch-policy` compiles them; the switch
+//! enforces them.
+
+pub mod selector;
 
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::Protocol;
-use crate::selector::{LabelSelector, Labels};
+use self::selector::{LabelSelector, Labels};
+
+/// The protocols a policy port names: the Services' ones.
+pub use crate::service::ServiceProtocol as Protocol;
 
 /// The label the API server puts on every namespace, with its name as
 /// the value.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// Everything policy is decided on, as one source gives it: the
+/// namespaces (their labels), the pods (labels, address, named ports) and
+/// the policies. The form of `podswitch policy set` and the `policy_file`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// Namespaces with labels; one not listed has only its name label.
+    #[serde(default)]
+    pub namespaces: Vec<Namespace>,
+    /// Every pod policy may name, on any node.
+    #[serde(default)]
+    pub pods: Vec<Pod>,
+    /// The NetworkPolicies.
+    #[serde(default)]
+    pub policies: Vec<NetworkPolicy>,
+}
 
 /// A pod, as far as policy is concerned. Host-network pods are not
 /// given: policy does not select them, and their address is the node's.
