@@ -12,6 +12,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::mac::MacAddr;
+use crate::policy::Cluster;
 use crate::service::{Service, ServiceProtocol};
 use crate::stats::{Census, PortReport, WorkerReport};
 
@@ -187,6 +188,68 @@ pub enum Request {
         /// The whole set.
         services: Vec<Service>,
     },
+    /// The NetworkPolicies in force: per local pod, the policies that
+    /// select it, and what each policy denied.
+    Policy,
+    /// Replace the namespaces, pods and policies given through the
+    /// control socket (the other sources' stay).
+    PolicySet {
+        /// The whole set.
+        cluster: Cluster,
+    },
+}
+
+/// The switch's NetworkPolicy enforcement (`policy`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    /// Each source and how much it gave.
+    pub sources: Vec<PolicySourceStatus>,
+    /// Connections the policy stage tracks (their replies pass).
+    pub connections: u64,
+    /// This node's pods the sources name, and the policies selecting them.
+    pub pods: Vec<PodPolicyStatus>,
+    /// Every policy in force and the packets it denied since the switch
+    /// started.
+    pub policies: Vec<PolicyCounter>,
+}
+
+/// What one source gave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicySourceStatus {
+    /// `control`, `file` or `kubernetes`.
+    pub source: String,
+    /// Namespaces listed.
+    pub namespaces: usize,
+    /// Pods listed (on any node).
+    pub pods: usize,
+    /// Policies listed.
+    pub policies: usize,
+}
+
+/// One local pod and the policies selecting it; an empty list: nothing
+/// restricts that direction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodPolicyStatus {
+    /// `namespace/name`.
+    pub pod: String,
+    /// Its address.
+    pub address: Ipv4Addr,
+    /// The policies (`namespace/name`) restricting traffic to it.
+    pub ingress: Vec<String>,
+    /// The policies restricting traffic from it.
+    pub egress: Vec<String>,
+}
+
+/// One policy and what it denied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyCounter {
+    /// `namespace/name`.
+    pub policy: String,
+    /// The source that gave it.
+    pub source: String,
+    /// Packets denied to or from the pods it selects (each denied packet
+    /// counts for every policy selecting its pod in that direction).
+    pub denied: u64,
 }
 
 /// One Service port in the switch's table (`services`).

@@ -92,12 +92,22 @@ const OTHER: usize = 3;
 /// Compiles policies for every pod given. `pods` are all the pods of the
 /// cluster (peers are resolved among them, and pod addresses are unique);
 /// `namespaces` give the labels of namespaces (one not given has only its
-/// name label). The switch asks about its local pods only; compiling
-/// the others is work it could skip (a later refinement).
+/// name label).
 pub fn compile(
     policies: &[NetworkPolicy],
     pods: &[Pod],
     namespaces: &[Namespace],
+) -> CompiledPolicies {
+    compile_for(policies, pods, namespaces, |_| true)
+}
+
+/// [`compile`] for the pods `local` picks only (a switch's own pods: it
+/// asks about no other), peers still resolved among all `pods`.
+pub fn compile_for(
+    policies: &[NetworkPolicy],
+    pods: &[Pod],
+    namespaces: &[Namespace],
+    local: impl Fn(&Pod) -> bool,
 ) -> CompiledPolicies {
     let world = World { pods, namespaces };
     let prepared: Vec<[Vec<PreparedRule>; 2]> = policies
@@ -131,6 +141,7 @@ pub fn compile(
     CompiledPolicies {
         pods: pods
             .iter()
+            .filter(|pod| local(pod))
             .map(|pod| {
                 let policy = PodPolicy {
                     ingress: direction_policy(pod, Direction::Ingress),
@@ -501,7 +512,45 @@ fn merge(mut ranges: Vec<(u16, u16)>) -> Ranges {
     merged.into_boxed_slice()
 }
 
+impl DirectionPolicy {
+    /// The rules, if some policy restricts the direction.
+    pub fn restricted(&self) -> Option<&RuleSet> {
+        match self {
+            DirectionPolicy::Unrestricted => None,
+            DirectionPolicy::Restricted(rules) => Some(rules),
+        }
+    }
+}
+
+impl PodPolicy {
+    /// Whether some policy selects the pod, in either direction.
+    pub fn is_restricted(&self) -> bool {
+        self.ingress.restricted().is_some() || self.egress.restricted().is_some()
+    }
+
+    /// The policy of a direction.
+    pub fn direction(&self, direction: Direction) -> &DirectionPolicy {
+        match direction {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+}
+
 impl CompiledPolicies {
+    /// Every compiled pod, by address.
+    pub fn pods(&self) -> impl Iterator<Item = (Ipv4Addr, &PodPolicy)> {
+        self.pods
+            .iter()
+            .map(|(&address, policy)| (Ipv4Addr::from(address), policy))
+    }
+
+    /// Whether some policy selects some pod: otherwise there is nothing
+    /// to enforce.
+    pub fn restricts(&self) -> bool {
+        self.pods.values().any(PodPolicy::is_restricted)
+    }
+
     /// The policies of the pod with this address, if it is known.
     pub fn pod(&self, address: Ipv4Addr) -> Option<&PodPolicy> {
         self.pods.get(&u32::from(address))
@@ -524,11 +573,7 @@ impl CompiledPolicies {
         let Some(pod) = self.pods.get(&u32::from(local)) else {
             return Verdict::Unrestricted;
         };
-        let policy = match direction {
-            Direction::Ingress => &pod.ingress,
-            Direction::Egress => &pod.egress,
-        };
-        match policy {
+        match pod.direction(direction) {
             DirectionPolicy::Unrestricted => Verdict::Unrestricted,
             DirectionPolicy::Restricted(rules) if rules.allows(remote, protocol, port) => {
                 Verdict::Allowed

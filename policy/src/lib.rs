@@ -14,5 +14,5 @@ pub use podswitch_control::policy::{Protocol, selector};
 #[cfg(test)]
 mod tests;
 
-pub use compile::{CompiledPolicies, Verdict, compile};
+pub use compile::{CompiledPolicies, DirectionPolicy, PodPolicy, Verdict, compile, compile_for};
 pub use model::{Cluster, Direction, Namespace, NetworkPolicy, Pod};

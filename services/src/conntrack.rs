@@ -25,7 +25,7 @@ use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use foldhash::fast::FixedState;
 
-use crate::flow::{FlowKey, TCP, TCP_FIN, TCP_RST, UDP};
+use crate::flow::{FlowKey, ICMP, SCTP, TCP, TCP_FIN, TCP_RST, UDP};
 use crate::rewrite::Nat;
 use crate::table::Backend;
 /// Which tuple of its connection a packet matched.
@@ -75,6 +75,10 @@ pub struct Timeouts {
     pub udp_replied: u64,
     /// SCTP, any state (300 s; heartbeats keep a quiet association alive).
     pub sctp: u64,
+    /// ICMP queries (the kernel's `icmp_timeout`: 30 s).
+    pub icmp: u64,
+    /// Any other protocol (the kernel's `generic_timeout`: 600 s).
+    pub other: u64,
 }
 
 impl Default for Timeouts {
@@ -86,6 +90,8 @@ impl Default for Timeouts {
             udp: 30_000,
             udp_replied: 120_000,
             sctp: 300_000,
+            icmp: 30_000,
+            other: 600_000,
         }
     }
 }
@@ -208,7 +214,9 @@ impl Slot {
             TCP => timeouts.tcp_established,
             UDP if flags & REPLIED != 0 => timeouts.udp_replied,
             UDP => timeouts.udp,
-            _ => timeouts.sctp,
+            SCTP => timeouts.sctp,
+            ICMP => timeouts.icmp,
+            _ => timeouts.other,
         };
         self.last_seen_ms
             .load(Ordering::Relaxed)
@@ -689,6 +697,20 @@ impl ConnTable {
         })
     }
 
+    /// Record a connection that is not translated (the NetworkPolicy
+    /// stage's): its tuple `key`, its reply tuple `key` reversed.
+    pub fn track(&self, key: FlowKey, now_ms: u64) -> Result<(), Refused> {
+        let nat = Nat {
+            src: (key.src, key.sport),
+            dst: (key.dst, key.dport),
+        };
+        let to = Backend {
+            address: key.dst,
+            port: key.dport,
+        };
+        self.insert(key, nat, to, now_ms).map(drop)
+    }
+
     /// Remove the connections `ended` says are over, both tuples; returns
     /// how many. Shard by shard: a connection's two tuples may be removed
     /// a moment apart, each on its own.
@@ -1034,5 +1056,21 @@ mod tests {
             assert_eq!(hit.is_some(), live, "{key:?}");
             assert_eq!(*hit, table.lookup(key, 0x10, 1));
         }
+    }
+
+    #[test]
+    fn a_tracked_connection_is_found_both_ways_untranslated_and_expires_by_protocol() {
+        let table = ConnTable::new(16, Timeouts::default());
+        let echo = key([10, 244, 1, 9], 77, [10, 244, 2, 7], 0, ICMP);
+        let gre = key([10, 244, 1, 9], 0, [10, 244, 2, 7], 0, 47);
+        table.track(echo, 0).unwrap();
+        table.track(gre, 0).unwrap();
+        let hit = table.lookup(&echo.reversed(), 0, 1_000).unwrap();
+        assert_eq!(hit.direction, Direction::Reply);
+        assert_eq!((hit.nat.src, hit.nat.dst), ((echo.dst, 0), (echo.src, 77)));
+        assert_eq!(table.sweep(1_000 + 30_000), 1, "ICMP: 30 s");
+        assert!(table.lookup(&gre, 0, 30_000).is_some());
+        assert_eq!(table.sweep(30_000 + 600_000), 1, "others: 600 s");
+        assert!(table.is_empty());
     }
 }

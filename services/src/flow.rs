@@ -9,6 +9,8 @@ pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
 /// SCTP, the IP protocol number.
 pub const SCTP: u8 = 132;
+/// ICMP, the IP protocol number.
+pub const ICMP: u8 = 1;
 
 /// TCP FIN flag.
 pub const TCP_FIN: u8 = 0x01;
@@ -28,7 +30,7 @@ pub struct FlowKey {
     pub sport: u16,
     /// Destination port.
     pub dport: u16,
-    /// IP protocol: [`TCP`], [`UDP`] or [`SCTP`].
+    /// IP protocol: [`TCP`], [`UDP`] or [`SCTP`]; for [`track`], any.
     pub protocol: u8,
 }
 
@@ -103,6 +105,99 @@ pub fn parse(ipv4: &[u8]) -> Option<Parsed> {
         tcp_flags,
         total_len,
     })
+}
+
+/// How the NetworkPolicy stage tracks a packet ([`track`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tracked {
+    /// A packet of a connection of its own: TCP, UDP and SCTP by ports;
+    /// an ICMP query (echo, timestamp, information) by its identifier,
+    /// the request's as the source port and the reply's as the
+    /// destination port, so that a reply is its request reversed; any
+    /// other protocol by its addresses alone.
+    Connection {
+        /// Its tuple.
+        key: FlowKey,
+        /// TCP flags, 0 for other protocols.
+        tcp_flags: u8,
+    },
+    /// An ICMP error (unreachable, time exceeded, parameter problem)
+    /// about a packet of the connection `key`, the quoted packet's tuple.
+    Related {
+        /// The quoted packet's tuple.
+        key: FlowKey,
+    },
+}
+
+/// ICMP types of queries and their replies: echo, timestamp, information.
+const ICMP_REQUESTS: [u8; 3] = [8, 13, 15];
+const ICMP_REPLIES: [u8; 3] = [0, 14, 16];
+/// ICMP error types: destination unreachable, time exceeded, parameter
+/// problem.
+const ICMP_ERRORS: [u8; 3] = [3, 11, 12];
+
+/// How the NetworkPolicy stage tracks an IPv4 packet (`ipv4` starts at
+/// its IPv4 header), any protocol. `None` for a packet too short for its
+/// headers and for a fragment after the first (it carries no ports).
+pub fn track(ipv4: &[u8]) -> Option<Tracked> {
+    if let Some(parsed) = parse(ipv4) {
+        return Some(Tracked::Connection {
+            key: parsed.key,
+            tcp_flags: parsed.tcp_flags,
+        });
+    }
+    let (key, l4) = tuple(ipv4)?;
+    if key.protocol == ICMP && ICMP_ERRORS.contains(&l4[0]) {
+        let quoted = l4.get(8..)?;
+        return Some(Tracked::Related {
+            key: tuple(quoted)?.0,
+        });
+    }
+    let tcp_flags = match key.protocol {
+        TCP => l4.get(13).copied().unwrap_or(0),
+        _ => 0,
+    };
+    Some(Tracked::Connection { key, tcp_flags })
+}
+
+/// The tuple of an IPv4 packet or of the start of one quoted in an ICMP
+/// error (at least its header and 8 bytes of transport header), and its
+/// transport bytes. `None` for a later fragment or a truncated header.
+fn tuple(ipv4: &[u8]) -> Option<(FlowKey, &[u8])> {
+    let first = *ipv4.first()?;
+    let l4_offset = usize::from(first & 0x0f) * 4;
+    if first >> 4 != 4 || l4_offset < 20 || ipv4.len() < l4_offset {
+        return None;
+    }
+    if u16::from_be_bytes([ipv4[6], ipv4[7]]) & 0x1fff != 0 {
+        return None;
+    }
+    let total_len = usize::from(u16::from_be_bytes([ipv4[2], ipv4[3]]));
+    let l4 = &ipv4[l4_offset..total_len.clamp(l4_offset, ipv4.len())];
+    let protocol = ipv4[9];
+    let word = |at: usize| Some(u16::from_be_bytes([*l4.get(at)?, *l4.get(at + 1)?]));
+    let (sport, dport) = match protocol {
+        TCP | UDP | SCTP => (word(0)?, word(2)?),
+        ICMP => {
+            let id = word(4)?;
+            if ICMP_REQUESTS.contains(&l4[0]) {
+                (id, 0)
+            } else if ICMP_REPLIES.contains(&l4[0]) {
+                (0, id)
+            } else {
+                (0, 0)
+            }
+        }
+        _ => (0, 0),
+    };
+    let key = FlowKey {
+        src: Ipv4Addr::new(ipv4[12], ipv4[13], ipv4[14], ipv4[15]),
+        dst: Ipv4Addr::new(ipv4[16], ipv4[17], ipv4[18], ipv4[19]),
+        sport,
+        dport,
+        protocol,
+    };
+    Some((key, l4))
 }
 
 #[cfg(test)]
@@ -206,5 +301,67 @@ pub(crate) mod tests {
         let mut bad_ihl = p;
         bad_ihl[0] = 0x44;
         assert!(parse(&bad_ihl).is_none());
+    }
+
+    /// An ICMP packet from `src` to `dst` of `icmp_type` with identifier
+    /// `id`, its body `body`.
+    fn icmp(src: [u8; 4], dst: [u8; 4], icmp_type: u8, id: u16, body: &[u8]) -> Vec<u8> {
+        let mut p = packet(key(src, 0, dst, 0, UDP), &[]);
+        p.truncate(20);
+        p[9] = ICMP;
+        p.extend_from_slice(&[icmp_type, 0, 0, 0]);
+        p.extend_from_slice(&id.to_be_bytes());
+        p.extend_from_slice(&[0, 1]);
+        p.extend_from_slice(body);
+        let total = p.len() as u16;
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn track_keys_every_protocol_so_that_a_reply_is_its_request_reversed() {
+        let (a, b) = ([10, 244, 1, 2], [10, 244, 2, 3]);
+        let udp = packet(key(a, 40000, b, 53, UDP), b"q");
+        let Some(Tracked::Connection { key: k, .. }) = track(&udp) else {
+            panic!("udp");
+        };
+        assert_eq!(k, key(a, 40000, b, 53, UDP));
+        let echo = |icmp_type, from, to| match track(&icmp(from, to, icmp_type, 77, b"ping")) {
+            Some(Tracked::Connection { key, .. }) => key,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(echo(0, b, a), echo(8, a, b).reversed());
+        assert_eq!(echo(8, a, b), key(a, 77, b, 0, ICMP));
+        // Another protocol (GRE): by its addresses.
+        let mut gre = udp.clone();
+        gre[9] = 47;
+        let Some(Tracked::Connection { key: k, .. }) = track(&gre) else {
+            panic!("gre");
+        };
+        assert_eq!(k, key(a, 0, b, 0, 47));
+        // A first fragment has its ports, a later one is not tracked.
+        let mut first = udp.clone();
+        first[6] = 0x20;
+        assert!(matches!(track(&first), Some(Tracked::Connection { key, .. }) if key.dport == 53));
+        first[7] = 1;
+        assert_eq!(track(&first), None);
+        for len in 0..24 {
+            assert!(track(&icmp(a, b, 8, 1, b"")[..len]).is_none(), "{len}");
+        }
+    }
+
+    #[test]
+    fn track_sees_an_icmp_error_as_related_to_the_quoted_packets_connection() {
+        let (a, b, router) = ([10, 244, 1, 2], [10, 244, 2, 3], [10, 244, 2, 1]);
+        let sent = packet(key(a, 40000, b, 80, TCP), b"payload");
+        // Unreachable: the quoted header and 8 bytes of TCP.
+        let error = icmp(router, a, 3, 0, &sent[..28]);
+        assert_eq!(
+            track(&error),
+            Some(Tracked::Related {
+                key: key(a, 40000, b, 80, TCP)
+            })
+        );
+        assert_eq!(track(&error[..30]), None);
     }
 }

@@ -194,6 +194,11 @@ pub struct Config {
     /// `service_translation = "switch"` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub services_file: Option<PathBuf>,
+    /// A JSON object of namespaces, pods and NetworkPolicies for the
+    /// switch to enforce (docs/policy.md), read at start and whenever it
+    /// changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_file: Option<PathBuf>,
 }
 
 /// The VNI when the file names none.
@@ -510,6 +515,16 @@ impl Config {
         pod_gateway(self.pod_cidr)
     }
 
+    /// The node's own IPv4 addresses as its pods see them: the gateway
+    /// (the host port's) and the node IP.
+    pub fn node_addresses(&self) -> Vec<Ipv4Addr> {
+        let mut addresses = vec![self.gateway()];
+        if let IpAddr::V4(node_ip) = self.node_ip {
+            addresses.push(node_ip);
+        }
+        addresses
+    }
+
     /// The router MAC: configured, or derived from the node IP.
     pub fn router_mac(&self) -> MacAddr {
         self.router_mac
@@ -581,6 +596,8 @@ pod_cidr = "10.244.1.0/24"
         ))
         .unwrap();
         assert_eq!(c.services_file, Some(PathBuf::from("/etc/s.json")));
+        let c = Config::parse(&format!("{MINIMAL}policy_file = \"/etc/p.json\"\n")).unwrap();
+        assert_eq!(c.policy_file, Some(PathBuf::from("/etc/p.json")));
         let e = error(&format!("{MINIMAL}service_translation = \"iptables\"\n"));
         assert!(e.contains("service_translation"), "{e}");
     }

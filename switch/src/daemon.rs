@@ -32,7 +32,9 @@ use crate::mac::MacAddr;
 use crate::membership::{self, MembershipSource};
 use crate::netlink::{Netlink, disable_ipv6};
 use crate::node_nat::{self, NatRules};
-use crate::services::{DEFAULT_CONNECTIONS, KUBERNETES_SOURCE, Services};
+use crate::policy::Policies;
+use crate::services::{DEFAULT_CONNECTIONS, Services};
+use crate::sources::KUBERNETES_SOURCE;
 use crate::stats::WorkerStats;
 use crate::tap::TapDevice;
 use crate::topology::{PortRole, Topology};
@@ -200,6 +202,16 @@ pub fn run(config: Config) -> Result<()> {
             .watch_file(path)
             .context("config key `services_file`")?;
     }
+    let policies = Arc::new(Policies::new(
+        config.pod_cidr,
+        config.node_addresses(),
+        DEFAULT_CONNECTIONS,
+    ));
+    if let Some(path) = &config.policy_file {
+        policies
+            .watch_file(path)
+            .context("config key `policy_file`")?;
+    }
 
     let mut handles = Vec::new();
     let mut receivers = Vec::new();
@@ -225,6 +237,7 @@ pub fn run(config: Config) -> Result<()> {
             topology: topology.clone(),
             fib: fib.clone(),
             services: services.clone(),
+            policies: policies.clone(),
             inboxes: inboxes.clone(),
             stats: h.stats.clone(),
             wake: h.wake.clone(),
@@ -243,6 +256,7 @@ pub fn run(config: Config) -> Result<()> {
         topology,
         fib,
         services: services.clone(),
+        policies,
         workers: handles,
         uplink_index: uplink.index,
         host_index: host.index,

@@ -66,11 +66,18 @@ switch_drops! {
     /// A new connection to a Service port with no usable endpoint
     /// (`service_translation = "switch"`).
     ServiceNoEndpoints => "service_no_endpoints",
-    /// A new Service connection while the connection table is full.
+    /// A new connection while the connection table (the Services' or the
+    /// policies') is full.
     ConntrackFull => "conntrack_full",
     /// A new Service connection whose reply tuple another connection has
     /// (the same client port to two Services that picked one endpoint).
     ConntrackClash => "conntrack_clash",
+    /// A NetworkPolicy selecting the receiving pod allows no such
+    /// connection to it.
+    PolicyDeniedIngress => "policy_denied_ingress",
+    /// A NetworkPolicy selecting the sending pod allows no such
+    /// connection from it.
+    PolicyDeniedEgress => "policy_denied_egress",
 }
 
 /// How many drop reasons there are, wire and own.

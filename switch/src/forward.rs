@@ -31,6 +31,7 @@ use podswitch_services::{L4Checksum, ServiceTable, Translator, Verdict as Servic
 use crate::drops::DropCause;
 use crate::fib::Ipv4Lpm;
 use crate::mac::MacAddr;
+use crate::policy::PolicyStage;
 use crate::topology::{PeerId, PortId, PortRole, PortView, RouteTarget, Topology};
 
 /// What to do with a frame.
@@ -109,6 +110,8 @@ pub struct Forwarder<'a> {
     pub fib: &'a Ipv4Lpm<RouteTarget>,
     /// The Service stage, with `service_translation = "switch"`.
     pub services: Option<ServiceStage<'a>>,
+    /// The NetworkPolicy stage, while a policy selects a local pod.
+    pub policy: Option<PolicyStage<'a>>,
 }
 
 /// One batch's view of the Service stage: the Service table snapshot, the
@@ -315,6 +318,12 @@ impl Forwarder<'_> {
         let hop = origin != Origin::Host && target != RouteTarget::Host;
         if hop {
             check_hop(header)?;
+        }
+        if let Some(policy) = &self.policy {
+            // After the Service stage: the rules are about the endpoint.
+            let from_pod = matches!(origin, Origin::Pod { .. });
+            let to_pod = matches!(target, RouteTarget::Pod(_));
+            policy.check(&buf[ip_start..frame.end], from_pod, to_pod)?;
         }
         let router_mac = self.topology.router_mac.into();
         let (out_port, next_mac) = match target {
@@ -637,6 +646,7 @@ pub(crate) mod tests {
             topology: &topology,
             fib: &fib,
             services: None,
+            policy: None,
         }
         .forward(in_port, buf, frame)
     }
@@ -784,6 +794,7 @@ pub(crate) mod tests {
             topology: &topology,
             fib: &fib,
             services: None,
+            policy: None,
         };
         let (mut buf, frame) = ipv4_frame(POD_A_MAC, ROUTER, POD_A, REMOTE_POD, 64);
         let Verdict::ToPeer { peer, frame: inner } =
@@ -852,6 +863,7 @@ pub(crate) mod tests {
             topology: &topology,
             fib: &fib,
             services: None,
+            policy: None,
         };
         assert_eq!(
             forwarder.forward_super_frame(TUNNEL, &mut buf, packet, L4Checksum::Partial),
@@ -992,6 +1004,7 @@ pub(crate) mod tests {
             topology: &topology,
             fib: &fib,
             services: None,
+            policy: None,
         }
         .forward(POD_A_PORT, &mut buf, frame);
         assert_eq!(verdict, Verdict::Drop(DropCause::NoRoute));
@@ -1104,6 +1117,7 @@ pub(crate) mod tests {
             topology: &topology,
             fib: &fib,
             services: None,
+            policy: None,
         };
         let (mut buf, frame) = frame_of_len(POD_B, 14 + 1450);
         assert!(matches!(
@@ -1137,6 +1151,7 @@ pub(crate) mod tests {
             topology: &topology,
             fib: &fib,
             services: None,
+            policy: None,
         };
         assert_eq!(
             forwarder.forward(POD_A_PORT, &mut big, big_frame),
@@ -1148,6 +1163,7 @@ pub(crate) mod tests {
             topology: &topology,
             fib: &fib,
             services: None,
+            policy: None,
         };
         assert_eq!(
             forwarder.forward(POD_A_PORT, &mut buf, frame),
@@ -1163,6 +1179,7 @@ pub(crate) mod tests {
             topology: &topology,
             fib: &fib,
             services: None,
+            policy: None,
         };
         // To a local pod: as any frame.
         let (mut buf, frame) = ipv4_frame(POD_A_MAC, ROUTER, POD_A, POD_B, 64);
@@ -1263,6 +1280,7 @@ pub(crate) mod tests {
         let forwarder = Forwarder {
             topology: &topology,
             fib: &fib,
+            policy: None,
             services: Some(ServiceStage {
                 table,
                 translator,

@@ -10,8 +10,9 @@ use clap::{Parser, Subcommand};
 use ipnet::Ipv4Net;
 use podswitch::config::{Config, DEFAULT_CONTROL_SOCKET, PeerConfig};
 use podswitch::control::protocol::{
-    CaptureSpec, Info, MAX_REQUEST_LEN, MembershipReport, PeerStatus, PollMode, PortKind, PortSpec,
-    PortStatus, RouteEntry, ServicePortStatus, StatsReport, TraceProtocol, TraceReport, TraceSpec,
+    CaptureSpec, Info, MAX_REQUEST_LEN, MembershipReport, PeerStatus, PolicyStatus, PollMode,
+    PortKind, PortSpec, PortStatus, RouteEntry, ServicePortStatus, StatsReport, TraceProtocol,
+    TraceReport, TraceSpec,
 };
 use podswitch::control::{Client, Request};
 use podswitch::mac::MacAddr;
@@ -74,6 +75,13 @@ enum Command {
     Services {
         #[command(subcommand)]
         action: Option<ServicesAction>,
+    },
+    /// The NetworkPolicies in force: this node's pods with the policies
+    /// selecting them, and what each policy denied; or `policy set FILE`
+    /// to give the switch namespaces, pods and policies.
+    Policy {
+        #[command(subcommand)]
+        action: Option<PolicyAction>,
     },
     /// Counters: ports, drops by reason, workers, frames.
     Stats,
@@ -207,6 +215,17 @@ enum ServicesAction {
 }
 
 #[derive(Subcommand)]
+enum PolicyAction {
+    /// Replace the namespaces, pods and policies given through the
+    /// control socket with a JSON object of them (the format of
+    /// docs/policy.md).
+    Set {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum RouteAction {
     /// Send a prefix to the node's own stack.
     Add {
@@ -257,7 +276,23 @@ fn run(cli: Cli) -> Result<()> {
         Command::Services { action: None } => Request::Services,
         Command::Services {
             action: Some(ServicesAction::Set { file }),
-        } => services_set(&file)?,
+        } => sized(
+            Request::ServicesSet {
+                services: podswitch::services::read_services(&file)?,
+            },
+            &file,
+            "services_file",
+        )?,
+        Command::Policy { action: None } => Request::Policy,
+        Command::Policy {
+            action: Some(PolicyAction::Set { file }),
+        } => sized(
+            Request::PolicySet {
+                cluster: podswitch::policy::read_cluster(&file)?,
+            },
+            &file,
+            "policy_file",
+        )?,
         Command::Capture {
             interface,
             file,
@@ -364,6 +399,7 @@ fn run(cli: Cli) -> Result<()> {
         Request::Routes => print_routes(&decode::<Vec<RouteEntry>>(answer)?),
         Request::Stats => print_stats(&decode(answer)?),
         Request::Services => print_services(&decode::<Vec<ServicePortStatus>>(answer)?),
+        Request::Policy => print_policy(&decode(answer)?),
         Request::Trace(_) => print_trace(&decode(answer)?),
         _ => println!("ok"),
     }
@@ -389,22 +425,56 @@ fn capture(socket: &Path, spec: CaptureSpec, file: Option<&Path>) -> Result<()> 
     Ok(())
 }
 
-/// The request that gives the daemon the Services of `file`, checked here
-/// first so that a mistake is reported with the file's name.
-fn services_set(file: &Path) -> Result<Request> {
-    let request = Request::ServicesSet {
-        services: podswitch::services::read_services(file)?,
-    };
+/// `request`, made of `file` (read and checked first, so that a mistake
+/// is reported with the file's name), if a control request can carry it;
+/// else the file belongs in the config key `config_key`.
+fn sized(request: Request, file: &Path, config_key: &str) -> Result<Request> {
     let len = serde_json::to_string(&request)?.len();
     if len >= MAX_REQUEST_LEN {
         anyhow::bail!(
-            "{}: {len} bytes of Services, more than a control request takes ({} KiB): \
-             give the daemon the file as services_file instead",
+            "{}: {len} bytes, more than a control request takes ({} KiB): \
+             give the daemon the file as {config_key} instead",
             file.display(),
             MAX_REQUEST_LEN / 1024
         );
     }
     Ok(request)
+}
+
+fn print_policy(status: &PolicyStatus) {
+    for source in &status.sources {
+        println!(
+            "source {}: {} namespaces, {} pods, {} policies",
+            source.source, source.namespaces, source.pods, source.policies
+        );
+    }
+    println!("tracked connections {}", status.connections);
+    println!();
+    let names = |list: &[String]| {
+        if list.is_empty() {
+            "(unrestricted)".to_string()
+        } else {
+            list.join(",")
+        }
+    };
+    println!("{:<32} {:<15} {:<30} egress", "pod", "address", "ingress");
+    for pod in &status.pods {
+        println!(
+            "{:<32} {:<15} {:<30} {}",
+            pod.pod,
+            pod.address.to_string(),
+            names(&pod.ingress),
+            names(&pod.egress)
+        );
+    }
+    println!();
+    println!("{:<40} {:<11} {:>10}", "policy", "source", "denied");
+    for policy in &status.policies {
+        println!(
+            "{:<40} {:<11} {:>10}",
+            policy.policy, policy.source, policy.denied
+        );
+    }
 }
 
 fn print_services(ports: &[ServicePortStatus]) {

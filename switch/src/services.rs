@@ -5,24 +5,19 @@
 //! affinity memory) from `podswitch-services`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use arc_swap::{ArcSwap, Guard};
 use ipnet::Ipv4Net;
 use podswitch_control::protocol::{EndpointStatus, ServicePortStatus};
 use podswitch_control::service::{Service, ServiceProtocol};
 use podswitch_services::{NodeAddress, Nodes, ServiceTable, Timeouts, Translator};
 
-/// The source `podswitch services set` feeds.
-pub const CONTROL_SOURCE: &str = "control";
-/// The source the `services_file` feeds.
-pub const FILE_SOURCE: &str = "file";
-/// The source the Kubernetes API feeds (with `membership = "kubernetes"`).
-pub const KUBERNETES_SOURCE: &str = "kubernetes";
+use crate::sources::{FILE_SOURCE, WatchedFile, lock, read_json};
 
 /// Connections the table holds by default: at 128 bytes per connection
 /// (its slot and its share of the buckets), 128 MiB, allocated at start.
@@ -49,43 +44,14 @@ pub struct Services {
     file: Mutex<Option<WatchedFile>>,
 }
 
-/// A file of Services, reread when it changes.
-#[derive(Debug)]
-struct WatchedFile {
-    path: PathBuf,
-    /// Modification time and length at the last read.
-    seen: Option<(SystemTime, u64)>,
-}
-
 /// Read a JSON list of Services (the `services_file`, the file of
 /// `podswitch services set`), checked: an error names the file and what
 /// to fix.
 pub fn read_services(path: &Path) -> Result<Vec<Service>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let services: Vec<Service> = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{}: not a JSON list of Services (see docs/services.md)",
-            path.display()
-        )
-    })?;
+    let services: Vec<Service> = read_json(path, "a JSON list of Services (see docs/services.md)")?;
     podswitch_services::check(&services)
         .map_err(|problem| anyhow::anyhow!("{}: {problem}", path.display()))?;
     Ok(services)
-}
-
-/// Lock `mutex`; one a thread panicked holding still holds whole values
-/// (each change is one assignment or insert).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// A file's modification time and length, if it can be read.
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let metadata = std::fs::metadata(path).ok()?;
-    Some((metadata.modified().ok()?, metadata.len()))
 }
 
 impl Services {
@@ -148,13 +114,10 @@ impl Services {
     /// Read `path` as the file source now, and again whenever it changes
     /// ([`Services::maintain`]).
     pub fn watch_file(&self, path: &Path) -> Result<()> {
-        let seen = stamp(path);
+        let file = WatchedFile::new(path);
         self.set(FILE_SOURCE, read_services(path)?)
             .map_err(anyhow::Error::msg)?;
-        *self.file() = Some(WatchedFile {
-            path: path.to_path_buf(),
-            seen,
-        });
+        *self.file() = Some(file);
         Ok(())
     }
 
@@ -165,18 +128,19 @@ impl Services {
         let Some(file) = file.as_mut() else {
             return;
         };
-        let now = stamp(&file.path);
-        if now == file.seen {
+        if !file.changed() {
             return;
         }
-        file.seen = now;
-        match read_services(&file.path) {
+        let path = file.path();
+        match read_services(path) {
             Ok(services) => match self.set(FILE_SOURCE, services) {
-                Ok(()) => tracing::info!("read the Services of {}", file.path.display()),
-                Err(problem) => tracing::warn!(
-                    "{}: {problem}; keeping its earlier Services",
-                    file.path.display()
-                ),
+                Ok(()) => tracing::info!("read the Services of {}", path.display()),
+                Err(problem) => {
+                    tracing::warn!(
+                        "{}: {problem}; keeping its earlier Services",
+                        path.display()
+                    )
+                }
             },
             Err(e) => tracing::warn!("{e:#}; keeping its earlier Services"),
         }
@@ -277,6 +241,7 @@ mod tests {
     use podswitch_services::{FlowKey, Nat};
 
     use super::*;
+    use crate::sources::CONTROL_SOURCE;
 
     fn web(endpoints: &[Ipv4Addr]) -> Service {
         let endpoints = endpoints

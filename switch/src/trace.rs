@@ -66,6 +66,7 @@ impl Stage {
         match cause {
             DropCause::Spoofed => Stage::AntiSpoofing,
             DropCause::NoRoute | DropCause::PortGone | DropCause::TunnelHairpin => Stage::FibLookup,
+            DropCause::PolicyDeniedIngress | DropCause::PolicyDeniedEgress => Stage::Policy,
             DropCause::PeerUnresolved => Stage::Encapsulation,
             DropCause::Wire(DropReason::Oversize)
             | DropCause::TxRingFull
@@ -189,11 +190,13 @@ pub fn trace(
     in_port: PortId,
     frame: &[u8],
 ) -> TraceReport {
-    // Without the Service stage: a trace must not open connections.
+    // Without the Service and policy stages: a trace must not open
+    // connections.
     let forwarder = Forwarder {
         topology,
         fib,
         services: None,
+        policy: None,
     };
     // Headroom before, as the workers' buffers have, and a frame's worth
     // of room after.
@@ -214,7 +217,7 @@ pub fn trace(
     );
     report.set(
         Stage::Policy,
-        "not implemented yet: every routed packet passes".into(),
+        "not simulated: a trace leaves NetworkPolicy out (see `podswitch policy`)".into(),
     );
     match verdict {
         Verdict::Drop(cause) => {

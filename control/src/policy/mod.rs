@@ -180,6 +180,66 @@ fn tcp() -> Protocol {
     Protocol::Tcp
 }
 
+impl Cluster {
+    /// Check a source's set before it replaces the last one: a message
+    /// saying what to fix for the first problem found. Names must be
+    /// given and unique, and two pods cannot share an address (policy
+    /// tells pods apart by it).
+    pub fn check(&self) -> Result<(), String> {
+        let mut namespaces = std::collections::BTreeSet::new();
+        for namespace in &self.namespaces {
+            if namespace.name.is_empty() {
+                return Err("a namespace has no name: give each one its name".into());
+            }
+            if !namespaces.insert(namespace.name.as_str()) {
+                return Err(format!(
+                    "namespace {} is listed twice: list each namespace once",
+                    namespace.name
+                ));
+            }
+        }
+        let mut pods = std::collections::BTreeMap::new();
+        let mut names = std::collections::BTreeSet::new();
+        for pod in &self.pods {
+            if pod.namespace.is_empty() || pod.name.is_empty() {
+                return Err(format!(
+                    "pod {}/{} needs its namespace and its name",
+                    pod.namespace, pod.name
+                ));
+            }
+            if !names.insert((pod.namespace.as_str(), pod.name.as_str())) {
+                return Err(format!(
+                    "pod {}/{} is listed twice: list each pod once",
+                    pod.namespace, pod.name
+                ));
+            }
+            if let Some((namespace, name)) = pods.insert(pod.ip, (&pod.namespace, &pod.name)) {
+                return Err(format!(
+                    "pods {namespace}/{name} and {}/{} both have the address {}: \
+                     a pod's address is its own",
+                    pod.namespace, pod.name, pod.ip
+                ));
+            }
+        }
+        let mut policies = std::collections::BTreeSet::new();
+        for policy in &self.policies {
+            if policy.namespace.is_empty() || policy.name.is_empty() {
+                return Err(format!(
+                    "policy {}/{} needs its namespace and its name",
+                    policy.namespace, policy.name
+                ));
+            }
+            if !policies.insert((policy.namespace.as_str(), policy.name.as_str())) {
+                return Err(format!(
+                    "policy {}/{} is listed twice: list each policy once",
+                    policy.namespace, policy.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl NetworkPolicy {
     /// Whether the policy governs the direction for the pods it selects,
     /// with `policyTypes` defaulted as the API server does.
@@ -278,5 +338,27 @@ mod tests {
         };
         assert!(namespace.selected_by(&LabelSelector::labels([(NAMESPACE_NAME_LABEL, "prod")])));
         assert!(!namespace.selected_by(&LabelSelector::labels([(NAMESPACE_NAME_LABEL, "dev")])));
+    }
+
+    #[test]
+    fn a_cluster_reads_from_json_and_its_check_names_what_to_fix() {
+        let cluster: Cluster = serde_json::from_str(
+            r#"{"namespaces": [{"name": "shop", "labels": {"team": "a"}}],
+                "pods": [{"namespace": "shop", "name": "web-0", "labels": {"app": "web"},
+                          "ip": "10.244.1.5", "ports": [{"name": "http", "port": 8080}]},
+                         {"namespace": "shop", "name": "web-1", "ip": "10.244.1.6"}],
+                "policies": [{"namespace": "shop", "name": "deny"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(cluster.check(), Ok(()));
+        let mut twins = cluster.clone();
+        twins.pods[1].ip = twins.pods[0].ip;
+        let e = twins.check().unwrap_err();
+        assert!(e.contains("shop/web-0") && e.contains("10.244.1.5"), "{e}");
+        let mut again = cluster.clone();
+        again.policies.push(again.policies[0].clone());
+        assert!(again.check().unwrap_err().contains("shop/deny"));
+        let unknown = serde_json::from_str::<Cluster>(r#"{"policy": []}"#).unwrap_err();
+        assert!(unknown.to_string().contains("policy"), "{unknown}");
     }
 }

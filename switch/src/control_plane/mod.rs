@@ -31,8 +31,10 @@ use crate::frame_budget::{FillBudget, FramePlan};
 use crate::frames::FrameLedger;
 use crate::mac::MacAddr;
 use crate::netlink::{LinkInfo, Netlink};
+use crate::policy::Policies;
 use crate::saved_state::{SavedState, state_file};
-use crate::services::{CONTROL_SOURCE, Services};
+use crate::services::Services;
+use crate::sources::CONTROL_SOURCE;
 use crate::stats::{PortReport, WorkerStats, port_report, worker_report};
 use crate::tap::TapDevice;
 use crate::topology::{PeerId, PortId, PortRole, RouteTarget, Topology};
@@ -93,6 +95,8 @@ pub struct ControlPlaneParts {
     pub fib: Arc<SharedFib<RouteTarget>>,
     /// The Service stage, with `service_translation = "switch"`.
     pub services: Option<Arc<Services>>,
+    /// The NetworkPolicy stage.
+    pub policies: Arc<Policies>,
     /// The workers.
     pub workers: Vec<WorkerHandle>,
     /// The uplink's index.
@@ -304,6 +308,14 @@ impl ControlPlane {
             Request::Services => serde_json::to_value(self.services()?.status())?,
             Request::ServicesSet { services } => {
                 self.set_services(CONTROL_SOURCE, services)?;
+                serde_json::Value::Null
+            }
+            Request::Policy => serde_json::to_value(self.parts.policies.status())?,
+            Request::PolicySet { cluster } => {
+                self.parts
+                    .policies
+                    .set(CONTROL_SOURCE, cluster)
+                    .map_err(anyhow::Error::msg)?;
                 serde_json::Value::Null
             }
             Request::RouteAdd { prefix } => {
@@ -768,6 +780,7 @@ impl ControlPlane {
         if let Some(services) = &self.parts.services {
             services.maintain();
         }
+        self.parts.policies.maintain();
     }
 
     /// Remove the pod ports whose interface is gone (a pod whose namespace

@@ -52,6 +52,7 @@ use crate::fib::SharedFib;
 use crate::forward::{Forwarder, ServiceStage};
 use crate::frame_budget::FillGrowth;
 use crate::frames::{FrameLedger, FramePool};
+use crate::policy::Policies;
 use crate::services::Services;
 use crate::stats::{RingLevelsTotal, WorkerStats};
 use crate::topology::{PortId, RouteTarget, Topology};
@@ -101,6 +102,8 @@ pub struct WorkerContext {
     pub fib: Arc<SharedFib<RouteTarget>>,
     /// The Service stage, with `service_translation = "switch"`.
     pub services: Option<Arc<Services>>,
+    /// The NetworkPolicy stage.
+    pub policies: Arc<Policies>,
     /// Every worker's inbox, by worker index.
     pub inboxes: Arc<[Inbox]>,
     /// This worker's counters.
@@ -261,6 +264,8 @@ impl Worker {
                 translator: &services.translator,
                 now_ms: services.now_ms(),
             });
+        let enforced = self.ctx.policies.enforced();
+        let policy = self.ctx.policies.stage(&enforced);
         let mut work = 0;
         let mut levels = RingLevelsTotal::default();
         for port in &mut self.ports {
@@ -270,6 +275,7 @@ impl Worker {
                     topology: &topology,
                     fib: &fib,
                     services: stage,
+                    policy,
                 },
                 stats: &self.ctx.stats,
                 inboxes: &self.ctx.inboxes,

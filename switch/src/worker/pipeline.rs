@@ -853,6 +853,7 @@ mod tests {
                     topology: &self.topology,
                     fib: &self.fib,
                     services: None,
+                    policy: None,
                 },
                 stats: &self.stats,
                 inboxes: &self.inboxes,
