@@ -77,6 +77,51 @@ else:
     print(s.recv(2048).decode().strip())
 "#;
 
+/// Tries `tcp` or `udp` to `host:port` (a connection, or a datagram on a
+/// connected socket and its answer) for `timeout` seconds (argument 4,
+/// default 5), printing how it ended: `connected`, `answered`, `refused`
+/// or `timeout`.
+pub const TRY_SERVICE: &str = r#"
+import socket, sys
+proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+timeout = float(sys.argv[4]) if len(sys.argv) > 4 else 5
+try:
+    if proto == "tcp":
+        socket.create_connection((host, port), timeout=timeout)
+        print("connected")
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(timeout)
+        s.connect((host, port))
+        s.send(b"q")
+        s.recv(1)
+        print("answered")
+except ConnectionRefusedError:
+    print("refused")
+except socket.timeout:
+    print("timeout")
+"#;
+
+/// Holds one TCP connection to `host:port` open across a signal: one echo
+/// round trip, then (once the file `go` exists) another, printing how the
+/// second ended.
+pub const HELD_CONNECTION: &str = r#"
+import os, socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+s.sendall(b"x")
+assert s.recv(1) == b"x"
+deadline = time.time() + 30
+while not os.path.exists(sys.argv[3]) and time.time() < deadline:
+    time.sleep(0.05)
+try:
+    s.sendall(b"y")
+    print("echoed" if s.recv(1) else "closed")
+except ConnectionResetError:
+    print("reset")
+except socket.timeout:
+    print("timeout")
+"#;
+
 /// Start the endpoint server in `ns`, answering as `me`.
 pub fn serve_in(ns: &Netns, me: Ipv4Addr) -> Result<Process> {
     let me = me.to_string();

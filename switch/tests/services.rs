@@ -19,7 +19,9 @@ use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol
 use podswitch_lab::Lab;
 use podswitch_lab::cluster::{Pod, SwitchNode, SwitchOptions, SwitchPair, node_ip};
 use podswitch_lab::cni::CniPlugin;
-use podswitch_lab::service_traffic::{ECHO_PORT, TCP_PORT, UDP_PORT, request, serve_in};
+use podswitch_lab::service_traffic::{
+    ECHO_PORT, HELD_CONNECTION, TCP_PORT, TRY_SERVICE, UDP_PORT, request, serve_in,
+};
 
 const WEB: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const WEB_A: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 13);
@@ -32,48 +34,6 @@ const EMPTY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 44);
 const WEB_NODE_PORT: u16 = 30080;
 /// `web-local`'s NodePort (`externalTrafficPolicy: Local`).
 const LOCAL_NODE_PORT: u16 = 30081;
-
-/// Tries `tcp` or `udp` to `host:port` (a connection, or a datagram on a
-/// connected socket and its answer), printing how it ended.
-const TRY_SERVICE: &str = r#"
-import socket, sys
-proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-try:
-    if proto == "tcp":
-        socket.create_connection((host, port), timeout=5)
-        print("connected")
-    else:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.settimeout(5)
-        s.connect((host, port))
-        s.send(b"q")
-        s.recv(1)
-        print("answered")
-except ConnectionRefusedError:
-    print("refused")
-except socket.timeout:
-    print("timeout")
-"#;
-
-/// Holds one TCP connection to `host:port` open across a signal: one echo
-/// round trip, then (once the file `go` exists) another, printing how the
-/// second ended.
-const HELD_CONNECTION: &str = r#"
-import os, socket, sys, time
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
-s.sendall(b"x")
-assert s.recv(1) == b"x"
-deadline = time.time() + 30
-while not os.path.exists(sys.argv[3]) and time.time() < deadline:
-    time.sleep(0.05)
-try:
-    s.sendall(b"y")
-    print("echoed" if s.recv(1) else "closed")
-except ConnectionResetError:
-    print("reset")
-except socket.timeout:
-    print("timeout")
-"#;
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_podswitch"))
