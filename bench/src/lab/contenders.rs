@@ -175,6 +175,10 @@ pub enum Via {
     Switch,
 }
 
+/// Rules on the policy contender's receiving pod besides the one that
+/// lets the sender in.
+pub const POLICY_RULES: usize = 100;
+
 /// The ClusterIP of the ClusterIP contenders' Service.
 pub const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
@@ -198,6 +202,10 @@ pub struct Contender {
     pub tcp_only: bool,
     /// How the sender addresses the receiver.
     pub via: Via,
+    /// NetworkPolicy in force on both nodes ([`Testbed::enforce_policy`]):
+    /// the receiving pod admits only the sender, the sender may reach
+    /// only the receiver.
+    pub policy: bool,
 }
 
 impl Contender {
@@ -232,6 +240,16 @@ impl Contender {
                  given over its control socket): the node's stack stays out of the path and the \
                  receiver sees the client's own address"
             ),
+        };
+        let path = match self.policy {
+            true => format!(
+                "{path}; NetworkPolicy in force on both nodes: the receiving pod selected for \
+                 ingress by a policy of {} rules that lets only the sender in, the sender selected \
+                 for egress by one that lets it reach only the receiver, so every packet passes \
+                 the policy stage of both nodes",
+                POLICY_RULES + 1
+            ),
+            false => path,
         };
         match self.placement {
             Placement::AcrossNodes => format!("{path}{tcp}"),
@@ -301,6 +319,7 @@ impl Contender {
         if !matches!(self.kind, Kind::Podswitch { .. } | Kind::Ovs)
             || self.placement != Placement::AcrossNodes
             || self.via != Via::PodAddress
+            || self.policy
         {
             return None;
         }
@@ -312,14 +331,16 @@ impl Contender {
         })
     }
 
-    /// For a ClusterIP contender, the same path with the receiving pod
-    /// addressed directly: what the Service hop costs is the difference.
-    pub fn pod_address_twin(&self) -> Option<&'static Contender> {
-        if self.via == Via::PodAddress {
+    /// For a ClusterIP or a policy contender, the same path with the
+    /// receiving pod addressed directly and no policy: what the Service
+    /// hop or the policy stage costs is the difference.
+    pub fn plain_twin(&self) -> Option<&'static Contender> {
+        if self.via == Via::PodAddress && !self.policy {
             return None;
         }
         ALL.iter().find(|c| {
             c.via == Via::PodAddress
+                && !c.policy
                 && c.kind == self.kind
                 && c.placement == self.placement
                 && c.underlay == self.underlay
@@ -359,7 +380,7 @@ const VXLAN_TAP_UDP_SEGMENT: Kind = Kind::Podswitch {
 /// alone — TAP pods through the UDP_SEGMENT socket, podswitch on the underlay model the kernel baseline has, the
 /// jumbo ones (the kernel on both models, podswitch's veth and TAP pods
 /// on both), and the same-node ones.
-pub const ALL: [Contender; 25] = [
+pub const ALL: [Contender; 26] = [
     Contender {
         key: "podswitch-vxlan-adaptive",
         name: "podswitch VXLAN adaptive",
@@ -368,6 +389,7 @@ pub const ALL: [Contender; 25] = [
         underlay: WIRE_SIZE,
         tcp_only: false,
         via: Via::PodAddress,
+        policy: false,
     },
     Contender {
         key: "podswitch-vxlan-tap-adaptive",
@@ -377,6 +399,7 @@ pub const ALL: [Contender; 25] = [
         underlay: WIRE_SIZE,
         tcp_only: false,
         via: Via::PodAddress,
+        policy: false,
     },
     Contender {
         key: "podswitch-vxlan-busy",
@@ -391,6 +414,7 @@ pub const ALL: [Contender; 25] = [
         underlay: WIRE_SIZE,
         tcp_only: false,
         via: Via::PodAddress,
+        policy: false,
     },
     Contender {
         key: "podswitch-geneve-adaptive",
@@ -405,6 +429,7 @@ pub const ALL: [Contender; 25] = [
         underlay: WIRE_SIZE,
         tcp_only: false,
         via: Via::PodAddress,
+        policy: false,
     },
     Contender {
         key: "podswitch-geneve-busy",
@@ -419,6 +444,7 @@ pub const ALL: [Contender; 25] = [
         underlay: WIRE_SIZE,
         tcp_only: false,
         via: Via::PodAddress,
+        policy: false,
     },
     Contender {
         key: KERNEL_BASELINE,
@@ -428,6 +454,7 @@ pub const ALL: [Contender; 25] = [
         underlay: WHOLE,
         tcp_only: false,
         via: Via::PodAddress,
+        policy: false,
     },
     Contender {
         key: "kernel-wire-frames",
@@ -437,6 +464,7 @@ pub const ALL: [Contender; 25] = [
         underlay: WIRE_SIZE,
         tcp_only: false,
         via: Via::PodAddress,
+        policy: false,
     },
     Contender {
         key: "kernel-offloads-off",
@@ -448,6 +476,7 @@ pub const ALL: [Contender; 25] = [
         underlay: WIRE_SIZE,
         tcp_only: false,
         via: Via::PodAddress,
+        policy: false,
     },
     Contender {
         key: "ovs-afxdp",
@@ -457,6 +486,7 @@ pub const ALL: [Contender; 25] = [
         underlay: WIRE_SIZE,
         tcp_only: false,
         via: Via::PodAddress,
+        policy: false,
     },
     Contender {
         key: "veth",
@@ -466,6 +496,7 @@ pub const ALL: [Contender; 25] = [
         underlay: WIRE_SIZE,
         tcp_only: false,
         via: Via::PodAddress,
+        policy: false,
     },
     Contender {
         key: "podswitch-vxlan-tap-udp-segment",
@@ -475,6 +506,7 @@ pub const ALL: [Contender; 25] = [
         underlay: WIRE_SIZE,
         tcp_only: true,
         via: Via::PodAddress,
+        policy: false,
     },
     Contender {
         key: "podswitch-vxlan-adaptive-whole",
@@ -484,6 +516,7 @@ pub const ALL: [Contender; 25] = [
         underlay: WHOLE,
         tcp_only: true,
         via: Via::PodAddress,
+        policy: false,
     },
     Contender {
         key: "podswitch-vxlan-tap-adaptive-whole",
@@ -493,6 +526,7 @@ pub const ALL: [Contender; 25] = [
         underlay: WHOLE,
         tcp_only: true,
         via: Via::PodAddress,
+        policy: false,
     },
     Contender {
         key: "kernel-offloads-on-jumbo",
@@ -502,6 +536,7 @@ pub const ALL: [Contender; 25] = [
         underlay: JUMBO_WHOLE,
         tcp_only: true,
         via: Via::PodAddress,
+        policy: false,
     },
     Contender {
         key: "kernel-wire-frames-jumbo",
@@ -511,6 +546,7 @@ pub const ALL: [Contender; 25] = [
         underlay: JUMBO_WIRE_SIZE,
         tcp_only: true,
         via: Via::PodAddress,
+        policy: false,
     },
     Contender {
         key: "podswitch-vxlan-adaptive-jumbo",
@@ -520,6 +556,7 @@ pub const ALL: [Contender; 25] = [
         underlay: JUMBO_WIRE_SIZE,
         tcp_only: true,
         via: Via::PodAddress,
+        policy: false,
     },
     Contender {
         key: "podswitch-vxlan-tap-adaptive-jumbo",
@@ -529,6 +566,7 @@ pub const ALL: [Contender; 25] = [
         underlay: JUMBO_WIRE_SIZE,
         tcp_only: true,
         via: Via::PodAddress,
+        policy: false,
     },
     Contender {
         key: "podswitch-vxlan-adaptive-jumbo-whole",
@@ -538,6 +576,7 @@ pub const ALL: [Contender; 25] = [
         underlay: JUMBO_WHOLE,
         tcp_only: true,
         via: Via::PodAddress,
+        policy: false,
     },
     Contender {
         key: "podswitch-vxlan-tap-adaptive-jumbo-whole",
@@ -547,6 +586,7 @@ pub const ALL: [Contender; 25] = [
         underlay: JUMBO_WHOLE,
         tcp_only: true,
         via: Via::PodAddress,
+        policy: false,
     },
     Contender {
         key: KERNEL_SAME_NODE,
@@ -556,6 +596,7 @@ pub const ALL: [Contender; 25] = [
         underlay: WHOLE,
         tcp_only: true,
         via: Via::PodAddress,
+        policy: false,
     },
     Contender {
         key: "podswitch-tap-same-node",
@@ -565,6 +606,7 @@ pub const ALL: [Contender; 25] = [
         underlay: WIRE_SIZE,
         tcp_only: true,
         via: Via::PodAddress,
+        policy: false,
     },
     Contender {
         key: "podswitch-veth-same-node",
@@ -574,6 +616,7 @@ pub const ALL: [Contender; 25] = [
         underlay: WIRE_SIZE,
         tcp_only: true,
         via: Via::PodAddress,
+        policy: false,
     },
     Contender {
         key: KERNEL_CLUSTER_IP,
@@ -583,6 +626,7 @@ pub const ALL: [Contender; 25] = [
         underlay: WHOLE,
         tcp_only: false,
         via: Via::KubeProxy,
+        policy: false,
     },
     Contender {
         key: "podswitch-tap-cluster-ip-kube-proxy",
@@ -592,6 +636,7 @@ pub const ALL: [Contender; 25] = [
         underlay: WIRE_SIZE,
         tcp_only: false,
         via: Via::KubeProxy,
+        policy: false,
     },
     Contender {
         key: "podswitch-tap-cluster-ip",
@@ -601,6 +646,17 @@ pub const ALL: [Contender; 25] = [
         underlay: WIRE_SIZE,
         tcp_only: false,
         via: Via::Switch,
+        policy: false,
+    },
+    Contender {
+        key: "podswitch-vxlan-adaptive-policy",
+        name: "podswitch VXLAN adaptive, with NetworkPolicy",
+        kind: VXLAN_VETH,
+        placement: Placement::AcrossNodes,
+        underlay: WIRE_SIZE,
+        tcp_only: false,
+        via: Via::PodAddress,
+        policy: true,
     },
 ];
 
@@ -622,8 +678,8 @@ pub const KERNEL_CLUSTER_IP: &str = "kernel-cluster-ip";
 /// and the kernel on one node, and TAP pods beside the kernel on a jumbo
 /// underlay (TCP only, a few seconds each), and the ClusterIP path of
 /// the kernel and of TAP pods (through kube-proxy, and translated by the
-/// switch).
-pub const QUICK: [&str; 12] = [
+/// switch), and veth pods with NetworkPolicy.
+pub const QUICK: [&str; 13] = [
     "podswitch-vxlan-adaptive",
     "podswitch-vxlan-tap-adaptive",
     KERNEL_BASELINE,
@@ -636,6 +692,7 @@ pub const QUICK: [&str; 12] = [
     KERNEL_CLUSTER_IP,
     "podswitch-tap-cluster-ip-kube-proxy",
     "podswitch-tap-cluster-ip",
+    "podswitch-vxlan-adaptive-policy",
 ];
 
 /// What building a podswitch testbed needs.
@@ -724,6 +781,10 @@ impl Testbed {
             .and_then(|()| match contender.via {
                 Via::PodAddress => Ok(()),
                 via => testbed.through_cluster_ip(via),
+            })
+            .and_then(|()| match contender.policy {
+                true => testbed.enforce_policy(),
+                false => Ok(()),
             });
         if let Err(e) = connected {
             // Where the frames went, for the report.
@@ -791,6 +852,42 @@ impl Testbed {
             _ => bail!("no node in this testbed translates Services {via:?}"),
         }
         self.server = CLUSTER_IP;
+        Ok(())
+    }
+
+    /// Put NetworkPolicy in force on both nodes, as a source hands every
+    /// node the same set: [`POLICY_RULES`] ipBlock rules that match
+    /// nothing here, then the rule that lets the sender in, on the
+    /// receiving pod's ingress, and the sender's egress to the receiver
+    /// alone. Both stages work: egress on node 1, ingress on node 2.
+    fn enforce_policy(&mut self) -> Result<()> {
+        let Nodes::Podswitch(nodes) = &self.nodes else {
+            bail!("only podswitch enforces NetworkPolicy in this lab");
+        };
+        let [sender, receiver] = &self.pods;
+        let app = |name: &str| json!({"match_labels": {"app": name}});
+        let mut ingress: Vec<serde_json::Value> = (0..POLICY_RULES)
+            .map(|i| json!({"peers": [{"ip_block": {"cidr": format!("172.{}.{}.0/24", 16 + i / 256, i % 256)}}]}))
+            .collect();
+        ingress.push(json!({"peers": [{"pod_selector": app("sender")}]}));
+        let cluster = json!({
+            "pods": [
+                {"namespace": "bench", "name": "sender", "labels": {"app": "sender"}, "ip": sender.ip},
+                {"namespace": "bench", "name": "receiver", "labels": {"app": "receiver"}, "ip": receiver.ip},
+            ],
+            "policies": [
+                {"namespace": "bench", "name": "receiver", "pod_selector": app("receiver"),
+                 "ingress": ingress},
+                {"namespace": "bench", "name": "sender", "pod_selector": app("sender"),
+                 "policy_types": ["Egress"],
+                 "egress": [{"peers": [{"pod_selector": app("receiver")}]}]},
+            ],
+        });
+        let file = self.files.0.join("policy.json");
+        std::fs::write(&file, serde_json::to_string(&cluster)?)?;
+        for node in nodes.iter() {
+            node.cli(&["policy", "set", &file.to_string_lossy()])?;
+        }
         Ok(())
     }
 
@@ -1117,6 +1214,7 @@ mod tests {
                             && c.underlay == underlay
                             && c.placement == Placement::AcrossNodes
                             && c.via == Via::PodAddress
+                            && !c.policy
                     })
                     .collect();
                 assert_eq!(found.len(), 1, "{kind:?} on {underlay:?}");
@@ -1169,6 +1267,7 @@ mod tests {
             matches!(c.kind, Kind::Podswitch { .. })
                 && c.placement == Placement::AcrossNodes
                 && c.via == Via::PodAddress
+                && !c.policy
         }) {
             let k = c.same_underlay_kernel().unwrap();
             assert_eq!(k.underlay, c.underlay, "{}", c.key);
@@ -1181,7 +1280,7 @@ mod tests {
         let through: Vec<&Contender> = ALL.iter().filter(|c| c.via != Via::PodAddress).collect();
         assert!(through.iter().any(|c| c.key == KERNEL_CLUSTER_IP));
         for c in through {
-            let twin = c.pod_address_twin().unwrap();
+            let twin = c.plain_twin().unwrap();
             assert_eq!(
                 (twin.kind, twin.underlay),
                 (c.kind, c.underlay),
@@ -1194,9 +1293,25 @@ mod tests {
         }
         assert!(
             select(Some(KERNEL_BASELINE), &[]).unwrap()[0]
-                .pod_address_twin()
+                .plain_twin()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn the_policy_contender_is_held_against_the_same_path_without_policy() {
+        let with: Vec<&Contender> = ALL.iter().filter(|c| c.policy).collect();
+        assert!(!with.is_empty());
+        for c in with {
+            let twin = c.plain_twin().unwrap();
+            assert_eq!(
+                (twin.kind, twin.underlay, twin.policy),
+                (c.kind, c.underlay, false)
+            );
+            assert!(c.same_underlay_kernel().is_none(), "{}", c.key);
+            assert!(c.description().contains("NetworkPolicy"));
+            assert!(QUICK.contains(&c.key) && QUICK.contains(&twin.key));
+        }
     }
 
     #[test]

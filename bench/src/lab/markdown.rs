@@ -8,7 +8,7 @@ use std::fmt::Write;
 use serde_json::Value;
 
 use super::contenders::{
-    CLUSTER_IP, KERNEL_BASELINE, KERNEL_CLUSTER_IP, KERNEL_SAME_NODE, Placement, Via,
+    CLUSTER_IP, KERNEL_BASELINE, KERNEL_CLUSTER_IP, KERNEL_SAME_NODE, POLICY_RULES, Placement, Via,
 };
 use super::criterion::headline;
 use super::measure::Settings;
@@ -141,6 +141,7 @@ fn write_section(md: &mut String, report: &Report, plots: &Plots) -> std::fmt::R
     write_tcp(md, &measured)?;
     write_same_node(md, report, &same_node, plots)?;
     write_cluster_ip(md, report)?;
+    write_policy(md, report)?;
     write_udp(md, &fully_measured)?;
     write_latency(md, &fully_measured)?;
     write_idle(md, &fully_measured, report.settings.idle_seconds)?;
@@ -248,6 +249,7 @@ fn write_goals(md: &mut String, report: &Report) -> std::fmt::Result {
             && c.skipped.is_none()
             && c.placement == Placement::AcrossNodes
             && c.via == Via::PodAddress
+            && !c.policy
             && !c.tcp_only
     }) {
         let s = &c.summary;
@@ -549,7 +551,6 @@ fn write_cluster_ip(md: &mut String, report: &Report) -> std::fmt::Result {
     if through.is_empty() {
         return Ok(());
     }
-    let kernel = report.contender(KERNEL_CLUSTER_IP).map(|c| &c.summary);
     writeln!(md, "### Through a ClusterIP\n")?;
     writeln!(
         md,
@@ -560,16 +561,51 @@ fn write_cluster_ip(md: &mut String, report: &Report) -> std::fmt::Result {
          hop's cost: 1× is free), then to the kernel through the ClusterIP \
          (`{KERNEL_CLUSTER_IP}`).\n"
     )?;
+    let kernel = report.contender(KERNEL_CLUSTER_IP).map(|c| &c.summary);
+    write_against_twins(md, report, &through, "direct", kernel)
+}
+
+/// The contenders with NetworkPolicy (issue 20), each beside the same
+/// path without it: what the policy stage costs.
+fn write_policy(md: &mut String, report: &Report) -> std::fmt::Result {
+    let with = report.with_policy();
+    if with.is_empty() {
+        return Ok(());
+    }
+    writeln!(md, "### With NetworkPolicy\n")?;
+    writeln!(
+        md,
+        "NetworkPolicy in force on both nodes: the receiving pod selected for ingress by a \
+         policy of {} rules that admits only the sender, the sender selected for egress by one \
+         that lets it reach only the receiver; every packet passes the policy stage on both \
+         nodes (a connection-table probe; the rules for a connection's first packet). Each \
+         cell: the median, then its ratio to the same path without policy (1× is free), then \
+         to the kernel baseline (`{KERNEL_BASELINE}`, no policy).\n",
+        POLICY_RULES + 1
+    )?;
+    let kernel = report.contender(KERNEL_BASELINE).map(|c| &c.summary);
+    write_against_twins(md, report, &with, "without", kernel)
+}
+
+/// A table of `contenders`, each cell the median, its ratio to the
+/// contender's plain twin (labelled `twin`) and to `kernel`.
+fn write_against_twins(
+    md: &mut String,
+    report: &Report,
+    contenders: &[&ContenderResult],
+    twin: &str,
+    kernel: Option<&Summary>,
+) -> std::fmt::Result {
     writeln!(
         md,
         "| contender | TCP 1 stream, Gbit/s | TCP 4 streams, Gbit/s | 64 B, Mpps | RTT p50, µs | \
          RTT p99, µs | RTT p99 loaded, µs | datapath CPU per 64 B packet, µs |"
     )?;
     writeln!(md, "|---|---|---|---|---|---|---|---|")?;
-    for c in through {
+    for c in contenders {
         let s = &c.summary;
-        let direct = c
-            .pod_address_twin
+        let plain = c
+            .plain_twin
             .and_then(|key| report.contender(key))
             .map(|c| &c.summary);
         let both = |f: &dyn Fn(&Summary) -> Option<f64>, decimals: usize| {
@@ -579,8 +615,8 @@ fn write_cluster_ip(md: &mut String, report: &Report) -> std::fmt::Result {
             };
             match value {
                 Some(v) => format!(
-                    "{v:.decimals$} ({} direct, {} kernel)",
-                    to(direct),
+                    "{v:.decimals$} ({} {twin}, {} kernel)",
+                    to(plain),
                     to(kernel)
                 ),
                 None => "–".into(),

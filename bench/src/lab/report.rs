@@ -61,9 +61,11 @@ pub struct ContenderResult {
     pub tcp_only: bool,
     /// How the sender addressed the receiver.
     pub via: Via,
-    /// For a ClusterIP contender, the key of the same path with the
-    /// receiving pod addressed directly.
-    pub pod_address_twin: Option<&'static str>,
+    /// Whether NetworkPolicy was in force.
+    pub policy: bool,
+    /// For a ClusterIP or policy contender, the key of the same path with
+    /// the receiving pod addressed directly and no policy.
+    pub plain_twin: Option<&'static str>,
     /// The key of the kernel contender on the same underlay model and
     /// MTU, which `tcp_ratios` hold it against.
     pub same_underlay_kernel: Option<&'static str>,
@@ -88,7 +90,8 @@ impl ContenderResult {
             underlay: contender.underlay,
             tcp_only: contender.tcp_only,
             via: contender.via,
-            pod_address_twin: contender.pod_address_twin().map(|c| c.key),
+            policy: contender.policy,
+            plain_twin: contender.plain_twin().map(|c| c.key),
             same_underlay_kernel: contender.same_underlay_kernel().map(|k| k.key),
             skipped: None,
             runs: Vec::new(),
@@ -479,7 +482,20 @@ impl Report {
     pub fn measured(&self, placement: Placement) -> Vec<&ContenderResult> {
         self.contenders
             .iter()
-            .filter(|c| c.skipped.is_none() && c.placement == placement && c.via == Via::PodAddress)
+            .filter(|c| {
+                c.skipped.is_none()
+                    && c.placement == placement
+                    && c.via == Via::PodAddress
+                    && !c.policy
+            })
+            .collect()
+    }
+
+    /// The measured contenders with NetworkPolicy in force, in order.
+    pub fn with_policy(&self) -> Vec<&ContenderResult> {
+        self.contenders
+            .iter()
+            .filter(|c| c.skipped.is_none() && c.policy)
             .collect()
     }
 
