@@ -12,6 +12,11 @@
 //! a named port. The packets cycle through 65 536 drawn at random: remote
 //! pods, addresses inside and outside the blocks, TCP mostly, common and
 //! random ports.
+//!
+//! Then the switch's whole policy stage (`podswitch::policy`) on a packet
+//! of a connection it tracks, among 2^20 tracked connections (a probe of
+//! its connection table and the parse), and on a connection's first
+//! packet that the rules deny (the parse, a missed probe, the rules).
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;
@@ -20,9 +25,12 @@ use std::net::Ipv4Addr;
 mod rng;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ipnet::Ipv4Net;
+use podswitch::policy::Policies;
 use podswitch_policy::model::{IpBlock, NamedPort, Peer, PolicyPort, Port, Rule};
 use podswitch_policy::selector::{LabelSelector, Labels};
-use podswitch_policy::{Direction, Namespace, NetworkPolicy, Pod, Protocol, Verdict, compile};
+use podswitch_policy::{
+    Cluster, Direction, Namespace, NetworkPolicy, Pod, Protocol, Verdict, compile,
+};
 use rng::Rng;
 
 const NAMESPACES: u64 = 20;
@@ -211,5 +219,88 @@ fn policy(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, policy);
+/// Connections the stage bench tracks.
+const TRACKED: usize = 1 << 20;
+/// The port the stage bench's connections go to, which one rule allows
+/// from anywhere; every other port is left to the 1 000 random rules.
+const OPEN_PORT: u16 = 7000;
+
+/// A TCP packet of `flags` from `src:sport` to `dst:dport`.
+fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> [u8; 40] {
+    let mut p = [0u8; 40];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&40u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    p[20..22].copy_from_slice(&sport.to_be_bytes());
+    p[22..24].copy_from_slice(&dport.to_be_bytes());
+    p[32] = 0x50;
+    p[33] = flags;
+    p
+}
+
+fn stage(c: &mut Criterion) {
+    let mut rng = Rng(21);
+    let (pods, namespaces) = cluster(&mut rng);
+    let server = pods[0].clone();
+    let mut list = policies(&mut rng, &server, 1_000);
+    list[0].ingress.push(Rule {
+        peers: Vec::new(),
+        ports: vec![PolicyPort::new(
+            Protocol::Tcp,
+            Some(Port::Number(OPEN_PORT)),
+        )],
+    });
+    let local = Ipv4Net::new(server.ip, 32).unwrap();
+    let switch = Policies::new(local, Vec::new(), TRACKED);
+    let cluster = Cluster {
+        namespaces,
+        pods,
+        policies: list,
+    };
+    switch.set("bench", cluster).unwrap();
+    let enforced = switch.enforced();
+    let stage = switch.stage(&enforced).unwrap();
+    // Connections from random addresses and ports: each SYN tracks one.
+    let remote = |i: usize| Ipv4Addr::from(0x0b00_0000 + (i as u32 >> 4));
+    let sport = |i: usize| 1024 + (i as u16 & 0x0fff);
+    for i in 0..TRACKED {
+        let syn = tcp(remote(i), sport(i), server.ip, OPEN_PORT, 0x02);
+        stage.check(&syn, false, true).unwrap();
+    }
+    assert_eq!(switch.connections(), TRACKED);
+    // Cycle through them in a shuffled order, so that neighbours in the
+    // table are not neighbours in time.
+    let packets: Vec<[u8; 40]> = (0..TRACKED)
+        .map(|_| {
+            let i = rng.below(TRACKED as u64) as usize;
+            tcp(remote(i), sport(i), server.ip, OPEN_PORT, 0x10)
+        })
+        .collect();
+    let denied: Vec<[u8; 40]> = (0..PACKETS)
+        .map(|i| tcp(remote(i), sport(i), server.ip, 1, 0x02))
+        .collect();
+    let mut group = c.benchmark_group("policy-stage");
+    group.throughput(Throughput::Elements(1));
+    let mut next = 0;
+    group.bench_function("tracked/1m", |b| {
+        b.iter(|| {
+            let packet = &packets[next & (TRACKED - 1)];
+            next += 1;
+            black_box(stage.check(black_box(packet), false, true))
+        })
+    });
+    group.bench_function("first-packet-denied/1k-rules", |b| {
+        b.iter(|| {
+            let packet = &denied[next & (PACKETS - 1)];
+            next += 1;
+            black_box(stage.check(black_box(packet), false, true))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, policy, stage);
 criterion_main!(benches);

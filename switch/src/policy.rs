@@ -24,7 +24,7 @@ use podswitch_control::protocol::{
     PodPolicyStatus, PolicyCounter, PolicySourceStatus, PolicyStatus,
 };
 use podswitch_policy::compile::RuleSet;
-use podswitch_policy::{Cluster, CompiledPolicies, compile_for};
+use podswitch_policy::{Cluster, CompiledPolicies, Direction, compile_for};
 use podswitch_services::ConnTable;
 use podswitch_services::conntrack::{Refused, Timeouts};
 use podswitch_services::flow::{self, FlowKey, Tracked};
@@ -77,6 +77,9 @@ pub struct Enforced {
     restricts: bool,
     /// The denial counter of each policy in force, by `namespace/name`.
     denied: HashMap<String, Arc<AtomicU64>>,
+    /// For each local pod and direction some policy restricts, the
+    /// counters of the policies that do: what a denial adds to.
+    denying: HashMap<(Ipv4Addr, Direction), Box<[Arc<AtomicU64>]>>,
     /// As [`Policies::node_addresses`].
     node_addresses: Vec<Ipv4Addr>,
 }
@@ -127,7 +130,7 @@ impl Policies {
                 .get_or_init(|| ConnTable::new(self.capacity, Timeouts::default()));
         }
         let mut registry = lock(&self.denied);
-        let denied = merged
+        let denied: HashMap<String, Arc<AtomicU64>> = merged
             .policies
             .iter()
             .map(|policy| {
@@ -136,10 +139,20 @@ impl Policies {
                 (name, counter)
             })
             .collect();
+        let mut denying = HashMap::new();
+        for (address, pod) in compiled.pods() {
+            for direction in [Direction::Ingress, Direction::Egress] {
+                if let Some(rules) = pod.direction(direction).restricted() {
+                    let counters = rules.policies().iter().filter_map(|p| denied.get(p));
+                    denying.insert((address, direction), counters.cloned().collect());
+                }
+            }
+        }
         self.enforced.store(Arc::new(Enforced {
             compiled,
             restricts,
             denied,
+            denying,
             node_addresses: self.node_addresses.clone(),
         }));
     }
@@ -371,12 +384,12 @@ impl PolicyStage<'_> {
         if let Some(rules) = sender.and_then(|policy| policy.egress.restricted())
             && !allows(rules, dst)
         {
-            return Err(self.deny(rules, DropCause::PolicyDeniedEgress));
+            return Err(self.deny(src, Direction::Egress));
         }
         if let Some(rules) = receiver.and_then(|policy| policy.ingress.restricted())
             && !allows(rules, src)
         {
-            return Err(self.deny(rules, DropCause::PolicyDeniedIngress));
+            return Err(self.deny(dst, Direction::Ingress));
         }
         match tracked.map(|key| self.conns.track(key, self.now_ms)) {
             Some(Err(Refused::Full)) => Err(DropCause::ConntrackFull),
@@ -385,23 +398,25 @@ impl PolicyStage<'_> {
         }
     }
 
-    /// Count a packet `rules` denied for each policy behind them; the
-    /// drop cause.
-    fn deny(&self, rules: &RuleSet, cause: DropCause) -> DropCause {
-        for policy in rules.policies() {
-            if let Some(counter) = self.enforced.denied.get(policy) {
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
+    /// Count a packet denied to or from the local pod at `address` for
+    /// each policy that restricts it in `direction`; the drop cause.
+    fn deny(&self, address: Ipv4Addr, direction: Direction) -> DropCause {
+        let counters = self.enforced.denying.get(&(address, direction));
+        for counter in counters.into_iter().flatten() {
+            counter.fetch_add(1, Ordering::Relaxed);
         }
-        cause
+        match direction {
+            Direction::Ingress => DropCause::PolicyDeniedIngress,
+            Direction::Egress => DropCause::PolicyDeniedEgress,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use podswitch_policy::Protocol;
     use podswitch_policy::model::{NetworkPolicy, Peer, Pod, PolicyPort, Port, Rule};
     use podswitch_policy::selector::LabelSelector;
-    use podswitch_policy::{Direction, Protocol};
 
     use super::*;
     use crate::sources::CONTROL_SOURCE;
