@@ -4,12 +4,13 @@
 //! describes and hands every change to the control plane through the same
 //! path as `peer add`/`peer del` ([`PeerSet`]), so workers never stop.
 //! The cluster's Services come the same way, through the Kubernetes
-//! source's client ([`kubernetes_services`]).
+//! source's client ([`kubernetes_services`], [`kubernetes_watch`]).
 
 pub mod etcd;
 pub mod flannel;
 pub mod kubernetes;
 pub mod kubernetes_services;
+pub mod kubernetes_watch;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
