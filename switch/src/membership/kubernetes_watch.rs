@@ -1,5 +1,6 @@
 //! What the sources that follow Kubernetes objects wholesale (the
-//! Services, [`super::kubernetes_services`]) share: kube-rs watchers of every object
+//! Services, [`super::kubernetes_services`], and NetworkPolicy,
+//! [`super::kubernetes_policy`]) share: kube-rs watchers of every object
 //! of a kind, cluster-wide, feeding reflector stores on a current-thread
 //! tokio runtime in a thread of their own, with the client the Node
 //! source makes (the same `[kubernetes]` settings). Once every watcher has
@@ -17,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use futures_util::{Stream, StreamExt};
-use kube::Resource;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch};
+use kube::{Resource, ResourceExt};
 use podswitch_control::protocol::MembershipReport;
 use podswitch_control::service::ServiceProtocol as Protocol;
 
@@ -122,7 +123,10 @@ fn seen<K>(event: &Event<K>, watcher: usize) -> Seen {
 }
 
 /// The store of every `K` in the cluster, and the events of its watcher,
-/// number `watcher` (from 0), as what each did.
+/// number `watcher` (from 0), as what each did. Objects are stored
+/// without their annotations and managed fields, which no source reads
+/// and which are often most of an object (`kubectl apply`'s copy of it,
+/// one entry per writer): a cluster's pods are many.
 pub(super) fn watch_all<K>(
     client: &kube::Client,
     watcher: usize,
@@ -142,6 +146,10 @@ where
     let (store, writer) = reflector::store::<K>();
     let events = watch(Api::<K>::all(client.clone()), watcher::Config::default())
         .default_backoff()
+        .modify(|object: &mut K| {
+            object.annotations_mut().clear();
+            object.managed_fields_mut().clear();
+        })
         .reflect(writer)
         .map(move |event| event.map(|e| seen(&e, watcher)));
     (store, events)
