@@ -2,7 +2,8 @@
 //! installed on the lab machines, so this serves, over plain HTTP (inside
 //! a lab namespace, or on the loopback address), the part of the API a
 //! node agent's client uses, as a real API server answers it, for every
-//! kind in [`RESOURCES`] (Nodes, Services, EndpointSlices):
+//! kind in [`RESOURCES`] (Nodes, Services, EndpointSlices, Namespaces,
+//! Pods, NetworkPolicies):
 //!
 //! - `GET` of a collection (`/api/v1/nodes`, `/api/v1/services`,
 //!   `/api/v1/namespaces/NS/services`,
@@ -63,6 +64,9 @@ pub const RESOURCES: &[Resource] = &[
     Resource::cluster("v1", "Node", "nodes"),
     Resource::namespaced("v1", "Service", "services"),
     Resource::namespaced("discovery.k8s.io/v1", "EndpointSlice", "endpointslices"),
+    Resource::cluster("v1", "Namespace", "namespaces"),
+    Resource::namespaced("v1", "Pod", "pods"),
+    Resource::namespaced("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
 ];
 
 impl Resource {
@@ -451,10 +455,7 @@ pub fn node_object(
     internal_ip: Ipv4Addr,
     annotations: &[(&str, &str)],
 ) -> Value {
-    let annotations: serde_json::Map<String, Value> = annotations
-        .iter()
-        .map(|(k, v)| ((*k).to_string(), Value::from(*v)))
-        .collect();
+    let annotations = string_map(annotations);
     let spec = match pod_cidr {
         Some(cidr) => json!({ "podCIDR": cidr, "podCIDRs": [cidr] }),
         None => json!({}),
@@ -555,6 +556,76 @@ pub fn endpoint_slice_object(
         "ports": ports,
         "endpoints": endpoints,
     })
+}
+
+/// A Namespace as a cluster returns it: `name` with `labels`, and the
+/// label the API server adds (`kubernetes.io/metadata.name`).
+pub fn namespace_object(name: &str, labels: &[(&str, &str)]) -> Value {
+    let mut labels = string_map(labels);
+    labels.insert("kubernetes.io/metadata.name".into(), name.into());
+    json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": { "name": name, "labels": labels },
+        "spec": { "finalizers": ["kubernetes"] },
+        "status": { "phase": "Active" },
+    })
+}
+
+/// A Pod as a cluster returns it: `namespace/name` with `labels`, one
+/// container with `ports` as (name, protocol, containerPort), Running at
+/// `ip`, or Pending without an address if `None`.
+pub fn pod_object(
+    namespace: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    ip: Option<Ipv4Addr>,
+    ports: &[(&str, &str, u16)],
+) -> Value {
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|(port_name, protocol, port)| {
+            json!({ "name": port_name, "protocol": protocol, "containerPort": port })
+        })
+        .collect();
+    let status = match ip {
+        Some(ip) => json!({
+            "phase": "Running",
+            "hostIP": "10.1.0.11",
+            "podIP": ip.to_string(),
+            "podIPs": [{ "ip": ip.to_string() }],
+        }),
+        None => json!({ "phase": "Pending" }),
+    };
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "namespace": namespace, "labels": string_map(labels) },
+        "spec": {
+            "nodeName": "node-1",
+            "containers": [{ "name": "main", "image": "registry.k8s.io/pause:3.10", "ports": ports }],
+        },
+        "status": status,
+    })
+}
+
+/// A NetworkPolicy as a cluster returns it: `namespace/name` with `spec`
+/// (`podSelector`, `policyTypes`, `ingress`, `egress`, as the API writes
+/// them).
+pub fn network_policy_object(namespace: &str, name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": { "name": name, "namespace": namespace },
+        "spec": spec,
+    })
+}
+
+fn string_map(pairs: &[(&str, &str)]) -> serde_json::Map<String, Value> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), Value::from(*v)))
+        .collect()
 }
 
 fn accept(listener: &TcpListener, shared: &Arc<Shared>, stop: &AtomicBool) {
@@ -935,7 +1006,26 @@ mod tests {
         assert_eq!(route("/api/v1/services/web"), None);
         assert_eq!(route("/api/v1/namespaces/default/nodes"), None);
         assert_eq!(route("/apis/discovery.k8s.io/v1/services"), None);
-        assert_eq!(route("/api/v1/pods"), None);
+        assert_eq!(route("/apis/networking.k8s.io/v1/pods"), None);
+        // Namespaces are objects, and hold the namespaced kinds.
+        assert_eq!(route("/api/v1/namespaces"), Some(("Namespace", None, None)));
+        assert_eq!(
+            route("/api/v1/namespaces/shop"),
+            Some(("Namespace", None, Some("shop")))
+        );
+        assert_eq!(route("/api/v1/pods"), Some(("Pod", None, None)));
+        assert_eq!(
+            route("/api/v1/namespaces/shop/pods/web-0"),
+            Some(("Pod", Some("shop"), Some("web-0")))
+        );
+        assert_eq!(
+            route("/apis/networking.k8s.io/v1/networkpolicies"),
+            Some(("NetworkPolicy", None, None))
+        );
+        assert_eq!(
+            route("/apis/networking.k8s.io/v1/namespaces/shop/networkpolicies/deny"),
+            Some(("NetworkPolicy", Some("shop"), Some("deny")))
+        );
     }
 
     #[test]

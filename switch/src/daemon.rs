@@ -256,7 +256,7 @@ pub fn run(config: Config) -> Result<()> {
         topology,
         fib,
         services: services.clone(),
-        policies,
+        policies: policies.clone(),
         workers: handles,
         uplink_index: uplink.index,
         host_index: host.index,
@@ -337,6 +337,10 @@ pub fn run(config: Config) -> Result<()> {
         }
         _ => None,
     };
+    let policy_watch = match config.membership {
+        MembershipSource::Kubernetes => Some(follow_kubernetes_policy(&config, policies)?),
+        _ => None,
+    };
     let membership = match config.membership {
         MembershipSource::Static => None,
         MembershipSource::Etcd => Some(membership::etcd::start(&config, plane.clone(), owned)?),
@@ -376,6 +380,7 @@ pub fn run(config: Config) -> Result<()> {
         membership.stop();
     }
     drop(services_watch);
+    drop(policy_watch);
     stop.store(true, Ordering::Relaxed);
     drop(stop_maintenance);
     for handle in plane.workers() {
@@ -607,6 +612,23 @@ fn follow_kubernetes_services(
         }
     })
     .context("following Services and EndpointSlices in the Kubernetes API")
+}
+
+/// Follow the cluster's namespaces, pods and NetworkPolicies through the
+/// Kubernetes API and put each set in force (source `kubernetes`); the
+/// watch stops when the handle is dropped.
+fn follow_kubernetes_policy(
+    config: &Config,
+    policies: Arc<Policies>,
+) -> Result<membership::kubernetes_policy::PolicyWatch> {
+    membership::kubernetes_policy::watch_policies(&config.kubernetes, move |cluster| {
+        let count = cluster.policies.len();
+        match policies.set(KUBERNETES_SOURCE, cluster) {
+            Ok(()) => tracing::info!(policies = count, "NetworkPolicies from the Kubernetes API"),
+            Err(e) => tracing::warn!("NetworkPolicies from the Kubernetes API refused: {e}"),
+        }
+    })
+    .context("following namespaces, pods and NetworkPolicies in the Kubernetes API")
 }
 
 /// Packets a receiving tunnel port's TAP device queues for the switch:

@@ -62,7 +62,8 @@ fn the_manifests_carry_what_the_daemon_needs() -> Result<()> {
 
     // The RBAC: exactly the calls the Kubernetes sources make: on Nodes
     // (list and watch them, get its own, patch its own annotations), on
-    // Services and EndpointSlices (list and watch them, get one).
+    // Services and EndpointSlices (list and watch them, get one), on
+    // Namespaces, Pods and NetworkPolicies (list and watch them).
     let role: ClusterRole = object(&objects, "ClusterRole")?;
     let mut granted: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     for rule in role.rules.unwrap_or_default() {
@@ -87,6 +88,9 @@ fn the_manifests_carry_what_the_daemon_needs() -> Result<()> {
             "endpointslices",
             &["get", "list", "watch"],
         ),
+        rule("", "namespaces", &["list", "watch"]),
+        rule("", "pods", &["list", "watch"]),
+        rule("networking.k8s.io", "networkpolicies", &["list", "watch"]),
     ]);
     ensure!(granted == wanted, "{granted:?}");
 

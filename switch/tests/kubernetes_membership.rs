@@ -21,13 +21,16 @@ use anyhow::{Context, Result, ensure};
 use podswitch_lab::cluster::{
     FABRIC_IP, KernelNode, Pod, SwitchNode, expect_iperf, kernel_vtep_mac, node_ip,
 };
-use podswitch_lab::kube_api::{KubeApi, endpoint_slice_object, node_object, service_object};
+use podswitch_lab::kube_api::{
+    KubeApi, endpoint_slice_object, namespace_object, network_policy_object, node_object,
+    pod_object, service_object,
+};
 use podswitch_lab::membership::{
     MembershipLab, has_peer, has_route, peers, reach, wait_for, wait_membership,
 };
-use podswitch_lab::service_traffic::{TCP_PORT, request, serve_in};
+use podswitch_lab::service_traffic::{TCP_PORT, TRY_SERVICE, request, serve_in};
 use podswitch_lab::traffic::IperfClient;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const BACKEND_TYPE: &str = "flannel.alpha.coreos.com/backend-type";
 const BACKEND_DATA: &str = "flannel.alpha.coreos.com/backend-data";
@@ -401,4 +404,66 @@ fn services_from_the_api_are_translated_by_the_switch() -> Result<()> {
         "the Service answered with its only endpoint not ready"
     );
     Ok(())
+}
+
+/// NetworkPolicy from the API (issue 20 item 3): namespaces, pods and
+/// policies put in the stand-in reach both nodes' switches through the
+/// daemon's watch, and are enforced: a policy that selects the web pod
+/// and admits another app denies the client across nodes; changed to
+/// admit the client, it lets it in.
+#[test]
+fn network_policies_from_the_api_are_enforced_by_the_switch() -> Result<()> {
+    let _serial = serial();
+    let mut tb = KubeLab::new("k8s-pol")?;
+    let client = tb.start_with(1, "")?;
+    let web = tb.start_with(2, "")?;
+    wait_membership(&tb.nodes, &[1], 2, true)?;
+    wait_membership(&tb.nodes, &[2], 1, true)?;
+    let _server = serve_in(&web.ns, web.ip)?;
+    tb.api.put(namespace_object("shop", &[]))?;
+    tb.api.put(pod_object(
+        "shop",
+        "client",
+        &[("app", "client")],
+        Some(client.ip),
+        &[],
+    ))?;
+    tb.api.put(pod_object(
+        "shop",
+        "web",
+        &[("app", "web")],
+        Some(web.ip),
+        &[("http", "TCP", TCP_PORT)],
+    ))?;
+    let admitting = |app: &str| {
+        network_policy_object(
+            "shop",
+            "web",
+            json!({"podSelector": {"matchLabels": {"app": "web"}},
+                   "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": app}}}],
+                                "ports": [{"port": "http"}]}]}),
+        )
+    };
+    tb.api.put(admitting("other"))?;
+    wait_for("node 2's switch to take the policy from the API", || {
+        let status: Value = serde_json::from_str(&tb.node(2).cli(&["--json", "policy"])?)?;
+        Ok(status["pods"]
+            .as_array()
+            .is_some_and(|pods| pods.iter().any(|p| p["ingress"][0] == "shop/web")))
+    })?;
+    let attempt = || -> Result<String> {
+        let args = ["-c", TRY_SERVICE, "tcp", &web.ip.to_string(), "8080", "2"];
+        Ok(client.ns.run("python3", &args)?.trim().to_string())
+    };
+    let denied = attempt()?;
+    ensure!(denied == "timeout", "admitting only app=other: {denied}");
+    let shown = tb.node(2).cli(&["policy"])?;
+    ensure!(
+        shown.contains("source kubernetes") && shown.contains("shop/web"),
+        "{shown}"
+    );
+    tb.api.put(admitting("client"))?;
+    wait_for("node 2 to admit the client", || {
+        Ok(attempt()? == "connected")
+    })
 }

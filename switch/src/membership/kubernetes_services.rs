@@ -2,69 +2,34 @@
 //! objects, resolved to the [`Service`] list the switch translates
 //! (issue 18).
 //!
-//! Two kube-rs watchers (Services and `discovery.k8s.io/v1`
-//! EndpointSlices, cluster-wide) feed reflector stores on a current-thread
-//! tokio runtime in a thread of its own, with the client the Node source
-//! makes (the same `[kubernetes]` settings). Once both are listed, every
-//! change (a burst coalesced over [`QUIET`]) is resolved by [`resolve`], a
-//! pure function, and the complete list, when it differs from the last,
-//! is handed to the caller's callback. While the API server does not
-//! answer, nothing is handed over (the caller keeps the last list) and
-//! the log says so once.
+//! Two watchers (Services and `discovery.k8s.io/v1` EndpointSlices,
+//! cluster-wide), run as [`super::kubernetes_watch`] runs them: once both
+//! are listed, every change is resolved by [`resolve`], a pure function,
+//! and the complete list, when it differs from the last, is handed to the
+//! caller's callback. While the API server does not answer, nothing is
+//! handed over (the caller keeps the last list) and the log says so once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Service as KubeService;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::Resource;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher::{self, Event};
-use kube::runtime::{WatchStreamExt, watcher as watch};
-use podswitch_control::protocol::MembershipReport;
+use kube::runtime::reflector::Store;
 use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol, TrafficPolicy};
 
-use super::kubernetes::{CALL_TIMEOUT, RETRY, connect, runtime};
-use super::{Follower, KubernetesSettings, Reachability};
+use super::KubernetesSettings;
+use super::kubernetes_watch::{self, Handover, KubeWatch, port_number, protocol, watch_all};
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// `sessionAffinityConfig.clientIP.timeoutSeconds` when left out (3 h,
 /// the API's default).
 pub const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
-/// How long after a change the list is resolved, so that a burst of
-/// changes (a rollout, a re-list) is handed over once.
-pub const QUIET: Duration = Duration::from_millis(100);
-/// How often the source looks at its stop flag while nothing happens.
-const TICK: Duration = Duration::from_millis(200);
 
 /// A running Service source; dropping it stops its thread.
-pub struct ServicesWatch {
-    follower: Option<Follower>,
-    state: Arc<Mutex<MembershipReport>>,
-}
-
-impl ServicesWatch {
-    /// How the source is doing: since when the API server has not
-    /// answered, and why, if it has not.
-    pub fn report(&self) -> MembershipReport {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-impl Drop for ServicesWatch {
-    fn drop(&mut self) {
-        if let Some(follower) = self.follower.take() {
-            follower.stop();
-        }
-    }
-}
+pub type ServicesWatch = KubeWatch;
 
 /// Follow the Services and EndpointSlices of the cluster `settings`
 /// reaches (its kubeconfig, else in-cluster, as the Node source), handing
@@ -74,185 +39,44 @@ pub fn watch_services(
     settings: &KubernetesSettings,
     on_change: impl FnMut(Vec<Service>) + Send + 'static,
 ) -> Result<ServicesWatch> {
-    let reachability = Reachability::keeping("kubernetes", "Services");
-    let state = Arc::new(Mutex::new(reachability.state(None)));
-    let settings = settings.clone();
-    let shared = state.clone();
-    let follower = Follower::spawn_named("services", move |stop| {
-        let mut source = Source {
-            on_change: Box::new(on_change),
-            stop,
-            reachability,
-            state: shared,
-            last: None,
-            logged: BTreeSet::new(),
-        };
-        match runtime() {
-            Ok(runtime) => runtime.block_on(source.follow(&settings)),
-            Err(e) => source.failed(format!("{e:#}")),
-        }
-    })?;
-    Ok(ServicesWatch {
-        follower: Some(follower),
-        state,
-    })
+    let mut handover = Handover::new("services", on_change);
+    kubernetes_watch::spawn(
+        "services",
+        "Services",
+        settings,
+        |client, link| async move {
+            let (services, services_events) = watch_all::<KubeService>(&client, 0);
+            let (slices, slices_events) = watch_all::<EndpointSlice>(&client, 1);
+            let events = futures_util::stream::select(services_events, slices_events);
+            let probe: Api<KubeService> = Api::namespaced(client, "default");
+            let probe = || {
+                let probe = probe.clone();
+                async move { probe.get_opt("kubernetes").await.is_ok() }
+            };
+            link.follow(events, 2, probe, || {
+                hand_over(&services, &slices, &mut handover);
+            })
+            .await;
+        },
+    )
 }
 
-/// What a watcher event did to its store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Seen {
-    /// A listing is to start (the API server has not answered yet).
-    Starting,
-    /// Nothing the list depends on yet (a listing under way).
-    Nothing,
-    /// The Services (`true`) or the EndpointSlices (`false`) are listed.
-    Listed(bool),
-    /// An object changed.
-    Changed,
-}
-
-fn seen<K>(event: &Event<K>, services: bool) -> Seen {
-    match event {
-        Event::Init => Seen::Starting,
-        Event::InitApply(_) => Seen::Nothing,
-        Event::InitDone => Seen::Listed(services),
-        Event::Apply(_) | Event::Delete(_) => Seen::Changed,
-    }
-}
-
-/// The watcher of every `K` in the cluster, into `writer`, as what each
-/// event did.
-fn follow_all<K>(
-    client: kube::Client,
-    writer: reflector::store::Writer<K>,
-    services: bool,
-) -> impl Stream<Item = Result<Seen, watcher::Error>>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + 'static,
-{
-    watch(Api::<K>::all(client), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .map(move |event| event.map(|e| seen(&e, services)))
-}
-
-struct Source {
-    on_change: Box<dyn FnMut(Vec<Service>) + Send>,
-    stop: Arc<AtomicBool>,
-    reachability: Reachability,
-    /// Shared with the [`ServicesWatch`].
-    state: Arc<Mutex<MembershipReport>>,
-    /// The list last handed over.
-    last: Option<Vec<Service>>,
-    /// What was skipped and why, as last logged.
-    logged: BTreeSet<(String, String)>,
-}
-
-impl Source {
-    fn failed(&mut self, error: String) {
-        self.reachability.lost(&error);
-        self.publish(Some(error));
-    }
-
-    fn answered(&mut self) {
-        if self.reachability.unreachable() {
-            self.reachability.regained("API server");
-            self.publish(None);
-        }
-    }
-
-    fn publish(&self, error: Option<String>) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = self.reachability.state(error);
-    }
-
-    fn stopped(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
-    }
-
-    /// Make a client (again, while that fails), then follow the Services
-    /// and EndpointSlices until stopped.
-    async fn follow(&mut self, settings: &KubernetesSettings) {
-        let stop = self.stop.clone();
-        let Some(client) = connect(settings, &stop, |e| self.failed(e)).await else {
-            return;
-        };
-        let (services, services_writer) = reflector::store::<KubeService>();
-        let (slices, slices_writer) = reflector::store::<EndpointSlice>();
-        let events = futures_util::stream::select(
-            follow_all(client.clone(), services_writer, true),
-            follow_all(client.clone(), slices_writer, false),
-        );
-        let mut events = std::pin::pin!(events);
-        // A probe for while the watches, resumed, have nothing to say.
-        let probe: Api<KubeService> = Api::namespaced(client, "default");
-        let mut listed = (false, false);
-        let mut due: Option<Instant> = None;
-        let mut next_probe = Instant::now();
-        while !self.stopped() {
-            if self.reachability.unreachable() && Instant::now() >= next_probe {
-                next_probe = Instant::now() + RETRY;
-                if let Ok(Ok(_)) =
-                    tokio::time::timeout(CALL_TIMEOUT, probe.get_opt("kubernetes")).await
-                {
-                    self.answered();
-                }
-            }
-            let wait = due.map_or(TICK, |d| d.saturating_duration_since(Instant::now()));
-            match tokio::time::timeout(wait.min(TICK), events.next()).await {
-                Err(_) => {}
-                // The watchers' streams do not end.
-                Ok(None) => return,
-                Ok(Some(Ok(seen))) => {
-                    if seen != Seen::Starting {
-                        self.answered();
-                    }
-                    match seen {
-                        Seen::Listed(true) => listed.0 = true,
-                        Seen::Listed(false) => listed.1 = true,
-                        _ => {}
-                    }
-                    if matches!(seen, Seen::Listed(_) | Seen::Changed) {
-                        due.get_or_insert_with(|| Instant::now() + QUIET);
-                    }
-                }
-                Ok(Some(Err(watcher::Error::WatchError(status)))) if status.code == 410 => {
-                    tracing::info!(
-                        "services: the API server no longer has our resourceVersion: \
-                         listing again"
-                    );
-                }
-                Ok(Some(Err(e))) => self.failed(format!("{e:#}")),
-            }
-            if listed == (true, true) && due.is_some_and(|d| Instant::now() >= d) {
-                due = None;
-                self.hand_over(&services, &slices);
-            }
-        }
-    }
-
-    /// Resolve the stores' objects and hand the list over if it changed.
-    fn hand_over(&mut self, services: &Store<KubeService>, slices: &Store<EndpointSlice>) {
-        let (services, slices) = (services.state(), slices.state());
-        let mut skipped = BTreeSet::new();
-        let list = resolve(
-            services.iter().map(|s| &**s),
-            slices.iter().map(|s| &**s),
-            |name, why| {
-                skipped.insert((name.to_string(), why));
-            },
-        );
-        for (name, why) in skipped.difference(&self.logged) {
-            tracing::warn!(service = %name, "services: skipped: {why}");
-        }
-        self.logged = skipped;
-        if self.last.as_ref() == Some(&list) {
-            return;
-        }
+/// Resolve the stores' objects and hand the list over if it changed.
+fn hand_over(
+    services: &Store<KubeService>,
+    slices: &Store<EndpointSlice>,
+    handover: &mut Handover<Vec<Service>>,
+) {
+    let (services, slices) = (services.state(), slices.state());
+    let mut skipped = BTreeSet::new();
+    let list = resolve(
+        services.iter().map(|s| &**s),
+        slices.iter().map(|s| &**s),
+        |name, why| {
+            skipped.insert((name.to_string(), why));
+        },
+    );
+    handover.offer(list, skipped, |list| {
         let endpoints: usize = list
             .iter()
             .flat_map(|s| &s.ports)
@@ -263,9 +87,7 @@ impl Source {
             endpoints,
             "services: the Services changed"
         );
-        self.last = Some(list.clone());
-        (self.on_change)(list);
-    }
+    });
 }
 
 /// The Services `services` and `slices` describe, sorted by name:
@@ -432,21 +254,6 @@ fn endpoints<'a>(
         }
     }
     found.into_values().collect()
-}
-
-/// A protocol as the API writes it (`None`: the default, TCP).
-fn protocol(protocol: Option<&str>) -> Option<ServiceProtocol> {
-    match protocol.unwrap_or("TCP") {
-        "TCP" => Some(ServiceProtocol::Tcp),
-        "UDP" => Some(ServiceProtocol::Udp),
-        "SCTP" => Some(ServiceProtocol::Sctp),
-        _ => None,
-    }
-}
-
-/// A port number, if `port` is one (1 to 65535).
-fn port_number(port: Option<i32>) -> Option<u16> {
-    port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0)
 }
 
 fn traffic_policy(policy: Option<&str>) -> TrafficPolicy {

@@ -3,13 +3,16 @@
 //! layout, or `kubernetes`, Node objects with Flannel's annotations). A watching source keeps the set of peers the datastore
 //! describes and hands every change to the control plane through the same
 //! path as `peer add`/`peer del` ([`PeerSet`]), so workers never stop.
-//! The cluster's Services come the same way, through the Kubernetes
-//! source's client ([`kubernetes_services`]).
+//! The cluster's Services ([`kubernetes_services`]) and what NetworkPolicy
+//! is decided on ([`kubernetes_policy`]) come the same way, through the
+//! Kubernetes source's client ([`kubernetes_watch`]).
 
 pub mod etcd;
 pub mod flannel;
 pub mod kubernetes;
+pub mod kubernetes_policy;
 pub mod kubernetes_services;
+pub mod kubernetes_watch;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
