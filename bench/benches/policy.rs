@@ -16,7 +16,9 @@
 //! Then the switch's whole policy stage (`podswitch::policy`) on a packet
 //! of a connection it tracks, among 2^20 tracked connections (a probe of
 //! its connection table and the parse), and on a connection's first
-//! packet that the rules deny (the parse, a missed probe, the rules).
+//! packet that the rules deny (the parse, a missed probe, the rules); the
+//! tracked case also in batches of 32 prefetched first, as the AF_XDP
+//! port hands them over.
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;
@@ -221,6 +223,9 @@ fn policy(c: &mut Criterion) {
 
 /// Connections the stage bench tracks.
 const TRACKED: usize = 1 << 20;
+/// Packets a batch of the worker's AF_XDP port holds at most, prefetched
+/// together.
+const BATCH: usize = 32;
 /// The port the stage bench's connections go to, which one rule allows
 /// from anywhere; every other port is left to the 1 000 random rules.
 const OPEN_PORT: u16 = 7000;
@@ -292,6 +297,19 @@ fn stage(c: &mut Criterion) {
             black_box(stage.check(black_box(packet), false, true))
         })
     });
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("tracked/1m-batched", |b| {
+        b.iter(|| {
+            let start = next & (TRACKED - 1) & !(BATCH - 1);
+            next += BATCH;
+            let batch = &packets[start..start + BATCH];
+            stage.prefetch(batch.iter().map(|p| &p[..]));
+            for packet in batch {
+                black_box(stage.check(black_box(packet), false, true)).ok();
+            }
+        })
+    });
+    group.throughput(Throughput::Elements(1));
     group.bench_function("first-packet-denied/1k-rules", |b| {
         b.iter(|| {
             let packet = &denied[next & (PACKETS - 1)];

@@ -204,7 +204,7 @@ impl Port for AfXdpPort {
                 // the kernel gave its frame back, and nothing else holds it.
                 unsafe { pipeline.frames.from_rx(desc) }
             }));
-            pipeline.prefetch_services(self.batch.iter());
+            pipeline.prefetch(self.batch.iter());
             for frame in self.batch.drain(..) {
                 if !frame.continues() && run.is_empty() {
                     // The fast path: a frame in one buffer frame.

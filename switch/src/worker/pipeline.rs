@@ -233,21 +233,28 @@ impl Pipeline<'_> {
         self.stats.rx(self.in_port, len);
     }
 
-    /// Prefetch the Service stage's connection probes of a batch of
-    /// received Ethernet frames, before they are dispatched one by one
-    /// (see [`podswitch_services::Translator::prefetch`]). A frame that
-    /// continues in the next one is left out.
-    pub fn prefetch_services<'f>(&self, frames: impl Iterator<Item = &'f Frame>) {
-        let Some(stage) = &self.forwarder.services else {
+    /// Prefetch the Service and policy stages' connection probes of a
+    /// batch of received Ethernet frames, before they are dispatched one
+    /// by one (see [`podswitch_services::Translator::prefetch`]). A frame
+    /// that continues in the next one is left out.
+    pub fn prefetch<'f>(&self, frames: impl Iterator<Item = &'f Frame> + Clone) {
+        let services = &self.forwarder.services;
+        let policy = &self.forwarder.policy;
+        if services.is_none() && policy.is_none() {
             return;
-        };
+        }
         let ipv4 = frames
             .filter(|frame| !frame.continues())
             .filter_map(|frame| {
                 let bytes = self.frames.bytes(frame);
                 (bytes.get(12..14) == Some(&[0x08, 0x00][..])).then(|| &bytes[14..])
             });
-        stage.translator.prefetch(stage.table, ipv4);
+        if let Some(stage) = services {
+            stage.translator.prefetch(stage.table, ipv4.clone());
+        }
+        if let Some(stage) = policy {
+            stage.prefetch(ipv4);
+        }
     }
 
     /// Count, decide and carry out the fate of a packet received on the
