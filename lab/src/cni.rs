@@ -56,6 +56,23 @@ pub struct CniPlugin {
 }
 
 impl CniPlugin {
+    /// The `podswitch-cni` binary built in `dir` (where the workspace's
+    /// binaries are), with `dir` and Debian's plugins (`/usr/lib/cni`) on
+    /// `CNI_PATH` for delegation and chaining; an error if it is not
+    /// built, saying how to build it.
+    pub fn built_in(dir: &Path) -> Result<CniPlugin> {
+        let binary = dir.join("podswitch-cni");
+        anyhow::ensure!(
+            binary.exists(),
+            "{} is not built: cargo build --release -p podswitch-cni",
+            binary.display()
+        );
+        Ok(CniPlugin {
+            path: vec![dir.into(), "/usr/lib/cni".into()],
+            binary,
+        })
+    }
+
     /// Run `call` in the namespace `node` (the node's; a runtime runs
     /// plugins there) with `config` on stdin.
     pub fn run(&self, node: &Netns, call: &CniCall, config: &Value) -> Result<CniOutput> {

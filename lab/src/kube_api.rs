@@ -32,7 +32,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -296,6 +296,15 @@ impl KubeApi {
     /// `http://ip:port`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Write a kubeconfig for the server into `dir` (made if need be);
+    /// its path.
+    pub fn kubeconfig_in(&self, dir: &Path) -> Result<PathBuf> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("kubeconfig");
+        self.write_kubeconfig(&path)?;
+        Ok(path)
     }
 
     /// Write a kubeconfig file that points a client at this server.

@@ -4,6 +4,7 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -128,6 +129,50 @@ pub fn has_route(node: &SwitchNode, i: u8) -> Result<bool> {
         .into_iter()
         .flatten()
         .any(|r| r["prefix"].as_str() == Some(&cidr)))
+}
+
+/// What a source handed its callback, for tests: each value the callback
+/// sends on [`Handed::channel`]'s sender, counted, the last one kept.
+pub struct Handed<T> {
+    rx: Receiver<T>,
+    /// How many were handed over so far.
+    pub count: usize,
+    /// The last one.
+    pub last: Option<T>,
+}
+
+impl<T: std::fmt::Debug> Handed<T> {
+    /// An empty one, and the sender the source's callback sends on.
+    pub fn channel() -> (Sender<T>, Handed<T>) {
+        let (tx, rx) = channel();
+        let handed = Handed {
+            rx,
+            count: 0,
+            last: None,
+        };
+        (tx, handed)
+    }
+
+    /// Take what was handed over meanwhile.
+    pub fn take(&mut self) {
+        while let Ok(value) = self.rx.try_recv() {
+            self.count += 1;
+            self.last = Some(value);
+        }
+    }
+
+    /// Wait (at most [`PATIENCE`]) until the last one handed over
+    /// satisfies `done`; the error shows the last one.
+    pub fn wait(&mut self, what: &str, done: impl Fn(&T) -> bool) -> Result<&T> {
+        let waited = wait_for(what, || {
+            self.take();
+            Ok(self.last.as_ref().is_some_and(&done))
+        });
+        if let Err(e) = waited {
+            return Err(e.context(format!("the last one handed over: {:#?}", self.last)));
+        }
+        self.last.as_ref().context("nothing handed over")
+    }
 }
 
 /// Wait (at most [`PATIENCE`]) until `done` holds.

@@ -14,7 +14,6 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::sync::mpsc::{Receiver, channel};
 
 use anyhow::{Context, Result, ensure};
 use podswitch::membership::KubernetesSettings;
@@ -24,36 +23,8 @@ use podswitch_control::policy::{
     Cluster, Direction, NAMESPACE_NAME_LABEL, NamedPort, Peer, PolicyPort, Port, Protocol, Rule,
 };
 use podswitch_lab::kube_api::{KubeApi, namespace_object, network_policy_object, pod_object};
-use podswitch_lab::membership::wait_for;
+use podswitch_lab::membership::{Handed, wait_for};
 use serde_json::json;
-
-/// The `Cluster`s the source handed over, and the last one.
-struct Handed {
-    rx: Receiver<Cluster>,
-    count: usize,
-    last: Option<Cluster>,
-}
-
-impl Handed {
-    fn take(&mut self) {
-        while let Ok(cluster) = self.rx.try_recv() {
-            self.count += 1;
-            self.last = Some(cluster);
-        }
-    }
-
-    /// Wait until the last `Cluster` handed over satisfies `done`.
-    fn wait(&mut self, what: &str, done: impl Fn(&Cluster) -> bool) -> Result<&Cluster> {
-        let waited = wait_for(what, || {
-            self.take();
-            Ok(self.last.as_ref().is_some_and(&done))
-        });
-        if let Err(e) = waited {
-            return Err(e.context(format!("the last Cluster: {:#?}", self.last)));
-        }
-        self.last.as_ref().context("no Cluster")
-    }
-}
 
 /// The pods of `cluster` as `namespace/name`.
 fn pods(cluster: &Cluster) -> Vec<String> {
@@ -102,26 +73,16 @@ fn web_policy() -> serde_json::Value {
 }
 
 /// Start the source on the cluster `api` serves, its kubeconfig in `dir`.
-fn start(api: &KubeApi, dir: &Path) -> Result<(PolicyWatch, Handed)> {
-    std::fs::create_dir_all(dir)?;
-    let kubeconfig = dir.join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig)?;
+fn start(api: &KubeApi, dir: &Path) -> Result<(PolicyWatch, Handed<Cluster>)> {
     let settings = KubernetesSettings {
-        kubeconfig: Some(kubeconfig),
+        kubeconfig: Some(api.kubeconfig_in(dir)?),
         ..KubernetesSettings::default()
     };
-    let (tx, rx) = channel();
-    let watch = watch_policies(&settings, move |cluster| {
-        let _ = tx.send(cluster);
+    let (tx, handed) = Handed::channel();
+    let watch = watch_policies(&settings, move |handed_over| {
+        let _ = tx.send(handed_over);
     })?;
-    Ok((
-        watch,
-        Handed {
-            rx,
-            count: 0,
-            last: None,
-        },
-    ))
+    Ok((watch, handed))
 }
 
 #[test]

@@ -12,42 +12,13 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::sync::mpsc::{Receiver, channel};
 
 use anyhow::{Context, Result, ensure};
 use podswitch::membership::KubernetesSettings;
 use podswitch::membership::kubernetes_services::{ServicesWatch, watch_services};
 use podswitch_control::service::{Endpoint, Service};
 use podswitch_lab::kube_api::{KubeApi, endpoint_slice_object, service_object};
-use podswitch_lab::membership::wait_for;
-
-/// The lists the source handed over, and the last one.
-struct Handed {
-    rx: Receiver<Vec<Service>>,
-    count: usize,
-    last: Option<Vec<Service>>,
-}
-
-impl Handed {
-    fn take(&mut self) {
-        while let Ok(list) = self.rx.try_recv() {
-            self.count += 1;
-            self.last = Some(list);
-        }
-    }
-
-    /// Wait until the last list handed over satisfies `done`.
-    fn wait(&mut self, what: &str, done: impl Fn(&[Service]) -> bool) -> Result<&[Service]> {
-        let waited = wait_for(what, || {
-            self.take();
-            Ok(self.last.as_deref().is_some_and(&done))
-        });
-        if let Err(e) = waited {
-            return Err(e.context(format!("the last list: {:#?}", self.last)));
-        }
-        self.last.as_deref().context("no list")
-    }
-}
+use podswitch_lab::membership::{Handed, wait_for};
 
 /// Service `name`'s endpoints of its first port as (address, port,
 /// ready); `None` if there is no such Service.
@@ -73,26 +44,16 @@ fn web_slice(name: &str, endpoints: &[(Ipv4Addr, &str, bool)]) -> serde_json::Va
 }
 
 /// Start the source on the cluster `api` serves, its kubeconfig in `dir`.
-fn start(api: &KubeApi, dir: &Path) -> Result<(ServicesWatch, Handed)> {
-    std::fs::create_dir_all(dir)?;
-    let kubeconfig = dir.join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig)?;
+fn start(api: &KubeApi, dir: &Path) -> Result<(ServicesWatch, Handed<Vec<Service>>)> {
     let settings = KubernetesSettings {
-        kubeconfig: Some(kubeconfig),
+        kubeconfig: Some(api.kubeconfig_in(dir)?),
         ..KubernetesSettings::default()
     };
-    let (tx, rx) = channel();
-    let watch = watch_services(&settings, move |list| {
-        let _ = tx.send(list);
+    let (tx, handed) = Handed::channel();
+    let watch = watch_services(&settings, move |handed_over| {
+        let _ = tx.send(handed_over);
     })?;
-    Ok((
-        watch,
-        Handed {
-            rx,
-            count: 0,
-            last: None,
-        },
-    ))
+    Ok((watch, handed))
 }
 
 #[test]
@@ -207,7 +168,7 @@ fn services_and_endpoint_slices_are_followed_through_the_api() -> Result<()> {
     // The Service is deleted (its slice stays, as until the garbage
     // collector removes it): the list is empty.
     ensure!(api.delete("Service", Some("default"), "web"));
-    handed.wait("web gone", <[Service]>::is_empty)?;
+    handed.wait("web gone", Vec::is_empty)?;
 
     // The calls made are those the DaemonSet's RBAC grants for Services
     // and EndpointSlices (deploy/kubernetes/podswitch.yaml): list and

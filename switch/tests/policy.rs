@@ -131,20 +131,10 @@ fn the_switch_enforces_network_policy_as_kubernetes_specifies() -> Result<()> {
         vec![ServicePort::new(ServiceProtocol::Tcp, 80, endpoints)],
     );
     std::fs::write(&services, serde_json::to_string(&[web])?)?;
-    let cni = binary().with_file_name("podswitch-cni");
-    ensure!(
-        cni.exists(),
-        "{} is not built: cargo build --release -p podswitch-cni",
-        cni.display()
-    );
     let options = SwitchOptions {
-        cni: Some(CniPlugin {
-            path: vec![
-                binary().parent().context("the binaries' directory")?.into(),
-                "/usr/lib/cni".into(),
-            ],
-            binary: cni,
-        }),
+        cni: Some(CniPlugin::built_in(
+            binary().parent().context("the binaries' directory")?,
+        )?),
         membership: Some(format!(
             "service_translation = \"switch\"\nservices_file = \"{}\"",
             services.display()

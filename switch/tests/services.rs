@@ -181,20 +181,10 @@ fn the_switch_translates_services_keeping_the_client_address() -> Result<()> {
         Ipv4Addr::new(10, 244, 2, 2),
     );
     write(&file, &services(&[b, c], &[c], a, c))?;
-    let cni = binary().with_file_name("podswitch-cni");
-    ensure!(
-        cni.exists(),
-        "{} is not built: cargo build --release -p podswitch-cni",
-        cni.display()
-    );
     let options = SwitchOptions {
-        cni: Some(CniPlugin {
-            path: vec![
-                binary().parent().context("the binaries' directory")?.into(),
-                "/usr/lib/cni".into(),
-            ],
-            binary: cni,
-        }),
+        cni: Some(CniPlugin::built_in(
+            binary().parent().context("the binaries' directory")?,
+        )?),
         membership: Some(format!(
             "service_translation = \"switch\"\nservices_file = \"{}\"",
             file.display()
