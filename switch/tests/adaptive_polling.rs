@@ -5,8 +5,9 @@
 //! through the exchange; with no window they sleep after every packet
 //! and every request wakes them; either way every request is answered,
 //! and once the traffic stops the workers sleep (no passes between two
-//! looks at their counters). Bounded by counts; no timed assertions.
-//! Needs root.
+//! looks at their counters). Busy workers, whose idle passes yield the
+//! CPU, answer every request and never sleep. Bounded by counts; no timed
+//! assertions. Needs root.
 
 use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
@@ -52,14 +53,11 @@ struct Exchange {
     sleeps: [u64; 2],
 }
 
-/// Two nodes whose daemons run with `spin_us`; `ROUND_TRIPS` round trips
-/// from node 1's pod to node 2's, 100 µs apart.
-fn exchange(tag: &str, spin_us: u32) -> Result<Exchange> {
+/// Two nodes whose daemons run with `options`; `ROUND_TRIPS` round trips
+/// from node 1's pod to node 2's, 100 µs apart. Adaptive workers must be
+/// asleep once the traffic stops.
+fn exchange(tag: &str, options: SwitchOptions) -> Result<Exchange> {
     let mut lab = Lab::new(tag)?;
-    let options = SwitchOptions {
-        spin_us: Some(spin_us),
-        ..SwitchOptions::default()
-    };
     let dir = scratch(&lab);
     let SwitchPair { nodes, pods } = SwitchPair::build(&mut lab, binary(), &dir, &options)?;
     let (client, server) = (&pods[0][0], &pods[1][0]);
@@ -82,7 +80,9 @@ fn exchange(tag: &str, spin_us: u32) -> Result<Exchange> {
     let after = [worker_counters(&nodes[0])?, worker_counters(&nodes[1])?];
     echo.stop()?;
     for node in &nodes {
-        wait_until_asleep(node)?;
+        if options.poll_mode == "adaptive" {
+            wait_until_asleep(node)?;
+        }
         node.check_frames()?;
     }
     Ok(Exchange {
@@ -90,6 +90,14 @@ fn exchange(tag: &str, spin_us: u32) -> Result<Exchange> {
         lost: trips.lost,
         sleeps: [after[0].1 - before[0].1, after[1].1 - before[1].1],
     })
+}
+
+/// Adaptive polling with a window of `spin_us`.
+fn spin(spin_us: u32) -> SwitchOptions {
+    SwitchOptions {
+        spin_us: Some(spin_us),
+        ..SwitchOptions::default()
+    }
 }
 
 /// Look at `node`'s worker until two looks in a row see no pass between
@@ -114,12 +122,12 @@ fn wait_until_asleep(node: &SwitchNode) -> Result<()> {
 
 #[test]
 fn a_spin_window_keeps_workers_awake_between_requests_and_asleep_when_idle() -> Result<()> {
-    let long = exchange("spin-long", LONG_WINDOW_US)?;
+    let long = exchange("spin-long", spin(LONG_WINDOW_US))?;
     println!(
         "spin_us = {LONG_WINDOW_US}: {} answered, {} lost, workers slept {:?} times",
         long.answered, long.lost, long.sleeps
     );
-    let none = exchange("spin-none", 0)?;
+    let none = exchange("spin-none", spin(0))?;
     println!(
         "spin_us = 0: {} answered, {} lost, workers slept {:?} times",
         none.answered, none.lost, none.sleeps
@@ -151,5 +159,26 @@ fn a_spin_window_keeps_workers_awake_between_requests_and_asleep_when_idle() -> 
             node + 1
         );
     }
+    Ok(())
+}
+
+#[test]
+fn busy_workers_answer_every_request_and_never_sleep() -> Result<()> {
+    let options = SwitchOptions {
+        poll_mode: "busy".into(),
+        ..SwitchOptions::default()
+    };
+    let busy = exchange("busy", options)?;
+    ensure!(
+        busy.lost == 0 && busy.answered == ROUND_TRIPS,
+        "busy: {} of {ROUND_TRIPS} round trips answered, {} lost",
+        busy.answered,
+        busy.lost
+    );
+    ensure!(
+        busy.sleeps == [0, 0],
+        "busy workers slept {:?} times",
+        busy.sleeps
+    );
     Ok(())
 }

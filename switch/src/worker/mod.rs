@@ -19,7 +19,9 @@
 //! after the last packet (`spin_us`, longer than a request/response round
 //! trip, so the answer finds it awake), then sleeps in `poll()` on its
 //! ports and wake-up event, so an idle node does not burn a core; in busy
-//! mode it always spins.
+//! mode it always spins. Either way a pass that found nothing yields the
+//! CPU (`sched_yield`) to any other thread waiting for it, so a spinning
+//! worker does not hold up the pods that share its core.
 
 mod afxdp_port;
 mod buffers;
@@ -36,6 +38,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use crossbeam::channel::{Receiver, Sender};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sched::sched_yield;
 use nix::sys::eventfd::EventFd;
 
 pub use afxdp_port::AfXdpPort;
@@ -163,14 +166,22 @@ impl Worker {
             self.ctx.stats.poll(worked);
             if worked {
                 idle_since = None;
-            } else if self.ctx.poll_mode == PollMode::Adaptive {
+                continue;
+            }
+            if self.ctx.poll_mode == PollMode::Adaptive {
                 let now = Instant::now();
                 if now.duration_since(*idle_since.get_or_insert(now)) >= self.ctx.spin {
                     self.publish_kernel_drops();
                     self.sleep();
                     idle_since = None;
+                    continue;
                 }
             }
+            // An idle pass: let a thread waiting for this CPU (a pod's
+            // sender or receiver on a shared core) run now rather than
+            // after the worker's time slice; with nothing else runnable
+            // the call returns at once and the spin goes on.
+            let _ = sched_yield();
         }
         let ids: Vec<PortId> = self.ports.iter().map(|p| p.id).collect();
         for id in ids {
