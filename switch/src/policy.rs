@@ -209,6 +209,16 @@ impl Policies {
     /// The stage for one pass over `enforced`; `None` while no policy
     /// selects a local pod (nothing to check, nothing tracked).
     pub fn stage<'a>(&'a self, enforced: &'a Enforced) -> Option<PolicyStage<'a>> {
+        self.stage_that(enforced, true)
+    }
+
+    /// The stage as `podswitch trace` runs it: the same verdicts, but
+    /// nothing tracked and nothing counted.
+    pub fn dry_stage<'a>(&'a self, enforced: &'a Enforced) -> Option<PolicyStage<'a>> {
+        self.stage_that(enforced, false)
+    }
+
+    fn stage_that<'a>(&'a self, enforced: &'a Enforced, live: bool) -> Option<PolicyStage<'a>> {
         if !enforced.restricts {
             return None;
         }
@@ -216,6 +226,7 @@ impl Policies {
             enforced,
             conns: self.conns.get()?,
             now_ms: self.now_ms(),
+            live,
         })
     }
 
@@ -328,6 +339,9 @@ pub struct PolicyStage<'a> {
     enforced: &'a Enforced,
     conns: &'a ConnTable,
     now_ms: u64,
+    /// A worker's (tracks what it allows, counts what it denies), or a
+    /// trace's (neither).
+    live: bool,
 }
 
 impl PolicyStage<'_> {
@@ -391,6 +405,9 @@ impl PolicyStage<'_> {
         {
             return Err(self.deny(dst, Direction::Ingress));
         }
+        if !self.live {
+            return Ok(());
+        }
         match tracked.map(|key| self.conns.track(key, self.now_ms)) {
             Some(Err(Refused::Full)) => Err(DropCause::ConntrackFull),
             // Clash: another worker tracked the connection meanwhile.
@@ -416,7 +433,7 @@ impl PolicyStage<'_> {
     /// each policy that restricts it in `direction`; the drop cause.
     fn deny(&self, address: Ipv4Addr, direction: Direction) -> DropCause {
         let counters = self.enforced.denying.get(&(address, direction));
-        for counter in counters.into_iter().flatten() {
+        for counter in counters.into_iter().flatten().filter(|_| self.live) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
         match direction {
@@ -589,6 +606,23 @@ mod tests {
             status.pods.iter().all(|p| p.address != CLIENT),
             "another node's pod is not this node's to show"
         );
+    }
+
+    #[test]
+    fn a_trace_s_dry_stage_gives_the_verdicts_but_tracks_and_counts_nothing() {
+        let ingress = [Direction::Ingress];
+        let policies = policies(vec![policy("web", &ingress, vec![from_clients_to_80()])]);
+        let enforced = policies.enforced();
+        let dry = policies.dry_stage(&enforced).unwrap();
+        let syn = tcp(CLIENT, 40000, SERVER, 80, SYN);
+        assert_eq!(dry.check(&syn, false, true), Ok(()));
+        let other = tcp(CLIENT, 40000, SERVER, 81, SYN);
+        assert_eq!(
+            dry.check(&other, false, true),
+            Err(DropCause::PolicyDeniedIngress)
+        );
+        assert_eq!(policies.connections(), 0);
+        assert_eq!(denied(&policies, "shop/web"), 0);
     }
 
     #[test]

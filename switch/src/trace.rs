@@ -17,6 +17,7 @@ use crate::drops::DropCause;
 use crate::fib::Ipv4Lpm;
 use crate::forward::{Forwarder, Verdict};
 use crate::mac::MacAddr;
+use crate::policy::PolicyStage;
 use crate::topology::{PortId, PortRole, PortView, RouteTarget, Topology};
 
 /// Headroom before the traced frame, as a worker's buffers have.
@@ -169,6 +170,7 @@ pub fn describe_frame(spec: &TraceSpec, port: &PortView, router: MacAddr) -> Res
 pub fn trace_spec(
     topology: &Topology,
     fib: &Ipv4Lpm<RouteTarget>,
+    policy: Option<PolicyStage>,
     spec: &TraceSpec,
 ) -> Result<TraceReport> {
     let (id, port) = (0..topology.ports.len())
@@ -179,24 +181,25 @@ pub fn trace_spec(
         .find(|(_, p)| p.name == spec.in_port)
         .with_context(|| format!("no port {}", spec.in_port))?;
     let frame = describe_frame(spec, port, topology.router_mac)?;
-    Ok(trace(topology, fib, id, &frame))
+    Ok(trace(topology, fib, policy, id, &frame))
 }
 
 /// Run `frame`, arriving on `in_port`, through the data path's decision
-/// on `topology` and `fib`.
+/// on `topology` and `fib`, and the policy stage if one is given (a
+/// [`crate::policy::Policies::dry_stage`]: it tracks and counts nothing).
 pub fn trace(
     topology: &Topology,
     fib: &Ipv4Lpm<RouteTarget>,
+    policy: Option<PolicyStage>,
     in_port: PortId,
     frame: &[u8],
 ) -> TraceReport {
-    // Without the Service and policy stages: a trace must not open
-    // connections.
+    // Without the Service stage: a trace must not open connections.
     let forwarder = Forwarder {
         topology,
         fib,
         services: None,
-        policy: None,
+        policy,
     };
     // Headroom before, as the workers' buffers have, and a frame's worth
     // of room after.
@@ -217,7 +220,11 @@ pub fn trace(
     );
     report.set(
         Stage::Policy,
-        "not simulated: a trace leaves NetworkPolicy out (see `podswitch policy`)".into(),
+        match policy {
+            Some(_) => "passed: the rules allow it, or it belongs to a tracked connection",
+            None => "passed: no NetworkPolicy selects a pod of this node",
+        }
+        .into(),
     );
     match verdict {
         Verdict::Drop(cause) => {
@@ -413,7 +420,7 @@ mod tests {
 
     #[test]
     fn to_a_remote_pod_through_the_tunnel_with_the_outer_header() {
-        let report = trace_spec(&topology(), &fib(), &spec(REMOTE_POD)).unwrap();
+        let report = trace_spec(&topology(), &fib(), None, &spec(REMOTE_POD)).unwrap();
         assert_eq!(report.verdict, "tunnel");
         assert_eq!(report.peer, Some(IpAddr::V4(PEER_NODE)));
         assert_eq!(report.output_port.as_deref(), Some("ul0"));
@@ -428,7 +435,7 @@ mod tests {
     #[test]
     fn local_delivery_spoofing_and_no_route() {
         let (topology, mut fib) = (topology(), fib());
-        let local = trace_spec(&topology, &fib, &spec(POD_B)).unwrap();
+        let local = trace_spec(&topology, &fib, None, &spec(POD_B)).unwrap();
         assert_eq!(
             (local.verdict.as_str(), local.output_port.as_deref()),
             ("deliver", Some("veth-b"))
@@ -437,7 +444,7 @@ mod tests {
             src: Some(POD_B),
             ..spec(REMOTE_POD)
         };
-        let report = trace_spec(&topology, &fib, &spoofed).unwrap();
+        let report = trace_spec(&topology, &fib, None, &spoofed).unwrap();
         assert_eq!(report.drop_reason.as_deref(), Some("spoofed"));
         assert_eq!(outcome(&report, Stage::AntiSpoofing), "drop: spoofed");
         for later in [
@@ -449,13 +456,14 @@ mod tests {
             assert_eq!(outcome(&report, later), "not reached");
         }
         fib.remove("0.0.0.0/0".parse().unwrap());
-        let report = trace_spec(&topology, &fib, &spec(Ipv4Addr::new(192, 0, 2, 1))).unwrap();
+        let report = trace_spec(&topology, &fib, None, &spec(Ipv4Addr::new(192, 0, 2, 1))).unwrap();
         assert_eq!(report.drop_reason.as_deref(), Some("no_route"));
         assert_eq!(outcome(&report, Stage::FibLookup), "drop: no_route");
         assert!(
             trace_spec(
                 &topology,
                 &fib,
+                None,
                 &TraceSpec {
                     in_port: "nope".into(),
                     ..spec(POD_B)
@@ -522,7 +530,7 @@ mod tests {
             &[10, 244, 1, 1],
         ]
         .concat();
-        let report = trace(&topology, &fib, POD_A_PORT, &arp);
+        let report = trace(&topology, &fib, None, POD_A_PORT, &arp);
         assert_eq!(report.verdict, "deliver", "{report:?}");
         assert_eq!(report.output_port.as_deref(), Some("veth-a"));
         // Every cut of a pod frame and an ARP request, on every port (the
@@ -531,7 +539,7 @@ mod tests {
         for frame in [&local[..], &arp[..]] {
             for len in 0..=frame.len() {
                 for port in 0..5 {
-                    let report = trace(&topology, &fib, PortId(port), &frame[..len]);
+                    let report = trace(&topology, &fib, None, PortId(port), &frame[..len]);
                     assert!(!report.verdict.is_empty());
                 }
             }

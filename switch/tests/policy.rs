@@ -177,6 +177,29 @@ fn the_switch_enforces_network_policy_as_kubernetes_specifies() -> Result<()> {
         drops(&nodes[0], "policy_denied_egress")? == 0,
         "nothing restricts egress"
     );
+    // `podswitch trace` tells the same, and counts nothing.
+    let denied_before = denied_by(&nodes[0], "shop/deny-ingress")?;
+    let b_ip = b.ip.to_string();
+    let port = TCP_PORT.to_string();
+    let args = [
+        "trace",
+        &a.host_ifname,
+        "--dst",
+        &b_ip,
+        "--proto",
+        "tcp",
+        "--dport",
+        &port,
+    ];
+    let traced = nodes[0].cli_json(&args)?;
+    ensure!(
+        traced["drop_reason"] == "policy_denied_ingress",
+        "trace of a to b under default deny: {traced:#}"
+    );
+    ensure!(
+        denied_by(&nodes[0], "shop/deny-ingress")? == denied_before,
+        "a trace counted a denial"
+    );
     let shown = nodes[1].cli(&["policy"])?;
     ensure!(
         shown.contains("shop/c") && shown.contains("shop/deny-ingress"),

@@ -117,7 +117,7 @@ fn traces_match_what_packets_do() -> Result<()> {
     ensure!(outer["src_mac"] == link_mac(n1, "ul0")?, "{remote:#}");
     ensure!(outer["dst_mac"] == link_mac(n2, "ul0")?, "{remote:#}");
     ensure!(
-        stage(&remote, "policy").starts_with("not implemented"),
+        stage(&remote, "policy").starts_with("passed: no NetworkPolicy"),
         "{remote:#}"
     );
     // The real packets arrive at that peer, through its uplink, at the pod.

@@ -330,11 +330,15 @@ impl ControlPlane {
             Request::Capture(_) => {
                 bail!("a capture is a stream: only the control socket serves it")
             }
-            Request::Trace(spec) => serde_json::to_value(crate::trace::trace_spec(
-                &self.parts.topology.load(),
-                &self.parts.fib.load(),
-                &spec,
-            )?)?,
+            Request::Trace(spec) => {
+                let enforced = self.parts.policies.enforced();
+                serde_json::to_value(crate::trace::trace_spec(
+                    &self.parts.topology.load(),
+                    &self.parts.fib.load(),
+                    self.parts.policies.dry_stage(&enforced),
+                    &spec,
+                )?)?
+            }
         })
     }
 
