@@ -171,6 +171,23 @@ impl Default for SwitchOptions {
     }
 }
 
+impl SwitchOptions {
+    /// Pods made by the `podswitch-cni` built beside the daemon `binary`,
+    /// and the switch translating the Services of `services_file` itself
+    /// (`service_translation = "switch"`).
+    pub fn translating_services(binary: &Path, services_file: &Path) -> Result<SwitchOptions> {
+        let dir = binary.parent().context("the binaries' directory")?;
+        Ok(SwitchOptions {
+            cni: Some(CniPlugin::built_in(dir)?),
+            membership: Some(format!(
+                "service_translation = \"switch\"\nservices_file = \"{}\"",
+                services_file.display()
+            )),
+            ..SwitchOptions::default()
+        })
+    }
+}
+
 /// A peer as a podswitch node's configuration lists it.
 #[derive(Debug, Clone)]
 pub struct PeerEntry {

@@ -18,7 +18,6 @@ use podswitch_control::policy::Cluster;
 use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol};
 use podswitch_lab::Lab;
 use podswitch_lab::cluster::{Pod, SwitchNode, SwitchOptions, SwitchPair};
-use podswitch_lab::cni::CniPlugin;
 use podswitch_lab::netns::Netns;
 use podswitch_lab::service_traffic::{
     ECHO_PORT, HELD_CONNECTION, TCP_PORT, TRY_SERVICE, UDP_PORT, request, serve_in,
@@ -131,16 +130,7 @@ fn the_switch_enforces_network_policy_as_kubernetes_specifies() -> Result<()> {
         vec![ServicePort::new(ServiceProtocol::Tcp, 80, endpoints)],
     );
     std::fs::write(&services, serde_json::to_string(&[web])?)?;
-    let options = SwitchOptions {
-        cni: Some(CniPlugin::built_in(
-            binary().parent().context("the binaries' directory")?,
-        )?),
-        membership: Some(format!(
-            "service_translation = \"switch\"\nservices_file = \"{}\"",
-            services.display()
-        )),
-        ..SwitchOptions::default()
-    };
+    let options = SwitchOptions::translating_services(binary(), &services)?;
     let SwitchPair { nodes, pods } = SwitchPair::build(&mut lab, binary(), &dir, &options)?;
     let [[a, b], [c, d]] = &pods;
     ensure!((b.ip, c.ip) == (b_ip, c_ip), "pods at {} {}", b.ip, c.ip);

@@ -18,7 +18,6 @@ use anyhow::{Context, Result, bail, ensure};
 use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol, TrafficPolicy};
 use podswitch_lab::Lab;
 use podswitch_lab::cluster::{Pod, SwitchNode, SwitchOptions, SwitchPair, node_ip};
-use podswitch_lab::cni::CniPlugin;
 use podswitch_lab::service_traffic::{
     ECHO_PORT, HELD_CONNECTION, TCP_PORT, TRY_SERVICE, UDP_PORT, request, serve_in,
 };
@@ -181,16 +180,7 @@ fn the_switch_translates_services_keeping_the_client_address() -> Result<()> {
         Ipv4Addr::new(10, 244, 2, 2),
     );
     write(&file, &services(&[b, c], &[c], a, c))?;
-    let options = SwitchOptions {
-        cni: Some(CniPlugin::built_in(
-            binary().parent().context("the binaries' directory")?,
-        )?),
-        membership: Some(format!(
-            "service_translation = \"switch\"\nservices_file = \"{}\"",
-            file.display()
-        )),
-        ..SwitchOptions::default()
-    };
+    let options = SwitchOptions::translating_services(binary(), &file)?;
     let SwitchPair { nodes, pods } = SwitchPair::build(&mut lab, binary(), &dir, &options)?;
     let [[pa, pb], [pc, pd]] = &pods;
     ensure!(
