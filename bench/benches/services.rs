@@ -31,6 +31,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol};
 use podswitch_encap::checksum::{combine, fill_ipv4_header, ipv4_pseudo_header, sum};
 use podswitch_services::conntrack::BATCH;
+use podswitch_services::flow;
 use podswitch_services::{
     Affinity, FlowKey, L4Checksum, Nodes, ServiceTable, Timeouts, Translator, Verdict,
 };
@@ -157,7 +158,8 @@ fn stage_batch(
     stage: impl Fn(&Translator, &ServiceTable, &mut [u8]) -> Verdict,
 ) -> [[u8; 54]; BATCH] {
     let mut packets = batch(packets, start);
-    translator.prefetch(table, packets.iter().map(|p| &p[..]));
+    let keys = packets.iter().filter_map(|p| flow::connection_key(p));
+    translator.prefetch(table, keys);
     for p in &mut packets {
         black_box(stage(translator, table, p));
     }

@@ -126,7 +126,7 @@ pub fn compile_for(
                 && policy.applies_to(direction)
                 && policy.pod_selector.matches(&pod.labels)
             {
-                names.push(format!("{}/{}", policy.namespace, policy.name));
+                names.push(policy.full_name());
                 for rule in &prepared[index] {
                     rule.compile(pod, direction, &mut rules);
                 }
@@ -543,12 +543,6 @@ impl CompiledPolicies {
         self.pods
             .iter()
             .map(|(&address, policy)| (Ipv4Addr::from(address), policy))
-    }
-
-    /// Whether some policy selects some pod: otherwise there is nothing
-    /// to enforce.
-    pub fn restricts(&self) -> bool {
-        self.pods.values().any(PodPolicy::is_restricted)
     }
 
     /// The policies of the pod with this address, if it is known.

@@ -140,12 +140,6 @@ const ICMP_ERRORS: [u8; 3] = [3, 11, 12];
 /// its IPv4 header), any protocol. `None` for a packet too short for its
 /// headers and for a fragment after the first (it carries no ports).
 pub fn track(ipv4: &[u8]) -> Option<Tracked> {
-    if let Some(parsed) = parse(ipv4) {
-        return Some(Tracked::Connection {
-            key: parsed.key,
-            tcp_flags: parsed.tcp_flags,
-        });
-    }
     let (key, l4) = tuple(ipv4)?;
     if key.protocol == ICMP && ICMP_ERRORS.contains(&l4[0]) {
         let quoted = l4.get(8..)?;
@@ -158,6 +152,16 @@ pub fn track(ipv4: &[u8]) -> Option<Tracked> {
         _ => 0,
     };
     Some(Tracked::Connection { key, tcp_flags })
+}
+
+/// The tuple a packet of its own connection is tracked under
+/// ([`Tracked::Connection`]); `None` for an ICMP error and for what
+/// [`track`] does not read. What the stages' prefetch passes probe.
+pub fn connection_key(ipv4: &[u8]) -> Option<FlowKey> {
+    match track(ipv4)? {
+        Tracked::Connection { key, .. } => Some(key),
+        Tracked::Related { .. } => None,
+    }
 }
 
 /// The tuple of an IPv4 packet or of the start of one quoted in an ICMP

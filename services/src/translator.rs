@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::conntrack::{ConnTable, Direction, Refused, Timeouts};
-use crate::flow;
+use crate::flow::{self, FlowKey};
 use crate::rewrite::{self, L4Checksum, Nat};
 use crate::table::{Affinity, Selection, ServiceTable};
 
@@ -57,25 +57,21 @@ impl Translator {
         self.translated.load(Ordering::Relaxed)
     }
 
-    /// Prepare a batch of packets (each from its IPv4 header) for
-    /// [`Translator::outbound`] and [`Translator::inbound`]: the
-    /// connection table's probes of those that are a Service's (to a
-    /// ClusterIP, or from an endpoint) are prefetched together, so that
-    /// their cache misses overlap rather than one per packet in turn.
-    pub fn prefetch<'a>(&self, table: &ServiceTable, packets: impl IntoIterator<Item = &'a [u8]>) {
+    /// Prepare a batch of packets, given by their tuples
+    /// ([`flow::connection_key`]), for [`Translator::outbound`] and
+    /// [`Translator::inbound`]: the connection table's probes of those
+    /// that are a Service's (TCP, UDP or SCTP to a ClusterIP, or from an
+    /// endpoint) are prefetched together, so that their cache misses
+    /// overlap rather than one per packet in turn.
+    pub fn prefetch(&self, table: &ServiceTable, keys: impl IntoIterator<Item = FlowKey>) {
         if self.conns.is_empty() {
             return;
         }
-        self.conns.prefetch(
-            packets
-                .into_iter()
-                .filter_map(flow::parse)
-                .map(|parsed| parsed.key)
-                .filter(|key| {
-                    table.is_service_address(key.dst)
-                        || table.is_endpoint(key.src, key.protocol, key.sport)
-                }),
-        );
+        self.conns.prefetch(keys.into_iter().filter(|key| {
+            matches!(key.protocol, flow::TCP | flow::UDP | flow::SCTP)
+                && (table.is_service_address(key.dst)
+                    || table.is_endpoint(key.src, key.protocol, key.sport))
+        }));
     }
 
     /// A packet a pod sent (`ipv4` starts at its IPv4 header), before the

@@ -30,7 +30,7 @@ use podswitch_services::conntrack::{Refused, Timeouts};
 use podswitch_services::flow::{self, FlowKey, Tracked};
 
 use crate::drops::DropCause;
-use crate::sources::{FILE_SOURCE, WatchedFile, lock, read_json};
+use crate::sources::{FILE_SOURCE, FileSource, lock, read_json};
 
 /// Read a [`Cluster`] (the `policy_file`, the file of `podswitch policy
 /// set`), checked: an error names the file and what to fix.
@@ -62,7 +62,7 @@ pub struct Policies {
     /// Each source's set, by source name.
     sources: Mutex<BTreeMap<String, Cluster>>,
     /// The `policy_file`.
-    file: Mutex<Option<WatchedFile>>,
+    file: FileSource,
     /// Denied packets by policy, kept across changes.
     denied: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
     /// Where the connection table's clock starts.
@@ -73,15 +73,10 @@ pub struct Policies {
 #[derive(Debug, Default)]
 pub struct Enforced {
     compiled: CompiledPolicies,
-    /// Whether some policy selects some local pod.
-    restricts: bool,
-    /// The denial counter of each policy in force, by `namespace/name`.
-    denied: HashMap<String, Arc<AtomicU64>>,
     /// For each local pod and direction some policy restricts, the
-    /// counters of the policies that do: what a denial adds to.
+    /// counters of the policies that do: what a denial adds to. Empty
+    /// while no policy selects a local pod.
     denying: HashMap<(Ipv4Addr, Direction), Box<[Arc<AtomicU64>]>>,
-    /// As [`Policies::node_addresses`].
-    node_addresses: Vec<Ipv4Addr>,
 }
 
 impl Policies {
@@ -96,7 +91,7 @@ impl Policies {
             pod_cidr,
             node_addresses,
             sources: Mutex::new(BTreeMap::new()),
-            file: Mutex::new(None),
+            file: FileSource::default(),
             denied: Mutex::new(BTreeMap::new()),
             epoch: Instant::now(),
         }
@@ -124,73 +119,40 @@ impl Policies {
         let compiled = compile_for(&merged.policies, &merged.pods, &merged.namespaces, |pod| {
             self.pod_cidr.contains(&pod.ip)
         });
-        let restricts = compiled.restricts();
-        if restricts {
-            self.conns
-                .get_or_init(|| ConnTable::new(self.capacity, Timeouts::default()));
-        }
         let mut registry = lock(&self.denied);
-        let denied: HashMap<String, Arc<AtomicU64>> = merged
-            .policies
-            .iter()
-            .map(|policy| {
-                let name = format!("{}/{}", policy.namespace, policy.name);
-                let counter = registry.entry(name.clone()).or_default().clone();
-                (name, counter)
-            })
-            .collect();
         let mut denying = HashMap::new();
         for (address, pod) in compiled.pods() {
             for direction in [Direction::Ingress, Direction::Egress] {
                 if let Some(rules) = pod.direction(direction).restricted() {
-                    let counters = rules.policies().iter().filter_map(|p| denied.get(p));
-                    denying.insert((address, direction), counters.cloned().collect());
+                    let counters = rules
+                        .policies()
+                        .iter()
+                        .map(|name| registry.entry(name.clone()).or_default().clone());
+                    denying.insert((address, direction), counters.collect());
                 }
             }
         }
-        self.enforced.store(Arc::new(Enforced {
-            compiled,
-            restricts,
-            denied,
-            denying,
-            node_addresses: self.node_addresses.clone(),
-        }));
+        if !denying.is_empty() {
+            self.conns
+                .get_or_init(|| ConnTable::new(self.capacity, Timeouts::default()));
+        }
+        self.enforced
+            .store(Arc::new(Enforced { compiled, denying }));
     }
 
     /// Read `path` as the file source now, and again whenever it changes
     /// ([`Policies::maintain`]).
     pub fn watch_file(&self, path: &Path) -> Result<()> {
-        let file = WatchedFile::new(path);
-        self.set(FILE_SOURCE, read_cluster(path)?)
-            .map_err(anyhow::Error::msg)?;
-        *lock(&self.file) = Some(file);
-        Ok(())
-    }
-
-    /// Reread the file source if it changed: a file that does not read or
-    /// check is logged and the set before it kept.
-    fn reread_file(&self) {
-        let mut file = lock(&self.file);
-        let Some(file) = file.as_mut() else {
-            return;
-        };
-        if !file.changed() {
-            return;
-        }
-        let path = file.path();
-        match read_cluster(path).and_then(|cluster| {
-            self.set(FILE_SOURCE, cluster)
-                .map_err(|problem| anyhow::anyhow!("{}: {problem}", path.display()))
-        }) {
-            Ok(()) => tracing::info!("read the policies of {}", path.display()),
-            Err(e) => tracing::warn!("{e:#}; keeping its earlier policies"),
-        }
+        self.file
+            .watch(path, read_cluster, |cluster| self.set(FILE_SOURCE, cluster))
     }
 
     /// The maintenance thread's round: reread the file source if it
     /// changed, forget expired connections.
     pub fn maintain(&self) {
-        self.reread_file();
+        self.file.reread("policies", read_cluster, |cluster| {
+            self.set(FILE_SOURCE, cluster)
+        });
         if let Some(conns) = self.conns.get() {
             conns.sweep(self.now_ms());
         }
@@ -219,12 +181,13 @@ impl Policies {
     }
 
     fn stage_that<'a>(&'a self, enforced: &'a Enforced, live: bool) -> Option<PolicyStage<'a>> {
-        if !enforced.restricts {
+        if enforced.denying.is_empty() {
             return None;
         }
         Some(PolicyStage {
             enforced,
             conns: self.conns.get()?,
+            node_addresses: &self.node_addresses,
             now_ms: self.now_ms(),
             live,
         })
@@ -251,7 +214,7 @@ impl Policies {
             .filter_map(|pod| {
                 let policy = enforced.compiled.pod(pod.ip)?;
                 Some(PodPolicyStatus {
-                    pod: format!("{}/{}", pod.namespace, pod.name),
+                    pod: pod.full_name(),
                     address: pod.ip,
                     ingress: names(&policy.ingress),
                     egress: names(&policy.egress),
@@ -270,15 +233,15 @@ impl Policies {
                 })
                 .map_or_else(String::new, |(source, _)| source.clone())
         };
+        let registry = lock(&self.denied);
         let mut policies: Vec<PolicyCounter> = merged
             .policies
             .iter()
             .map(|policy| {
-                let name = format!("{}/{}", policy.namespace, policy.name);
+                let name = policy.full_name();
                 PolicyCounter {
                     source: source_of(&policy.namespace, &policy.name),
-                    denied: enforced
-                        .denied
+                    denied: registry
                         .get(&name)
                         .map_or(0, |counter| counter.load(Ordering::Relaxed)),
                     policy: name,
@@ -338,6 +301,8 @@ fn merge<'a>(sets: impl Iterator<Item = &'a Cluster>) -> Cluster {
 pub struct PolicyStage<'a> {
     enforced: &'a Enforced,
     conns: &'a ConnTable,
+    /// As [`Policies::node_addresses`].
+    node_addresses: &'a [Ipv4Addr],
     now_ms: u64,
     /// A worker's (tracks what it allows, counts what it denies), or a
     /// trace's (neither).
@@ -356,7 +321,7 @@ impl PolicyStage<'_> {
         let address = |at: usize| Ipv4Addr::new(ipv4[at], ipv4[at + 1], ipv4[at + 2], ipv4[at + 3]);
         let (src, dst) = (address(12), address(16));
         let compiled = &self.enforced.compiled;
-        let node = |address: Ipv4Addr| self.enforced.node_addresses.contains(&address);
+        let node = |address: Ipv4Addr| self.node_addresses.contains(&address);
         let selected = |local: bool, pod: Ipv4Addr| {
             local
                 .then(|| compiled.pod(pod))
@@ -415,26 +380,22 @@ impl PolicyStage<'_> {
         }
     }
 
-    /// Prefetch the connection-table probes of a batch of packets (each
-    /// from its IPv4 header) before [`PolicyStage::check`] takes them one
-    /// by one, so that their cache misses overlap.
-    pub fn prefetch<'p>(&self, packets: impl IntoIterator<Item = &'p [u8]>) {
-        self.conns.prefetch(
-            packets
-                .into_iter()
-                .filter_map(|ipv4| match flow::track(ipv4)? {
-                    Tracked::Connection { key, .. } => Some(key),
-                    Tracked::Related { .. } => None,
-                }),
-        );
+    /// Prefetch the connection-table probes of a batch of packets, given
+    /// by their tuples ([`flow::connection_key`]), before
+    /// [`PolicyStage::check`] takes them one by one, so that their cache
+    /// misses overlap.
+    pub fn prefetch(&self, keys: impl IntoIterator<Item = FlowKey>) {
+        self.conns.prefetch(keys);
     }
 
     /// Count a packet denied to or from the local pod at `address` for
     /// each policy that restricts it in `direction`; the drop cause.
     fn deny(&self, address: Ipv4Addr, direction: Direction) -> DropCause {
-        let counters = self.enforced.denying.get(&(address, direction));
-        for counter in counters.into_iter().flatten().filter(|_| self.live) {
-            counter.fetch_add(1, Ordering::Relaxed);
+        if self.live {
+            let counters = self.enforced.denying.get(&(address, direction));
+            for counter in counters.into_iter().flatten() {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
         }
         match direction {
             Direction::Ingress => DropCause::PolicyDeniedIngress,

@@ -17,7 +17,7 @@ use podswitch_control::protocol::{EndpointStatus, ServicePortStatus};
 use podswitch_control::service::{Service, ServiceProtocol};
 use podswitch_services::{NodeAddress, Nodes, ServiceTable, Timeouts, Translator};
 
-use crate::sources::{FILE_SOURCE, WatchedFile, lock, read_json};
+use crate::sources::{FILE_SOURCE, FileSource, lock, read_json};
 
 /// Connections the table holds by default: at 128 bytes per connection
 /// (its slot and its share of the buckets), 128 MiB, allocated at start.
@@ -41,7 +41,7 @@ pub struct Services {
     /// Each source's Services, by source name.
     sources: Mutex<BTreeMap<String, Vec<Service>>>,
     /// The `services_file`, and what it looked like when last read.
-    file: Mutex<Option<WatchedFile>>,
+    file: FileSource,
 }
 
 /// Read a JSON list of Services (the `services_file`, the file of
@@ -70,16 +70,12 @@ impl Services {
             recheck: AtomicBool::new(false),
             epoch: Instant::now(),
             sources: Mutex::new(BTreeMap::new()),
-            file: Mutex::new(None),
+            file: FileSource::default(),
         }
     }
 
     fn sources(&self) -> MutexGuard<'_, BTreeMap<String, Vec<Service>>> {
         lock(&self.sources)
-    }
-
-    fn file(&self) -> MutexGuard<'_, Option<WatchedFile>> {
-        lock(&self.file)
     }
 
     /// Replace the Services of `source` (`control`, `file`, `kubernetes`)
@@ -114,36 +110,9 @@ impl Services {
     /// Read `path` as the file source now, and again whenever it changes
     /// ([`Services::maintain`]).
     pub fn watch_file(&self, path: &Path) -> Result<()> {
-        let file = WatchedFile::new(path);
-        self.set(FILE_SOURCE, read_services(path)?)
-            .map_err(anyhow::Error::msg)?;
-        *self.file() = Some(file);
-        Ok(())
-    }
-
-    /// Reread the file source if it changed: a file that does not read or
-    /// check is logged and the set before it kept.
-    fn reread_file(&self) {
-        let mut file = self.file();
-        let Some(file) = file.as_mut() else {
-            return;
-        };
-        if !file.changed() {
-            return;
-        }
-        let path = file.path();
-        match read_services(path) {
-            Ok(services) => match self.set(FILE_SOURCE, services) {
-                Ok(()) => tracing::info!("read the Services of {}", path.display()),
-                Err(problem) => {
-                    tracing::warn!(
-                        "{}: {problem}; keeping its earlier Services",
-                        path.display()
-                    )
-                }
-            },
-            Err(e) => tracing::warn!("{e:#}; keeping its earlier Services"),
-        }
+        self.file.watch(path, read_services, |services| {
+            self.set(FILE_SOURCE, services)
+        })
     }
 
     /// The table as `podswitch services` shows it: every Service port,
@@ -223,7 +192,9 @@ impl Services {
     /// The maintenance thread's round: reread the file source if it
     /// changed, forget expired connections and affinities.
     pub fn maintain(&self) {
-        self.reread_file();
+        self.file.reread("Services", read_services, |services| {
+            self.set(FILE_SOURCE, services)
+        });
         if self.recheck.swap(false, Ordering::Relaxed) {
             self.end_unkept_connections();
         }

@@ -23,9 +23,55 @@ pub fn read_json<T: DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
     serde_json::from_str(&text).with_context(|| format!("{}: not {what}", path.display()))
 }
 
+/// The file source of a stage (the `services_file`, the `policy_file`):
+/// read at start, reread by the maintenance thread when it changed.
+#[derive(Debug, Default)]
+pub struct FileSource(Mutex<Option<WatchedFile>>);
+
+impl FileSource {
+    /// Read `path` with `read` and hand what it holds to `set` now, then
+    /// watch it; an error if it does not read or `set` refuses it.
+    pub fn watch<T>(
+        &self,
+        path: &Path,
+        read: impl Fn(&Path) -> Result<T>,
+        set: impl Fn(T) -> Result<(), String>,
+    ) -> Result<()> {
+        let file = WatchedFile::new(path);
+        set(read(path)?).map_err(anyhow::Error::msg)?;
+        *lock(&self.0) = Some(file);
+        Ok(())
+    }
+
+    /// If the file changed since it was last read, read it and hand it to
+    /// `set`; a file that does not read, or that `set` refuses, is logged
+    /// and the `what` (e.g. "Services") before it kept.
+    pub fn reread<T>(
+        &self,
+        what: &str,
+        read: impl Fn(&Path) -> Result<T>,
+        set: impl Fn(T) -> Result<(), String>,
+    ) {
+        let mut file = lock(&self.0);
+        let Some(file) = file.as_mut() else {
+            return;
+        };
+        if !file.changed() {
+            return;
+        }
+        let path = file.path();
+        match read(path).and_then(|read| {
+            set(read).map_err(|problem| anyhow::anyhow!("{}: {problem}", path.display()))
+        }) {
+            Ok(()) => tracing::info!("read the {what} of {}", path.display()),
+            Err(e) => tracing::warn!("{e:#}; keeping its earlier {what}"),
+        }
+    }
+}
+
 /// A source file, reread when its modification time or length changed.
 #[derive(Debug)]
-pub struct WatchedFile {
+struct WatchedFile {
     path: PathBuf,
     /// Modification time and length at the last read.
     seen: Option<(SystemTime, u64)>,
@@ -33,7 +79,7 @@ pub struct WatchedFile {
 
 impl WatchedFile {
     /// Watch `path`, as read now.
-    pub fn new(path: &Path) -> WatchedFile {
+    fn new(path: &Path) -> WatchedFile {
         WatchedFile {
             path: path.to_path_buf(),
             seen: stamp(path),
@@ -41,12 +87,12 @@ impl WatchedFile {
     }
 
     /// The file.
-    pub fn path(&self) -> &Path {
+    fn path(&self) -> &Path {
         &self.path
     }
 
     /// Whether it changed since it was last read; it counts as read now.
-    pub fn changed(&mut self) -> bool {
+    fn changed(&mut self) -> bool {
         let now = stamp(&self.path);
         let changed = now != self.seen;
         self.seen = now;

@@ -198,49 +198,61 @@ impl Cluster {
                 ));
             }
         }
-        let mut pods = std::collections::BTreeMap::new();
         let mut names = std::collections::BTreeSet::new();
+        let mut addresses = std::collections::BTreeMap::new();
         for pod in &self.pods {
-            if pod.namespace.is_empty() || pod.name.is_empty() {
+            check_name("pod", &pod.namespace, &pod.name, &mut names)?;
+            if let Some(other) = addresses.insert(pod.ip, pod) {
                 return Err(format!(
-                    "pod {}/{} needs its namespace and its name",
-                    pod.namespace, pod.name
-                ));
-            }
-            if !names.insert((pod.namespace.as_str(), pod.name.as_str())) {
-                return Err(format!(
-                    "pod {}/{} is listed twice: list each pod once",
-                    pod.namespace, pod.name
-                ));
-            }
-            if let Some((namespace, name)) = pods.insert(pod.ip, (&pod.namespace, &pod.name)) {
-                return Err(format!(
-                    "pods {namespace}/{name} and {}/{} both have the address {}: \
-                     a pod's address is its own",
-                    pod.namespace, pod.name, pod.ip
+                    "pods {} and {} both have the address {}: a pod's address is its own",
+                    other.full_name(),
+                    pod.full_name(),
+                    pod.ip
                 ));
             }
         }
-        let mut policies = std::collections::BTreeSet::new();
+        let mut names = std::collections::BTreeSet::new();
         for policy in &self.policies {
-            if policy.namespace.is_empty() || policy.name.is_empty() {
-                return Err(format!(
-                    "policy {}/{} needs its namespace and its name",
-                    policy.namespace, policy.name
-                ));
-            }
-            if !policies.insert((policy.namespace.as_str(), policy.name.as_str())) {
-                return Err(format!(
-                    "policy {}/{} is listed twice: list each policy once",
-                    policy.namespace, policy.name
-                ));
-            }
+            check_name("policy", &policy.namespace, &policy.name, &mut names)?;
         }
         Ok(())
     }
 }
 
+/// Check a namespaced object's name (`kind` "pod" or "policy"): given,
+/// and not one `seen` already.
+fn check_name<'a>(
+    kind: &str,
+    namespace: &'a str,
+    name: &'a str,
+    seen: &mut std::collections::BTreeSet<(&'a str, &'a str)>,
+) -> Result<(), String> {
+    if namespace.is_empty() || name.is_empty() {
+        return Err(format!(
+            "{kind} {namespace}/{name} needs its namespace and its name"
+        ));
+    }
+    if !seen.insert((namespace, name)) {
+        return Err(format!(
+            "{kind} {namespace}/{name} is listed twice: list each {kind} once"
+        ));
+    }
+    Ok(())
+}
+
+impl Pod {
+    /// `namespace/name`.
+    pub fn full_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
 impl NetworkPolicy {
+    /// `namespace/name`, as counters and `podswitch policy` name it.
+    pub fn full_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
     /// Whether the policy governs the direction for the pods it selects,
     /// with `policyTypes` defaulted as the API server does.
     pub fn applies_to(&self, direction: Direction) -> bool {

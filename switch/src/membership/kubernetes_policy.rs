@@ -130,12 +130,12 @@ pub fn cluster<'a>(
     let mut addresses = std::collections::HashMap::new();
     pods.retain(|pod| match addresses.entry(pod.ip) {
         std::collections::hash_map::Entry::Vacant(free) => {
-            free.insert(format!("{}/{}", pod.namespace, pod.name));
+            free.insert(pod.full_name());
             true
         }
         std::collections::hash_map::Entry::Occupied(taken) => {
             skipped(
-                format!("Pod {}/{}", pod.namespace, pod.name),
+                format!("Pod {}", pod.full_name()),
                 format!("its address {} is also pod {}'s", pod.ip, taken.get()),
             );
             false

@@ -26,7 +26,9 @@ use podswitch_encap::flow::{IPPROTO_TCP, ip_protocol};
 use podswitch_encap::segment::TcpSegments;
 use podswitch_encap::virtio_net::{Checksum, GsoKind, Offload, TunnelOffload};
 use podswitch_services::L4Checksum;
+use podswitch_services::flow::{self, FlowKey};
 
+use super::BATCH;
 use super::buffers::{Buffer, Buffers};
 use super::inbox::Inbox;
 use crate::capture::Direction;
@@ -235,25 +237,29 @@ impl Pipeline<'_> {
 
     /// Prefetch the Service and policy stages' connection probes of a
     /// batch of received Ethernet frames, before they are dispatched one
-    /// by one (see [`podswitch_services::Translator::prefetch`]). A frame
-    /// that continues in the next one is left out.
-    pub fn prefetch<'f>(&self, frames: impl Iterator<Item = &'f Frame> + Clone) {
+    /// by one (see [`podswitch_services::Translator::prefetch`]): each
+    /// frame's tuple is read once for both. A frame that continues in the
+    /// next one is left out.
+    pub fn prefetch<'f>(&self, frames: impl Iterator<Item = &'f Frame>) {
         let services = &self.forwarder.services;
         let policy = &self.forwarder.policy;
         if services.is_none() && policy.is_none() {
             return;
         }
+        let mut keys: ArrayVec<FlowKey, BATCH> = ArrayVec::new();
         let ipv4 = frames
             .filter(|frame| !frame.continues())
             .filter_map(|frame| {
                 let bytes = self.frames.bytes(frame);
                 (bytes.get(12..14) == Some(&[0x08, 0x00][..])).then(|| &bytes[14..])
             });
+        // A port hands over at most a batch; more would only go unprefetched.
+        keys.extend(ipv4.filter_map(flow::connection_key).take(BATCH));
         if let Some(stage) = services {
-            stage.translator.prefetch(stage.table, ipv4.clone());
+            stage.translator.prefetch(stage.table, keys.iter().copied());
         }
         if let Some(stage) = policy {
-            stage.prefetch(ipv4);
+            stage.prefetch(keys);
         }
     }
 
