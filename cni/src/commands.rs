@@ -4,12 +4,14 @@
 //! the runtime no longer has.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use podswitch_control::DEFAULT_CONTROL_SOCKET;
-use podswitch_control::protocol::{Info, PortKind, PortSpec, PortStatus};
+use podswitch_control::protocol::{
+    Info, POD_GATEWAY6, PortKind, PortSpec, PortStatus, pod_address6,
+};
 use podswitch_control::{Client, ClientError, Request};
 use podswitch_netdev::netlink::Netlink;
 
@@ -120,6 +122,8 @@ struct Addressing {
     address: Ipv4Net,
     gateway: Ipv4Addr,
     routes: Vec<(Ipv4Net, Ipv4Addr)>,
+    /// A dual-stack pod's IPv6 address, on a node with a `pod_cidr6`.
+    address6: Option<Ipv6Addr>,
     dns: Dns,
 }
 
@@ -137,6 +141,10 @@ fn allocate(
             address: Ipv4Net::new(ip, info.pod_cidr.prefix_len()).unwrap_or_default(),
             gateway: info.gateway,
             routes: Vec::new(),
+            // One allocation for both families: the IPv4 offset, mirrored.
+            address6: info
+                .pod_cidr6
+                .and_then(|cidr6| pod_address6(info.pod_cidr, cidr6, ip)),
             dns,
         });
     };
@@ -185,10 +193,19 @@ fn allocate(
             _ => None,
         })
         .collect();
+    // The plugin's IPv6 address in this node's IPv6 pod CIDR, if both are
+    // there (a host-local range of each family).
+    let address6 = info.pod_cidr6.and_then(|cidr6| {
+        result.ips.iter().find_map(|ip| match ip.address {
+            IpNet::V6(net) if cidr6.contains(&net.addr()) => Some(net.addr()),
+            _ => None,
+        })
+    });
     Ok(Addressing {
         address: Ipv4Net::new(ip, prefix).unwrap_or_default(),
         gateway: gateway.unwrap_or(info.gateway),
         routes,
+        address6,
         dns: if dns.is_empty() { result.dns } else { dns },
     })
 }
@@ -235,6 +252,7 @@ fn add(env: &Environment, conf: &NetConf, stdin: &[u8]) -> CniResult<AddResult> 
         address: addressing.address,
         gateway: addressing.gateway,
         routes: &addressing.routes,
+        address6: addressing.address6,
         mac: requests.mac.map(|mac| mac.value),
         gso_max_size: (conf.pod_interface == PodInterfaceKind::Tap && info.pod_gso_max_size > 0)
             .then_some(info.pod_gso_max_size),
@@ -271,6 +289,7 @@ fn add(env: &Environment, conf: &NetConf, stdin: &[u8]) -> CniResult<AddResult> 
     let spec = PortSpec {
         name: host.clone(),
         ip: addressing.address.addr(),
+        ip6: addressing.address6,
         mac: created.pod_mac,
         kind,
         owner: Some(owner_tag(&owner(env))),
@@ -295,6 +314,12 @@ fn add(env: &Environment, conf: &NetConf, stdin: &[u8]) -> CniResult<AddResult> 
         dst: dst.into(),
         gw: Some(gw.into()),
     }));
+    if addressing.address6.is_some() {
+        routes.push(Route {
+            dst: "::/0".parse().expect("a valid prefix"),
+            gw: Some(POD_GATEWAY6.into()),
+        });
+    }
     let pod_interface = Interface {
         name: env.ifname.clone(),
         mac: created.pod_mac.to_string(),
@@ -319,12 +344,19 @@ fn add(env: &Environment, conf: &NetConf, stdin: &[u8]) -> CniResult<AddResult> 
     Ok(AddResult {
         cni_version: conf.cni_version.clone(),
         interfaces,
-        ips: vec![IpConfig {
+        ips: std::iter::once(IpConfig {
             version: None,
             address: addressing.address.into(),
             gateway: Some(gateway),
             interface: Some(pod_index),
-        }],
+        })
+        .chain(addressing.address6.map(|address6| IpConfig {
+            version: None,
+            address: Ipv6Net::from(address6).into(),
+            gateway: Some(POD_GATEWAY6.into()),
+            interface: Some(pod_index),
+        }))
+        .collect(),
         routes,
         dns: addressing.dns,
     })
@@ -419,8 +451,15 @@ fn check(env: &Environment, conf: &NetConf, stdin: &[u8]) -> CniResult<()> {
         ));
     }
     let expected = IpNet::new(ip.into(), prefix).unwrap_or_default();
-    if !seen.addresses.contains(&expected) {
-        return failed(format!("{} lacks its address {expected}", env.ifname));
+    let ipv6 = prev
+        .ips
+        .iter()
+        .map(|ip| ip.address)
+        .filter(|a| a.addr().is_ipv6());
+    for expected in std::iter::once(expected).chain(ipv6) {
+        if !seen.addresses.contains(&expected) {
+            return failed(format!("{} lacks its address {expected}", env.ifname));
+        }
     }
     if let Some(gateway) = gateway
         && !seen

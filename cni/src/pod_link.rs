@@ -8,16 +8,17 @@
 //!   header, offloads on: the switch takes and gives TCP super-frames.
 
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nix::sched::{CloneFlags, setns};
 use podswitch_control::MacAddr;
+use podswitch_control::protocol::POD_GATEWAY6;
 use podswitch_netdev::ethtool::{self, Offload};
-use podswitch_netdev::netlink::{Netlink, disable_ipv6};
+use podswitch_netdev::netlink::{Netlink, disable_ipv6, enable_static_ipv6};
 use podswitch_netdev::netns::in_netns;
 use podswitch_netdev::tap::TapDevice;
 use sha2::{Digest, Sha256};
@@ -71,6 +72,9 @@ pub struct PodInterface<'a> {
     pub gateway: Ipv4Addr,
     /// Routes besides the default route via the gateway.
     pub routes: &'a [(Ipv4Net, Ipv4Addr)],
+    /// A dual-stack pod's IPv6 address (a /128, the default route via
+    /// [`POD_GATEWAY6`]); IPv6 is off on a pod without one.
+    pub address6: Option<Ipv6Addr>,
     /// The MAC the runtime asked for; the kernel's random one if none.
     pub mac: Option<MacAddr>,
     /// The largest super-frame a TAP pod's kernel may hand the switch
@@ -147,8 +151,10 @@ pub fn delete_tap(netns_path: &Path, ifname: &str) -> Result<()> {
 }
 
 /// In the pod's namespace: bring `lo` and the pod interface up with its
-/// MTU, MAC (if one was asked for), address and routes, IPv6 off on it (the pod network is IPv4: the
-/// switch would drop its router solicitations and MLD reports); the
+/// MTU, MAC (if one was asked for), addresses and routes — IPv6 on it
+/// only for a dual-stack pod, without duplicate address detection or
+/// router advertisements (the switch answers neither), and off otherwise
+/// (the switch would drop its router solicitations and MLD reports); the
 /// interface's MAC.
 fn configure_in_pod(pod: &PodInterface) -> Result<MacAddr> {
     let netlink = Netlink::open()?;
@@ -156,7 +162,10 @@ fn configure_in_pod(pod: &PodInterface) -> Result<MacAddr> {
         netlink.set_link_up(lo.index, None, None)?;
     }
     let link = netlink.require_link(pod.ifname)?;
-    disable_ipv6(pod.ifname)?;
+    match pod.address6 {
+        None => disable_ipv6(pod.ifname)?,
+        Some(_) => enable_static_ipv6(pod.ifname)?,
+    }
     if let Some(size) = pod.gso_max_size {
         netlink.set_gso_max_size(link.index, size)?;
     }
@@ -166,9 +175,13 @@ fn configure_in_pod(pod: &PodInterface) -> Result<MacAddr> {
         pod.address.addr().into(),
         pod.address.prefix_len(),
     )?;
-    netlink.add_route_via(Ipv4Net::default(), pod.gateway, link.index)?;
+    netlink.add_route_via(Ipv4Net::default().into(), pod.gateway.into(), link.index)?;
     for &(destination, gateway) in pod.routes {
-        netlink.add_route_via(destination, gateway, link.index)?;
+        netlink.add_route_via(destination.into(), gateway.into(), link.index)?;
+    }
+    if let Some(address6) = pod.address6 {
+        netlink.add_address(link.index, address6.into(), 128)?;
+        netlink.add_route_via(Ipv6Net::default().into(), POD_GATEWAY6.into(), link.index)?;
     }
     pod.mac.or(link.mac).context("the pod interface has no MAC")
 }

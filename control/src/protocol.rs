@@ -5,10 +5,10 @@
 //! `{"op":"port_add","name":"veth1a2b","ip":"10.244.1.5","mac":"0a:58:0a:f4:01:05"}`.
 //! The answer is `{"ok":true,"result":…}` or `{"ok":false,"error":"…"}`.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use crate::mac::MacAddr;
@@ -59,6 +59,28 @@ impl std::fmt::Display for PollMode {
     }
 }
 
+/// The pods' IPv6 gateway on every dual-stack node: a link-local
+/// address the switch answers neighbour solicitations for (a pod's own
+/// link-local address, from its MAC, never takes this form).
+pub const POD_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// A dual-stack pod's IPv6 address: its IPv4 address's offset in
+/// `pod_cidr`, at the same offset in `pod_cidr6` (10.244.1.5 in
+/// 10.244.1.0/24 is fd00:10:244:1::5 in fd00:10:244:1::/64). One
+/// allocation serves both families. `None` if `ip` is outside `pod_cidr`
+/// or the offset does not fit `pod_cidr6`.
+pub fn pod_address6(pod_cidr: Ipv4Net, pod_cidr6: Ipv6Net, ip: Ipv4Addr) -> Option<Ipv6Addr> {
+    if !pod_cidr.contains(&ip) {
+        return None;
+    }
+    let offset = u128::from(u32::from(ip) - u32::from(pod_cidr.network()));
+    let host_bits = 128 - u32::from(pod_cidr6.prefix_len());
+    if host_bits < 128 && offset >> host_bits != 0 {
+        return None;
+    }
+    Some(Ipv6Addr::from(u128::from(pod_cidr6.network()) + offset))
+}
+
 /// A remote node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,6 +89,9 @@ pub struct PeerConfig {
     pub node_ip: IpAddr,
     /// The peer's pod CIDR, routed to it.
     pub pod_cidr: Ipv4Net,
+    /// The peer's IPv6 pod CIDR, routed to it, on a dual-stack cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr6: Option<Ipv6Net>,
     /// The MAC inner frames are addressed to. Podswitch peers derive it
     /// from their node IP (leave it out); a kernel VXLAN peer (Flannel)
     /// needs its vxlan device's MAC here.
@@ -116,6 +141,10 @@ pub struct PortSpec {
     pub name: String,
     /// The pod's address: routed to this port, and the only source it may use.
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address on a dual-stack node: routed to this port,
+    /// and with its link-local address the only IPv6 source it may use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     /// The pod's MAC: frames to the pod carry it, and the only source it may use.
     pub mac: MacAddr,
     /// AF_XDP on an existing interface (default) or a new TAP device.
@@ -444,6 +473,10 @@ pub struct Info {
     pub pod_cidr: Ipv4Net,
     /// The pods' gateway.
     pub gateway: Ipv4Addr,
+    /// The node's IPv6 pod CIDR on a dual-stack node (the pods' IPv6
+    /// gateway is [`POD_GATEWAY6`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr6: Option<Ipv6Net>,
     /// The MTU to give pod interfaces.
     pub pod_mtu: u32,
     /// The `gso_max_size` to give TAP pod interfaces, so that their
@@ -524,6 +557,9 @@ pub struct PortStatus {
     /// A pod's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<Ipv4Addr>,
+    /// A dual-stack pod's IPv6 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     /// The pod's MAC, or the host port's kernel-side MAC.
     pub mac: MacAddr,
     /// Who added it.
@@ -540,6 +576,9 @@ pub struct PeerStatus {
     pub node_ip: IpAddr,
     /// Its pod CIDR.
     pub pod_cidr: Ipv4Net,
+    /// Its IPv6 pod CIDR, on a dual-stack cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr6: Option<Ipv6Net>,
     /// The MAC inner frames are addressed to.
     pub vtep_mac: MacAddr,
     /// The underlay neighbour packets to it go through.
@@ -551,8 +590,8 @@ pub struct PeerStatus {
 /// One FIB entry (`routes`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteEntry {
-    /// The prefix.
-    pub prefix: Ipv4Net,
+    /// The prefix, IPv4 or IPv6.
+    pub prefix: IpNet,
     /// `pod <port>`, `peer <node ip>` or `host`.
     pub target: String,
 }
@@ -646,6 +685,30 @@ pub struct ServiceCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pods_ipv6_address_mirrors_its_ipv4_offset() {
+        let (v4, v6): (Ipv4Net, Ipv6Net) = (
+            "10.244.1.0/24".parse().unwrap(),
+            "fd00:10:244:1::/64".parse().unwrap(),
+        );
+        let at = |ip: &str| pod_address6(v4, v6, ip.parse().unwrap());
+        assert_eq!(at("10.244.1.5"), Some("fd00:10:244:1::5".parse().unwrap()));
+        assert_eq!(
+            at("10.244.1.255"),
+            Some("fd00:10:244:1::ff".parse().unwrap())
+        );
+        assert_eq!(at("10.244.2.5"), None);
+        let narrow: Ipv6Net = "fd00::/124".parse().unwrap();
+        assert_eq!(
+            pod_address6(v4, narrow, "10.244.1.15".parse().unwrap()),
+            Some("fd00::f".parse().unwrap())
+        );
+        assert_eq!(
+            pod_address6(v4, narrow, "10.244.1.16".parse().unwrap()),
+            None
+        );
+    }
 
     #[test]
     fn requests_read_as_documented() {

@@ -32,6 +32,11 @@ pub fn pod_cidr(i: u8) -> String {
     format!("10.244.{i}.0/24")
 }
 
+/// Node `i`'s IPv6 pod CIDR, with [`SwitchOptions::dual_stack`].
+pub fn pod_cidr6(i: u8) -> String {
+    format!("fd00:10:244:{i}::/64")
+}
+
 /// Node `i`'s pod gateway.
 pub fn pod_gateway(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, i, 1)
@@ -146,6 +151,9 @@ pub struct SwitchOptions {
     /// TOML added to every node's configuration before its peers, e.g.
     /// `membership = "etcd"` and its `[etcd]` table.
     pub membership: Option<String>,
+    /// Dual-stack pods: every node gets an IPv6 pod CIDR
+    /// ([`pod_cidr6`]), and its peers' are routed to them.
+    pub dual_stack: bool,
 }
 
 impl Default for SwitchOptions {
@@ -167,6 +175,7 @@ impl Default for SwitchOptions {
             worker_cpu: None,
             metrics_port: None,
             membership: None,
+            dual_stack: false,
         }
     }
 }
@@ -248,6 +257,9 @@ impl SwitchNode {
             socket.display(),
             dir.join(format!("node{index}-state")).display(),
         );
+        if options.dual_stack {
+            config.push_str(&format!("pod_cidr6 = \"{}\"\n", pod_cidr6(index)));
+        }
         if let Some(max_pods) = options.max_pods {
             config.push_str(&format!("max_pods = {max_pods}\n"));
         }
@@ -276,6 +288,9 @@ impl SwitchNode {
                 node_ip(peer.index),
                 pod_cidr(peer.index)
             ));
+            if options.dual_stack {
+                config.push_str(&format!("pod_cidr6 = \"{}\"\n", pod_cidr6(peer.index)));
+            }
             if let Some(mac) = &peer.vtep_mac {
                 config.push_str(&format!("vtep_mac = \"{mac}\"\n"));
             }
@@ -812,7 +827,8 @@ pub struct PingResult {
 /// at most a second for each reply. Fails if ping is not installed or
 /// could not run at all (an exit status other than ping's own 0, 1 for
 /// no reply and 2 for errors such as an unreachable network).
-pub fn ping_stats(from: &Netns, to: Ipv4Addr, count: u32) -> Result<PingResult> {
+pub fn ping_stats(from: &Netns, to: impl Into<IpAddr>, count: u32) -> Result<PingResult> {
+    let to: IpAddr = to.into();
     let output = from
         .command("ping")?
         .args([
@@ -863,7 +879,7 @@ pub fn ping_received(output: &str) -> u32 {
 }
 
 /// Ping `to` from `from` `count` times; how many replies came back.
-pub fn ping(from: &Netns, to: Ipv4Addr, count: u32) -> Result<u32> {
+pub fn ping(from: &Netns, to: impl Into<IpAddr>, count: u32) -> Result<u32> {
     Ok(ping_stats(from, to, count)?.received)
 }
 

@@ -1,7 +1,7 @@
 //! Traffic between lab pods with iperf3: servers stopped by PID on drop,
 //! clients bounded in time, results read from iperf3's JSON.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -76,8 +76,8 @@ impl Default for IperfClient {
 impl IperfClient {
     /// Run the client in `ns` against `server`; fails if iperf3 fails or
     /// runs 20 s past its time.
-    pub fn run(&self, ns: &Netns, server: Ipv4Addr) -> Result<IperfResult> {
-        Ok(self.run_json(ns, server, &["-J"])?.0)
+    pub fn run(&self, ns: &Netns, server: impl Into<IpAddr>) -> Result<IperfResult> {
+        Ok(self.run_json(ns, server.into(), &["-J"])?.0)
     }
 
     /// Run the client in `ns` against `server`, reporting every
@@ -87,7 +87,7 @@ impl IperfClient {
     pub fn run_with_intervals(
         &self,
         ns: &Netns,
-        server: Ipv4Addr,
+        server: impl Into<IpAddr>,
         interval: f64,
         reverse: bool,
     ) -> Result<IperfRun> {
@@ -96,7 +96,7 @@ impl IperfClient {
         if reverse {
             extra.push("-R");
         }
-        let (result, json) = self.run_json(ns, server, &extra)?;
+        let (result, json) = self.run_json(ns, server.into(), &extra)?;
         let intervals = json["intervals"]
             .as_array()
             .map(|intervals| {
@@ -118,7 +118,7 @@ impl IperfClient {
     fn run_json(
         &self,
         ns: &Netns,
-        server: Ipv4Addr,
+        server: IpAddr,
         extra: &[&str],
     ) -> Result<(IperfResult, serde_json::Value)> {
         let mut args = self.args(server);
@@ -172,11 +172,11 @@ impl IperfClient {
     pub fn spawn(
         &self,
         ns: &Netns,
-        server: Ipv4Addr,
+        server: impl Into<IpAddr>,
         interval: u32,
         log: std::fs::File,
     ) -> Result<Process> {
-        let mut args = self.args(server);
+        let mut args = self.args(server.into());
         args.extend(["-i".into(), interval.to_string(), "--forceflush".into()]);
         Process::spawn_logged(
             ns.command("iperf3")?.args(&args),
@@ -186,7 +186,7 @@ impl IperfClient {
     }
 
     /// The client's arguments, output format aside.
-    fn args(&self, server: Ipv4Addr) -> Vec<String> {
+    fn args(&self, server: IpAddr) -> Vec<String> {
         let mut args = vec![
             "-c".to_string(),
             server.to_string(),

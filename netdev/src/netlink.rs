@@ -81,10 +81,26 @@ fn failed_with<T>(result: &io::Result<T>, errno: i32) -> bool {
 /// solicitations or MLD reports into an IPv4-only pod network. Nothing to
 /// do where the kernel has no IPv6.
 pub fn disable_ipv6(ifname: &str) -> Result<()> {
-    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
-    match std::fs::write(&path, "1") {
+    write_ipv6_conf(ifname, "disable_ipv6", "1")
+}
+
+/// Turn IPv6 on for `ifname` in the caller's network namespace, for
+/// addresses and routes set by hand: no duplicate address detection (the
+/// addresses are allocated, and the link-local one is usable at once) and
+/// no router advertisements heeded.
+pub fn enable_static_ipv6(ifname: &str) -> Result<()> {
+    write_ipv6_conf(ifname, "disable_ipv6", "0")?;
+    write_ipv6_conf(ifname, "accept_dad", "0")?;
+    write_ipv6_conf(ifname, "accept_ra", "0")
+}
+
+/// Write `value` to `ifname`'s IPv6 setting `key` under `/proc/sys`;
+/// nothing to do where the kernel has no IPv6.
+fn write_ipv6_conf(ifname: &str, key: &str, value: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/{key}");
+    match std::fs::write(&path, value) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("writing 1 to {path}"))
+            Err(e).with_context(|| format!("writing {value} to {path}"))
         }
         _ => Ok(()),
     }
@@ -217,7 +233,7 @@ impl Netlink {
 
     /// Route `destination` out of interface `index`, replacing any route to it.
     pub fn replace_route(&self, destination: Ipv4Net, index: u32) -> Result<()> {
-        let mut route = route_message(destination);
+        let mut route = route_message(destination.into());
         route.attributes.push(RouteAttribute::Oif(index));
         self.exchange(
             RouteNetlinkMessage::NewRoute(route),
@@ -230,7 +246,7 @@ impl Netlink {
     /// Remove the route to `destination` out of interface `index`; a route
     /// already gone is fine.
     pub fn delete_route(&self, destination: Ipv4Net, index: u32) -> Result<()> {
-        let mut route = route_message(destination);
+        let mut route = route_message(destination.into());
         route.attributes.push(RouteAttribute::Oif(index));
         let result = self.request(RouteNetlinkMessage::DelRoute(route));
         if failed_with(&result, ESRCH) {
@@ -289,13 +305,20 @@ impl Netlink {
         Ok(true)
     }
 
-    /// Route `destination` via `gateway` out of interface `index`, the
-    /// gateway on-link (it need not be in the interface's subnet).
-    pub fn add_route_via(&self, destination: Ipv4Net, gateway: Ipv4Addr, index: u32) -> Result<()> {
+    /// Route `destination` via `gateway` (of its family) out of interface
+    /// `index`, the gateway on-link (it need not be in the interface's
+    /// subnet; an IPv6 gateway is a link-local address, on-link anyway).
+    pub fn add_route_via(&self, destination: IpNet, gateway: IpAddr, index: u32) -> Result<()> {
         let mut route = route_message(destination);
-        route.header.flags.insert(RouteFlags::Onlink);
+        let gateway_address = match gateway {
+            IpAddr::V4(v4) => {
+                route.header.flags.insert(RouteFlags::Onlink);
+                RouteAddress::Inet(v4)
+            }
+            IpAddr::V6(v6) => RouteAddress::Inet6(v6),
+        };
         route.attributes.extend([
-            RouteAttribute::Gateway(RouteAddress::Inet(gateway)),
+            RouteAttribute::Gateway(gateway_address),
             RouteAttribute::Oif(index),
         ]);
         let result = self.exchange(
@@ -516,14 +539,14 @@ fn route_header(family: AddressFamily) -> RouteMessage {
 }
 
 /// A unicast route of the main table to `destination`.
-fn route_message(destination: Ipv4Net) -> RouteMessage {
-    let mut route = route_header(AddressFamily::Inet);
+fn route_message(destination: IpNet) -> RouteMessage {
+    let (family, network) = match destination {
+        IpNet::V4(net) => (AddressFamily::Inet, RouteAddress::Inet(net.network())),
+        IpNet::V6(net) => (AddressFamily::Inet6, RouteAddress::Inet6(net.network())),
+    };
+    let mut route = route_header(family);
     route.header.destination_prefix_length = destination.prefix_len();
-    route
-        .attributes
-        .push(RouteAttribute::Destination(RouteAddress::Inet(
-            destination.network(),
-        )));
+    route.attributes.push(RouteAttribute::Destination(network));
     route
 }
 

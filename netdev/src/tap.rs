@@ -5,9 +5,11 @@
 //! that what the node and other tools set on it outlives a daemon
 //! restart), and the pod port
 //! opened with a virtio-net header and offloads (IFF_VNET_HDR,
-//! TUNSETOFFLOAD with CSUM, TSO4 and TSO6), through which the pod's kernel
+//! TUNSETOFFLOAD with CSUM and TSO4), through which the pod's kernel
 //! hands the switch TCP super-frames of up to 64 KB with partial checksums
-//! and takes super-frames back, as a virtio-net NIC does for a VM.
+//! and takes super-frames back, as a virtio-net NIC does for a VM. (No
+//! TSO6: the switch routes IPv6 frame by frame, so a dual-stack pod's
+//! kernel cuts its IPv6 TCP segments itself.)
 //!
 //! A pod's TAP device lives in the pod's network namespace: the CNI plugin
 //! creates it persistent ([`TapDevice::create_persistent`]) and the daemon
@@ -34,8 +36,8 @@ pub struct TapDevice {
 const IFNAMSIZ: usize = libc::IFNAMSIZ;
 
 /// What the pod's kernel may hand the switch on an offloaded device:
-/// partial checksums and TCP super-frames.
-const POD_OFFLOADS: libc::c_uint = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+/// partial checksums and IPv4 TCP super-frames.
+const POD_OFFLOADS: libc::c_uint = libc::TUN_F_CSUM | libc::TUN_F_TSO4;
 
 /// Length of the virtio-net header an offloaded device puts before every
 /// frame (`struct virtio_net_hdr_v1`, which `podswitch-encap` parses).

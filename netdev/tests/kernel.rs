@@ -68,8 +68,8 @@ fn every_call_against_the_kernel() -> Result<()> {
         // A route replaced, an on-link route via a gateway added twice.
         netlink.replace_route(pods, host.index)?;
         netlink.replace_route(pods, host.index)?;
-        netlink.add_route_via(remote, ip4("10.99.0.9"), host.index)?;
-        netlink.add_route_via(remote, ip4("10.99.0.9"), host.index)?;
+        netlink.add_route_via(remote.into(), ip4("10.99.0.9").into(), host.index)?;
+        netlink.add_route_via(remote.into(), ip4("10.99.0.9").into(), host.index)?;
         let routes = netlink.routes_v4()?;
         ensure!(routes.contains(&(pods, None, host.index)), "{routes:?}");
         ensure!(

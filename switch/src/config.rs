@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use podswitch_encap::{Decapsulator, TunnelKind, Vni};
 use serde::{Deserialize, Serialize};
 
@@ -82,6 +82,10 @@ pub struct Config {
     pub uplink: String,
     /// This node's pod CIDR; its first address is the pods' gateway.
     pub pod_cidr: Ipv4Net,
+    /// This node's IPv6 pod CIDR, for dual-stack pods: each pod's IPv6
+    /// address mirrors its IPv4 one ([`pod_address6`](podswitch_control::protocol::pod_address6)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr6: Option<Ipv6Net>,
     /// The overlay's network identifier.
     #[serde(default = "default_vni")]
     pub vni: u32,
@@ -382,6 +386,25 @@ impl Config {
                 format!("write the network address: {}", self.pod_cidr.trunc()),
             ));
         }
+        if let Some(cidr6) = self.pod_cidr6 {
+            if cidr6.trunc() != cidr6 {
+                return Err(invalid(
+                    "pod_cidr6",
+                    format!("{cidr6} has host bits set"),
+                    format!("write the network address: {}", cidr6.trunc()),
+                ));
+            }
+            if 128 - cidr6.prefix_len() < 32 - self.pod_cidr.prefix_len() {
+                return Err(invalid(
+                    "pod_cidr6",
+                    format!(
+                        "{cidr6} has fewer addresses than pod_cidr {}",
+                        self.pod_cidr
+                    ),
+                    "give it at least as many host bits as pod_cidr, e.g. a /64",
+                ));
+            }
+        }
         if let Some(mtu) = self.underlay_mtu
             && !(576..=9216).contains(&mtu)
         {
@@ -479,6 +502,24 @@ impl Config {
                     ),
                     "give every node its own pod CIDR",
                 ));
+            }
+            if let Some(cidr6) = peer.pod_cidr6 {
+                if cidr6.trunc() != cidr6 {
+                    return Err(invalid(
+                        &format!("{key}.pod_cidr6"),
+                        format!("{cidr6} has host bits set"),
+                        format!("write the network address: {}", cidr6.trunc()),
+                    ));
+                }
+                if let Some(own) = self.pod_cidr6
+                    && (own.contains(&cidr6) || cidr6.contains(&own))
+                {
+                    return Err(invalid(
+                        &format!("{key}.pod_cidr6"),
+                        format!("{cidr6} overlaps this node's pod_cidr6 {own}"),
+                        "give every node its own IPv6 pod CIDR",
+                    ));
+                }
             }
         }
         Ok(())
@@ -783,6 +824,32 @@ vtep_mac = "02:00:00:00:00:13"
 
         let e = error(&format!("{MINIMAL}underlay_mtu = 100\n"));
         assert!(e.contains("underlay_mtu"), "{e}");
+    }
+
+    #[test]
+    fn ipv6_pod_cidrs_are_checked() {
+        let dual = format!("{MINIMAL}pod_cidr6 = \"fd00:10:244:1::/64\"\n");
+        let c = Config::parse(&dual).unwrap();
+        assert_eq!(c.pod_cidr6, Some("fd00:10:244:1::/64".parse().unwrap()));
+
+        let e = error(&dual.replace("1::/64", "1::5/64"));
+        assert!(e.contains("`pod_cidr6`") && e.contains("host bits"), "{e}");
+        // Fewer host bits than the IPv4 pod CIDR: not every pod mirrors.
+        let e = error(&dual.replace("1::/64", "1::/124"));
+        assert!(e.contains("`pod_cidr6`") && e.contains("host bits"), "{e}");
+
+        let peer = |cidr6: &str| {
+            format!(
+                "{dual}[[peers]]\nnode_ip = \"10.1.0.12\"\npod_cidr = \"10.244.2.0/24\"\n\
+                 pod_cidr6 = \"{cidr6}\"\n"
+            )
+        };
+        assert!(Config::parse(&peer("fd00:10:244:2::/64")).is_ok());
+        let e = error(&peer("fd00:10:244::/48"));
+        assert!(
+            e.contains("peers[0].pod_cidr6") && e.contains("overlaps"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -328,6 +328,7 @@ pub fn run(config: Config) -> Result<()> {
         .map(|p| PeerConfig {
             node_ip: p.node_ip,
             pod_cidr: p.pod_cidr,
+            pod_cidr6: p.pod_cidr6,
             vtep_mac: Some(p.vtep_mac),
         })
         .collect();

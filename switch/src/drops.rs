@@ -29,8 +29,15 @@ switch_drops! {
     Broadcast => "broadcast",
     /// A multicast frame (IPv6 neighbour discovery, mDNS, …).
     Multicast => "multicast",
-    /// Neither IPv4 nor ARP (the pod network routes IPv4).
+    /// Neither IPv4 nor ARP, nor IPv6 from a pod with an IPv6 address.
     NotIpv4 => "not_ipv4",
+    /// An IPv6 packet shorter than its header says, or not version 6.
+    BadIpv6 => "bad_ipv6",
+    /// A malformed neighbour solicitation (hop limit, checksum, options).
+    BadNeighborSolicit => "bad_neighbor_solicit",
+    /// A neighbour solicitation the switch does not answer (duplicate
+    /// address detection, or for an address it does not route).
+    NeighborUnanswered => "neighbor_unanswered",
     /// An ARP packet that is not a request, or is malformed.
     BadArp => "bad_arp",
     /// An ARP request the switch does not answer (gratuitous, or for an
@@ -51,7 +58,7 @@ switch_drops! {
     UnknownPeer => "unknown_peer",
     /// A frame from the tunnel routed back into the tunnel.
     TunnelHairpin => "tunnel_hairpin",
-    /// A pod sent with a MAC or IPv4 source that is not its own.
+    /// A pod sent with a MAC, IPv4 or IPv6 source that is not its own.
     Spoofed => "spoofed",
     /// The destination port's TX ring was full.
     TxRingFull => "tx_ring_full",

@@ -22,6 +22,7 @@
 //! update without copying the table or stalling readers.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::Ipv6Addr;
 use std::sync::Arc;
 
@@ -88,6 +89,12 @@ pub struct Ipv6Lpm<T> {
     lengths: Vec<(u8, Arc<LengthTable<T>>)>,
     /// Number of routes.
     len: usize,
+}
+
+impl<T: Copy + PartialEq + fmt::Debug> fmt::Debug for Ipv6Lpm<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
 }
 
 impl<T: Copy + PartialEq> Default for Ipv6Lpm<T> {

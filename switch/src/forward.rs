@@ -2,8 +2,9 @@
 //! place, or why it is dropped. No I/O here — the workers move frames
 //! between rings and call [`Forwarder::forward`] on each one of a batch.
 //!
-//! The switch is a router for IPv4: pods send to the router MAC (answered
-//! for their gateway and every routed address by proxy ARP), and every
+//! The switch is a router for IPv4, and for IPv6 between dual-stack pods:
+//! pods send to the router MAC (answered for their gateway and every
+//! routed address by proxy ARP and neighbour advertisements), and every
 //! frame through the switch has its MACs rewritten. Where the switch is
 //! the packet's IP hop — pod to pod, pod to peer, tunnel to pod — it does
 //! what a kernel node (bridge + routing + vxlan) does at that hop: it
@@ -19,13 +20,16 @@ use std::ops::Range;
 
 use podswitch_encap::DropReason;
 use podswitch_encap::checksum::{adjust, ipv4_header_ok};
-use podswitch_encap::neighbor::{ARP_REPLY_LEN, ArpRequest, emit_arp_reply};
+use podswitch_encap::neighbor::{
+    ARP_REPLY_LEN, ArpRequest, NeighborSolicit, emit_arp_reply, emit_neighbor_advert,
+};
 use podswitch_encap::wire::{
     ETHERNET_HEADER_LEN, EthernetAddress, EthernetFrame, EthernetProtocol, IPV4_HEADER_LEN,
-    Ipv4Packet,
+    IPV6_HEADER_LEN, IpProtocol, Ipv4Packet, Ipv6Packet,
 };
 use podswitch_encap::{icmp, ipv4_options};
 
+use podswitch_control::protocol::POD_GATEWAY6;
 use podswitch_services::{L4Checksum, ServiceTable, Translator, Verdict as ServiceVerdict};
 
 use crate::drops::DropCause;
@@ -220,6 +224,9 @@ impl Forwarder<'_> {
         if ethertype == EthernetProtocol::Arp {
             return self.answer_arp(in_port, port, buf, frame);
         }
+        if ethertype == EthernetProtocol::Ipv6 {
+            return self.local_ipv6(in_port, port, buf, frame, size);
+        }
         self.check_unicast_to_router(dst)?;
         if ethertype != EthernetProtocol::Ipv4 {
             return Err(DropCause::NotIpv4);
@@ -255,10 +262,38 @@ impl Forwarder<'_> {
         let inner = frame.start + decapsulated.inner.start..frame.start + decapsulated.inner.end;
         let eth = EthernetFrame::new_unchecked(&buf[inner.clone()]);
         self.check_unicast_to_router(eth.dst_addr())?;
-        if eth.ethertype() != EthernetProtocol::Ipv4 {
+        match eth.ethertype() {
+            EthernetProtocol::Ipv4 => self.route(buf, inner, Origin::Tunnel, size),
+            EthernetProtocol::Ipv6 => self.route6(buf, inner, Origin::Tunnel, size),
+            _ => Err(DropCause::NotIpv4),
+        }
+    }
+
+    /// An IPv6 frame from a pod: a neighbour solicitation answered, a
+    /// packet routed — if the pod has an IPv6 address; the host port's
+    /// IPv6 is off.
+    fn local_ipv6(
+        &self,
+        in_port: PortId,
+        port: &PortView,
+        buf: &mut [u8],
+        frame: Range<usize>,
+        size: Size,
+    ) -> Result<Verdict, DropCause> {
+        let own = port.ip6.filter(|_| port.role == PortRole::Pod);
+        let bytes = &buf[frame.clone()];
+        if own.is_some() && is_neighbor_solicit(bytes) {
+            return self.answer_neighbor_solicit(in_port, port, buf, frame);
+        }
+        self.check_unicast_to_router(EthernetFrame::new_unchecked(bytes).dst_addr())?;
+        if own.is_none() {
             return Err(DropCause::NotIpv4);
         }
-        self.route(buf, inner, Origin::Tunnel, size)
+        let origin = Origin::Pod {
+            address: port.ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            port: in_port,
+        };
+        self.route6(buf, frame, origin, size)
     }
 
     fn check_unicast_to_router(&self, dst: EthernetAddress) -> Result<(), DropCause> {
@@ -325,34 +360,7 @@ impl Forwarder<'_> {
             let to_pod = matches!(target, RouteTarget::Pod(_));
             policy.check(&buf[ip_start..frame.end], from_pod, to_pod)?;
         }
-        let router_mac = self.topology.router_mac.into();
-        let (out_port, next_mac) = match target {
-            RouteTarget::Pod(id) => (id, self.topology.port(id).ok_or(DropCause::PortGone)?.mac),
-            RouteTarget::Host => {
-                let id = self.topology.host.ok_or(DropCause::NoRoute)?;
-                (id, self.topology.port(id).ok_or(DropCause::PortGone)?.mac)
-            }
-            RouteTarget::Peer(id) => {
-                if origin == Origin::Tunnel {
-                    return Err(DropCause::TunnelHairpin);
-                }
-                let peer = self.topology.peer(id).ok_or(DropCause::NoRoute)?;
-                let template = peer.template.as_ref().ok_or(DropCause::PeerUnresolved)?;
-                if size == Size::Frame && frame.len() > template.max_frame_len() {
-                    return Err(DropCause::Wire(DropReason::Oversize));
-                }
-                rewrite_macs(&mut buf[frame.clone()], peer.vtep_mac.into(), router_mac);
-                if hop {
-                    decrement_ttl(&mut buf[ip_start..frame.end]);
-                }
-                return Ok(Verdict::ToPeer { peer: id, frame });
-            }
-        };
-        // A super-frame is cut to the MTU on its way out; a frame bigger
-        // than the pod interfaces take would be dropped by the kernel unseen.
-        if size == Size::Frame && u32::from(total_len) > self.topology.pod_mtu {
-            return Err(DropCause::Wire(DropReason::Oversize));
-        }
+        let next = self.next_hop(target, origin, frame.len(), total_len.into(), size)?;
         if let (RouteTarget::Pod(_), Some(services)) = (target, &self.services) {
             // Delivered to a pod: an endpoint's reply gets its ClusterIP back.
             service_verdict(services.translator.inbound(
@@ -362,14 +370,107 @@ impl Forwarder<'_> {
                 services.now_ms,
             ))?;
         }
-        rewrite_macs(&mut buf[frame.clone()], next_mac.into(), router_mac);
         if hop {
             decrement_ttl(&mut buf[ip_start..frame.end]);
         }
-        Ok(Verdict::Transmit {
-            port: out_port,
-            frame,
-        })
+        Ok(self.send(next, buf, frame))
+    }
+
+    /// Route an IPv6 frame from a pod or a peer as [`Forwarder::route`]
+    /// routes IPv4: its source checked (a pod's own IPv6 address), its
+    /// destination looked up in the topology's IPv6 routes, its hop
+    /// limit checked and decremented. No Service stage (Services are
+    /// IPv4); the policy stage as [`PolicyStage::check_ipv6`] says.
+    fn route6(
+        &self,
+        buf: &mut [u8],
+        frame: Range<usize>,
+        origin: Origin,
+        size: Size,
+    ) -> Result<Verdict, DropCause> {
+        let ip_start = frame.start + ETHERNET_HEADER_LEN;
+        let header = ipv6_header(&buf[ip_start..frame.end])?;
+        let packet = Ipv6Packet::new_unchecked(header);
+        let topology = self.topology;
+        if let Origin::Pod { port, .. } = origin
+            && topology.port(port).and_then(|p| p.ip6) != Some(packet.src_addr())
+        {
+            return Err(DropCause::Spoofed);
+        }
+        let target = topology
+            .fib6
+            .lookup(packet.dst_addr())
+            .ok_or(DropCause::NoRoute)?;
+        if packet.hop_limit() <= 1 {
+            return Err(DropCause::TtlExpired);
+        }
+        let ip_len = IPV6_HEADER_LEN as u32 + u32::from(packet.payload_len());
+        if let Some(policy) = &self.policy {
+            let sender = match origin {
+                Origin::Pod { address, .. } => Some(address),
+                _ => None,
+            };
+            let receiver = match target {
+                RouteTarget::Pod(id) => topology.port(id).and_then(|p| p.ip),
+                _ => None,
+            };
+            policy.check_ipv6(sender, receiver)?;
+        }
+        let next = self.next_hop(target, origin, frame.len(), ip_len, size)?;
+        buf[ip_start + IPV6_HOP_LIMIT] -= 1;
+        Ok(self.send(next, buf, frame))
+    }
+
+    /// Where a routed packet (`frame_len` bytes of frame, `ip_len` of IP
+    /// packet) to `target` goes next, checked against what that way takes.
+    fn next_hop(
+        &self,
+        target: RouteTarget,
+        origin: Origin,
+        frame_len: usize,
+        ip_len: u32,
+        size: Size,
+    ) -> Result<NextHop, DropCause> {
+        let topology = self.topology;
+        let port_mac = |id: PortId| -> Result<_, DropCause> {
+            Ok((id, topology.port(id).ok_or(DropCause::PortGone)?.mac))
+        };
+        let (port, mac) = match target {
+            RouteTarget::Pod(id) => port_mac(id)?,
+            RouteTarget::Host => port_mac(topology.host.ok_or(DropCause::NoRoute)?)?,
+            RouteTarget::Peer(id) => {
+                if origin == Origin::Tunnel {
+                    return Err(DropCause::TunnelHairpin);
+                }
+                let peer = topology.peer(id).ok_or(DropCause::NoRoute)?;
+                let template = peer.template.as_ref().ok_or(DropCause::PeerUnresolved)?;
+                if size == Size::Frame && frame_len > template.max_frame_len() {
+                    return Err(DropCause::Wire(DropReason::Oversize));
+                }
+                return Ok(NextHop::Peer(id, peer.vtep_mac));
+            }
+        };
+        // A super-frame is cut to the MTU on its way out; a frame bigger
+        // than the pod interfaces take would be dropped by the kernel unseen.
+        if size == Size::Frame && ip_len > topology.pod_mtu {
+            return Err(DropCause::Wire(DropReason::Oversize));
+        }
+        Ok(NextHop::Port(port, mac))
+    }
+
+    /// Address the routed frame at `buf[frame]` to `next` and say so.
+    fn send(&self, next: NextHop, buf: &mut [u8], frame: Range<usize>) -> Verdict {
+        let router_mac = self.topology.router_mac.into();
+        match next {
+            NextHop::Peer(peer, mac) => {
+                rewrite_macs(&mut buf[frame.clone()], mac.into(), router_mac);
+                Verdict::ToPeer { peer, frame }
+            }
+            NextHop::Port(port, mac) => {
+                rewrite_macs(&mut buf[frame.clone()], mac.into(), router_mac);
+                Verdict::Transmit { port, frame }
+            }
+        }
     }
 
     /// Answer an ARP request for the gateway or for any address the switch
@@ -405,6 +506,51 @@ impl Forwarder<'_> {
         Ok(Verdict::Transmit {
             port: in_port,
             frame: reply,
+        })
+    }
+
+    /// Answer a pod's neighbour solicitation for its IPv6 gateway
+    /// ([`POD_GATEWAY6`]) or any address the switch routes to a pod or a
+    /// peer, as [`Forwarder::answer_arp`] answers ARP; duplicate address
+    /// detection (a solicitation from `::`) is never answered, so a pod
+    /// never finds its own address taken.
+    fn answer_neighbor_solicit(
+        &self,
+        in_port: PortId,
+        port: &PortView,
+        buf: &mut [u8],
+        frame: Range<usize>,
+    ) -> Result<Verdict, DropCause> {
+        let solicit = NeighborSolicit::parse(&buf[frame.clone()])
+            .map_err(|_| DropCause::BadNeighborSolicit)?;
+        let sender = solicit.sender_ip;
+        let own_source =
+            sender.is_unspecified() || sender.is_unicast_link_local() || Some(sender) == port.ip6;
+        if !own_source
+            || solicit
+                .sender_mac
+                .is_some_and(|mac| MacAddr::from(mac) != port.mac)
+        {
+            return Err(DropCause::Spoofed);
+        }
+        let target = solicit.target_ip;
+        let routed = match self.topology.fib6.lookup(target) {
+            Some(RouteTarget::Pod(id)) => id != in_port,
+            Some(RouteTarget::Peer(_)) => true,
+            _ => false,
+        };
+        if sender.is_unspecified() || !(target == POD_GATEWAY6 || routed) {
+            return Err(DropCause::NeighborUnanswered);
+        }
+        let len = emit_neighbor_advert(
+            &solicit,
+            self.topology.router_mac.into(),
+            &mut buf[frame.start..],
+        )
+        .map_err(|_| DropCause::BadNeighborSolicit)?;
+        Ok(Verdict::Transmit {
+            port: in_port,
+            frame: frame.start..frame.start + len,
         })
     }
 
@@ -464,6 +610,38 @@ fn ipv4_header(ip: &[u8]) -> Result<&[u8], DropCause> {
 
 /// What a router checks before forwarding the packet of a checked IPv4
 /// `header`: a TTL it can decrement, options the kernel takes.
+/// Where a routed packet goes next: a port and the MAC it is addressed
+/// to there, or a peer and its VTEP MAC.
+#[derive(Debug, Clone, Copy)]
+enum NextHop {
+    Port(PortId, MacAddr),
+    Peer(PeerId, MacAddr),
+}
+
+/// Offset of the hop limit within an IPv6 header.
+const IPV6_HOP_LIMIT: usize = 7;
+/// The ICMPv6 type of a neighbour solicitation.
+const NEIGHBOR_SOLICIT: u8 = 135;
+
+/// Whether an Ethernet frame carrying IPv6 holds a neighbour solicitation
+/// (ICMPv6 straight after the fixed header, as RFC 4861 sends it).
+fn is_neighbor_solicit(frame: &[u8]) -> bool {
+    let icmp = ETHERNET_HEADER_LEN + IPV6_HEADER_LEN;
+    frame.len() > icmp
+        && frame[ETHERNET_HEADER_LEN + 6] == u8::from(IpProtocol::Icmpv6)
+        && frame[icmp] == NEIGHBOR_SOLICIT
+}
+
+/// The IPv6 packet at the start of `ip` (an Ethernet payload, which may
+/// be padded): version 6, and as long as its header says.
+fn ipv6_header(ip: &[u8]) -> Result<&[u8], DropCause> {
+    let packet = Ipv6Packet::new_checked(ip).map_err(|_| DropCause::BadIpv6)?;
+    if packet.version() != 6 {
+        return Err(DropCause::BadIpv6);
+    }
+    Ok(ip)
+}
+
 fn check_hop(header: &[u8]) -> Result<(), DropCause> {
     if Ipv4Packet::new_unchecked(header).hop_limit() <= 1 {
         return Err(DropCause::TtlExpired);
@@ -490,11 +668,15 @@ fn decrement_ttl(ip: &mut [u8]) {
 #[cfg(test)]
 pub(crate) mod tests {
     use std::collections::HashMap;
-    use std::net::IpAddr;
+    use std::net::{IpAddr, Ipv6Addr};
 
     use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol};
     use podswitch_encap::checksum::ipv4_pseudo_header;
-    use podswitch_encap::wire::{ArpOperation, ArpPacket, ArpRepr, IpProtocol, Ipv4Repr};
+    use podswitch_encap::neighbor::NEIGHBOR_ADVERT_LEN;
+    use podswitch_encap::wire::{
+        ArpOperation, ArpPacket, ArpRepr, EthernetRepr, Icmpv6Packet, Icmpv6Repr, IpProtocol,
+        Ipv4Repr, Ipv6Repr, NdiscNeighborFlags, NdiscRepr,
+    };
     use podswitch_encap::{Decapsulator, DropReason, OuterTemplate, TunnelKind, TunnelSpec, Vni};
     use podswitch_lab::flood::with_ipv4_options;
     use podswitch_services::Timeouts;
@@ -502,6 +684,7 @@ pub(crate) mod tests {
     use smoltcp::wire::TcpPacket;
 
     use super::*;
+    use crate::fib6::Ipv6Lpm;
     use crate::topology::PeerView;
     use podswitch_encap::checksum::data;
 
@@ -546,6 +729,7 @@ pub(crate) mod tests {
 
     fn port(name: &str, role: PortRole, mac: MacAddr, ip: Option<Ipv4Addr>) -> Option<PortView> {
         Some(PortView {
+            ip6: None,
             name: name.into(),
             role,
             mac,
@@ -554,10 +738,30 @@ pub(crate) mod tests {
         })
     }
 
+    /// Pod A's, pod B's and a pod's on the peer (its /64) IPv6 addresses.
+    const POD_A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 5);
+    const POD_B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 6);
+    const REMOTE_POD6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, 7);
+
+    /// Dual-stack pods A and B, the peer's IPv6 pod CIDR routed to it.
     pub(crate) fn topology() -> Topology {
         let mut peer_by_vtep = HashMap::default();
         peer_by_vtep.insert(IpAddr::V4(PEER_NODE), PeerId(0));
+        let mut fib6 = Ipv6Lpm::new();
+        fib6.insert(POD_A6.into(), RouteTarget::Pod(POD_A_PORT));
+        fib6.insert(POD_B6.into(), RouteTarget::Pod(POD_B_PORT));
+        fib6.insert(
+            "fd00:10:244:2::/64".parse().unwrap(),
+            RouteTarget::Peer(PeerId(0)),
+        );
+        let dual_stack = |view: Option<PortView>, ip6| {
+            view.map(|v| PortView {
+                ip6: Some(ip6),
+                ..v
+            })
+        };
         Topology {
+            fib6,
             router_mac: ROUTER,
             gateway: Ipv4Addr::new(10, 244, 1, 1),
             pod_mtu: 1450,
@@ -571,8 +775,14 @@ pub(crate) mod tests {
             ports: vec![
                 port("ul0", PortRole::Uplink, underlay_mac(NODE).into(), None),
                 port("podsw0", PortRole::Host, HOST_MAC, None),
-                port("veth-a", PortRole::Pod, POD_A_MAC, Some(POD_A)),
-                port("veth-b", PortRole::Pod, POD_B_MAC, Some(POD_B)),
+                dual_stack(
+                    port("veth-a", PortRole::Pod, POD_A_MAC, Some(POD_A)),
+                    POD_A6,
+                ),
+                dual_stack(
+                    port("veth-b", PortRole::Pod, POD_B_MAC, Some(POD_B)),
+                    POD_B6,
+                ),
                 port("podswt0", PortRole::Tunnel, HOST_MAC, None),
             ],
             peers: vec![Some(PeerView {
@@ -640,15 +850,257 @@ pub(crate) mod tests {
     }
 
     fn forward(in_port: PortId, buf: &mut [u8], frame: Range<usize>) -> Verdict {
-        let topology = topology();
+        forward_in(&topology(), in_port, buf, frame)
+    }
+
+    fn forward_in(
+        topology: &Topology,
+        in_port: PortId,
+        buf: &mut [u8],
+        frame: Range<usize>,
+    ) -> Verdict {
         let fib = fib();
         Forwarder {
-            topology: &topology,
+            topology,
             fib: &fib,
             services: None,
             policy: None,
         }
         .forward(in_port, buf, frame)
+    }
+
+    /// A buffer with HEADROOM, then an Ethernet + IPv6 + `icmp` frame.
+    fn ipv6_frame(
+        (src_mac, dst_mac): (MacAddr, EthernetAddress),
+        (src, dst): (Ipv6Addr, Ipv6Addr),
+        hop_limit: u8,
+        icmp: &Icmpv6Repr,
+    ) -> (Vec<u8>, Range<usize>) {
+        let len = 14 + 40 + icmp.buffer_len();
+        let mut buf = vec![0u8; HEADROOM + len.max(NEIGHBOR_ADVERT_LEN)];
+        let f = &mut buf[HEADROOM..];
+        EthernetRepr {
+            src_addr: src_mac.into(),
+            dst_addr: dst_mac,
+            ethertype: EthernetProtocol::Ipv6,
+        }
+        .emit(&mut EthernetFrame::new_unchecked(&mut f[..]));
+        Ipv6Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Icmpv6,
+            payload_len: icmp.buffer_len(),
+            hop_limit,
+        }
+        .emit(&mut Ipv6Packet::new_unchecked(&mut f[14..]));
+        icmp.emit(
+            &src,
+            &dst,
+            &mut Icmpv6Packet::new_unchecked(&mut f[54..len]),
+            &ChecksumCapabilities::default(),
+        );
+        (buf, HEADROOM..HEADROOM + len)
+    }
+
+    const ECHO: Icmpv6Repr<'static> = Icmpv6Repr::EchoRequest {
+        ident: 7,
+        seq_no: 1,
+        data: b"hello pods",
+    };
+
+    /// An echo request from pod A (its MAC) to the router MAC.
+    fn echo6(src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8) -> (Vec<u8>, Range<usize>) {
+        ipv6_frame((POD_A_MAC, ROUTER.into()), (src, dst), hop_limit, &ECHO)
+    }
+
+    /// A neighbour solicitation from pod A, from `src`, for `target`,
+    /// giving `lladdr` as its MAC.
+    fn solicit(src: Ipv6Addr, target: Ipv6Addr, lladdr: MacAddr) -> (Vec<u8>, Range<usize>) {
+        let icmp = Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit {
+            target_addr: target,
+            lladdr: Some(EthernetAddress::from(lladdr).into()),
+        });
+        let solicited_node = EthernetAddress([0x33, 0x33, 0xff, 0, 0, 1]);
+        let dst = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 1);
+        ipv6_frame((POD_A_MAC, solicited_node), (src, dst), 255, &icmp)
+    }
+
+    #[test]
+    fn ipv6_pod_to_local_pod_and_to_a_peer() {
+        let (mut buf, frame) = echo6(POD_A6, POD_B6, 64);
+        let verdict = forward(POD_A_PORT, &mut buf, frame.clone());
+        assert_eq!(
+            verdict,
+            Verdict::Transmit {
+                port: POD_B_PORT,
+                frame: frame.clone()
+            }
+        );
+        let eth = EthernetFrame::new_checked(&buf[frame]).unwrap();
+        assert_eq!(MacAddr::from(eth.dst_addr()), POD_B_MAC);
+        assert_eq!(MacAddr::from(eth.src_addr()), ROUTER);
+        assert_eq!(
+            Ipv6Packet::new_checked(eth.payload()).unwrap().hop_limit(),
+            63
+        );
+
+        let (mut buf, frame) = echo6(POD_A6, REMOTE_POD6, 64);
+        let verdict = forward(POD_A_PORT, &mut buf, frame.clone());
+        assert_eq!(
+            verdict,
+            Verdict::ToPeer {
+                peer: PeerId(0),
+                frame: frame.clone()
+            }
+        );
+        let eth = EthernetFrame::new_checked(&buf[frame]).unwrap();
+        assert_eq!(MacAddr::from(eth.dst_addr()), PEER_VTEP_MAC);
+    }
+
+    #[test]
+    fn ipv6_from_the_tunnel_to_a_local_pod() {
+        let (mut buf, frame) = ipv6_frame(
+            (PEER_VTEP_MAC, ROUTER.into()),
+            (REMOTE_POD6, POD_B6),
+            63,
+            &ECHO,
+        );
+        let packet = template(PEER_NODE, NODE)
+            .encapsulate(&mut buf, frame.clone())
+            .unwrap();
+        let Verdict::Transmit { port, frame: inner } = forward(UPLINK, &mut buf, packet) else {
+            panic!("not transmitted");
+        };
+        assert_eq!((port, inner.clone()), (POD_B_PORT, frame));
+        let eth = EthernetFrame::new_checked(&buf[inner]).unwrap();
+        assert_eq!(MacAddr::from(eth.dst_addr()), POD_B_MAC);
+        assert_eq!(
+            Ipv6Packet::new_checked(eth.payload()).unwrap().hop_limit(),
+            62
+        );
+    }
+
+    #[test]
+    fn neighbor_solicitations_for_the_gateway_and_routed_addresses_are_answered() {
+        let link_local = Ipv6Addr::new(0xfe80, 0, 0, 0, 0x858, 0xaff, 0xfef4, 0x105);
+        for target in [POD_GATEWAY6, POD_B6, REMOTE_POD6] {
+            let (mut buf, frame) = solicit(link_local, target, POD_A_MAC);
+            let Verdict::Transmit {
+                port,
+                frame: answer,
+            } = forward(POD_A_PORT, &mut buf, frame.clone())
+            else {
+                panic!("{target} not answered");
+            };
+            assert_eq!(port, POD_A_PORT);
+            let eth = EthernetFrame::new_checked(&buf[answer]).unwrap();
+            assert_eq!(MacAddr::from(eth.dst_addr()), POD_A_MAC);
+            let ip = Ipv6Packet::new_checked(eth.payload()).unwrap();
+            assert_eq!((ip.src_addr(), ip.dst_addr()), (target, link_local));
+            let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
+            let repr = Icmpv6Repr::parse(
+                &ip.src_addr(),
+                &ip.dst_addr(),
+                &icmp,
+                &ChecksumCapabilities::default(),
+            )
+            .unwrap();
+            let Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
+                flags,
+                target_addr,
+                lladdr: Some(lladdr),
+            }) = repr
+            else {
+                panic!("not an advertisement: {repr:?}");
+            };
+            assert_eq!(target_addr, target);
+            assert_eq!(lladdr.as_bytes(), ROUTER.0);
+            assert!(flags.contains(NdiscNeighborFlags::ROUTER | NdiscNeighborFlags::SOLICITED));
+        }
+    }
+
+    #[test]
+    fn neighbor_solicitations_not_answered() {
+        let link_local = Ipv6Addr::new(0xfe80, 0, 0, 0, 0x858, 0xaff, 0xfef4, 0x105);
+        let cases = [
+            // Duplicate address detection, for the pod's own address.
+            (
+                Ipv6Addr::UNSPECIFIED,
+                POD_A6,
+                POD_A_MAC,
+                DropCause::NeighborUnanswered,
+            ),
+            // An address the switch does not route.
+            (
+                link_local,
+                "fd00:99::1".parse().unwrap(),
+                POD_A_MAC,
+                DropCause::NeighborUnanswered,
+            ),
+            // The pod's own address, from itself.
+            (POD_A6, POD_A6, POD_A_MAC, DropCause::NeighborUnanswered),
+            // Another pod's address as the source, or another MAC.
+            (POD_B6, POD_GATEWAY6, POD_A_MAC, DropCause::Spoofed),
+            (link_local, POD_GATEWAY6, POD_B_MAC, DropCause::Spoofed),
+        ];
+        for (src, target, lladdr, cause) in cases {
+            let (mut buf, frame) = solicit(src, target, lladdr);
+            let verdict = forward(POD_A_PORT, &mut buf, frame);
+            assert_eq!(verdict, Verdict::Drop(cause), "{src} asking for {target}");
+        }
+        // A hop limit other than 255 may come from off the link.
+        let (mut buf, frame) = solicit(link_local, POD_GATEWAY6, POD_A_MAC);
+        buf[frame.start + 14 + 7] = 254;
+        assert_eq!(
+            forward(POD_A_PORT, &mut buf, frame),
+            Verdict::Drop(DropCause::BadNeighborSolicit)
+        );
+    }
+
+    #[test]
+    fn ipv6_drops() {
+        let drop = |cause| Verdict::Drop(cause);
+        let (mut buf, frame) = echo6("fd00:10:244:1::99".parse().unwrap(), POD_B6, 64);
+        assert_eq!(
+            forward(POD_A_PORT, &mut buf, frame),
+            drop(DropCause::Spoofed)
+        );
+        let (mut buf, frame) = echo6(POD_A6, POD_B6, 1);
+        assert_eq!(
+            forward(POD_A_PORT, &mut buf, frame),
+            drop(DropCause::TtlExpired)
+        );
+        let (mut buf, frame) = echo6(POD_A6, "2001:db8::1".parse().unwrap(), 64);
+        assert_eq!(
+            forward(POD_A_PORT, &mut buf, frame),
+            drop(DropCause::NoRoute)
+        );
+        // Truncated: the header says more than the frame holds.
+        let (mut buf, frame) = echo6(POD_A6, POD_B6, 64);
+        let cut = frame.start..frame.end - 4;
+        assert_eq!(forward(POD_A_PORT, &mut buf, cut), drop(DropCause::BadIpv6));
+        // Multicast (an MLD report's address) is not routed.
+        let mld = EthernetAddress([0x33, 0x33, 0, 0, 0, 0x16]);
+        let (mut buf, frame) = ipv6_frame((POD_A_MAC, mld), (POD_A6, POD_B6), 1, &ECHO);
+        assert_eq!(
+            forward(POD_A_PORT, &mut buf, frame),
+            drop(DropCause::Multicast)
+        );
+        // A pod without an IPv6 address gets no IPv6 routed.
+        let mut single_stack = topology();
+        if let Some(Some(port)) = single_stack.ports.get_mut(usize::from(POD_A_PORT.0)) {
+            port.ip6 = None;
+        }
+        let (mut buf, frame) = echo6(POD_A6, POD_B6, 64);
+        assert_eq!(
+            forward_in(&single_stack, POD_A_PORT, &mut buf, frame),
+            drop(DropCause::NotIpv4)
+        );
+        let (mut buf, frame) = solicit(POD_A6, POD_GATEWAY6, POD_A_MAC);
+        assert_eq!(
+            forward_in(&single_stack, POD_A_PORT, &mut buf, frame),
+            drop(DropCause::Multicast)
+        );
     }
 
     fn check_routed(bytes: &[u8], dst_mac: MacAddr, ttl: u8) {
@@ -975,8 +1427,15 @@ pub(crate) mod tests {
             Verdict::Drop(DropCause::BadIpv4)
         );
         let (mut buf, frame) = ipv4_frame(POD_A_MAC, ROUTER, POD_A, POD_B, 64);
-        buf[frame.start + 12] = 0x86; // EtherType 0x86dd
+        buf[frame.start + 12] = 0x86; // EtherType 0x86dd: not an IPv6 header
         buf[frame.start + 13] = 0xdd;
+        assert_eq!(
+            forward(POD_A_PORT, &mut buf, frame),
+            Verdict::Drop(DropCause::BadIpv6)
+        );
+        let (mut buf, frame) = ipv4_frame(POD_A_MAC, ROUTER, POD_A, POD_B, 64);
+        buf[frame.start + 12] = 0x88; // EtherType 0x88b5, experimental
+        buf[frame.start + 13] = 0xb5;
         assert_eq!(
             forward(POD_A_PORT, &mut buf, frame),
             Verdict::Drop(DropCause::NotIpv4)

@@ -1,13 +1,13 @@
 //! `podswitch`: the daemon (`podswitch daemon --config FILE`) and the CLI
 //! that talks to it over the control socket.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use podswitch::config::{Config, DEFAULT_CONTROL_SOCKET, PeerConfig};
 use podswitch::control::protocol::{
     CaptureSpec, Info, MAX_REQUEST_LEN, MembershipReport, PeerStatus, PolicyStatus, PollMode,
@@ -153,6 +153,9 @@ enum PortAction {
         /// The pod's IPv4 address.
         #[arg(long)]
         ip: Ipv4Addr,
+        /// The pod's IPv6 address, on a node with a `pod_cidr6`.
+        #[arg(long)]
+        ip6: Option<Ipv6Addr>,
         /// The pod's MAC.
         #[arg(long)]
         mac: MacAddr,
@@ -193,6 +196,9 @@ enum PeerAction {
         node_ip: IpAddr,
         /// The peer's pod CIDR.
         pod_cidr: Ipv4Net,
+        /// The peer's IPv6 pod CIDR, on a dual-stack cluster.
+        #[arg(long)]
+        pod_cidr6: Option<Ipv6Net>,
         /// The MAC inner frames are addressed to (kernel VXLAN peers only).
         #[arg(long)]
         vtep_mac: Option<MacAddr>,
@@ -338,6 +344,7 @@ fn run(cli: Cli) -> Result<()> {
                 PortAction::Add {
                     name,
                     ip,
+                    ip6,
                     mac,
                     kind,
                     owner,
@@ -347,6 +354,7 @@ fn run(cli: Cli) -> Result<()> {
         } => Request::PortAdd(PortSpec {
             name,
             ip,
+            ip6,
             mac,
             kind: match kind {
                 KindArg::Afxdp => PortKind::Afxdp,
@@ -364,11 +372,13 @@ fn run(cli: Cli) -> Result<()> {
                 PeerAction::Add {
                     node_ip,
                     pod_cidr,
+                    pod_cidr6,
                     vtep_mac,
                 },
         } => Request::PeerAdd(PeerConfig {
             node_ip,
             pod_cidr,
+            pod_cidr6,
             vtep_mac,
         }),
         Command::Peer {

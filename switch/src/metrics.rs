@@ -526,6 +526,7 @@ mod tests {
                 ..WorkerTraffic::default()
             }],
             peers: vec![PeerStatus {
+                pod_cidr6: None,
                 node_ip: "10.1.0.12".parse().unwrap(),
                 pod_cidr: "10.244.2.0/24".parse().unwrap(),
                 vtep_mac: "0a:70:0a:01:00:0c".parse().unwrap(),

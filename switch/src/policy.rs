@@ -380,6 +380,34 @@ impl PolicyStage<'_> {
         }
     }
 
+    /// The stage on a routed IPv6 packet from the local pod whose IPv4
+    /// address is `sender` and to the one whose IPv4 address is
+    /// `receiver` (`None`: not a local pod). Policies compile to IPv4
+    /// rules only, so a pod a policy restricts in a direction has no IPv6
+    /// in it (denied and counted as the IPv4 rules' denials are), rather
+    /// than IPv6 around its rules; a pod no policy restricts passes.
+    pub fn check_ipv6(
+        &self,
+        sender: Option<Ipv4Addr>,
+        receiver: Option<Ipv4Addr>,
+    ) -> Result<(), DropCause> {
+        let compiled = &self.enforced.compiled;
+        let restricted = |pod: Option<Ipv4Addr>, direction: Direction| {
+            pod.filter(|&pod| {
+                compiled
+                    .pod(pod)
+                    .is_some_and(|policy| policy.direction(direction).restricted().is_some())
+            })
+        };
+        if let Some(pod) = restricted(sender, Direction::Egress) {
+            return Err(self.deny(pod, Direction::Egress));
+        }
+        if let Some(pod) = restricted(receiver, Direction::Ingress) {
+            return Err(self.deny(pod, Direction::Ingress));
+        }
+        Ok(())
+    }
+
     /// Prefetch the connection-table probes of a batch of packets, given
     /// by their tuples ([`flow::connection_key`]), before
     /// [`PolicyStage::check`] takes them one by one, so that their cache
@@ -505,6 +533,24 @@ mod tests {
         let policies = policies(Vec::new());
         assert!(policies.stage(&policies.enforced()).is_none());
         assert_eq!(policies.connections(), 0);
+    }
+
+    #[test]
+    fn a_restricted_pod_gets_no_ipv6_in_the_restricted_direction() {
+        let policies = policies(vec![policy("web", &[Direction::Ingress], Vec::new())]);
+        let enforced = policies.enforced();
+        let stage = policies.stage(&enforced).expect("web is selected");
+        // Into the web pod: denied and counted; out of it: not restricted.
+        assert_eq!(
+            stage.check_ipv6(None, Some(SERVER)),
+            Err(DropCause::PolicyDeniedIngress)
+        );
+        assert_eq!(stage.check_ipv6(Some(SERVER), None), Ok(()));
+        // Pods no policy selects, or no local pod at all.
+        let other = Ipv4Addr::new(10, 244, 1, 9);
+        assert_eq!(stage.check_ipv6(Some(other), Some(other)), Ok(()));
+        assert_eq!(stage.check_ipv6(None, None), Ok(()));
+        assert_eq!(denied(&policies, "shop/web"), 1);
     }
 
     #[test]

@@ -113,6 +113,7 @@ mod tests {
     fn sample() -> SavedState {
         SavedState {
             ports: vec![PortSpec {
+                ip6: None,
                 name: "ps0123456789ab".into(),
                 ip: "10.244.1.2".parse().unwrap(),
                 mac: MacAddr([0x02, 0, 0, 0, 0, 1]),
@@ -122,6 +123,7 @@ mod tests {
                 ifname: None,
             }],
             peers: vec![PeerConfig {
+                pod_cidr6: None,
                 node_ip: "10.1.0.12".parse().unwrap(),
                 pod_cidr: "10.244.2.0/24".parse().unwrap(),
                 vtep_mac: None,

@@ -3,7 +3,7 @@
 //! without locks) beside the FIB.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use foldhash::fast::RandomState;
@@ -11,6 +11,7 @@ use podswitch_encap::{Decapsulator, OuterTemplate};
 use serde::{Deserialize, Serialize};
 
 use crate::capture::CaptureTap;
+use crate::fib6::Ipv6Lpm;
 use crate::mac::MacAddr;
 
 pub use podswitch_control::protocol::PortRole;
@@ -46,6 +47,9 @@ pub struct PortView {
     pub mac: MacAddr,
     /// A pod's address, the only source it may send from.
     pub ip: Option<Ipv4Addr>,
+    /// A dual-stack pod's IPv6 address: with link-local ones, the only
+    /// IPv6 source it may send from.
+    pub ip6: Option<Ipv6Addr>,
     /// Index of the worker that owns the port.
     pub worker: usize,
 }
@@ -91,6 +95,9 @@ pub struct Topology {
     pub peer_by_vtep: HashMap<IpAddr, PeerId, RandomState>,
     /// Captures running (`podswitch capture`); usually none.
     pub captures: Vec<Arc<CaptureTap>>,
+    /// IPv6 routes: local pods' addresses and peers' IPv6 pod CIDRs. They
+    /// change only with ports and peers, so they are published with them.
+    pub fib6: Ipv6Lpm<RouteTarget>,
 }
 
 impl Topology {
@@ -113,6 +120,7 @@ impl Topology {
             peers: Vec::new(),
             peer_by_vtep: HashMap::default(),
             captures: Vec::new(),
+            fib6: Ipv6Lpm::new(),
         }
     }
 

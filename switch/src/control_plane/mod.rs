@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use arc_swap::ArcSwap;
 use crossbeam::channel::{Receiver, Sender, bounded};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use nix::sys::eventfd::EventFd;
 
 use crate::afxdp::{Umem, UmemShare, XskConfig, XskSocket, active_rx_queues};
@@ -404,6 +404,7 @@ impl ControlPlane {
             node_ip: config.node_ip,
             pod_cidr: config.pod_cidr,
             gateway: config.gateway(),
+            pod_cidr6: config.pod_cidr6,
             pod_mtu: self.parts.pod_mtu,
             pod_gso_max_size: self.parts.pod_gso_max_size,
             router_mac: config.router_mac(),
@@ -485,6 +486,7 @@ impl ControlPlane {
                     queues: p.queues,
                     worker: p.view.worker,
                     ip: p.view.ip,
+                    ip6: p.view.ip6,
                     mac: p.view.mac,
                     owner: p.owner.clone(),
                     counters,
@@ -661,6 +663,7 @@ impl ControlPlane {
             .map(|(_, p)| PeerStatus {
                 node_ip: p.config.node_ip,
                 pod_cidr: p.config.pod_cidr,
+                pod_cidr6: p.config.pod_cidr6,
                 vtep_mac: p.vtep_mac,
                 next_hop: p.resolution.next_hop.map(|h| h.neighbour),
                 next_hop_mac: p.resolution.next_hop_mac,
@@ -914,10 +917,11 @@ impl ControlPlane {
         }
     }
 
-    /// The whole FIB, described.
+    /// The whole FIB, IPv4 then IPv6, described.
     pub fn routes(&self) -> Vec<RouteEntry> {
         let tables = self.lock();
         let fib = self.parts.fib.load();
+        let fib6 = &self.parts.topology.load().fib6;
         let port_name = |id: PortId| {
             tables
                 .port(id)
@@ -929,7 +933,13 @@ impl ControlPlane {
                 .find(|(i, _)| *i == id)
                 .map_or("?".to_string(), |(_, p)| p.config.node_ip.to_string())
         };
-        fib.iter()
+        let v4 = fib
+            .iter()
+            .map(|(prefix, target)| (IpNet::V4(prefix), target));
+        let v6 = fib6
+            .iter()
+            .map(|(prefix, target)| (IpNet::V6(prefix), target));
+        v4.chain(v6)
             .map(|(prefix, target)| RouteEntry {
                 prefix,
                 target: match target {
@@ -1121,6 +1131,7 @@ impl PortRecordSeed {
                 role: self.role,
                 mac: self.mac,
                 ip: None,
+                ip6: None,
                 worker: self.worker,
             },
             kind: self.kind,

@@ -9,24 +9,25 @@
 //! slot, and a port id is never reused while a worker still holds it.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use podswitch_encap::wire::EthernetAddress;
 use podswitch_encap::{OuterTemplate, TunnelSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, PeerConfig};
 use crate::control::protocol::{PortKind, PortSpec};
+use crate::fib6::Ipv6Lpm;
 use crate::mac::MacAddr;
 use crate::netlink::NextHop;
 use crate::saved_state::SavedState;
 use crate::stats::MAX_PORTS;
 use crate::tap::TapDevice;
-use crate::topology::{PeerId, PeerView, PortId, PortRole, PortView, Topology};
+use crate::topology::{PeerId, PeerView, PortId, PortRole, PortView, RouteTarget, Topology};
 
 /// The uplink's port id.
 pub const UPLINK_PORT: PortId = PortId(0);
@@ -154,6 +155,9 @@ pub struct PortViewRecord {
     pub mac: MacAddr,
     /// A pod's address.
     pub ip: Option<Ipv4Addr>,
+    /// A dual-stack pod's IPv6 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     /// The worker polling it.
     pub worker: usize,
 }
@@ -165,6 +169,7 @@ impl From<&PortViewRecord> for PortView {
             role: r.role,
             mac: r.mac,
             ip: r.ip,
+            ip6: r.ip6,
             worker: r.worker,
         }
     }
@@ -327,6 +332,21 @@ impl Tables {
                 other.record.view.name
             );
         }
+        if let Some(ip6) = spec.ip6 {
+            let cidr6 = config.pod_cidr6.with_context(|| {
+                format!("pod IPv6 address {ip6} given, but this node has no pod_cidr6")
+            })?;
+            ensure!(
+                cidr6.contains(&ip6) && ip6 != cidr6.network(),
+                "pod IPv6 address {ip6} is not a usable address of this node's pod_cidr6 {cidr6}"
+            );
+            if let Some((_, other)) = self.ports().find(|(_, p)| p.record.view.ip6 == Some(ip6)) {
+                bail!(
+                    "pod IPv6 address {ip6} is already used by port {}",
+                    other.record.view.name
+                );
+            }
+        }
         ensure!(
             !spec.mac.is_multicast() && spec.mac != MacAddr::default(),
             "pod MAC {} must be a unicast address",
@@ -344,6 +364,7 @@ impl Tables {
                     role: PortRole::Pod,
                     mac: spec.mac,
                     ip: Some(spec.ip),
+                    ip6: spec.ip6,
                     worker,
                 },
                 kind: spec.kind,
@@ -478,6 +499,20 @@ impl Tables {
                 other.config.node_ip
             );
         }
+        if let Some(cidr6) = peer.pod_cidr6.map(|c| c.trunc()) {
+            let overlaps = |other: Ipv6Net| other.contains(&cidr6) || cidr6.contains(&other);
+            if let Some(own) = config.pod_cidr6.filter(|&own| overlaps(own)) {
+                bail!("peer IPv6 pod CIDR {cidr6} overlaps this node's pod_cidr6 {own}");
+            }
+            if let Some((_, other)) = self.peers().find(|(_, p)| {
+                p.config.node_ip != peer.node_ip && p.config.pod_cidr6.is_some_and(overlaps)
+            }) {
+                bail!(
+                    "peer IPv6 pod CIDR {cidr6} overlaps that of peer {}",
+                    other.config.node_ip
+                );
+            }
+        }
         Ok(())
     }
 
@@ -489,6 +524,7 @@ impl Tables {
         PeerRecord {
             config: PeerConfig {
                 pod_cidr: peer.pod_cidr.trunc(),
+                pod_cidr6: peer.pod_cidr6.map(|c| c.trunc()),
                 ..peer
             },
             vtep_mac,
@@ -587,6 +623,12 @@ impl Tables {
         let config = &self.node.config;
         let decapsulator = config.decapsulator(self.node.uplink_mac);
         let mut peer_by_vtep = HashMap::default();
+        let mut fib6 = Ipv6Lpm::new();
+        for (id, port) in self.ports() {
+            if let Some(ip6) = port.record.view.ip6 {
+                fib6.insert(Ipv6Net::from(ip6), RouteTarget::Pod(id));
+            }
+        }
         let peers = self
             .peers
             .iter()
@@ -594,6 +636,9 @@ impl Tables {
             .map(|(i, p)| {
                 p.as_ref().map(|p| {
                     peer_by_vtep.insert(p.config.node_ip, PeerId(i as u16));
+                    if let Some(cidr6) = p.config.pod_cidr6 {
+                        fib6.insert(cidr6, RouteTarget::Peer(PeerId(i as u16)));
+                    }
                     PeerView {
                         node_ip: p.config.node_ip,
                         vtep_mac: p.vtep_mac,
@@ -625,6 +670,7 @@ impl Tables {
             peers,
             peer_by_vtep,
             captures: Vec::new(),
+            fib6,
         }
     }
 
@@ -641,6 +687,7 @@ impl Tables {
                     Some(PortSpec {
                         name: p.view.name.clone(),
                         ip: p.view.ip?,
+                        ip6: p.view.ip6,
                         mac: p.view.mac,
                         kind: p.kind,
                         owner: p.owner.clone(),
@@ -699,6 +746,7 @@ pod_cidr = "10.244.2.0/24"
     fn seed(name: &str, role: PortRole) -> PortRecord {
         PortRecord {
             view: PortViewRecord {
+                ip6: None,
                 name: name.into(),
                 role,
                 mac: MacAddr([2, 0, 0, 0, 0, 1]),
@@ -727,6 +775,7 @@ pod_cidr = "10.244.2.0/24"
 
     fn spec(name: &str, ip: [u8; 4]) -> PortSpec {
         PortSpec {
+            ip6: None,
             name: name.into(),
             ip: ip.into(),
             mac: MacAddr([0x0a, 0x58, ip[0], ip[1], ip[2], ip[3]]),
@@ -739,6 +788,7 @@ pod_cidr = "10.244.2.0/24"
 
     fn peer(ip: [u8; 4], cidr: &str) -> PeerConfig {
         PeerConfig {
+            pod_cidr6: None,
             node_ip: IpAddr::V4(ip.into()),
             pod_cidr: cidr.parse().unwrap(),
             vtep_mac: None,

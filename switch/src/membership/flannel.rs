@@ -208,6 +208,9 @@ impl SubnetLease {
         Ok(PeerConfig {
             node_ip: lease.public_ip.into(),
             pod_cidr,
+            // Flannel keeps a dual-stack node's IPv6 subnet on a second
+            // vxlan device of its own; not read here (see docs/membership.md).
+            pod_cidr6: None,
             vtep_mac: Some(data.vtep_mac),
         })
     }

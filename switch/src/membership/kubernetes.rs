@@ -19,13 +19,14 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use futures_util::StreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
@@ -278,6 +279,7 @@ impl Me {
         Ok(Some(PeerConfig {
             node_ip: node_ip.into(),
             pod_cidr,
+            pod_cidr6: pod_cidr6(node),
             vtep_mac: Some(data.vtep_mac),
         }))
     }
@@ -293,13 +295,22 @@ fn encap_name(encap: Encap) -> String {
 
 /// A Node's IPv4 pod CIDR: from `spec.podCIDRs`, else `spec.podCIDR`.
 fn pod_cidr(node: &Node) -> Option<Ipv4Net> {
+    pod_cidr_of::<Ipv4Net>(node).map(|c| c.trunc())
+}
+
+/// A dual-stack Node's IPv6 pod CIDR, from `spec.podCIDRs`.
+fn pod_cidr6(node: &Node) -> Option<Ipv6Net> {
+    pod_cidr_of::<Ipv6Net>(node).map(|c| c.trunc())
+}
+
+/// A Node's first pod CIDR that parses as `N` (one address family).
+fn pod_cidr_of<N: FromStr>(node: &Node) -> Option<N> {
     let spec = node.spec.as_ref()?;
     spec.pod_cidrs
         .iter()
         .flatten()
         .chain(spec.pod_cidr.iter())
-        .find_map(|c| c.parse::<Ipv4Net>().ok())
-        .map(|c| c.trunc())
+        .find_map(|c| c.parse::<N>().ok())
 }
 
 /// A Node's first IPv4 InternalIP.

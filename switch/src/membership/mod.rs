@@ -396,6 +396,7 @@ mod tests {
 
     fn peer(i: u8, mac: u8) -> PeerConfig {
         PeerConfig {
+            pod_cidr6: None,
             node_ip: IpAddr::from([10, 1, 0, 10 + i]),
             pod_cidr: format!("10.244.{i}.0/24").parse().unwrap(),
             vtep_mac: Some(format!("02:00:00:00:00:{mac:02x}").parse().unwrap()),

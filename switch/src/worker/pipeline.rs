@@ -742,6 +742,7 @@ mod tests {
 
     fn pod_view(name: &str, (_, ip): (PortId, [u8; 4]), worker: usize) -> Option<PortView> {
         Some(PortView {
+            ip6: None,
             name: name.into(),
             role: PortRole::Pod,
             mac: pod_mac(ip),
@@ -781,6 +782,7 @@ mod tests {
             let mut peer_by_vtep = HashMap::default();
             peer_by_vtep.insert(IpAddr::V4(PEER_NODE), PeerId(0));
             let uplink = PortView {
+                ip6: None,
                 name: "ul0".into(),
                 role: PortRole::Uplink,
                 mac: MacAddr([2, 0, 0, 0, 0, 11]),
@@ -788,6 +790,7 @@ mod tests {
                 worker: 0,
             };
             let host = PortView {
+                ip6: None,
                 name: "podsw0".into(),
                 role: PortRole::Host,
                 mac: MacAddr([2, 0, 0, 0, 0, 0x99]),
@@ -795,6 +798,7 @@ mod tests {
                 worker: 0,
             };
             let topology = Topology {
+                fib6: Default::default(),
                 router_mac: ROUTER,
                 gateway: Ipv4Addr::new(10, 244, 1, 1),
                 pod_mtu: 1450,

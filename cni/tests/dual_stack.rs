@@ -1,0 +1,160 @@
+//! Dual-stack pods (issue 19): on nodes with a `pod_cidr6` the plugin
+//! gives each pod an IPv6 address beside its IPv4 one (its IPv4 offset,
+//! mirrored into the IPv6 pod CIDR), and the switches route IPv6 between
+//! them — the pod's kernel resolving its IPv6 gateway through the switch's
+//! neighbour advertisement — on one node and across the VXLAN overlay,
+//! for veth and TAP pods, with ping and iperf3 over IPv6. A pod sending
+//! from an IPv6 address that is not its own is dropped and counted. Needs
+//! root.
+
+mod common;
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use common::{Nodes, nodes_with, plugin, serial};
+use podswitch_lab::cluster::{Pod, SwitchNode, SwitchOptions, ping};
+use podswitch_lab::traffic::{IperfClient, iperf_server};
+use serde_json::Value;
+
+/// A pod made by the plugin on `node` (`pod_interface` "veth" or "tap"),
+/// with the IPv6 address its result gives, checked to mirror its IPv4 one.
+fn dual_stack_pod(
+    nodes: &mut Nodes,
+    node: usize,
+    n: u8,
+    pod_interface: &str,
+) -> Result<(Pod, Ipv6Addr)> {
+    let switch = &nodes.switches[node];
+    let mut network = switch.cni_network("1.0.0");
+    network["podInterface"] = pod_interface.into();
+    let name = format!("pod{}{n}", switch.index);
+    let (pod, result) = plugin().add_pod(&mut nodes.lab, &switch.ns, &name, &network)?;
+    let ip6 = ipv6_of(&result).with_context(|| format!("{name}'s result: {result}"))?;
+    let [.., last] = pod.ip.octets();
+    let mirrored: Ipv6Addr = format!("fd00:10:244:{}::{last:x}", switch.index).parse()?;
+    ensure!(
+        ip6 == mirrored,
+        "{name}: IPv6 {ip6} does not mirror IPv4 {}",
+        pod.ip
+    );
+    Ok((pod, ip6))
+}
+
+/// The IPv6 address of a CNI result, a /128 via the link-local gateway.
+fn ipv6_of(result: &Value) -> Result<Ipv6Addr> {
+    let ips = result["ips"].as_array().context("no ips")?;
+    ensure!(ips.len() == 2, "two addresses expected");
+    let ip6 = ips
+        .iter()
+        .find_map(|ip| ip["address"].as_str()?.strip_suffix("/128"))
+        .context("no IPv6 /128")?;
+    let routes = result["routes"].as_array().context("no routes")?;
+    ensure!(
+        routes
+            .iter()
+            .any(|r| r["dst"] == "::/0" && r["gw"] == "fe80::1"),
+        "no IPv6 default route via fe80::1"
+    );
+    Ok(ip6.parse()?)
+}
+
+/// Five pings over IPv6: at least four replies.
+fn expect_pings6(from: &Pod, to: Ipv6Addr, what: &str) -> Result<()> {
+    let replies = ping(&from.ns, to, 5)?;
+    ensure!(
+        replies >= 4,
+        "{what}: {replies}/5 IPv6 ping replies to {to}"
+    );
+    Ok(())
+}
+
+/// Two seconds of TCP over IPv6 from `from` to `to` (listening on every
+/// address): its rate, which must show traffic flowed.
+fn tcp6(from: &Pod, to: &Pod, to6: Ipv6Addr, what: &str) -> Result<f64> {
+    let client = IperfClient::default();
+    let _server = iperf_server(&to.ns, client.port)?;
+    let result = client
+        .run(&from.ns, IpAddr::V6(to6))
+        .with_context(|| format!("{what}: iperf3"))?;
+    eprintln!("{what}: TCP over IPv6 {:.2} Gbit/s", result.gbps());
+    ensure!(result.gbps() > 0.05, "{what}: {:.3} Gbit/s", result.gbps());
+    Ok(result.gbps())
+}
+
+/// `port`'s drops for `reason` on `node`.
+fn drops(node: &SwitchNode, port: &str, reason: &str) -> Result<u64> {
+    Ok(node.cli_json(&["stats"])?["ports"][port]["drops"][reason]
+        .as_u64()
+        .unwrap_or(0))
+}
+
+#[test]
+fn dual_stack_pods_reach_each_other_over_ipv6() -> Result<()> {
+    let _serial = serial();
+    let options = SwitchOptions {
+        dual_stack: true,
+        ..SwitchOptions::default()
+    };
+    let mut nodes = nodes_with("ds", 2, &options)?;
+    let (veth1, veth1_6) = dual_stack_pod(&mut nodes, 0, 2, "veth")?;
+    let (tap1, tap1_6) = dual_stack_pod(&mut nodes, 0, 3, "tap")?;
+    let (veth2, veth2_6) = dual_stack_pod(&mut nodes, 1, 2, "veth")?;
+    let (tap2, tap2_6) = dual_stack_pod(&mut nodes, 1, 3, "tap")?;
+
+    // IPv4 still works beside it.
+    ensure!(ping(&veth1.ns, veth2.ip, 3)? >= 2, "IPv4 across nodes");
+    expect_pings6(&veth1, tap1_6, "veth to TAP on one node")?;
+    expect_pings6(&tap1, veth1_6, "TAP to veth on one node")?;
+    expect_pings6(&veth1, veth2_6, "veth to veth across nodes")?;
+    expect_pings6(&tap2, tap1_6, "TAP to TAP across nodes")?;
+    tcp6(&veth1, &tap2, tap2_6, "veth to TAP across nodes")?;
+    tcp6(&tap2, &veth1, veth1_6, "TAP to veth across nodes")?;
+    tcp6(&tap1, &veth1, veth1_6, "TAP to veth on one node")?;
+
+    // The switch answered the pod's solicitation for its gateway.
+    let neighbours = veth1.ns.ip(&["-6", "neigh", "show", "dev", "eth0"])?;
+    ensure!(
+        neighbours.contains("fe80::1") && neighbours.contains("router"),
+        "the pod's IPv6 gateway, as a router: {neighbours}"
+    );
+
+    // A source that is not the pod's own IPv6 address is dropped.
+    let node1 = &nodes.switches[0];
+    let port = &veth1.host_ifname;
+    let before = drops(node1, port, "spoofed")?;
+    veth1.ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "fd00:10:244:1::99/128",
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    let replies = ping_from(&veth1, "fd00:10:244:1::99", veth2_6)?;
+    ensure!(replies == 0, "{replies} replies to a spoofed source");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while drops(node1, port, "spoofed")? < before + 3 {
+        if Instant::now() > deadline {
+            bail!("the spoofed IPv6 pings were not counted as spoofed on {port}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Three pings from `source` (an address of the pod's) to `to`: replies.
+fn ping_from(pod: &Pod, source: &str, to: Ipv6Addr) -> Result<u32> {
+    let output = pod
+        .ns
+        .command("ping")?
+        .args(["-c", "3", "-i", "0.2", "-W", "1", "-q", "-I", source])
+        .arg(to.to_string())
+        .output()
+        .context("running ping")?;
+    Ok(podswitch_lab::cluster::ping_received(
+        &String::from_utf8_lossy(&output.stdout),
+    ))
+}
