@@ -3,9 +3,10 @@
 //! mirrored into the IPv6 pod CIDR), and the switches route IPv6 between
 //! them — the pod's kernel resolving its IPv6 gateway through the switch's
 //! neighbour advertisement — on one node and across the VXLAN overlay,
-//! for veth and TAP pods, with ping and iperf3 over IPv6. A pod sending
-//! from an IPv6 address that is not its own is dropped and counted. Needs
-//! root.
+//! for veth and TAP pods, with ping and iperf3 over IPv6, over an IPv4
+//! and an IPv6 underlay, and to a kernel VXLAN node's pods carrying IPv6
+//! as well. A pod sending from an IPv6
+//! address that is not its own is dropped and counted. Needs root.
 
 mod common;
 
@@ -14,23 +15,27 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use common::{Nodes, nodes_with, plugin, serial};
-use podswitch_lab::cluster::{Pod, SwitchNode, SwitchOptions, ping};
+use podswitch_lab::Lab;
+use podswitch_lab::cluster::{
+    Pod, SwitchNode, SwitchOptions, ping, router_mac, switch_and_kernel_node,
+};
+use podswitch_lab::membership::wait_for;
 use podswitch_lab::traffic::{IperfClient, iperf_server};
-use serde_json::Value;
+use serde_json::{Value, json};
 
-/// A pod made by the plugin on `node` (`pod_interface` "veth" or "tap"),
-/// with the IPv6 address its result gives, checked to mirror its IPv4 one.
+/// A pod made by the plugin on `switch` (`pod_interface` "veth" or
+/// "tap"), with the IPv6 address its result gives, checked to mirror its
+/// IPv4 one.
 fn dual_stack_pod(
-    nodes: &mut Nodes,
-    node: usize,
+    lab: &mut Lab,
+    switch: &SwitchNode,
     n: u8,
     pod_interface: &str,
 ) -> Result<(Pod, Ipv6Addr)> {
-    let switch = &nodes.switches[node];
     let mut network = switch.cni_network("1.0.0");
     network["podInterface"] = pod_interface.into();
     let name = format!("pod{}{n}", switch.index);
-    let (pod, result) = plugin().add_pod(&mut nodes.lab, &switch.ns, &name, &network)?;
+    let (pod, result) = plugin().add_pod(lab, &switch.ns, &name, &network)?;
     let ip6 = ipv6_of(&result).with_context(|| format!("{name}'s result: {result}"))?;
     let [.., last] = pod.ip.octets();
     let mirrored: Ipv6Addr = format!("fd00:10:244:{}::{last:x}", switch.index).parse()?;
@@ -98,10 +103,11 @@ fn dual_stack_pods_reach_each_other_over_ipv6() -> Result<()> {
         ..SwitchOptions::default()
     };
     let mut nodes = nodes_with("ds", 2, &options)?;
-    let (veth1, veth1_6) = dual_stack_pod(&mut nodes, 0, 2, "veth")?;
-    let (tap1, tap1_6) = dual_stack_pod(&mut nodes, 0, 3, "tap")?;
-    let (veth2, veth2_6) = dual_stack_pod(&mut nodes, 1, 2, "veth")?;
-    let (tap2, tap2_6) = dual_stack_pod(&mut nodes, 1, 3, "tap")?;
+    let Nodes { lab, switches, .. } = &mut nodes;
+    let (veth1, veth1_6) = dual_stack_pod(lab, &switches[0], 2, "veth")?;
+    let (tap1, tap1_6) = dual_stack_pod(lab, &switches[0], 3, "tap")?;
+    let (veth2, veth2_6) = dual_stack_pod(lab, &switches[1], 2, "veth")?;
+    let (tap2, tap2_6) = dual_stack_pod(lab, &switches[1], 3, "tap")?;
 
     // IPv4 still works beside it.
     ensure!(ping(&veth1.ns, veth2.ip, 3)? >= 2, "IPv4 across nodes");
@@ -142,6 +148,103 @@ fn dual_stack_pods_reach_each_other_over_ipv6() -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    Ok(())
+}
+
+/// Delegated IPAM: host-local with a range of each family gives the pod
+/// both addresses; the IPv6 one is used as the plugin gave it.
+#[test]
+fn dual_stack_pods_with_host_local_ipam() -> Result<()> {
+    let _serial = serial();
+    let options = SwitchOptions {
+        dual_stack: true,
+        ..SwitchOptions::default()
+    };
+    let mut nodes = nodes_with("dshl", 2, &options)?;
+    let Nodes { lab, switches, .. } = &mut nodes;
+    let data_dir = std::env::temp_dir().join(format!("{}host-local", lab.prefix()));
+    let mut network = switches[0].cni_network("1.0.0");
+    network["ipam"] = json!({
+        "type": "host-local",
+        "dataDir": data_dir,
+        "ranges": [
+            [{ "subnet": "10.244.1.0/24", "rangeStart": "10.244.1.100", "rangeEnd": "10.244.1.110",
+               "gateway": "10.244.1.1" }],
+            [{ "subnet": "fd00:10:244:1::/64", "rangeStart": "fd00:10:244:1::100",
+               "rangeEnd": "fd00:10:244:1::110" }],
+        ],
+    });
+    let (delegated, result) = plugin().add_pod(lab, &switches[0].ns, "pod1hl", &network)?;
+    let delegated6 = ipv6_of(&result).with_context(|| format!("result: {result}"))?;
+    ensure!(
+        delegated6 == "fd00:10:244:1::100".parse::<Ipv6Addr>()?,
+        "host-local's IPv6 address, not {delegated6}"
+    );
+    let (remote, remote6) = dual_stack_pod(lab, &switches[1], 2, "veth")?;
+    expect_pings6(&delegated, remote6, "host-local pod to a pod across nodes")?;
+    expect_pings6(&remote, delegated6, "back to the host-local pod")?;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    Ok(())
+}
+
+#[test]
+fn dual_stack_pods_over_an_ipv6_underlay() -> Result<()> {
+    let _serial = serial();
+    let options = SwitchOptions {
+        dual_stack: true,
+        underlay_ipv6: true,
+        ..SwitchOptions::default()
+    };
+    let mut nodes = nodes_with("ds6u", 2, &options)?;
+    let Nodes { lab, switches, .. } = &mut nodes;
+    let (veth1, veth1_6) = dual_stack_pod(lab, &switches[0], 2, "veth")?;
+    let (tap2, tap2_6) = dual_stack_pod(lab, &switches[1], 3, "tap")?;
+    // Both families of pod traffic cross the IPv6 underlay.
+    // Neighbour discovery on the underlay takes a second or two: wait
+    // for each node's peer to resolve rather than losing the first pings.
+    for switch in switches.iter() {
+        wait_for("the peer's IPv6 underlay next hop", || {
+            let peers = switch.cli_json(&["peers"])?;
+            Ok(peers.as_array().is_some_and(|peers| {
+                !peers.is_empty() && peers.iter().all(|p| !p["next_hop_mac"].is_null())
+            }))
+        })?;
+    }
+    ensure!(
+        ping(&veth1.ns, tap2.ip, 3)? >= 2,
+        "IPv4 over the IPv6 underlay"
+    );
+    expect_pings6(&veth1, tap2_6, "veth to TAP over the IPv6 underlay")?;
+    expect_pings6(&tap2, veth1_6, "TAP to veth over the IPv6 underlay")?;
+    tcp6(&veth1, &tap2, tap2_6, "veth to TAP over the IPv6 underlay")?;
+    tcp6(&tap2, &veth1, veth1_6, "TAP to veth over the IPv6 underlay")?;
+    Ok(())
+}
+
+#[test]
+fn dual_stack_pods_reach_a_kernel_vxlan_node_over_ipv6() -> Result<()> {
+    let _serial = serial();
+    let mut lab = Lab::new("dsk")?;
+    let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
+    let options = SwitchOptions {
+        dual_stack: true,
+        ..SwitchOptions::default()
+    };
+    let (node, kernel) =
+        switch_and_kernel_node(&mut lab, &common::daemon_binary()?, &dir, &options)?;
+    kernel.enable_ipv6()?;
+    kernel.add_peer6(1, &router_mac(1))?;
+    let (veth, veth6) = dual_stack_pod(&mut lab, &node, 2, "veth")?;
+    let (tap, tap6) = dual_stack_pod(&mut lab, &node, 3, "tap")?;
+    let k = kernel.add_pod(&mut lab, 2, true)?;
+    let k6 = kernel.add_pod_ipv6(&k, 2)?;
+
+    expect_pings6(&veth, k6, "veth pod to kernel pod")?;
+    expect_pings6(&k, veth6, "kernel pod to veth pod")?;
+    expect_pings6(&tap, k6, "TAP pod to kernel pod")?;
+    tcp6(&veth, &k, k6, "veth pod to kernel pod")?;
+    tcp6(&k, &tap, tap6, "kernel pod to TAP pod")?;
+    tcp6(&tap, &k, k6, "TAP pod to kernel pod")?;
     Ok(())
 }
 

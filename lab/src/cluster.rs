@@ -4,7 +4,7 @@
 //! node runs a podswitch daemon, or is a kernel node (bridge + vxlan,
 //! Flannel-style). Pods are namespaces with a veth into their node.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -25,6 +25,19 @@ pub const VNI: u32 = 1;
 /// Node `i`'s underlay address.
 pub fn node_ip(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 1, 0, 10 + i)
+}
+
+/// Node `i`'s IPv6 underlay address ([`add_underlay_ipv6`]).
+pub fn node_ip6(i: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 10 + u16::from(i))
+}
+
+/// Give node `i`'s [`UPLINK`] (in `ns`) its IPv6 underlay address,
+/// [`node_ip6`], beside its IPv4 one.
+pub fn add_underlay_ipv6(ns: &Netns, i: u8) -> Result<()> {
+    let cidr = format!("{}/64", node_ip6(i));
+    ns.ip(&["-6", "addr", "add", &cidr, "dev", UPLINK, "nodad"])?;
+    Ok(())
 }
 
 /// Node `i`'s pod CIDR.
@@ -154,6 +167,9 @@ pub struct SwitchOptions {
     /// Dual-stack pods: every node gets an IPv6 pod CIDR
     /// ([`pod_cidr6`]), and its peers' are routed to them.
     pub dual_stack: bool,
+    /// Nodes' VTEPs are their IPv6 underlay addresses ([`node_ip6`]; the
+    /// caller adds them with [`add_underlay_ipv6`]).
+    pub underlay_ipv6: bool,
 }
 
 impl Default for SwitchOptions {
@@ -176,11 +192,22 @@ impl Default for SwitchOptions {
             metrics_port: None,
             membership: None,
             dual_stack: false,
+            underlay_ipv6: false,
         }
     }
 }
 
 impl SwitchOptions {
+    /// Node `index`'s VTEP: its IPv4 or, with `underlay_ipv6`, its IPv6
+    /// underlay address.
+    pub fn vtep(&self, index: u8) -> IpAddr {
+        if self.underlay_ipv6 {
+            node_ip6(index).into()
+        } else {
+            node_ip(index).into()
+        }
+    }
+
     /// Pods made by the `podswitch-cni` built beside the daemon `binary`,
     /// and the switch translating the Services of `services_file` itself
     /// (`service_translation = "switch"`).
@@ -248,7 +275,7 @@ impl SwitchNode {
             "node_ip = \"{}\"\nuplink = \"{UPLINK}\"\npod_cidr = \"{}\"\nvni = {VNI}\n\
              encap = \"{}\"\npoll_mode = \"{}\"\nxdp_mode = \"{}\"\ncores = [{}]\n\
              control_socket = \"{}\"\nstate_dir = \"{}\"\ncheck_frames = true\n",
-            node_ip(index),
+            options.vtep(index),
             pod_cidr(index),
             options.encap,
             options.poll_mode,
@@ -285,7 +312,7 @@ impl SwitchNode {
         for peer in peers {
             config.push_str(&format!(
                 "[[peers]]\nnode_ip = \"{}\"\npod_cidr = \"{}\"\n",
-                node_ip(peer.index),
+                options.vtep(peer.index),
                 pod_cidr(peer.index)
             ));
             if options.dual_stack {
@@ -783,6 +810,78 @@ impl KernelNode {
         Ok(())
     }
 
+    /// Turn IPv6 on as on a dual-stack kernel node: forwarding, and the
+    /// bridge's IPv6 gateway, the first address of [`pod_cidr6`].
+    pub fn enable_ipv6(&self) -> Result<()> {
+        self.ns
+            .run("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])?;
+        let gateway = format!("fd00:10:244:{}::1/64", self.index);
+        self.ns
+            .ip(&["-6", "addr", "add", &gateway, "dev", "cni0", "nodad"])?;
+        Ok(())
+    }
+
+    /// Route peer node `peer`'s IPv6 pod CIDR ([`pod_cidr6`]) through the
+    /// VXLAN device to `vtep_mac`, after [`Self::add_peer`] (whose FDB
+    /// entry carries that MAC to the peer's VTEP): a permanent neighbour
+    /// entry for the CIDR's network address and a route via it, onlink,
+    /// as for IPv4. One device carries both families (Flannel gives IPv6
+    /// a second device over an IPv6 underlay).
+    pub fn add_peer6(&self, peer: u8, vtep_mac: &str) -> Result<()> {
+        let via = format!("fd00:10:244:{peer}::");
+        let device = self.vxlan.name.as_str();
+        self.ns.ip(&[
+            "-6",
+            "neigh",
+            "replace",
+            &via,
+            "lladdr",
+            vtep_mac,
+            "dev",
+            device,
+            "nud",
+            "permanent",
+        ])?;
+        self.ns.ip(&[
+            "-6",
+            "route",
+            "replace",
+            &pod_cidr6(peer),
+            "via",
+            &via,
+            "dev",
+            device,
+            "onlink",
+        ])?;
+        Ok(())
+    }
+
+    /// Give `pod` (one of [`Self::add_pod`]'s, host number `host`) its IPv6
+    /// address `fd00:10:244:<node>::<host>` and a default route via the
+    /// bridge's ([`Self::enable_ipv6`]); the address.
+    pub fn add_pod_ipv6(&self, pod: &Pod, host: u8) -> Result<Ipv6Addr> {
+        let address: Ipv6Addr = format!("fd00:10:244:{}::{host:x}", self.index).parse()?;
+        pod.ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{address}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        let gateway = format!("fd00:10:244:{}::1", self.index);
+        pod.ns.ip(&[
+            "-6", "route", "add", "default", "via", &gateway, "dev", "eth0",
+        ])?;
+        // Until duplicate address detection is over on the link-local
+        // addresses (a second), the node and the pod leave each other's
+        // neighbour solicitations unanswered.
+        wait_dad(&self.ns, "cni0")?;
+        wait_dad(&pod.ns, "eth0")?;
+        Ok(address)
+    }
+
     /// Add a pod on the bridge, with offloads on (what Flannel users get)
     /// or off.
     pub fn add_pod(&self, lab: &mut Lab, host: u8, offloads: bool) -> Result<Pod> {
@@ -795,6 +894,26 @@ impl KernelNode {
         }
         Ok(pod)
     }
+}
+
+/// Wait (at most 5 s) until no IPv6 address of `ifname` in `ns` is
+/// tentative.
+fn wait_dad(ns: &Netns, ifname: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !ns
+        .ip(&["-6", "addr", "show", "dev", ifname, "tentative"])?
+        .trim()
+        .is_empty()
+    {
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "{ifname} in {}: IPv6 addresses still tentative after 5 s",
+                ns.name()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(())
 }
 
 /// Two Flannel-style kernel nodes on a veth underlay of `underlay_mtu`,

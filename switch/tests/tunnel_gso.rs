@@ -24,7 +24,7 @@
 
 use std::fs::File;
 use std::io::{self, IoSlice};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -47,8 +47,8 @@ use podswitch_encap::virtio_net::{
 use podswitch_encap::wire::{EthernetAddress, IpProtocol, IpVersion, Ipv4Packet, TcpPacket};
 use podswitch_encap::{Decapsulator, DropReason, OuterTemplate, TunnelKind, TunnelSpec, Vni};
 use podswitch_lab::cluster::{
-    KernelNode, Pod, UPLINK, VNI, connect_underlay, expect_iperf, expect_pings, kernel_vtep_mac,
-    node_ip, pod_cidr, pod_gateway, router_mac,
+    KernelNode, Pod, UPLINK, VNI, add_underlay_ipv6, connect_underlay, expect_iperf, expect_pings,
+    kernel_vtep_mac, node_ip, node_ip6, pod_cidr, pod_gateway, router_mac,
 };
 use podswitch_lab::cpu::{CpuMeter, thread_cpu_seconds};
 use podswitch_lab::host::{MachineMeter, on_cpu, pin_current_thread};
@@ -111,8 +111,7 @@ fn connect(underlay: Underlay, n1: &Netns, n2: &Netns, family: IpVersion) -> Res
     connect_underlay(n1, 1, n2, 2, UNDERLAY_MTU as u32)?;
     if family == IpVersion::Ipv6 {
         for (ns, index) in [(n1, 1), (n2, 2)] {
-            let address = format!("{}/64", vtep(index, family));
-            ns.ip(&["-6", "addr", "add", &address, "dev", UPLINK, "nodad"])?;
+            add_underlay_ipv6(ns, index)?;
         }
     }
     if underlay == Underlay::Whole {
@@ -126,12 +125,11 @@ fn connect(underlay: Underlay, n1: &Netns, n2: &Netns, family: IpVersion) -> Res
     Ok(())
 }
 
-/// Node `index`'s VTEP address of `family`: the lab's IPv4 one, or
-/// fd00:1::(10 + index).
+/// Node `index`'s VTEP address of `family`: the lab's IPv4 or IPv6 one.
 fn vtep(index: u8, family: IpVersion) -> IpAddr {
     match family {
         IpVersion::Ipv4 => node_ip(index).into(),
-        IpVersion::Ipv6 => Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 10 + u16::from(index)).into(),
+        IpVersion::Ipv6 => node_ip6(index).into(),
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use anyhow::{Result, bail, ensure};
 use podswitch_lab::cluster::{
-    PeerEntry, SwitchNode, SwitchOptions, UPLINK, connect_underlay, set_queues,
+    PeerEntry, SwitchNode, SwitchOptions, UPLINK, add_underlay_ipv6, connect_underlay, set_queues,
 };
 use podswitch_lab::cni::{CniCall, CniPlugin};
 use podswitch_lab::{Lab, Netns};
@@ -69,6 +69,10 @@ pub fn nodes_with(tag: &str, switches: usize, options: &SwitchOptions) -> Result
     let n1 = lab.netns("n1")?;
     let n2 = lab.netns("n2")?;
     connect_underlay(&n1, 1, &n2, 2, options.underlay_mtu)?;
+    if options.underlay_ipv6 {
+        add_underlay_ipv6(&n1, 1)?;
+        add_underlay_ipv6(&n2, 2)?;
+    }
     if let Some(workers) = options.workers.filter(|&w| w > 1) {
         // A queue of the uplink for each worker, before the daemons
         // share them out.
