@@ -50,6 +50,12 @@ pub fn pod_cidr6(i: u8) -> String {
     format!("fd00:10:244:{i}::/64")
 }
 
+/// The IPv6 address of node `node`'s pod number `host` (10.244.node.host)
+/// on dual-stack nodes: its IPv4 offset in [`pod_cidr6`].
+pub fn pod_ip6(node: u8, host: u8) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x10, 0x244, node.into(), 0, 0, 0, host.into())
+}
+
 /// Node `i`'s pod gateway.
 pub fn pod_gateway(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, i, 1)
@@ -245,6 +251,8 @@ pub struct SwitchNode {
     dir: PathBuf,
     daemon: Option<Process>,
     pod_interface: Option<String>,
+    /// Whether its pods are dual-stack ([`SwitchOptions::dual_stack`]).
+    dual_stack: bool,
 }
 
 impl SwitchNode {
@@ -330,6 +338,7 @@ impl SwitchNode {
             dir: dir.into(),
             daemon: None,
             pod_interface: options.pod_interface.clone(),
+            dual_stack: options.dual_stack,
         };
         std::fs::write(node.config_path(), config)?;
         node.launch()?;
@@ -421,15 +430,30 @@ impl SwitchNode {
     /// and add its port to the switch.
     pub fn add_veth_pod(&self, lab: &mut Lab, host: u8, mtu: u32) -> Result<Pod> {
         let pod = veth_pod(lab, &self.ns, self.index, host, mtu)?;
-        self.cli(&[
+        let (ip, ip6) = (pod.ip.to_string(), pod_ip6(self.index, host).to_string());
+        let mut args = vec![
             "port",
             "add",
             &pod.host_ifname,
             "--ip",
-            &pod.ip.to_string(),
+            &ip,
             "--mac",
             &pod.mac,
-        ])?;
+        ];
+        if self.dual_stack {
+            // As the CNI plugin sets a dual-stack pod up.
+            let eth0 = |key: &str| format!("net.ipv6.conf.eth0.{key}");
+            for setting in [eth0("disable_ipv6=0"), eth0("accept_dad=0")] {
+                pod.ns.run("sysctl", &["-qw", &setting])?;
+            }
+            pod.ns
+                .ip(&["-6", "addr", "add", &format!("{ip6}/128"), "dev", "eth0"])?;
+            pod.ns.ip(&[
+                "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
+            ])?;
+            args.extend(["--ip6", &ip6]);
+        }
+        self.cli(&args)?;
         Ok(pod)
     }
 

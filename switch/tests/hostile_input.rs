@@ -7,7 +7,7 @@
 //! packets. And frames at the edges of IP (TTL 1, IPv4 options), which
 //! must end as they end in a kernel pod network. Needs root.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use podswitch_lab::cluster::{
     Pod, SwitchNode, SwitchOptions, SwitchPair, node_ip, ping_received, ping_stats, pod_gateway,
-    router_mac,
+    pod_ip6, router_mac,
 };
 use podswitch_lab::flood::{self, UDP_HEADERS, UdpFlow, internet_checksum, with_ipv4_options};
 use podswitch_lab::{Lab, RawLink, parse_mac};
@@ -299,6 +299,198 @@ fn under_attack_with(
         node.check_frames()?;
     }
     Ok(())
+}
+
+/// An Ethernet + IPv6 frame from `src_mac` to `dst_mac` carrying
+/// `payload` as `next_header`, with `hop_limit`.
+fn ipv6_frame(
+    (dst_mac, src_mac): ([u8; 6], [u8; 6]),
+    (src, dst): (Ipv6Addr, Ipv6Addr),
+    hop_limit: u8,
+    next_header: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let len = u16::try_from(payload.len()).expect("test payloads are small");
+    let mut frame = [&dst_mac[..], &src_mac, &0x86ddu16.to_be_bytes()].concat();
+    frame.extend_from_slice(&[0x60, 0, 0, 0]);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&[next_header, hop_limit]);
+    frame.extend_from_slice(&src.octets());
+    frame.extend_from_slice(&dst.octets());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// An ICMPv6 message of `message_type` with `body`, its checksum over
+/// the pseudo-header of `src` and `dst`.
+fn icmpv6(src: Ipv6Addr, dst: Ipv6Addr, message_type: u8, body: &[u8]) -> Vec<u8> {
+    let mut message = [&[message_type, 0, 0, 0][..], body].concat();
+    let len = u32::try_from(message.len()).expect("small");
+    let pseudo = [
+        &src.octets()[..],
+        &dst.octets(),
+        &len.to_be_bytes(),
+        &[0, 0, 0, 58],
+        &message,
+    ]
+    .concat();
+    let sum = internet_checksum(&pseudo);
+    message[2..4].copy_from_slice(&sum.to_be_bytes());
+    message
+}
+
+/// A neighbour solicitation from `src` (hop limit `hop_limit`) for
+/// `target`, giving `lladdr` as the sender's MAC, to the solicited-node
+/// group.
+fn solicitation(
+    src_mac: [u8; 6],
+    src: Ipv6Addr,
+    target: Ipv6Addr,
+    lladdr: [u8; 6],
+    hop_limit: u8,
+) -> Vec<u8> {
+    let t = target.segments();
+    let group = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00 | (t[6] & 0xff), t[7]);
+    let group_mac = [
+        0x33,
+        0x33,
+        0xff,
+        (t[6] & 0xff) as u8,
+        (t[7] >> 8) as u8,
+        t[7] as u8,
+    ];
+    let body = [&[0u8; 4][..], &target.octets(), &[1, 1], &lladdr].concat();
+    let message = icmpv6(src, group, 135, &body);
+    ipv6_frame((group_mac, src_mac), (src, group), hop_limit, 58, &message)
+}
+
+/// IPv6 from a dual-stack pod, each frame wrong in one way, while the
+/// good (IPv4) traffic flows; then IPv6 itself still works.
+#[test]
+fn hostile_ipv6_pod_frames() -> Result<()> {
+    let _serial = serial();
+    let options = SwitchOptions {
+        dual_stack: true,
+        ..SwitchOptions::default()
+    };
+    under_attack_with("sw-hostile6", &options, |t| {
+        let (bad, c) = (t.bad, t.c);
+        let node_of = |pod: &Pod| pod.ip.octets();
+        let ip6 = |pod: &Pod| pod_ip6(node_of(pod)[2], node_of(pod)[3]);
+        let (bad6, a6, c6) = (ip6(bad), ip6(t.a), ip6(c));
+        let src = mac_of(bad)?;
+        let echo = |from: Ipv6Addr, to: Ipv6Addr| icmpv6(from, to, 128, b"\0\x07\0\x01hostile");
+        let frame = |from: Ipv6Addr, to: Ipv6Addr, hop_limit: u8| {
+            ipv6_frame((t.router, src), (from, to), hop_limit, 58, &echo(from, to))
+        };
+        let good = frame(bad6, c6, 64);
+        let mut long_payload = good.clone();
+        long_payload[18..20].copy_from_slice(&1400u16.to_be_bytes());
+        let mut version_4 = good.clone();
+        version_4[14] = 0x40;
+        let link_local: Ipv6Addr = "fe80::858:aff:fef4:104".parse()?;
+        let solicit = |from: Ipv6Addr, target: Ipv6Addr, lladdr: [u8; 6], hop_limit: u8| {
+            solicitation(src, from, target, lladdr, hop_limit)
+        };
+        let gateway: Ipv6Addr = "fe80::1".parse()?;
+        let mut bad_ns_checksum = solicit(link_local, gateway, src, 255);
+        let last = bad_ns_checksum.len() - 1;
+        bad_ns_checksum[last] ^= 0xff;
+        let mld_group = [0x33, 0x33, 0, 0, 0, 0x16];
+        let mld: Ipv6Addr = "ff02::16".parse()?;
+        let cases: Vec<(&str, Vec<u8>, Counted)> = vec![
+            (
+                "half an IPv6 header",
+                good[..34].to_vec(),
+                Counted::Reason("bad_ipv6"),
+            ),
+            (
+                "a payload length past the frame",
+                long_payload,
+                Counted::Reason("bad_ipv6"),
+            ),
+            (
+                "IP version 4 in an IPv6 frame",
+                version_4,
+                Counted::Reason("bad_ipv6"),
+            ),
+            (
+                "hop limit 0",
+                frame(bad6, c6, 0),
+                Counted::Reason("ttl_expired"),
+            ),
+            (
+                "hop limit 1",
+                frame(bad6, c6, 1),
+                Counted::Reason("ttl_expired"),
+            ),
+            (
+                "another pod's IPv6 address",
+                frame(a6, c6, 64),
+                Counted::Reason("spoofed"),
+            ),
+            (
+                "a link-local source, routed",
+                frame(link_local, c6, 64),
+                Counted::Reason("spoofed"),
+            ),
+            (
+                "an address nobody routes",
+                frame(bad6, "2001:db8::1".parse()?, 64),
+                Counted::Reason("no_route"),
+            ),
+            (
+                "a solicitation with hop limit 254",
+                solicit(link_local, gateway, src, 254),
+                Counted::Reason("bad_neighbor_solicit"),
+            ),
+            (
+                "a solicitation with a bad checksum",
+                bad_ns_checksum,
+                Counted::Reason("bad_neighbor_solicit"),
+            ),
+            (
+                "a solicitation cut short",
+                solicit(link_local, gateway, src, 255)[..60].to_vec(),
+                Counted::Reason("bad_neighbor_solicit"),
+            ),
+            (
+                "duplicate address detection",
+                solicit(Ipv6Addr::UNSPECIFIED, bad6, src, 255),
+                Counted::Reason("neighbor_unanswered"),
+            ),
+            (
+                "a solicitation for an address nobody routes",
+                solicit(link_local, "2001:db8::1".parse()?, src, 255),
+                Counted::Reason("neighbor_unanswered"),
+            ),
+            (
+                "a solicitation giving another pod's MAC",
+                solicit(link_local, gateway, mac_of(t.a)?, 255),
+                Counted::Reason("spoofed"),
+            ),
+            (
+                "an MLD report",
+                ipv6_frame(
+                    (mld_group, src),
+                    (link_local, mld),
+                    1,
+                    58,
+                    &icmpv6(link_local, mld, 143, &[0; 4]),
+                ),
+                Counted::Reason("multicast"),
+            ),
+        ];
+        let mut pod_link = RawLink::open(&bad.ns, "eth0", Duration::from_millis(100))?;
+        inject(&mut pod_link, t.n1, &bad.host_ifname, &cases)?;
+        // The hostile pod's own IPv6 still goes where it should.
+        let replies = ping_stats(&bad.ns, c6, 5)?.received;
+        ensure!(
+            replies >= 4,
+            "{replies}/5 IPv6 pings answered after the attack"
+        );
+        Ok(())
+    })
 }
 
 /// From a pod: every header boundary, bad fields, spoofing, floods. From
