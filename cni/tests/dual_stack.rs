@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use common::{Nodes, nodes_with, plugin, serial};
 use podswitch_lab::Lab;
-use podswitch_lab::cluster::{
-    Pod, SwitchNode, SwitchOptions, ping, router_mac, switch_and_kernel_node,
-};
+use podswitch_lab::cluster::{Pod, SwitchNode, SwitchOptions, ping, switch_and_kernel_node};
 use podswitch_lab::membership::wait_for;
 use podswitch_lab::traffic::{IperfClient, iperf_server};
 use serde_json::{Value, json};
@@ -86,6 +84,16 @@ fn tcp6(from: &Pod, to: &Pod, to6: Ipv6Addr, what: &str) -> Result<f64> {
     eprintln!("{what}: TCP over IPv6 {:.2} Gbit/s", result.gbps());
     ensure!(result.gbps() > 0.05, "{what}: {:.3} Gbit/s", result.gbps());
     Ok(result.gbps())
+}
+
+/// Wait until every peer of `switch` has its underlay next hop's MAC.
+fn peers_resolved(switch: &SwitchNode) -> Result<()> {
+    wait_for("the peers' underlay next hops", || {
+        let peers = switch.cli_json(&["peers"])?;
+        Ok(peers.as_array().is_some_and(|peers| {
+            !peers.is_empty() && peers.iter().all(|p| p["next_hop_mac"].is_string())
+        }))
+    })
 }
 
 /// `port`'s drops for `reason` on `node`.
@@ -203,12 +211,7 @@ fn dual_stack_pods_over_an_ipv6_underlay() -> Result<()> {
     // Neighbour discovery on the underlay takes a second or two: wait
     // for each node's peer to resolve rather than losing the first pings.
     for switch in switches.iter() {
-        wait_for("the peer's IPv6 underlay next hop", || {
-            let peers = switch.cli_json(&["peers"])?;
-            Ok(peers.as_array().is_some_and(|peers| {
-                !peers.is_empty() && peers.iter().all(|p| !p["next_hop_mac"].is_null())
-            }))
-        })?;
+        peers_resolved(switch)?;
     }
     ensure!(
         ping(&veth1.ns, tap2.ip, 3)? >= 2,
@@ -223,17 +226,31 @@ fn dual_stack_pods_over_an_ipv6_underlay() -> Result<()> {
 
 #[test]
 fn dual_stack_pods_reach_a_kernel_vxlan_node_over_ipv6() -> Result<()> {
+    with_a_kernel_node("dsk", false)
+}
+
+#[test]
+fn dual_stack_pods_reach_a_kernel_vxlan_node_over_an_ipv6_underlay() -> Result<()> {
+    with_a_kernel_node("dsk6u", true)
+}
+
+/// Pods of a podswitch node and of a kernel VXLAN node (both families on
+/// its one device), over an IPv4 or an IPv6 underlay: ping and TCP both
+/// ways over IPv6, and IPv4 beside it.
+fn with_a_kernel_node(tag: &str, underlay_ipv6: bool) -> Result<()> {
     let _serial = serial();
-    let mut lab = Lab::new("dsk")?;
+    let mut lab = Lab::new(tag)?;
     let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
     let options = SwitchOptions {
         dual_stack: true,
+        underlay_ipv6,
         ..SwitchOptions::default()
     };
     let (node, kernel) =
         switch_and_kernel_node(&mut lab, &common::daemon_binary()?, &dir, &options)?;
     kernel.enable_ipv6()?;
-    kernel.add_peer6(1, &router_mac(1))?;
+    kernel.add_peer6(1, &options.router_mac(1))?;
+    peers_resolved(&node)?;
     let (veth, veth6) = dual_stack_pod(&mut lab, &node, 2, "veth")?;
     let (tap, tap6) = dual_stack_pod(&mut lab, &node, 3, "tap")?;
     let k = kernel.add_pod(&mut lab, 2, true)?;
@@ -245,6 +262,8 @@ fn dual_stack_pods_reach_a_kernel_vxlan_node_over_ipv6() -> Result<()> {
     tcp6(&veth, &k, k6, "veth pod to kernel pod")?;
     tcp6(&k, &tap, tap6, "kernel pod to TAP pod")?;
     tcp6(&tap, &k, k6, "TAP pod to kernel pod")?;
+    expect_pings6(&k, tap6, "kernel pod to TAP pod")?;
+    ensure!(ping(&k.ns, veth.ip, 3)? >= 2, "IPv4 beside it");
     Ok(())
 }
 

@@ -214,6 +214,12 @@ impl SwitchOptions {
         }
     }
 
+    /// The router MAC podswitch derives for node `index` from its VTEP
+    /// ([`router_mac`] on an IPv4 underlay).
+    pub fn router_mac(&self, index: u8) -> String {
+        podswitch_control::MacAddr::derived_from(self.vtep(index)).to_string()
+    }
+
     /// Pods made by the `podswitch-cni` built beside the daemon `binary`,
     /// and the switch translating the Services of `services_file` itself
     /// (`service_translation = "switch"`).
@@ -698,8 +704,12 @@ pub fn switch_and_kernel_node(
     let n1 = lab.netns("n1")?;
     let n2 = lab.netns("n2")?;
     connect_underlay(&n1, 1, &n2, 2, options.underlay_mtu)?;
-    let kernel = KernelNode::create(n2, 2, options.underlay_mtu)?;
-    kernel.add_peer(1, &router_mac(1))?;
+    if options.underlay_ipv6 {
+        add_underlay_ipv6(&n1, 1)?;
+        add_underlay_ipv6(&n2, 2)?;
+    }
+    let kernel = KernelNode::create_with_vtep(n2, 2, options.underlay_mtu, options.vtep(2))?;
+    kernel.add_peer_at(1, &options.router_mac(1), options.vtep(1))?;
     let peers = [PeerEntry {
         index: 2,
         vtep_mac: Some(kernel_vtep_mac(2)),
@@ -794,12 +804,18 @@ impl KernelNode {
     /// Route peer node `peer`'s pod CIDR through the tunnel to its VTEP
     /// MAC (a podswitch node's router MAC, or a kernel node's vxlan MAC).
     pub fn add_peer(&self, peer: u8, vtep_mac: &str) -> Result<()> {
+        self.add_peer_at(peer, vtep_mac, node_ip(peer).into())
+    }
+
+    /// [`Self::add_peer`] for a peer whose VTEP is `vtep` (its IPv6
+    /// underlay address, say).
+    pub fn add_peer_at(&self, peer: u8, vtep_mac: &str, vtep: IpAddr) -> Result<()> {
         self.vxlan.add_peer(
             &self.ns,
             &pod_cidr(peer),
             &format!("10.244.{peer}.0"),
             vtep_mac,
-            node_ip(peer).into(),
+            vtep,
         )
     }
 
