@@ -124,6 +124,9 @@ pub struct ServiceStage<'a> {
     pub translator: &'a Translator,
     /// The connection table's clock, read once per batch.
     pub now_ms: u64,
+    /// False for `podswitch trace`: the same rewrites, but no connection
+    /// opened or noted and nothing counted.
+    pub live: bool,
 }
 
 /// Where a routed frame came from.
@@ -299,6 +302,7 @@ impl Forwarder<'_> {
                 &mut buf[ip_start..frame.end],
                 size.checksum(),
                 services.now_ms,
+                services.live,
             );
             if verdict == ServiceVerdict::NoEndpoints {
                 // Refused as kube-proxy refuses it, so the client fails
@@ -360,6 +364,7 @@ impl Forwarder<'_> {
                 &mut buf[ip_start..frame.end],
                 size.checksum(),
                 services.now_ms,
+                services.live,
             ))?;
         }
         rewrite_macs(&mut buf[frame.clone()], next_mac.into(), router_mac);
@@ -1204,7 +1209,7 @@ pub(crate) mod tests {
         assert_eq!(packet, frame.start - 50..frame.end);
     }
 
-    const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+    pub(crate) const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
     /// A TCP frame from a pod (or, with `src_mac` a peer's, from a peer)
     /// to the router, with correct checksums.
@@ -1255,7 +1260,7 @@ pub(crate) mod tests {
     }
 
     /// A Service at VIP:80 (TCP) served on port 8080 of `endpoints`.
-    fn web(endpoints: &[Ipv4Addr]) -> ServiceTable {
+    pub(crate) fn web(endpoints: &[Ipv4Addr]) -> ServiceTable {
         let endpoints = endpoints
             .iter()
             .map(|&a| Endpoint::ready(a, 8080))
@@ -1285,6 +1290,7 @@ pub(crate) mod tests {
                 table,
                 translator,
                 now_ms: 0,
+                live: true,
             }),
         };
         forwarder.decide(in_port, buf, frame, size)
