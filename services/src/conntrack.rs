@@ -471,7 +471,15 @@ impl ConnTable {
     /// that closed, is not found: the packet starts a new one.
     pub fn lookup(&self, key: &FlowKey, tcp_flags: u8, now_ms: u64) -> Option<Hit> {
         let tuple = pack(key);
-        self.lookup_hashed(&tuple, self.hash(&tuple), tcp_flags, now_ms)
+        self.lookup_hashed(&tuple, self.hash(&tuple), tcp_flags, now_ms, true)
+    }
+
+    /// Find the connection under tuple `key` (either direction) as
+    /// [`ConnTable::lookup`] does, noting nothing: for a packet about the
+    /// connection rather than of it (an ICMP error) and for a trace.
+    pub fn peek(&self, key: &FlowKey, now_ms: u64) -> Option<Hit> {
+        let tuple = pack(key);
+        self.lookup_hashed(&tuple, self.hash(&tuple), 0, now_ms, false)
     }
 
     /// [`ConnTable::lookup`] for a batch: `hits[i]` for `keys[i]` with
@@ -496,7 +504,7 @@ impl ConnTable {
             self.prefetch_hashed(&hashes[..end - start]);
             for i in 0..end - start {
                 hits[start + i] =
-                    self.lookup_hashed(&tuples[i], hashes[i], tcp_flags[start + i], now_ms);
+                    self.lookup_hashed(&tuples[i], hashes[i], tcp_flags[start + i], now_ms, true);
             }
         }
     }
@@ -540,7 +548,16 @@ impl ConnTable {
         }
     }
 
-    fn lookup_hashed(&self, tuple: &Packed, hash: u64, tcp_flags: u8, now_ms: u64) -> Option<Hit> {
+    /// The probe of [`ConnTable::lookup`]; `note`: whether the packet is
+    /// noted (its time, flags and direction) or only looked at.
+    fn lookup_hashed(
+        &self,
+        tuple: &Packed,
+        hash: u64,
+        tcp_flags: u8,
+        now_ms: u64,
+        note: bool,
+    ) -> Option<Hit> {
         let shard = shard_of(hash);
         let _locked = self.read(shard);
         let found = self.shards[shard].find(&self.slots, tuple, hash)?;
@@ -550,6 +567,13 @@ impl ConnTable {
             || (syn_only && slot.replaceable(now_ms, &self.timeouts))
         {
             return None;
+        }
+        let hit = Hit {
+            direction: found.direction,
+            nat: slot.nat(found.direction),
+        };
+        if !note {
+            return Some(hit);
         }
         // Written only when the clock moved: most packets of a busy
         // connection then read the shared state without dirtying its line.
@@ -573,10 +597,7 @@ impl ConnTable {
         if flags != 0 && slot.flags.load(Ordering::Relaxed) & flags != flags {
             slot.flags.fetch_or(flags, Ordering::Relaxed);
         }
-        Some(Hit {
-            direction: found.direction,
-            nat: slot.nat(found.direction),
-        })
+        Some(hit)
     }
 
     /// Drop a tuple's reference to its slot (under the tuple's shard's
@@ -923,6 +944,21 @@ mod tests {
         assert_eq!(hit.nat, moved);
         assert_eq!(table.lookup(&flow, 0x10, 4).unwrap().nat, moved);
         assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn a_peek_finds_either_direction_and_notes_nothing() {
+        let timeouts = Timeouts::default();
+        let table = ConnTable::new(16, timeouts);
+        let flow = original(5353, UDP);
+        let hit = table.insert(flow, dnat(&flow), ENDPOINT, 0).unwrap();
+        assert_eq!(table.peek(&flow, 5), Some(hit));
+        let back = table.peek(&reply_of(&flow), 10).unwrap();
+        assert_eq!(back.direction, Direction::Reply);
+        // Neither the time nor the reply was noted: unanswered, it expires
+        // on the first packet's clock.
+        assert_eq!(table.peek(&flow, timeouts.udp), None);
+        assert_eq!(table.sweep(timeouts.udp), 1);
     }
 
     #[test]

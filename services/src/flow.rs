@@ -107,6 +107,64 @@ pub fn parse(ipv4: &[u8]) -> Option<Parsed> {
     })
 }
 
+/// An ICMP error about a TCP, UDP or SCTP packet, as [`parse_error`]
+/// reads it: where its parts are and what it quotes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IcmpError {
+    /// The error's own source address.
+    pub src: Ipv4Addr,
+    /// The error's own destination address.
+    pub dst: Ipv4Addr,
+    /// Offset of the ICMP header in the packet.
+    pub icmp_offset: usize,
+    /// The IPv4 total length: where the ICMP message ends.
+    pub total_len: usize,
+    /// Offset of the quoted packet's transport header in the packet.
+    pub quoted_l4_offset: usize,
+    /// The quoted packet's tuple.
+    pub quoted: FlowKey,
+}
+
+/// Length of the ICMP error header before the quoted packet.
+const ICMP_HEADER_LEN: usize = 8;
+
+impl IcmpError {
+    /// Offset of the quoted packet's IPv4 header in the packet.
+    pub fn quoted_offset(&self) -> usize {
+        self.icmp_offset + ICMP_HEADER_LEN
+    }
+}
+
+/// Read an ICMP error (destination unreachable, time exceeded, parameter
+/// problem) about a TCP, UDP or SCTP packet whose quote holds at least
+/// its IPv4 header and ports (`ipv4` starts at the error's IPv4 header).
+/// `None` for anything else, a fragment of either, or a truncated header.
+pub fn parse_error(ipv4: &[u8]) -> Option<IcmpError> {
+    let (outer, l4) = tuple(ipv4)?;
+    if outer.protocol != ICMP
+        || !ICMP_ERRORS.contains(l4.first()?)
+        || u16::from_be_bytes([ipv4[6], ipv4[7]]) & 0x2000 != 0
+    {
+        return None;
+    }
+    let icmp_offset = usize::from(ipv4[0] & 0x0f) * 4;
+    let total_len = icmp_offset + l4.len();
+    let quote = l4.get(ICMP_HEADER_LEN..)?;
+    let (quoted, _) = tuple(quote)?;
+    let quoted_l4_offset = icmp_offset + ICMP_HEADER_LEN + usize::from(quote[0] & 0x0f) * 4;
+    if !matches!(quoted.protocol, TCP | UDP | SCTP) || total_len < quoted_l4_offset + 4 {
+        return None;
+    }
+    Some(IcmpError {
+        src: outer.src,
+        dst: outer.dst,
+        icmp_offset,
+        total_len,
+        quoted_l4_offset,
+        quoted,
+    })
+}
+
 /// How the NetworkPolicy stage tracks a packet ([`track`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tracked {
@@ -308,8 +366,8 @@ pub(crate) mod tests {
     }
 
     /// An ICMP packet from `src` to `dst` of `icmp_type` with identifier
-    /// `id`, its body `body`.
-    fn icmp(src: [u8; 4], dst: [u8; 4], icmp_type: u8, id: u16, body: &[u8]) -> Vec<u8> {
+    /// `id`, its body `body`, its checksums correct.
+    pub(crate) fn icmp(src: [u8; 4], dst: [u8; 4], icmp_type: u8, id: u16, body: &[u8]) -> Vec<u8> {
         let mut p = packet(key(src, 0, dst, 0, UDP), &[]);
         p.truncate(20);
         p[9] = ICMP;
@@ -319,6 +377,9 @@ pub(crate) mod tests {
         p.extend_from_slice(body);
         let total = p.len() as u16;
         p[2..4].copy_from_slice(&total.to_be_bytes());
+        podswitch_encap::checksum::fill_ipv4_header(&mut p[..20]);
+        let checksum = !sum(&p[20..]);
+        p[22..24].copy_from_slice(&checksum.to_be_bytes());
         p
     }
 
@@ -351,6 +412,40 @@ pub(crate) mod tests {
         assert_eq!(track(&first), None);
         for len in 0..24 {
             assert!(track(&icmp(a, b, 8, 1, b"")[..len]).is_none(), "{len}");
+        }
+    }
+
+    #[test]
+    fn parse_error_finds_the_quoted_packet_and_refuses_what_it_cannot_rewrite() {
+        let (a, b, router) = ([10, 244, 1, 2], [10, 244, 2, 3], [10, 244, 2, 1]);
+        let sent = packet(key(a, 40000, b, 53, UDP), b"payload");
+        let error = icmp(router, a, 3, 0, &sent[..28]);
+        let parsed = parse_error(&error).unwrap();
+        assert_eq!(parsed.quoted, key(a, 40000, b, 53, UDP));
+        assert_eq!((parsed.src, parsed.dst), (router.into(), a.into()));
+        assert_eq!(
+            (
+                parsed.icmp_offset,
+                parsed.quoted_offset(),
+                parsed.quoted_l4_offset
+            ),
+            (20, 28, 48)
+        );
+        assert_eq!(parsed.total_len, error.len());
+        // Ports cut off, an echo, an ICMP quote, a fragment: not read.
+        assert_eq!(parse_error(&icmp(router, a, 3, 0, &sent[..23])), None);
+        assert_eq!(parse_error(&icmp(router, a, 8, 0, &sent[..28])), None);
+        let ping = icmp(a, b, 8, 1, b"");
+        assert_eq!(parse_error(&icmp(router, a, 11, 0, &ping)), None);
+        let mut fragment = error.clone();
+        fragment[6] |= 0x20;
+        assert_eq!(parse_error(&fragment), None);
+        for len in 0..error.len() {
+            let mut cut = error[..len].to_vec();
+            if len >= 4 {
+                cut[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            }
+            assert!(parse_error(&cut).is_none() || len >= 52, "{len}");
         }
     }
 

@@ -3,10 +3,11 @@
 //! CRC32c recomputed when a port changes.
 
 use std::net::Ipv4Addr;
+use std::ops::Range;
 
-use podswitch_encap::checksum::combine;
+use podswitch_encap::checksum::{combine, sum};
 
-use crate::flow::{Parsed, SCTP, TCP, UDP};
+use crate::flow::{FlowKey, IcmpError, Parsed, SCTP, TCP, UDP};
 
 /// What the packet's source and destination become.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,26 +35,40 @@ pub enum L4Checksum {
 /// [`crate::flow::parse`] has read as `parsed` (and that has not changed since),
 /// to `nat`, in place.
 pub fn apply_parsed(ipv4: &mut [u8], parsed: &Parsed, nat: &Nat, checksum: L4Checksum) {
-    let key = parsed.key;
+    let l4 = parsed.l4_offset..parsed.total_len;
+    rewrite(ipv4, &parsed.key, l4, nat, Some(checksum));
+}
+
+/// Rewrite the packet at `ipv4` whose tuple is `key` and whose transport
+/// bytes are `ipv4[l4]` to `nat`: its addresses (and IPv4 header
+/// checksum), its ports, and its transport checksum as `checksum` says.
+/// `None`: the packet is the start of one quoted in an ICMP error, whose
+/// transport checksum covers bytes the quote may have cut off: a TCP or
+/// UDP checksum field the quote holds is adjusted as a finished one (the
+/// change is all it needs), SCTP's CRC is left as it is.
+fn rewrite(
+    ipv4: &mut [u8],
+    key: &FlowKey,
+    l4: Range<usize>,
+    nat: &Nat,
+    checksum: Option<L4Checksum>,
+) {
     let old_addrs = words(key.src, key.dst);
     let new_addrs = words(nat.src.0, nat.dst.0);
     let old_ports = [key.sport, key.dport];
     let new_ports = [nat.src.1, nat.dst.1];
-    if old_addrs != new_addrs {
-        let header = u16::from_be_bytes([ipv4[10], ipv4[11]]);
-        let header = adjust_all(header, &old_addrs, &new_addrs);
-        ipv4[10..12].copy_from_slice(&header.to_be_bytes());
-        ipv4[12..16].copy_from_slice(&nat.src.0.octets());
-        ipv4[16..20].copy_from_slice(&nat.dst.0.octets());
-    }
-    let l4 = &mut ipv4[parsed.l4_offset..parsed.total_len];
+    readdress(ipv4, &old_addrs, nat.src.0, nat.dst.0);
+    let l4 = &mut ipv4[l4];
     l4[0..2].copy_from_slice(&nat.src.1.to_be_bytes());
     l4[2..4].copy_from_slice(&nat.dst.1.to_be_bytes());
     match key.protocol {
         TCP | UDP => {
             let at = if key.protocol == TCP { 16 } else { 6 };
-            let old = u16::from_be_bytes([l4[at], l4[at + 1]]);
-            let new = match checksum {
+            let Some(field) = l4.get_mut(at..at + 2) else {
+                return;
+            };
+            let old = u16::from_be_bytes([field[0], field[1]]);
+            let new = match checksum.unwrap_or(L4Checksum::Full) {
                 // The field holds the sum itself: fold the change in as a sum.
                 L4Checksum::Partial => !adjust_all(!old, &old_addrs, &new_addrs),
                 L4Checksum::Full if key.protocol == UDP && old == 0 => 0,
@@ -67,14 +82,67 @@ pub fn apply_parsed(ipv4: &mut [u8], parsed: &Parsed, nat: &Nat, checksum: L4Che
                     }
                 }
             };
-            l4[at..at + 2].copy_from_slice(&new.to_be_bytes());
+            field.copy_from_slice(&new.to_be_bytes());
         }
-        SCTP if checksum == L4Checksum::Full && old_ports != new_ports => {
+        SCTP if checksum == Some(L4Checksum::Full) && old_ports != new_ports => {
             l4[8..12].fill(0);
             let crc = crc32c::crc32c(l4);
             l4[8..12].copy_from_slice(&crc.to_le_bytes());
         }
         _ => {}
+    }
+}
+
+/// Rewrite an ICMP error (`ipv4` starts at its IPv4 header), which
+/// [`crate::flow::parse_error`] has read as `error`, as the kernel's NAT
+/// does (`nf_nat_icmp_reply_translation`): the quoted packet becomes
+/// `quoted` (its addresses and IPv4 header checksum, its ports, and its
+/// TCP or UDP checksum when the quote holds it); the error's source, when
+/// it is the quoted packet's destination (the host that refused it),
+/// becomes the quoted packet's new destination, and its destination, when
+/// it is the quoted packet's source, the quoted packet's new source. The
+/// ICMP checksum is recomputed over the whole message, or, under
+/// [`L4Checksum::Partial`], left to the device. `false`, and the packet
+/// untouched, when its ICMP checksum does not verify (the receiver would
+/// drop it; a recomputed one would hide that).
+pub fn apply_error(ipv4: &mut [u8], error: &IcmpError, quoted: &Nat, checksum: L4Checksum) -> bool {
+    let icmp = error.icmp_offset..error.total_len;
+    if checksum == L4Checksum::Full && sum(&ipv4[icmp.clone()]) != 0xffff {
+        return false;
+    }
+    let inner = &mut ipv4[error.quoted_offset()..error.total_len];
+    let inner_l4 = error.quoted_l4_offset - error.quoted_offset()..inner.len();
+    rewrite(inner, &error.quoted, inner_l4, quoted, None);
+    let src = if error.src == error.quoted.dst {
+        quoted.dst.0
+    } else {
+        error.src
+    };
+    let dst = if error.dst == error.quoted.src {
+        quoted.src.0
+    } else {
+        error.dst
+    };
+    readdress(ipv4, &words(error.src, error.dst), src, dst);
+    if checksum == L4Checksum::Full {
+        let message = &mut ipv4[icmp];
+        message[2..4].fill(0);
+        let new = !sum(message);
+        message[2..4].copy_from_slice(&new.to_be_bytes());
+    }
+    true
+}
+
+/// Give the IPv4 header at `ipv4`, whose addresses' words are `old`, the
+/// addresses `src` and `dst`, its checksum adjusted.
+fn readdress(ipv4: &mut [u8], old: &[u16; 4], src: Ipv4Addr, dst: Ipv4Addr) {
+    let new = words(src, dst);
+    if *old != new {
+        let header = u16::from_be_bytes([ipv4[10], ipv4[11]]);
+        let header = adjust_all(header, old, &new);
+        ipv4[10..12].copy_from_slice(&header.to_be_bytes());
+        ipv4[12..16].copy_from_slice(&src.octets());
+        ipv4[16..20].copy_from_slice(&dst.octets());
     }
 }
 
@@ -121,7 +189,7 @@ mod tests {
         apply_parsed(ipv4, &parsed, nat, checksum);
         true
     }
-    use crate::flow::tests::{checked, key, l4_verifies, packet};
+    use crate::flow::tests::{checked, icmp, key, l4_verifies, packet};
 
     fn l4_at(p: &[u8]) -> usize {
         if p[9] == TCP { 36 } else { 26 }
@@ -151,6 +219,28 @@ mod tests {
 
     proptest! {
         #[test]
+        fn an_icmp_error_s_quote_and_checksums_are_rewritten((sent, nat) in a_case(), cut in 0usize..64) {
+            let original = flow::parse(&sent).unwrap().key;
+            // The refusing host answers the sender, quoting some of it.
+            let quote = &sent[..sent.len().saturating_sub(cut).max(24)];
+            let mut p = icmp(original.dst.octets(), original.src.octets(), 3, 0, quote);
+            let error = flow::parse_error(&p).unwrap();
+            prop_assert!(apply_error(&mut p, &error, &nat, L4Checksum::Full));
+            prop_assert!(ipv4_header_ok(&p[..20]));
+            prop_assert_eq!(sum(&p[20..]), 0xffff);
+            prop_assert!(ipv4_header_ok(&p[28..48]));
+            let quoted = flow::parse_error(&p).unwrap();
+            prop_assert_eq!(
+                (quoted.quoted.src, quoted.quoted.sport, quoted.quoted.dst, quoted.quoted.dport),
+                (nat.src.0, nat.src.1, nat.dst.0, nat.dst.1)
+            );
+            prop_assert_eq!((quoted.src, quoted.dst), (nat.dst.0, nat.src.0));
+            if cut == 0 {
+                prop_assert!(l4_verifies(&p[28..]));
+            }
+        }
+
+        #[test]
         fn incremental_checksums_match_a_full_recompute((mut p, nat) in a_case()) {
             prop_assert!(apply(&mut p, &nat, L4Checksum::Full));
             prop_assert!(ipv4_header_ok(&p[..20]));
@@ -177,6 +267,34 @@ mod tests {
             p[at..at + 2].copy_from_slice(&device.to_be_bytes());
             prop_assert!(l4_verifies(&p));
         }
+    }
+
+    #[test]
+    fn an_icmp_error_from_a_router_keeps_its_source_and_a_bad_one_is_left_alone() {
+        let sent = checked(key([10, 244, 1, 2], 5000, [10, 244, 2, 7], 8053, UDP), b"q");
+        let router = [10, 244, 2, 1];
+        let mut p = icmp(router, [10, 244, 1, 2], 3, 0, &sent);
+        let error = flow::parse_error(&p).unwrap();
+        let back = nat([10, 244, 1, 2], 5000, [10, 96, 0, 10], 53);
+        let mut bad = p.clone();
+        bad[40] ^= 1;
+        let copy = bad.clone();
+        assert!(!apply_error(&mut bad, &error, &back, L4Checksum::Full));
+        assert_eq!(bad, copy);
+        // Under NEEDS_CSUM the ICMP checksum is the device's.
+        let mut partial = p.clone();
+        assert!(apply_error(
+            &mut partial,
+            &error,
+            &back,
+            L4Checksum::Partial
+        ));
+        assert_eq!(partial[22..24], p[22..24]);
+        assert!(apply_error(&mut p, &error, &back, L4Checksum::Full));
+        assert_eq!(&p[12..20], &[10, 244, 2, 1, 10, 244, 1, 2]);
+        assert_eq!(&p[40..48], &[10, 244, 1, 2, 10, 96, 0, 10]);
+        assert_eq!(p[28..], partial[28..]);
+        assert!(l4_verifies(&p[28..]) && sum(&p[20..]) == 0xffff);
     }
 
     #[test]

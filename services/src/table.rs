@@ -231,6 +231,24 @@ impl ServiceTable {
     /// the client's remembered endpoint under `sessionAffinity: ClientIP`
     /// while it is usable, else one by a hash of the flow.
     pub fn select(&self, flow: &FlowKey, affinity: &Affinity, now_ms: u64) -> Selection {
+        self.choose(flow, affinity, now_ms, true)
+    }
+
+    /// The endpoint [`ServiceTable::select`] would pick for `flow` now,
+    /// the client's affinity left as it is: for a trace.
+    pub fn preview(&self, flow: &FlowKey, affinity: &Affinity, now_ms: u64) -> Selection {
+        self.choose(flow, affinity, now_ms, false)
+    }
+
+    /// [`ServiceTable::select`], which renews the client's affinity when
+    /// `remember`.
+    fn choose(
+        &self,
+        flow: &FlowKey,
+        affinity: &Affinity,
+        now_ms: u64,
+        remember: bool,
+    ) -> Selection {
         let Some(entry) = self.ports.get(&(flow.dst, flow.protocol, flow.dport)) else {
             return Selection::NotAService;
         };
@@ -252,7 +270,9 @@ impl ServiceTable {
             }
             _ => hashed(),
         };
-        remembered.insert(key, (backend, now_ms.saturating_add(timeout)));
+        if remember {
+            remembered.insert(key, (backend, now_ms.saturating_add(timeout)));
+        }
         Selection::Endpoint(backend)
     }
 
@@ -569,9 +589,17 @@ mod tests {
         web.affinity_seconds = Some(10);
         let table = ServiceTable::new(vec![web.clone()], &Nodes::default());
         let affinity = Affinity::default();
+        // A preview picks what the selection will, remembering nothing.
+        let preview = table.preview(&to_web(1), &affinity, 0);
+        assert_eq!(affinity.expire(0), 0);
         let Selection::Endpoint(first) = table.select(&to_web(1), &affinity, 0) else {
             panic!()
         };
+        assert_eq!(preview, Selection::Endpoint(first));
+        assert_eq!(
+            table.preview(&to_web(2), &affinity, 1),
+            Selection::Endpoint(first)
+        );
         // Every later connection of the client, each renewing the timeout.
         for (i, port) in (2..200).enumerate() {
             assert_eq!(

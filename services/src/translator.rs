@@ -3,8 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::conntrack::{ConnTable, Direction, Refused, Timeouts};
-use crate::flow::{self, FlowKey};
+use crate::conntrack::{ConnTable, Direction, Hit, Refused, Timeouts};
+use crate::flow::{self, FlowKey, IcmpError};
 use crate::rewrite::{self, L4Checksum, Nat};
 use crate::table::{Affinity, Selection, ServiceTable};
 
@@ -14,7 +14,8 @@ pub enum Verdict {
     /// Nothing to translate: not a Service packet (or not one the stage
     /// reads: a fragment, another protocol). Forward it as it is.
     Pass,
-    /// Rewritten; `new` for the first packet of a connection.
+    /// Rewritten (a packet of a connection, or an ICMP error about one);
+    /// `new` for the first packet of a connection.
     Translated {
         /// Whether it started a connection.
         new: bool,
@@ -80,27 +81,42 @@ impl Translator {
     /// new connection to a Service port gets an endpoint. Hairpin (the
     /// client picked as its own endpoint) also gets the ClusterIP as its
     /// source, so that the endpoint's reply comes back through the switch.
+    /// An ICMP error a pod sends to a Service address about a connection
+    /// (a hairpin endpoint's, or a client's about a reply) is translated
+    /// ([`rewrite::apply_error`]). `live`: false for a trace, which gets
+    /// the same rewrite but opens, notes and counts nothing.
     pub fn outbound(
         &self,
         table: &ServiceTable,
         ipv4: &mut [u8],
         checksum: L4Checksum,
         now_ms: u64,
+        live: bool,
     ) -> Verdict {
         let Some(parsed) = flow::parse(ipv4) else {
-            return Verdict::Pass;
+            return match flow::parse_error(ipv4) {
+                Some(error) if table.is_service_address(error.dst) => {
+                    self.related(ipv4, &error, checksum, now_ms, None)
+                }
+                _ => Verdict::Pass,
+            };
         };
         let key = parsed.key;
         if !table.is_service_address(key.dst) {
             return Verdict::Pass;
         }
         if !self.conns.is_empty()
-            && let Some(hit) = self.conns.lookup(&key, parsed.tcp_flags, now_ms)
+            && let Some(hit) = self.find(&key, parsed.tcp_flags, now_ms, live)
         {
             rewrite::apply_parsed(ipv4, &parsed, &hit.nat, checksum);
             return Verdict::Translated { new: false };
         }
-        let backend = match table.select(&key, &self.affinity, now_ms) {
+        let selection = if live {
+            table.select(&key, &self.affinity, now_ms)
+        } else {
+            table.preview(&key, &self.affinity, now_ms)
+        };
+        let backend = match selection {
             Selection::NotAService => return Verdict::Pass,
             Selection::NoEndpoints => return Verdict::NoEndpoints,
             Selection::Endpoint(backend) => backend,
@@ -114,6 +130,10 @@ impl Translator {
             src: (src, key.sport),
             dst: (backend.address, backend.port),
         };
+        if !live {
+            rewrite::apply_parsed(ipv4, &parsed, &nat, checksum);
+            return Verdict::Translated { new: true };
+        }
         match self.conns.insert(key, nat, backend, now_ms) {
             Ok(hit) => {
                 rewrite::apply_parsed(ipv4, &parsed, &hit.nat, checksum);
@@ -127,28 +147,85 @@ impl Translator {
 
     /// A packet about to be delivered to a local pod (from a pod, the
     /// uplink or the tunnel): an endpoint's reply to a client is given the
-    /// ClusterIP and port back. Nothing else is touched.
+    /// ClusterIP and port back, and so is an ICMP error about a client's
+    /// packet to an endpoint (the endpoint's port unreachable, a router's
+    /// "fragmentation needed"), so that the client's socket, connected to
+    /// the ClusterIP, sees it. Nothing else is touched. `live` as for
+    /// [`Translator::outbound`].
     pub fn inbound(
         &self,
         table: &ServiceTable,
         ipv4: &mut [u8],
         checksum: L4Checksum,
         now_ms: u64,
+        live: bool,
     ) -> Verdict {
         if self.conns.is_empty() {
             return Verdict::Pass;
         }
         let Some(parsed) = flow::parse(ipv4) else {
-            return Verdict::Pass;
+            return match flow::parse_error(ipv4) {
+                Some(error)
+                    if table.is_endpoint(
+                        error.quoted.dst,
+                        error.quoted.protocol,
+                        error.quoted.dport,
+                    ) =>
+                {
+                    self.related(ipv4, &error, checksum, now_ms, Some(Direction::Reply))
+                }
+                _ => Verdict::Pass,
+            };
         };
         let key = &parsed.key;
         if !table.is_endpoint(key.src, key.protocol, key.sport) {
             return Verdict::Pass;
         }
-        match self.conns.lookup(&parsed.key, parsed.tcp_flags, now_ms) {
+        match self.find(key, parsed.tcp_flags, now_ms, live) {
             Some(hit) if hit.direction == Direction::Reply => {
                 rewrite::apply_parsed(ipv4, &parsed, &hit.nat, checksum);
                 Verdict::Translated { new: false }
+            }
+            _ => Verdict::Pass,
+        }
+    }
+
+    /// The connection of a packet with tuple `key`: noted when `live`,
+    /// only looked at otherwise.
+    fn find(&self, key: &FlowKey, tcp_flags: u8, now_ms: u64, live: bool) -> Option<Hit> {
+        if live {
+            self.conns.lookup(key, tcp_flags, now_ms)
+        } else {
+            self.conns.peek(key, now_ms)
+        }
+    }
+
+    /// An ICMP error about a packet of a connection (the quoted packet,
+    /// which travelled in `direction` if given): rewritten as the
+    /// connection's packets travelling the error's way are. The quoted
+    /// packet went the other way, so its reversed tuple finds the
+    /// connection, and it gets the addresses its own direction's packets
+    /// had before their rewrite. The connection is not noted: the error
+    /// is no packet of it.
+    fn related(
+        &self,
+        ipv4: &mut [u8],
+        error: &IcmpError,
+        checksum: L4Checksum,
+        now_ms: u64,
+        direction: Option<Direction>,
+    ) -> Verdict {
+        match self.conns.peek(&error.quoted.reversed(), now_ms) {
+            Some(hit) if direction.is_none_or(|d| d == hit.direction) => {
+                let quoted = Nat {
+                    src: hit.nat.dst,
+                    dst: hit.nat.src,
+                };
+                if rewrite::apply_error(ipv4, error, &quoted, checksum) {
+                    Verdict::Translated { new: false }
+                } else {
+                    Verdict::Pass
+                }
             }
             _ => Verdict::Pass,
         }
@@ -163,7 +240,7 @@ mod tests {
     use podswitch_encap::checksum::ipv4_header_ok;
 
     use super::*;
-    use crate::flow::tests::{key, l4_verifies};
+    use crate::flow::tests::{icmp, key, l4_verifies};
     use crate::flow::{FlowKey, TCP, UDP};
     use crate::table::{NodeAddress, Nodes};
 
@@ -213,7 +290,7 @@ mod tests {
         let translator = Translator::new(100, Timeouts::default());
         let mut ssh = checked(key([10, 244, 1, 9], 40001, NODE, 22, TCP));
         assert_eq!(
-            translator.outbound(&services, &mut ssh, L4Checksum::Full, 2),
+            translator.outbound(&services, &mut ssh, L4Checksum::Full, 2, true),
             Verdict::Pass
         );
     }
@@ -226,7 +303,7 @@ mod tests {
         let request = key([10, 244, 1, 9], 40000, address, port, TCP);
         let mut p = checked(request);
         assert_eq!(
-            translator.outbound(&services, &mut p, L4Checksum::Full, 0),
+            translator.outbound(&services, &mut p, L4Checksum::Full, 0, true),
             Verdict::Translated { new: true }
         );
         assert_eq!(
@@ -237,14 +314,14 @@ mod tests {
         // Delivered to the endpoint's pod: not a reply, left alone.
         let before = p.clone();
         assert_eq!(
-            translator.inbound(&services, &mut p, L4Checksum::Full, 1),
+            translator.inbound(&services, &mut p, L4Checksum::Full, 1, true),
             Verdict::Pass
         );
         assert_eq!(p, before);
         // The endpoint's answer, delivered to the client.
         let mut answer = checked(key([10, 244, 2, 7], 8080, [10, 244, 1, 9], 40000, TCP));
         assert_eq!(
-            translator.inbound(&services, &mut answer, L4Checksum::Full, 2),
+            translator.inbound(&services, &mut answer, L4Checksum::Full, 2, true),
             Verdict::Translated { new: false }
         );
         assert_eq!(flow::parse(&answer).unwrap().key, request.reversed());
@@ -252,7 +329,7 @@ mod tests {
         // The next request packet is a known connection.
         let mut next = checked(request);
         assert_eq!(
-            translator.outbound(&services, &mut next, L4Checksum::Full, 3),
+            translator.outbound(&services, &mut next, L4Checksum::Full, 3, true),
             Verdict::Translated { new: false }
         );
         assert_eq!(next, before);
@@ -261,11 +338,11 @@ mod tests {
         let mut other = checked(key([10, 244, 1, 9], 40000, [10, 96, 0, 11], 80, TCP));
         let copy = other.clone();
         assert_eq!(
-            translator.outbound(&services, &mut other, L4Checksum::Full, 4),
+            translator.outbound(&services, &mut other, L4Checksum::Full, 4, true),
             Verdict::Pass
         );
         assert_eq!(
-            translator.inbound(&services, &mut other, L4Checksum::Full, 4),
+            translator.inbound(&services, &mut other, L4Checksum::Full, 4, true),
             Verdict::Pass
         );
         assert_eq!(other, copy);
@@ -278,7 +355,7 @@ mod tests {
         let translator = Translator::new(100, Timeouts::default());
         let mut p = checked(key(client, 5000, VIP, 53, UDP));
         assert_eq!(
-            translator.outbound(&services, &mut p, L4Checksum::Full, 0),
+            translator.outbound(&services, &mut p, L4Checksum::Full, 0, true),
             Verdict::Translated { new: true }
         );
         assert_eq!(
@@ -289,7 +366,7 @@ mod tests {
         // The pod answers the ClusterIP: that comes back as a pod's packet.
         let mut answer = checked(key(client, 8053, VIP, 5000, UDP));
         assert_eq!(
-            translator.outbound(&services, &mut answer, L4Checksum::Full, 1),
+            translator.outbound(&services, &mut answer, L4Checksum::Full, 1, true),
             Verdict::Translated { new: false }
         );
         assert_eq!(
@@ -298,9 +375,125 @@ mod tests {
         );
         assert!(verifies(&answer));
         assert_eq!(
-            translator.inbound(&services, &mut answer, L4Checksum::Full, 1),
+            translator.inbound(&services, &mut answer, L4Checksum::Full, 1, true),
             Verdict::Pass
         );
+    }
+
+    /// Whether an ICMP error with the quote `quoted` (its start) is well
+    /// formed: every IPv4 header checksum and the ICMP checksum verify,
+    /// and the quoted packet has the tuple `quoted`.
+    fn error_is(p: &[u8], src: [u8; 4], dst: [u8; 4], quoted: FlowKey) -> bool {
+        let error = flow::parse_error(p).unwrap();
+        ipv4_header_ok(&p[..20])
+            && ipv4_header_ok(&p[28..48])
+            && podswitch_encap::checksum::sum(&p[20..]) == 0xffff
+            && (error.src, error.dst) == (src.into(), dst.into())
+            && error.quoted == quoted
+    }
+
+    #[test]
+    fn an_endpoint_s_icmp_error_reaches_the_client_about_the_cluster_ip() {
+        let (client, endpoint, router) = ([10, 244, 1, 9], [10, 244, 2, 7], [10, 244, 2, 1]);
+        let services = table(&[endpoint]);
+        let translator = Translator::new(100, Timeouts::default());
+        let request = key(client, 5000, VIP, 53, UDP);
+        let mut sent = checked(request);
+        translator.outbound(&services, &mut sent, L4Checksum::Full, 0, true);
+        // The endpoint's port unreachable quoting the whole request, and a
+        // router's "fragmentation needed" quoting its start.
+        let unreachable = icmp(endpoint, client, 3, 0, &sent);
+        let mut refused = unreachable.clone();
+        for live in [false, true] {
+            refused.copy_from_slice(&unreachable);
+            assert_eq!(
+                translator.inbound(&services, &mut refused, L4Checksum::Full, 1, live),
+                Verdict::Translated { new: false }
+            );
+        }
+        assert!(error_is(&refused, VIP, client, request));
+        assert!(l4_verifies(&refused[28..]));
+        let mut too_big = icmp(router, client, 3, 0, &sent[..28]);
+        assert_eq!(
+            translator.inbound(&services, &mut too_big, L4Checksum::Full, 1, true),
+            Verdict::Translated { new: false }
+        );
+        assert!(error_is(&too_big, router, client, request));
+        // Not noted: unanswered, the connection ends on the request's clock.
+        assert_eq!(translator.conns.sweep(Timeouts::default().udp), 1);
+        let mut late = unreachable.clone();
+        assert_eq!(
+            translator.inbound(&services, &mut late, L4Checksum::Full, 2, true),
+            Verdict::Pass
+        );
+        assert_eq!(late, unreachable);
+    }
+
+    #[test]
+    fn hairpin_and_reply_errors_sent_to_the_service_are_turned_around() {
+        let (client, endpoint) = ([10, 244, 1, 9], [10, 244, 2, 7]);
+        let translator = Translator::new(100, Timeouts::default());
+        // Hairpin: the client, its own endpoint, refuses its own request,
+        // which came from the ClusterIP.
+        let services = table(&[client]);
+        let request = key(client, 5000, VIP, 53, UDP);
+        let mut sent = checked(request);
+        translator.outbound(&services, &mut sent, L4Checksum::Full, 0, true);
+        let mut refused = icmp(client, VIP, 3, 3, &sent);
+        assert_eq!(
+            translator.outbound(&services, &mut refused, L4Checksum::Full, 1, true),
+            Verdict::Translated { new: false }
+        );
+        assert!(error_is(&refused, VIP, client, request));
+        // A client refuses the endpoint's answer (its socket closed): the
+        // endpoint hears of its own packet.
+        let services = table(&[endpoint]);
+        let request = key(client, 6000, VIP, 53, UDP);
+        translator.outbound(&services, &mut checked(request), L4Checksum::Full, 2, true);
+        let mut answer = checked(key(endpoint, 8053, client, 6000, UDP));
+        translator.inbound(&services, &mut answer, L4Checksum::Full, 3, true);
+        let mut refused = icmp(client, VIP, 3, 3, &answer);
+        assert_eq!(
+            translator.outbound(&services, &mut refused, L4Checksum::Full, 4, true),
+            Verdict::Translated { new: false }
+        );
+        assert!(error_is(
+            &refused,
+            client,
+            endpoint,
+            key(endpoint, 8053, client, 6000, UDP)
+        ));
+        // Delivered to a pod, an error about a reply is not turned around.
+        let mut other = icmp(client, endpoint, 3, 3, &answer);
+        let copy = other.clone();
+        assert_eq!(
+            translator.inbound(&services, &mut other, L4Checksum::Full, 4, true),
+            Verdict::Pass
+        );
+        assert_eq!(other, copy);
+    }
+
+    #[test]
+    fn a_dry_run_gives_the_rewrite_but_opens_and_counts_nothing() {
+        let services = table(&[[10, 244, 2, 7], [10, 244, 2, 8]]);
+        let translator = Translator::new(100, Timeouts::default());
+        let request = key([10, 244, 1, 9], 40000, VIP, 80, TCP);
+        let mut dry = checked(request);
+        assert_eq!(
+            translator.outbound(&services, &mut dry, L4Checksum::Full, 0, false),
+            Verdict::Translated { new: true }
+        );
+        assert!(translator.conns.is_empty());
+        assert_eq!(translator.translated(), 0);
+        let mut live = checked(request);
+        translator.outbound(&services, &mut live, L4Checksum::Full, 0, true);
+        assert_eq!(dry, live);
+        let mut again = checked(request);
+        assert_eq!(
+            translator.outbound(&services, &mut again, L4Checksum::Full, 1, false),
+            Verdict::Translated { new: false }
+        );
+        assert_eq!(again, live);
     }
 
     #[test]
@@ -309,18 +502,18 @@ mod tests {
         let mut p = checked(key([10, 244, 1, 9], 1, VIP, 80, TCP));
         let copy = p.clone();
         assert_eq!(
-            translator.outbound(&table(&[]), &mut p, L4Checksum::Full, 0),
+            translator.outbound(&table(&[]), &mut p, L4Checksum::Full, 0, true),
             Verdict::NoEndpoints
         );
         assert_eq!(p, copy);
         let services = table(&[[10, 244, 2, 7]]);
         assert_eq!(
-            translator.outbound(&services, &mut p, L4Checksum::Full, 0),
+            translator.outbound(&services, &mut p, L4Checksum::Full, 0, true),
             Verdict::Translated { new: true }
         );
         let mut second = checked(key([10, 244, 1, 9], 2, VIP, 80, TCP));
         assert_eq!(
-            translator.outbound(&services, &mut second, L4Checksum::Full, 0),
+            translator.outbound(&services, &mut second, L4Checksum::Full, 0, true),
             Verdict::TableFull
         );
         let mut clash = checked(key([10, 244, 1, 9], 1, [10, 96, 0, 99], 80, TCP));
@@ -337,12 +530,13 @@ mod tests {
                 &services,
                 &mut checked(key([10, 244, 1, 9], 1, VIP, 80, TCP)),
                 L4Checksum::Full,
-                0
+                0,
+                true
             ),
             Verdict::Translated { .. }
         ));
         assert_eq!(
-            roomy.outbound(&other, &mut clash, L4Checksum::Full, 0),
+            roomy.outbound(&other, &mut clash, L4Checksum::Full, 0, true),
             Verdict::Clash
         );
     }

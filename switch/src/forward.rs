@@ -128,6 +128,9 @@ pub struct ServiceStage<'a> {
     pub translator: &'a Translator,
     /// The connection table's clock, read once per batch.
     pub now_ms: u64,
+    /// False for `podswitch trace`: the same rewrites, but no connection
+    /// opened or noted and nothing counted.
+    pub live: bool,
 }
 
 /// Where a routed frame came from.
@@ -334,6 +337,7 @@ impl Forwarder<'_> {
                 &mut buf[ip_start..frame.end],
                 size.checksum(),
                 services.now_ms,
+                services.live,
             );
             if verdict == ServiceVerdict::NoEndpoints {
                 // Refused as kube-proxy refuses it, so the client fails
@@ -368,6 +372,7 @@ impl Forwarder<'_> {
                 &mut buf[ip_start..frame.end],
                 size.checksum(),
                 services.now_ms,
+                services.live,
             ))?;
         }
         if hop {
@@ -1663,7 +1668,7 @@ pub(crate) mod tests {
         assert_eq!(packet, frame.start - 50..frame.end);
     }
 
-    const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+    pub(crate) const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
     /// A TCP frame from a pod (or, with `src_mac` a peer's, from a peer)
     /// to the router, with correct checksums.
@@ -1714,7 +1719,7 @@ pub(crate) mod tests {
     }
 
     /// A Service at VIP:80 (TCP) served on port 8080 of `endpoints`.
-    fn web(endpoints: &[Ipv4Addr]) -> ServiceTable {
+    pub(crate) fn web(endpoints: &[Ipv4Addr]) -> ServiceTable {
         let endpoints = endpoints
             .iter()
             .map(|&a| Endpoint::ready(a, 8080))
@@ -1744,6 +1749,7 @@ pub(crate) mod tests {
                 table,
                 translator,
                 now_ms: 0,
+                live: true,
             }),
         };
         forwarder.decide(in_port, buf, frame, size)

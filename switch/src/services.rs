@@ -17,6 +17,7 @@ use podswitch_control::protocol::{EndpointStatus, ServicePortStatus};
 use podswitch_control::service::{Service, ServiceProtocol};
 use podswitch_services::{NodeAddress, Nodes, ServiceTable, Timeouts, Translator};
 
+use crate::forward::ServiceStage;
 use crate::sources::{FILE_SOURCE, FileSource, lock, read_json};
 
 /// Connections the table holds by default: at 128 bytes per connection
@@ -160,6 +161,18 @@ impl Services {
     /// The current table, for one pass of a worker.
     pub fn table(&self) -> Guard<Arc<ServiceTable>> {
         self.table.load()
+    }
+
+    /// The Service stage for one pass over `table` (a [`Services::table`]
+    /// snapshot); not `live` for `podswitch trace`, which opens, notes and
+    /// counts nothing.
+    pub fn stage<'a>(&'a self, table: &'a ServiceTable, live: bool) -> ServiceStage<'a> {
+        ServiceStage {
+            table,
+            translator: &self.translator,
+            now_ms: self.now_ms(),
+            live,
+        }
     }
 
     /// Put the union of the sources' Services in place, then end the

@@ -2,8 +2,9 @@
 //! frame (described, or given as bytes) is run through the data path's own
 //! decision, [`Forwarder::forward`], and for a peer its own encapsulation,
 //! [`Forwarder::encapsulate`], on the current topology and FIB snapshots,
-//! in a scratch buffer: nothing is sent and no counter moves. The stages
-//! reported are read off that one decision, not decided again.
+//! in a scratch buffer: nothing is sent and no counter moves. The Service
+//! and NetworkPolicy stages run dry (they open, note and count nothing).
+//! The stages reported are read off that one decision, not decided again.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -15,10 +16,11 @@ use crate::afxdp::XDP_PACKET_HEADROOM;
 use crate::control::protocol::{TraceOuter, TraceProtocol, TraceReport, TraceSpec, TraceStage};
 use crate::drops::DropCause;
 use crate::fib::Ipv4Lpm;
-use crate::forward::{Forwarder, Verdict};
+use crate::forward::{Forwarder, ServiceStage, Verdict};
 use crate::mac::MacAddr;
 use crate::policy::PolicyStage;
 use crate::topology::{PortId, PortRole, PortView, RouteTarget, Topology};
+use podswitch_services::{FlowKey, flow};
 
 /// Headroom before the traced frame, as a worker's buffers have.
 const HEADROOM: usize = XDP_PACKET_HEADROOM as usize;
@@ -34,6 +36,7 @@ const PAYLOAD: usize = 32;
 enum Stage {
     Parse,
     AntiSpoofing,
+    Service,
     FibLookup,
     Policy,
     Encapsulation,
@@ -41,9 +44,10 @@ enum Stage {
 }
 
 impl Stage {
-    const ALL: [Stage; 6] = [
+    const ALL: [Stage; 7] = [
         Stage::Parse,
         Stage::AntiSpoofing,
+        Stage::Service,
         Stage::FibLookup,
         Stage::Policy,
         Stage::Encapsulation,
@@ -54,6 +58,7 @@ impl Stage {
         match self {
             Stage::Parse => "parse",
             Stage::AntiSpoofing => "anti_spoofing",
+            Stage::Service => "service",
             Stage::FibLookup => "fib_lookup",
             Stage::Policy => "policy",
             Stage::Encapsulation => "encapsulation",
@@ -66,6 +71,9 @@ impl Stage {
     fn of(cause: DropCause) -> Stage {
         match cause {
             DropCause::Spoofed => Stage::AntiSpoofing,
+            DropCause::ServiceNoEndpoints
+            | DropCause::ConntrackFull
+            | DropCause::ConntrackClash => Stage::Service,
             DropCause::NoRoute | DropCause::PortGone | DropCause::TunnelHairpin => Stage::FibLookup,
             DropCause::PolicyDeniedIngress | DropCause::PolicyDeniedEgress => Stage::Policy,
             DropCause::PeerUnresolved => Stage::Encapsulation,
@@ -166,11 +174,23 @@ pub fn describe_frame(spec: &TraceSpec, port: &PortView, router: MacAddr) -> Res
     Ok([&router.0[..], &src_mac.0, &[0x08, 0x00], &ip, &l4].concat())
 }
 
+/// The stages a trace runs dry besides the route, where they run: the
+/// Service stage (a [`crate::services::Services::stage`] that is not
+/// live) and the NetworkPolicy stage (a
+/// [`crate::policy::Policies::dry_stage`]).
+#[derive(Clone, Copy, Default)]
+pub struct Stages<'a> {
+    /// The Service stage, with `service_translation = "switch"`.
+    pub services: Option<ServiceStage<'a>>,
+    /// The NetworkPolicy stage, while a policy selects a local pod.
+    pub policy: Option<PolicyStage<'a>>,
+}
+
 /// Trace the packet `spec` describes on `topology` and `fib`.
 pub fn trace_spec(
     topology: &Topology,
     fib: &Ipv4Lpm<RouteTarget>,
-    policy: Option<PolicyStage>,
+    stages: Stages,
     spec: &TraceSpec,
 ) -> Result<TraceReport> {
     let (id, port) = (0..topology.ports.len())
@@ -181,24 +201,24 @@ pub fn trace_spec(
         .find(|(_, p)| p.name == spec.in_port)
         .with_context(|| format!("no port {}", spec.in_port))?;
     let frame = describe_frame(spec, port, topology.router_mac)?;
-    Ok(trace(topology, fib, policy, id, &frame))
+    Ok(trace(topology, fib, stages, id, &frame))
 }
 
 /// Run `frame`, arriving on `in_port`, through the data path's decision
-/// on `topology` and `fib`, and the policy stage if one is given (a
-/// [`crate::policy::Policies::dry_stage`]: it tracks and counts nothing).
+/// on `topology` and `fib`, with the dry `stages`.
 pub fn trace(
     topology: &Topology,
     fib: &Ipv4Lpm<RouteTarget>,
-    policy: Option<PolicyStage>,
+    stages: Stages,
     in_port: PortId,
     frame: &[u8],
 ) -> TraceReport {
-    // Without the Service stage: a trace must not open connections.
+    debug_assert!(stages.services.is_none_or(|s| !s.live));
+    let Stages { services, policy } = stages;
     let forwarder = Forwarder {
         topology,
         fib,
-        services: None,
+        services,
         policy,
     };
     // Headroom before, as the workers' buffers have, and a frame's worth
@@ -206,7 +226,7 @@ pub fn trace(
     let mut buf = vec![0u8; HEADROOM + frame.len() + TAILROOM];
     let whole = HEADROOM..HEADROOM + frame.len();
     buf[whole.clone()].copy_from_slice(frame);
-    let verdict = forwarder.forward(in_port, &mut buf, whole);
+    let verdict = forwarder.forward(in_port, &mut buf, whole.clone());
     let role = topology.port(in_port).map(|p| p.role);
     let port_name = |id: PortId| topology.port(id).map_or("?".into(), |p| p.name.clone());
     let mut report = Report::new(frame);
@@ -216,6 +236,25 @@ pub fn trace(
         match role {
             Some(PortRole::Pod) => "passed: the port's own MAC and address".into(),
             _ => "not checked: not a pod's port".into(),
+        },
+    );
+    // The packet the verdict sends (decapsulated, for one from a peer) or
+    // the frame dropped, and the same bytes as they came in (the data
+    // path rewrites in place).
+    let out = match &verdict {
+        Verdict::Transmit { frame, .. } | Verdict::ToPeer { frame, .. } => frame.clone(),
+        _ => whole,
+    };
+    let came_in = out
+        .start
+        .checked_sub(HEADROOM)
+        .and_then(|start| frame.get(start..start + out.len()));
+    report.set(
+        Stage::Service,
+        match (&services, came_in) {
+            (Some(stage), Some(came_in)) => service_outcome(stage, came_in, &buf[out]),
+            (Some(_), None) => "untranslated".into(),
+            (None, _) => "not run: service_translation is \"kube-proxy\"".into(),
         },
     );
     report.set(
@@ -331,6 +370,85 @@ impl Report {
     }
 }
 
+/// What the Service stage did to the packet whose frame came in as
+/// `frame` and left as `after`: its tuple's rewrite, and
+/// whether the connection is one the switch has or a new one, which the
+/// Service table gave the endpoint it would give a real packet with the
+/// same tuple (a hash of the tuple or the client's affinity picks it, so
+/// another source port may get another of the usable endpoints).
+fn service_outcome(stage: &ServiceStage, frame: &[u8], after: &[u8]) -> String {
+    let (Some(before_ip), Some(after_ip)) = (frame.get(ETHERNET..), after.get(ETHERNET..)) else {
+        return "untranslated".into();
+    };
+    let (Some(before), Some(now)) = (Tuple::of(before_ip), Tuple::of(after_ip)) else {
+        return "untranslated: not TCP, UDP or SCTP, nor an ICMP error about them".into();
+    };
+    if before == now {
+        return "untranslated: not a Service's packet or one of its connections".into();
+    }
+    let how = match before {
+        Tuple::Error { .. } => "an ICMP error about a connection the switch has".to_string(),
+        Tuple::Packet(key) if stage.translator.conns.peek(&key, stage.now_ms).is_some() => {
+            "a connection the switch has".into()
+        }
+        Tuple::Packet(key) => {
+            let usable = stage
+                .table
+                .usable(key.dst, key.protocol, key.dport)
+                .map_or(0, <[_]>::len);
+            format!(
+                "a new connection: the endpoint this tuple gets, of {usable} usable \
+                 (another source port may get another)"
+            )
+        }
+    };
+    format!("{before} becomes {now}, {how}")
+}
+
+/// Length of an untagged Ethernet header.
+const ETHERNET: usize = 14;
+
+/// What the Service stage reads of an IPv4 packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tuple {
+    /// A TCP, UDP or SCTP packet.
+    Packet(FlowKey),
+    /// An ICMP error about one.
+    Error {
+        /// The error's source and destination.
+        addresses: (Ipv4Addr, Ipv4Addr),
+        /// The quoted packet's tuple.
+        quoted: FlowKey,
+    },
+}
+
+impl Tuple {
+    fn of(ipv4: &[u8]) -> Option<Tuple> {
+        match flow::parse(ipv4) {
+            Some(parsed) => Some(Tuple::Packet(parsed.key)),
+            None => flow::parse_error(ipv4).map(|error| Tuple::Error {
+                addresses: (error.src, error.dst),
+                quoted: error.quoted,
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for Tuple {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = |f: &mut std::fmt::Formatter<'_>, k: &FlowKey| {
+            write!(f, "{}:{} → {}:{}", k.src, k.sport, k.dst, k.dport)
+        };
+        match self {
+            Tuple::Packet(k) => key(f, k),
+            Tuple::Error { addresses, quoted } => {
+                write!(f, "ICMP error {} → {} about ", addresses.0, addresses.1)?;
+                key(f, quoted)
+            }
+        }
+    }
+}
+
 /// What the frame's headers say, for the parse stage (the data path's
 /// checks on them are its verdict).
 fn parse_outcome(frame: &[u8]) -> String {
@@ -401,10 +519,11 @@ fn outer_header(packet: &[u8]) -> Option<TraceOuter> {
 mod tests {
     use super::*;
     use crate::forward::tests::{
-        NODE, PEER_NODE, POD_A, POD_A_MAC, POD_A_PORT, POD_B, REMOTE_POD, fib, topology,
-        underlay_mac,
+        NODE, PEER_NODE, POD_A, POD_A_MAC, POD_A_PORT, POD_B, REMOTE_POD, VIP, fib, topology,
+        underlay_mac, web,
     };
     use podswitch_encap::checksum::ipv4_header_ok;
+    use podswitch_services::{Timeouts, Translator};
 
     fn spec(dst: Ipv4Addr) -> TraceSpec {
         TraceSpec {
@@ -420,7 +539,7 @@ mod tests {
 
     #[test]
     fn to_a_remote_pod_through_the_tunnel_with_the_outer_header() {
-        let report = trace_spec(&topology(), &fib(), None, &spec(REMOTE_POD)).unwrap();
+        let report = trace_spec(&topology(), &fib(), Stages::default(), &spec(REMOTE_POD)).unwrap();
         assert_eq!(report.verdict, "tunnel");
         assert_eq!(report.peer, Some(IpAddr::V4(PEER_NODE)));
         assert_eq!(report.output_port.as_deref(), Some("ul0"));
@@ -433,9 +552,62 @@ mod tests {
     }
 
     #[test]
+    fn a_service_packet_is_traced_to_its_endpoint_and_nothing_is_opened() {
+        let (topology, fib) = (topology(), fib());
+        let translator = Translator::new(16, Timeouts::default());
+        let tcp = TraceSpec {
+            protocol: TraceProtocol::Tcp,
+            ..spec(VIP)
+        };
+        let table = web(&[REMOTE_POD]);
+        let stages = Stages {
+            services: Some(ServiceStage {
+                table: &table,
+                translator: &translator,
+                now_ms: 0,
+                live: false,
+            }),
+            policy: None,
+        };
+        let report = trace_spec(&topology, &fib, stages, &tcp).unwrap();
+        assert_eq!(report.verdict, "tunnel", "{report:?}");
+        assert_eq!(report.peer, Some(IpAddr::V4(PEER_NODE)));
+        assert_eq!(
+            outcome(&report, Stage::Service),
+            "10.244.1.5:40000 → 10.96.0.10:80 becomes 10.244.1.5:40000 → 10.244.2.7:8080, \
+             a new connection: the endpoint this tuple gets, of 1 usable \
+             (another source port may get another)"
+        );
+        assert!(translator.conns.is_empty());
+        assert_eq!(translator.translated(), 0);
+        // Not a Service's packet.
+        let other = trace_spec(&topology, &fib, stages, &spec(REMOTE_POD)).unwrap();
+        assert!(outcome(&other, Stage::Service).starts_with("untranslated"));
+        // No endpoint: refused at the Service stage.
+        let empty = web(&[]);
+        let stages = Stages {
+            services: Some(ServiceStage {
+                table: &empty,
+                ..stages.services.unwrap()
+            }),
+            policy: None,
+        };
+        let refused = trace_spec(&topology, &fib, stages, &tcp).unwrap();
+        assert_eq!(refused.drop_reason.as_deref(), Some("service_no_endpoints"));
+        assert_eq!(
+            outcome(&refused, Stage::Service),
+            "drop: service_no_endpoints"
+        );
+        assert_eq!(outcome(&refused, Stage::FibLookup), "not reached");
+        // Without the switch's translation.
+        let plain = trace_spec(&topology, &fib, Stages::default(), &tcp).unwrap();
+        assert!(outcome(&plain, Stage::Service).starts_with("not run"));
+    }
+
+    #[test]
     fn local_delivery_spoofing_and_no_route() {
         let (topology, mut fib) = (topology(), fib());
-        let local = trace_spec(&topology, &fib, None, &spec(POD_B)).unwrap();
+        let local = trace_spec(&topology, &fib, Stages::default(), &spec(POD_B)).unwrap();
         assert_eq!(
             (local.verdict.as_str(), local.output_port.as_deref()),
             ("deliver", Some("veth-b"))
@@ -444,7 +616,7 @@ mod tests {
             src: Some(POD_B),
             ..spec(REMOTE_POD)
         };
-        let report = trace_spec(&topology, &fib, None, &spoofed).unwrap();
+        let report = trace_spec(&topology, &fib, Stages::default(), &spoofed).unwrap();
         assert_eq!(report.drop_reason.as_deref(), Some("spoofed"));
         assert_eq!(outcome(&report, Stage::AntiSpoofing), "drop: spoofed");
         for later in [
@@ -456,14 +628,20 @@ mod tests {
             assert_eq!(outcome(&report, later), "not reached");
         }
         fib.remove("0.0.0.0/0".parse().unwrap());
-        let report = trace_spec(&topology, &fib, None, &spec(Ipv4Addr::new(192, 0, 2, 1))).unwrap();
+        let report = trace_spec(
+            &topology,
+            &fib,
+            Stages::default(),
+            &spec(Ipv4Addr::new(192, 0, 2, 1)),
+        )
+        .unwrap();
         assert_eq!(report.drop_reason.as_deref(), Some("no_route"));
         assert_eq!(outcome(&report, Stage::FibLookup), "drop: no_route");
         assert!(
             trace_spec(
                 &topology,
                 &fib,
-                None,
+                Stages::default(),
                 &TraceSpec {
                     in_port: "nope".into(),
                     ..spec(POD_B)
@@ -530,7 +708,7 @@ mod tests {
             &[10, 244, 1, 1],
         ]
         .concat();
-        let report = trace(&topology, &fib, None, POD_A_PORT, &arp);
+        let report = trace(&topology, &fib, Stages::default(), POD_A_PORT, &arp);
         assert_eq!(report.verdict, "deliver", "{report:?}");
         assert_eq!(report.output_port.as_deref(), Some("veth-a"));
         // Every cut of a pod frame and an ARP request, on every port (the
@@ -539,7 +717,13 @@ mod tests {
         for frame in [&local[..], &arp[..]] {
             for len in 0..=frame.len() {
                 for port in 0..5 {
-                    let report = trace(&topology, &fib, None, PortId(port), &frame[..len]);
+                    let report = trace(
+                        &topology,
+                        &fib,
+                        Stages::default(),
+                        PortId(port),
+                        &frame[..len],
+                    );
                     assert!(!report.verdict.is_empty());
                 }
             }

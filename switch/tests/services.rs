@@ -7,7 +7,10 @@
 //! NodePorts at either node's address), the endpoints see the clients' own addresses, no Service
 //! packet crosses a node's stack (the host ports send nothing), and a
 //! change of endpoints during traffic is followed: new connections go to
-//! the new set and a removed endpoint's connection ends. Needs root.
+//! the new set and a removed endpoint's connection ends. An endpoint's ICMP
+//! port unreachable reaches its client translated (`ECONNREFUSED` on a
+//! connected UDP socket), on the same node, across nodes and in hairpin.
+//! Needs root.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -317,6 +320,79 @@ fn the_switch_translates_services_keeping_the_client_address() -> Result<()> {
     ensure!(
         web_answers(pa, 24)? == BTreeSet::from([b, c]),
         "new connections after c came back"
+    );
+    for node in &nodes {
+        node.check_frames()?;
+    }
+    Ok(())
+}
+
+/// A port no endpoint pod listens on.
+const CLOSED_PORT: u16 = 9;
+
+/// ICMP errors about translated connections reach the client translated
+/// (the quoted packet's destination back to the ClusterIP and port), so
+/// that its socket, connected to the ClusterIP, sees them: a connected
+/// UDP socket to a Service whose endpoint has nothing on the target port
+/// gets `ECONNREFUSED` from the endpoint's port unreachable, with the
+/// endpoint on the client's node, on the other node, and the client
+/// itself (hairpin).
+#[test]
+fn an_endpoint_s_port_unreachable_reaches_the_client_translated() -> Result<()> {
+    let mut lab = Lab::new("svc-icmp")?;
+    let dir: PathBuf = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("services.json");
+    let (a, b, c) = (
+        Ipv4Addr::new(10, 244, 1, 2),
+        Ipv4Addr::new(10, 244, 1, 3),
+        Ipv4Addr::new(10, 244, 2, 2),
+    );
+    let cases = [
+        ("the same node", Ipv4Addr::new(10, 96, 0, 61), b),
+        ("the other node", Ipv4Addr::new(10, 96, 0, 62), c),
+        ("hairpin", Ipv4Addr::new(10, 96, 0, 63), a),
+    ];
+    let closed: Vec<Service> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, &(_, ip, endpoint))| {
+            let port = ServicePort::new(
+                ServiceProtocol::Udp,
+                53,
+                vec![Endpoint::ready(endpoint, CLOSED_PORT)],
+            );
+            Service::new(format!("default/closed-{i}"), ip, vec![port])
+        })
+        .collect();
+    write(&file, &closed)?;
+    let options = SwitchOptions::translating_services(binary(), &file)?;
+    let SwitchPair { nodes, pods } = SwitchPair::build(&mut lab, binary(), &dir, &options)?;
+    let [[pa, pb], [pc, _]] = &pods;
+    ensure!(
+        (pa.ip, pb.ip, pc.ip) == (a, b, c),
+        "pods at {} {} {}",
+        pa.ip,
+        pb.ip,
+        pc.ip
+    );
+    for (case, ip, _) in cases {
+        // Bounded: 5 s for the answer (a lost error is a timeout).
+        let outcome = pa.ns.run(
+            "python3",
+            &["-c", TRY_SERVICE, "udp", &ip.to_string(), "53", "5"],
+        )?;
+        ensure!(
+            outcome.trim() == "refused",
+            "UDP to a Service whose endpoint has no listener, {case}: {}",
+            outcome.trim()
+        );
+    }
+    let stats = nodes[0].cli_json(&["stats"])?;
+    ensure!(
+        stats["services"]["connections_translated"].as_u64() == Some(cases.len() as u64),
+        "{}",
+        stats["services"]
     );
     for node in &nodes {
         node.check_frames()?;

@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
+use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol};
 use podswitch_lab::cluster::{
     Pod, SwitchNode, SwitchOptions, SwitchPair, node_ip, ping, router_mac,
 };
 use podswitch_lab::flood::{self, UDP_HEADERS, UdpFlow};
+use podswitch_lab::service_traffic::{UDP_PORT, request, serve_in};
 use podswitch_lab::{Lab, RawLink, parse_mac};
 use serde_json::Value;
 
@@ -191,6 +193,61 @@ fn traces_match_what_packets_do() -> Result<()> {
     ensure!(trace(n1, &["nosuchport", "--dst", "10.244.2.2"]).is_err());
     ensure!(trace(n1, &[a_port, "--hex", "0g"]).is_err());
     ensure!(trace(n1, &[a_port, "--hex", "00"])?["drop_reason"] == "runt");
+    for node in &nodes {
+        node.check_frames()?;
+    }
+    Ok(())
+}
+
+/// A trace to a ClusterIP the switch translates: the Service stage names
+/// the endpoint and the route follows it; no connection is opened; a real
+/// request with the same tuple reaches that endpoint.
+#[test]
+fn a_service_trace_names_the_endpoint_a_real_request_reaches() -> Result<()> {
+    let mut lab = Lab::new("sw-trace-svc")?;
+    let dir = scratch(&lab);
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("services.json");
+    let dns = Ipv4Addr::new(10, 96, 0, 53);
+    let (a, c) = (Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 244, 2, 2));
+    let port = ServicePort::new(ServiceProtocol::Udp, 53, vec![Endpoint::ready(c, UDP_PORT)]);
+    let services = [Service::new("kube-system/dns", dns, vec![port])];
+    std::fs::write(&file, serde_json::to_string(&services)?)?;
+    let options = SwitchOptions::translating_services(binary(), &file)?;
+    let SwitchPair { nodes, pods } = SwitchPair::build(&mut lab, binary(), &dir, &options)?;
+    let [n1, _] = &nodes;
+    let [[pa, _], [pc, _]] = &pods;
+    ensure!((pa.ip, pc.ip) == (a, c), "pods at {} {}", pa.ip, pc.ip);
+    let _server = serve_in(&pc.ns, c)?;
+    let translated = |node: &SwitchNode| -> Result<Option<u64>> {
+        Ok(node.cli_json(&["stats"])?["services"]["connections_translated"].as_u64())
+    };
+    let a_port = pa.host_ifname.as_str();
+    let args = [
+        a_port,
+        "--dst",
+        "10.96.0.53",
+        "--dport",
+        "53",
+        "--sport",
+        "40000",
+    ];
+    let traced = trace(n1, &args)?;
+    ensure!(traced["verdict"] == "tunnel", "{traced:#}");
+    ensure!(traced["peer"] == node_ip(2).to_string(), "{traced:#}");
+    let service = stage(&traced, "service");
+    ensure!(
+        service.starts_with(&format!(
+            "{a}:40000 → {dns}:53 becomes {a}:40000 → {c}:{UDP_PORT}, a new connection"
+        )),
+        "{traced:#}"
+    );
+    ensure!(translated(n1)? == Some(0), "the trace opened a connection");
+    // The real request goes where the trace said.
+    ensure!(request(pa, "udp", dns, 53)? == (c, a), "the real request");
+    ensure!(translated(n1)? == Some(1));
+    let text = n1.cli(&[&["trace"], &args[..]].concat())?;
+    ensure!(text.contains(&format!("→ {c}:{UDP_PORT}")), "{text}");
     for node in &nodes {
         node.check_frames()?;
     }

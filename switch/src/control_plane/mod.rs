@@ -38,6 +38,7 @@ use crate::sources::CONTROL_SOURCE;
 use crate::stats::{PortReport, WorkerStats, port_report, worker_report};
 use crate::tap::TapDevice;
 use crate::topology::{PeerId, PortId, PortRole, RouteTarget, Topology};
+use crate::trace::Stages;
 use crate::worker::{AfXdpPort, Command, Port, TapPort, WorkerPort};
 use crate::xdp::{UplinkFilter, XdpProgram};
 use podswitch_control::service::Service;
@@ -332,10 +333,18 @@ impl ControlPlane {
             }
             Request::Trace(spec) => {
                 let enforced = self.parts.policies.enforced();
+                let services = self.parts.services.as_deref();
+                let table = services.map(Services::table);
+                let stages = Stages {
+                    services: services
+                        .zip(table.as_deref())
+                        .map(|(services, table)| services.stage(table, false)),
+                    policy: self.parts.policies.dry_stage(&enforced),
+                };
                 serde_json::to_value(crate::trace::trace_spec(
                     &self.parts.topology.load(),
                     &self.parts.fib.load(),
-                    self.parts.policies.dry_stage(&enforced),
+                    stages,
                     &spec,
                 )?)?
             }

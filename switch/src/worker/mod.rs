@@ -52,7 +52,7 @@ use crate::afxdp::{Umem, XskSocket};
 use crate::capture::{CaptureTap, Direction};
 use crate::config::PollMode;
 use crate::fib::SharedFib;
-use crate::forward::{Forwarder, ServiceStage};
+use crate::forward::Forwarder;
 use crate::frame_budget::FillGrowth;
 use crate::frames::{FrameLedger, FramePool};
 use crate::policy::Policies;
@@ -270,11 +270,7 @@ impl Worker {
         let table = services.map(Services::table);
         let stage = services
             .zip(table.as_deref())
-            .map(|(services, table)| ServiceStage {
-                table,
-                translator: &services.translator,
-                now_ms: services.now_ms(),
-            });
+            .map(|(services, table)| services.stage(table, true));
         let enforced = self.ctx.policies.enforced();
         let policy = self.ctx.policies.stage(&enforced);
         let mut work = 0;
