@@ -113,7 +113,7 @@ fn established(
     while translator.conns.len() < connections {
         let flow = flow(&mut rng);
         let mut p = packet(&flow);
-        if translator.outbound(table, &mut p, L4Checksum::Full, 0)
+        if translator.outbound(table, &mut p, L4Checksum::Full, 0, true)
             == (Verdict::Translated { new: true })
         {
             opened.push((flow, p));
@@ -167,11 +167,11 @@ fn stage_batch(
 }
 
 fn outbound(translator: &Translator, table: &ServiceTable, p: &mut [u8]) -> Verdict {
-    translator.outbound(table, p, L4Checksum::Full, 1)
+    translator.outbound(table, p, L4Checksum::Full, 1, true)
 }
 
 fn inbound(translator: &Translator, table: &ServiceTable, p: &mut [u8]) -> Verdict {
-    translator.inbound(table, p, L4Checksum::Full, 1)
+    translator.inbound(table, p, L4Checksum::Full, 1, true)
 }
 
 fn both(translator: &Translator, table: &ServiceTable, p: &mut [u8]) -> Verdict {
@@ -191,7 +191,7 @@ fn services(c: &mut Criterion) {
             b.iter(|| {
                 let mut p = requests[i & mask];
                 i += 1;
-                black_box(translator.outbound(&table, &mut p, L4Checksum::Full, 1));
+                black_box(translator.outbound(&table, &mut p, L4Checksum::Full, 1, true));
                 black_box(p)
             })
         });
@@ -199,7 +199,7 @@ fn services(c: &mut Criterion) {
             b.iter(|| {
                 let mut p = replies[i & mask];
                 i += 1;
-                black_box(translator.inbound(&table, &mut p, L4Checksum::Full, 1));
+                black_box(translator.inbound(&table, &mut p, L4Checksum::Full, 1, true));
                 black_box(p)
             })
         });
@@ -217,8 +217,8 @@ fn services(c: &mut Criterion) {
             b.iter(|| {
                 let mut p = direct[i & mask];
                 i += 1;
-                black_box(translator.outbound(&table, &mut p, L4Checksum::Full, 1));
-                black_box(translator.inbound(&table, &mut p, L4Checksum::Full, 1));
+                black_box(translator.outbound(&table, &mut p, L4Checksum::Full, 1, true));
+                black_box(translator.inbound(&table, &mut p, L4Checksum::Full, 1, true));
                 black_box(p)
             })
         });
