@@ -13,9 +13,11 @@
 //! and updates the slot's state through atomics; a new connection or a
 //! sweep write-locks. [`ConnTable::lookup_batch`] and
 //! [`ConnTable::prefetch`] hash a batch's tuples and prefetch their
-//! buckets, then their slots, before probing, so that the cache misses of
-//! a batch overlap instead of following one another. The NetworkPolicy
-//! stage is meant to keep its connections here too.
+//! buckets, then their slots, in a staggered pipeline ahead of the probes,
+//! so that the cache misses of a batch overlap instead of following one
+//! another; buckets and slots sit in memory the kernel is asked to back
+//! with huge pages, so that a miss needs no page walk. The NetworkPolicy
+//! stage keeps its connections here too.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -267,14 +269,14 @@ fn signature(hash: u64) -> u32 {
     (hash >> 24) as u32 | 1
 }
 
-/// One shard: its buckets and the lock that orders their changes.
-#[derive(Debug)]
-struct Shard {
-    lock: RwLock<()>,
-    buckets: Box<[Bucket]>,
+/// One shard's buckets (its lock, [`ConnTable::read`] and
+/// [`ConnTable::write`], orders their changes).
+#[derive(Debug, Clone, Copy)]
+struct Shard<'a> {
+    buckets: &'a [Bucket],
 }
 
-impl Shard {
+impl Shard<'_> {
     fn home(&self, hash: u64) -> usize {
         hash as usize & (self.buckets.len() - 1)
     }
@@ -382,6 +384,38 @@ const SHARDS: usize = 64;
 /// Probes a batch prepares at once ([`ConnTable::lookup_batch`]).
 pub const BATCH: usize = 32;
 
+/// How many steps of a batch's pipeline a tuple's bucket is prefetched
+/// before its slot, and its slot before its probe
+/// ([`ConnTable::pipeline`]); chosen by measurement (docs/benchmarks.md).
+const AHEAD: usize = 8;
+
+/// The size of a huge page.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// `n` default values, in memory the kernel is asked to back with huge
+/// pages where it can: in a table far larger than the TLB covers with
+/// 4 KiB pages, a probe's two cache lines then cost no page walks.
+fn huge<T: Default>(n: usize) -> Box<[T]> {
+    let mut values = Vec::with_capacity(n);
+    let start = values.as_ptr() as usize;
+    let end = (start + n * size_of::<T>()) & !(HUGE_PAGE - 1);
+    let aligned = start.next_multiple_of(HUGE_PAGE);
+    if end > aligned {
+        // SAFETY: madvise only advises on pages of this allocation, not
+        // yet touched; a refusal (no transparent huge pages) leaves them
+        // as they were, so its result is ignored.
+        unsafe {
+            libc::madvise(
+                aligned as *mut libc::c_void,
+                end - aligned,
+                libc::MADV_HUGEPAGE,
+            );
+        }
+    }
+    values.extend((0..n).map(|_| T::default()));
+    values.into_boxed_slice()
+}
+
 /// Ask the CPU to bring `value`'s cache line in; a hint, nothing else.
 #[inline]
 fn prefetch<T>(value: &T) {
@@ -401,7 +435,10 @@ fn prefetch<T>(value: &T) {
 /// The connection table (see the module documentation).
 #[derive(Debug)]
 pub struct ConnTable {
-    shards: Box<[Shard]>,
+    /// The shards' locks.
+    locks: Box<[RwLock<()>]>,
+    /// The shards' buckets, one run after another.
+    buckets: Box<[Bucket]>,
     slots: Box<[Slot]>,
     /// The slots no tuple refers to.
     free: Mutex<Vec<u32>>,
@@ -420,13 +457,9 @@ impl ConnTable {
         let per_shard = (capacity * 2).div_ceil(SHARDS);
         let buckets = (per_shard * 2).div_ceil(WAYS).next_power_of_two().max(4);
         ConnTable {
-            shards: (0..SHARDS)
-                .map(|_| Shard {
-                    lock: RwLock::new(()),
-                    buckets: (0..buckets).map(|_| Bucket::default()).collect(),
-                })
-                .collect(),
-            slots: (0..capacity).map(|_| Slot::default()).collect(),
+            locks: (0..SHARDS).map(|_| RwLock::new(())).collect(),
+            buckets: huge(SHARDS * buckets),
+            slots: huge(capacity),
             free: Mutex::new((0..capacity as u32).rev().collect()),
             hasher: FixedState::with_seed(0xc0ec_7ac4),
             connections: AtomicUsize::new(0),
@@ -445,6 +478,14 @@ impl ConnTable {
         self.len() == 0
     }
 
+    /// Shard `index`.
+    fn shard(&self, index: usize) -> Shard<'_> {
+        let per_shard = self.buckets.len() / SHARDS;
+        Shard {
+            buckets: &self.buckets[index * per_shard..][..per_shard],
+        }
+    }
+
     fn hash(&self, tuple: &Packed) -> u64 {
         self.hasher.hash_one(tuple)
     }
@@ -452,15 +493,13 @@ impl ConnTable {
     fn read(&self, shard: usize) -> RwLockReadGuard<'_, ()> {
         // A worker that panicked under the lock left consistent buckets:
         // each change is one store or a run of counter updates.
-        self.shards[shard]
-            .lock
+        self.locks[shard]
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self, shard: usize) -> RwLockWriteGuard<'_, ()> {
-        self.shards[shard]
-            .lock
+        self.locks[shard]
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -483,8 +522,9 @@ impl ConnTable {
     }
 
     /// [`ConnTable::lookup`] for a batch: `hits[i]` for `keys[i]` with
-    /// `tcp_flags[i]`. Each run of [`BATCH`] tuples is hashed and
-    /// prefetched first.
+    /// `tcp_flags[i]`. Each run of [`BATCH`] tuples is hashed first, then
+    /// probed in a pipeline that prefetches each probe's bucket and slot
+    /// some steps ahead of it.
     pub fn lookup_batch(
         &self,
         keys: &[FlowKey],
@@ -501,11 +541,10 @@ impl ConnTable {
                 tuples[i] = pack(key);
                 hashes[i] = self.hash(&tuples[i]);
             }
-            self.prefetch_hashed(&hashes[..end - start]);
-            for i in 0..end - start {
+            self.pipeline(&hashes[..end - start], |i| {
                 hits[start + i] =
                     self.lookup_hashed(&tuples[i], hashes[i], tcp_flags[start + i], now_ms, true);
-            }
+            });
         }
     }
 
@@ -519,30 +558,47 @@ impl ConnTable {
             hashes[n] = self.hash(&pack(&key));
             n += 1;
             if n == BATCH {
-                self.prefetch_hashed(&hashes);
+                self.pipeline(&hashes, drop);
                 n = 0;
             }
         }
-        self.prefetch_hashed(&hashes[..n]);
+        self.pipeline(&hashes[..n], drop);
     }
 
-    fn prefetch_hashed(&self, hashes: &[u64]) {
-        for &hash in hashes {
-            let shard = &self.shards[shard_of(hash)];
-            prefetch(&shard.buckets[shard.home(hash)]);
+    /// Run `probe(i)` for each tuple `i` of a batch, given by its hash,
+    /// in order, its cache lines prefetched in a staggered pipeline: at
+    /// step `s` the bucket of tuple `s` is prefetched, the slot of tuple
+    /// `s - AHEAD` (its bucket asked for `AHEAD` steps before, so most
+    /// likely arrived), and tuple `s - 2 * AHEAD` is probed. A probe thus
+    /// never waits for a miss issued just before, and about `2 * AHEAD`
+    /// misses are in flight at any time.
+    fn pipeline(&self, hashes: &[u64], mut probe: impl FnMut(usize)) {
+        for step in 0..hashes.len() + 2 * AHEAD {
+            if let Some(&hash) = hashes.get(step) {
+                let shard = self.shard(shard_of(hash));
+                prefetch(&shard.buckets[shard.home(hash)]);
+            }
+            if let Some(&hash) = step.checked_sub(AHEAD).and_then(|i| hashes.get(i)) {
+                self.prefetch_slot(hash);
+            }
+            if let Some(i) = step.checked_sub(2 * AHEAD).filter(|&i| i < hashes.len()) {
+                probe(i);
+            }
         }
-        // Without the lock: a signature read as it changes only prefetches
-        // the wrong slot.
-        for &hash in hashes {
-            let shard = &self.shards[shard_of(hash)];
-            let bucket = &shard.buckets[shard.home(hash)];
-            let signature = signature(hash);
-            for way in 0..WAYS {
-                if bucket.signatures[way].load(Ordering::Relaxed) == signature {
-                    let slot = bucket.refs[way].load(Ordering::Relaxed) & !REPLY;
-                    if let Some(slot) = self.slots.get(slot as usize) {
-                        prefetch(slot);
-                    }
+    }
+
+    /// Prefetch the slot the home bucket of the tuple hashed `hash`
+    /// points to. Without the lock: a signature read as it changes only
+    /// prefetches the wrong slot.
+    fn prefetch_slot(&self, hash: u64) {
+        let shard = self.shard(shard_of(hash));
+        let bucket = &shard.buckets[shard.home(hash)];
+        let signature = signature(hash);
+        for way in 0..WAYS {
+            if bucket.signatures[way].load(Ordering::Relaxed) == signature {
+                let slot = bucket.refs[way].load(Ordering::Relaxed) & !REPLY;
+                if let Some(slot) = self.slots.get(slot as usize) {
+                    prefetch(slot);
                 }
             }
         }
@@ -560,7 +616,7 @@ impl ConnTable {
     ) -> Option<Hit> {
         let shard = shard_of(hash);
         let _locked = self.read(shard);
-        let found = self.shards[shard].find(&self.slots, tuple, hash)?;
+        let found = self.shard(shard).find(&self.slots, tuple, hash)?;
         let slot = &self.slots[found.slot];
         let syn_only = tcp_flags & 0x12 == 0x02;
         if slot.deadline(&self.timeouts) <= now_ms
@@ -635,7 +691,7 @@ impl ConnTable {
         let hashes = tuples.map(|tuple| self.hash(&tuple));
         let shards = hashes.map(shard_of);
         let _locked = Locked::new(self, shards);
-        let [original_shard, reply_shard] = shards.map(|shard| &self.shards[shard]);
+        let [original_shard, reply_shard] = shards.map(|shard| self.shard(shard));
         let existing = original_shard.find(&self.slots, &tuples[0], hashes[0]);
         if let Some(found) = existing {
             let slot = &self.slots[found.slot];
@@ -737,7 +793,8 @@ impl ConnTable {
     /// a moment apart, each on its own.
     fn remove(&self, ended: impl Fn(&FlowKey, &Slot) -> bool) -> usize {
         let mut removed = 0;
-        for (index, shard) in self.shards.iter().enumerate() {
+        for index in 0..SHARDS {
+            let shard = self.shard(index);
             let _locked = self.write(index);
             let mut gone = Vec::new();
             shard.each(|found| {
@@ -776,7 +833,8 @@ impl ConnTable {
     /// How many connections go to each endpoint, for `podswitch services`.
     pub fn per_backend(&self) -> HashMap<Backend, usize> {
         let mut counts = HashMap::new();
-        for (index, shard) in self.shards.iter().enumerate() {
+        for index in 0..SHARDS {
+            let shard = self.shard(index);
             let _locked = self.read(index);
             shard.each(|found| {
                 if found.direction == Direction::Original {
