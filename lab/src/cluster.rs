@@ -553,6 +553,9 @@ impl SwitchNode {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .context("no VmRSS in /proc/<pid>/status")?;
+        // Before the stats request, which holds descriptors of its own
+        // for a moment.
+        let open_fds = settled_fd_count(pid)?;
         let frames = &self.cli_json(&["stats"])?["frames"];
         if frames["violations"] != 0 {
             bail!(
@@ -564,11 +567,28 @@ impl SwitchNode {
         let idle_frames = count("free") + count("fill");
         Ok(Footprint {
             resident_kib,
-            open_fds: std::fs::read_dir(format!("/proc/{pid}/fd"))?.count(),
+            open_fds,
             idle_frames,
             busy_frames: count("total").saturating_sub(idle_frames),
         })
     }
+}
+
+/// Process `pid`'s open descriptors once two counts 100 ms apart agree
+/// (at most a second): a control connection the daemon is still closing,
+/// or a netlink socket of a request it just answered, is not what it holds.
+fn settled_fd_count(pid: u32) -> Result<usize> {
+    let count = || -> Result<usize> { Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count()) };
+    let mut last = count()?;
+    for _ in 0..10 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let now = count()?;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    Ok(last)
 }
 
 /// What a daemon holds (see [`SwitchNode::footprint`]).
