@@ -3,12 +3,13 @@
 //! network namespaces named `ps-demo-…` and is removed at the end, on
 //! failure and on Ctrl-C too.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use podswitch_lab::cluster::{
-    Pod, SwitchNode, SwitchOptions, SwitchPair, kernel_pods, node_ip, ping_stats,
+    Pod, SwitchNode, SwitchOptions, SwitchPair, kernel_pods, node_ip, ping_stats, pod_cidr6,
+    pod_ip6,
 };
 use podswitch_lab::cni::CniPlugin;
 use podswitch_lab::cpu::CpuMeter;
@@ -51,6 +52,7 @@ impl SwitchArgs {
             }),
             pod_interface: self.pod_interface.clone(),
             underlay_mtu: 1500,
+            dual_stack: true,
             ..SwitchOptions::default()
         })
     }
@@ -137,25 +139,39 @@ pub fn run(args: &DemoArgs) -> Result<()> {
 
     let mut rows = Vec::new();
     step("pinging: same node, across nodes, node to pod")?;
-    let pings: [(&Netns, Ipv4Addr, String); 4] = [
+    // Dual-stack pods: each one's IPv6 address mirrors its IPv4 one.
+    let ip6 = |pod: &Pod| {
+        let [_, _, node, host] = pod.ip.octets();
+        pod_ip6(node, host)
+    };
+    let pings: [(&Netns, IpAddr, String); 5] = [
         (
             &pods[0].ns,
-            pods[1].ip,
+            pods[1].ip.into(),
             format!("pod {} -> pod {} (same node)", pods[0].ip, pods[1].ip),
         ),
         (
             &pods[0].ns,
-            pods[2].ip,
+            pods[2].ip.into(),
             format!("pod {} -> pod {} (across nodes)", pods[0].ip, pods[2].ip),
         ),
         (
+            &pods[0].ns,
+            ip6(&pods[2]).into(),
+            format!(
+                "pod {} -> pod {} (IPv6, across nodes)",
+                ip6(&pods[0]),
+                ip6(&pods[2])
+            ),
+        ),
+        (
             &pods[3].ns,
-            pods[1].ip,
+            pods[1].ip.into(),
             format!("pod {} -> pod {} (across nodes)", pods[3].ip, pods[1].ip),
         ),
         (
             &node1.ns,
-            pods[3].ip,
+            pods[3].ip.into(),
             format!(
                 "node {} -> pod {} (host port, tunnel)",
                 node_ip(1),
@@ -168,7 +184,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let kernel = kernel_pods(&mut kernel_lab, 1500)?;
     let kernel_ping = (
         &kernel[0].ns,
-        kernel[1].ip,
+        kernel[1].ip.into(),
         format!(
             "kernel path: pod {} -> pod {} (across nodes)",
             kernel[0].ip, kernel[1].ip
@@ -243,10 +259,14 @@ pub fn run(args: &DemoArgs) -> Result<()> {
 
     println!("\nSetup");
     println!(
-        "  node 1  10.1.0.11  pod CIDR 10.244.1.0/24  router MAC {}",
+        "  node 1  10.1.0.11  pod CIDRs 10.244.1.0/24, {}  router MAC {}",
+        pod_cidr6(1),
         info["router_mac"].as_str().unwrap_or("?")
     );
-    println!("  node 2  10.1.0.12  pod CIDR 10.244.2.0/24");
+    println!(
+        "  node 2  10.1.0.12  pod CIDRs 10.244.2.0/24, {}",
+        pod_cidr6(2)
+    );
     println!(
         "  pod MTU {pod_mtu}; uplink {uplink_mode}; pods made by podswitch-cni (CNI ADD) on {}",
         match args.switch.pod_interface.as_deref() {
