@@ -171,17 +171,25 @@ fn to_host(nodes: &[SwitchNode; 2]) -> Result<Vec<u64>> {
         .collect()
 }
 
-#[test]
-fn the_switch_translates_services_keeping_the_client_address() -> Result<()> {
-    let mut lab = Lab::new("svc")?;
+/// A lab for the switch's own translation, named after `tag`: its
+/// directory, the Services file to write there, and the addresses of the
+/// pods [`SwitchPair`] makes (two on node 1, one on node 2).
+fn translation_lab(tag: &str) -> Result<(Lab, PathBuf, PathBuf, [Ipv4Addr; 3])> {
+    let lab = Lab::new(tag)?;
     let dir: PathBuf = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
     std::fs::create_dir_all(&dir)?;
     let file = dir.join("services.json");
-    let (a, b, c) = (
+    let pods = [
         Ipv4Addr::new(10, 244, 1, 2),
         Ipv4Addr::new(10, 244, 1, 3),
         Ipv4Addr::new(10, 244, 2, 2),
-    );
+    ];
+    Ok((lab, dir, file, pods))
+}
+
+#[test]
+fn the_switch_translates_services_keeping_the_client_address() -> Result<()> {
+    let (mut lab, dir, file, [a, b, c]) = translation_lab("svc")?;
     write(&file, &services(&[b, c], &[c], a, c))?;
     let options = SwitchOptions::translating_services(binary(), &file)?;
     let SwitchPair { nodes, pods } = SwitchPair::build(&mut lab, binary(), &dir, &options)?;
@@ -339,15 +347,7 @@ const CLOSED_PORT: u16 = 9;
 /// itself (hairpin).
 #[test]
 fn an_endpoint_s_port_unreachable_reaches_the_client_translated() -> Result<()> {
-    let mut lab = Lab::new("svc-icmp")?;
-    let dir: PathBuf = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join("services.json");
-    let (a, b, c) = (
-        Ipv4Addr::new(10, 244, 1, 2),
-        Ipv4Addr::new(10, 244, 1, 3),
-        Ipv4Addr::new(10, 244, 2, 2),
-    );
+    let (mut lab, dir, file, [a, b, c]) = translation_lab("svc-icmp")?;
     let cases = [
         ("the same node", Ipv4Addr::new(10, 96, 0, 61), b),
         ("the other node", Ipv4Addr::new(10, 96, 0, 62), c),
