@@ -535,6 +535,9 @@ fn decode<T: DeserializeOwned>(value: serde_json::Value) -> Result<T> {
 fn print_info(info: &Info) {
     println!("node ip      {}", info.node_ip);
     println!("pod cidr     {}", info.pod_cidr);
+    if let Some(cidr6) = info.pod_cidr6 {
+        println!("pod cidr6    {cidr6} (gateway fe80::1)");
+    }
     println!("gateway      {}", info.gateway);
     println!("pod mtu      {}", info.pod_mtu);
     println!("router mac   {}", info.router_mac);
@@ -563,13 +566,13 @@ fn print_info(info: &Info) {
 
 fn print_ports(ports: &[PortStatus]) {
     println!(
-        "{:<4} {:<15} {:<6} {:<6} {:<8} {:<9} {:<2} {:<15} {:<17} {:>10} {:>10} {:>8}",
+        "{:<4} {:<15} {:<6} {:<6} {:<8} {:<9} {:<2} {:<15} {:<17} {:>10} {:>10} {:>8}  ipv6",
         "id", "name", "role", "kind", "xdp", "copy", "q", "ip", "mac", "rx", "tx", "drops"
     );
     for p in ports {
         let drops: u64 = p.counters.drops.values().sum();
         println!(
-            "{:<4} {:<15} {:<6} {:<6} {:<8} {:<9} {:<2} {:<15} {:<17} {:>10} {:>10} {:>8}",
+            "{:<4} {:<15} {:<6} {:<6} {:<8} {:<9} {:<2} {:<15} {:<17} {:>10} {:>10} {:>8}  {}",
             p.id,
             p.name,
             format!("{:?}", p.role).to_lowercase(),
@@ -581,7 +584,8 @@ fn print_ports(ports: &[PortStatus]) {
             p.mac.to_string(),
             p.counters.rx_packets,
             p.counters.tx_packets,
-            drops
+            drops,
+            p.ip6.map_or("-".into(), |ip6| ip6.to_string())
         );
     }
 }
@@ -613,25 +617,26 @@ fn membership(membership: &MembershipReport) -> String {
 
 fn print_peers(peers: &[PeerStatus]) {
     println!(
-        "{:<24} {:<18} {:<17} {:<24} {:<17}",
+        "{:<24} {:<18} {:<17} {:<24} {:<17}  pod cidr6",
         "node ip", "pod cidr", "vtep mac", "next hop", "next hop mac"
     );
     for p in peers {
         println!(
-            "{:<24} {:<18} {:<17} {:<24} {:<17}",
+            "{:<24} {:<18} {:<17} {:<24} {:<17}  {}",
             p.node_ip.to_string(),
             p.pod_cidr.to_string(),
             p.vtep_mac.to_string(),
             p.next_hop.map_or("-".into(), |h| h.to_string()),
             p.next_hop_mac
-                .map_or("unresolved".into(), |m| m.to_string())
+                .map_or("unresolved".into(), |m| m.to_string()),
+            p.pod_cidr6.map_or("-".into(), |c| c.to_string())
         );
     }
 }
 
 fn print_routes(routes: &[RouteEntry]) {
     for r in routes {
-        println!("{:<18} {}", r.prefix.to_string(), r.target);
+        println!("{:<24} {}", r.prefix.to_string(), r.target);
     }
 }
 
