@@ -25,7 +25,7 @@ use std::time::Instant;
 mod rng;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use podswitch::fib::{Ipv4Net, SharedFib};
-use podswitch::fib6::{Ipv6Net, SharedFib6};
+use podswitch::fib6::{Ipv6Lpm, Ipv6Net};
 use rng::Rng;
 
 /// The switch's route targets, roughly: what the table stores.
@@ -290,19 +290,23 @@ fn routes6(n: usize) -> Vec<(Ipv6Net, Target)> {
     routes
 }
 
+/// An IPv6 table under test: its name, the table, addresses to look up
+/// and the routes it holds.
+type Table6 = (
+    &'static str,
+    Ipv6Lpm<Target>,
+    Vec<Ipv6Addr>,
+    Vec<(Ipv6Net, Target)>,
+);
+
 fn fib6(c: &mut Criterion) {
     let mut rng = Rng(0x5eed6);
-    let tables: Vec<(&str, SharedFib6<Target>, Vec<Ipv6Addr>)> = TABLES6
+    let tables: Vec<Table6> = TABLES6
         .iter()
         .map(|&(name, n)| {
             let routes = routes6(n);
-            let fib = SharedFib6::new();
-            fib.update(|t| {
-                for &(p, v) in &routes {
-                    t.insert(p, v);
-                }
-            });
-            assert_eq!(fib.load().len(), n);
+            let fib = build6(&routes);
+            assert_eq!(fib.len(), n);
             let addresses = (0..ADDRESSES)
                 .map(|_| {
                     let (net, _) = routes[rng.below(routes.len() as u64) as usize];
@@ -311,18 +315,17 @@ fn fib6(c: &mut Criterion) {
                     Ipv6Addr::from(u128::from(net.network()) | host)
                 })
                 .collect();
-            (name, fib, addresses)
+            (name, fib, addresses, routes)
         })
         .collect();
     let mut group = c.benchmark_group("fib6/lookup");
     group.throughput(Throughput::Elements(1));
-    for (name, fib, addresses) in &tables {
-        let snapshot = fib.load();
+    for (name, fib, addresses, _) in &tables {
         let mut i = 0;
         group.bench_function(*name, |b| {
             b.iter(|| {
                 i = (i + 1) & (ADDRESSES - 1);
-                snapshot.lookup(black_box(addresses[i]))
+                fib.lookup(black_box(addresses[i]))
             })
         });
     }
@@ -330,15 +333,14 @@ fn fib6(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("fib6/lookup-batch64");
     group.throughput(Throughput::Elements(BATCH as u64));
-    for (name, fib, addresses) in &tables {
+    for (name, fib, addresses, _) in &tables {
         let mut found = [None; BATCH];
         let mut i = 0;
         group.bench_function(*name, |b| {
             b.iter(|| {
                 i = (i + BATCH) & (ADDRESSES - 1);
-                let snapshot = fib.load();
                 for (out, &addr) in found.iter_mut().zip(&addresses[i..i + BATCH]) {
-                    *out = snapshot.lookup(addr);
+                    *out = fib.lookup(addr);
                 }
                 black_box(&found);
             })
@@ -346,22 +348,23 @@ fn fib6(c: &mut Criterion) {
     }
     group.finish();
 
-    // A pod's /128 added and removed: two updates, each published.
-    let mut group = c.benchmark_group("fib6/update");
-    let new_pod: Ipv6Net = "fd00:10:244:ffff::fa/128".parse().expect("prefix");
-    for (name, fib, _) in &tables {
-        let pod = Target::Local {
-            port: 7,
-            mac: [0x02, 0, 0, 0, 0, 7],
-        };
-        group.bench_function(*name, |b| {
-            b.iter(|| {
-                fib.update(|t| t.insert(new_pod, pod));
-                fib.update(|t| t.remove(new_pod))
-            })
-        });
+    // What a change costs the control plane: the table built again from
+    // its routes, as each topology snapshot is.
+    let mut group = c.benchmark_group("fib6/rebuild");
+    group.sample_size(10);
+    for (name, _, _, routes) in &tables {
+        group.bench_function(*name, |b| b.iter(|| build6(black_box(routes))));
     }
     group.finish();
+}
+
+/// An IPv6 table holding `routes`.
+fn build6(routes: &[(Ipv6Net, Target)]) -> Ipv6Lpm<Target> {
+    let mut fib = Ipv6Lpm::new();
+    for &(prefix, target) in routes {
+        fib.insert(prefix, target);
+    }
+    fib
 }
 
 criterion_group!(benches, fib, fib6);

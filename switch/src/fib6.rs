@@ -1,7 +1,8 @@
-//! The FIB's IPv6 table: longest-prefix match read by the packet path
-//! without locks, updated by the control plane while traffic flows, as
-//! [`Ipv4Lpm`](crate::fib::Ipv4Lpm) is for IPv4 and through the same
-//! [`SharedTable`].
+//! The FIB's IPv6 table: longest-prefix match for the packet path. Its
+//! routes (pods' /128s, peers' IPv6 pod CIDRs) change only with ports and
+//! peers, so the control plane builds the table into each topology
+//! snapshot it publishes ([`Topology::fib6`](crate::topology::Topology)),
+//! which the workers read without locks.
 //!
 //! # Structure
 //!
@@ -17,9 +18,8 @@
 //!
 //! Each length's table is cut into [`SHARDS`] shards behind [`Arc`]s,
 //! copied on write as the IPv4 trie's nodes are: a clone of the table
-//! shares every shard, and a change copies one shard (1/64 of that
-//! length's routes), so [`SharedFib6`] publishes a changed copy per
-//! update without copying the table or stalling readers.
+//! shares every shard, and a change to the clone copies one shard (1/64
+//! of that length's routes).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -30,8 +30,6 @@ use foldhash::fast::FixedState;
 /// The prefix type of the IPv6 table's API, re-exported so that callers
 /// need not depend on `ipnet` themselves.
 pub use ipnet::Ipv6Net;
-
-use crate::fib::SharedTable;
 
 /// Shards per prefix length: a change copies one.
 const SHARDS: usize = 64;
@@ -219,10 +217,6 @@ impl<T: Copy + PartialEq> Ipv6Lpm<T> {
     }
 }
 
-/// The IPv6 FIB as the data path sees it: lock-free snapshots, as
-/// [`SharedFib`](crate::fib::SharedFib) is for IPv4.
-pub type SharedFib6<T> = SharedTable<Ipv6Lpm<T>>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,14 +323,5 @@ mod tests {
         assert_eq!(lpm.remove(net("fd00:10:244:2::/64")), Some(2));
         assert_eq!(lpm.lookup(ip("fd00:10:244:2::9")), Some(1));
         assert_eq!(lpm.remove(net("fd00:10:244:2::/64")), None);
-    }
-
-    #[test]
-    fn updates_publish_snapshots_that_old_readers_do_not_see() {
-        let fib = SharedFib6::new();
-        let before = fib.load();
-        fib.update(|t| t.insert(net("fd00:10:244:1::/64"), 1));
-        assert_eq!(fib.load().lookup(ip("fd00:10:244:1::7")), Some(1));
-        assert_eq!(before.lookup(ip("fd00:10:244:1::7")), None);
     }
 }
