@@ -5,18 +5,19 @@
 //! neighbour advertisement — on one node and across the VXLAN overlay,
 //! for veth and TAP pods, with ping and iperf3 over IPv6, over an IPv4
 //! and an IPv6 underlay, and to a kernel VXLAN node's pods carrying IPv6
-//! as well. A pod sending from an IPv6
-//! address that is not its own is dropped and counted. Needs root.
+//! as well. A pod sending from an IPv6 address that is not its own is
+//! dropped and counted. Needs root.
 
 mod common;
 
 use std::net::{IpAddr, Ipv6Addr};
-use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use common::{Nodes, nodes_with, plugin, serial};
 use podswitch_lab::Lab;
-use podswitch_lab::cluster::{Pod, SwitchNode, SwitchOptions, ping, switch_and_kernel_node};
+use podswitch_lab::cluster::{
+    Pod, SwitchNode, SwitchOptions, ping, pod_ip6, switch_and_kernel_node,
+};
 use podswitch_lab::membership::wait_for;
 use podswitch_lab::traffic::{IperfClient, iperf_server};
 use serde_json::{Value, json};
@@ -36,7 +37,7 @@ fn dual_stack_pod(
     let (pod, result) = plugin().add_pod(lab, &switch.ns, &name, &network)?;
     let ip6 = ipv6_of(&result).with_context(|| format!("{name}'s result: {result}"))?;
     let [.., last] = pod.ip.octets();
-    let mirrored: Ipv6Addr = format!("fd00:10:244:{}::{last:x}", switch.index).parse()?;
+    let mirrored = pod_ip6(switch.index, last);
     ensure!(
         ip6 == mirrored,
         "{name}: IPv6 {ip6} does not mirror IPv4 {}",
@@ -149,14 +150,9 @@ fn dual_stack_pods_reach_each_other_over_ipv6() -> Result<()> {
     ])?;
     let replies = ping_from(&veth1, "fd00:10:244:1::99", veth2_6)?;
     ensure!(replies == 0, "{replies} replies to a spoofed source");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while drops(node1, port, "spoofed")? < before + 3 {
-        if Instant::now() > deadline {
-            bail!("the spoofed IPv6 pings were not counted as spoofed on {port}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(())
+    wait_for("the spoofed IPv6 pings counted as spoofed", || {
+        Ok(drops(node1, port, "spoofed")? >= before + 3)
+    })
 }
 
 /// Delegated IPAM: host-local with a range of each family gives the pod

@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::cni::{CniPlugin, podswitch_network};
 use crate::kernel_node::KernelVxlan;
+use crate::membership::wait_for;
 use crate::netns::{Lab, Netns, format_mac};
 use crate::process::Process;
 use crate::traffic::{IperfClient, IperfResult, iperf_server};
@@ -875,7 +876,7 @@ impl KernelNode {
     pub fn enable_ipv6(&self) -> Result<()> {
         self.ns
             .run("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])?;
-        let gateway = format!("fd00:10:244:{}::1/64", self.index);
+        let gateway = format!("{}/64", pod_ip6(self.index, 1));
         self.ns
             .ip(&["-6", "addr", "add", &gateway, "dev", "cni0", "nodad"])?;
         Ok(())
@@ -888,7 +889,7 @@ impl KernelNode {
     /// as for IPv4. One device carries both families (Flannel gives IPv6
     /// a second device over an IPv6 underlay).
     pub fn add_peer6(&self, peer: u8, vtep_mac: &str) -> Result<()> {
-        let via = format!("fd00:10:244:{peer}::");
+        let via = pod_ip6(peer, 0).to_string();
         let device = self.vxlan.name.as_str();
         self.ns.ip(&[
             "-6",
@@ -917,10 +918,10 @@ impl KernelNode {
     }
 
     /// Give `pod` (one of [`Self::add_pod`]'s, host number `host`) its IPv6
-    /// address `fd00:10:244:<node>::<host>` and a default route via the
-    /// bridge's ([`Self::enable_ipv6`]); the address.
+    /// address ([`pod_ip6`]) and a default route via the bridge's
+    /// ([`Self::enable_ipv6`]); the address.
     pub fn add_pod_ipv6(&self, pod: &Pod, host: u8) -> Result<Ipv6Addr> {
-        let address: Ipv6Addr = format!("fd00:10:244:{}::{host:x}", self.index).parse()?;
+        let address = pod_ip6(self.index, host);
         pod.ns.ip(&[
             "-6",
             "addr",
@@ -930,7 +931,7 @@ impl KernelNode {
             "eth0",
             "nodad",
         ])?;
-        let gateway = format!("fd00:10:244:{}::1", self.index);
+        let gateway = pod_ip6(self.index, 1).to_string();
         pod.ns.ip(&[
             "-6", "route", "add", "default", "via", &gateway, "dev", "eth0",
         ])?;
@@ -956,24 +957,15 @@ impl KernelNode {
     }
 }
 
-/// Wait (at most 5 s) until no IPv6 address of `ifname` in `ns` is
-/// tentative.
+/// Wait until no IPv6 address of `ifname` in `ns` is tentative.
 fn wait_dad(ns: &Netns, ifname: &str) -> Result<()> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !ns
-        .ip(&["-6", "addr", "show", "dev", ifname, "tentative"])?
-        .trim()
-        .is_empty()
-    {
-        if std::time::Instant::now() > deadline {
-            bail!(
-                "{ifname} in {}: IPv6 addresses still tentative after 5 s",
-                ns.name()
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    Ok(())
+    wait_for(
+        &format!("{ifname} in {}: duplicate address detection", ns.name()),
+        || {
+            let tentative = ns.ip(&["-6", "addr", "show", "dev", ifname, "tentative"])?;
+            Ok(tentative.trim().is_empty())
+        },
+    )
 }
 
 /// Two Flannel-style kernel nodes on a veth underlay of `underlay_mtu`,

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use podswitch_encap::{Decapsulator, TunnelKind, Vni};
 use serde::{Deserialize, Serialize};
 
@@ -379,21 +379,9 @@ impl Config {
                 "use a prefix of /30 or shorter, e.g. 10.244.1.0/24",
             ));
         }
-        if self.pod_cidr.trunc() != self.pod_cidr {
-            return Err(invalid(
-                "pod_cidr",
-                format!("{} has host bits set", self.pod_cidr),
-                format!("write the network address: {}", self.pod_cidr.trunc()),
-            ));
-        }
+        check_network_address("pod_cidr", self.pod_cidr.into())?;
         if let Some(cidr6) = self.pod_cidr6 {
-            if cidr6.trunc() != cidr6 {
-                return Err(invalid(
-                    "pod_cidr6",
-                    format!("{cidr6} has host bits set"),
-                    format!("write the network address: {}", cidr6.trunc()),
-                ));
-            }
+            check_network_address("pod_cidr6", cidr6.into())?;
             if 128 - cidr6.prefix_len() < 32 - self.pod_cidr.prefix_len() {
                 return Err(invalid(
                     "pod_cidr6",
@@ -486,13 +474,7 @@ impl Config {
                     "list only the other nodes as peers",
                 ));
             }
-            if peer.pod_cidr.trunc() != peer.pod_cidr {
-                return Err(invalid(
-                    &format!("{key}.pod_cidr"),
-                    format!("{} has host bits set", peer.pod_cidr),
-                    format!("write the network address: {}", peer.pod_cidr.trunc()),
-                ));
-            }
+            check_network_address(&format!("{key}.pod_cidr"), peer.pod_cidr.into())?;
             if peer.pod_cidr.contains(&self.pod_cidr) || self.pod_cidr.contains(&peer.pod_cidr) {
                 return Err(invalid(
                     &format!("{key}.pod_cidr"),
@@ -504,13 +486,7 @@ impl Config {
                 ));
             }
             if let Some(cidr6) = peer.pod_cidr6 {
-                if cidr6.trunc() != cidr6 {
-                    return Err(invalid(
-                        &format!("{key}.pod_cidr6"),
-                        format!("{cidr6} has host bits set"),
-                        format!("write the network address: {}", cidr6.trunc()),
-                    ));
-                }
+                check_network_address(&format!("{key}.pod_cidr6"), cidr6.into())?;
                 if let Some(own) = self.pod_cidr6
                     && (own.contains(&cidr6) || cidr6.contains(&own))
                 {
@@ -576,6 +552,18 @@ impl Config {
 /// The gateway of a pod CIDR: its first host address.
 pub fn pod_gateway(pod_cidr: Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(pod_cidr.network()) + 1)
+}
+
+/// A CIDR under `key` must be written as its network address.
+fn check_network_address(key: &str, cidr: IpNet) -> Result<(), ConfigError> {
+    if cidr.trunc() != cidr {
+        return Err(invalid(
+            key,
+            format!("{cidr} has host bits set"),
+            format!("write the network address: {}", cidr.trunc()),
+        ));
+    }
+    Ok(())
 }
 
 fn check_ifname(key: &str, name: &str) -> Result<(), ConfigError> {

@@ -273,8 +273,8 @@ impl Forwarder<'_> {
     }
 
     /// An IPv6 frame from a pod: a neighbour solicitation answered, a
-    /// packet routed — if the pod has an IPv6 address; the host port's
-    /// IPv6 is off.
+    /// packet routed — if the pod has an IPv6 address (only pod ports
+    /// have one; the host port's IPv6 is off).
     fn local_ipv6(
         &self,
         in_port: PortId,
@@ -283,7 +283,7 @@ impl Forwarder<'_> {
         frame: Range<usize>,
         size: Size,
     ) -> Result<Verdict, DropCause> {
-        let own = port.ip6.filter(|_| port.role == PortRole::Pod);
+        let own = port.ip6;
         let bytes = &buf[frame.clone()];
         if own.is_some() && is_neighbor_solicit(bytes) {
             return self.answer_neighbor_solicit(in_port, port, buf, frame);
@@ -465,16 +465,15 @@ impl Forwarder<'_> {
 
     /// Address the routed frame at `buf[frame]` to `next` and say so.
     fn send(&self, next: NextHop, buf: &mut [u8], frame: Range<usize>) -> Verdict {
-        let router_mac = self.topology.router_mac.into();
+        let (NextHop::Peer(_, mac) | NextHop::Port(_, mac)) = next;
+        rewrite_macs(
+            &mut buf[frame.clone()],
+            mac.into(),
+            self.topology.router_mac.into(),
+        );
         match next {
-            NextHop::Peer(peer, mac) => {
-                rewrite_macs(&mut buf[frame.clone()], mac.into(), router_mac);
-                Verdict::ToPeer { peer, frame }
-            }
-            NextHop::Port(port, mac) => {
-                rewrite_macs(&mut buf[frame.clone()], mac.into(), router_mac);
-                Verdict::Transmit { port, frame }
-            }
+            NextHop::Peer(peer, _) => Verdict::ToPeer { peer, frame },
+            NextHop::Port(port, _) => Verdict::Transmit { port, frame },
         }
     }
 
@@ -613,8 +612,6 @@ fn ipv4_header(ip: &[u8]) -> Result<&[u8], DropCause> {
     Ok(header)
 }
 
-/// What a router checks before forwarding the packet of a checked IPv4
-/// `header`: a TTL it can decrement, options the kernel takes.
 /// Where a routed packet goes next: a port and the MAC it is addressed
 /// to there, or a peer and its VTEP MAC.
 #[derive(Debug, Clone, Copy)]
@@ -647,6 +644,8 @@ fn ipv6_header(ip: &[u8]) -> Result<&[u8], DropCause> {
     Ok(ip)
 }
 
+/// What a router checks before forwarding the packet of a checked IPv4
+/// `header`: a TTL it can decrement, options the kernel takes.
 fn check_hop(header: &[u8]) -> Result<(), DropCause> {
     if Ipv4Packet::new_unchecked(header).hop_limit() <= 1 {
         return Err(DropCause::TtlExpired);

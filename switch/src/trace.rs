@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use anyhow::{Context, Result, bail, ensure};
 use podswitch_encap::DropReason;
 use podswitch_encap::checksum::{fill_ipv4_header, sum};
+use podswitch_encap::wire::ETHERNET_HEADER_LEN;
 
 use crate::afxdp::XDP_PACKET_HEADROOM;
 use crate::control::protocol::{TraceOuter, TraceProtocol, TraceReport, TraceSpec, TraceStage};
@@ -377,7 +378,10 @@ impl Report {
 /// same tuple (a hash of the tuple or the client's affinity picks it, so
 /// another source port may get another of the usable endpoints).
 fn service_outcome(stage: &ServiceStage, frame: &[u8], after: &[u8]) -> String {
-    let (Some(before_ip), Some(after_ip)) = (frame.get(ETHERNET..), after.get(ETHERNET..)) else {
+    let (Some(before_ip), Some(after_ip)) = (
+        frame.get(ETHERNET_HEADER_LEN..),
+        after.get(ETHERNET_HEADER_LEN..),
+    ) else {
         return "untranslated".into();
     };
     let (Some(before), Some(now)) = (Tuple::of(before_ip), Tuple::of(after_ip)) else {
@@ -404,9 +408,6 @@ fn service_outcome(stage: &ServiceStage, frame: &[u8], after: &[u8]) -> String {
     };
     format!("{before} becomes {now}, {how}")
 }
-
-/// Length of an untagged Ethernet header.
-const ETHERNET: usize = 14;
 
 /// What the Service stage reads of an IPv4 packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
