@@ -297,6 +297,9 @@ pub struct ServicePortStatus {
     /// The port on every node's address, for a NodePort Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_port: Option<u16>,
+    /// The Service's external addresses, served on the same port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_ips: Vec<Ipv4Addr>,
     /// The endpoints new connections to the ClusterIP go to.
     pub endpoints: Vec<EndpointStatus>,
 }

@@ -79,6 +79,12 @@ pub struct Service {
     pub name: String,
     /// The Service's virtual address.
     pub cluster_ip: Ipv4Addr,
+    /// Its other addresses, on the same ports: `spec.externalIPs` and its
+    /// load balancer's addresses (`status.loadBalancer.ingress[].ip`). A
+    /// pod reaching one is served by every endpoint whatever the
+    /// `externalTrafficPolicy`, as kube-proxy serves traffic from pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_ips: Vec<Ipv4Addr>,
     /// Its ports, each with its endpoints.
     pub ports: Vec<ServicePort>,
     /// `sessionAffinity: ClientIP`: how long a client stays with the
@@ -141,12 +147,13 @@ fn yes() -> bool {
 }
 
 impl Service {
-    /// A Service with the defaults of the JSON form: no session affinity,
-    /// both traffic policies `Cluster`.
+    /// A Service with the defaults of the JSON form: no external
+    /// addresses, no session affinity, both traffic policies `Cluster`.
     pub fn new(name: impl Into<String>, cluster_ip: Ipv4Addr, ports: Vec<ServicePort>) -> Service {
         Service {
             name: name.into(),
             cluster_ip,
+            external_ips: Vec::new(),
             ports,
             affinity_seconds: None,
             internal_traffic_policy: TrafficPolicy::Cluster,

@@ -160,6 +160,14 @@ impl ServiceTable {
                 ports
                     .entry((service.cluster_ip, protocol, port.port))
                     .or_insert(entry);
+                // The same port at its external addresses: every endpoint,
+                // as kube-proxy sends pods' traffic to them through the
+                // Service's cluster chain whatever its policies.
+                for &address in &service.external_ips {
+                    let entry =
+                        PortEntry::new(index, port_index, &port.endpoints, |_| true, affinity_ms);
+                    ports.entry((address, protocol, port.port)).or_insert(entry);
+                }
                 // The NodePort at each node's address: externalTrafficPolicy
                 // applies, with that node's endpoints as the local ones.
                 if let Some(node_port) = port.node_port {
@@ -184,6 +192,7 @@ impl ServiceTable {
                 endpoints.extend(port.endpoints.iter().map(|e| (e.address, protocol, e.port)));
             }
             service_addresses.insert(service.cluster_ip);
+            service_addresses.extend(&service.external_ips);
         }
         ServiceTable {
             ports,
@@ -310,6 +319,7 @@ impl ServiceTable {
                 protocol,
                 port,
                 node_port: service.ports[entry.port].node_port,
+                external_ips: &service.external_ips,
                 endpoints: &entry.usable,
             })
             .collect();
@@ -331,6 +341,8 @@ pub struct PortView<'a> {
     pub port: u16,
     /// The port on every node's address, for a NodePort Service.
     pub node_port: Option<u16>,
+    /// The Service's external addresses, served on the same port.
+    pub external_ips: &'a [Ipv4Addr],
     /// The endpoints new connections to the ClusterIP go to.
     pub endpoints: &'a [Backend],
 }
@@ -357,6 +369,19 @@ pub fn check(services: &[Service]) -> Result<(), String> {
                 "Service {name}: cluster_ip {ip} is not a ClusterIP"
             ));
         }
+        for &external in &service.external_ips {
+            if external.is_unspecified()
+                || external.is_broadcast()
+                || external.is_multicast()
+                || external.is_loopback()
+                || external == ip
+            {
+                return Err(format!(
+                    "Service {name}: external IP {external} is not an address a pod can reach \
+                     it at: list unicast addresses other than its cluster_ip"
+                ));
+            }
+        }
         if service.ports.is_empty() {
             return Err(format!("Service {name} has no ports: give it at least one"));
         }
@@ -370,15 +395,17 @@ pub fn check(services: &[Service]) -> Result<(), String> {
         }
         for port in &service.ports {
             let protocol = port.protocol.name();
-            let key = (ip, port.protocol.ip_protocol(), port.port);
             if port.port == 0 {
                 return Err(format!("Service {name}: port 0 ({protocol}) is not a port"));
             }
-            if let Some(other) = claimed.insert(key, name) {
-                return Err(format!(
-                    "Services {other} and {name} both claim {ip} {protocol}/{}: keep one",
-                    port.port
-                ));
+            for address in std::iter::once(ip).chain(service.external_ips.iter().copied()) {
+                let key = (address, port.protocol.ip_protocol(), port.port);
+                if let Some(other) = claimed.insert(key, name) {
+                    return Err(format!(
+                        "Services {other} and {name} both claim {address} {protocol}/{}: keep one",
+                        port.port
+                    ));
+                }
             }
             if let Some(node_port) = port.node_port {
                 if node_port == 0 {
@@ -580,6 +607,54 @@ mod tests {
     }
 
     #[test]
+    fn external_ips_serve_the_same_ports_with_every_endpoint() {
+        let mut web = service(vec![
+            endpoint([10, 244, 1, 5], true, true, false),
+            endpoint([10, 244, 2, 7], true, true, false),
+        ]);
+        let external = Ipv4Addr::new(192, 0, 2, 10);
+        let balancer = Ipv4Addr::new(198, 51, 100, 7);
+        web.external_ips = vec![external, balancer];
+        // Both policies Local: neither applies to a pod's traffic to an
+        // external address (kube-proxy's cluster chain).
+        web.internal_traffic_policy = TrafficPolicy::Local;
+        web.external_traffic_policy = TrafficPolicy::Local;
+        let table = ServiceTable::new(vec![web], &local("10.244.3.0/24"));
+        let affinity = Affinity::default();
+        for address in [external, balancer] {
+            assert!(table.is_service_address(address));
+            let mut picks = std::collections::BTreeSet::new();
+            for port in 1..100 {
+                let mut flow = to_web(port);
+                flow.dst = address;
+                let Selection::Endpoint(picked) = table.select(&flow, &affinity, 0) else {
+                    panic!("{address} is not served")
+                };
+                picks.insert(picked);
+            }
+            assert_eq!(
+                picks.into_iter().collect::<Vec<_>>(),
+                [backend([10, 244, 1, 5]), backend([10, 244, 2, 7])]
+            );
+            let mut other_port = to_web(1);
+            other_port.dst = address;
+            other_port.dport = 81;
+            assert_eq!(
+                table.select(&other_port, &affinity, 0),
+                Selection::NotAService
+            );
+        }
+        // The ClusterIP keeps its internal policy: no endpoint on this node.
+        assert_eq!(
+            table.select(&to_web(1), &affinity, 0),
+            Selection::NoEndpoints
+        );
+        let ports = table.ports();
+        assert_eq!(ports.len(), 1);
+        assert_eq!(ports[0].external_ips, [external, balancer]);
+    }
+
+    #[test]
     fn client_ip_affinity_keeps_a_client_on_its_endpoint_until_the_timeout() {
         let mut web = service(
             (1..=8)
@@ -772,6 +847,24 @@ mod tests {
             check(&[first, second])
                 .unwrap_err()
                 .contains("both claim NodePort tcp/30080")
+        );
+        for (external, message) in [
+            ([0, 0, 0, 0], "external IP 0.0.0.0"),
+            ([10, 96, 0, 10], "external IP 10.96.0.10"),
+            ([127, 0, 0, 1], "external IP 127.0.0.1"),
+        ] {
+            let mut bad = good.clone();
+            bad.external_ips = vec![external.into()];
+            assert!(check(&[bad]).unwrap_err().contains(message));
+        }
+        let (mut first, mut second) = (good.clone(), dns.clone());
+        first.external_ips = vec![Ipv4Addr::new(192, 0, 2, 10)];
+        second.cluster_ip = Ipv4Addr::new(10, 96, 0, 11);
+        second.external_ips = vec![Ipv4Addr::new(192, 0, 2, 10)];
+        assert!(
+            check(&[first, second])
+                .unwrap_err()
+                .contains("both claim 192.0.2.10 tcp/80")
         );
         let mut zero = good.clone();
         zero.ports[0].port = 0;

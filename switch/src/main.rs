@@ -510,16 +510,20 @@ fn print_services(ports: &[ServicePortStatus]) {
                 })
                 .collect()
         };
-        for (i, (endpoint, connections)) in endpoints.iter().enumerate() {
-            let (service, ip, port, source) = if i == 0 {
-                (
-                    p.service.as_str(),
-                    p.cluster_ip.to_string(),
-                    port.as_str(),
-                    p.source.as_str(),
-                )
+        // The ClusterIP, then the external addresses under it.
+        let addresses: Vec<String> = std::iter::once(&p.cluster_ip)
+            .chain(&p.external_ips)
+            .map(ToString::to_string)
+            .collect();
+        for i in 0..endpoints.len().max(addresses.len()) {
+            let (endpoint, connections) = endpoints
+                .get(i)
+                .map_or(("", ""), |(e, c)| (e.as_str(), c.as_str()));
+            let ip = addresses.get(i).map_or("", String::as_str);
+            let (service, port, source) = if i == 0 {
+                (p.service.as_str(), port.as_str(), p.source.as_str())
             } else {
-                ("", String::new(), "", "")
+                ("", "", "")
             };
             println!(
                 "{service:<28} {ip:<15} {port:<18} {endpoint:<21} {connections:>11}  {source}"

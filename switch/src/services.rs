@@ -139,6 +139,7 @@ impl Services {
                     protocol: ServiceProtocol::from_ip_protocol(port.protocol)?,
                     port: port.port,
                     node_port: port.node_port,
+                    external_ips: port.external_ips.to_vec(),
                     endpoints: port
                         .endpoints
                         .iter()

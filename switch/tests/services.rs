@@ -3,8 +3,9 @@
 //! nodes, pods made by the real CNI plugin, Services given in a
 //! `services_file`: a TCP Service with an endpoint on each node, a hairpin
 //! Service, a UDP "DNS" Service, an echo Service, and NodePorts under
-//! both external traffic policies. Clients on both nodes reach them (the
-//! NodePorts at either node's address), the endpoints see the clients' own addresses, no Service
+//! both external traffic policies, one with an external IP. Clients on
+//! both nodes reach them (the NodePorts at either node's address, the
+//! external IP with every endpoint), the endpoints see the clients' own addresses, no Service
 //! packet crosses a node's stack (the host ports send nothing), and a
 //! change of endpoints during traffic is followed: new connections go to
 //! the new set and a removed endpoint's connection ends. An endpoint's ICMP
@@ -36,6 +37,9 @@ const EMPTY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 44);
 const WEB_NODE_PORT: u16 = 30080;
 /// `web-local`'s NodePort (`externalTrafficPolicy: Local`).
 const LOCAL_NODE_PORT: u16 = 30081;
+/// `web-local`'s external address (a documentation address: a packet
+/// the switch did not translate would find no route out of the lab).
+const WEB_LOCAL_EXTERNAL: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 80);
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_podswitch"))
@@ -57,6 +61,8 @@ fn services(web: &[Ipv4Addr], echo: &[Ipv4Addr], a: Ipv4Addr, c: Ipv4Addr) -> Ve
     };
     let web_local = Service {
         external_traffic_policy: TrafficPolicy::Local,
+        internal_traffic_policy: TrafficPolicy::Local,
+        external_ips: vec![WEB_LOCAL_EXTERNAL],
         ..Service::new(
             "default/web-local",
             WEB_LOCAL,
@@ -247,6 +253,16 @@ fn the_switch_translates_services_keeping_the_client_address() -> Result<()> {
             );
         }
     }
+    // Its external address, from pods: every endpoint whatever the
+    // policies (kube-proxy's cluster chain for traffic from pods).
+    for client in [pa, pd] {
+        let answered = answers(client, WEB_LOCAL_EXTERNAL, 80, 16)?;
+        ensure!(
+            answered == BTreeSet::from([b, c]),
+            "{} to the external IP {WEB_LOCAL_EXTERNAL} reached only {answered:?}",
+            client.ip
+        );
+    }
     // A Service without endpoints refuses at once (an ICMP port
     // unreachable from the switch, as kube-proxy's REJECT), TCP and UDP.
     for protocol in ["tcp", "udp"] {
@@ -267,9 +283,10 @@ fn the_switch_translates_services_keeping_the_client_address() -> Result<()> {
         "Service packets crossed the nodes' stacks: host ports sent {before:?} then {after:?}"
     );
     // Each connection counted once, on its client's node: 24 web, the
-    // hairpin, DNS and 48 NodePort requests from node 1's pod a; 24 web,
-    // DNS and 48 NodePort requests from node 2's d.
-    for (node, expected) in nodes.iter().zip([26 + 48, 25 + 48]) {
+    // hairpin, DNS, 48 NodePort and 16 external IP requests from node 1's
+    // pod a; 24 web, DNS, 48 NodePort and 16 external IP requests from
+    // node 2's d.
+    for (node, expected) in nodes.iter().zip([26 + 48 + 16, 25 + 48 + 16]) {
         let stats = node.cli_json(&["stats"])?;
         let translated = stats["services"]["connections_translated"].as_u64();
         ensure!(

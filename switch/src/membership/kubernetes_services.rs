@@ -9,7 +9,7 @@
 //! caller's callback. While the API server does not answer, nothing is
 //! handed over (the caller keeps the last list) and the log says so once.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
@@ -138,6 +138,31 @@ pub fn resolve<'a>(
         })
         .collect();
     resolved.sort_by(|a, b| a.name.cmp(&b.name));
+    // Kubernetes lets two Services list one external address: the first
+    // in name order keeps it, as the switch's table would refuse both.
+    let mut claimed: HashSet<(Ipv4Addr, ServiceProtocol, u16)> = resolved
+        .iter()
+        .flat_map(|s| s.ports.iter().map(|p| (s.cluster_ip, p.protocol, p.port)))
+        .collect();
+    for service in &mut resolved {
+        service.external_ips.retain(|&address| {
+            let keys: Vec<_> = service
+                .ports
+                .iter()
+                .map(|port| (address, port.protocol, port.port))
+                .collect();
+            let free = keys.iter().all(|key| !claimed.contains(key));
+            if free {
+                claimed.extend(keys);
+            } else {
+                skipped(
+                    &service.name,
+                    format!("external IP {address}: another Service has it on the same port"),
+                );
+            }
+            free
+        });
+    }
     resolved
 }
 
@@ -168,6 +193,42 @@ fn resolve_service<'a>(
         .iter()
         .find_map(|ip| ip.parse::<Ipv4Addr>().ok())
         .ok_or_else(|| format!("no IPv4 cluster IP (clusterIPs {ips:?})"))?;
+    // Its external addresses: `externalIPs`, and a load balancer's that
+    // hands the packets on with their address (`ipMode: VIP`, the
+    // default; with `Proxy` the traffic must reach the balancer). IPv6
+    // ones are left to kube-proxy, as IPv6 Services are.
+    let balancer = service
+        .status
+        .as_ref()
+        .and_then(|status| status.load_balancer.as_ref()?.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|_| kind == "LoadBalancer")
+        .filter(|ingress| ingress.ip_mode.as_deref().is_none_or(|mode| mode == "VIP"))
+        .filter_map(|ingress| ingress.ip.as_deref());
+    let mut external_ips = Vec::new();
+    for text in spec
+        .external_ips
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .chain(balancer)
+    {
+        match text.parse::<Ipv4Addr>() {
+            Ok(ip)
+                if ip.is_unspecified()
+                    || ip.is_broadcast()
+                    || ip.is_multicast()
+                    || ip.is_loopback() =>
+            {
+                skipped(format!("external IP {ip}: not a unicast address"));
+            }
+            Ok(ip) if ip == cluster_ip || external_ips.contains(&ip) => {}
+            Ok(ip) => external_ips.push(ip),
+            Err(_) if text.parse::<std::net::Ipv6Addr>().is_ok() => {}
+            Err(_) => skipped(format!("external IP {text:?}: not an address")),
+        }
+    }
     let affinity_seconds = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
         spec.session_affinity_config
             .and_then(|c| c.client_ip?.timeout_seconds)
@@ -201,6 +262,7 @@ fn resolve_service<'a>(
     Ok(Some(Service {
         name: String::new(),
         cluster_ip,
+        external_ips,
         ports,
         affinity_seconds,
         internal_traffic_policy: traffic_policy(spec.internal_traffic_policy.as_deref()),
@@ -450,6 +512,65 @@ mod tests {
                 (true, false, false, Some("n1")),
                 (true, true, false, Some("n1")),
                 (true, true, false, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn external_ips_and_balancer_addresses_are_read_and_conflicts_left_out() {
+        let balancer = |name: &str, i: u8, external: Value, ingress: Value| {
+            let ip = format!("10.96.0.{i}");
+            let mut object = service(
+                name,
+                json!({ "type": "LoadBalancer", "clusterIP": ip, "clusterIPs": [ip],
+                        "externalIPs": external,
+                        "ports": [{ "port": 80, "targetPort": 8080, "nodePort": 30080 + u16::from(i) }] }),
+            );
+            object.status =
+                serde_json::from_value(json!({ "loadBalancer": { "ingress": ingress } })).unwrap();
+            object
+        };
+        let first = balancer(
+            "a-web",
+            1,
+            json!(["192.0.2.10", "2001:db8::10", "192.0.2.10"]),
+            json!([{ "ip": "198.51.100.7" }, { "ip": "198.51.100.8", "ipMode": "Proxy" },
+                   { "hostname": "lb.example" }, { "ip": "198.51.100.9", "ipMode": "VIP" }]),
+        );
+        // The same external address on the same port: the first Service
+        // in name order keeps it.
+        let second = balancer("b-web", 2, json!(["192.0.2.10", "192.0.2.11"]), json!([]));
+        let mut why = Vec::new();
+        let list = resolve(&[second, first], [], |name, reason| {
+            why.push(format!("{name}: {reason}"))
+        });
+        let ip = |text: &str| text.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(
+            list[0].external_ips,
+            [ip("192.0.2.10"), ip("198.51.100.7"), ip("198.51.100.9")]
+        );
+        assert_eq!(list[1].external_ips, [ip("192.0.2.11")]);
+        assert_eq!(
+            why,
+            ["default/b-web: external IP 192.0.2.10: another Service has it on the same port"]
+        );
+        podswitch_services::check(&list).unwrap();
+        // A ClusterIP Service's status is not a balancer's; a loopback
+        // external address is refused by name.
+        let mut plain = cluster_ip("plain", 3, json!([{ "port": 80 }]));
+        plain.spec.as_mut().unwrap().external_ips = Some(vec!["127.0.0.1".into(), "x".into()]);
+        plain.status = serde_json::from_value(
+            json!({ "loadBalancer": { "ingress": [{ "ip": "198.51.100.7" }] } }),
+        )
+        .unwrap();
+        let mut why = Vec::new();
+        let list = resolve(&[plain], [], |_, reason| why.push(reason));
+        assert!(list[0].external_ips.is_empty());
+        assert_eq!(
+            why,
+            [
+                "external IP 127.0.0.1: not a unicast address",
+                "external IP \"x\": not an address"
             ]
         );
     }
