@@ -17,7 +17,8 @@ use crate::process::Process;
 pub const TCP_PORT: u16 = 8080;
 /// The endpoints' TCP echo port (round trips).
 pub const ECHO_PORT: u16 = 8081;
-/// The endpoints' UDP "DNS" port (answers as the TCP port does).
+/// The endpoints' UDP "DNS" port (answers as the TCP port does, padded
+/// to the request's size: a large request gets a large answer).
 pub const UDP_PORT: u16 = 5353;
 
 /// Each endpoint pod runs this: TCP and UDP answers naming the endpoint
@@ -53,8 +54,8 @@ def dns():
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     u.bind(("0.0.0.0", 5353))
     while True:
-        d, a = u.recvfrom(2048)
-        u.sendto(f"{me} {a[0]}\n".encode(), a)
+        d, a = u.recvfrom(65535)
+        u.sendto(f"{me} {a[0]}\n".encode().ljust(len(d)), a)
 threading.Thread(target=dns, daemon=True).start()
 threading.Thread(target=echo, daemon=True).start()
 answer()
@@ -62,10 +63,12 @@ answer()
 
 /// One request to a Service, as a client library makes it: a TCP
 /// connection, or a connected UDP socket (which takes a reply only from
-/// the address it asked, as a DNS resolver's does), 2 s at most.
+/// the address it asked, as a DNS resolver's does) sending a datagram of
+/// argument 4's size (1 byte by default), 2 s at most.
 pub const CLIENT: &str = r#"
 import socket, sys
 proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+size = int(sys.argv[4]) if len(sys.argv) > 4 else 1
 if proto == "tcp":
     s = socket.create_connection((host, port), timeout=2)
     print(s.makefile().readline().strip())
@@ -73,8 +76,11 @@ else:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(2)
     s.connect((host, port))
-    s.send(b"q")
-    print(s.recv(2048).decode().strip())
+    s.send(b"q" * size)
+    answer = s.recv(65535)
+    if len(answer) != size and size > 1:
+        sys.exit(f"a {len(answer)}-byte answer to {size} bytes")
+    print(answer.decode().strip())
 "#;
 
 /// Tries `tcp` or `udp` to `host:port` (a connection, or a datagram on a
@@ -158,6 +164,18 @@ pub fn request(
     cluster_ip: Ipv4Addr,
     port: u16,
 ) -> Result<(Ipv4Addr, Ipv4Addr)> {
+    request_sized(from, proto, cluster_ip, port, 1)
+}
+
+/// [`request`] over UDP with a datagram of `size` bytes, answered with as
+/// many: larger than the pod's MTU, both go as IP fragments.
+pub fn request_sized(
+    from: &Pod,
+    proto: &str,
+    cluster_ip: Ipv4Addr,
+    port: u16,
+    size: usize,
+) -> Result<(Ipv4Addr, Ipv4Addr)> {
     let text = from
         .ns
         .run(
@@ -168,9 +186,10 @@ pub fn request(
                 proto,
                 &cluster_ip.to_string(),
                 &port.to_string(),
+                &size.to_string(),
             ],
         )
-        .with_context(|| format!("{proto} {} -> {cluster_ip}:{port}", from.ip))?;
+        .with_context(|| format!("{proto} {} -> {cluster_ip}:{port}, {size} bytes", from.ip))?;
     let mut words = text.split_whitespace().map(str::parse::<Ipv4Addr>);
     match (words.next(), words.next()) {
         (Some(Ok(endpoint)), Some(Ok(seen))) => Ok((endpoint, seen)),

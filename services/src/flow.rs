@@ -61,10 +61,12 @@ pub struct Parsed {
     pub total_len: usize,
 }
 
-/// Read the 5-tuple of an IPv4 packet (`ipv4` starts at its IPv4 header).
+/// Read the 5-tuple of an IPv4 packet (`ipv4` starts at its IPv4 header),
+/// a whole datagram or the first fragment of one ([`fragment`] tells).
 /// `None` for anything the Service stage leaves alone: not IPv4, a
-/// protocol other than TCP/UDP/SCTP, a fragment (later fragments carry no
-/// ports), or a packet too short for its headers.
+/// protocol other than TCP/UDP/SCTP, a later fragment (it carries no
+/// ports), an SCTP fragment (its CRC covers the whole datagram), or a
+/// packet too short for its headers.
 pub fn parse(ipv4: &[u8]) -> Option<Parsed> {
     let first = *ipv4.first()?;
     if first >> 4 != 4 {
@@ -74,15 +76,15 @@ pub fn parse(ipv4: &[u8]) -> Option<Parsed> {
     if l4_offset < 20 || ipv4.len() < l4_offset + 4 {
         return None;
     }
-    // More-fragments flag or a fragment offset: not one whole datagram.
-    if u16::from_be_bytes([ipv4[6], ipv4[7]]) & 0x3fff != 0 {
+    let fragmented = u16::from_be_bytes([ipv4[6], ipv4[7]]) & FRAGMENT_BITS;
+    if fragmented & FRAGMENT_OFFSET != 0 {
         return None;
     }
     let protocol = ipv4[9];
     let min_l4 = match protocol {
         TCP => 20,
         UDP => 8,
-        SCTP => 12,
+        SCTP if fragmented == 0 => 12,
         _ => return None,
     };
     // The total length must cover the transport header and stay within the
@@ -104,6 +106,48 @@ pub fn parse(ipv4: &[u8]) -> Option<Parsed> {
         l4_offset,
         tcp_flags,
         total_len,
+    })
+}
+
+/// The more-fragments flag and the fragment offset of the IPv4 header's
+/// flags word.
+const FRAGMENT_BITS: u16 = 0x3fff;
+/// The fragment offset alone.
+const FRAGMENT_OFFSET: u16 = 0x1fff;
+/// The more-fragments flag.
+const MORE_FRAGMENTS: u16 = 0x2000;
+
+/// One fragment of an IPv4 datagram, as [`fragment`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fragment {
+    /// Its datagram: source, destination, protocol, IP identification.
+    pub key: crate::fragments::DatagramKey,
+    /// Offset 0: it carries the transport header.
+    pub first: bool,
+    /// More-fragments clear: the datagram's end.
+    pub last: bool,
+}
+
+/// The fragment an IPv4 packet is (`ipv4` starts at its IPv4 header);
+/// `None` for a whole datagram or a header too short to tell.
+#[inline]
+pub fn fragment(ipv4: &[u8]) -> Option<Fragment> {
+    let header = ipv4.get(..20)?;
+    let bits = u16::from_be_bytes([header[6], header[7]]) & FRAGMENT_BITS;
+    if bits == 0 {
+        return None;
+    }
+    let address =
+        |at: usize| Ipv4Addr::new(header[at], header[at + 1], header[at + 2], header[at + 3]);
+    Some(Fragment {
+        key: (
+            address(12),
+            address(16),
+            header[9],
+            u16::from_be_bytes([header[4], header[5]]),
+        ),
+        first: bits & FRAGMENT_OFFSET == 0,
+        last: bits & MORE_FRAGMENTS == 0,
     })
 }
 
@@ -341,16 +385,42 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn parse_leaves_fragments_other_protocols_and_short_packets_alone() {
+    fn parse_leaves_later_fragments_other_protocols_and_short_packets_alone() {
         let k = key([10, 244, 1, 2], 40000, [10, 96, 0, 10], 53, UDP);
         let p = packet(k, b"abc");
         assert!(parse(&p).is_some());
-        let mut fragment = p.clone();
-        fragment[6] = 0x20; // MF
-        assert!(parse(&fragment).is_none());
-        let mut later = p.clone();
-        later[7] = 1; // offset 8 bytes
+        assert_eq!(fragment(&p), None);
+        // A first fragment has its ports; a later one has none.
+        let mut first = p.clone();
+        first[4..6].copy_from_slice(&[0xbe, 0xef]);
+        first[6] = 0x20; // MF
+        assert_eq!(parse(&first).unwrap().key, k);
+        let datagram = (k.src, k.dst, UDP, 0xbeef);
+        assert_eq!(
+            fragment(&first),
+            Some(Fragment {
+                key: datagram,
+                first: true,
+                last: false
+            })
+        );
+        let mut later = first.clone();
+        later[6] = 0;
+        later[7] = 1; // offset 8 bytes, the last
         assert!(parse(&later).is_none());
+        assert_eq!(
+            fragment(&later),
+            Some(Fragment {
+                key: datagram,
+                first: false,
+                last: true
+            })
+        );
+        // SCTP's CRC covers the whole datagram: not even its first.
+        let mut sctp = packet(key([10, 244, 1, 2], 40000, [10, 96, 0, 10], 53, SCTP), b"");
+        assert!(parse(&sctp).is_some());
+        sctp[6] = 0x20;
+        assert!(parse(&sctp).is_none());
         let mut icmp = p.clone();
         icmp[9] = 1;
         assert!(parse(&icmp).is_none());

@@ -1,4 +1,4 @@
-//! Kubernetes Service translation for the podswitch data path, in four
+//! Kubernetes Service translation for the podswitch data path, in five
 //! pure pieces the switch drives:
 //!
 //! - [`flow`]: the 5-tuple of an IPv4 packet ([`FlowKey`]), read in place;
@@ -8,13 +8,16 @@
 //! - [`conntrack`]: the connection table shared by the workers, which finds
 //!   both directions of a connection in one probe and expires them;
 //! - [`rewrite`]: the in-place address and port rewrite with incremental
-//!   checksums.
+//!   checksums;
+//! - [`fragments`]: the rewrites of fragmented datagrams, which their
+//!   later fragments (without ports) follow.
 //!
 //! [`Translator`] puts them together: [`Translator::outbound`] for a packet
 //! a pod sends, [`Translator::inbound`] for one delivered to a pod.
 
 pub mod conntrack;
 pub mod flow;
+pub mod fragments;
 pub mod rewrite;
 pub mod table;
 mod translator;

@@ -133,6 +133,14 @@ pub fn apply_error(ipv4: &mut [u8], error: &IcmpError, quoted: &Nat, checksum: L
     true
 }
 
+/// Give a later fragment of a translated datagram (`ipv4` starts at its
+/// IPv4 header, addresses `old` as source and destination) the addresses
+/// `new`, its header checksum adjusted: it has no transport header, whose
+/// checksum its first fragment's rewrite already adjusted.
+pub fn readdress_fragment(ipv4: &mut [u8], old: (Ipv4Addr, Ipv4Addr), new: (Ipv4Addr, Ipv4Addr)) {
+    readdress(ipv4, &words(old.0, old.1), new.0, new.1);
+}
+
 /// Give the IPv4 header at `ipv4`, whose addresses' words are `old`, the
 /// addresses `src` and `dst`, its checksum adjusted.
 fn readdress(ipv4: &mut [u8], old: &[u16; 4], src: Ipv4Addr, dst: Ipv4Addr) {

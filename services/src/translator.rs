@@ -4,7 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::conntrack::{ConnTable, Direction, Hit, Refused, Timeouts};
-use crate::flow::{self, FlowKey, IcmpError};
+use crate::flow::{self, FlowKey, Fragment, IcmpError};
+use crate::fragments::Fragments;
 use crate::rewrite::{self, L4Checksum, Nat};
 use crate::table::{Affinity, Selection, ServiceTable};
 
@@ -28,6 +29,10 @@ pub enum Verdict {
     /// The reply tuple is taken by another connection: drop
     /// (`conntrack_clash`).
     Clash,
+    /// A later IP fragment to a Service address whose first fragment was
+    /// not translated (lost, refused, or not come yet): drop
+    /// (`service_fragment_unknown`) rather than hand it to the node.
+    FragmentUnknown,
 }
 
 /// The Service stage's long-lived state: the connection table and the
@@ -41,6 +46,8 @@ pub struct Translator {
     pub affinity: Affinity,
     /// Connections translated since start.
     translated: AtomicU64,
+    /// The rewrites of fragmented datagrams, for their later fragments.
+    fragments: Fragments,
 }
 
 impl Translator {
@@ -50,6 +57,7 @@ impl Translator {
             conns: ConnTable::new(capacity, timeouts),
             affinity: Affinity::default(),
             translated: AtomicU64::new(0),
+            fragments: Fragments::default(),
         }
     }
 
@@ -83,9 +91,32 @@ impl Translator {
     /// source, so that the endpoint's reply comes back through the switch.
     /// An ICMP error a pod sends to a Service address about a connection
     /// (a hairpin endpoint's, or a client's about a reply) is translated
-    /// ([`rewrite::apply_error`]). `live`: false for a trace, which gets
-    /// the same rewrite but opens, notes and counts nothing.
+    /// ([`rewrite::apply_error`]). A fragmented datagram is translated by
+    /// its first fragment ([`crate::fragments`]). `live`: false for a
+    /// trace, which gets the same rewrite but opens, notes and counts
+    /// nothing.
     pub fn outbound(
+        &self,
+        table: &ServiceTable,
+        ipv4: &mut [u8],
+        checksum: L4Checksum,
+        now_ms: u64,
+        live: bool,
+    ) -> Verdict {
+        let fragment = flow::fragment(ipv4);
+        if let Some(later) = fragment.filter(|f| !f.first) {
+            return match self.follow(&later, ipv4, now_ms, live) {
+                Some(verdict) => verdict,
+                None if table.is_service_address(later.key.1) => Verdict::FragmentUnknown,
+                None => Verdict::Pass,
+            };
+        }
+        let verdict = self.outbound_packet(table, ipv4, checksum, now_ms, live);
+        self.remember(fragment, ipv4, verdict, now_ms, live)
+    }
+
+    /// [`Translator::outbound`] on a whole packet or a first fragment.
+    fn outbound_packet(
         &self,
         table: &ServiceTable,
         ipv4: &mut [u8],
@@ -150,9 +181,61 @@ impl Translator {
     /// ClusterIP and port back, and so is an ICMP error about a client's
     /// packet to an endpoint (the endpoint's port unreachable, a router's
     /// "fragmentation needed"), so that the client's socket, connected to
-    /// the ClusterIP, sees it. Nothing else is touched. `live` as for
-    /// [`Translator::outbound`].
+    /// the ClusterIP, sees it. Nothing else is touched. Fragments and
+    /// `live` as for [`Translator::outbound`].
     pub fn inbound(
+        &self,
+        table: &ServiceTable,
+        ipv4: &mut [u8],
+        checksum: L4Checksum,
+        now_ms: u64,
+        live: bool,
+    ) -> Verdict {
+        let fragment = flow::fragment(ipv4);
+        if let Some(later) = fragment.filter(|f| !f.first) {
+            return self
+                .follow(&later, ipv4, now_ms, live)
+                .unwrap_or(Verdict::Pass);
+        }
+        let verdict = self.inbound_packet(table, ipv4, checksum, now_ms, live);
+        self.remember(fragment, ipv4, verdict, now_ms, live)
+    }
+
+    /// A first fragment's `verdict`: when it was translated, its rewrite
+    /// is remembered for the rest of its datagram (not by a trace).
+    fn remember(
+        &self,
+        fragment: Option<Fragment>,
+        ipv4: &[u8],
+        verdict: Verdict,
+        now_ms: u64,
+        live: bool,
+    ) -> Verdict {
+        if let Some(first) = fragment
+            && live
+            && matches!(verdict, Verdict::Translated { .. })
+        {
+            self.fragments.remember(&first, ipv4, now_ms);
+        }
+        verdict
+    }
+
+    /// A later fragment: given its datagram's rewrite, if its first
+    /// fragment was translated.
+    fn follow(
+        &self,
+        later: &Fragment,
+        ipv4: &mut [u8],
+        now_ms: u64,
+        live: bool,
+    ) -> Option<Verdict> {
+        self.fragments
+            .follow(later, ipv4, now_ms, live)
+            .then_some(Verdict::Translated { new: false })
+    }
+
+    /// [`Translator::inbound`] on a whole packet or a first fragment.
+    fn inbound_packet(
         &self,
         table: &ServiceTable,
         ipv4: &mut [u8],
@@ -293,6 +376,105 @@ mod tests {
             translator.outbound(&services, &mut ssh, L4Checksum::Full, 2, true),
             Verdict::Pass
         );
+    }
+
+    /// `datagram` cut into IP fragments, the first holding `first_len`
+    /// transport bytes (a multiple of 8), as a sender's kernel cuts it.
+    fn fragments_of(datagram: &[u8], first_len: usize, id: u16) -> Vec<Vec<u8>> {
+        let l4 = &datagram[20..];
+        [
+            (0, &l4[..first_len], true),
+            (first_len, &l4[first_len..], false),
+        ]
+        .into_iter()
+        .map(|(offset, bytes, more)| {
+            let mut p = datagram[..20].to_vec();
+            p.extend_from_slice(bytes);
+            let len = p.len() as u16;
+            p[2..4].copy_from_slice(&len.to_be_bytes());
+            p[4..6].copy_from_slice(&id.to_be_bytes());
+            let flags = if more { 0x2000 } else { 0 } | (offset / 8) as u16;
+            p[6..8].copy_from_slice(&flags.to_be_bytes());
+            podswitch_encap::checksum::fill_ipv4_header(&mut p[..20]);
+            p
+        })
+        .collect()
+    }
+
+    /// The datagram `fragments` make, its header the first's.
+    fn reassembled(fragments: &[Vec<u8>]) -> Vec<u8> {
+        let mut p = fragments[0].clone();
+        for later in &fragments[1..] {
+            assert!(ipv4_header_ok(&later[..20]));
+            assert_eq!(later[12..20], p[12..20], "a fragment's addresses differ");
+            p.extend_from_slice(&later[20..]);
+        }
+        let len = p.len() as u16;
+        p[2..4].copy_from_slice(&len.to_be_bytes());
+        p[6..8].fill(0);
+        podswitch_encap::checksum::fill_ipv4_header(&mut p[..20]);
+        p
+    }
+
+    #[test]
+    fn a_fragmented_datagram_is_translated_by_its_first_fragment_both_ways() {
+        let services = table(&[[10, 244, 2, 7]]);
+        let translator = Translator::new(100, Timeouts::default());
+        let request = key([10, 244, 1, 9], 40000, VIP, 53, UDP);
+        let datagram = flow::tests::checked(request, &[7u8; 40]);
+        let mut sent = fragments_of(&datagram, 24, 0x1111);
+        let verdicts: Vec<Verdict> = sent
+            .iter_mut()
+            .map(|p| translator.outbound(&services, p, L4Checksum::Full, 0, true))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [
+                Verdict::Translated { new: true },
+                Verdict::Translated { new: false }
+            ]
+        );
+        let arrived = reassembled(&sent);
+        assert_eq!(
+            flow::parse(&arrived).unwrap().key,
+            key([10, 244, 1, 9], 40000, [10, 244, 2, 7], 8053, UDP)
+        );
+        assert!(verifies(&arrived));
+
+        // The endpoint's fragmented answer, delivered to the client.
+        let answer = flow::tests::checked(
+            key([10, 244, 2, 7], 8053, [10, 244, 1, 9], 40000, UDP),
+            &[9u8; 64],
+        );
+        let mut answered = fragments_of(&answer, 32, 0x2222);
+        for p in &mut answered {
+            assert!(matches!(
+                translator.inbound(&services, p, L4Checksum::Full, 1, true),
+                Verdict::Translated { .. }
+            ));
+        }
+        let arrived = reassembled(&answered);
+        assert_eq!(flow::parse(&arrived).unwrap().key, request.reversed());
+        assert!(verifies(&arrived));
+
+        // A later fragment whose first was not translated: to a Service
+        // address it is dropped, to a pod it passes as it is.
+        let mut traced = fragments_of(&datagram, 24, 0x3333);
+        assert!(matches!(
+            translator.outbound(&services, &mut traced[0], L4Checksum::Full, 2, false),
+            Verdict::Translated { .. }
+        ));
+        assert_eq!(
+            translator.outbound(&services, &mut traced[1], L4Checksum::Full, 2, true),
+            Verdict::FragmentUnknown
+        );
+        let mut stray = fragments_of(&answer, 32, 0x4444).remove(1);
+        let before = stray.clone();
+        assert_eq!(
+            translator.inbound(&services, &mut stray, L4Checksum::Full, 2, true),
+            Verdict::Pass
+        );
+        assert_eq!(stray, before);
     }
 
     /// A connection from a client to `address:port`, served by one

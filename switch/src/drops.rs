@@ -79,6 +79,9 @@ switch_drops! {
     /// A new Service connection whose reply tuple another connection has
     /// (the same client port to two Services that picked one endpoint).
     ConntrackClash => "conntrack_clash",
+    /// A later IP fragment to a Service address whose first fragment was
+    /// not translated (it was lost or refused, or came later).
+    ServiceFragmentUnknown => "service_fragment_unknown",
     /// A NetworkPolicy selecting the receiving pod allows no such
     /// connection to it.
     PolicyDeniedIngress => "policy_denied_ingress",

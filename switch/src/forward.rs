@@ -586,6 +586,7 @@ fn service_verdict(verdict: ServiceVerdict) -> Result<(), DropCause> {
         ServiceVerdict::NoEndpoints => Err(DropCause::ServiceNoEndpoints),
         ServiceVerdict::TableFull => Err(DropCause::ConntrackFull),
         ServiceVerdict::Clash => Err(DropCause::ConntrackClash),
+        ServiceVerdict::FragmentUnknown => Err(DropCause::ServiceFragmentUnknown),
     }
 }
 

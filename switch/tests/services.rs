@@ -5,7 +5,8 @@
 //! Service, a UDP "DNS" Service, an echo Service, and NodePorts under
 //! both external traffic policies, one with an external IP. Clients on
 //! both nodes reach them (the NodePorts at either node's address, the
-//! external IP with every endpoint), the endpoints see the clients' own addresses, no Service
+//! external IP with every endpoint; DNS with fragmented datagrams too),
+//! the endpoints see the clients' own addresses, no Service
 //! packet crosses a node's stack (the host ports send nothing), and a
 //! change of endpoints during traffic is followed: new connections go to
 //! the new set and a removed endpoint's connection ends. An endpoint's ICMP
@@ -23,7 +24,7 @@ use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol
 use podswitch_lab::Lab;
 use podswitch_lab::cluster::{Pod, SwitchNode, SwitchOptions, SwitchPair, node_ip};
 use podswitch_lab::service_traffic::{
-    ECHO_PORT, HELD_CONNECTION, TCP_PORT, TRY_SERVICE, UDP_PORT, request, serve_in,
+    ECHO_PORT, HELD_CONNECTION, TCP_PORT, TRY_SERVICE, UDP_PORT, request, request_sized, serve_in,
 };
 
 const WEB: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -225,11 +226,17 @@ fn the_switch_translates_services_keeping_the_client_address() -> Result<()> {
     }
     // Hairpin: the client is the endpoint, and sees the ClusterIP.
     ensure!(request(pa, "tcp", WEB_A, 80)? == (a, WEB_A), "hairpin");
-    // UDP "DNS", across nodes and on the same node.
+    // UDP "DNS", across nodes and on the same node; a 4000-byte question
+    // and answer, each three IP fragments at the pods' MTU, too.
     for client in [pa, pd] {
         ensure!(
             request(client, "udp", DNS, 53)? == (c, client.ip),
             "DNS from {}",
+            client.ip
+        );
+        ensure!(
+            request_sized(client, "udp", DNS, 53, 4000)? == (c, client.ip),
+            "a fragmented DNS question from {}",
             client.ip
         );
     }
@@ -283,10 +290,10 @@ fn the_switch_translates_services_keeping_the_client_address() -> Result<()> {
         "Service packets crossed the nodes' stacks: host ports sent {before:?} then {after:?}"
     );
     // Each connection counted once, on its client's node: 24 web, the
-    // hairpin, DNS, 48 NodePort and 16 external IP requests from node 1's
-    // pod a; 24 web, DNS, 48 NodePort and 16 external IP requests from
-    // node 2's d.
-    for (node, expected) in nodes.iter().zip([26 + 48 + 16, 25 + 48 + 16]) {
+    // hairpin, two DNS, 48 NodePort and 16 external IP requests from node
+    // 1's pod a; 24 web, two DNS, 48 NodePort and 16 external IP requests
+    // from node 2's d.
+    for (node, expected) in nodes.iter().zip([27 + 48 + 16, 26 + 48 + 16]) {
         let stats = node.cli_json(&["stats"])?;
         let translated = stats["services"]["connections_translated"].as_u64();
         ensure!(
