@@ -26,7 +26,7 @@ use podswitch_control::protocol::{
 use podswitch_policy::compile::RuleSet;
 use podswitch_policy::{Cluster, CompiledPolicies, Direction, compile_for};
 use podswitch_services::ConnTable;
-use podswitch_services::conntrack::{Refused, Timeouts};
+use podswitch_services::conntrack::{Hit, Refused, Timeouts};
 use podswitch_services::flow::{self, FlowKey, Tracked};
 
 use crate::drops::DropCause;
@@ -175,7 +175,8 @@ impl Policies {
     }
 
     /// The stage as `podswitch trace` runs it: the same verdicts, but
-    /// nothing tracked and nothing counted.
+    /// nothing tracked, noted or counted (a tracked connection is only
+    /// looked at: its clock and state stay as they were).
     pub fn dry_stage<'a>(&'a self, enforced: &'a Enforced) -> Option<PolicyStage<'a>> {
         self.stage_that(enforced, false)
     }
@@ -304,8 +305,8 @@ pub struct PolicyStage<'a> {
     /// As [`Policies::node_addresses`].
     node_addresses: &'a [Ipv4Addr],
     now_ms: u64,
-    /// A worker's (tracks what it allows, counts what it denies), or a
-    /// trace's (neither).
+    /// A worker's (tracks what it allows, notes the packets of tracked
+    /// connections, counts what it denies), or a trace's (none of these).
     live: bool,
 }
 
@@ -313,7 +314,8 @@ impl PolicyStage<'_> {
     /// The stage on a routed IPv4 packet (`ipv4` starts at its checked
     /// header): `from_pod` when a local pod sent it, `to_pod` when it goes
     /// to a local pod. A packet of a connection the stage let through
-    /// passes, either way; the first packet of one is checked against the
+    /// passes, either way, and so does an ICMP error about one (not noted
+    /// as a packet of it); the first packet of one is checked against the
     /// sender's egress and the receiver's ingress rules, and tracked if
     /// both allow it. Between a pod and its node everything passes.
     /// Tracked are only packets to or from a pod some policy selects.
@@ -336,13 +338,16 @@ impl PolicyStage<'_> {
         // The tuple to track the packet under, if it has one of its own.
         let tracked = match flow::track(ipv4) {
             Some(Tracked::Connection { key, tcp_flags }) => {
-                if self.conns.lookup(&key, tcp_flags, self.now_ms).is_some() {
+                if self.find(&key, tcp_flags).is_some() {
                     return Ok(());
                 }
                 Some(key)
             }
+            // An error about a packet of a tracked connection passes as
+            // the connection's, which is only looked at: the error is no
+            // packet of it (it neither answers nor refreshes it).
             Some(Tracked::Related { key }) => {
-                if self.conns.lookup(&key, 0, self.now_ms).is_some() {
+                if self.conns.peek(&key, self.now_ms).is_some() {
                     return Ok(());
                 }
                 None
@@ -406,6 +411,17 @@ impl PolicyStage<'_> {
             return Err(self.deny(pod, Direction::Ingress));
         }
         Ok(())
+    }
+
+    /// The tracked connection of a packet with tuple `key`: noted (its
+    /// clock, TCP flags, a reply) by a worker's stage, only looked at by a
+    /// trace's.
+    fn find(&self, key: &FlowKey, tcp_flags: u8) -> Option<Hit> {
+        if self.live {
+            self.conns.lookup(key, tcp_flags, self.now_ms)
+        } else {
+            self.conns.peek(key, self.now_ms)
+        }
     }
 
     /// Prefetch the connection-table probes of a batch of packets, given
@@ -630,6 +646,90 @@ mod tests {
         );
         assert_eq!(policies.connections(), 0);
         assert_eq!(denied(&policies, "shop/web"), 0);
+    }
+
+    /// An ICMP port unreachable from `src` to `dst` quoting `quoted`.
+    fn unreachable(src: Ipv4Addr, dst: Ipv4Addr, quoted: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; 28];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&((28 + quoted.len()) as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = 1;
+        p[12..16].copy_from_slice(&src.octets());
+        p[16..20].copy_from_slice(&dst.octets());
+        p[20] = 3;
+        p[21] = 3;
+        p.extend_from_slice(quoted);
+        p
+    }
+
+    /// Policies restricting the web pod both ways, with a connection from
+    /// the client tracked at time 0 by a worker's stage.
+    fn one_connection() -> Policies {
+        let both = [Direction::Ingress, Direction::Egress];
+        let policies = policies(vec![policy("web", &both, vec![from_clients_to_80()])]);
+        let enforced = policies.enforced();
+        let live = PolicyStage {
+            now_ms: 0,
+            ..policies.stage(&enforced).unwrap()
+        };
+        let syn = tcp(CLIENT, 40000, SERVER, 80, SYN);
+        assert_eq!(live.check(&syn, false, true), Ok(()));
+        drop(enforced);
+        policies
+    }
+
+    /// How many connections a sweep at `now_ms` ends.
+    fn swept(policies: &Policies, now_ms: u64) -> usize {
+        policies.conns.get().unwrap().sweep(now_ms)
+    }
+
+    #[test]
+    fn a_trace_only_looks_at_a_tracked_connection() {
+        let policies = one_connection();
+        let enforced = policies.enforced();
+        let dry = PolicyStage {
+            now_ms: 100_000,
+            ..policies.dry_stage(&enforced).unwrap()
+        };
+        // The client's next packet and the server's answer, traced.
+        let ack = tcp(CLIENT, 40000, SERVER, 80, ACK);
+        assert_eq!(dry.check(&ack, false, true), Ok(()));
+        let answer = tcp(SERVER, 80, CLIENT, 40000, SYN | ACK);
+        assert_eq!(dry.check(&answer, true, false), Ok(()));
+        // Still unanswered, on its first packet's clock.
+        let unanswered = Timeouts::default().tcp_closing;
+        assert_eq!(swept(&policies, unanswered - 1), 0);
+        assert_eq!(swept(&policies, unanswered), 1);
+    }
+
+    #[test]
+    fn an_icmp_error_about_a_tracked_connection_passes_without_being_noted() {
+        let policies = one_connection();
+        let enforced = policies.enforced();
+        let live = PolicyStage {
+            now_ms: 1_000,
+            ..policies.stage(&enforced).unwrap()
+        };
+        // The client refuses the server's answer; the server refuses the
+        // client's packet. The rules allow no ICMP either way.
+        let answer = tcp(SERVER, 80, CLIENT, 40000, SYN | ACK);
+        let refused = unreachable(CLIENT, SERVER, &answer);
+        assert_eq!(live.check(&refused, false, true), Ok(()));
+        let syn = tcp(CLIENT, 40000, SERVER, 80, SYN);
+        let refused = unreachable(SERVER, CLIENT, &syn);
+        assert_eq!(live.check(&refused, true, false), Ok(()));
+        // About a connection nobody tracked: checked as ICMP, denied.
+        let stranger = tcp(SERVER, 80, CLIENT, 40001, SYN | ACK);
+        let refused = unreachable(CLIENT, SERVER, &stranger);
+        assert_eq!(
+            live.check(&refused, false, true),
+            Err(DropCause::PolicyDeniedIngress)
+        );
+        // Neither answered nor refreshed by the errors.
+        let unanswered = Timeouts::default().tcp_closing;
+        assert_eq!(swept(&policies, unanswered - 1), 0);
+        assert_eq!(swept(&policies, unanswered), 1);
     }
 
     #[test]
