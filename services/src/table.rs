@@ -11,6 +11,7 @@ use foldhash::fast::FixedState;
 use ipnet::Ipv4Net;
 use podswitch_control::service::{Endpoint, Service, TrafficPolicy};
 
+use crate::Pass;
 use crate::flow::FlowKey;
 
 /// One endpoint address and port, as connections are sent to it.
@@ -229,25 +230,16 @@ impl ServiceTable {
 
     /// Pick the endpoint for a new connection `flow` (client to ClusterIP):
     /// the client's remembered endpoint under `sessionAffinity: ClientIP`
-    /// while it is usable, else one by a hash of the flow.
-    pub fn select(&self, flow: &FlowKey, affinity: &Affinity, now_ms: u64) -> Selection {
-        self.choose(flow, affinity, now_ms, true)
-    }
-
-    /// The endpoint [`ServiceTable::select`] would pick for `flow` now,
-    /// the client's affinity left as it is: for a trace.
-    pub fn preview(&self, flow: &FlowKey, affinity: &Affinity, now_ms: u64) -> Selection {
-        self.choose(flow, affinity, now_ms, false)
-    }
-
-    /// [`ServiceTable::select`], which renews the client's affinity when
-    /// `remember`.
-    fn choose(
+    /// while it is usable, else one by a hash of the flow. A
+    /// [`Pass::Live`] remembers (or renews) the pick for the client; a
+    /// [`Pass::DryRun`] (a trace) gets the same pick and leaves the
+    /// client's affinity as it is.
+    pub fn select(
         &self,
         flow: &FlowKey,
         affinity: &Affinity,
         now_ms: u64,
-        remember: bool,
+        pass: Pass,
     ) -> Selection {
         let Some(entry) = self.ports.get(&(flow.dst, flow.protocol, flow.dport)) else {
             return Selection::NotAService;
@@ -270,7 +262,7 @@ impl ServiceTable {
             }
             _ => hashed(),
         };
-        if remember {
+        if pass == Pass::Live {
             remembered.insert(key, (backend, now_ms.saturating_add(timeout)));
         }
         Selection::Endpoint(backend)
@@ -493,7 +485,7 @@ mod tests {
         let affinity = Affinity::default();
         let mut seen = std::collections::BTreeMap::new();
         for port in 30000..31000 {
-            match table.select(&to_web(port), &affinity, 0) {
+            match table.select(&to_web(port), &affinity, 0, Pass::Live) {
                 Selection::Endpoint(b) => *seen.entry(b).or_insert(0) += 1,
                 other => panic!("{other:?}"),
             }
@@ -505,17 +497,20 @@ mod tests {
         assert!(seen.values().all(|&n| n > 350), "{seen:?}");
         // The same flow picks the same endpoint every time.
         assert_eq!(
-            table.select(&to_web(30000), &affinity, 0),
-            table.select(&to_web(30000), &affinity, 5)
+            table.select(&to_web(30000), &affinity, 0, Pass::Live),
+            table.select(&to_web(30000), &affinity, 5, Pass::Live)
         );
         // Other ports, protocols and addresses are no Service.
         let mut udp = to_web(1);
         udp.protocol = UDP;
-        assert_eq!(table.select(&udp, &affinity, 0), Selection::NotAService);
+        assert_eq!(
+            table.select(&udp, &affinity, 0, Pass::Live),
+            Selection::NotAService
+        );
         let mut other_port = to_web(1);
         other_port.dport = 443;
         assert_eq!(
-            table.select(&other_port, &affinity, 0),
+            table.select(&other_port, &affinity, 0, Pass::Live),
             Selection::NotAService
         );
         assert_eq!(affinity.expire(0), 0);
@@ -533,7 +528,7 @@ mod tests {
         );
         let affinity = Affinity::default();
         assert_eq!(
-            table.select(&to_web(1), &affinity, 0),
+            table.select(&to_web(1), &affinity, 0, Pass::Live),
             Selection::Endpoint(backend([10, 244, 2, 9]))
         );
         assert!(table.keeps(&to_web(1), &backend([10, 244, 2, 9])));
@@ -548,7 +543,7 @@ mod tests {
             &Nodes::default(),
         );
         assert_eq!(
-            none.select(&to_web(1), &affinity, 0),
+            none.select(&to_web(1), &affinity, 0, Pass::Live),
             Selection::NoEndpoints
         );
         assert_eq!(
@@ -568,13 +563,13 @@ mod tests {
         let affinity = Affinity::default();
         for port in 1..100 {
             assert_eq!(
-                table.select(&to_web(port), &affinity, 0),
+                table.select(&to_web(port), &affinity, 0, Pass::Live),
                 Selection::Endpoint(backend([10, 244, 1, 5]))
             );
         }
         let table = ServiceTable::new(vec![web], &local("10.244.3.0/24"));
         assert_eq!(
-            table.select(&to_web(1), &affinity, 0),
+            table.select(&to_web(1), &affinity, 0, Pass::Live),
             Selection::NoEndpoints
         );
     }
@@ -590,20 +585,20 @@ mod tests {
         let table = ServiceTable::new(vec![web.clone()], &Nodes::default());
         let affinity = Affinity::default();
         // A preview picks what the selection will, remembering nothing.
-        let preview = table.preview(&to_web(1), &affinity, 0);
+        let preview = table.select(&to_web(1), &affinity, 0, Pass::DryRun);
         assert_eq!(affinity.expire(0), 0);
-        let Selection::Endpoint(first) = table.select(&to_web(1), &affinity, 0) else {
+        let Selection::Endpoint(first) = table.select(&to_web(1), &affinity, 0, Pass::Live) else {
             panic!()
         };
         assert_eq!(preview, Selection::Endpoint(first));
         assert_eq!(
-            table.preview(&to_web(2), &affinity, 1),
+            table.select(&to_web(2), &affinity, 1, Pass::DryRun),
             Selection::Endpoint(first)
         );
         // Every later connection of the client, each renewing the timeout.
         for (i, port) in (2..200).enumerate() {
             assert_eq!(
-                table.select(&to_web(port), &affinity, i as u64 * 1000),
+                table.select(&to_web(port), &affinity, i as u64 * 1000, Pass::Live),
                 Selection::Endpoint(first)
             );
         }
@@ -612,7 +607,7 @@ mod tests {
         for client in 1..50 {
             let mut flow = to_web(1);
             flow.src = Ipv4Addr::new(10, 244, 3, client);
-            let Selection::Endpoint(b) = table.select(&flow, &affinity, 0) else {
+            let Selection::Endpoint(b) = table.select(&flow, &affinity, 0, Pass::Live) else {
                 panic!()
             };
             picks.insert(b);
@@ -623,7 +618,9 @@ mod tests {
             .endpoints
             .retain(|e| e.address != first.address);
         let without = ServiceTable::new(vec![web], &Nodes::default());
-        let Selection::Endpoint(moved) = without.select(&to_web(500), &affinity, 200_000) else {
+        let Selection::Endpoint(moved) =
+            without.select(&to_web(500), &affinity, 200_000, Pass::Live)
+        else {
             panic!()
         };
         assert_ne!(moved, first);
@@ -705,7 +702,7 @@ mod tests {
                 let mut flow = to(address, 30080);
                 flow.sport = port;
                 assert_eq!(
-                    table.select(&flow, &affinity, 0),
+                    table.select(&flow, &affinity, 0, Pass::Live),
                     Selection::Endpoint(*endpoint)
                 );
             }

@@ -30,7 +30,7 @@ use podswitch_encap::wire::{
 use podswitch_encap::{icmp, ipv4_options};
 
 use podswitch_control::protocol::POD_GATEWAY6;
-use podswitch_services::{L4Checksum, ServiceTable, Translator, Verdict as ServiceVerdict};
+use podswitch_services::{L4Checksum, Pass, ServiceTable, Translator, Verdict as ServiceVerdict};
 
 use crate::drops::DropCause;
 use crate::fib::Ipv4Lpm;
@@ -128,9 +128,9 @@ pub struct ServiceStage<'a> {
     pub translator: &'a Translator,
     /// The connection table's clock, read once per batch.
     pub now_ms: u64,
-    /// False for `podswitch trace`: the same rewrites, but no connection
-    /// opened or noted and nothing counted.
-    pub live: bool,
+    /// [`Pass::DryRun`] for `podswitch trace`: the same rewrites, but no
+    /// connection opened or noted and nothing counted.
+    pub pass: Pass,
 }
 
 /// Where a routed frame came from.
@@ -337,7 +337,7 @@ impl Forwarder<'_> {
                 &mut buf[ip_start..frame.end],
                 size.checksum(),
                 services.now_ms,
-                services.live,
+                services.pass,
             );
             if verdict == ServiceVerdict::NoEndpoints {
                 // Refused as kube-proxy refuses it, so the client fails
@@ -372,7 +372,7 @@ impl Forwarder<'_> {
                 &mut buf[ip_start..frame.end],
                 size.checksum(),
                 services.now_ms,
-                services.live,
+                services.pass,
             ))?;
         }
         if hop {
@@ -1748,7 +1748,7 @@ pub(crate) mod tests {
                 table,
                 translator,
                 now_ms: 0,
-                live: true,
+                pass: Pass::Live,
             }),
         };
         forwarder.decide(in_port, buf, frame, size)

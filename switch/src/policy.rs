@@ -25,9 +25,9 @@ use podswitch_control::protocol::{
 };
 use podswitch_policy::compile::RuleSet;
 use podswitch_policy::{Cluster, CompiledPolicies, Direction, compile_for};
-use podswitch_services::ConnTable;
 use podswitch_services::conntrack::{Hit, Refused, Timeouts};
 use podswitch_services::flow::{self, FlowKey, Tracked};
+use podswitch_services::{ConnTable, Pass};
 
 use crate::drops::DropCause;
 use crate::sources::{FILE_SOURCE, FileSource, lock, read_json};
@@ -169,19 +169,12 @@ impl Policies {
     }
 
     /// The stage for one pass over `enforced`; `None` while no policy
-    /// selects a local pod (nothing to check, nothing tracked).
-    pub fn stage<'a>(&'a self, enforced: &'a Enforced) -> Option<PolicyStage<'a>> {
-        self.stage_that(enforced, true)
-    }
-
-    /// The stage as `podswitch trace` runs it: the same verdicts, but
-    /// nothing tracked, noted or counted (a tracked connection is only
-    /// looked at: its clock and state stay as they were).
-    pub fn dry_stage<'a>(&'a self, enforced: &'a Enforced) -> Option<PolicyStage<'a>> {
-        self.stage_that(enforced, false)
-    }
-
-    fn stage_that<'a>(&'a self, enforced: &'a Enforced, live: bool) -> Option<PolicyStage<'a>> {
+    /// selects a local pod (nothing to check, nothing tracked). A
+    /// worker's [`Pass::Live`] tracks, notes and counts; `podswitch
+    /// trace`'s [`Pass::DryRun`] gives the same verdicts, tracking, noting
+    /// and counting nothing (a tracked connection is only looked at: its
+    /// clock and state stay as they were).
+    pub fn stage<'a>(&'a self, enforced: &'a Enforced, pass: Pass) -> Option<PolicyStage<'a>> {
         if enforced.denying.is_empty() {
             return None;
         }
@@ -190,7 +183,7 @@ impl Policies {
             conns: self.conns.get()?,
             node_addresses: &self.node_addresses,
             now_ms: self.now_ms(),
-            live,
+            pass,
         })
     }
 
@@ -307,7 +300,7 @@ pub struct PolicyStage<'a> {
     now_ms: u64,
     /// A worker's (tracks what it allows, notes the packets of tracked
     /// connections, counts what it denies), or a trace's (none of these).
-    live: bool,
+    pass: Pass,
 }
 
 impl PolicyStage<'_> {
@@ -375,7 +368,7 @@ impl PolicyStage<'_> {
         {
             return Err(self.deny(dst, Direction::Ingress));
         }
-        if !self.live {
+        if self.pass == Pass::DryRun {
             return Ok(());
         }
         match tracked.map(|key| self.conns.track(key, self.now_ms)) {
@@ -417,10 +410,9 @@ impl PolicyStage<'_> {
     /// clock, TCP flags, a reply) by a worker's stage, only looked at by a
     /// trace's.
     fn find(&self, key: &FlowKey, tcp_flags: u8) -> Option<Hit> {
-        if self.live {
-            self.conns.lookup(key, tcp_flags, self.now_ms)
-        } else {
-            self.conns.peek(key, self.now_ms)
+        match self.pass {
+            Pass::Live => self.conns.lookup(key, tcp_flags, self.now_ms),
+            Pass::DryRun => self.conns.peek(key, self.now_ms),
         }
     }
 
@@ -435,7 +427,7 @@ impl PolicyStage<'_> {
     /// Count a packet denied to or from the local pod at `address` for
     /// each policy that restricts it in `direction`; the drop cause.
     fn deny(&self, address: Ipv4Addr, direction: Direction) -> DropCause {
-        if self.live {
+        if self.pass == Pass::Live {
             let counters = self.enforced.denying.get(&(address, direction));
             for counter in counters.into_iter().flatten() {
                 counter.fetch_add(1, Ordering::Relaxed);
@@ -533,7 +525,7 @@ mod tests {
     fn check(policies: &Policies, packet: &[u8], inbound: bool) -> Result<(), DropCause> {
         let enforced = policies.enforced();
         let stage = policies
-            .stage(&enforced)
+            .stage(&enforced, Pass::Live)
             .expect("a policy selects a local pod");
         stage.check(packet, !inbound, inbound)
     }
@@ -547,7 +539,7 @@ mod tests {
     #[test]
     fn nothing_is_checked_or_tracked_until_a_policy_selects_a_local_pod() {
         let policies = policies(Vec::new());
-        assert!(policies.stage(&policies.enforced()).is_none());
+        assert!(policies.stage(&policies.enforced(), Pass::Live).is_none());
         assert_eq!(policies.connections(), 0);
     }
 
@@ -555,7 +547,9 @@ mod tests {
     fn a_restricted_pod_gets_no_ipv6_in_the_restricted_direction() {
         let policies = policies(vec![policy("web", &[Direction::Ingress], Vec::new())]);
         let enforced = policies.enforced();
-        let stage = policies.stage(&enforced).expect("web is selected");
+        let stage = policies
+            .stage(&enforced, Pass::Live)
+            .expect("web is selected");
         // Into the web pod: denied and counted; out of it: not restricted.
         assert_eq!(
             stage.check_ipv6(None, Some(SERVER)),
@@ -632,11 +626,11 @@ mod tests {
     }
 
     #[test]
-    fn a_trace_s_dry_stage_gives_the_verdicts_but_tracks_and_counts_nothing() {
+    fn a_trace_s_dry_run_gives_the_verdicts_but_tracks_and_counts_nothing() {
         let ingress = [Direction::Ingress];
         let policies = policies(vec![policy("web", &ingress, vec![from_clients_to_80()])]);
         let enforced = policies.enforced();
-        let dry = policies.dry_stage(&enforced).unwrap();
+        let dry = policies.stage(&enforced, Pass::DryRun).unwrap();
         let syn = tcp(CLIENT, 40000, SERVER, 80, SYN);
         assert_eq!(dry.check(&syn, false, true), Ok(()));
         let other = tcp(CLIENT, 40000, SERVER, 81, SYN);
@@ -671,7 +665,7 @@ mod tests {
         let enforced = policies.enforced();
         let live = PolicyStage {
             now_ms: 0,
-            ..policies.stage(&enforced).unwrap()
+            ..policies.stage(&enforced, Pass::Live).unwrap()
         };
         let syn = tcp(CLIENT, 40000, SERVER, 80, SYN);
         assert_eq!(live.check(&syn, false, true), Ok(()));
@@ -690,7 +684,7 @@ mod tests {
         let enforced = policies.enforced();
         let dry = PolicyStage {
             now_ms: 100_000,
-            ..policies.dry_stage(&enforced).unwrap()
+            ..policies.stage(&enforced, Pass::DryRun).unwrap()
         };
         // The client's next packet and the server's answer, traced.
         let ack = tcp(CLIENT, 40000, SERVER, 80, ACK);
@@ -709,7 +703,7 @@ mod tests {
         let enforced = policies.enforced();
         let live = PolicyStage {
             now_ms: 1_000,
-            ..policies.stage(&enforced).unwrap()
+            ..policies.stage(&enforced, Pass::Live).unwrap()
         };
         // The client refuses the server's answer; the server refuses the
         // client's packet. The rules allow no ICMP either way.
