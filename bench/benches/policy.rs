@@ -33,7 +33,7 @@ use podswitch_policy::selector::{LabelSelector, Labels};
 use podswitch_policy::{
     Cluster, Direction, Namespace, NetworkPolicy, Pod, Protocol, Verdict, compile,
 };
-use podswitch_services::flow;
+use podswitch_services::{Pass, flow};
 use rng::Rng;
 
 const NAMESPACES: u64 = 20;
@@ -268,7 +268,7 @@ fn stage(c: &mut Criterion) {
     };
     switch.set("bench", cluster).unwrap();
     let enforced = switch.enforced();
-    let stage = switch.stage(&enforced).unwrap();
+    let stage = switch.stage(&enforced, Pass::Live).unwrap();
     // Connections from random addresses and ports: each SYN tracks one.
     let remote = |i: usize| Ipv4Addr::from(0x0b00_0000 + (i as u32 >> 4));
     let sport = |i: usize| 1024 + (i as u16 & 0x0fff);

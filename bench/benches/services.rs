@@ -33,7 +33,7 @@ use podswitch_encap::checksum::{combine, fill_ipv4_header, ipv4_pseudo_header, s
 use podswitch_services::conntrack::BATCH;
 use podswitch_services::flow;
 use podswitch_services::{
-    Affinity, FlowKey, L4Checksum, Nodes, ServiceTable, Timeouts, Translator, Verdict,
+    Affinity, FlowKey, L4Checksum, Nodes, Pass, ServiceTable, Timeouts, Translator, Verdict,
 };
 use rng::Rng;
 
@@ -113,7 +113,7 @@ fn established(
     while translator.conns.len() < connections {
         let flow = flow(&mut rng);
         let mut p = packet(&flow);
-        if translator.outbound(table, &mut p, L4Checksum::Full, 0, true)
+        if translator.outbound(table, &mut p, L4Checksum::Full, 0, Pass::Live)
             == (Verdict::Translated { new: true })
         {
             opened.push((flow, p));
@@ -167,11 +167,11 @@ fn stage_batch(
 }
 
 fn outbound(translator: &Translator, table: &ServiceTable, p: &mut [u8]) -> Verdict {
-    translator.outbound(table, p, L4Checksum::Full, 1, true)
+    translator.outbound(table, p, L4Checksum::Full, 1, Pass::Live)
 }
 
 fn inbound(translator: &Translator, table: &ServiceTable, p: &mut [u8]) -> Verdict {
-    translator.inbound(table, p, L4Checksum::Full, 1, true)
+    translator.inbound(table, p, L4Checksum::Full, 1, Pass::Live)
 }
 
 fn both(translator: &Translator, table: &ServiceTable, p: &mut [u8]) -> Verdict {
@@ -191,7 +191,7 @@ fn services(c: &mut Criterion) {
             b.iter(|| {
                 let mut p = requests[i & mask];
                 i += 1;
-                black_box(translator.outbound(&table, &mut p, L4Checksum::Full, 1, true));
+                black_box(translator.outbound(&table, &mut p, L4Checksum::Full, 1, Pass::Live));
                 black_box(p)
             })
         });
@@ -199,7 +199,7 @@ fn services(c: &mut Criterion) {
             b.iter(|| {
                 let mut p = replies[i & mask];
                 i += 1;
-                black_box(translator.inbound(&table, &mut p, L4Checksum::Full, 1, true));
+                black_box(translator.inbound(&table, &mut p, L4Checksum::Full, 1, Pass::Live));
                 black_box(p)
             })
         });
@@ -217,8 +217,8 @@ fn services(c: &mut Criterion) {
             b.iter(|| {
                 let mut p = direct[i & mask];
                 i += 1;
-                black_box(translator.outbound(&table, &mut p, L4Checksum::Full, 1, true));
-                black_box(translator.inbound(&table, &mut p, L4Checksum::Full, 1, true));
+                black_box(translator.outbound(&table, &mut p, L4Checksum::Full, 1, Pass::Live));
+                black_box(translator.inbound(&table, &mut p, L4Checksum::Full, 1, Pass::Live));
                 black_box(p)
             })
         });
@@ -294,7 +294,7 @@ fn services(c: &mut Criterion) {
         b.iter(|| {
             let flow = &flows[i & 0xffff];
             i += 1;
-            black_box(table.select(flow, &affinity, 1))
+            black_box(table.select(flow, &affinity, 1, Pass::Live))
         })
     });
     group.finish();

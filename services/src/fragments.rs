@@ -15,6 +15,7 @@ use std::sync::Mutex;
 
 use foldhash::fast::FixedState;
 
+use crate::Pass;
 use crate::flow::Fragment;
 use crate::rewrite;
 
@@ -85,20 +86,20 @@ impl Fragments {
 
     /// A later fragment: rewritten to its datagram's remembered addresses
     /// (`true`), or left as it is when its first fragment was not
-    /// translated (`false`). `live`: its last fragment ends the memory;
+    /// translated (`false`). A live pass's last fragment ends the memory;
     /// a dry run (a trace) changes nothing.
-    pub fn follow(&self, fragment: &Fragment, ipv4: &mut [u8], now_ms: u64, live: bool) -> bool {
+    pub fn follow(&self, fragment: &Fragment, ipv4: &mut [u8], now_ms: u64, pass: Pass) -> bool {
         let mut all = self.followed();
         let Some(followed) = all.get(&fragment.key).copied() else {
             return false;
         };
         if followed.until_ms <= now_ms {
-            if live {
+            if pass == Pass::Live {
                 all.remove(&fragment.key);
             }
             return false;
         }
-        if live && fragment.last {
+        if pass == Pass::Live && fragment.last {
             all.remove(&fragment.key);
         }
         drop(all);
@@ -151,8 +152,8 @@ mod tests {
             assert!(!info.first && info.last != more);
             // A trace looks, changes nothing.
             let mut copy = later.clone();
-            assert!(fragments.follow(&info, &mut copy, 1, false));
-            assert!(fragments.follow(&info, &mut later, 1, true));
+            assert!(fragments.follow(&info, &mut copy, 1, Pass::DryRun));
+            assert!(fragments.follow(&info, &mut later, 1, Pass::Live));
             assert_eq!(later[16..20], [10, 244, 2, 7]);
             assert_eq!(later[12..16], [10, 244, 1, 2]);
             assert!(podswitch_encap::checksum::ipv4_header_ok(&later[..20]));
@@ -161,7 +162,7 @@ mod tests {
         assert!(fragments.is_empty());
         let mut again = fragment(185, true);
         let info = flow::fragment(&again).unwrap();
-        assert!(!fragments.follow(&info, &mut again, 2, true));
+        assert!(!fragments.follow(&info, &mut again, 2, Pass::Live));
         assert_eq!(again, fragment(185, true));
     }
 
@@ -173,7 +174,7 @@ mod tests {
         fragments.remember(&key, &first, 0);
         let mut later = fragment(185, true);
         let info = flow::fragment(&later).unwrap();
-        assert!(!fragments.follow(&info, &mut later, FOLLOW_MS, true));
+        assert!(!fragments.follow(&info, &mut later, FOLLOW_MS, Pass::Live));
         assert!(fragments.is_empty());
     }
 }

@@ -13,7 +13,8 @@
 //!   later fragments (without ports) follow.
 //!
 //! [`Translator`] puts them together: [`Translator::outbound`] for a packet
-//! a pod sends, [`Translator::inbound`] for one delivered to a pod.
+//! a pod sends, [`Translator::inbound`] for one delivered to a pod, each
+//! run as a worker's or a trace's [`Pass`].
 
 pub mod conntrack;
 pub mod flow;
@@ -27,3 +28,16 @@ pub use flow::FlowKey;
 pub use rewrite::{L4Checksum, Nat};
 pub use table::{Affinity, Backend, NodeAddress, Nodes, PortView, Selection, ServiceTable, check};
 pub use translator::{Translator, Verdict};
+
+/// What one pass of a stage over a packet may do to the state it reads
+/// (connections, session affinity, counters): a worker's pass changes it,
+/// a trace's only reads it. Both give the same verdicts and rewrites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// A worker's: opens connections, notes the packets of those it finds
+    /// (their clock, TCP flags, a reply), renews session affinity, counts.
+    Live,
+    /// `podswitch trace`'s: opens, notes, renews and counts nothing; a
+    /// connection it finds is only looked at.
+    DryRun,
+}

@@ -1,6 +1,6 @@
 //! The in-place address and port rewrite of a translated packet, with
-//! incremental checksums (RFC 1624) for IPv4, TCP and UDP and SCTP's
-//! CRC32c recomputed when a port changes.
+//! incremental checksums (RFC 1624) for IPv4, TCP, UDP and ICMP errors,
+//! and SCTP's CRC32c recomputed when a port changes.
 
 use std::net::Ipv4Addr;
 use std::ops::Range;
@@ -63,8 +63,8 @@ fn rewrite(
     l4[2..4].copy_from_slice(&nat.dst.1.to_be_bytes());
     match key.protocol {
         TCP | UDP => {
-            let at = if key.protocol == TCP { 16 } else { 6 };
-            let Some(field) = l4.get_mut(at..at + 2) else {
+            let Some(field) = l4_checksum_at(key.protocol).and_then(|at| l4.get_mut(at..at + 2))
+            else {
                 return;
             };
             let old = u16::from_be_bytes([field[0], field[1]]);
@@ -101,18 +101,21 @@ fn rewrite(
 /// it is the quoted packet's destination (the host that refused it),
 /// becomes the quoted packet's new destination, and its destination, when
 /// it is the quoted packet's source, the quoted packet's new source. The
-/// ICMP checksum is recomputed over the whole message, or, under
-/// [`L4Checksum::Partial`], left to the device. `false`, and the packet
-/// untouched, when its ICMP checksum does not verify (the receiver would
-/// drop it; a recomputed one would hide that).
+/// ICMP checksum is adjusted by the quote's changed words (RFC 1624), or,
+/// under [`L4Checksum::Partial`], left to the device. `false`, and the
+/// packet untouched, when its ICMP checksum does not verify (the receiver
+/// would drop it; an adjusted one would still be wrong, and a recomputed
+/// one would hide that).
 pub fn apply_error(ipv4: &mut [u8], error: &IcmpError, quoted: &Nat, checksum: L4Checksum) -> bool {
     let icmp = error.icmp_offset..error.total_len;
     if checksum == L4Checksum::Full && sum(&ipv4[icmp.clone()]) != 0xffff {
         return false;
     }
     let inner = &mut ipv4[error.quoted_offset()..error.total_len];
-    let inner_l4 = error.quoted_l4_offset - error.quoted_offset()..inner.len();
-    rewrite(inner, &error.quoted, inner_l4, quoted, None);
+    let inner_l4 = error.quoted_l4_offset - error.quoted_offset();
+    let before = quote_words(inner, inner_l4, error.quoted.protocol);
+    rewrite(inner, &error.quoted, inner_l4..inner.len(), quoted, None);
+    let after = quote_words(inner, inner_l4, error.quoted.protocol);
     let src = if error.src == error.quoted.dst {
         quoted.dst.0
     } else {
@@ -125,10 +128,12 @@ pub fn apply_error(ipv4: &mut [u8], error: &IcmpError, quoted: &Nat, checksum: L
     };
     readdress(ipv4, &words(error.src, error.dst), src, dst);
     if checksum == L4Checksum::Full {
-        let message = &mut ipv4[icmp];
-        message[2..4].fill(0);
-        let new = !sum(message);
-        message[2..4].copy_from_slice(&new.to_be_bytes());
+        // The error's own addresses are in no ICMP checksum: only the
+        // quote's changes are folded in.
+        let field = &mut ipv4[icmp.start + 2..icmp.start + 4];
+        let old = u16::from_be_bytes([field[0], field[1]]);
+        let new = !combine(&[!old, !before, after]);
+        field.copy_from_slice(&new.to_be_bytes());
     }
     true
 }
@@ -139,6 +144,30 @@ pub fn apply_error(ipv4: &mut [u8], error: &IcmpError, quoted: &Nat, checksum: L
 /// checksum its first fragment's rewrite already adjusted.
 pub fn readdress_fragment(ipv4: &mut [u8], old: (Ipv4Addr, Ipv4Addr), new: (Ipv4Addr, Ipv4Addr)) {
     readdress(ipv4, &words(old.0, old.1), new.0, new.1);
+}
+
+/// The offset of the TCP or UDP checksum field in the transport header
+/// of `protocol`; `None` for another protocol.
+fn l4_checksum_at(protocol: u8) -> Option<usize> {
+    match protocol {
+        TCP => Some(16),
+        UDP => Some(6),
+        _ => None,
+    }
+}
+
+/// The folded sum of the words of a quoted packet (`quote`, its transport
+/// header at `l4`, of `protocol`) that [`rewrite`] may change in it: its
+/// IPv4 header checksum and addresses, its ports, and its TCP or UDP
+/// checksum when the quote holds it (SCTP's CRC is left). Taken before and
+/// after the rewrite, the two are what an ICMP checksum over the quote
+/// changes by: each word sits at an even offset of the ICMP message (the
+/// quote starts 8 bytes in, its transport header a multiple of 4 after).
+fn quote_words(quote: &[u8], l4: usize, protocol: u8) -> u16 {
+    let l4_checksum = l4_checksum_at(protocol)
+        .and_then(|at| quote.get(l4 + at..l4 + at + 2))
+        .map_or(0, |field| u16::from_be_bytes([field[0], field[1]]));
+    combine(&[sum(&quote[10..20]), sum(&quote[l4..l4 + 4]), l4_checksum])
 }
 
 /// Give the IPv4 header at `ipv4`, whose addresses' words are `old`, the
@@ -246,6 +275,24 @@ mod tests {
             if cut == 0 {
                 prop_assert!(l4_verifies(&p[28..]));
             }
+        }
+
+        #[test]
+        fn an_error_s_adjusted_icmp_checksum_is_the_recomputed_one(
+            (sent, nat) in a_case(),
+            cut in 0usize..64,
+            from_router in any::<bool>(),
+        ) {
+            let original = flow::parse(&sent).unwrap().key;
+            let quote = &sent[..sent.len().saturating_sub(cut).max(24)];
+            let from = if from_router { [10, 244, 2, 1] } else { original.dst.octets() };
+            let mut p = icmp(from, original.src.octets(), 3, 0, quote);
+            let error = flow::parse_error(&p).unwrap();
+            prop_assert!(apply_error(&mut p, &error, &nat, L4Checksum::Full));
+            let mut recomputed = p.clone();
+            recomputed[22..24].fill(0);
+            let full = !sum(&recomputed[20..]);
+            prop_assert_eq!(u16::from_be_bytes([p[22], p[23]]), full);
         }
 
         #[test]

@@ -11,6 +11,7 @@ use foldhash::fast::FixedState;
 use ipnet::Ipv4Net;
 use podswitch_control::service::{Endpoint, Service, TrafficPolicy};
 
+use crate::Pass;
 use crate::flow::FlowKey;
 
 /// One endpoint address and port, as connections are sent to it.
@@ -238,25 +239,16 @@ impl ServiceTable {
 
     /// Pick the endpoint for a new connection `flow` (client to ClusterIP):
     /// the client's remembered endpoint under `sessionAffinity: ClientIP`
-    /// while it is usable, else one by a hash of the flow.
-    pub fn select(&self, flow: &FlowKey, affinity: &Affinity, now_ms: u64) -> Selection {
-        self.choose(flow, affinity, now_ms, true)
-    }
-
-    /// The endpoint [`ServiceTable::select`] would pick for `flow` now,
-    /// the client's affinity left as it is: for a trace.
-    pub fn preview(&self, flow: &FlowKey, affinity: &Affinity, now_ms: u64) -> Selection {
-        self.choose(flow, affinity, now_ms, false)
-    }
-
-    /// [`ServiceTable::select`], which renews the client's affinity when
-    /// `remember`.
-    fn choose(
+    /// while it is usable, else one by a hash of the flow. A
+    /// [`Pass::Live`] remembers (or renews) the pick for the client; a
+    /// [`Pass::DryRun`] (a trace) gets the same pick and leaves the
+    /// client's affinity as it is.
+    pub fn select(
         &self,
         flow: &FlowKey,
         affinity: &Affinity,
         now_ms: u64,
-        remember: bool,
+        pass: Pass,
     ) -> Selection {
         let Some(entry) = self.ports.get(&(flow.dst, flow.protocol, flow.dport)) else {
             return Selection::NotAService;
@@ -279,7 +271,7 @@ impl ServiceTable {
             }
             _ => hashed(),
         };
-        if remember {
+        if pass == Pass::Live {
             remembered.insert(key, (backend, now_ms.saturating_add(timeout)));
         }
         Selection::Endpoint(backend)
@@ -520,7 +512,7 @@ mod tests {
         let affinity = Affinity::default();
         let mut seen = std::collections::BTreeMap::new();
         for port in 30000..31000 {
-            match table.select(&to_web(port), &affinity, 0) {
+            match table.select(&to_web(port), &affinity, 0, Pass::Live) {
                 Selection::Endpoint(b) => *seen.entry(b).or_insert(0) += 1,
                 other => panic!("{other:?}"),
             }
@@ -532,17 +524,20 @@ mod tests {
         assert!(seen.values().all(|&n| n > 350), "{seen:?}");
         // The same flow picks the same endpoint every time.
         assert_eq!(
-            table.select(&to_web(30000), &affinity, 0),
-            table.select(&to_web(30000), &affinity, 5)
+            table.select(&to_web(30000), &affinity, 0, Pass::Live),
+            table.select(&to_web(30000), &affinity, 5, Pass::Live)
         );
         // Other ports, protocols and addresses are no Service.
         let mut udp = to_web(1);
         udp.protocol = UDP;
-        assert_eq!(table.select(&udp, &affinity, 0), Selection::NotAService);
+        assert_eq!(
+            table.select(&udp, &affinity, 0, Pass::Live),
+            Selection::NotAService
+        );
         let mut other_port = to_web(1);
         other_port.dport = 443;
         assert_eq!(
-            table.select(&other_port, &affinity, 0),
+            table.select(&other_port, &affinity, 0, Pass::Live),
             Selection::NotAService
         );
         assert_eq!(affinity.expire(0), 0);
@@ -560,7 +555,7 @@ mod tests {
         );
         let affinity = Affinity::default();
         assert_eq!(
-            table.select(&to_web(1), &affinity, 0),
+            table.select(&to_web(1), &affinity, 0, Pass::Live),
             Selection::Endpoint(backend([10, 244, 2, 9]))
         );
         assert!(table.keeps(&to_web(1), &backend([10, 244, 2, 9])));
@@ -575,7 +570,7 @@ mod tests {
             &Nodes::default(),
         );
         assert_eq!(
-            none.select(&to_web(1), &affinity, 0),
+            none.select(&to_web(1), &affinity, 0, Pass::Live),
             Selection::NoEndpoints
         );
         assert_eq!(
@@ -595,13 +590,13 @@ mod tests {
         let affinity = Affinity::default();
         for port in 1..100 {
             assert_eq!(
-                table.select(&to_web(port), &affinity, 0),
+                table.select(&to_web(port), &affinity, 0, Pass::Live),
                 Selection::Endpoint(backend([10, 244, 1, 5]))
             );
         }
         let table = ServiceTable::new(vec![web], &local("10.244.3.0/24"));
         assert_eq!(
-            table.select(&to_web(1), &affinity, 0),
+            table.select(&to_web(1), &affinity, 0, Pass::Live),
             Selection::NoEndpoints
         );
     }
@@ -627,7 +622,8 @@ mod tests {
             for port in 1..100 {
                 let mut flow = to_web(port);
                 flow.dst = address;
-                let Selection::Endpoint(picked) = table.select(&flow, &affinity, 0) else {
+                let Selection::Endpoint(picked) = table.select(&flow, &affinity, 0, Pass::Live)
+                else {
                     panic!("{address} is not served")
                 };
                 picks.insert(picked);
@@ -640,13 +636,13 @@ mod tests {
             other_port.dst = address;
             other_port.dport = 81;
             assert_eq!(
-                table.select(&other_port, &affinity, 0),
+                table.select(&other_port, &affinity, 0, Pass::Live),
                 Selection::NotAService
             );
         }
         // The ClusterIP keeps its internal policy: no endpoint on this node.
         assert_eq!(
-            table.select(&to_web(1), &affinity, 0),
+            table.select(&to_web(1), &affinity, 0, Pass::Live),
             Selection::NoEndpoints
         );
         let ports = table.ports();
@@ -665,20 +661,20 @@ mod tests {
         let table = ServiceTable::new(vec![web.clone()], &Nodes::default());
         let affinity = Affinity::default();
         // A preview picks what the selection will, remembering nothing.
-        let preview = table.preview(&to_web(1), &affinity, 0);
+        let preview = table.select(&to_web(1), &affinity, 0, Pass::DryRun);
         assert_eq!(affinity.expire(0), 0);
-        let Selection::Endpoint(first) = table.select(&to_web(1), &affinity, 0) else {
+        let Selection::Endpoint(first) = table.select(&to_web(1), &affinity, 0, Pass::Live) else {
             panic!()
         };
         assert_eq!(preview, Selection::Endpoint(first));
         assert_eq!(
-            table.preview(&to_web(2), &affinity, 1),
+            table.select(&to_web(2), &affinity, 1, Pass::DryRun),
             Selection::Endpoint(first)
         );
         // Every later connection of the client, each renewing the timeout.
         for (i, port) in (2..200).enumerate() {
             assert_eq!(
-                table.select(&to_web(port), &affinity, i as u64 * 1000),
+                table.select(&to_web(port), &affinity, i as u64 * 1000, Pass::Live),
                 Selection::Endpoint(first)
             );
         }
@@ -687,7 +683,7 @@ mod tests {
         for client in 1..50 {
             let mut flow = to_web(1);
             flow.src = Ipv4Addr::new(10, 244, 3, client);
-            let Selection::Endpoint(b) = table.select(&flow, &affinity, 0) else {
+            let Selection::Endpoint(b) = table.select(&flow, &affinity, 0, Pass::Live) else {
                 panic!()
             };
             picks.insert(b);
@@ -698,7 +694,9 @@ mod tests {
             .endpoints
             .retain(|e| e.address != first.address);
         let without = ServiceTable::new(vec![web], &Nodes::default());
-        let Selection::Endpoint(moved) = without.select(&to_web(500), &affinity, 200_000) else {
+        let Selection::Endpoint(moved) =
+            without.select(&to_web(500), &affinity, 200_000, Pass::Live)
+        else {
             panic!()
         };
         assert_ne!(moved, first);
@@ -780,7 +778,7 @@ mod tests {
                 let mut flow = to(address, 30080);
                 flow.sport = port;
                 assert_eq!(
-                    table.select(&flow, &affinity, 0),
+                    table.select(&flow, &affinity, 0, Pass::Live),
                     Selection::Endpoint(*endpoint)
                 );
             }

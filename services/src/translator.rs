@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::Pass;
 use crate::conntrack::{ConnTable, Direction, Hit, Refused, Timeouts};
 use crate::flow::{self, FlowKey, Fragment, IcmpError};
 use crate::fragments::Fragments;
@@ -92,27 +93,26 @@ impl Translator {
     /// An ICMP error a pod sends to a Service address about a connection
     /// (a hairpin endpoint's, or a client's about a reply) is translated
     /// ([`rewrite::apply_error`]). A fragmented datagram is translated by
-    /// its first fragment ([`crate::fragments`]). `live`: false for a
-    /// trace, which gets the same rewrite but opens, notes and counts
-    /// nothing.
+    /// its first fragment ([`crate::fragments`]). A [`Pass::DryRun`] (a
+    /// trace) gets the same rewrite but opens, notes and counts nothing.
     pub fn outbound(
         &self,
         table: &ServiceTable,
         ipv4: &mut [u8],
         checksum: L4Checksum,
         now_ms: u64,
-        live: bool,
+        pass: Pass,
     ) -> Verdict {
         let fragment = flow::fragment(ipv4);
         if let Some(later) = fragment.filter(|f| !f.first) {
-            return match self.follow(&later, ipv4, now_ms, live) {
+            return match self.follow(&later, ipv4, now_ms, pass) {
                 Some(verdict) => verdict,
                 None if table.is_service_address(later.key.1) => Verdict::FragmentUnknown,
                 None => Verdict::Pass,
             };
         }
-        let verdict = self.outbound_packet(table, ipv4, checksum, now_ms, live);
-        self.remember(fragment, ipv4, verdict, now_ms, live)
+        let verdict = self.outbound_packet(table, ipv4, checksum, now_ms, pass);
+        self.remember(fragment, ipv4, verdict, now_ms, pass)
     }
 
     /// [`Translator::outbound`] on a whole packet or a first fragment.
@@ -122,7 +122,7 @@ impl Translator {
         ipv4: &mut [u8],
         checksum: L4Checksum,
         now_ms: u64,
-        live: bool,
+        pass: Pass,
     ) -> Verdict {
         let Some(parsed) = flow::parse(ipv4) else {
             return match flow::parse_error(ipv4) {
@@ -137,17 +137,12 @@ impl Translator {
             return Verdict::Pass;
         }
         if !self.conns.is_empty()
-            && let Some(hit) = self.find(&key, parsed.tcp_flags, now_ms, live)
+            && let Some(hit) = self.find(&key, parsed.tcp_flags, now_ms, pass)
         {
             rewrite::apply_parsed(ipv4, &parsed, &hit.nat, checksum);
             return Verdict::Translated { new: false };
         }
-        let selection = if live {
-            table.select(&key, &self.affinity, now_ms)
-        } else {
-            table.preview(&key, &self.affinity, now_ms)
-        };
-        let backend = match selection {
+        let backend = match table.select(&key, &self.affinity, now_ms, pass) {
             Selection::NotAService => return Verdict::Pass,
             Selection::NoEndpoints => return Verdict::NoEndpoints,
             Selection::Endpoint(backend) => backend,
@@ -161,7 +156,7 @@ impl Translator {
             src: (src, key.sport),
             dst: (backend.address, backend.port),
         };
-        if !live {
+        if pass == Pass::DryRun {
             rewrite::apply_parsed(ipv4, &parsed, &nat, checksum);
             return Verdict::Translated { new: true };
         }
@@ -182,23 +177,23 @@ impl Translator {
     /// packet to an endpoint (the endpoint's port unreachable, a router's
     /// "fragmentation needed"), so that the client's socket, connected to
     /// the ClusterIP, sees it. Nothing else is touched. Fragments and
-    /// `live` as for [`Translator::outbound`].
+    /// `pass` as for [`Translator::outbound`].
     pub fn inbound(
         &self,
         table: &ServiceTable,
         ipv4: &mut [u8],
         checksum: L4Checksum,
         now_ms: u64,
-        live: bool,
+        pass: Pass,
     ) -> Verdict {
         let fragment = flow::fragment(ipv4);
         if let Some(later) = fragment.filter(|f| !f.first) {
             return self
-                .follow(&later, ipv4, now_ms, live)
+                .follow(&later, ipv4, now_ms, pass)
                 .unwrap_or(Verdict::Pass);
         }
-        let verdict = self.inbound_packet(table, ipv4, checksum, now_ms, live);
-        self.remember(fragment, ipv4, verdict, now_ms, live)
+        let verdict = self.inbound_packet(table, ipv4, checksum, now_ms, pass);
+        self.remember(fragment, ipv4, verdict, now_ms, pass)
     }
 
     /// A first fragment's `verdict`: when it was translated, its rewrite
@@ -209,10 +204,10 @@ impl Translator {
         ipv4: &[u8],
         verdict: Verdict,
         now_ms: u64,
-        live: bool,
+        pass: Pass,
     ) -> Verdict {
         if let Some(first) = fragment
-            && live
+            && pass == Pass::Live
             && matches!(verdict, Verdict::Translated { .. })
         {
             self.fragments.remember(&first, ipv4, now_ms);
@@ -227,10 +222,10 @@ impl Translator {
         later: &Fragment,
         ipv4: &mut [u8],
         now_ms: u64,
-        live: bool,
+        pass: Pass,
     ) -> Option<Verdict> {
         self.fragments
-            .follow(later, ipv4, now_ms, live)
+            .follow(later, ipv4, now_ms, pass)
             .then_some(Verdict::Translated { new: false })
     }
 
@@ -241,7 +236,7 @@ impl Translator {
         ipv4: &mut [u8],
         checksum: L4Checksum,
         now_ms: u64,
-        live: bool,
+        pass: Pass,
     ) -> Verdict {
         if self.conns.is_empty() {
             return Verdict::Pass;
@@ -264,7 +259,7 @@ impl Translator {
         if !table.is_endpoint(key.src, key.protocol, key.sport) {
             return Verdict::Pass;
         }
-        match self.find(key, parsed.tcp_flags, now_ms, live) {
+        match self.find(key, parsed.tcp_flags, now_ms, pass) {
             Some(hit) if hit.direction == Direction::Reply => {
                 rewrite::apply_parsed(ipv4, &parsed, &hit.nat, checksum);
                 Verdict::Translated { new: false }
@@ -273,13 +268,12 @@ impl Translator {
         }
     }
 
-    /// The connection of a packet with tuple `key`: noted when `live`,
-    /// only looked at otherwise.
-    fn find(&self, key: &FlowKey, tcp_flags: u8, now_ms: u64, live: bool) -> Option<Hit> {
-        if live {
-            self.conns.lookup(key, tcp_flags, now_ms)
-        } else {
-            self.conns.peek(key, now_ms)
+    /// The connection of a packet with tuple `key`: noted by a
+    /// [`Pass::Live`], only looked at by a [`Pass::DryRun`].
+    fn find(&self, key: &FlowKey, tcp_flags: u8, now_ms: u64, pass: Pass) -> Option<Hit> {
+        match pass {
+            Pass::Live => self.conns.lookup(key, tcp_flags, now_ms),
+            Pass::DryRun => self.conns.peek(key, now_ms),
         }
     }
 
@@ -373,7 +367,7 @@ mod tests {
         let translator = Translator::new(100, Timeouts::default());
         let mut ssh = checked(key([10, 244, 1, 9], 40001, NODE, 22, TCP));
         assert_eq!(
-            translator.outbound(&services, &mut ssh, L4Checksum::Full, 2, true),
+            translator.outbound(&services, &mut ssh, L4Checksum::Full, 2, Pass::Live),
             Verdict::Pass
         );
     }
@@ -425,7 +419,7 @@ mod tests {
         let mut sent = fragments_of(&datagram, 24, 0x1111);
         let verdicts: Vec<Verdict> = sent
             .iter_mut()
-            .map(|p| translator.outbound(&services, p, L4Checksum::Full, 0, true))
+            .map(|p| translator.outbound(&services, p, L4Checksum::Full, 0, Pass::Live))
             .collect();
         assert_eq!(
             verdicts,
@@ -449,7 +443,7 @@ mod tests {
         let mut answered = fragments_of(&answer, 32, 0x2222);
         for p in &mut answered {
             assert!(matches!(
-                translator.inbound(&services, p, L4Checksum::Full, 1, true),
+                translator.inbound(&services, p, L4Checksum::Full, 1, Pass::Live),
                 Verdict::Translated { .. }
             ));
         }
@@ -461,17 +455,17 @@ mod tests {
         // address it is dropped, to a pod it passes as it is.
         let mut traced = fragments_of(&datagram, 24, 0x3333);
         assert!(matches!(
-            translator.outbound(&services, &mut traced[0], L4Checksum::Full, 2, false),
+            translator.outbound(&services, &mut traced[0], L4Checksum::Full, 2, Pass::DryRun),
             Verdict::Translated { .. }
         ));
         assert_eq!(
-            translator.outbound(&services, &mut traced[1], L4Checksum::Full, 2, true),
+            translator.outbound(&services, &mut traced[1], L4Checksum::Full, 2, Pass::Live),
             Verdict::FragmentUnknown
         );
         let mut stray = fragments_of(&answer, 32, 0x4444).remove(1);
         let before = stray.clone();
         assert_eq!(
-            translator.inbound(&services, &mut stray, L4Checksum::Full, 2, true),
+            translator.inbound(&services, &mut stray, L4Checksum::Full, 2, Pass::Live),
             Verdict::Pass
         );
         assert_eq!(stray, before);
@@ -485,7 +479,7 @@ mod tests {
         let request = key([10, 244, 1, 9], 40000, address, port, TCP);
         let mut p = checked(request);
         assert_eq!(
-            translator.outbound(&services, &mut p, L4Checksum::Full, 0, true),
+            translator.outbound(&services, &mut p, L4Checksum::Full, 0, Pass::Live),
             Verdict::Translated { new: true }
         );
         assert_eq!(
@@ -496,14 +490,14 @@ mod tests {
         // Delivered to the endpoint's pod: not a reply, left alone.
         let before = p.clone();
         assert_eq!(
-            translator.inbound(&services, &mut p, L4Checksum::Full, 1, true),
+            translator.inbound(&services, &mut p, L4Checksum::Full, 1, Pass::Live),
             Verdict::Pass
         );
         assert_eq!(p, before);
         // The endpoint's answer, delivered to the client.
         let mut answer = checked(key([10, 244, 2, 7], 8080, [10, 244, 1, 9], 40000, TCP));
         assert_eq!(
-            translator.inbound(&services, &mut answer, L4Checksum::Full, 2, true),
+            translator.inbound(&services, &mut answer, L4Checksum::Full, 2, Pass::Live),
             Verdict::Translated { new: false }
         );
         assert_eq!(flow::parse(&answer).unwrap().key, request.reversed());
@@ -511,7 +505,7 @@ mod tests {
         // The next request packet is a known connection.
         let mut next = checked(request);
         assert_eq!(
-            translator.outbound(&services, &mut next, L4Checksum::Full, 3, true),
+            translator.outbound(&services, &mut next, L4Checksum::Full, 3, Pass::Live),
             Verdict::Translated { new: false }
         );
         assert_eq!(next, before);
@@ -520,11 +514,11 @@ mod tests {
         let mut other = checked(key([10, 244, 1, 9], 40000, [10, 96, 0, 11], 80, TCP));
         let copy = other.clone();
         assert_eq!(
-            translator.outbound(&services, &mut other, L4Checksum::Full, 4, true),
+            translator.outbound(&services, &mut other, L4Checksum::Full, 4, Pass::Live),
             Verdict::Pass
         );
         assert_eq!(
-            translator.inbound(&services, &mut other, L4Checksum::Full, 4, true),
+            translator.inbound(&services, &mut other, L4Checksum::Full, 4, Pass::Live),
             Verdict::Pass
         );
         assert_eq!(other, copy);
@@ -537,7 +531,7 @@ mod tests {
         let translator = Translator::new(100, Timeouts::default());
         let mut p = checked(key(client, 5000, VIP, 53, UDP));
         assert_eq!(
-            translator.outbound(&services, &mut p, L4Checksum::Full, 0, true),
+            translator.outbound(&services, &mut p, L4Checksum::Full, 0, Pass::Live),
             Verdict::Translated { new: true }
         );
         assert_eq!(
@@ -548,7 +542,7 @@ mod tests {
         // The pod answers the ClusterIP: that comes back as a pod's packet.
         let mut answer = checked(key(client, 8053, VIP, 5000, UDP));
         assert_eq!(
-            translator.outbound(&services, &mut answer, L4Checksum::Full, 1, true),
+            translator.outbound(&services, &mut answer, L4Checksum::Full, 1, Pass::Live),
             Verdict::Translated { new: false }
         );
         assert_eq!(
@@ -557,7 +551,7 @@ mod tests {
         );
         assert!(verifies(&answer));
         assert_eq!(
-            translator.inbound(&services, &mut answer, L4Checksum::Full, 1, true),
+            translator.inbound(&services, &mut answer, L4Checksum::Full, 1, Pass::Live),
             Verdict::Pass
         );
     }
@@ -581,15 +575,15 @@ mod tests {
         let translator = Translator::new(100, Timeouts::default());
         let request = key(client, 5000, VIP, 53, UDP);
         let mut sent = checked(request);
-        translator.outbound(&services, &mut sent, L4Checksum::Full, 0, true);
+        translator.outbound(&services, &mut sent, L4Checksum::Full, 0, Pass::Live);
         // The endpoint's port unreachable quoting the whole request, and a
         // router's "fragmentation needed" quoting its start.
         let unreachable = icmp(endpoint, client, 3, 0, &sent);
         let mut refused = unreachable.clone();
-        for live in [false, true] {
+        for pass in [Pass::DryRun, Pass::Live] {
             refused.copy_from_slice(&unreachable);
             assert_eq!(
-                translator.inbound(&services, &mut refused, L4Checksum::Full, 1, live),
+                translator.inbound(&services, &mut refused, L4Checksum::Full, 1, pass),
                 Verdict::Translated { new: false }
             );
         }
@@ -597,7 +591,7 @@ mod tests {
         assert!(l4_verifies(&refused[28..]));
         let mut too_big = icmp(router, client, 3, 0, &sent[..28]);
         assert_eq!(
-            translator.inbound(&services, &mut too_big, L4Checksum::Full, 1, true),
+            translator.inbound(&services, &mut too_big, L4Checksum::Full, 1, Pass::Live),
             Verdict::Translated { new: false }
         );
         assert!(error_is(&too_big, router, client, request));
@@ -605,7 +599,7 @@ mod tests {
         assert_eq!(translator.conns.sweep(Timeouts::default().udp), 1);
         let mut late = unreachable.clone();
         assert_eq!(
-            translator.inbound(&services, &mut late, L4Checksum::Full, 2, true),
+            translator.inbound(&services, &mut late, L4Checksum::Full, 2, Pass::Live),
             Verdict::Pass
         );
         assert_eq!(late, unreachable);
@@ -620,10 +614,10 @@ mod tests {
         let services = table(&[client]);
         let request = key(client, 5000, VIP, 53, UDP);
         let mut sent = checked(request);
-        translator.outbound(&services, &mut sent, L4Checksum::Full, 0, true);
+        translator.outbound(&services, &mut sent, L4Checksum::Full, 0, Pass::Live);
         let mut refused = icmp(client, VIP, 3, 3, &sent);
         assert_eq!(
-            translator.outbound(&services, &mut refused, L4Checksum::Full, 1, true),
+            translator.outbound(&services, &mut refused, L4Checksum::Full, 1, Pass::Live),
             Verdict::Translated { new: false }
         );
         assert!(error_is(&refused, VIP, client, request));
@@ -631,12 +625,18 @@ mod tests {
         // endpoint hears of its own packet.
         let services = table(&[endpoint]);
         let request = key(client, 6000, VIP, 53, UDP);
-        translator.outbound(&services, &mut checked(request), L4Checksum::Full, 2, true);
+        translator.outbound(
+            &services,
+            &mut checked(request),
+            L4Checksum::Full,
+            2,
+            Pass::Live,
+        );
         let mut answer = checked(key(endpoint, 8053, client, 6000, UDP));
-        translator.inbound(&services, &mut answer, L4Checksum::Full, 3, true);
+        translator.inbound(&services, &mut answer, L4Checksum::Full, 3, Pass::Live);
         let mut refused = icmp(client, VIP, 3, 3, &answer);
         assert_eq!(
-            translator.outbound(&services, &mut refused, L4Checksum::Full, 4, true),
+            translator.outbound(&services, &mut refused, L4Checksum::Full, 4, Pass::Live),
             Verdict::Translated { new: false }
         );
         assert!(error_is(
@@ -649,7 +649,7 @@ mod tests {
         let mut other = icmp(client, endpoint, 3, 3, &answer);
         let copy = other.clone();
         assert_eq!(
-            translator.inbound(&services, &mut other, L4Checksum::Full, 4, true),
+            translator.inbound(&services, &mut other, L4Checksum::Full, 4, Pass::Live),
             Verdict::Pass
         );
         assert_eq!(other, copy);
@@ -662,17 +662,17 @@ mod tests {
         let request = key([10, 244, 1, 9], 40000, VIP, 80, TCP);
         let mut dry = checked(request);
         assert_eq!(
-            translator.outbound(&services, &mut dry, L4Checksum::Full, 0, false),
+            translator.outbound(&services, &mut dry, L4Checksum::Full, 0, Pass::DryRun),
             Verdict::Translated { new: true }
         );
         assert!(translator.conns.is_empty());
         assert_eq!(translator.translated(), 0);
         let mut live = checked(request);
-        translator.outbound(&services, &mut live, L4Checksum::Full, 0, true);
+        translator.outbound(&services, &mut live, L4Checksum::Full, 0, Pass::Live);
         assert_eq!(dry, live);
         let mut again = checked(request);
         assert_eq!(
-            translator.outbound(&services, &mut again, L4Checksum::Full, 1, false),
+            translator.outbound(&services, &mut again, L4Checksum::Full, 1, Pass::DryRun),
             Verdict::Translated { new: false }
         );
         assert_eq!(again, live);
@@ -684,18 +684,18 @@ mod tests {
         let mut p = checked(key([10, 244, 1, 9], 1, VIP, 80, TCP));
         let copy = p.clone();
         assert_eq!(
-            translator.outbound(&table(&[]), &mut p, L4Checksum::Full, 0, true),
+            translator.outbound(&table(&[]), &mut p, L4Checksum::Full, 0, Pass::Live),
             Verdict::NoEndpoints
         );
         assert_eq!(p, copy);
         let services = table(&[[10, 244, 2, 7]]);
         assert_eq!(
-            translator.outbound(&services, &mut p, L4Checksum::Full, 0, true),
+            translator.outbound(&services, &mut p, L4Checksum::Full, 0, Pass::Live),
             Verdict::Translated { new: true }
         );
         let mut second = checked(key([10, 244, 1, 9], 2, VIP, 80, TCP));
         assert_eq!(
-            translator.outbound(&services, &mut second, L4Checksum::Full, 0, true),
+            translator.outbound(&services, &mut second, L4Checksum::Full, 0, Pass::Live),
             Verdict::TableFull
         );
         let mut clash = checked(key([10, 244, 1, 9], 1, [10, 96, 0, 99], 80, TCP));
@@ -713,12 +713,12 @@ mod tests {
                 &mut checked(key([10, 244, 1, 9], 1, VIP, 80, TCP)),
                 L4Checksum::Full,
                 0,
-                true
+                Pass::Live
             ),
             Verdict::Translated { .. }
         ));
         assert_eq!(
-            roomy.outbound(&other, &mut clash, L4Checksum::Full, 0, true),
+            roomy.outbound(&other, &mut clash, L4Checksum::Full, 0, Pass::Live),
             Verdict::Clash
         );
     }

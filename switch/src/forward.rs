@@ -15,7 +15,7 @@
 //! switch leaves its TTL and options alone, as a Flannel node's bridge
 //! does between a pod and the node's `cni0` address.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
 
 use podswitch_encap::DropReason;
@@ -30,7 +30,7 @@ use podswitch_encap::wire::{
 use podswitch_encap::{icmp, ipv4_options};
 
 use podswitch_control::protocol::POD_GATEWAY6;
-use podswitch_services::{L4Checksum, ServiceTable, Translator, Verdict as ServiceVerdict};
+use podswitch_services::{L4Checksum, Pass, ServiceTable, Translator, Verdict as ServiceVerdict};
 
 use crate::drops::DropCause;
 use crate::fib::Ipv4Lpm;
@@ -128,9 +128,9 @@ pub struct ServiceStage<'a> {
     pub translator: &'a Translator,
     /// The connection table's clock, read once per batch.
     pub now_ms: u64,
-    /// False for `podswitch trace`: the same rewrites, but no connection
-    /// opened or noted and nothing counted.
-    pub live: bool,
+    /// [`Pass::DryRun`] for `podswitch trace`: the same rewrites, but no
+    /// connection opened or noted and nothing counted.
+    pub pass: Pass,
 }
 
 /// Where a routed frame came from.
@@ -267,7 +267,7 @@ impl Forwarder<'_> {
         self.check_unicast_to_router(eth.dst_addr())?;
         match eth.ethertype() {
             EthernetProtocol::Ipv4 => self.route(buf, inner, Origin::Tunnel, size),
-            EthernetProtocol::Ipv6 => self.route6(buf, inner, Origin::Tunnel, size),
+            EthernetProtocol::Ipv6 => self.route6(buf, inner, Origin::Tunnel, None, size),
             _ => Err(DropCause::NotIpv4),
         }
     }
@@ -296,7 +296,7 @@ impl Forwarder<'_> {
             address: port.ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
             port: in_port,
         };
-        self.route6(buf, frame, origin, size)
+        self.route6(buf, frame, origin, own, size)
     }
 
     fn check_unicast_to_router(&self, dst: EthernetAddress) -> Result<(), DropCause> {
@@ -337,7 +337,7 @@ impl Forwarder<'_> {
                 &mut buf[ip_start..frame.end],
                 size.checksum(),
                 services.now_ms,
-                services.live,
+                services.pass,
             );
             if verdict == ServiceVerdict::NoEndpoints {
                 // Refused as kube-proxy refuses it, so the client fails
@@ -372,7 +372,7 @@ impl Forwarder<'_> {
                 &mut buf[ip_start..frame.end],
                 size.checksum(),
                 services.now_ms,
-                services.live,
+                services.pass,
             ))?;
         }
         if hop {
@@ -386,19 +386,22 @@ impl Forwarder<'_> {
     /// destination looked up in the topology's IPv6 routes, its hop
     /// limit checked and decremented. No Service stage (Services are
     /// IPv4); the policy stage as [`PolicyStage::check_ipv6`] says.
+    /// `pod_ip6`: from a pod, its IPv6 address as [`Forwarder::local_ipv6`]
+    /// read it from its port (`None` from the tunnel).
     fn route6(
         &self,
         buf: &mut [u8],
         frame: Range<usize>,
         origin: Origin,
+        pod_ip6: Option<Ipv6Addr>,
         size: Size,
     ) -> Result<Verdict, DropCause> {
         let ip_start = frame.start + ETHERNET_HEADER_LEN;
         let header = ipv6_header(&buf[ip_start..frame.end])?;
         let packet = Ipv6Packet::new_unchecked(header);
         let topology = self.topology;
-        if let Origin::Pod { port, .. } = origin
-            && topology.port(port).and_then(|p| p.ip6) != Some(packet.src_addr())
+        if let Origin::Pod { .. } = origin
+            && pod_ip6 != Some(packet.src_addr())
         {
             return Err(DropCause::Spoofed);
         }
@@ -1749,7 +1752,7 @@ pub(crate) mod tests {
                 table,
                 translator,
                 now_ms: 0,
-                live: true,
+                pass: Pass::Live,
             }),
         };
         forwarder.decide(in_port, buf, frame, size)

@@ -25,9 +25,9 @@ use podswitch_control::protocol::{
 };
 use podswitch_policy::compile::RuleSet;
 use podswitch_policy::{Cluster, CompiledPolicies, Direction, compile_for};
-use podswitch_services::ConnTable;
-use podswitch_services::conntrack::{Refused, Timeouts};
+use podswitch_services::conntrack::{Hit, Refused, Timeouts};
 use podswitch_services::flow::{self, FlowKey, Tracked};
+use podswitch_services::{ConnTable, Pass};
 
 use crate::drops::DropCause;
 use crate::sources::{FILE_SOURCE, FileSource, lock, read_json};
@@ -169,18 +169,12 @@ impl Policies {
     }
 
     /// The stage for one pass over `enforced`; `None` while no policy
-    /// selects a local pod (nothing to check, nothing tracked).
-    pub fn stage<'a>(&'a self, enforced: &'a Enforced) -> Option<PolicyStage<'a>> {
-        self.stage_that(enforced, true)
-    }
-
-    /// The stage as `podswitch trace` runs it: the same verdicts, but
-    /// nothing tracked and nothing counted.
-    pub fn dry_stage<'a>(&'a self, enforced: &'a Enforced) -> Option<PolicyStage<'a>> {
-        self.stage_that(enforced, false)
-    }
-
-    fn stage_that<'a>(&'a self, enforced: &'a Enforced, live: bool) -> Option<PolicyStage<'a>> {
+    /// selects a local pod (nothing to check, nothing tracked). A
+    /// worker's [`Pass::Live`] tracks, notes and counts; `podswitch
+    /// trace`'s [`Pass::DryRun`] gives the same verdicts, tracking, noting
+    /// and counting nothing (a tracked connection is only looked at: its
+    /// clock and state stay as they were).
+    pub fn stage<'a>(&'a self, enforced: &'a Enforced, pass: Pass) -> Option<PolicyStage<'a>> {
         if enforced.denying.is_empty() {
             return None;
         }
@@ -189,7 +183,7 @@ impl Policies {
             conns: self.conns.get()?,
             node_addresses: &self.node_addresses,
             now_ms: self.now_ms(),
-            live,
+            pass,
         })
     }
 
@@ -304,16 +298,17 @@ pub struct PolicyStage<'a> {
     /// As [`Policies::node_addresses`].
     node_addresses: &'a [Ipv4Addr],
     now_ms: u64,
-    /// A worker's (tracks what it allows, counts what it denies), or a
-    /// trace's (neither).
-    live: bool,
+    /// A worker's (tracks what it allows, notes the packets of tracked
+    /// connections, counts what it denies), or a trace's (none of these).
+    pass: Pass,
 }
 
 impl PolicyStage<'_> {
     /// The stage on a routed IPv4 packet (`ipv4` starts at its checked
     /// header): `from_pod` when a local pod sent it, `to_pod` when it goes
     /// to a local pod. A packet of a connection the stage let through
-    /// passes, either way; the first packet of one is checked against the
+    /// passes, either way, and so does an ICMP error about one (not noted
+    /// as a packet of it); the first packet of one is checked against the
     /// sender's egress and the receiver's ingress rules, and tracked if
     /// both allow it. Between a pod and its node everything passes.
     /// Tracked are only packets to or from a pod some policy selects.
@@ -336,13 +331,16 @@ impl PolicyStage<'_> {
         // The tuple to track the packet under, if it has one of its own.
         let tracked = match flow::track(ipv4) {
             Some(Tracked::Connection { key, tcp_flags }) => {
-                if self.conns.lookup(&key, tcp_flags, self.now_ms).is_some() {
+                if self.find(&key, tcp_flags).is_some() {
                     return Ok(());
                 }
                 Some(key)
             }
+            // An error about a packet of a tracked connection passes as
+            // the connection's, which is only looked at: the error is no
+            // packet of it (it neither answers nor refreshes it).
             Some(Tracked::Related { key }) => {
-                if self.conns.lookup(&key, 0, self.now_ms).is_some() {
+                if self.conns.peek(&key, self.now_ms).is_some() {
                     return Ok(());
                 }
                 None
@@ -370,7 +368,7 @@ impl PolicyStage<'_> {
         {
             return Err(self.deny(dst, Direction::Ingress));
         }
-        if !self.live {
+        if self.pass == Pass::DryRun {
             return Ok(());
         }
         match tracked.map(|key| self.conns.track(key, self.now_ms)) {
@@ -408,6 +406,16 @@ impl PolicyStage<'_> {
         Ok(())
     }
 
+    /// The tracked connection of a packet with tuple `key`: noted (its
+    /// clock, TCP flags, a reply) by a worker's stage, only looked at by a
+    /// trace's.
+    fn find(&self, key: &FlowKey, tcp_flags: u8) -> Option<Hit> {
+        match self.pass {
+            Pass::Live => self.conns.lookup(key, tcp_flags, self.now_ms),
+            Pass::DryRun => self.conns.peek(key, self.now_ms),
+        }
+    }
+
     /// Prefetch the connection-table probes of a batch of packets, given
     /// by their tuples ([`flow::connection_key`]), before
     /// [`PolicyStage::check`] takes them one by one, so that their cache
@@ -419,7 +427,7 @@ impl PolicyStage<'_> {
     /// Count a packet denied to or from the local pod at `address` for
     /// each policy that restricts it in `direction`; the drop cause.
     fn deny(&self, address: Ipv4Addr, direction: Direction) -> DropCause {
-        if self.live {
+        if self.pass == Pass::Live {
             let counters = self.enforced.denying.get(&(address, direction));
             for counter in counters.into_iter().flatten() {
                 counter.fetch_add(1, Ordering::Relaxed);
@@ -517,7 +525,7 @@ mod tests {
     fn check(policies: &Policies, packet: &[u8], inbound: bool) -> Result<(), DropCause> {
         let enforced = policies.enforced();
         let stage = policies
-            .stage(&enforced)
+            .stage(&enforced, Pass::Live)
             .expect("a policy selects a local pod");
         stage.check(packet, !inbound, inbound)
     }
@@ -531,7 +539,7 @@ mod tests {
     #[test]
     fn nothing_is_checked_or_tracked_until_a_policy_selects_a_local_pod() {
         let policies = policies(Vec::new());
-        assert!(policies.stage(&policies.enforced()).is_none());
+        assert!(policies.stage(&policies.enforced(), Pass::Live).is_none());
         assert_eq!(policies.connections(), 0);
     }
 
@@ -539,7 +547,9 @@ mod tests {
     fn a_restricted_pod_gets_no_ipv6_in_the_restricted_direction() {
         let policies = policies(vec![policy("web", &[Direction::Ingress], Vec::new())]);
         let enforced = policies.enforced();
-        let stage = policies.stage(&enforced).expect("web is selected");
+        let stage = policies
+            .stage(&enforced, Pass::Live)
+            .expect("web is selected");
         // Into the web pod: denied and counted; out of it: not restricted.
         assert_eq!(
             stage.check_ipv6(None, Some(SERVER)),
@@ -616,11 +626,11 @@ mod tests {
     }
 
     #[test]
-    fn a_trace_s_dry_stage_gives_the_verdicts_but_tracks_and_counts_nothing() {
+    fn a_trace_s_dry_run_gives_the_verdicts_but_tracks_and_counts_nothing() {
         let ingress = [Direction::Ingress];
         let policies = policies(vec![policy("web", &ingress, vec![from_clients_to_80()])]);
         let enforced = policies.enforced();
-        let dry = policies.dry_stage(&enforced).unwrap();
+        let dry = policies.stage(&enforced, Pass::DryRun).unwrap();
         let syn = tcp(CLIENT, 40000, SERVER, 80, SYN);
         assert_eq!(dry.check(&syn, false, true), Ok(()));
         let other = tcp(CLIENT, 40000, SERVER, 81, SYN);
@@ -630,6 +640,90 @@ mod tests {
         );
         assert_eq!(policies.connections(), 0);
         assert_eq!(denied(&policies, "shop/web"), 0);
+    }
+
+    /// An ICMP port unreachable from `src` to `dst` quoting `quoted`.
+    fn unreachable(src: Ipv4Addr, dst: Ipv4Addr, quoted: &[u8]) -> Vec<u8> {
+        let mut p = vec![0u8; 28];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&((28 + quoted.len()) as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = 1;
+        p[12..16].copy_from_slice(&src.octets());
+        p[16..20].copy_from_slice(&dst.octets());
+        p[20] = 3;
+        p[21] = 3;
+        p.extend_from_slice(quoted);
+        p
+    }
+
+    /// Policies restricting the web pod both ways, with a connection from
+    /// the client tracked at time 0 by a worker's stage.
+    fn one_connection() -> Policies {
+        let both = [Direction::Ingress, Direction::Egress];
+        let policies = policies(vec![policy("web", &both, vec![from_clients_to_80()])]);
+        let enforced = policies.enforced();
+        let live = PolicyStage {
+            now_ms: 0,
+            ..policies.stage(&enforced, Pass::Live).unwrap()
+        };
+        let syn = tcp(CLIENT, 40000, SERVER, 80, SYN);
+        assert_eq!(live.check(&syn, false, true), Ok(()));
+        drop(enforced);
+        policies
+    }
+
+    /// How many connections a sweep at `now_ms` ends.
+    fn swept(policies: &Policies, now_ms: u64) -> usize {
+        policies.conns.get().unwrap().sweep(now_ms)
+    }
+
+    #[test]
+    fn a_trace_only_looks_at_a_tracked_connection() {
+        let policies = one_connection();
+        let enforced = policies.enforced();
+        let dry = PolicyStage {
+            now_ms: 100_000,
+            ..policies.stage(&enforced, Pass::DryRun).unwrap()
+        };
+        // The client's next packet and the server's answer, traced.
+        let ack = tcp(CLIENT, 40000, SERVER, 80, ACK);
+        assert_eq!(dry.check(&ack, false, true), Ok(()));
+        let answer = tcp(SERVER, 80, CLIENT, 40000, SYN | ACK);
+        assert_eq!(dry.check(&answer, true, false), Ok(()));
+        // Still unanswered, on its first packet's clock.
+        let unanswered = Timeouts::default().tcp_closing;
+        assert_eq!(swept(&policies, unanswered - 1), 0);
+        assert_eq!(swept(&policies, unanswered), 1);
+    }
+
+    #[test]
+    fn an_icmp_error_about_a_tracked_connection_passes_without_being_noted() {
+        let policies = one_connection();
+        let enforced = policies.enforced();
+        let live = PolicyStage {
+            now_ms: 1_000,
+            ..policies.stage(&enforced, Pass::Live).unwrap()
+        };
+        // The client refuses the server's answer; the server refuses the
+        // client's packet. The rules allow no ICMP either way.
+        let answer = tcp(SERVER, 80, CLIENT, 40000, SYN | ACK);
+        let refused = unreachable(CLIENT, SERVER, &answer);
+        assert_eq!(live.check(&refused, false, true), Ok(()));
+        let syn = tcp(CLIENT, 40000, SERVER, 80, SYN);
+        let refused = unreachable(SERVER, CLIENT, &syn);
+        assert_eq!(live.check(&refused, true, false), Ok(()));
+        // About a connection nobody tracked: checked as ICMP, denied.
+        let stranger = tcp(SERVER, 80, CLIENT, 40001, SYN | ACK);
+        let refused = unreachable(CLIENT, SERVER, &stranger);
+        assert_eq!(
+            live.check(&refused, false, true),
+            Err(DropCause::PolicyDeniedIngress)
+        );
+        // Neither answered nor refreshed by the errors.
+        let unanswered = Timeouts::default().tcp_closing;
+        assert_eq!(swept(&policies, unanswered - 1), 0);
+        assert_eq!(swept(&policies, unanswered), 1);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use arc_swap::{ArcSwap, Guard};
 use ipnet::Ipv4Net;
 use podswitch_control::protocol::{EndpointStatus, ServicePortStatus};
 use podswitch_control::service::{Service, ServiceProtocol};
-use podswitch_services::{NodeAddress, Nodes, ServiceTable, Timeouts, Translator};
+use podswitch_services::{NodeAddress, Nodes, Pass, ServiceTable, Timeouts, Translator};
 
 use crate::forward::ServiceStage;
 use crate::sources::{FILE_SOURCE, FileSource, lock, read_json};
@@ -165,14 +165,14 @@ impl Services {
     }
 
     /// The Service stage for one pass over `table` (a [`Services::table`]
-    /// snapshot); not `live` for `podswitch trace`, which opens, notes and
-    /// counts nothing.
-    pub fn stage<'a>(&'a self, table: &'a ServiceTable, live: bool) -> ServiceStage<'a> {
+    /// snapshot): a worker's [`Pass::Live`], or `podswitch trace`'s
+    /// [`Pass::DryRun`], which opens, notes and counts nothing.
+    pub fn stage<'a>(&'a self, table: &'a ServiceTable, pass: Pass) -> ServiceStage<'a> {
         ServiceStage {
             table,
             translator: &self.translator,
             now_ms: self.now_ms(),
-            live,
+            pass,
         }
     }
 

@@ -21,7 +21,7 @@ use crate::forward::{Forwarder, ServiceStage, Verdict};
 use crate::mac::MacAddr;
 use crate::policy::PolicyStage;
 use crate::topology::{PortId, PortRole, PortView, RouteTarget, Topology};
-use podswitch_services::{FlowKey, flow};
+use podswitch_services::{FlowKey, Pass, flow};
 
 /// Headroom before the traced frame, as a worker's buffers have.
 const HEADROOM: usize = XDP_PACKET_HEADROOM as usize;
@@ -176,9 +176,9 @@ pub fn describe_frame(spec: &TraceSpec, port: &PortView, router: MacAddr) -> Res
 }
 
 /// The stages a trace runs dry besides the route, where they run: the
-/// Service stage (a [`crate::services::Services::stage`] that is not
-/// live) and the NetworkPolicy stage (a
-/// [`crate::policy::Policies::dry_stage`]).
+/// Service stage and the NetworkPolicy stage
+/// ([`crate::services::Services::stage`],
+/// [`crate::policy::Policies::stage`]), each a [`Pass::DryRun`].
 #[derive(Clone, Copy, Default)]
 pub struct Stages<'a> {
     /// The Service stage, with `service_translation = "switch"`.
@@ -214,7 +214,7 @@ pub fn trace(
     in_port: PortId,
     frame: &[u8],
 ) -> TraceReport {
-    debug_assert!(stages.services.is_none_or(|s| !s.live));
+    debug_assert!(stages.services.is_none_or(|s| s.pass == Pass::DryRun));
     let Stages { services, policy } = stages;
     let forwarder = Forwarder {
         topology,
@@ -566,7 +566,7 @@ mod tests {
                 table: &table,
                 translator: &translator,
                 now_ms: 0,
-                live: false,
+                pass: Pass::DryRun,
             }),
             policy: None,
         };

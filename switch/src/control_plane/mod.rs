@@ -42,7 +42,7 @@ use crate::trace::Stages;
 use crate::worker::{AfXdpPort, Command, Port, TapPort, WorkerPort};
 use crate::xdp::{UplinkFilter, XdpProgram};
 use podswitch_control::service::Service;
-use podswitch_services::NodeAddress;
+use podswitch_services::{NodeAddress, Pass};
 pub use tables::{HOST_PORT, Node, TUNNEL_PORT, UPLINK_PORT};
 use tables::{PeerRecord, PeerToResolve, PortRecord, PortViewRecord, Resolution, Tables};
 
@@ -338,8 +338,8 @@ impl ControlPlane {
                 let stages = Stages {
                     services: services
                         .zip(table.as_deref())
-                        .map(|(services, table)| services.stage(table, false)),
-                    policy: self.parts.policies.dry_stage(&enforced),
+                        .map(|(services, table)| services.stage(table, Pass::DryRun)),
+                    policy: self.parts.policies.stage(&enforced, Pass::DryRun),
                 };
                 serde_json::to_value(crate::trace::trace_spec(
                     &self.parts.topology.load(),

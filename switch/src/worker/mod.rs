@@ -40,6 +40,7 @@ use crossbeam::channel::{Receiver, Sender};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::sched_yield;
 use nix::sys::eventfd::EventFd;
+use podswitch_services::Pass;
 
 pub use afxdp_port::AfXdpPort;
 pub use inbox::Inbox;
@@ -270,9 +271,9 @@ impl Worker {
         let table = services.map(Services::table);
         let stage = services
             .zip(table.as_deref())
-            .map(|(services, table)| services.stage(table, true));
+            .map(|(services, table)| services.stage(table, Pass::Live));
         let enforced = self.ctx.policies.enforced();
-        let policy = self.ctx.policies.stage(&enforced);
+        let policy = self.ctx.policies.stage(&enforced, Pass::Live);
         let mut work = 0;
         let mut levels = RingLevelsTotal::default();
         for port in &mut self.ports {
