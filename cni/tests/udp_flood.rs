@@ -8,6 +8,9 @@
 //! (`podswitch stats`: drops by reason, the kernel's AF_XDP counters, the
 //! interfaces' own drops, a TAP pod's queue); the loss beside the kernel
 //! path's is printed (it depends on what else the shared machine runs).
+//! Node 1's worker, behind the pod that floods it from its own CPU, must
+//! have taken its `overload_nice` (what slows such a sender down instead
+//! of losing its datagrams) and be back at its own nice once idle.
 //! Bounded by datagram counts, no timed assertions. Needs root.
 
 mod common;
@@ -196,5 +199,40 @@ fn udp_floods_lose_only_what_the_switch_counts() -> Result<()> {
             );
         }
     }
+    // Node 1's worker fell behind the flooding TAP pod at least once and
+    // took `overload_nice` (the default, -10) then; idle again, it is
+    // back at its own nice.
+    let node = &nodes.switches[0];
+    let stats = node.cli_json(&["stats"])?;
+    let raised = stats["workers"][0]["raised"].as_u64();
+    ensure!(
+        raised.is_some_and(|n| n > 0),
+        "node 1's worker never raised its priority under the floods: {raised:?}"
+    );
+    let pid = node.pid().context("node 1's daemon")?;
+    podswitch_lab::membership::wait_for("node 1's worker back at nice 0", || {
+        Ok(worker_nice(pid)? == 0)
+    })?;
     Ok(())
+}
+
+/// The nice value of the daemon `pid`'s first worker thread (`worker-0`).
+fn worker_nice(pid: u32) -> Result<i64> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = task?.path();
+        if std::fs::read_to_string(task.join("comm"))?.trim() != "worker-0" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.join("stat"))?;
+        // After the command's closing parenthesis: state is field 3, nice 19.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        return fields
+            .get(16)
+            .and_then(|nice| nice.parse().ok())
+            .with_context(|| format!("no nice value in {stat:?}"));
+    }
+    anyhow::bail!("daemon {pid} has no worker-0 thread")
 }

@@ -97,6 +97,9 @@ pub struct WorkerReport {
     pub idle_polls: u64,
     /// Times it slept waiting for traffic.
     pub sleeps: u64,
+    /// Times it fell behind its senders and took `overload_nice`.
+    #[serde(default)]
+    pub raised: u64,
     /// Batches by size bucket: 1, 2–3, 4–7, 8–15, 16–31, 32–63, 64.
     pub batches: [u64; BATCH_BUCKETS],
     /// Ring occupancy last seen.

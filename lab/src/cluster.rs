@@ -162,6 +162,9 @@ pub struct SwitchOptions {
     /// The daemon's `spin_us` (adaptive polling's spin window); its
     /// default when `None`.
     pub spin_us: Option<u32>,
+    /// The daemon's `overload_nice` (a worker's nice value while it is
+    /// behind); its default when `None`.
+    pub overload_nice: Option<i32>,
     /// The CPU every node's first worker is pinned to; node `i`'s goes to
     /// CPU `i - 1` when `None`.
     pub worker_cpu: Option<usize>,
@@ -195,6 +198,7 @@ impl Default for SwitchOptions {
             tunnel_receive: None,
             workers: None,
             spin_us: None,
+            overload_nice: None,
             worker_cpu: None,
             metrics_port: None,
             membership: None,
@@ -310,6 +314,9 @@ impl SwitchNode {
         }
         if let Some(mode) = &options.tunnel_receive {
             config.push_str(&format!("tunnel_receive = \"{mode}\"\n"));
+        }
+        if let Some(nice) = options.overload_nice {
+            config.push_str(&format!("overload_nice = {nice}\n"));
         }
         if let Some(spin_us) = options.spin_us {
             config.push_str(&format!("spin_us = {spin_us}\n"));

@@ -27,6 +27,8 @@ pub const DEFAULT_SPIN_US: u32 = 200;
 /// The longest spin window `spin_us` takes: past it, busy polling is the
 /// honest setting.
 pub const MAX_SPIN_US: u32 = 100_000;
+/// A worker's nice value while it is behind, unless the file says.
+pub const DEFAULT_OVERLOAD_NICE: i32 = -10;
 /// Default name of the tunnel port's TAP device.
 pub const DEFAULT_TUNNEL_PORT: &str = "podswt0";
 
@@ -122,6 +124,11 @@ pub struct Config {
     /// packet before it sleeps in `poll()`.
     #[serde(default = "default_spin_us")]
     pub spin_us: u32,
+    /// The nice value a worker takes while it is behind (a receive batch
+    /// came full), back to its own at its first idle pass; 0: never
+    /// changes it.
+    #[serde(default = "default_overload_nice")]
+    pub overload_nice: i32,
     /// XDP attach mode: auto (native where the driver has it), native or generic.
     #[serde(default)]
     pub xdp_mode: XdpModeChoice,
@@ -211,6 +218,9 @@ pub(crate) fn default_vni() -> u32 {
 }
 fn default_spin_us() -> u32 {
     DEFAULT_SPIN_US
+}
+fn default_overload_nice() -> i32 {
+    DEFAULT_OVERLOAD_NICE
 }
 fn default_cores() -> Vec<usize> {
     vec![0]
@@ -409,6 +419,19 @@ impl Config {
                 format!(
                     "use 0 to {MAX_SPIN_US} (the default is {DEFAULT_SPIN_US}), or poll_mode = \"busy\" \
                      for a worker that never sleeps"
+                ),
+            ));
+        }
+        if !(-20..=0).contains(&self.overload_nice) {
+            return Err(invalid(
+                "overload_nice",
+                format!(
+                    "{} is not a nice value a worker can go up to",
+                    self.overload_nice
+                ),
+                format!(
+                    "use -20 (the highest priority) to 0 (never change it); the default is \
+                     {DEFAULT_OVERLOAD_NICE}"
                 ),
             ));
         }
@@ -678,6 +701,23 @@ vtep_mac = "02:00:00:00:00:13"
         assert!(!c.service_masquerade);
         assert!(!c.egress_masquerade);
         assert_eq!(c.service_translation, ServiceTranslation::Switch);
+    }
+
+    #[test]
+    fn overload_nice_from_off_to_the_highest_priority() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.overload_nice, DEFAULT_OVERLOAD_NICE);
+        for nice in [-20, -1, 0] {
+            let c = Config::parse(&format!("{MINIMAL}overload_nice = {nice}\n")).unwrap();
+            assert_eq!(c.overload_nice, nice);
+        }
+        for nice in [-21, 1, 19] {
+            let e = error(&format!("{MINIMAL}overload_nice = {nice}\n"));
+            assert!(
+                e.contains("`overload_nice`") && e.contains("use -20") && e.contains("0 (never"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -244,6 +244,7 @@ pub fn run(config: Config) -> Result<()> {
             growth: growth.clone(),
             poll_mode: config.poll_mode,
             spin: config.spin(),
+            overload_nice: config.overload_nice,
             index,
         })
         .collect();

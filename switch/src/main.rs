@@ -727,8 +727,8 @@ fn print_stats(stats: &StatsReport) {
     println!();
     for (i, w) in stats.workers.iter().enumerate() {
         println!(
-            "worker {i}: {} busy polls, {} idle polls, {} sleeps; batches by size [1,2-3,4-7,8-15,16-31,32-63,64]: {:?}",
-            w.busy_polls, w.idle_polls, w.sleeps, w.batches
+            "worker {i}: {} busy polls, {} idle polls, {} sleeps, {} times behind (priority raised); batches by size [1,2-3,4-7,8-15,16-31,32-63,64]: {:?}",
+            w.busy_polls, w.idle_polls, w.sleeps, w.raised, w.batches
         );
     }
     let f = &stats.frames;

@@ -276,6 +276,12 @@ pub fn exposition(s: &Snapshot) -> Result<String> {
         workers().map(|(w, r)| (label("worker", w), r.sleeps)),
     );
     e.counters(
+        "worker_priority_raised",
+        "Times a worker fell behind its senders and took overload_nice",
+        None,
+        workers().map(|(w, r)| (label("worker", w), r.raised)),
+    );
+    e.counters(
         "worker_batches",
         "Batches a worker took off one socket, by size (frames)",
         None,

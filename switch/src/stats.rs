@@ -73,6 +73,7 @@ struct PollCounters {
     busy_polls: AtomicU64,
     idle_polls: AtomicU64,
     sleeps: AtomicU64,
+    raised: AtomicU64,
     batches: [AtomicU64; BATCH_BUCKETS],
     fill_ring: AtomicU64,
     rx_ring: AtomicU64,
@@ -179,6 +180,11 @@ impl WorkerStats {
         bump(&self.poll.sleeps, 1);
     }
 
+    /// The worker fell behind its senders and raised its priority.
+    pub fn raised(&self) {
+        bump(&self.poll.raised, 1);
+    }
+
     /// A batch of `size` frames received from one socket.
     pub fn batch(&self, size: usize) {
         let bucket = (usize::BITS - size.max(1).leading_zeros()) as usize - 1;
@@ -267,6 +273,7 @@ pub fn worker_report(block: &WorkerStats) -> WorkerReport {
         busy_polls: load(&p.busy_polls),
         idle_polls: load(&p.idle_polls),
         sleeps: load(&p.sleeps),
+        raised: load(&p.raised),
         batches: std::array::from_fn(|i| load(&p.batches[i])),
         rings: RingLevelsTotal {
             fill: load(&p.fill_ring),

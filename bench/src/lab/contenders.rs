@@ -704,6 +704,8 @@ pub struct Binaries {
     /// The daemons' `spin_us` (adaptive polling's spin window), when the
     /// command line sets one; the daemon's default otherwise.
     pub spin_us: Option<u32>,
+    /// The daemons' `overload_nice`, when the command line sets one.
+    pub overload_nice: Option<i32>,
     /// The CPU both nodes' workers are pinned to, when the command line
     /// names one; node 1's to CPU 0 and node 2's to CPU 1 otherwise.
     pub worker_cpu: Option<usize>,
@@ -978,6 +980,7 @@ fn podswitch_nodes(
         pod_interface: Some(setup.pod_interface.into()),
         underlay_mtu: setup.underlay.mtu,
         spin_us: binaries.spin_us,
+        overload_nice: binaries.overload_nice,
         worker_cpu: binaries.worker_cpu,
         tunnel_offload: binaries
             .tunnel_offload

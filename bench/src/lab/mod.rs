@@ -72,6 +72,11 @@ pub struct LabArgs {
     /// contender of this invocation [default: the daemon's].
     #[arg(long, value_name = "MICROSECONDS")]
     spin_us: Option<u32>,
+    /// podswitch's `overload_nice` (a worker's nice value while it is
+    /// behind; 0 never changes it) for every podswitch contender of this
+    /// invocation [default: the daemon's].
+    #[arg(long, value_name = "NICE", allow_negative_numbers = true)]
+    overload_nice: Option<i32>,
     /// Pin both nodes' podswitch workers to this CPU (a pinning choice to
     /// compare) [default: node 1's to CPU 0 beside the sender, node 2's to
     /// CPU 1 beside the receiver].
@@ -115,6 +120,7 @@ pub fn run(args: &LabArgs) -> Result<()> {
             binary: cni,
         },
         spin_us: args.spin_us,
+        overload_nice: args.overload_nice,
         worker_cpu: args.worker_cpu,
         tunnel_offload: args.tunnel_offload.clone(),
         tunnel_receive: args.tunnel_receive.clone(),

@@ -28,6 +28,7 @@ mod buffers;
 mod inbox;
 mod pipeline;
 mod port;
+mod priority;
 mod tap_port;
 mod tunnel_port;
 
@@ -49,6 +50,7 @@ pub use port::{Port, TxContext};
 pub use tap_port::TapPort;
 pub use tunnel_port::{TunnelDevice, TunnelPort};
 
+use self::priority::{Load, Priority};
 use crate::afxdp::{Umem, XskSocket};
 use crate::capture::{CaptureTap, Direction};
 use crate::config::PollMode;
@@ -123,6 +125,8 @@ pub struct WorkerContext {
     pub spin: Duration,
     /// The worker's index.
     pub index: usize,
+    /// Its nice value while it is behind (`overload_nice`).
+    pub overload_nice: i32,
 }
 
 /// A polling worker.
@@ -154,6 +158,7 @@ impl Worker {
         let mut idle_since: Option<Instant> = None;
         let mut passes = 0u64;
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
+        let mut priority = Priority::new(self.ctx.overload_nice);
         loop {
             if !self.run_commands() {
                 break;
@@ -163,9 +168,12 @@ impl Worker {
                 self.housekeeping();
                 next_housekeeping = Instant::now() + HOUSEKEEPING;
             }
-            let worked = self.pass();
-            self.ctx.stats.poll(worked);
-            if worked {
+            let load = self.pass();
+            self.ctx.stats.poll(load != Load::Idle);
+            if priority.follow(load) {
+                self.ctx.stats.raised();
+            }
+            if load != Load::Idle {
                 idle_since = None;
                 continue;
             }
@@ -264,7 +272,7 @@ impl Worker {
     }
 
     /// One pass over every port. True if anything moved.
-    fn pass(&mut self) -> bool {
+    fn pass(&mut self) -> Load {
         let topology = self.ctx.topology.load();
         let fib = self.ctx.fib.load();
         let services = self.ctx.services.as_deref();
@@ -275,6 +283,7 @@ impl Worker {
         let enforced = self.ctx.policies.enforced();
         let policy = self.ctx.policies.stage(&enforced, Pass::Live);
         let mut work = 0;
+        let mut behind = false;
         let mut levels = RingLevelsTotal::default();
         for port in &mut self.ports {
             work += port.port.service(&mut self.frames, &mut levels);
@@ -293,12 +302,18 @@ impl Worker {
                 queues: &mut self.queues,
                 in_port: port.id,
             };
-            work += port.port.receive(&mut pipeline, &self.ctx.growth);
+            let received = port.port.receive(&mut pipeline, &self.ctx.growth);
+            behind |= received >= BATCH;
+            work += received;
         }
         work += self.drain_inbox();
         work += self.transmit(&topology);
         self.ctx.stats.ring_levels(levels);
-        work > 0
+        match (behind, work) {
+            (true, _) => Load::Behind,
+            (false, 0) => Load::Idle,
+            _ => Load::Worked,
+        }
     }
 
     /// Take the packets other workers handed over for this worker's ports.
