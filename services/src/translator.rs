@@ -1,11 +1,12 @@
 //! The Service stage on one packet: the connection table first, the
 //! Service table for a new connection, then the rewrite.
 
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::Pass;
 use crate::conntrack::{ConnTable, Direction, Hit, Refused, Timeouts};
-use crate::flow::{self, FlowKey, Fragment, IcmpError};
+use crate::flow::{self, FlowKey, IcmpError};
 use crate::fragments::Fragments;
 use crate::rewrite::{self, L4Checksum, Nat};
 use crate::table::{Affinity, Selection, ServiceTable};
@@ -103,16 +104,13 @@ impl Translator {
         now_ms: u64,
         pass: Pass,
     ) -> Verdict {
-        let fragment = flow::fragment(ipv4);
-        if let Some(later) = fragment.filter(|f| !f.first) {
-            return match self.follow(&later, ipv4, now_ms, pass) {
-                Some(verdict) => verdict,
-                None if table.is_service_address(later.key.1) => Verdict::FragmentUnknown,
-                None => Verdict::Pass,
-            };
-        }
-        let verdict = self.outbound_packet(table, ipv4, checksum, now_ms, pass);
-        self.remember(fragment, ipv4, verdict, now_ms, pass)
+        let unknown = |dst| match table.is_service_address(dst) {
+            true => Verdict::FragmentUnknown,
+            false => Verdict::Pass,
+        };
+        self.minding_fragments(ipv4, now_ms, pass, unknown, |ipv4| {
+            self.outbound_packet(table, ipv4, checksum, now_ms, pass)
+        })
     }
 
     /// [`Translator::outbound`] on a whole packet or a first fragment.
@@ -186,26 +184,37 @@ impl Translator {
         now_ms: u64,
         pass: Pass,
     ) -> Verdict {
-        let fragment = flow::fragment(ipv4);
-        if let Some(later) = fragment.filter(|f| !f.first) {
-            return self
-                .follow(&later, ipv4, now_ms, pass)
-                .unwrap_or(Verdict::Pass);
-        }
-        let verdict = self.inbound_packet(table, ipv4, checksum, now_ms, pass);
-        self.remember(fragment, ipv4, verdict, now_ms, pass)
+        self.minding_fragments(
+            ipv4,
+            now_ms,
+            pass,
+            |_| Verdict::Pass,
+            |ipv4| self.inbound_packet(table, ipv4, checksum, now_ms, pass),
+        )
     }
 
-    /// A first fragment's `verdict`: when it was translated, its rewrite
-    /// is remembered for the rest of its datagram (not by a trace).
-    fn remember(
+    /// `translate` (for a whole packet or a first fragment), minding IP
+    /// fragments: a later fragment gets its datagram's rewrite if the
+    /// first fragment's was remembered, else the verdict `unknown` gives
+    /// for its destination; a first fragment that `translate` rewrote has
+    /// its rewrite remembered for the rest of its datagram (not by a
+    /// trace).
+    fn minding_fragments(
         &self,
-        fragment: Option<Fragment>,
-        ipv4: &[u8],
-        verdict: Verdict,
+        ipv4: &mut [u8],
         now_ms: u64,
         pass: Pass,
+        unknown: impl FnOnce(Ipv4Addr) -> Verdict,
+        translate: impl FnOnce(&mut [u8]) -> Verdict,
     ) -> Verdict {
+        let fragment = flow::fragment(ipv4);
+        if let Some(later) = fragment.filter(|f| !f.first) {
+            return match self.fragments.follow(&later, ipv4, now_ms, pass) {
+                true => Verdict::Translated { new: false },
+                false => unknown(later.key.1),
+            };
+        }
+        let verdict = translate(ipv4);
         if let Some(first) = fragment
             && pass == Pass::Live
             && matches!(verdict, Verdict::Translated { .. })
@@ -213,20 +222,6 @@ impl Translator {
             self.fragments.remember(&first, ipv4, now_ms);
         }
         verdict
-    }
-
-    /// A later fragment: given its datagram's rewrite, if its first
-    /// fragment was translated.
-    fn follow(
-        &self,
-        later: &Fragment,
-        ipv4: &mut [u8],
-        now_ms: u64,
-        pass: Pass,
-    ) -> Option<Verdict> {
-        self.fragments
-            .follow(later, ipv4, now_ms, pass)
-            .then_some(Verdict::Translated { new: false })
     }
 
     /// [`Translator::inbound`] on a whole packet or a first fragment.
