@@ -146,6 +146,12 @@ fn yes() -> bool {
     true
 }
 
+/// Whether `ip` can be a Service's external address, one a pod sends to:
+/// a unicast address (not unspecified, broadcast, multicast or loopback).
+pub fn is_external_address(ip: Ipv4Addr) -> bool {
+    !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback())
+}
+
 impl Service {
     /// A Service with the defaults of the JSON form: no external
     /// addresses, no session affinity, both traffic policies `Cluster`.

@@ -27,6 +27,7 @@ use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use foldhash::fast::FixedState;
 
+use crate::Pass;
 use crate::flow::{FlowKey, ICMP, SCTP, TCP, TCP_FIN, TCP_RST, UDP};
 use crate::rewrite::Nat;
 use crate::table::Backend;
@@ -519,6 +520,15 @@ impl ConnTable {
     pub fn peek(&self, key: &FlowKey, now_ms: u64) -> Option<Hit> {
         let tuple = pack(key);
         self.lookup_hashed(&tuple, self.hash(&tuple), 0, now_ms, false)
+    }
+
+    /// The connection of a packet with tuple `key` as a stage's `pass`
+    /// finds it: noted by a [`Pass::Live`] ([`ConnTable::lookup`]), only
+    /// looked at by a [`Pass::DryRun`] ([`ConnTable::peek`]).
+    pub fn find(&self, key: &FlowKey, tcp_flags: u8, now_ms: u64, pass: Pass) -> Option<Hit> {
+        let tuple = pack(key);
+        let note = pass == Pass::Live;
+        self.lookup_hashed(&tuple, self.hash(&tuple), tcp_flags, now_ms, note)
     }
 
     /// [`ConnTable::lookup`] for a batch: `hits[i]` for `keys[i]` with

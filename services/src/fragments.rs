@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use foldhash::fast::FixedState;
 
 use crate::Pass;
-use crate::flow::Fragment;
+use crate::flow::{self, Fragment};
 use crate::rewrite;
 
 /// A datagram's identity among fragments: source, destination, protocol
@@ -58,20 +58,16 @@ impl Fragments {
     /// A first fragment was translated: `ipv4` holds it rewritten.
     /// Remember its addresses for the datagram's later fragments.
     pub fn remember(&self, fragment: &Fragment, ipv4: &[u8], now_ms: u64) {
-        let Some(addresses) = ipv4.get(12..20) else {
+        let Some(Fragment {
+            key: (src, dst, ..),
+            ..
+        }) = flow::fragment(ipv4)
+        else {
             return;
         };
-        let address = |at: usize| {
-            Ipv4Addr::new(
-                addresses[at],
-                addresses[at + 1],
-                addresses[at + 2],
-                addresses[at + 3],
-            )
-        };
         let followed = Followed {
-            src: address(0),
-            dst: address(4),
+            src,
+            dst,
             until_ms: now_ms + FOLLOW_MS,
         };
         let mut all = self.followed();
@@ -117,7 +113,6 @@ impl Fragments {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow;
 
     fn fragment(offset_words: u16, more: bool) -> Vec<u8> {
         let mut p = vec![0u8; 28];

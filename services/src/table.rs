@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use foldhash::fast::FixedState;
 use ipnet::Ipv4Net;
-use podswitch_control::service::{Endpoint, Service, TrafficPolicy};
+use podswitch_control::service::{Endpoint, Service, TrafficPolicy, is_external_address};
 
 use crate::Pass;
 use crate::flow::FlowKey;
@@ -362,12 +362,7 @@ pub fn check(services: &[Service]) -> Result<(), String> {
             ));
         }
         for &external in &service.external_ips {
-            if external.is_unspecified()
-                || external.is_broadcast()
-                || external.is_multicast()
-                || external.is_loopback()
-                || external == ip
-            {
+            if !is_external_address(external) || external == ip {
                 return Err(format!(
                     "Service {name}: external IP {external} is not an address a pod can reach \
                      it at: list unicast addresses other than its cluster_ip"

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::Pass;
-use crate::conntrack::{ConnTable, Direction, Hit, Refused, Timeouts};
+use crate::conntrack::{ConnTable, Direction, Refused, Timeouts};
 use crate::flow::{self, FlowKey, IcmpError};
 use crate::fragments::Fragments;
 use crate::rewrite::{self, L4Checksum, Nat};
@@ -135,7 +135,7 @@ impl Translator {
             return Verdict::Pass;
         }
         if !self.conns.is_empty()
-            && let Some(hit) = self.find(&key, parsed.tcp_flags, now_ms, pass)
+            && let Some(hit) = self.conns.find(&key, parsed.tcp_flags, now_ms, pass)
         {
             rewrite::apply_parsed(ipv4, &parsed, &hit.nat, checksum);
             return Verdict::Translated { new: false };
@@ -254,21 +254,12 @@ impl Translator {
         if !table.is_endpoint(key.src, key.protocol, key.sport) {
             return Verdict::Pass;
         }
-        match self.find(key, parsed.tcp_flags, now_ms, pass) {
+        match self.conns.find(key, parsed.tcp_flags, now_ms, pass) {
             Some(hit) if hit.direction == Direction::Reply => {
                 rewrite::apply_parsed(ipv4, &parsed, &hit.nat, checksum);
                 Verdict::Translated { new: false }
             }
             _ => Verdict::Pass,
-        }
-    }
-
-    /// The connection of a packet with tuple `key`: noted by a
-    /// [`Pass::Live`], only looked at by a [`Pass::DryRun`].
-    fn find(&self, key: &FlowKey, tcp_flags: u8, now_ms: u64, pass: Pass) -> Option<Hit> {
-        match pass {
-            Pass::Live => self.conns.lookup(key, tcp_flags, now_ms),
-            Pass::DryRun => self.conns.peek(key, now_ms),
         }
     }
 

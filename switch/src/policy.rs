@@ -25,7 +25,7 @@ use podswitch_control::protocol::{
 };
 use podswitch_policy::compile::RuleSet;
 use podswitch_policy::{Cluster, CompiledPolicies, Direction, compile_for};
-use podswitch_services::conntrack::{Hit, Refused, Timeouts};
+use podswitch_services::conntrack::{Refused, Timeouts};
 use podswitch_services::flow::{self, FlowKey, Tracked};
 use podswitch_services::{ConnTable, Pass};
 
@@ -331,7 +331,11 @@ impl PolicyStage<'_> {
         // The tuple to track the packet under, if it has one of its own.
         let tracked = match flow::track(ipv4) {
             Some(Tracked::Connection { key, tcp_flags }) => {
-                if self.find(&key, tcp_flags).is_some() {
+                if self
+                    .conns
+                    .find(&key, tcp_flags, self.now_ms, self.pass)
+                    .is_some()
+                {
                     return Ok(());
                 }
                 Some(key)
@@ -404,16 +408,6 @@ impl PolicyStage<'_> {
             return Err(self.deny(pod, Direction::Ingress));
         }
         Ok(())
-    }
-
-    /// The tracked connection of a packet with tuple `key`: noted (its
-    /// clock, TCP flags, a reply) by a worker's stage, only looked at by a
-    /// trace's.
-    fn find(&self, key: &FlowKey, tcp_flags: u8) -> Option<Hit> {
-        match self.pass {
-            Pass::Live => self.conns.lookup(key, tcp_flags, self.now_ms),
-            Pass::DryRun => self.conns.peek(key, self.now_ms),
-        }
     }
 
     /// Prefetch the connection-table probes of a batch of packets, given

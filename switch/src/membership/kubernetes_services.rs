@@ -17,7 +17,9 @@ use k8s_openapi::api::core::v1::Service as KubeService;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::reflector::Store;
-use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol, TrafficPolicy};
+use podswitch_control::service::{
+    Endpoint, Service, ServicePort, ServiceProtocol, TrafficPolicy, is_external_address,
+};
 
 use super::KubernetesSettings;
 use super::kubernetes_watch::{self, Handover, KubeWatch, port_number, protocol, watch_all};
@@ -215,12 +217,7 @@ fn resolve_service<'a>(
         .chain(balancer)
     {
         match text.parse::<Ipv4Addr>() {
-            Ok(ip)
-                if ip.is_unspecified()
-                    || ip.is_broadcast()
-                    || ip.is_multicast()
-                    || ip.is_loopback() =>
-            {
+            Ok(ip) if !is_external_address(ip) => {
                 skipped(format!("external IP {ip}: not a unicast address"));
             }
             Ok(ip) if ip == cluster_ip || external_ips.contains(&ip) => {}
