@@ -162,12 +162,28 @@ fn the_manifests_carry_what_the_daemon_needs() -> Result<()> {
         .flatten()
         .filter_map(|v| Some(v.host_path.as_ref()?.path.clone()))
         .collect();
-    for path in ["/opt/cni/bin", "/etc/cni/net.d", "/run/podswitch"] {
+    for path in [
+        "/opt/cni/bin",
+        "/etc/cni/net.d",
+        "/run/podswitch",
+        "/run/netns",
+    ] {
         ensure!(
             host_paths.contains(path),
             "no hostPath {path}: {host_paths:?}"
         );
     }
+    // TAP pods: the daemon opens the device in the pod's namespace by the
+    // path the runtime gave, made after the daemon's container started.
+    let netns = daemon
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == "/run/netns");
+    ensure!(
+        netns.and_then(|m| m.mount_propagation.as_deref()) == Some("HostToContainer"),
+        "the daemon does not see pods' namespaces as they come: {netns:?}"
+    );
     ensure!(
         daemon.command.as_ref().is_some_and(
             |c| c.join(" ") == "/bin/podswitch daemon --config /etc/podswitch/podswitch.toml"
