@@ -16,17 +16,13 @@
 mod common;
 
 use std::net::SocketAddrV4;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use common::{nodes_with, plugin, serial};
 use podswitch_cni::pod_link::TAP_QUEUE_LEN;
 use podswitch_lab::Lab;
 use podswitch_lab::cluster::{Pod, SwitchNode, SwitchOptions, expect_pings, kernel_pods};
-use podswitch_lab::flood::{SocketFloodResult, UdpSocketFlood};
-use podswitch_lab::host::on_cpu;
-use podswitch_lab::udp_sink::{LinkCounters, UdpSink};
+use podswitch_lab::flood::{FloodEnd, SocketFloodOutcome, socket_flood};
 use serde_json::Value;
 
 /// Datagrams per flood.
@@ -43,66 +39,24 @@ const SOURCE_PORT: u16 = 40000;
 const SENDER_CPU: usize = 0;
 const RECEIVER_CPU: usize = 1;
 
-/// What one flood did.
-#[derive(Debug, Clone, Copy)]
-struct Flood {
-    sent: SocketFloodResult,
-    /// Frames the receiving pod's interface received.
-    delivered: u64,
-    /// Datagrams its socket handed the application.
-    app: u64,
-}
-
-impl Flood {
-    /// Sent and never delivered.
-    fn lost(&self) -> u64 {
-        self.sent.sent.saturating_sub(self.delivered)
-    }
-}
-
-impl std::fmt::Display for Flood {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} sent ({} refused and sent again), {} delivered to the pod, {} to its \
-             application, {} lost ({:.1} %)",
-            self.sent.sent,
-            self.sent.refused,
-            self.delivered,
-            self.app,
-            self.lost(),
-            100.0 * self.lost() as f64 / self.sent.sent.max(1) as f64
-        )
-    }
-}
-
 /// Flood `to` from `from` with `DATAGRAMS` datagrams of `payload` bytes.
-fn flood(from: &Pod, to: &Pod, payload: usize) -> Result<Flood> {
-    let sink = UdpSink::bind(&to.ns, SINK_PORT)?;
-    let sender = UdpSocketFlood::open(
-        &from.ns,
-        SocketAddrV4::new(from.ip, SOURCE_PORT),
-        SocketAddrV4::new(to.ip, SINK_PORT),
+fn flood(from: &Pod, to: &Pod, payload: usize) -> Result<SocketFloodOutcome> {
+    socket_flood(
+        FloodEnd {
+            ns: &from.ns,
+            ifname: "eth0",
+            address: SocketAddrV4::new(from.ip, SOURCE_PORT),
+            cpu: SENDER_CPU,
+        },
+        FloodEnd {
+            ns: &to.ns,
+            ifname: "eth0",
+            address: SocketAddrV4::new(to.ip, SINK_PORT),
+            cpu: RECEIVER_CPU,
+        },
         payload,
-    )?;
-    let before = LinkCounters::read(&to.ns, "eth0")?;
-    let stop = AtomicBool::new(false);
-    let (sent, received) = std::thread::scope(|scope| {
-        let receiver =
-            scope.spawn(|| on_cpu(RECEIVER_CPU, || sink.run(&stop, Duration::from_secs(120))));
-        let sent = on_cpu(SENDER_CPU, || sender.run(DATAGRAMS));
-        stop.store(true, Ordering::Relaxed);
-        let received = receiver
-            .join()
-            .unwrap_or_else(|_| anyhow::bail!("the sink panicked"));
-        Ok::<_, anyhow::Error>((sent?, received?))
-    })?;
-    let after = LinkCounters::read(&to.ns, "eth0")?;
-    Ok(Flood {
-        sent,
-        delivered: after.rx_packets - before.rx_packets,
-        app: received.packets,
-    })
+        DATAGRAMS,
+    )
 }
 
 /// Each port's counters on `node` (`podswitch stats`).

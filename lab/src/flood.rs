@@ -10,12 +10,15 @@
 
 use std::net::SocketAddrV4;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 
+use crate::host::on_cpu;
 use crate::netns::Netns;
+use crate::udp_sink::{LinkCounters, UdpSink};
 
 /// Bytes of Ethernet, IPv4 and UDP headers in front of the payload.
 pub const UDP_HEADERS: usize = 14 + 20 + 8;
@@ -265,6 +268,92 @@ impl UdpSocketFlood {
         }
         Ok(result)
     }
+}
+
+/// One end of a [`socket_flood`]: a pod's namespace, its interface and the
+/// socket address it sends from or receives on.
+#[derive(Clone, Copy)]
+pub struct FloodEnd<'a> {
+    /// The pod's namespace.
+    pub ns: &'a Netns,
+    /// Its interface (where the receiving end's frames are counted).
+    pub ifname: &'a str,
+    /// Its address and port.
+    pub address: SocketAddrV4,
+    /// The CPU its thread runs on.
+    pub cpu: usize,
+}
+
+/// What a [`socket_flood`] did: sent by the application, seen by the
+/// receiving pod's interface, read by its application.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SocketFloodOutcome {
+    /// What the sender handed the kernel.
+    pub sent: SocketFloodResult,
+    /// Frames the receiving pod's interface received.
+    pub delivered: u64,
+    /// Datagrams its socket handed the application.
+    pub app: u64,
+}
+
+impl SocketFloodOutcome {
+    /// Sent and never delivered to the receiving pod.
+    pub fn lost(&self) -> u64 {
+        self.sent.sent.saturating_sub(self.delivered)
+    }
+
+    /// [`SocketFloodOutcome::lost`] as a percentage of what was sent.
+    pub fn lost_pct(&self) -> f64 {
+        100.0 * self.lost() as f64 / self.sent.sent.max(1) as f64
+    }
+}
+
+impl std::fmt::Display for SocketFloodOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} sent ({} refused and sent again), {} delivered to the pod, {} to its \
+             application, {} lost ({:.1} %)",
+            self.sent.sent,
+            self.sent.refused,
+            self.delivered,
+            self.app,
+            self.lost(),
+            self.lost_pct()
+        )
+    }
+}
+
+/// An application's UDP flood: `count` datagrams of `payload` bytes from
+/// `from` to `to` through a blocking socket ([`UdpSocketFlood`]), counted
+/// at the receiving pod's interface and by a sink on its port. Bounded by
+/// the count (a blocking UDP send waits only for its queue to drain) and
+/// the sink's 120 s.
+pub fn socket_flood(
+    from: FloodEnd<'_>,
+    to: FloodEnd<'_>,
+    payload: usize,
+    count: u64,
+) -> Result<SocketFloodOutcome> {
+    let sink = UdpSink::bind(to.ns, to.address.port())?;
+    let sender = UdpSocketFlood::open(from.ns, from.address, to.address, payload)?;
+    let before = LinkCounters::read(to.ns, to.ifname)?;
+    let stop = AtomicBool::new(false);
+    let (sent, received) = std::thread::scope(|scope| {
+        let receiver = scope.spawn(|| on_cpu(to.cpu, || sink.run(&stop, Duration::from_secs(120))));
+        let sent = on_cpu(from.cpu, || sender.run(count));
+        stop.store(true, Ordering::Relaxed);
+        let received = receiver
+            .join()
+            .unwrap_or_else(|_| bail!("the sink thread panicked"));
+        Ok::<_, anyhow::Error>((sent?, received?))
+    })?;
+    let after = LinkCounters::read(to.ns, to.ifname)?;
+    Ok(SocketFloodOutcome {
+        sent,
+        delivered: after.rx_packets.saturating_sub(before.rx_packets),
+        app: received.packets,
+    })
 }
 
 /// The same bytes [`BATCH`] times over, as `sendmmsg` takes them.

@@ -15,7 +15,7 @@ use hdrhistogram::Histogram;
 use podswitch_control::service::ServiceProtocol;
 use podswitch_lab::cluster::Pod;
 use podswitch_lab::cpu::CpuMeter;
-use podswitch_lab::flood::{Flood, UdpFlow, udp_frame};
+use podswitch_lab::flood::{Flood, FloodEnd, UDP_HEADERS, UdpFlow, socket_flood, udp_frame};
 use podswitch_lab::host::{MachineMeter, on_cpu, process_system_seconds};
 use podswitch_lab::parse_mac;
 use podswitch_lab::ping_pong::{EchoServer, PingPong};
@@ -88,6 +88,9 @@ pub struct Settings {
     pub sparse_pauses_us: [u64; 2],
     /// Seconds of each sparse exchange.
     pub sparse_seconds: f64,
+    /// Datagrams of the application's flood (64-byte frames from a UDP
+    /// socket, blocking when the path pushes back).
+    pub socket_flood_datagrams: u64,
 }
 
 impl Settings {
@@ -106,6 +109,7 @@ impl Settings {
             background_bps: 500_000_000,
             sparse_pauses_us: [1_000, 10_000],
             sparse_seconds: 2.0,
+            socket_flood_datagrams: 300_000,
         }
     }
 
@@ -118,6 +122,7 @@ impl Settings {
             rtt_count: 300,
             rtt_seconds: 0.5,
             sparse_seconds: 0.5,
+            socket_flood_datagrams: 50_000,
             ..Settings::full()
         }
     }
@@ -259,6 +264,23 @@ pub struct UdpRun {
     /// CPU meanwhile.
     pub cpu: Cpu,
     /// What podswitch's counters saw (changes only).
+    pub counters: Option<Value>,
+}
+
+/// One flood from an application's UDP socket.
+#[derive(Debug, Clone, Serialize)]
+pub struct SocketFloodRun {
+    /// Datagrams the application sent (each a 64-byte frame).
+    pub sent: u64,
+    /// Sends the kernel refused with `ENOBUFS` and the sender repeated.
+    pub refused: u64,
+    /// Frames the receiving pod's interface received.
+    pub delivered: u64,
+    /// Datagrams its application read.
+    pub app: u64,
+    /// Sent and never delivered, %.
+    pub lost_pct: f64,
+    /// What podswitch's counters saw (changes only): where any loss was.
     pub counters: Option<Value>,
 }
 
@@ -422,6 +444,40 @@ pub fn udp(testbed: &Testbed, settings: &Settings, frame_bytes: usize) -> Result
         socket_dropped_pct: 100.0
             * (1.0 - received.packets as f64 / interface.max(1) as f64).max(0.0),
         cpu,
+        counters,
+    })
+}
+
+/// Flood the receiving pod with `settings.socket_flood_datagrams`
+/// 64-byte frames from a UDP socket in the sending pod, as an application
+/// floods: through the pod's qdisc, blocking when the path pushes back
+/// (where [`udp`]'s packet socket passes the qdisc by); count what arrives.
+pub fn udp_socket(testbed: &Testbed, settings: &Settings) -> Result<SocketFloodRun> {
+    let [a, b] = &testbed.pods;
+    let end = |ns, address, cpu| FloodEnd {
+        ns,
+        ifname: "eth0",
+        address,
+        cpu,
+    };
+    let (outcome, counters) = counted(testbed, || {
+        socket_flood(
+            end(&a.ns, SocketAddrV4::new(a.ip, FLOOD_PORT), SENDER_CPU),
+            end(
+                &b.ns,
+                SocketAddrV4::new(testbed.server, SINK_PORT),
+                RECEIVER_CPU,
+            ),
+            64 - FCS - UDP_HEADERS,
+            settings.socket_flood_datagrams,
+        )
+    })?;
+    Ok(SocketFloodRun {
+        sent: outcome.sent.sent,
+        refused: outcome.sent.refused,
+        delivered: outcome.delivered,
+        app: outcome.app,
+        lost_pct: outcome.lost_pct(),
         counters,
     })
 }

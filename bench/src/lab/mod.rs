@@ -282,6 +282,20 @@ fn measure_all(testbed: &Testbed, settings: &Settings, run: u32) -> Result<RunFi
             },
         )?;
     }
+    attempt(
+        testbed,
+        "UDP flood from a socket, 64-byte frames",
+        &mut errors,
+        || {
+            let f = measure::udp_socket(testbed, settings)?;
+            let line = format!(
+                "{} sent ({} refused and sent again), {} delivered ({:.2} % lost), {} to the app",
+                f.sent, f.refused, f.delivered, f.lost_pct, f.app
+            );
+            figures.socket_flood = Some(f);
+            Ok(line)
+        },
+    )?;
     for pause_us in settings.sparse_pauses_us {
         attempt(
             testbed,

@@ -11,7 +11,9 @@ use serde::Serialize;
 use super::contenders::{Contender, KERNEL_BASELINE, KERNEL_SAME_NODE, Placement, Underlay, Via};
 use super::criterion::CriterionFigure;
 use super::latency::{CurvePoint, Percentiles, curve, histogram};
-use super::measure::{Cpu, IdleRun, LatencyRun, Settings, SparseRun, TcpRun, UdpRun};
+use super::measure::{
+    Cpu, IdleRun, LatencyRun, Settings, SocketFloodRun, SparseRun, TcpRun, UdpRun,
+};
 use super::stats::{Spread, per_unit, ratio};
 
 /// Everything one invocation measured.
@@ -180,6 +182,8 @@ pub struct RunFigures {
     pub tcp: Vec<TcpRun>,
     /// Packet rate, per frame size.
     pub udp: Vec<UdpRun>,
+    /// The application's UDP flood.
+    pub socket_flood: Option<SocketFloodRun>,
     /// Round trips, without and with background load.
     pub latency: Vec<LatencyRun>,
     /// TSO on node 1's uplink, as `ethtool -k` said it ("off [requested
@@ -203,6 +207,8 @@ pub struct Summary {
     pub tcp: Vec<TcpSummary>,
     /// Packet rate, per frame size.
     pub udp: Vec<UdpSummary>,
+    /// Datagrams lost in the application's UDP flood, %.
+    pub socket_flood_lost_pct: Option<Spread>,
     /// Round trips, without and with background load.
     pub latency: Vec<LatencySummary>,
     /// The switch's CPU under sparse round trips, per pause.
@@ -411,11 +417,17 @@ impl Summary {
             })
         })
         .collect();
+        let socket_flood_lost_pct = Spread::of(
+            runs.iter()
+                .filter_map(|r| r.socket_flood.as_ref())
+                .map(|f| f.lost_pct),
+        );
         Ok(Summary {
             idle_cores_per_node,
             idle_others_cores,
             tcp,
             udp,
+            socket_flood_lost_pct,
             latency,
             sparse,
         })
@@ -624,6 +636,14 @@ mod tests {
                 cpu: cpu(2.0),
                 counters: None,
             }],
+            socket_flood: Some(SocketFloodRun {
+                sent: 1000,
+                refused: 0,
+                delivered: 990 + u64::from(n),
+                app: 990,
+                lost_pct: 1.0 - 0.1 * f64::from(n),
+                counters: None,
+            }),
             latency: vec![latency(false), latency(true)],
             uplink_tso: None,
             sparse: vec![SparseRun {
@@ -658,6 +678,8 @@ mod tests {
         // (0.5 + 0.4 + 0.1 cores) 2 µs.
         assert_eq!(udp.machine_us_per_packet, Some(4.0));
         assert_eq!(udp.datapath_us_per_packet, Some(2.0));
+        let flood = s.socket_flood_lost_pct.unwrap();
+        assert_eq!((flood.min, flood.median, flood.max), (0.7, 0.8, 0.9));
         let lat = s.latency_of(false).unwrap();
         assert_eq!(lat.merged.samples, 300);
         assert_eq!(lat.lost, 3);
