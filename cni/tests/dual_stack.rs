@@ -344,7 +344,8 @@ const CLUSTER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
 /// endpoints are pods on both nodes, through kube-proxy's nftables-mode
 /// IPv6 rules, each answer seeing the client as its node's address (the
 /// daemon's `ip6 podswitch` masquerade); without that table the same
-/// requests fail.
+/// requests fail; after a restart of node 1's daemon all of it works
+/// again.
 #[test]
 fn dual_stack_pods_reach_their_node_and_ipv6_services() -> Result<()> {
     let _serial = serial();
@@ -426,5 +427,26 @@ fn dual_stack_pods_reach_their_node_and_ipv6_services() -> Result<()> {
             Err(e) => eprintln!("without the ip6 masquerade, fails as expected: {e:#}"),
         }
     }
-    Ok(())
+
+    // A restart puts the node's IPv6 address, its routes and the table
+    // back: the pods reach the node and the Service again.
+    let node1 = &mut switches[0];
+    ensure!(node1.stop(), "the daemon did not stop on SIGTERM");
+    node1.launch()?;
+    wait_for("a pod's IPv6 to its node after a restart", || {
+        Ok(ping(&a.ns, node1_6, 1)? == 1)
+    })?;
+    let routes = node1.ns.ip(&["-6", "route", "show"])?;
+    ensure!(
+        routes.contains("fd00:10:244:2::/64 via fe80::1"),
+        "the peer's IPv6 pod CIDR after a restart: {routes}"
+    );
+    let mut answered = std::collections::BTreeSet::new();
+    wait_for("both endpoints answering after a restart", || {
+        if let Ok((endpoint, seen)) = request6(&a, CLUSTER_IP6, 80) {
+            ensure!(seen == node1_6, "{endpoint} saw the client as {seen}");
+            answered.insert(endpoint);
+        }
+        Ok(answered.len() == 2)
+    })
 }
