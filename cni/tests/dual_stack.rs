@@ -18,7 +18,6 @@ use std::net::{IpAddr, Ipv6Addr};
 use anyhow::{Context, Result, ensure};
 use common::{Nodes, nodes_with, plugin, serial};
 use podswitch_control::service::ServiceProtocol;
-use podswitch_lab::Lab;
 use podswitch_lab::cluster::{
     Pod, SwitchNode, SwitchOptions, ping, pod_ip6, switch_and_kernel_node,
 };
@@ -26,6 +25,7 @@ use podswitch_lab::kube_proxy::{self, Service6};
 use podswitch_lab::membership::wait_for;
 use podswitch_lab::process::Process;
 use podswitch_lab::traffic::{IperfClient, iperf_server};
+use podswitch_lab::{Lab, Netns};
 use serde_json::{Value, json};
 
 /// A pod made by the plugin on `switch` (`pod_interface` "veth" or
@@ -304,16 +304,15 @@ s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
 print(s.makefile().readline().strip())
 "#;
 
-/// Start [`SERVER6`] in `pod`, answering as `me`, once it listens.
-fn serve6(pod: &Pod, me: Ipv6Addr) -> Result<Process> {
+/// Start [`SERVER6`] in `ns`, answering as `me`, once it listens.
+fn serve6(ns: &Netns, me: Ipv6Addr) -> Result<Process> {
     let server = Process::spawn(
-        pod.ns
-            .command("timeout")?
+        ns.command("timeout")?
             .args(["600", "python3", "-c", SERVER6, &me.to_string()]),
-        &format!("IPv6 endpoint in {}", pod.ns.name()),
+        &format!("IPv6 endpoint in {}", ns.name()),
     )?;
     wait_for("the IPv6 endpoint listening", || {
-        Ok(pod.ns.run("ss", &["-Hlnt"])?.contains(":8080 "))
+        Ok(ns.run("ss", &["-Hlnt"])?.contains(":8080 "))
     })?;
     Ok(server)
 }
@@ -343,7 +342,8 @@ const CLUSTER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
 /// and on the other node; a pod on node 1 reaches an IPv6 ClusterIP whose
 /// endpoints are pods on both nodes, through kube-proxy's nftables-mode
 /// IPv6 rules, each answer seeing the client as its node's address (the
-/// daemon's `ip6 podswitch` masquerade); without that table the same
+/// daemon's `ip6 podswitch` masquerade), and a "world" behind node 1
+/// through node 1's address; without that table the same
 /// requests fail; after a restart of node 1's daemon all of it works
 /// again.
 #[test]
@@ -376,7 +376,7 @@ fn dual_stack_pods_reach_their_node_and_ipv6_services() -> Result<()> {
         "the peer's IPv6 pod CIDR routed via the switch: {routes}"
     );
 
-    let _servers = [serve6(&b, b6)?, serve6(&c, c6)?];
+    let _servers = [serve6(&b.ns, b6)?, serve6(&c.ns, c6)?];
     let web6 = Service6 {
         name: "default/web6".into(),
         cluster_ip: CLUSTER_IP6,
@@ -415,6 +415,32 @@ fn dual_stack_pods_reach_their_node_and_ipv6_services() -> Result<()> {
         "the ip6 table's Service rule counted nothing: {table}"
     );
     eprintln!("IPv6 ClusterIP from node 1: answered by {answered:?}, client seen as {node1_6}");
+
+    // Egress: a "world" behind node 1 with no route to the pods answers
+    // a pod through node 1's address on that link (the ip6 table's
+    // egress rule).
+    let world = lab.netns("world")?;
+    node1.ns.add_veth("out0", &world, "eth0")?;
+    let (node1_out, world6): (Ipv6Addr, Ipv6Addr) =
+        ("2001:db8::1".parse()?, "2001:db8::2".parse()?);
+    for (ns, dev, address) in [(&node1.ns, "out0", node1_out), (&world, "eth0", world6)] {
+        ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{address}/64"),
+            "dev",
+            dev,
+            "nodad",
+        ])?;
+        ns.ip(&["link", "set", dev, "up"])?;
+    }
+    let _world_server = serve6(&world, world6)?;
+    let (answered, seen) = request6(&a, world6, 8080)?;
+    ensure!(
+        answered == world6 && seen == node1_out,
+        "to the world: answered by {answered}, client seen as {seen}, not node 1's {node1_out}"
+    );
 
     // Without the daemon's ip6 table the endpoints answer the pod
     // directly, from their own addresses, and the connection fails.
