@@ -22,7 +22,7 @@ use crate::control::ControlServer;
 use crate::control::protocol::{Encap, PortKind, pod_address6};
 use crate::control_plane::{
     ControlPlane, ControlPlaneParts, DaemonPorts, HOST_PORT, Node, PortRecordSeed, TUNNEL_PORT,
-    UPLINK_PORT, WorkerHandle, describe, host_route_via, uplink_filter,
+    UPLINK_PORT, WorkerHandle, describe, host_route_via, pod_cidrs, uplink_filter,
 };
 use crate::fib::SharedFib;
 use crate::frame_budget::{FillBudget, FillGrowth, FramePlan};
@@ -323,13 +323,14 @@ pub fn run(config: Config) -> Result<()> {
         )?;
     }
     plane.restore().context("restoring the saved state")?;
-    let own = std::iter::once(config.pod_cidr.into()).chain(config.pod_cidr6.map(IpNet::from));
-    let peers = plane
-        .peers()
-        .into_iter()
-        .flat_map(|p| std::iter::once(p.pod_cidr.into()).chain(p.pod_cidr6.map(IpNet::from)));
-    let pod_cidrs: Vec<IpNet> = own.chain(peers).collect();
-    remove_stale_host_routes(&netlink, host.index, &pod_cidrs);
+    let peers = plane.peers();
+    let peer_cidrs = peers
+        .iter()
+        .flat_map(|p| pod_cidrs(p.pod_cidr, p.pod_cidr6));
+    let wanted: Vec<IpNet> = pod_cidrs(config.pod_cidr, config.pod_cidr6)
+        .chain(peer_cidrs)
+        .collect();
+    remove_stale_host_routes(&netlink, host.index, &wanted);
 
     // The restored peers the file does not list: the source's own.
     let from_file: Vec<_> = config.peers.iter().map(|p| p.node_ip).collect();

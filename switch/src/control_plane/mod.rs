@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use arc_swap::ArcSwap;
 use crossbeam::channel::{Receiver, Sender, bounded};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nix::sys::eventfd::EventFd;
 
 use crate::afxdp::{Umem, UmemShare, XskConfig, XskSocket, active_rx_queues};
@@ -698,7 +698,7 @@ impl ControlPlane {
         };
         if let Some(old) = replaced {
             self.parts.fib.update(|fib| fib.remove(old.pod_cidr));
-            for cidr in pod_cidrs(&old) {
+            for cidr in pod_cidrs(old.pod_cidr, old.pod_cidr6) {
                 self.unroute_on_host(cidr);
             }
         }
@@ -722,7 +722,7 @@ impl ControlPlane {
             peer
         };
         self.parts.fib.update(|fib| fib.remove(peer.pod_cidr));
-        for cidr in pod_cidrs(&peer) {
+        for cidr in pod_cidrs(peer.pod_cidr, peer.pod_cidr6) {
             self.unroute_on_host(cidr);
         }
         tracing::info!(peer = %node_ip, "peer removed");
@@ -1222,9 +1222,9 @@ fn service_nodes(tables: &Tables) -> Vec<NodeAddress> {
         .collect()
 }
 
-/// A peer's pod CIDRs, of both families.
-fn pod_cidrs(peer: &PeerConfig) -> impl Iterator<Item = IpNet> {
-    std::iter::once(peer.pod_cidr.into()).chain(peer.pod_cidr6.map(IpNet::from))
+/// A node's pod CIDRs, of both families.
+pub fn pod_cidrs(pod_cidr: Ipv4Net, pod_cidr6: Option<Ipv6Net>) -> impl Iterator<Item = IpNet> {
+    std::iter::once(pod_cidr.into()).chain(pod_cidr6.map(IpNet::from))
 }
 
 /// How the node's table routes a pod CIDR through the host port: an
