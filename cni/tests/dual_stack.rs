@@ -6,7 +6,10 @@
 //! for veth and TAP pods, with ping and iperf3 over IPv6, over an IPv4
 //! and an IPv6 underlay, and to a kernel VXLAN node's pods carrying IPv6
 //! as well. A pod sending from an IPv6 address that is not its own is
-//! dropped and counted. Needs root.
+//! dropped and counted. Pods reach their node over IPv6 through the host
+//! port (and the node them), and an IPv6 ClusterIP through
+//! kube-proxy-shaped rules (`table ip6 kube-proxy`) with the daemon's
+//! `ip6 podswitch` masquerade. Needs root.
 
 mod common;
 
@@ -14,12 +17,15 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use anyhow::{Context, Result, ensure};
 use common::{Nodes, nodes_with, plugin, serial};
-use podswitch_lab::Lab;
+use podswitch_control::service::ServiceProtocol;
 use podswitch_lab::cluster::{
     Pod, SwitchNode, SwitchOptions, ping, pod_ip6, switch_and_kernel_node,
 };
+use podswitch_lab::kube_proxy::{self, Service6};
 use podswitch_lab::membership::wait_for;
+use podswitch_lab::process::Process;
 use podswitch_lab::traffic::{IperfClient, iperf_server};
+use podswitch_lab::{Lab, Netns};
 use serde_json::{Value, json};
 
 /// A pod made by the plugin on `switch` (`pod_interface` "veth" or
@@ -275,4 +281,198 @@ fn ping_from(pod: &Pod, source: &str, to: Ipv6Addr) -> Result<u32> {
     Ok(podswitch_lab::cluster::ping_received(
         &String::from_utf8_lossy(&output.stdout),
     ))
+}
+
+/// An endpoint over IPv6: answers each TCP connection on port 8080 with
+/// its name and the client address it sees.
+const SERVER6: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", 8080))
+s.listen(64)
+while True:
+    c, a = s.accept()
+    c.sendall(f"{sys.argv[1]} {a[0]}\n".encode())
+    c.close()
+"#;
+
+/// One TCP request to `host` port `port`, 2 s at most: the answer's line.
+const CLIENT6: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+print(s.makefile().readline().strip())
+"#;
+
+/// Start [`SERVER6`] in `ns`, answering as `me`, once it listens.
+fn serve6(ns: &Netns, me: Ipv6Addr) -> Result<Process> {
+    let server = Process::spawn(
+        ns.command("timeout")?
+            .args(["600", "python3", "-c", SERVER6, &me.to_string()]),
+        &format!("IPv6 endpoint in {}", ns.name()),
+    )?;
+    wait_for("the IPv6 endpoint listening", || {
+        Ok(ns.run("ss", &["-Hlnt"])?.contains(":8080 "))
+    })?;
+    Ok(server)
+}
+
+/// One request from `from` to `[to]:port`: the endpoint that answered
+/// and the client address it saw.
+fn request6(from: &Pod, to: Ipv6Addr, port: u16) -> Result<(Ipv6Addr, Ipv6Addr)> {
+    let text = from
+        .ns
+        .run(
+            "python3",
+            &["-c", CLIENT6, &to.to_string(), &port.to_string()],
+        )
+        .with_context(|| format!("TCP {} -> [{to}]:{port}", from.ip))?;
+    let mut words = text.split_whitespace().map(str::parse::<Ipv6Addr>);
+    match (words.next(), words.next()) {
+        (Some(Ok(endpoint)), Some(Ok(seen))) => Ok((endpoint, seen)),
+        _ => anyhow::bail!("[{to}]:{port}: answer {text:?}"),
+    }
+}
+
+/// The IPv6 ClusterIP of the test's Service.
+const CLUSTER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
+
+/// Over the host port's IPv6: a pod pings its node's IPv6 address (the
+/// mirror of its gateway, `fd00:10:244:1::1`) and the node its pods, here
+/// and on the other node; a pod on node 1 reaches an IPv6 ClusterIP whose
+/// endpoints are pods on both nodes, through kube-proxy's nftables-mode
+/// IPv6 rules, each answer seeing the client as its node's address (the
+/// daemon's `ip6 podswitch` masquerade), and a "world" behind node 1
+/// through node 1's address; without that table the same
+/// requests fail; after a restart of node 1's daemon all of it works
+/// again.
+#[test]
+fn dual_stack_pods_reach_their_node_and_ipv6_services() -> Result<()> {
+    let _serial = serial();
+    let options = SwitchOptions {
+        dual_stack: true,
+        ..SwitchOptions::default()
+    };
+    let mut nodes = nodes_with("dssvc", 2, &options)?;
+    let Nodes { lab, switches, .. } = &mut nodes;
+    let (a, a6) = dual_stack_pod(lab, &switches[0], 2, "veth")?;
+    let (b, b6) = dual_stack_pod(lab, &switches[0], 3, "tap")?;
+    let (c, c6) = dual_stack_pod(lab, &switches[1], 2, "veth")?;
+    let node1 = &switches[0];
+    let node1_6 = pod_ip6(1, 1);
+
+    expect_pings6(&a, node1_6, "pod to its node")?;
+    expect_pings6(&b, node1_6, "TAP pod to its node")?;
+    for (to, what) in [
+        (a6, "node to its pod"),
+        (c6, "node to a pod on the other node"),
+    ] {
+        let replies = ping(&node1.ns, to, 5)?;
+        ensure!(replies >= 4, "{what}: {replies}/5 IPv6 ping replies");
+    }
+    let routes = node1.ns.ip(&["-6", "route", "show"])?;
+    ensure!(
+        routes.contains("fd00:10:244:2::/64 via fe80::1"),
+        "the peer's IPv6 pod CIDR routed via the switch: {routes}"
+    );
+
+    let _servers = [serve6(&b.ns, b6)?, serve6(&c.ns, c6)?];
+    let web6 = Service6 {
+        name: "default/web6".into(),
+        cluster_ip: CLUSTER_IP6,
+        protocol: ServiceProtocol::Tcp,
+        port: 80,
+        endpoints: vec![(b6, 8080), (c6, 8080)],
+    };
+    for node in switches.iter() {
+        kube_proxy::write_rules6(lab, &node.ns, std::slice::from_ref(&web6))?;
+    }
+    // Two endpoints, one per node, picked at random: 30 requests leave
+    // one unanswered with probability 2^-29.
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let (endpoint, seen) = request6(&a, CLUSTER_IP6, 80)?;
+        ensure!(
+            seen == node1_6,
+            "{endpoint} saw the client as {seen}, not its node's {node1_6}"
+        );
+        answered.insert(endpoint);
+    }
+    ensure!(
+        answered == std::collections::BTreeSet::from([b6, c6]),
+        "answered by {answered:?} of {b6} and {c6}"
+    );
+    let table = node1
+        .ns
+        .run("nft", &["list", "table", "ip6", "podswitch"])?;
+    let masqueraded = table
+        .lines()
+        .find(|l| l.contains("ct status dnat"))
+        .and_then(|l| l.split_once("counter packets "))
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse::<u64>().ok());
+    ensure!(
+        masqueraded.is_some_and(|n| n > 0),
+        "the ip6 table's Service rule counted nothing: {table}"
+    );
+    eprintln!("IPv6 ClusterIP from node 1: answered by {answered:?}, client seen as {node1_6}");
+
+    // Egress: a "world" behind node 1 with no route to the pods answers
+    // a pod through node 1's address on that link (the ip6 table's
+    // egress rule).
+    let world = lab.netns("world")?;
+    node1.ns.add_veth("out0", &world, "eth0")?;
+    let (node1_out, world6): (Ipv6Addr, Ipv6Addr) =
+        ("2001:db8::1".parse()?, "2001:db8::2".parse()?);
+    for (ns, dev, address) in [(&node1.ns, "out0", node1_out), (&world, "eth0", world6)] {
+        ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{address}/64"),
+            "dev",
+            dev,
+            "nodad",
+        ])?;
+        ns.ip(&["link", "set", dev, "up"])?;
+    }
+    let _world_server = serve6(&world, world6)?;
+    let (answered, seen) = request6(&a, world6, 8080)?;
+    ensure!(
+        answered == world6 && seen == node1_out,
+        "to the world: answered by {answered}, client seen as {seen}, not node 1's {node1_out}"
+    );
+
+    // Without the daemon's ip6 table the endpoints answer the pod
+    // directly, from their own addresses, and the connection fails.
+    node1
+        .ns
+        .run("nft", &["delete", "table", "ip6", "podswitch"])?;
+    for _ in 0..2 {
+        match request6(&a, CLUSTER_IP6, 80) {
+            Ok(answer) => anyhow::bail!("answered {answer:?} without the ip6 masquerade"),
+            Err(e) => eprintln!("without the ip6 masquerade, fails as expected: {e:#}"),
+        }
+    }
+
+    // A restart puts the node's IPv6 address, its routes and the table
+    // back: the pods reach the node and the Service again.
+    let node1 = &mut switches[0];
+    ensure!(node1.stop(), "the daemon did not stop on SIGTERM");
+    node1.launch()?;
+    wait_for("a pod's IPv6 to its node after a restart", || {
+        Ok(ping(&a.ns, node1_6, 1)? == 1)
+    })?;
+    let routes = node1.ns.ip(&["-6", "route", "show"])?;
+    ensure!(
+        routes.contains("fd00:10:244:2::/64 via fe80::1"),
+        "the peer's IPv6 pod CIDR after a restart: {routes}"
+    );
+    let mut answered = std::collections::BTreeSet::new();
+    wait_for("both endpoints answering after a restart", || {
+        if let Ok((endpoint, seen)) = request6(&a, CLUSTER_IP6, 80) {
+            ensure!(seen == node1_6, "{endpoint} saw the client as {seen}");
+            answered.insert(endpoint);
+        }
+        Ok(answered.len() == 2)
+    })
 }

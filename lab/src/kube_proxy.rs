@@ -2,18 +2,24 @@
 //! writes them, for the Services of the switch's own model
 //! ([`Service`]): iptables mode (`KUBE-SERVICES` → `KUBE-SVC-*` →
 //! `KUBE-SEP-*` DNAT, endpoints picked by `statistic`) and nftables mode
-//! (`table ip kube-proxy`, a service map and `dnat to`). No kube-proxy
-//! runs in the lab; these are the rules it would leave, so that a test or
-//! the lab benchmark can send pods' traffic through them.
+//! (`table ip kube-proxy`, a service map and `dnat to`); and IPv6
+//! Services of a dual-stack cluster in nftables mode (`table ip6
+//! kube-proxy`, the same shape). No kube-proxy runs in the lab; these are
+//! the rules it would leave, so that a test or the lab benchmark can send
+//! pods' traffic through them.
+
+use std::net::{IpAddr, Ipv6Addr};
 
 use anyhow::{Context, Result};
-use podswitch_control::service::{Endpoint, Service, ServicePort};
+use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol};
 
 use crate::{Lab, Netns};
 
 /// The cluster CIDR kube-proxy is told (`--cluster-cidr`): traffic to a
 /// ClusterIP from outside it is marked for masquerade.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The IPv6 cluster CIDR kube-proxy is told on a dual-stack cluster.
+pub const CLUSTER_CIDR6: &str = "fd00:10:244::/48";
 /// kube-proxy's masquerade mark.
 const MASQ_MARK: &str = "0x4000";
 
@@ -109,43 +115,114 @@ pub fn iptables_rules(services: &[Service]) -> String {
     text
 }
 
+/// An IPv6 Service of a dual-stack cluster, as kube-proxy's IPv6 rules
+/// see it (the Service model of the switch is IPv4): a ClusterIP and one
+/// port with its ready endpoints.
+#[derive(Debug, Clone)]
+pub struct Service6 {
+    /// `namespace/name`.
+    pub name: String,
+    /// The IPv6 ClusterIP.
+    pub cluster_ip: Ipv6Addr,
+    /// TCP or UDP.
+    pub protocol: ServiceProtocol,
+    /// The Service port.
+    pub port: u16,
+    /// The endpoints: address and target port.
+    pub endpoints: Vec<(Ipv6Addr, u16)>,
+}
+
+/// One Service port as an nftables-mode table writes it, of either family.
+struct NftService {
+    name: String,
+    cluster_ip: IpAddr,
+    proto: &'static str,
+    port: u16,
+    endpoints: Vec<(IpAddr, u16)>,
+}
+
 /// kube-proxy's nftables-mode table for `services`, as `nft -f` input.
 pub fn nftables_rules(services: &[Service]) -> String {
+    let entries = service_ports(services)
+        .into_iter()
+        .map(|(_, svc, port, endpoints)| NftService {
+            name: svc.name.clone(),
+            cluster_ip: svc.cluster_ip.into(),
+            proto: port.protocol.name(),
+            port: port.port,
+            endpoints: endpoints
+                .iter()
+                .map(|e| (e.address.into(), e.port))
+                .collect(),
+        })
+        .collect::<Vec<_>>();
+    nft_table("ip", &entries)
+}
+
+/// kube-proxy's nftables-mode IPv6 table (`table ip6 kube-proxy`) for
+/// `services`, as `nft -f` input.
+pub fn nftables_rules6(services: &[Service6]) -> String {
+    let entries = services
+        .iter()
+        .map(|svc| NftService {
+            name: svc.name.clone(),
+            cluster_ip: svc.cluster_ip.into(),
+            proto: svc.protocol.name(),
+            port: svc.port,
+            endpoints: svc
+                .endpoints
+                .iter()
+                .map(|&(address, port)| (address.into(), port))
+                .collect(),
+        })
+        .collect::<Vec<_>>();
+    nft_table("ip6", &entries)
+}
+
+/// The nftables-mode table of `family` (`ip` or `ip6`) for `services`.
+fn nft_table(family: &str, services: &[NftService]) -> String {
+    let (address_type, cluster_cidr) = match family {
+        "ip6" => ("ipv6_addr", CLUSTER_CIDR6),
+        _ => ("ipv4_addr", CLUSTER_CIDR),
+    };
     let mut map = Vec::new();
     let mut chains = String::new();
-    for (i, svc, port, endpoints) in service_ports(services) {
-        let proto = port.protocol.name();
+    for (i, svc) in services.iter().enumerate() {
+        let (proto, endpoints) = (svc.proto, &svc.endpoints);
         let name = svc.name.replace('/', "-");
         let chain = format!("service-{i}-{name}");
         map.push(format!(
             "{} . {proto} . {} : goto {chain}",
-            svc.cluster_ip, port.port
+            svc.cluster_ip, svc.port
         ));
         let picks: Vec<String> = (0..endpoints.len())
             .map(|j| format!("{j} : goto endpoint-{i}-{j}"))
             .collect();
         chains.push_str(&format!(
             "chain {chain} {{\n\
-             ip daddr {} {proto} dport {} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade\n\
+             {family} daddr {} {proto} dport {} {family} saddr != {cluster_cidr} jump mark-for-masquerade\n\
              numgen random mod {} vmap {{ {} }}\n}}\n",
             svc.cluster_ip,
-            port.port,
+            svc.port,
             endpoints.len().max(1),
             picks.join(", ")
         ));
-        for (j, endpoint) in endpoints.iter().enumerate() {
-            let (address, target) = (endpoint.address, endpoint.port);
+        for (j, &(address, target)) in endpoints.iter().enumerate() {
+            let to = match address {
+                IpAddr::V4(v4) => format!("{v4}:{target}"),
+                IpAddr::V6(v6) => format!("[{v6}]:{target}"),
+            };
             chains.push_str(&format!(
                 "chain endpoint-{i}-{j} {{\n\
-                 ip saddr {address} jump mark-for-masquerade\n\
-                 meta l4proto {proto} dnat to {address}:{target}\n}}\n"
+                 {family} saddr {address} jump mark-for-masquerade\n\
+                 meta l4proto {proto} dnat to {to}\n}}\n"
             ));
         }
     }
     format!(
-        "table ip kube-proxy\ndelete table ip kube-proxy\ntable ip kube-proxy {{\n\
+        "table {family} kube-proxy\ndelete table {family} kube-proxy\ntable {family} kube-proxy {{\n\
          map service-ips {{\n\
-         type ipv4_addr . inet_proto . inet_service : verdict\n\
+         type {address_type} . inet_proto . inet_service : verdict\n\
          elements = {{ {} }}\n}}\n\
          chain nat-prerouting {{\ntype nat hook prerouting priority dstnat; policy accept;\njump services\n}}\n\
          chain nat-output {{\ntype nat hook output priority -100; policy accept;\njump services\n}}\n\
@@ -153,7 +230,7 @@ pub fn nftables_rules(services: &[Service]) -> String {
          chain masquerading {{\nmeta mark & {MASQ_MARK} == 0 return\n\
          meta mark set meta mark ^ {MASQ_MARK}\nmasquerade fully-random\n}}\n\
          chain mark-for-masquerade {{\nmeta mark set meta mark | {MASQ_MARK}\n}}\n\
-         chain services {{\nip daddr . meta l4proto . th dport vmap @service-ips\n}}\n\
+         chain services {{\n{family} daddr . meta l4proto . th dport vmap @service-ips\n}}\n\
          {chains}}}\n",
         map.join(", ")
     )
@@ -167,20 +244,51 @@ pub fn write_rules(
     mode: KubeProxyMode,
     services: &[Service],
 ) -> Result<()> {
+    match mode {
+        KubeProxyMode::Iptables => load(
+            lab,
+            node,
+            "rules",
+            &iptables_rules(services),
+            ("iptables-restore", &["--noflush"]),
+        ),
+        KubeProxyMode::Nftables => load(
+            lab,
+            node,
+            "rules",
+            &nftables_rules(services),
+            ("nft", &["-f"]),
+        ),
+    }
+}
+
+/// Write kube-proxy's nftables-mode IPv6 rules for `services` into
+/// `node`, beside any IPv4 ones.
+pub fn write_rules6(lab: &Lab, node: &Netns, services: &[Service6]) -> Result<()> {
+    load(
+        lab,
+        node,
+        "rules6",
+        &nftables_rules6(services),
+        ("nft", &["-f"]),
+    )
+}
+
+/// Keep `text` in the lab's scratch directory as `<node>.<suffix>` and
+/// load it into `node` with `program args... <file>`.
+fn load(
+    lab: &Lab,
+    node: &Netns,
+    suffix: &str,
+    text: &str,
+    (program, args): (&str, &[&str]),
+) -> Result<()> {
     let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
     std::fs::create_dir_all(&dir)?;
-    let file = dir.join(format!("{}.rules", node.name()));
-    let (text, program, args) = match mode {
-        KubeProxyMode::Iptables => (
-            iptables_rules(services),
-            "iptables-restore",
-            vec!["--noflush"],
-        ),
-        KubeProxyMode::Nftables => (nftables_rules(services), "nft", vec!["-f"]),
-    };
+    let file = dir.join(format!("{}.{suffix}", node.name()));
     std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
     let file = file.to_string_lossy();
-    let args: Vec<&str> = args.into_iter().chain([file.as_ref()]).collect();
+    let args: Vec<&str> = args.iter().copied().chain([file.as_ref()]).collect();
     node.run(program, &args)
         .with_context(|| format!("kube-proxy's rules into {}", node.name()))?;
     Ok(())
@@ -189,7 +297,6 @@ pub fn write_rules(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use podswitch_control::service::ServiceProtocol;
     use std::net::Ipv4Addr;
 
     fn web() -> Service {
@@ -229,5 +336,27 @@ mod tests {
             )
         );
         assert!(text.contains("dnat to 10.244.1.2:8080"));
+    }
+
+    #[test]
+    fn nftables_rules6_are_the_same_table_in_the_ip6_family() {
+        let svc = Service6 {
+            name: "default/web6".into(),
+            cluster_ip: "fd00:96::10".parse().unwrap(),
+            protocol: ServiceProtocol::Tcp,
+            port: 80,
+            endpoints: vec![
+                ("fd00:10:244:1::3".parse().unwrap(), 8080),
+                ("fd00:10:244:2::2".parse().unwrap(), 8080),
+            ],
+        };
+        let text = nftables_rules6(&[svc]);
+        assert!(text.starts_with("table ip6 kube-proxy\ndelete table ip6 kube-proxy\n"));
+        assert!(text.contains("type ipv6_addr . inet_proto . inet_service : verdict"));
+        assert!(text.contains("fd00:96::10 . tcp . 80 : goto service-0-default-web6"));
+        assert!(text.contains("ip6 saddr != fd00:10:244::/48 jump mark-for-masquerade"));
+        assert!(text.contains("dnat to [fd00:10:244:2::2]:8080"));
+        assert!(text.contains("ip6 daddr . meta l4proto . th dport vmap @service-ips"));
+        assert!(!text.contains("ip daddr"));
     }
 }

@@ -8,12 +8,12 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::{Mutex, PoisonError};
 
 use anyhow::{Context, Result, bail};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
@@ -231,9 +231,15 @@ impl Netlink {
         Ok(())
     }
 
-    /// Route `destination` out of interface `index`, replacing any route to it.
-    pub fn replace_route(&self, destination: Ipv4Net, index: u32) -> Result<()> {
-        let mut route = route_message(destination.into());
+    /// Route `destination` out of interface `index` — on-link, or `via` a
+    /// gateway there — replacing any route to it.
+    pub fn replace_route(&self, destination: IpNet, via: Option<IpAddr>, index: u32) -> Result<()> {
+        let mut route = route_message(destination);
+        if let Some(gateway) = via {
+            route
+                .attributes
+                .push(RouteAttribute::Gateway(route_address(gateway)));
+        }
         route.attributes.push(RouteAttribute::Oif(index));
         self.exchange(
             RouteNetlinkMessage::NewRoute(route),
@@ -245,8 +251,8 @@ impl Netlink {
 
     /// Remove the route to `destination` out of interface `index`; a route
     /// already gone is fine.
-    pub fn delete_route(&self, destination: Ipv4Net, index: u32) -> Result<()> {
-        let mut route = route_message(destination.into());
+    pub fn delete_route(&self, destination: IpNet, index: u32) -> Result<()> {
+        let mut route = route_message(destination);
         route.attributes.push(RouteAttribute::Oif(index));
         let result = self.request(RouteNetlinkMessage::DelRoute(route));
         if failed_with(&result, ESRCH) {
@@ -310,15 +316,11 @@ impl Netlink {
     /// subnet; an IPv6 gateway is a link-local address, on-link anyway).
     pub fn add_route_via(&self, destination: IpNet, gateway: IpAddr, index: u32) -> Result<()> {
         let mut route = route_message(destination);
-        let gateway_address = match gateway {
-            IpAddr::V4(v4) => {
-                route.header.flags.insert(RouteFlags::Onlink);
-                RouteAddress::Inet(v4)
-            }
-            IpAddr::V6(v6) => RouteAddress::Inet6(v6),
-        };
+        if gateway.is_ipv4() {
+            route.header.flags.insert(RouteFlags::Onlink);
+        }
         route.attributes.extend([
-            RouteAttribute::Gateway(gateway_address),
+            RouteAttribute::Gateway(route_address(gateway)),
             RouteAttribute::Oif(index),
         ]);
         let result = self.exchange(
@@ -358,35 +360,68 @@ impl Netlink {
 
     /// The IPv4 routes of the main table: destination, gateway, interface.
     pub fn routes_v4(&self) -> Result<Vec<(Ipv4Net, Option<Ipv4Addr>, u32)>> {
-        let query = route_header(AddressFamily::Inet);
+        Ok(self
+            .routes(AddressFamily::Inet)?
+            .into_iter()
+            .filter_map(|(destination, gateway, oif)| match (destination, gateway) {
+                (IpNet::V4(d), None) => Some((d, None, oif)),
+                (IpNet::V4(d), Some(IpAddr::V4(g))) => Some((d, Some(g), oif)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The IPv6 routes of the main table: destination, gateway, interface.
+    pub fn routes_v6(&self) -> Result<Vec<(Ipv6Net, Option<Ipv6Addr>, u32)>> {
+        Ok(self
+            .routes(AddressFamily::Inet6)?
+            .into_iter()
+            .filter_map(|(destination, gateway, oif)| match (destination, gateway) {
+                (IpNet::V6(d), None) => Some((d, None, oif)),
+                (IpNet::V6(d), Some(IpAddr::V6(g))) => Some((d, Some(g), oif)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The routes of `family` in the main table.
+    fn routes(&self, family: AddressFamily) -> Result<Vec<(IpNet, Option<IpAddr>, u32)>> {
         let answers = self
-            .exchange(RouteNetlinkMessage::GetRoute(query), NLM_F_DUMP)
+            .exchange(
+                RouteNetlinkMessage::GetRoute(route_header(family)),
+                NLM_F_DUMP,
+            )
             .context("listing routes")?;
         Ok(answers
             .iter()
             .filter_map(|answer| match answer {
                 RouteNetlinkMessage::NewRoute(m)
-                    if m.header.table == RouteHeader::RT_TABLE_MAIN =>
+                    if m.header.table == RouteHeader::RT_TABLE_MAIN
+                        && m.header.address_family == family =>
                 {
                     Some(m)
                 }
                 _ => None,
             })
-            .map(|m| {
-                let mut destination = Ipv4Addr::UNSPECIFIED;
+            .filter_map(|m| {
+                let mut destination = None;
                 let mut gateway = None;
                 let mut oif = 0;
                 for attribute in &m.attributes {
                     match attribute {
-                        RouteAttribute::Destination(RouteAddress::Inet(v4)) => destination = *v4,
-                        RouteAttribute::Gateway(RouteAddress::Inet(v4)) => gateway = Some(*v4),
+                        RouteAttribute::Destination(address) => destination = ip_of(address),
+                        RouteAttribute::Gateway(address) => gateway = ip_of(address),
                         RouteAttribute::Oif(index) => oif = *index,
                         _ => {}
                     }
                 }
-                let prefix = Ipv4Net::new(destination, m.header.destination_prefix_length)
-                    .unwrap_or_default();
-                (prefix, gateway, oif)
+                // No destination attribute: the default route.
+                let destination = destination.unwrap_or(match family {
+                    AddressFamily::Inet6 => Ipv6Addr::UNSPECIFIED.into(),
+                    _ => Ipv4Addr::UNSPECIFIED.into(),
+                });
+                let prefix = IpNet::new(destination, m.header.destination_prefix_length).ok()?;
+                Some((prefix, gateway, oif))
             })
             .collect())
     }
@@ -536,6 +571,23 @@ fn route_header(family: AddressFamily) -> RouteMessage {
     route.header.scope = RouteScope::Universe;
     route.header.kind = RouteType::Unicast;
     route
+}
+
+/// `address` as a route attribute's address.
+fn route_address(address: IpAddr) -> RouteAddress {
+    match address {
+        IpAddr::V4(v4) => RouteAddress::Inet(v4),
+        IpAddr::V6(v6) => RouteAddress::Inet6(v6),
+    }
+}
+
+/// A route attribute's address, if it is an IP address.
+fn ip_of(address: &RouteAddress) -> Option<IpAddr> {
+    match address {
+        RouteAddress::Inet(v4) => Some((*v4).into()),
+        RouteAddress::Inet6(v6) => Some((*v6).into()),
+        _ => None,
+    }
 }
 
 /// A unicast route of the main table to `destination`.

@@ -5,11 +5,11 @@
 //! Needs root.
 
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsFd;
 
 use anyhow::{Result, ensure};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use podswitch_control::MacAddr;
 use podswitch_lab::Lab;
 use podswitch_netdev::ethtool::{self, Offload};
@@ -66,8 +66,8 @@ fn every_call_against_the_kernel() -> Result<()> {
         ensure!(netlink.addresses(host.index)? == [expected]);
 
         // A route replaced, an on-link route via a gateway added twice.
-        netlink.replace_route(pods, host.index)?;
-        netlink.replace_route(pods, host.index)?;
+        netlink.replace_route(pods.into(), None, host.index)?;
+        netlink.replace_route(pods.into(), None, host.index)?;
         netlink.add_route_via(remote.into(), ip4("10.99.0.9").into(), host.index)?;
         netlink.add_route_via(remote.into(), ip4("10.99.0.9").into(), host.index)?;
         let routes = netlink.routes_v4()?;
@@ -94,9 +94,25 @@ fn every_call_against_the_kernel() -> Result<()> {
         ensure!(netlink.next_hop(IpAddr::V4(ip4("192.0.2.1"))).is_err());
 
         // A route deleted twice: the second is "already gone", fine.
-        netlink.delete_route(pods, host.index)?;
-        netlink.delete_route(pods, host.index)?;
+        netlink.delete_route(pods.into(), host.index)?;
+        netlink.delete_route(pods.into(), host.index)?;
         ensure!(!netlink.routes_v4()?.iter().any(|r| r.0 == pods));
+
+        // IPv6: a route via a link-local gateway, replaced, listed, deleted.
+        let pods6: Ipv6Net = "fd00:98::/64".parse()?;
+        let gateway6: Ipv6Addr = "fe80::1".parse()?;
+        for _ in 0..2 {
+            netlink.replace_route(pods6.into(), Some(gateway6.into()), host.index)?;
+        }
+        let routes = netlink.routes_v6()?;
+        ensure!(
+            routes.contains(&(pods6, Some(gateway6), host.index)),
+            "{routes:?}"
+        );
+        for _ in 0..2 {
+            netlink.delete_route(pods6.into(), host.index)?;
+        }
+        ensure!(!netlink.routes_v6()?.iter().any(|r| r.0 == pods6));
         Ok(host)
     })?;
     let features = node.run("ethtool", &["-k", "vhost"])?;

@@ -3,7 +3,7 @@
 //! — XDP programs detached, sockets closed, every frame returned — and
 //! exit 0. The host port stays (it is persistent) for the next daemon.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -12,17 +12,17 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use crossbeam::channel::{RecvTimeoutError, Sender, bounded, unbounded};
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv6Net};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::afxdp::{CopyMode, Umem, UmemConfig, XskConfig, XskSocket, active_rx_queues};
 use crate::config::{Config, PeerConfig, ServiceTranslation, TunnelOffloadMode, TunnelReceiveMode};
 use crate::control::ControlServer;
-use crate::control::protocol::{Encap, PortKind};
+use crate::control::protocol::{Encap, PortKind, pod_address6};
 use crate::control_plane::{
     ControlPlane, ControlPlaneParts, DaemonPorts, HOST_PORT, Node, PortRecordSeed, TUNNEL_PORT,
-    UPLINK_PORT, WorkerHandle, describe, uplink_filter,
+    UPLINK_PORT, WorkerHandle, describe, host_route_via, pod_cidrs, uplink_filter,
 };
 use crate::fib::SharedFib;
 use crate::frame_budget::{FillBudget, FillGrowth, FramePlan};
@@ -30,7 +30,7 @@ use crate::frames::FrameLedger;
 use crate::kernel_receive::{self, KernelReceive};
 use crate::mac::MacAddr;
 use crate::membership::{self, MembershipSource};
-use crate::netlink::{Netlink, disable_ipv6};
+use crate::netlink::{Netlink, disable_ipv6, enable_static_ipv6};
 use crate::node_nat::{self, NatRules};
 use crate::policy::Policies;
 use crate::services::{DEFAULT_CONNECTIONS, Services};
@@ -162,8 +162,11 @@ pub fn run(config: Config) -> Result<()> {
         .and_then(|tap| tap.persist().map(|()| tap))
         .with_context(|| format!("creating the host port {}", config.host_port))?;
     let host = netlink.require_link(&config.host_port)?;
-    // The host port carries IPv4 pod traffic only.
-    if let Err(e) = disable_ipv6(&config.host_port) {
+    // The host port carries IPv6 where the node has pods of that family,
+    // IPv4 only otherwise.
+    if config.pod_cidr6.is_some() {
+        enable_static_ipv6(&config.host_port).context("IPv6 on the host port")?;
+    } else if let Err(e) = disable_ipv6(&config.host_port) {
         tracing::debug!("{e:#}");
     }
     netlink.set_link_up(host.index, Some(pod_mtu), None)?;
@@ -172,6 +175,9 @@ pub fn run(config: Config) -> Result<()> {
         config.gateway().into(),
         config.pod_cidr.prefix_len(),
     )?;
+    if let Some(cidr6) = config.pod_cidr6 {
+        host_port_ipv6(&netlink, &config, cidr6, host.index)?;
+    }
     let host_mac = netlink
         .require_link(&config.host_port)?
         .mac
@@ -317,8 +323,14 @@ pub fn run(config: Config) -> Result<()> {
         )?;
     }
     plane.restore().context("restoring the saved state")?;
-    let pod_cidrs: Vec<Ipv4Net> = plane.peers().iter().map(|p| p.pod_cidr).collect();
-    remove_stale_host_routes(&netlink, host.index, config.pod_cidr, &pod_cidrs);
+    let peers = plane.peers();
+    let peer_cidrs = peers
+        .iter()
+        .flat_map(|p| pod_cidrs(p.pod_cidr, p.pod_cidr6));
+    let wanted: Vec<IpNet> = pod_cidrs(config.pod_cidr, config.pod_cidr6)
+        .chain(peer_cidrs)
+        .collect();
+    remove_stale_host_routes(&netlink, host.index, &wanted);
 
     // The restored peers the file does not list: the source's own.
     let from_file: Vec<_> = config.peers.iter().map(|p| p.node_ip).collect();
@@ -419,6 +431,11 @@ fn masquerade_rules(config: &Config) -> NatRules {
     NatRules {
         services: config.service_masquerade,
         egress_from: config.egress_masquerade.then_some(config.pod_cidr.trunc()),
+        ipv6: config.pod_cidr6.is_some(),
+        egress_from6: config
+            .pod_cidr6
+            .filter(|_| config.egress_masquerade)
+            .map(|cidr6| cidr6.trunc()),
     }
 }
 
@@ -434,33 +451,57 @@ fn apply_masquerade(config: &Config) -> Result<()> {
         }
         return Ok(());
     }
-    node_nat::enable_forwarding()?;
+    node_nat::enable_forwarding(rules.ipv6)?;
     node_nat::install(&config.host_port, rules)?;
     tracing::info!(
         table = node_nat::TABLE,
         host_port = %config.host_port,
         services = rules.services,
         egress = rules.egress_from.is_some(),
+        ipv6 = rules.ipv6,
         "pods' connections through the node are masqueraded"
     );
     Ok(())
 }
 
+/// IPv6 on the host port (the node has `cidr6`): the node's address there,
+/// the mirror of the pods' IPv4 gateway in `cidr6` (so the node has an
+/// IPv6 address its pods always reach, and sends to them from it), and
+/// `cidr6` routed via the switch ([`host_route_via`]). The routes to
+/// peers' IPv6 pod CIDRs come with the peers.
+fn host_port_ipv6(netlink: &Netlink, config: &Config, cidr6: Ipv6Net, index: u32) -> Result<()> {
+    let node6 = pod_address6(config.pod_cidr, cidr6, config.gateway())
+        .context("the node's IPv6 address on the host port")?;
+    netlink.add_address(index, node6.into(), 128)?;
+    let cidr6 = IpNet::from(cidr6);
+    netlink.replace_route(cidr6, host_route_via(cidr6), index)
+}
+
 /// Remove the routes through the host port (interface `host_index`) to
-/// pod CIDRs that are neither this node's (`own`, the kernel's connected
-/// route) nor a peer's (`peers`): the host port outlives the daemon with
-/// its routes, and a peer dropped from the configuration while the daemon
-/// was down must not keep one. Routes via a gateway are not the daemon's
-/// and stay.
-fn remove_stale_host_routes(netlink: &Netlink, host_index: u32, own: Ipv4Net, peers: &[Ipv4Net]) {
-    let routes = match netlink.routes_v4() {
+/// pod CIDRs that are neither this node's nor a peer's (`pod_cidrs`): the
+/// host port outlives the daemon with its routes, and a peer dropped from
+/// the configuration while the daemon was down must not keep one. Only
+/// routes the daemon makes are candidates ([`host_route_via`]: IPv4 ones
+/// with no gateway, IPv6 ones via `fe80::1`); others stay.
+fn remove_stale_host_routes(netlink: &Netlink, host_index: u32, pod_cidrs: &[IpNet]) {
+    let routes = netlink.routes_v4().and_then(|v4| {
+        let v6 = netlink.routes_v6()?;
+        let v4 = v4
+            .into_iter()
+            .map(|(d, g, oif)| (d.into(), g.map(IpAddr::from), oif));
+        let v6 = v6
+            .into_iter()
+            .map(|(d, g, oif)| (d.into(), g.map(IpAddr::from), oif));
+        Ok(v4.chain(v6).collect::<Vec<_>>())
+    });
+    let routes = match routes {
         Ok(routes) => routes,
         Err(e) => {
             tracing::warn!("{e:#}");
             return;
         }
     };
-    for stale in stale_host_routes(&routes, host_index, own, peers) {
+    for stale in stale_host_routes(&routes, host_index, pod_cidrs) {
         match netlink.delete_route(stale, host_index) {
             Ok(()) => tracing::info!(%stale, "removed a host port route no peer has"),
             Err(e) => tracing::warn!("{e:#}"),
@@ -470,20 +511,15 @@ fn remove_stale_host_routes(netlink: &Netlink, host_index: u32, own: Ipv4Net, pe
 
 /// Which of `routes` (destination, gateway, interface) [`remove_stale_host_routes`] removes.
 fn stale_host_routes(
-    routes: &[(Ipv4Net, Option<Ipv4Addr>, u32)],
+    routes: &[(IpNet, Option<IpAddr>, u32)],
     host_index: u32,
-    own: Ipv4Net,
-    peers: &[Ipv4Net],
-) -> Vec<Ipv4Net> {
-    let wanted = |destination: &Ipv4Net| {
-        std::iter::once(&own)
-            .chain(peers)
-            .any(|cidr| cidr.trunc() == *destination)
-    };
+    pod_cidrs: &[IpNet],
+) -> Vec<IpNet> {
+    let wanted = |destination: &IpNet| pod_cidrs.iter().any(|cidr| cidr.trunc() == *destination);
     routes
         .iter()
         .filter(|&&(destination, gateway, oif)| {
-            oif == host_index && gateway.is_none() && !wanted(&destination)
+            oif == host_index && gateway == host_route_via(destination) && !wanted(&destination)
         })
         .map(|&(destination, _, _)| destination)
         .collect()
@@ -858,21 +894,33 @@ mod tests {
     }
 
     #[test]
-    fn only_gateway_less_host_port_routes_to_unknown_cidrs_are_stale() {
-        let net = |text: &str| text.parse::<Ipv4Net>().unwrap();
-        let own = net("10.244.1.0/24");
-        let peers = [net("10.244.2.0/24")];
+    fn only_the_daemons_host_port_routes_to_unknown_cidrs_are_stale() {
+        let net = |text: &str| text.parse::<IpNet>().unwrap();
+        let ip = |text: &str| Some(text.parse::<IpAddr>().unwrap());
+        let pod_cidrs = [
+            net("10.244.1.0/24"),
+            net("10.244.2.0/24"),
+            net("fd00:10:244:1::/64"),
+            net("fd00:10:244:2::/64"),
+        ];
         let routes = [
             (net("10.244.1.0/24"), None, 7),
             (net("10.244.2.0/24"), None, 7),
             (net("10.244.3.0/24"), None, 7),
-            (net("10.244.4.0/24"), Some(Ipv4Addr::new(10, 244, 1, 9)), 7),
+            (net("10.244.4.0/24"), ip("10.244.1.9"), 7),
             (net("10.244.5.0/24"), None, 3),
-            (net("0.0.0.0/0"), Some(Ipv4Addr::new(10, 1, 0, 1)), 3),
+            (net("0.0.0.0/0"), ip("10.1.0.1"), 3),
+            (net("fd00:10:244:1::/64"), ip("fe80::1"), 7),
+            (net("fd00:10:244:2::/64"), ip("fe80::1"), 7),
+            (net("fd00:10:244:3::/64"), ip("fe80::1"), 7),
+            // The kernel's own link-local route, and someone else's.
+            (net("fe80::/64"), None, 7),
+            (net("fd00:99::/64"), ip("fe80::9"), 7),
+            (net("fd00:10:244:4::/64"), ip("fe80::1"), 3),
         ];
         assert_eq!(
-            stale_host_routes(&routes, 7, own, &peers),
-            [net("10.244.3.0/24")]
+            stale_host_routes(&routes, 7, &pod_cidrs),
+            [net("10.244.3.0/24"), net("fd00:10:244:3::/64")]
         );
     }
 }

@@ -2,15 +2,16 @@
 //! place, or why it is dropped. No I/O here — the workers move frames
 //! between rings and call [`Forwarder::forward`] on each one of a batch.
 //!
-//! The switch is a router for IPv4, and for IPv6 between dual-stack pods:
-//! pods send to the router MAC (answered for their gateway and every
-//! routed address by proxy ARP and neighbour advertisements), and every
-//! frame through the switch has its MACs rewritten. Where the switch is
-//! the packet's IP hop — pod to pod, pod to peer, tunnel to pod — it does
-//! what a kernel node (bridge + routing + vxlan) does at that hop: it
-//! drops a packet whose TTL would expire or whose options the kernel would
-//! refuse, and decrements the TTL. A packet to or from the node's own stack
-//! (the host port) has the node's kernel as its hop, which does all that
+//! The switch is a router for IPv4, and for IPv6 between dual-stack pods
+//! and their node (when the host port carries IPv6): pods send to the
+//! router MAC (answered for their gateway and every routed address by
+//! proxy ARP and neighbour advertisements), and every frame through the
+//! switch has its MACs rewritten. Where the switch is the packet's IP hop
+//! — pod to pod, pod to peer, tunnel to pod — it does what a kernel node
+//! (bridge + routing + vxlan) does at that hop: it drops a packet whose
+//! TTL (hop limit) would expire or whose options the kernel would refuse,
+//! and decrements the TTL. A packet to or from the node's own stack (the
+//! host port) has the node's kernel as its hop, which does all that
 //! itself and answers with ICMP (time exceeded, parameter problem): the
 //! switch leaves its TTL and options alone, as a Flannel node's bridge
 //! does between a pod and the node's `cni0` address.
@@ -272,9 +273,9 @@ impl Forwarder<'_> {
         }
     }
 
-    /// An IPv6 frame from a pod: a neighbour solicitation answered, a
-    /// packet routed — if the pod has an IPv6 address (only pod ports
-    /// have one; the host port's IPv6 is off).
+    /// An IPv6 frame from a pod or the host port: a neighbour solicitation
+    /// answered, a packet routed — if the pod has an IPv6 address, or the
+    /// host port carries IPv6 ([`Topology::host_ipv6`]).
     fn local_ipv6(
         &self,
         in_port: PortId,
@@ -283,20 +284,29 @@ impl Forwarder<'_> {
         frame: Range<usize>,
         size: Size,
     ) -> Result<Verdict, DropCause> {
-        let own = port.ip6;
+        let from_host = port.role == PortRole::Host;
+        let ipv6 = if from_host {
+            self.topology.host_ipv6
+        } else {
+            port.ip6.is_some()
+        };
         let bytes = &buf[frame.clone()];
-        if own.is_some() && is_neighbor_solicit(bytes) {
+        if ipv6 && is_neighbor_solicit(bytes) {
             return self.answer_neighbor_solicit(in_port, port, buf, frame);
         }
         self.check_unicast_to_router(EthernetFrame::new_unchecked(bytes).dst_addr())?;
-        if own.is_none() {
+        if !ipv6 {
             return Err(DropCause::NotIpv4);
         }
-        let origin = Origin::Pod {
-            address: port.ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
-            port: in_port,
+        let origin = if from_host {
+            Origin::Host
+        } else {
+            Origin::Pod {
+                address: port.ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                port: in_port,
+            }
         };
-        self.route6(buf, frame, origin, own, size)
+        self.route6(buf, frame, origin, port.ip6, size)
     }
 
     fn check_unicast_to_router(&self, dst: EthernetAddress) -> Result<(), DropCause> {
@@ -381,13 +391,14 @@ impl Forwarder<'_> {
         Ok(self.send(next, buf, frame))
     }
 
-    /// Route an IPv6 frame from a pod or a peer as [`Forwarder::route`]
-    /// routes IPv4: its source checked (a pod's own IPv6 address), its
-    /// destination looked up in the topology's IPv6 routes, its hop
-    /// limit checked and decremented. No Service stage (Services are
-    /// IPv4); the policy stage as [`PolicyStage::check_ipv6`] says.
-    /// `pod_ip6`: from a pod, its IPv6 address as [`Forwarder::local_ipv6`]
-    /// read it from its port (`None` from the tunnel).
+    /// Route an IPv6 frame as [`Forwarder::route`] routes IPv4: its
+    /// source checked (a pod's own IPv6 address), its destination looked
+    /// up in the topology's IPv6 routes, its hop limit checked and
+    /// decremented where the switch is the hop (not to or from the host
+    /// port: the node's kernel is). No Service stage (the switch
+    /// translates IPv4 Services only); the policy stage as
+    /// [`PolicyStage::check_ipv6`] says. `pod_ip6`: from a pod, its IPv6
+    /// address as [`Forwarder::local_ipv6`] read it from its port.
     fn route6(
         &self,
         buf: &mut [u8],
@@ -409,11 +420,15 @@ impl Forwarder<'_> {
             .fib6
             .lookup(packet.dst_addr())
             .ok_or(DropCause::NoRoute)?;
-        if packet.hop_limit() <= 1 {
+        // To or from the node's stack, the node's kernel is the hop.
+        let hop = origin != Origin::Host && target != RouteTarget::Host;
+        if hop && packet.hop_limit() <= 1 {
             return Err(DropCause::TtlExpired);
         }
         let ip_len = IPV6_HEADER_LEN as u32 + u32::from(packet.payload_len());
         if let Some(policy) = &self.policy {
+            // The host port's IPv6 is no way around a policy: a
+            // restricted pod's IPv6 is denied whichever way it goes.
             let sender = match origin {
                 Origin::Pod { address, .. } => Some(address),
                 _ => None,
@@ -425,7 +440,9 @@ impl Forwarder<'_> {
             policy.check_ipv6(sender, receiver)?;
         }
         let next = self.next_hop(target, origin, frame.len(), ip_len, size)?;
-        buf[ip_start + IPV6_HOP_LIMIT] -= 1;
+        if hop {
+            buf[ip_start + IPV6_HOP_LIMIT] -= 1;
+        }
         Ok(self.send(next, buf, frame))
     }
 
@@ -516,11 +533,11 @@ impl Forwarder<'_> {
         })
     }
 
-    /// Answer a pod's neighbour solicitation for its IPv6 gateway
-    /// ([`POD_GATEWAY6`]) or any address the switch routes to a pod or a
-    /// peer, as [`Forwarder::answer_arp`] answers ARP; duplicate address
-    /// detection (a solicitation from `::`) is never answered, so a pod
-    /// never finds its own address taken.
+    /// Answer a neighbour solicitation from a pod or the host port for
+    /// the IPv6 gateway ([`POD_GATEWAY6`]) or any address the switch
+    /// routes to a pod or a peer, as [`Forwarder::answer_arp`] answers
+    /// ARP; duplicate address detection (a solicitation from `::`) is
+    /// never answered, so a pod never finds its own address taken.
     fn answer_neighbor_solicit(
         &self,
         in_port: PortId,
@@ -533,11 +550,11 @@ impl Forwarder<'_> {
         let sender = solicit.sender_ip;
         let own_source =
             sender.is_unspecified() || sender.is_unicast_link_local() || Some(sender) == port.ip6;
-        if !own_source
-            || solicit
-                .sender_mac
-                .is_some_and(|mac| MacAddr::from(mac) != port.mac)
-        {
+        let own_mac = solicit
+            .sender_mac
+            .is_none_or(|mac| MacAddr::from(mac) == port.mac);
+        // The node's kernel may ask from any of its addresses.
+        if port.role == PortRole::Pod && !(own_source && own_mac) {
             return Err(DropCause::Spoofed);
         }
         let target = solicit.target_ip;
@@ -692,7 +709,7 @@ pub(crate) mod tests {
     use smoltcp::wire::TcpPacket;
 
     use super::*;
-    use crate::fib6::Ipv6Lpm;
+    use crate::fib6::{Ipv6Lpm, Ipv6Net};
     use crate::topology::PeerView;
     use podswitch_encap::checksum::data;
 
@@ -801,6 +818,7 @@ pub(crate) mod tests {
             })],
             peer_by_vtep,
             captures: Vec::new(),
+            host_ipv6: false,
         }
     }
 
@@ -924,13 +942,207 @@ pub(crate) mod tests {
     /// A neighbour solicitation from pod A, from `src`, for `target`,
     /// giving `lladdr` as its MAC.
     fn solicit(src: Ipv6Addr, target: Ipv6Addr, lladdr: MacAddr) -> (Vec<u8>, Range<usize>) {
+        solicit_from(POD_A_MAC, src, target, lladdr)
+    }
+
+    /// A neighbour solicitation sent by `mac`, from `src`, for `target`,
+    /// giving `lladdr` as its MAC.
+    fn solicit_from(
+        mac: MacAddr,
+        src: Ipv6Addr,
+        target: Ipv6Addr,
+        lladdr: MacAddr,
+    ) -> (Vec<u8>, Range<usize>) {
         let icmp = Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit {
             target_addr: target,
             lladdr: Some(EthernetAddress::from(lladdr).into()),
         });
         let solicited_node = EthernetAddress([0x33, 0x33, 0xff, 0, 0, 1]);
         let dst = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00, 1);
-        ipv6_frame((POD_A_MAC, solicited_node), (src, dst), 255, &icmp)
+        ipv6_frame((mac, solicited_node), (src, dst), 255, &icmp)
+    }
+
+    /// [`topology`] with IPv6 on the host port, and its `::/0`.
+    fn host_ipv6_topology() -> Topology {
+        let mut topology = topology();
+        topology.host_ipv6 = true;
+        topology.fib6.insert(Ipv6Net::default(), RouteTarget::Host);
+        topology
+    }
+
+    /// The node's address on the host port, the mirror of the IPv4
+    /// gateway.
+    const NODE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 1);
+
+    /// The hop limit of the routed IPv6 frame at `buf[frame]`, checked to
+    /// be addressed to `dst_mac` from the router.
+    fn routed6(buf: &[u8], frame: Range<usize>, dst_mac: MacAddr) -> u8 {
+        let eth = EthernetFrame::new_checked(&buf[frame]).unwrap();
+        assert_eq!(MacAddr::from(eth.dst_addr()), dst_mac);
+        assert_eq!(MacAddr::from(eth.src_addr()), ROUTER);
+        Ipv6Packet::new_checked(eth.payload()).unwrap().hop_limit()
+    }
+
+    #[test]
+    fn ipv6_from_the_host_port_is_routed_and_its_hop_limit_left_alone() {
+        let topology = host_ipv6_topology();
+        let from_host =
+            |dst, hop_limit| ipv6_frame((HOST_MAC, ROUTER.into()), (NODE6, dst), hop_limit, &ECHO);
+        // To a local pod: the node's kernel was the hop.
+        let (mut buf, frame) = from_host(POD_A6, 64);
+        let verdict = forward_in(&topology, HOST, &mut buf, frame.clone());
+        assert_eq!(
+            verdict,
+            Verdict::Transmit {
+                port: POD_A_PORT,
+                frame: frame.clone()
+            }
+        );
+        assert_eq!(routed6(&buf, frame, POD_A_MAC), 64);
+        // Even with the hop limit the kernel left at 1.
+        let (mut buf, frame) = from_host(POD_B6, 1);
+        let verdict = forward_in(&topology, HOST, &mut buf, frame.clone());
+        assert!(matches!(
+            verdict,
+            Verdict::Transmit {
+                port: POD_B_PORT,
+                ..
+            }
+        ));
+        assert_eq!(routed6(&buf, frame, POD_B_MAC), 1);
+        // To a peer's pod (a Service packet DNATed to it).
+        let (mut buf, frame) = from_host(REMOTE_POD6, 63);
+        let verdict = forward_in(&topology, HOST, &mut buf, frame.clone());
+        assert_eq!(
+            verdict,
+            Verdict::ToPeer {
+                peer: PeerId(0),
+                frame: frame.clone()
+            }
+        );
+        assert_eq!(routed6(&buf, frame, PEER_VTEP_MAC), 63);
+        // No source check: the node sends from any of its addresses.
+        let (mut buf, frame) = ipv6_frame(
+            (HOST_MAC, ROUTER.into()),
+            ("2001:db8::7".parse().unwrap(), POD_A6),
+            64,
+            &ECHO,
+        );
+        let verdict = forward_in(&topology, HOST, &mut buf, frame);
+        assert!(matches!(
+            verdict,
+            Verdict::Transmit {
+                port: POD_A_PORT,
+                ..
+            }
+        ));
+        // Without IPv6 on the host port, none of it is routed.
+        let (mut buf, frame) = from_host(POD_A6, 64);
+        assert_eq!(
+            forward(HOST, &mut buf, frame),
+            Verdict::Drop(DropCause::NotIpv4)
+        );
+    }
+
+    #[test]
+    fn ipv6_a_pod_sends_outside_the_pod_network_goes_to_the_node() {
+        let topology = host_ipv6_topology();
+        for dst in [NODE6, "2001:db8::1".parse().unwrap()] {
+            // The node's kernel is the hop: even a hop limit of 1 goes,
+            // for the kernel to answer.
+            for hop_limit in [64, 1] {
+                let (mut buf, frame) = echo6(POD_A6, dst, hop_limit);
+                let verdict = forward_in(&topology, POD_A_PORT, &mut buf, frame.clone());
+                assert_eq!(
+                    verdict,
+                    Verdict::Transmit {
+                        port: HOST,
+                        frame: frame.clone()
+                    },
+                    "{dst}"
+                );
+                assert_eq!(routed6(&buf, frame, HOST_MAC), hop_limit);
+            }
+        }
+        // Pod to pod, the switch is still the hop.
+        let (mut buf, frame) = echo6(POD_A6, POD_B6, 1);
+        assert_eq!(
+            forward_in(&topology, POD_A_PORT, &mut buf, frame),
+            Verdict::Drop(DropCause::TtlExpired)
+        );
+    }
+
+    #[test]
+    fn the_host_ports_ipv6_is_no_way_around_a_policy() {
+        // Pod A (10.244.1.5) is isolated both ways.
+        let policies = crate::policy::tests::web_isolated();
+        let enforced = policies.enforced();
+        let topology = host_ipv6_topology();
+        let fib = fib();
+        let forwarder = Forwarder {
+            topology: &topology,
+            fib: &fib,
+            services: None,
+            policy: policies.stage(&enforced, Pass::Live),
+        };
+        let outside: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        // From the node (or a Service through kube-proxy) to pod A.
+        let (mut buf, frame) = ipv6_frame((HOST_MAC, ROUTER.into()), (NODE6, POD_A6), 64, &ECHO);
+        assert_eq!(
+            forwarder.forward(HOST, &mut buf, frame),
+            Verdict::Drop(DropCause::PolicyDeniedIngress)
+        );
+        // From pod A to the node, or through it to the world.
+        for dst in [NODE6, outside] {
+            let (mut buf, frame) = echo6(POD_A6, dst, 64);
+            assert_eq!(
+                forwarder.forward(POD_A_PORT, &mut buf, frame),
+                Verdict::Drop(DropCause::PolicyDeniedEgress)
+            );
+        }
+        // A pod no policy selects goes its way.
+        let (mut buf, frame) = ipv6_frame((POD_B_MAC, ROUTER.into()), (POD_B6, outside), 64, &ECHO);
+        assert!(matches!(
+            forwarder.forward(POD_B_PORT, &mut buf, frame),
+            Verdict::Transmit { port: HOST, .. }
+        ));
+    }
+
+    #[test]
+    fn neighbor_solicitations_on_the_host_port() {
+        let topology = host_ipv6_topology();
+        let link_local = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0xff, 0xfe00, 0x99);
+        // The gateway and routed pods' addresses, asked from the host
+        // port's link-local address or from the node's global one.
+        for (src, target) in [
+            (link_local, POD_GATEWAY6),
+            (link_local, POD_A6),
+            (NODE6, REMOTE_POD6),
+        ] {
+            let (mut buf, frame) = solicit_from(HOST_MAC, src, target, HOST_MAC);
+            let Verdict::Transmit {
+                port,
+                frame: answer,
+            } = forward_in(&topology, HOST, &mut buf, frame)
+            else {
+                panic!("{target} not answered");
+            };
+            assert_eq!(port, HOST);
+            let eth = EthernetFrame::new_checked(&buf[answer]).unwrap();
+            assert_eq!(MacAddr::from(eth.dst_addr()), HOST_MAC);
+        }
+        // Not what the node itself is reached by.
+        let (mut buf, frame) = solicit_from(HOST_MAC, link_local, NODE6, HOST_MAC);
+        assert_eq!(
+            forward_in(&topology, HOST, &mut buf, frame),
+            Verdict::Drop(DropCause::NeighborUnanswered)
+        );
+        // Without IPv6 on the host port: a multicast frame, dropped.
+        let (mut buf, frame) = solicit_from(HOST_MAC, link_local, POD_GATEWAY6, HOST_MAC);
+        assert_eq!(
+            forward(HOST, &mut buf, frame),
+            Verdict::Drop(DropCause::Multicast)
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The daemon's own nftables table, `table ip podswitch`: its source NAT
-//! for pods' traffic that crosses the node's stack.
+//! The daemon's own nftables tables, `table ip podswitch` and, on a node
+//! with a `pod_cidr6`, `table ip6 podswitch`: its source NAT for pods'
+//! traffic that crosses the node's stack.
 //!
 //! **Services through kube-proxy.** The table makes the node's kube-proxy
 //! (iptables or nftables mode) work for pods although the switch carries
@@ -10,8 +11,9 @@
 //! switch, never meeting the node's conntrack, so the client would see an
 //! answer from the endpoint's address. The table's one NAT rule
 //! masquerades such connections: their source becomes the host port's
-//! address (the pods' gateway), so the reply is addressed to the node and
-//! crosses its stack, which undoes both translations.
+//! address (the pods' gateway, or its IPv6 mirror), so the reply is
+//! addressed to the node and crosses its stack, which undoes both
+//! translations.
 //!
 //! **Egress.** A pod's packet to an address outside the pod network
 //! reaches the node's stack through the host port and leaves by another
@@ -20,25 +22,32 @@
 //! never leaves by another interface (every pod CIDR is routed through the
 //! host port), so it keeps its addresses.
 //!
-//! The table is written with `nft -f -` in one transaction that deletes any
-//! earlier copy first (a restart, or a table a killed daemon left, ends
-//! with exactly one), and deleted on a clean stop.
+//! **One table per family**, the same rules in each: the `ip` table is
+//! what an IPv4-only node has always had (its name, its rules), and a
+//! dual-stack node adds the `ip6` one beside it. The tables are written
+//! with `nft -f -` in one transaction that deletes any earlier copy of
+//! both first (a restart, or tables a killed daemon left, ends with
+//! exactly one of each it wants, and none of a family it no longer
+//! serves), and deleted on a clean stop.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
-/// The daemon's nftables table (family `ip`): nobody else's rules are in
-/// it, and nothing of the daemon's is anywhere else.
+/// The daemon's nftables tables' name (families `ip` and `ip6`): nobody
+/// else's rules are in them, and nothing of the daemon's is anywhere else.
 pub const TABLE: &str = "podswitch";
 
 /// The `nft` program and the Debian package that installs it.
 const NFT: &str = "nft";
 const NFT_PACKAGE: &str = "nftables";
 
-/// What the daemon's table masquerades.
+/// The address families the daemon writes a table for.
+const FAMILIES: [&str; 2] = ["ip", "ip6"];
+
+/// What the daemon's tables masquerade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NatRules {
     /// Pods' connections the node DNATs back to pods (`service_masquerade`).
@@ -46,17 +55,23 @@ pub struct NatRules {
     /// Pods' connections to the world, from this node's pod CIDR
     /// (`egress_masquerade`).
     pub egress_from: Option<Ipv4Net>,
+    /// Whether the host port carries IPv6 (the node has a `pod_cidr6`):
+    /// the Service rule then has an `ip6` table too.
+    pub ipv6: bool,
+    /// Pods' IPv6 connections to the world, from this node's
+    /// `pod_cidr6` (`egress_masquerade`).
+    pub egress_from6: Option<Ipv6Net>,
 }
 
 impl NatRules {
     /// Whether there is anything to masquerade (else no table).
     pub fn any(&self) -> bool {
-        self.services || self.egress_from.is_some()
+        self.services || self.egress_from.is_some() || self.egress_from6.is_some()
     }
 }
 
-/// The ruleset of the daemon's table for a node whose host port is
-/// `host_port`: written whole, replacing any earlier copy.
+/// The ruleset of the daemon's tables for a node whose host port is
+/// `host_port`: written whole, replacing any earlier copies.
 ///
 /// Services: a connection the node's stack DNATed (`ct status dnat`) that came in
 /// through the host port (from a pod) and leaves through it (toward a
@@ -69,49 +84,70 @@ impl NatRules {
 /// the host port and leaves by any other interface is masqueraded to
 /// that interface's address.
 ///
+/// Each rule is in the `ip` table for IPv4 and, where the host port
+/// carries IPv6, in the `ip6` table for IPv6.
+///
 /// No rule is needed against the ICMP redirects the node sends when it
 /// forwards a Service packet back out the host port: netfilter's NAT
 /// drops a redirect about a NATed connection before it leaves
 /// (`nf_nat_icmp_reply_translation`), and this table's NAT chain is
 /// enough for NAT's hooks to be there.
 pub fn ruleset(host_port: &str, rules: NatRules) -> String {
+    let egress6 = rules.egress_from6.filter(|_| rules.ipv6);
+    let mut text = removal();
+    if rules.services || rules.egress_from.is_some() {
+        let egress = rules.egress_from.map(|pods| format!("ip saddr {pods}"));
+        text += &table("ip", host_port, rules.services, egress);
+    }
+    if rules.ipv6 && (rules.services || egress6.is_some()) {
+        let egress = egress6.map(|pods| format!("ip6 saddr {pods}"));
+        text += &table("ip6", host_port, rules.services, egress);
+    }
+    text
+}
+
+/// One family's table: the Service rule if `services`, the egress rule
+/// for the source match `egress` if given.
+fn table(family: &str, host_port: &str, services: bool, egress: Option<String>) -> String {
     let mut text = format!(
-        "table ip {TABLE}\n\
-         delete table ip {TABLE}\n\
-         table ip {TABLE} {{\n\
+        "table {family} {TABLE} {{\n\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat + 10; policy accept;\n"
     );
-    if rules.services {
+    if services {
         text += &format!(
             "\t\tiifname \"{host_port}\" oifname \"{host_port}\" ct status dnat counter \
              masquerade comment \"pod to a Service endpoint pod\"\n"
         );
     }
-    if let Some(pods) = rules.egress_from {
+    if let Some(source) = egress {
         text += &format!(
-            "\t\tiifname \"{host_port}\" ip saddr {pods} oifname != \"{host_port}\" counter \
+            "\t\tiifname \"{host_port}\" {source} oifname != \"{host_port}\" counter \
              masquerade comment \"pod to the world\"\n"
         );
     }
     text + "\t}\n}\n"
 }
 
-/// The transaction that removes the table if it exists.
+/// The transaction that removes the tables of both families if they
+/// exist.
 fn removal() -> String {
-    format!("table ip {TABLE}\ndelete table ip {TABLE}\n")
+    FAMILIES
+        .iter()
+        .map(|family| format!("table {family} {TABLE}\ndelete table {family} {TABLE}\n"))
+        .collect()
 }
 
-/// Install the table for `host_port` in the calling thread's network
-/// namespace, replacing any earlier copy; nft's message on failure.
+/// Install the tables for `host_port` in the calling thread's network
+/// namespace, replacing any earlier copies; nft's message on failure.
 pub fn install(host_port: &str, rules: NatRules) -> Result<()> {
     nft(NFT, &ruleset(host_port, rules))
-        .with_context(|| format!("installing the masquerade table `ip {TABLE}`"))
+        .with_context(|| format!("installing the masquerade tables `{TABLE}`"))
 }
 
-/// Remove the table if it exists; nft's message on failure.
+/// Remove the tables if they exist; nft's message on failure.
 pub fn remove() -> Result<()> {
-    nft(NFT, &removal()).with_context(|| format!("removing the nftables table `ip {TABLE}`"))
+    nft(NFT, &removal()).with_context(|| format!("removing the nftables tables `{TABLE}`"))
 }
 
 /// Run `program -f -` (nft) with `script` on its standard input.
@@ -147,22 +183,34 @@ fn nft(program: &str, script: &str) -> Result<()> {
 }
 
 /// The kernel settings the Service and egress paths need: IPv4
-/// forwarding (the node forwards a pod's Service packet back out the host
-/// port, and its packets to the world out another interface). Turned on
-/// where off; the error names the file when that fails.
-pub fn enable_forwarding() -> Result<()> {
-    const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
-    let now =
-        std::fs::read_to_string(IP_FORWARD).with_context(|| format!("reading {IP_FORWARD}"))?;
+/// forwarding, and IPv6 forwarding too if `ipv6` (the node forwards a
+/// pod's Service packet back out the host port, and its packets to the
+/// world out another interface). Turned on where off; the error names the
+/// file when that fails.
+///
+/// IPv6 forwarding on (`all`) makes the node a router: its interfaces
+/// with `accept_ra = 1` stop taking router advertisements, so a node
+/// whose default route comes from them needs `accept_ra = 2` there
+/// (docs/operations.md).
+pub fn enable_forwarding(ipv6: bool) -> Result<()> {
+    turn_on("/proc/sys/net/ipv4/ip_forward", "IPv4")?;
+    if ipv6 {
+        turn_on("/proc/sys/net/ipv6/conf/all/forwarding", "IPv6")?;
+    }
+    Ok(())
+}
+
+/// Write 1 to the forwarding setting `path` (of `family`) if it is not 1.
+fn turn_on(path: &str, family: &str) -> Result<()> {
+    let now = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     if now.trim() != "1" {
-        std::fs::write(IP_FORWARD, "1").with_context(|| {
+        std::fs::write(path, "1").with_context(|| {
             format!(
-                "writing 1 to {IP_FORWARD}: pods' Service and egress traffic needs the node to \
-                 forward"
+                "writing 1 to {path}: pods' Service and egress traffic needs the node to forward"
             )
         })?;
         tracing::info!(
-            "turned IPv4 forwarding on: pods' Service and egress traffic crosses the node"
+            "turned {family} forwarding on: pods' Service and egress traffic crosses the node"
         );
     }
     Ok(())
@@ -172,25 +220,31 @@ pub fn enable_forwarding() -> Result<()> {
 mod tests {
     use super::*;
 
+    const IPV4_ONLY: NatRules = NatRules {
+        services: true,
+        egress_from: None,
+        ipv6: false,
+        egress_from6: None,
+    };
+
     #[test]
     fn the_ruleset_replaces_one_table_and_matches_dnat_from_the_pods() {
-        let services = NatRules {
-            services: true,
-            egress_from: None,
-        };
-        let text = ruleset("podsw0", services);
+        let text = ruleset("podsw0", IPV4_ONLY);
         // Declare, delete, then write: one transaction, one copy, whether
-        // or not a table was there before.
+        // or not a table was there before; a leftover IPv6 table goes.
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "table ip podswitch");
         assert_eq!(lines[1], "delete table ip podswitch");
-        assert_eq!(lines[2], "table ip podswitch {");
+        assert_eq!(lines[2], "table ip6 podswitch");
+        assert_eq!(lines[3], "delete table ip6 podswitch");
+        assert_eq!(lines[4], "table ip podswitch {");
         assert!(
             text.contains(
                 "iifname \"podsw0\" oifname \"podsw0\" ct status dnat counter masquerade"
             )
         );
-        assert_eq!(text.matches("table ip").count(), 3);
+        assert_eq!(text.matches("table ip ").count(), 3);
+        assert!(!text.contains("table ip6 podswitch {"));
         assert_eq!(text.matches("masquerade").count(), 1);
     }
 
@@ -198,8 +252,8 @@ mod tests {
     fn egress_masquerades_the_pod_cidr_leaving_by_another_interface() {
         let pods: Ipv4Net = "10.244.1.0/24".parse().unwrap();
         let both = NatRules {
-            services: true,
             egress_from: Some(pods),
+            ..IPV4_ONLY
         };
         let text = ruleset("podsw0", both);
         assert!(text.contains(
@@ -215,15 +269,61 @@ mod tests {
         assert!(
             !NatRules {
                 services: false,
-                egress_from: None
+                egress_from: None,
+                ..IPV4_ONLY
             }
             .any()
         );
     }
 
     #[test]
-    fn removal_is_harmless_when_the_table_is_absent() {
-        assert_eq!(removal(), "table ip podswitch\ndelete table ip podswitch\n");
+    fn a_dual_stack_node_has_the_same_rules_in_an_ip6_table() {
+        let dual = NatRules {
+            services: true,
+            egress_from: Some("10.244.1.0/24".parse().unwrap()),
+            ipv6: true,
+            egress_from6: Some("fd00:10:244:1::/64".parse().unwrap()),
+        };
+        let text = ruleset("podsw0", dual);
+        let (ip, ip6) = text.split_once("table ip6 podswitch {").unwrap();
+        assert!(ip.contains("table ip podswitch {"));
+        for table in [ip, ip6] {
+            assert!(table.contains("oifname \"podsw0\" ct status dnat counter masquerade"));
+        }
+        assert!(ip6.contains(
+            "iifname \"podsw0\" ip6 saddr fd00:10:244:1::/64 oifname != \"podsw0\" counter \
+             masquerade"
+        ));
+        assert!(!ip6.contains("ip saddr"));
+        assert_eq!(text.matches("masquerade comment").count(), 4);
+        // Services only: both tables, the Service rule alone in each.
+        let services = NatRules {
+            egress_from: None,
+            egress_from6: None,
+            ..dual
+        };
+        let text = ruleset("podsw0", services);
+        assert!(text.contains("table ip6 podswitch {"));
+        assert_eq!(text.matches("masquerade comment").count(), 2);
+        // Egress only, IPv6 of it: an ip6 table with that rule.
+        let egress6 = NatRules {
+            services: false,
+            egress_from: None,
+            ..dual
+        };
+        assert!(egress6.any());
+        let text = ruleset("podsw0", egress6);
+        assert!(!text.contains("table ip podswitch {"));
+        assert_eq!(text.matches("pod to the world").count(), 1);
+    }
+
+    #[test]
+    fn removal_is_harmless_when_the_tables_are_absent() {
+        assert_eq!(
+            removal(),
+            "table ip podswitch\ndelete table ip podswitch\n\
+             table ip6 podswitch\ndelete table ip6 podswitch\n"
+        );
     }
 
     #[test]

@@ -435,7 +435,7 @@ impl PolicyStage<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use podswitch_policy::Protocol;
     use podswitch_policy::model::{NetworkPolicy, Peer, Pod, PolicyPort, Port, Rule};
     use podswitch_policy::selector::LabelSelector;
@@ -482,6 +482,16 @@ mod tests {
             }],
             ports: vec![PolicyPort::new(Protocol::Tcp, Some(Port::Number(80)))],
         }
+    }
+
+    /// Policies on node 1 (10.244.1.0/24) with the `web` pod at
+    /// 10.244.1.5 restricted both ways, allowing nothing.
+    pub(crate) fn web_isolated() -> Policies {
+        policies(vec![policy(
+            "web",
+            &[Direction::Ingress, Direction::Egress],
+            Vec::new(),
+        )])
     }
 
     fn policies(list: Vec<NetworkPolicy>) -> Policies {

@@ -95,9 +95,14 @@ pub struct Topology {
     pub peer_by_vtep: HashMap<IpAddr, PeerId, RandomState>,
     /// Captures running (`podswitch capture`); usually none.
     pub captures: Vec<Arc<CaptureTap>>,
-    /// IPv6 routes: local pods' addresses and peers' IPv6 pod CIDRs. They
-    /// change only with ports and peers, so they are published with them.
+    /// IPv6 routes: local pods' addresses, peers' IPv6 pod CIDRs and,
+    /// with [`Topology::host_ipv6`], `::/0` to the host port. They change
+    /// only with ports and peers, so they are published with them.
     pub fib6: Ipv6Lpm<RouteTarget>,
+    /// Whether the host port carries IPv6 (the node has a `pod_cidr6`):
+    /// its IPv6 frames are routed and its neighbour solicitations
+    /// answered.
+    pub host_ipv6: bool,
 }
 
 impl Topology {
@@ -121,6 +126,7 @@ impl Topology {
             peer_by_vtep: HashMap::default(),
             captures: Vec::new(),
             fib6: Ipv6Lpm::new(),
+            host_ipv6: false,
         }
     }
 

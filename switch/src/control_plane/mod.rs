@@ -15,15 +15,15 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use arc_swap::ArcSwap;
 use crossbeam::channel::{Receiver, Sender, bounded};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nix::sys::eventfd::EventFd;
 
 use crate::afxdp::{Umem, UmemShare, XskConfig, XskSocket, active_rx_queues};
 use crate::capture::{CaptureFilter, CaptureTap, CapturedFrame};
 use crate::config::PeerConfig;
 use crate::control::protocol::{
-    CaptureSpec, FrameReport, Info, MembershipReport, PeerStatus, PortKind, PortSpec, PortStatus,
-    RouteEntry, ServiceCounters, StatsReport,
+    CaptureSpec, FrameReport, Info, MembershipReport, POD_GATEWAY6, PeerStatus, PortKind, PortSpec,
+    PortStatus, RouteEntry, ServiceCounters, StatsReport,
 };
 use crate::control::{Handler, Request, Response};
 use crate::fib::SharedFib;
@@ -689,6 +689,7 @@ impl ControlPlane {
         };
         record.resolution = self.resolve(&record, &neighbours(), true);
         let (node_ip, pod_cidr) = (record.config.node_ip, record.config.pod_cidr);
+        let pod_cidr6 = record.config.pod_cidr6;
         let (id, replaced) = {
             let mut tables = self.lock();
             let inserted = tables.insert_peer(record)?;
@@ -696,27 +697,34 @@ impl ControlPlane {
             inserted
         };
         if let Some(old) = replaced {
-            self.parts.fib.update(|fib| fib.remove(old));
-            self.unroute_on_host(old);
+            self.parts.fib.update(|fib| fib.remove(old.pod_cidr));
+            for cidr in pod_cidrs(old.pod_cidr, old.pod_cidr6) {
+                self.unroute_on_host(cidr);
+            }
         }
         self.parts
             .fib
             .update(|fib| fib.insert(pod_cidr, RouteTarget::Peer(id)));
-        self.route_on_host(pod_cidr);
+        self.route_on_host(pod_cidr.into());
+        if let Some(cidr6) = pod_cidr6 {
+            self.route_on_host(cidr6.into());
+        }
         tracing::info!(peer = %node_ip, %pod_cidr, "peer added");
         Ok(())
     }
 
     /// Remove a peer and its routes.
     pub fn remove_peer(&self, node_ip: IpAddr) -> Result<()> {
-        let cidr = {
+        let peer = {
             let mut tables = self.lock();
-            let cidr = tables.remove_peer(node_ip)?;
+            let peer = tables.remove_peer(node_ip)?;
             self.publish(&tables);
-            cidr
+            peer
         };
-        self.parts.fib.update(|fib| fib.remove(cidr));
-        self.unroute_on_host(cidr);
+        self.parts.fib.update(|fib| fib.remove(peer.pod_cidr));
+        for cidr in pod_cidrs(peer.pod_cidr, peer.pod_cidr6) {
+            self.unroute_on_host(cidr);
+        }
         tracing::info!(peer = %node_ip, "peer removed");
         Ok(())
     }
@@ -909,17 +917,21 @@ impl ControlPlane {
     }
 
     /// Route a pod CIDR to the host port in the node's own table, so the
-    /// node reaches remote pods.
-    fn route_on_host(&self, cidr: Ipv4Net) {
+    /// node reaches remote pods: see [`host_route_via`]. An IPv6 one only
+    /// where the host port carries IPv6 (this node has a `pod_cidr6`).
+    fn route_on_host(&self, cidr: IpNet) {
         if self.parts.host_index != 0
-            && let Err(e) = netlink().and_then(|n| n.replace_route(cidr, self.parts.host_index))
+            && (cidr.addr().is_ipv4() || self.parts.node.config.pod_cidr6.is_some())
+            && let Err(e) = netlink()
+                .and_then(|n| n.replace_route(cidr, host_route_via(cidr), self.parts.host_index))
         {
             tracing::warn!("{e:#}");
         }
     }
 
-    fn unroute_on_host(&self, cidr: Ipv4Net) {
+    fn unroute_on_host(&self, cidr: IpNet) {
         if self.parts.host_index != 0
+            && (cidr.addr().is_ipv4() || self.parts.node.config.pod_cidr6.is_some())
             && let Err(e) = netlink().and_then(|n| n.delete_route(cidr, self.parts.host_index))
         {
             tracing::warn!("{e:#}");
@@ -1208,4 +1220,21 @@ fn service_nodes(tables: &Tables) -> Vec<NodeAddress> {
             IpAddr::V6(_) => None,
         })
         .collect()
+}
+
+/// A node's pod CIDRs, of both families.
+pub fn pod_cidrs(pod_cidr: Ipv4Net, pod_cidr6: Option<Ipv6Net>) -> impl Iterator<Item = IpNet> {
+    std::iter::once(pod_cidr.into()).chain(pod_cidr6.map(IpNet::from))
+}
+
+/// How the node's table routes a pod CIDR through the host port: an
+/// IPv4 one on-link (the switch answers ARP for every routed address),
+/// an IPv6 one via the switch's link-local [`POD_GATEWAY6`], as pods
+/// route theirs — one neighbour entry for every pod, where on-link
+/// routes would take one per pod address the node talks to.
+pub fn host_route_via(cidr: IpNet) -> Option<IpAddr> {
+    match cidr {
+        IpNet::V4(_) => None,
+        IpNet::V6(_) => Some(POD_GATEWAY6.into()),
+    }
 }

@@ -534,9 +534,9 @@ impl Tables {
     }
 
     /// Add a peer, or replace the one with the same node IP (checked
-    /// again: the table may have changed since). Its id, and the pod CIDR
-    /// of the peer it replaced.
-    pub fn insert_peer(&mut self, mut record: PeerRecord) -> Result<(PeerId, Option<Ipv4Net>)> {
+    /// again: the table may have changed since). Its id, and the
+    /// configuration of the peer it replaced.
+    pub fn insert_peer(&mut self, mut record: PeerRecord) -> Result<(PeerId, Option<PeerConfig>)> {
         self.check_peer(&record.config)?;
         let node_ip = record.config.node_ip;
         let existing = self
@@ -551,25 +551,22 @@ impl Tables {
                 self.peers.len() - 1
             }
         };
-        let replaced = existing.and_then(|i| self.peers[i].as_ref().map(|p| p.config.pod_cidr));
+        let replaced = existing.and_then(|i| self.peers[i].as_ref().map(|p| p.config.clone()));
         self.next_generation += 1;
         record.generation = self.next_generation;
         self.peers[slot] = Some(record);
         Ok((PeerId(slot as u16), replaced))
     }
 
-    /// Remove the peer at `node_ip`: its pod CIDR.
-    pub fn remove_peer(&mut self, node_ip: IpAddr) -> Result<Ipv4Net> {
+    /// Remove the peer at `node_ip`: its configuration.
+    pub fn remove_peer(&mut self, node_ip: IpAddr) -> Result<PeerConfig> {
         let slot = self
             .peers
             .iter()
             .position(|p| p.as_ref().is_some_and(|p| p.config.node_ip == node_ip))
             .with_context(|| format!("no peer {node_ip}"))?;
-        let cidr = self.peers[slot]
-            .take()
-            .map(|p| p.config.pod_cidr)
-            .context("no such peer")?;
-        Ok(cidr)
+        let peer = self.peers[slot].take().context("no such peer")?;
+        Ok(peer.config)
     }
 
     /// The peers `which` selects, as they are now, to resolve again.
@@ -624,6 +621,12 @@ impl Tables {
         let decapsulator = config.decapsulator(self.node.uplink_mac);
         let mut peer_by_vtep = HashMap::default();
         let mut fib6 = Ipv6Lpm::new();
+        // The host port carries IPv6 where the node has pods of that
+        // family: what no pod or peer route takes goes to the node.
+        let host_ipv6 = config.pod_cidr6.is_some() && self.port(HOST_PORT).is_some();
+        if host_ipv6 {
+            fib6.insert(Ipv6Net::default(), RouteTarget::Host);
+        }
         for (id, port) in self.ports() {
             if let Some(ip6) = port.record.view.ip6 {
                 fib6.insert(Ipv6Net::from(ip6), RouteTarget::Pod(id));
@@ -671,6 +674,7 @@ impl Tables {
             peer_by_vtep,
             captures: Vec::new(),
             fib6,
+            host_ipv6,
         }
     }
 
@@ -793,6 +797,26 @@ pod_cidr = "10.244.2.0/24"
             pod_cidr: cidr.parse().unwrap(),
             vtep_mac: None,
         }
+    }
+
+    #[test]
+    fn the_host_port_takes_ipv6_default_traffic_only_on_a_dual_stack_node() {
+        let outside: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        let single = tables().topology(1450);
+        assert!(!single.host_ipv6);
+        assert_eq!(single.fib6.lookup(outside), None);
+        let mut dual = node(110);
+        dual.config.pod_cidr6 = Some("fd00:10:244:1::/64".parse().unwrap());
+        let with_host = |host: Option<PortRecord>| {
+            Tables::new(dual.clone(), seed("ul0", PortRole::Uplink), host, None).topology(1450)
+        };
+        let topology = with_host(Some(seed("podsw0", PortRole::Host)));
+        assert!(topology.host_ipv6);
+        assert_eq!(topology.fib6.lookup(outside), Some(RouteTarget::Host));
+        // No host port, no way out.
+        let topology = with_host(None);
+        assert!(!topology.host_ipv6);
+        assert_eq!(topology.fib6.lookup(outside), None);
     }
 
     #[test]
@@ -964,7 +988,7 @@ pod_cidr = "10.244.2.0/24"
         let newer = t.new_peer(peer([10, 1, 0, 12], "10.244.3.0/24"));
         let (same, replaced) = t.insert_peer(newer).unwrap();
         assert_eq!(
-            (same, replaced),
+            (same, replaced.map(|p| p.pod_cidr)),
             (id, Some("10.244.2.0/24".parse().unwrap()))
         );
         assert!(!t.resolved(&asked[0], found));
@@ -976,8 +1000,10 @@ pod_cidr = "10.244.2.0/24"
                 .is_none()
         );
         assert_eq!(
-            t.remove_peer("10.1.0.12".parse().unwrap()).unwrap(),
-            "10.244.3.0/24".parse().unwrap()
+            t.remove_peer("10.1.0.12".parse().unwrap())
+                .unwrap()
+                .pod_cidr,
+            "10.244.3.0/24".parse::<Ipv4Net>().unwrap()
         );
         assert!(t.remove_peer("10.1.0.12".parse().unwrap()).is_err());
     }

@@ -799,6 +799,7 @@ mod tests {
             };
             let topology = Topology {
                 fib6: Default::default(),
+                host_ipv6: false,
                 router_mac: ROUTER,
                 gateway: Ipv4Addr::new(10, 244, 1, 1),
                 pod_mtu: 1450,
