@@ -144,7 +144,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         let [_, _, node, host] = pod.ip.octets();
         pod_ip6(node, host)
     };
-    let pings: [(&Netns, IpAddr, String); 5] = [
+    let pings: [(&Netns, IpAddr, String); 6] = [
         (
             &pods[0].ns,
             pods[1].ip.into(),
@@ -177,6 +177,11 @@ pub fn run(args: &DemoArgs) -> Result<()> {
                 node_ip(1),
                 pods[3].ip
             ),
+        ),
+        (
+            &node1.ns,
+            ip6(&pods[3]).into(),
+            format!("node 1 -> pod {} (IPv6, host port, tunnel)", ip6(&pods[3])),
         ),
     ];
     step("the same ping across the kernel path (Flannel-style bridge and VXLAN), to compare")?;
