@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::{Mutex, PoisonError};
 
 use anyhow::{Context, Result, bail};
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
@@ -371,17 +371,12 @@ impl Netlink {
             .collect())
     }
 
-    /// The IPv6 routes of the main table: destination, gateway, interface.
-    pub fn routes_v6(&self) -> Result<Vec<(Ipv6Net, Option<Ipv6Addr>, u32)>> {
-        Ok(self
-            .routes(AddressFamily::Inet6)?
-            .into_iter()
-            .filter_map(|(destination, gateway, oif)| match (destination, gateway) {
-                (IpNet::V6(d), None) => Some((d, None, oif)),
-                (IpNet::V6(d), Some(IpAddr::V6(g))) => Some((d, Some(g), oif)),
-                _ => None,
-            })
-            .collect())
+    /// The IPv4 and IPv6 routes of the main table: destination, gateway,
+    /// interface.
+    pub fn ip_routes(&self) -> Result<Vec<(IpNet, Option<IpAddr>, u32)>> {
+        let mut routes = self.routes(AddressFamily::Inet)?;
+        routes.extend(self.routes(AddressFamily::Inet6)?);
+        Ok(routes)
     }
 
     /// The routes of `family` in the main table.

@@ -104,15 +104,20 @@ fn every_call_against_the_kernel() -> Result<()> {
         for _ in 0..2 {
             netlink.replace_route(pods6.into(), Some(gateway6.into()), host.index)?;
         }
-        let routes = netlink.routes_v6()?;
+        let routes = netlink.ip_routes()?;
         ensure!(
-            routes.contains(&(pods6, Some(gateway6), host.index)),
+            routes.contains(&(pods6.into(), Some(gateway6.into()), host.index)),
             "{routes:?}"
         );
         for _ in 0..2 {
             netlink.delete_route(pods6.into(), host.index)?;
         }
-        ensure!(!netlink.routes_v6()?.iter().any(|r| r.0 == pods6));
+        ensure!(
+            !netlink
+                .ip_routes()?
+                .iter()
+                .any(|r| r.0 == IpNet::from(pods6))
+        );
         Ok(host)
     })?;
     let features = node.run("ethtool", &["-k", "vhost"])?;

@@ -510,8 +510,7 @@ impl ConnTable {
     /// return the rewrite. A connection that expired, or a TCP SYN on one
     /// that closed, is not found: the packet starts a new one.
     pub fn lookup(&self, key: &FlowKey, tcp_flags: u8, now_ms: u64) -> Option<Hit> {
-        let tuple = pack(key);
-        self.lookup_hashed(&tuple, self.hash(&tuple), tcp_flags, now_ms, true)
+        self.find(key, tcp_flags, now_ms, Pass::Live)
     }
 
     /// Find the connection under tuple `key` (either direction) as

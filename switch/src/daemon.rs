@@ -484,17 +484,7 @@ fn host_port_ipv6(netlink: &Netlink, config: &Config, cidr6: Ipv6Net, index: u32
 /// routes the daemon makes are candidates ([`host_route_via`]: IPv4 ones
 /// with no gateway, IPv6 ones via `fe80::1`); others stay.
 fn remove_stale_host_routes(netlink: &Netlink, host_index: u32, pod_cidrs: &[IpNet]) {
-    let routes = netlink.routes_v4().and_then(|v4| {
-        let v6 = netlink.routes_v6()?;
-        let v4 = v4
-            .into_iter()
-            .map(|(d, g, oif)| (d.into(), g.map(IpAddr::from), oif));
-        let v6 = v6
-            .into_iter()
-            .map(|(d, g, oif)| (d.into(), g.map(IpAddr::from), oif));
-        Ok(v4.chain(v6).collect::<Vec<_>>())
-    });
-    let routes = match routes {
+    let routes = match netlink.ip_routes() {
         Ok(routes) => routes,
         Err(e) => {
             tracing::warn!("{e:#}");

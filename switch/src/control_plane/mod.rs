@@ -705,9 +705,8 @@ impl ControlPlane {
         self.parts
             .fib
             .update(|fib| fib.insert(pod_cidr, RouteTarget::Peer(id)));
-        self.route_on_host(pod_cidr.into());
-        if let Some(cidr6) = pod_cidr6 {
-            self.route_on_host(cidr6.into());
+        for cidr in pod_cidrs(pod_cidr, pod_cidr6) {
+            self.route_on_host(cidr);
         }
         tracing::info!(peer = %node_ip, %pod_cidr, "peer added");
         Ok(())
@@ -920,8 +919,7 @@ impl ControlPlane {
     /// node reaches remote pods: see [`host_route_via`]. An IPv6 one only
     /// where the host port carries IPv6 (this node has a `pod_cidr6`).
     fn route_on_host(&self, cidr: IpNet) {
-        if self.parts.host_index != 0
-            && (cidr.addr().is_ipv4() || self.parts.node.config.pod_cidr6.is_some())
+        if self.routes_on_host(cidr)
             && let Err(e) = netlink()
                 .and_then(|n| n.replace_route(cidr, host_route_via(cidr), self.parts.host_index))
         {
@@ -930,12 +928,18 @@ impl ControlPlane {
     }
 
     fn unroute_on_host(&self, cidr: IpNet) {
-        if self.parts.host_index != 0
-            && (cidr.addr().is_ipv4() || self.parts.node.config.pod_cidr6.is_some())
+        if self.routes_on_host(cidr)
             && let Err(e) = netlink().and_then(|n| n.delete_route(cidr, self.parts.host_index))
         {
             tracing::warn!("{e:#}");
         }
+    }
+
+    /// Whether the node's table routes `cidr` through the host port: there
+    /// is one, and it carries `cidr`'s family.
+    fn routes_on_host(&self, cidr: IpNet) -> bool {
+        self.parts.host_index != 0
+            && (cidr.addr().is_ipv4() || self.parts.node.config.pod_cidr6.is_some())
     }
 
     /// The whole FIB, IPv4 then IPv6, described.
