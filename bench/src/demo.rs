@@ -30,11 +30,11 @@ pub struct SwitchArgs {
     /// XDP mode on the switch's interfaces: auto, native or generic.
     #[arg(long, default_value = "auto")]
     xdp_mode: String,
-    /// How pods are attached (the CNI's podInterface): veth (AF_XDP) or
-    /// tap (virtio-net offloads, 64 KB TCP segments); the plugin's default
-    /// when left out.
-    #[arg(long, value_parser = ["veth", "tap"])]
-    pod_interface: Option<String>,
+    /// How pods are attached (the CNI's podInterface): tap (virtio-net
+    /// offloads, 64 KB TCP segments; the plugin's default) or veth
+    /// (AF_XDP).
+    #[arg(long, default_value = "tap", value_parser = ["tap", "veth"])]
+    pod_interface: String,
 }
 
 impl SwitchArgs {
@@ -50,7 +50,7 @@ impl SwitchArgs {
                 path: vec![cni.parent().map(PathBuf::from).unwrap_or_default()],
                 binary: cni,
             }),
-            pod_interface: self.pod_interface.clone(),
+            pod_interface: Some(self.pod_interface.clone()),
             underlay_mtu: 1500,
             dual_stack: true,
             ..SwitchOptions::default()
@@ -107,7 +107,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
     println!(
         "podswitch demo: two nodes, two {} pods each, {} overlay, {} polling",
-        args.switch.pod_interface.as_deref().unwrap_or("veth"),
+        args.switch.pod_interface,
         args.switch.encap,
         args.switch.poll_mode
     );
@@ -274,8 +274,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     );
     println!(
         "  pod MTU {pod_mtu}; uplink {uplink_mode}; pods made by podswitch-cni (CNI ADD) on {}",
-        match args.switch.pod_interface.as_deref() {
-            Some("tap") => "TAP devices with offloads on (64 KB TCP segments)",
+        match args.switch.pod_interface.as_str() {
+            "tap" => "TAP devices with offloads on (64 KB TCP segments)",
             _ => "veths polled through AF_XDP, offloads off",
         }
     );

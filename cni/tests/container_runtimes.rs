@@ -49,7 +49,9 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 mod common;
-use common::{Nodes, nodes, nothing_left, plugin, plugin_entry, pod_port_addresses, serial};
+use common::{
+    Nodes, nodes, nothing_left, plugin, plugin_entry, pod_port_addresses, pod_port_kinds, serial,
+};
 
 /// The image both runtimes run, built from /bin/busybox.
 const IMAGE: &str = "localhost/podswitch-busybox:latest";
@@ -199,7 +201,8 @@ fn podman_run_with_ip_and_mac_address() -> Result<()> {
 /// A port podman publishes (`-p`, through portmap) answers on 127.0.0.1
 /// from the node, and still does after the daemon is restarted (SIGTERM,
 /// then start): the host port portmap set `route_localnet` on is the same
-/// device after the restart.
+/// device after the restart, and the container's TAP port is restored
+/// though the daemon cannot see podman's `/run/netns`.
 #[test]
 fn podman_published_port_on_localhost_survives_a_daemon_restart() -> Result<()> {
     let _serial = serial();
@@ -238,8 +241,23 @@ fn podman_published_port_on_localhost_survives_a_daemon_restart() -> Result<()> 
         ensure!(page == PAGE, "{when}, {url} served {page:?}");
         Ok(())
     };
+    // The plugin's default pod interface is a TAP device the daemon
+    // attaches to in the pod's namespace, whose path is a mount in
+    // podman's private mount namespace: the daemon reaches it through the
+    // plugin's `/proc/<pid>/root`, and after the restart through the
+    // container's processes.
+    let one_tap_port = |when: &str| -> Result<()> {
+        let kinds = pod_port_kinds(&bed.node())?;
+        ensure!(
+            kinds == ["tap"],
+            "{when}, the pod ports are {kinds:?}, not one TAP"
+        );
+        Ok(())
+    };
+    one_tap_port("before the restart")?;
     fetch_on_localhost("before the restart")?;
     bed.restart_daemon()?;
+    one_tap_port("after the restart")?;
     fetch_on_localhost("after the daemon was restarted")?;
 
     podman.run(&["rm", "--all", "--force", "--time", "0"])?;

@@ -18,11 +18,10 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 
-use crate::netns::in_netns;
+use crate::netns::Namespace;
 
 /// An open TAP device, non-blocking.
 #[derive(Debug)]
@@ -74,12 +73,11 @@ impl TapDevice {
     }
 
     /// Attach, with offloads, to the TAP device `ifname` in the network
-    /// namespace at `netns` (a pod's). The descriptor keeps working
-    /// wherever the calling thread is; only the attaching thread enters
-    /// the namespace, and it exits afterwards.
-    pub fn attach_in_netns(netns: &Path, ifname: &str) -> anyhow::Result<TapDevice> {
-        let namespace = OwnedFd::from(File::open(netns)?);
-        in_netns(&namespace, || Ok(TapDevice::open_offloaded(ifname)?))
+    /// namespace `netns` (a pod's). The descriptor keeps working wherever
+    /// the calling thread is; only the attaching thread enters the
+    /// namespace, and it exits afterwards.
+    pub fn attach_in_netns(netns: &Namespace, ifname: &str) -> anyhow::Result<TapDevice> {
+        netns.run(|| Ok(TapDevice::open_offloaded(ifname)?))
     }
 
     /// Create the TAP device `name` in the current network namespace,

@@ -7,6 +7,7 @@
 //! then renamed) after every change, so a daemon killed at any moment
 //! finds either the old state or the new one.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::PeerConfig;
 use crate::control::protocol::PortSpec;
+use crate::netns::NamespaceId;
 
 /// The file's format version; a file of another version is set aside.
 const VERSION: u32 = 1;
@@ -30,6 +32,10 @@ pub struct SavedState {
     pub version: u32,
     /// Pod ports, as they were added.
     pub ports: Vec<PortSpec>,
+    /// Each pod TAP port's namespace, by port name: how a restarted
+    /// daemon finds a namespace whose path is a mount it cannot see.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespaces: BTreeMap<String, NamespaceId>,
     /// Peers added at run time (not those of the configuration file).
     pub peers: Vec<PeerConfig>,
     /// Host routes added at run time.

@@ -176,6 +176,14 @@ fn pod_port_list(node: &SwitchNode) -> Result<Vec<Value>> {
     Ok(ports)
 }
 
+/// The kind (`tap`, `afxdp`) of each pod port on `node`'s switch.
+pub fn pod_port_kinds(node: &SwitchNode) -> Result<Vec<String>> {
+    Ok(pod_port_list(node)?
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap_or_default().to_string())
+        .collect())
+}
+
 /// The names of the pod ports on `node`'s switch.
 pub fn pod_ports(node: &SwitchNode) -> Result<Vec<String>> {
     Ok(pod_port_list(node)?

@@ -23,8 +23,9 @@ use crate::capture::{CaptureTap, CapturedFrame, PcapNgStream, SNAPLEN};
 
 /// What answers requests.
 pub trait Handler: Send + Sync + 'static {
-    /// Carry out one request.
-    fn handle(&self, request: Request) -> Response;
+    /// Carry out one request from the process `caller` (its ID in this
+    /// daemon's PID namespace, when it has one there).
+    fn handle(&self, request: Request, caller: Option<u32>) -> Response;
     /// Start a capture: its tap and the frames it keeps, or why not.
     fn start_capture(
         &self,
@@ -158,6 +159,8 @@ fn serve_client(stream: UnixStream, handler: &dyn Handler) -> Result<()> {
         )?;
         bail!("refused uid {}", credentials.uid());
     }
+    // 0 when the client is outside this daemon's PID namespace.
+    let caller = u32::try_from(credentials.pid()).ok().filter(|&pid| pid > 0);
     stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream).take(MAX_REQUEST_LEN as u64 + 1);
@@ -190,7 +193,7 @@ fn serve_client(stream: UnixStream, handler: &dyn Handler) -> Result<()> {
                 }
                 Err(e) => Response::failure(format!("{e:#}")),
             },
-            Ok(request) => handler.handle(request),
+            Ok(request) => handler.handle(request, caller),
             Err(e) => Response::failure(format!("bad request: {e}")),
         };
         write_response(&mut writer, &response)?;

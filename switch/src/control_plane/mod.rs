@@ -31,6 +31,7 @@ use crate::frame_budget::{FillBudget, FramePlan};
 use crate::frames::FrameLedger;
 use crate::mac::MacAddr;
 use crate::netlink::{LinkInfo, Netlink};
+use crate::netns::Namespace;
 use crate::policy::Policies;
 use crate::saved_state::{SavedState, state_file};
 use crate::services::Services;
@@ -259,8 +260,9 @@ impl ControlPlane {
         tracing::info!(missed = tap.missed(), "capture ended");
     }
 
-    /// Carry out one request; after a change, save the state.
-    fn dispatch(&self, request: Request) -> Result<serde_json::Value> {
+    /// Carry out one request from the process `caller` (when this
+    /// daemon's PID namespace shows it); after a change, save the state.
+    fn dispatch(&self, request: Request, caller: Option<u32>) -> Result<serde_json::Value> {
         let changes = matches!(
             request,
             Request::PortAdd(_)
@@ -274,7 +276,7 @@ impl ControlPlane {
             .ok()
             .and_then(|v| v["op"].as_str().map(String::from))
             .unwrap_or_default();
-        let answer = self.carry_out(request);
+        let answer = self.carry_out(request, caller);
         *self
             .requests
             .lock()
@@ -287,11 +289,21 @@ impl ControlPlane {
         answer
     }
 
-    fn carry_out(&self, request: Request) -> Result<serde_json::Value> {
+    fn carry_out(&self, request: Request, caller: Option<u32>) -> Result<serde_json::Value> {
         Ok(match request {
             Request::Info => serde_json::to_value(self.info())?,
             Request::Ports => serde_json::to_value(self.ports())?,
-            Request::PortAdd(spec) => serde_json::to_value(self.add_port(spec)?)?,
+            Request::PortAdd(spec) => {
+                // The pod's namespace is a path in the caller's (the
+                // runtime's) mounts; open it while the caller is there.
+                let namespace = match (&spec.kind, &spec.netns) {
+                    (PortKind::Tap, Some(netns)) => {
+                        Some(Namespace::open_as_seen_by(netns, caller)?)
+                    }
+                    _ => None,
+                };
+                serde_json::to_value(self.add_port(spec, namespace)?)?
+            }
             Request::PortDel { name } => {
                 self.remove_port(&name)?;
                 serde_json::Value::Null
@@ -384,19 +396,29 @@ impl ControlPlane {
         let (mut restored, mut gone) = (0, 0);
         for spec in saved.ports {
             let name = spec.name.clone();
-            let exists = match (&spec.kind, &spec.netns) {
-                (PortKind::Tap, Some(netns)) => netns.exists(),
-                (PortKind::Tap, None) => true,
-                (PortKind::Afxdp, _) => links.contains_key(&name),
+            let (exists, namespace) = match (&spec.kind, &spec.netns) {
+                (PortKind::Tap, Some(netns)) => {
+                    let found = match saved.namespaces.get(&name) {
+                        Some(id) => Namespace::find(netns, *id).unwrap_or_else(|e| {
+                            tracing::warn!(port = %name, "looking for its namespace: {e:#}");
+                            None
+                        }),
+                        // Saved by a daemon that kept no identities.
+                        None => Namespace::open_as_seen_by(netns, None).ok(),
+                    };
+                    (found.is_some(), found)
+                }
+                (PortKind::Tap, None) => (true, None),
+                (PortKind::Afxdp, _) => (links.contains_key(&name), None),
                 // Only the daemon's own tunnel port is a socket.
-                (PortKind::Socket, _) => false,
+                (PortKind::Socket, _) => (false, None),
             };
             if !exists {
                 tracing::info!(port = %name, "not restored: its interface is gone");
                 gone += 1;
                 continue;
             }
-            match self.add_port(spec) {
+            match self.add_port(spec, namespace) {
                 Ok(_) => restored += 1,
                 Err(e) => tracing::warn!(port = %name, "not restored: {e:#}"),
             }
@@ -459,8 +481,8 @@ impl ControlPlane {
     ) -> PortReport {
         let mut report = port_report(blocks, id);
         report.interface_rx_dropped = links.get(&record.view.name).map_or(0, |l| l.rx_dropped);
-        if let (Some(netns), Some(ifname)) = (&record.netns, &record.ifname) {
-            report.tap_queue_dropped = tap_queue_dropped(netns, ifname);
+        if let (Some(namespace), Some(ifname)) = (&record.namespace, &record.ifname) {
+            report.tap_queue_dropped = tap_queue_dropped(namespace, ifname);
         }
         report
     }
@@ -505,15 +527,17 @@ impl ControlPlane {
     }
 
     /// Add a pod port: reserve it, open its I/O, hand it to a worker, and
-    /// route the pod's address to it.
-    pub fn add_port(&self, spec: PortSpec) -> Result<PortStatus> {
+    /// route the pod's address to it. A TAP port in a pod's namespace
+    /// comes with that namespace open (`namespace`).
+    pub fn add_port(&self, spec: PortSpec, namespace: Option<Namespace>) -> Result<PortStatus> {
+        let namespace = namespace.map(Arc::new);
         let (id, worker) = {
             let mut tables = self.lock();
-            let reserved = tables.reserve_port(&spec)?;
+            let reserved = tables.reserve_port(&spec, namespace.clone())?;
             self.publish(&tables);
             reserved
         };
-        if let Err(e) = self.start_port(id, worker, &spec) {
+        if let Err(e) = self.start_port(id, worker, &spec, namespace.as_deref()) {
             let mut tables = self.lock();
             tables.port_gone(id);
             self.publish(&tables);
@@ -532,7 +556,13 @@ impl ControlPlane {
     }
 
     /// Open the reserved port `id`'s I/O and have `worker` poll it.
-    fn start_port(&self, id: PortId, worker: usize, spec: &PortSpec) -> Result<()> {
+    fn start_port(
+        &self,
+        id: PortId,
+        worker: usize,
+        spec: &PortSpec,
+        namespace: Option<&Namespace>,
+    ) -> Result<()> {
         if spec.kind == PortKind::Afxdp {
             let queues = active_rx_queues(&spec.name).unwrap_or(1).max(1);
             let mut tables = self.lock();
@@ -545,7 +575,7 @@ impl ControlPlane {
             xdp_mode,
             copy_mode,
             queues,
-        } = self.open_pod_port(spec)?;
+        } = self.open_pod_port(spec, namespace)?;
         self.lock()
             .port_opened(id, xdp_mode, copy_mode, queues, tap);
         self.parts.workers[worker].ask(
@@ -555,19 +585,21 @@ impl ControlPlane {
     }
 
     /// Open a pod port's I/O: AF_XDP sockets on every RX queue of an
-    /// existing interface, or a TAP device.
-    fn open_pod_port(&self, spec: &PortSpec) -> Result<OpenedPort> {
+    /// existing interface, or a TAP device (in `namespace`, a pod's).
+    fn open_pod_port(&self, spec: &PortSpec, namespace: Option<&Namespace>) -> Result<OpenedPort> {
         let config = &self.parts.node.config;
         match spec.kind {
             PortKind::Tap => {
-                let tap = match (&spec.netns, &spec.ifname) {
-                    (Some(netns), Some(ifname)) => TapDevice::attach_in_netns(netns, ifname)
-                        .with_context(|| {
-                            format!(
-                                "attaching to TAP device {ifname} in {} (the CNI plugin creates it)",
-                                netns.display()
-                            )
-                        })?,
+                let tap = match (spec.netns.as_ref().zip(namespace), &spec.ifname) {
+                    (Some((netns, namespace)), Some(ifname)) => TapDevice::attach_in_netns(
+                        namespace, ifname,
+                    )
+                    .with_context(|| {
+                        format!(
+                            "attaching to TAP device {ifname} in {} (the CNI plugin creates it)",
+                            netns.display()
+                        )
+                    })?,
                     (None, None) => {
                         let tap = TapDevice::open_offloaded(&spec.name)
                             .with_context(|| format!("creating TAP device {}", spec.name))?;
@@ -1083,8 +1115,8 @@ impl ControlPlane {
 }
 
 impl Handler for ControlPlane {
-    fn handle(&self, request: Request) -> Response {
-        match self.dispatch(request) {
+    fn handle(&self, request: Request, caller: Option<u32>) -> Response {
+        match self.dispatch(request, caller) {
             Ok(result) => Response::success(result),
             Err(e) => Response::failure(format!("{e:#}")),
         }
@@ -1165,6 +1197,7 @@ impl PortRecordSeed {
             queues: self.queues,
             owner: None,
             netns: None,
+            namespace: None,
             ifname: None,
             tap: None,
         }
@@ -1196,17 +1229,13 @@ pub fn uplink_filter(config: &crate::config::Config, vxlan_tcp_to_kernel: bool) 
     }
 }
 
-/// The TX drops of the TAP device `ifname` in the namespace at `netns`:
-/// frames the pod's kernel dropped because the device's queue was full
-/// (0 when they cannot be read: the pod is going away).
-fn tap_queue_dropped(netns: &std::path::Path, ifname: &str) -> u64 {
-    let read = || -> Result<u64> {
-        let namespace = std::os::fd::OwnedFd::from(std::fs::File::open(netns)?);
-        crate::netns::in_netns(&namespace, || {
-            Ok(Netlink::open()?.link(ifname)?.map_or(0, |l| l.tx_dropped))
-        })
-    };
-    read().unwrap_or(0)
+/// The TX drops of the TAP device `ifname` in `namespace`: frames the
+/// pod's kernel dropped because the device's queue was full (0 when they
+/// cannot be read: the pod is going away).
+fn tap_queue_dropped(namespace: &Namespace, ifname: &str) -> u64 {
+    namespace
+        .run(|| Ok(Netlink::open()?.link(ifname)?.map_or(0, |l| l.tx_dropped)))
+        .unwrap_or(0)
 }
 
 /// Every node with an IPv4 address, this one first: NodePorts are served

@@ -24,6 +24,7 @@ use crate::control::protocol::{PortKind, PortSpec};
 use crate::fib6::Ipv6Lpm;
 use crate::mac::MacAddr;
 use crate::netlink::NextHop;
+use crate::netns::Namespace;
 use crate::saved_state::SavedState;
 use crate::stats::MAX_PORTS;
 use crate::tap::TapDevice;
@@ -135,8 +136,12 @@ pub struct PortRecord {
     pub queues: u32,
     /// Who asked for it (the CNI's container id).
     pub owner: Option<String>,
-    /// A pod TAP port's namespace.
+    /// A pod TAP port's namespace, as the CNI plugin named it.
     pub netns: Option<PathBuf>,
+    /// That namespace, held open (its path may be a mount the daemon
+    /// cannot see).
+    #[serde(skip)]
+    pub namespace: Option<Arc<Namespace>>,
     /// A pod TAP port's device name in its namespace.
     pub ifname: Option<String>,
     /// A TAP port's device (shared with its worker), to see it vanish.
@@ -300,7 +305,11 @@ impl Tables {
 
     /// Check a pod port request against the table and reserve a slot and
     /// a worker for it: its id and worker.
-    pub fn reserve_port(&mut self, spec: &PortSpec) -> Result<(PortId, usize)> {
+    pub fn reserve_port(
+        &mut self,
+        spec: &PortSpec,
+        namespace: Option<Arc<Namespace>>,
+    ) -> Result<(PortId, usize)> {
         let config = &self.node.config;
         ensure!(
             !spec.name.is_empty() && spec.name.len() <= 15,
@@ -373,6 +382,7 @@ impl Tables {
                 queues: 0,
                 owner: spec.owner.clone(),
                 netns: spec.netns.clone(),
+                namespace,
                 ifname: spec.ifname.clone(),
                 tap: None,
             },
@@ -700,6 +710,15 @@ impl Tables {
                     })
                 })
                 .collect(),
+            namespaces: self
+                .ports()
+                .filter_map(|(_, p)| {
+                    Some((
+                        p.record.view.name.clone(),
+                        p.record.namespace.as_ref()?.id(),
+                    ))
+                })
+                .collect(),
             peers: self
                 .peers()
                 .map(|(_, p)| p.config.clone())
@@ -763,6 +782,7 @@ pod_cidr = "10.244.2.0/24"
             queues: 1,
             owner: None,
             netns: None,
+            namespace: None,
             ifname: None,
             tap: None,
         }
@@ -842,7 +862,9 @@ pod_cidr = "10.244.2.0/24"
     #[test]
     fn ports_are_reserved_started_and_removed_in_order() {
         let mut t = tables();
-        let (id, worker) = t.reserve_port(&spec("veth-a", [10, 244, 1, 5])).unwrap();
+        let (id, worker) = t
+            .reserve_port(&spec("veth-a", [10, 244, 1, 5]), None)
+            .unwrap();
         assert_eq!((id, worker), (PortId(2), 0));
         assert_eq!(t.port(id).unwrap().state, PortState::Starting);
         let err = t.begin_remove_port("veth-a").unwrap_err();
@@ -850,15 +872,21 @@ pod_cidr = "10.244.2.0/24"
         t.port_opened(id, Some("native".into()), Some("copy".into()), 1, None);
         t.port_started(id);
         // The next port goes to the next worker, in a new slot.
-        let (id_b, worker_b) = t.reserve_port(&spec("veth-b", [10, 244, 1, 6])).unwrap();
+        let (id_b, worker_b) = t
+            .reserve_port(&spec("veth-b", [10, 244, 1, 6]), None)
+            .unwrap();
         assert_eq!((id_b, worker_b), (PortId(3), 1));
         let (removed, record) = t.begin_remove_port("veth-a").unwrap();
         assert_eq!((removed, record.queues), (id, 1));
         // Its slot stays taken until the worker lets it go.
-        let (id_c, _) = t.reserve_port(&spec("veth-c", [10, 244, 1, 7])).unwrap();
+        let (id_c, _) = t
+            .reserve_port(&spec("veth-c", [10, 244, 1, 7]), None)
+            .unwrap();
         assert_eq!(id_c, PortId(4));
         t.port_gone(id);
-        let (id_d, _) = t.reserve_port(&spec("veth-d", [10, 244, 1, 8])).unwrap();
+        let (id_d, _) = t
+            .reserve_port(&spec("veth-d", [10, 244, 1, 8]), None)
+            .unwrap();
         assert_eq!(id_d, id, "the slot is free again");
         assert!(
             t.begin_remove_port("ul0")
@@ -877,7 +905,8 @@ pod_cidr = "10.244.2.0/24"
     #[test]
     fn port_requests_are_checked_against_the_node_and_the_table() {
         let mut t = tables();
-        t.reserve_port(&spec("veth-a", [10, 244, 1, 5])).unwrap();
+        t.reserve_port(&spec("veth-a", [10, 244, 1, 5]), None)
+            .unwrap();
         let cases = [
             (spec("", [10, 244, 1, 9]), "not an interface name"),
             (spec("veth-a", [10, 244, 1, 9]), "already exists"),
@@ -890,7 +919,7 @@ pod_cidr = "10.244.2.0/24"
             (spec("veth-b", [10, 244, 1, 255]), "not a usable address"),
         ];
         for (request, expected) in cases {
-            let err = t.reserve_port(&request).unwrap_err().to_string();
+            let err = t.reserve_port(&request, None).unwrap_err().to_string();
             assert!(err.contains(expected), "{request:?}: {err}");
         }
         let multicast = PortSpec {
@@ -898,7 +927,7 @@ pod_cidr = "10.244.2.0/24"
             ..spec("veth-b", [10, 244, 1, 9])
         };
         assert!(
-            t.reserve_port(&multicast)
+            t.reserve_port(&multicast, None)
                 .unwrap_err()
                 .to_string()
                 .contains("unicast")
@@ -909,7 +938,7 @@ pod_cidr = "10.244.2.0/24"
     fn pod_sockets_past_max_pods_are_refused() {
         let mut t = Tables::new(node(2), seed("ul0", PortRole::Uplink), None, None);
         for (name, ip) in [("a", 5), ("b", 6)] {
-            let (id, _) = t.reserve_port(&spec(name, [10, 244, 1, ip])).unwrap();
+            let (id, _) = t.reserve_port(&spec(name, [10, 244, 1, ip]), None).unwrap();
             t.check_pod_sockets(1).unwrap();
             t.port_opened(id, None, None, 1, None);
             t.port_started(id);
@@ -1011,7 +1040,9 @@ pod_cidr = "10.244.2.0/24"
     #[test]
     fn the_saved_state_holds_what_the_configuration_does_not() {
         let mut t = tables();
-        let (id, _) = t.reserve_port(&spec("veth-a", [10, 244, 1, 5])).unwrap();
+        let (id, _) = t
+            .reserve_port(&spec("veth-a", [10, 244, 1, 5]), None)
+            .unwrap();
         t.port_started(id);
         // The configuration's peer is not saved; one added at run time is.
         let configured = t.new_peer(peer([10, 1, 0, 12], "10.244.2.0/24"));
@@ -1043,7 +1074,9 @@ pod_cidr = "10.244.2.0/24"
     #[test]
     fn the_topology_shows_every_port_the_workers_may_hold() {
         let mut t = tables();
-        let (id, _) = t.reserve_port(&spec("veth-a", [10, 244, 1, 5])).unwrap();
+        let (id, _) = t
+            .reserve_port(&spec("veth-a", [10, 244, 1, 5]), None)
+            .unwrap();
         let topology = t.topology(1450);
         assert_eq!(topology.port(id).unwrap().name, "veth-a", "starting");
         assert_eq!(topology.host, Some(HOST_PORT));
