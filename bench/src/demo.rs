@@ -107,9 +107,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
     println!(
         "podswitch demo: two nodes, two {} pods each, {} overlay, {} polling",
-        args.switch.pod_interface,
-        args.switch.encap,
-        args.switch.poll_mode
+        args.switch.pod_interface, args.switch.encap, args.switch.poll_mode
     );
     println!("  namespaces {}*, removed at the end\n", lab.prefix());
 

@@ -143,7 +143,7 @@ fn dual_stack_pods_reach_each_other_over_ipv6() -> Result<()> {
 
     // A source that is not the pod's own IPv6 address is dropped.
     let node1 = &nodes.switches[0];
-    let port = &veth1.host_ifname;
+    let port = &veth1.port;
     let before = drops(node1, port, "spoofed")?;
     veth1.ns.ip(&[
         "-6",

@@ -123,11 +123,11 @@ fn add_traffic_check_del() -> Result<()> {
         plugin.expect_ok(&n1.ns, &call("DEL", "pa", Some(&path_a)), &checked)?;
     }
     ensure!(
-        !plugin_links(&n1.ns)?.contains(&a.host_ifname),
+        !plugin_links(&n1.ns)?.contains(&a.port),
         "pod a's veth is still there"
     );
     ensure!(
-        !pod_ports(n1)?.contains(&a.host_ifname),
+        !pod_ports(n1)?.contains(&a.port),
         "pod a's port is still there"
     );
     ensure!(
@@ -513,12 +513,12 @@ fn gc_releases_stale_attachments() -> Result<()> {
     plugin.expect_ok(&node, &call("GC", "", None), &gc)?;
     let switch = &tb.switches[0];
     ensure!(
-        pod_ports(switch)? == [kept.host_ifname.clone()],
+        pod_ports(switch)? == [kept.port.clone()],
         "ports after GC: {:?}",
         pod_ports(switch)?
     );
     ensure!(
-        plugin_links(&node)? == [kept.host_ifname.clone()],
+        plugin_links(&node)? == [kept.port.clone()],
         "veths after GC: {:?}",
         plugin_links(&node)?
     );
@@ -710,7 +710,7 @@ fn requested_address_and_mac() -> Result<()> {
             "{what}: addresses held: {held:?}"
         );
         ensure!(
-            plugin_links(&node.ns)? == [a.host_ifname.clone()] && pod_ports(node)?.len() == 2,
+            plugin_links(&node.ns)? == [a.port.clone()] && pod_ports(node)?.len() == 2,
             "{what}: something was made: links {:?}, ports {:?}",
             plugin_links(&node.ns)?,
             pod_ports(node)?
@@ -915,13 +915,11 @@ fn chained_with_portmap_and_bandwidth() -> Result<()> {
 
     // bandwidth found the host veth in prevResult and shaped it; portmap
     // made its DNAT rule for the pod's address.
-    let qdiscs = node
-        .ns
-        .run("tc", &["qdisc", "show", "dev", &pod.host_ifname])?;
+    let qdiscs = node.ns.run("tc", &["qdisc", "show", "dev", &pod.port])?;
     ensure!(
         qdiscs.contains("tbf"),
         "no rate limit on {}: {qdiscs}",
-        pod.host_ifname
+        pod.port
     );
     let ifbs = node.ns.ip(&["-o", "link", "show", "type", "ifb"])?;
     ensure!(ifbs.lines().count() == 1, "bandwidth's ifb device: {ifbs}");
@@ -1143,10 +1141,7 @@ fn vanished_pod_port_is_removed() -> Result<()> {
     let node = &tb.switches[0];
     let conf = node.cni_network("1.0.0");
     let (pod, result) = plugin.add_pod(&mut tb.lab, &node.ns, "gone", &conf)?;
-    ensure!(
-        pod_ports(node)? == [pod.host_ifname.clone()],
-        "the pod's port"
-    );
+    ensure!(pod_ports(node)? == [pod.port.clone()], "the pod's port");
     let path = netns_path(&pod.ns);
     podswitch_lab::netns::run_checked(podswitch_lab::tools::command("ip")?.args([
         "netns",

@@ -445,15 +445,7 @@ impl SwitchNode {
     pub fn add_veth_pod(&self, lab: &mut Lab, host: u8, mtu: u32) -> Result<Pod> {
         let pod = veth_pod(lab, &self.ns, self.index, host, mtu)?;
         let (ip, ip6) = (pod.ip.to_string(), pod_ip6(self.index, host).to_string());
-        let mut args = vec![
-            "port",
-            "add",
-            &pod.host_ifname,
-            "--ip",
-            &ip,
-            "--mac",
-            &pod.mac,
-        ];
+        let mut args = vec!["port", "add", &pod.port, "--ip", &ip, "--mac", &pod.mac];
         if self.dual_stack {
             // As the CNI plugin sets a dual-stack pod up.
             let eth0 = |key: &str| format!("net.ipv6.conf.eth0.{key}");
@@ -668,9 +660,10 @@ pub struct Pod {
     pub ip: Ipv4Addr,
     /// Its MAC.
     pub mac: String,
-    /// Its interface's name on the node's side (empty for a TAP pod,
-    /// which has none).
-    pub host_ifname: String,
+    /// The switch's port for it: a veth pod's host end (an interface in
+    /// the node's namespace), or a TAP pod's port, which has no interface
+    /// on the node.
+    pub port: String,
 }
 
 /// Create pod number `host` of node `node` (its namespace `node_ns`): a
@@ -706,7 +699,7 @@ fn pod_namespace(
         ns,
         ip,
         mac,
-        host_ifname,
+        port: host_ifname,
     })
 }
 
@@ -714,7 +707,7 @@ fn pod_namespace(
 /// `vp<node>x<host>` up and its offloads off, as AF_XDP needs.
 pub fn veth_pod(lab: &mut Lab, node_ns: &Netns, node: u8, host: u8, mtu: u32) -> Result<Pod> {
     let pod = pod_namespace(lab, node_ns, node, host, format!("vp{node}x{host}"), mtu)?;
-    node_ns.ip(&["link", "set", &pod.host_ifname, "up"])?;
+    node_ns.ip(&["link", "set", &pod.port, "up"])?;
     offloads_off(&pod.ns, "eth0")?;
     Ok(pod)
 }
@@ -956,7 +949,7 @@ impl KernelNode {
         let ifname = format!("vk{}x{host}", self.index);
         let pod = pod_namespace(lab, &self.ns, self.index, host, ifname, self.vxlan.mtu)?;
         self.ns
-            .ip(&["link", "set", &pod.host_ifname, "master", "cni0", "up"])?;
+            .ip(&["link", "set", &pod.port, "master", "cni0", "up"])?;
         if !offloads {
             offloads_off(&pod.ns, "eth0")?;
         }

@@ -10,6 +10,9 @@ use std::process::Stdio;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+use podswitch_control::client::Client;
+use podswitch_control::protocol::{PortStatus, Request};
+
 use crate::cluster::Pod;
 use crate::netns::{Lab, Netns};
 
@@ -230,13 +233,31 @@ impl CniPlugin {
             args: "",
         };
         let result = self.expect_ok(node, &call, config)?;
-        let pod = pod_from_result(ns, &result)?;
+        let mut pod = pod_from_result(ns, &result)?;
+        if pod.port.is_empty() {
+            pod.port = switch_port(config, pod.ip)?;
+        }
         Ok((pod, result))
     }
 }
 
+/// The name of the switch's port for the pod at `ip`, asked of the daemon
+/// the network `config` names (a TAP pod's port has no interface on the
+/// node, so the result does not list it).
+fn switch_port(config: &Value, ip: Ipv4Addr) -> Result<String> {
+    let socket = config["socket"]
+        .as_str()
+        .context("the network has no socket")?;
+    let ports: Vec<PortStatus> = Client::connect(Path::new(socket))?.call_as(&Request::Ports)?;
+    ports
+        .into_iter()
+        .find(|port| port.ip == Some(ip))
+        .map(|port| port.name)
+        .with_context(|| format!("the switch has no port for {ip}"))
+}
+
 /// The pod a CNI ADD result describes: its address, its MAC and its host
-/// end.
+/// end (none for a TAP pod: its `port` is then empty).
 pub fn pod_from_result(ns: Netns, result: &Value) -> Result<Pod> {
     let address = result["ips"][0]["address"]
         .as_str()
@@ -260,7 +281,7 @@ pub fn pod_from_result(ns: Netns, result: &Value) -> Result<Pod> {
         ns,
         ip,
         mac: pod_end["mac"].as_str().unwrap_or_default().to_string(),
-        host_ifname: host_end
+        port: host_end
             .and_then(|i| i["name"].as_str())
             .unwrap_or_default()
             .to_string(),

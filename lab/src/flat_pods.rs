@@ -65,7 +65,7 @@ pub fn flat_pod(
         ns,
         ip,
         mac,
-        host_ifname: host_ifname.to_string(),
+        port: host_ifname.to_string(),
     })
 }
 
@@ -81,7 +81,7 @@ pub fn direct_veth_pods(lab: &mut Lab, mtu: u32) -> Result<[Pod; 2]> {
             ns,
             ip,
             mac,
-            host_ifname: "eth0".into(),
+            port: "eth0".into(),
         })
     };
     Ok([pod(a, 1)?, pod(b, 2)?])

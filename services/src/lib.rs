@@ -26,7 +26,10 @@ mod translator;
 pub use conntrack::{ConnTable, Timeouts};
 pub use flow::FlowKey;
 pub use rewrite::{L4Checksum, Nat};
-pub use table::{Affinity, Backend, NodeAddress, Nodes, PortView, Selection, ServiceTable, check};
+pub use table::{
+    Affinity, Backend, NodeAddress, Nodes, PortView, Selection, ServiceTable, check,
+    usable_backends,
+};
 pub use translator::{Translator, Verdict};
 
 /// What one pass of a stage over a packet may do to the state it reads

@@ -89,33 +89,51 @@ impl PortEntry {
         allowed: impl Fn(&Endpoint) -> bool,
         affinity_ms: Option<u64>,
     ) -> PortEntry {
-        let backends = |keep: fn(&Endpoint) -> bool| -> Vec<Backend> {
-            let mut backends: Vec<Backend> = endpoints
-                .iter()
-                .filter(|endpoint| allowed(endpoint) && keep(endpoint))
-                .map(|endpoint| Backend {
-                    address: endpoint.address,
-                    port: endpoint.port,
-                })
-                .collect();
-            // Sorted, so the same set picks the same way whatever order
-            // the source listed it in.
-            backends.sort_unstable();
-            backends.dedup();
-            backends
-        };
-        let mut usable = backends(|endpoint| endpoint.ready);
-        if usable.is_empty() {
-            usable = backends(|endpoint| endpoint.serving && endpoint.terminating);
-        }
+        let usable = usable_backends(endpoints, &allowed);
         PortEntry {
             service,
             port,
             usable,
-            kept: backends(|endpoint| endpoint.ready || endpoint.serving),
+            kept: backends(endpoints, |endpoint| {
+                allowed(endpoint) && (endpoint.ready || endpoint.serving)
+            }),
             affinity_ms,
         }
     }
+}
+
+/// The endpoints new connections go to, of those `allowed` (a traffic
+/// policy) lets serve: the ready ones, or the serving terminating ones
+/// when none is ready (as kube-proxy does).
+pub fn usable_backends(
+    endpoints: &[Endpoint],
+    allowed: impl Fn(&Endpoint) -> bool,
+) -> Vec<Backend> {
+    let usable = backends(endpoints, |endpoint| allowed(endpoint) && endpoint.ready);
+    if usable.is_empty() {
+        backends(endpoints, |endpoint| {
+            allowed(endpoint) && endpoint.serving && endpoint.terminating
+        })
+    } else {
+        usable
+    }
+}
+
+/// The backends of the `endpoints` that pass `keep`, sorted (so the same
+/// set picks the same way whatever order the source listed it in) and
+/// without repeats.
+fn backends(endpoints: &[Endpoint], keep: impl Fn(&Endpoint) -> bool) -> Vec<Backend> {
+    let mut backends: Vec<Backend> = endpoints
+        .iter()
+        .filter(|endpoint| keep(endpoint))
+        .map(|endpoint| Backend {
+            address: endpoint.address,
+            port: endpoint.port,
+        })
+        .collect();
+    backends.sort_unstable();
+    backends.dedup();
+    backends
 }
 
 /// The Service table: a snapshot the workers read without locking (the

@@ -24,6 +24,7 @@ use crate::control_plane::{
     ControlPlane, ControlPlaneParts, DaemonPorts, HOST_PORT, Node, PortRecordSeed, TUNNEL_PORT,
     UPLINK_PORT, WorkerHandle, describe, host_route_via, pod_cidrs, uplink_filter,
 };
+use crate::external_services;
 use crate::fib::SharedFib;
 use crate::frame_budget::{FillBudget, FillGrowth, FramePlan};
 use crate::frames::FrameLedger;
@@ -201,8 +202,7 @@ pub fn run(config: Config) -> Result<()> {
         config.decapsulator(uplink_mac),
     )));
     let fib = Arc::new(SharedFib::new());
-    let services = (config.service_translation == ServiceTranslation::Switch)
-        .then(|| Arc::new(Services::new(config.pod_cidr, DEFAULT_CONNECTIONS)));
+    let services = serve_services(&config)?;
     if let (Some(services), Some(path)) = (&services, &config.services_file) {
         services
             .watch_file(path)
@@ -413,6 +413,11 @@ pub fn run(config: Config) -> Result<()> {
     {
         tracing::warn!("{e:#}");
     }
+    if services.is_some()
+        && let Err(e) = external_services::remove()
+    {
+        tracing::warn!("{e:#}");
+    }
     if let Some(kernel_receive) = kernel_receive {
         kernel_receive.remove();
     }
@@ -424,6 +429,27 @@ pub fn run(config: Config) -> Result<()> {
         "stopped; every port closed and its frames returned"
     );
     Ok(())
+}
+
+/// The switch's own Service translation, when the configuration asks for
+/// it (`service_translation = "switch"`), with the node's table for
+/// traffic from outside the pod network to Services (and the forwarding
+/// it needs); otherwise nothing, and such a table an earlier daemon left
+/// removed.
+fn serve_services(config: &Config) -> Result<Option<Arc<Services>>> {
+    if config.service_translation != ServiceTranslation::Switch {
+        if let Err(e) = external_services::remove() {
+            tracing::debug!("{e:#}");
+        }
+        return Ok(None);
+    }
+    node_nat::enable_forwarding(false)?;
+    let services = Services::new(config.pod_cidr, DEFAULT_CONNECTIONS).serve_external();
+    tracing::info!(
+        table = external_services::TABLE,
+        "Services translated by the switch; from outside the pod network by the node's netfilter"
+    );
+    Ok(Some(Arc::new(services)))
 }
 
 /// What the configuration has the daemon's table masquerade.

@@ -18,7 +18,9 @@
 //!   the control socket, and the kernel state the switch reads and writes;
 //! - [`config`], [`daemon`], [`mac`]: configuration and startup;
 //! - [`node_nat`]: the nftables table that masquerades pods' traffic
-//!   through the node (kube-proxy's Services, egress).
+//!   through the node (kube-proxy's Services, egress);
+//!   [`external_services`]: the one that translates traffic from outside
+//!   the pod network to Services when the switch replaces kube-proxy.
 //!
 //! What the CNI plugin shares with the daemon lives in two small crates,
 //! re-exported here under their old paths: `podswitch-control` (the
@@ -32,6 +34,7 @@ pub mod control;
 pub mod control_plane;
 pub mod daemon;
 pub mod drops;
+pub mod external_services;
 pub mod fib;
 pub mod fib6;
 pub mod forward;

@@ -141,13 +141,19 @@ fn removal() -> String {
 /// Install the tables for `host_port` in the calling thread's network
 /// namespace, replacing any earlier copies; nft's message on failure.
 pub fn install(host_port: &str, rules: NatRules) -> Result<()> {
-    nft(NFT, &ruleset(host_port, rules))
+    run_nft(&ruleset(host_port, rules))
         .with_context(|| format!("installing the masquerade tables `{TABLE}`"))
 }
 
 /// Remove the tables if they exist; nft's message on failure.
 pub fn remove() -> Result<()> {
-    nft(NFT, &removal()).with_context(|| format!("removing the nftables tables `{TABLE}`"))
+    run_nft(&removal()).with_context(|| format!("removing the nftables tables `{TABLE}`"))
+}
+
+/// Run `nft -f -` with `script` on its standard input; nft's message on
+/// failure.
+pub(crate) fn run_nft(script: &str) -> Result<()> {
+    nft(NFT, script)
 }
 
 /// Run `program -f -` (nft) with `script` on its standard input.
@@ -161,7 +167,8 @@ fn nft(program: &str, script: &str) -> Result<()> {
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => anyhow::anyhow!(
                 "{program} is not installed (Debian package {NFT_PACKAGE}); install it, or set \
-                 service_masquerade = false and egress_masquerade = false"
+                 service_masquerade = false and egress_masquerade = false (and \
+                 service_translation = \"kube-proxy\")"
             ),
             _ => anyhow::Error::new(e).context(format!("running {program}")),
         })?;

@@ -17,6 +17,7 @@ use podswitch_control::protocol::{EndpointStatus, ServicePortStatus};
 use podswitch_control::service::{Service, ServiceProtocol};
 use podswitch_services::{NodeAddress, Nodes, Pass, ServiceTable, Timeouts, Translator};
 
+use crate::external_services::ExternalServices;
 use crate::forward::ServiceStage;
 use crate::sources::{FILE_SOURCE, FileSource, lock, read_json};
 
@@ -43,6 +44,9 @@ pub struct Services {
     sources: Mutex<BTreeMap<String, Vec<Service>>>,
     /// The `services_file`, and what it looked like when last read.
     file: FileSource,
+    /// The node's netfilter table for traffic from outside the pod
+    /// network, when the daemon keeps one ([`Services::serve_external`]).
+    external: Option<ExternalServices>,
 }
 
 /// Read a JSON list of Services (the `services_file`, the file of
@@ -72,7 +76,18 @@ impl Services {
             epoch: Instant::now(),
             sources: Mutex::new(BTreeMap::new()),
             file: FileSource::default(),
+            external: None,
         }
+    }
+
+    /// Also translate traffic from outside the pod network to the
+    /// Services' NodePorts and external addresses, in the node's
+    /// netfilter (see [`crate::external_services`]): its table is
+    /// installed now and follows every change.
+    pub fn serve_external(mut self) -> Services {
+        self.external = Some(ExternalServices::default());
+        self.publish(&self.sources());
+        self
     }
 
     fn sources(&self) -> MutexGuard<'_, BTreeMap<String, Vec<Service>>> {
@@ -184,8 +199,13 @@ impl Services {
     /// maintenance round.) The caller holds the sources' lock, so that
     /// two changes publish in order.
     fn publish(&self, sources: &BTreeMap<String, Vec<Service>>) {
-        let services = sources.values().flatten().cloned().collect();
-        let table = ServiceTable::new(services, &lock(&self.nodes));
+        let services: Vec<Service> = sources.values().flatten().cloned().collect();
+        let nodes = lock(&self.nodes);
+        if let (Some(external), Some(local)) = (&self.external, nodes.local) {
+            external.update(&services, local);
+        }
+        let table = ServiceTable::new(services, &nodes);
+        drop(nodes);
         self.table.store(Arc::new(table));
         self.recheck.store(true, Ordering::Relaxed);
         self.end_unkept_connections();

@@ -117,7 +117,7 @@ fn captures_read_back_with_tshark() -> Result<()> {
     let capture = start_capture(
         n1,
         &pod_file,
-        &[&a.host_ifname, "-c", &count, "--host", &c.ip.to_string()],
+        &[&a.port, "-c", &count, "--host", &c.ip.to_string()],
     )?;
     // The capture is running once the daemon says so.
     wait_logged(n1, "capture started", 1)?;
@@ -203,7 +203,7 @@ fn captures_read_back_with_tshark() -> Result<()> {
     // A filter that matches nothing keeps nothing; the client hanging up
     // ends the capture.
     let none_file = dir.join("none.pcapng");
-    let mut capture = start_capture(n1, &none_file, &[&a.host_ifname, "--host", "192.0.2.1"])?;
+    let mut capture = start_capture(n1, &none_file, &[&a.port, "--host", "192.0.2.1"])?;
     wait_logged(n1, "capture started", 3)?;
     ping(&a.ns, c.ip, 3)?;
     capture.kill()?;

@@ -479,7 +479,7 @@ fn hostile_ipv6_pod_frames() -> Result<()> {
             ),
         ];
         let mut pod_link = RawLink::open(&bad.ns, "eth0", Duration::from_millis(100))?;
-        inject(&mut pod_link, t.n1, &bad.host_ifname, &cases)?;
+        inject(&mut pod_link, t.n1, &bad.port, &cases)?;
         // The hostile pod's own IPv6 still goes where it should.
         let replies = ping_stats(&bad.ns, c6, 5)?.received;
         ensure!(
@@ -582,8 +582,8 @@ fn hostile_pod_frames_and_vxlan_packets() -> Result<()> {
             })
             .collect();
         let mut pod_link = RawLink::open(&bad.ns, "eth0", Duration::from_millis(100))?;
-        inject(&mut pod_link, t.n1, &bad.host_ifname, &pod_cases)?;
-        inject(&mut pod_link, t.n1, &bad.host_ifname, &option_cases)?;
+        inject(&mut pod_link, t.n1, &bad.port, &pod_cases)?;
+        inject(&mut pod_link, t.n1, &bad.port, &option_cases)?;
         options_end_as_the_kernel_ends_them(t, &mut pod_link)?;
 
         // From the underlay: tunnel packets to node 1's VTEP, from node 2's
@@ -971,21 +971,21 @@ fn jumbo_frames(t: &Target) -> Result<()> {
     inject(
         &mut pod_link,
         n1,
-        &bad.host_ifname,
+        &bad.port,
         &[(&what, big.clone(), Counted::Interface)],
     )?;
     // The node end of its veth raised too (on the node: a misconfigured
     // MTU): the frame reaches the switch's port (past a buffer frame, as a
     // multi-buffer packet), which drops it as larger than the pod MTU.
-    set_mtu(&n1.ns, &bad.host_ifname, len - 14)?;
+    set_mtu(&n1.ns, &bad.port, len - 14)?;
     let what = format!("a {len}-byte frame from a pod, the node end's MTU raised");
     inject(
         &mut pod_link,
         n1,
-        &bad.host_ifname,
+        &bad.port,
         &[(&what, big, Counted::Oversize)],
     )?;
-    set_mtu(&n1.ns, &bad.host_ifname, pod_mtu)?;
+    set_mtu(&n1.ns, &bad.port, pod_mtu)?;
     set_mtu(&bad.ns, "eth0", pod_mtu)?;
 
     // From the underlay: a VXLAN packet from node 2 for pod a, as large.
@@ -1057,7 +1057,7 @@ fn jumbo_frames_within_a_buffer_frame_are_counted() -> Result<()> {
         let (n1, a, bad) = (t.n1, t.a, t.bad);
         // Every drop node 1 shows on the ports involved.
         let visible = |stats: &Value| -> u64 {
-            [&*a.host_ifname, &*bad.host_ifname, "ul0"]
+            [&*a.port, &*bad.port, "ul0"]
                 .iter()
                 .map(|port| {
                     let p = &stats["ports"][port];
@@ -1085,10 +1085,10 @@ fn jumbo_frames_within_a_buffer_frame_are_counted() -> Result<()> {
                 uncounted.push(format!(
                     "{COPIES} {what}: {counted} counted on node 1; ul0 {}, {} {}, {} {}",
                     after["ports"]["ul0"],
-                    a.host_ifname,
-                    after["ports"][&a.host_ifname],
-                    bad.host_ifname,
-                    after["ports"][&bad.host_ifname]
+                    a.port,
+                    after["ports"][&a.port],
+                    bad.port,
+                    after["ports"][&bad.port]
                 ));
             }
             Ok(())
@@ -1124,7 +1124,7 @@ fn jumbo_frames_within_a_buffer_frame_are_counted() -> Result<()> {
         // A frame from the other pod on node 1 for pod a, both ends of its
         // veth raised.
         let (len, pod_mtu) = raise_mtu(&bad.ns, "eth0", BUFFER_ROOM)?;
-        set_mtu(&n1.ns, &bad.host_ifname, len - 14)?;
+        set_mtu(&n1.ns, &bad.port, len - 14)?;
         let payload = vec![0x6a; len - UDP_HEADERS];
         let big = udp_frame(t.router, mac_of(bad)?, bad.ip, a.ip, 64, 9, &payload);
         let mut pod_link = RawLink::open(&bad.ns, "eth0", Duration::from_millis(100))?;
@@ -1133,7 +1133,7 @@ fn jumbo_frames_within_a_buffer_frame_are_counted() -> Result<()> {
             &big,
             &format!("{len}-byte frames from a pod for a pod on its node"),
         )?;
-        set_mtu(&n1.ns, &bad.host_ifname, pod_mtu)?;
+        set_mtu(&n1.ns, &bad.port, pod_mtu)?;
         set_mtu(&bad.ns, "eth0", pod_mtu)?;
         ensure!(uncounted.is_empty(), "{}", uncounted.join("\n"));
         Ok(())

@@ -219,10 +219,10 @@ fn metrics_follow_traffic_and_drops() -> Result<()> {
     let tunnel =
         |node: usize, metric: &str| moved(node, metric, "ul0") + moved(node, metric, "podswt0");
     for (node, port, metric) in [
-        (0, a.host_ifname.as_str(), "port_received_packets"),
-        (0, a.host_ifname.as_str(), "port_sent_packets"),
-        (1, c.host_ifname.as_str(), "port_received_packets"),
-        (1, c.host_ifname.as_str(), "port_sent_packets"),
+        (0, a.port.as_str(), "port_received_packets"),
+        (0, a.port.as_str(), "port_sent_packets"),
+        (1, c.port.as_str(), "port_received_packets"),
+        (1, c.port.as_str(), "port_sent_packets"),
     ] {
         let m = moved(node, metric, port);
         ensure!(
@@ -286,7 +286,7 @@ fn metrics_follow_traffic_and_drops() -> Result<()> {
     // Frames with a bad IPv4 checksum from pod a: dropped as bad_ipv4.
     let drops = format!(
         "podswitch_port_drops_total{{port=\"{}\",reason=\"bad_ipv4\"}}",
-        a.host_ifname
+        a.port
     );
     let dropped_before = value(&scrape(n1)?, &drops);
     let frame = bad_checksum_frame(a, c.ip, parse_mac(&router_mac(1))?)?;

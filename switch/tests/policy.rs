@@ -172,14 +172,7 @@ fn the_switch_enforces_network_policy_as_kubernetes_specifies() -> Result<()> {
     let b_ip = b.ip.to_string();
     let port = TCP_PORT.to_string();
     let args = [
-        "trace",
-        &a.host_ifname,
-        "--dst",
-        &b_ip,
-        "--proto",
-        "tcp",
-        "--dport",
-        &port,
+        "trace", &a.port, "--dst", &b_ip, "--proto", "tcp", "--dport", &port,
     ];
     let traced = nodes[0].cli_json(&args)?;
     ensure!(

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol, TrafficPolicy};
 use podswitch_lab::Lab;
-use podswitch_lab::cluster::{Pod, SwitchNode, SwitchOptions, SwitchPair, node_ip};
+use podswitch_lab::cluster::{Pod, SwitchNode, SwitchOptions, SwitchPair, node_ip, pod_gateway};
 use podswitch_lab::service_traffic::{
     ECHO_PORT, HELD_CONNECTION, TCP_PORT, TRY_SERVICE, UDP_PORT, request, request_sized, serve_in,
 };
@@ -38,6 +38,8 @@ const EMPTY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 44);
 const WEB_NODE_PORT: u16 = 30080;
 /// `web-local`'s NodePort (`externalTrafficPolicy: Local`).
 const LOCAL_NODE_PORT: u16 = 30081;
+/// `empty`'s TCP NodePort, without endpoints.
+const EMPTY_NODE_PORT: u16 = 30082;
 /// `web-local`'s external address (a documentation address: a packet
 /// the switch did not translate would find no route out of the lab).
 const WEB_LOCAL_EXTERNAL: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 80);
@@ -89,7 +91,7 @@ fn services(web: &[Ipv4Addr], echo: &[Ipv4Addr], a: Ipv4Addr, c: Ipv4Addr) -> Ve
             "default/empty",
             EMPTY,
             vec![
-                ServicePort::new(ServiceProtocol::Tcp, 80, vec![]),
+                with_node_port(tcp(80, TCP_PORT, &[]), EMPTY_NODE_PORT).remove(0),
                 ServicePort::new(ServiceProtocol::Udp, 53, vec![]),
             ],
         ),
@@ -384,6 +386,98 @@ fn syn_retransmits(pod: &Pod) -> Result<u64> {
                 .and_then(|(_, value)| value.parse().ok())
         })
         .with_context(|| format!("TCPSynRetrans in {}'s /proc/net/netstat", pod.ip))
+}
+
+/// Traffic from outside the pod network — node 2's own stack, and node
+/// 1's — to node 1's NodePorts and to an external address routed to node
+/// 1, translated by node 1's netfilter from the switch's Service table
+/// (`ip podswitch-external`): `externalTrafficPolicy: Cluster` reaches
+/// the endpoints on both nodes with the client masqueraded to node 1's
+/// gateway, `Local` only node 1's endpoint with the client's own address,
+/// and a NodePort without endpoints refuses the connection. The table is
+/// gone when node 1's daemon stops.
+#[test]
+fn traffic_from_outside_the_pod_network_reaches_services() -> Result<()> {
+    let (mut lab, dir, file, [a, b, c]) = translation_lab("svc-ext")?;
+    write(&file, &services(&[b, c], &[c], a, c))?;
+    let options = SwitchOptions::translating_services(binary(), &file)?;
+    let SwitchPair { mut nodes, pods } = SwitchPair::build(&mut lab, binary(), &dir, &options)?;
+    let [[pa, pb], [pc, _]] = &pods;
+    let _servers = [pa, pb, pc]
+        .map(|pod| serve_in(&pod.ns, pod.ip))
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
+    // The nodes' own stacks as clients, at their underlay addresses.
+    let node_client = |node: &SwitchNode, index: u8| Pod {
+        ns: node.ns.clone(),
+        ip: node_ip(index),
+        mac: String::new(),
+        port: String::new(),
+    };
+    let (outside, itself) = (node_client(&nodes[1], 2), node_client(&nodes[0], 1));
+    nodes[1].ns.ip(&[
+        "route",
+        "add",
+        &format!("{WEB_LOCAL_EXTERNAL}/32"),
+        "via",
+        &node_ip(1).to_string(),
+    ])?;
+    let gateway = pod_gateway(1);
+    for client in [&outside, &itself] {
+        let mut answered = BTreeSet::new();
+        for _ in 0..16 {
+            let (endpoint, seen) = request(client, "tcp", node_ip(1), WEB_NODE_PORT)?;
+            ensure!(
+                seen == gateway,
+                "{endpoint} saw {} at the Cluster NodePort as {seen}, not {gateway}",
+                client.ip
+            );
+            answered.insert(endpoint);
+        }
+        ensure!(
+            answered == BTreeSet::from([b, c]),
+            "{} to node 1's NodePort {WEB_NODE_PORT} reached only {answered:?}",
+            client.ip
+        );
+    }
+    for (address, port) in [(node_ip(1), LOCAL_NODE_PORT), (WEB_LOCAL_EXTERNAL, 80)] {
+        for _ in 0..8 {
+            let answer = request(&outside, "tcp", address, port)?;
+            ensure!(
+                answer == (b, outside.ip),
+                "node 2 to {address}:{port} (externalTrafficPolicy Local at node 1): {answer:?}"
+            );
+        }
+    }
+    let outcome = outside.ns.run(
+        "python3",
+        &[
+            "-c",
+            TRY_SERVICE,
+            "tcp",
+            &node_ip(1).to_string(),
+            &EMPTY_NODE_PORT.to_string(),
+        ],
+    )?;
+    ensure!(
+        outcome.trim() == "refused",
+        "node 2 to a NodePort without endpoints: {}",
+        outcome.trim()
+    );
+    let node1 = nodes[0].ns.clone();
+    let tables = || node1.run("nft", &["list", "tables"]);
+    let before = tables()?;
+    ensure!(
+        before.contains("table ip podswitch-external"),
+        "node 1 has no external Services table: {before}"
+    );
+    ensure!(nodes[0].stop(), "node 1's daemon did not exit on SIGTERM");
+    let after = tables()?;
+    ensure!(
+        !after.contains("podswitch-external"),
+        "node 1's stopped daemon left its table: {after}"
+    );
+    Ok(())
 }
 
 /// A port no endpoint pod listens on.

@@ -102,7 +102,7 @@ fn traces_match_what_packets_do() -> Result<()> {
         SwitchPair::build(&mut lab, binary(), &dir, &SwitchOptions::default())?;
     let [n1, n2] = &nodes;
     let [[a, _], [c, _]] = &pods;
-    let a_port = a.host_ifname.as_str();
+    let a_port = a.port.as_str();
     // Resolve the peer's next hop, as traffic would.
     ensure!(ping(&a.ns, c.ip, 3)? >= 1, "no ping across nodes");
 
@@ -125,7 +125,7 @@ fn traces_match_what_packets_do() -> Result<()> {
     // The real packets arrive at that peer, through its uplink, at the pod.
     let before = (
         counter(n2, "ul0", "rx_packets")?,
-        counter(n2, &c.host_ifname, "tx_packets")?,
+        counter(n2, &c.port, "tx_packets")?,
     );
     let replies = u64::from(ping(&a.ns, c.ip, COPIES as u32)?);
     ensure!(
@@ -134,7 +134,7 @@ fn traces_match_what_packets_do() -> Result<()> {
     );
     let after = (
         counter(n2, "ul0", "rx_packets")?,
-        counter(n2, &c.host_ifname, "tx_packets")?,
+        counter(n2, &c.port, "tx_packets")?,
     );
     ensure!(after.0 - before.0 >= replies && after.1 - before.1 >= replies);
     // The human form says the same.
@@ -222,7 +222,7 @@ fn a_service_trace_names_the_endpoint_a_real_request_reaches() -> Result<()> {
     let translated = |node: &SwitchNode| -> Result<Option<u64>> {
         Ok(node.cli_json(&["stats"])?["services"]["connections_translated"].as_u64())
     };
-    let a_port = pa.host_ifname.as_str();
+    let a_port = pa.port.as_str();
     let args = [
         a_port,
         "--dst",

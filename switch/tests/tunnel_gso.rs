@@ -194,7 +194,7 @@ impl RelayNode {
             mac: podswitch_lab::format_mac(pod_ns.mac("eth0")?),
             ns: pod_ns,
             ip,
-            host_ifname: String::new(),
+            port: String::new(),
         };
         Ok(RelayNode {
             index,

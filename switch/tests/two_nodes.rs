@@ -153,7 +153,7 @@ fn changes_under_load() -> Result<()> {
         n1.cli(&["route", "add", "192.0.2.0/24"])?;
         n1.cli(&["route", "del", "192.0.2.0/24"])?;
         let extra = n2.add_veth_pod(&mut tb.lab, 10 + round, POD_MTU)?;
-        n2.cli(&["port", "del", &extra.host_ifname])?;
+        n2.cli(&["port", "del", &extra.port])?;
         if round == 2 {
             n1.cli(&["peer", "del", &peer2])?;
             std::thread::sleep(std::time::Duration::from_millis(300));
@@ -372,14 +372,14 @@ fn ports_follow_new_rx_queues() -> Result<()> {
     let [n1, _] = &tb.nodes;
     let [[a, _], [c, _]] = &tb.pods;
     n1.ns
-        .run("ethtool", &["-L", &a.host_ifname, "rx", "2", "tx", "2"])?;
+        .run("ethtool", &["-L", &a.port, "rx", "2", "tx", "2"])?;
     a.ns.run("ethtool", &["-L", "eth0", "rx", "2", "tx", "2"])?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let ports = n1.cli_json(&["ports"])?;
         let queues = ports
             .as_array()
-            .and_then(|p| p.iter().find(|p| p["name"] == a.host_ifname.as_str()))
+            .and_then(|p| p.iter().find(|p| p["name"] == a.port.as_str()))
             .map(|p| p["queues"].clone());
         if queues == Some(serde_json::json!(2)) {
             break;
