@@ -18,14 +18,14 @@ use std::net::{IpAddr, Ipv6Addr};
 use anyhow::{Context, Result, ensure};
 use common::{Nodes, nodes_with, plugin, serial};
 use podswitch_control::service::ServiceProtocol;
+use podswitch_lab::Lab;
 use podswitch_lab::cluster::{
     Pod, SwitchNode, SwitchOptions, ping, pod_ip6, switch_and_kernel_node,
 };
-use podswitch_lab::kube_proxy::{self, Service6};
+use podswitch_lab::kube_proxy::{self, NftService};
 use podswitch_lab::membership::wait_for;
-use podswitch_lab::process::Process;
+use podswitch_lab::service_traffic::{TCP_PORT, request, serve_in};
 use podswitch_lab::traffic::{IperfClient, iperf_server};
-use podswitch_lab::{Lab, Netns};
 use serde_json::{Value, json};
 
 /// A pod made by the plugin on `switch` (`pod_interface` "veth" or
@@ -283,57 +283,6 @@ fn ping_from(pod: &Pod, source: &str, to: Ipv6Addr) -> Result<u32> {
     ))
 }
 
-/// An endpoint over IPv6: answers each TCP connection on port 8080 with
-/// its name and the client address it sees.
-const SERVER6: &str = r#"
-import socket, sys
-s = socket.socket(socket.AF_INET6)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("::", 8080))
-s.listen(64)
-while True:
-    c, a = s.accept()
-    c.sendall(f"{sys.argv[1]} {a[0]}\n".encode())
-    c.close()
-"#;
-
-/// One TCP request to `host` port `port`, 2 s at most: the answer's line.
-const CLIENT6: &str = r#"
-import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
-print(s.makefile().readline().strip())
-"#;
-
-/// Start [`SERVER6`] in `ns`, answering as `me`, once it listens.
-fn serve6(ns: &Netns, me: Ipv6Addr) -> Result<Process> {
-    let server = Process::spawn(
-        ns.command("timeout")?
-            .args(["600", "python3", "-c", SERVER6, &me.to_string()]),
-        &format!("IPv6 endpoint in {}", ns.name()),
-    )?;
-    wait_for("the IPv6 endpoint listening", || {
-        Ok(ns.run("ss", &["-Hlnt"])?.contains(":8080 "))
-    })?;
-    Ok(server)
-}
-
-/// One request from `from` to `[to]:port`: the endpoint that answered
-/// and the client address it saw.
-fn request6(from: &Pod, to: Ipv6Addr, port: u16) -> Result<(Ipv6Addr, Ipv6Addr)> {
-    let text = from
-        .ns
-        .run(
-            "python3",
-            &["-c", CLIENT6, &to.to_string(), &port.to_string()],
-        )
-        .with_context(|| format!("TCP {} -> [{to}]:{port}", from.ip))?;
-    let mut words = text.split_whitespace().map(str::parse::<Ipv6Addr>);
-    match (words.next(), words.next()) {
-        (Some(Ok(endpoint)), Some(Ok(seen))) => Ok((endpoint, seen)),
-        _ => anyhow::bail!("[{to}]:{port}: answer {text:?}"),
-    }
-}
-
 /// The IPv6 ClusterIP of the test's Service.
 const CLUSTER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
 
@@ -376,13 +325,13 @@ fn dual_stack_pods_reach_their_node_and_ipv6_services() -> Result<()> {
         "the peer's IPv6 pod CIDR routed via the switch: {routes}"
     );
 
-    let _servers = [serve6(&b.ns, b6)?, serve6(&c.ns, c6)?];
-    let web6 = Service6 {
+    let _servers = [serve_in(&b.ns, b6)?, serve_in(&c.ns, c6)?];
+    let web6 = NftService {
         name: "default/web6".into(),
         cluster_ip: CLUSTER_IP6,
         protocol: ServiceProtocol::Tcp,
         port: 80,
-        endpoints: vec![(b6, 8080), (c6, 8080)],
+        endpoints: vec![(b6, TCP_PORT), (c6, TCP_PORT)],
     };
     for node in switches.iter() {
         kube_proxy::write_rules6(lab, &node.ns, std::slice::from_ref(&web6))?;
@@ -391,7 +340,7 @@ fn dual_stack_pods_reach_their_node_and_ipv6_services() -> Result<()> {
     // one unanswered with probability 2^-29.
     let mut answered = std::collections::BTreeSet::new();
     for _ in 0..30 {
-        let (endpoint, seen) = request6(&a, CLUSTER_IP6, 80)?;
+        let (endpoint, seen) = request(&a, "tcp", CLUSTER_IP6, 80)?;
         ensure!(
             seen == node1_6,
             "{endpoint} saw the client as {seen}, not its node's {node1_6}"
@@ -435,8 +384,8 @@ fn dual_stack_pods_reach_their_node_and_ipv6_services() -> Result<()> {
         ])?;
         ns.ip(&["link", "set", dev, "up"])?;
     }
-    let _world_server = serve6(&world, world6)?;
-    let (answered, seen) = request6(&a, world6, 8080)?;
+    let _world_server = serve_in(&world, world6)?;
+    let (answered, seen) = request(&a, "tcp", world6, TCP_PORT)?;
     ensure!(
         answered == world6 && seen == node1_out,
         "to the world: answered by {answered}, client seen as {seen}, not node 1's {node1_out}"
@@ -448,7 +397,7 @@ fn dual_stack_pods_reach_their_node_and_ipv6_services() -> Result<()> {
         .ns
         .run("nft", &["delete", "table", "ip6", "podswitch"])?;
     for _ in 0..2 {
-        match request6(&a, CLUSTER_IP6, 80) {
+        match request(&a, "tcp", CLUSTER_IP6, 80) {
             Ok(answer) => anyhow::bail!("answered {answer:?} without the ip6 masquerade"),
             Err(e) => eprintln!("without the ip6 masquerade, fails as expected: {e:#}"),
         }
@@ -469,7 +418,7 @@ fn dual_stack_pods_reach_their_node_and_ipv6_services() -> Result<()> {
     );
     let mut answered = std::collections::BTreeSet::new();
     wait_for("both endpoints answering after a restart", || {
-        if let Ok((endpoint, seen)) = request6(&a, CLUSTER_IP6, 80) {
+        if let Ok((endpoint, seen)) = request(&a, "tcp", CLUSTER_IP6, 80) {
             ensure!(seen == node1_6, "{endpoint} saw the client as {seen}");
             answered.insert(endpoint);
         }

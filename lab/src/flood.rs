@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+use serde::Serialize;
 
 use crate::host::on_cpu;
 use crate::netns::Netns;
@@ -209,7 +210,7 @@ impl Flood {
 }
 
 /// What a [`UdpSocketFlood`] sent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct SocketFloodResult {
     /// Datagrams the kernel took from the socket.
     pub sent: u64,
@@ -285,10 +286,12 @@ pub struct FloodEnd<'a> {
 }
 
 /// What a [`socket_flood`] did: sent by the application, seen by the
-/// receiving pod's interface, read by its application.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// receiving pod's interface, read by its application. Serialized flat:
+/// `sent`, `refused`, `delivered`, `app`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct SocketFloodOutcome {
     /// What the sender handed the kernel.
+    #[serde(flatten)]
     pub sent: SocketFloodResult,
     /// Frames the receiving pod's interface received.
     pub delivered: u64,

@@ -8,7 +8,8 @@
 //! the rules it would leave, so that a test or the lab benchmark can send
 //! pods' traffic through them.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::fmt::Display;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use anyhow::{Context, Result};
 use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol};
@@ -115,30 +116,23 @@ pub fn iptables_rules(services: &[Service]) -> String {
     text
 }
 
-/// An IPv6 Service of a dual-stack cluster, as kube-proxy's IPv6 rules
-/// see it (the Service model of the switch is IPv4): a ClusterIP and one
-/// port with its ready endpoints.
+/// One Service port as kube-proxy's nftables-mode rules see it, of the
+/// family of `A` (`Ipv4Addr` or `Ipv6Addr`): a ClusterIP and one port with
+/// its ready endpoints. The IPv4 ones come from the switch's Service
+/// model ([`nftables_rules`]); IPv6 Services of a dual-stack cluster are
+/// given as these ([`nftables_rules6`]), that model being IPv4.
 #[derive(Debug, Clone)]
-pub struct Service6 {
+pub struct NftService<A> {
     /// `namespace/name`.
     pub name: String,
-    /// The IPv6 ClusterIP.
-    pub cluster_ip: Ipv6Addr,
+    /// The ClusterIP.
+    pub cluster_ip: A,
     /// TCP or UDP.
     pub protocol: ServiceProtocol,
     /// The Service port.
     pub port: u16,
     /// The endpoints: address and target port.
-    pub endpoints: Vec<(Ipv6Addr, u16)>,
-}
-
-/// One Service port as an nftables-mode table writes it, of either family.
-struct NftService {
-    name: String,
-    cluster_ip: IpAddr,
-    proto: &'static str,
-    port: u16,
-    endpoints: Vec<(IpAddr, u16)>,
+    pub endpoints: Vec<(A, u16)>,
 }
 
 /// kube-proxy's nftables-mode table for `services`, as `nft -f` input.
@@ -147,13 +141,10 @@ pub fn nftables_rules(services: &[Service]) -> String {
         .into_iter()
         .map(|(_, svc, port, endpoints)| NftService {
             name: svc.name.clone(),
-            cluster_ip: svc.cluster_ip.into(),
-            proto: port.protocol.name(),
+            cluster_ip: svc.cluster_ip,
+            protocol: port.protocol,
             port: port.port,
-            endpoints: endpoints
-                .iter()
-                .map(|e| (e.address.into(), e.port))
-                .collect(),
+            endpoints: endpoints.iter().map(|e| (e.address, e.port)).collect(),
         })
         .collect::<Vec<_>>();
     nft_table("ip", &entries)
@@ -161,26 +152,13 @@ pub fn nftables_rules(services: &[Service]) -> String {
 
 /// kube-proxy's nftables-mode IPv6 table (`table ip6 kube-proxy`) for
 /// `services`, as `nft -f` input.
-pub fn nftables_rules6(services: &[Service6]) -> String {
-    let entries = services
-        .iter()
-        .map(|svc| NftService {
-            name: svc.name.clone(),
-            cluster_ip: svc.cluster_ip.into(),
-            proto: svc.protocol.name(),
-            port: svc.port,
-            endpoints: svc
-                .endpoints
-                .iter()
-                .map(|&(address, port)| (address.into(), port))
-                .collect(),
-        })
-        .collect::<Vec<_>>();
-    nft_table("ip6", &entries)
+pub fn nftables_rules6(services: &[NftService<Ipv6Addr>]) -> String {
+    nft_table("ip6", services)
 }
 
-/// The nftables-mode table of `family` (`ip` or `ip6`) for `services`.
-fn nft_table(family: &str, services: &[NftService]) -> String {
+/// The nftables-mode table of `family` (`ip` or `ip6`, that of `A`) for
+/// `services`.
+fn nft_table<A: Copy + Display + Into<IpAddr>>(family: &str, services: &[NftService<A>]) -> String {
     let (address_type, cluster_cidr) = match family {
         "ip6" => ("ipv6_addr", CLUSTER_CIDR6),
         _ => ("ipv4_addr", CLUSTER_CIDR),
@@ -188,7 +166,7 @@ fn nft_table(family: &str, services: &[NftService]) -> String {
     let mut map = Vec::new();
     let mut chains = String::new();
     for (i, svc) in services.iter().enumerate() {
-        let (proto, endpoints) = (svc.proto, &svc.endpoints);
+        let (proto, endpoints) = (svc.protocol.name(), &svc.endpoints);
         let name = svc.name.replace('/', "-");
         let chain = format!("service-{i}-{name}");
         map.push(format!(
@@ -208,10 +186,7 @@ fn nft_table(family: &str, services: &[NftService]) -> String {
             picks.join(", ")
         ));
         for (j, &(address, target)) in endpoints.iter().enumerate() {
-            let to = match address {
-                IpAddr::V4(v4) => format!("{v4}:{target}"),
-                IpAddr::V6(v6) => format!("[{v6}]:{target}"),
-            };
+            let to = SocketAddr::new(address.into(), target);
             chains.push_str(&format!(
                 "chain endpoint-{i}-{j} {{\n\
                  {family} saddr {address} jump mark-for-masquerade\n\
@@ -264,7 +239,7 @@ pub fn write_rules(
 
 /// Write kube-proxy's nftables-mode IPv6 rules for `services` into
 /// `node`, beside any IPv4 ones.
-pub fn write_rules6(lab: &Lab, node: &Netns, services: &[Service6]) -> Result<()> {
+pub fn write_rules6(lab: &Lab, node: &Netns, services: &[NftService<Ipv6Addr>]) -> Result<()> {
     load(
         lab,
         node,
@@ -340,7 +315,7 @@ mod tests {
 
     #[test]
     fn nftables_rules6_are_the_same_table_in_the_ip6_family() {
-        let svc = Service6 {
+        let svc = NftService {
             name: "default/web6".into(),
             cluster_ip: "fd00:96::10".parse().unwrap(),
             protocol: ServiceProtocol::Tcp,

@@ -1,10 +1,11 @@
 //! Service traffic in the lab: an endpoint server that names itself and
 //! the client address it sees, and a client that makes one request as a
-//! client library does. Used by the kube-proxy Service tests
-//! (`cni/tests/services.rs`) and the switch's own translation's
-//! (`switch/tests/services.rs`).
+//! client library does, over IPv4 or IPv6. Used by the kube-proxy Service
+//! tests (`cni/tests/services.rs`, `cni/tests/dual_stack.rs`) and the
+//! switch's own translation's (`switch/tests/services.rs`).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -22,14 +23,16 @@ pub const ECHO_PORT: u16 = 8081;
 pub const UDP_PORT: u16 = 5353;
 
 /// Each endpoint pod runs this: TCP and UDP answers naming the endpoint
-/// and the client address it sees, and a TCP echo.
+/// and the client address it sees, and a TCP echo; on the family of its
+/// name (argument 1, an IPv4 or IPv6 address).
 pub const SERVER: &str = r#"
 import socket, sys, threading
 me = sys.argv[1]
+family, anywhere = (socket.AF_INET6, "::") if ":" in me else (socket.AF_INET, "0.0.0.0")
 def listening(port):
-    s = socket.socket()
+    s = socket.socket(family)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port))
+    s.bind((anywhere, port))
     s.listen(64)
     return s
 def answer():
@@ -51,8 +54,8 @@ def echo():
         c, _ = s.accept()
         threading.Thread(target=echo_one, args=(c,), daemon=True).start()
 def dns():
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    u.bind(("0.0.0.0", 5353))
+    u = socket.socket(family, socket.SOCK_DGRAM)
+    u.bind((anywhere, 5353))
     while True:
         d, a = u.recvfrom(65535)
         u.sendto(f"{me} {a[0]}\n".encode().ljust(len(d)), a)
@@ -64,7 +67,8 @@ answer()
 /// One request to a Service, as a client library makes it: a TCP
 /// connection, or a connected UDP socket (which takes a reply only from
 /// the address it asked, as a DNS resolver's does) sending a datagram of
-/// argument 4's size (1 byte by default), 2 s at most.
+/// argument 4's size (1 byte by default), 2 s at most; to an IPv4 or IPv6
+/// `host`.
 pub const CLIENT: &str = r#"
 import socket, sys
 proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -73,7 +77,7 @@ if proto == "tcp":
     s = socket.create_connection((host, port), timeout=2)
     print(s.makefile().readline().strip())
 else:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(2)
     s.connect((host, port))
     s.send(b"q" * size)
@@ -128,9 +132,10 @@ except socket.timeout:
     print("timeout")
 "#;
 
-/// Start the endpoint server in `ns`, answering as `me`.
-pub fn serve_in(ns: &Netns, me: Ipv4Addr) -> Result<Process> {
-    let me = me.to_string();
+/// Start the endpoint server in `ns`, answering as `me` (an IPv4 or IPv6
+/// address: the family it listens on), once it listens.
+pub fn serve_in(ns: &Netns, me: impl Into<IpAddr>) -> Result<Process> {
+    let me = me.into().to_string();
     let server = Process::spawn(
         ns.command("timeout")?
             .args(["600", "python3", "-c", SERVER, &me]),
@@ -156,26 +161,28 @@ pub fn serve_in(ns: &Netns, me: Ipv4Addr) -> Result<Process> {
 }
 
 /// One request from `from` to the Service at `cluster_ip` (or any
-/// address running [`serve_in`]): the endpoint that answered and the
-/// client address it saw.
-pub fn request(
+/// address running [`serve_in`]), of `cluster_ip`'s family: the endpoint
+/// that answered and the client address it saw (`A` is `Ipv4Addr` or
+/// `Ipv6Addr`).
+pub fn request<A: FromStr + Into<IpAddr>>(
     from: &Pod,
     proto: &str,
-    cluster_ip: Ipv4Addr,
+    cluster_ip: A,
     port: u16,
-) -> Result<(Ipv4Addr, Ipv4Addr)> {
+) -> Result<(A, A)> {
     request_sized(from, proto, cluster_ip, port, 1)
 }
 
 /// [`request`] over UDP with a datagram of `size` bytes, answered with as
 /// many: larger than the pod's MTU, both go as IP fragments.
-pub fn request_sized(
+pub fn request_sized<A: FromStr + Into<IpAddr>>(
     from: &Pod,
     proto: &str,
-    cluster_ip: Ipv4Addr,
+    cluster_ip: A,
     port: u16,
     size: usize,
-) -> Result<(Ipv4Addr, Ipv4Addr)> {
+) -> Result<(A, A)> {
+    let to = SocketAddr::new(cluster_ip.into(), port);
     let text = from
         .ns
         .run(
@@ -184,18 +191,15 @@ pub fn request_sized(
                 "-c",
                 CLIENT,
                 proto,
-                &cluster_ip.to_string(),
+                &to.ip().to_string(),
                 &port.to_string(),
                 &size.to_string(),
             ],
         )
-        .with_context(|| format!("{proto} {} -> {cluster_ip}:{port}, {size} bytes", from.ip))?;
-    let mut words = text.split_whitespace().map(str::parse::<Ipv4Addr>);
+        .with_context(|| format!("{proto} {} -> {to}, {size} bytes", from.ip))?;
+    let mut words = text.split_whitespace().map(str::parse::<A>);
     match (words.next(), words.next()) {
         (Some(Ok(endpoint)), Some(Ok(seen))) => Ok((endpoint, seen)),
-        _ => bail!(
-            "{proto} {} -> {cluster_ip}:{port}: answer {text:?}",
-            from.ip
-        ),
+        _ => bail!("{proto} {} -> {to}: answer {text:?}", from.ip),
     }
 }

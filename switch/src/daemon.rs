@@ -456,12 +456,9 @@ fn serve_services(config: &Config) -> Result<Option<Arc<Services>>> {
 fn masquerade_rules(config: &Config) -> NatRules {
     NatRules {
         services: config.service_masquerade,
-        egress_from: config.egress_masquerade.then_some(config.pod_cidr.trunc()),
-        ipv6: config.pod_cidr6.is_some(),
-        egress_from6: config
-            .pod_cidr6
-            .filter(|_| config.egress_masquerade)
-            .map(|cidr6| cidr6.trunc()),
+        egress: config.egress_masquerade,
+        pod_cidr: config.pod_cidr.trunc(),
+        pod_cidr6: config.pod_cidr6.map(|cidr6| cidr6.trunc()),
     }
 }
 
@@ -477,14 +474,14 @@ fn apply_masquerade(config: &Config) -> Result<()> {
         }
         return Ok(());
     }
-    node_nat::enable_forwarding(rules.ipv6)?;
+    node_nat::enable_forwarding(rules.ipv6())?;
     node_nat::install(&config.host_port, rules)?;
     tracing::info!(
         table = node_nat::TABLE,
         host_port = %config.host_port,
         services = rules.services,
-        egress = rules.egress_from.is_some(),
-        ipv6 = rules.ipv6,
+        egress = rules.egress,
+        ipv6 = rules.ipv6(),
         "pods' connections through the node are masqueraded"
     );
     Ok(())

@@ -52,21 +52,25 @@ const FAMILIES: [&str; 2] = ["ip", "ip6"];
 pub struct NatRules {
     /// Pods' connections the node DNATs back to pods (`service_masquerade`).
     pub services: bool,
-    /// Pods' connections to the world, from this node's pod CIDR
+    /// Pods' connections to the world, from this node's pod CIDRs
     /// (`egress_masquerade`).
-    pub egress_from: Option<Ipv4Net>,
-    /// Whether the host port carries IPv6 (the node has a `pod_cidr6`):
-    /// the Service rule then has an `ip6` table too.
-    pub ipv6: bool,
-    /// Pods' IPv6 connections to the world, from this node's
-    /// `pod_cidr6` (`egress_masquerade`).
-    pub egress_from6: Option<Ipv6Net>,
+    pub egress: bool,
+    /// This node's pod CIDR.
+    pub pod_cidr: Ipv4Net,
+    /// This node's IPv6 pod CIDR, if it has one: the host port then
+    /// carries IPv6, and each rule has an `ip6` table too.
+    pub pod_cidr6: Option<Ipv6Net>,
 }
 
 impl NatRules {
     /// Whether there is anything to masquerade (else no table).
     pub fn any(&self) -> bool {
-        self.services || self.egress_from.is_some() || self.egress_from6.is_some()
+        self.services || self.egress
+    }
+
+    /// Whether the host port carries IPv6 (the node has a `pod_cidr6`).
+    pub fn ipv6(&self) -> bool {
+        self.pod_cidr6.is_some()
     }
 }
 
@@ -93,14 +97,14 @@ impl NatRules {
 /// (`nf_nat_icmp_reply_translation`), and this table's NAT chain is
 /// enough for NAT's hooks to be there.
 pub fn ruleset(host_port: &str, rules: NatRules) -> String {
-    let egress6 = rules.egress_from6.filter(|_| rules.ipv6);
     let mut text = removal();
-    if rules.services || rules.egress_from.is_some() {
-        let egress = rules.egress_from.map(|pods| format!("ip saddr {pods}"));
-        text += &table("ip", host_port, rules.services, egress);
+    if !rules.any() {
+        return text;
     }
-    if rules.ipv6 && (rules.services || egress6.is_some()) {
-        let egress = egress6.map(|pods| format!("ip6 saddr {pods}"));
+    let egress = rules.egress.then(|| format!("ip saddr {}", rules.pod_cidr));
+    text += &table("ip", host_port, rules.services, egress);
+    if let Some(pods6) = rules.pod_cidr6 {
+        let egress = rules.egress.then(|| format!("ip6 saddr {pods6}"));
         text += &table("ip6", host_port, rules.services, egress);
     }
     text
@@ -229,9 +233,9 @@ mod tests {
 
     const IPV4_ONLY: NatRules = NatRules {
         services: true,
-        egress_from: None,
-        ipv6: false,
-        egress_from6: None,
+        egress: false,
+        pod_cidr: Ipv4Net::new_assert(std::net::Ipv4Addr::new(10, 244, 1, 0), 24),
+        pod_cidr6: None,
     };
 
     #[test]
@@ -257,9 +261,8 @@ mod tests {
 
     #[test]
     fn egress_masquerades_the_pod_cidr_leaving_by_another_interface() {
-        let pods: Ipv4Net = "10.244.1.0/24".parse().unwrap();
         let both = NatRules {
-            egress_from: Some(pods),
+            egress: true,
             ..IPV4_ONLY
         };
         let text = ruleset("podsw0", both);
@@ -276,7 +279,6 @@ mod tests {
         assert!(
             !NatRules {
                 services: false,
-                egress_from: None,
                 ..IPV4_ONLY
             }
             .any()
@@ -286,10 +288,9 @@ mod tests {
     #[test]
     fn a_dual_stack_node_has_the_same_rules_in_an_ip6_table() {
         let dual = NatRules {
-            services: true,
-            egress_from: Some("10.244.1.0/24".parse().unwrap()),
-            ipv6: true,
-            egress_from6: Some("fd00:10:244:1::/64".parse().unwrap()),
+            egress: true,
+            pod_cidr6: Some("fd00:10:244:1::/64".parse().unwrap()),
+            ..IPV4_ONLY
         };
         let text = ruleset("podsw0", dual);
         let (ip, ip6) = text.split_once("table ip6 podswitch {").unwrap();
@@ -305,23 +306,22 @@ mod tests {
         assert_eq!(text.matches("masquerade comment").count(), 4);
         // Services only: both tables, the Service rule alone in each.
         let services = NatRules {
-            egress_from: None,
-            egress_from6: None,
+            egress: false,
             ..dual
         };
         let text = ruleset("podsw0", services);
         assert!(text.contains("table ip6 podswitch {"));
         assert_eq!(text.matches("masquerade comment").count(), 2);
-        // Egress only, IPv6 of it: an ip6 table with that rule.
-        let egress6 = NatRules {
+        // Egress only: both tables, the egress rule alone in each.
+        let egress = NatRules {
             services: false,
-            egress_from: None,
             ..dual
         };
-        assert!(egress6.any());
-        let text = ruleset("podsw0", egress6);
-        assert!(!text.contains("table ip podswitch {"));
-        assert_eq!(text.matches("pod to the world").count(), 1);
+        assert!(egress.any());
+        let text = ruleset("podsw0", egress);
+        assert!(text.contains("table ip podswitch {") && text.contains("table ip6 podswitch {"));
+        assert_eq!(text.matches("pod to the world").count(), 2);
+        assert!(!text.contains("ct status dnat"));
     }
 
     #[test]

@@ -15,7 +15,9 @@ use hdrhistogram::Histogram;
 use podswitch_control::service::ServiceProtocol;
 use podswitch_lab::cluster::Pod;
 use podswitch_lab::cpu::CpuMeter;
-use podswitch_lab::flood::{Flood, FloodEnd, UDP_HEADERS, UdpFlow, socket_flood, udp_frame};
+use podswitch_lab::flood::{
+    Flood, FloodEnd, SocketFloodOutcome, UDP_HEADERS, UdpFlow, socket_flood, udp_frame,
+};
 use podswitch_lab::host::{MachineMeter, on_cpu, process_system_seconds};
 use podswitch_lab::parse_mac;
 use podswitch_lab::ping_pong::{EchoServer, PingPong};
@@ -267,18 +269,14 @@ pub struct UdpRun {
     pub counters: Option<Value>,
 }
 
-/// One flood from an application's UDP socket.
+/// One flood from an application's UDP socket (64-byte frames).
 #[derive(Debug, Clone, Serialize)]
 pub struct SocketFloodRun {
-    /// Datagrams the application sent (each a 64-byte frame).
-    pub sent: u64,
-    /// Sends the kernel refused with `ENOBUFS` and the sender repeated.
-    pub refused: u64,
-    /// Frames the receiving pod's interface received.
-    pub delivered: u64,
-    /// Datagrams its application read.
-    pub app: u64,
-    /// Sent and never delivered, %.
+    /// What was sent, delivered and read (its fields, in the report).
+    #[serde(flatten)]
+    pub outcome: SocketFloodOutcome,
+    /// Sent and never delivered, % ([`SocketFloodOutcome::lost_pct`],
+    /// kept in the report).
     pub lost_pct: f64,
     /// What podswitch's counters saw (changes only): where any loss was.
     pub counters: Option<Value>,
@@ -473,10 +471,7 @@ pub fn udp_socket(testbed: &Testbed, settings: &Settings) -> Result<SocketFloodR
         )
     })?;
     Ok(SocketFloodRun {
-        sent: outcome.sent.sent,
-        refused: outcome.sent.refused,
-        delivered: outcome.delivered,
-        app: outcome.app,
+        outcome,
         lost_pct: outcome.lost_pct(),
         counters,
     })

@@ -288,10 +288,7 @@ fn measure_all(testbed: &Testbed, settings: &Settings, run: u32) -> Result<RunFi
         &mut errors,
         || {
             let f = measure::udp_socket(testbed, settings)?;
-            let line = format!(
-                "{} sent ({} refused and sent again), {} delivered ({:.2} % lost), {} to the app",
-                f.sent, f.refused, f.delivered, f.lost_pct, f.app
-            );
+            let line = f.outcome.to_string();
             figures.socket_flood = Some(f);
             Ok(line)
         },

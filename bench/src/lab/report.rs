@@ -578,6 +578,7 @@ mod tests {
     use crate::lab::contenders::select;
     use crate::lab::latency::record;
     use crate::lab::measure::Background;
+    use podswitch_lab::flood::{SocketFloodOutcome, SocketFloodResult};
 
     #[test]
     fn timestamps() {
@@ -637,10 +638,14 @@ mod tests {
                 counters: None,
             }],
             socket_flood: Some(SocketFloodRun {
-                sent: 1000,
-                refused: 0,
-                delivered: 990 + u64::from(n),
-                app: 990,
+                outcome: SocketFloodOutcome {
+                    sent: SocketFloodResult {
+                        sent: 1000,
+                        refused: 0,
+                    },
+                    delivered: 990 + u64::from(n),
+                    app: 990,
+                },
                 lost_pct: 1.0 - 0.1 * f64::from(n),
                 counters: None,
             }),
@@ -653,6 +658,15 @@ mod tests {
             }],
             errors: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_socket_flood_is_reported_flat() {
+        let flood = run(1, 2.0, 400_000.0, 50).socket_flood.unwrap();
+        assert_eq!(
+            serde_json::to_string(&flood).unwrap(),
+            r#"{"sent":1000,"refused":0,"delivered":991,"app":990,"lost_pct":0.9,"counters":null}"#
+        );
     }
 
     #[test]
