@@ -30,10 +30,10 @@ pub struct SwitchArgs {
     /// XDP mode on the switch's interfaces: auto, native or generic.
     #[arg(long, default_value = "auto")]
     xdp_mode: String,
-    /// How pods are attached (the CNI's podInterface): tap (virtio-net
-    /// offloads, 64 KB TCP segments; the plugin's default) or veth
-    /// (AF_XDP).
-    #[arg(long, default_value = "tap", value_parser = ["tap", "veth"])]
+    /// How pods are attached (the CNI's podInterface): veth (AF_XDP; the
+    /// plugin's default) or tap (virtio-net offloads, 64 KB TCP
+    /// segments).
+    #[arg(long, default_value = "veth", value_parser = ["veth", "tap"])]
     pod_interface: String,
 }
 

@@ -312,12 +312,12 @@ pub struct RuntimeConfig {
 pub enum PodInterfaceKind {
     /// A TAP device in the pod, opened by the switch with a virtio-net
     /// header: the pod's kernel hands over 64 KB TCP segments and
-    /// takes them back, checksums offloaded. The default: 2.8× a veth
-    /// pod's TCP across nodes (docs/decisions.md).
-    #[default]
+    /// takes them back, checksums offloaded: 2.8× a veth pod's TCP
+    /// across nodes (docs/decisions.md).
     Tap,
     /// A veth pair whose host end the switch polls through AF_XDP; the
-    /// pod's offloads are off (one frame at a time).
+    /// pod's offloads are off (one frame at a time). The default.
+    #[default]
     Veth,
 }
 

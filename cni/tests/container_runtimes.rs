@@ -201,8 +201,8 @@ fn podman_run_with_ip_and_mac_address() -> Result<()> {
 /// A port podman publishes (`-p`, through portmap) answers on 127.0.0.1
 /// from the node, and still does after the daemon is restarted (SIGTERM,
 /// then start): the host port portmap set `route_localnet` on is the same
-/// device after the restart, and the container's TAP port is restored
-/// though the daemon cannot see podman's `/run/netns`.
+/// device after the restart; the container is a TAP pod, whose port is
+/// made and restored though the daemon cannot see podman's `/run/netns`.
 #[test]
 fn podman_published_port_on_localhost_survives_a_daemon_restart() -> Result<()> {
     let _serial = serial();
@@ -210,7 +210,8 @@ fn podman_published_port_on_localhost_survives_a_daemon_restart() -> Result<()> 
         "podman", "runc", "conmon", "nsenter", "unshare", "tar", "curl", "iptables",
     ])?;
     let bed = Testbed::new("rt-restart", &[("run", "/run"), ("var-lib", "/var/lib")])?;
-    let conf = bed.node().cni_network("1.0.0");
+    let mut conf = bed.node().cni_network("1.0.0");
+    conf["podInterface"] = "tap".into();
     let podman = podman_on_podnet(&bed, &conf)?;
     let publish = format!("{HOST_PORT}:80");
     podman.start(
@@ -241,11 +242,10 @@ fn podman_published_port_on_localhost_survives_a_daemon_restart() -> Result<()> 
         ensure!(page == PAGE, "{when}, {url} served {page:?}");
         Ok(())
     };
-    // The plugin's default pod interface is a TAP device the daemon
-    // attaches to in the pod's namespace, whose path is a mount in
-    // podman's private mount namespace: the daemon reaches it through the
-    // plugin's `/proc/<pid>/root`, and after the restart through the
-    // container's processes.
+    // A TAP pod: the daemon attaches to its device in the pod's
+    // namespace, whose path is a mount in podman's private mount
+    // namespace; it reaches it through the plugin's `/proc/<pid>/root`,
+    // and after the restart through the container's processes.
     let one_tap_port = |when: &str| -> Result<()> {
         let kinds = pod_port_kinds(&bed.node())?;
         ensure!(

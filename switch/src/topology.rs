@@ -101,7 +101,9 @@ pub struct Topology {
     pub fib6: Ipv6Lpm<RouteTarget>,
     /// Whether the host port carries IPv6 (the node has a `pod_cidr6`):
     /// its IPv6 frames are routed and its neighbour solicitations
-    /// answered.
+    /// answered. Set exactly when `fib6` holds `::/0` to the host port;
+    /// kept as a flag so that a host port frame needs no trie lookup to
+    /// know.
     pub host_ipv6: bool,
 }
 

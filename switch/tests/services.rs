@@ -389,13 +389,15 @@ fn syn_retransmits(pod: &Pod) -> Result<u64> {
 }
 
 /// Traffic from outside the pod network — node 2's own stack, and node
-/// 1's — to node 1's NodePorts and to an external address routed to node
-/// 1, translated by node 1's netfilter from the switch's Service table
-/// (`ip podswitch-external`): `externalTrafficPolicy: Cluster` reaches
-/// the endpoints on both nodes with the client masqueraded to node 1's
-/// gateway, `Local` only node 1's endpoint with the client's own address,
-/// and a NodePort without endpoints refuses the connection. The table is
-/// gone when node 1's daemon stops.
+/// 1's — to node 1's NodePorts, translated by node 1's netfilter from the
+/// switch's Service table (`ip podswitch-external`):
+/// `externalTrafficPolicy: Cluster` reaches the endpoints on both nodes
+/// with the client masqueraded to node 1's gateway, `Local` only node 1's
+/// endpoint with the client's own address, and a NodePort without
+/// endpoints refuses the connection. A Service's external address is
+/// taken by the client's own node, as kube-proxy does: from node 2 it
+/// reaches node 2's endpoint (`Local`). The table is gone when node 1's
+/// daemon stops.
 #[test]
 fn traffic_from_outside_the_pod_network_reaches_services() -> Result<()> {
     let (mut lab, dir, file, [a, b, c]) = translation_lab("svc-ext")?;
@@ -415,6 +417,8 @@ fn traffic_from_outside_the_pod_network_reaches_services() -> Result<()> {
         port: String::new(),
     };
     let (outside, itself) = (node_client(&nodes[1], 2), node_client(&nodes[0], 1));
+    // A route for the external address, as a node's default route would
+    // give it (a socket needs one before netfilter's output hook runs).
     nodes[1].ns.ip(&[
         "route",
         "add",
@@ -440,12 +444,15 @@ fn traffic_from_outside_the_pod_network_reaches_services() -> Result<()> {
             client.ip
         );
     }
-    for (address, port) in [(node_ip(1), LOCAL_NODE_PORT), (WEB_LOCAL_EXTERNAL, 80)] {
+    for (address, port, endpoint) in [
+        (node_ip(1), LOCAL_NODE_PORT, b),
+        (WEB_LOCAL_EXTERNAL, 80, c),
+    ] {
         for _ in 0..8 {
             let answer = request(&outside, "tcp", address, port)?;
             ensure!(
-                answer == (b, outside.ip),
-                "node 2 to {address}:{port} (externalTrafficPolicy Local at node 1): {answer:?}"
+                answer == (endpoint, outside.ip),
+                "node 2 to {address}:{port} (externalTrafficPolicy Local): {answer:?}"
             );
         }
     }
