@@ -196,19 +196,24 @@ impl Services {
     /// picks a current endpoint. (The new table goes in first, so that no
     /// worker opens a connection to a removed endpoint after the removal;
     /// a worker's pass that began before the swap is caught by the next
-    /// maintenance round.) The caller holds the sources' lock, so that
-    /// two changes publish in order.
+    /// maintenance round.) Last, the node's table for traffic from
+    /// outside the pod network follows, if the daemon keeps one. The
+    /// caller holds the sources' lock, so that two changes publish in
+    /// order.
     fn publish(&self, sources: &BTreeMap<String, Vec<Service>>) {
-        let services: Vec<Service> = sources.values().flatten().cloned().collect();
-        let nodes = lock(&self.nodes);
-        if let (Some(external), Some(local)) = (&self.external, nodes.local) {
-            external.update(&services, local);
-        }
-        let table = ServiceTable::new(services, &nodes);
-        drop(nodes);
+        let services = sources.values().flatten().cloned().collect();
+        let (table, local) = {
+            let nodes = lock(&self.nodes);
+            (ServiceTable::new(services, &nodes), nodes.local)
+        };
         self.table.store(Arc::new(table));
         self.recheck.store(true, Ordering::Relaxed);
         self.end_unkept_connections();
+        // After the workers have the new table: the node's rules (an `nft`
+        // run) must not hold it back.
+        if let (Some(external), Some(local)) = (&self.external, local) {
+            external.update(self.table().services(), local);
+        }
     }
 
     /// End the connections whose endpoint the current table does not keep.
