@@ -95,6 +95,12 @@ fn offload(port: &serde_json::Value, counter: &str) -> u64 {
 /// cutting them and sending the segments on the uplink).
 fn mixed_pods_talk(tag: &str, options: &SwitchOptions) -> Result<Mixed> {
     let tb = mixed(tag, options)?;
+    talk(&tb, options)?;
+    Ok(tb)
+}
+
+/// [`mixed_pods_talk`] on a testbed already made.
+fn talk(tb: &Mixed, options: &SwitchOptions) -> Result<()> {
     let [[t1, t1b, v1], [t2, _, v2]] = &tb.pods;
     let [n1, n2] = [&tb.nodes.switches[0], &tb.nodes.switches[1]];
     for node in [n1, n2] {
@@ -234,7 +240,7 @@ fn mixed_pods_talk(tag: &str, options: &SwitchOptions) -> Result<Mixed> {
     for node in [n1, n2] {
         node.check_frames()?;
     }
-    Ok(tb)
+    Ok(())
 }
 
 /// Datagrams [`udp_takes_the_uplink`] sends: fewer than a TAP queue holds.
@@ -391,6 +397,37 @@ fn tap_pods_receiving_through_afxdp() -> Result<()> {
             ..SwitchOptions::default()
         },
     )
+}
+
+/// With the XDP programs in generic mode on an underlay that keeps TSO
+/// (segments whole): a native program on a veth turns TSO off on its
+/// peer, a generic one leaves it on, so TAP pods' super-frames cross the
+/// underlay whole. Node 2's kernel skips GRO on an uplink with a generic
+/// program, so the super-packets its tunnel port reads (checked in
+/// [`talk`]) came whole over the wire — with their Ethernet header, which
+/// the kernel lost before the generic program was built without
+/// multi-buffer support.
+#[test]
+fn tap_pods_with_generic_xdp_and_segments_whole() -> Result<()> {
+    let _serial = serial();
+    let options = SwitchOptions {
+        xdp_mode: "generic".into(),
+        ..SwitchOptions::default()
+    };
+    let tb = mixed("tap-generic", &options)?;
+    for node in &tb.nodes.switches {
+        node.ns.run(
+            "ethtool",
+            &["-K", UPLINK, "tx", "on", "tso", "on", "gso", "on"],
+        )?;
+    }
+    let features = tb.nodes.switches[0].ns.run("ethtool", &["-k", UPLINK])?;
+    ensure!(
+        features.contains("tcp-segmentation-offload: on"),
+        "node 1's uplink lost TSO beside a generic XDP program:\n{features}"
+    );
+    talk(&tb, &options)?;
+    delete_all(&tb)
 }
 
 /// A TAP pod on a podswitch node and a pod on a kernel VXLAN node

@@ -76,8 +76,7 @@ static __always_inline int pass(void)
 	return XDP_PASS;
 }
 
-SEC("xdp.frags")
-int uplink(struct xdp_md *ctx)
+static __always_inline int uplink_frame(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -160,6 +159,25 @@ int uplink(struct xdp_md *ctx)
 
 	count(action == XDP_REDIRECT ? REDIRECTED : REDIRECT_FAILED);
 	return action;
+}
+
+/* Native mode: frames may come in several buffers (a jumbo underlay). */
+SEC("xdp.frags")
+int uplink(struct xdp_md *ctx)
+{
+	return uplink_frame(ctx);
+}
+
+/*
+ * Generic mode: without multi-buffer support, so that the kernel
+ * linearizes an skb for it rather than copying it into one that loses its
+ * link-layer length, which would send what this program passes to the
+ * tunnel port without its Ethernet header.
+ */
+SEC("xdp")
+int uplink_skb(struct xdp_md *ctx)
+{
+	return uplink_frame(ctx);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -45,7 +45,7 @@ use crate::worker::{
     AfXdpPort, Command, INBOX_CAPACITY, Inbox, MAX_PACKET_CHUNKS, Port, TapPort, TunnelDevice,
     TunnelPort, Worker, WorkerContext, WorkerPort,
 };
-use crate::xdp::XdpProgram;
+use crate::xdp::{XdpMode, XdpProgram};
 use podswitch_encap::wire::IpVersion;
 use podswitch_netdev::ethtool::{self, Offload as EthtoolOffload};
 
@@ -74,7 +74,6 @@ pub fn run(config: Config) -> Result<()> {
     let uplink_mac = uplink
         .mac
         .with_context(|| format!("uplink {} has no MAC address", config.uplink))?;
-    complete_checksums_on_a_veth_uplink(&config.uplink);
     let underlay_mtu = config.underlay_mtu.map_or(uplink.mtu, u32::from);
     check_underlay_mtu(underlay_mtu, config.underlay_mtu.is_some(), &config.uplink)?;
     let tunnel = open_tunnel(&netlink, &config, uplink_mac)?;
@@ -139,6 +138,9 @@ pub fn run(config: Config) -> Result<()> {
         &uplink_filter(&config, receives_through_tunnel),
     )
     .with_context(|| format!("attaching the uplink XDP program to {}", config.uplink))?;
+    if uplink_program.mode() == XdpMode::Native {
+        complete_checksums_on_a_veth_uplink(&config.uplink);
+    }
     let uplink_sockets = bind_uplink(&umem, &config.uplink, uplink.index)?;
     let umem_owner = uplink_sockets[0].umem_share().context("sharing the UMEM")?;
     let (xdp_mode, copy_mode, queues) = describe(&uplink_program, &uplink_sockets);
@@ -730,14 +732,18 @@ fn receive_through_kernel(netlink: &Netlink, config: &Config) -> Option<KernelRe
     }
 }
 
-/// On a veth uplink, turn TX checksum offload off: a veth hands its peer
-/// a packet's checksum unfinished, and the peer — another podswitch node,
-/// whose XDP program takes the packet before any checksum is finished —
-/// would find the tunnel packets the node's kernel sends (through the
-/// tunnel port, or its own) with a partial outer UDP checksum and drop
-/// them. A NIC finishes checksums before the wire, so other uplinks keep
-/// theirs. A failure is logged: the switch's own AF_XDP packets carry
-/// complete checksums either way.
+/// On a veth uplink with a native XDP program, turn TX checksum offload
+/// off: a veth hands its peer a packet's checksum unfinished, and the peer
+/// — another podswitch node, whose XDP program takes the packet before
+/// any checksum is finished — would find the tunnel packets the node's
+/// kernel sends (through the tunnel port, or its own) with a partial outer
+/// UDP checksum and drop them; and the peer's native program has taken
+/// this side's TSO, the one thing the offload would be for. With a
+/// generic program the offload stays as the operator set it: TSO, which
+/// needs it, lets super-frames cross whole (decisions, "The uplink in
+/// generic mode"). A NIC finishes checksums before the wire, so other
+/// uplinks keep theirs. A failure is logged: the switch's own AF_XDP
+/// packets carry complete checksums either way.
 fn complete_checksums_on_a_veth_uplink(uplink: &str) {
     if !ethtool::driver(uplink).is_ok_and(|driver| driver == "veth") {
         return;

@@ -197,6 +197,28 @@ pub struct XdpProgram {
     mode: XdpMode,
 }
 
+/// The programs of one object by the mode they run in. The uplink's
+/// generic-mode program is built without multi-buffer support: for such a
+/// program the kernel linearizes an skb it cannot run on as it is, where
+/// for a multi-buffer one it copies the skb into a new one that has lost
+/// its link-layer length (Linux 6.18 `skb_pp_cow_data`), and tc's `mirred`
+/// would send what the program passes into the tunnel port without its
+/// Ethernet header (decisions, "The uplink in generic mode").
+#[derive(Clone, Copy)]
+struct Programs {
+    native: &'static str,
+    generic: &'static str,
+}
+
+impl Programs {
+    fn for_mode(self, mode: XdpMode) -> &'static str {
+        match mode {
+            XdpMode::Native => self.native,
+            XdpMode::Generic => self.generic,
+        }
+    }
+}
+
 /// A loaded, verified instance of one of our programs and its maps.
 struct Loaded {
     /// The program and its link: dropping it detaches.
@@ -248,7 +270,11 @@ impl XdpProgram {
     /// Attach the pod-port program to `ifname` (see [`XdpProgram::mode`] for
     /// the mode chosen), replacing a stale netlink-attached program.
     pub fn attach_pod(ifname: &str, choice: XdpModeChoice) -> Result<XdpProgram> {
-        XdpProgram::attach(POD_OBJECT, "pod_port", ifname, choice, None)
+        let programs = Programs {
+            native: "pod_port",
+            generic: "pod_port",
+        };
+        XdpProgram::attach(POD_OBJECT, programs, ifname, choice, None)
     }
 
     /// Attach the uplink program to `ifname`, redirecting what `filter`
@@ -258,41 +284,50 @@ impl XdpProgram {
         choice: XdpModeChoice,
         filter: &UplinkFilter,
     ) -> Result<XdpProgram> {
-        XdpProgram::attach(UPLINK_OBJECT, "uplink", ifname, choice, Some(filter))
+        let programs = Programs {
+            native: "uplink",
+            generic: "uplink_skb",
+        };
+        XdpProgram::attach(UPLINK_OBJECT, programs, ifname, choice, Some(filter))
     }
 
     fn attach(
         object: &'static [u8],
-        program: &'static str,
+        programs: Programs,
         ifname: &str,
         choice: XdpModeChoice,
         filter: Option<&UplinkFilter>,
     ) -> Result<XdpProgram> {
-        let mut loaded = Loaded::load(object, program, filter)?;
         if detach_stale(ifname)? {
             tracing::warn!(
                 ifname,
                 "removed a stale XDP program left attached through netlink"
             );
         }
-        let xdp = loaded.xdp(program)?;
-        let mut attach_in = |mode: XdpMode| {
-            xdp.attach(ifname, mode.aya())
+        let attach_in = |mode: XdpMode| -> Result<(Loaded, &'static str, XdpLinkId)> {
+            let program = programs.for_mode(mode);
+            let mut loaded = Loaded::load(object, program, filter)?;
+            let link = loaded
+                .xdp(program)?
+                .attach(ifname, mode.aya())
                 .with_context(|| {
                     format!("attaching XDP program {program} to {ifname} in {mode} mode")
-                })
-                .map(|link| (mode, link))
+                })?;
+            Ok((loaded, program, link))
         };
-        let (mode, link) = match choice {
-            XdpModeChoice::Native => attach_in(XdpMode::Native)?,
-            XdpModeChoice::Generic => attach_in(XdpMode::Generic)?,
-            XdpModeChoice::Auto => attach_in(XdpMode::Native).or_else(|native_err| {
-                tracing::info!(
-                    ifname,
-                    "native XDP unavailable ({native_err:#}); using generic mode"
-                );
-                attach_in(XdpMode::Generic)
-            })?,
+        let ((loaded, program, link), mode) = match choice {
+            XdpModeChoice::Native => (attach_in(XdpMode::Native)?, XdpMode::Native),
+            XdpModeChoice::Generic => (attach_in(XdpMode::Generic)?, XdpMode::Generic),
+            XdpModeChoice::Auto => match attach_in(XdpMode::Native) {
+                Ok(attached) => (attached, XdpMode::Native),
+                Err(native_err) => {
+                    tracing::info!(
+                        ifname,
+                        "native XDP unavailable ({native_err:#}); using generic mode"
+                    );
+                    (attach_in(XdpMode::Generic)?, XdpMode::Generic)
+                }
+            },
         };
         tracing::debug!(ifname, program, %mode, "XDP program attached");
         Ok(XdpProgram {

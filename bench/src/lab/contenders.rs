@@ -46,13 +46,14 @@ const TUNNEL_OVERHEAD: u32 = 50;
 pub enum Segments {
     /// The nodes' underlay veths keep TX checksum offload, TSO and GSO
     /// on, so a 64 KB segment may cross whole, as over a NIC with TSO and
-    /// GRO. Not into a podswitch node: veth turns TSO off on the peer of a
-    /// device with an XDP program (`ethtool -k`: "tcp-segmentation-offload:
-    /// off", `tx-tcp-segmentation: off [fixed]`), so the sending kernel
-    /// cuts segments before the veth, and the model differs from wire-size
-    /// only in what node 1's kernel does before it: with TX checksum
-    /// offload on it leaves checksums for the "NIC" to finish, and veth
-    /// hands them across unfinished.
+    /// GRO. Into a podswitch node only where its uplink's XDP program runs
+    /// in generic mode (TAP contenders here): veth turns TSO off on the
+    /// peer of a device with a native XDP program (`ethtool -k`:
+    /// "tcp-segmentation-offload: off [requested on]"), so the sending
+    /// kernel cuts segments before the veth, and the model differs from
+    /// wire-size only in what node 1's kernel does before it: with TX
+    /// checksum offload on it leaves checksums for the "NIC" to finish,
+    /// and veth hands them across unfinished.
     Whole,
     /// Offloads off: segments are cut to wire-size frames in software
     /// before the underlay, every checksum complete.
@@ -95,14 +96,21 @@ impl Underlay {
     }
 
     /// What it is, for the description of a contender whose nodes (with
-    /// an XDP program on their uplinks or not) it joins.
-    fn description(&self, xdp_uplinks: bool) -> String {
+    /// an XDP program on their uplinks, in native or generic mode, or
+    /// none) it joins.
+    fn description(&self, uplinks: Uplinks) -> String {
         let mtu = self.mtu;
         match self.segments {
             Segments::WireSize => format!(
                 "underlay MTU {mtu}, offloads off: segments cut to wire-size frames before it"
             ),
-            Segments::Whole if xdp_uplinks => format!(
+            Segments::Whole if uplinks == Uplinks::GenericXdp => format!(
+                "underlay MTU {mtu} with the nodes' TX checksum, TSO and GSO on, as the kernel \
+                 baseline has it; the nodes' uplink XDP programs run in generic mode (xdp_mode = \
+                 \"generic\"), which leaves the peer its TSO, so 64 KB segments cross whole as a \
+                 NIC with TSO/GRO lets them"
+            ),
+            Segments::Whole if uplinks == Uplinks::NativeXdp => format!(
                 "underlay MTU {mtu} with the nodes' TX checksum, TSO and GSO on, as the kernel \
                  baseline has it; segments still cannot cross whole into a node whose uplink has \
                  an XDP program (veth turns TSO off on its peer), so node 1's kernel cuts them \
@@ -115,6 +123,17 @@ impl Underlay {
             ),
         }
     }
+}
+
+/// What the nodes' uplinks run, as far as the underlay model cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Uplinks {
+    /// No XDP program (kernel nodes).
+    Plain,
+    /// An XDP program in the driver's (veth's) own mode.
+    NativeXdp,
+    /// An XDP program in the kernel's generic mode.
+    GenericXdp,
 }
 
 /// What kind of path a contender is.
@@ -209,6 +228,26 @@ pub struct Contender {
 }
 
 impl Contender {
+    /// The podswitch daemons' `xdp_mode`: "generic" for TAP pods on an
+    /// underlay that carries segments whole, so that the tunnel port's
+    /// super-frames cross it whole (a native program on a veth turns TSO
+    /// off on its peer); "auto" (native on veth) otherwise, where the
+    /// receiving uplink's GRO needs a native program (the kernel skips GRO
+    /// on a device with a generic one).
+    pub fn xdp_mode(&self) -> &'static str {
+        match self.kind {
+            Kind::Podswitch {
+                pod_interface: "tap",
+                ..
+            } if self.underlay.segments == Segments::Whole
+                && self.placement == Placement::AcrossNodes =>
+            {
+                "generic"
+            }
+            _ => "auto",
+        }
+    }
+
     /// One line saying what the path is.
     pub fn description(&self) -> String {
         let path = self.path_description();
@@ -216,10 +255,13 @@ impl Contender {
             // One node, no underlay; the bare veth pair has none either.
             _ if self.placement == Placement::SameNode => path,
             Kind::Veth => path,
-            Kind::Podswitch { .. } | Kind::Ovs => {
-                format!("{path}; {}", self.underlay.description(true))
+            Kind::Podswitch { .. } if self.xdp_mode() == "generic" => {
+                format!("{path}; {}", self.underlay.description(Uplinks::GenericXdp))
             }
-            Kind::Kernel { .. } => format!("{path}; {}", self.underlay.description(false)),
+            Kind::Podswitch { .. } | Kind::Ovs => {
+                format!("{path}; {}", self.underlay.description(Uplinks::NativeXdp))
+            }
+            Kind::Kernel { .. } => format!("{path}; {}", self.underlay.description(Uplinks::Plain)),
         };
         let tcp = if self.tcp_only { " (TCP only)" } else { "" };
         let path = match (self.via, self.kind) {
@@ -520,7 +562,7 @@ pub const ALL: [Contender; 26] = [
     },
     Contender {
         key: "podswitch-vxlan-tap-adaptive-whole",
-        name: "podswitch VXLAN TAP adaptive, underlay offloads on",
+        name: "podswitch VXLAN TAP adaptive, underlay offloads on, generic XDP",
         kind: VXLAN_TAP,
         placement: Placement::AcrossNodes,
         underlay: WHOLE,
@@ -580,7 +622,7 @@ pub const ALL: [Contender; 26] = [
     },
     Contender {
         key: "podswitch-vxlan-tap-adaptive-jumbo-whole",
-        name: "podswitch VXLAN TAP adaptive, MTU 9000, underlay offloads on",
+        name: "podswitch VXLAN TAP adaptive, MTU 9000, underlay offloads on, generic XDP",
         kind: VXLAN_TAP,
         placement: Placement::AcrossNodes,
         underlay: JUMBO_WHOLE,
@@ -713,6 +755,8 @@ pub struct Binaries {
     pub tunnel_offload: Option<String>,
     /// The daemons' `tunnel_receive`, when the command line sets it.
     pub tunnel_receive: Option<String>,
+    /// The daemons' `xdp_mode`, when the command line sets it.
+    pub xdp_mode: Option<String>,
 }
 
 /// The nodes of a testbed, whose processes stop when dropped.
@@ -763,6 +807,7 @@ impl Testbed {
                     same_node,
                     underlay,
                     translate_services: contender.via == Via::Switch,
+                    xdp_mode: contender.xdp_mode(),
                 },
             )?,
             Kind::Kernel { pod_offloads } => {
@@ -961,6 +1006,8 @@ struct PodswitchSetup {
     underlay: Underlay,
     /// The switches translate Services themselves.
     translate_services: bool,
+    /// `xdp_mode`, unless the command line sets it for all.
+    xdp_mode: &'static str,
 }
 
 /// Two podswitch nodes peered over a veth underlay, each with one pod
@@ -975,7 +1022,10 @@ fn podswitch_nodes(
     let options = SwitchOptions {
         encap: setup.encap.into(),
         poll_mode: setup.poll_mode.into(),
-        xdp_mode: "auto".into(),
+        xdp_mode: binaries
+            .xdp_mode
+            .clone()
+            .unwrap_or_else(|| setup.xdp_mode.into()),
         cni: Some(binaries.cni.clone()),
         pod_interface: Some(setup.pod_interface.into()),
         underlay_mtu: setup.underlay.mtu,
@@ -1314,6 +1364,29 @@ mod tests {
             assert!(c.same_underlay_kernel().is_none(), "{}", c.key);
             assert!(c.description().contains("NetworkPolicy"));
             assert!(QUICK.contains(&c.key) && QUICK.contains(&twin.key));
+        }
+    }
+
+    #[test]
+    fn tap_contenders_on_the_segments_whole_underlay_run_generic_xdp() {
+        for c in ALL {
+            let tap_whole = matches!(
+                c.kind,
+                Kind::Podswitch {
+                    pod_interface: "tap",
+                    ..
+                }
+            ) && c.underlay.segments == Segments::Whole
+                && c.placement == Placement::AcrossNodes;
+            let expected = if tap_whole { "generic" } else { "auto" };
+            assert_eq!(c.xdp_mode(), expected, "{}", c.key);
+            assert_eq!(c.name.contains("generic XDP"), tap_whole, "{}", c.key);
+            assert_eq!(
+                c.description().contains("generic mode"),
+                tap_whole,
+                "{}",
+                c.key
+            );
         }
     }
 

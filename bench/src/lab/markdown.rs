@@ -327,12 +327,13 @@ fn write_same_underlay(
          TSO and GSO on, as the kernel baseline has them, so the kernel's 64 KB segments cross \
          whole as over a NIC with TSO and GRO; *wire-size* — offloads off, segments cut in \
          software before the underlay. Every podswitch node's uplink has an XDP program, and \
-         veth turns TSO off on the peer of such a device (the TSO column: `ethtool -k ul0` on \
-         node 1), so segments never cross whole into a podswitch node: there the two models \
-         differ only in what node 1's kernel does before the veth — where it cuts, and, with TX \
-         checksum offload on, leaving checksums for the \"NIC\" to finish, which veth hands \
-         across unfinished (a receiving kernel trusts them; an XDP program sees them as they \
-         are). Each cell: the median, then its ratio to the kernel row; the last column: Gbit/s \
+         veth turns TSO off on the peer of a device with a *native* one (the TSO column: \
+         `ethtool -k ul0` on node 1), so segments cross whole into a podswitch node only where \
+         its program runs in generic mode (the contenders that say \"generic XDP\"; generic \
+         mode costs the receiving uplink its GRO, so on the wire-size underlay the switches \
+         stay native). For the native ones the two models differ only in what node 1's kernel \
+         does before the veth — where it cuts, and, with TX checksum offload on, leaving \
+         checksums for the \"NIC\" to finish. Each cell: the median, then its ratio to the kernel row; the last column: Gbit/s \
          against **kernel, offloads on** at MTU 1500, the headline's baseline.\n"
     )?;
     writeln!(
@@ -1160,7 +1161,8 @@ fn write_method(md: &mut String, s: &Settings) -> std::fmt::Result {
          segments cut before the underlay), except for the kernel baseline and the contenders \
          that say \"underlay offloads on\" (segments whole: TX checksum, TSO and GSO on on both \
          nodes' underlay veths, as a NIC with TSO and GRO). veth turns TSO off on the peer of a \
-         device with an XDP program, so segments never cross whole into a podswitch node; the \
+         device with a native XDP program, so segments cross whole into a podswitch node only \
+         where its programs run in generic mode (the contenders that say \"generic XDP\"); the \
          report notes TSO as `ethtool -k ul0` showed it on node 1. The contenders that differ \
          from another only in their underlay measure TCP alone.\n\
          - Pinning on the machine's 2 CPUs: node 1's switch (podswitch worker, OVS PMD thread), the \
@@ -1379,7 +1381,7 @@ mod tests {
             "| **kernel, offloads on, MTU 9000** | segments whole, MTU 9000 | off | 20.00 | 40.00 | 0.050 | 0.025 | – | 2.00× / 2.00× |"
         ));
         assert!(md.contains(
-            "| podswitch VXLAN TAP adaptive, MTU 9000, underlay offloads on | segments whole, MTU \
+            "| podswitch VXLAN TAP adaptive, MTU 9000, underlay offloads on, generic XDP | segments whole, MTU \
              9000 | off | 15.00 (0.75×) | 30.00 (0.75×) | 0.067 (1.33×) | 0.033 \
              (1.33×) | **not met**: TCP 1 stream 0.75×; cores per Gbit/s, 1 stream 1.33×; TCP 4 \
              streams 0.75×; cores per Gbit/s, 4 streams 1.33× | 1.50× / 1.50× |"

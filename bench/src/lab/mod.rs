@@ -95,6 +95,11 @@ pub struct LabArgs {
     /// podswitch contender [default: the daemon's].
     #[arg(long, value_name = "MODE", value_parser = ["auto", "afxdp"])]
     tunnel_receive: Option<String>,
+    /// podswitch's `xdp_mode` ("auto", "native" or "generic": where the
+    /// uplink's and veth pods' XDP programs run) for every podswitch
+    /// contender [default: "auto"].
+    #[arg(long, value_name = "MODE", value_parser = ["auto", "native", "generic"])]
+    xdp_mode: Option<String>,
 }
 
 /// The docs a full run updates, relative to the working directory.
@@ -124,6 +129,7 @@ pub fn run(args: &LabArgs) -> Result<()> {
         worker_cpu: args.worker_cpu,
         tunnel_offload: args.tunnel_offload.clone(),
         tunnel_receive: args.tunnel_receive.clone(),
+        xdp_mode: args.xdp_mode.clone(),
     };
     let all: Vec<&str> = ALL.iter().map(|c| c.key).collect();
     let contenders = select(args.only.as_deref(), if args.quick { &QUICK } else { &all })?;
