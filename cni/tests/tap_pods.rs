@@ -399,27 +399,43 @@ fn tap_pods_receiving_through_afxdp() -> Result<()> {
     )
 }
 
-/// With the XDP programs in generic mode on an underlay that keeps TSO
-/// (segments whole): a native program on a veth turns TSO off on its
-/// peer, a generic one leaves it on, so TAP pods' super-frames cross the
-/// underlay whole. Node 2's kernel skips GRO on an uplink with a generic
-/// program, so the super-packets its tunnel port reads (checked in
-/// [`talk`]) came whole over the wire — with their Ethernet header, which
-/// the kernel lost before the generic program was built without
-/// multi-buffer support.
+/// On an underlay that keeps TSO (segments whole) a daemon with
+/// `xdp_mode = "auto"` runs its veth uplink's program in generic mode: a
+/// native program on a veth turns TSO off on its peer, a generic one
+/// leaves it on, so TAP pods' super-frames cross the underlay whole. Node
+/// 2's kernel skips GRO on an uplink with a generic program, so the
+/// super-packets its tunnel port reads (checked in [`talk`]) came whole
+/// over the wire — with their Ethernet header, which the kernel lost
+/// before the generic-mode program was built without multi-buffer
+/// support. The daemons restart after the offloads go on, as nodes whose
+/// underlay had them on from the start would begin.
 #[test]
 fn tap_pods_with_generic_xdp_and_segments_whole() -> Result<()> {
     let _serial = serial();
-    let options = SwitchOptions {
-        xdp_mode: "generic".into(),
-        ..SwitchOptions::default()
-    };
-    let tb = mixed("tap-generic", &options)?;
-    for node in &tb.nodes.switches {
+    let options = SwitchOptions::default();
+    let mut tb = mixed("tap-generic", &options)?;
+    // Both stopped first: a native program on one node's uplink would
+    // hold the other's TSO off.
+    for node in tb.nodes.switches.iter_mut() {
+        ensure!(node.stop(), "node {}'s daemon did not stop", node.index);
+    }
+    for node in tb.nodes.switches.iter_mut() {
         node.ns.run(
             "ethtool",
             &["-K", UPLINK, "tx", "on", "tso", "on", "gso", "on"],
         )?;
+    }
+    for node in tb.nodes.switches.iter_mut() {
+        node.launch()?;
+    }
+    for node in &tb.nodes.switches {
+        let uplink = find_port(node, |p| p["role"] == "uplink")?.context("no uplink port")?;
+        ensure!(
+            uplink["xdp_mode"] == "generic",
+            "node {}: a veth uplink with TSO on runs XDP in {} mode",
+            node.index,
+            uplink["xdp_mode"]
+        );
     }
     let features = tb.nodes.switches[0].ns.run("ethtool", &["-k", UPLINK])?;
     ensure!(

@@ -45,7 +45,7 @@ use crate::worker::{
     AfXdpPort, Command, INBOX_CAPACITY, Inbox, MAX_PACKET_CHUNKS, Port, TapPort, TunnelDevice,
     TunnelPort, Worker, WorkerContext, WorkerPort,
 };
-use crate::xdp::{XdpMode, XdpProgram};
+use crate::xdp::{XdpMode, XdpModeChoice, XdpProgram};
 use podswitch_encap::wire::IpVersion;
 use podswitch_netdev::ethtool::{self, Offload as EthtoolOffload};
 
@@ -134,7 +134,7 @@ pub fn run(config: Config) -> Result<()> {
     // first socket registers the buffer area that every other shares.
     let uplink_program = XdpProgram::attach_uplink(
         &config.uplink,
-        config.xdp_mode,
+        uplink_xdp_mode(&config.uplink, config.xdp_mode),
         &uplink_filter(&config, receives_through_tunnel),
     )
     .with_context(|| format!("attaching the uplink XDP program to {}", config.uplink))?;
@@ -730,6 +730,26 @@ fn receive_through_kernel(netlink: &Netlink, config: &Config) -> Option<KernelRe
             None
         }
     }
+}
+
+/// The mode to attach the uplink's program in: with `xdp_mode = "auto"`,
+/// generic on a veth uplink with TSO on — a native program on a veth turns
+/// TSO off on its peer, a generic one lets the tunnel port's super-frames
+/// cross such an underlay whole — and the configured choice otherwise (a
+/// NIC keeps its TSO beside a native program, and native mode keeps the
+/// uplink's GRO, which the kernel skips beside a generic one).
+fn uplink_xdp_mode(uplink: &str, configured: XdpModeChoice) -> XdpModeChoice {
+    let veth = || ethtool::driver(uplink).is_ok_and(|driver| driver == "veth");
+    let tso = || ethtool::is_on(uplink, EthtoolOffload::Tso).unwrap_or(false);
+    if configured == XdpModeChoice::Auto && veth() && tso() {
+        tracing::info!(
+            uplink,
+            "veth uplink with TSO on: its XDP program runs in generic mode, so that segments \
+             cross the underlay whole (xdp_mode = \"native\" keeps the uplink's GRO instead)"
+        );
+        return XdpModeChoice::Generic;
+    }
+    configured
 }
 
 /// On a veth uplink with a native XDP program, turn TX checksum offload

@@ -34,7 +34,7 @@ use ipnet::Ipv4Net;
 use podswitch_control::service::{Service, ServiceProtocol, TrafficPolicy};
 use podswitch_services::usable_backends;
 
-use crate::node_nat::run_nft;
+use crate::node_nat::{run_nft, table_removal};
 use crate::sources::lock;
 
 /// The table's name (family `ip`).
@@ -78,7 +78,7 @@ pub fn remove() -> Result<()> {
 
 /// The transaction that removes the table if it exists.
 fn removal() -> String {
-    format!("table ip {TABLE}\ndelete table ip {TABLE}\n")
+    table_removal("ip", TABLE)
 }
 
 /// The whole table for `services` on a node whose pods are in `local`,

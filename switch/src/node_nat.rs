@@ -138,8 +138,14 @@ fn table(family: &str, host_port: &str, services: bool, egress: Option<String>) 
 fn removal() -> String {
     FAMILIES
         .iter()
-        .map(|family| format!("table {family} {TABLE}\ndelete table {family} {TABLE}\n"))
+        .map(|family| table_removal(family, TABLE))
         .collect()
+}
+
+/// The nft commands that delete table `table` of `family` if it exists
+/// (declaring it first makes the deletion succeed when it does not).
+pub(crate) fn table_removal(family: &str, table: &str) -> String {
+    format!("table {family} {table}\ndelete table {family} {table}\n")
 }
 
 /// Install the tables for `host_port` in the calling thread's network

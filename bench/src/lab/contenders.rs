@@ -46,14 +46,12 @@ const TUNNEL_OVERHEAD: u32 = 50;
 pub enum Segments {
     /// The nodes' underlay veths keep TX checksum offload, TSO and GSO
     /// on, so a 64 KB segment may cross whole, as over a NIC with TSO and
-    /// GRO. Into a podswitch node only where its uplink's XDP program runs
-    /// in generic mode (TAP contenders here): veth turns TSO off on the
-    /// peer of a device with a native XDP program (`ethtool -k`:
-    /// "tcp-segmentation-offload: off [requested on]"), so the sending
-    /// kernel cuts segments before the veth, and the model differs from
-    /// wire-size only in what node 1's kernel does before it: with TX
-    /// checksum offload on it leaves checksums for the "NIC" to finish,
-    /// and veth hands them across unfinished.
+    /// GRO. Into a podswitch node too: on a veth uplink with TSO on the
+    /// daemon runs its XDP program in generic mode. (veth turns TSO off on
+    /// the peer of a device with a native XDP program — `ethtool -k`:
+    /// "tcp-segmentation-offload: off [requested on]" — as Open vSwitch's
+    /// nodes have: there the sending kernel cuts segments before the veth,
+    /// leaving their checksums for the "NIC" to finish.)
     Whole,
     /// Offloads off: segments are cut to wire-size frames in software
     /// before the underlay, every checksum complete.
@@ -106,9 +104,9 @@ impl Underlay {
             ),
             Segments::Whole if uplinks == Uplinks::GenericXdp => format!(
                 "underlay MTU {mtu} with the nodes' TX checksum, TSO and GSO on, as the kernel \
-                 baseline has it; the nodes' uplink XDP programs run in generic mode (xdp_mode = \
-                 \"generic\"), which leaves the peer its TSO, so 64 KB segments cross whole as a \
-                 NIC with TSO/GRO lets them"
+                 baseline has it; on a veth uplink with TSO on the daemons (xdp_mode = \"auto\") \
+                 run the uplink's XDP program in generic mode, which leaves the peer its TSO, so \
+                 64 KB segments cross whole as a NIC with TSO/GRO lets them"
             ),
             Segments::Whole if uplinks == Uplinks::NativeXdp => format!(
                 "underlay MTU {mtu} with the nodes' TX checksum, TSO and GSO on, as the kernel \
@@ -228,26 +226,6 @@ pub struct Contender {
 }
 
 impl Contender {
-    /// The podswitch daemons' `xdp_mode`: "generic" for TAP pods on an
-    /// underlay that carries segments whole, so that the tunnel port's
-    /// super-frames cross it whole (a native program on a veth turns TSO
-    /// off on its peer); "auto" (native on veth) otherwise, where the
-    /// receiving uplink's GRO needs a native program (the kernel skips GRO
-    /// on a device with a generic one).
-    pub fn xdp_mode(&self) -> &'static str {
-        match self.kind {
-            Kind::Podswitch {
-                pod_interface: "tap",
-                ..
-            } if self.underlay.segments == Segments::Whole
-                && self.placement == Placement::AcrossNodes =>
-            {
-                "generic"
-            }
-            _ => "auto",
-        }
-    }
-
     /// One line saying what the path is.
     pub fn description(&self) -> String {
         let path = self.path_description();
@@ -255,7 +233,7 @@ impl Contender {
             // One node, no underlay; the bare veth pair has none either.
             _ if self.placement == Placement::SameNode => path,
             Kind::Veth => path,
-            Kind::Podswitch { .. } if self.xdp_mode() == "generic" => {
+            Kind::Podswitch { .. } if self.underlay.segments == Segments::Whole => {
                 format!("{path}; {}", self.underlay.description(Uplinks::GenericXdp))
             }
             Kind::Podswitch { .. } | Kind::Ovs => {
@@ -552,7 +530,7 @@ pub const ALL: [Contender; 26] = [
     },
     Contender {
         key: "podswitch-vxlan-adaptive-whole",
-        name: "podswitch VXLAN adaptive, underlay offloads on",
+        name: "podswitch VXLAN adaptive, underlay offloads on, generic XDP",
         kind: VXLAN_VETH,
         placement: Placement::AcrossNodes,
         underlay: WHOLE,
@@ -612,7 +590,7 @@ pub const ALL: [Contender; 26] = [
     },
     Contender {
         key: "podswitch-vxlan-adaptive-jumbo-whole",
-        name: "podswitch VXLAN adaptive, MTU 9000, underlay offloads on",
+        name: "podswitch VXLAN adaptive, MTU 9000, underlay offloads on, generic XDP",
         kind: VXLAN_VETH,
         placement: Placement::AcrossNodes,
         underlay: JUMBO_WHOLE,
@@ -807,7 +785,6 @@ impl Testbed {
                     same_node,
                     underlay,
                     translate_services: contender.via == Via::Switch,
-                    xdp_mode: contender.xdp_mode(),
                 },
             )?,
             Kind::Kernel { pod_offloads } => {
@@ -1006,8 +983,6 @@ struct PodswitchSetup {
     underlay: Underlay,
     /// The switches translate Services themselves.
     translate_services: bool,
-    /// `xdp_mode`, unless the command line sets it for all.
-    xdp_mode: &'static str,
 }
 
 /// Two podswitch nodes peered over a veth underlay, each with one pod
@@ -1022,10 +997,7 @@ fn podswitch_nodes(
     let options = SwitchOptions {
         encap: setup.encap.into(),
         poll_mode: setup.poll_mode.into(),
-        xdp_mode: binaries
-            .xdp_mode
-            .clone()
-            .unwrap_or_else(|| setup.xdp_mode.into()),
+        xdp_mode: binaries.xdp_mode.clone().unwrap_or_else(|| "auto".into()),
         cni: Some(binaries.cni.clone()),
         pod_interface: Some(setup.pod_interface.into()),
         underlay_mtu: setup.underlay.mtu,
@@ -1368,25 +1340,13 @@ mod tests {
     }
 
     #[test]
-    fn tap_contenders_on_the_segments_whole_underlay_run_generic_xdp() {
+    fn podswitch_contenders_on_the_segments_whole_underlay_say_generic_xdp() {
         for c in ALL {
-            let tap_whole = matches!(
-                c.kind,
-                Kind::Podswitch {
-                    pod_interface: "tap",
-                    ..
-                }
-            ) && c.underlay.segments == Segments::Whole
+            let whole = matches!(c.kind, Kind::Podswitch { .. })
+                && c.underlay.segments == Segments::Whole
                 && c.placement == Placement::AcrossNodes;
-            let expected = if tap_whole { "generic" } else { "auto" };
-            assert_eq!(c.xdp_mode(), expected, "{}", c.key);
-            assert_eq!(c.name.contains("generic XDP"), tap_whole, "{}", c.key);
-            assert_eq!(
-                c.description().contains("generic mode"),
-                tap_whole,
-                "{}",
-                c.key
-            );
+            assert_eq!(c.name.contains("generic XDP"), whole, "{}", c.key);
+            assert_eq!(c.description().contains("generic mode"), whole, "{}", c.key);
         }
     }
 

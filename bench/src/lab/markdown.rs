@@ -328,12 +328,10 @@ fn write_same_underlay(
          whole as over a NIC with TSO and GRO; *wire-size* — offloads off, segments cut in \
          software before the underlay. Every podswitch node's uplink has an XDP program, and \
          veth turns TSO off on the peer of a device with a *native* one (the TSO column: \
-         `ethtool -k ul0` on node 1), so segments cross whole into a podswitch node only where \
-         its program runs in generic mode (the contenders that say \"generic XDP\"; generic \
-         mode costs the receiving uplink its GRO, so on the wire-size underlay the switches \
-         stay native). For the native ones the two models differ only in what node 1's kernel \
-         does before the veth — where it cuts, and, with TX checksum offload on, leaving \
-         checksums for the \"NIC\" to finish. Each cell: the median, then its ratio to the kernel row; the last column: Gbit/s \
+         `ethtool -k ul0` on node 1), so a podswitch daemon (xdp_mode = \"auto\") runs the \
+         program in generic mode on a veth uplink with TSO on (the contenders that say \
+         \"generic XDP\"), and segments cross whole; on the wire-size underlay it stays native, \
+         which keeps the receiving uplink's GRO. Each cell: the median, then its ratio to the kernel row; the last column: Gbit/s \
          against **kernel, offloads on** at MTU 1500, the headline's baseline.\n"
     )?;
     writeln!(
@@ -1161,9 +1159,9 @@ fn write_method(md: &mut String, s: &Settings) -> std::fmt::Result {
          segments cut before the underlay), except for the kernel baseline and the contenders \
          that say \"underlay offloads on\" (segments whole: TX checksum, TSO and GSO on on both \
          nodes' underlay veths, as a NIC with TSO and GRO). veth turns TSO off on the peer of a \
-         device with a native XDP program, so segments cross whole into a podswitch node only \
-         where its programs run in generic mode (the contenders that say \"generic XDP\"); the \
-         report notes TSO as `ethtool -k ul0` showed it on node 1. The contenders that differ \
+         device with a native XDP program, so on an uplink with TSO on a podswitch daemon runs \
+         its program in generic mode (the contenders that say \"generic XDP\") and segments \
+         cross whole; the report notes TSO as `ethtool -k ul0` showed it on node 1. The contenders that differ \
          from another only in their underlay measure TCP alone.\n\
          - Pinning on the machine's 2 CPUs: node 1's switch (podswitch worker, OVS PMD thread), the \
          sending application and its traffic's softirq on CPU 0; node 2's switch and the \
