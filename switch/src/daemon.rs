@@ -132,13 +132,14 @@ pub fn run(config: Config) -> Result<()> {
     // The uplink: its XDP program passes the node's own traffic to the
     // kernel and redirects tunnel packets to a socket per RX queue; the
     // first socket registers the buffer area that every other shares.
+    let veth_uplink = ethtool::driver(&config.uplink).is_ok_and(|driver| driver == "veth");
     let uplink_program = XdpProgram::attach_uplink(
         &config.uplink,
-        uplink_xdp_mode(&config.uplink, config.xdp_mode),
+        uplink_xdp_mode(&config.uplink, veth_uplink, config.xdp_mode),
         &uplink_filter(&config, receives_through_tunnel),
     )
     .with_context(|| format!("attaching the uplink XDP program to {}", config.uplink))?;
-    if uplink_program.mode() == XdpMode::Native {
+    if veth_uplink && uplink_program.mode() == XdpMode::Native {
         complete_checksums_on_a_veth_uplink(&config.uplink);
     }
     let uplink_sockets = bind_uplink(&umem, &config.uplink, uplink.index)?;
@@ -733,15 +734,14 @@ fn receive_through_kernel(netlink: &Netlink, config: &Config) -> Option<KernelRe
 }
 
 /// The mode to attach the uplink's program in: with `xdp_mode = "auto"`,
-/// generic on a veth uplink with TSO on — a native program on a veth turns
+/// generic on a veth uplink (`veth`) with TSO on — a native program on a veth turns
 /// TSO off on its peer, a generic one lets the tunnel port's super-frames
 /// cross such an underlay whole — and the configured choice otherwise (a
 /// NIC keeps its TSO beside a native program, and native mode keeps the
 /// uplink's GRO, which the kernel skips beside a generic one).
-fn uplink_xdp_mode(uplink: &str, configured: XdpModeChoice) -> XdpModeChoice {
-    let veth = || ethtool::driver(uplink).is_ok_and(|driver| driver == "veth");
+fn uplink_xdp_mode(uplink: &str, veth: bool, configured: XdpModeChoice) -> XdpModeChoice {
     let tso = || ethtool::is_on(uplink, EthtoolOffload::Tso).unwrap_or(false);
-    if configured == XdpModeChoice::Auto && veth() && tso() {
+    if configured == XdpModeChoice::Auto && veth && tso() {
         tracing::info!(
             uplink,
             "veth uplink with TSO on: its XDP program runs in generic mode, so that segments \
@@ -752,22 +752,19 @@ fn uplink_xdp_mode(uplink: &str, configured: XdpModeChoice) -> XdpModeChoice {
     configured
 }
 
-/// On a veth uplink with a native XDP program, turn TX checksum offload
-/// off: a veth hands its peer a packet's checksum unfinished, and the peer
-/// — another podswitch node, whose XDP program takes the packet before
-/// any checksum is finished — would find the tunnel packets the node's
-/// kernel sends (through the tunnel port, or its own) with a partial outer
-/// UDP checksum and drop them; and the peer's native program has taken
-/// this side's TSO, the one thing the offload would be for. With a
-/// generic program the offload stays as the operator set it: TSO, which
-/// needs it, lets super-frames cross whole (decisions, "The uplink in
-/// generic mode"). A NIC finishes checksums before the wire, so other
-/// uplinks keep theirs. A failure is logged: the switch's own AF_XDP
-/// packets carry complete checksums either way.
+/// Turn TX checksum offload off on a veth uplink (the caller checks)
+/// whose XDP program runs natively: a veth hands its peer a packet's
+/// checksum unfinished, and the peer — another podswitch node, whose XDP
+/// program takes the packet before any checksum is finished — would find
+/// the tunnel packets the node's kernel sends (through the tunnel port, or
+/// its own) with a partial outer UDP checksum and drop them; and the
+/// peer's native program has taken this side's TSO, the one thing the
+/// offload would be for. With a generic program the offload stays as the
+/// operator set it: TSO, which needs it, lets super-frames cross whole
+/// (decisions, "The uplink in generic mode"). A NIC finishes checksums
+/// before the wire, so other uplinks keep theirs. A failure is logged: the
+/// switch's own AF_XDP packets carry complete checksums either way.
 fn complete_checksums_on_a_veth_uplink(uplink: &str) {
-    if !ethtool::driver(uplink).is_ok_and(|driver| driver == "veth") {
-        return;
-    }
     match ethtool::turn_off(uplink, &[EthtoolOffload::TxChecksum]) {
         Ok(()) => tracing::info!(
             uplink,

@@ -204,15 +204,15 @@ impl Services {
         let services = sources.values().flatten().cloned().collect();
         let (table, local) = {
             let nodes = lock(&self.nodes);
-            (ServiceTable::new(services, &nodes), nodes.local)
+            (Arc::new(ServiceTable::new(services, &nodes)), nodes.local)
         };
-        self.table.store(Arc::new(table));
+        self.table.store(Arc::clone(&table));
         self.recheck.store(true, Ordering::Relaxed);
         self.end_unkept_connections();
         // After the workers have the new table: the node's rules (an `nft`
         // run) must not hold it back.
         if let (Some(external), Some(local)) = (&self.external, local) {
-            external.update(self.table().services(), local);
+            external.update(table.services(), local);
         }
     }
 

@@ -331,8 +331,9 @@ fn write_same_underlay(
          `ethtool -k ul0` on node 1), so a podswitch daemon (xdp_mode = \"auto\") runs the \
          program in generic mode on a veth uplink with TSO on (the contenders that say \
          \"generic XDP\"), and segments cross whole; on the wire-size underlay it stays native, \
-         which keeps the receiving uplink's GRO. Each cell: the median, then its ratio to the kernel row; the last column: Gbit/s \
-         against **kernel, offloads on** at MTU 1500, the headline's baseline.\n"
+         which keeps the receiving uplink's GRO. Each cell: the median, then its ratio to the \
+         kernel row; the last column: Gbit/s against **kernel, offloads on** at MTU 1500, the \
+         headline's baseline.\n"
     )?;
     writeln!(
         md,
@@ -1161,8 +1162,8 @@ fn write_method(md: &mut String, s: &Settings) -> std::fmt::Result {
          nodes' underlay veths, as a NIC with TSO and GRO). veth turns TSO off on the peer of a \
          device with a native XDP program, so on an uplink with TSO on a podswitch daemon runs \
          its program in generic mode (the contenders that say \"generic XDP\") and segments \
-         cross whole; the report notes TSO as `ethtool -k ul0` showed it on node 1. The contenders that differ \
-         from another only in their underlay measure TCP alone.\n\
+         cross whole; the report notes TSO as `ethtool -k ul0` showed it on node 1. The \
+         contenders that differ from another only in their underlay measure TCP alone.\n\
          - Pinning on the machine's 2 CPUs: node 1's switch (podswitch worker, OVS PMD thread), the \
          sending application and its traffic's softirq on CPU 0; node 2's switch and the \
          receiving application on CPU 1.\n\
@@ -1379,8 +1380,8 @@ mod tests {
             "| **kernel, offloads on, MTU 9000** | segments whole, MTU 9000 | off | 20.00 | 40.00 | 0.050 | 0.025 | – | 2.00× / 2.00× |"
         ));
         assert!(md.contains(
-            "| podswitch VXLAN TAP adaptive, MTU 9000, underlay offloads on, generic XDP | segments whole, MTU \
-             9000 | off | 15.00 (0.75×) | 30.00 (0.75×) | 0.067 (1.33×) | 0.033 \
+            "| podswitch VXLAN TAP adaptive, MTU 9000, underlay offloads on, generic XDP | \
+             segments whole, MTU 9000 | off | 15.00 (0.75×) | 30.00 (0.75×) | 0.067 (1.33×) | 0.033 \
              (1.33×) | **not met**: TCP 1 stream 0.75×; cores per Gbit/s, 1 stream 1.33×; TCP 4 \
              streams 0.75×; cores per Gbit/s, 4 streams 1.33× | 1.50× / 1.50× |"
         ));
