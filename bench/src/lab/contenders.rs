@@ -281,6 +281,12 @@ impl Contender {
     }
 
     fn path_description(&self) -> String {
+        // What `xdp_mode = "auto"` picks for the uplink: generic on a veth
+        // with TSO on (the segments-whole underlay), native elsewhere.
+        let xdp = match self.underlay.segments {
+            Segments::Whole if self.placement != Placement::SameNode => "generic",
+            _ => "native",
+        };
         match self.kind {
             Kind::Podswitch {
                 encap,
@@ -299,7 +305,7 @@ impl Contender {
                 };
                 format!(
                     "podswitch on both nodes, {encap} overlay, {poll_mode} polling, one worker per \
-                     node (node 1 on CPU 0, node 2 on CPU 1), native XDP uplink; pods made by \
+                     node (node 1 on CPU 0, node 2 on CPU 1), {xdp} XDP uplink; pods made by \
                      podswitch-cni as TAP devices with virtio-net offloads on (64 KB TCP segments \
                      from and to the pods' kernels, {to_peers}, and coalesced again for a receiving \
                      TAP pod)"
@@ -309,7 +315,7 @@ impl Contender {
                 encap, poll_mode, ..
             } => format!(
                 "podswitch on both nodes, {encap} overlay, {poll_mode} polling, one worker per node \
-                 (node 1 on CPU 0, node 2 on CPU 1), native XDP; pods made by podswitch-cni on \
+                 (node 1 on CPU 0, node 2 on CPU 1), {xdp} XDP; pods made by podswitch-cni on \
                  veth (AF_XDP), offloads off"
             ),
             Kind::Kernel { pod_offloads: true } => "Flannel-style: bridge cni0 + vxlan0 in each \
@@ -1347,6 +1353,9 @@ mod tests {
                 && c.placement == Placement::AcrossNodes;
             assert_eq!(c.name.contains("generic XDP"), whole, "{}", c.key);
             assert_eq!(c.description().contains("generic mode"), whole, "{}", c.key);
+            if matches!(c.kind, Kind::Podswitch { .. }) {
+                assert_eq!(c.description().contains("native XDP"), !whole, "{}", c.key);
+            }
         }
     }
 
