@@ -4,9 +4,10 @@
 use core::net::IpAddr;
 use core::ops::Range;
 
+use smoltcp::wire::checksum::pseudo_header;
 use smoltcp::wire::{
-    EthernetAddress, IPV4_HEADER_LEN, IPV6_HEADER_LEN, IpProtocol, Ipv4Packet, Ipv6Packet,
-    UDP_HEADER_LEN, UdpPacket,
+    EthernetAddress, IPV4_HEADER_LEN, IPV6_HEADER_LEN, IpAddress as SmolAddress, IpProtocol,
+    Ipv4Packet, Ipv6Packet, UDP_HEADER_LEN, UdpPacket,
 };
 
 use crate::checksum::ipv4_header_ok;
@@ -15,6 +16,7 @@ use crate::error::WireError;
 use crate::ethernet::{LinkHeader, is_vlan_tpid};
 use crate::geneve;
 use crate::ipv4_options;
+use crate::segment::complete_checksum;
 use crate::template::TunnelKind;
 use crate::vni::Vni;
 use crate::vxlan;
@@ -55,6 +57,11 @@ pub struct Decapsulator {
     pub vni: Vni,
     /// Verify UDP checksums that are present (IPv4) and required (IPv6).
     pub verify_udp_checksum: bool,
+    /// Take checksums a sender's kernel left for its device to finish
+    /// ([`decapsulate_unfinished`](Self::decapsulate_unfinished)): for an
+    /// uplink on a virtual device (a veth), which hands them across so. A
+    /// NIC finishes every checksum before the wire.
+    pub unfinished_checksums: bool,
     /// Critical Geneve options (class, type with its critical bit) this node
     /// understands; a packet with any other critical option is dropped.
     pub known_critical_options: Vec<(u16, u8)>,
@@ -71,6 +78,7 @@ impl Decapsulator {
             local_mac: None,
             vni,
             verify_udp_checksum: true,
+            unfinished_checksums: false,
             known_critical_options: Vec::new(),
         }
     }
@@ -90,11 +98,72 @@ impl Decapsulator {
         self.decapsulate_checking(packet, false)
     }
 
+    /// As [`decapsulate`](Self::decapsulate), for a packet it dropped as
+    /// [`DropReason::BadUdpChecksum`]: accepts the checksums a sender's
+    /// kernel left for its device to finish, which a virtual device such
+    /// as a veth hands across unfinished (a receiving kernel trusts them on
+    /// the skb's word; an XDP program sees the bytes). Either the outer
+    /// UDP field holds just its pseudo-header sum (`udp_set_csum` leaving
+    /// the datagram to the device), or the inner TCP or UDP field holds
+    /// its own pseudo-header sum and the outer checksum was computed as if
+    /// it were finished (local checksum offload): the inner checksum is
+    /// then finished in `packet`, and the packet accepted if the outer one
+    /// verifies with it. Anything else is still `BadUdpChecksum`, `packet`
+    /// unchanged, as is everything without
+    /// [`unfinished_checksums`](Self::unfinished_checksums). Off the hot
+    /// path: only dropped packets come here.
+    pub fn decapsulate_unfinished(&self, packet: &mut [u8]) -> Result<Decapsulated, DropReason> {
+        if !self.unfinished_checksums {
+            return Err(DropReason::BadUdpChecksum);
+        }
+        let outer = self.outer(packet)?;
+        let found = self.decapsulate_outer(packet, &outer)?;
+        let datagram = UdpPacket::new_unchecked(&packet[outer.udp.clone()]);
+        let length = u32::try_from(outer.udp.len()).map_err(|_| DropReason::BadUdpLength)?;
+        let (sender, destination) = (outer.sender.into(), outer.destination.into());
+        if datagram.checksum() == pseudo_header(&sender, &destination, IpProtocol::Udp, length) {
+            return Ok(found);
+        }
+        let Some((field, segment)) = unfinished_transport_checksum(&packet[found.inner.clone()])
+        else {
+            return Err(DropReason::BadUdpChecksum);
+        };
+        let field = found.inner.start + field;
+        let segment = found.inner.start + segment.start..found.inner.start + segment.end;
+        let unfinished = [packet[field], packet[field + 1]];
+        complete_checksum(&mut packet[segment.clone()], 0, field - segment.start)
+            .map_err(|_| DropReason::BadUdpChecksum)?;
+        let datagram = UdpPacket::new_unchecked(&packet[outer.udp.clone()]);
+        if datagram.verify_checksum(&sender, &destination) {
+            Ok(found)
+        } else {
+            packet[field..field + 2].copy_from_slice(&unfinished);
+            Err(DropReason::BadUdpChecksum)
+        }
+    }
+
     fn decapsulate_checking(
         &self,
         packet: &[u8],
         verify_udp_checksum: bool,
     ) -> Result<Decapsulated, DropReason> {
+        let outer = self.outer(packet)?;
+        let datagram = UdpPacket::new_unchecked(&packet[outer.udp.clone()]);
+        // A zero UDP checksum means "none" over IPv4 but is not allowed over IPv6.
+        let unchecked_ok = datagram.checksum() == 0 && outer.sender.is_ipv4();
+        if verify_udp_checksum
+            && !unchecked_ok
+            && (datagram.checksum() == 0
+                || !datagram.verify_checksum(&outer.sender.into(), &outer.destination.into()))
+        {
+            return Err(DropReason::BadUdpChecksum);
+        }
+        self.decapsulate_outer(packet, &outer)
+    }
+
+    /// Check the link, IP and UDP headers of `packet` (all but the UDP
+    /// checksum): where its UDP datagram lies, and who sent it to whom.
+    fn outer(&self, packet: &[u8]) -> Result<Outer, DropReason> {
         let (ip_offset, ethertype) = link_payload(packet)?;
         if let Some(mac) = self.local_mac {
             let destination = EthernetAddress::from_bytes(&packet[..6]);
@@ -124,20 +193,19 @@ impl Decapsulator {
         if udp_len < UDP_HEADER_LEN || udp_len > udp.len() {
             return Err(DropReason::BadUdpLength);
         }
-        let datagram = UdpPacket::new_unchecked(&udp[..udp_len]);
-        // A zero UDP checksum means "none" over IPv4 but is not allowed over IPv6.
-        let unchecked_ok = datagram.checksum() == 0 && sender.is_ipv4();
-        if verify_udp_checksum
-            && !unchecked_ok
-            && (datagram.checksum() == 0
-                || !datagram.verify_checksum(&sender.into(), &destination.into()))
-        {
-            return Err(DropReason::BadUdpChecksum);
-        }
+        Ok(Outer {
+            udp: udp_offset..udp_offset + udp_len,
+            sender,
+            destination,
+        })
+    }
 
-        let tunnel_offset = udp_offset + UDP_HEADER_LEN;
-        let tunnel = &udp[UDP_HEADER_LEN..udp_len];
-        let found = self.decapsulate_datagram(tunnel, sender, datagram.src_port())?;
+    /// The tunnel header of a packet whose outer headers `outer` passed.
+    fn decapsulate_outer(&self, packet: &[u8], outer: &Outer) -> Result<Decapsulated, DropReason> {
+        let tunnel_offset = outer.udp.start + UDP_HEADER_LEN;
+        let tunnel = &packet[tunnel_offset..outer.udp.end];
+        let source_port = UdpPacket::new_unchecked(&packet[outer.udp.clone()]).src_port();
+        let found = self.decapsulate_datagram(tunnel, outer.sender, source_port)?;
         Ok(Decapsulated {
             inner: tunnel_offset + found.inner.start..tunnel_offset + found.inner.end,
             options: tunnel_offset + found.options.start..tunnel_offset + found.options.end,
@@ -220,6 +288,11 @@ const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_IPV6: u16 = 0x86dd;
 const IPV4_PROTOCOL: usize = 9;
 const IPPROTO_UDP: u8 = 17;
+const IPPROTO_TCP: u8 = 6;
+/// The checksum field's offset in a TCP header.
+const TCP_CHECKSUM: usize = 16;
+/// The checksum field's offset in a UDP header.
+const UDP_CHECKSUM: usize = 6;
 
 /// Where the outer IP header starts and its EtherType. Untagged frames, the
 /// usual case, take a fast path; tagged ones go through [`LinkHeader`].
@@ -298,6 +371,70 @@ fn outer_ipv6(ip: &[u8]) -> Result<(Range<usize>, IpAddr, IpAddr), DropReason> {
     ))
 }
 
+/// A tunnel packet's outer headers, checked (see [`Decapsulator::outer`]).
+struct Outer {
+    /// The UDP datagram, header included, within the packet.
+    udp: Range<usize>,
+    sender: IpAddr,
+    destination: IpAddr,
+}
+
+/// Where, in an inner frame, a TCP or UDP checksum field lies that holds
+/// only its pseudo-header sum, as a sender's kernel leaves it for the
+/// device, and the segment it covers: an untagged IPv4 frame that is no
+/// fragment, or IPv6 with the transport header next, whole within the
+/// frame. `None` otherwise.
+fn unfinished_transport_checksum(frame: &[u8]) -> Option<(usize, Range<usize>)> {
+    let ip = frame.get(ETHERNET_HEADER_LEN..)?;
+    let (header_len, protocol, length, src, dst) = match frame.get(12..14)? {
+        [0x08, 0x00] => {
+            let packet = Ipv4Packet::new_checked(ip).ok()?;
+            let header_len = usize::from(packet.header_len());
+            if packet.version() != 4
+                || header_len < IPV4_HEADER_LEN
+                || packet.more_frags()
+                || packet.frag_offset() != 0
+            {
+                return None;
+            }
+            (
+                header_len,
+                ip[IPV4_PROTOCOL],
+                usize::from(packet.total_len()).checked_sub(header_len)?,
+                SmolAddress::Ipv4(packet.src_addr()),
+                SmolAddress::Ipv4(packet.dst_addr()),
+            )
+        }
+        [0x86, 0xdd] => {
+            let packet = Ipv6Packet::new_checked(ip).ok()?;
+            if packet.version() != 6 {
+                return None;
+            }
+            (
+                IPV6_HEADER_LEN,
+                u8::from(packet.next_header()),
+                usize::from(packet.payload_len()),
+                SmolAddress::Ipv6(packet.src_addr()),
+                SmolAddress::Ipv6(packet.dst_addr()),
+            )
+        }
+        _ => return None,
+    };
+    let transport = ETHERNET_HEADER_LEN + header_len;
+    let field = match protocol {
+        IPPROTO_TCP => transport + TCP_CHECKSUM,
+        IPPROTO_UDP => transport + UDP_CHECKSUM,
+        _ => return None,
+    };
+    let segment = transport..transport + length;
+    if segment.end > frame.len() || field + 2 > segment.end {
+        return None;
+    }
+    let length = u32::try_from(length).ok()?;
+    let pseudo = pseudo_header(&src, &dst, IpProtocol::from(protocol), length);
+    (u16::from_be_bytes([frame[field], frame[field + 1]]) == pseudo).then_some((field, segment))
+}
+
 #[cfg(test)]
 mod tests {
     use core::net::{Ipv4Addr, Ipv6Addr};
@@ -336,14 +473,127 @@ mod tests {
     /// A tunnel packet as the peer at REMOTE would send it to LOCAL.
     fn packet(spec: &TunnelSpec) -> (Vec<u8>, Vec<u8>) {
         let inner: Vec<u8> = (0..60u8).collect();
+        (packet_carrying(spec, &inner), inner)
+    }
+
+    /// A tunnel packet from REMOTE to LOCAL carrying `inner`.
+    fn packet_carrying(spec: &TunnelSpec, inner: &[u8]) -> Vec<u8> {
         let mut buf = vec![0u8; HEADROOM];
-        buf.extend_from_slice(&inner);
+        buf.extend_from_slice(inner);
         let end = buf.len();
         let out = OuterTemplate::new(spec)
             .unwrap()
             .encapsulate(&mut buf, HEADROOM..end)
             .unwrap();
-        (buf[out].to_vec(), inner)
+        buf[out].to_vec()
+    }
+
+    /// A pod's UDP/IPv4 frame, every checksum finished.
+    fn inner_udp() -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 8];
+        f[..14].copy_from_slice(&[2, 0, 0, 0, 0, 9, 2, 0, 0, 0, 0, 8, 0x08, 0x00]);
+        f.extend(b"a datagram of 29 bytes".iter());
+        let ip_len = (f.len() - 14) as u16;
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+        f[22] = 64;
+        f[23] = IPPROTO_UDP;
+        f[26..30].copy_from_slice(&[10, 244, 1, 2]);
+        f[30..34].copy_from_slice(&[10, 244, 2, 2]);
+        crate::checksum::fill_ipv4_header(&mut f[14..34]);
+        f[34..36].copy_from_slice(&5353u16.to_be_bytes());
+        f[36..38].copy_from_slice(&53u16.to_be_bytes());
+        f[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
+        let (src, dst) = (
+            SmolAddress::Ipv4(Ipv4Addr::new(10, 244, 1, 2)),
+            SmolAddress::Ipv4(Ipv4Addr::new(10, 244, 2, 2)),
+        );
+        let pseudo = pseudo_header(&src, &dst, IpProtocol::Udp, u32::from(ip_len - 20));
+        f[40..42].copy_from_slice(&pseudo.to_be_bytes());
+        complete_checksum(&mut f[34..], 0, 6).unwrap();
+        f
+    }
+
+    /// What a sender's kernel leaves for its device when a veth carries
+    /// the packet on unfinished: either the outer UDP checksum (the field
+    /// holding its pseudo-header sum) or, with local checksum offload, the
+    /// inner one. Both are taken, the inner one finished in place; other
+    /// wrong checksums are still dropped, the packet left as it came.
+    #[test]
+    fn checksums_left_for_the_device_are_finished() {
+        let strict = decapsulator(TunnelKind::Vxlan);
+        let decap = Decapsulator {
+            unfinished_checksums: true,
+            ..strict.clone()
+        };
+        let inner = inner_udp();
+        let mut good = packet_carrying(&spec(TunnelKind::Vxlan, &[]), &inner);
+        let inner_at = 50..50 + inner.len();
+        let outer_field = 14 + 20 + 6;
+        // As a kernel sends it: with an outer UDP checksum (the template
+        // leaves IPv4's out).
+        UdpPacket::new_unchecked(&mut good[34..])
+            .fill_checksum(&SmolAddress::Ipv4(REMOTE), &SmolAddress::Ipv4(LOCAL));
+        assert_ne!(good[outer_field..outer_field + 2], [0, 0]);
+        assert!(decap.decapsulate(&good).is_ok());
+        let udp_len = (good.len() - 34) as u32;
+        let pseudo = pseudo_header(
+            &SmolAddress::Ipv4(REMOTE),
+            &SmolAddress::Ipv4(LOCAL),
+            IpProtocol::Udp,
+            udp_len,
+        );
+
+        let mut outer_unfinished = good.clone();
+        outer_unfinished[outer_field..outer_field + 2].copy_from_slice(&pseudo.to_be_bytes());
+        assert_eq!(
+            decap.decapsulate(&outer_unfinished),
+            Err(DropReason::BadUdpChecksum)
+        );
+        let before = outer_unfinished.clone();
+        assert_eq!(
+            strict.decapsulate_unfinished(&mut outer_unfinished),
+            Err(DropReason::BadUdpChecksum)
+        );
+        assert_eq!(outer_unfinished, before);
+        let d = decap.decapsulate_unfinished(&mut outer_unfinished).unwrap();
+        assert_eq!(outer_unfinished[d.inner], inner[..]);
+
+        // Local checksum offload: the outer checksum counts the inner one
+        // as finished, the inner field holds its pseudo-header sum.
+        let inner_field = inner_at.start + 34 + 6;
+        let mut inner_unfinished = good.clone();
+        let inner_pseudo = pseudo_header(
+            &SmolAddress::Ipv4(Ipv4Addr::new(10, 244, 1, 2)),
+            &SmolAddress::Ipv4(Ipv4Addr::new(10, 244, 2, 2)),
+            IpProtocol::Udp,
+            (inner.len() - 34) as u32,
+        );
+        inner_unfinished[inner_field..inner_field + 2].copy_from_slice(&inner_pseudo.to_be_bytes());
+        assert_eq!(
+            decap.decapsulate(&inner_unfinished),
+            Err(DropReason::BadUdpChecksum)
+        );
+        let d = decap.decapsulate_unfinished(&mut inner_unfinished).unwrap();
+        assert_eq!(d.inner, inner_at);
+        assert_eq!(inner_unfinished, good);
+
+        // A wrong checksum is no unfinished one: dropped, nothing changed.
+        // (An unfinished checksum covers no data: a virtual device has no
+        // wire to damage it, and a NIC finishes every checksum.)
+        let mut wrong_outer = good.clone();
+        wrong_outer[inner_field..inner_field + 2].copy_from_slice(&inner_pseudo.to_be_bytes());
+        wrong_outer[outer_field] ^= 0x40;
+        let mut wrong_inner = good.clone();
+        wrong_inner[inner_field] ^= 0x40;
+        for mut damaged in [wrong_outer, wrong_inner] {
+            let before = damaged.clone();
+            assert_eq!(
+                decap.decapsulate_unfinished(&mut damaged),
+                Err(DropReason::BadUdpChecksum)
+            );
+            assert_eq!(damaged, before);
+        }
     }
 
     fn decapsulator(kind: TunnelKind) -> Decapsulator {

@@ -536,11 +536,14 @@ impl Config {
     }
 
     /// The checks for tunnel packets arriving on the uplink, whose MAC is
-    /// `uplink_mac`: this node's VTEP, tunnel, port and VNI.
-    pub fn decapsulator(&self, uplink_mac: MacAddr) -> Decapsulator {
+    /// `uplink_mac`: this node's VTEP, tunnel, port and VNI; checksums
+    /// left unfinished are taken from a `veth_uplink`, which hands them
+    /// across so.
+    pub fn decapsulator(&self, uplink_mac: MacAddr, veth_uplink: bool) -> Decapsulator {
         Decapsulator {
             udp_port: self.tunnel_udp_port(),
             local_mac: Some(uplink_mac.into()),
+            unfinished_checksums: veth_uplink,
             ..Decapsulator::new(self.encap.into(), self.node_ip, self.vni())
         }
     }

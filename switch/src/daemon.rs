@@ -85,6 +85,7 @@ pub fn run(config: Config) -> Result<()> {
         kernel_receive::clear_leftovers(&config.uplink, &config.state_dir);
     }
     let receives_through_tunnel = kernel_receive.is_some();
+    let veth_uplink = ethtool::driver(&config.uplink).is_ok_and(|driver| driver == "veth");
     let node = Node {
         config: config.clone(),
         uplink_mac,
@@ -92,6 +93,7 @@ pub fn run(config: Config) -> Result<()> {
         max_pods: config.max_pods,
         workers: config.cores.len(),
         tunnel_mac: tunnel.as_ref().map(|tunnel| tunnel.mac),
+        veth_uplink,
     };
     let pod_mtu = node.pod_mtu()?;
     let pod_gso_max_size = node.pod_gso_max_size()?;
@@ -132,10 +134,14 @@ pub fn run(config: Config) -> Result<()> {
     // The uplink: its XDP program passes the node's own traffic to the
     // kernel and redirects tunnel packets to a socket per RX queue; the
     // first socket registers the buffer area that every other shares.
-    let veth_uplink = ethtool::driver(&config.uplink).is_ok_and(|driver| driver == "veth");
     let uplink_program = XdpProgram::attach_uplink(
         &config.uplink,
-        uplink_xdp_mode(&config.uplink, veth_uplink, config.xdp_mode),
+        uplink_xdp_mode(
+            &config.uplink,
+            veth_uplink,
+            receives_through_tunnel,
+            config.xdp_mode,
+        ),
         &uplink_filter(&config, receives_through_tunnel),
     )
     .with_context(|| format!("attaching the uplink XDP program to {}", config.uplink))?;
@@ -202,7 +208,7 @@ pub fn run(config: Config) -> Result<()> {
         config.router_mac(),
         config.gateway(),
         pod_mtu,
-        config.decapsulator(uplink_mac),
+        config.decapsulator(uplink_mac, veth_uplink),
     )));
     let fib = Arc::new(SharedFib::new());
     let services = serve_services(&config)?;
@@ -734,14 +740,23 @@ fn receive_through_kernel(netlink: &Netlink, config: &Config) -> Option<KernelRe
 }
 
 /// The mode to attach the uplink's program in: with `xdp_mode = "auto"`,
-/// generic on a veth uplink (`veth`) with TSO on — a native program on a veth turns
-/// TSO off on its peer, a generic one lets the tunnel port's super-frames
-/// cross such an underlay whole — and the configured choice otherwise (a
-/// NIC keeps its TSO beside a native program, and native mode keeps the
-/// uplink's GRO, which the kernel skips beside a generic one).
-fn uplink_xdp_mode(uplink: &str, veth: bool, configured: XdpModeChoice) -> XdpModeChoice {
+/// generic on a veth uplink (`veth`) with TSO on whose node receives
+/// peers' TCP through the kernel (`through_kernel`) — a native program on a
+/// veth turns TSO off on its peer, a generic one lets the tunnel port's
+/// super-frames cross such an underlay whole, and only the kernel's path
+/// takes them whole: the AF_XDP socket (Geneve, an IPv6 underlay,
+/// `tunnel_receive = "afxdp"`) has room for one MTU-sized frame — and the
+/// configured choice otherwise (a NIC keeps its TSO beside a native
+/// program, and native mode keeps the uplink's GRO, which the kernel skips
+/// beside a generic one).
+fn uplink_xdp_mode(
+    uplink: &str,
+    veth: bool,
+    through_kernel: bool,
+    configured: XdpModeChoice,
+) -> XdpModeChoice {
     let tso = || ethtool::is_on(uplink, EthtoolOffload::Tso).unwrap_or(false);
-    if configured == XdpModeChoice::Auto && veth && tso() {
+    if configured == XdpModeChoice::Auto && veth && through_kernel && tso() {
         tracing::info!(
             uplink,
             "veth uplink with TSO on: its XDP program runs in generic mode, so that segments \

@@ -255,10 +255,16 @@ impl Forwarder<'_> {
         size: Size,
     ) -> Result<Verdict, DropCause> {
         let topology = self.topology;
+        let decapsulator = &topology.decapsulator;
         let packet = &buf[frame.clone()];
         let decapsulated = match checked {
-            Checked::BySwitch => topology.decapsulator.decapsulate(packet),
-            Checked::ByKernel => topology.decapsulator.decapsulate_from_kernel(packet),
+            Checked::BySwitch => match decapsulator.decapsulate(packet) {
+                Err(DropReason::BadUdpChecksum) => {
+                    decapsulator.decapsulate_unfinished(&mut buf[frame.clone()])
+                }
+                checked => checked,
+            },
+            Checked::ByKernel => decapsulator.decapsulate_from_kernel(packet),
         }?;
         if !topology.peer_by_vtep.contains_key(&decapsulated.sender) {
             return Err(DropCause::UnknownPeer);

@@ -14,6 +14,7 @@ use podswitch_lab::cluster::{
     switch_and_kernel_node,
 };
 use podswitch_lab::traffic::{IPERF_PORT, IperfClient, iperf_server};
+use podswitch_lab::tunnel_capture::checksum_errors;
 use podswitch_lab::unprivileged::{Client, UnixAnswer};
 
 const POD_MTU: u32 = 1450;
@@ -212,6 +213,52 @@ fn interop_with_kernel_vxlan_node() -> Result<()> {
     expect_pings(&k, a.ip, "kernel pod to podswitch pod")?;
     expect_iperf(&IperfClient::default(), &a, &k, "podswitch to kernel")?;
     expect_iperf(&IperfClient::default(), &k, &a, "kernel to podswitch")?;
+    node1.check_frames()
+}
+
+/// A kernel VXLAN node whose underlay veth keeps TX checksum offload on,
+/// as a fresh veth has it: its kernel leaves checksums for the "device"
+/// to finish and the veth hands them across unfinished — the outer UDP
+/// checksum of pings (the inner ICMP complete), the inner UDP checksum of
+/// its pods' datagrams (the outer computed as if it were finished). The
+/// switch takes both from its veth uplink, finishing the inner one before
+/// the pod gets it: pings and UDP both ways, no checksum error in the
+/// pod, no `bad_udp_checksum` drop.
+#[test]
+fn kernel_node_leaving_checksums_unfinished() -> Result<()> {
+    let _serial = serial();
+    let mut lab = Lab::new("sw-unfinished")?;
+    let dir = scratch(&lab);
+    let (node1, kernel) =
+        switch_and_kernel_node(&mut lab, binary(), &dir, &SwitchOptions::default())?;
+    kernel.ns.run("ethtool", &["-K", UPLINK, "tx", "on"])?;
+    let a = node1.add_veth_pod(&mut lab, 2, POD_MTU)?;
+    let k = kernel.add_pod(&mut lab, 2, true)?;
+    expect_pings(&k, a.ip, "kernel pod to podswitch pod")?;
+    expect_pings(&a, k.ip, "podswitch pod to kernel pod")?;
+    let udp = IperfClient {
+        udp: Some((200_000_000, 1200)),
+        ..IperfClient::default()
+    };
+    expect_iperf(&udp, &k, &a, "kernel pod to podswitch pod, UDP")?;
+    expect_iperf(&udp, &a, &k, "podswitch pod to kernel pod, UDP")?;
+    expect_iperf(
+        &IperfClient::default(),
+        &k,
+        &a,
+        "kernel pod to podswitch pod",
+    )?;
+    let errors = checksum_errors(&a.ns)?;
+    ensure!(
+        errors == 0,
+        "the podswitch pod counted {errors} checksum errors"
+    );
+    let stats = node1.cli_json(&["stats"])?;
+    let dropped = &stats["ports"][UPLINK]["drops"]["bad_udp_checksum"];
+    ensure!(
+        dropped.as_u64().unwrap_or(0) == 0,
+        "the switch dropped tunnel packets as bad_udp_checksum: {stats}"
+    );
     node1.check_frames()
 }
 

@@ -1,6 +1,7 @@
 //! Decapsulation of arbitrary uplink packets, VXLAN and Geneve, with and
-//! without the uplink's MAC to check: never panics, and an accepted
-//! packet's inner frame lies inside it.
+//! without the uplink's MAC to check, and with a veth uplink's unfinished
+//! checksums taken: never panics, an accepted packet's inner frame lies
+//! inside it, and a refused one is left unchanged.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -30,6 +31,20 @@ fuzz_target!(|packet: &[u8]| {
                 assert!(d.inner.len() >= 14);
                 assert!(d.options.end <= d.inner.start);
                 assert_eq!(d.vni, vni);
+            }
+            // What a veth uplink takes besides: a refused packet is left
+            // as it came.
+            let veth = Decapsulator {
+                unfinished_checksums: true,
+                ..decap.clone()
+            };
+            let mut copy = packet.to_vec();
+            match veth.decapsulate_unfinished(&mut copy) {
+                Ok(d) => {
+                    assert!(d.inner.end <= copy.len());
+                    assert!(d.inner.len() >= 14);
+                }
+                Err(_) => assert_eq!(copy, packet),
             }
         }
     }

@@ -55,6 +55,8 @@ pub struct Node {
     /// The tunnel port's MAC, when the kernel cuts super-frames for the
     /// switch: the outer destination of what is written into it.
     pub tunnel_mac: Option<MacAddr>,
+    /// The uplink is a veth (a lab's underlay, or a container's).
+    pub veth_uplink: bool,
 }
 
 impl Node {
@@ -628,7 +630,7 @@ impl Tables {
     /// peers.
     pub fn topology(&self, pod_mtu: u32) -> Topology {
         let config = &self.node.config;
-        let decapsulator = config.decapsulator(self.node.uplink_mac);
+        let decapsulator = config.decapsulator(self.node.uplink_mac, self.node.veth_uplink);
         let mut peer_by_vtep = HashMap::default();
         let mut fib6 = Ipv6Lpm::new();
         // The host port carries IPv6 where the node has pods of that
@@ -763,6 +765,7 @@ pod_cidr = "10.244.2.0/24"
             max_pods,
             workers: 2,
             tunnel_mac: None,
+            veth_uplink: false,
         }
     }
 
