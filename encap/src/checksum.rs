@@ -80,6 +80,16 @@ fn fold(acc: u64) -> u16 {
     ((acc & 0xffff) + (acc >> 16)) as u16
 }
 
+/// The offset of the TCP or UDP checksum field in a transport header of
+/// IP protocol `protocol` (6 or 17); `None` for another protocol.
+pub fn transport_checksum_at(protocol: u8) -> Option<usize> {
+    match protocol {
+        6 => Some(16),
+        17 => Some(6),
+        _ => None,
+    }
+}
+
 /// The folded sum of the IPv4 pseudo-header (RFC 793, RFC 768): source,
 /// destination, protocol and the transport length.
 pub fn ipv4_pseudo_header(src: [u8; 4], dst: [u8; 4], protocol: u8, length: u16) -> u16 {

@@ -10,7 +10,7 @@ use smoltcp::wire::{
     Ipv4Packet, Ipv6Packet, UDP_HEADER_LEN, UdpPacket,
 };
 
-use crate::checksum::ipv4_header_ok;
+use crate::checksum::{ipv4_header_ok, transport_checksum_at};
 use crate::drop_reason::DropReason;
 use crate::error::WireError;
 use crate::ethernet::{LinkHeader, is_vlan_tpid};
@@ -288,11 +288,6 @@ const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_IPV6: u16 = 0x86dd;
 const IPV4_PROTOCOL: usize = 9;
 const IPPROTO_UDP: u8 = 17;
-const IPPROTO_TCP: u8 = 6;
-/// The checksum field's offset in a TCP header.
-const TCP_CHECKSUM: usize = 16;
-/// The checksum field's offset in a UDP header.
-const UDP_CHECKSUM: usize = 6;
 
 /// Where the outer IP header starts and its EtherType. Untagged frames, the
 /// usual case, take a fast path; tagged ones go through [`LinkHeader`].
@@ -421,11 +416,7 @@ fn unfinished_transport_checksum(frame: &[u8]) -> Option<(usize, Range<usize>)> 
         _ => return None,
     };
     let transport = ETHERNET_HEADER_LEN + header_len;
-    let field = match protocol {
-        IPPROTO_TCP => transport + TCP_CHECKSUM,
-        IPPROTO_UDP => transport + UDP_CHECKSUM,
-        _ => return None,
-    };
+    let field = transport + transport_checksum_at(protocol)?;
     let segment = transport..transport + length;
     if segment.end > frame.len() || field + 2 > segment.end {
         return None;

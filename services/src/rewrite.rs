@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 use std::ops::Range;
 
-use podswitch_encap::checksum::{combine, sum};
+use podswitch_encap::checksum::{combine, sum, transport_checksum_at};
 
 use crate::flow::{FlowKey, IcmpError, Parsed, SCTP, TCP, UDP};
 
@@ -63,7 +63,8 @@ fn rewrite(
     l4[2..4].copy_from_slice(&nat.dst.1.to_be_bytes());
     match key.protocol {
         TCP | UDP => {
-            let Some(field) = l4_checksum_at(key.protocol).and_then(|at| l4.get_mut(at..at + 2))
+            let Some(field) =
+                transport_checksum_at(key.protocol).and_then(|at| l4.get_mut(at..at + 2))
             else {
                 return;
             };
@@ -146,16 +147,6 @@ pub fn readdress_fragment(ipv4: &mut [u8], old: (Ipv4Addr, Ipv4Addr), new: (Ipv4
     readdress(ipv4, &words(old.0, old.1), new.0, new.1);
 }
 
-/// The offset of the TCP or UDP checksum field in the transport header
-/// of `protocol`; `None` for another protocol.
-fn l4_checksum_at(protocol: u8) -> Option<usize> {
-    match protocol {
-        TCP => Some(16),
-        UDP => Some(6),
-        _ => None,
-    }
-}
-
 /// The folded sum of the words of a quoted packet (`quote`, its transport
 /// header at `l4`, of `protocol`) that [`rewrite`] may change in it: its
 /// IPv4 header checksum and addresses, its ports, and its TCP or UDP
@@ -164,7 +155,7 @@ fn l4_checksum_at(protocol: u8) -> Option<usize> {
 /// changes by: each word sits at an even offset of the ICMP message (the
 /// quote starts 8 bytes in, its transport header a multiple of 4 after).
 fn quote_words(quote: &[u8], l4: usize, protocol: u8) -> u16 {
-    let l4_checksum = l4_checksum_at(protocol)
+    let l4_checksum = transport_checksum_at(protocol)
         .and_then(|at| quote.get(l4 + at..l4 + at + 2))
         .map_or(0, |field| u16::from_be_bytes([field[0], field[1]]));
     combine(&[sum(&quote[10..20]), sum(&quote[l4..l4 + 4]), l4_checksum])
