@@ -4,8 +4,9 @@
 #   FUZZ_SECONDS=N   seconds per fuzz target (default 60; 0 skips fuzzing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Where cargo puts the binaries (CARGO_TARGET_DIR moves them).
-bench="${CARGO_TARGET_DIR:-target}/release/podswitch-bench"
+# The suite builds with the `ci` profile (Cargo.toml: release code that
+# compiles faster) into target/ci/ (CARGO_TARGET_DIR moves it).
+bench="${CARGO_TARGET_DIR:-target}/ci/podswitch-bench"
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -16,15 +17,14 @@ step "format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "unit, property, kernel-interop, tshark and lab tests"
-cargo test --workspace --release
+# --all-targets also builds the binaries once with the tests' features and
+# runs each criterion benchmark once, as a test (no second build for them).
+step "unit, property, kernel-interop, tshark and lab tests; criterion benchmarks once"
+cargo test --workspace --profile ci --all-targets
+cargo test --workspace --profile ci --doc
 
 step "lab benchmark, quick (every contender kind and measurement, briefly)"
-cargo build --release --workspace
-"$bench" lab --quick --out "${CARGO_TARGET_DIR:-target}/lab-quick"
-
-step "criterion benchmarks compile and run once"
-cargo bench -p podswitch-bench -- --test
+"$bench" lab --quick --out "${CARGO_TARGET_DIR:-target}/ci/lab-quick"
 
 step "fuzzing"
 scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
