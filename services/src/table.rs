@@ -357,6 +357,10 @@ pub struct PortView<'a> {
     pub endpoints: &'a [Backend],
 }
 
+/// The longest Service name taken: a namespace and a name of 63
+/// characters each, with room to spare.
+const MAX_NAME_LEN: usize = 160;
+
 /// Check a source's Services before they replace its set: a message saying
 /// what to fix for the first problem found.
 pub fn check(services: &[Service]) -> Result<(), String> {
@@ -367,6 +371,18 @@ pub fn check(services: &[Service]) -> Result<(), String> {
         let name = service.name.as_str();
         if name.is_empty() {
             return Err("a Service has no name: give each one its namespace/name".into());
+        }
+        // Kubernetes' names are DNS labels; the name also names the
+        // Service's nftables sets and comments (external_services.rs).
+        if name.len() > MAX_NAME_LEN
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '/'))
+        {
+            return Err(format!(
+                "Service name {name:?} is not a namespace/name: use letters, digits, '-', \
+                 '.', '_' and '/', at most {MAX_NAME_LEN} characters"
+            ));
         }
         if !names.insert(name) {
             return Err(format!(
@@ -813,6 +829,20 @@ mod tests {
                 "no name",
             ),
             (vec![good.clone(), good.clone()], "listed twice"),
+            (
+                vec![Service {
+                    name: "default/web\" accept".into(),
+                    ..good.clone()
+                }],
+                "is not a namespace/name",
+            ),
+            (
+                vec![Service {
+                    name: "a".repeat(MAX_NAME_LEN + 1),
+                    ..good.clone()
+                }],
+                "at most 160 characters",
+            ),
             (
                 vec![Service {
                     cluster_ip: Ipv4Addr::UNSPECIFIED,

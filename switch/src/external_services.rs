@@ -23,8 +23,9 @@
 //!
 //! The table is replaced whole whenever the Services change (and only
 //! when its text does), and removed on a clean stop and by a daemon
-//! started in `kube-proxy` mode. `sessionAffinity` is not kept for these
-//! connections.
+//! started in `kube-proxy` mode. `sessionAffinity: ClientIP` is kept as
+//! kube-proxy keeps it: a client's new connections go to the endpoint it
+//! was last given while its timeout runs.
 
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -55,20 +56,64 @@ impl ExternalServices {
     /// `local`, unless the same one is in place; a failure is logged
     /// (the pods' own Service traffic does not depend on it) and retried
     /// at the next change.
+    ///
+    /// Over a table this daemon installed, the change keeps the affinity
+    /// sets that are still wanted, with the clients in them: it flushes
+    /// the rules (nft keeps sets' elements), deletes the chains and sets
+    /// that are gone and adds the new ones. Otherwise (the first install,
+    /// or that change failed) it replaces the table whole.
     pub fn update(&self, services: &[Service], local: Ipv4Net) {
-        let text = ruleset(services, local);
+        let table = ruleset(services, local);
         let mut installed = lock(&self.installed);
-        if installed.as_deref() == Some(text.as_str()) {
+        if installed.as_deref() == Some(table.as_str()) {
             return;
         }
-        match run_nft(&text).with_context(|| format!("installing the nftables table `{TABLE}`")) {
-            Ok(()) => *installed = Some(text),
+        let keeping = installed.as_deref().map(|old| change(old, &table));
+        let result = match keeping.map(|change| run_nft(&change)) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => {
+                tracing::info!("replacing `{TABLE}` whole (its affinity sets emptied): {e:#}");
+                run_nft(&format!("{}{table}", removal()))
+            }
+            None => run_nft(&format!("{}{table}", removal())),
+        };
+        match result.with_context(|| format!("installing the nftables table `{TABLE}`")) {
+            Ok(()) => *installed = Some(table),
             Err(e) => {
                 tracing::warn!("traffic from outside the pod network to Services: {e:#}");
                 *installed = None;
             }
         }
     }
+}
+
+/// The transaction that turns the installed table `old` into `new` (both
+/// as [`ruleset`] writes them) keeping the sets both declare, elements
+/// and all: flush every rule, delete the chains and sets `new` does not
+/// declare, then declare `new` (existing chains and sets are kept).
+fn change(old: &str, new: &str) -> String {
+    let wanted = declared(new);
+    let mut text = format!("table ip {TABLE}\nflush table ip {TABLE}\n");
+    for (kind, name) in declared(old) {
+        if !wanted.contains(&(kind, name)) {
+            let _ = writeln!(text, "delete {kind} ip {TABLE} {name}");
+        }
+    }
+    text.push_str(new);
+    text
+}
+
+/// The chains and sets a table's text declares, as (`chain` or `set`,
+/// name).
+fn declared(table: &str) -> Vec<(&str, &str)> {
+    table
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.strip_prefix('\t')?.split(' ');
+            let kind = words.next().filter(|k| matches!(*k, "chain" | "set"))?;
+            Some((kind, words.next()?))
+        })
+        .collect()
 }
 
 /// Remove the table if it exists; nft's message on failure.
@@ -81,12 +126,12 @@ fn removal() -> String {
     table_removal("ip", TABLE)
 }
 
-/// The whole table for `services` on a node whose pods are in `local`,
-/// replacing any earlier copy.
+/// The whole table for `services` on a node whose pods are in `local`.
 pub fn ruleset(services: &[Service], local: Ipv4Net) -> String {
     let mut dispatch = String::new();
     let mut endpoint_chains = String::new();
     let mut refusals = String::new();
+    let mut sets = String::new();
     for (number, service) in services.iter().enumerate() {
         let policy = service.external_traffic_policy;
         for (index, port) in service.ports.iter().enumerate() {
@@ -133,24 +178,72 @@ pub fn ruleset(services: &[Service], local: Ipv4Net) -> String {
                 }
                 TrafficPolicy::Local => String::new(),
             };
-            let targets: Vec<String> = backends
-                .iter()
-                .enumerate()
-                .map(|(i, b)| format!("{i} : {} . {}", b.address, b.port))
-                .collect();
-            let _ = write!(
-                endpoint_chains,
-                "\tchain {chain} {{\n\
-                 \t\tmeta l4proto {protocol} {mark}dnat ip to numgen random mod {} map {{ {} }} \
-                 comment \"{comment}\"\n\
-                 \t}}\n",
-                backends.len(),
-                targets.join(", ")
-            );
+            match service.affinity_seconds {
+                None => {
+                    let targets: Vec<String> = backends
+                        .iter()
+                        .enumerate()
+                        .map(|(i, b)| format!("{i} : {} . {}", b.address, b.port))
+                        .collect();
+                    let _ = write!(
+                        endpoint_chains,
+                        "\tchain {chain} {{\n\
+                         \t\tmeta l4proto {protocol} {mark}dnat ip to numgen random mod {} map {{ {} }} \
+                         comment \"{comment}\"\n\
+                         \t}}\n",
+                        backends.len(),
+                        targets.join(", ")
+                    );
+                }
+                Some(seconds) => {
+                    // As kube-proxy's nftables mode: a set per endpoint of
+                    // the clients it served, each entry living `seconds`
+                    // from the client's last new connection; a client in
+                    // one goes back to that endpoint, any other is spread.
+                    let mut service_chain = String::new();
+                    let mut picks = Vec::new();
+                    for (i, backend) in backends.iter().enumerate() {
+                        let endpoint = format!("{chain}-{i}");
+                        // Named by what it means, so that a change of the
+                        // Services keeps it (and its clients) while the
+                        // endpoint serves the port.
+                        let clients = format!(
+                            "affinity-{}/{protocol}/{}__{}/{}",
+                            service.name, port.port, backend.address, backend.port
+                        );
+                        let _ = write!(
+                            sets,
+                            "\tset {clients} {{\n\
+                             \t\ttype ipv4_addr\n\
+                             \t\tflags dynamic,timeout\n\
+                             \t\ttimeout {seconds}s\n\
+                             \t}}\n"
+                        );
+                        let _ = writeln!(service_chain, "\t\tip saddr @{clients} goto {endpoint}");
+                        picks.push(format!("{i} : goto {endpoint}"));
+                        let _ = write!(
+                            endpoint_chains,
+                            "\tchain {endpoint} {{\n\
+                             \t\tupdate @{clients} {{ ip saddr }}\n\
+                             \t\tmeta l4proto {protocol} {mark}dnat ip to {}:{} comment \"{comment}\"\n\
+                             \t}}\n",
+                            backend.address, backend.port
+                        );
+                    }
+                    let _ = write!(
+                        endpoint_chains,
+                        "\tchain {chain} {{\n{service_chain}\
+                         \t\tnumgen random mod {} vmap {{ {} }}\n\
+                         \t}}\n",
+                        backends.len(),
+                        picks.join(", ")
+                    );
+                }
+            }
         }
     }
     format!(
-        "{removal}table ip {TABLE} {{\n\
+        "table ip {TABLE} {{\n\
          \tchain prerouting {{\n\
          \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
          \t\tjump services\n\
@@ -159,6 +252,7 @@ pub fn ruleset(services: &[Service], local: Ipv4Net) -> String {
          \t\ttype nat hook output priority -100; policy accept;\n\
          \t\tjump services\n\
          \t}}\n\
+         {sets}\
          \tchain services {{\n{dispatch}\t}}\n\
          {endpoint_chains}\
          \tchain postrouting {{\n\
@@ -174,8 +268,7 @@ pub fn ruleset(services: &[Service], local: Ipv4Net) -> String {
          \t\tjump no-endpoints\n\
          \t}}\n\
          \tchain no-endpoints {{\n{refusals}\t}}\n\
-         }}\n",
-        removal = removal()
+         }}\n"
     )
 }
 
@@ -253,6 +346,59 @@ mod tests {
              comment \"default/web tcp/80: no endpoints\""
         ));
         assert!(!text.contains("jump service-"));
+    }
+
+    #[test]
+    fn affinity_sends_a_client_back_to_its_endpoint() {
+        let mut service = web(TrafficPolicy::Cluster, &[[10, 244, 1, 5], [10, 244, 2, 5]]);
+        service.affinity_seconds = Some(10_800);
+        let text = ruleset(&[service], local());
+        let set = "affinity-default/web/tcp/80__10.244.1.5/8080";
+        assert!(text.contains(&format!(
+            "\tset {set} {{\n\t\ttype ipv4_addr\n\t\tflags dynamic,timeout\n\t\ttimeout 10800s\n"
+        )));
+        assert!(text.contains(&format!(
+            "\tchain service-0-0 {{\n\t\tip saddr @{set} goto service-0-0-0\n\
+             \t\tip saddr @affinity-default/web/tcp/80__10.244.2.5/8080 goto service-0-0-1\n\
+             \t\tnumgen random mod 2 vmap {{ 0 : goto service-0-0-0, 1 : goto service-0-0-1 }}\n"
+        )));
+        assert!(text.contains(&format!(
+            "\tchain service-0-0-0 {{\n\t\tupdate @{set} {{ ip saddr }}\n\
+             \t\tmeta l4proto tcp meta mark set meta mark | 0x200000 dnat ip to 10.244.1.5:8080"
+        )));
+    }
+
+    #[test]
+    fn a_change_keeps_the_affinity_sets_still_wanted() {
+        let sticky = |endpoints: &[[u8; 4]]| {
+            let mut service = web(TrafficPolicy::Cluster, endpoints);
+            service.affinity_seconds = Some(60);
+            ruleset(&[service], local())
+        };
+        let old = sticky(&[[10, 244, 1, 5], [10, 244, 2, 5]]);
+        let new = sticky(&[[10, 244, 1, 5]]);
+        let text = change(&old, &new);
+        assert!(text.starts_with(
+            "table ip podswitch-external\nflush table ip podswitch-external\n\
+             delete set ip podswitch-external affinity-default/web/tcp/80__10.244.2.5/8080\n\
+             delete chain ip podswitch-external service-0-0-1\n\
+             table ip podswitch-external {\n"
+        ));
+        assert!(text.ends_with(&new));
+        assert!(
+            !text.contains(
+                "delete set ip podswitch-external affinity-default/web/tcp/80__10.244.1.5"
+            )
+        );
+        assert!(!text.contains("delete chain ip podswitch-external prerouting"));
+        // Back to no affinity: every set goes, with the chains only it used.
+        let plain = ruleset(&[web(TrafficPolicy::Cluster, &[[10, 244, 1, 5]])], local());
+        let text = change(&new, &plain);
+        assert!(text.contains(
+            "delete set ip podswitch-external affinity-default/web/tcp/80__10.244.1.5/8080\n"
+        ));
+        assert!(text.contains("delete chain ip podswitch-external service-0-0-0\n"));
+        assert!(!text.contains("delete chain ip podswitch-external service-0-0\n"));
     }
 
     #[test]

@@ -40,6 +40,9 @@ const WEB_NODE_PORT: u16 = 30080;
 const LOCAL_NODE_PORT: u16 = 30081;
 /// `empty`'s TCP NodePort, without endpoints.
 const EMPTY_NODE_PORT: u16 = 30082;
+/// `sticky`'s ClusterIP and NodePort: `sessionAffinity: ClientIP`.
+const STICKY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 15);
+const STICKY_NODE_PORT: u16 = 30083;
 /// `web-local`'s external address (a documentation address: a packet
 /// the switch did not translate would find no route out of the lab).
 const WEB_LOCAL_EXTERNAL: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 80);
@@ -396,8 +399,9 @@ fn syn_retransmits(pod: &Pod) -> Result<u64> {
 /// endpoint with the client's own address, and a NodePort without
 /// endpoints refuses the connection. A Service's external address is
 /// taken by the client's own node, as kube-proxy does: from node 2 it
-/// reaches node 2's endpoint (`Local`). The table is gone when node 1's
-/// daemon stops.
+/// reaches node 2's endpoint (`Local`). A NodePort with `sessionAffinity:
+/// ClientIP` keeps each client on one endpoint, across a change of the
+/// Services too. The table is gone when node 1's daemon stops.
 #[test]
 fn traffic_from_outside_the_pod_network_reaches_services() -> Result<()> {
     let (mut lab, dir, file, [a, b, c]) = translation_lab("svc-ext")?;
@@ -471,6 +475,7 @@ fn traffic_from_outside_the_pod_network_reaches_services() -> Result<()> {
         "node 2 to a NodePort without endpoints: {}",
         outcome.trim()
     );
+    sticky_clients_from_outside(&file, &nodes[0], [&outside, &itself], [a, b, c])?;
     let node1 = nodes[0].ns.clone();
     let tables = || node1.run("nft", &["list", "tables"]);
     let before = tables()?;
@@ -484,6 +489,107 @@ fn traffic_from_outside_the_pod_network_reaches_services() -> Result<()> {
         !after.contains("podswitch-external"),
         "node 1's stopped daemon left its table: {after}"
     );
+    Ok(())
+}
+
+/// `sessionAffinity: ClientIP` at a NodePort, from outside the pod
+/// network: with `sticky` (a Cluster NodePort Service with affinity)
+/// added, each client's connections all reach one endpoint, and the
+/// client is in that endpoint's affinity set in node 1's table; after a
+/// change of the Services that adds an endpoint (the table is changed,
+/// not replaced), each client still reaches the same one.
+fn sticky_clients_from_outside(
+    file: &Path,
+    node1: &SwitchNode,
+    clients: [&Pod; 2],
+    [a, b, c]: [Ipv4Addr; 3],
+) -> Result<()> {
+    let with_sticky = |endpoints: &[Ipv4Addr]| {
+        let mut list = services(&[b, c], &[c], a, c);
+        let mut port = ServicePort::new(
+            ServiceProtocol::Tcp,
+            80,
+            endpoints
+                .iter()
+                .map(|&e| Endpoint::ready(e, TCP_PORT))
+                .collect(),
+        );
+        port.node_port = Some(STICKY_NODE_PORT);
+        list.push(Service {
+            affinity_seconds: Some(600),
+            ..Service::new("default/sticky", STICKY, vec![port])
+        });
+        list
+    };
+    let table = || {
+        node1
+            .ns
+            .run("nft", &["list", "table", "ip", "podswitch-external"])
+    };
+    let set_of =
+        |endpoint: Ipv4Addr| format!("affinity-default/sticky/tcp/80__{endpoint}/{TCP_PORT}");
+    let wait_for_set = |endpoint: Ipv4Addr| -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !table()?.contains(&set_of(endpoint)) {
+            ensure!(
+                Instant::now() < deadline,
+                "node 1's table has no {} after 10 s: {}",
+                set_of(endpoint),
+                table()?
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    };
+    let endpoint_of = |client: &Pod| -> Result<Ipv4Addr> {
+        let mut answered = BTreeSet::new();
+        for _ in 0..8 {
+            answered.insert(request(client, "tcp", node_ip(1), STICKY_NODE_PORT)?.0);
+        }
+        ensure!(
+            answered.len() == 1,
+            "{} reached {answered:?} at a NodePort with sessionAffinity: ClientIP",
+            client.ip
+        );
+        Ok(answered.into_iter().next().unwrap_or(b))
+    };
+    write(file, &with_sticky(&[b, c]))?;
+    wait_for_set(c)?;
+    let in_set = |client: &Pod, endpoint: Ipv4Addr, when: &str| -> Result<()> {
+        let members = node1.ns.run(
+            "nft",
+            &["list", "set", "ip", "podswitch-external", &set_of(endpoint)],
+        )?;
+        ensure!(
+            members.contains(&client.ip.to_string()),
+            "{} reached {endpoint} but is not in its affinity set {when}: {members}",
+            client.ip
+        );
+        Ok(())
+    };
+    let mut first = Vec::new();
+    for client in clients {
+        let endpoint = endpoint_of(client)?;
+        in_set(client, endpoint, "")?;
+        first.push(endpoint);
+    }
+    write(file, &with_sticky(&[b, c, a]))?;
+    wait_for_set(a)?;
+    for (client, &before) in clients.into_iter().zip(&first) {
+        in_set(
+            client,
+            before,
+            "after the change (the table was replaced, not changed)",
+        )?;
+    }
+    for (client, before) in clients.into_iter().zip(first) {
+        let after = endpoint_of(client)?;
+        ensure!(
+            after == before,
+            "{} went to {before}, and after a change of the Services to {after}",
+            client.ip
+        );
+    }
     Ok(())
 }
 
