@@ -22,7 +22,7 @@ use podswitch_lab::Lab;
 use podswitch_lab::cluster::{
     Pod, SwitchNode, SwitchOptions, ping, pod_ip6, switch_and_kernel_node,
 };
-use podswitch_lab::kube_proxy::{self, NftService};
+use podswitch_lab::kube_proxy::{self, KubeProxyMode, ProxiedPort};
 use podswitch_lab::membership::wait_for;
 use podswitch_lab::service_traffic::{TCP_PORT, request, serve_in};
 use podswitch_lab::traffic::{IperfClient, iperf_server};
@@ -289,8 +289,8 @@ const CLUSTER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
 /// Over the host port's IPv6: a pod pings its node's IPv6 address (the
 /// mirror of its gateway, `fd00:10:244:1::1`) and the node its pods, here
 /// and on the other node; a pod on node 1 reaches an IPv6 ClusterIP whose
-/// endpoints are pods on both nodes, through kube-proxy's nftables-mode
-/// IPv6 rules, each answer seeing the client as its node's address (the
+/// endpoints are pods on both nodes, through kube-proxy's IPv6 rules in
+/// its nftables mode and then its iptables mode (ip6tables), each answer seeing the client as its node's address (the
 /// daemon's `ip6 podswitch` masquerade), and a "world" behind node 1
 /// through node 1's address; without that table the same
 /// requests fail; after a restart of node 1's daemon all of it works
@@ -326,31 +326,42 @@ fn dual_stack_pods_reach_their_node_and_ipv6_services() -> Result<()> {
     );
 
     let _servers = [serve_in(&b.ns, b6)?, serve_in(&c.ns, c6)?];
-    let web6 = NftService {
+    let web6 = ProxiedPort {
         name: "default/web6".into(),
         cluster_ip: CLUSTER_IP6,
         protocol: ServiceProtocol::Tcp,
         port: 80,
         endpoints: vec![(b6, TCP_PORT), (c6, TCP_PORT)],
     };
-    for node in switches.iter() {
-        kube_proxy::write_rules6(lab, &node.ns, std::slice::from_ref(&web6))?;
-    }
-    // Two endpoints, one per node, picked at random: 30 requests leave
-    // one unanswered with probability 2^-29.
-    let mut answered = std::collections::BTreeSet::new();
-    for _ in 0..30 {
-        let (endpoint, seen) = request(&a, "tcp", CLUSTER_IP6, 80)?;
+    // kube-proxy's nftables mode, then its iptables mode (ip6tables).
+    for mode in [KubeProxyMode::Nftables, KubeProxyMode::Iptables] {
+        for node in switches.iter() {
+            if mode == KubeProxyMode::Iptables {
+                node.ns
+                    .run("nft", &["delete", "table", "ip6", "kube-proxy"])?;
+            }
+            kube_proxy::write_rules6(lab, &node.ns, mode, std::slice::from_ref(&web6))?;
+        }
+        // Two endpoints, one per node, picked at random: 30 requests
+        // leave one unanswered with probability 2^-29.
+        let mut answered = std::collections::BTreeSet::new();
+        for _ in 0..30 {
+            let (endpoint, seen) = request(&a, "tcp", CLUSTER_IP6, 80)?;
+            ensure!(
+                seen == node1_6,
+                "{mode:?}: {endpoint} saw the client as {seen}, not its node's {node1_6}"
+            );
+            answered.insert(endpoint);
+        }
         ensure!(
-            seen == node1_6,
-            "{endpoint} saw the client as {seen}, not its node's {node1_6}"
+            answered == std::collections::BTreeSet::from([b6, c6]),
+            "{mode:?}: answered by {answered:?} of {b6} and {c6}"
         );
-        answered.insert(endpoint);
+        eprintln!(
+            "IPv6 ClusterIP from node 1, kube-proxy {mode:?} mode: answered by {answered:?}, \
+             client seen as {node1_6}"
+        );
     }
-    ensure!(
-        answered == std::collections::BTreeSet::from([b6, c6]),
-        "answered by {answered:?} of {b6} and {c6}"
-    );
     let table = node1
         .ns
         .run("nft", &["list", "table", "ip6", "podswitch"])?;
@@ -363,7 +374,6 @@ fn dual_stack_pods_reach_their_node_and_ipv6_services() -> Result<()> {
         masqueraded.is_some_and(|n| n > 0),
         "the ip6 table's Service rule counted nothing: {table}"
     );
-    eprintln!("IPv6 ClusterIP from node 1: answered by {answered:?}, client seen as {node1_6}");
 
     // Egress: a "world" behind node 1 with no route to the pods answers
     // a pod through node 1's address on that link (the ip6 table's

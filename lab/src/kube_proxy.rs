@@ -3,16 +3,16 @@
 //! ([`Service`]): iptables mode (`KUBE-SERVICES` → `KUBE-SVC-*` →
 //! `KUBE-SEP-*` DNAT, endpoints picked by `statistic`) and nftables mode
 //! (`table ip kube-proxy`, a service map and `dnat to`); and IPv6
-//! Services of a dual-stack cluster in nftables mode (`table ip6
-//! kube-proxy`, the same shape). No kube-proxy runs in the lab; these are
+//! Services of a dual-stack cluster in both modes (`ip6tables-restore`,
+//! `table ip6 kube-proxy`: the same shapes). No kube-proxy runs in the lab; these are
 //! the rules it would leave, so that a test or the lab benchmark can send
 //! pods' traffic through them.
 
 use std::fmt::Display;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{Context, Result};
-use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol};
+use podswitch_control::service::{Service, ServiceProtocol};
 
 use crate::{Lab, Netns};
 
@@ -27,22 +27,31 @@ const MASQ_MARK: &str = "0x4000";
 /// How kube-proxy writes its rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KubeProxyMode {
-    /// `iptables-restore` into the `nat` table.
+    /// `iptables-restore` into the `nat` table (`ip6tables-restore` for
+    /// IPv6).
     Iptables,
-    /// `nft -f` into `table ip kube-proxy`.
+    /// `nft -f` into `table ip kube-proxy` (`table ip6 kube-proxy`).
     Nftables,
 }
 
-/// Every Service port with its Service, numbered as kube-proxy's chains
-/// are, and the endpoints a node uses (ready ones, as kube-proxy writes).
-fn service_ports(services: &[Service]) -> Vec<(usize, &Service, &ServicePort, Vec<&Endpoint>)> {
+/// Every Service port of `services` as kube-proxy writes rules for it,
+/// with the ready endpoints (as kube-proxy writes).
+fn proxied_ports(services: &[Service]) -> Vec<ProxiedPort<Ipv4Addr>> {
     services
         .iter()
-        .flat_map(|svc| svc.ports.iter().map(move |port| (svc, port)))
-        .enumerate()
-        .map(|(i, (svc, port))| {
-            let ready = port.endpoints.iter().filter(|e| e.ready).collect();
-            (i, svc, port, ready)
+        .flat_map(|svc| {
+            svc.ports.iter().map(|port| ProxiedPort {
+                name: svc.name.clone(),
+                cluster_ip: svc.cluster_ip,
+                protocol: port.protocol,
+                port: port.port,
+                endpoints: port
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.ready)
+                    .map(|e| (e.address, e.port))
+                    .collect(),
+            })
         })
         .collect()
 }
@@ -50,6 +59,18 @@ fn service_ports(services: &[Service]) -> Vec<(usize, &Service, &ServicePort, Ve
 /// kube-proxy's iptables-mode `nat` table for `services`, as
 /// `iptables-restore --noflush` input.
 pub fn iptables_rules(services: &[Service]) -> String {
+    iptables_table(&proxied_ports(services))
+}
+
+/// kube-proxy's ip6tables-mode `nat` table for IPv6 `services`, as
+/// `ip6tables-restore --noflush` input.
+pub fn iptables_rules6(services: &[ProxiedPort<Ipv6Addr>]) -> String {
+    iptables_table(services)
+}
+
+/// The iptables-mode `nat` table for `services`, of the family of `A`.
+fn iptables_table<A: Address>(services: &[ProxiedPort<A>]) -> String {
+    let cluster_cidr = A::CLUSTER_CIDR;
     let mut chains = vec![
         "KUBE-SERVICES".to_string(),
         "KUBE-POSTROUTING".into(),
@@ -65,21 +86,25 @@ pub fn iptables_rules(services: &[Service]) -> String {
         format!("-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}"),
         "-A KUBE-POSTROUTING -j MASQUERADE --random-fully".to_string(),
     ];
-    for (i, svc, port, endpoints) in service_ports(services) {
-        let proto = port.protocol.name();
+    for (i, svc) in services.iter().enumerate() {
+        let proto = svc.protocol.name();
         let svc_chain = format!("KUBE-SVC-{i:016}");
         chains.push(svc_chain.clone());
         let matches = format!(
-            "-d {}/32 -p {proto} -m comment --comment \"{}:{}\" -m {proto} --dport {}",
-            svc.cluster_ip, svc.name, port.name, port.port
+            "-d {}/{} -p {proto} -m comment --comment \"{}:{proto}/{}\" -m {proto} --dport {}",
+            svc.cluster_ip,
+            A::HOST_PREFIX,
+            svc.name,
+            svc.port,
+            svc.port
         );
         rules.push(format!("-A KUBE-SERVICES {matches} -j {svc_chain}"));
         rules.push(format!(
-            "-A {svc_chain} ! -s {CLUSTER_CIDR} {matches} -j KUBE-MARK-MASQ"
+            "-A {svc_chain} ! -s {cluster_cidr} {matches} -j KUBE-MARK-MASQ"
         ));
-        let n = endpoints.len();
-        for (j, endpoint) in endpoints.iter().enumerate() {
-            let (address, target) = (endpoint.address, endpoint.port);
+        let n = svc.endpoints.len();
+        for (j, &(address, target)) in svc.endpoints.iter().enumerate() {
+            let to = SocketAddr::new(address.into(), target);
             let sep = format!("KUBE-SEP-{i:08}{j:08}");
             chains.push(sep.clone());
             // kube-proxy: endpoint j of n is taken with probability
@@ -93,14 +118,17 @@ pub fn iptables_rules(services: &[Service]) -> String {
                 String::new()
             };
             rules.push(format!(
-                "-A {svc_chain} -m comment --comment \"{} -> {address}:{target}\"{pick} -j {sep}",
+                "-A {svc_chain} -m comment --comment \"{} -> {to}\"{pick} -j {sep}",
                 svc.name
             ));
             // Hairpin: an endpoint reaching itself is masqueraded by
             // kube-proxy's own rule.
-            rules.push(format!("-A {sep} -s {address}/32 -j KUBE-MARK-MASQ"));
             rules.push(format!(
-                "-A {sep} -p {proto} -m {proto} -j DNAT --to-destination {address}:{target}"
+                "-A {sep} -s {address}/{} -j KUBE-MARK-MASQ",
+                A::HOST_PREFIX
+            ));
+            rules.push(format!(
+                "-A {sep} -p {proto} -m {proto} -j DNAT --to-destination {to}"
             ));
         }
     }
@@ -116,13 +144,39 @@ pub fn iptables_rules(services: &[Service]) -> String {
     text
 }
 
-/// One Service port as kube-proxy's nftables-mode rules see it, of the
-/// family of `A` (`Ipv4Addr` or `Ipv6Addr`): a ClusterIP and one port with
-/// its ready endpoints. The IPv4 ones come from the switch's Service
-/// model ([`nftables_rules`]); IPv6 Services of a dual-stack cluster are
-/// given as these ([`nftables_rules6`]), that model being IPv4.
+/// An address family as kube-proxy's rules name it.
+pub trait Address: Copy + Display + Into<IpAddr> {
+    /// nftables' family (`ip`, `ip6`).
+    const FAMILY: &'static str;
+    /// nftables' address type.
+    const NFT_TYPE: &'static str;
+    /// The prefix length of one address.
+    const HOST_PREFIX: u8;
+    /// The cluster CIDR kube-proxy is told for the family.
+    const CLUSTER_CIDR: &'static str;
+}
+
+impl Address for Ipv4Addr {
+    const FAMILY: &'static str = "ip";
+    const NFT_TYPE: &'static str = "ipv4_addr";
+    const HOST_PREFIX: u8 = 32;
+    const CLUSTER_CIDR: &'static str = CLUSTER_CIDR;
+}
+
+impl Address for Ipv6Addr {
+    const FAMILY: &'static str = "ip6";
+    const NFT_TYPE: &'static str = "ipv6_addr";
+    const HOST_PREFIX: u8 = 128;
+    const CLUSTER_CIDR: &'static str = CLUSTER_CIDR6;
+}
+
+/// One Service port as kube-proxy writes rules for it, of the family of
+/// `A` (`Ipv4Addr` or `Ipv6Addr`): a ClusterIP and one port with its
+/// ready endpoints. The IPv4 ones come from the switch's Service model
+/// ([`Service`]); IPv6 Services of a dual-stack cluster are given as
+/// these, that model being IPv4.
 #[derive(Debug, Clone)]
-pub struct NftService<A> {
+pub struct ProxiedPort<A> {
     /// `namespace/name`.
     pub name: String,
     /// The ClusterIP.
@@ -137,32 +191,18 @@ pub struct NftService<A> {
 
 /// kube-proxy's nftables-mode table for `services`, as `nft -f` input.
 pub fn nftables_rules(services: &[Service]) -> String {
-    let entries = service_ports(services)
-        .into_iter()
-        .map(|(_, svc, port, endpoints)| NftService {
-            name: svc.name.clone(),
-            cluster_ip: svc.cluster_ip,
-            protocol: port.protocol,
-            port: port.port,
-            endpoints: endpoints.iter().map(|e| (e.address, e.port)).collect(),
-        })
-        .collect::<Vec<_>>();
-    nft_table("ip", &entries)
+    nft_table(&proxied_ports(services))
 }
 
 /// kube-proxy's nftables-mode IPv6 table (`table ip6 kube-proxy`) for
 /// `services`, as `nft -f` input.
-pub fn nftables_rules6(services: &[NftService<Ipv6Addr>]) -> String {
-    nft_table("ip6", services)
+pub fn nftables_rules6(services: &[ProxiedPort<Ipv6Addr>]) -> String {
+    nft_table(services)
 }
 
-/// The nftables-mode table of `family` (`ip` or `ip6`, that of `A`) for
-/// `services`.
-fn nft_table<A: Copy + Display + Into<IpAddr>>(family: &str, services: &[NftService<A>]) -> String {
-    let (address_type, cluster_cidr) = match family {
-        "ip6" => ("ipv6_addr", CLUSTER_CIDR6),
-        _ => ("ipv4_addr", CLUSTER_CIDR),
-    };
+/// The nftables-mode table for `services`, of the family of `A`.
+fn nft_table<A: Address>(services: &[ProxiedPort<A>]) -> String {
+    let (family, address_type, cluster_cidr) = (A::FAMILY, A::NFT_TYPE, A::CLUSTER_CIDR);
     let mut map = Vec::new();
     let mut chains = String::new();
     for (i, svc) in services.iter().enumerate() {
@@ -237,16 +277,30 @@ pub fn write_rules(
     }
 }
 
-/// Write kube-proxy's nftables-mode IPv6 rules for `services` into
-/// `node`, beside any IPv4 ones.
-pub fn write_rules6(lab: &Lab, node: &Netns, services: &[NftService<Ipv6Addr>]) -> Result<()> {
-    load(
-        lab,
-        node,
-        "rules6",
-        &nftables_rules6(services),
-        ("nft", &["-f"]),
-    )
+/// Write `mode`'s rules for IPv6 `services` into `node`, beside any
+/// IPv4 ones.
+pub fn write_rules6(
+    lab: &Lab,
+    node: &Netns,
+    mode: KubeProxyMode,
+    services: &[ProxiedPort<Ipv6Addr>],
+) -> Result<()> {
+    match mode {
+        KubeProxyMode::Iptables => load(
+            lab,
+            node,
+            "rules6",
+            &iptables_rules6(services),
+            ("ip6tables-restore", &["--noflush"]),
+        ),
+        KubeProxyMode::Nftables => load(
+            lab,
+            node,
+            "rules6",
+            &nftables_rules6(services),
+            ("nft", &["-f"]),
+        ),
+    }
 }
 
 /// Keep `text` in the lab's scratch directory as `<node>.<suffix>` and
@@ -272,7 +326,7 @@ fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
+    use podswitch_control::service::{Endpoint, ServicePort};
 
     fn web() -> Service {
         let endpoint = |last, ready| Endpoint {
@@ -313,9 +367,8 @@ mod tests {
         assert!(text.contains("dnat to 10.244.1.2:8080"));
     }
 
-    #[test]
-    fn nftables_rules6_are_the_same_table_in_the_ip6_family() {
-        let svc = NftService {
+    fn web6() -> ProxiedPort<Ipv6Addr> {
+        ProxiedPort {
             name: "default/web6".into(),
             cluster_ip: "fd00:96::10".parse().unwrap(),
             protocol: ServiceProtocol::Tcp,
@@ -324,8 +377,24 @@ mod tests {
                 ("fd00:10:244:1::3".parse().unwrap(), 8080),
                 ("fd00:10:244:2::2".parse().unwrap(), 8080),
             ],
-        };
-        let text = nftables_rules6(&[svc]);
+        }
+    }
+
+    #[test]
+    fn iptables_rules6_are_the_same_table_with_ipv6_addresses() {
+        let text = iptables_rules6(&[web6()]);
+        assert!(text.contains("-A KUBE-SERVICES -d fd00:96::10/128 -p tcp"));
+        assert!(text.contains("! -s fd00:10:244::/48"));
+        assert!(
+            text.contains("-A KUBE-SEP-0000000000000001 -s fd00:10:244:2::2/128 -j KUBE-MARK-MASQ")
+        );
+        assert!(text.contains("DNAT --to-destination [fd00:10:244:2::2]:8080"));
+        assert!(!text.contains("/32"));
+    }
+
+    #[test]
+    fn nftables_rules6_are_the_same_table_in_the_ip6_family() {
+        let text = nftables_rules6(&[web6()]);
         assert!(text.starts_with("table ip6 kube-proxy\ndelete table ip6 kube-proxy\n"));
         assert!(text.contains("type ipv6_addr . inet_proto . inet_service : verdict"));
         assert!(text.contains("fd00:96::10 . tcp . 80 : goto service-0-default-web6"));

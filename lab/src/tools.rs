@@ -47,6 +47,7 @@ pub const TOOLS: &[Tool] = &[
     tool("iptables", "iptables"),
     tool("iptables-save", "iptables"),
     tool("iptables-restore", "iptables"),
+    tool("ip6tables-restore", "iptables"),
     // the daemon's Service masquerade table, kube-proxy's nftables mode
     tool("nft", "nftables"),
     // container runtimes the CNI tests drive
