@@ -136,12 +136,16 @@ fn talk(tb: &Mixed, options: &SwitchOptions) -> Result<()> {
     tcp(t1, t2, 4, "TAP to TAP, across nodes, 4 streams")?;
     tcp(t2, v1, 1, "TAP to veth, across nodes")?;
     tcp(v2, t1, 1, "veth to TAP, across nodes")?;
+    // Datagrams as large as the pod MTU allows, less room for headers:
+    // 1400 bytes on a 1500-byte underlay, 8900 on a jumbo one.
+    let datagram = options.underlay_mtu - 100;
     let udp = IperfClient {
         seconds: 1,
-        udp: Some((200_000_000, 1400)),
+        udp: Some((200_000_000, datagram)),
         ..IperfClient::default()
     };
     expect_iperf(&udp, t1, t2, "UDP TAP to TAP across nodes")?;
+    expect_iperf(&udp, v2, t1, "UDP veth to TAP across nodes")?;
     for pod in tb.pods.iter().flatten() {
         let errors = checksum_errors(&pod.ns)?;
         ensure!(
@@ -410,7 +414,14 @@ fn tap_pods_receiving_through_afxdp() -> Result<()> {
 /// support.
 #[test]
 fn tap_pods_with_generic_xdp_and_segments_whole() -> Result<()> {
-    on_the_segments_whole_underlay("tap-generic", "vxlan", "generic")
+    on_the_segments_whole_underlay("tap-generic", "vxlan", "generic", 1500)
+}
+
+/// [`tap_pods_with_generic_xdp_and_segments_whole`] on a 9000-byte
+/// underlay, UDP datagrams of 8900 bytes among the traffic.
+#[test]
+fn tap_pods_with_generic_xdp_on_a_jumbo_underlay() -> Result<()> {
+    on_the_segments_whole_underlay("tap-generic-jumbo", "vxlan", "generic", 9000)
 }
 
 /// With Geneve, peers' TCP comes through the uplink's AF_XDP socket,
@@ -419,17 +430,24 @@ fn tap_pods_with_generic_xdp_and_segments_whole() -> Result<()> {
 /// its kernel cuts), and TAP pods still talk.
 #[test]
 fn tap_pods_over_geneve_on_the_segments_whole_underlay() -> Result<()> {
-    on_the_segments_whole_underlay("tap-whole-gnv", "geneve", "native")
+    on_the_segments_whole_underlay("tap-whole-gnv", "geneve", "native", 1500)
 }
 
 /// Mixed pods on two nodes whose underlay has its offloads on, the
 /// daemons restarted after the offloads went on (as nodes whose underlay
 /// had them from the start would begin) with `xdp_mode = "auto"`: their
-/// uplinks run XDP in `mode`, and every pair talks ([`talk`]).
-fn on_the_segments_whole_underlay(tag: &str, encap: &str, mode: &str) -> Result<()> {
+/// uplinks run XDP in `mode`, and every pair talks ([`talk`]), on an
+/// underlay of `underlay_mtu` bytes.
+fn on_the_segments_whole_underlay(
+    tag: &str,
+    encap: &str,
+    mode: &str,
+    underlay_mtu: u32,
+) -> Result<()> {
     let _serial = serial();
     let options = SwitchOptions {
         encap: encap.into(),
+        underlay_mtu,
         ..SwitchOptions::default()
     };
     let mut tb = mixed(tag, &options)?;
