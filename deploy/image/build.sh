@@ -7,12 +7,14 @@
 # (`ctr -n k8s.io images import <dir>/podswitch-oci.tar` on each node).
 #
 # Usage: deploy/image/build.sh [OUT_DIR]   (default: $CARGO_TARGET_DIR or
-# target/, then image/). SKIP_BUILD=1 takes the binaries as built; IMAGE
-# names the image; PODMAN is the podman command (with its options).
+# target/, then image/). SKIP_BUILD=1 takes the binaries as built, from
+# BINARIES (default: the release build's directory); IMAGE names the
+# image; PODMAN is the podman command (with its options).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 target=${CARGO_TARGET_DIR:-$repo/target}
 out=${1:-$target/image}
+binaries=${BINARIES:-$target/release}
 image=${IMAGE:-localhost/podswitch:latest}
 # podman, with options of its own storage if wanted (word-split).
 podman=${PODMAN:-podman}
@@ -28,9 +30,9 @@ for applet in sh cp mv cat sed awk ip ls mkdir echo; do
     ln -s busybox "$rootfs/bin/$applet"
 done
 for binary in podswitch podswitch-cni; do
-    install -m 0755 "$target/release/$binary" "$rootfs/bin/$binary"
+    install -m 0755 "$binaries/$binary" "$rootfs/bin/$binary"
     # The loader and libraries it links, at the same paths.
-    for lib in $(ldd "$target/release/$binary" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
+    for lib in $(ldd "$binaries/$binary" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }'); do
         cp --parents -L -n "$lib" "$rootfs"
     done
 done

@@ -218,6 +218,11 @@ fn the_image_builds_without_a_registry_and_its_daemon_runs() -> Result<()> {
         .arg(&out)
         .env("CARGO_TARGET_DIR", target)
         .env("SKIP_BUILD", "1")
+        // The binaries this test run built (its profile's directory).
+        .env(
+            "BINARIES",
+            binary.parent().context("the binaries' directory")?,
+        )
         .env("PODMAN", &podman)
         .env("IMAGE", image)
         .env("TMPDIR", home.join("tmp"))
