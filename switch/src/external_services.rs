@@ -68,14 +68,20 @@ impl ExternalServices {
         if installed.as_deref() == Some(table.as_str()) {
             return;
         }
-        let keeping = installed.as_deref().map(|old| change(old, &table));
-        let result = match keeping.map(|change| run_nft(&change)) {
-            Some(Ok(())) => Ok(()),
+        let changed = match installed
+            .as_deref()
+            .map(|old| run_nft(&change(old, &table)))
+        {
+            Some(Ok(())) => true,
             Some(Err(e)) => {
                 tracing::info!("replacing `{TABLE}` whole (its affinity sets emptied): {e:#}");
-                run_nft(&format!("{}{table}", removal()))
+                false
             }
-            None => run_nft(&format!("{}{table}", removal())),
+            None => false,
+        };
+        let result = match changed {
+            true => Ok(()),
+            false => run_nft(&format!("{}{table}", removal())),
         };
         match result.with_context(|| format!("installing the nftables table `{TABLE}`")) {
             Ok(()) => *installed = Some(table),
