@@ -56,19 +56,8 @@ fn proxied_ports(services: &[Service]) -> Vec<ProxiedPort<Ipv4Addr>> {
         .collect()
 }
 
-/// kube-proxy's iptables-mode `nat` table for `services`, as
-/// `iptables-restore --noflush` input.
-pub fn iptables_rules(services: &[Service]) -> String {
-    iptables_table(&proxied_ports(services))
-}
-
-/// kube-proxy's ip6tables-mode `nat` table for IPv6 `services`, as
-/// `ip6tables-restore --noflush` input.
-pub fn iptables_rules6(services: &[ProxiedPort<Ipv6Addr>]) -> String {
-    iptables_table(services)
-}
-
-/// The iptables-mode `nat` table for `services`, of the family of `A`.
+/// kube-proxy's iptables-mode `nat` table for `services`, of the family
+/// of `A`, as `iptables-restore --noflush` (`ip6tables-restore`) input.
 fn iptables_table<A: Address>(services: &[ProxiedPort<A>]) -> String {
     let cluster_cidr = A::CLUSTER_CIDR;
     let mut chains = vec![
@@ -154,6 +143,8 @@ pub trait Address: Copy + Display + Into<IpAddr> {
     const HOST_PREFIX: u8;
     /// The cluster CIDR kube-proxy is told for the family.
     const CLUSTER_CIDR: &'static str;
+    /// The iptables-mode loader for the family.
+    const IPTABLES_RESTORE: &'static str;
 }
 
 impl Address for Ipv4Addr {
@@ -161,6 +152,7 @@ impl Address for Ipv4Addr {
     const NFT_TYPE: &'static str = "ipv4_addr";
     const HOST_PREFIX: u8 = 32;
     const CLUSTER_CIDR: &'static str = CLUSTER_CIDR;
+    const IPTABLES_RESTORE: &'static str = "iptables-restore";
 }
 
 impl Address for Ipv6Addr {
@@ -168,6 +160,7 @@ impl Address for Ipv6Addr {
     const NFT_TYPE: &'static str = "ipv6_addr";
     const HOST_PREFIX: u8 = 128;
     const CLUSTER_CIDR: &'static str = CLUSTER_CIDR6;
+    const IPTABLES_RESTORE: &'static str = "ip6tables-restore";
 }
 
 /// One Service port as kube-proxy writes rules for it, of the family of
@@ -189,18 +182,8 @@ pub struct ProxiedPort<A> {
     pub endpoints: Vec<(A, u16)>,
 }
 
-/// kube-proxy's nftables-mode table for `services`, as `nft -f` input.
-pub fn nftables_rules(services: &[Service]) -> String {
-    nft_table(&proxied_ports(services))
-}
-
-/// kube-proxy's nftables-mode IPv6 table (`table ip6 kube-proxy`) for
-/// `services`, as `nft -f` input.
-pub fn nftables_rules6(services: &[ProxiedPort<Ipv6Addr>]) -> String {
-    nft_table(services)
-}
-
-/// The nftables-mode table for `services`, of the family of `A`.
+/// kube-proxy's nftables-mode table for `services`, of the family of
+/// `A`, as `nft -f` input.
 fn nft_table<A: Address>(services: &[ProxiedPort<A>]) -> String {
     let (family, address_type, cluster_cidr) = (A::FAMILY, A::NFT_TYPE, A::CLUSTER_CIDR);
     let mut map = Vec::new();
@@ -259,22 +242,7 @@ pub fn write_rules(
     mode: KubeProxyMode,
     services: &[Service],
 ) -> Result<()> {
-    match mode {
-        KubeProxyMode::Iptables => load(
-            lab,
-            node,
-            "rules",
-            &iptables_rules(services),
-            ("iptables-restore", &["--noflush"]),
-        ),
-        KubeProxyMode::Nftables => load(
-            lab,
-            node,
-            "rules",
-            &nftables_rules(services),
-            ("nft", &["-f"]),
-        ),
-    }
+    write_ports(lab, node, mode, &proxied_ports(services))
 }
 
 /// Write `mode`'s rules for IPv6 `services` into `node`, beside any
@@ -285,21 +253,26 @@ pub fn write_rules6(
     mode: KubeProxyMode,
     services: &[ProxiedPort<Ipv6Addr>],
 ) -> Result<()> {
+    write_ports(lab, node, mode, services)
+}
+
+/// Write `mode`'s rules for `ports`, of the family of `A`, into `node`.
+fn write_ports<A: Address>(
+    lab: &Lab,
+    node: &Netns,
+    mode: KubeProxyMode,
+    ports: &[ProxiedPort<A>],
+) -> Result<()> {
+    let suffix = format!("rules-{}", A::FAMILY);
     match mode {
         KubeProxyMode::Iptables => load(
             lab,
             node,
-            "rules6",
-            &iptables_rules6(services),
-            ("ip6tables-restore", &["--noflush"]),
+            &suffix,
+            &iptables_table(ports),
+            (A::IPTABLES_RESTORE, &["--noflush"]),
         ),
-        KubeProxyMode::Nftables => load(
-            lab,
-            node,
-            "rules6",
-            &nftables_rules6(services),
-            ("nft", &["-f"]),
-        ),
+        KubeProxyMode::Nftables => load(lab, node, &suffix, &nft_table(ports), ("nft", &["-f"])),
     }
 }
 
@@ -343,8 +316,8 @@ mod tests {
     }
 
     #[test]
-    fn iptables_rules_pick_among_ready_endpoints() {
-        let text = iptables_rules(&[web()]);
+    fn iptables_table_picks_among_ready_endpoints() {
+        let text = iptables_table(&proxied_ports(&[web()]));
         assert!(text.contains("-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp"));
         assert!(text.contains("--probability 0.50000000000 -j KUBE-SEP-0000000000000000"));
         assert!(text.contains("DNAT --to-destination 10.244.1.3:8080"));
@@ -356,8 +329,8 @@ mod tests {
     }
 
     #[test]
-    fn nftables_rules_map_the_service_to_its_chain() {
-        let text = nftables_rules(&[web()]);
+    fn nft_table_maps_the_service_to_its_chain() {
+        let text = nft_table(&proxied_ports(&[web()]));
         assert!(text.contains("10.96.0.10 . tcp . 80 : goto service-0-default-web"));
         assert!(
             text.contains(
@@ -381,8 +354,8 @@ mod tests {
     }
 
     #[test]
-    fn iptables_rules6_are_the_same_table_with_ipv6_addresses() {
-        let text = iptables_rules6(&[web6()]);
+    fn ipv6_iptables_rules_are_the_same_table_with_ipv6_addresses() {
+        let text = iptables_table(&[web6()]);
         assert!(text.contains("-A KUBE-SERVICES -d fd00:96::10/128 -p tcp"));
         assert!(text.contains("! -s fd00:10:244::/48"));
         assert!(
@@ -393,8 +366,8 @@ mod tests {
     }
 
     #[test]
-    fn nftables_rules6_are_the_same_table_in_the_ip6_family() {
-        let text = nftables_rules6(&[web6()]);
+    fn ipv6_nftables_rules_are_the_same_table_in_the_ip6_family() {
+        let text = nft_table(&[web6()]);
         assert!(text.starts_with("table ip6 kube-proxy\ndelete table ip6 kube-proxy\n"));
         assert!(text.contains("type ipv6_addr . inet_proto . inet_service : verdict"));
         assert!(text.contains("fd00:96::10 . tcp . 80 : goto service-0-default-web6"));
