@@ -316,7 +316,11 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     println!(
         "\nRun `podswitch-bench demo --help` for options; docs/operations.md explains each counter."
     );
-    verdict(&rows)
+    // The daemons' configs and logs: kept to look into when the demo
+    // failed, removed when it passed.
+    verdict(&rows).with_context(|| format!("the daemons' logs are in {}", dir.display()))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
 
 /// Fail, naming each, if a check of the summary failed.
