@@ -14,7 +14,7 @@ fi
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}/fuzz"
 # No sanitizer by default: the fuzzed code is safe Rust (no `unsafe` in
 # encap, control, the CNI plugin or the config parser), so AddressSanitizer
-# finds nothing there while doubling build and run time; panics, overflows
+# finds nothing there while slowing build and run; panics, overflows
 # and debug assertions are caught either way. FUZZ_SANITIZER=address turns
 # it back on.
 build_flags=(--sanitizer "${FUZZ_SANITIZER:-none}" --target-dir "$target_dir")
