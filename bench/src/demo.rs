@@ -219,9 +219,16 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     };
     // The kernel path's TCP across nodes runs in the same demo, so the
     // podswitch figure has its comparison beside it.
-    let flows: [(&Pod, &Pod, &str, IperfClient); 4] = [
-        (&pods[0], &pods[1], "TCP, same node", tcp),
-        (&pods[0], &pods[2], "TCP, across nodes", tcp),
+    let across = "TCP, across nodes";
+    let flows: [(&Pod, &Pod, &str, IperfClient, Through); 4] = [
+        (
+            &pods[0],
+            &pods[1],
+            "TCP, same node",
+            tcp,
+            Through::Podswitch,
+        ),
+        (&pods[0], &pods[2], across, tcp, Through::Podswitch),
         (
             &pods[0],
             &pods[2],
@@ -230,21 +237,23 @@ pub fn run(args: &DemoArgs) -> Result<()> {
                 udp: Some((1_000_000_000, 1400)),
                 ..tcp
             },
+            Through::Podswitch,
         ),
-        (
-            &kernel[0],
-            &kernel[1],
-            "kernel path: TCP, across nodes",
-            tcp,
-        ),
+        (&kernel[0], &kernel[1], across, tcp, Through::Kernel),
     ];
     let mut tcp_across = [0.0f64; 2];
-    for (from, to, what, client) in flows {
+    for (from, to, label, client, through) in flows {
+        let what = match through {
+            Through::Podswitch => label.to_string(),
+            Through::Kernel => format!("kernel path: {label}"),
+        };
         step(&format!("iperf3 {what} ({} s)", args.seconds))?;
-        let through_kernel = what.starts_with("kernel path");
         let _server = iperf_server(&to.ns, IPERF_PORT)?;
         let buffer_errors = udp_receive_buffer_errors(&to.ns)?;
-        let meter = CpuMeter::start(if through_kernel { &[] } else { &daemons })?;
+        let meter = CpuMeter::start(match through {
+            Through::Podswitch => &daemons,
+            Through::Kernel => &[],
+        })?;
         let result = client
             .run(&from.ns, to.ip)
             .with_context(|| format!("iperf3 {what}: {} -> {}", from.ip, to.ip))?;
@@ -258,13 +267,14 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         } else {
             format!(", {} retransmits", result.retransmits)
         };
-        let switches = if through_kernel {
-            String::new()
-        } else {
-            format!("switches used {:.0}% of a core, ", cpu.processes * 100.0)
+        let switches = match through {
+            Through::Podswitch => {
+                format!("switches used {:.0}% of a core, ", cpu.processes * 100.0)
+            }
+            Through::Kernel => String::new(),
         };
-        if what.ends_with("TCP, across nodes") {
-            tcp_across[usize::from(through_kernel)] = result.gbps();
+        if label == across {
+            tcp_across[through as usize] = result.gbps();
         }
         rows.push(Row {
             what: format!("{what}: {} -> {}", from.ip, to.ip),
@@ -321,6 +331,14 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     verdict(&rows).with_context(|| format!("the daemons' logs are in {}", dir.display()))?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Which network a demo flow crosses: podswitch's nodes, or the kernel's
+/// Flannel-style pair built to compare with.
+#[derive(Clone, Copy)]
+enum Through {
+    Podswitch = 0,
+    Kernel = 1,
 }
 
 /// Fail, naming each, if a check of the summary failed.

@@ -21,9 +21,10 @@
 //! usable endpoint refuses the connection (a TCP reset, or ICMP port
 //! unreachable), as kube-proxy does.
 //!
-//! The table is replaced whole whenever the Services change (and only
-//! when its text does), and removed on a clean stop and by a daemon
-//! started in `kube-proxy` mode. `sessionAffinity: ClientIP` is kept as
+//! The table is rewritten whenever the Services change (and only when
+//! its text does) — changed in place over the daemon's own copy, so that
+//! the affinity sets keep their clients, else replaced whole — and
+//! removed on a clean stop and by a daemon started in `kube-proxy` mode. `sessionAffinity: ClientIP` is kept as
 //! kube-proxy keeps it: a client's new connections go to the endpoint it
 //! was last given while its timeout runs.
 
@@ -33,7 +34,7 @@ use std::sync::Mutex;
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
 use podswitch_control::service::{Service, ServiceProtocol, TrafficPolicy};
-use podswitch_services::usable_backends;
+use podswitch_services::{Backend, usable_backends};
 
 use crate::node_nat::{run_nft, table_removal};
 use crate::sources::lock;
@@ -184,65 +185,25 @@ pub fn ruleset(services: &[Service], local: Ipv4Net) -> String {
                 }
                 TrafficPolicy::Local => String::new(),
             };
+            let dnat = Dnat {
+                chain: &chain,
+                protocol,
+                mark: &mark,
+                comment: &comment,
+            };
             match service.affinity_seconds {
-                None => {
-                    let targets: Vec<String> = backends
-                        .iter()
-                        .enumerate()
-                        .map(|(i, b)| format!("{i} : {} . {}", b.address, b.port))
-                        .collect();
-                    let _ = write!(
-                        endpoint_chains,
-                        "\tchain {chain} {{\n\
-                         \t\tmeta l4proto {protocol} {mark}dnat ip to numgen random mod {} map {{ {} }} \
-                         comment \"{comment}\"\n\
-                         \t}}\n",
-                        backends.len(),
-                        targets.join(", ")
-                    );
-                }
+                None => spread(&mut endpoint_chains, &dnat, &backends),
                 Some(seconds) => {
-                    // As kube-proxy's nftables mode: a set per endpoint of
-                    // the clients it served, each entry living `seconds`
-                    // from the client's last new connection; a client in
-                    // one goes back to that endpoint, any other is spread.
-                    let mut service_chain = String::new();
-                    let mut picks = Vec::new();
-                    for (i, backend) in backends.iter().enumerate() {
-                        let endpoint = format!("{chain}-{i}");
-                        // Named by what it means, so that a change of the
-                        // Services keeps it (and its clients) while the
-                        // endpoint serves the port.
-                        let clients = format!(
-                            "affinity-{}/{protocol}/{}__{}/{}",
-                            service.name, port.port, backend.address, backend.port
-                        );
-                        let _ = write!(
-                            sets,
-                            "\tset {clients} {{\n\
-                             \t\ttype ipv4_addr\n\
-                             \t\tflags dynamic,timeout\n\
-                             \t\ttimeout {seconds}s\n\
-                             \t}}\n"
-                        );
-                        let _ = writeln!(service_chain, "\t\tip saddr @{clients} goto {endpoint}");
-                        picks.push(format!("{i} : goto {endpoint}"));
-                        let _ = write!(
-                            endpoint_chains,
-                            "\tchain {endpoint} {{\n\
-                             \t\tupdate @{clients} {{ ip saddr }}\n\
-                             \t\tmeta l4proto {protocol} {mark}dnat ip to {}:{} comment \"{comment}\"\n\
-                             \t}}\n",
-                            backend.address, backend.port
-                        );
-                    }
-                    let _ = write!(
-                        endpoint_chains,
-                        "\tchain {chain} {{\n{service_chain}\
-                         \t\tnumgen random mod {} vmap {{ {} }}\n\
-                         \t}}\n",
-                        backends.len(),
-                        picks.join(", ")
+                    // Named by what it means, so that a change of the
+                    // Services keeps a set (and its clients) while its
+                    // endpoint serves the port.
+                    let clients = format!("affinity-{}/{protocol}/{}", service.name, port.port);
+                    sticky(
+                        (&mut endpoint_chains, &mut sets),
+                        &dnat,
+                        &backends,
+                        &clients,
+                        seconds,
                     );
                 }
             }
@@ -276,6 +237,92 @@ pub fn ruleset(services: &[Service], local: Ipv4Net) -> String {
          \tchain no-endpoints {{\n{refusals}\t}}\n\
          }}\n"
     )
+}
+
+/// What a Service port's chain DNATs with: its name, protocol, the
+/// masquerade mark (empty for `Local`) and the comment naming the port.
+struct Dnat<'a> {
+    chain: &'a str,
+    protocol: &'a str,
+    mark: &'a str,
+    comment: &'a str,
+}
+
+/// The port's chain without affinity: a random usable endpoint per new
+/// connection.
+fn spread(chains: &mut String, dnat: &Dnat, backends: &[Backend]) {
+    let Dnat {
+        chain,
+        protocol,
+        mark,
+        comment,
+    } = dnat;
+    let targets: Vec<String> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("{i} : {} . {}", b.address, b.port))
+        .collect();
+    let _ = write!(
+        chains,
+        "\tchain {chain} {{\n\
+         \t\tmeta l4proto {protocol} {mark}dnat ip to numgen random mod {} map {{ {} }} \
+         comment \"{comment}\"\n\
+         \t}}\n",
+        backends.len(),
+        targets.join(", ")
+    );
+}
+
+/// The port's chains with `sessionAffinity: ClientIP`, as kube-proxy's
+/// nftables mode keeps it: a set per endpoint of the clients it served
+/// (named `clients`, then `__<endpoint>/<port>`), each entry living
+/// `seconds` from the client's last new connection; a client in one goes
+/// back to that endpoint, any other is spread at random.
+fn sticky(
+    (chains, sets): (&mut String, &mut String),
+    dnat: &Dnat,
+    backends: &[Backend],
+    clients: &str,
+    seconds: u32,
+) {
+    let Dnat {
+        chain,
+        protocol,
+        mark,
+        comment,
+    } = dnat;
+    let mut service_chain = String::new();
+    let mut picks = Vec::new();
+    for (i, backend) in backends.iter().enumerate() {
+        let endpoint = format!("{chain}-{i}");
+        let clients = format!("{clients}__{}/{}", backend.address, backend.port);
+        let _ = write!(
+            sets,
+            "\tset {clients} {{\n\
+             \t\ttype ipv4_addr\n\
+             \t\tflags dynamic,timeout\n\
+             \t\ttimeout {seconds}s\n\
+             \t}}\n"
+        );
+        let _ = writeln!(service_chain, "\t\tip saddr @{clients} goto {endpoint}");
+        picks.push(format!("{i} : goto {endpoint}"));
+        let _ = write!(
+            chains,
+            "\tchain {endpoint} {{\n\
+             \t\tupdate @{clients} {{ ip saddr }}\n\
+             \t\tmeta l4proto {protocol} {mark}dnat ip to {}:{} comment \"{comment}\"\n\
+             \t}}\n",
+            backend.address, backend.port
+        );
+    }
+    let _ = write!(
+        chains,
+        "\tchain {chain} {{\n{service_chain}\
+         \t\tnumgen random mod {} vmap {{ {} }}\n\
+         \t}}\n",
+        backends.len(),
+        picks.join(", ")
+    );
 }
 
 /// nft's name for a Service protocol.

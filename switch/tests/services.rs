@@ -23,6 +23,7 @@ use anyhow::{Context, Result, bail, ensure};
 use podswitch_control::service::{Endpoint, Service, ServicePort, ServiceProtocol, TrafficPolicy};
 use podswitch_lab::Lab;
 use podswitch_lab::cluster::{Pod, SwitchNode, SwitchOptions, SwitchPair, node_ip, pod_gateway};
+use podswitch_lab::membership::wait_for as wait_until;
 use podswitch_lab::service_traffic::{
     ECHO_PORT, HELD_CONNECTION, TCP_PORT, TRY_SERVICE, UDP_PORT, request, request_sized, serve_in,
 };
@@ -528,18 +529,10 @@ fn sticky_clients_from_outside(
     };
     let set_of =
         |endpoint: Ipv4Addr| format!("affinity-default/sticky/tcp/80__{endpoint}/{TCP_PORT}");
-    let wait_for_set = |endpoint: Ipv4Addr| -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !table()?.contains(&set_of(endpoint)) {
-            ensure!(
-                Instant::now() < deadline,
-                "node 1's table has no {} after 10 s: {}",
-                set_of(endpoint),
-                table()?
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(())
+    let wait_for_set = |endpoint: Ipv4Addr| {
+        wait_until(&format!("{} in node 1's table", set_of(endpoint)), || {
+            Ok(table()?.contains(&set_of(endpoint)))
+        })
     };
     let endpoint_of = |client: &Pod| -> Result<Ipv4Addr> {
         let mut answered = BTreeSet::new();
