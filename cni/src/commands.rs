@@ -254,7 +254,8 @@ fn add(env: &Environment, conf: &NetConf, stdin: &[u8]) -> CniResult<AddResult> 
         routes: &addressing.routes,
         address6: addressing.address6,
         mac: requests.mac.map(|mac| mac.value),
-        gso_max_size: (conf.pod_interface == PodInterfaceKind::Tap && info.pod_gso_max_size > 0)
+        offloaded: conf.pod_interface != PodInterfaceKind::Veth,
+        gso_max_size: (conf.pod_interface != PodInterfaceKind::Veth && info.pod_gso_max_size > 0)
             .then_some(info.pod_gso_max_size),
     };
     // A TAP device is found again by its namespace and name; a veth by
@@ -263,6 +264,11 @@ fn add(env: &Environment, conf: &NetConf, stdin: &[u8]) -> CniResult<AddResult> 
         PodInterfaceKind::Veth => (
             pod_link::create(&netlink, &netns, &pod),
             PortKind::Afxdp,
+            None,
+        ),
+        PodInterfaceKind::VethOffload => (
+            pod_link::create(&netlink, &netns, &pod),
+            PortKind::Packet,
             None,
         ),
         PodInterfaceKind::Tap => (
@@ -387,7 +393,7 @@ fn del(env: &Environment, conf: &NetConf, stdin: &[u8]) -> CniResult<()> {
     // is deleted in the pod's namespace; a pod whose namespace is already
     // gone took its interface with it.
     let link = match conf.pod_interface {
-        PodInterfaceKind::Veth => netlink().and_then(|n| {
+        PodInterfaceKind::Veth | PodInterfaceKind::VethOffload => netlink().and_then(|n| {
             n.delete_link(&host)
                 .map_err(|e| CniError::new(code::IO_FAILURE, format!("{e:#}")))
         }),

@@ -3,7 +3,11 @@
 //! - one end of a veth pair whose host end the switch polls through
 //!   AF_XDP, with TX checksum offload, TSO and GSO off (AF_XDP carries
 //!   frames as they are: a partial checksum or a 64 KB super-frame would
-//!   reach the other pod unfinished); or
+//!   reach the other pod unfinished);
+//! - one end of a veth pair whose host end the switch reads through a
+//!   packet socket with a virtio-net header, offloads on but for every
+//!   segmentation other than TCP over IPv4 (the one the switch carries
+//!   whole; the pod's kernel cuts the rest); or
 //! - a persistent TAP device the switch attaches to with a virtio-net
 //!   header, offloads on: the switch takes and gives TCP super-frames.
 
@@ -77,7 +81,10 @@ pub struct PodInterface<'a> {
     pub address6: Option<Ipv6Addr>,
     /// The MAC the runtime asked for; the kernel's random one if none.
     pub mac: Option<MacAddr>,
-    /// The largest super-frame a TAP pod's kernel may hand the switch
+    /// Whether the pod keeps its offloads (a TAP device, or a veth read
+    /// through a packet socket); a plain veth's are turned off.
+    pub offloaded: bool,
+    /// The largest super-frame an offloaded pod's kernel may hand the switch
     /// (`gso_max_size`), when the switch says so: it must fit one outer
     /// packet once encapsulated.
     pub gso_max_size: Option<u32>,
@@ -105,7 +112,11 @@ pub fn create(netlink: &Netlink, netns: &OwnedFd, pod: &PodInterface) -> Result<
 
 fn configure(netlink: &Netlink, netns: &OwnedFd, pod: &PodInterface) -> Result<CreatedLink> {
     let pod_mac = in_netns(netns, || {
-        offloads_off(pod.ifname)?;
+        if pod.offloaded {
+            segmentation_off_but_tcp4(pod.ifname)?;
+        } else {
+            offloads_off(pod.ifname)?;
+        }
         configure_in_pod(pod)
     })?;
     let host = netlink.require_link(pod.host)?;
@@ -229,9 +240,54 @@ fn offloads_off(ifname: &str) -> Result<()> {
     )?)
 }
 
+/// Segmentation offloads an offloaded veth pod keeps: TCP over IPv4, which
+/// the switch carries whole (with or without ECN's CWR, and with IP IDs
+/// the kernel may not increment).
+const KEPT_SEGMENTATION: &[&str] = &[
+    "tx-tcp-segmentation",
+    "tx-tcp-ecn-segmentation",
+    "tx-tcp-mangleid-segmentation",
+];
+
+/// Whether `feature` is a segmentation offload an offloaded veth pod does
+/// without: the switch cuts only TCP/IPv4 super-frames (IPv6 TCP, UDP and
+/// tunnels are cut by the pod's kernel instead).
+fn unsupported_segmentation(feature: &str) -> bool {
+    let segmentation = feature.starts_with("tx-")
+        && (feature.ends_with("-segmentation") || feature.starts_with("tx-gso-"));
+    segmentation && !KEPT_SEGMENTATION.contains(&feature)
+}
+
+/// Turn off every segmentation offload on `ifname` (in the calling
+/// thread's namespace) but TCP over IPv4's.
+fn segmentation_off_but_tcp4(ifname: &str) -> Result<()> {
+    ethtool::turn_off_features(ifname, unsupported_segmentation)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_offloaded_veth_keeps_tcp4_segmentation_only() {
+        for kept in KEPT_SEGMENTATION
+            .iter()
+            .chain(&["tx-checksum-ip-generic", "rx-gro"])
+        {
+            assert!(!unsupported_segmentation(kept), "{kept}");
+        }
+        for off in [
+            "tx-tcp6-segmentation",
+            "tx-udp-segmentation",
+            "tx-udp_tnl-segmentation",
+            "tx-gre-csum-segmentation",
+            "tx-gso-partial",
+            "tx-gso-list",
+        ] {
+            assert!(unsupported_segmentation(off), "{off}");
+        }
+    }
 
     #[test]
     fn host_names_are_stable_short_and_distinct() {

@@ -319,6 +319,13 @@ pub enum PodInterfaceKind {
     /// pod's offloads are off (one frame at a time). The default.
     #[default]
     Veth,
+    /// A veth pair whose host end the switch reads and writes through a
+    /// packet socket with a virtio-net header: the pod keeps TCP
+    /// segmentation and checksum offload, and its TCP crosses the switch
+    /// in 64 KB super-frames as a TAP pod's does, while the pod keeps a
+    /// host end like any veth pod's (docs/cni.md).
+    #[serde(rename = "veth-offload")]
+    VethOffload,
 }
 
 /// Keys [`NetConf`] reads.
@@ -649,6 +656,16 @@ mod tests {
             "prevResult":{"cniVersion":"1.1.0","ips":[]},"cni.dev/valid-attachments":[{"containerID":"c","ifname":"eth0"}]}"#;
         let conf = NetConf::parse(chained.as_bytes()).unwrap();
         assert_eq!(conf.valid_attachments.unwrap().len(), 1);
+        for (value, kind) in [
+            ("veth", PodInterfaceKind::Veth),
+            ("veth-offload", PodInterfaceKind::VethOffload),
+            ("tap", PodInterfaceKind::Tap),
+        ] {
+            let text = format!(
+                r#"{{"cniVersion":"1.0.0","name":"n","type":"podswitch-cni","podInterface":"{value}"}}"#
+            );
+            assert_eq!(NetConf::parse(text.as_bytes()).unwrap().pod_interface, kind);
+        }
 
         let cases = [
             ("not json", code::DECODING_FAILURE, "not valid"),
@@ -681,6 +698,11 @@ mod tests {
                 r#"{"cniVersion":"1.0.0","name":"n","type":"podswitch-cni","ipam":{}}"#,
                 code::INVALID_CONFIG,
                 "ipam",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"podswitch-cni","podInterface":"vhost"}"#,
+                code::DECODING_FAILURE,
+                "veth-offload",
             ),
             (
                 r#"{"cniVersion":"1.0.0","name":"n","type":"podswitch-cni","colour":"red"}"#,

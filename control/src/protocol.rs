@@ -128,6 +128,10 @@ pub enum PortKind {
     /// its namespace (`netns` and `ifname`, made by the CNI plugin), or
     /// one the daemon creates in the node's namespace.
     Tap,
+    /// The host end of a pod's veth, read and written through a packet
+    /// socket with a virtio-net header: the pod keeps its offloads, and
+    /// TCP crosses as super-frames as with a TAP device.
+    Packet,
     /// A UDP socket of the node's: the tunnel port where TAP devices lack
     /// UDP tunnel GSO (`tunnel_offload`); never a pod's.
     Socket,

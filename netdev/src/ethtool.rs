@@ -78,7 +78,7 @@ impl Offload {
 
 /// Send one ethtool command about `ifname`, with `data` as its argument
 /// (the command's struct, its first field the command).
-fn ethtool<T>(ifname: &str, data: &mut T) -> io::Result<()> {
+fn ethtool<T: ?Sized>(ifname: &str, data: &mut T) -> io::Result<()> {
     // SAFETY: socket(2) with constant arguments; the result is checked.
     let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
@@ -142,6 +142,74 @@ pub fn set(ifname: &str, offload: Offload, on: bool) -> io::Result<()> {
             format!("turning {} {state} on {ifname}: {e}", offload.name()),
         )
     })
+}
+
+/// `ETHTOOL_GSTRINGS`, `ETHTOOL_GSSET_INFO` and `ETHTOOL_SFEATURES` of
+/// `<linux/ethtool.h>`, the features' string set and a string's length.
+const ETHTOOL_GSTRINGS: u32 = 0x1b;
+const ETHTOOL_GSSET_INFO: u32 = 0x37;
+const ETHTOOL_SFEATURES: u32 = 0x3b;
+const ETH_SS_FEATURES: u32 = 4;
+const ETH_GSTRING_LEN: usize = 32;
+
+/// `struct ethtool_sset_info` asking for one string set's length.
+#[repr(C)]
+struct EthtoolSsetInfo {
+    cmd: u32,
+    reserved: u32,
+    sset_mask: u64,
+    len: u32,
+}
+
+/// The names of `ifname`'s features by bit, as `ethtool -k` shows them
+/// (`tx-tcp-segmentation`, …); the bits differ between kernels, the names
+/// do not.
+fn feature_names(ifname: &str) -> io::Result<Vec<String>> {
+    let mut info = EthtoolSsetInfo {
+        cmd: ETHTOOL_GSSET_INFO,
+        reserved: 0,
+        sset_mask: 1 << ETH_SS_FEATURES,
+        len: 0,
+    };
+    ethtool(ifname, &mut info)?;
+    let count = info.len as usize;
+    // `struct ethtool_gstrings`: command, set and count, then the strings.
+    let mut strings = vec![0u32; 3 + (count * ETH_GSTRING_LEN).div_ceil(4)];
+    strings[..3].copy_from_slice(&[ETHTOOL_GSTRINGS, ETH_SS_FEATURES, info.len]);
+    ethtool(ifname, strings.as_mut_slice())?;
+    let bytes: Vec<u8> = strings[3..].iter().flat_map(|w| w.to_ne_bytes()).collect();
+    Ok(bytes
+        .chunks(ETH_GSTRING_LEN)
+        .take(count)
+        .map(|name| {
+            let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+            String::from_utf8_lossy(&name[..end]).into_owned()
+        })
+        .collect())
+}
+
+/// Turn off, in one request, every feature of `ifname` whose name `off`
+/// picks; the names turned off.
+pub fn turn_off_features(ifname: &str, off: impl Fn(&str) -> bool) -> io::Result<Vec<String>> {
+    let names = feature_names(ifname)
+        .map_err(|e| io::Error::new(e.kind(), format!("reading {ifname}'s features: {e}")))?;
+    let blocks = names.len().div_ceil(32);
+    // `struct ethtool_sfeatures`: command and block count, then per block
+    // the bits to change and their new values (all zero: off).
+    let mut request = vec![0u32; 2 + 2 * blocks];
+    request[..2].copy_from_slice(&[ETHTOOL_SFEATURES, blocks as u32]);
+    let mut turned_off = Vec::new();
+    for (bit, name) in names.iter().enumerate().filter(|(_, name)| off(name)) {
+        request[2 + 2 * (bit / 32)] |= 1 << (bit % 32);
+        turned_off.push(name.clone());
+    }
+    ethtool(ifname, request.as_mut_slice()).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("turning {turned_off:?} off on {ifname}: {e}"),
+        )
+    })?;
+    Ok(turned_off)
 }
 
 /// Whether `offload` is on on `ifname`.

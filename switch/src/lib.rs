@@ -44,6 +44,7 @@ pub mod kernel_receive;
 pub mod membership;
 pub mod metrics;
 pub mod node_nat;
+pub mod packet_port_program;
 pub mod policy;
 pub mod saved_state;
 pub mod services;

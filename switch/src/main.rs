@@ -159,9 +159,10 @@ enum PortAction {
         /// The pod's MAC.
         #[arg(long)]
         mac: MacAddr,
-        /// afxdp (an existing interface) or tap (a TAP device with
-        /// offloads: the pod's, given --netns and --ifname, or one the
-        /// daemon creates).
+        /// afxdp (an existing interface), packet (an existing veth end
+        /// whose pod side keeps its offloads, read through a packet
+        /// socket) or tap (a TAP device with offloads: the pod's, given
+        /// --netns and --ifname, or one the daemon creates).
         #[arg(long, value_enum, default_value = "afxdp")]
         kind: KindArg,
         /// Who owns the port (e.g. a container id).
@@ -186,6 +187,7 @@ enum PortAction {
 enum KindArg {
     Afxdp,
     Tap,
+    Packet,
 }
 
 #[derive(Subcommand)]
@@ -359,6 +361,7 @@ fn run(cli: Cli) -> Result<()> {
             kind: match kind {
                 KindArg::Afxdp => PortKind::Afxdp,
                 KindArg::Tap => PortKind::Tap,
+                KindArg::Packet => PortKind::Packet,
             },
             owner,
             netns,

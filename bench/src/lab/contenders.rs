@@ -144,9 +144,10 @@ pub enum Kind {
         /// "adaptive" or "busy".
         poll_mode: &'static str,
         /// How the CNI plugin attaches the pods: "veth" (AF_XDP on the
-        /// host end, frame at a time, offloads off) or "tap" (TAP device
-        /// with virtio-net headers, 64 KB TCP segments to and from the
-        /// pod's kernel).
+        /// host end, frame at a time, offloads off), "veth-offload" (a
+        /// packet socket with virtio-net headers on the host end) or
+        /// "tap" (TAP device with virtio-net headers); the last two carry
+        /// 64 KB TCP segments to and from the pod's kernel.
         pod_interface: &'static str,
         /// The daemons' `tunnel_offload`: how TAP pods' super-frames
         /// reach the peer ("auto": whole, through the tunnel TAP device;
@@ -392,6 +393,14 @@ const VXLAN_TAP: Kind = Kind::Podswitch {
     tunnel_offload: "auto",
 };
 
+/// The same with offloaded veth pods (a packet socket on the host end).
+const VXLAN_VETH_OFFLOAD: Kind = Kind::Podswitch {
+    encap: "vxlan",
+    poll_mode: "adaptive",
+    pod_interface: "veth-offload",
+    tunnel_offload: "auto",
+};
+
 /// TAP pods whose super-frames the switch cuts and sends through a
 /// `UDP_SEGMENT` socket: what a kernel before 6.17 gets.
 const VXLAN_TAP_UDP_SEGMENT: Kind = Kind::Podswitch {
@@ -404,9 +413,9 @@ const VXLAN_TAP_UDP_SEGMENT: Kind = Kind::Podswitch {
 /// Every contender, in the order they run and are reported: first those
 /// measured with everything at MTU 1500, then those measured with TCP
 /// alone — TAP pods through the UDP_SEGMENT socket, podswitch on the underlay model the kernel baseline has, the
-/// jumbo ones (the kernel on both models, podswitch's veth and TAP pods
-/// on both), and the same-node ones.
-pub const ALL: [Contender; 26] = [
+/// jumbo ones (the kernel on both models, podswitch's veth, offloaded
+/// veth and TAP pods on both), and the same-node ones.
+pub const ALL: [Contender; 31] = [
     Contender {
         key: "podswitch-vxlan-adaptive",
         name: "podswitch VXLAN adaptive",
@@ -421,6 +430,16 @@ pub const ALL: [Contender; 26] = [
         key: "podswitch-vxlan-tap-adaptive",
         name: "podswitch VXLAN TAP adaptive",
         kind: VXLAN_TAP,
+        placement: Placement::AcrossNodes,
+        underlay: WIRE_SIZE,
+        tcp_only: false,
+        via: Via::PodAddress,
+        policy: false,
+    },
+    Contender {
+        key: "podswitch-vxlan-veth-offload-adaptive",
+        name: "podswitch VXLAN offloaded veth adaptive",
+        kind: VXLAN_VETH_OFFLOAD,
         placement: Placement::AcrossNodes,
         underlay: WIRE_SIZE,
         tcp_only: false,
@@ -555,6 +574,16 @@ pub const ALL: [Contender; 26] = [
         policy: false,
     },
     Contender {
+        key: "podswitch-vxlan-veth-offload-adaptive-whole",
+        name: "podswitch VXLAN offloaded veth adaptive, underlay offloads on, generic XDP",
+        kind: VXLAN_VETH_OFFLOAD,
+        placement: Placement::AcrossNodes,
+        underlay: WHOLE,
+        tcp_only: true,
+        via: Via::PodAddress,
+        policy: false,
+    },
+    Contender {
         key: "kernel-offloads-on-jumbo",
         name: "kernel, offloads on, MTU 9000",
         kind: Kind::Kernel { pod_offloads: true },
@@ -595,6 +624,16 @@ pub const ALL: [Contender; 26] = [
         policy: false,
     },
     Contender {
+        key: "podswitch-vxlan-veth-offload-adaptive-jumbo",
+        name: "podswitch VXLAN offloaded veth adaptive, MTU 9000",
+        kind: VXLAN_VETH_OFFLOAD,
+        placement: Placement::AcrossNodes,
+        underlay: JUMBO_WIRE_SIZE,
+        tcp_only: true,
+        via: Via::PodAddress,
+        policy: false,
+    },
+    Contender {
         key: "podswitch-vxlan-adaptive-jumbo-whole",
         name: "podswitch VXLAN adaptive, MTU 9000, underlay offloads on, generic XDP",
         kind: VXLAN_VETH,
@@ -615,6 +654,16 @@ pub const ALL: [Contender; 26] = [
         policy: false,
     },
     Contender {
+        key: "podswitch-vxlan-veth-offload-adaptive-jumbo-whole",
+        name: "podswitch VXLAN offloaded veth adaptive, MTU 9000, underlay offloads on, generic XDP",
+        kind: VXLAN_VETH_OFFLOAD,
+        placement: Placement::AcrossNodes,
+        underlay: JUMBO_WHOLE,
+        tcp_only: true,
+        via: Via::PodAddress,
+        policy: false,
+    },
+    Contender {
         key: KERNEL_SAME_NODE,
         name: "one node: kernel, offloads on",
         kind: Kind::Kernel { pod_offloads: true },
@@ -628,6 +677,16 @@ pub const ALL: [Contender; 26] = [
         key: "podswitch-tap-same-node",
         name: "one node: podswitch TAP adaptive",
         kind: VXLAN_TAP,
+        placement: Placement::SameNode,
+        underlay: WIRE_SIZE,
+        tcp_only: true,
+        via: Via::PodAddress,
+        policy: false,
+    },
+    Contender {
+        key: "podswitch-veth-offload-same-node",
+        name: "one node: podswitch offloaded veth adaptive",
+        kind: VXLAN_VETH_OFFLOAD,
         placement: Placement::SameNode,
         underlay: WIRE_SIZE,
         tcp_only: true,
@@ -704,10 +763,12 @@ pub const KERNEL_CLUSTER_IP: &str = "kernel-cluster-ip";
 /// and the kernel on one node, and TAP pods beside the kernel on a jumbo
 /// underlay (TCP only, a few seconds each), and the ClusterIP path of
 /// the kernel and of TAP pods (through kube-proxy, and translated by the
-/// switch), and veth pods with NetworkPolicy.
-pub const QUICK: [&str; 13] = [
+/// switch), and veth pods with NetworkPolicy; offloaded veth pods across
+/// nodes too.
+pub const QUICK: [&str; 14] = [
     "podswitch-vxlan-adaptive",
     "podswitch-vxlan-tap-adaptive",
+    "podswitch-vxlan-veth-offload-adaptive",
     KERNEL_BASELINE,
     "ovs-afxdp",
     "veth",
@@ -1235,7 +1296,12 @@ mod tests {
     /// offloads on, each on both underlay models at MTU 1500 and 9000.
     #[test]
     fn throughput_kinds_run_on_every_underlay() {
-        let kinds = [VXLAN_VETH, VXLAN_TAP, Kind::Kernel { pod_offloads: true }];
+        let kinds = [
+            VXLAN_VETH,
+            VXLAN_VETH_OFFLOAD,
+            VXLAN_TAP,
+            Kind::Kernel { pod_offloads: true },
+        ];
         for kind in kinds {
             for underlay in [WIRE_SIZE, WHOLE, JUMBO_WIRE_SIZE, JUMBO_WHOLE] {
                 let found: Vec<&Contender> = ALL

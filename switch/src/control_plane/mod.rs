@@ -32,6 +32,7 @@ use crate::frames::FrameLedger;
 use crate::mac::MacAddr;
 use crate::netlink::{LinkInfo, Netlink};
 use crate::netns::Namespace;
+use crate::packet_port_program::PacketDevice;
 use crate::policy::Policies;
 use crate::saved_state::{SavedState, state_file};
 use crate::services::Services;
@@ -40,12 +41,14 @@ use crate::stats::{PortReport, WorkerStats, port_report, worker_report};
 use crate::tap::TapDevice;
 use crate::topology::{PeerId, PortId, PortRole, RouteTarget, Topology};
 use crate::trace::Stages;
-use crate::worker::{AfXdpPort, Command, Port, TapPort, WorkerPort};
+use crate::worker::{AfXdpPort, Command, PacketPort, Port, TapPort, WorkerPort};
 use crate::xdp::{UplinkFilter, XdpProgram};
 use podswitch_control::service::Service;
 use podswitch_services::{NodeAddress, Pass};
 pub use tables::{HOST_PORT, Node, TUNNEL_PORT, UPLINK_PORT};
-use tables::{PeerRecord, PeerToResolve, PortRecord, PortViewRecord, Resolution, Tables};
+use tables::{
+    PeerRecord, PeerToResolve, PodDevice, PortRecord, PortViewRecord, Resolution, Tables,
+};
 
 /// How long a worker may take to start or stop polling a port.
 const WORKER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -166,7 +169,7 @@ impl crate::membership::Plane for ControlPlane {
 /// A pod port's I/O, opened, with what the port table says of it.
 struct OpenedPort {
     port: Box<dyn Port>,
-    tap: Option<Arc<TapDevice>>,
+    device: Option<PodDevice>,
     xdp_mode: Option<String>,
     copy_mode: Option<String>,
     queues: u32,
@@ -409,7 +412,7 @@ impl ControlPlane {
                     (found.is_some(), found)
                 }
                 (PortKind::Tap, None) => (true, None),
-                (PortKind::Afxdp, _) => (links.contains_key(&name), None),
+                (PortKind::Afxdp | PortKind::Packet, _) => (links.contains_key(&name), None),
                 // Only the daemon's own tunnel port is a socket.
                 (PortKind::Socket, _) => (false, None),
             };
@@ -483,6 +486,9 @@ impl ControlPlane {
         report.interface_rx_dropped = links.get(&record.view.name).map_or(0, |l| l.rx_dropped);
         if let (Some(namespace), Some(ifname)) = (&record.namespace, &record.ifname) {
             report.tap_queue_dropped = tap_queue_dropped(namespace, ifname);
+        }
+        if let Some(PodDevice::Packet(device)) = &record.device {
+            report.tap_queue_dropped = device.socket().dropped().unwrap_or(0);
         }
         report
     }
@@ -571,13 +577,13 @@ impl ControlPlane {
         }
         let OpenedPort {
             port,
-            tap,
+            device,
             xdp_mode,
             copy_mode,
             queues,
         } = self.open_pod_port(spec, namespace)?;
         self.lock()
-            .port_opened(id, xdp_mode, copy_mode, queues, tap);
+            .port_opened(id, xdp_mode, copy_mode, queues, device);
         self.parts.workers[worker].ask(
             |done| Command::Add(WorkerPort { id, port }, done),
             "take the port",
@@ -612,7 +618,18 @@ impl ControlPlane {
                 };
                 let port = TapPort::new(tap);
                 Ok(OpenedPort {
-                    tap: Some(port.device()),
+                    device: Some(PodDevice::Tap(port.device())),
+                    port: Box::new(port),
+                    xdp_mode: None,
+                    copy_mode: None,
+                    queues: 1,
+                })
+            }
+            PortKind::Packet => {
+                let link = netlink()?.require_link(&spec.name)?;
+                let port = PacketPort::new(PacketDevice::open(&spec.name, link.index)?);
+                Ok(OpenedPort {
+                    device: Some(PodDevice::Packet(port.device())),
                     port: Box::new(port),
                     xdp_mode: None,
                     copy_mode: None,
@@ -620,7 +637,10 @@ impl ControlPlane {
                 })
             }
             PortKind::Socket => {
-                bail!("a pod's port is afxdp or tap: socket is the daemon's own tunnel port's kind")
+                bail!(
+                    "a pod's port is afxdp, tap or packet: socket is the daemon's own tunnel \
+                     port's kind"
+                )
             }
             PortKind::Afxdp => {
                 let link = netlink()?.require_link(&spec.name)?;
@@ -634,7 +654,7 @@ impl ControlPlane {
                 let program = Arc::new(Mutex::new(program));
                 Ok(OpenedPort {
                     port: Box::new(AfXdpPort::new(program, sockets, fill)),
-                    tap: None,
+                    device: None,
                     xdp_mode: Some(xdp_mode),
                     copy_mode: Some(copy_mode),
                     queues,
@@ -852,9 +872,12 @@ impl ControlPlane {
             .ports()
             .map(|(_, p)| &p.record)
             .filter(|p| p.view.role == PortRole::Pod)
-            .filter(|p| match &p.tap {
-                Some(tap) => tap.is_detached(),
-                None => p.kind == PortKind::Afxdp && !links.contains_key(&p.view.name),
+            .filter(|p| match &p.device {
+                Some(PodDevice::Tap(tap)) => tap.is_detached(),
+                _ => {
+                    matches!(p.kind, PortKind::Afxdp | PortKind::Packet)
+                        && !links.contains_key(&p.view.name)
+                }
             })
             .map(|p| p.view.name.clone())
             .collect();
@@ -1199,7 +1222,7 @@ impl PortRecordSeed {
             netns: None,
             namespace: None,
             ifname: None,
-            tap: None,
+            device: None,
         }
     }
 }

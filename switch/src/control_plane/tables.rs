@@ -25,6 +25,7 @@ use crate::fib6::Ipv6Lpm;
 use crate::mac::MacAddr;
 use crate::netlink::NextHop;
 use crate::netns::Namespace;
+use crate::packet_port_program::PacketDevice;
 use crate::saved_state::SavedState;
 use crate::stats::MAX_PORTS;
 use crate::tap::TapDevice;
@@ -146,9 +147,19 @@ pub struct PortRecord {
     pub namespace: Option<Arc<Namespace>>,
     /// A pod TAP port's device name in its namespace.
     pub ifname: Option<String>,
-    /// A TAP port's device (shared with its worker), to see it vanish.
+    /// A TAP or packet port's device (shared with its worker), to see it
+    /// vanish and read its queue's drops.
     #[serde(skip)]
-    pub tap: Option<Arc<TapDevice>>,
+    pub device: Option<PodDevice>,
+}
+
+/// The kernel side of a pod port that reads a frame per system call.
+#[derive(Debug, Clone)]
+pub enum PodDevice {
+    /// A TAP device.
+    Tap(Arc<TapDevice>),
+    /// A packet socket on a veth's host end.
+    Packet(Arc<PacketDevice>),
 }
 
 /// [`PortView`] in a form that can be saved.
@@ -386,7 +397,7 @@ impl Tables {
                 netns: spec.netns.clone(),
                 namespace,
                 ifname: spec.ifname.clone(),
-                tap: None,
+                device: None,
             },
             state: PortState::Starting,
         });
@@ -424,12 +435,12 @@ impl Tables {
         xdp_mode: Option<String>,
         copy_mode: Option<String>,
         queues: u32,
-        tap: Option<Arc<TapDevice>>,
+        device: Option<PodDevice>,
     ) {
         if let Some(entry) = self.entry_mut(id) {
             let record = &mut entry.record;
             (record.xdp_mode, record.copy_mode) = (xdp_mode, copy_mode);
-            (record.queues, record.tap) = (queues, tap);
+            (record.queues, record.device) = (queues, device);
         }
     }
 
@@ -787,7 +798,7 @@ pod_cidr = "10.244.2.0/24"
             netns: None,
             namespace: None,
             ifname: None,
-            tap: None,
+            device: None,
         }
     }
 

@@ -47,7 +47,7 @@ pub use afxdp_port::AfXdpPort;
 pub use inbox::Inbox;
 pub use pipeline::{Handoff, MAX_PACKET_CHUNKS, Packet, Pipeline, Takes, TxQueues};
 pub use port::{Port, TxContext};
-pub use tap_port::TapPort;
+pub use tap_port::{PacketPort, TapPort};
 pub use tunnel_port::{TunnelDevice, TunnelPort};
 
 use self::priority::{Load, Priority};

@@ -1,9 +1,10 @@
-//! A TAP port: the host port into the node's stack, or a pod's TAP
-//! device. A plain device carries one frame per read and write; an
-//! offloaded one (a virtio-net header on each) hands over TCP super-frames
-//! of up to 64 KB with partial checksums and takes them back, and the
-//! frames queued for it are coalesced per flow into super-frames
-//! (userspace GRO) as it transmits.
+//! A port on a device read and written a frame per system call: a TAP
+//! device (the host port into the node's stack, or a pod's), or a packet
+//! socket on the host end of a pod's veth. A plain device carries one
+//! frame per read and write; an offloaded one (a virtio-net header on
+//! each) hands over TCP super-frames of up to 64 KB with partial checksums
+//! and takes them back, and the frames queued for it are coalesced per
+//! flow into super-frames (userspace GRO) as it transmits.
 
 use std::io::IoSlice;
 use std::os::fd::AsFd;
@@ -16,6 +17,7 @@ use podswitch_encap::segment::complete_checksum;
 use podswitch_encap::virtio_net::{
     Checksum, GsoKind, HEADER_LEN as VNET_HEADER_LEN, Header as VnetHeader, Offload,
 };
+use podswitch_netdev::FrameDevice;
 
 use super::BATCH;
 use super::pipeline::{MAX_PACKET_CHUNKS, Packet, Pipeline, Takes};
@@ -23,6 +25,7 @@ use super::port::{Port, TxContext};
 use crate::drops::DropCause;
 use crate::frame_budget::FillGrowth;
 use crate::frames::FramePool;
+use crate::packet_port_program::PacketDevice;
 use crate::tap::TapDevice;
 use crate::topology::PortId;
 
@@ -33,19 +36,25 @@ const TAP_QUIET_PASSES: u32 = 8;
 /// and one 802.1Q tag.
 const MAX_LINK_HEADER: usize = 18;
 
-/// A TAP device and how eagerly to read it.
-pub struct TapPort {
-    device: Arc<TapDevice>,
+/// A port on a TAP device.
+pub type TapPort = DevicePort<TapDevice>;
+
+/// A port on a packet socket on a pod veth's host end.
+pub type PacketPort = DevicePort<PacketDevice>;
+
+/// A frame device and how eagerly to read it.
+pub struct DevicePort<D> {
+    device: Arc<D>,
     quiet: QuietPasses,
     coalescer: Coalescer,
     gather: Vec<u8>,
     run: Vec<Packet>,
 }
 
-impl TapPort {
+impl<D: FrameDevice> DevicePort<D> {
     /// A port on `device`.
-    pub fn new(device: TapDevice) -> TapPort {
-        TapPort {
+    pub fn new(device: D) -> DevicePort<D> {
+        DevicePort {
             device: Arc::new(device),
             quiet: QuietPasses::default(),
             coalescer: Coalescer::new(),
@@ -54,8 +63,9 @@ impl TapPort {
         }
     }
 
-    /// The device, shared (the control plane watches it vanish).
-    pub fn device(&self) -> Arc<TapDevice> {
+    /// The device, shared (the control plane watches it vanish and reads
+    /// its drops).
+    pub fn device(&self) -> Arc<D> {
         Arc::clone(&self.device)
     }
 
@@ -222,7 +232,11 @@ impl TapPort {
 
 /// Write `frame` to an offloaded device after the virtio-net header that
 /// describes it.
-fn write_offloaded(device: &TapDevice, offload: &Offload, frame: &[u8]) -> std::io::Result<()> {
+fn write_offloaded(
+    device: &impl FrameDevice,
+    offload: &Offload,
+    frame: &[u8],
+) -> std::io::Result<()> {
     let mut header = [0u8; VNET_HEADER_LEN];
     offload.emit(&mut VnetHeader::new_unchecked(&mut header[..]));
     device.send_parts(&[IoSlice::new(&header), IoSlice::new(frame)])
@@ -338,7 +352,7 @@ impl QuietPasses {
     }
 }
 
-impl Port for TapPort {
+impl<D: FrameDevice + 'static> Port for DevicePort<D> {
     fn takes(&self) -> Takes {
         if self.offloaded() {
             Takes::SuperFrames

@@ -1,0 +1,191 @@
+//! A packet socket (`AF_PACKET`, `SOCK_RAW`) on one interface, with a
+//! virtio-net header before every frame (`PACKET_VNET_HDR_SZ`): the way
+//! the switch reads and writes the host end of a pod's veth when the pod
+//! keeps its offloads. The pod's kernel hands the veth 64 KB TCP segments
+//! with partial checksums; the socket gives them whole with a header that
+//! says so, as an offloaded TAP device does, and takes super-frames back
+//! the same way. Frames the socket sends itself are not read back
+//! (`PACKET_IGNORE_OUTGOING`).
+//!
+//! A packet socket gets a copy of what arrives: the node's stack still sees
+//! the frame unless something after the socket's tap drops it (the daemon
+//! attaches a tc program that does, `bpf/packet_port.c`).
+
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::tap::VNET_HEADER_LEN;
+
+/// Socket buffers, each way: room for about 60 super-frames of 64 KB, so
+/// that a worker that falls behind for a moment loses none.
+const BUFFER_BYTES: libc::c_int = 4 << 20;
+
+/// `PACKET_STATISTICS` of `<linux/if_packet.h>`.
+const PACKET_STATISTICS: libc::c_int = 6;
+
+/// An open packet socket on one interface, non-blocking.
+#[derive(Debug)]
+pub struct PacketSocket {
+    fd: OwnedFd,
+    ifname: String,
+    /// Frames the kernel dropped at the socket's full receive queue, summed
+    /// over reads of its statistics (each read resets the kernel's).
+    dropped: AtomicU64,
+}
+
+impl PacketSocket {
+    /// Open a socket on the interface `ifname` (index `ifindex`) of the
+    /// calling thread's network namespace, every frame after a virtio-net
+    /// header of [`VNET_HEADER_LEN`] bytes.
+    pub fn open(ifname: &str, ifindex: u32) -> io::Result<PacketSocket> {
+        let protocol = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: socket(2) with constant arguments; the result is checked
+        // before it is owned.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::c_int::from(protocol),
+            )
+        };
+        if raw < 0 {
+            return Err(context(io::Error::last_os_error(), "opening", ifname));
+        }
+        // SAFETY: `raw` is a descriptor just opened and owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let socket = PacketSocket {
+            fd,
+            ifname: ifname.to_string(),
+            dropped: AtomicU64::new(0),
+        };
+        let header_len = VNET_HEADER_LEN as libc::c_int;
+        socket.set(libc::SOL_PACKET, libc::PACKET_VNET_HDR_SZ, header_len)?;
+        socket.set(libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1)?;
+        // Root may exceed the system's limits; without it the kernel's
+        // maximum is used.
+        for (forced, plain) in [
+            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+        ] {
+            if socket.set(libc::SOL_SOCKET, forced, BUFFER_BYTES).is_err() {
+                socket.set(libc::SOL_SOCKET, plain, BUFFER_BYTES)?;
+            }
+        }
+        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        address.sll_family = libc::AF_PACKET as u16;
+        address.sll_protocol = protocol;
+        address.sll_ifindex = ifindex as libc::c_int;
+        // SAFETY: bind(2) reads a sockaddr_ll of the length given, which
+        // `address` is and outlives the call.
+        let bound = unsafe {
+            libc::bind(
+                socket.fd.as_raw_fd(),
+                (&raw const address).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if bound < 0 {
+            return Err(context(io::Error::last_os_error(), "binding", ifname));
+        }
+        Ok(socket)
+    }
+
+    fn set(&self, level: libc::c_int, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
+        // SAFETY: setsockopt(2) reads an int of the length given, which
+        // `value` is and outlives the call.
+        let set = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                level,
+                option,
+                (&raw const value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if set < 0 {
+            let e = io::Error::last_os_error();
+            return Err(context(
+                e,
+                &format!("setting option {option} on"),
+                &self.ifname,
+            ));
+        }
+        Ok(())
+    }
+
+    /// The interface name.
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// Read one frame, after its virtio-net header, into `buf`: its length
+    /// with the header, or `None` when none is waiting. A frame longer than
+    /// `buf` is cut short to its length (the caller tells by the length).
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        // SAFETY: recv(2) writes at most `buf.len()` bytes into `buf`.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n >= 0 {
+            return Ok(Some(n as usize));
+        }
+        match io::Error::last_os_error() {
+            e if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            e => Err(e),
+        }
+    }
+
+    /// Send one frame given in pieces (its virtio-net header, then the
+    /// frame) out of the interface, with one system call.
+    pub fn send_parts(&self, parts: &[IoSlice]) -> io::Result<()> {
+        // SAFETY: writev(2) reads `parts.len()` iovecs, which IoSlice is
+        // ABI-compatible with, each pointing at memory that outlives the call.
+        let n = unsafe {
+            libc::writev(
+                self.fd.as_raw_fd(),
+                parts.as_ptr().cast(),
+                parts.len() as libc::c_int,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Frames the kernel dropped because the socket's receive queue was
+    /// full (the switch fell behind), since the socket was opened.
+    pub fn dropped(&self) -> io::Result<u64> {
+        let mut stats = libc::tpacket_stats {
+            tp_packets: 0,
+            tp_drops: 0,
+        };
+        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: getsockopt(2) writes at most `len` bytes into `stats`, a
+        // tpacket_stats, and the length into `len`; both outlive the call.
+        let got = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                PACKET_STATISTICS,
+                (&raw mut stats).cast(),
+                &mut len,
+            )
+        };
+        if got < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let dropped = u64::from(stats.tp_drops);
+        Ok(self.dropped.fetch_add(dropped, Ordering::Relaxed) + dropped)
+    }
+}
+
+fn context(e: io::Error, what: &str, ifname: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} a packet socket on {ifname}: {e}"))
+}
+
+impl AsFd for PacketSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
