@@ -7,7 +7,8 @@
 //! and cut by the node's kernel through the tunnel port — or, with the
 //! offload off, cut and encapsulated by the switch — then decapsulated
 //! and coalesced), and against a kernel VXLAN node whose underlay must
-//! see only plain, valid, MTU-sized frames in sequence. Needs root.
+//! see only plain, valid, MTU-sized frames in sequence (from an offloaded
+//! veth pod too, whose super-frames take the same path). Needs root.
 
 mod common;
 
@@ -491,19 +492,32 @@ fn on_the_segments_whole_underlay(
 /// underlay MTU with valid checksums, its TCP in sequence.
 #[test]
 fn tap_pod_with_kernel_vxlan_node() -> Result<()> {
-    tap_pod_with_kernel_vxlan_node_through("tap-interop", None)
+    tap_pod_with_kernel_vxlan_node_through("tap-interop", None, "tap")
+}
+
+/// [`tap_pod_with_kernel_vxlan_node`] with an offloaded veth pod
+/// (`"podInterface": "veth-offload"`), whose super-frames take the same
+/// path.
+#[test]
+fn offloaded_veth_pod_with_kernel_vxlan_node() -> Result<()> {
+    tap_pod_with_kernel_vxlan_node_through("vo-interop", None, "veth-offload")
 }
 
 /// [`tap_pod_with_kernel_vxlan_node`] with the switch cutting the
 /// super-frames and a `UDP_SEGMENT` socket sending them.
 #[test]
 fn tap_pod_with_kernel_vxlan_node_through_a_udp_segment_socket() -> Result<()> {
-    tap_pod_with_kernel_vxlan_node_through("tap-interop-us", Some("udp-segment"))
+    tap_pod_with_kernel_vxlan_node_through("tap-interop-us", Some("udp-segment"), "tap")
 }
 
-/// A TAP pod and a kernel VXLAN node's pod talking, the podswitch node's
-/// `tunnel_offload` set to `mode` (its default for `None`).
-fn tap_pod_with_kernel_vxlan_node_through(tag: &str, mode: Option<&str>) -> Result<()> {
+/// A TAP pod (or another `pod_interface` that hands the switch
+/// super-frames) and a kernel VXLAN node's pod talking, the podswitch
+/// node's `tunnel_offload` set to `mode` (its default for `None`).
+fn tap_pod_with_kernel_vxlan_node_through(
+    tag: &str,
+    mode: Option<&str>,
+    pod_interface: &str,
+) -> Result<()> {
     let _serial = serial();
     let mut lab = Lab::new(tag)?;
     let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
@@ -516,7 +530,7 @@ fn tap_pod_with_kernel_vxlan_node_through(tag: &str, mode: Option<&str>) -> Resu
     let n2 = &kernel.ns;
     // What arrives is what was sent: no receive-side merging.
     n2.run("ethtool", &["-K", UPLINK, "gro", "off"])?;
-    let a = node.add_cni_pod_as(&mut lab, &plugin(), 2, "tap")?;
+    let a = node.add_cni_pod_as(&mut lab, &plugin(), 2, pod_interface)?;
     let k = kernel.add_pod(&mut lab, 2, true)?;
     expect_pings(&a, k.ip, "TAP pod to kernel pod")?;
     expect_pings(&k, a.ip, "kernel pod to TAP pod")?;

@@ -30,8 +30,8 @@ struct Testbed {
     pods: [[Pod; 4]; 2],
 }
 
-fn testbed(tag: &str) -> Result<Testbed> {
-    let mut nodes = nodes_with(tag, 2, &SwitchOptions::default())?;
+fn testbed(tag: &str, options: &SwitchOptions) -> Result<Testbed> {
+    let mut nodes = nodes_with(tag, 2, options)?;
     let plugin = plugin();
     let mut pods = Vec::new();
     for node in &nodes.switches {
@@ -77,10 +77,10 @@ fn stack_received(ns: &Netns) -> Result<u64> {
         .context("nstat printed no IpInReceives")
 }
 
-#[test]
-fn offloaded_veth_pods_carry_super_frames() -> Result<()> {
-    let _serial = serial();
-    let mut tb = testbed("veth-offload")?;
+/// Every kind talking with offloaded pods, their super-frames on every
+/// path they take, on switches started with `options`.
+fn carry_super_frames(tag: &str, options: &SwitchOptions) -> Result<Testbed> {
+    let tb = testbed(tag, options)?;
     let [[o1, o1b, v1, t1], [o2, _, v2, t2]] = &tb.pods;
     let [n1, n2] = [&tb.nodes.switches[0], &tb.nodes.switches[1]];
     for node in [n1, n2] {
@@ -167,9 +167,16 @@ fn offloaded_veth_pods_carry_super_frames() -> Result<()> {
     for node in [n1, n2] {
         node.check_frames()?;
     }
+    Ok(tb)
+}
 
+#[test]
+fn offloaded_veth_pods_over_vxlan_and_a_restart() -> Result<()> {
+    let _serial = serial();
+    let mut tb = carry_super_frames("veth-offload", &SwitchOptions::default())?;
     // A daemon killed and restarted opens its packet ports again, with
     // the tc program.
+    let [[o1, o1b, ..], [o2, ..]] = &tb.pods;
     let node = &mut tb.nodes.switches[0];
     let daemon = node.daemon().context("no daemon")?;
     ensure!(
@@ -196,6 +203,17 @@ fn offloaded_veth_pods_carry_super_frames() -> Result<()> {
         seen < 1_000,
         "after a restart node 1's stack received {seen}"
     );
+    delete_all(&tb)
+}
+
+#[test]
+fn offloaded_veth_pods_over_geneve() -> Result<()> {
+    let _serial = serial();
+    let options = SwitchOptions {
+        encap: "geneve".into(),
+        ..SwitchOptions::default()
+    };
+    let tb = carry_super_frames("veth-offload-gnv", &options)?;
     delete_all(&tb)
 }
 
