@@ -3,7 +3,7 @@
 //! mirrored into the IPv6 pod CIDR), and the switches route IPv6 between
 //! them — the pod's kernel resolving its IPv6 gateway through the switch's
 //! neighbour advertisement — on one node and across the VXLAN overlay,
-//! for veth and TAP pods, with ping and iperf3 over IPv6, over an IPv4
+//! for veth, offloaded veth and TAP pods, with ping and iperf3 over IPv6, over an IPv4
 //! and an IPv6 underlay, and to a kernel VXLAN node's pods carrying IPv6
 //! as well. A pod sending from an IPv6 address that is not its own is
 //! dropped and counted. Pods reach their node over IPv6 through the host
@@ -28,8 +28,8 @@ use podswitch_lab::service_traffic::{TCP_PORT, request, serve_in};
 use podswitch_lab::traffic::{IperfClient, iperf_server};
 use serde_json::{Value, json};
 
-/// A pod made by the plugin on `switch` (`pod_interface` "veth" or
-/// "tap"), with the IPv6 address its result gives, checked to mirror its
+/// A pod made by the plugin on `switch` (`pod_interface` "veth",
+/// "veth-offload" or "tap"), with the IPv6 address its result gives, checked to mirror its
 /// IPv4 one.
 fn dual_stack_pod(
     lab: &mut Lab,
@@ -123,6 +123,10 @@ fn dual_stack_pods_reach_each_other_over_ipv6() -> Result<()> {
     let (tap1, tap1_6) = dual_stack_pod(lab, &switches[0], 3, "tap")?;
     let (veth2, veth2_6) = dual_stack_pod(lab, &switches[1], 2, "veth")?;
     let (tap2, tap2_6) = dual_stack_pod(lab, &switches[1], 3, "tap")?;
+    // An offloaded veth pod's kernel cuts its own IPv6 TCP segments (its
+    // TSO for IPv6 is off), and the switch routes them frame by frame.
+    let (offloaded1, offloaded1_6) = dual_stack_pod(lab, &switches[0], 4, "veth-offload")?;
+    let (offloaded2, offloaded2_6) = dual_stack_pod(lab, &switches[1], 4, "veth-offload")?;
 
     // IPv4 still works beside it.
     ensure!(ping(&veth1.ns, veth2.ip, 3)? >= 2, "IPv4 across nodes");
@@ -133,6 +137,29 @@ fn dual_stack_pods_reach_each_other_over_ipv6() -> Result<()> {
     tcp6(&veth1, &tap2, tap2_6, "veth to TAP across nodes")?;
     tcp6(&tap2, &veth1, veth1_6, "TAP to veth across nodes")?;
     tcp6(&tap1, &veth1, veth1_6, "TAP to veth on one node")?;
+    expect_pings6(
+        &offloaded1,
+        offloaded2_6,
+        "offloaded veth to offloaded veth across nodes",
+    )?;
+    tcp6(
+        &offloaded1,
+        &offloaded2,
+        offloaded2_6,
+        "offloaded veth to offloaded veth across nodes",
+    )?;
+    tcp6(
+        &offloaded2,
+        &veth1,
+        veth1_6,
+        "offloaded veth to veth across nodes",
+    )?;
+    tcp6(
+        &tap1,
+        &offloaded1,
+        offloaded1_6,
+        "TAP to offloaded veth on one node",
+    )?;
 
     // The switch answered the pod's solicitation for its gateway.
     let neighbours = veth1.ns.ip(&["-6", "neigh", "show", "dev", "eth0"])?;
