@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use common::{Nodes, nodes_with, plugin, pod_ports, serial};
+use common::{Nodes, delete_cni_pods, nodes_with, plugin, serial};
 use podswitch_encap::TunnelKind;
 use podswitch_lab::Lab;
 use podswitch_lab::capture::RawLink;
@@ -25,7 +25,6 @@ use podswitch_lab::cluster::{
     Pod, SwitchNode, SwitchOptions, UPLINK, expect_iperf, expect_pings, node_ip, ping,
     switch_and_kernel_node,
 };
-use podswitch_lab::cni::{CniCall, netns_path};
 use podswitch_lab::flood::UdpSocketFlood;
 use podswitch_lab::traffic::IperfClient;
 use podswitch_lab::tunnel_capture::{TunnelCapture, Underlay, checksum_errors};
@@ -293,31 +292,15 @@ fn udp_takes_the_uplink(node: &SwitchNode, from: &Pod, to: &Pod) -> Result<()> {
 /// DEL every pod: the TAP devices go from the pods, the ports from the
 /// switches.
 fn delete_all(tb: &Mixed) -> Result<()> {
-    let plugin = plugin();
     for (node, pods) in tb.nodes.switches.iter().zip(&tb.pods) {
-        for (i, pod) in pods.iter().enumerate() {
-            let kind = if i < 2 { "tap" } else { "veth" };
-            let mut network = node.cni_network("1.0.0");
-            network["podInterface"] = kind.into();
-            let path = netns_path(&pod.ns);
-            let container_id = format!("pod{}{}", node.index, i + 2);
-            let call = CniCall {
-                command: "DEL",
-                container_id: &container_id,
-                netns: Some(&path),
-                ifname: "eth0",
-                args: "",
-            };
-            plugin.expect_ok(&node.ns, &call, &network)?;
-            let links = pod.ns.ip(&["-o", "link", "show"])?;
-            ensure!(
-                !links.contains("eth0"),
-                "pod {} keeps eth0 after DEL:\n{links}",
-                pod.ip
-            );
-        }
-        let ports = pod_ports(node)?;
-        ensure!(ports.is_empty(), "ports left: {ports:?}");
+        let kinds = ["tap", "tap", "veth"];
+        let pods: Vec<(&Pod, u8, &str)> = pods
+            .iter()
+            .zip(2..)
+            .zip(kinds)
+            .map(|((p, n), k)| (p, n, k))
+            .collect();
+        delete_cni_pods(node, &pods)?;
     }
     Ok(())
 }

@@ -13,10 +13,9 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use common::{Nodes, nodes_with, plugin, pod_port_kinds, pod_ports, serial};
+use common::{Nodes, delete_cni_pods, nodes_with, plugin, pod_port_kinds, serial};
 use podswitch_lab::Netns;
 use podswitch_lab::cluster::{Pod, SwitchNode, SwitchOptions, expect_iperf, expect_pings, ping};
-use podswitch_lab::cni::{CniCall, netns_path};
 use podswitch_lab::traffic::IperfClient;
 use podswitch_lab::tunnel_capture::checksum_errors;
 
@@ -67,6 +66,13 @@ fn offload(node: &SwitchNode, pod: &Pod, counter: &str) -> Result<u64> {
         .find(|p| p["ip"] == pod.ip.to_string())
         .with_context(|| format!("no port for {}", pod.ip))?;
     Ok(port["counters"]["offload"][counter].as_u64().unwrap_or(0))
+}
+
+/// `node`'s port for `pod` counted some `counter` (an offload counter),
+/// or an error saying `what` was expected.
+fn expect_offload(node: &SwitchNode, pod: &Pod, counter: &str, what: &str) -> Result<()> {
+    ensure!(offload(node, pod, counter)? > 0, "{what} ({counter} is 0)");
+    Ok(())
 }
 
 /// IPv4 packets the node's own stack has received (`IpInReceives`).
@@ -132,22 +138,28 @@ fn carry_super_frames(tag: &str, options: &SwitchOptions) -> Result<Testbed> {
         "node 1's own stack received {seen} IPv4 packets during a TCP run between two \
          offloaded veth pods: the tc program is not keeping it off their host ends"
     );
-    ensure!(
-        offload(n1, o1b, "super_frames_sent")? > 0,
-        "no super-frame reached the offloaded pod on the same node"
-    );
+    expect_offload(
+        n1,
+        o1b,
+        "super_frames_sent",
+        "no super-frame reached the offloaded pod on the same node",
+    )?;
     tcp(o1, v1, 1, "offloaded to veth, one node")?;
-    ensure!(
-        offload(n1, o1, "super_frames_cut")? > 0,
-        "no super-frame was cut for the plain veth pod"
-    );
+    expect_offload(
+        n1,
+        o1,
+        "super_frames_cut",
+        "no super-frame was cut for the plain veth pod",
+    )?;
     tcp(v1, o1b, 1, "veth to offloaded, one node")?;
     tcp(o1, o2, 1, "offloaded to offloaded, across nodes")?;
     tcp(o1, o2, 4, "offloaded to offloaded, across nodes, 4 streams")?;
-    ensure!(
-        offload(n2, o2, "super_frames_sent")? > 0,
-        "no super-frame reached the offloaded pod across nodes"
-    );
+    expect_offload(
+        n2,
+        o2,
+        "super_frames_sent",
+        "no super-frame reached the offloaded pod across nodes",
+    )?;
     tcp(t2, o1, 1, "TAP to offloaded, across nodes")?;
     tcp(v2, o1, 1, "veth to offloaded, across nodes")?;
     let udp = IperfClient {
@@ -220,30 +232,14 @@ fn offloaded_veth_pods_over_geneve() -> Result<()> {
 /// DEL every pod: the interfaces go from the pods, the ports from the
 /// switches.
 fn delete_all(tb: &Testbed) -> Result<()> {
-    let plugin = plugin();
     for (node, pods) in tb.nodes.switches.iter().zip(&tb.pods) {
-        for ((pod, kind), n) in pods.iter().zip(KINDS).zip(2..) {
-            let mut network = node.cni_network("1.0.0");
-            network["podInterface"] = kind.into();
-            let path = netns_path(&pod.ns);
-            let container_id = format!("pod{}{n}", node.index);
-            let call = CniCall {
-                command: "DEL",
-                container_id: &container_id,
-                netns: Some(&path),
-                ifname: "eth0",
-                args: "",
-            };
-            plugin.expect_ok(&node.ns, &call, &network)?;
-            let links = pod.ns.ip(&["-o", "link", "show"])?;
-            ensure!(
-                !links.contains("eth0"),
-                "pod {} keeps eth0 after DEL:\n{links}",
-                pod.ip
-            );
-        }
-        let ports = pod_ports(node)?;
-        ensure!(ports.is_empty(), "ports left: {ports:?}");
+        let pods: Vec<(&Pod, u8, &str)> = pods
+            .iter()
+            .zip(2..)
+            .zip(KINDS)
+            .map(|((p, n), k)| (p, n, k))
+            .collect();
+        delete_cni_pods(node, &pods)?;
     }
     Ok(())
 }

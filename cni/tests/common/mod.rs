@@ -10,9 +10,10 @@ use std::sync::{Mutex, MutexGuard};
 
 use anyhow::{Result, bail, ensure};
 use podswitch_lab::cluster::{
-    PeerEntry, SwitchNode, SwitchOptions, UPLINK, add_underlay_ipv6, connect_underlay, set_queues,
+    PeerEntry, Pod, SwitchNode, SwitchOptions, UPLINK, add_underlay_ipv6, connect_underlay,
+    set_queues,
 };
-use podswitch_lab::cni::{CniCall, CniPlugin};
+use podswitch_lab::cni::{CniCall, CniPlugin, netns_path};
 use podswitch_lab::{Lab, Netns};
 use serde_json::{Value, json};
 
@@ -139,6 +140,29 @@ pub fn call<'a>(command: &'a str, container_id: &'a str, netns: Option<&'a Path>
         ifname: "eth0",
         args: "",
     }
+}
+
+/// DEL the pods [`SwitchNode::add_cni_pod_as`] made on `node`, each
+/// given with its `n` and `podInterface`: each loses its `eth0`, and the
+/// switch keeps no pod port.
+pub fn delete_cni_pods(node: &SwitchNode, pods: &[(&Pod, u8, &str)]) -> Result<()> {
+    let plugin = plugin();
+    for &(pod, n, kind) in pods {
+        let mut network = node.cni_network("1.0.0");
+        network["podInterface"] = kind.into();
+        let path = netns_path(&pod.ns);
+        let container_id = format!("pod{}{n}", node.index);
+        plugin.expect_ok(&node.ns, &call("DEL", &container_id, Some(&path)), &network)?;
+        let links = pod.ns.ip(&["-o", "link", "show"])?;
+        ensure!(
+            !links.contains("eth0"),
+            "pod {} keeps eth0 after DEL:\n{links}",
+            pod.ip
+        );
+    }
+    let ports = pod_ports(node)?;
+    ensure!(ports.is_empty(), "ports left: {ports:?}");
+    Ok(())
 }
 
 /// Interfaces in `ns` whose names the plugin makes (`ps` + 12 hex digits).
