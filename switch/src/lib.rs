@@ -2,8 +2,9 @@
 //! daemon`) and its CLI are in `main.rs`; this library holds the parts,
 //! from the wire up:
 //!
-//! - [`afxdp`], [`xdp`], [`tap`]: ports — AF_XDP sockets on a shared buffer
-//!   area with the project's XDP programs, and TAP devices;
+//! - [`afxdp`], [`xdp`], [`tap`], [`packet_port`]: ports — AF_XDP sockets
+//!   on a shared buffer area with the project's XDP programs, TAP devices,
+//!   and packet sockets on offloaded veths with their tc program;
 //! - [`tunnel_tap`]: the kernel-offload path toward peers, a node-side TAP
 //!   device with UDP tunnel GSO that takes encapsulated super-frames whole;
 //! - [`frames`]: where every buffer frame is; [`frame_budget`]: how
@@ -44,7 +45,7 @@ pub mod kernel_receive;
 pub mod membership;
 pub mod metrics;
 pub mod node_nat;
-pub mod packet_port_program;
+pub mod packet_port;
 pub mod policy;
 pub mod saved_state;
 pub mod services;

@@ -32,7 +32,7 @@ use crate::frames::FrameLedger;
 use crate::mac::MacAddr;
 use crate::netlink::{LinkInfo, Netlink};
 use crate::netns::Namespace;
-use crate::packet_port_program::PacketDevice;
+use crate::packet_port::PacketDevice;
 use crate::policy::Policies;
 use crate::saved_state::{SavedState, state_file};
 use crate::services::Services;

@@ -25,7 +25,7 @@ use crate::fib6::Ipv6Lpm;
 use crate::mac::MacAddr;
 use crate::netlink::NextHop;
 use crate::netns::Namespace;
-use crate::packet_port_program::PacketDevice;
+use crate::packet_port::PacketDevice;
 use crate::saved_state::SavedState;
 use crate::stats::MAX_PORTS;
 use crate::tap::TapDevice;

@@ -25,7 +25,7 @@ use super::port::{Port, TxContext};
 use crate::drops::DropCause;
 use crate::frame_budget::FillGrowth;
 use crate::frames::FramePool;
-use crate::packet_port_program::PacketDevice;
+use crate::packet_port::PacketDevice;
 use crate::tap::TapDevice;
 use crate::topology::PortId;
 

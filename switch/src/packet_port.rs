@@ -1,9 +1,10 @@
-//! The tc program on a packet port's interface (`bpf/packet_port.c`):
-//! the host end of a pod's veth whose frames the switch reads through a
-//! packet socket ([`PacketSocket`](podswitch_netdev::packet_socket::PacketSocket)).
-//! The socket gets its copy of each frame before tc runs; the program then
-//! drops the frame, so that the node's stack never also routes the pod's
-//! traffic, answers its ARP or tracks its connections.
+//! A packet port's kernel side ([`PacketDevice`]): a packet socket
+//! ([`PacketSocket`](podswitch_netdev::packet_socket::PacketSocket)) on
+//! the host end of a pod's veth, and the tc program on that interface
+//! (`bpf/packet_port.c`). The socket gets its copy of each frame before tc
+//! runs; the program then drops the frame, so that the node's stack never
+//! also routes the pod's traffic, answers its ARP or tracks its
+//! connections.
 //!
 //! Attached through tcx (Linux 6.6 and later), which needs no qdisc and so
 //! leaves the interface's `ingress` qdisc to other software (the
