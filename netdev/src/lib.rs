@@ -24,7 +24,7 @@ use std::os::fd::AsFd;
 
 /// A descriptor the switch reads and writes whole frames on, one per
 /// system call, each after a virtio-net header if it has them: a TAP
-/// device or a packet socket.
+/// device, or a packet socket (with its tc program, in the switch).
 pub trait FrameDevice: AsFd + Send + Sync {
     /// Read one frame (after its virtio-net header, if any) into `buf`:
     /// its length, or `None` when none is waiting.
@@ -49,19 +49,5 @@ impl FrameDevice for tap::TapDevice {
 
     fn has_vnet_header(&self) -> bool {
         tap::TapDevice::has_vnet_header(self)
-    }
-}
-
-impl FrameDevice for packet_socket::PacketSocket {
-    fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
-        packet_socket::PacketSocket::recv(self, buf)
-    }
-
-    fn send_parts(&self, parts: &[IoSlice]) -> io::Result<()> {
-        packet_socket::PacketSocket::send_parts(self, parts)
-    }
-
-    fn has_vnet_header(&self) -> bool {
-        true
     }
 }
