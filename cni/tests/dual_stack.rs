@@ -367,7 +367,7 @@ fn dual_stack_pods_reach_their_node_and_ipv6_services() -> Result<()> {
                 node.ns
                     .run("nft", &["delete", "table", "ip6", "kube-proxy"])?;
             }
-            kube_proxy::write_rules6(lab, &node.ns, mode, std::slice::from_ref(&web6))?;
+            kube_proxy::write_ports(lab, &node.ns, mode, std::slice::from_ref(&web6))?;
         }
         // Two endpoints, one per node, picked at random: 30 requests
         // leave one unanswered with probability 2^-29.

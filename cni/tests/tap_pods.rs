@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use common::{Nodes, delete_cni_pods, nodes_with, plugin, serial};
+use common::{
+    Nodes, delete_cni_pods, find_port, nodes_with, offload, plugin, port_of, serial, tcp,
+};
 use podswitch_encap::TunnelKind;
 use podswitch_lab::Lab;
 use podswitch_lab::capture::RawLink;
@@ -53,39 +55,6 @@ fn mixed(tag: &str, options: &SwitchOptions) -> Result<Mixed> {
         nodes,
         pods: [one, two],
     })
-}
-
-/// TCP from `from` to `to` with `streams` streams; its rate in Gbit/s.
-fn tcp(from: &Pod, to: &Pod, streams: u32, what: &str) -> Result<f64> {
-    let client = IperfClient {
-        streams,
-        ..IperfClient::default()
-    };
-    Ok(expect_iperf(&client, from, to, what)?.gbps())
-}
-
-/// A port's counters by the pod address it carries.
-fn port_of(node: &SwitchNode, pod: &Pod) -> Result<serde_json::Value> {
-    find_port(node, |p| p["ip"] == pod.ip.to_string())?
-        .with_context(|| format!("no port for {}", pod.ip))
-}
-
-/// The first of `node`'s ports (`podswitch ports`) that `which` picks.
-fn find_port(
-    node: &SwitchNode,
-    which: impl Fn(&serde_json::Value) -> bool,
-) -> Result<Option<serde_json::Value>> {
-    let ports = node.cli_json(&["ports"])?;
-    Ok(ports
-        .as_array()
-        .context("ports")?
-        .iter()
-        .find(|p| which(p))
-        .cloned())
-}
-
-fn offload(port: &serde_json::Value, counter: &str) -> u64 {
-    port["counters"]["offload"][counter].as_u64().unwrap_or(0)
 }
 
 /// Mixed pods talking, on switches started with `options`: over their

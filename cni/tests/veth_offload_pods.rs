@@ -13,7 +13,9 @@ mod common;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use common::{Nodes, delete_cni_pods, nodes_with, plugin, pod_port_kinds, serial};
+use common::{
+    Nodes, delete_cni_pods, nodes_with, offload, plugin, pod_port_kinds, port_of, serial, tcp,
+};
 use podswitch_lab::Netns;
 use podswitch_lab::cluster::{Pod, SwitchNode, SwitchOptions, expect_iperf, expect_pings, ping};
 use podswitch_lab::traffic::IperfClient;
@@ -47,31 +49,13 @@ fn testbed(tag: &str, options: &SwitchOptions) -> Result<Testbed> {
     })
 }
 
-/// TCP from `from` to `to` with `streams` streams.
-fn tcp(from: &Pod, to: &Pod, streams: u32, what: &str) -> Result<()> {
-    let client = IperfClient {
-        streams,
-        ..IperfClient::default()
-    };
-    expect_iperf(&client, from, to, what).map(drop)
-}
-
-/// The offload counters of `node`'s port for `pod`.
-fn offload(node: &SwitchNode, pod: &Pod, counter: &str) -> Result<u64> {
-    let ports = node.cli_json(&["ports"])?;
-    let port = ports
-        .as_array()
-        .context("ports")?
-        .iter()
-        .find(|p| p["ip"] == pod.ip.to_string())
-        .with_context(|| format!("no port for {}", pod.ip))?;
-    Ok(port["counters"]["offload"][counter].as_u64().unwrap_or(0))
-}
-
 /// `node`'s port for `pod` counted some `counter` (an offload counter),
 /// or an error saying `what` was expected.
 fn expect_offload(node: &SwitchNode, pod: &Pod, counter: &str, what: &str) -> Result<()> {
-    ensure!(offload(node, pod, counter)? > 0, "{what} ({counter} is 0)");
+    ensure!(
+        offload(&port_of(node, pod)?, counter) > 0,
+        "{what} ({counter} is 0)"
+    );
     Ok(())
 }
 

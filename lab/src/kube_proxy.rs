@@ -245,19 +245,9 @@ pub fn write_rules(
     write_ports(lab, node, mode, &proxied_ports(services))
 }
 
-/// Write `mode`'s rules for IPv6 `services` into `node`, beside any
-/// IPv4 ones.
-pub fn write_rules6(
-    lab: &Lab,
-    node: &Netns,
-    mode: KubeProxyMode,
-    services: &[ProxiedPort<Ipv6Addr>],
-) -> Result<()> {
-    write_ports(lab, node, mode, services)
-}
-
-/// Write `mode`'s rules for `ports`, of the family of `A`, into `node`.
-fn write_ports<A: Address>(
+/// Write `mode`'s rules for `ports`, of the family of `A`, into `node`,
+/// beside the other family's (IPv6 ports are given as [`ProxiedPort`]s).
+pub fn write_ports<A: Address>(
     lab: &Lab,
     node: &Netns,
     mode: KubeProxyMode,

@@ -115,11 +115,6 @@ impl PacketSocket {
         Ok(())
     }
 
-    /// The interface name.
-    pub fn ifname(&self) -> &str {
-        &self.ifname
-    }
-
     /// Read one frame, after its virtio-net header, into `buf`: its length
     /// with the header, or `None` when none is waiting. A frame longer than
     /// `buf` is cut short to its length (the caller tells by the length).

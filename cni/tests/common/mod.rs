@@ -8,12 +8,13 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use podswitch_lab::cluster::{
     PeerEntry, Pod, SwitchNode, SwitchOptions, UPLINK, add_underlay_ipv6, connect_underlay,
-    set_queues,
+    expect_iperf, set_queues,
 };
 use podswitch_lab::cni::{CniCall, CniPlugin, netns_path};
+use podswitch_lab::traffic::IperfClient;
 use podswitch_lab::{Lab, Netns};
 use serde_json::{Value, json};
 
@@ -140,6 +141,37 @@ pub fn call<'a>(command: &'a str, container_id: &'a str, netns: Option<&'a Path>
         ifname: "eth0",
         args: "",
     }
+}
+
+/// TCP from `from` to `to` with `streams` streams; its rate in Gbit/s.
+pub fn tcp(from: &Pod, to: &Pod, streams: u32, what: &str) -> Result<f64> {
+    let client = IperfClient {
+        streams,
+        ..IperfClient::default()
+    };
+    Ok(expect_iperf(&client, from, to, what)?.gbps())
+}
+
+/// The first of `node`'s ports (`podswitch ports`) that `which` picks.
+pub fn find_port(node: &SwitchNode, which: impl Fn(&Value) -> bool) -> Result<Option<Value>> {
+    let ports = node.cli_json(&["ports"])?;
+    Ok(ports
+        .as_array()
+        .context("ports")?
+        .iter()
+        .find(|p| which(p))
+        .cloned())
+}
+
+/// `node`'s port for `pod`, with its counters, found by the pod's address.
+pub fn port_of(node: &SwitchNode, pod: &Pod) -> Result<Value> {
+    find_port(node, |p| p["ip"] == pod.ip.to_string())?
+        .with_context(|| format!("no port for {}", pod.ip))
+}
+
+/// A port's offload counter `counter` (`super_frames_sent`, …).
+pub fn offload(port: &Value, counter: &str) -> u64 {
+    port["counters"]["offload"][counter].as_u64().unwrap_or(0)
 }
 
 /// DEL the pods [`SwitchNode::add_cni_pod_as`] made on `node`, each
