@@ -1,8 +1,12 @@
 //! Service translation costs (issue 18 item 3): a packet of an established
 //! connection through the Service stage (the connection table's probe and
-//! the in-place rewrite with its checksums), each way, with 1 k and 1 M
-//! connections in the table, one packet at a time and in batches of 32 as
-//! the worker receives them ([`Translator::prefetch`] first); the
+//! the in-place rewrite with its checksums), each way, with 1 k, 16 k,
+//! 32 k and 1 M connections in the table, one packet at a time and in
+//! batches of 32 as the worker receives them ([`Translator::prefetch`]
+//! first, which prefetches only from
+//! [`podswitch_services::conntrack::PREFETCH_FROM`] connections; requests
+//! also with the prefetch always and never, the measurement that chose
+//! that size); the
 //! connection table's probe alone (with the parse of the packet's tuple),
 //! one at a time and batched
 //! ([`podswitch_services::ConnTable::lookup_batch`]), and batched on
@@ -17,7 +21,8 @@
 //! packets cycle through 2^20 of them picked at random, which hit about
 //! 630 000 connections spread over the whole table, so nearly every probe
 //! misses the cache, as on a busy node (the 65536 used before hit
-//! connections that fitted in a 32 MiB L3); with 1 k, through 65536. Each
+//! connections that fitted in a 32 MiB L3); likewise 2^20 with 16 k and
+//! 32 k; with 1 k, through 65536. Each
 //! iteration copies the 54-byte TCP packet (or the batch's) into place
 //! first (2–3 ns a packet, included). A batch benchmark's time is for 32
 //! packets.
@@ -147,19 +152,36 @@ fn batch(packets: &[[u8; 54]], start: usize) -> [[u8; 54]; BATCH] {
         .expect("BATCH packets")
 }
 
-/// The Service stage over the batch at `start` as the worker runs it: a
-/// prefetch of the batch's probes, then `stage` (outbound or inbound) on
-/// each packet.
+/// Whether a batch's probes are prefetched before its packets go through
+/// the stage.
+#[derive(Clone, Copy)]
+enum Prefetch {
+    /// As the worker does: [`Translator::prefetch`], which prefetches only
+    /// when the table is large enough for it to pay.
+    AsWorker,
+    /// Whatever the table's size.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// The Service stage over the batch at `start`: its probes prefetched as
+/// `prefetch` says, then `stage` (outbound or inbound) on each packet.
 fn stage_batch(
     translator: &Translator,
     table: &ServiceTable,
     packets: &[[u8; 54]],
     start: usize,
+    prefetch: Prefetch,
     stage: impl Fn(&Translator, &ServiceTable, &mut [u8]) -> Verdict,
 ) -> [[u8; 54]; BATCH] {
     let mut packets = batch(packets, start);
     let keys = packets.iter().filter_map(|p| flow::connection_key(p));
-    translator.prefetch(table, keys);
+    match prefetch {
+        Prefetch::AsWorker => translator.prefetch(table, keys),
+        Prefetch::Always => translator.conns.prefetch(keys),
+        Prefetch::Never => {}
+    }
     for p in &mut packets {
         black_box(stage(translator, table, p));
     }
@@ -183,7 +205,12 @@ fn services(c: &mut Criterion) {
     let table = table();
     let mut group = c.benchmark_group("services");
     group.throughput(Throughput::Elements(1));
-    for (name, connections, packets) in [("1k", 1_000, 1 << 16), ("1m", 1_000_000, PACKETS)] {
+    for (name, connections, packets) in [
+        ("1k", 1_000, 1 << 16),
+        ("16k", 16_000, PACKETS),
+        ("32k", 32_000, PACKETS),
+        ("1m", 1_000_000, PACKETS),
+    ] {
         let (translator, requests, replies) = established(&table, connections, packets);
         let mask = packets - 1;
         let mut i = 0;
@@ -236,16 +263,40 @@ fn services(c: &mut Criterion) {
         });
         group.throughput(Throughput::Elements(BATCH as u64));
         let batches = packets - BATCH;
-        for (stage, stream, run) in [
-            ("request", &requests, outbound as fn(&_, &_, &mut _) -> _),
-            ("reply", &replies, inbound),
-            ("pod-to-pod", &direct, both),
+        for (stage, stream, prefetch, run) in [
+            (
+                "request",
+                &requests,
+                Prefetch::AsWorker,
+                outbound as fn(&_, &_, &mut _) -> _,
+            ),
+            (
+                "request-prefetch-always",
+                &requests,
+                Prefetch::Always,
+                outbound,
+            ),
+            (
+                "request-prefetch-never",
+                &requests,
+                Prefetch::Never,
+                outbound,
+            ),
+            ("reply", &replies, Prefetch::AsWorker, inbound),
+            ("pod-to-pod", &direct, Prefetch::AsWorker, both),
         ] {
             group.bench_function(format!("{stage}-batch{BATCH}/{name}"), |b| {
                 b.iter(|| {
                     let start = i & batches;
                     i += BATCH;
-                    black_box(stage_batch(&translator, &table, stream, start, run))
+                    black_box(stage_batch(
+                        &translator,
+                        &table,
+                        stream,
+                        start,
+                        prefetch,
+                        run,
+                    ))
                 })
             });
         }

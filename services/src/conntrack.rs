@@ -390,6 +390,14 @@ pub const BATCH: usize = 32;
 /// ([`ConnTable::pipeline`]); chosen by measurement (docs/benchmarks.md).
 const AHEAD: usize = 8;
 
+/// The fewest connections at which prefetching a batch's probes pays
+/// ([`ConnTable::worth_prefetching`]): in a smaller table the probes'
+/// lines are most likely in the cache already, and the prefetch pass (a
+/// hash and a bucket read a packet) only adds to each packet's cost.
+/// Chosen by measurement (docs/benchmarks.md, "Prefetch only where it
+/// pays").
+pub const PREFETCH_FROM: usize = 1 << 14;
+
 /// The size of a huge page.
 const HUGE_PAGE: usize = 2 << 20;
 
@@ -477,6 +485,12 @@ impl ConnTable {
     /// Whether it holds no connection.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether prefetching a batch's probes ([`ConnTable::prefetch`])
+    /// pays: the table holds at least [`PREFETCH_FROM`] connections.
+    pub fn worth_prefetching(&self) -> bool {
+        self.len() >= PREFETCH_FROM
     }
 
     /// Shard `index`.
@@ -1159,6 +1173,22 @@ mod tests {
             assert_eq!(hit.is_some(), live, "{key:?}");
             assert_eq!(*hit, table.lookup(key, 0x10, 1));
         }
+    }
+
+    #[test]
+    fn prefetching_pays_from_its_size_on() {
+        let table = ConnTable::new(2 * PREFETCH_FROM, Timeouts::default());
+        let flows: Vec<FlowKey> = (0..PREFETCH_FROM as u16)
+            .map(|port| key([10, 244, 1, 2], port, [10, 244, 2, 7], 80, TCP))
+            .collect();
+        for flow in &flows[1..] {
+            table.track(*flow, 0).unwrap();
+        }
+        assert!(!table.worth_prefetching());
+        table.track(flows[0], 0).unwrap();
+        assert!(table.worth_prefetching());
+        assert_eq!(table.remove_unkept(|flow, _| flow.sport != 0), 1);
+        assert!(!table.worth_prefetching());
     }
 
     #[test]

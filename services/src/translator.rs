@@ -68,14 +68,23 @@ impl Translator {
         self.translated.load(Ordering::Relaxed)
     }
 
+    /// Whether [`Translator::prefetch`] would do anything: the connection
+    /// table is large enough for it to pay
+    /// ([`ConnTable::worth_prefetching`]). A caller that reads the
+    /// batch's tuples only to prefetch can skip that too.
+    pub fn wants_prefetch(&self) -> bool {
+        self.conns.worth_prefetching()
+    }
+
     /// Prepare a batch of packets, given by their tuples
     /// ([`flow::connection_key`]), for [`Translator::outbound`] and
     /// [`Translator::inbound`]: the connection table's probes of those
     /// that are a Service's (TCP, UDP or SCTP to a ClusterIP, or from an
     /// endpoint) are prefetched together, so that their cache misses
-    /// overlap rather than one per packet in turn.
+    /// overlap rather than one per packet in turn. Nothing unless
+    /// [`Translator::wants_prefetch`].
     pub fn prefetch(&self, table: &ServiceTable, keys: impl IntoIterator<Item = FlowKey>) {
-        if self.conns.is_empty() {
+        if !self.wants_prefetch() {
             return;
         }
         self.conns.prefetch(keys.into_iter().filter(|key| {

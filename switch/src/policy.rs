@@ -413,9 +413,18 @@ impl PolicyStage<'_> {
     /// Prefetch the connection-table probes of a batch of packets, given
     /// by their tuples ([`flow::connection_key`]), before
     /// [`PolicyStage::check`] takes them one by one, so that their cache
-    /// misses overlap.
+    /// misses overlap. Nothing unless [`PolicyStage::wants_prefetch`].
     pub fn prefetch(&self, keys: impl IntoIterator<Item = FlowKey>) {
-        self.conns.prefetch(keys);
+        if self.wants_prefetch() {
+            self.conns.prefetch(keys);
+        }
+    }
+
+    /// Whether [`PolicyStage::prefetch`] would do anything: the
+    /// connection table is large enough for it to pay
+    /// ([`ConnTable::worth_prefetching`]).
+    pub fn wants_prefetch(&self) -> bool {
+        self.conns.worth_prefetching()
     }
 
     /// Count a packet denied to or from the local pod at `address` for

@@ -238,11 +238,12 @@ impl Pipeline<'_> {
     /// Prefetch the Service and policy stages' connection probes of a
     /// batch of received Ethernet frames, before they are dispatched one
     /// by one (see [`podswitch_services::Translator::prefetch`]): each
-    /// frame's tuple is read once for both. A frame that continues in the
-    /// next one is left out.
+    /// frame's tuple is read once for both, and not at all while neither
+    /// stage's table is large enough for prefetching to pay. A frame that
+    /// continues in the next one is left out.
     pub fn prefetch<'f>(&self, frames: impl Iterator<Item = &'f Frame>) {
-        let services = &self.forwarder.services;
-        let policy = &self.forwarder.policy;
+        let services = (self.forwarder.services.as_ref()).filter(|s| s.translator.wants_prefetch());
+        let policy = (self.forwarder.policy.as_ref()).filter(|p| p.wants_prefetch());
         if services.is_none() && policy.is_none() {
             return;
         }
