@@ -104,7 +104,10 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     catch_interrupts()?;
     let binary = sibling_binary("podswitch")?;
     let mut lab = Lab::new("demo")?;
-    let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
+    // The daemons' configs and logs: kept to look into if the demo fails,
+    // removed at the end when it passes.
+    lab.keep_scratch();
+    let dir = lab.scratch_dir();
     println!(
         "podswitch demo: two nodes, two {} pods each, {} overlay, {} polling",
         args.switch.pod_interface, args.switch.encap, args.switch.poll_mode
@@ -331,8 +334,6 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     println!(
         "\nRun `podswitch-bench demo --help` for options; docs/operations.md explains each counter."
     );
-    // The daemons' configs and logs: kept to look into when the demo
-    // failed, removed when it passed.
     verdict(&rows).with_context(|| format!("the daemons' logs are in {}", dir.display()))?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -275,7 +275,7 @@ fn load(
     text: &str,
     (program, args): (&str, &[&str]),
 ) -> Result<()> {
-    let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
+    let dir = lab.scratch_dir();
     std::fs::create_dir_all(&dir)?;
     let file = dir.join(format!("{}.{suffix}", node.name()));
     std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;

@@ -1,6 +1,7 @@
 //! Network namespaces made with iproute2 and removed on drop.
 
 use std::fs::File;
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -11,11 +12,13 @@ use crate::tools;
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 
-/// A set of namespaces sharing one unique prefix; dropping the lab deletes
-/// every namespace it made, newest first.
+/// A set of namespaces sharing one unique prefix, and a scratch directory
+/// named after it; dropping the lab deletes every namespace it made,
+/// newest first, then the directory.
 pub struct Lab {
     prefix: String,
     namespaces: Vec<Netns>,
+    keep_scratch: bool,
 }
 
 impl Lab {
@@ -28,6 +31,7 @@ impl Lab {
         Ok(Lab {
             prefix: format!("{}-{tag}-{}-{n}-", Lab::base(), std::process::id()),
             namespaces: Vec::new(),
+            keep_scratch: false,
         })
     }
 
@@ -51,6 +55,7 @@ impl Lab {
         Ok(Lab {
             prefix,
             namespaces: Vec::new(),
+            keep_scratch: false,
         })
     }
 
@@ -66,6 +71,21 @@ impl Lab {
         &self.prefix
     }
 
+    /// The lab's scratch directory, `<temp dir>/<prefix without its last
+    /// dash>`: the daemons' configs, logs and state and the other files a
+    /// run writes (whoever writes first creates it). Removed with the lab
+    /// unless [`Lab::keep_scratch`] was called or `PODSWITCH_KEEP_SCRATCH`
+    /// is set (to read a failed test's daemon logs).
+    pub fn scratch_dir(&self) -> PathBuf {
+        std::env::temp_dir().join(self.prefix.trim_end_matches('-'))
+    }
+
+    /// Keep the scratch directory when the lab is dropped: a failed run
+    /// whose logs the user is pointed at.
+    pub fn keep_scratch(&mut self) {
+        self.keep_scratch = true;
+    }
+
     /// Create the namespace `<prefix><name>` with its loopback up.
     pub fn netns(&mut self, name: &str) -> Result<Netns> {
         let ns = Netns::create(&format!("{}{name}", self.prefix))?;
@@ -78,6 +98,12 @@ impl Drop for Lab {
     fn drop(&mut self) {
         while let Some(ns) = self.namespaces.pop() {
             ns.delete();
+        }
+        // A kept lab has no prefix left, and its scratch directory would
+        // be the temp dir itself.
+        let keep = self.keep_scratch || std::env::var_os("PODSWITCH_KEEP_SCRATCH").is_some();
+        if !self.prefix.is_empty() && !keep {
+            let _ = std::fs::remove_dir_all(self.scratch_dir());
         }
     }
 }

@@ -10,7 +10,7 @@
 //! assertions. Needs root.
 
 use std::net::SocketAddrV4;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -27,10 +27,6 @@ const LONG_WINDOW_US: u32 = 100_000;
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_podswitch"))
-}
-
-fn scratch(lab: &Lab) -> PathBuf {
-    std::env::temp_dir().join(lab.prefix().trim_end_matches('-'))
 }
 
 /// A worker's counters: (passes, sleeps).
@@ -58,7 +54,7 @@ struct Exchange {
 /// asleep once the traffic stops.
 fn exchange(tag: &str, options: SwitchOptions) -> Result<Exchange> {
     let mut lab = Lab::new(tag)?;
-    let dir = scratch(&lab);
+    let dir = lab.scratch_dir();
     let SwitchPair { nodes, pods } = SwitchPair::build(&mut lab, binary(), &dir, &options)?;
     let (client, server) = (&pods[0][0], &pods[1][0]);
     let echo = EchoServer::start(&server.ns, ECHO_PORT, 1)?;

@@ -96,7 +96,7 @@ fn direction(flags: &str) -> u32 {
 }
 
 fn scratch(lab: &Lab) -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
+    let dir = lab.scratch_dir();
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }

@@ -18,11 +18,9 @@ fn podswitch(args: &[&str]) -> Result<(bool, String, String)> {
 }
 
 fn with_config(text: &str, args: &[&str]) -> Result<(bool, String, String)> {
-    let dir = std::env::temp_dir().join(format!("podswitch-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = dir.join(format!("{n}.toml"));
+    let path = std::env::temp_dir().join(format!("podswitch-cli-{}-{n}.toml", std::process::id()));
     std::fs::write(&path, text)?;
     let mut full: Vec<&str> = args.to_vec();
     let path_text = path.to_string_lossy().into_owned();

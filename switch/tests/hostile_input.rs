@@ -248,7 +248,7 @@ fn under_attack_with(
     attack: impl Fn(&Target) -> Result<()>,
 ) -> Result<()> {
     let mut lab = Lab::new(tag)?;
-    let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
+    let dir = lab.scratch_dir();
     let binary = Path::new(env!("CARGO_BIN_EXE_podswitch"));
     let SwitchPair { nodes, pods } = SwitchPair::build(&mut lab, binary, &dir, options)?;
     let [[a, bad], [c, _]] = &pods;

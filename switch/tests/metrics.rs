@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -27,10 +27,6 @@ const BAD_FRAMES: u64 = 20;
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_podswitch"))
-}
-
-fn scratch(lab: &Lab) -> PathBuf {
-    std::env::temp_dir().join(lab.prefix().trim_end_matches('-'))
 }
 
 fn url(node: &SwitchNode, path: &str) -> String {
@@ -200,7 +196,7 @@ fn metrics_follow_traffic_and_drops() -> Result<()> {
         metrics_port: Some(METRICS_PORT),
         ..SwitchOptions::default()
     };
-    let dir = scratch(&lab);
+    let dir = lab.scratch_dir();
     let SwitchPair { nodes, pods } = SwitchPair::build(&mut lab, binary(), &dir, &options)?;
     let [n1, n2] = &nodes;
     let [[a, _], [c, _]] = &pods;

@@ -119,7 +119,7 @@ fn denied_by(node: &SwitchNode, policy: &str) -> Result<u64> {
 #[test]
 fn the_switch_enforces_network_policy_as_kubernetes_specifies() -> Result<()> {
     let mut lab = Lab::new("pol")?;
-    let dir: PathBuf = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
+    let dir: PathBuf = lab.scratch_dir();
     std::fs::create_dir_all(&dir)?;
     let services = dir.join("services.json");
     let (b_ip, c_ip) = (Ipv4Addr::new(10, 244, 1, 3), Ipv4Addr::new(10, 244, 2, 2));

@@ -6,7 +6,7 @@
 //! nothing and counts nothing. Needs root.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
@@ -24,10 +24,6 @@ const COPIES: u64 = 10;
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_podswitch"))
-}
-
-fn scratch(lab: &Lab) -> PathBuf {
-    std::env::temp_dir().join(lab.prefix().trim_end_matches('-'))
 }
 
 fn trace(node: &SwitchNode, args: &[&str]) -> Result<Value> {
@@ -97,7 +93,7 @@ fn link_mac(node: &SwitchNode, ifname: &str) -> Result<String> {
 #[test]
 fn traces_match_what_packets_do() -> Result<()> {
     let mut lab = Lab::new("sw-trace")?;
-    let dir = scratch(&lab);
+    let dir = lab.scratch_dir();
     let SwitchPair { nodes, pods } =
         SwitchPair::build(&mut lab, binary(), &dir, &SwitchOptions::default())?;
     let [n1, n2] = &nodes;
@@ -205,7 +201,7 @@ fn traces_match_what_packets_do() -> Result<()> {
 #[test]
 fn a_service_trace_names_the_endpoint_a_real_request_reaches() -> Result<()> {
     let mut lab = Lab::new("sw-trace-svc")?;
-    let dir = scratch(&lab);
+    let dir = lab.scratch_dir();
     std::fs::create_dir_all(&dir)?;
     let file = dir.join("services.json");
     let dns = Ipv4Addr::new(10, 96, 0, 53);

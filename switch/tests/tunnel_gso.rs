@@ -772,10 +772,6 @@ impl Testbed {
         })
     }
 
-    fn scratch(&self) -> PathBuf {
-        std::env::temp_dir().join(self.lab.prefix().trim_end_matches('-'))
-    }
-
     /// The relays: node 1's, and node 2's for Geneve.
     fn relays(&self) -> Result<Vec<Relay<'_>>> {
         let peer_mac = match &self.two {
@@ -823,7 +819,7 @@ fn tcp_through_tunnel_gso(
     let relays = testbed.relays()?;
     let relay_refs: Vec<&Relay> = relays.iter().collect();
     let (a, b) = (&testbed.one.pod, &testbed.peer_pod);
-    let capture_dir = testbed.scratch();
+    let capture_dir = testbed.lab.scratch_dir();
     with_relays(&relay_refs, Placement::BesideSender, || {
         expect_pings(a, b.ip, &what)?;
         expect_pings(b, a.ip, &what)?;

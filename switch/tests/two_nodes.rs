@@ -4,7 +4,7 @@
 //! node, with routes and peers changed under load, the node's own traffic
 //! kept, and every frame accounted for afterwards. Needs root.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use anyhow::{Context, Result, ensure};
@@ -29,10 +29,6 @@ fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_podswitch"))
 }
 
-fn scratch(lab: &Lab) -> PathBuf {
-    std::env::temp_dir().join(lab.prefix().trim_end_matches('-'))
-}
-
 /// Two podswitch nodes peered with each other, two pods each.
 struct TwoNodes {
     lab: Lab,
@@ -47,7 +43,7 @@ impl TwoNodes {
             encap: encap.into(),
             ..SwitchOptions::default()
         };
-        let dir = scratch(&lab);
+        let dir = lab.scratch_dir();
         let SwitchPair { nodes, pods } = SwitchPair::build(&mut lab, binary(), &dir, &options)?;
         Ok(TwoNodes { lab, nodes, pods })
     }
@@ -204,7 +200,7 @@ fn changes_under_load() -> Result<()> {
 fn interop_with_kernel_vxlan_node() -> Result<()> {
     let _serial = serial();
     let mut lab = Lab::new("sw-interop")?;
-    let dir = scratch(&lab);
+    let dir = lab.scratch_dir();
     let (node1, kernel) =
         switch_and_kernel_node(&mut lab, binary(), &dir, &SwitchOptions::default())?;
     let a = node1.add_veth_pod(&mut lab, 2, POD_MTU)?;
@@ -228,7 +224,7 @@ fn interop_with_kernel_vxlan_node() -> Result<()> {
 fn kernel_node_leaving_checksums_unfinished() -> Result<()> {
     let _serial = serial();
     let mut lab = Lab::new("sw-unfinished")?;
-    let dir = scratch(&lab);
+    let dir = lab.scratch_dir();
     let (node1, kernel) =
         switch_and_kernel_node(&mut lab, binary(), &dir, &SwitchOptions::default())?;
     kernel.ns.run("ethtool", &["-K", UPLINK, "tx", "on"])?;

@@ -814,7 +814,7 @@ enum Nodes {
 }
 
 /// A built testbed. Dropping it stops its processes, then deletes its
-/// namespaces, then its files.
+/// namespaces, then its files (the lab's scratch directory).
 pub struct Testbed {
     nodes: Nodes,
     /// The sending pod (node 1) and the receiving pod (node 2).
@@ -823,15 +823,14 @@ pub struct Testbed {
     /// the ClusterIP it is reached through.
     pub server: Ipv4Addr,
     lab: Lab,
-    files: ScratchDir,
 }
 
 impl Testbed {
     /// Build `contender`'s testbed.
     pub fn build(contender: &Contender, binaries: &Binaries) -> Result<Testbed> {
         let mut lab = Lab::new("bl")?;
-        let files = ScratchDir(std::env::temp_dir().join(lab.prefix().trim_end_matches('-')));
-        std::fs::create_dir_all(&files.0)?;
+        let files = lab.scratch_dir();
+        std::fs::create_dir_all(&files)?;
         let same_node = contender.placement == Placement::SameNode;
         let underlay = contender.underlay;
         let (nodes, pods) = match contender.kind {
@@ -842,7 +841,7 @@ impl Testbed {
                 tunnel_offload,
             } => podswitch_nodes(
                 &mut lab,
-                &files.0,
+                &files,
                 binaries,
                 PodswitchSetup {
                     encap,
@@ -857,7 +856,7 @@ impl Testbed {
             Kind::Kernel { pod_offloads } => {
                 kernel_nodes(&mut lab, underlay, pod_offloads, same_node)?
             }
-            Kind::Ovs => ovs_nodes(&mut lab, &files.0, underlay)?,
+            Kind::Ovs => ovs_nodes(&mut lab, &files, underlay)?,
             Kind::Veth => (Nodes::None, direct_veth_pods(&mut lab, underlay.pod_mtu())?),
         };
         let mut testbed = Testbed {
@@ -865,7 +864,6 @@ impl Testbed {
             nodes,
             pods,
             lab,
-            files,
         };
         let connected = testbed
             .wait_until_connected()
@@ -927,7 +925,7 @@ impl Testbed {
         let service = Service::new("default/receiver", CLUSTER_IP, ports);
         match (via, &self.nodes) {
             (Via::Switch, Nodes::Podswitch(nodes)) => {
-                let file = self.files.0.join("services.json");
+                let file = self.lab.scratch_dir().join("services.json");
                 std::fs::write(&file, serde_json::to_string(&[service])?)?;
                 nodes[0].cli(&["services", "set", &file.to_string_lossy()])?;
             }
@@ -974,7 +972,7 @@ impl Testbed {
                  "egress": [{"peers": [{"pod_selector": app("receiver")}]}]},
             ],
         });
-        let file = self.files.0.join("policy.json");
+        let file = self.lab.scratch_dir().join("policy.json");
         std::fs::write(&file, serde_json::to_string(&cluster)?)?;
         for node in nodes.iter() {
             node.cli(&["policy", "set", &file.to_string_lossy()])?;
@@ -1195,15 +1193,6 @@ fn ovs_nodes(lab: &mut Lab, dir: &Path, underlay: Underlay) -> Result<(Nodes, [P
     let mtu = underlay.pod_mtu();
     let pods = [o1.add_pod(lab, 2, mtu)?, o2.add_pod(lab, 2, mtu)?];
     Ok((Nodes::Ovs(Box::new([o1, o2])), pods))
-}
-
-/// A directory removed, with everything in it, when dropped.
-struct ScratchDir(PathBuf);
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The contenders named in `only` (comma-separated keys), or `default`.

@@ -82,7 +82,7 @@ pub fn nodes_with(tag: &str, switches: usize, options: &SwitchOptions) -> Result
             set_queues(ns, UPLINK, workers)?;
         }
     }
-    let dir = std::env::temp_dir().join(lab.prefix().trim_end_matches('-'));
+    let dir = lab.scratch_dir();
     let binary = daemon_binary()?;
     let peer = |index| PeerEntry {
         index,
