@@ -718,7 +718,6 @@ fn tshark_check(
 /// Geneve a second relay — in a new lab, on `underlay`, with VTEPs of
 /// `family`.
 struct Testbed {
-    lab: Lab,
     kind: TunnelKind,
     n2: Netns,
     one: RelayNode,
@@ -728,6 +727,8 @@ struct Testbed {
     peer_pod: Pod,
     /// Node 1's outer headers toward node 2, and node 2's back (Geneve).
     templates: Vec<OuterTemplate>,
+    /// Dropped last, after the relays.
+    lab: Lab,
 }
 
 impl Testbed {

@@ -31,9 +31,11 @@ fn binary() -> &'static Path {
 
 /// Two podswitch nodes peered with each other, two pods each.
 struct TwoNodes {
-    lab: Lab,
     nodes: [SwitchNode; 2],
     pods: [[Pod; 2]; 2],
+    /// Dropped last, after the daemons, which write their state as they
+    /// stop.
+    lab: Lab,
 }
 
 impl TwoNodes {

@@ -52,12 +52,13 @@ pub fn daemon_binary() -> Result<PathBuf> {
 /// Nodes 1 and 2 on a veth underlay (MTU `SwitchOptions::underlay_mtu`); podswitch on the first `switches`
 /// of them, peered with each other. The lab removes both namespaces.
 pub struct Nodes {
-    /// The lab, owning the namespaces.
-    pub lab: Lab,
     /// The running switches.
     pub switches: Vec<SwitchNode>,
     /// Node 2's namespace, whether or not it runs a switch.
     pub n2: Netns,
+    /// The lab, owning the namespaces and the scratch directory; dropped
+    /// last, after the daemons, which write their state as they stop.
+    pub lab: Lab,
 }
 
 /// Start [`Nodes`]: lab namespaces named after `tag`.
