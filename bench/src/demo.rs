@@ -30,10 +30,11 @@ pub struct SwitchArgs {
     /// XDP mode on the switch's interfaces: auto, native or generic.
     #[arg(long, default_value = "auto")]
     xdp_mode: String,
-    /// How pods are attached (the CNI's podInterface): veth (AF_XDP; the
-    /// plugin's default), veth-offload (a packet socket on the veth's
-    /// host end) or tap; the last two carry 64 KB TCP segments.
-    #[arg(long, default_value = "veth", value_parser = ["veth", "veth-offload", "tap"])]
+    /// How pods are attached (the CNI's podInterface): veth-offload (a
+    /// packet socket on the veth's host end; the plugin's default on
+    /// Linux 6.6+), veth (AF_XDP) or tap; all but veth carry 64 KB TCP
+    /// segments.
+    #[arg(long, default_value = "veth-offload", value_parser = ["veth", "veth-offload", "tap"])]
     pod_interface: String,
 }
 

@@ -245,6 +245,10 @@ fn add(env: &Environment, conf: &NetConf, stdin: &[u8]) -> CniResult<AddResult> 
 
     let host = host_ifname(&env.container_id, &env.ifname);
     let netlink = netlink().inspect_err(|_| undo_address())?;
+    let pod_interface = conf.pod_interface.unwrap_or(match info.packet_ports {
+        true => PodInterfaceKind::VethOffload,
+        false => PodInterfaceKind::Veth,
+    });
     let pod = PodInterface {
         ifname: &env.ifname,
         host: &host,
@@ -254,13 +258,13 @@ fn add(env: &Environment, conf: &NetConf, stdin: &[u8]) -> CniResult<AddResult> 
         routes: &addressing.routes,
         address6: addressing.address6,
         mac: requests.mac.map(|mac| mac.value),
-        offloaded: conf.pod_interface != PodInterfaceKind::Veth,
-        gso_max_size: (conf.pod_interface != PodInterfaceKind::Veth && info.pod_gso_max_size > 0)
+        offloaded: pod_interface != PodInterfaceKind::Veth,
+        gso_max_size: (pod_interface != PodInterfaceKind::Veth && info.pod_gso_max_size > 0)
             .then_some(info.pod_gso_max_size),
     };
     // A TAP device is found again by its namespace and name; a veth by
     // its host end.
-    let (attached, kind, tap_at) = match conf.pod_interface {
+    let (attached, kind, tap_at) = match pod_interface {
         PodInterfaceKind::Veth => (
             pod_link::create(&netlink, &netns, &pod),
             PortKind::Afxdp,
@@ -393,11 +397,13 @@ fn del(env: &Environment, conf: &NetConf, stdin: &[u8]) -> CniResult<()> {
     // is deleted in the pod's namespace; a pod whose namespace is already
     // gone took its interface with it.
     let link = match conf.pod_interface {
-        PodInterfaceKind::Veth | PodInterfaceKind::VethOffload => netlink().and_then(|n| {
-            n.delete_link(&host)
-                .map_err(|e| CniError::new(code::IO_FAILURE, format!("{e:#}")))
-        }),
-        PodInterfaceKind::Tap => {
+        None | Some(PodInterfaceKind::Veth | PodInterfaceKind::VethOffload) => {
+            netlink().and_then(|n| {
+                n.delete_link(&host)
+                    .map_err(|e| CniError::new(code::IO_FAILURE, format!("{e:#}")))
+            })
+        }
+        Some(PodInterfaceKind::Tap) => {
             let netns = env.netns.clone().unwrap_or_default();
             pod_link::delete_tap(&netns, &env.ifname)
                 .map(|()| true)

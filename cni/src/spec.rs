@@ -266,10 +266,11 @@ pub struct NetConf {
     /// The pod interface's MTU; the daemon's pod MTU when left out.
     #[serde(default)]
     pub mtu: Option<u32>,
-    /// How the pod is attached: a veth pair polled through AF_XDP, or a
-    /// TAP device with offloads (TCP super-frames).
+    /// How the pod is attached ([`PodInterfaceKind`]); when left out, an
+    /// offloaded veth if the daemon can attach one (its `info` says so),
+    /// else a veth polled through AF_XDP.
     #[serde(default)]
-    pub pod_interface: PodInterfaceKind,
+    pub pod_interface: Option<PodInterfaceKind>,
     /// An IPAM plugin to delegate to instead of the built-in one.
     #[serde(default)]
     pub ipam: Option<Value>,
@@ -307,7 +308,7 @@ pub struct RuntimeConfig {
 }
 
 /// The kind of interface a pod gets (`podInterface`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PodInterfaceKind {
     /// A TAP device in the pod, opened by the switch with a virtio-net
@@ -316,14 +317,14 @@ pub enum PodInterfaceKind {
     /// across nodes (docs/decisions.md).
     Tap,
     /// A veth pair whose host end the switch polls through AF_XDP; the
-    /// pod's offloads are off (one frame at a time). The default.
-    #[default]
+    /// pod's offloads are off (one frame at a time). The default where
+    /// the daemon cannot attach offloaded veths (Linux before 6.6).
     Veth,
     /// A veth pair whose host end the switch reads and writes through a
     /// packet socket with a virtio-net header: the pod keeps TCP
     /// segmentation and checksum offload, and its TCP crosses the switch
     /// in 64 KB super-frames as a TAP pod's does, while the pod keeps a
-    /// host end like any veth pod's (docs/cni.md).
+    /// host end like any veth pod's (docs/cni.md). The default.
     #[serde(rename = "veth-offload")]
     VethOffload,
 }
@@ -664,8 +665,12 @@ mod tests {
             let text = format!(
                 r#"{{"cniVersion":"1.0.0","name":"n","type":"podswitch-cni","podInterface":"{value}"}}"#
             );
-            assert_eq!(NetConf::parse(text.as_bytes()).unwrap().pod_interface, kind);
+            assert_eq!(
+                NetConf::parse(text.as_bytes()).unwrap().pod_interface,
+                Some(kind)
+            );
         }
+        assert_eq!(conf.pod_interface, None, "left to the daemon's kernel");
 
         let cases = [
             ("not json", code::DECODING_FAILURE, "not valid"),

@@ -491,6 +491,12 @@ pub struct Info {
     /// the kernel's default).
     #[serde(default)]
     pub pod_gso_max_size: u32,
+    /// Whether the daemon can attach packet ports, the host ends of
+    /// offloaded veth pods (Linux 6.6 and later: tcx); the CNI plugin's
+    /// default pod interface follows it. Absent from an older daemon's
+    /// answer: false.
+    #[serde(default)]
+    pub packet_ports: bool,
     /// The router MAC: the gateway's, and the VTEP MAC kernel peers need.
     pub router_mac: MacAddr,
     /// VXLAN or Geneve.

@@ -36,10 +36,16 @@ pub struct PacketPortProgram {
     _ebpf: Ebpf,
 }
 
+/// Whether this kernel can take packet ports: tcx came with Linux 6.6 (a
+/// kernel whose version cannot be read is tried).
+pub fn supported() -> bool {
+    !KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(6, 6, 0))
+}
+
 impl PacketPortProgram {
     /// Load the program and attach it to `ifname`'s ingress through tcx.
     pub fn attach(ifname: &str) -> Result<PacketPortProgram> {
-        if KernelVersion::current().is_ok_and(|v| v < KernelVersion::new(6, 6, 0)) {
+        if !supported() {
             bail!(
                 "a packet port needs tcx (Linux 6.6 or later) to keep the node's stack off \
                  {ifname}: give such pods a veth (\"podInterface\": \"veth\") or a TAP device"

@@ -441,6 +441,7 @@ impl ControlPlane {
             pod_cidr6: config.pod_cidr6,
             pod_mtu: self.parts.pod_mtu,
             pod_gso_max_size: self.parts.pod_gso_max_size,
+            packet_ports: crate::packet_port::supported(),
             router_mac: config.router_mac(),
             encap: config.encap,
             vni: config.vni,
