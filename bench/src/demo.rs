@@ -108,7 +108,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     // The daemons' configs and logs: kept to look into if the demo fails,
     // removed at the end when it passes.
     lab.keep_scratch();
-    let dir = lab.scratch_dir();
+    let dir = lab.scratch_dir()?;
     println!(
         "podswitch demo: two nodes, two {} pods each, {} overlay, {} polling",
         args.switch.pod_interface, args.switch.encap, args.switch.poll_mode

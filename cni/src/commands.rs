@@ -249,6 +249,7 @@ fn add(env: &Environment, conf: &NetConf, stdin: &[u8]) -> CniResult<AddResult> 
         true => PodInterfaceKind::VethOffload,
         false => PodInterfaceKind::Veth,
     });
+    let offloaded = pod_interface != PodInterfaceKind::Veth;
     let pod = PodInterface {
         ifname: &env.ifname,
         host: &host,
@@ -258,9 +259,8 @@ fn add(env: &Environment, conf: &NetConf, stdin: &[u8]) -> CniResult<AddResult> 
         routes: &addressing.routes,
         address6: addressing.address6,
         mac: requests.mac.map(|mac| mac.value),
-        offloaded: pod_interface != PodInterfaceKind::Veth,
-        gso_max_size: (pod_interface != PodInterfaceKind::Veth && info.pod_gso_max_size > 0)
-            .then_some(info.pod_gso_max_size),
+        offloaded,
+        gso_max_size: (offloaded && info.pod_gso_max_size > 0).then_some(info.pod_gso_max_size),
     };
     // A TAP device is found again by its namespace and name; a veth by
     // its host end.

@@ -199,7 +199,7 @@ fn dual_stack_pods_with_host_local_ipam() -> Result<()> {
     };
     let mut nodes = nodes_with("dshl", 2, &options)?;
     let Nodes { lab, switches, .. } = &mut nodes;
-    let data_dir = lab.scratch_dir().join("host-local");
+    let data_dir = lab.scratch_dir()?.join("host-local");
     let mut network = switches[0].cni_network("1.0.0");
     network["ipam"] = json!({
         "type": "host-local",
@@ -269,7 +269,7 @@ fn dual_stack_pods_reach_a_kernel_vxlan_node_over_an_ipv6_underlay() -> Result<(
 fn with_a_kernel_node(tag: &str, underlay_ipv6: bool) -> Result<()> {
     let _serial = serial();
     let mut lab = Lab::new(tag)?;
-    let dir = lab.scratch_dir();
+    let dir = lab.scratch_dir()?;
     let options = SwitchOptions {
         dual_stack: true,
         underlay_ipv6,

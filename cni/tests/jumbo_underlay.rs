@@ -219,7 +219,7 @@ fn jumbo_frames_between_veth_and_tap_pods_over_geneve() -> Result<()> {
 fn jumbo_frames_with_a_kernel_vxlan_node() -> Result<()> {
     let _serial = serial();
     let mut lab = Lab::new("jumbo-interop")?;
-    let dir = lab.scratch_dir();
+    let dir = lab.scratch_dir()?;
     let options = SwitchOptions {
         underlay_mtu: UNDERLAY_MTU,
         ..SwitchOptions::default()

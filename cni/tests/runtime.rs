@@ -745,7 +745,7 @@ fn delegated_host_local_ipam() -> Result<()> {
     let mut tb = nodes("cni-hostlocal", 1)?;
     let plugin = plugin();
     let node = tb.switches[0].ns.clone();
-    let host_local_dir = tb.lab.scratch_dir().join("host-local");
+    let host_local_dir = tb.lab.scratch_dir()?.join("host-local");
     let mut conf = tb.switches[0].cni_network("1.0.0");
     conf["ipam"] = json!({
         "type": "host-local",
@@ -811,7 +811,7 @@ fn delegated_host_local_ipam() -> Result<()> {
     );
 
     // An IPAM plugin that ignores requests (it always gives .77).
-    let ignoring_dir = tb.lab.scratch_dir().join("ipam-bin");
+    let ignoring_dir = tb.lab.scratch_dir()?.join("ipam-bin");
     std::fs::create_dir_all(&ignoring_dir)?;
     let ignoring = ignoring_dir.join("ignoring-ipam");
     std::fs::write(
@@ -1054,7 +1054,7 @@ fn churn_under_load() -> Result<()> {
     let before = holdings(n1, &conf)?;
 
     let _server = iperf_server(&c.ns, IPERF_PORT)?;
-    let log_path = tb.lab.scratch_dir().join("iperf.log");
+    let log_path = tb.lab.scratch_dir()?.join("iperf.log");
     let mut flow = IperfClient {
         seconds: 900,
         ..IperfClient::default()

@@ -472,7 +472,7 @@ fn tap_pod_with_kernel_vxlan_node_through(
 ) -> Result<()> {
     let _serial = serial();
     let mut lab = Lab::new(tag)?;
-    let dir = lab.scratch_dir();
+    let dir = lab.scratch_dir()?;
     let options = SwitchOptions {
         tunnel_offload: mode.map(String::from),
         ..SwitchOptions::default()

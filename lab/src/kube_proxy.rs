@@ -275,8 +275,7 @@ fn load(
     text: &str,
     (program, args): (&str, &[&str]),
 ) -> Result<()> {
-    let dir = lab.scratch_dir();
-    std::fs::create_dir_all(&dir)?;
+    let dir = lab.scratch_dir()?;
     let file = dir.join(format!("{}.{suffix}", node.name()));
     std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
     let file = file.to_string_lossy();

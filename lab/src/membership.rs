@@ -36,7 +36,7 @@ impl MembershipLab {
     /// Lab `tag`: four node namespaces on a fabric, and an empty directory.
     pub fn new(tag: &str) -> Result<MembershipLab> {
         let mut lab = Lab::new(tag)?;
-        let dir = lab.scratch_dir();
+        let dir = lab.scratch_dir()?;
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let namespaces = (1..=4)

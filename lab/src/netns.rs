@@ -59,10 +59,11 @@ impl Lab {
         })
     }
 
-    /// Keep every namespace after the lab is dropped; the prefix to find
-    /// them by.
+    /// Keep every namespace, and the scratch directory, after the lab is
+    /// dropped; the prefix to find them by.
     pub fn keep(mut self) -> String {
         self.namespaces.clear();
+        self.keep_scratch = true;
         std::mem::take(&mut self.prefix)
     }
 
@@ -72,11 +73,17 @@ impl Lab {
     }
 
     /// The lab's scratch directory, `<temp dir>/<prefix without its last
-    /// dash>`: the daemons' configs, logs and state and the other files a
-    /// run writes (whoever writes first creates it). Removed with the lab
+    /// dash>`, created if it is not there yet: the daemons' configs, logs
+    /// and state and the other files a run writes. Removed with the lab
     /// unless [`Lab::keep_scratch`] was called or `PODSWITCH_KEEP_SCRATCH`
     /// is set (to read a failed test's daemon logs).
-    pub fn scratch_dir(&self) -> PathBuf {
+    pub fn scratch_dir(&self) -> Result<PathBuf> {
+        let dir = self.scratch_path();
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(dir)
+    }
+
+    fn scratch_path(&self) -> PathBuf {
         std::env::temp_dir().join(self.prefix.trim_end_matches('-'))
     }
 
@@ -99,11 +106,8 @@ impl Drop for Lab {
         while let Some(ns) = self.namespaces.pop() {
             ns.delete();
         }
-        // A kept lab has no prefix left, and its scratch directory would
-        // be the temp dir itself.
-        let keep = self.keep_scratch || std::env::var_os("PODSWITCH_KEEP_SCRATCH").is_some();
-        if !self.prefix.is_empty() && !keep {
-            let _ = std::fs::remove_dir_all(self.scratch_dir());
+        if !self.keep_scratch && std::env::var_os("PODSWITCH_KEEP_SCRATCH").is_none() {
+            let _ = std::fs::remove_dir_all(self.scratch_path());
         }
     }
 }

@@ -54,7 +54,7 @@ struct Exchange {
 /// asleep once the traffic stops.
 fn exchange(tag: &str, options: SwitchOptions) -> Result<Exchange> {
     let mut lab = Lab::new(tag)?;
-    let dir = lab.scratch_dir();
+    let dir = lab.scratch_dir()?;
     let SwitchPair { nodes, pods } = SwitchPair::build(&mut lab, binary(), &dir, &options)?;
     let (client, server) = (&pods[0][0], &pods[1][0]);
     let echo = EchoServer::start(&server.ns, ECHO_PORT, 1)?;

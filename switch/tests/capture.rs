@@ -6,7 +6,7 @@
 //! keeps nothing, and a client that hangs up ends its capture; a bad port
 //! is refused. Needs root.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -95,16 +95,10 @@ fn direction(flags: &str) -> u32 {
     u32::from_str_radix(flags.trim_start_matches("0x"), 16).map_or(0, |f| f & 3)
 }
 
-fn scratch(lab: &Lab) -> Result<PathBuf> {
-    let dir = lab.scratch_dir();
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
-
 #[test]
 fn captures_read_back_with_tshark() -> Result<()> {
     let mut lab = Lab::new("sw-capture")?;
-    let dir = scratch(&lab)?;
+    let dir = lab.scratch_dir()?;
     let SwitchPair { nodes, pods } =
         SwitchPair::build(&mut lab, binary(), &dir, &SwitchOptions::default())?;
     let [n1, _] = &nodes;

@@ -248,7 +248,7 @@ fn under_attack_with(
     attack: impl Fn(&Target) -> Result<()>,
 ) -> Result<()> {
     let mut lab = Lab::new(tag)?;
-    let dir = lab.scratch_dir();
+    let dir = lab.scratch_dir()?;
     let binary = Path::new(env!("CARGO_BIN_EXE_podswitch"));
     let SwitchPair { nodes, pods } = SwitchPair::build(&mut lab, binary, &dir, options)?;
     let [[a, bad], [c, _]] = &pods;

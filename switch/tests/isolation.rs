@@ -85,7 +85,7 @@ fn socket_protocols(pid: u32, fds: impl Iterator<Item = u32>) -> Result<BTreeMap
 #[test]
 fn pods_cannot_reach_the_control_socket() -> Result<()> {
     let mut lab = Lab::new("h6-iso")?;
-    let dir = lab.scratch_dir();
+    let dir = lab.scratch_dir()?;
     let binary = Path::new(env!("CARGO_BIN_EXE_podswitch"));
     let SwitchPair { nodes, pods } =
         SwitchPair::build(&mut lab, binary, &dir, &SwitchOptions::default())?;

@@ -196,7 +196,7 @@ fn metrics_follow_traffic_and_drops() -> Result<()> {
         metrics_port: Some(METRICS_PORT),
         ..SwitchOptions::default()
     };
-    let dir = lab.scratch_dir();
+    let dir = lab.scratch_dir()?;
     let SwitchPair { nodes, pods } = SwitchPair::build(&mut lab, binary(), &dir, &options)?;
     let [n1, n2] = &nodes;
     let [[a, _], [c, _]] = &pods;

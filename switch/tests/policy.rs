@@ -119,8 +119,7 @@ fn denied_by(node: &SwitchNode, policy: &str) -> Result<u64> {
 #[test]
 fn the_switch_enforces_network_policy_as_kubernetes_specifies() -> Result<()> {
     let mut lab = Lab::new("pol")?;
-    let dir: PathBuf = lab.scratch_dir();
-    std::fs::create_dir_all(&dir)?;
+    let dir: PathBuf = lab.scratch_dir()?;
     let services = dir.join("services.json");
     let (b_ip, c_ip) = (Ipv4Addr::new(10, 244, 1, 3), Ipv4Addr::new(10, 244, 2, 2));
     let endpoints = [b_ip, c_ip].map(|e| Endpoint::ready(e, TCP_PORT)).to_vec();

@@ -189,8 +189,7 @@ fn to_host(nodes: &[SwitchNode; 2]) -> Result<Vec<u64>> {
 /// pods [`SwitchPair`] makes (two on node 1, one on node 2).
 fn translation_lab(tag: &str) -> Result<(Lab, PathBuf, PathBuf, [Ipv4Addr; 3])> {
     let lab = Lab::new(tag)?;
-    let dir: PathBuf = lab.scratch_dir();
-    std::fs::create_dir_all(&dir)?;
+    let dir: PathBuf = lab.scratch_dir()?;
     let file = dir.join("services.json");
     let pods = [
         Ipv4Addr::new(10, 244, 1, 2),

@@ -28,7 +28,7 @@ fn soak() -> Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(600);
     let mut lab = Lab::new("soak")?;
-    let dir = lab.scratch_dir();
+    let dir = lab.scratch_dir()?;
     let binary = Path::new(env!("CARGO_BIN_EXE_podswitch"));
     let SwitchPair { nodes, pods } =
         SwitchPair::build(&mut lab, binary, &dir, &SwitchOptions::default())?;

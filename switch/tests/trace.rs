@@ -93,7 +93,7 @@ fn link_mac(node: &SwitchNode, ifname: &str) -> Result<String> {
 #[test]
 fn traces_match_what_packets_do() -> Result<()> {
     let mut lab = Lab::new("sw-trace")?;
-    let dir = lab.scratch_dir();
+    let dir = lab.scratch_dir()?;
     let SwitchPair { nodes, pods } =
         SwitchPair::build(&mut lab, binary(), &dir, &SwitchOptions::default())?;
     let [n1, n2] = &nodes;
@@ -201,8 +201,7 @@ fn traces_match_what_packets_do() -> Result<()> {
 #[test]
 fn a_service_trace_names_the_endpoint_a_real_request_reaches() -> Result<()> {
     let mut lab = Lab::new("sw-trace-svc")?;
-    let dir = lab.scratch_dir();
-    std::fs::create_dir_all(&dir)?;
+    let dir = lab.scratch_dir()?;
     let file = dir.join("services.json");
     let dns = Ipv4Addr::new(10, 96, 0, 53);
     let (a, c) = (Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 244, 2, 2));

@@ -820,7 +820,7 @@ fn tcp_through_tunnel_gso(
     let relays = testbed.relays()?;
     let relay_refs: Vec<&Relay> = relays.iter().collect();
     let (a, b) = (&testbed.one.pod, &testbed.peer_pod);
-    let capture_dir = testbed.lab.scratch_dir();
+    let capture_dir = testbed.lab.scratch_dir()?;
     with_relays(&relay_refs, Placement::BesideSender, || {
         expect_pings(a, b.ip, &what)?;
         expect_pings(b, a.ip, &what)?;

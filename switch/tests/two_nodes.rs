@@ -45,7 +45,7 @@ impl TwoNodes {
             encap: encap.into(),
             ..SwitchOptions::default()
         };
-        let dir = lab.scratch_dir();
+        let dir = lab.scratch_dir()?;
         let SwitchPair { nodes, pods } = SwitchPair::build(&mut lab, binary(), &dir, &options)?;
         Ok(TwoNodes { lab, nodes, pods })
     }
@@ -202,7 +202,7 @@ fn changes_under_load() -> Result<()> {
 fn interop_with_kernel_vxlan_node() -> Result<()> {
     let _serial = serial();
     let mut lab = Lab::new("sw-interop")?;
-    let dir = lab.scratch_dir();
+    let dir = lab.scratch_dir()?;
     let (node1, kernel) =
         switch_and_kernel_node(&mut lab, binary(), &dir, &SwitchOptions::default())?;
     let a = node1.add_veth_pod(&mut lab, 2, POD_MTU)?;
@@ -226,7 +226,7 @@ fn interop_with_kernel_vxlan_node() -> Result<()> {
 fn kernel_node_leaving_checksums_unfinished() -> Result<()> {
     let _serial = serial();
     let mut lab = Lab::new("sw-unfinished")?;
-    let dir = lab.scratch_dir();
+    let dir = lab.scratch_dir()?;
     let (node1, kernel) =
         switch_and_kernel_node(&mut lab, binary(), &dir, &SwitchOptions::default())?;
     kernel.ns.run("ethtool", &["-K", UPLINK, "tx", "on"])?;

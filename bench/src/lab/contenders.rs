@@ -829,8 +829,7 @@ impl Testbed {
     /// Build `contender`'s testbed.
     pub fn build(contender: &Contender, binaries: &Binaries) -> Result<Testbed> {
         let mut lab = Lab::new("bl")?;
-        let files = lab.scratch_dir();
-        std::fs::create_dir_all(&files)?;
+        let files = lab.scratch_dir()?;
         let same_node = contender.placement == Placement::SameNode;
         let underlay = contender.underlay;
         let (nodes, pods) = match contender.kind {
@@ -925,7 +924,7 @@ impl Testbed {
         let service = Service::new("default/receiver", CLUSTER_IP, ports);
         match (via, &self.nodes) {
             (Via::Switch, Nodes::Podswitch(nodes)) => {
-                let file = self.lab.scratch_dir().join("services.json");
+                let file = self.lab.scratch_dir()?.join("services.json");
                 std::fs::write(&file, serde_json::to_string(&[service])?)?;
                 nodes[0].cli(&["services", "set", &file.to_string_lossy()])?;
             }
@@ -972,7 +971,7 @@ impl Testbed {
                  "egress": [{"peers": [{"pod_selector": app("receiver")}]}]},
             ],
         });
-        let file = self.lab.scratch_dir().join("policy.json");
+        let file = self.lab.scratch_dir()?.join("policy.json");
         std::fs::write(&file, serde_json::to_string(&cluster)?)?;
         for node in nodes.iter() {
             node.cli(&["policy", "set", &file.to_string_lossy()])?;

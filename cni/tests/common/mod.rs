@@ -83,7 +83,7 @@ pub fn nodes_with(tag: &str, switches: usize, options: &SwitchOptions) -> Result
             set_queues(ns, UPLINK, workers)?;
         }
     }
-    let dir = lab.scratch_dir();
+    let dir = lab.scratch_dir()?;
     let binary = daemon_binary()?;
     let peer = |index| PeerEntry {
         index,
