@@ -221,10 +221,15 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         seconds: args.seconds,
         ..IperfClient::default()
     };
-    // The kernel path's TCP across nodes runs in the same demo, so the
-    // podswitch figure has its comparison beside it.
+    // The kernel path's TCP and UDP across nodes run in the same demo, so
+    // the podswitch figures have their comparison beside them.
     let across = "TCP, across nodes";
-    let flows: [(&Pod, &Pod, &str, IperfClient, Through); 4] = [
+    let udp_across = "UDP 1400 B at 1 Gbit/s offered, across nodes";
+    let udp = IperfClient {
+        udp: Some((1_000_000_000, 1400)),
+        ..tcp
+    };
+    let flows: [(&Pod, &Pod, &str, IperfClient, Through); 5] = [
         (
             &pods[0],
             &pods[1],
@@ -233,17 +238,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             Through::Podswitch,
         ),
         (&pods[0], &pods[2], across, tcp, Through::Podswitch),
-        (
-            &pods[0],
-            &pods[2],
-            "UDP 1400 B at 1 Gbit/s offered, across nodes",
-            IperfClient {
-                udp: Some((1_000_000_000, 1400)),
-                ..tcp
-            },
-            Through::Podswitch,
-        ),
+        (&pods[0], &pods[2], udp_across, udp, Through::Podswitch),
         (&kernel[0], &kernel[1], across, tcp, Through::Kernel),
+        (&kernel[0], &kernel[1], udp_across, udp, Through::Kernel),
     ];
     let mut tcp_across = [0.0f64; 2];
     for (from, to, label, client, through) in flows {
@@ -265,7 +262,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         let loss = if client.udp.is_some() {
             let overflowed = udp_receive_buffer_errors(&to.ns)? - buffer_errors;
             format!(
-                ", {:.2}% lost; the receiving socket's buffer overflowed {overflowed} times",
+                " received of {:.2} sent, {:.2}% lost; the receiving socket's buffer \
+                 overflowed {overflowed} times",
+                result.sent_bits_per_second / 1e9,
                 100.0 * result.lost_packets as f64 / result.packets.max(1) as f64,
             )
         } else {

@@ -18,6 +18,9 @@ pub const IPERF_PORT: u16 = 5201;
 pub struct IperfResult {
     /// Received throughput, bits per second.
     pub bits_per_second: f64,
+    /// Sent throughput, bits per second (for UDP, what the receiver
+    /// could not take was lost).
+    pub sent_bits_per_second: f64,
     /// TCP retransmissions (0 for UDP).
     pub retransmits: u64,
     /// UDP datagrams lost (0 for TCP).
@@ -145,19 +148,26 @@ impl IperfClient {
             bail!("iperf3: {error}");
         }
         let end = &json["end"];
+        let rate = |sum: &str| end[sum]["bits_per_second"].as_f64().unwrap_or(0.0);
         let result = if self.udp.is_some() {
+            // "sum" is the sender's rate with the receiver's loss count;
+            // newer iperf3s (3.12 here) also give the received rate
+            // apart, and an older one's received rate is the sent one.
             let sum = &end["sum"];
+            let sent = rate("sum");
             IperfResult {
-                bits_per_second: sum["bits_per_second"].as_f64().unwrap_or(0.0),
+                bits_per_second: end
+                    .get("sum_received")
+                    .map_or(sent, |_| rate("sum_received")),
+                sent_bits_per_second: sent,
                 retransmits: 0,
                 lost_packets: sum["lost_packets"].as_u64().unwrap_or(0),
                 packets: sum["packets"].as_u64().unwrap_or(0),
             }
         } else {
             IperfResult {
-                bits_per_second: end["sum_received"]["bits_per_second"]
-                    .as_f64()
-                    .unwrap_or(0.0),
+                bits_per_second: rate("sum_received"),
+                sent_bits_per_second: rate("sum_sent"),
                 retransmits: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
                 lost_packets: 0,
                 packets: 0,
@@ -301,6 +311,7 @@ mod tests {
         IperfRun {
             result: IperfResult {
                 bits_per_second: 0.0,
+                sent_bits_per_second: 0.0,
                 retransmits: 0,
                 lost_packets: 0,
                 packets: 0,

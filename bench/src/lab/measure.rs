@@ -285,7 +285,7 @@ pub struct SocketFloodRun {
 /// The background load of a loaded latency run.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Background {
-    /// Throughput iperf3 measured.
+    /// Throughput the receiving pod got (iperf3's).
     pub gbps: f64,
     /// Its datagrams lost, %.
     pub lost_pct: f64,
