@@ -165,6 +165,9 @@ pub struct SwitchOptions {
     /// The daemon's `overload_nice` (a worker's nice value while it is
     /// behind); its default when `None`.
     pub overload_nice: Option<i32>,
+    /// The daemon's `sleep_on_any_cpu` (whether an adaptive worker lets
+    /// go of its core while asleep); its default when `None`.
+    pub sleep_on_any_cpu: Option<bool>,
     /// The CPU every node's first worker is pinned to; node `i`'s goes to
     /// CPU `i - 1` when `None`.
     pub worker_cpu: Option<usize>,
@@ -199,6 +202,7 @@ impl Default for SwitchOptions {
             workers: None,
             spin_us: None,
             overload_nice: None,
+            sleep_on_any_cpu: None,
             worker_cpu: None,
             metrics_port: None,
             membership: None,
@@ -317,6 +321,9 @@ impl SwitchNode {
         }
         if let Some(nice) = options.overload_nice {
             config.push_str(&format!("overload_nice = {nice}\n"));
+        }
+        if let Some(anywhere) = options.sleep_on_any_cpu {
+            config.push_str(&format!("sleep_on_any_cpu = {anywhere}\n"));
         }
         if let Some(spin_us) = options.spin_us {
             config.push_str(&format!("spin_us = {spin_us}\n"));

@@ -124,6 +124,12 @@ pub struct Config {
     /// packet before it sleeps in `poll()`.
     #[serde(default = "default_spin_us")]
     pub spin_us: u32,
+    /// Adaptive mode: a sleeping worker lets go of its core, so a packet
+    /// wakes it on the CPU that sent it rather than on an idle core; it
+    /// takes its core again after 1 ms awake. False: it sleeps on its
+    /// core (for cores set aside for the switch).
+    #[serde(default = "default_sleep_on_any_cpu")]
+    pub sleep_on_any_cpu: bool,
     /// The nice value a worker takes while it is behind (a receive batch
     /// came full), back to its own at its first idle pass; 0: never
     /// changes it.
@@ -218,6 +224,9 @@ pub(crate) fn default_vni() -> u32 {
 }
 fn default_spin_us() -> u32 {
     DEFAULT_SPIN_US
+}
+fn default_sleep_on_any_cpu() -> bool {
+    true
 }
 fn default_overload_nice() -> i32 {
     DEFAULT_OVERLOAD_NICE
@@ -721,6 +730,15 @@ vtep_mac = "02:00:00:00:00:13"
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn workers_sleep_on_any_cpu_unless_told_not_to() {
+        assert!(Config::parse(MINIMAL).unwrap().sleep_on_any_cpu);
+        let c = Config::parse(&format!("{MINIMAL}sleep_on_any_cpu = false\n")).unwrap();
+        assert!(!c.sleep_on_any_cpu);
+        let e = error(&format!("{MINIMAL}sleep_on_any_cpu = \"yes\"\n"));
+        assert!(e.contains("sleep_on_any_cpu"), "{e}");
     }
 
     #[test]

@@ -261,6 +261,8 @@ pub fn run(config: Config) -> Result<()> {
             spin: config.spin(),
             overload_nice: config.overload_nice,
             index,
+            core: config.cores[index],
+            sleep_on_any_cpu: config.sleep_on_any_cpu,
         })
         .collect();
 
@@ -301,8 +303,7 @@ pub fn run(config: Config) -> Result<()> {
     let workers: Vec<JoinHandle<()>> = worker_contexts
         .into_iter()
         .zip(receivers)
-        .zip(config.cores.iter().copied())
-        .map(|((ctx, receiver), core)| spawn_worker(ctx, receiver, core))
+        .map(|(ctx, receiver)| spawn_worker(ctx, receiver))
         .collect::<Result<_>>()?;
 
     // The uplink carries every node's traffic: its fill rings stay full.
@@ -875,19 +876,14 @@ fn share_out<T>(sockets: Vec<T>, workers: usize) -> Vec<Vec<T>> {
     shares
 }
 
+/// Start a worker thread (it pins itself to its core).
 fn spawn_worker(
     ctx: WorkerContext,
     receiver: crossbeam::channel::Receiver<Command>,
-    core: usize,
 ) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("worker-{}", ctx.index))
-        .spawn(move || {
-            if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-                tracing::warn!(core, "could not pin the worker to its core");
-            }
-            Worker::new(ctx, receiver).run();
-        })
+        .spawn(move || Worker::new(ctx, receiver).run())
         .context("spawning a worker thread")
 }
 

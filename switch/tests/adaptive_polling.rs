@@ -6,8 +6,9 @@
 //! and every request wakes them; either way every request is answered,
 //! and once the traffic stops the workers sleep (no passes between two
 //! looks at their counters). Busy workers, whose idle passes yield the
-//! CPU, answer every request and never sleep. Bounded by counts; no timed
-//! assertions. Needs root.
+//! CPU, answer every request and never sleep. A sleeping adaptive worker
+//! lets go of its core (`sleep_on_any_cpu`), unless told not to. Bounded
+//! by counts; no timed assertions. Needs root.
 
 use std::net::SocketAddrV4;
 use std::path::Path;
@@ -176,5 +177,84 @@ fn busy_workers_answer_every_request_and_never_sleep() -> Result<()> {
         "busy workers slept {:?} times",
         busy.sleeps
     );
+    Ok(())
+}
+
+/// The CPUs (`Cpus_allowed_list` of /proc) of `node`'s daemon's main
+/// thread and of its first worker thread.
+fn daemon_and_worker_cpus(node: &SwitchNode) -> Result<(String, String)> {
+    let pid = node.pid().context("the daemon is not running")?;
+    let allowed = |task: &Path| -> Result<String> {
+        let status = std::fs::read_to_string(task.join("status"))
+            .with_context(|| format!("reading {}", task.display()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .map(|cpus| cpus.trim().to_string())
+            .with_context(|| format!("no Cpus_allowed_list in {}", task.display()))
+    };
+    let tasks = Path::new("/proc").join(pid.to_string()).join("task");
+    let worker = std::fs::read_dir(&tasks)?
+        .filter_map(|task| task.ok().map(|t| t.path()))
+        .find(|task| {
+            std::fs::read_to_string(task.join("comm")).is_ok_and(|comm| comm.trim() == "worker-0")
+        })
+        .context("the daemon has no worker-0 thread")?;
+    Ok((allowed(&tasks.join(pid.to_string()))?, allowed(&worker)?))
+}
+
+/// Adaptive workers asleep: on any of the daemon's CPUs by default, on
+/// their own core (`cores`) with `sleep_on_any_cpu = false`. (That they
+/// take their core again once busy is the worker's unit test.)
+#[test]
+fn a_sleeping_worker_lets_go_of_its_core_unless_told_not_to() -> Result<()> {
+    for (tag, sleep_on_any_cpu) in [("sleep-any", None), ("sleep-own", Some(false))] {
+        let mut lab = Lab::new(tag)?;
+        let dir = lab.scratch_dir()?;
+        let options = SwitchOptions {
+            sleep_on_any_cpu,
+            ..SwitchOptions::default()
+        };
+        let SwitchPair { nodes, pods } = SwitchPair::build(&mut lab, binary(), &dir, &options)?;
+        let (client, server) = (&pods[0][0], &pods[1][0]);
+        let echo = EchoServer::start(&server.ns, ECHO_PORT, 1)?;
+        let trips = PingPong {
+            count: 10,
+            limit: Duration::from_secs(30),
+            pause: Duration::from_millis(1),
+            timeout: Duration::from_secs(1),
+        }
+        .run(&client.ns, SocketAddrV4::new(server.ip, ECHO_PORT))?;
+        echo.stop()?;
+        ensure!(
+            trips.lost == 0,
+            "{tag}: {} of 10 round trips lost",
+            trips.lost
+        );
+        for node in &nodes {
+            wait_until_asleep(node)?;
+            let (daemon, worker) = daemon_and_worker_cpus(node)?;
+            // The lab pins node i's worker to CPU i - 1 (modulo the CPUs).
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let core = (usize::from(node.index) - 1) % cpus;
+            println!(
+                "{tag}: node {}: daemon on CPUs {daemon}, worker asleep on {worker}",
+                node.index
+            );
+            if sleep_on_any_cpu == Some(false) {
+                ensure!(
+                    worker == core.to_string(),
+                    "{tag}: node {}'s worker sleeps on CPUs {worker}, not its core {core}",
+                    node.index
+                );
+            } else {
+                ensure!(
+                    worker == daemon,
+                    "{tag}: node {}'s worker sleeps on CPUs {worker}, not the daemon's {daemon}",
+                    node.index
+                );
+            }
+        }
+    }
     Ok(())
 }

@@ -793,6 +793,8 @@ pub struct Binaries {
     pub spin_us: Option<u32>,
     /// The daemons' `overload_nice`, when the command line sets one.
     pub overload_nice: Option<i32>,
+    /// The daemons' `sleep_on_any_cpu`, when the command line sets it.
+    pub sleep_on_any_cpu: Option<bool>,
     /// The CPU both nodes' workers are pinned to, when the command line
     /// names one; node 1's to CPU 0 and node 2's to CPU 1 otherwise.
     pub worker_cpu: Option<usize>,
@@ -1067,6 +1069,7 @@ fn podswitch_nodes(
         underlay_mtu: setup.underlay.mtu,
         spin_us: binaries.spin_us,
         overload_nice: binaries.overload_nice,
+        sleep_on_any_cpu: binaries.sleep_on_any_cpu,
         worker_cpu: binaries.worker_cpu,
         tunnel_offload: binaries
             .tunnel_offload

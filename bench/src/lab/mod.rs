@@ -77,6 +77,11 @@ pub struct LabArgs {
     /// invocation [default: the daemon's].
     #[arg(long, value_name = "NICE", allow_negative_numbers = true)]
     overload_nice: Option<i32>,
+    /// podswitch's `sleep_on_any_cpu` (whether an adaptive worker lets
+    /// go of its core while asleep) for every podswitch contender of this
+    /// invocation [default: the daemon's].
+    #[arg(long, value_name = "BOOL")]
+    sleep_on_any_cpu: Option<bool>,
     /// Pin both nodes' podswitch workers to this CPU (a pinning choice to
     /// compare) [default: node 1's to CPU 0 beside the sender, node 2's to
     /// CPU 1 beside the receiver].
@@ -126,6 +131,7 @@ pub fn run(args: &LabArgs) -> Result<()> {
         },
         spin_us: args.spin_us,
         overload_nice: args.overload_nice,
+        sleep_on_any_cpu: args.sleep_on_any_cpu,
         worker_cpu: args.worker_cpu,
         tunnel_offload: args.tunnel_offload.clone(),
         tunnel_receive: args.tunnel_receive.clone(),

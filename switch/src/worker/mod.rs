@@ -23,6 +23,7 @@
 //! CPU (`sched_yield`) to any other thread waiting for it, so a spinning
 //! worker does not hold up the pods that share its core.
 
+mod affinity;
 mod afxdp_port;
 mod buffers;
 mod inbox;
@@ -50,6 +51,7 @@ pub use port::{Port, TxContext};
 pub use tap_port::{PacketPort, TapPort};
 pub use tunnel_port::{TunnelDevice, TunnelPort};
 
+use self::affinity::Affinity;
 use self::priority::{Load, Priority};
 use crate::afxdp::{Umem, XskSocket};
 use crate::capture::{CaptureTap, Direction};
@@ -125,6 +127,11 @@ pub struct WorkerContext {
     pub spin: Duration,
     /// The worker's index.
     pub index: usize,
+    /// Its core.
+    pub core: usize,
+    /// Adaptive mode: whether it lets go of its core while asleep
+    /// (`sleep_on_any_cpu`).
+    pub sleep_on_any_cpu: bool,
     /// Its nice value while it is behind (`overload_nice`).
     pub overload_nice: i32,
 }
@@ -159,6 +166,10 @@ impl Worker {
         let mut passes = 0u64;
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         let mut priority = Priority::new(self.ctx.overload_nice);
+        let mut affinity = Affinity::pin(
+            self.ctx.core,
+            self.ctx.sleep_on_any_cpu && self.ctx.poll_mode == PollMode::Adaptive,
+        );
         loop {
             if !self.run_commands() {
                 break;
@@ -175,13 +186,16 @@ impl Worker {
             }
             if load != Load::Idle {
                 idle_since = None;
+                affinity.after_work();
                 continue;
             }
             if self.ctx.poll_mode == PollMode::Adaptive {
                 let now = Instant::now();
                 if now.duration_since(*idle_since.get_or_insert(now)) >= self.ctx.spin {
                     self.publish_kernel_drops();
+                    affinity.before_sleep();
                     self.sleep();
+                    affinity.woken();
                     idle_since = None;
                     continue;
                 }
