@@ -36,11 +36,11 @@ pub struct SwitchArgs {
     /// segments.
     #[arg(long, default_value = "veth-offload", value_parser = ["veth", "veth-offload", "tap"])]
     pod_interface: String,
-    /// Whether an adaptive worker lets go of its core while asleep (the
-    /// daemons' `sleep_on_any_cpu`, true by default), so the packet that
-    /// wakes it wakes it on the sender's CPU.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    sleep_on_any_cpu: bool,
+    /// Whether an adaptive worker lets go of its core while asleep, so
+    /// the packet that wakes it wakes it on the sender's CPU (the daemons'
+    /// `sleep_on_any_cpu`) [default: the daemon's, true].
+    #[arg(long, value_name = "BOOL")]
+    sleep_on_any_cpu: Option<bool>,
 }
 
 impl SwitchArgs {
@@ -57,7 +57,7 @@ impl SwitchArgs {
                 binary: cni,
             }),
             pod_interface: Some(self.pod_interface.clone()),
-            sleep_on_any_cpu: Some(self.sleep_on_any_cpu),
+            sleep_on_any_cpu: self.sleep_on_any_cpu,
             underlay_mtu: 1500,
             dual_stack: true,
             ..SwitchOptions::default()

@@ -16,6 +16,7 @@
 mod common;
 
 use std::net::SocketAddrV4;
+use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
 use common::{nodes_with, plugin, serial};
@@ -163,30 +164,23 @@ fn udp_floods_lose_only_what_the_switch_counts() -> Result<()> {
         raised.is_some_and(|n| n > 0),
         "node 1's worker never raised its priority under the floods: {raised:?}"
     );
-    let pid = node.pid().context("node 1's daemon")?;
+    let worker = node.worker_task(0)?;
     podswitch_lab::membership::wait_for("node 1's worker back at nice 0", || {
-        Ok(worker_nice(pid)? == 0)
+        Ok(nice(&worker)? == 0)
     })?;
     Ok(())
 }
 
-/// The nice value of the daemon `pid`'s first worker thread (`worker-0`).
-fn worker_nice(pid: u32) -> Result<i64> {
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let task = task?.path();
-        if std::fs::read_to_string(task.join("comm"))?.trim() != "worker-0" {
-            continue;
-        }
-        let stat = std::fs::read_to_string(task.join("stat"))?;
-        // After the command's closing parenthesis: state is field 3, nice 19.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        return fields
-            .get(16)
-            .and_then(|nice| nice.parse().ok())
-            .with_context(|| format!("no nice value in {stat:?}"));
-    }
-    anyhow::bail!("daemon {pid} has no worker-0 thread")
+/// The nice value of the thread whose /proc directory is `task`.
+fn nice(task: &Path) -> Result<i64> {
+    let stat = std::fs::read_to_string(task.join("stat"))?;
+    // After the command's closing parenthesis: state is field 3, nice 19.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    fields
+        .get(16)
+        .and_then(|nice| nice.parse().ok())
+        .with_context(|| format!("no nice value in {stat:?}"))
 }

@@ -223,6 +223,19 @@ impl SwitchOptions {
         }
     }
 
+    /// The cores of node `index`'s workers (`cores`): consecutive CPUs
+    /// from `worker_cpu`, or from CPU `index - 1`, modulo the CPUs there
+    /// are.
+    pub fn worker_cores(&self, index: u8) -> Vec<usize> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let first = self
+            .worker_cpu
+            .unwrap_or(usize::from(index.saturating_sub(1)));
+        (0..self.workers.unwrap_or(1).max(1))
+            .map(|w| (first + w) % cpus)
+            .collect()
+    }
+
     /// The router MAC podswitch derives for node `index` from its VTEP
     /// ([`router_mac`] on an IPv4 underlay).
     pub fn router_mac(&self, index: u8) -> String {
@@ -284,12 +297,10 @@ impl SwitchNode {
         options: &SwitchOptions,
         peers: &[PeerEntry],
     ) -> Result<SwitchNode> {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let first = options
-            .worker_cpu
-            .unwrap_or(usize::from(index.saturating_sub(1)));
-        let cores = (0..options.workers.unwrap_or(1).max(1))
-            .map(|w| ((first + w) % cpus).to_string())
+        let cores = options
+            .worker_cores(index)
+            .iter()
+            .map(usize::to_string)
             .collect::<Vec<_>>()
             .join(", ");
         std::fs::create_dir_all(dir)?;
@@ -364,6 +375,21 @@ impl SwitchNode {
         std::fs::write(node.config_path(), config)?;
         node.launch()?;
         Ok(node)
+    }
+
+    /// The /proc directory of the daemon's worker thread `index`
+    /// (`worker-<index>`): its `status`, `stat`, `comm`.
+    pub fn worker_task(&self, index: usize) -> Result<PathBuf> {
+        let pid = self.pid().context("the daemon is not running")?;
+        let name = format!("worker-{index}");
+        let tasks = PathBuf::from(format!("/proc/{pid}/task"));
+        for task in std::fs::read_dir(&tasks)? {
+            let task = task?.path();
+            if std::fs::read_to_string(task.join("comm"))?.trim() == name {
+                return Ok(task);
+            }
+        }
+        bail!("daemon {pid} has no {name} thread")
     }
 
     /// The daemon's configuration file (edit it, then [`Self::launch`]

@@ -180,27 +180,16 @@ fn busy_workers_answer_every_request_and_never_sleep() -> Result<()> {
     Ok(())
 }
 
-/// The CPUs (`Cpus_allowed_list` of /proc) of `node`'s daemon's main
-/// thread and of its first worker thread.
-fn daemon_and_worker_cpus(node: &SwitchNode) -> Result<(String, String)> {
-    let pid = node.pid().context("the daemon is not running")?;
-    let allowed = |task: &Path| -> Result<String> {
-        let status = std::fs::read_to_string(task.join("status"))
-            .with_context(|| format!("reading {}", task.display()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-            .map(|cpus| cpus.trim().to_string())
-            .with_context(|| format!("no Cpus_allowed_list in {}", task.display()))
-    };
-    let tasks = Path::new("/proc").join(pid.to_string()).join("task");
-    let worker = std::fs::read_dir(&tasks)?
-        .filter_map(|task| task.ok().map(|t| t.path()))
-        .find(|task| {
-            std::fs::read_to_string(task.join("comm")).is_ok_and(|comm| comm.trim() == "worker-0")
-        })
-        .context("the daemon has no worker-0 thread")?;
-    Ok((allowed(&tasks.join(pid.to_string()))?, allowed(&worker)?))
+/// The CPUs a thread may run on (`Cpus_allowed_list`), given its /proc
+/// directory `task`.
+fn allowed_cpus(task: &Path) -> Result<String> {
+    let status = std::fs::read_to_string(task.join("status"))
+        .with_context(|| format!("reading {}", task.display()))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|cpus| cpus.trim().to_string())
+        .with_context(|| format!("no Cpus_allowed_list in {}", task.display()))
 }
 
 /// Adaptive workers asleep: on any of the daemon's CPUs by default, on
@@ -233,10 +222,10 @@ fn a_sleeping_worker_lets_go_of_its_core_unless_told_not_to() -> Result<()> {
         );
         for node in &nodes {
             wait_until_asleep(node)?;
-            let (daemon, worker) = daemon_and_worker_cpus(node)?;
-            // The lab pins node i's worker to CPU i - 1 (modulo the CPUs).
-            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let core = (usize::from(node.index) - 1) % cpus;
+            let pid = node.pid().context("the daemon is not running")?;
+            let daemon = allowed_cpus(Path::new(&format!("/proc/{pid}")))?;
+            let worker = allowed_cpus(&node.worker_task(0)?)?;
+            let core = options.worker_cores(node.index)[0];
             println!(
                 "{tag}: node {}: daemon on CPUs {daemon}, worker asleep on {worker}",
                 node.index
