@@ -21,6 +21,10 @@ use crate::tap::VNET_HEADER_LEN;
 /// that a worker that falls behind for a moment loses none.
 const BUFFER_BYTES: libc::c_int = 4 << 20;
 
+/// Frames [`PacketSocket::recv_many`] reads, and
+/// [`PacketSocket::send_many`] sends, with one system call at most.
+pub const MANY_MAX: usize = 64;
+
 /// `PACKET_STATISTICS` of `<linux/if_packet.h>`.
 const PACKET_STATISTICS: libc::c_int = 6;
 
@@ -130,6 +134,49 @@ impl PacketSocket {
         }
     }
 
+    /// Read up to `bufs.len()` frames (at most [`MANY_MAX`]), one
+    /// into each buffer as [`PacketSocket::recv`] does, with one system
+    /// call (`recvmmsg`), their lengths into `lens`: how many were read,
+    /// none when none is waiting.
+    pub fn recv_many(&self, bufs: &mut [&mut [u8]], lens: &mut [usize]) -> io::Result<usize> {
+        let count = bufs.len().min(lens.len()).min(MANY_MAX);
+        // SAFETY: iovec and mmsghdr are plain old data; all-zero (null
+        // pointers, zero lengths) is a valid value of each.
+        let mut iovecs: [libc::iovec; MANY_MAX] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut messages: [libc::mmsghdr; MANY_MAX] = unsafe { std::mem::zeroed() };
+        for ((iovec, message), buf) in iovecs.iter_mut().zip(&mut messages).zip(&mut *bufs) {
+            iovec.iov_base = buf.as_mut_ptr().cast();
+            iovec.iov_len = buf.len();
+            message.msg_hdr.msg_iov = iovec;
+            message.msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: recvmmsg(2) fills at most `count` messages of
+        // `messages`, each writing at most its one iovec's length into
+        // the buffer it points at; messages, iovecs and buffers outlive
+        // the call, and no timeout is passed.
+        let n = unsafe {
+            libc::recvmmsg(
+                self.fd.as_raw_fd(),
+                messages.as_mut_ptr(),
+                count as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return match io::Error::last_os_error() {
+                e if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+                e => Err(e),
+            };
+        }
+        let n = n as usize;
+        for (len, message) in lens.iter_mut().zip(&messages[..n]) {
+            *len = message.msg_len as usize;
+        }
+        Ok(n)
+    }
+
     /// Send one frame given in pieces (its virtio-net header, then the
     /// frame) out of the interface, with one system call.
     pub fn send_parts(&self, parts: &[IoSlice]) -> io::Result<()> {
@@ -146,6 +193,37 @@ impl PacketSocket {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+
+    /// Send frames, each given as its virtio-net header and the frame,
+    /// with one system call (`sendmmsg`) for up to [`MANY_MAX`] of them:
+    /// how many were sent, in order (an error only when not even the first
+    /// was).
+    pub fn send_many(&self, frames: &[[IoSlice; 2]]) -> io::Result<usize> {
+        let count = frames.len().min(MANY_MAX);
+        // SAFETY: mmsghdr is plain old data; all-zero (null pointers, zero
+        // lengths) is a valid value.
+        let mut messages: [libc::mmsghdr; MANY_MAX] = unsafe { std::mem::zeroed() };
+        for (message, parts) in messages.iter_mut().zip(frames) {
+            // IoSlice is ABI-compatible with iovec; sendmmsg only reads it.
+            message.msg_hdr.msg_iov = parts.as_ptr().cast_mut().cast();
+            message.msg_hdr.msg_iovlen = parts.len();
+        }
+        // SAFETY: sendmmsg(2) reads `count` messages of `messages`, each
+        // reading the two iovecs it points at and the memory they point
+        // at, all of which outlive the call.
+        let n = unsafe {
+            libc::sendmmsg(
+                self.fd.as_raw_fd(),
+                messages.as_mut_ptr(),
+                count as libc::c_uint,
+                0,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
     }
 
     /// Frames the kernel dropped because the socket's receive queue was

@@ -97,8 +97,20 @@ impl FrameDevice for PacketDevice {
         self.socket.recv(buf)
     }
 
+    fn recv_many(&self, bufs: &mut [&mut [u8]], lens: &mut [usize]) -> io::Result<usize> {
+        self.socket.recv_many(bufs, lens)
+    }
+
+    fn reads_many(&self) -> bool {
+        true
+    }
+
     fn send_parts(&self, parts: &[IoSlice]) -> io::Result<()> {
         self.socket.send_parts(parts)
+    }
+
+    fn send_many(&self, frames: &[[IoSlice; 2]]) -> io::Result<usize> {
+        self.socket.send_many(frames)
     }
 
     fn has_vnet_header(&self) -> bool {

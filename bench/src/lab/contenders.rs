@@ -313,6 +313,19 @@ impl Contender {
                 )
             }
             Kind::Podswitch {
+                encap,
+                poll_mode,
+                pod_interface: "veth-offload",
+                ..
+            } => format!(
+                "podswitch on both nodes, {encap} overlay, {poll_mode} polling, one worker per node \
+                 (node 1 on CPU 0, node 2 on CPU 1), {xdp} XDP uplink; pods made by podswitch-cni \
+                 on veth with offloads on, the host end read and written through a packet socket \
+                 with virtio-net headers (64 KB TCP segments from and to the pods' kernels, sent \
+                 to peers whole through the node's tunnel port, whose kernel cuts them, and \
+                 coalesced again for a receiving pod)"
+            ),
+            Kind::Podswitch {
                 encap, poll_mode, ..
             } => format!(
                 "podswitch on both nodes, {encap} overlay, {poll_mode} polling, one worker per node \
@@ -1413,6 +1426,29 @@ mod tests {
             if matches!(c.kind, Kind::Podswitch { .. }) {
                 assert_eq!(c.description().contains("native XDP"), !whole, "{}", c.key);
             }
+        }
+    }
+
+    #[test]
+    fn podswitch_contenders_say_how_their_pods_are_attached() {
+        for c in ALL {
+            let Kind::Podswitch { pod_interface, .. } = c.kind else {
+                continue;
+            };
+            let description = c.description();
+            let says = |what: &str| description.contains(what);
+            let (afxdp, packet_socket, tap) = (
+                says("veth (AF_XDP)"),
+                says("packet socket"),
+                says("TAP devices"),
+            );
+            let expected = match pod_interface {
+                "veth" => (true, false, false),
+                "veth-offload" => (false, true, false),
+                "tap" => (false, false, true),
+                other => panic!("{}: unknown pod interface {other}", c.key),
+            };
+            assert_eq!((afxdp, packet_socket, tap), expected, "{}", c.key);
         }
     }
 

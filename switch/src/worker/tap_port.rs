@@ -10,23 +10,27 @@ use std::io::IoSlice;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
+use arrayvec::ArrayVec;
 use nix::poll::{PollFd, PollFlags};
 use podswitch_encap::DropReason;
 use podswitch_encap::coalesce::Coalescer;
+use podswitch_encap::flow::{IPPROTO_TCP, ip_protocol};
 use podswitch_encap::segment::complete_checksum;
 use podswitch_encap::virtio_net::{
     Checksum, GsoKind, HEADER_LEN as VNET_HEADER_LEN, Header as VnetHeader, Offload,
 };
 use podswitch_netdev::FrameDevice;
+use podswitch_netdev::packet_socket::MANY_MAX;
 
 use super::BATCH;
+use super::buffers::{Buffer, MAX_BUFFERS};
 use super::pipeline::{MAX_PACKET_CHUNKS, Packet, Pipeline, Takes};
 use super::port::{Port, TxContext};
 use crate::drops::DropCause;
 use crate::frame_budget::FillGrowth;
 use crate::frames::FramePool;
 use crate::packet_port::PacketDevice;
-use crate::tap::TapDevice;
+use crate::tap::{MAX_SUPER_FRAME, TapDevice};
 use crate::topology::PortId;
 
 /// Passes between reads of a TAP device that had nothing to read: a read
@@ -35,6 +39,10 @@ const TAP_QUIET_PASSES: u32 = 8;
 /// The longest link header in front of an IP packet of the MTU: Ethernet
 /// and one 802.1Q tag.
 const MAX_LINK_HEADER: usize = 18;
+/// The most bytes of an IP packet of the MTU that are not TCP payload:
+/// IPv4 and TCP headers with their options at most as Linux sends them
+/// (timestamps), so a segment carries at least the MTU less this.
+const MAX_TCP_HEADERS: usize = 80;
 
 /// A port on a TAP device.
 pub type TapPort = DevicePort<TapDevice>;
@@ -46,6 +54,9 @@ pub type PacketPort = DevicePort<PacketDevice>;
 pub struct DevicePort<D> {
     device: Arc<D>,
     quiet: QuietPasses,
+    read_size: ReadSize,
+    /// Frames no coalescing would change, sent together.
+    unmerged: Vec<Packet>,
     coalescer: Coalescer,
     gather: Vec<u8>,
     run: Vec<Packet>,
@@ -54,9 +65,16 @@ pub struct DevicePort<D> {
 impl<D: FrameDevice> DevicePort<D> {
     /// A port on `device`.
     pub fn new(device: D) -> DevicePort<D> {
+        let read_size = if device.reads_many() {
+            ReadSize::many()
+        } else {
+            ReadSize::one_at_a_time()
+        };
         DevicePort {
             device: Arc::new(device),
             quiet: QuietPasses::default(),
+            read_size,
+            unmerged: Vec::with_capacity(MANY_MAX),
             coalescer: Coalescer::new(),
             gather: Vec::new(),
             run: Vec::with_capacity(MAX_PACKET_CHUNKS),
@@ -131,10 +149,11 @@ impl<D: FrameDevice> DevicePort<D> {
 
     /// Read up to a batch of frames from an offloaded device into buffers,
     /// each after its virtio-net header ([`receive_with_headers`]).
-    fn receive_offloaded(&self, pipeline: &mut Pipeline) -> usize {
+    fn receive_offloaded(&mut self, pipeline: &mut Pipeline) -> usize {
         receive_with_headers(
             pipeline,
-            |buf| self.device.recv(buf),
+            &mut self.read_size,
+            |bufs, lens| self.device.recv_many(bufs, lens),
             VNET_HEADER_LEN,
             |header| VnetHeader::new_checked(header).and_then(|h| Offload::parse(&h)),
         )
@@ -191,6 +210,13 @@ impl<D: FrameDevice> DevicePort<D> {
             }
         };
         for packet in queue.drain(..) {
+            if self.gather.is_empty() && goes_unmerged(&packet, tx) {
+                self.unmerged.push(packet);
+                if self.unmerged.len() == MANY_MAX {
+                    send_unmerged(device, id, &mut self.unmerged, tx);
+                }
+                continue;
+            }
             match &packet {
                 Packet::Frame(frame) if frame.continues() || !self.gather.is_empty() => {
                     // A multi-buffer packet: gathered, then coalesced.
@@ -225,8 +251,62 @@ impl<D: FrameDevice> DevicePort<D> {
             }
             tx.release(packet);
         }
+        send_unmerged(device, id, &mut self.unmerged, tx);
         self.gather.clear();
         self.coalescer.flush(&mut send);
+    }
+}
+
+/// Whether `packet` is a whole frame that no coalescing would change (IP,
+/// not TCP), so that it may go with others in one system call.
+fn goes_unmerged(packet: &Packet, tx: &TxContext) -> bool {
+    let whole = match packet {
+        Packet::Frame(frame) => !frame.continues(),
+        Packet::Large { super_frame, .. } => super_frame.is_none(),
+        Packet::Tunnel { .. } => false,
+    };
+    whole && ip_protocol(tx.bytes(packet)).is_some_and(|protocol| protocol != IPPROTO_TCP)
+}
+
+/// Send `packets` (each one [`goes_unmerged`]) to an offloaded device, as
+/// many per system call as it takes, and release them; counted sent, or
+/// dropped as a TX error when the device refused them.
+fn send_unmerged(
+    device: &impl FrameDevice,
+    id: PortId,
+    packets: &mut Vec<Packet>,
+    tx: &mut TxContext,
+) {
+    if packets.is_empty() {
+        return;
+    }
+    let mut header = [0u8; VNET_HEADER_LEN];
+    Offload::NONE.emit(&mut VnetHeader::new_unchecked(&mut header[..]));
+    let mut lens: ArrayVec<usize, MANY_MAX> = ArrayVec::new();
+    for chunk in packets.chunks(MANY_MAX) {
+        let frames: ArrayVec<[IoSlice; 2], MANY_MAX> = chunk
+            .iter()
+            .map(|packet| [IoSlice::new(&header), IoSlice::new(tx.bytes(packet))])
+            .collect();
+        lens.clear();
+        lens.extend(frames.iter().map(|[_, frame]| frame.len()));
+        let mut done = 0;
+        while done < frames.len() {
+            match device.send_many(&frames[done..]) {
+                Ok(n) if n > 0 => done += n,
+                _ => break,
+            }
+        }
+        for (i, len) in lens.iter().enumerate() {
+            if i < done {
+                tx.stats.tx(id, *len);
+            } else {
+                tx.stats.dropped(id, DropCause::TxError);
+            }
+        }
+    }
+    for packet in packets.drain(..) {
+        tx.release(packet);
     }
 }
 
@@ -242,86 +322,194 @@ fn write_offloaded(
     device.send_parts(&[IoSlice::new(&header), IoSlice::new(frame)])
 }
 
-/// Read up to a batch of packets with `read` (a non-blocking read of one
-/// packet, `None` when there is none) into buffers, each after a
-/// virtio-net header of `header_len` bytes that `parse` reads (offsets
+/// How many packets a port asks its device for in one read. A device
+/// that reads one per system call (a TAP device) is read one at a time,
+/// as reading several would save nothing. A packet socket, which reads
+/// many with one, is asked for up to [`MANY_READ`] while what it gives are
+/// plain frames, and one at a time again after it gave a super-frame until
+/// a pass reads none: what becomes of a super-frame (cut into dozens of
+/// segments, each in a frame or, past a frame's room, in a buffer) needs
+/// room that a read of many super-frames would have taken. Where a
+/// segment of the pod MTU outgrows a frame (a jumbo underlay) it is read
+/// one at a time too: a segment then takes one of the worker's few
+/// buffers.
+#[derive(Debug)]
+pub(super) struct ReadSize {
+    many: bool,
+    super_frames: bool,
+}
+
+/// The most packets one read of many asks for: half the worker's buffers,
+/// leaving the rest to what the packets read become.
+const MANY_READ: usize = MAX_BUFFERS / 2;
+
+impl ReadSize {
+    /// For a device that reads one packet per system call.
+    pub(super) fn one_at_a_time() -> ReadSize {
+        ReadSize {
+            many: false,
+            super_frames: false,
+        }
+    }
+
+    /// For a device that reads several with one system call.
+    pub(super) fn many() -> ReadSize {
+        ReadSize {
+            many: true,
+            super_frames: false,
+        }
+    }
+
+    /// How many packets to ask for when `rest` would fill the batch and
+    /// `segments_in_frames` says whether a segment of the pod MTU fits a
+    /// buffer frame.
+    fn wanted(&self, rest: usize, segments_in_frames: bool) -> usize {
+        if self.many && !self.super_frames && segments_in_frames {
+            rest.min(MANY_READ)
+        } else {
+            1
+        }
+    }
+}
+
+/// Read up to a batch of packets with `read_many` (a non-blocking read of
+/// up to `bufs.len()` packets, one into each buffer, their lengths into
+/// `lens`; how many, none when none is waiting) into buffers, each after
+/// a virtio-net header of `header_len` bytes that `parse` reads (offsets
 /// from the frame's start), and dispatch them: a plain frame has its
 /// partial checksum completed, a TCP/IPv4 super-frame keeps its offload
 /// for the pipeline to send it whole or cut it. Reading stops once the
 /// packets read and the segments made reach a batch, so one pass does not
-/// queue more than a TX ring holds. How many packets were read.
+/// queue more than a TX ring holds (`size` says how many one read asks
+/// for). How many packets were read.
 pub(super) fn receive_with_headers(
     pipeline: &mut Pipeline,
-    mut read_packet: impl FnMut(&mut [u8]) -> std::io::Result<Option<usize>>,
+    size: &mut ReadSize,
+    mut read_many: impl FnMut(&mut [&mut [u8]], &mut [usize]) -> std::io::Result<usize>,
     header_len: usize,
     parse: impl Fn(&[u8]) -> Result<Offload, DropReason>,
 ) -> usize {
     let (mut read, mut work) = (0, 0);
-    while work < BATCH {
-        let Some(mut buffer) = pipeline.buffers.alloc() else {
-            break;
-        };
-        let start = buffer.range().start;
-        let memory = pipeline.buffers.memory_mut(&mut buffer);
-        let room = memory.len() - start;
-        let len = match read_packet(&mut memory[start..]) {
-            Ok(Some(len)) => len,
-            Ok(None) | Err(_) => {
-                pipeline.buffers.free(buffer);
+    let mut super_frames = false;
+    let mtu = pipeline.forwarder.topology.pod_mtu as usize;
+    let segments_in_frames = mtu + MAX_LINK_HEADER <= pipeline.frames.room();
+    // A super-frame cut for a port that takes frames needs a buffer for
+    // each segment where a segment outgrows a buffer frame, beside the
+    // one it was read into: a read waits for that many to be free (the
+    // packets queued before it give theirs back as they are sent).
+    let per_read = if segments_in_frames {
+        1
+    } else {
+        let segments = MAX_SUPER_FRAME.div_ceil(mtu.saturating_sub(MAX_TCP_HEADERS).max(1));
+        (1 + segments).min(MAX_BUFFERS)
+    };
+    while work < BATCH && MAX_BUFFERS - pipeline.buffers.in_use() >= per_read {
+        let wanted = size.wanted(BATCH - work, segments_in_frames);
+        // The buffers' memory is lent out, so that one read fills them all.
+        let mut lent: ArrayVec<(Buffer, Box<[u8]>), BATCH> = ArrayVec::new();
+        while lent.len() < wanted {
+            let Some(mut buffer) = pipeline.buffers.alloc() else {
                 break;
-            }
+            };
+            let memory = pipeline.buffers.lend(&mut buffer);
+            lent.push((buffer, memory));
+        }
+        if lent.is_empty() {
+            break;
+        }
+        let asked = lent.len();
+        let mut lens = [0; BATCH];
+        let got = {
+            let mut bufs: ArrayVec<&mut [u8], BATCH> = lent
+                .iter_mut()
+                .map(|(buffer, memory)| &mut memory[buffer.range().start..])
+                .collect();
+            read_many(&mut bufs, &mut lens[..asked]).unwrap_or(0)
         };
-        read += 1;
-        let frame = start + header_len.min(len)..start + len;
-        let offload = if len == room {
-            // It may have been longer than the buffer: cut short.
-            Err(DropReason::Oversize)
-        } else {
-            parse(&memory[start..start + len])
-        };
-        let offload = offload.and_then(|offload| {
-            if offload.gso.is_none()
-                && let Checksum::Partial { start, offset } = offload.checksum
-            {
-                let bytes = &mut memory[frame.clone()];
-                complete_checksum(bytes, start.into(), offset.into())?;
-                return Ok(Offload::NONE);
-            }
-            Ok(offload)
-        });
-        let offload = match offload {
-            Ok(offload) => offload,
-            Err(reason) => {
+        for (i, (mut buffer, memory)) in lent.into_iter().enumerate() {
+            pipeline.buffers.give_back(&mut buffer, memory);
+            if i >= got {
                 pipeline.buffers.free(buffer);
-                pipeline.refuse(frame.len(), DropCause::Wire(reason));
-                work += 1;
                 continue;
             }
-        };
-        buffer.set_range(frame.clone());
-        match offload.gso {
-            None => {
-                let super_frame = None;
-                work += pipeline.dispatch(Packet::Large {
-                    buffer,
-                    super_frame,
-                });
-            }
-            Some(gso) if gso.kind == GsoKind::TcpV4 => {
-                let super_frame = Some(offload);
-                work += pipeline.dispatch(Packet::Large {
-                    buffer,
-                    super_frame,
-                });
-            }
-            Some(_) => {
-                pipeline.buffers.free(buffer);
-                pipeline.refuse(frame.len(), DropCause::NotIpv4);
-                work += 1;
-            }
+            let (done, super_frame) = receive_one(pipeline, buffer, lens[i], header_len, &parse);
+            super_frames |= super_frame;
+            work += done;
+        }
+        read += got;
+        if got < asked {
+            break;
         }
     }
+    if read > 0 {
+        size.super_frames = super_frames;
+    }
     read
+}
+
+/// Check and dispatch the packet of `len` bytes (with its virtio-net
+/// header of `header_len`) just read into `buffer` at its range's start;
+/// how much work it was ([`Pipeline::dispatch`]), and whether it was a
+/// super-frame.
+fn receive_one(
+    pipeline: &mut Pipeline,
+    mut buffer: Buffer,
+    len: usize,
+    header_len: usize,
+    parse: &impl Fn(&[u8]) -> Result<Offload, DropReason>,
+) -> (usize, bool) {
+    let start = buffer.range().start;
+    let memory = pipeline.buffers.memory_mut(&mut buffer);
+    let room = memory.len() - start;
+    let frame = start + header_len.min(len)..start + len;
+    let offload = if len == room {
+        // It may have been longer than the buffer: cut short.
+        Err(DropReason::Oversize)
+    } else {
+        parse(&memory[start..start + len])
+    };
+    let offload = offload.and_then(|offload| {
+        if offload.gso.is_none()
+            && let Checksum::Partial { start, offset } = offload.checksum
+        {
+            let bytes = &mut memory[frame.clone()];
+            complete_checksum(bytes, start.into(), offset.into())?;
+            return Ok(Offload::NONE);
+        }
+        Ok(offload)
+    });
+    let offload = match offload {
+        Ok(offload) => offload,
+        Err(reason) => {
+            pipeline.buffers.free(buffer);
+            pipeline.refuse(frame.len(), DropCause::Wire(reason));
+            return (1, false);
+        }
+    };
+    buffer.set_range(frame.clone());
+    match offload.gso {
+        None => {
+            let super_frame = None;
+            let work = pipeline.dispatch(Packet::Large {
+                buffer,
+                super_frame,
+            });
+            (work, false)
+        }
+        Some(gso) if gso.kind == GsoKind::TcpV4 => {
+            let super_frame = Some(offload);
+            let work = pipeline.dispatch(Packet::Large {
+                buffer,
+                super_frame,
+            });
+            (work, true)
+        }
+        Some(_) => {
+            pipeline.buffers.free(buffer);
+            pipeline.refuse(frame.len(), DropCause::NotIpv4);
+            (1, true)
+        }
+    }
 }
 
 /// Passes to skip reading a device that had nothing to read: a read is a
@@ -396,4 +584,21 @@ impl<D: FrameDevice + 'static> Port for DevicePort<D> {
     }
 
     fn close(self: Box<Self>, _frames: &mut FramePool, _growth: &FillGrowth) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_packet_socket_reads_many_plain_frames_and_super_frames_one_at_a_time() {
+        let mut size = ReadSize::many();
+        assert_eq!(size.wanted(BATCH, true), MANY_READ);
+        assert_eq!(size.wanted(3, true), 3, "no more than the batch's rest");
+        assert_eq!(size.wanted(BATCH, false), 1, "segments would take buffers");
+        size.super_frames = true;
+        assert_eq!(size.wanted(BATCH, true), 1);
+        let tap = ReadSize::one_at_a_time();
+        assert_eq!(tap.wanted(BATCH, true), 1);
+    }
 }

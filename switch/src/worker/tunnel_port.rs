@@ -22,7 +22,7 @@ use std::os::fd::AsFd;
 
 use super::pipeline::{Packet, Pipeline, Takes};
 use super::port::{Port, TxContext};
-use super::tap_port::{QuietPasses, receive_with_headers};
+use super::tap_port::{QuietPasses, ReadSize, receive_with_headers};
 use crate::drops::DropCause;
 use crate::frame_budget::FillGrowth;
 use crate::frames::FramePool;
@@ -46,6 +46,7 @@ pub struct TunnelPort {
     device: TunnelDevice,
     receives: bool,
     quiet: QuietPasses,
+    read_size: ReadSize,
 }
 
 impl TunnelPort {
@@ -57,6 +58,7 @@ impl TunnelPort {
             device,
             receives,
             quiet: QuietPasses::default(),
+            read_size: ReadSize::one_at_a_time(),
         }
     }
 }
@@ -76,7 +78,8 @@ impl Port for TunnelPort {
         let decapsulator = &pipeline.forwarder.topology.decapsulator;
         let read = receive_with_headers(
             pipeline,
-            |buf| device.recv(buf),
+            &mut self.read_size,
+            |bufs, lens| podswitch_netdev::recv_each(|buf| device.recv(buf), bufs, lens),
             TUNNEL_HEADER_LEN,
             |packet| {
                 let header = TunnelHeader::new_checked(packet)?;
