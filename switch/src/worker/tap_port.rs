@@ -327,7 +327,7 @@ fn write_offloaded(
 /// as reading several would save nothing. A packet socket, which reads
 /// many with one, is asked for up to [`MANY_READ`] while what it gives are
 /// plain frames, and one at a time again after it gave a super-frame until
-/// a pass reads none: what becomes of a super-frame (cut into dozens of
+/// a pass reads only plain frames: what becomes of a super-frame (cut into dozens of
 /// segments, each in a frame or, past a frame's room, in a buffer) needs
 /// room that a read of many super-frames would have taken. Where a
 /// segment of the pod MTU outgrows a frame (a jumbo underlay) it is read
