@@ -65,11 +65,7 @@ pub struct DevicePort<D> {
 impl<D: FrameDevice> DevicePort<D> {
     /// A port on `device`.
     pub fn new(device: D) -> DevicePort<D> {
-        let read_size = if device.reads_many() {
-            ReadSize::many()
-        } else {
-            ReadSize::one_at_a_time()
-        };
+        let read_size = ReadSize::new(device.reads_many());
         DevicePort {
             device: Arc::new(device),
             quiet: QuietPasses::default(),
@@ -96,8 +92,7 @@ impl<D: FrameDevice> DevicePort<D> {
     /// into a buffer frame — or, when the pod MTU lets frames outgrow
     /// one (a jumbo underlay), into a buffer; how many.
     fn receive_plain(&self, pipeline: &mut Pipeline) -> usize {
-        let mtu = pipeline.forwarder.topology.pod_mtu as usize;
-        let into_buffers = mtu + MAX_LINK_HEADER > pipeline.frames.room();
+        let into_buffers = !mtu_fits_a_frame(pipeline);
         let mut read = 0;
         while read < BATCH {
             let packet = if into_buffers {
@@ -282,14 +277,12 @@ fn send_unmerged(
     }
     let mut header = [0u8; VNET_HEADER_LEN];
     Offload::NONE.emit(&mut VnetHeader::new_unchecked(&mut header[..]));
-    let mut lens: ArrayVec<usize, MANY_MAX> = ArrayVec::new();
+    let stats = tx.stats;
     for chunk in packets.chunks(MANY_MAX) {
         let frames: ArrayVec<[IoSlice; 2], MANY_MAX> = chunk
             .iter()
             .map(|packet| [IoSlice::new(&header), IoSlice::new(tx.bytes(packet))])
             .collect();
-        lens.clear();
-        lens.extend(frames.iter().map(|[_, frame]| frame.len()));
         let mut done = 0;
         while done < frames.len() {
             match device.send_many(&frames[done..]) {
@@ -297,11 +290,11 @@ fn send_unmerged(
                 _ => break,
             }
         }
-        for (i, len) in lens.iter().enumerate() {
+        for (i, [_, frame]) in frames.iter().enumerate() {
             if i < done {
-                tx.stats.tx(id, *len);
+                stats.tx(id, frame.len());
             } else {
-                tx.stats.dropped(id, DropCause::TxError);
+                stats.dropped(id, DropCause::TxError);
             }
         }
     }
@@ -322,14 +315,20 @@ fn write_offloaded(
     device.send_parts(&[IoSlice::new(&header), IoSlice::new(frame)])
 }
 
+/// Whether a frame of the pod MTU (with its link header) fits a buffer
+/// frame; where not, it, or a segment cut to it, takes a buffer.
+fn mtu_fits_a_frame(pipeline: &Pipeline) -> bool {
+    pipeline.forwarder.topology.pod_mtu as usize + MAX_LINK_HEADER <= pipeline.frames.room()
+}
+
 /// How many packets a port asks its device for in one read. A device
 /// that reads one per system call (a TAP device) is read one at a time,
 /// as reading several would save nothing. A packet socket, which reads
 /// many with one, is asked for up to [`MANY_READ`] while what it gives are
 /// plain frames, and one at a time again after it gave a super-frame until
-/// a pass reads only plain frames: what becomes of a super-frame (cut into dozens of
-/// segments, each in a frame or, past a frame's room, in a buffer) needs
-/// room that a read of many super-frames would have taken. Where a
+/// a pass reads only plain frames: what becomes of a super-frame (cut
+/// into dozens of segments, each in a frame or, past a frame's room, in a
+/// buffer) needs room that a read of many super-frames would have taken. Where a
 /// segment of the pod MTU outgrows a frame (a jumbo underlay) it is read
 /// one at a time too: a segment then takes one of the worker's few
 /// buffers.
@@ -344,18 +343,11 @@ pub(super) struct ReadSize {
 const MANY_READ: usize = MAX_BUFFERS / 2;
 
 impl ReadSize {
-    /// For a device that reads one packet per system call.
-    pub(super) fn one_at_a_time() -> ReadSize {
+    /// For a device that reads several packets with one system call
+    /// (`many`), or one per call.
+    pub(super) fn new(many: bool) -> ReadSize {
         ReadSize {
-            many: false,
-            super_frames: false,
-        }
-    }
-
-    /// For a device that reads several with one system call.
-    pub(super) fn many() -> ReadSize {
-        ReadSize {
-            many: true,
+            many,
             super_frames: false,
         }
     }
@@ -392,7 +384,7 @@ pub(super) fn receive_with_headers(
     let (mut read, mut work) = (0, 0);
     let mut super_frames = false;
     let mtu = pipeline.forwarder.topology.pod_mtu as usize;
-    let segments_in_frames = mtu + MAX_LINK_HEADER <= pipeline.frames.room();
+    let segments_in_frames = mtu_fits_a_frame(pipeline);
     // A super-frame cut for a port that takes frames needs a buffer for
     // each segment where a segment outgrows a buffer frame, beside the
     // one it was read into: a read waits for that many to be free (the
@@ -592,13 +584,13 @@ mod tests {
 
     #[test]
     fn a_packet_socket_reads_many_plain_frames_and_super_frames_one_at_a_time() {
-        let mut size = ReadSize::many();
+        let mut size = ReadSize::new(true);
         assert_eq!(size.wanted(BATCH, true), MANY_READ);
         assert_eq!(size.wanted(3, true), 3, "no more than the batch's rest");
         assert_eq!(size.wanted(BATCH, false), 1, "segments would take buffers");
         size.super_frames = true;
         assert_eq!(size.wanted(BATCH, true), 1);
-        let tap = ReadSize::one_at_a_time();
+        let tap = ReadSize::new(false);
         assert_eq!(tap.wanted(BATCH, true), 1);
     }
 }

@@ -58,7 +58,7 @@ impl TunnelPort {
             device,
             receives,
             quiet: QuietPasses::default(),
-            read_size: ReadSize::one_at_a_time(),
+            read_size: ReadSize::new(false),
         }
     }
 }
