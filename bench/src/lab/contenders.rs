@@ -424,14 +424,25 @@ const VXLAN_TAP_UDP_SEGMENT: Kind = Kind::Podswitch {
 };
 
 /// Every contender, in the order they run and are reported: first those
-/// measured with everything at MTU 1500, then those measured with TCP
+/// measured with everything at MTU 1500 (the CNI plugin's default pod,
+/// an offloaded veth, at their head), then those measured with TCP
 /// alone — TAP pods through the UDP_SEGMENT socket, podswitch on the underlay model the kernel baseline has, the
 /// jumbo ones (the kernel on both models, podswitch's veth, offloaded
 /// veth and TAP pods on both), and the same-node ones.
 pub const ALL: [Contender; 31] = [
     Contender {
+        key: "podswitch-vxlan-veth-offload-adaptive",
+        name: "podswitch VXLAN offloaded veth adaptive (the default pod)",
+        kind: VXLAN_VETH_OFFLOAD,
+        placement: Placement::AcrossNodes,
+        underlay: WIRE_SIZE,
+        tcp_only: false,
+        via: Via::PodAddress,
+        policy: false,
+    },
+    Contender {
         key: "podswitch-vxlan-adaptive",
-        name: "podswitch VXLAN adaptive",
+        name: "podswitch VXLAN AF_XDP veth adaptive",
         kind: VXLAN_VETH,
         placement: Placement::AcrossNodes,
         underlay: WIRE_SIZE,
@@ -450,18 +461,8 @@ pub const ALL: [Contender; 31] = [
         policy: false,
     },
     Contender {
-        key: "podswitch-vxlan-veth-offload-adaptive",
-        name: "podswitch VXLAN offloaded veth adaptive",
-        kind: VXLAN_VETH_OFFLOAD,
-        placement: Placement::AcrossNodes,
-        underlay: WIRE_SIZE,
-        tcp_only: false,
-        via: Via::PodAddress,
-        policy: false,
-    },
-    Contender {
         key: "podswitch-vxlan-busy",
-        name: "podswitch VXLAN busy",
+        name: "podswitch VXLAN AF_XDP veth busy",
         kind: Kind::Podswitch {
             encap: "vxlan",
             poll_mode: "busy",
@@ -476,7 +477,7 @@ pub const ALL: [Contender; 31] = [
     },
     Contender {
         key: "podswitch-geneve-adaptive",
-        name: "podswitch Geneve adaptive",
+        name: "podswitch Geneve AF_XDP veth adaptive",
         kind: Kind::Podswitch {
             encap: "geneve",
             poll_mode: "adaptive",
@@ -491,7 +492,7 @@ pub const ALL: [Contender; 31] = [
     },
     Contender {
         key: "podswitch-geneve-busy",
-        name: "podswitch Geneve busy",
+        name: "podswitch Geneve AF_XDP veth busy",
         kind: Kind::Podswitch {
             encap: "geneve",
             poll_mode: "busy",
@@ -568,7 +569,7 @@ pub const ALL: [Contender; 31] = [
     },
     Contender {
         key: "podswitch-vxlan-adaptive-whole",
-        name: "podswitch VXLAN adaptive, underlay offloads on, generic XDP",
+        name: "podswitch VXLAN AF_XDP veth adaptive, underlay offloads on, generic XDP",
         kind: VXLAN_VETH,
         placement: Placement::AcrossNodes,
         underlay: WHOLE,
@@ -618,7 +619,7 @@ pub const ALL: [Contender; 31] = [
     },
     Contender {
         key: "podswitch-vxlan-adaptive-jumbo",
-        name: "podswitch VXLAN adaptive, MTU 9000",
+        name: "podswitch VXLAN AF_XDP veth adaptive, MTU 9000",
         kind: VXLAN_VETH,
         placement: Placement::AcrossNodes,
         underlay: JUMBO_WIRE_SIZE,
@@ -648,7 +649,7 @@ pub const ALL: [Contender; 31] = [
     },
     Contender {
         key: "podswitch-vxlan-adaptive-jumbo-whole",
-        name: "podswitch VXLAN adaptive, MTU 9000, underlay offloads on, generic XDP",
+        name: "podswitch VXLAN AF_XDP veth adaptive, MTU 9000, underlay offloads on, generic XDP",
         kind: VXLAN_VETH,
         placement: Placement::AcrossNodes,
         underlay: JUMBO_WHOLE,
@@ -708,7 +709,7 @@ pub const ALL: [Contender; 31] = [
     },
     Contender {
         key: "podswitch-veth-same-node",
-        name: "one node: podswitch veth adaptive",
+        name: "one node: podswitch AF_XDP veth adaptive",
         kind: VXLAN_VETH,
         placement: Placement::SameNode,
         underlay: WIRE_SIZE,
@@ -748,7 +749,7 @@ pub const ALL: [Contender; 31] = [
     },
     Contender {
         key: "podswitch-vxlan-adaptive-policy",
-        name: "podswitch VXLAN adaptive, with NetworkPolicy",
+        name: "podswitch VXLAN AF_XDP veth adaptive, with NetworkPolicy",
         kind: VXLAN_VETH,
         placement: Placement::AcrossNodes,
         underlay: WIRE_SIZE,

@@ -1181,11 +1181,13 @@ fn write_method(md: &mut String, s: &Settings) -> std::fmt::Result {
          - Idle: the switch processes' CPU over {} s without traffic; sparse: over {} s of round \
          trips {} and {} µs apart.\n\
          - podswitch runs its production configuration (`check_frames = false`). Its pods are \
-         veth pairs with AF_XDP on the host end (frame at a time, offloads off) unless the \
-         contender says TAP: then a TAP device per pod with virtio-net headers and the pod's \
-         TX checksum, TSO and GSO on, so the pod's kernel hands the switch 64 KB TCP segments, \
-         which go to the peer whole through the node's tunnel port and are cut by node 1's \
-         kernel.\n\
+         what the contender's name says: an offloaded veth (the CNI plugin's default: a veth \
+         pair whose host end the switch reads and writes through a packet socket with \
+         virtio-net headers, the pod's TX checksum and TSO on), an AF_XDP veth (AF_XDP on the \
+         host end, frame at a time, offloads off) or a TAP device with virtio-net headers and \
+         the pod's TX checksum, TSO and GSO on. Offloaded veth and TAP pods hand the switch 64 \
+         KB TCP segments, which go to the peer whole through the node's tunnel port and are \
+         cut by node 1's kernel.\n\
          - One node (\"one node: …\" contenders): both pods on node 1 (node 2 built but idle), \
          TCP only, the same iperf3 runs; the sender and node 1's switch on CPU 0, the receiving \
          application on CPU 1.\n",
@@ -1390,7 +1392,7 @@ mod tests {
             md.contains("| **`kernel-wire-frames-jumbo`: not measured** | wire-size, MTU 9000 |")
         );
         assert!(md.contains(
-            "| podswitch VXLAN adaptive, MTU 9000 | wire-size, MTU 9000 | off | 4.00 | \
+            "| podswitch VXLAN AF_XDP veth adaptive, MTU 9000 | wire-size, MTU 9000 | off | 4.00 | \
              8.00 |"
         ));
         assert!(md.contains(
