@@ -17,9 +17,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::tap::VNET_HEADER_LEN;
 
-/// Socket buffers, each way: room for about 60 super-frames of 64 KB, so
-/// that a worker that falls behind for a moment loses none.
-const BUFFER_BYTES: libc::c_int = 4 << 20;
+/// The receive buffer: what the pod sent while the worker was busy, off
+/// its CPU or asleep. A veth gives its pod no backpressure toward a
+/// packet socket (it hands every frame on), so a pod flooding from the
+/// worker's CPU has only this: 16 MiB holds some 6 000 frames of 1400
+/// bytes (each charged over 2 KB), about 20 ms at the rate one worker
+/// forwards them, where 4 MiB lost 9–19 % of such a flood in the lab
+/// (decisions.md, "Offloaded veth pods"). Memory is taken only while
+/// frames wait.
+const RECEIVE_BUFFER_BYTES: libc::c_int = 16 << 20;
+
+/// The send buffer: room for about 60 super-frames of 64 KB on their way
+/// into the pod (a veth hands them on at once).
+const SEND_BUFFER_BYTES: libc::c_int = 4 << 20;
 
 /// Frames [`PacketSocket::recv_many`] reads, and
 /// [`PacketSocket::send_many`] sends, with one system call at most.
@@ -68,12 +78,12 @@ impl PacketSocket {
         socket.set(libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, 1)?;
         // Root may exceed the system's limits; without it the kernel's
         // maximum is used.
-        for (forced, plain) in [
-            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+        for (forced, plain, bytes) in [
+            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, RECEIVE_BUFFER_BYTES),
+            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, SEND_BUFFER_BYTES),
         ] {
-            if socket.set(libc::SOL_SOCKET, forced, BUFFER_BYTES).is_err() {
-                socket.set(libc::SOL_SOCKET, plain, BUFFER_BYTES)?;
+            if socket.set(libc::SOL_SOCKET, forced, bytes).is_err() {
+                socket.set(libc::SOL_SOCKET, plain, bytes)?;
             }
         }
         // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
