@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use podswitch_lab::cluster::{
     Pod, SwitchNode, SwitchOptions, SwitchPair, kernel_pods, node_ip, ping_stats, pod_cidr6,
-    pod_ip6,
+    pod_ip6, udp_receive_buffer_drops,
 };
 use podswitch_lab::cni::CniPlugin;
 use podswitch_lab::cpu::CpuMeter;
@@ -256,7 +256,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         };
         step(&format!("iperf3 {what} ({} s)", args.seconds))?;
         let _server = iperf_server(&to.ns, IPERF_PORT)?;
-        let buffer_errors = udp_receive_buffer_errors(&to.ns)?;
+        let buffer_errors = udp_receive_buffer_drops(&to.ns)?;
         let meter = CpuMeter::start(match through {
             Through::Podswitch => &daemons,
             Through::Kernel => &[],
@@ -266,7 +266,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             .with_context(|| format!("iperf3 {what}: {} -> {}", from.ip, to.ip))?;
         let cpu = meter.stop()?;
         let loss = if client.udp.is_some() {
-            let overflowed = udp_receive_buffer_errors(&to.ns)? - buffer_errors;
+            let overflowed = udp_receive_buffer_drops(&to.ns)? - buffer_errors;
             format!(
                 " received of {:.2} sent, {:.2}% lost; the receiving socket's buffer \
                  overflowed {overflowed} times",
@@ -364,22 +364,6 @@ fn verdict(rows: &[Row]) -> Result<()> {
         bail!("the demo failed: no ping reply for {}", failed.join("; "));
     }
     Ok(())
-}
-
-/// The kernel's count of UDP datagrams dropped in `ns` because a socket's
-/// receive buffer was full (the receiving application fell behind).
-fn udp_receive_buffer_errors(ns: &Netns) -> Result<u64> {
-    let snmp = ns.run("cat", &["/proc/net/snmp"])?;
-    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
-    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
-        return Ok(0);
-    };
-    Ok(names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(name, _)| *name == "RcvbufErrors")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0))
 }
 
 /// Print a node's traffic, drops by reason and frame accounting.

@@ -71,10 +71,7 @@ fn drops(node: &SwitchNode, reason: &str) -> Result<u64> {
 
 /// IPv4 packets the node's own stack has received (`IpInReceives`).
 fn stack_received(ns: &Netns) -> Result<u64> {
-    let text = ns.run("nstat", &["-asz", "IpInReceives"])?;
-    text.lines()
-        .find_map(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .context("nstat printed no IpInReceives")
+    ns.kernel_counters(&["IpInReceives"])
 }
 
 /// Every kind talking with offloaded pods, their super-frames on every

@@ -1101,11 +1101,7 @@ pub fn expect_pings(from: &Pod, to: Ipv4Addr, what: &str) -> Result<()> {
 /// buffer was full (`UdpRcvbufErrors` and `Udp6RcvbufErrors`): loss at
 /// the receiving application, not in the network.
 pub fn udp_receive_buffer_drops(ns: &Netns) -> Result<u64> {
-    let text = ns.run("nstat", &["-asz", "UdpRcvbufErrors", "Udp6RcvbufErrors"])?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum())
+    ns.kernel_counters(&["UdpRcvbufErrors", "Udp6RcvbufErrors"])
 }
 
 /// Run `client` from pod `from` against an iperf3 server started in pod

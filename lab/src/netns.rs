@@ -183,6 +183,29 @@ impl Netns {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// The sum of the kernel's counters `names` in the namespace (`nstat`
+    /// names, e.g. `UdpRcvbufErrors`); an error if it printed none of them.
+    pub fn kernel_counters(&self, names: &[&str]) -> Result<u64> {
+        let mut args = vec!["-asz"];
+        args.extend_from_slice(names);
+        let text = self.run("nstat", &args)?;
+        let values: Vec<u64> = text
+            .lines()
+            .filter_map(|l| {
+                let mut fields = l.split_whitespace();
+                let name = fields.next()?;
+                names.contains(&name).then(|| fields.next()?.parse().ok())?
+            })
+            .collect();
+        anyhow::ensure!(
+            !values.is_empty(),
+            "in {}: nstat printed none of {}",
+            self.name,
+            names.join(", ")
+        );
+        Ok(values.iter().sum())
+    }
+
     /// Run `ip args…` against the namespace.
     pub fn ip(&self, args: &[&str]) -> Result<String> {
         let mut full = vec!["-n", &self.name];

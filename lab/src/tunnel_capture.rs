@@ -311,10 +311,5 @@ fn check_udp_checksum(
 
 /// The TCP and UDP checksum errors `ns`'s kernel has counted (nstat).
 pub fn checksum_errors(ns: &Netns) -> Result<u64> {
-    let text = ns.run("nstat", &["-asz", "TcpInCsumErrors", "UdpInCsumErrors"])?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .filter_map(|n| n.parse::<u64>().ok())
-        .sum())
+    ns.kernel_counters(&["TcpInCsumErrors", "UdpInCsumErrors"])
 }
